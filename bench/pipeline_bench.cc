@@ -1,0 +1,204 @@
+// pipeline_bench: throughput of Freshet's feature pipeline over a file of events, as in bench/README.md.
+//
+//   pipeline_bench --spec SPEC --events EVENTS.jsonl --mode core|json [--repeat N]
+//
+// core  the aggregation core with events already parsed: the file is parsed into memory first (not timed),
+//       then each repetition runs a fresh FeatureEngine over all events: Admit, Extract (`where` and field
+//       checks), Apply (window state updates).
+// json  from JSON lines on disk to updated state: LineReader + EventParser + the same engine steps.
+// Prints one line per repetition and a summary with the median and the median absolute deviation, plus
+// the process's peak resident memory (run each mode in its own process to read it per mode).
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "engine/feature_engine.h"
+#include "event/event_parser.h"
+#include "event/line_reader.h"
+#include "spec/spec.h"
+
+namespace freshet {
+namespace {
+
+struct Options {
+  std::string spec;
+  std::string events;
+  std::string mode = "json";
+  int repeat = 5;
+};
+
+// Parsed events kept in memory: fixed-width slots per event, strings in one arena.
+struct ParsedCorpus {
+  std::vector<int64_t> times;
+  std::vector<Value> slots;  // events x slots_per_event.
+  std::vector<uint32_t> entity_slot_len;
+  size_t slots_per_event = 0;
+  std::vector<std::unique_ptr<char[]>> arena_blocks;
+  char* arena_pos = nullptr;
+  size_t arena_left = 0;
+
+  std::string_view Store(std::string_view s) {
+    if (s.size() > arena_left) {
+      const size_t block = std::max<size_t>(64 << 20, s.size());
+      arena_blocks.push_back(std::make_unique<char[]>(block));
+      arena_pos = arena_blocks.back().get();
+      arena_left = block;
+    }
+    std::memcpy(arena_pos, s.data(), s.size());
+    std::string_view stored(arena_pos, s.size());
+    arena_pos += s.size();
+    arena_left -= s.size();
+    return stored;
+  }
+};
+
+double PeakRssMb() {
+  struct rusage usage;
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;
+}
+
+struct RunResult {
+  uint64_t events = 0;
+  double seconds = 0;
+  size_t state_bytes = 0;
+  size_t entities = 0;
+};
+
+RunResult RunCore(const Spec& spec, const ParsedCorpus& corpus) {
+  const auto start = std::chrono::steady_clock::now();
+  FeatureEngine engine(spec);
+  ParsedEvent event;
+  event.slots.resize(corpus.slots_per_event);
+  PendingEvent pending;
+  const size_t n = corpus.times.size();
+  uint64_t seq = 0;
+  for (size_t k = 0; k < n; ++k) {
+    event.time_ms = corpus.times[k];
+    std::memcpy(event.slots.data(), &corpus.slots[k * corpus.slots_per_event], corpus.slots_per_event * sizeof(Value));
+    event.entity = event.slots[kEntitySlot].s;
+    if (!engine.Admit(event.time_ms)) continue;
+    engine.Extract(event, seq++, &pending);
+    engine.Apply(pending, engine.low_watermark_ms());
+  }
+  RunResult r;
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  r.events = n;
+  r.state_bytes = engine.MemoryBytes();
+  r.entities = engine.entity_count();
+  return r;
+}
+
+RunResult RunJson(const Spec& spec, const std::string& path) {
+  const auto start = std::chrono::steady_clock::now();
+  FeatureEngine engine(spec);
+  EventParser parser(spec.fields);
+  LineReader reader;
+  if (Status s = reader.Open(path); !s.ok()) {
+    std::fprintf(stderr, "%s\n", s.message().c_str());
+    std::exit(1);
+  }
+  ParsedEvent event;
+  PendingEvent pending;
+  std::string reason;
+  Line line;
+  uint64_t lines = 0, seq = 0;
+  while (reader.Next(&line)) {
+    ++lines;
+    if (line.too_long || !parser.Parse(line.text, line.capacity, &event, &reason)) continue;
+    if (!engine.Admit(event.time_ms)) continue;
+    engine.Extract(event, seq++, &pending);
+    engine.Apply(pending, engine.low_watermark_ms());
+  }
+  RunResult r;
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  r.events = lines;
+  r.state_bytes = engine.MemoryBytes();
+  r.entities = engine.entity_count();
+  return r;
+}
+
+ParsedCorpus LoadCorpus(const Spec& spec, const std::string& path) {
+  ParsedCorpus corpus;
+  corpus.slots_per_event = spec.fields.size();
+  EventParser parser(spec.fields);
+  LineReader reader;
+  if (Status s = reader.Open(path); !s.ok()) {
+    std::fprintf(stderr, "%s\n", s.message().c_str());
+    std::exit(1);
+  }
+  ParsedEvent event;
+  std::string reason;
+  Line line;
+  while (reader.Next(&line)) {
+    if (line.too_long || !parser.Parse(line.text, line.capacity, &event, &reason)) continue;
+    corpus.times.push_back(event.time_ms);
+    for (size_t s = 0; s < event.slots.size(); ++s) {
+      Value v = event.slots[s];
+      if (s == kEntitySlot) v = Value::String(event.entity);  // Integer entities as their text.
+      if (v.type == ValueType::kString) v.s = corpus.Store(v.s);
+      corpus.slots.push_back(v);
+    }
+  }
+  return corpus;
+}
+
+int Main(int argc, char** argv) {
+  Options o;
+  for (int k = 1; k + 1 < argc; k += 2) {
+    std::string flag = argv[k];
+    if (flag == "--spec") o.spec = argv[k + 1];
+    else if (flag == "--events") o.events = argv[k + 1];
+    else if (flag == "--mode") o.mode = argv[k + 1];
+    else if (flag == "--repeat") o.repeat = std::atoi(argv[k + 1]);
+    else {
+      std::fprintf(stderr, "unknown flag %s\nusage: pipeline_bench --spec SPEC --events FILE --mode core|json [--repeat N]\n",
+                   flag.c_str());
+      return 2;
+    }
+  }
+  if (o.spec.empty() || o.events.empty() || (o.mode != "core" && o.mode != "json") || o.repeat < 1) {
+    std::fprintf(stderr, "usage: pipeline_bench --spec SPEC --events FILE --mode core|json [--repeat N]\n");
+    return 2;
+  }
+  Result<Spec> spec = LoadSpec(o.spec);
+  if (!spec.ok()) {
+    std::fprintf(stderr, "%s\n", spec.status().message().c_str());
+    return 2;
+  }
+  ParsedCorpus corpus;
+  if (o.mode == "core") {
+    corpus = LoadCorpus(*spec, o.events);
+    std::fprintf(stderr, "loaded %zu parsed events (peak RSS so far %.0f MB)\n", corpus.times.size(), PeakRssMb());
+  }
+  std::vector<double> rates;
+  for (int rep = 0; rep < o.repeat; ++rep) {
+    RunResult r = o.mode == "core" ? RunCore(*spec, corpus) : RunJson(*spec, o.events);
+    const double rate = r.events / r.seconds;
+    rates.push_back(rate);
+    std::printf("%s run %d: %llu events in %.3f s = %.2f M events/s; %zu entities, state %.0f MB\n", o.mode.c_str(),
+                rep + 1, static_cast<unsigned long long>(r.events), r.seconds, rate / 1e6, r.entities,
+                r.state_bytes / 1048576.0);
+    std::fflush(stdout);
+  }
+  std::vector<double> sorted = rates;
+  std::sort(sorted.begin(), sorted.end());
+  const double median = sorted[sorted.size() / 2];
+  std::vector<double> deviations;
+  for (double r : rates) deviations.push_back(std::fabs(r - median));
+  std::sort(deviations.begin(), deviations.end());
+  std::printf("%s: median %.2f M events/s (MAD %.2f, %d runs); peak RSS %.0f MB\n", o.mode.c_str(), median / 1e6,
+              deviations[deviations.size() / 2] / 1e6, o.repeat, PeakRssMb());
+  return 0;
+}
+
+}  // namespace
+}  // namespace freshet
+
+int main(int argc, char** argv) { return freshet::Main(argc, argv); }

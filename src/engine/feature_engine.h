@@ -1,0 +1,111 @@
+// FeatureEngine: the keyed, event-time feature operators of one spec, shared by every path that computes
+// features (the streaming runtime, point-in-time queries, backfills), so that they agree by construction.
+//
+// An event goes through three steps:
+//   Admit    the lateness rule, in input order: with a watermark, an event is late when its time is
+//            below M - max_out_of_orderness - allowed_lateness, M being the largest time admitted before.
+//   Extract  per feature: the `where` filter and the aggregated field, turned into a compact owned copy
+//            (PendingEvent) that outlives the parser's buffer; the entity is resolved to a dense index.
+//   Apply    fold the extracted inputs into each feature's per-entity window state.
+// Query answers every feature of one entity as of a time (see window/windows.h for exactness).
+//
+// Not thread-safe: one engine per thread or partition.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <absl/container/flat_hash_map.h>
+
+#include "common/value.h"
+#include "event/event_parser.h"
+#include "spec/spec.h"
+
+namespace freshet {
+
+// One feature's extracted contribution of one event: opaque bytes that the feature's operator wrote.
+struct InputCell {
+  alignas(8) unsigned char bytes[16];
+  bool present = false;  // The event passed `where` and has a usable field for this feature.
+};
+
+// An admitted event, reduced to what the features need. Cells are indexed by feature.
+struct PendingEvent {
+  int64_t time_ms = 0;
+  uint64_t seq = 0;       // Input order among admitted events.
+  uint32_t entity = 0;    // Dense entity index (FeatureEngine::entity_name).
+  std::vector<InputCell> cells;
+};
+
+// The per-feature operator: an aggregation in a window, with a state per entity.
+class FeatureOperator {
+ public:
+  virtual ~FeatureOperator() = default;
+  // Writes the event's input for this feature into *cell; false when the field cannot contribute
+  // (missing, null, or of a type this aggregation does not take). `where` is checked by the caller.
+  virtual bool Extract(const Value& field, InputCell* cell) = 0;
+  virtual void Apply(uint32_t entity, const InputCell& cell, int64_t time_ms, uint64_t seq, int64_t low_ms) = 0;
+  // The value as of t; `entity` may be beyond the states held (an entity this feature never saw).
+  virtual Value Query(uint32_t entity, int64_t t) const = 0;
+  virtual Value EmptyValue() const = 0;
+  virtual size_t MemoryBytes() const = 0;
+};
+
+// Makes the operator for one feature. Every aggregation x window pair is registered here.
+std::unique_ptr<FeatureOperator> MakeFeatureOperator(const FeatureSpec& feature);
+
+struct EngineCounters {
+  uint64_t admitted = 0;
+  uint64_t late = 0;
+  std::vector<uint64_t> skipped;  // Per feature: events that passed `where` but had no usable field.
+};
+
+class FeatureEngine {
+ public:
+  explicit FeatureEngine(const Spec& spec);
+
+  // The lateness rule; call once per parsed event, in input order. True: admitted (and M updated).
+  bool Admit(int64_t time_ms);
+
+  // The earliest time a future admitted event can have: M - out_of_orderness - lateness with a
+  // watermark, the smallest int64 without one.
+  int64_t low_watermark_ms() const { return low_ms_; }
+
+  // Resolves the entity and extracts every feature's input. `seq` is the event's input order.
+  void Extract(const ParsedEvent& event, uint64_t seq, PendingEvent* out);
+
+  // Folds an extracted event into the state. `low_ms`: no event earlier than this will be applied later.
+  void Apply(const PendingEvent& event, int64_t low_ms);
+
+  // Every feature's value for `entity` as of t, in spec order, into *out (resized). Unknown entities
+  // get the empty-window values. Strings in the values stay valid until the engine changes.
+  void Query(std::string_view entity, int64_t t, std::vector<Value>* out) const;
+  void QueryIndex(std::optional<uint32_t> entity, int64_t t, std::vector<Value>* out) const;
+
+  std::optional<uint32_t> FindEntity(std::string_view entity) const;
+  uint32_t FindOrAddEntity(std::string_view entity);
+  size_t entity_count() const { return entity_names_.size(); }
+  const std::string& entity_name(uint32_t index) const { return entity_names_[index]; }
+
+  const Spec& spec() const { return spec_; }
+  const EngineCounters& counters() const { return counters_; }
+  size_t MemoryBytes() const;
+
+ private:
+  const Spec& spec_;
+  std::vector<std::unique_ptr<FeatureOperator>> operators_;
+  absl::flat_hash_map<std::string, uint32_t> entities_;
+  std::vector<std::string> entity_names_;
+  bool has_watermark_ = false;
+  int64_t delay_ms_ = 0;  // max_out_of_orderness + allowed_lateness.
+  int64_t max_time_ms_ = std::numeric_limits<int64_t>::min();
+  int64_t low_ms_ = std::numeric_limits<int64_t>::min();
+  EngineCounters counters_;
+};
+
+}  // namespace freshet

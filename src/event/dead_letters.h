@@ -1,0 +1,40 @@
+// DeadLetterWriter: where rejected and late events go, one JSON object per line:
+//   {"source":"events.jsonl","line":12,"reason":"late","raw":"{...original line...}"}
+// `raw` is the original line as a JSON string; bytes that are not valid UTF-8 become U+FFFD.
+// Writing is buffered; Close (or the destructor) flushes. A writer without a path counts only.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <string_view>
+
+#include "common/status.h"
+
+namespace freshet {
+
+// Appends `text` to *out as the body of a JSON string (no quotes), escaping as JSON requires and
+// replacing invalid UTF-8 with U+FFFD.
+void AppendJsonEscaped(std::string_view text, std::string* out);
+
+class DeadLetterWriter {
+ public:
+  DeadLetterWriter() = default;
+  ~DeadLetterWriter();
+  DeadLetterWriter(const DeadLetterWriter&) = delete;
+  DeadLetterWriter& operator=(const DeadLetterWriter&) = delete;
+
+  // Opens (truncates) `path`; an empty path writes nothing.
+  Status Open(const std::string& path, std::string source_name);
+  void Write(uint64_t line, std::string_view reason, std::string_view raw);
+  Status Close();
+  uint64_t written() const { return written_; }
+
+ private:
+  std::FILE* file_ = nullptr;
+  std::string source_name_;
+  std::string buffer_;
+  uint64_t written_ = 0;
+};
+
+}  // namespace freshet

@@ -1,0 +1,173 @@
+#include "event/event_parser.h"
+
+#include <simdjson.h>
+
+#include <charconv>
+#include <cstring>
+
+#include "common/time.h"
+
+static_assert(freshet::kParsePaddingBytes >= simdjson::SIMDJSON_PADDING, "padding must cover simdjson read-ahead");
+
+namespace freshet {
+namespace {
+
+// A trie of the dotted field paths the spec reads: "device.os" is child "device", then "os".
+struct PathNode {
+  struct Child {
+    std::string name;
+    int slot = -1;  // >= 0 when the path ending here is a registered field.
+    std::unique_ptr<PathNode> node;  // Set when longer paths continue below this name.
+  };
+  std::vector<Child> children;
+
+  Child* Find(std::string_view name) {
+    for (auto& c : children) {
+      if (c.name == name) return &c;
+    }
+    return nullptr;
+  }
+};
+
+Value ScalarOf(simdjson::dom::element element) {
+  using simdjson::dom::element_type;
+  switch (element.type()) {
+    case element_type::INT64: return Value::Int(int64_t(element));
+    case element_type::UINT64: return Value::Double(static_cast<double>(uint64_t(element)));
+    case element_type::DOUBLE: return Value::Double(double(element));
+    case element_type::STRING: return Value::String(std::string_view(element));
+    case element_type::BOOL: return Value::Bool(bool(element));
+    case element_type::NULL_VALUE: return Value::Null();
+    case element_type::ARRAY:
+    case element_type::OBJECT: return Value::Composite();
+  }
+  return Value::Composite();
+}
+
+void Extract(simdjson::dom::object object, PathNode& node, std::vector<Value>& slots) {
+  for (auto field : object) {
+    PathNode::Child* child = node.Find(field.key);
+    if (child == nullptr) continue;
+    if (child->slot >= 0) slots[child->slot] = ScalarOf(field.value);
+    if (child->node != nullptr) {
+      simdjson::dom::object inner;
+      if (field.value.get_object().get(inner) == simdjson::SUCCESS) {
+        Extract(inner, *child->node, slots);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+struct EventParser::Impl {
+  simdjson::dom::parser parser;
+  PathNode root;
+  std::vector<std::string> paths;
+  char entity_digits[24];
+  std::string padded;  // For ParseCopy.
+};
+
+EventParser::EventParser(const FieldRegistry& fields) : impl_(std::make_unique<Impl>()) {
+  impl_->paths = fields.paths();
+  for (size_t slot = 0; slot < fields.paths().size(); ++slot) {
+    std::string_view path = fields.paths()[slot];
+    PathNode* node = &impl_->root;
+    while (true) {
+      size_t dot = path.find('.');
+      std::string_view head = path.substr(0, dot);
+      PathNode::Child* child = node->Find(head);
+      if (child == nullptr) {
+        node->children.push_back(PathNode::Child{std::string(head), -1, nullptr});
+        child = &node->children.back();
+      }
+      if (dot == std::string_view::npos) {
+        child->slot = static_cast<int>(slot);
+        break;
+      }
+      if (child->node == nullptr) child->node = std::make_unique<PathNode>();
+      node = child->node.get();
+      path = path.substr(dot + 1);
+    }
+  }
+}
+
+EventParser::~EventParser() = default;
+
+bool EventParser::Parse(std::string_view line, size_t capacity, ParsedEvent* event, std::string* reason) {
+  Impl& impl = *impl_;
+  if (line.size() > kMaxLineBytes) {
+    *reason = "line is longer than " + std::to_string(kMaxLineBytes) + " bytes";
+    return false;
+  }
+  if (line.find_first_not_of(" \t\r") == std::string_view::npos) {
+    *reason = "empty line; each line must be one JSON object";
+    return false;
+  }
+  simdjson::dom::element root;
+  auto error = impl.parser.parse(reinterpret_cast<const uint8_t*>(line.data()), line.size(), false).get(root);
+  (void)capacity;
+  if (error) {
+    *reason = std::string("invalid JSON: ") + simdjson::error_message(error);
+    return false;
+  }
+  simdjson::dom::object object;
+  if (root.get_object().get(object) != simdjson::SUCCESS) {
+    *reason = "not a JSON object; each line must be one JSON object like {\"" + impl.paths[kEntitySlot] +
+              "\": ..., \"" + impl.paths[kTimestampSlot] + "\": ...}";
+    return false;
+  }
+  event->slots.assign(impl.paths.size(), Value::Missing());
+  Extract(object, impl.root, event->slots);
+
+  const Value& entity = event->slots[kEntitySlot];
+  const std::string& entity_name = impl.paths[kEntitySlot];
+  if (entity.type == ValueType::kString && !entity.s.empty()) {
+    event->entity = entity.s;
+  } else if (entity.type == ValueType::kInt) {
+    auto [end, ec] = std::to_chars(impl.entity_digits, impl.entity_digits + sizeof(impl.entity_digits), entity.i);
+    (void)ec;
+    event->entity = std::string_view(impl.entity_digits, end - impl.entity_digits);
+  } else if (entity.is_missing()) {
+    *reason = "field '" + entity_name + "' (the entity) is missing";
+    return false;
+  } else {
+    *reason = "field '" + entity_name + "' (the entity) must be a non-empty string or an integer, got " +
+              (entity.type == ValueType::kString ? std::string("an empty string") : ValueTypeName(entity.type));
+    return false;
+  }
+
+  const Value& ts = event->slots[kTimestampSlot];
+  const std::string& ts_name = impl.paths[kTimestampSlot];
+  if (ts.type == ValueType::kInt) {
+    if (ts.i < kMinTimeMs || ts.i > kMaxTimeMs) {
+      *reason = "field '" + ts_name + "' (the timestamp): " + std::to_string(ts.i) +
+                " is outside years 0001-9999 as epoch milliseconds";
+      return false;
+    }
+    event->time_ms = ts.i;
+  } else if (ts.type == ValueType::kString) {
+    Result<int64_t> parsed = ParseRfc3339Ms(ts.s);
+    if (!parsed.ok()) {
+      *reason = "field '" + ts_name + "' (the timestamp): " + parsed.status().message();
+      return false;
+    }
+    event->time_ms = *parsed;
+  } else if (ts.is_missing()) {
+    *reason = "field '" + ts_name + "' (the timestamp) is missing";
+    return false;
+  } else {
+    *reason = "field '" + ts_name + "' (the timestamp) must be epoch milliseconds as a JSON integer or RFC 3339 "
+              "text, got " + std::string(ValueTypeName(ts.type));
+    return false;
+  }
+  return true;
+}
+
+bool EventParser::ParseCopy(std::string_view line, ParsedEvent* event, std::string* reason) {
+  impl_->padded.assign(line);
+  impl_->padded.append(kParsePaddingBytes, '\0');
+  return Parse(std::string_view(impl_->padded.data(), line.size()), impl_->padded.size(), event, reason);
+}
+
+}  // namespace freshet

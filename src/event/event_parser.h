@@ -1,0 +1,58 @@
+// EventParser: one JSON line -> the fields a spec needs, or the reason the line is rejected.
+//
+// The whole line is validated as JSON (simdjson DOM: UTF-8, structure, numbers), so a line is either a
+// well-formed JSON object or rejected; a malformed value in a field the spec never reads still rejects it.
+// Duplicate keys: the last one wins. Numbers: integers that fit int64 are kInt, others kDouble
+// (unsigned integers above int64 max included); integers beyond uint64, or numbers beyond the double
+// range, are rejected as invalid JSON numbers.
+//
+// Not thread-safe: one parser per thread. Strings in a ParsedEvent point into the parser and are valid
+// until the next call to Parse.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+#include "common/value.h"
+#include "spec/field_registry.h"
+
+namespace freshet {
+
+// Bytes that must be readable past the end of a line given to EventParser::Parse (simdjson reads ahead).
+inline constexpr size_t kParsePaddingBytes = 64;
+
+// Lines longer than this are rejected without being parsed.
+inline constexpr size_t kMaxLineBytes = 1 << 20;
+
+struct ParsedEvent {
+  int64_t time_ms = 0;
+  std::string_view entity;   // Integer entities are rendered as their decimal text.
+  std::vector<Value> slots;  // Indexed like the FieldRegistry the parser was built with.
+};
+
+class EventParser {
+ public:
+  // `fields` slot 0 names the entity field and slot 1 the timestamp field.
+  explicit EventParser(const FieldRegistry& fields);
+  ~EventParser();
+  EventParser(const EventParser&) = delete;
+  EventParser& operator=(const EventParser&) = delete;
+
+  // Parses `line`, of which `capacity` >= line.size() + kParsePaddingBytes bytes are readable.
+  // On success fills *event and returns true. On rejection returns false and sets *reason to a short
+  // explanation naming the field at fault ("field 'ts': expected epoch milliseconds ... ").
+  bool Parse(std::string_view line, size_t capacity, ParsedEvent* event, std::string* reason);
+
+  // Convenience for tests and small inputs: copies `line` into a padded buffer first.
+  bool ParseCopy(std::string_view line, ParsedEvent* event, std::string* reason);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace freshet

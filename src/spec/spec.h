@@ -1,0 +1,100 @@
+// Spec: a parsed, validated feature spec (YAML). Immutable after LoadSpec/ParseSpec.
+//
+// The YAML form is the contract documented in README.md ("Spec reference"); other tools depend on it.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+#include "spec/expr.h"
+#include "spec/field_registry.h"
+
+namespace freshet {
+
+enum class AggKind {
+  kCount,
+  kSum,
+  kMean,
+  kMin,
+  kMax,
+  kStddev,  // Population standard deviation.
+  kLast,
+  kCountDistinct,
+  kApproxCountDistinct,  // HyperLogLog; `precision` 4..18.
+};
+
+// The spec name of an aggregation ("count_distinct").
+const char* AggKindName(AggKind kind);
+
+// True when the aggregation reads a `field` (every aggregation but count).
+inline bool AggNeedsField(AggKind kind) { return kind != AggKind::kCount; }
+
+// True when the aggregation needs a numeric field (sum, mean, min, max, stddev).
+bool AggNeedsNumber(AggKind kind);
+
+enum class WindowKind { kLifetime, kSliding, kTumbling, kSession };
+
+const char* WindowKindName(WindowKind kind);
+
+struct WindowSpec {
+  WindowKind kind = WindowKind::kLifetime;
+  int64_t size_ms = 0;   // sliding, tumbling.
+  int64_t slide_ms = 0;  // sliding with tiles; 0 means continuous. Tumbling sets slide_ms = size_ms.
+  int64_t gap_ms = 0;    // session.
+};
+
+struct FeatureSpec {
+  std::string name;
+  AggKind agg = AggKind::kCount;
+  std::string field;     // Dotted path; empty for count.
+  int field_slot = -1;   // Slot of `field` in Spec::fields; -1 for count.
+  std::string where_text;
+  std::optional<Expr> where;  // Absent: every event qualifies.
+  WindowSpec window;
+  int precision = 14;    // approx_count_distinct only.
+  int line = 0;          // Where the feature is declared in the spec file (1-based), for messages.
+};
+
+struct WatermarkSpec {
+  int64_t max_out_of_orderness_ms = 0;
+  int64_t allowed_lateness_ms = 0;
+};
+
+struct SourceSpec {
+  std::string type = "file";  // "file" (more types come with `freshet run`).
+  std::string path;           // Resolved against the spec file's folder.
+  bool follow = false;
+};
+
+struct Spec {
+  std::string name;
+  std::string entity_field;
+  std::string timestamp_field;
+  std::optional<WatermarkSpec> watermark;  // Absent: no event is ever dropped as late.
+  std::optional<SourceSpec> source;
+  std::vector<FeatureSpec> features;
+  FieldRegistry fields;  // Slot 0: entity, slot 1: timestamp, then every field a feature reads.
+  std::string file;      // The spec file, as given.
+};
+
+// One problem found in a spec, with its 1-based position in the file.
+struct SpecDiagnostic {
+  int line = 0;
+  int column = 0;
+  std::string message;  // What is wrong and what would be valid.
+};
+
+// Parses and validates a spec. `file` names it in messages and anchors relative paths.
+// On failure, `diagnostics` (if given) receives every problem found, and the Status message lists
+// them all as "FILE:LINE:COLUMN: error: MESSAGE" lines.
+Result<Spec> ParseSpec(std::string_view yaml_text, const std::string& file,
+                       std::vector<SpecDiagnostic>* diagnostics = nullptr);
+
+// Reads `path` and calls ParseSpec.
+Result<Spec> LoadSpec(const std::string& path, std::vector<SpecDiagnostic>* diagnostics = nullptr);
+
+}  // namespace freshet

@@ -1,0 +1,202 @@
+// Windows: which events a feature's value as of time t covers, and the per-entity state that keeps
+// just enough of them. Each window is a template over an aggregation (aggregate/aggregations.h) with
+//   State                                  per-entity state; default-constructed = no events
+//   Add(State&, Input, time, seq, low, ctx)  fold in one event; `low` is the earliest time any future
+//                                          event can have (lets windows drop what can never be read)
+//   Query(const State&, t, ctx) -> Value   the feature value as of t
+//   MemoryBytes(const State&)
+//
+// Query is exact for every t at or after the newest event the state holds, which is how both callers
+// use it: the streaming runtime answers "now", and point-in-time queries apply events in time order
+// (see historical/). Events a window can no longer show for such t are dropped as they expire.
+//
+// Semantics (the spec reference in README.md is the contract):
+//   lifetime                 all events with time <= t
+//   sliding size S (continuous)   t - S < time <= t
+//   sliding size S, slide H  tiles of H aligned to the epoch: the tile holding t and the S/H - 1 before it
+//   tumbling size S          the tile of S holding t
+//   session gap G            the run of events, gaps < G, ending at the newest; empty once t - newest >= G
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "aggregate/aggregations.h"
+#include "common/time.h"
+
+namespace freshet {
+
+template <typename Agg>
+class LifetimeWindow {
+ public:
+  using State = typename Agg::State;
+  void Add(State& s, const typename Agg::Input& x, int64_t time, uint64_t seq, int64_t, const AggContext& c) const {
+    Agg::Add(s, x, time, seq, c);
+  }
+  Value Query(const State& s, int64_t, const AggContext& c) const { return Agg::Finalize(s, c); }
+  size_t MemoryBytes(const State& s) const { return Agg::MemoryBytes(s); }
+};
+
+// Hopping/tumbling windows: partial aggregates per tile of `tile_ms`, at most `tiles` of them, sorted.
+template <typename Agg>
+class TiledWindow {
+ public:
+  struct Tile {
+    int64_t index;
+    typename Agg::State state;
+  };
+  using State = std::vector<Tile>;
+
+  TiledWindow(int64_t tile_ms, int64_t tiles) : tile_ms_(tile_ms), tiles_(tiles) {}
+
+  void Add(State& s, const typename Agg::Input& x, int64_t time, uint64_t seq, int64_t, const AggContext& c) const {
+    const int64_t index = FloorDiv(time, tile_ms_);
+    if (s.empty() || index > s.back().index) {
+      s.push_back(Tile{index, typename Agg::State{}});
+      Agg::Add(s.back().state, x, time, seq, c);
+      // Drop tiles that no query at or after this event can cover.
+      const int64_t oldest = index - tiles_ + 1;
+      size_t expired = 0;
+      while (expired < s.size() && s[expired].index < oldest) ++expired;
+      if (expired > 0) s.erase(s.begin(), s.begin() + static_cast<ptrdiff_t>(expired));
+      return;
+    }
+    if (index < s.back().index - tiles_ + 1) return;  // Out of order and already outside every window.
+    auto it = std::lower_bound(s.begin(), s.end(), index, [](const Tile& a, int64_t i) { return a.index < i; });
+    if (it == s.end() || it->index != index) it = s.insert(it, Tile{index, typename Agg::State{}});
+    Agg::Add(it->state, x, time, seq, c);
+  }
+
+  Value Query(const State& s, int64_t t, const AggContext& c) const {
+    const int64_t last = FloorDiv(t, tile_ms_);
+    const int64_t first = last - tiles_ + 1;
+    const Tile* only = nullptr;
+    size_t covered = 0;
+    for (const Tile& tile : s) {
+      if (tile.index >= first && tile.index <= last) {
+        only = &tile;
+        ++covered;
+      }
+    }
+    if (covered == 0) return Agg::Finalize(typename Agg::State{}, c);
+    if (covered == 1) return Agg::Finalize(only->state, c);
+    typename Agg::State merged{};
+    for (const Tile& tile : s) {
+      if (tile.index >= first && tile.index <= last) Agg::Merge(merged, tile.state, c);
+    }
+    return Agg::Finalize(merged, c);
+  }
+
+  size_t MemoryBytes(const State& s) const {
+    size_t bytes = s.capacity() * sizeof(Tile);
+    for (const Tile& tile : s) bytes += Agg::MemoryBytes(tile.state);
+    return bytes;
+  }
+
+ private:
+  int64_t tile_ms_;
+  int64_t tiles_;
+};
+
+// Continuous sliding window: the events themselves (time, input order, extracted input), sorted by time.
+template <typename Agg>
+class ContinuousWindow {
+ public:
+  struct Entry {
+    int64_t time;
+    uint64_t seq;
+    typename Agg::Input input;
+  };
+  using State = std::vector<Entry>;
+
+  explicit ContinuousWindow(int64_t size_ms) : size_ms_(size_ms) {}
+
+  void Add(State& s, const typename Agg::Input& x, int64_t time, uint64_t seq, int64_t, const AggContext&) const {
+    if (!s.empty() && time <= s.back().time - size_ms_) return;  // Never inside a window at or after the newest.
+    const Entry entry{time, seq, x};
+    if (s.empty() || !Before(entry, s.back())) {
+      s.push_back(entry);
+    } else {
+      s.insert(std::upper_bound(s.begin(), s.end(), entry, Before), entry);
+    }
+    // Expire lazily: erase the expired prefix once it is a quarter of the entries, so that each entry
+    // is moved O(1) times on average.
+    const int64_t horizon = s.back().time - size_ms_;
+    if (s.front().time <= horizon) {
+      auto live = std::upper_bound(s.begin(), s.end(), horizon, [](int64_t h, const Entry& e) { return h < e.time; });
+      const size_t expired = static_cast<size_t>(live - s.begin());
+      if (expired * 4 >= s.size() || expired >= 64) s.erase(s.begin(), live);
+    }
+  }
+
+  Value Query(const State& s, int64_t t, const AggContext& c) const {
+    auto first = std::upper_bound(s.begin(), s.end(), t - size_ms_,
+                                  [](int64_t h, const Entry& e) { return h < e.time; });
+    typename Agg::State state{};
+    for (auto it = first; it != s.end() && it->time <= t; ++it) Agg::Add(state, it->input, it->time, it->seq, c);
+    return Agg::Finalize(state, c);
+  }
+
+  size_t MemoryBytes(const State& s) const { return s.capacity() * sizeof(Entry); }
+
+ private:
+  static bool Before(const Entry& a, const Entry& b) { return a.time != b.time ? a.time < b.time : a.seq < b.seq; }
+  int64_t size_ms_;
+};
+
+// Session window: disjoint sessions sorted by start; events less than `gap_ms` apart share a session.
+template <typename Agg>
+class SessionWindow {
+ public:
+  struct Session {
+    int64_t start;
+    int64_t end;
+    typename Agg::State state;
+  };
+  using State = std::vector<Session>;
+
+  explicit SessionWindow(int64_t gap_ms) : gap_ms_(gap_ms) {}
+
+  void Add(State& s, const typename Agg::Input& x, int64_t time, uint64_t seq, int64_t low,
+           const AggContext& c) const {
+    // Sessions an event at `time` joins: some event of theirs is less than the gap away.
+    size_t first = 0;
+    while (first < s.size() && s[first].end + gap_ms_ <= time) ++first;
+    size_t last = first;
+    while (last < s.size() && s[last].start - gap_ms_ < time) ++last;
+    if (first == last) {
+      s.insert(s.begin() + static_cast<ptrdiff_t>(first), Session{time, time, typename Agg::State{}});
+      last = first + 1;
+    }
+    Session& joined = s[first];
+    for (size_t k = first + 1; k < last; ++k) {
+      Agg::Merge(joined.state, s[k].state, c);
+      joined.end = std::max(joined.end, s[k].end);
+    }
+    if (last > first + 1) s.erase(s.begin() + static_cast<ptrdiff_t>(first + 1), s.begin() + static_cast<ptrdiff_t>(last));
+    joined.start = std::min(joined.start, time);
+    joined.end = std::max(joined.end, time);
+    Agg::Add(joined.state, x, time, seq, c);
+    // Older sessions that no future event can reach are never read again: only the newest one is.
+    size_t dead = 0;
+    while (dead + 1 < s.size() && s[dead].end + gap_ms_ <= low) ++dead;
+    if (dead > 0) s.erase(s.begin(), s.begin() + static_cast<ptrdiff_t>(dead));
+  }
+
+  Value Query(const State& s, int64_t t, const AggContext& c) const {
+    if (s.empty() || t - s.back().end >= gap_ms_) return Agg::Finalize(typename Agg::State{}, c);
+    return Agg::Finalize(s.back().state, c);
+  }
+
+  size_t MemoryBytes(const State& s) const {
+    size_t bytes = s.capacity() * sizeof(Session);
+    for (const Session& session : s) bytes += Agg::MemoryBytes(session.state);
+    return bytes;
+  }
+
+ private:
+  int64_t gap_ms_;
+};
+
+}  // namespace freshet
