@@ -1,0 +1,953 @@
+// Spec parsing: YAML text -> validated Spec, with every problem reported by line and column.
+//
+// The accepted keys come from the table in spec_options.h. This file walks the YAML tree section by
+// section: ReadMap checks a map's keys against the table (unknown, duplicate, missing), the Read* helpers
+// check one value's shape and convert it, and the Parse* functions assemble the Spec and check the rules
+// that span keys (slide divides size, feature names are unique, ...). Problems are collected, not thrown,
+// so one run reports all of them.
+#include "spec/spec.h"
+
+#include <yaml-cpp/eventhandler.h>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <utility>
+
+#include "common/time.h"
+#include "spec/spec_options.h"
+
+namespace freshet {
+
+namespace {
+
+constexpr std::pair<AggKind, const char*> kAggNames[] = {
+    {AggKind::kCount, "count"},
+    {AggKind::kSum, "sum"},
+    {AggKind::kMean, "mean"},
+    {AggKind::kMin, "min"},
+    {AggKind::kMax, "max"},
+    {AggKind::kStddev, "stddev"},
+    {AggKind::kLast, "last"},
+    {AggKind::kCountDistinct, "count_distinct"},
+    {AggKind::kApproxCountDistinct, "approx_count_distinct"},
+};
+
+constexpr std::pair<WindowKind, const char*> kWindowNames[] = {
+    {WindowKind::kLifetime, "lifetime"},
+    {WindowKind::kSliding, "sliding"},
+    {WindowKind::kTumbling, "tumbling"},
+    {WindowKind::kSession, "session"},
+};
+
+}  // namespace
+
+const char* AggKindName(AggKind kind) {
+  for (const auto& [k, name] : kAggNames) {
+    if (k == kind) return name;
+  }
+  return "unknown";
+}
+
+bool AggNeedsNumber(AggKind kind) {
+  switch (kind) {
+    case AggKind::kSum:
+    case AggKind::kMean:
+    case AggKind::kMin:
+    case AggKind::kMax:
+    case AggKind::kStddev:
+      return true;
+    default:
+      return false;
+  }
+}
+
+const char* WindowKindName(WindowKind kind) {
+  for (const auto& [k, name] : kWindowNames) {
+    if (k == kind) return name;
+  }
+  return "unknown";
+}
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------------
+// Table and text helpers.
+
+// Splits a ", "-separated table list ("sliding, tumbling").
+std::vector<std::string_view> SplitList(std::string_view list) {
+  std::vector<std::string_view> items;
+  while (!list.empty()) {
+    size_t comma = list.find(',');
+    std::string_view item = list.substr(0, comma);
+    while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
+    while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+    if (!item.empty()) items.push_back(item);
+    if (comma == std::string_view::npos) break;
+    list.remove_prefix(comma + 1);
+  }
+  return items;
+}
+
+bool InList(std::string_view list, std::string_view value) {
+  for (std::string_view item : SplitList(list)) {
+    if (item == value) return true;
+  }
+  return false;
+}
+
+// "a, b or c".
+std::string JoinOr(const std::vector<std::string_view>& items) {
+  std::string out;
+  for (size_t k = 0; k < items.size(); ++k) {
+    if (k > 0) out += k + 1 == items.size() ? " or " : ", ";
+    out += items[k];
+  }
+  return out;
+}
+
+std::string Join(const std::vector<std::string_view>& items) {
+  std::string out;
+  for (size_t k = 0; k < items.size(); ++k) {
+    if (k > 0) out += ", ";
+    out += items[k];
+  }
+  return out;
+}
+
+const SpecOption* FindOption(std::string_view section, std::string_view key) {
+  for (const SpecOption& o : SpecOptions()) {
+    if (o.section == section && o.key == key) return &o;
+  }
+  return nullptr;
+}
+
+std::vector<std::string_view> SectionKeys(std::string_view section) {
+  std::vector<std::string_view> keys;
+  for (const SpecOption& o : SpecOptions()) {
+    if (o.section == section) keys.push_back(o.key);
+  }
+  return keys;
+}
+
+// The section holding the keys of a kMap or kList option's value.
+std::string ChildSection(const SpecOption& option) {
+  std::string path = option.section.empty() ? std::string(option.key)
+                                            : std::string(option.section) + "." + std::string(option.key);
+  if (option.type == SpecValueType::kList) path += "[]";
+  return path;
+}
+
+// Levenshtein distance, case-insensitive.
+size_t EditDistance(std::string_view a, std::string_view b) {
+  auto lower = [](char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; };
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t substitute = prev[j - 1] + (lower(a[i - 1]) == lower(b[j - 1]) ? 0 : 1);
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, substitute});
+    }
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+// The candidate closest to `word`, if it is close enough to be a likely typo.
+std::optional<std::string_view> ClosestMatch(std::string_view word, const std::vector<std::string_view>& candidates) {
+  std::optional<std::string_view> best;
+  size_t best_distance = 0;
+  for (std::string_view c : candidates) {
+    size_t d = EditDistance(word, c);
+    size_t limit = std::max<size_t>(1, std::min<size_t>(3, c.size() / 3));
+    if (d <= limit && (!best || d < best_distance)) {
+      best = c;
+      best_distance = d;
+    }
+  }
+  return best;
+}
+
+bool IsIdentifier(std::string_view s) {
+  if (s.empty()) return false;
+  auto alpha = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; };
+  if (!alpha(s[0])) return false;
+  return std::all_of(s.begin() + 1, s.end(), [&](char c) { return alpha(c) || (c >= '0' && c <= '9'); });
+}
+
+bool IsFieldPath(std::string_view s) {
+  size_t start = 0;
+  while (true) {
+    size_t dot = s.find('.', start);
+    if (!IsIdentifier(s.substr(start, dot == std::string_view::npos ? std::string_view::npos : dot - start))) {
+      return false;
+    }
+    if (dot == std::string_view::npos) return true;
+    start = dot + 1;
+  }
+}
+
+// A valid identifier that looks like `s`, for "try 'x'" hints.
+std::string SanitizeIdentifier(std::string_view s) {
+  std::string out;
+  for (char c : s) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+    out += ok ? c : '_';
+  }
+  if (out.empty() || (out[0] >= '0' && out[0] <= '9')) out.insert(out.begin(), '_');
+  return out;
+}
+
+bool AllDigits(std::string_view s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+// "0s", "0ms", "00m": a zero duration, which ParseDurationMs rejects but a watermark may use.
+bool IsZeroDuration(std::string_view s) {
+  size_t digits = 0;
+  while (digits < s.size() && s[digits] == '0') ++digits;
+  if (digits == 0) return false;
+  std::string_view unit = s.substr(digits);
+  return unit == "ms" || unit == "s" || unit == "m" || unit == "h" || unit == "d";
+}
+
+const char* NodeKindName(const YAML::Node& node) {
+  switch (node.Type()) {
+    case YAML::NodeType::Map:
+      return "a map";
+    case YAML::NodeType::Sequence:
+      return "a list";
+    case YAML::NodeType::Scalar:
+      return "a single value";
+    default:
+      return "nothing";
+  }
+}
+
+// What a value of this option looks like, for "expected ..." messages.
+std::string ExpectedValue(const SpecOption& o) {
+  std::string what;
+  switch (o.type) {
+    case SpecValueType::kString: what = "text"; break;
+    case SpecValueType::kName: what = "a name ([A-Za-z_][A-Za-z0-9_]*)"; break;
+    case SpecValueType::kFieldPath: what = "a field path (names separated by dots)"; break;
+    case SpecValueType::kDuration: what = "a duration (an integer and a unit: ms, s, m, h, d)"; break;
+    case SpecValueType::kBool: what = "true or false"; break;
+    case SpecValueType::kInt:
+      what = "an integer from " + std::to_string(o.min_value) + " to " + std::to_string(o.max_value);
+      break;
+    case SpecValueType::kChoice: what = "one of " + Join(SplitList(o.choices)); break;
+    case SpecValueType::kExpression: what = "an expression"; break;
+    case SpecValueType::kMap: what = "a map of keys"; break;
+    case SpecValueType::kList: what = "a list"; break;
+  }
+  if (!o.example.empty()) what += ", e.g. " + std::string(o.key) + ": " + std::string(o.example);
+  return what;
+}
+
+// What to write for a missing key: a map or list is explained by its description, a value by its shape.
+std::string MissingKeyHelp(const SpecOption& o) {
+  if (o.type == SpecValueType::kMap || o.type == SpecValueType::kList) {
+    std::string help(o.description);
+    if (!o.example.empty()) help += " For example: " + std::string(o.key) + ": " + std::string(o.example);
+    return help;
+  }
+  return "expected " + ExpectedValue(o);
+}
+
+// The condition of an option, as prose ("type is sliding or tumbling").
+std::string ConditionText(const SpecOption& o) {
+  std::string values = JoinOr(SplitList(o.when_values));
+  return std::string(o.when_key) + (o.when_negated ? " is not " : " is ") + values;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The parser.
+
+// One key: value pair of a YAML map, matched to its table row.
+struct Entry {
+  const SpecOption* option = nullptr;
+  YAML::Node key;
+  YAML::Node value;
+};
+
+// A YAML map whose keys have been checked against the table.
+struct MapView {
+  std::string section;
+  YAML::Mark mark;
+  std::vector<Entry> entries;
+
+  const Entry* Find(std::string_view key) const {
+    for (const Entry& e : entries) {
+      if (e.option->key == key) return &e;
+    }
+    return nullptr;
+  }
+};
+
+// A scalar value, or an absent key's default (then `node` is null and `mark` is the map's).
+struct ScalarValue {
+  std::string text;
+  YAML::Mark mark;
+  const YAML::Node* node = nullptr;
+};
+
+class SpecParser {
+ public:
+  SpecParser(std::string_view text, const std::string& file) : text_(text), file_(file) {}
+
+  Result<Spec> Parse(std::vector<SpecDiagnostic>* diagnostics);
+
+ private:
+  void Error(const YAML::Mark& mark, std::string message);
+  YAML::Mark ValueMark(const Entry& e) const;
+  YAML::Mark MarkInScalar(const YAML::Node& node, size_t offset) const;
+
+  std::optional<MapView> ReadMap(const YAML::Node& node, const YAML::Mark& fallback, const SpecOption& option,
+                                 const std::string& section, const std::string& what);
+  void CheckCondition(const MapView& map, std::string_view when_key, std::string_view value);
+
+  std::optional<ScalarValue> Scalar(const MapView& map, std::string_view key);
+  std::optional<std::string> ReadString(const MapView& map, std::string_view key);
+  std::optional<std::string> ReadName(const MapView& map, std::string_view key);
+  std::optional<std::string> ReadFieldPath(const MapView& map, std::string_view key);
+  std::optional<std::string> ReadChoice(const MapView& map, std::string_view key);
+  std::optional<int64_t> ReadDuration(const MapView& map, std::string_view key);
+  std::optional<bool> ReadBool(const MapView& map, std::string_view key);
+  std::optional<int> ReadInt(const MapView& map, std::string_view key);
+
+  void ParseTop(const YAML::Node& root, Spec* spec);
+  void ParseWatermark(const Entry& entry, Spec* spec);
+  void ParseSource(const Entry& entry, Spec* spec);
+  void ParseFeatures(const Entry& entry, Spec* spec);
+  void ParseFeature(const YAML::Node& item, const SpecOption& list_option, Spec* spec,
+                    std::map<std::string, int>* first_line_by_name);
+  std::optional<WindowSpec> ParseWindow(const Entry& entry);
+
+  std::string_view text_;
+  std::string file_;
+  std::vector<SpecDiagnostic> diagnostics_;
+};
+
+void SpecParser::Error(const YAML::Mark& mark, std::string message) {
+  SpecDiagnostic d;
+  d.line = mark.line >= 0 ? mark.line + 1 : 1;
+  d.column = mark.column >= 0 ? mark.column + 1 : 1;
+  d.message = std::move(message);
+  diagnostics_.push_back(std::move(d));
+}
+
+// Where a value is; an empty value (`key:`) has no useful mark of its own, so point at its key.
+YAML::Mark SpecParser::ValueMark(const Entry& e) const {
+  if (e.value.IsNull() || e.value.Mark().is_null()) return e.key.Mark();
+  return e.value.Mark();
+}
+
+// The position of byte `offset` of a scalar's text, when the scalar is written on one line with no
+// escapes (then the text appears verbatim in the file); otherwise the start of the scalar.
+YAML::Mark SpecParser::MarkInScalar(const YAML::Node& node, size_t offset) const {
+  YAML::Mark mark = node.Mark();
+  if (mark.is_null() || mark.pos < 0 || static_cast<size_t>(mark.pos) >= text_.size()) return mark;
+  const std::string& scalar = node.Scalar();
+  if (scalar.find('\n') != std::string::npos || offset > scalar.size()) return mark;
+  std::string_view raw = text_.substr(static_cast<size_t>(mark.pos));
+  size_t start = 0;
+  if (raw[0] == '"' || raw[0] == '\'') {
+    start = 1;
+  } else if (node.Tag() != "?") {
+    return mark;  // A block scalar (| or >) or a tagged value.
+  }
+  if (raw.substr(start, scalar.size()) != scalar) return mark;
+  mark.column += static_cast<int>(start + offset);
+  return mark;
+}
+
+// Checks a map against the table rows of `section`: reports values that are not maps, keys that are not
+// names, duplicates, unknown keys (with the closest valid one), and missing unconditionally required
+// keys. `fallback` positions errors about an empty value.
+std::optional<MapView> SpecParser::ReadMap(const YAML::Node& node, const YAML::Mark& fallback,
+                                           const SpecOption& option, const std::string& section,
+                                           const std::string& what) {
+  if (!node.IsMap()) {
+    YAML::Mark mark = node.IsNull() || node.Mark().is_null() ? fallback : node.Mark();
+    std::string expected = "expected a map of keys for " + what;
+    if (!option.example.empty()) expected += " (e.g. " + std::string(option.example) + ")";
+    Error(mark, expected + ", got " + NodeKindName(node));
+    return std::nullopt;
+  }
+  MapView view;
+  view.section = section;
+  view.mark = node.Mark();
+  std::map<std::string, int> first_line;
+  std::vector<std::string_view> suggested;  // Keys offered for a typo; not reported missing as well.
+  for (const auto& kv : node) {
+    const YAML::Node& key = kv.first;
+    if (!key.IsScalar()) {
+      Error(key.Mark(), std::string("a key must be a plain name, got ") + NodeKindName(key));
+      continue;
+    }
+    const std::string& name = key.Scalar();
+    if (auto it = first_line.find(name); it != first_line.end()) {
+      Error(key.Mark(), "duplicate key '" + name + "'; it is already set at line " + std::to_string(it->second) +
+                            "; remove one of them");
+      continue;
+    }
+    first_line[name] = key.Mark().line + 1;
+    const SpecOption* o = FindOption(section, name);
+    if (o == nullptr) {
+      std::vector<std::string_view> keys = SectionKeys(section);
+      std::string message = "unknown key '" + name + "'";
+      if (auto close = ClosestMatch(name, keys)) {
+        message += "; did you mean '" + std::string(*close) + "'?";
+        suggested.push_back(*close);
+      }
+      message += (message.back() == '?' ? " " : "; ") + std::string("valid keys: ") + Join(keys);
+      Error(key.Mark(), message);
+      continue;
+    }
+    view.entries.push_back(Entry{o, key, kv.second});
+  }
+  for (const SpecOption& o : SpecOptions()) {
+    if (o.section != section || !o.required || !o.when_key.empty() || view.Find(o.key) != nullptr) continue;
+    if (std::find(suggested.begin(), suggested.end(), o.key) != suggested.end()) continue;
+    Error(view.mark, "missing required key '" + std::string(o.key) + "': " + MissingKeyHelp(o));
+  }
+  return view;
+}
+
+// Applies the conditions that depend on `when_key` now that its value is known: a key given where it
+// does not apply is an error, and so is a missing key that the value requires.
+void SpecParser::CheckCondition(const MapView& map, std::string_view when_key, std::string_view value) {
+  auto applies = [&](const SpecOption& o) {
+    return o.when_key != when_key || InList(o.when_values, value) != o.when_negated;
+  };
+  std::vector<std::string_view> valid_here;
+  for (const SpecOption& o : SpecOptions()) {
+    if (o.section == map.section && applies(o)) valid_here.push_back(o.key);
+  }
+  for (const Entry& e : map.entries) {
+    if (applies(*e.option)) continue;
+    std::string message;
+    if (!e.option->misuse_hint.empty()) {
+      message = std::string(e.option->misuse_hint);
+    } else {
+      message = "'" + std::string(e.option->key) + "' does not apply when " + std::string(when_key) + " is " +
+                std::string(value) + " (only when " + ConditionText(*e.option) + "); valid keys here: " +
+                Join(valid_here);
+    }
+    Error(e.key.Mark(), message);
+  }
+  for (const SpecOption& o : SpecOptions()) {
+    if (o.section != map.section || o.when_key != when_key || !o.required || !applies(o)) continue;
+    if (map.Find(o.key) != nullptr) continue;
+    Error(map.mark, "missing required key '" + std::string(o.key) + "' (needed when " + std::string(when_key) +
+                        " is " + std::string(value) + "): " + MissingKeyHelp(o));
+  }
+}
+
+// The scalar text of `key`, or its table default when absent. Reports empty values and values that are
+// maps or lists. Returns nullopt after an error, or when the key is absent and has no default.
+std::optional<ScalarValue> SpecParser::Scalar(const MapView& map, std::string_view key) {
+  const SpecOption* o = FindOption(map.section, key);
+  FRESHET_CHECK(o != nullptr);
+  const Entry* e = map.Find(key);
+  if (e == nullptr) {
+    if (o->default_value.empty()) return std::nullopt;
+    return ScalarValue{std::string(o->default_value), map.mark, nullptr};
+  }
+  if (!e->value.IsScalar()) {
+    std::string got = e->value.IsNull() ? "'" + std::string(key) + "' has no value" :
+                                          "'" + std::string(key) + "' is " + NodeKindName(e->value);
+    Error(ValueMark(*e), got + "; expected " + ExpectedValue(*o));
+    return std::nullopt;
+  }
+  return ScalarValue{e->value.Scalar(), e->value.Mark(), &e->value};
+}
+
+std::optional<std::string> SpecParser::ReadString(const MapView& map, std::string_view key) {
+  auto v = Scalar(map, key);
+  if (!v) return std::nullopt;
+  if (v->text.empty()) {
+    Error(v->mark, "'" + std::string(key) + "' is empty; expected " + ExpectedValue(*FindOption(map.section, key)));
+    return std::nullopt;
+  }
+  return v->text;
+}
+
+std::optional<std::string> SpecParser::ReadName(const MapView& map, std::string_view key) {
+  auto v = Scalar(map, key);
+  if (!v) return std::nullopt;
+  if (!IsIdentifier(v->text)) {
+    Error(v->mark, "invalid " + std::string(key) + " '" + v->text +
+                       "': use letters, digits and underscores, not starting with a digit; try '" +
+                       SanitizeIdentifier(v->text) + "'");
+    return std::nullopt;
+  }
+  return v->text;
+}
+
+std::optional<std::string> SpecParser::ReadFieldPath(const MapView& map, std::string_view key) {
+  auto v = Scalar(map, key);
+  if (!v) return std::nullopt;
+  if (!IsFieldPath(v->text)) {
+    Error(v->mark, "invalid field path '" + v->text + "' for '" + std::string(key) +
+                       "': write field names (letters, digits, underscores) separated by dots, e.g. "
+                       "amount or device.os");
+    return std::nullopt;
+  }
+  return v->text;
+}
+
+std::optional<std::string> SpecParser::ReadChoice(const MapView& map, std::string_view key) {
+  const SpecOption* o = FindOption(map.section, key);
+  auto v = Scalar(map, key);
+  if (!v) return std::nullopt;
+  std::vector<std::string_view> choices = SplitList(o->choices);
+  if (std::find(choices.begin(), choices.end(), v->text) != choices.end()) return v->text;
+  std::string message = "unknown " + std::string(key) + " '" + v->text + "'";
+  if (auto close = ClosestMatch(v->text, choices)) message += "; did you mean '" + std::string(*close) + "'?";
+  message += (message.back() == '?' ? " " : "; ") + std::string("valid: ") + Join(choices);
+  Error(v->mark, message);
+  return std::nullopt;
+}
+
+std::optional<int64_t> SpecParser::ReadDuration(const MapView& map, std::string_view key) {
+  const SpecOption* o = FindOption(map.section, key);
+  auto v = Scalar(map, key);
+  if (!v) return std::nullopt;
+  if (AllDigits(v->text)) {
+    Error(v->mark, "'" + std::string(key) + "' needs a unit: write " + v->text + "m, not " + v->text +
+                       " (units: ms, s, m, h, d)");
+    return std::nullopt;
+  }
+  if (o->zero_allowed && IsZeroDuration(v->text)) return 0;
+  Result<int64_t> ms = ParseDurationMs(v->text);
+  if (!ms.ok()) {
+    FRESHET_CHECK(v->node != nullptr);  // Table defaults are valid.
+    Error(v->mark, "'" + std::string(key) + "': " + ms.status().message());
+    return std::nullopt;
+  }
+  return *ms;
+}
+
+std::optional<bool> SpecParser::ReadBool(const MapView& map, std::string_view key) {
+  auto v = Scalar(map, key);
+  if (!v) return std::nullopt;
+  if (v->text == "true" || v->text == "True" || v->text == "TRUE") return true;
+  if (v->text == "false" || v->text == "False" || v->text == "FALSE") return false;
+  Error(v->mark, "'" + std::string(key) + "' must be true or false, got '" + v->text + "'");
+  return std::nullopt;
+}
+
+std::optional<int> SpecParser::ReadInt(const MapView& map, std::string_view key) {
+  const SpecOption* o = FindOption(map.section, key);
+  auto v = Scalar(map, key);
+  if (!v) return std::nullopt;
+  int n = 0;
+  auto [ptr, ec] = std::from_chars(v->text.data(), v->text.data() + v->text.size(), n);
+  if (ec != std::errc() || ptr != v->text.data() + v->text.size() || n < o->min_value || n > o->max_value) {
+    Error(v->mark, "'" + std::string(key) + "' must be an integer from " + std::to_string(o->min_value) + " to " +
+                       std::to_string(o->max_value) + ", got '" + v->text + "'");
+    return std::nullopt;
+  }
+  return n;
+}
+
+// For a slide that does not divide size: the nearest slides that do, in the slide's own unit where
+// possible ("6m or 10m" for a 7m slide of a 1h window).
+std::string NearestDivisors(int64_t size_ms, int64_t slide_ms) {
+  static constexpr int64_t kUnitsMs[] = {86400000, 3600000, 60000, 1000, 1};
+  for (int64_t unit : kUnitsMs) {
+    if (slide_ms % unit != 0 || size_ms % unit != 0) continue;
+    const int64_t n = size_ms / unit;
+    const int64_t h = slide_ms / unit;
+    if (n > 1'000'000'000'000LL) return "";  // Too many candidates to search; no suggestion.
+    int64_t lower = 0, upper = 0;
+    for (int64_t d = 1; d * d <= n; ++d) {
+      if (n % d != 0) continue;
+      for (int64_t c : {d, n / d}) {
+        if (c < h && c > lower) lower = c;
+        if (c > h && (upper == 0 || c < upper)) upper = c;
+      }
+    }
+    std::vector<std::string> options;
+    if (lower > 0) options.push_back(FormatDuration(lower * unit));
+    if (upper > 0) options.push_back(FormatDuration(upper * unit));
+    if (options.empty()) return "";
+    return options.size() == 1 ? options[0] : options[0] + " or " + options[1];
+  }
+  return "";
+}
+
+std::optional<WindowSpec> SpecParser::ParseWindow(const Entry& entry) {
+  const SpecOption& option = *entry.option;
+  std::optional<MapView> map = ReadMap(entry.value, ValueMark(entry), option, ChildSection(option), "'window'");
+  if (!map) return std::nullopt;
+  std::optional<std::string> type = ReadChoice(*map, "type");
+  if (!type) return std::nullopt;
+  CheckCondition(*map, "type", *type);
+  WindowSpec window;
+  for (const auto& [kind, name] : kWindowNames) {
+    if (*type == name) window.kind = kind;
+  }
+  bool ok = true;
+  switch (window.kind) {
+    case WindowKind::kLifetime:
+      break;
+    case WindowKind::kSliding: {
+      std::optional<int64_t> size = ReadDuration(*map, "size");
+      std::optional<int64_t> slide;
+      if (map->Find("slide") != nullptr) {
+        slide = ReadDuration(*map, "slide");
+        ok = ok && slide.has_value();
+      }
+      ok = ok && size.has_value();
+      if (size && slide && *size % *slide != 0) {
+        std::string message = "slide " + FormatDuration(*slide) + " does not divide size " + FormatDuration(*size);
+        if (*slide > *size) message = "slide " + FormatDuration(*slide) + " is longer than size " + FormatDuration(*size);
+        std::string nearest = NearestDivisors(*size, *slide);
+        if (!nearest.empty()) message += "; the nearest slides that do divide it are " + nearest;
+        message += " (or omit slide for a continuous window)";
+        Error(map->Find("slide")->value.Mark(), message);
+        ok = false;
+      }
+      if (ok) {
+        window.size_ms = *size;
+        window.slide_ms = slide.value_or(0);
+      }
+      break;
+    }
+    case WindowKind::kTumbling: {
+      std::optional<int64_t> size = ReadDuration(*map, "size");
+      ok = size.has_value();
+      if (ok) window.size_ms = window.slide_ms = *size;
+      break;
+    }
+    case WindowKind::kSession: {
+      std::optional<int64_t> gap = ReadDuration(*map, "gap");
+      ok = gap.has_value();
+      if (ok) window.gap_ms = *gap;
+      break;
+    }
+  }
+  if (!ok) return std::nullopt;
+  return window;
+}
+
+void SpecParser::ParseFeature(const YAML::Node& item, const SpecOption& list_option, Spec* spec,
+                              std::map<std::string, int>* first_line_by_name) {
+  std::optional<MapView> map =
+      ReadMap(item, item.Mark(), list_option, ChildSection(list_option), "each item of 'features'");
+  if (!map) return;
+  FeatureSpec feature;
+  feature.line = map->mark.line + 1;
+
+  std::optional<std::string> name = ReadName(*map, "name");
+  if (name) {
+    feature.name = *name;
+    const YAML::Mark& mark = map->Find("name")->value.Mark();
+    auto [it, inserted] = first_line_by_name->emplace(*name, feature.line);
+    if (!inserted) {
+      Error(mark, "duplicate feature name '" + *name + "'; the first one is at line " + std::to_string(it->second) +
+                      "; feature names are output columns and must be unique");
+    }
+    for (const auto& [column, role] : {std::pair{spec->entity_field, "entity"},
+                                       std::pair{spec->timestamp_field, "timestamp"}}) {
+      if (!column.empty() && *name == column) {
+        Error(mark, "feature name '" + *name + "' is the " + role +
+                        " field; both become output columns, side by side, so pick another name");
+      }
+    }
+  }
+
+  std::optional<std::string> agg_name = ReadChoice(*map, "aggregation");
+  if (agg_name) {
+    for (const auto& [kind, text] : kAggNames) {
+      if (*agg_name == text) feature.agg = kind;
+    }
+    CheckCondition(*map, "aggregation", *agg_name);
+  }
+
+  // Fields are interned in this order (where, then field), whatever the order of the keys in the file.
+  if (const Entry* where = map->Find("where")) {
+    if (std::optional<ScalarValue> v = Scalar(*map, "where")) {
+      if (v->text.empty()) {
+        Error(v->mark, "'where' is empty; remove it to count every event, or write a condition such as "
+                       "\"type == 'purchase'\"");
+      } else {
+        size_t offset = 0;
+        Result<Expr> expr = Expr::Parse(v->text, spec->fields, &offset);
+        if (expr.ok()) {
+          feature.where_text = v->text;
+          feature.where = std::move(expr).value();
+        } else {
+          Error(MarkInScalar(where->value, offset), "in 'where': " + expr.status().message());
+        }
+      }
+    }
+  }
+  if (agg_name && AggNeedsField(feature.agg)) {
+    if (std::optional<std::string> field = ReadFieldPath(*map, "field")) {
+      feature.field = *field;
+      feature.field_slot = spec->fields.Intern(*field);
+    }
+  }
+
+  if (const Entry* window = map->Find("window")) {
+    if (std::optional<WindowSpec> w = ParseWindow(*window)) feature.window = *w;
+  }
+
+  if (feature.agg == AggKind::kApproxCountDistinct) {
+    if (std::optional<int> precision = ReadInt(*map, "precision")) feature.precision = *precision;
+  }
+  spec->features.push_back(std::move(feature));
+}
+
+void SpecParser::ParseFeatures(const Entry& entry, Spec* spec) {
+  const SpecOption& option = *entry.option;
+  if (!entry.value.IsSequence()) {
+    Error(ValueMark(entry), std::string("'features' is ") + NodeKindName(entry.value) +
+                                "; expected a list of features, each starting with '- name: ...'");
+    return;
+  }
+  if (entry.value.size() == 0) {
+    Error(ValueMark(entry), "'features' is empty; declare at least one feature, e.g. "
+                            "- {name: n_events, aggregation: count, window: {type: lifetime}}");
+    return;
+  }
+  std::map<std::string, int> first_line_by_name;
+  for (const auto& item : entry.value) ParseFeature(item, option, spec, &first_line_by_name);
+}
+
+void SpecParser::ParseWatermark(const Entry& entry, Spec* spec) {
+  std::optional<MapView> map =
+      ReadMap(entry.value, ValueMark(entry), *entry.option, ChildSection(*entry.option), "'watermark'");
+  if (!map) return;
+  std::optional<int64_t> out_of_orderness = ReadDuration(*map, "max_out_of_orderness");
+  std::optional<int64_t> lateness = ReadDuration(*map, "allowed_lateness");
+  if (out_of_orderness && lateness) spec->watermark = WatermarkSpec{*out_of_orderness, *lateness};
+}
+
+void SpecParser::ParseSource(const Entry& entry, Spec* spec) {
+  std::optional<MapView> map =
+      ReadMap(entry.value, ValueMark(entry), *entry.option, ChildSection(*entry.option), "'source'");
+  if (!map) return;
+  std::optional<std::string> type = ReadChoice(*map, "type");
+  std::optional<std::string> path = ReadString(*map, "path");
+  std::optional<bool> follow = ReadBool(*map, "follow");
+  if (!type || !path || !follow) return;
+  SourceSpec source;
+  source.type = *type;
+  std::filesystem::path resolved(*path);
+  if (resolved.is_relative()) {
+    resolved = (std::filesystem::path(file_).parent_path() / resolved).lexically_normal();
+  }
+  source.path = resolved.string();
+  source.follow = *follow;
+  spec->source = std::move(source);
+}
+
+void SpecParser::ParseTop(const YAML::Node& root, Spec* spec) {
+  static const SpecOption kRoot("", "", SpecValueType::kMap, "");
+  YAML::Mark start;
+  start.line = start.column = 0;
+  if (root.IsNull()) {
+    Error(start, "the spec is empty; expected a map with the keys " + Join(SectionKeys("")) +
+                     " (required: name, entity, timestamp, features)");
+    return;
+  }
+  std::optional<MapView> map = ReadMap(root, start, kRoot, "", "the spec");
+  if (!map) return;
+  if (auto name = ReadString(*map, "name")) spec->name = *name;
+  if (auto entity = ReadFieldPath(*map, "entity")) spec->entity_field = *entity;
+  if (auto timestamp = ReadFieldPath(*map, "timestamp")) spec->timestamp_field = *timestamp;
+  if (!spec->entity_field.empty() && spec->entity_field == spec->timestamp_field) {
+    Error(map->Find("timestamp")->value.Mark(),
+          "entity and timestamp are both '" + spec->entity_field + "'; they must be different fields");
+  }
+  // Slots 0 and 1 are the entity and timestamp fields, before any field a feature reads.
+  spec->fields.Intern(spec->entity_field);
+  spec->fields.Intern(spec->timestamp_field);
+
+  if (const Entry* e = map->Find("watermark")) ParseWatermark(*e, spec);
+  if (const Entry* e = map->Find("source")) ParseSource(*e, spec);
+  if (const Entry* e = map->Find("features")) ParseFeatures(*e, spec);
+}
+
+// yaml-cpp reports tabs in indentation as a generic syntax error; say what it is.
+std::string TabHint(std::string_view text, int line) {
+  int current = 0;
+  size_t start = 0;
+  while (current < line && start < text.size()) {
+    size_t nl = text.find('\n', start);
+    if (nl == std::string_view::npos) return "";
+    start = nl + 1;
+    ++current;
+  }
+  std::string_view row = text.substr(start, text.find('\n', start) - start);
+  if (row.find('\t') != std::string_view::npos) return " (this line has a tab; YAML indents with spaces only)";
+  return "";
+}
+
+// Records the shape of one YAML document from the parser's events: enough to tell an empty document
+// from a real one, and where it starts. Used to find what YAML::Load would silently skip.
+class DocumentProbe : public YAML::EventHandler {
+ public:
+  void OnDocumentStart(const YAML::Mark& mark) override { start_ = mark; }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark& mark, YAML::anchor_t) override { Saw(mark, true); }
+  void OnAlias(const YAML::Mark& mark, YAML::anchor_t) override { Saw(mark, false); }
+  void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t, const std::string&) override {
+    Saw(mark, false);
+  }
+  void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {
+    Saw(mark, false);
+  }
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {
+    Saw(mark, false);
+  }
+  void OnMapEnd() override {}
+
+  bool only_null() const { return only_null_; }
+  const YAML::Mark& first_mark() const { return first_mark_; }
+  const YAML::Mark& start() const { return start_; }
+
+ private:
+  void Saw(const YAML::Mark& mark, bool is_null) {
+    if (!seen_) first_mark_ = mark;
+    seen_ = true;
+    only_null_ = only_null_ && is_null;
+  }
+  bool seen_ = false;
+  bool only_null_ = true;
+  YAML::Mark first_mark_;
+  YAML::Mark start_;
+};
+
+Result<Spec> SpecParser::Parse(std::vector<SpecDiagnostic>* diagnostics) {
+  Spec spec;
+  spec.file = file_;
+  try {
+    // yaml-cpp 0.7 reads a stray ',' where a document should start as an empty document and never moves
+    // past it (YAML::LoadAll loops forever; YAML::Load returns null). So look at the first two documents
+    // with the event parser, then build the tree of the first with YAML::Load.
+    std::istringstream in{std::string(text_)};
+    YAML::Parser parser(in);
+    bool usable = true;
+    for (int document = 0; document < 2 && usable; ++document) {
+      DocumentProbe probe;
+      if (!parser.HandleNextDocument(probe)) break;
+      const YAML::Mark& mark = probe.first_mark();
+      const bool stray_comma = probe.only_null() && mark.pos >= 0 &&
+                               static_cast<size_t>(mark.pos) < text_.size() && text_[mark.pos] == ',';
+      if (stray_comma) {
+        Error(mark, "invalid YAML: unexpected ','; commas separate items only inside [ ] or { }");
+        usable = false;
+      } else if (document == 1 && !probe.only_null()) {
+        Error(probe.start(), "a spec file holds one YAML document; remove the '---' separator or split the file");
+      }
+    }
+    if (usable) ParseTop(YAML::Load(std::string(text_)), &spec);
+  } catch (const YAML::ParserException& e) {
+    Error(e.mark, "invalid YAML: " + e.msg + TabHint(text_, e.mark.line));
+  } catch (const YAML::Exception& e) {
+    Error(e.mark, "cannot read the spec: " + e.msg);
+  }
+  std::stable_sort(diagnostics_.begin(), diagnostics_.end(), [](const SpecDiagnostic& a, const SpecDiagnostic& b) {
+    return std::pair(a.line, a.column) < std::pair(b.line, b.column);
+  });
+  if (diagnostics != nullptr) *diagnostics = diagnostics_;
+  if (diagnostics_.empty()) return spec;
+  std::string message;
+  for (const SpecDiagnostic& d : diagnostics_) {
+    if (!message.empty()) message += '\n';
+    message += file_ + ":" + std::to_string(d.line) + ":" + std::to_string(d.column) + ": error: " + d.message;
+  }
+  return Status::Invalid(std::move(message));
+}
+
+// Markdown for one option's type and requirement: "duration; required when type is sliding or tumbling".
+std::string ReferenceType(const SpecOption& o) {
+  std::string out;
+  switch (o.type) {
+    case SpecValueType::kString: out = "string"; break;
+    case SpecValueType::kName: out = "name"; break;
+    case SpecValueType::kFieldPath: out = "field path"; break;
+    case SpecValueType::kDuration: out = "duration"; break;
+    case SpecValueType::kBool: out = "boolean"; break;
+    case SpecValueType::kInt: out = "integer " + std::to_string(o.min_value) + ".." + std::to_string(o.max_value); break;
+    case SpecValueType::kChoice: {
+      std::vector<std::string_view> choices = SplitList(o.choices);
+      out = "one of ";
+      for (size_t k = 0; k < choices.size(); ++k) out += (k > 0 ? ", `" : "`") + std::string(choices[k]) + "`";
+      break;
+    }
+    case SpecValueType::kExpression: out = "expression"; break;
+    case SpecValueType::kMap: out = "map"; break;
+    case SpecValueType::kList: out = "list of maps"; break;
+  }
+  std::string condition;
+  if (!o.when_key.empty()) {
+    condition = " when `" + std::string(o.when_key) + "`" + (o.when_negated ? " is not " : " is ") +
+                JoinOr(SplitList(o.when_values));
+  }
+  if (o.required) {
+    out += "; required" + condition;
+  } else {
+    if (!condition.empty()) out += "; only" + condition;
+    if (!o.default_value.empty()) out += "; default `" + std::string(o.default_value) + "`";
+    else out += "; optional";
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string SpecReferenceMarkdown() {
+  std::ostringstream out;
+  out << "A spec is a YAML file. Durations are an integer and a unit: `500ms`, `30s`, `5m`, `1h`, `1d`.\n";
+  std::string section = "\x01";
+  for (const SpecOption& o : SpecOptions()) {
+    if (o.section != section) {
+      section = std::string(o.section);
+      out << "\n### " << (section.empty() ? "Top level" : "`" + section + "`") << "\n\n";
+    }
+    out << "- `" << o.key << "` (" << ReferenceType(o) << "): " << o.description;
+    if (!o.example.empty()) out << " Example: `" << o.key << ": " << o.example << "`.";
+    out << "\n";
+  }
+  return out.str();
+}
+
+Result<Spec> ParseSpec(std::string_view yaml_text, const std::string& file, std::vector<SpecDiagnostic>* diagnostics) {
+  return SpecParser(yaml_text, file).Parse(diagnostics);
+}
+
+Result<Spec> LoadSpec(const std::string& path, std::vector<SpecDiagnostic>* diagnostics) {
+  if (diagnostics != nullptr) diagnostics->clear();
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    return Status::Invalid(path + ": error: this is a folder; give the spec file (YAML) inside it");
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    const int err = errno;
+    const std::string reason = err != 0 ? std::strerror(err) : "cannot open";
+    return Status::NotFound(path + ": error: cannot read the spec file: " + reason);
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) return Status::IoError(path + ": error: cannot read the spec file: " + std::strerror(errno));
+  return ParseSpec(text.str(), path, diagnostics);
+}
+
+}  // namespace freshet

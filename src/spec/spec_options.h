@@ -1,0 +1,170 @@
+// SpecOptions: every key a spec file accepts, declared once.
+//
+// The spec parser (spec.cc) checks each YAML map against this table: unknown keys, missing required keys,
+// keys that do not apply (a `gap` on a sliding window), value types, ranges, choices and defaults all come
+// from here. `freshet validate --reference` renders the same table as the README's spec reference.
+//
+// To add a section (say `online`), add its rows here (a kMap row in its parent section, then one row per
+// key with section "online") and read the values in spec.cc; the checks and the docs follow.
+#pragma once
+
+#include <span>
+#include <string>
+#include <string_view>
+
+namespace freshet {
+
+// The kind of value a spec key takes.
+enum class SpecValueType {
+  kString,      // Non-empty text.
+  kName,        // An identifier: [A-Za-z_][A-Za-z0-9_]*.
+  kFieldPath,   // A dotted event field path: identifier(.identifier)*, e.g. device.os.
+  kDuration,    // A positive integer and a unit, one of ms, s, m, h, d: 500ms, 30s, 5m, 1h, 1d.
+  kBool,        // true or false.
+  kInt,         // An integer within [min_value, max_value].
+  kChoice,      // One of `choices`.
+  kExpression,  // A `where` expression (grammar in spec/expr.h).
+  kMap,         // Nested keys, whose rows have section "<this row's path>".
+  kList,        // A list of maps, whose rows have section "<this row's path>[]".
+};
+
+// One key of the spec. Built with chained setters so the table reads as a list:
+//   SpecOption("features[]", "precision", SpecValueType::kInt, "...").Range(4, 18).Default("14")
+struct SpecOption {
+  // Where the key lives: "" is the top level, "watermark" the watermark map, "features[]" each item of
+  // the features list, "features[].window" the window map of a feature.
+  std::string_view section;
+  std::string_view key;
+  SpecValueType type = SpecValueType::kString;
+  std::string_view description;  // Full sentences; shown in the reference and in "missing key" errors.
+
+  bool required = false;           // With a condition: required only where the condition holds.
+  std::string_view default_value;  // Text used when the key is absent ("" for none); parsed like a value.
+  std::string_view choices;        // kChoice: the valid values, ", "-separated.
+  int min_value = 0;               // kInt: inclusive bounds.
+  int max_value = 0;
+  bool zero_allowed = false;       // kDuration: also accept a zero duration ("0s").
+  std::string_view example;        // A valid value, shown when the value has the wrong shape.
+
+  // Condition: the key applies only when the sibling key `when_key` has one of `when_values` (", "-separated),
+  // or, with `when_negated`, any value but those. Given where it does not apply, the key is an error,
+  // explained by `misuse_hint` when set.
+  std::string_view when_key;
+  std::string_view when_values;
+  bool when_negated = false;
+  std::string_view misuse_hint;
+
+  constexpr SpecOption(std::string_view section_in, std::string_view key_in, SpecValueType type_in,
+                       std::string_view description_in)
+      : section(section_in), key(key_in), type(type_in), description(description_in) {}
+
+  constexpr SpecOption Required() const { SpecOption o = *this; o.required = true; return o; }
+  constexpr SpecOption Default(std::string_view value) const { SpecOption o = *this; o.default_value = value; return o; }
+  constexpr SpecOption Choices(std::string_view values) const { SpecOption o = *this; o.choices = values; return o; }
+  constexpr SpecOption Range(int lo, int hi) const { SpecOption o = *this; o.min_value = lo; o.max_value = hi; return o; }
+  constexpr SpecOption ZeroAllowed() const { SpecOption o = *this; o.zero_allowed = true; return o; }
+  constexpr SpecOption Example(std::string_view value) const { SpecOption o = *this; o.example = value; return o; }
+  constexpr SpecOption When(std::string_view key_name, std::string_view values) const {
+    SpecOption o = *this; o.when_key = key_name; o.when_values = values; return o;
+  }
+  constexpr SpecOption WhenNot(std::string_view key_name, std::string_view values) const {
+    SpecOption o = When(key_name, values); o.when_negated = true; return o;
+  }
+  constexpr SpecOption MisuseHint(std::string_view hint) const { SpecOption o = *this; o.misuse_hint = hint; return o; }
+};
+
+// The spec's keys, in the order the reference lists them (and "valid keys" messages name them).
+inline constexpr SpecOption kSpecOptions[] = {
+    // Top level.
+    SpecOption("", "name", SpecValueType::kString,
+               "Name of the feature set; identifies it in output and logs.").Required().Example("fraud"),
+    SpecOption("", "entity", SpecValueType::kFieldPath,
+               "The event field that keys every feature (one result row per distinct value), e.g. user_id.")
+        .Required().Example("user_id"),
+    SpecOption("", "timestamp", SpecValueType::kFieldPath,
+               "The event-time field: RFC 3339 text with an offset or Z, or epoch milliseconds as an integer.")
+        .Required().Example("ts"),
+    SpecOption("", "watermark", SpecValueType::kMap,
+               "How long to wait for out-of-order events. Without it, no event is ever dropped as late.")
+        .Example("{max_out_of_orderness: 5s, allowed_lateness: 1m}"),
+    SpecOption("", "source", SpecValueType::kMap, "Where events are read from.")
+        .Example("{type: file, path: events.jsonl}"),
+    SpecOption("", "features", SpecValueType::kList, "The features to compute, at least one.")
+        .Required().Example("[{name: n_events, aggregation: count, window: {type: lifetime}}]"),
+
+    // watermark
+    SpecOption("watermark", "max_out_of_orderness", SpecValueType::kDuration,
+               "How far behind the largest event time seen an event may be and still count as on time; "
+               "the watermark trails the largest event time by this much.")
+        .Default("0s").ZeroAllowed().Example("5s"),
+    SpecOption("watermark", "allowed_lateness", SpecValueType::kDuration,
+               "How long after the watermark passes the end of a window an event for it is still accepted "
+               "(the result is updated); later events are dropped and counted.")
+        .Default("0s").ZeroAllowed().Example("1m"),
+
+    // source
+    SpecOption("source", "type", SpecValueType::kChoice, "The kind of source.").Choices("file").Default("file"),
+    SpecOption("source", "path", SpecValueType::kString,
+               "The events file, JSON Lines (one JSON object per line). A relative path is resolved against "
+               "the folder of the spec file.")
+        .Required().Example("events.jsonl"),
+    SpecOption("source", "follow", SpecValueType::kBool,
+               "Keep reading as the file grows (like tail -f) instead of stopping at its end.")
+        .Default("false"),
+
+    // features[]
+    SpecOption("features[]", "name", SpecValueType::kName,
+               "The feature's name and output column: [A-Za-z_][A-Za-z0-9_]*, unique within the spec, "
+               "and not the entity or timestamp field name.")
+        .Required().Example("purchase_count_30m"),
+    SpecOption("features[]", "aggregation", SpecValueType::kChoice,
+               "What to compute over the events in the window: count (events), sum, mean, min, max, "
+               "stddev (population), last (value of the latest event by event time), count_distinct "
+               "(exact), approx_count_distinct (HyperLogLog). sum, mean, min, max and stddev need a "
+               "numeric field.")
+        .Required()
+        .Choices("count, sum, mean, min, max, stddev, last, count_distinct, approx_count_distinct"),
+    SpecOption("features[]", "field", SpecValueType::kFieldPath,
+               "The event field to aggregate (dotted path for nested objects). Every aggregation but count "
+               "needs one.")
+        .Required().WhenNot("aggregation", "count").MisuseHint("count takes no field; remove it or use sum")
+        .Example("amount"),
+    SpecOption("features[]", "where", SpecValueType::kExpression,
+               "Only events for which this is true count toward the feature; without it every event does. "
+               "Comparisons (== != < <= > >=), in [...], and, or, not, parentheses; string literals in "
+               "quotes, e.g. \"type == 'purchase' and amount > 10\". A comparison with a missing field is "
+               "false.")
+        .Example("\"type == 'purchase'\""),
+    SpecOption("features[]", "window", SpecValueType::kMap,
+               "The window the aggregation runs over; type is one of lifetime, sliding, tumbling, session.")
+        .Required().Example("{type: sliding, size: 30m, slide: 1m}"),
+    SpecOption("features[]", "precision", SpecValueType::kInt,
+               "HyperLogLog precision p (4..18): 2^p registers, relative error about 1.04/sqrt(2^p).")
+        .Range(4, 18).Default("14").When("aggregation", "approx_count_distinct")
+        .MisuseHint("only approx_count_distinct takes a precision; remove it"),
+
+    // features[].window
+    SpecOption("features[].window", "type", SpecValueType::kChoice,
+               "lifetime: every event since the start. sliding: the last `size` of event time, advancing "
+               "by `slide` (or continuously without it). tumbling: fixed, non-overlapping windows of `size` "
+               "aligned to the epoch. session: events separated by less than `gap`.")
+        .Required().Choices("lifetime, sliding, tumbling, session"),
+    SpecOption("features[].window", "size", SpecValueType::kDuration, "The window length.")
+        .Required().When("type", "sliding, tumbling").Example("30m"),
+    SpecOption("features[].window", "slide", SpecValueType::kDuration,
+               "How often a sliding window advances; must divide size. Without it the window slides "
+               "continuously (every event moves it).")
+        .When("type", "sliding").Example("1m"),
+    SpecOption("features[].window", "gap", SpecValueType::kDuration,
+               "A session ends after this long without events for the entity.")
+        .Required().When("type", "session").Example("30m"),
+};
+
+// Every option, in table order.
+inline std::span<const SpecOption> SpecOptions() { return kSpecOptions; }
+
+// The spec reference as Markdown: one list item per key with its type, default or requirement, and
+// description, grouped by section. Generated from kSpecOptions.
+std::string SpecReferenceMarkdown();
+
+}  // namespace freshet

@@ -1,0 +1,474 @@
+#include "spec/spec.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "spec/spec_options.h"
+
+namespace freshet {
+namespace {
+
+// The example from the spec reference (README), line numbers matter for the tests below.
+constexpr char kExample[] = R"(name: fraud
+entity: user_id
+timestamp: ts
+watermark:
+  max_out_of_orderness: 5s
+  allowed_lateness: 1m
+source: {type: file, path: events.jsonl}
+features:
+  - name: purchase_count_30m
+    aggregation: count
+    where: "type == 'purchase'"
+    window: {type: sliding, size: 30m, slide: 1m}
+  - name: avg_txn_amount_1h
+    aggregation: mean
+    field: amount
+    where: "type == 'purchase'"
+    window: {type: sliding, size: 1h}
+  - name: unique_categories_session
+    aggregation: count_distinct
+    field: category
+    where: "type == 'view'"
+    window: {type: session, gap: 30m}
+)";
+
+// The head of a valid spec; tests append features to it. Features start at line 5.
+constexpr char kHead[] = "name: t\nentity: user_id\ntimestamp: ts\nfeatures:\n";
+
+std::vector<SpecDiagnostic> Diagnose(const std::string& yaml) {
+  std::vector<SpecDiagnostic> diagnostics;
+  Result<Spec> spec = ParseSpec(yaml, "t.yaml", &diagnostics);
+  EXPECT_EQ(spec.ok(), diagnostics.empty());
+  return diagnostics;
+}
+
+std::string Dump(const std::vector<SpecDiagnostic>& diagnostics) {
+  std::string out;
+  for (const auto& d : diagnostics) out += std::to_string(d.line) + ":" + std::to_string(d.column) + ": " + d.message + "\n";
+  return out;
+}
+
+// Asserts that exactly one diagnostic was found, at line:column, and that its message holds every phrase.
+void ExpectOnly(const std::string& yaml, int line, int column, const std::vector<std::string>& phrases) {
+  std::vector<SpecDiagnostic> diagnostics = Diagnose(yaml);
+  ASSERT_EQ(diagnostics.size(), 1u) << Dump(diagnostics);
+  EXPECT_EQ(diagnostics[0].line, line) << Dump(diagnostics);
+  EXPECT_EQ(diagnostics[0].column, column) << Dump(diagnostics);
+  for (const std::string& phrase : phrases) {
+    EXPECT_NE(diagnostics[0].message.find(phrase), std::string::npos)
+        << "missing phrase: " << phrase << "\nin: " << diagnostics[0].message;
+  }
+}
+
+TEST(SpecTest, ExampleParsesToExpectedStructure) {
+  std::vector<SpecDiagnostic> diagnostics;
+  Result<Spec> result = ParseSpec(kExample, "/srv/specs/fraud.yaml", &diagnostics);
+  ASSERT_TRUE(result.ok()) << result.status().message();
+  EXPECT_TRUE(diagnostics.empty());
+  const Spec& spec = *result;
+  EXPECT_EQ(spec.name, "fraud");
+  EXPECT_EQ(spec.entity_field, "user_id");
+  EXPECT_EQ(spec.timestamp_field, "ts");
+  EXPECT_EQ(spec.file, "/srv/specs/fraud.yaml");
+  ASSERT_TRUE(spec.watermark.has_value());
+  EXPECT_EQ(spec.watermark->max_out_of_orderness_ms, 5000);
+  EXPECT_EQ(spec.watermark->allowed_lateness_ms, 60000);
+  ASSERT_TRUE(spec.source.has_value());
+  EXPECT_EQ(spec.source->type, "file");
+  EXPECT_EQ(spec.source->path, "/srv/specs/events.jsonl");
+  EXPECT_FALSE(spec.source->follow);
+
+  // Slots: entity, timestamp, then per feature its where fields and its aggregation field.
+  EXPECT_EQ(spec.fields.paths(), (std::vector<std::string>{"user_id", "ts", "type", "amount", "category"}));
+
+  ASSERT_EQ(spec.features.size(), 3u);
+  const FeatureSpec& count = spec.features[0];
+  EXPECT_EQ(count.name, "purchase_count_30m");
+  EXPECT_EQ(count.agg, AggKind::kCount);
+  EXPECT_EQ(count.field, "");
+  EXPECT_EQ(count.field_slot, -1);
+  EXPECT_EQ(count.where_text, "type == 'purchase'");
+  ASSERT_TRUE(count.where.has_value());
+  EXPECT_EQ(count.window.kind, WindowKind::kSliding);
+  EXPECT_EQ(count.window.size_ms, 30 * 60 * 1000);
+  EXPECT_EQ(count.window.slide_ms, 60 * 1000);
+  EXPECT_EQ(count.line, 9);
+
+  const FeatureSpec& mean = spec.features[1];
+  EXPECT_EQ(mean.name, "avg_txn_amount_1h");
+  EXPECT_EQ(mean.agg, AggKind::kMean);
+  EXPECT_EQ(mean.field, "amount");
+  EXPECT_EQ(mean.field_slot, 3);
+  EXPECT_EQ(mean.window.kind, WindowKind::kSliding);
+  EXPECT_EQ(mean.window.size_ms, 3600 * 1000);
+  EXPECT_EQ(mean.window.slide_ms, 0);  // Continuous.
+  EXPECT_EQ(mean.line, 13);
+
+  const FeatureSpec& distinct = spec.features[2];
+  EXPECT_EQ(distinct.name, "unique_categories_session");
+  EXPECT_EQ(distinct.agg, AggKind::kCountDistinct);
+  EXPECT_EQ(distinct.field, "category");
+  EXPECT_EQ(distinct.field_slot, 4);
+  EXPECT_EQ(distinct.where_text, "type == 'view'");
+  EXPECT_EQ(distinct.window.kind, WindowKind::kSession);
+  EXPECT_EQ(distinct.window.gap_ms, 30 * 60 * 1000);
+  EXPECT_EQ(distinct.line, 18);
+
+  // The where expressions read the slots they were given.
+  std::vector<Value> slots(spec.fields.size());
+  slots[2] = Value::String("purchase");
+  EXPECT_TRUE(count.where->Eval(slots));
+  EXPECT_FALSE(distinct.where->Eval(slots));
+  slots[2] = Value::String("view");
+  EXPECT_FALSE(count.where->Eval(slots));
+  EXPECT_TRUE(distinct.where->Eval(slots));
+}
+
+TEST(SpecTest, OptionalPartsAndDefaults) {
+  Result<Spec> spec = ParseSpec(std::string(kHead) +
+                                    "  - {name: n, aggregation: count, window: {type: lifetime}}\n"
+                                    "  - {name: t1h, aggregation: sum, field: order.total, window: {type: tumbling, size: 1h}}\n"
+                                    "  - {name: hll, aggregation: approx_count_distinct, field: ip, window: {type: lifetime}}\n"
+                                    "  - {name: hll10, aggregation: approx_count_distinct, field: ip, precision: 10,"
+                                    " window: {type: lifetime}}\n",
+                                "t.yaml");
+  ASSERT_TRUE(spec.ok()) << spec.status().message();
+  EXPECT_FALSE(spec->watermark.has_value());
+  EXPECT_FALSE(spec->source.has_value());
+  ASSERT_EQ(spec->features.size(), 4u);
+  EXPECT_EQ(spec->features[0].window.kind, WindowKind::kLifetime);
+  EXPECT_FALSE(spec->features[0].where.has_value());
+  EXPECT_EQ(spec->features[1].field, "order.total");
+  EXPECT_EQ(spec->features[1].window.kind, WindowKind::kTumbling);
+  EXPECT_EQ(spec->features[1].window.size_ms, 3600000);
+  EXPECT_EQ(spec->features[1].window.slide_ms, 3600000);
+  EXPECT_EQ(spec->features[2].precision, 14);
+  EXPECT_EQ(spec->features[3].precision, 10);
+  EXPECT_EQ(spec->features[2].field_slot, spec->features[3].field_slot);  // Same field, one slot.
+  EXPECT_EQ(spec->fields.paths(), (std::vector<std::string>{"user_id", "ts", "order.total", "ip"}));
+}
+
+TEST(SpecTest, WatermarkDefaultsAndZero) {
+  Result<Spec> spec = ParseSpec(
+      "name: t\nentity: u\ntimestamp: ts\nwatermark: {allowed_lateness: 0s}\n"
+      "features: [{name: n, aggregation: count, window: {type: lifetime}}]\n",
+      "t.yaml");
+  ASSERT_TRUE(spec.ok()) << spec.status().message();
+  ASSERT_TRUE(spec->watermark.has_value());
+  EXPECT_EQ(spec->watermark->max_out_of_orderness_ms, 0);
+  EXPECT_EQ(spec->watermark->allowed_lateness_ms, 0);
+}
+
+TEST(SpecTest, UnknownKeySuggestsClosest) {
+  ExpectOnly(std::string(kHead) +
+                 "  - name: n\n"
+                 "    aggregaton: count\n"
+                 "    aggregation: count\n"
+                 "    window: {type: lifetime}\n",
+             6, 5,
+             {"unknown key 'aggregaton'; did you mean 'aggregation'? valid keys: name, aggregation, field, where, "
+              "window, precision"});
+  // No suggestion when nothing is close; top-level keys are listed.
+  ExpectOnly(std::string("zzz: 1\n") + kHead + "  - {name: n, aggregation: count, window: {type: lifetime}}\n", 1, 1,
+             {"unknown key 'zzz'; valid keys: name, entity, timestamp, watermark, source, features"});
+  // Inside a flow map.
+  ExpectOnly(std::string(kHead) + "  - {name: n, aggregation: count, window: {type: sliding, sze: 1m, size: 1h}}\n", 5, 59,
+             {"unknown key 'sze'; did you mean 'size'?"});
+}
+
+TEST(SpecTest, DuplicateKey) {
+  ExpectOnly("name: a\nname: b\nentity: u\ntimestamp: ts\n"
+             "features: [{name: n, aggregation: count, window: {type: lifetime}}]\n",
+             2, 1, {"duplicate key 'name'", "line 1"});
+}
+
+TEST(SpecTest, MissingRequiredKeys) {
+  std::vector<SpecDiagnostic> d = Diagnose("name: t\nfeatures: [{name: n, aggregation: count, window: {type: lifetime}}]\n");
+  ASSERT_EQ(d.size(), 2u) << Dump(d);
+  EXPECT_EQ(d[0].line, 1);
+  EXPECT_EQ(d[0].column, 1);
+  EXPECT_NE(d[0].message.find("missing required key 'entity'"), std::string::npos);
+  EXPECT_NE(d[1].message.find("missing required key 'timestamp'"), std::string::npos);
+
+  ExpectOnly(std::string(kHead) + "  - name: n\n    aggregation: count\n", 5, 5,
+             {"missing required key 'window'", "lifetime, sliding, tumbling, session"});
+  ExpectOnly(std::string(kHead) + "  - name: n\n    aggregation: sum\n    window: {type: lifetime}\n", 5, 5,
+             {"missing required key 'field'", "aggregation is sum", "e.g. field: amount"});
+  ExpectOnly(std::string(kHead) + "  - name: n\n    window: {type: lifetime}\n", 5, 5,
+             {"missing required key 'aggregation'", "count, sum, mean"});
+  ExpectOnly("name: t\nentity: u\ntimestamp: ts\n", 1, 1, {"missing required key 'features'"});
+}
+
+TEST(SpecTest, CountTakesNoField) {
+  ExpectOnly(std::string(kHead) +
+                 "  - name: n\n    aggregation: count\n    field: amount\n    window: {type: lifetime}\n",
+             7, 5, {"count takes no field; remove it or use sum"});
+}
+
+TEST(SpecTest, Precision) {
+  ExpectOnly(std::string(kHead) +
+                 "  - name: n\n    aggregation: mean\n    field: x\n    precision: 12\n    window: {type: lifetime}\n",
+             8, 5, {"only approx_count_distinct takes a precision"});
+  ExpectOnly(std::string(kHead) + "  - name: n\n    aggregation: approx_count_distinct\n    field: x\n"
+                                  "    precision: 20\n    window: {type: lifetime}\n",
+             8, 16, {"'precision' must be an integer from 4 to 18, got '20'"});
+}
+
+TEST(SpecTest, WindowRules) {
+  // A key of another window type.
+  ExpectOnly(std::string(kHead) + "  - name: n\n    aggregation: count\n    window: {type: sliding, size: 1h, gap: 5m}\n",
+             7, 39, {"'gap' does not apply when type is sliding", "only when type is session",
+                     "valid keys here: type, size, slide"});
+  // Slide must divide size; the nearest divisors are suggested, at the slide value.
+  ExpectOnly(std::string(kHead) + "  - name: n\n    aggregation: count\n    window: {type: sliding, size: 1h, slide: 7m}\n",
+             7, 46, {"slide 7m does not divide size 1h", "6m or 10m"});
+  ExpectOnly(std::string(kHead) + "  - name: n\n    aggregation: count\n    window: {type: sliding, size: 1m, slide: 7s}\n",
+             7, 46, {"6s or 10s"});
+  ExpectOnly(std::string(kHead) + "  - name: n\n    aggregation: count\n    window: {type: sliding, size: 1h, slide: 2h}\n",
+             7, 46, {"slide 2h is longer than size 1h", "1h"});
+  // Missing size.
+  ExpectOnly(std::string(kHead) + "  - name: n\n    aggregation: count\n    window: {type: tumbling}\n", 7, 13,
+             {"missing required key 'size'", "type is tumbling"});
+  // Unknown type.
+  ExpectOnly(std::string(kHead) + "  - name: n\n    aggregation: count\n    window: {type: slidng, size: 1h}\n", 7,
+             20, {"unknown type 'slidng'; did you mean 'sliding'?", "lifetime, sliding, tumbling, session"});
+  // Window as a scalar.
+  ExpectOnly(std::string(kHead) + "  - name: n\n    aggregation: count\n    window: 30m\n", 7, 13,
+             {"expected a map of keys for 'window'", "{type: sliding", "got a single value"});
+}
+
+TEST(SpecTest, Durations) {
+  ExpectOnly(std::string(kHead) + "  - name: n\n    aggregation: count\n    window: {type: tumbling, size: 30}\n", 7,
+             36, {"write 30m, not 30"});
+  ExpectOnly(std::string(kHead) + "  - name: n\n    aggregation: count\n    window: {type: session, gap: 5 min}\n", 7,
+             34, {"invalid duration '5 min'", "ms, s, m, h, d"});
+  ExpectOnly(std::string(kHead) + "  - name: n\n    aggregation: count\n    window: {type: session, gap: 0s}\n", 7, 34,
+             {"greater than zero"});
+}
+
+TEST(SpecTest, FeatureNames) {
+  ExpectOnly(std::string(kHead) + "  - {name: 30m-count, aggregation: count, window: {type: lifetime}}\n", 5, 12,
+             {"invalid name '30m-count'", "try '_30m_count'"});
+  ExpectOnly(std::string(kHead) + "  - {name: n, aggregation: count, window: {type: lifetime}}\n"
+                                  "  - {name: m, aggregation: count, window: {type: lifetime}}\n"
+                                  "  - {name: n, aggregation: count, window: {type: lifetime}}\n",
+             7, 12, {"duplicate feature name 'n'", "first one is at line 5"});
+  ExpectOnly(std::string(kHead) + "  - {name: user_id, aggregation: count, window: {type: lifetime}}\n", 5, 12,
+             {"feature name 'user_id' is the entity field"});
+  ExpectOnly(std::string(kHead) + "  - {name: ts, aggregation: count, window: {type: lifetime}}\n", 5, 12,
+             {"feature name 'ts' is the timestamp field"});
+}
+
+TEST(SpecTest, WrongTypes) {
+  ExpectOnly("name: t\nentity: u\ntimestamp: ts\nwatermark: [5s]\n"
+             "features: [{name: n, aggregation: count, window: {type: lifetime}}]\n",
+             4, 12, {"expected a map of keys for 'watermark'", "got a list"});
+  ExpectOnly("name: t\nentity: u\ntimestamp: ts\nfeatures: {name: n}\n", 4, 11,
+             {"'features' is a map; expected a list"});
+  ExpectOnly("name: t\nentity: u\ntimestamp: ts\nfeatures: []\n", 4, 11, {"at least one feature"});
+  ExpectOnly("name: t\nentity: [u]\ntimestamp: ts\n"
+             "features: [{name: n, aggregation: count, window: {type: lifetime}}]\n",
+             2, 9, {"'entity' is a list; expected a field path"});
+  ExpectOnly("name:\nentity: u\ntimestamp: ts\n"
+             "features: [{name: n, aggregation: count, window: {type: lifetime}}]\n",
+             1, 1, {"'name' has no value"});
+  ExpectOnly(std::string(kHead) + "  - just_a_name\n", 5, 5, {"expected a map of keys for each item of 'features'"});
+  ExpectOnly("- a\n- b\n", 1, 1, {"expected a map of keys for the spec, got a list"});
+  ExpectOnly("name: t\nentity: a..b\ntimestamp: ts\n"
+             "features: [{name: n, aggregation: count, window: {type: lifetime}}]\n",
+             2, 9, {"invalid field path 'a..b'"});
+  ExpectOnly("name: t\nentity: u\ntimestamp: ts\nsource: {path: e.jsonl, follow: maybe}\n"
+             "features: [{name: n, aggregation: count, window: {type: lifetime}}]\n",
+             4, 33, {"'follow' must be true or false, got 'maybe'"});
+}
+
+TEST(SpecTest, YamlSyntaxErrorHasPosition) {
+  // yaml-cpp reads "t entity" as one plain scalar and stops at the ':' that follows it.
+  ExpectOnly("name: t\n  entity: u\n", 2, 9, {"invalid YAML"});
+  ExpectOnly("name: t\nfeatures: [\n", 3, 1, {"invalid YAML"});
+  ExpectOnly("name: t\nwatermark:\n\tallowed_lateness: 1m\n", 3, 18, {"tab"});
+  // yaml-cpp alone would loop forever on a stray ',' where a document starts.
+  ExpectOnly(",name: t\n", 1, 1, {"unexpected ','"});
+  ExpectOnly(std::string(kHead) + "  - {name: n, aggregation: count, window: {type: lifetime}}\n---\nname: u\n", 6, 1,
+             {"one YAML document"});
+}
+
+TEST(SpecTest, EmptySpec) {
+  ExpectOnly("", 1, 1, {"the spec is empty"});
+  ExpectOnly("# only a comment\n", 1, 1, {"the spec is empty"});
+}
+
+TEST(SpecTest, WhereErrorPointsIntoTheExpression) {
+  // Double-quoted: the column of '=' is the quote's column + 1 + its offset (5) in the expression.
+  //            1234567890123456789
+  // Line 7:   "    where: \"type = 'purchase'\""  -> quote at 12, '=' at 18.
+  ExpectOnly(std::string(kHead) +
+                 "  - name: n\n    aggregation: count\n    where: \"type = 'purchase'\"\n    window: {type: lifetime}\n",
+             7, 18, {"in 'where'", "'='"});
+  // Plain scalar: 't' at 12, '=' at 17.
+  ExpectOnly(std::string(kHead) +
+                 "  - name: n\n    aggregation: count\n    where: type = 'purchase'\n    window: {type: lifetime}\n",
+             7, 17, {"in 'where'"});
+  // A block scalar: the error points at the value.
+  ExpectOnly(std::string(kHead) +
+                 "  - name: n\n    aggregation: count\n    where: |\n      type = 'x'\n    window: {type: lifetime}\n",
+             7, 12, {"in 'where'"});
+  ExpectOnly(std::string(kHead) + "  - name: n\n    aggregation: count\n    where: ''\n    window: {type: lifetime}\n",
+             7, 12, {"'where' is empty"});
+}
+
+TEST(SpecTest, EveryErrorIsReportedInDocumentOrder) {
+  const std::string yaml =
+      "name: t\n"
+      "entity: user_id\n"
+      "timestamp: ts\n"
+      "watermark: {max_out_of_orderness: 5}\n"                                 // 4:35 bare integer
+      "features:\n"
+      "  - name: a\n"
+      "    aggregaton: count\n"                                              // 7:5 unknown key
+      "    window: {type: sliding, size: 1h, slide: 7m}\n"                   // 8:46 slide
+      "  - name: b\n"
+      "    aggregation: count\n"
+      "    field: x\n"                                                       // 11:5 count with field
+      "    where: \"type ==\"\n"                                             // 12:20 where error at end
+      "    window: {type: session, gap: 30}\n";                              // 13:34 bare integer
+  std::vector<SpecDiagnostic> d = Diagnose(yaml);
+  // Feature a also lacks `aggregation`; the typo's suggestion covers that, so it is not reported twice.
+  ASSERT_EQ(d.size(), 6u) << Dump(d);
+  std::vector<std::pair<int, int>> positions;
+  for (const auto& x : d) positions.emplace_back(x.line, x.column);
+  EXPECT_EQ(positions, (std::vector<std::pair<int, int>>{{4, 35}, {7, 5}, {8, 46}, {11, 5}, {12, 20}, {13, 34}}))
+      << Dump(d);
+  EXPECT_NE(d[1].message.find("did you mean 'aggregation'"), std::string::npos);
+  EXPECT_NE(d[4].message.find("in 'where'"), std::string::npos);
+
+  // The Status message lists them all as FILE:LINE:COL: error: MESSAGE.
+  Result<Spec> spec = ParseSpec(yaml, "dir/t.yaml");
+  ASSERT_FALSE(spec.ok());
+  const std::string& message = spec.status().message();
+  EXPECT_EQ(message.rfind("dir/t.yaml:4:35: error: 'max_out_of_orderness' needs a unit", 0), 0u) << message;
+  EXPECT_EQ(std::count(message.begin(), message.end(), '\n'), 5);
+  EXPECT_NE(message.find("\ndir/t.yaml:13:34: error: "), std::string::npos) << message;
+}
+
+TEST(SpecTest, SourcePathIsResolvedAgainstTheSpecFolder) {
+  auto source_path = [](const std::string& file, const std::string& path) {
+    Result<Spec> spec = ParseSpec("name: t\nentity: u\ntimestamp: ts\nsource: {path: '" + path +
+                                      "', follow: true}\nfeatures: [{name: n, aggregation: count, window: {type: lifetime}}]\n",
+                                  file);
+    EXPECT_TRUE(spec.ok()) << spec.status().message();
+    EXPECT_TRUE(spec.ok() && spec->source->follow);
+    return spec.ok() ? spec->source->path : std::string("<error>");
+  };
+  EXPECT_EQ(source_path("specs/prod/fraud.yaml", "events.jsonl"), "specs/prod/events.jsonl");
+  EXPECT_EQ(source_path("specs/prod/fraud.yaml", "../data/events.jsonl"), "specs/data/events.jsonl");
+  EXPECT_EQ(source_path("fraud.yaml", "events.jsonl"), "events.jsonl");
+  EXPECT_EQ(source_path("/etc/freshet/fraud.yaml", "/var/data/e.jsonl"), "/var/data/e.jsonl");
+}
+
+TEST(SpecTest, LoadSpecReadsFilesAndReportsMissingOnes) {
+  Result<Spec> missing = LoadSpec("/nonexistent/dir/spec.yaml");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(missing.status().message().find("/nonexistent/dir/spec.yaml"), std::string::npos);
+  EXPECT_NE(missing.status().message().find("No such file"), std::string::npos);
+
+  std::filesystem::path dir = std::filesystem::temp_directory_path() / ("freshet_spec_test_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  std::string file = (dir / "fraud.yaml").string();
+  std::ofstream(file) << kExample;
+  Result<Spec> spec = LoadSpec(file);
+  ASSERT_TRUE(spec.ok()) << spec.status().message();
+  EXPECT_EQ(spec->file, file);
+  EXPECT_EQ(spec->source->path, (dir / "events.jsonl").string());
+  std::filesystem::remove_all(dir);
+}
+
+// Random deletions, duplications and swaps of characters of a valid spec must never crash, and a
+// rejected spec always says why, at a real position.
+TEST(SpecTest, MutatedSpecsNeverCrash) {
+  std::mt19937 rng(20240301);
+  const std::string base = kExample;
+  int rejected = 0;
+  for (int round = 0; round < 3000; ++round) {
+    std::string text = base;
+    const int edits = 1 + static_cast<int>(rng() % 4);
+    for (int e = 0; e < edits && !text.empty(); ++e) {
+      const size_t at = rng() % text.size();
+      switch (rng() % 3) {
+        case 0: text.erase(at, 1); break;
+        case 1: text.insert(at, 1, text[at]); break;
+        case 2: std::swap(text[at], text[rng() % text.size()]); break;
+      }
+    }
+    std::vector<SpecDiagnostic> diagnostics;
+    Result<Spec> spec = ParseSpec(text, "fuzz.yaml", &diagnostics);
+    if (spec.ok()) {
+      EXPECT_TRUE(diagnostics.empty());
+      EXPECT_FALSE(spec->features.empty());
+      continue;
+    }
+    ++rejected;
+    ASSERT_FALSE(diagnostics.empty()) << text;
+    for (const auto& d : diagnostics) {
+      EXPECT_GE(d.line, 1) << text;
+      EXPECT_GE(d.column, 1) << text;
+      EXPECT_FALSE(d.message.empty()) << text;
+    }
+  }
+  EXPECT_GT(rejected, 1000);  // The mutations do exercise the error paths.
+}
+
+TEST(SpecOptionsTest, TableMatchesTheTypes) {
+  // Every aggregation choice names an AggKind, and every AggKind is a choice.
+  const SpecOption* aggregation = nullptr;
+  const SpecOption* precision = nullptr;
+  const SpecOption* window_type = nullptr;
+  for (const SpecOption& o : SpecOptions()) {
+    if (o.section == "features[]" && o.key == "aggregation") aggregation = &o;
+    if (o.section == "features[]" && o.key == "precision") precision = &o;
+    if (o.section == "features[].window" && o.key == "type") window_type = &o;
+  }
+  ASSERT_NE(aggregation, nullptr);
+  ASSERT_NE(precision, nullptr);
+  ASSERT_NE(window_type, nullptr);
+  std::string agg_choices;
+  for (AggKind k : {AggKind::kCount, AggKind::kSum, AggKind::kMean, AggKind::kMin, AggKind::kMax, AggKind::kStddev,
+                    AggKind::kLast, AggKind::kCountDistinct, AggKind::kApproxCountDistinct}) {
+    agg_choices += std::string(agg_choices.empty() ? "" : ", ") + AggKindName(k);
+  }
+  EXPECT_EQ(aggregation->choices, agg_choices);
+  std::string window_choices;
+  for (WindowKind k : {WindowKind::kLifetime, WindowKind::kSliding, WindowKind::kTumbling, WindowKind::kSession}) {
+    window_choices += std::string(window_choices.empty() ? "" : ", ") + WindowKindName(k);
+  }
+  EXPECT_EQ(window_type->choices, window_choices);
+  EXPECT_EQ(precision->default_value, std::to_string(FeatureSpec().precision));
+  EXPECT_TRUE(AggNeedsNumber(AggKind::kStddev));
+  EXPECT_FALSE(AggNeedsNumber(AggKind::kLast));
+}
+
+TEST(SpecOptionsTest, ReferenceListsEveryKey) {
+  const std::string reference = SpecReferenceMarkdown();
+  for (const SpecOption& o : SpecOptions()) {
+    EXPECT_NE(reference.find("- `" + std::string(o.key) + "` ("), std::string::npos) << o.key;
+  }
+  EXPECT_NE(reference.find("### `features[].window`"), std::string::npos);
+  EXPECT_NE(reference.find("- `size` (duration; required when `type` is sliding or tumbling)"), std::string::npos)
+      << reference;
+  EXPECT_NE(reference.find("- `precision` (integer 4..18; only when `aggregation` is approx_count_distinct; default `14`)"),
+            std::string::npos)
+      << reference;
+}
+
+}  // namespace
+}  // namespace freshet
