@@ -13,7 +13,7 @@
 //
 // Semantics (empty-window value in brackets): count [0]; sum [0] exact integer when every input is an
 // integer and the total fits int64, else a double; mean [null]; min/max [null] by numeric value, keeping
-// the winner's type; stddev [null] population; last [null] the value of the latest event, ties broken by
+// the winner's type (an integer wins a tie with an equal double); stddev [null] population; last [null] the value of the latest event, ties broken by
 // input order; count_distinct [0] exact (strings by text, numbers by value, booleans);
 // approx_count_distinct [0] HyperLogLog (see hyperloglog.h).
 #pragma once
@@ -166,8 +166,10 @@ struct ExtremeAgg {
   };
   static bool MakeInput(const Value& v, AggContext&, Input* out) { return MakeNumeric(v, out); }
   static void Add(State& s, const Input& x, int64_t, uint64_t, const AggContext&) {
-    if (!s.has || (kMin ? x.as_long_double() < s.value.as_long_double()
-                        : x.as_long_double() > s.value.as_long_double())) {
+    // On a tie between an integer and a double of equal value the integer wins, so the result does
+    // not depend on the order events arrive in.
+    const long double a = x.as_long_double(), b = s.value.as_long_double();
+    if (!s.has || (kMin ? a < b : a > b) || (a == b && x.is_int && !s.value.is_int)) {
       s.has = true;
       s.value = x;
     }

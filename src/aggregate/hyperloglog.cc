@@ -4,6 +4,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 namespace freshet {
 
@@ -68,25 +69,47 @@ void HyperLogLog::Merge(const HyperLogLog& other) {
   for (size_t k = 0; k < registers_.size(); ++k) registers_[k] = std::max(registers_[k], other.registers_[k]);
 }
 
+namespace {
+
+// Ertl, "New cardinality estimation algorithms for HyperLogLog sketches" (2017): sigma and tau of the
+// improved raw estimator, which is unbiased across the whole range without empirical bias tables.
+double Sigma(double x) {
+  if (x == 1.0) return std::numeric_limits<double>::infinity();
+  double y = 1.0, z = x, previous;
+  do {
+    x *= x;
+    previous = z;
+    z += x * y;
+    y += y;
+  } while (z != previous);
+  return z;
+}
+
+double Tau(double x) {
+  if (x == 0.0 || x == 1.0) return 0.0;
+  double y = 1.0, z = 1.0 - x, previous;
+  do {
+    x = std::sqrt(x);
+    previous = z;
+    y *= 0.5;
+    z -= (1.0 - x) * (1.0 - x) * y;
+  } while (z != previous);
+  return z / 3.0;
+}
+
+}  // namespace
+
 uint64_t HyperLogLog::Estimate() const {
   if (registers_.empty()) return sparse_.size();
+  const int q = 64 - precision_;  // Registers hold ranks 0..q+1.
+  std::vector<uint32_t> histogram(q + 2, 0);
+  for (uint8_t r : registers_) ++histogram[r];
   const double m = static_cast<double>(registers_.size());
-  double sum = 0;
-  size_t zeros = 0;
-  for (uint8_t r : registers_) {
-    sum += std::ldexp(1.0, -r);
-    zeros += r == 0;
-  }
-  double alpha;
-  switch (registers_.size()) {
-    case 16: alpha = 0.673; break;
-    case 32: alpha = 0.697; break;
-    case 64: alpha = 0.709; break;
-    default: alpha = 0.7213 / (1.0 + 1.079 / m);
-  }
-  double estimate = alpha * m * m / sum;
-  if (estimate <= 2.5 * m && zeros > 0) estimate = m * std::log(m / static_cast<double>(zeros));
-  return static_cast<uint64_t>(std::llround(estimate));
+  double z = m * Tau(1.0 - histogram[q + 1] / m);
+  for (int k = q; k >= 1; --k) z = 0.5 * (z + histogram[k]);
+  z += m * Sigma(histogram[0] / m);
+  const double alpha_infinity = 0.5 / std::log(2.0);
+  return static_cast<uint64_t>(std::llround(alpha_infinity * m * m / z));
 }
 
 }  // namespace freshet

@@ -2,9 +2,8 @@
 //
 // Sparse: the distinct 64-bit hashes themselves, sorted; the count is exact (up to 64-bit hash
 // collisions) and costs 8 bytes per distinct value. Once the sparse list would exceed a quarter of the
-// dense size (2^p / 32 hashes) it converts to dense: 2^p one-byte registers, estimated with the
-// standard HLL formula and linear counting at small cardinalities (Flajolet et al. 2007; Heule et al.
-// 2013). Precision p is 4..18; relative standard error about 1.04 / sqrt(2^p).
+// dense size (2^p / 32 hashes) it converts to dense: 2^p one-byte registers, estimated with Ertl's
+// improved raw estimator (2017), which needs no bias tables and no switch to linear counting. Precision p is 4..18; relative standard error about 1.04 / sqrt(2^p).
 #pragma once
 
 #include <cstddef>

@@ -1,6 +1,8 @@
 #include "engine/feature_engine.h"
 
+#include <cstddef>
 #include <cstring>
+#include <new>
 #include <type_traits>
 
 #include "aggregate/aggregations.h"
@@ -13,6 +15,7 @@ template <typename Agg, template <typename> class Window>
 class WindowedOperator final : public FeatureOperator {
  public:
   using Input = typename Agg::Input;
+  using State = typename Window<Agg>::State;
   static_assert(sizeof(Input) <= sizeof(InputCell::bytes), "an aggregation input must fit an InputCell");
   static_assert(std::is_trivially_copyable_v<Input>);
 
@@ -25,31 +28,31 @@ class WindowedOperator final : public FeatureOperator {
     return true;
   }
 
-  void Apply(uint32_t entity, const InputCell& cell, int64_t time_ms, uint64_t seq, int64_t low_ms) override {
-    if (entity >= states_.size()) states_.resize(entity + 1);
+  size_t state_bytes() const override { return sizeof(State); }
+  size_t state_align() const override { return alignof(State); }
+  void Construct(void* state) const override { new (state) State(); }
+  void Destroy(void* state) const override { static_cast<State*>(state)->~State(); }
+
+  void Apply(void* state, const InputCell& cell, int64_t time_ms, uint64_t seq, int64_t low_ms) override {
     Input input;
     std::memcpy(&input, cell.bytes, sizeof(Input));
-    window_.Add(states_[entity], input, time_ms, seq, low_ms, ctx_);
+    window_.Add(*static_cast<State*>(state), input, time_ms, seq, low_ms, ctx_);
   }
 
-  Value Query(uint32_t entity, int64_t t) const override {
-    if (entity >= states_.size()) return EmptyValue();
-    return window_.Query(states_[entity], t, ctx_);
+  Value Query(const void* state, int64_t t) const override {
+    return window_.Query(*static_cast<const State*>(state), t, ctx_);
   }
 
   Value EmptyValue() const override { return Agg::Finalize(typename Agg::State{}, ctx_); }
 
-  size_t MemoryBytes() const override {
-    size_t bytes = states_.capacity() * sizeof(State) + ctx_.strings.memory_bytes();
-    for (const State& s : states_) bytes += window_.MemoryBytes(s);
-    return bytes;
+  size_t StateMemoryBytes(const void* state) const override {
+    return window_.MemoryBytes(*static_cast<const State*>(state));
   }
+  size_t MemoryBytes() const override { return ctx_.strings.memory_bytes(); }
 
  private:
-  using State = typename Window<Agg>::State;
   Window<Agg> window_;
   AggContext ctx_;
-  std::vector<State> states_;  // Indexed by entity.
 };
 
 template <typename Agg>
@@ -92,7 +95,15 @@ std::unique_ptr<FeatureOperator> MakeFeatureOperator(const FeatureSpec& feature)
 }
 
 FeatureEngine::FeatureEngine(const Spec& spec) : spec_(spec) {
-  for (const FeatureSpec& f : spec.features) operators_.push_back(MakeFeatureOperator(f));
+  for (const FeatureSpec& f : spec.features) {
+    operators_.push_back(MakeFeatureOperator(f));
+    const size_t align = operators_.back()->state_align();
+    row_bytes_ = (row_bytes_ + align - 1) / align * align;
+    offsets_.push_back(row_bytes_);
+    row_bytes_ += operators_.back()->state_bytes();
+  }
+  row_bytes_ = (row_bytes_ + alignof(std::max_align_t) - 1) / alignof(std::max_align_t) * alignof(std::max_align_t);
+  if (row_bytes_ == 0) row_bytes_ = alignof(std::max_align_t);
   counters_.skipped.assign(spec.features.size(), 0);
   if (spec.watermark) {
     has_watermark_ = true;
@@ -113,10 +124,24 @@ bool FeatureEngine::Admit(int64_t time_ms) {
   return true;
 }
 
+FeatureEngine::~FeatureEngine() {
+  for (uint32_t e = 0; e < entity_names_.size(); ++e) {
+    for (size_t k = 0; k < operators_.size(); ++k) operators_[k]->Destroy(Row(e) + offsets_[k]);
+  }
+}
+
 uint32_t FeatureEngine::FindOrAddEntity(std::string_view entity) {
   auto [it, inserted] = entities_.try_emplace(absl::string_view(entity.data(), entity.size()),
                                              static_cast<uint32_t>(entity_names_.size()));
-  if (inserted) entity_names_.emplace_back(entity);
+  if (inserted) {
+    const uint32_t index = it->second;
+    if ((index >> kRowChunkShift) >= row_chunks_.size()) {
+      row_chunks_.push_back(std::make_unique<unsigned char[]>(row_bytes_ * kRowsPerChunk));
+    }
+    unsigned char* row = Row(index);
+    for (size_t k = 0; k < operators_.size(); ++k) operators_[k]->Construct(row + offsets_[k]);
+    entity_names_.emplace_back(entity);
+  }
   return it->second;
 }
 
@@ -150,15 +175,18 @@ void FeatureEngine::Extract(const ParsedEvent& event, uint64_t seq, PendingEvent
 }
 
 void FeatureEngine::Apply(const PendingEvent& event, int64_t low_ms) {
+  unsigned char* row = Row(event.entity);
   for (size_t k = 0; k < operators_.size(); ++k) {
-    if (event.cells[k].present) operators_[k]->Apply(event.entity, event.cells[k], event.time_ms, event.seq, low_ms);
+    if (event.cells[k].present) {
+      operators_[k]->Apply(row + offsets_[k], event.cells[k], event.time_ms, event.seq, low_ms);
+    }
   }
 }
 
 void FeatureEngine::QueryIndex(std::optional<uint32_t> entity, int64_t t, std::vector<Value>* out) const {
   out->resize(operators_.size());
   for (size_t k = 0; k < operators_.size(); ++k) {
-    (*out)[k] = entity ? operators_[k]->Query(*entity, t) : operators_[k]->EmptyValue();
+    (*out)[k] = entity ? operators_[k]->Query(Row(*entity) + offsets_[k], t) : operators_[k]->EmptyValue();
   }
 }
 
@@ -169,7 +197,11 @@ void FeatureEngine::Query(std::string_view entity, int64_t t, std::vector<Value>
 size_t FeatureEngine::MemoryBytes() const {
   size_t bytes = entity_names_.capacity() * sizeof(std::string) + entities_.capacity() * (sizeof(std::string) + 8);
   for (const std::string& name : entity_names_) bytes += name.capacity() > 15 ? name.capacity() + 1 : 0;
+  bytes += row_chunks_.size() * row_bytes_ * kRowsPerChunk;
   for (const auto& op : operators_) bytes += op->MemoryBytes();
+  for (uint32_t e = 0; e < entity_names_.size(); ++e) {
+    for (size_t k = 0; k < operators_.size(); ++k) bytes += operators_[k]->StateMemoryBytes(Row(e) + offsets_[k]);
+  }
   return bytes;
 }
 

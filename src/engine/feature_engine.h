@@ -42,17 +42,26 @@ struct PendingEvent {
   std::vector<InputCell> cells;
 };
 
-// The per-feature operator: an aggregation in a window, with a state per entity.
+// The per-feature operator: an aggregation in a window. It owns no per-entity state: the engine keeps
+// every feature's state of one entity side by side in one row (one cache miss per event, not one per
+// feature), and hands the operator a pointer to its part of the row.
 class FeatureOperator {
  public:
   virtual ~FeatureOperator() = default;
   // Writes the event's input for this feature into *cell; false when the field cannot contribute
   // (missing, null, or of a type this aggregation does not take). `where` is checked by the caller.
   virtual bool Extract(const Value& field, InputCell* cell) = 0;
-  virtual void Apply(uint32_t entity, const InputCell& cell, int64_t time_ms, uint64_t seq, int64_t low_ms) = 0;
-  // The value as of t; `entity` may be beyond the states held (an entity this feature never saw).
-  virtual Value Query(uint32_t entity, int64_t t) const = 0;
+  // Size and alignment of one entity's state, and its lifetime in a row.
+  virtual size_t state_bytes() const = 0;
+  virtual size_t state_align() const = 0;
+  virtual void Construct(void* state) const = 0;
+  virtual void Destroy(void* state) const = 0;
+  virtual void Apply(void* state, const InputCell& cell, int64_t time_ms, uint64_t seq, int64_t low_ms) = 0;
+  // The value as of t.
+  virtual Value Query(const void* state, int64_t t) const = 0;
   virtual Value EmptyValue() const = 0;
+  // Heap bytes held by one state, and by the operator itself (interned strings).
+  virtual size_t StateMemoryBytes(const void* state) const = 0;
   virtual size_t MemoryBytes() const = 0;
 };
 
@@ -68,6 +77,9 @@ struct EngineCounters {
 class FeatureEngine {
  public:
   explicit FeatureEngine(const Spec& spec);
+  ~FeatureEngine();
+  FeatureEngine(const FeatureEngine&) = delete;
+  FeatureEngine& operator=(const FeatureEngine&) = delete;
 
   // The lateness rule; call once per parsed event, in input order. True: admitted (and M updated).
   bool Admit(int64_t time_ms);
@@ -97,8 +109,20 @@ class FeatureEngine {
   size_t MemoryBytes() const;
 
  private:
+  // The row of entity `index`: every feature's state at its offset.
+  unsigned char* Row(uint32_t index) const {
+    return row_chunks_[index >> kRowChunkShift].get() + (index & (kRowsPerChunk - 1)) * row_bytes_;
+  }
+
+  static constexpr uint32_t kRowChunkShift = 12;
+  static constexpr uint32_t kRowsPerChunk = 1u << kRowChunkShift;
+
   const Spec& spec_;
   std::vector<std::unique_ptr<FeatureOperator>> operators_;
+  std::vector<size_t> offsets_;  // Per feature: where its state lies in a row.
+  size_t row_bytes_ = 0;
+  // Rows in fixed chunks so that states never move once constructed.
+  std::vector<std::unique_ptr<unsigned char[]>> row_chunks_;
   absl::flat_hash_map<std::string, uint32_t> entities_;
   std::vector<std::string> entity_names_;
   bool has_watermark_ = false;

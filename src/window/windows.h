@@ -145,7 +145,9 @@ class ContinuousWindow {
   int64_t size_ms_;
 };
 
-// Session window: disjoint sessions sorted by start; events less than `gap_ms` apart share a session.
+// Session window: disjoint sessions; events less than `gap_ms` apart share a session. The newest session
+// lives inline (the common in-order case touches nothing else); older ones, kept only while a late event
+// could still reach them, are in `older`, sorted by start.
 template <typename Agg>
 class SessionWindow {
  public:
@@ -154,13 +156,56 @@ class SessionWindow {
     int64_t end;
     typename Agg::State state;
   };
-  using State = std::vector<Session>;
+  struct State {
+    bool has_newest = false;
+    Session newest{0, 0, typename Agg::State{}};
+    std::vector<Session> older;
+  };
 
   explicit SessionWindow(int64_t gap_ms) : gap_ms_(gap_ms) {}
 
   void Add(State& s, const typename Agg::Input& x, int64_t time, uint64_t seq, int64_t low,
            const AggContext& c) const {
-    // Sessions an event at `time` joins: some event of theirs is less than the gap away.
+    if (!s.has_newest) {
+      s.has_newest = true;
+      s.newest = Session{time, time, typename Agg::State{}};
+      Agg::Add(s.newest.state, x, time, seq, c);
+      return;
+    }
+    Session& n = s.newest;
+    if (time >= n.start && time < n.end + gap_ms_) {
+      // Joins the newest session and cannot reach an older one (those end at least a gap before it).
+      n.end = std::max(n.end, time);
+      Agg::Add(n.state, x, time, seq, c);
+    } else if (time >= n.end + gap_ms_) {
+      // Starts a new session; the previous newest is kept only while a late event could still reach it.
+      if (n.end + gap_ms_ > low) s.older.push_back(std::move(n));
+      n = Session{time, time, typename Agg::State{}};
+      Agg::Add(n.state, x, time, seq, c);
+    } else {
+      AddOutOfOrder(s, x, time, seq, c);
+    }
+    size_t dead = 0;
+    while (dead < s.older.size() && s.older[dead].end + gap_ms_ <= low) ++dead;
+    if (dead > 0) s.older.erase(s.older.begin(), s.older.begin() + static_cast<ptrdiff_t>(dead));
+  }
+
+  Value Query(const State& s, int64_t t, const AggContext& c) const {
+    if (!s.has_newest || t - s.newest.end >= gap_ms_) return Agg::Finalize(typename Agg::State{}, c);
+    return Agg::Finalize(s.newest.state, c);
+  }
+
+  size_t MemoryBytes(const State& s) const {
+    size_t bytes = s.older.capacity() * sizeof(Session) + Agg::MemoryBytes(s.newest.state);
+    for (const Session& session : s.older) bytes += Agg::MemoryBytes(session.state);
+    return bytes;
+  }
+
+ private:
+  // An event before the newest session's start: it may join or bridge any sessions it is near.
+  void AddOutOfOrder(State& st, const typename Agg::Input& x, int64_t time, uint64_t seq, const AggContext& c) const {
+    std::vector<Session>& s = st.older;
+    s.push_back(std::move(st.newest));
     size_t first = 0;
     while (first < s.size() && s[first].end + gap_ms_ <= time) ++first;
     size_t last = first;
@@ -174,28 +219,16 @@ class SessionWindow {
       Agg::Merge(joined.state, s[k].state, c);
       joined.end = std::max(joined.end, s[k].end);
     }
-    if (last > first + 1) s.erase(s.begin() + static_cast<ptrdiff_t>(first + 1), s.begin() + static_cast<ptrdiff_t>(last));
+    if (last > first + 1) {
+      s.erase(s.begin() + static_cast<ptrdiff_t>(first + 1), s.begin() + static_cast<ptrdiff_t>(last));
+    }
     joined.start = std::min(joined.start, time);
     joined.end = std::max(joined.end, time);
     Agg::Add(joined.state, x, time, seq, c);
-    // Older sessions that no future event can reach are never read again: only the newest one is.
-    size_t dead = 0;
-    while (dead + 1 < s.size() && s[dead].end + gap_ms_ <= low) ++dead;
-    if (dead > 0) s.erase(s.begin(), s.begin() + static_cast<ptrdiff_t>(dead));
+    st.newest = std::move(s.back());
+    s.pop_back();
   }
 
-  Value Query(const State& s, int64_t t, const AggContext& c) const {
-    if (s.empty() || t - s.back().end >= gap_ms_) return Agg::Finalize(typename Agg::State{}, c);
-    return Agg::Finalize(s.back().state, c);
-  }
-
-  size_t MemoryBytes(const State& s) const {
-    size_t bytes = s.capacity() * sizeof(Session);
-    for (const Session& session : s) bytes += Agg::MemoryBytes(session.state);
-    return bytes;
-  }
-
- private:
   int64_t gap_ms_;
 };
 

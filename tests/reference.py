@@ -1,0 +1,842 @@
+#!/usr/bin/env python3
+"""A brute-force reference for `freshet historical`, written straight from the feature semantics.
+
+It exists so that the C++ engine can be checked against an independent computation (see
+historical_diff_test.py). It is deliberately naive: for every entity row and every feature it scans all
+of that entity's events, keeps the ones that qualify, picks the window, and aggregates the window from
+scratch. Nothing is incremental, nothing is shared between rows, and exact arithmetic (Fraction) is used
+wherever floating-point order could matter. Clarity over speed.
+
+Usage, writing the same CSV as the engine:
+
+    python tests/reference.py --spec SPEC --events EVENTS.jsonl --entities ROWS.csv --output OUT.csv \
+        [--dead-letters DEAD.jsonl]
+
+One difference from the engine: approx_count_distinct is written as the exact distinct count, since that is
+what the engine's HyperLogLog estimate is judged against (exact up to 2**p / 32 distinct values, otherwise
+within a relative error of 4 * 1.04 / sqrt(2**p); see `approx_count_distinct_ok`).
+
+Standard library plus PyYAML only; it never calls Freshet's C++ code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import calendar
+import csv
+import datetime
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import yaml
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+# Event times must lie in years 0001..9999 (UTC): 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999Z.
+MIN_TIME_MS = -62135596800000
+MAX_TIME_MS = 253402300799999
+
+AGGREGATIONS = (
+    "count",
+    "sum",
+    "mean",
+    "min",
+    "max",
+    "stddev",
+    "last",
+    "count_distinct",
+    "approx_count_distinct",
+)
+NUMERIC_AGGREGATIONS = ("sum", "mean", "min", "max", "stddev")
+WINDOW_TYPES = ("lifetime", "sliding", "tumbling", "session")
+
+
+class ReferenceError(Exception):
+    """A problem with the inputs that stops the whole run (bad spec, bad entities CSV)."""
+
+
+class _Missing:
+    """The value of a field that is absent from an event (distinct from a JSON null, which is None)."""
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING = _Missing()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Durations and timestamps
+# ---------------------------------------------------------------------------------------------------
+
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_DURATION_RE = re.compile(r"([0-9]+)(ms|s|m|h|d)")
+
+
+def parse_duration_ms(text: Any) -> int:
+    """'30s' -> 30000. A positive integer followed by one of ms, s, m, h, d."""
+    match = _DURATION_RE.fullmatch(str(text))
+    if match is None or int(match.group(1)) <= 0:
+        raise ReferenceError(f"invalid duration {text!r}: write a positive integer and a unit ms|s|m|h|d")
+    return int(match.group(1)) * _UNIT_MS[match.group(2)]
+
+
+_RFC3339_RE = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})"  # date
+    r"[Tt ]"
+    r"([0-9]{2}):([0-9]{2}):([0-9]{2})"  # time of day
+    r"(?:\.([0-9]+))?"  # optional fraction, any number of digits
+    r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"  # Z or +hh:mm / -hh:mm
+)
+_EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
+
+
+def parse_rfc3339_ms(text: str) -> int | None:
+    """Epoch milliseconds of an RFC 3339 timestamp with an offset or Z, or None when it is not one.
+
+    The fraction is cut to its first three digits (never rounded); seconds=60 reads as 59.
+    """
+    match = _RFC3339_RE.fullmatch(text)
+    if match is None:
+        return None
+    year, month, day, hour, minute, second = (int(match.group(k)) for k in range(1, 7))
+    fraction, zulu, sign, offset_hours, offset_minutes = match.group(7, 8, 9, 10, 11)
+    if year < 1 or not 1 <= month <= 12:
+        return None
+    if not 1 <= day <= calendar.monthrange(year, month)[1]:
+        return None
+    if hour > 23 or minute > 59 or second > 60:
+        return None
+    if second == 60:
+        second = 59
+    millis = int((fraction or "")[:3].ljust(3, "0"))
+    offset = 0
+    if zulu is None:
+        if int(offset_hours) > 23 or int(offset_minutes) > 59:
+            return None
+        offset = int(offset_hours) * 60 + int(offset_minutes)
+        if sign == "-":
+            offset = -offset
+    days = datetime.date(year, month, day).toordinal() - _EPOCH_ORDINAL
+    ms = ((days * 24 + hour) * 60 + minute - offset) * 60_000 + second * 1000 + millis
+    if not MIN_TIME_MS <= ms <= MAX_TIME_MS:
+        return None
+    return ms
+
+
+def event_time_ms(value: Any) -> int | None:
+    """The event time of a timestamp field value: a JSON integer (epoch ms) or an RFC 3339 string."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):  # Integers beyond int64 were already turned into floats by the JSON reader.
+        return value if MIN_TIME_MS <= value <= MAX_TIME_MS else None
+    if isinstance(value, str):
+        return parse_rfc3339_ms(value)
+    return None
+
+
+def row_time_ms(cell: str) -> int | None:
+    """The time of an entity row: an integer (epoch ms) or an RFC 3339 timestamp."""
+    if re.fullmatch(r"-?[0-9]+", cell):
+        return int(cell)
+    return parse_rfc3339_ms(cell)
+
+
+def entity_key(value: Any) -> str | None:
+    """The entity of an event: a non-empty string, or a JSON integer taken as its decimal text."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and value != "":
+        return value
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Field values
+# ---------------------------------------------------------------------------------------------------
+
+
+def resolve(record: Any, path: str) -> Any:
+    """The value at a dotted path ("device.os") in a parsed JSON object, or MISSING."""
+    value = record
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return MISSING
+        value = value[part]
+    return value
+
+
+def is_number(value: Any) -> bool:
+    """JSON numbers only: a bool is not a number."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_scalar(value: Any) -> bool:
+    """A string, number or boolean (not null, not an object or array)."""
+    return isinstance(value, (str, int, float))  # bool is an int subclass, so it is included.
+
+
+def value_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if is_number(value):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "composite"  # a JSON object or array
+
+
+# ---------------------------------------------------------------------------------------------------
+# `where` expressions: a small recursive-descent parser and an evaluator
+# ---------------------------------------------------------------------------------------------------
+
+_KEYWORDS = {"and", "or", "not", "in", "true", "false", "null"}
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_PATH_RE = re.compile(rf"{_IDENT}(?:\.{_IDENT})*")
+_NUMBER_RE = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_ESCAPES = {"\\": "\\", "'": "'", '"': '"', "/": "/", "n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str  # "field", "literal", "op", "keyword", or the punctuation itself: ( ) [ ] ,
+    value: Any
+    pos: int
+
+
+def _tokenize(text: str) -> list[Token]:
+    tokens: list[Token] = []
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c in " \t\r\n":
+            i += 1
+        elif c in "()[],":
+            tokens.append(Token(c, c, i))
+            i += 1
+        elif text.startswith(("==", "!=", "<=", ">="), i):
+            tokens.append(Token("op", text[i : i + 2], i))
+            i += 2
+        elif c in "<>":
+            tokens.append(Token("op", c, i))
+            i += 1
+        elif c in "'\"":
+            chars = []
+            j = i + 1
+            while True:
+                if j >= len(text):
+                    raise ReferenceError(f"where: unterminated string at offset {i}")
+                if text[j] == c:
+                    break
+                if text[j] == "\\":
+                    if j + 1 >= len(text):
+                        raise ReferenceError(f"where: unterminated string at offset {i}")
+                    esc = text[j + 1]
+                    if esc == "u" and re.fullmatch(r"[0-9A-Fa-f]{4}", text[j + 2 : j + 6]):
+                        chars.append(chr(int(text[j + 2 : j + 6], 16)))
+                        j += 6
+                        continue
+                    if esc not in _ESCAPES:
+                        raise ReferenceError(f"where: unknown escape \\{esc} at offset {j}")
+                    chars.append(_ESCAPES[esc])
+                    j += 2
+                else:
+                    chars.append(text[j])
+                    j += 1
+            tokens.append(Token("literal", "".join(chars), i))
+            i = j + 1
+        elif (m := _NUMBER_RE.match(text, i)) is not None:
+            number_text = m.group(0)
+            is_int = re.fullmatch(r"-?[0-9]+", number_text) is not None
+            tokens.append(Token("literal", int(number_text) if is_int else float(number_text), i))
+            i = m.end()
+        elif (m := _PATH_RE.match(text, i)) is not None:
+            word = m.group(0)
+            if word in ("true", "false", "null"):
+                tokens.append(Token("literal", {"true": True, "false": False, "null": None}[word], i))
+            elif word in _KEYWORDS:
+                tokens.append(Token("keyword", word, i))
+            elif any(part in _KEYWORDS for part in word.split(".")):
+                raise ReferenceError(f"where: a keyword cannot be part of the field path {word!r}")
+            else:
+                tokens.append(Token("field", word, i))
+            i = m.end()
+        else:
+            raise ReferenceError(f"where: unexpected character {c!r} at offset {i}")
+    return tokens
+
+
+class _WhereParser:
+    """Grammar (lowest precedence first):
+    or_expr  := and_expr ("or" and_expr)*
+    and_expr := not_expr ("and" not_expr)*
+    not_expr := "not" not_expr | primary
+    primary  := "(" or_expr ")" | operand [cmp_op operand | "in" "[" literal ("," literal)* "]"]
+    operand  := field | literal
+
+    Nodes are tuples: ("or", a, b), ("and", a, b), ("not", a), ("cmp", op, x, y), ("in", x, [values]),
+    ("bare", x); operands are ("field", path) or ("literal", value).
+    """
+
+    def __init__(self, text: str):
+        self.text = text
+        self.tokens = _tokenize(text)
+        self.k = 0
+
+    def _peek(self) -> Token | None:
+        return self.tokens[self.k] if self.k < len(self.tokens) else None
+
+    def _is(self, kind: str, value: Any = None) -> bool:
+        tok = self._peek()
+        return tok is not None and tok.kind == kind and (value is None or tok.value == value)
+
+    def _take(self, kind: str, value: Any = None) -> Token:
+        if not self._is(kind, value):
+            tok = self._peek()
+            where = f"offset {tok.pos}" if tok else "the end"
+            raise ReferenceError(f"where {self.text!r}: expected {value or kind} at {where}")
+        self.k += 1
+        return self.tokens[self.k - 1]
+
+    def parse(self) -> tuple:
+        node = self._or()
+        if self._peek() is not None:
+            raise ReferenceError(f"where {self.text!r}: unexpected text at offset {self._peek().pos}")
+        return node
+
+    def _or(self) -> tuple:
+        node = self._and()
+        while self._is("keyword", "or"):
+            self.k += 1
+            node = ("or", node, self._and())
+        return node
+
+    def _and(self) -> tuple:
+        node = self._not()
+        while self._is("keyword", "and"):
+            self.k += 1
+            node = ("and", node, self._not())
+        return node
+
+    def _not(self) -> tuple:
+        if self._is("keyword", "not"):
+            self.k += 1
+            return ("not", self._not())
+        return self._primary()
+
+    def _primary(self) -> tuple:
+        if self._is("("):
+            self.k += 1
+            node = self._or()
+            self._take(")")
+            return node
+        left = self._operand()
+        if self._is("op"):
+            op = self._take("op").value
+            return ("cmp", op, left, self._operand())
+        if self._is("keyword", "in"):
+            self.k += 1
+            self._take("[")
+            values = [self._take("literal").value]
+            while self._is(","):
+                self.k += 1
+                values.append(self._take("literal").value)
+            self._take("]")
+            return ("in", left, values)
+        return ("bare", left)
+
+    def _operand(self) -> tuple:
+        if self._is("field"):
+            return ("field", self._take("field").value)
+        if self._is("literal"):
+            return ("literal", self._take("literal").value)
+        tok = self._peek()
+        where = f"offset {tok.pos}" if tok else "the end"
+        raise ReferenceError(f"where {self.text!r}: expected a field or a literal at {where}")
+
+
+def parse_where(text: str) -> tuple:
+    return _WhereParser(text).parse()
+
+
+def _operand_value(operand: tuple, record: dict) -> Any:
+    kind, payload = operand
+    return resolve(record, payload) if kind == "field" else payload
+
+
+def compare(op: str, a: Any, b: Any) -> bool:
+    """One comparison under the `where` rules."""
+    if a is MISSING or b is MISSING:
+        return False  # for every operator, != included
+    kind = value_kind(a)
+    if kind != value_kind(b) or kind == "composite":
+        return op == "!="  # unequal; ordering is false
+    if kind == "number":  # int and float by value (Python compares them exactly)
+        return {"==": a == b, "!=": a != b, "<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[op]
+    if kind == "string":  # ordering is bytewise on UTF-8
+        x, y = a.encode("utf-8"), b.encode("utf-8")
+        return {"==": x == y, "!=": x != y, "<": x < y, "<=": x <= y, ">": x > y, ">=": x >= y}[op]
+    # bool or null: (in)equality only
+    if op == "==":
+        return a == b
+    if op == "!=":
+        return a != b
+    return False
+
+
+def eval_where(node: tuple, record: dict) -> bool:
+    kind = node[0]
+    if kind == "or":
+        return eval_where(node[1], record) or eval_where(node[2], record)
+    if kind == "and":
+        return eval_where(node[1], record) and eval_where(node[2], record)
+    if kind == "not":
+        return not eval_where(node[1], record)
+    if kind == "cmp":
+        return compare(node[1], _operand_value(node[2], record), _operand_value(node[3], record))
+    if kind == "in":
+        value = _operand_value(node[1], record)
+        return any(compare("==", value, literal) for literal in node[2])
+    if kind == "bare":
+        return _operand_value(node[1], record) is True
+    raise AssertionError(f"unknown node {node!r}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The spec
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Window:
+    kind: str  # lifetime | sliding | tumbling | session
+    size_ms: int = 0
+    slide_ms: int = 0  # sliding only; 0 means continuous
+    gap_ms: int = 0  # session only
+
+
+@dataclass
+class Feature:
+    name: str
+    aggregation: str
+    field: str | None  # None for count
+    where_text: str | None
+    where: tuple | None
+    window: Window
+    precision: int = 14
+
+
+@dataclass
+class Spec:
+    name: str
+    entity_field: str
+    timestamp_field: str
+    watermark: tuple[int, int] | None  # (max_out_of_orderness_ms, allowed_lateness_ms)
+    features: list[Feature]
+
+
+def _parse_window(doc: Any, feature_name: str) -> Window:
+    if not isinstance(doc, dict) or doc.get("type") not in WINDOW_TYPES:
+        raise ReferenceError(f"feature {feature_name}: window.type must be one of {WINDOW_TYPES}")
+    kind = doc["type"]
+    if kind == "lifetime":
+        return Window("lifetime")
+    if kind == "session":
+        return Window("session", gap_ms=parse_duration_ms(doc.get("gap")))
+    size = parse_duration_ms(doc.get("size"))
+    if kind == "tumbling":
+        return Window("tumbling", size_ms=size)
+    slide = parse_duration_ms(doc["slide"]) if doc.get("slide") is not None else 0
+    if slide and size % slide != 0:
+        raise ReferenceError(f"feature {feature_name}: the slide must divide the size")
+    return Window("sliding", size_ms=size, slide_ms=slide)
+
+
+def parse_spec(doc: Any) -> Spec:
+    if not isinstance(doc, dict):
+        raise ReferenceError("the spec must be a YAML mapping")
+    watermark = None
+    if doc.get("watermark") is not None:
+        wm = doc["watermark"]
+        watermark = (parse_duration_ms(wm["max_out_of_orderness"]), parse_duration_ms(wm["allowed_lateness"]))
+    features = []
+    for f in doc.get("features") or []:
+        name = str(f["name"])
+        aggregation = f.get("aggregation")
+        if aggregation not in AGGREGATIONS:
+            raise ReferenceError(f"feature {name}: unknown aggregation {aggregation!r}")
+        field = None
+        if aggregation != "count":
+            if not f.get("field"):
+                raise ReferenceError(f"feature {name}: {aggregation} needs a field")
+            field = str(f["field"])
+        where_text = str(f["where"]) if f.get("where") is not None else None
+        where = parse_where(where_text) if where_text is not None else None
+        precision = int(f.get("precision", 14))
+        features.append(Feature(name, aggregation, field, where_text, where, _parse_window(f.get("window"), name),
+                                precision))
+    return Spec(str(doc.get("name", "")), str(doc["entity"]), str(doc["timestamp"]), watermark, features)
+
+
+def load_spec(path: str) -> Spec:
+    with open(path, encoding="utf-8") as f:
+        return parse_spec(yaml.safe_load(f))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Events
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Event:
+    line: int  # physical line in the events file, 1-based
+    entity: str
+    time_ms: int
+    record: dict
+
+
+@dataclass
+class DeadLetter:
+    line: int
+    reason: str  # "late" for late events; free text otherwise
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_int(text: str) -> int | float:
+    value = int(text)
+    if INT64_MIN <= value <= INT64_MAX:
+        return value
+    if INT64_MAX < value <= 2**64 - 1:
+        return float(value)  # An unsigned 64-bit integer beyond int64 is read as a double.
+    # The contract: an integer below -2**63 or above 2**64 - 1 is not a number Freshet reads, and the
+    # line is rejected as invalid JSON.
+    raise ValueError(f"integer {text} is out of range")
+
+
+def _json_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
+def _check_strings(value: Any) -> None:
+    """Raises when a string holds a lone surrogate (from a \\ud800 escape): not valid Unicode."""
+    if isinstance(value, str):
+        value.encode("utf-8")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_strings(key)
+            _check_strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_strings(item)
+
+
+def parse_json_line(raw: bytes) -> Any:
+    """The parsed JSON value of one line; raises ValueError when it is not valid UTF-8 JSON."""
+    text = raw.decode("utf-8")  # strict: invalid UTF-8 raises (UnicodeDecodeError is a ValueError)
+    value = json.loads(text, parse_constant=_reject_constant, parse_int=_json_int, parse_float=_json_float)
+    _check_strings(value)
+    return value
+
+
+def split_lines(data: bytes) -> list[bytes]:
+    """Physical lines; a final newline ends the last line rather than starting an empty one."""
+    if not data:
+        return []
+    lines = data.split(b"\n")
+    if data.endswith(b"\n"):
+        lines.pop()
+    return lines
+
+
+def parse_event(raw: bytes, line: int, spec: Spec) -> Event | str:
+    """An Event, or the reason the line is rejected."""
+    try:
+        record = parse_json_line(raw)
+    except (ValueError, RecursionError):
+        return "invalid JSON"
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    entity = entity_key(resolve(record, spec.entity_field))
+    if entity is None:
+        return f"entity field '{spec.entity_field}' missing or not a non-empty string or integer"
+    time_ms = event_time_ms(resolve(record, spec.timestamp_field))
+    if time_ms is None:
+        return f"timestamp field '{spec.timestamp_field}' missing or not epoch ms / RFC 3339"
+    return Event(line, entity, time_ms, record)
+
+
+def read_events(data: bytes, spec: Spec) -> tuple[list[Event], list[DeadLetter]]:
+    """The accepted, on-time events in input order, and one dead letter per rejected or late line."""
+    events: list[Event] = []
+    dead: list[DeadLetter] = []
+    max_time: int | None = None  # largest event time among events accepted so far
+    for line, raw in enumerate(split_lines(data), start=1):
+        parsed = parse_event(raw, line, spec)
+        if isinstance(parsed, str):
+            dead.append(DeadLetter(line, parsed))
+            continue
+        if spec.watermark is not None and max_time is not None:
+            max_out_of_orderness, allowed_lateness = spec.watermark
+            if parsed.time_ms < max_time - max_out_of_orderness - allowed_lateness:
+                dead.append(DeadLetter(line, "late"))
+                continue
+        events.append(parsed)
+        max_time = parsed.time_ms if max_time is None else max(max_time, parsed.time_ms)
+    return events, dead
+
+
+def group_by_entity(events: list[Event]) -> dict[str, list[Event]]:
+    groups: dict[str, list[Event]] = {}
+    for event in events:
+        groups.setdefault(event.entity, []).append(event)
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------------
+# Contribution, windows, aggregation
+# ---------------------------------------------------------------------------------------------------
+
+
+def field_qualifies(aggregation: str, value: Any) -> bool:
+    """Whether an event's field value can contribute to the aggregation."""
+    if aggregation == "count":
+        return True
+    if value is MISSING or value is None:
+        return False
+    if aggregation in NUMERIC_AGGREGATIONS:
+        return is_number(value)
+    return is_scalar(value)  # last, count_distinct, approx_count_distinct
+
+
+def qualifies(feature: Feature, event: Event) -> bool:
+    """Whether the event passes the feature's `where` and has a usable field (time aside)."""
+    if feature.where is not None and not eval_where(feature.where, event.record):
+        return False
+    value = resolve(event.record, feature.field) if feature.field else MISSING
+    return field_qualifies(feature.aggregation, value)
+
+
+def select_window(window: Window, events: list[Event], t: int) -> list[Event]:
+    """The events (all with time <= t) that the window as of t covers."""
+    if window.kind == "lifetime":
+        return list(events)
+    if window.kind == "sliding" and window.slide_ms == 0:
+        return [e for e in events if t - window.size_ms < e.time_ms <= t]
+    if window.kind in ("sliding", "tumbling"):
+        tile_ms = window.slide_ms if window.kind == "sliding" else window.size_ms
+        tiles = window.size_ms // tile_ms
+        first_tile = t // tile_ms - (tiles - 1)  # Python's // is floor division, also for negatives
+        return [e for e in events if e.time_ms // tile_ms >= first_tile and e.time_ms <= t]
+    if window.kind == "session":
+        ordered = sorted(events, key=lambda e: (e.time_ms, e.line))
+        if not ordered or t - ordered[-1].time_ms >= window.gap_ms:
+            return []
+        start = len(ordered) - 1
+        while start > 0 and ordered[start].time_ms - ordered[start - 1].time_ms < window.gap_ms:
+            start -= 1
+        return ordered[start:]
+    raise AssertionError(f"unknown window {window!r}")
+
+
+def distinct_key(value: Any) -> tuple:
+    """Equal keys for equal values: numbers by value (1 == 1.0), strings by text, booleans apart."""
+    if isinstance(value, bool):
+        return ("bool", value)
+    if is_number(value):
+        return ("number", Fraction(value))
+    return ("string", value)
+
+
+def aggregate(feature: Feature, window_events: list[Event]) -> Any:
+    """The feature's value over the window's events; None means null."""
+    agg = feature.aggregation
+    if agg == "count":
+        return len(window_events)
+    values = [resolve(e.record, feature.field) for e in window_events]
+    if agg == "sum":
+        if all(isinstance(v, int) for v in values):  # no bools here: they never qualify for sum
+            total = sum(values)
+            return total if INT64_MIN <= total <= INT64_MAX else float(total)
+        return float(sum(Fraction(v) for v in values))
+    if agg in ("count_distinct", "approx_count_distinct"):
+        return len({distinct_key(v) for v in values})
+    if not values:
+        return None
+    if agg == "mean":
+        return float(sum(Fraction(v) for v in values) / len(values))
+    # min/max: an integer wins a tie with an equal float, whatever the order (the contract).
+    if agg == "min":
+        best = min(values)
+        return next((v for v in values if v == best and isinstance(v, int)), best)
+    if agg == "max":
+        best = max(values)
+        return next((v for v in values if v == best and isinstance(v, int)), best)
+    if agg == "stddev":
+        exact = [Fraction(v) for v in values]
+        mean = sum(exact) / len(exact)
+        variance = sum((x - mean) ** 2 for x in exact) / len(exact)
+        return math.sqrt(float(variance))
+    if agg == "last":
+        latest = max(window_events, key=lambda e: (e.time_ms, e.line))
+        return resolve(latest.record, feature.field)
+    raise AssertionError(f"unknown aggregation {agg}")
+
+
+def value_from_qualifying(feature: Feature, qualifying: list[Event], t: int) -> tuple[Any, list[Event]]:
+    """The value as of t from the entity's qualifying events (input order), and the window's events.
+
+    The contributing events are the qualifying ones at or before t; the window chooses among them.
+    """
+    contributing = [e for e in qualifying if e.time_ms <= t]
+    window_events = select_window(feature.window, contributing, t)
+    return aggregate(feature, window_events), window_events
+
+
+def feature_value(feature: Feature, entity_events: list[Event], t: int) -> tuple[Any, list[Event]]:
+    """The value of one feature for one entity as of t, and the window's events (for debugging)."""
+    return value_from_qualifying(feature, [e for e in entity_events if qualifies(feature, e)], t)
+
+
+class Evaluator:
+    """Feature values for many rows. Which events qualify for a feature does not depend on the row, so
+    it is worked out once per (feature, entity) rather than once per row; nothing else is shared."""
+
+    def __init__(self, spec: Spec, events: list[Event]):
+        self.spec = spec
+        self.by_entity = group_by_entity(events)
+        self.qualifying: dict[tuple[int, str], list[Event]] = {}
+
+    def value(self, feature_index: int, entity: str, t: int) -> tuple[Any, list[Event]]:
+        feature = self.spec.features[feature_index]
+        key = (feature_index, entity)
+        if key not in self.qualifying:
+            self.qualifying[key] = [e for e in self.by_entity.get(entity, []) if qualifies(feature, e)]
+        return value_from_qualifying(feature, self.qualifying[key], t)
+
+
+def approx_count_distinct_ok(exact: int, estimate: float, precision: int) -> bool:
+    """The accuracy promised for approx_count_distinct at precision p."""
+    if exact <= 2**precision / 32:
+        return estimate == exact
+    return abs(estimate - exact) <= 4 * 1.04 / math.sqrt(2**precision) * exact
+
+
+# ---------------------------------------------------------------------------------------------------
+# Entity rows and output
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EntityRows:
+    header: list[str]
+    rows: list[list[str]]  # the cells as read
+    keys: list[tuple[str, int]]  # (entity, time ms) per row
+
+
+def read_entity_rows(path: str, spec: Spec) -> EntityRows:
+    with open(path, newline="", encoding="utf-8") as f:
+        table = [row for row in csv.reader(f) if row]
+    if not table:
+        raise ReferenceError(f"{path}: no header row")
+    header = table[0]
+    for column in (spec.entity_field, spec.timestamp_field):
+        if column not in header:
+            raise ReferenceError(f"{path}: no column named {column!r}")
+    entity_col, time_col = header.index(spec.entity_field), header.index(spec.timestamp_field)
+    rows, keys = [], []
+    for number, row in enumerate(table[1:], start=2):
+        if len(row) != len(header):
+            raise ReferenceError(f"{path}:{number}: {len(row)} cells, expected {len(header)}")
+        t = row_time_ms(row[time_col])
+        if t is None:
+            raise ReferenceError(f"{path}:{number}: bad timestamp {row[time_col]!r}")
+        rows.append(row)
+        keys.append((row[entity_col], t))
+    return EntityRows(header, rows, keys)
+
+
+def compute(spec: Spec, events: list[Event], entity_rows: EntityRows) -> list[list[Any]]:
+    """One list of feature values (spec order) per entity row."""
+    evaluator = Evaluator(spec, events)
+    return [
+        [evaluator.value(j, entity, t)[0] for j in range(len(spec.features))]
+        for entity, t in entity_rows.keys
+    ]
+
+
+def format_value(value: Any) -> str:
+    """A feature value as CSV text (before quoting)."""
+    if value is None or value is MISSING:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def quote_csv(cell: str) -> str:
+    """RFC 4180: quote a cell holding a comma, quote, CR or LF; double the quotes inside."""
+    if any(c in cell for c in ',"\r\n'):
+        return '"' + cell.replace('"', '""') + '"'
+    return cell
+
+
+def write_output(path: str, spec: Spec, entity_rows: EntityRows, values: list[list[Any]]) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        header = entity_rows.header + [feature.name for feature in spec.features]
+        f.write(",".join(quote_csv(c) for c in header) + "\n")
+        for row, row_values in zip(entity_rows.rows, values):
+            cells = row + [format_value(v) for v in row_values]
+            f.write(",".join(quote_csv(c) for c in cells) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--spec", required=True)
+    parser.add_argument("--events", required=True)
+    parser.add_argument("--entities", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--dead-letters")
+    args = parser.parse_args(argv)
+    try:
+        spec = load_spec(args.spec)
+        with open(args.events, "rb") as f:
+            events, dead = read_events(f.read(), spec)
+        entity_rows = read_entity_rows(args.entities, spec)
+    except (ReferenceError, OSError, KeyError, TypeError, yaml.YAMLError) as e:
+        print(f"reference: error: {e}", file=sys.stderr)
+        return 2
+    write_output(args.output, spec, entity_rows, compute(spec, events, entity_rows))
+    if args.dead_letters:
+        with open(args.dead_letters, "w", encoding="utf-8") as f:
+            for d in dead:
+                f.write(json.dumps({"line": d.line, "reason": d.reason}) + "\n")
+    late = sum(1 for d in dead if d.reason == "late")
+    print(f"reference: {len(events)} events accepted, {len(dead) - late} rejected, {late} late; "
+          f"{len(entity_rows.rows)} rows x {len(spec.features)} features written to {args.output}",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
