@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "aggregate/hyperloglog.h"
+#include "aggregate/small_vector.h"
 #include "aggregate/string_pool.h"
 #include "common/value.h"
 
@@ -242,7 +243,7 @@ struct LastAgg {
   static size_t MemoryBytes(const State&) { return 0; }
 };
 
-// Exact distinct count over a sorted vector of normalized keys (small sets are the common case).
+// Exact distinct count over a sorted set of normalized keys; the first few live inline in the state.
 struct CountDistinctAgg {
   // Numbers are normalized so that 1 and 1.0 are one value; strings are interned ids.
   struct Input {
@@ -251,7 +252,7 @@ struct CountDistinctAgg {
     bool operator<(const Input& o) const { return kind != o.kind ? kind < o.kind : bits < o.bits; }
     bool operator==(const Input& o) const { return kind == o.kind && bits == o.bits; }
   };
-  using State = std::vector<Input>;
+  using State = SmallVector<Input, 3>;
   static bool MakeInput(const Value& v, AggContext& c, Input* out) {
     switch (v.type) {
       case ValueType::kBool: *out = Input{0, v.b ? 1u : 0u}; return true;
@@ -284,7 +285,7 @@ struct CountDistinctAgg {
     for (const Input& x : o) Add(s, x, 0, 0, c);
   }
   static Value Finalize(const State& s, const AggContext&) { return Value::Int(static_cast<int64_t>(s.size())); }
-  static size_t MemoryBytes(const State& s) { return s.capacity() * sizeof(Input); }
+  static size_t MemoryBytes(const State& s) { return s.heap_bytes(); }
 };
 
 struct ApproxCountDistinctAgg {

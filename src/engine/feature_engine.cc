@@ -96,6 +96,17 @@ std::unique_ptr<FeatureOperator> MakeFeatureOperator(const FeatureSpec& feature)
 
 FeatureEngine::FeatureEngine(const Spec& spec) : spec_(spec) {
   for (const FeatureSpec& f : spec.features) {
+    int group = -1;
+    if (f.where) {
+      for (size_t g = 0; g < where_exprs_.size() && group < 0; ++g) {
+        if (where_exprs_[g]->ToString() == f.where->ToString()) group = static_cast<int>(g);
+      }
+      if (group < 0) {
+        group = static_cast<int>(where_exprs_.size());
+        where_exprs_.push_back(&*f.where);
+      }
+    }
+    where_group_.push_back(group);
     operators_.push_back(MakeFeatureOperator(f));
     const size_t align = operators_.back()->state_align();
     row_bytes_ = (row_bytes_ + align - 1) / align * align;
@@ -156,11 +167,13 @@ void FeatureEngine::Extract(const ParsedEvent& event, uint64_t seq, PendingEvent
   out->seq = seq;
   out->entity = FindOrAddEntity(event.entity);
   out->cells.resize(operators_.size());
+  where_results_.resize(where_exprs_.size());
+  for (size_t g = 0; g < where_exprs_.size(); ++g) where_results_[g] = where_exprs_[g]->Eval(event.slots);
   for (size_t k = 0; k < operators_.size(); ++k) {
     const FeatureSpec& f = spec_.features[k];
     InputCell& cell = out->cells[k];
     cell.present = false;
-    if (f.where && !f.where->Eval(event.slots)) continue;
+    if (where_group_[k] >= 0 && !where_results_[where_group_[k]]) continue;
     const Value field = f.field_slot >= 0 ? event.slots[f.field_slot] : Value::Null();
     if (f.field_slot >= 0 && !field.is_present_non_null()) {
       ++counters_.skipped[k];

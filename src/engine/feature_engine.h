@@ -120,6 +120,11 @@ class FeatureEngine {
   const Spec& spec_;
   std::vector<std::unique_ptr<FeatureOperator>> operators_;
   std::vector<size_t> offsets_;  // Per feature: where its state lies in a row.
+  // Features with the same `where` text share one evaluation per event: where_group_[k] indexes
+  // where_exprs_ (-1: no filter), and where_results_ holds one event's results.
+  std::vector<int> where_group_;
+  std::vector<const Expr*> where_exprs_;
+  std::vector<char> where_results_;
   size_t row_bytes_ = 0;
   // Rows in fixed chunks so that states never move once constructed.
   std::vector<std::unique_ptr<unsigned char[]>> row_chunks_;
