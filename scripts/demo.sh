@@ -20,12 +20,14 @@ echo "== 2. validate the spec"
 "$bin" validate --spec "$ex/fraud.yaml"
 
 echo
-echo "== 3. features as of the end of the day, and 40 minutes earlier, for the five most active users"
-end_ms=$(( $(date -d 2026-01-02T00:00:00Z +%s) * 1000 ))
+echo "== 3. features of the five users with the most purchases, at noon, 40 minutes later, and at the end of the day"
+top_users=$(set +o pipefail; grep -a '"type":"purchase"' "$ex/events.jsonl" | grep -o '"user_id":"[^"]*"' | sort | uniq -c | sort -rn \
+  | head -n 5 | sed 's/.*"user_id":"\([^"]*\)"/\1/')
 {
   echo "user_id,ts"
-  for u in u1 u2 u3 u4 u5; do
-    echo "$u,$((end_ms - 40 * 60 * 1000))"
+  for u in $top_users; do
+    echo "$u,2026-01-01T12:00:00Z"
+    echo "$u,2026-01-01T12:40:00Z"
     echo "$u,2026-01-02T00:00:00Z"
   done
 } > "$ex/entities.csv"

@@ -1028,22 +1028,18 @@ class LineWriter {
   Status status_;
 };
 
-// Bounded disorder: each event gets a release key ts + U[0, max_delay_ms] and events leave in key order, so
-// an event e leaves after f only if key(f) <= key(e) and ts(f) <= key(e) <= ts(e) + max delay. Keys are
-// sorted into a ring of buckets width_ms wide (1 ms unless the disorder is longer than kBuckets / 2 ms),
-// first in first out within a bucket: then f may leave before e with key(f) up to width_ms - 1 above key(e),
-// so the delays are drawn up to disorder_ms - (width_ms - 1) and no event is written more than disorder_ms
-// behind the newest written before it. A bucket leaves once the input has passed it, as later inputs have
-// keys no smaller than their ts.
+// Bounded disorder: each event gets a release key ts + U[0, disorder_ms] and leaves in key order, kept in a
+// ring of buckets width_ms wide (1 ms unless the disorder is longer than kBuckets / 2 ms), first in first out
+// within a bucket. If f leaves before e, either f's bucket comes first, so ts(f) <= key(f) < key(e) <=
+// ts(e) + disorder_ms, or they share a bucket and f came in first, so ts(f) <= ts(e): no event is written
+// more than disorder_ms behind the newest written before it. A bucket leaves once the input has passed it, as
+// later inputs have keys no smaller than their ts.
 class DisorderBuffer {
  public:
   explicit DisorderBuffer(int64_t disorder_ms)
       : width_ms_(std::max<int64_t>(1, (disorder_ms + kBuckets / 2 - 1) / (kBuckets / 2))),
-        max_delay_ms_(disorder_ms - (width_ms_ - 1)),
         heads_(kBuckets, kNone),
         tails_(kBuckets, kNone) {}
-
-  int64_t max_delay_ms() const { return max_delay_ms_; }
 
   // Calls emit(event) for the events whose bucket no event at or after `ts` can reach, in leaving order.
   template <typename Emit>
@@ -1055,7 +1051,7 @@ class DisorderBuffer {
     next_bucket_ = std::max(next_bucket_, target);
   }
 
-  // Holds `event` until its `key` (ts <= key <= ts + max_delay_ms()) is passed. Call ReleaseBefore(event.ts)
+  // Holds `event` until its `key` (ts <= key <= ts + disorder_ms) is passed. Call ReleaseBefore(event.ts)
   // first.
   void Add(const Event& event, int64_t key) {
     uint32_t node;
@@ -1105,7 +1101,6 @@ class DisorderBuffer {
   }
 
   const int64_t width_ms_;
-  const int64_t max_delay_ms_;
   std::vector<uint32_t> heads_;  // Per bucket, its first node (the earliest added), or kNone.
   std::vector<uint32_t> tails_;  // Per bucket, its last node, or kNone.
   std::vector<Node> nodes_;
@@ -1133,7 +1128,7 @@ class Reorderer {
       return;
     }
     disorder_.ReleaseBefore(event.ts, [this](const Event& e) { PassLateStage(e); });
-    disorder_.Add(event, event.ts + disorder_rng_.Between(0, disorder_.max_delay_ms()));
+    disorder_.Add(event, event.ts + disorder_rng_.Between(0, disorder_ms_));
   }
 
   // Writes everything still held: the disorder buffer in leaving order, then the late events.

@@ -97,7 +97,9 @@ inline constexpr int64_t kLateMinMs = 5 * 60 * 1000;
 Status ValidateGeneratorOptions(const GeneratorOptions& options);
 
 // Writes options.events event lines to `out` (see the file comment). Returns an IoError if writing fails.
-// Memory stays bounded whatever `events` is: about 16 bytes per user plus the events in flight.
+// Memory stays bounded whatever `events` is: 16 bytes per user, the visits in progress, and the events held
+// back for disorder or lateness (about the event rate times disorder_ms, or times the lateness for late
+// ones).
 Status GenerateEvents(const GeneratorOptions& options, FILE* out);
 
 // Writes a CSV of entity rows for point-in-time queries: the header `user_id,ts,label`, then

@@ -94,19 +94,20 @@ inline constexpr SpecOption kSpecOptions[] = {
 
     // watermark
     SpecOption("watermark", "max_out_of_orderness", SpecValueType::kDuration,
-               "How far behind the largest event time seen an event may be and still count as on time; "
-               "the watermark trails the largest event time by this much.")
+               "How far behind the largest event time accepted so far (M) an event may be and still be "
+               "on time; the watermark trails M by this much.")
         .Default("0s").ZeroAllowed().Example("5s"),
     SpecOption("watermark", "allowed_lateness", SpecValueType::kDuration,
-               "How long after the watermark passes the end of a window an event for it is still accepted "
-               "(the result is updated); later events are dropped and counted.")
+               "Extra time beyond max_out_of_orderness for which an out-of-order event is still accepted. "
+               "An event is late when its time < M - max_out_of_orderness - allowed_lateness: it is dropped, "
+               "counted, and written to the dead letters with reason \"late\".")
         .Default("0s").ZeroAllowed().Example("1m"),
 
     // source
     SpecOption("source", "type", SpecValueType::kChoice, "The kind of source.").Choices("file").Default("file"),
     SpecOption("source", "path", SpecValueType::kString,
                "The events file, JSON Lines (one JSON object per line). A relative path is resolved against "
-               "the folder of the spec file.")
+               "the folder of the spec file. Read by `freshet run`; `freshet historical` takes --events.")
         .Required().Example("events.jsonl"),
     SpecOption("source", "follow", SpecValueType::kBool,
                "Keep reading as the file grows (like tail -f) instead of stopping at its end.")
