@@ -196,6 +196,30 @@ void FeatureEngine::Apply(const PendingEvent& event, int64_t low_ms) {
   }
 }
 
+size_t FeatureEngine::ProcessBatch(const ParsedEvent* events, size_t count, uint64_t* seq) {
+  constexpr size_t kLookahead = 8;
+  if (batch_.size() < count) batch_.resize(count);
+  batch_low_ms_.resize(count);
+  size_t admitted = 0, late = 0;
+  for (size_t k = 0; k < count; ++k) {
+    if (k + kLookahead < count) {
+      const std::string_view next = events[k + kLookahead].entity;
+      entities_.prefetch(absl::string_view(next.data(), next.size()));
+    }
+    if (!Admit(events[k].time_ms)) {
+      ++late;
+      continue;
+    }
+    PendingEvent& pending = batch_[admitted];
+    Extract(events[k], (*seq)++, &pending);
+    __builtin_prefetch(Row(pending.entity));
+    batch_low_ms_[admitted] = low_ms_;
+    ++admitted;
+  }
+  for (size_t k = 0; k < admitted; ++k) Apply(batch_[k], batch_low_ms_[k]);
+  return late;
+}
+
 void FeatureEngine::QueryIndex(std::optional<uint32_t> entity, int64_t t, std::vector<Value>* out) const {
   out->resize(operators_.size());
   for (size_t k = 0; k < operators_.size(); ++k) {

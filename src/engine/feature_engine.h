@@ -94,6 +94,12 @@ class FeatureEngine {
   // Folds an extracted event into the state. `low_ms`: no event earlier than this will be applied later.
   void Apply(const PendingEvent& event, int64_t low_ms);
 
+  // Admit, Extract and Apply for a batch of parsed events, with the same result as calling them one event
+  // at a time in order, but with the entity lookups and state rows of later events prefetched while earlier
+  // ones are processed (the lookups are cache misses at millions of entities). `*seq` is the input order of
+  // the first event and is advanced by the number admitted. Returns the number of late events.
+  size_t ProcessBatch(const ParsedEvent* events, size_t count, uint64_t* seq);
+
   // Every feature's value for `entity` as of t, in spec order, into *out (resized). Unknown entities
   // get the empty-window values. Strings in the values stay valid until the engine changes.
   void Query(std::string_view entity, int64_t t, std::vector<Value>* out) const;
@@ -125,6 +131,8 @@ class FeatureEngine {
   std::vector<int> where_group_;
   std::vector<const Expr*> where_exprs_;
   std::vector<char> where_results_;
+  std::vector<PendingEvent> batch_;     // ProcessBatch scratch: extracted events of one batch.
+  std::vector<int64_t> batch_low_ms_;
   size_t row_bytes_ = 0;
   // Rows in fixed chunks so that states never move once constructed.
   std::vector<std::unique_ptr<unsigned char[]>> row_chunks_;
