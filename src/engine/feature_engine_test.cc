@@ -629,3 +629,65 @@ TEST(FeatureEngineTest, EndToEndMatchesBruteForce) {
 
 }  // namespace
 }  // namespace freshet
+
+namespace freshet {
+namespace {
+
+// ProcessBatch must give exactly what Admit/Extract/Apply one event at a time give, late events included.
+TEST(FeatureEngineTest, ProcessBatchEqualsOneAtATime) {
+  Spec spec = BaseSpec(WatermarkSpec{20, 10});
+  AddFeature(spec, "n", AggKind::kCount, "", SlidingSpec(100, 10), "kind == 'a'");
+  AddFeature(spec, "s", AggKind::kSum, "v", SlidingSpec(50));
+  AddFeature(spec, "d", AggKind::kCountDistinct, "v", SessionSpec(30));
+  AddFeature(spec, "l", AggKind::kLast, "kind", LifetimeWindowSpec());
+  const int kind_slot = spec.fields.Intern("kind");
+  const int v_slot = spec.fields.Intern("v");
+  std::mt19937_64 rng(11);
+  const std::vector<std::string> users = {"u1", "u2", "u3", "u4", "u5", "u6", "u7"};
+  const std::vector<std::string> kinds = {"a", "b"};
+  std::vector<ParsedEvent> events(3000);
+  int64_t time = 0;
+  for (ParsedEvent& e : events) {
+    time += static_cast<int64_t>(rng() % 7);
+    e.time_ms = time - static_cast<int64_t>(rng() % 45);  // Some beyond the 30 ms delay: late.
+    e.entity = users[rng() % users.size()];
+    e.slots.assign(spec.fields.size(), Value::Missing());
+    e.slots[kEntitySlot] = Value::String(e.entity);
+    e.slots[kTimestampSlot] = Value::Int(e.time_ms);
+    e.slots[kind_slot] = Value::String(kinds[rng() % 2]);
+    e.slots[v_slot] = Value::Int(static_cast<int64_t>(rng() % 5));
+  }
+  FeatureEngine one(spec), batched(spec);
+  uint64_t seq_one = 0;
+  for (const ParsedEvent& e : events) {
+    if (Feed(one, e, seq_one)) ++seq_one;
+  }
+  uint64_t seq_batched = 0;
+  size_t late = 0;
+  for (size_t begin = 0; begin < events.size(); begin += 97) {
+    late += batched.ProcessBatch(&events[begin], std::min<size_t>(97, events.size() - begin), &seq_batched);
+  }
+  ASSERT_GT(late, 0u) << "the test should exercise late events";
+  EXPECT_EQ(late, one.counters().late);
+  EXPECT_EQ(seq_batched, seq_one);
+  std::vector<Value> a, b;
+  for (const std::string& u : users) {
+    for (int64_t t : {time, time + 5, time + 40}) {
+      one.Query(u, t, &a);
+      batched.Query(u, t, &b);
+      ASSERT_EQ(a.size(), b.size());
+      for (size_t k = 0; k < a.size(); ++k) {
+        EXPECT_EQ(a[k].type, b[k].type) << u << " t=" << t << " feature " << k;
+        if (a[k].type == ValueType::kInt) {
+          EXPECT_EQ(a[k].i, b[k].i) << u << " t=" << t << " feature " << k;
+        }
+        if (a[k].type == ValueType::kString) {
+          EXPECT_EQ(a[k].s, b[k].s) << u << " t=" << t << " feature " << k;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace freshet
