@@ -326,6 +326,10 @@ class SpecParser {
   void ParseTop(const YAML::Node& root, Spec* spec);
   void ParseWatermark(const Entry& entry, Spec* spec);
   void ParseSource(const Entry& entry, Spec* spec);
+  void ParseOnline(const Entry& entry, Spec* spec);
+  void ParseServe(const Entry& entry, Spec* spec);
+  void ParseCheckpoint(const Entry& entry, Spec* spec);
+  void ParseFreshnessSlo(const Entry& entry, Spec* spec);
   void ParseFeatures(const Entry& entry, Spec* spec);
   void ParseFeature(const YAML::Node& item, const SpecOption& list_option, Spec* spec,
                     std::map<std::string, int>* first_line_by_name);
@@ -740,18 +744,62 @@ void SpecParser::ParseSource(const Entry& entry, Spec* spec) {
       ReadMap(entry.value, ValueMark(entry), *entry.option, ChildSection(*entry.option), "'source'");
   if (!map) return;
   std::optional<std::string> type = ReadChoice(*map, "type");
-  std::optional<std::string> path = ReadString(*map, "path");
-  std::optional<bool> follow = ReadBool(*map, "follow");
-  if (!type || !path || !follow) return;
+  if (!type) return;
+  CheckCondition(*map, "type", *type);
   SourceSpec source;
   source.type = *type;
-  std::filesystem::path resolved(*path);
-  if (resolved.is_relative()) {
-    resolved = (std::filesystem::path(file_).parent_path() / resolved).lexically_normal();
+  if (*type == "file") {
+    std::optional<std::string> path = ReadString(*map, "path");
+    std::optional<bool> follow = ReadBool(*map, "follow");
+    if (!path || !follow) return;
+    std::filesystem::path resolved(*path);
+    if (resolved.is_relative()) {
+      resolved = (std::filesystem::path(file_).parent_path() / resolved).lexically_normal();
+    }
+    source.path = resolved.string();
+    source.follow = *follow;
   }
-  source.path = resolved.string();
-  source.follow = *follow;
   spec->source = std::move(source);
+}
+
+void SpecParser::ParseOnline(const Entry& entry, Spec* spec) {
+  std::optional<MapView> map =
+      ReadMap(entry.value, ValueMark(entry), *entry.option, ChildSection(*entry.option), "'online'");
+  if (!map) return;
+  std::optional<std::string> type = ReadChoice(*map, "type");
+  if (!type) return;
+  CheckCondition(*map, "type", *type);
+  spec->online.type = *type;
+  if (*type == "redis") {
+    if (auto host = ReadString(*map, "host")) spec->online.host = *host;
+    if (auto port = ReadInt(*map, "port")) spec->online.port = *port;
+    if (auto flush = ReadDuration(*map, "flush_interval")) spec->online.flush_interval_ms = *flush;
+  }
+}
+
+void SpecParser::ParseServe(const Entry& entry, Spec* spec) {
+  std::optional<MapView> map =
+      ReadMap(entry.value, ValueMark(entry), *entry.option, ChildSection(*entry.option), "'serve'");
+  if (!map) return;
+  if (auto host = ReadString(*map, "host")) spec->serve.host = *host;
+  if (auto port = ReadInt(*map, "port")) spec->serve.port = *port;
+}
+
+void SpecParser::ParseCheckpoint(const Entry& entry, Spec* spec) {
+  std::optional<MapView> map =
+      ReadMap(entry.value, ValueMark(entry), *entry.option, ChildSection(*entry.option), "'checkpoint'");
+  if (!map) return;
+  if (auto interval = ReadDuration(*map, "interval")) spec->checkpoint.interval_ms = *interval;
+  if (auto keep = ReadInt(*map, "keep")) spec->checkpoint.keep = *keep;
+}
+
+void SpecParser::ParseFreshnessSlo(const Entry& entry, Spec* spec) {
+  std::optional<MapView> map =
+      ReadMap(entry.value, ValueMark(entry), *entry.option, ChildSection(*entry.option), "'freshness_slo'");
+  if (!map) return;
+  std::optional<int64_t> p99 = ReadDuration(*map, "p99");
+  std::optional<int64_t> window = ReadDuration(*map, "window");
+  if (p99 && window) spec->freshness_slo = FreshnessSloSpec{*p99, *window};
 }
 
 void SpecParser::ParseTop(const YAML::Node& root, Spec* spec) {
@@ -778,6 +826,10 @@ void SpecParser::ParseTop(const YAML::Node& root, Spec* spec) {
 
   if (const Entry* e = map->Find("watermark")) ParseWatermark(*e, spec);
   if (const Entry* e = map->Find("source")) ParseSource(*e, spec);
+  if (const Entry* e = map->Find("online")) ParseOnline(*e, spec);
+  if (const Entry* e = map->Find("serve")) ParseServe(*e, spec);
+  if (const Entry* e = map->Find("checkpoint")) ParseCheckpoint(*e, spec);
+  if (const Entry* e = map->Find("freshness_slo")) ParseFreshnessSlo(*e, spec);
   if (const Entry* e = map->Find("features")) ParseFeatures(*e, spec);
 }
 

@@ -65,9 +65,31 @@ struct WatermarkSpec {
 };
 
 struct SourceSpec {
-  std::string type = "file";  // "file" (more types come with `freshet run`).
-  std::string path;           // Resolved against the spec file's folder.
+  std::string type = "file";  // "file" or "http".
+  std::string path;           // file: resolved against the spec file's folder.
   bool follow = false;
+};
+
+struct OnlineSpec {
+  std::string type = "embedded";  // "embedded" or "redis".
+  std::string host = "127.0.0.1";
+  int port = 6379;
+  int64_t flush_interval_ms = 100;
+};
+
+struct ServeSpec {
+  std::string host = "127.0.0.1";
+  int port = 8080;
+};
+
+struct CheckpointSpec {
+  int64_t interval_ms = 10000;
+  int keep = 3;
+};
+
+struct FreshnessSloSpec {
+  int64_t p99_ms = 1000;
+  int64_t window_ms = 60000;
 };
 
 struct Spec {
@@ -76,6 +98,10 @@ struct Spec {
   std::string timestamp_field;
   std::optional<WatermarkSpec> watermark;  // Absent: no event is ever dropped as late.
   std::optional<SourceSpec> source;
+  OnlineSpec online;
+  ServeSpec serve;
+  CheckpointSpec checkpoint;
+  std::optional<FreshnessSloSpec> freshness_slo;
   std::vector<FeatureSpec> features;
   FieldRegistry fields;  // Slot 0: entity, slot 1: timestamp, then every field a feature reads.
   std::string file;      // The spec file, as given.

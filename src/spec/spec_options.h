@@ -91,6 +91,21 @@ inline constexpr SpecOption kSpecOptions[] = {
         .Example("{type: file, path: events.jsonl}"),
     SpecOption("", "features", SpecValueType::kList, "The features to compute, at least one.")
         .Required().Example("[{name: n_events, aggregation: count, window: {type: lifetime}}]"),
+    SpecOption("", "online", SpecValueType::kMap,
+               "Where `freshet run` keeps the values it serves: embedded (in the serving process, the default) "
+               "or redis.")
+        .Example("{type: redis, host: 127.0.0.1, port: 6379}"),
+    SpecOption("", "serve", SpecValueType::kMap,
+               "The HTTP serving API of `freshet run`. The bearer token for ingest and admin endpoints comes from "
+               "--token-file or the FRESHET_TOKEN environment variable, never from the spec.")
+        .Example("{host: 127.0.0.1, port: 8080}"),
+    SpecOption("", "checkpoint", SpecValueType::kMap,
+               "How often `freshet run` checkpoints its state and source positions under the data directory.")
+        .Example("{interval: 10s, keep: 3}"),
+    SpecOption("", "freshness_slo", SpecValueType::kMap,
+               "The freshness objective: the time from an event's arrival until the serving API shows its effect. "
+               "When the p99 over the window exceeds the target, /health reports degraded.")
+        .Example("{p99: 1s, window: 1m}"),
 
     // watermark
     SpecOption("watermark", "max_out_of_orderness", SpecValueType::kDuration,
@@ -104,14 +119,50 @@ inline constexpr SpecOption kSpecOptions[] = {
         .Default("0s").ZeroAllowed().Example("1m"),
 
     // source
-    SpecOption("source", "type", SpecValueType::kChoice, "The kind of source.").Choices("file").Default("file"),
+    SpecOption("source", "type", SpecValueType::kChoice,
+               "file: a JSON-lines file. http: events pushed to POST /v1/ingest (JSON lines or a JSON array), "
+               "acknowledged once durable.")
+        .Choices("file, http").Default("file"),
     SpecOption("source", "path", SpecValueType::kString,
                "The events file, JSON Lines (one JSON object per line). A relative path is resolved against "
                "the folder of the spec file. Read by `freshet run`; `freshet historical` takes --events.")
-        .Required().Example("events.jsonl"),
+        .Required().When("type", "file").Example("events.jsonl"),
     SpecOption("source", "follow", SpecValueType::kBool,
-               "Keep reading as the file grows (like tail -f) instead of stopping at its end.")
-        .Default("false"),
+               "Keep reading as the file grows, across rotation (like tail -F), instead of stopping at its end.")
+        .When("type", "file").Default("false"),
+
+    // online
+    SpecOption("online", "type", SpecValueType::kChoice,
+               "embedded: the serving process reads the live state. redis: every changed entity's state is written "
+               "to Redis in pipelined batches, so any Freshet server can serve any entity.")
+        .Choices("embedded, redis").Default("embedded"),
+    SpecOption("online", "host", SpecValueType::kString, "Redis host.")
+        .When("type", "redis").Default("127.0.0.1"),
+    SpecOption("online", "port", SpecValueType::kInt, "Redis port.")
+        .When("type", "redis").Range(1, 65535).Default("6379"),
+    SpecOption("online", "flush_interval", SpecValueType::kDuration,
+               "How often changed entities are written to Redis.")
+        .When("type", "redis").Default("100ms"),
+
+    // serve
+    SpecOption("serve", "host", SpecValueType::kString,
+               "The address the HTTP API listens on; loopback unless told otherwise.")
+        .Default("127.0.0.1"),
+    SpecOption("serve", "port", SpecValueType::kInt, "The HTTP port (0: any free port, printed at start).")
+        .Range(0, 65535).Default("8080"),
+
+    // checkpoint
+    SpecOption("checkpoint", "interval", SpecValueType::kDuration, "Time between checkpoints.").Default("10s"),
+    SpecOption("checkpoint", "keep", SpecValueType::kInt, "How many of the newest checkpoints are kept.")
+        .Range(1, 100).Default("3"),
+
+    // freshness_slo
+    SpecOption("freshness_slo", "p99", SpecValueType::kDuration,
+               "The target for the 99th percentile of arrival-to-visible latency.")
+        .Required().Example("1s"),
+    SpecOption("freshness_slo", "window", SpecValueType::kDuration,
+               "The sliding window of wall-clock time over which the p99 is measured.")
+        .Default("1m"),
 
     // features[]
     SpecOption("features[]", "name", SpecValueType::kName,
