@@ -9,6 +9,13 @@
 //   Merge(State&, const State&, ctx)       combine two partials (tiles, sessions)
 //   Finalize(const State&, ctx) -> Value   read the result; never changes the state
 //   MemoryBytes(const State&)               heap bytes held by the state, for state-size metrics
+// and, for checkpoints and the online store (encoding in common/bytes.h),
+//   Serialize(const State&, ByteWriter&, ctx)         append the state
+//   Deserialize(State&, ByteReader&, ctx) -> bool      replace the state by a serialized one; false (and
+//                                                      the reader failed) on malformed input
+//   SerializeInput / DeserializeInput                 the same for an Input (continuous windows keep them)
+// Strings are written as their text, never as StringPool ids, and re-interned into ctx on load, so a
+// state saved by one process loads into another whose pool numbers strings differently.
 // A default-constructed State is the empty aggregate. The windows in window/ hold and combine them.
 //
 // Semantics (empty-window value in brackets): count [0]; sum [0] exact integer when every input is an
@@ -27,6 +34,7 @@
 #include "aggregate/hyperloglog.h"
 #include "aggregate/small_vector.h"
 #include "aggregate/string_pool.h"
+#include "common/bytes.h"
 #include "common/value.h"
 
 namespace freshet {
@@ -51,6 +59,34 @@ struct Numeric {
   long double as_long_double() const { return is_int ? static_cast<long double>(i) : d; }
   Value ToValue() const { return is_int ? Value::Int(i) : Value::Double(d); }
 };
+
+// Serialized as a tag byte (0 integer, 1 double), then a SignedVarint or the double's bits.
+inline void SerializeNumeric(const Numeric& n, ByteWriter& w) {
+  w.PutU8(n.is_int ? 0 : 1);
+  if (n.is_int) {
+    w.PutSignedVarint(n.i);
+  } else {
+    w.PutDouble(n.d);
+  }
+}
+
+inline bool DeserializeNumeric(Numeric* n, ByteReader& r) {
+  uint8_t tag;
+  if (!r.ReadU8(&tag)) return false;
+  if (tag == 0) {
+    int64_t i;
+    if (!r.ReadSignedVarint(&i)) return false;
+    *n = Numeric::Int(i);
+    return true;
+  }
+  if (tag == 1) {
+    double d;
+    if (!r.ReadDouble(&d)) return false;
+    *n = Numeric::Double(d);
+    return true;
+  }
+  return r.Fail();
+}
 
 inline bool MakeNumeric(const Value& v, Numeric* out) {
   if (v.type == ValueType::kInt) {
@@ -97,6 +133,40 @@ inline bool MakeScalar(const Value& v, AggContext& ctx, Scalar* out) {
   }
 }
 
+// Serialized as a tag byte (0 null, 1 bool, 2 integer, 3 double, 4 string), then the value; a string
+// by its text.
+inline void SerializeScalar(const Scalar& x, ByteWriter& w, const AggContext& ctx) {
+  switch (x.type) {
+    case ValueType::kBool: w.PutU8(1); w.PutBool(x.b); return;
+    case ValueType::kInt: w.PutU8(2); w.PutSignedVarint(x.i); return;
+    case ValueType::kDouble: w.PutU8(3); w.PutDouble(x.d); return;
+    case ValueType::kString: w.PutU8(4); w.PutString(ctx.strings.Get(x.str)); return;
+    default: w.PutU8(0); return;
+  }
+}
+
+inline bool DeserializeScalar(Scalar* x, ByteReader& r, AggContext& ctx) {
+  uint8_t tag;
+  if (!r.ReadU8(&tag)) return false;
+  Scalar out;
+  switch (tag) {
+    case 0: out.type = ValueType::kNull; break;
+    case 1: out.type = ValueType::kBool; if (!r.ReadBool(&out.b)) return false; break;
+    case 2: out.type = ValueType::kInt; if (!r.ReadSignedVarint(&out.i)) return false; break;
+    case 3: out.type = ValueType::kDouble; if (!r.ReadDouble(&out.d)) return false; break;
+    case 4: {
+      std::string_view text;
+      if (!r.ReadString(&text)) return false;
+      out.type = ValueType::kString;
+      out.str = ctx.strings.Intern(text);
+      break;
+    }
+    default: return r.Fail();
+  }
+  *x = out;
+  return true;
+}
+
 struct CountAgg {
   struct Input {};
   using State = int64_t;
@@ -105,6 +175,10 @@ struct CountAgg {
   static void Merge(State& s, const State& o, const AggContext&) { s += o; }
   static Value Finalize(const State& s, const AggContext&) { return Value::Int(s); }
   static size_t MemoryBytes(const State&) { return 0; }
+  static void Serialize(const State& s, ByteWriter& w, const AggContext&) { w.PutSignedVarint(s); }
+  static bool Deserialize(State& s, ByteReader& r, AggContext&) { return r.ReadSignedVarint(&s); }
+  static void SerializeInput(const Input&, ByteWriter&, const AggContext&) {}
+  static bool DeserializeInput(Input&, ByteReader& r, AggContext&) { return !r.failed(); }
 };
 
 struct SumAgg {
@@ -134,6 +208,42 @@ struct SumAgg {
     return Value::Double(static_cast<double>(s.int_sum) + s.double_sum);
   }
   static size_t MemoryBytes(const State&) { return 0; }
+  // A flags byte (1: has a double part, 2: the integer sum needs 128 bits), the integer sum (a
+  // SignedVarint, or low and high U64), then the double sum when there is one.
+  static void Serialize(const State& s, ByteWriter& w, const AggContext&) {
+    constexpr __int128 kMin = INT64_MIN, kMax = INT64_MAX;
+    const bool wide = s.int_sum < kMin || s.int_sum > kMax;
+    w.PutU8(static_cast<uint8_t>((s.has_double ? 1 : 0) | (wide ? 2 : 0)));
+    if (wide) {
+      const auto bits = static_cast<unsigned __int128>(s.int_sum);
+      w.PutU64(static_cast<uint64_t>(bits));
+      w.PutU64(static_cast<uint64_t>(bits >> 64));
+    } else {
+      w.PutSignedVarint(static_cast<int64_t>(s.int_sum));
+    }
+    if (s.has_double) w.PutDouble(s.double_sum);
+  }
+  static bool Deserialize(State& s, ByteReader& r, AggContext&) {
+    uint8_t flags;
+    if (!r.ReadU8(&flags)) return false;
+    if (flags > 3) return r.Fail();
+    State out;
+    if (flags & 2) {
+      uint64_t low, high;
+      if (!r.ReadU64(&low) || !r.ReadU64(&high)) return false;
+      out.int_sum = static_cast<__int128>((static_cast<unsigned __int128>(high) << 64) | low);
+    } else {
+      int64_t narrow;
+      if (!r.ReadSignedVarint(&narrow)) return false;
+      out.int_sum = narrow;
+    }
+    out.has_double = (flags & 1) != 0;
+    if (out.has_double && !r.ReadDouble(&out.double_sum)) return false;
+    s = out;
+    return true;
+  }
+  static void SerializeInput(const Input& x, ByteWriter& w, const AggContext&) { SerializeNumeric(x, w); }
+  static bool DeserializeInput(Input& x, ByteReader& r, AggContext&) { return DeserializeNumeric(&x, r); }
 };
 
 struct MeanAgg {
@@ -156,6 +266,18 @@ struct MeanAgg {
     return Value::Double((static_cast<double>(s.sum.int_sum) + s.sum.double_sum) / static_cast<double>(s.count));
   }
   static size_t MemoryBytes(const State&) { return 0; }
+  static void Serialize(const State& s, ByteWriter& w, const AggContext& c) {
+    w.PutSignedVarint(s.count);
+    SumAgg::Serialize(s.sum, w, c);
+  }
+  static bool Deserialize(State& s, ByteReader& r, AggContext& c) {
+    State out;
+    if (!r.ReadSignedVarint(&out.count) || !SumAgg::Deserialize(out.sum, r, c)) return false;
+    s = out;
+    return true;
+  }
+  static void SerializeInput(const Input& x, ByteWriter& w, const AggContext&) { SerializeNumeric(x, w); }
+  static bool DeserializeInput(Input& x, ByteReader& r, AggContext&) { return DeserializeNumeric(&x, r); }
 };
 
 template <bool kMin>
@@ -180,6 +302,19 @@ struct ExtremeAgg {
   }
   static Value Finalize(const State& s, const AggContext&) { return s.has ? s.value.ToValue() : Value::Null(); }
   static size_t MemoryBytes(const State&) { return 0; }
+  static void Serialize(const State& s, ByteWriter& w, const AggContext&) {
+    w.PutBool(s.has);
+    if (s.has) SerializeNumeric(s.value, w);
+  }
+  static bool Deserialize(State& s, ByteReader& r, AggContext&) {
+    State out;
+    if (!r.ReadBool(&out.has)) return false;
+    if (out.has && !DeserializeNumeric(&out.value, r)) return false;
+    s = out;
+    return true;
+  }
+  static void SerializeInput(const Input& x, ByteWriter& w, const AggContext&) { SerializeNumeric(x, w); }
+  static bool DeserializeInput(Input& x, ByteReader& r, AggContext&) { return DeserializeNumeric(&x, r); }
 };
 using MinAgg = ExtremeAgg<true>;
 using MaxAgg = ExtremeAgg<false>;
@@ -217,6 +352,19 @@ struct StddevAgg {
     return Value::Double(std::sqrt(std::max(0.0, s.m2 / static_cast<double>(s.count))));
   }
   static size_t MemoryBytes(const State&) { return 0; }
+  static void Serialize(const State& s, ByteWriter& w, const AggContext&) {
+    w.PutSignedVarint(s.count);
+    w.PutDouble(s.mean);
+    w.PutDouble(s.m2);
+  }
+  static bool Deserialize(State& s, ByteReader& r, AggContext&) {
+    State out;
+    if (!r.ReadSignedVarint(&out.count) || !r.ReadDouble(&out.mean) || !r.ReadDouble(&out.m2)) return false;
+    s = out;
+    return true;
+  }
+  static void SerializeInput(const Input& x, ByteWriter& w, const AggContext&) { SerializeNumeric(x, w); }
+  static bool DeserializeInput(Input& x, ByteReader& r, AggContext&) { return DeserializeNumeric(&x, r); }
 };
 
 struct LastAgg {
@@ -241,6 +389,25 @@ struct LastAgg {
   }
   static Value Finalize(const State& s, const AggContext& c) { return s.has ? s.value.ToValue(c) : Value::Null(); }
   static size_t MemoryBytes(const State&) { return 0; }
+  static void Serialize(const State& s, ByteWriter& w, const AggContext& c) {
+    w.PutBool(s.has);
+    if (!s.has) return;
+    w.PutSignedVarint(s.time_ms);
+    w.PutVarint(s.seq);
+    SerializeScalar(s.value, w, c);
+  }
+  static bool Deserialize(State& s, ByteReader& r, AggContext& c) {
+    State out;
+    if (!r.ReadBool(&out.has)) return false;
+    if (out.has && (!r.ReadSignedVarint(&out.time_ms) || !r.ReadVarint(&out.seq) ||
+                    !DeserializeScalar(&out.value, r, c))) {
+      return false;
+    }
+    s = out;
+    return true;
+  }
+  static void SerializeInput(const Input& x, ByteWriter& w, const AggContext& c) { SerializeScalar(x, w, c); }
+  static bool DeserializeInput(Input& x, ByteReader& r, AggContext& c) { return DeserializeScalar(&x, r, c); }
 };
 
 // Exact distinct count over a sorted set of normalized keys; the first few live inline in the state.
@@ -286,6 +453,68 @@ struct CountDistinctAgg {
   }
   static Value Finalize(const State& s, const AggContext&) { return Value::Int(static_cast<int64_t>(s.size())); }
   static size_t MemoryBytes(const State& s) { return s.heap_bytes(); }
+
+  // A key: its kind byte, then a boolean byte, a SignedVarint, a double's bits, or a string's text.
+  static void SerializeInput(const Input& x, ByteWriter& w, const AggContext& c) {
+    w.PutU8(x.kind);
+    switch (x.kind) {
+      case 0: w.PutBool(x.bits != 0); return;
+      case 1: w.PutSignedVarint(static_cast<int64_t>(x.bits)); return;
+      case 2: w.PutU64(x.bits); return;
+      default: w.PutString(c.strings.Get(static_cast<uint32_t>(x.bits))); return;
+    }
+  }
+  static bool DeserializeInput(Input& x, ByteReader& r, AggContext& c) {
+    Input out;
+    if (!r.ReadU8(&out.kind)) return false;
+    switch (out.kind) {
+      case 0: {
+        bool b;
+        if (!r.ReadBool(&b)) return false;
+        out.bits = b ? 1 : 0;
+        break;
+      }
+      case 1: {
+        int64_t i;
+        if (!r.ReadSignedVarint(&i)) return false;
+        out.bits = static_cast<uint64_t>(i);
+        break;
+      }
+      case 2:
+        if (!r.ReadU64(&out.bits)) return false;
+        break;
+      case 3: {
+        std::string_view text;
+        if (!r.ReadString(&text)) return false;
+        out.bits = c.strings.Intern(text);
+        break;
+      }
+      default: return r.Fail();
+    }
+    x = out;
+    return true;
+  }
+  // The number of keys, then each key. The set is sorted by pool id for strings, which differ between
+  // processes, so a loaded set is sorted again.
+  static void Serialize(const State& s, ByteWriter& w, const AggContext& c) {
+    w.PutVarint(s.size());
+    for (const Input& x : s) SerializeInput(x, w, c);
+  }
+  static bool Deserialize(State& s, ByteReader& r, AggContext& c) {
+    uint64_t n;
+    if (!r.ReadCount(&n, 2)) return false;
+    std::vector<Input> keys(static_cast<size_t>(n));
+    for (Input& x : keys) {
+      if (!DeserializeInput(x, r, c)) return false;
+    }
+    std::sort(keys.begin(), keys.end());
+    keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+    State out;
+    out.reserve(static_cast<uint32_t>(keys.size()));
+    for (const Input& x : keys) out.push_back(x);
+    s = std::move(out);
+    return true;
+  }
 };
 
 struct ApproxCountDistinctAgg {
@@ -316,6 +545,26 @@ struct ApproxCountDistinctAgg {
     return Value::Int(s.sketch.precision() == 0 ? 0 : static_cast<int64_t>(s.sketch.Estimate()));
   }
   static size_t MemoryBytes(const State& s) { return s.sketch.memory_bytes(); }
+  // A presence byte, then the sketch (see HyperLogLog::Serialize), whose precision must be the feature's.
+  static void Serialize(const State& s, ByteWriter& w, const AggContext&) {
+    const bool created = s.sketch.precision() != 0;
+    w.PutBool(created);
+    if (created) s.sketch.Serialize(w);
+  }
+  static bool Deserialize(State& s, ByteReader& r, AggContext& c) {
+    bool created;
+    if (!r.ReadBool(&created)) return false;
+    if (!created) {
+      s = State{};
+      return true;
+    }
+    HyperLogLog sketch(c.precision);
+    if (!sketch.Deserialize(r, c.precision)) return false;
+    s.sketch = std::move(sketch);
+    return true;
+  }
+  static void SerializeInput(const Input& x, ByteWriter& w, const AggContext&) { w.PutU64(x); }
+  static bool DeserializeInput(Input& x, ByteReader& r, AggContext&) { return r.ReadU64(&x); }
 };
 
 }  // namespace freshet

@@ -69,6 +69,50 @@ void HyperLogLog::Merge(const HyperLogLog& other) {
   for (size_t k = 0; k < registers_.size(); ++k) registers_[k] = std::max(registers_[k], other.registers_[k]);
 }
 
+void HyperLogLog::Serialize(ByteWriter& w) const {
+  w.PutU8(precision_);
+  if (registers_.empty()) {
+    w.PutU8(0);
+    w.PutVarint(sparse_.size());
+    for (uint64_t h : sparse_) w.PutU64(h);
+  } else {
+    w.PutU8(1);
+    w.PutRaw(registers_.data(), registers_.size());
+  }
+}
+
+bool HyperLogLog::Deserialize(ByteReader& r, int expected_precision) {
+  uint8_t precision, mode;
+  if (!r.ReadU8(&precision)) return false;
+  if (precision != expected_precision || precision < 4 || precision > 18) return r.Fail();
+  if (!r.ReadU8(&mode)) return false;
+  if (mode == 0) {
+    uint64_t n;
+    if (!r.ReadCount(&n, 8)) return false;
+    if (n > SparseLimit(precision)) return r.Fail();
+    std::vector<uint64_t> sparse(static_cast<size_t>(n));
+    for (size_t k = 0; k < sparse.size(); ++k) {
+      if (!r.ReadU64(&sparse[k])) return false;
+      if (k > 0 && sparse[k] <= sparse[k - 1]) return r.Fail();
+    }
+    precision_ = precision;
+    sparse_ = std::move(sparse);
+    std::vector<uint8_t>().swap(registers_);
+    return true;
+  }
+  if (mode != 1) return r.Fail();
+  std::string_view bytes;
+  if (!r.ReadRaw(uint64_t{1} << precision, &bytes)) return false;
+  const uint8_t max_rank = static_cast<uint8_t>(64 - precision + 1);
+  for (char c : bytes) {
+    if (static_cast<uint8_t>(c) > max_rank) return r.Fail();
+  }
+  precision_ = precision;
+  registers_.assign(bytes.begin(), bytes.end());
+  std::vector<uint64_t>().swap(sparse_);
+  return true;
+}
+
 namespace {
 
 // Ertl, "New cardinality estimation algorithms for HyperLogLog sketches" (2017): sigma and tau of the

@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/bytes.h"
+
 namespace freshet {
 
 class HyperLogLog {
@@ -22,6 +24,14 @@ class HyperLogLog {
   bool is_sparse() const { return registers_.empty(); }
   int precision() const { return precision_; }
   size_t memory_bytes() const { return sparse_.capacity() * sizeof(uint64_t) + registers_.capacity(); }
+
+  // Appends the sketch: precision (U8), mode (U8: 0 sparse, 1 dense), then either the number of hashes
+  // (Varint) and each hash (U64, ascending), or the 2^p registers (one byte each).
+  void Serialize(ByteWriter& w) const;
+  // Replaces this sketch by a serialized one. Fails (false, reader failed) unless its precision is
+  // `expected_precision` and it is well formed: sparse hashes strictly ascending and at most
+  // SparseLimit, registers within the ranks precision p can produce.
+  bool Deserialize(ByteReader& r, int expected_precision);
 
   // Largest number of hashes kept in sparse mode for precision p.
   static size_t SparseLimit(int precision) { return (size_t{1} << precision) / 32; }

@@ -45,6 +45,14 @@ class SmallVector {
   // Heap bytes held (0 while inline).
   size_t heap_bytes() const { return capacity_ > N ? capacity_ * sizeof(T) : 0; }
 
+  void push_back(const T& value) {
+    const T copy = value;  // `value` may live in this vector, which Reserve may move.
+    Reserve(size_ + 1);
+    data()[size_++] = copy;
+  }
+  void reserve(uint32_t capacity) { Reserve(capacity); }
+  void clear() { size_ = 0; }
+
   // Inserts `value` before `pos` (a pointer into this vector).
   void insert(T* pos, const T& value) {
     const uint32_t at = static_cast<uint32_t>(pos - data());

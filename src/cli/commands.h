@@ -9,5 +9,6 @@ namespace freshet::cli {
 void RegisterValidate(CLI::App& app, int* exit_code);
 void RegisterHistorical(CLI::App& app, int* exit_code);
 void RegisterGenerate(CLI::App& app, int* exit_code);
+void RegisterRun(CLI::App& app, int* exit_code);
 
 }  // namespace freshet::cli

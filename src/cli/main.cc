@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   freshet::cli::RegisterValidate(app, &exit_code);
   freshet::cli::RegisterHistorical(app, &exit_code);
   freshet::cli::RegisterGenerate(app, &exit_code);
+  freshet::cli::RegisterRun(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -9,6 +9,10 @@
 //   Apply    fold the extracted inputs into each feature's per-entity window state.
 // Query answers every feature of one entity as of a time (see window/windows.h for exactness).
 //
+// Saved state (checkpoints, the online store): SaveState/LoadState write and restore everything needed to
+// continue exactly (entities, every feature state, the lateness state, counters); SaveEntity/LoadEntity do
+// the same for one entity's feature states. Both carry the spec fingerprint and refuse another spec's state.
+//
 // Not thread-safe: one engine per thread or partition.
 #pragma once
 
@@ -22,6 +26,8 @@
 
 #include <absl/container/flat_hash_map.h>
 
+#include "common/bytes.h"
+#include "common/status.h"
 #include "common/value.h"
 #include "event/event_parser.h"
 #include "spec/spec.h"
@@ -63,10 +69,26 @@ class FeatureOperator {
   // Heap bytes held by one state, and by the operator itself (interned strings).
   virtual size_t StateMemoryBytes(const void* state) const = 0;
   virtual size_t MemoryBytes() const = 0;
+  // Appends one state, strings by their text (see the Serialize verbs in aggregate/ and window/).
+  virtual void SaveState(const void* state, ByteWriter& out) const = 0;
+  // Replaces a constructed state by one SaveState wrote, re-interning its strings. False on malformed input
+  // (`in` is then failed); the state is left valid but unspecified.
+  virtual bool LoadState(void* state, ByteReader& in) = 0;
+  // Move-assigns the constructed state *from to the constructed state *to.
+  virtual void MoveState(void* to, void* from) const = 0;
 };
 
 // Makes the operator for one feature. Every aggregation x window pair is registered here.
 std::unique_ptr<FeatureOperator> MakeFeatureOperator(const FeatureSpec& feature);
+
+// What a spec's saved state means, as canonical text, one line per item: the watermark, then per feature
+// its name, aggregation, field, `where` (canonical form), window and precision. Specs that differ only in
+// other ways (name, source, serving options, spacing in `where`) have the same description.
+std::string SpecStateDescription(const Spec& spec);
+
+// A 64-bit FNV-1a hash of SpecStateDescription: saved state is loaded only into an engine whose spec has
+// the same fingerprint. Stable across runs, builds and machines.
+uint64_t SpecFingerprint(const Spec& spec);
 
 struct EngineCounters {
   uint64_t admitted = 0;
@@ -114,7 +136,35 @@ class FeatureEngine {
   const EngineCounters& counters() const { return counters_; }
   size_t MemoryBytes() const;
 
+  // SpecFingerprint(spec()), computed once.
+  uint64_t spec_fingerprint() const { return fingerprint_; }
+
+  // Appends the engine's whole state: a format version, the spec fingerprint and description, the lateness
+  // state (M and the low watermark), the counters, then every entity in index order (its name and every
+  // feature's state). Strings are written as text, so the state loads into another process. The input
+  // order `seq` is the caller's: a caller that numbers admitted events from 0 resumes at counters().admitted.
+  void SaveState(ByteWriter& out) const;
+
+  // Restores what SaveState wrote into this engine, which must be fresh (constructed, nothing processed):
+  // afterwards it answers every query and processes every further event exactly as the saved engine
+  // would, with the same entity indices. Fails with a message naming both fingerprints (and the first
+  // difference between the specs) when the state is from another spec, or naming the byte offset, entity
+  // and feature when it is malformed; on failure the engine is fresh again.
+  Status LoadState(ByteReader& in);
+
+  // Appends every feature's state of one entity (index < entity_count()): a format version, the spec
+  // fingerprint, then each feature's state in spec order. For stores that keep one entity per key.
+  void SaveEntity(uint32_t entity, ByteWriter& out) const;
+
+  // Replaces the feature states of `entity` (added if new) by what SaveEntity wrote, from an engine of the
+  // same spec; the lateness state and counters are not touched. On failure (another spec's fingerprint,
+  // malformed input) nothing changes except that strings may have been interned.
+  Status LoadEntity(std::string_view entity, ByteReader& in);
+
  private:
+  // Destroys every entity and resets the lateness state and counters: the engine is fresh again.
+  void Reset();
+
   // The row of entity `index`: every feature's state at its offset.
   unsigned char* Row(uint32_t index) const {
     return row_chunks_[index >> kRowChunkShift].get() + (index & (kRowsPerChunk - 1)) * row_bytes_;
@@ -126,6 +176,7 @@ class FeatureEngine {
   const Spec& spec_;
   std::vector<std::unique_ptr<FeatureOperator>> operators_;
   std::vector<size_t> offsets_;  // Per feature: where its state lies in a row.
+  uint64_t fingerprint_ = 0;
   // Features with the same `where` text share one evaluation per event: where_group_[k] indexes
   // where_exprs_ (-1: no filter), and where_results_ holds one event's results.
   std::vector<int> where_group_;

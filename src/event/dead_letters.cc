@@ -1,6 +1,9 @@
 #include "event/dead_letters.h"
 
+#include <unistd.h>
+
 #include <cerrno>
+#include <filesystem>
 #include <cstring>
 
 namespace freshet {
@@ -73,6 +76,32 @@ Status DeadLetterWriter::Open(const std::string& path, std::string source_name) 
     return Status::IoError("cannot open dead-letter file '" + path + "': " + std::strerror(errno));
   }
   return Status::Ok();
+}
+
+Status DeadLetterWriter::OpenAt(const std::string& path, std::string source_name, uint64_t keep_bytes) {
+  source_name_ = std::move(source_name);
+  std::error_code ec;
+  if (std::filesystem::exists(path, ec) && std::filesystem::file_size(path, ec) > keep_bytes) {
+    std::filesystem::resize_file(path, keep_bytes, ec);
+    if (ec) return Status::IoError("cannot cut dead-letter file '" + path + "' back to its checkpointed length: " + ec.message());
+  }
+  file_ = std::fopen(path.c_str(), "ab");
+  if (file_ == nullptr) {
+    return Status::IoError("cannot open dead-letter file '" + path + "': " + std::strerror(errno));
+  }
+  return Status::Ok();
+}
+
+Result<uint64_t> DeadLetterWriter::Sync() {
+  if (file_ == nullptr) return uint64_t{0};
+  std::fwrite(buffer_.data(), 1, buffer_.size(), file_);
+  buffer_.clear();
+  if (std::fflush(file_) != 0 || fsync(fileno(file_)) != 0) {
+    return Status::IoError(std::string("cannot write dead letters: ") + std::strerror(errno));
+  }
+  const long size = std::ftell(file_);
+  if (size < 0) return Status::IoError(std::string("cannot size dead-letter file: ") + std::strerror(errno));
+  return static_cast<uint64_t>(size);
 }
 
 void DeadLetterWriter::Write(uint64_t line, std::string_view reason, std::string_view raw) {

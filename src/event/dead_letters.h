@@ -26,6 +26,11 @@ class DeadLetterWriter {
 
   // Opens (truncates) `path`; an empty path writes nothing.
   Status Open(const std::string& path, std::string source_name);
+  // Opens `path` for appending after cutting it back to `keep_bytes` (what a checkpoint recorded), so
+  // dead letters written after that checkpoint are not written twice when their events are read again.
+  Status OpenAt(const std::string& path, std::string source_name, uint64_t keep_bytes);
+  // Writes buffered letters, fsyncs, and returns the file's length: the length a checkpoint records.
+  Result<uint64_t> Sync();
   void Write(uint64_t line, std::string_view reason, std::string_view raw);
   Status Close();
   uint64_t written() const { return written_; }

@@ -5,6 +5,9 @@
 //                                          event can have (lets windows drop what can never be read)
 //   Query(const State&, t, ctx) -> Value   the feature value as of t
 //   MemoryBytes(const State&)
+//   Serialize(const State&, ByteWriter&, ctx)       checkpoints and the online store: everything the
+//   Deserialize(State&, ByteReader&, ctx) -> bool    state holds, so that a loaded state continues exactly
+//                                                   as the saved one would; false on malformed input
 //
 // Query is exact for every t at or after the newest event the state holds, which is how both callers
 // use it: the streaming runtime answers "now", and point-in-time queries apply events in time order
@@ -36,6 +39,8 @@ class LifetimeWindow {
   }
   Value Query(const State& s, int64_t, const AggContext& c) const { return Agg::Finalize(s, c); }
   size_t MemoryBytes(const State& s) const { return Agg::MemoryBytes(s); }
+  void Serialize(const State& s, ByteWriter& w, const AggContext& c) const { Agg::Serialize(s, w, c); }
+  bool Deserialize(State& s, ByteReader& r, AggContext& c) const { return Agg::Deserialize(s, r, c); }
 };
 
 // Hopping/tumbling windows: partial aggregates per tile of `tile_ms`, at most `tiles` of them, sorted.
@@ -94,6 +99,30 @@ class TiledWindow {
     return bytes;
   }
 
+  // The number of tiles, then each tile's index (SignedVarint) and partial aggregate, oldest first.
+  void Serialize(const State& s, ByteWriter& w, const AggContext& c) const {
+    w.PutVarint(s.size());
+    for (const Tile& tile : s) {
+      w.PutSignedVarint(tile.index);
+      Agg::Serialize(tile.state, w, c);
+    }
+  }
+  // Tiles must be strictly ascending.
+  bool Deserialize(State& s, ByteReader& r, AggContext& c) const {
+    uint64_t n;
+    if (!r.ReadCount(&n, 2)) return false;
+    State out;
+    out.reserve(static_cast<size_t>(n));
+    for (uint64_t k = 0; k < n; ++k) {
+      Tile tile{0, typename Agg::State{}};
+      if (!r.ReadSignedVarint(&tile.index) || !Agg::Deserialize(tile.state, r, c)) return false;
+      if (!out.empty() && tile.index <= out.back().index) return r.Fail();
+      out.push_back(std::move(tile));
+    }
+    s = std::move(out);
+    return true;
+  }
+
  private:
   int64_t tile_ms_;
   int64_t tiles_;
@@ -139,6 +168,34 @@ class ContinuousWindow {
   }
 
   size_t MemoryBytes(const State& s) const { return s.capacity() * sizeof(Entry); }
+
+  // The number of entries, then each entry's time (SignedVarint), input order (Varint) and input, in
+  // order. Entries already expired but not yet erased are kept, so the loaded state is the saved one.
+  void Serialize(const State& s, ByteWriter& w, const AggContext& c) const {
+    w.PutVarint(s.size());
+    for (const Entry& e : s) {
+      w.PutSignedVarint(e.time);
+      w.PutVarint(e.seq);
+      Agg::SerializeInput(e.input, w, c);
+    }
+  }
+  // Entries must be in (time, seq) order.
+  bool Deserialize(State& s, ByteReader& r, AggContext& c) const {
+    uint64_t n;
+    if (!r.ReadCount(&n, 2)) return false;
+    State out;
+    out.reserve(static_cast<size_t>(n));
+    for (uint64_t k = 0; k < n; ++k) {
+      Entry e{0, 0, typename Agg::Input{}};
+      if (!r.ReadSignedVarint(&e.time) || !r.ReadVarint(&e.seq) || !Agg::DeserializeInput(e.input, r, c)) {
+        return false;
+      }
+      if (!out.empty() && Before(e, out.back())) return r.Fail();
+      out.push_back(e);
+    }
+    s = std::move(out);
+    return true;
+  }
 
  private:
   static bool Before(const Entry& a, const Entry& b) { return a.time != b.time ? a.time < b.time : a.seq < b.seq; }
@@ -201,6 +258,34 @@ class SessionWindow {
     return bytes;
   }
 
+  // Whether there is a newest session; if so, it (start and end as SignedVarints, then the aggregate),
+  // then the number of older sessions and each of them, oldest first.
+  void Serialize(const State& s, ByteWriter& w, const AggContext& c) const {
+    w.PutBool(s.has_newest);
+    if (!s.has_newest) return;
+    SerializeSession(s.newest, w, c);
+    w.PutVarint(s.older.size());
+    for (const Session& session : s.older) SerializeSession(session, w, c);
+  }
+  // Every session must have start <= end.
+  bool Deserialize(State& s, ByteReader& r, AggContext& c) const {
+    State out;
+    if (!r.ReadBool(&out.has_newest)) return false;
+    if (out.has_newest) {
+      if (!DeserializeSession(out.newest, r, c)) return false;
+      uint64_t n;
+      if (!r.ReadCount(&n, 3)) return false;
+      out.older.reserve(static_cast<size_t>(n));
+      for (uint64_t k = 0; k < n; ++k) {
+        Session session{0, 0, typename Agg::State{}};
+        if (!DeserializeSession(session, r, c)) return false;
+        out.older.push_back(std::move(session));
+      }
+    }
+    s = std::move(out);
+    return true;
+  }
+
  private:
   // An event before the newest session's start: it may join or bridge any sessions it is near.
   void AddOutOfOrder(State& st, const typename Agg::Input& x, int64_t time, uint64_t seq, const AggContext& c) const {
@@ -227,6 +312,17 @@ class SessionWindow {
     Agg::Add(joined.state, x, time, seq, c);
     st.newest = std::move(s.back());
     s.pop_back();
+  }
+
+  static void SerializeSession(const Session& session, ByteWriter& w, const AggContext& c) {
+    w.PutSignedVarint(session.start);
+    w.PutSignedVarint(session.end);
+    Agg::Serialize(session.state, w, c);
+  }
+  static bool DeserializeSession(Session& session, ByteReader& r, AggContext& c) {
+    if (!r.ReadSignedVarint(&session.start) || !r.ReadSignedVarint(&session.end)) return false;
+    if (session.start > session.end) return r.Fail();
+    return Agg::Deserialize(session.state, r, c);
   }
 
   int64_t gap_ms_;

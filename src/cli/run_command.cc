@@ -1,0 +1,89 @@
+// `freshet run`: the continuous pipeline (see run/runtime.h).
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "cli/commands.h"
+#include "run/runtime.h"
+#include "spec/spec.h"
+
+namespace freshet::cli {
+namespace {
+
+std::atomic<bool> g_stop{false};
+
+void OnSignal(int) { g_stop.store(true); }
+
+}  // namespace
+
+void RegisterRun(CLI::App& app, int* exit_code) {
+  struct Args {
+    std::string spec;
+    std::string data_dir = "freshet-data";
+    std::string token_file;
+    std::string host;
+    int port = -1;
+    bool exit_at_end = false;
+  };
+  auto args = std::make_shared<Args>();
+  CLI::App* cmd = app.add_subcommand(
+      "run", "Run the continuous pipeline: consume events, keep features up to date, serve them over HTTP");
+  cmd->add_option("--spec", args->spec, "Feature spec (YAML) with a `source` section")->required();
+  cmd->add_option("--data-dir", args->data_dir, "Checkpoints, dead letters and the ingest log go here")
+      ->capture_default_str();
+  cmd->add_option("--token-file", args->token_file,
+                  "File holding the bearer token required for ingest and admin endpoints (or set FRESHET_TOKEN)");
+  cmd->add_option("--host", args->host, "Listen address (default: the spec's serve.host, 127.0.0.1)");
+  cmd->add_option("--port", args->port, "Listen port (default: the spec's serve.port; 0 picks a free one)");
+  cmd->add_flag("--exit-at-end", args->exit_at_end,
+                "With a file source that does not follow: checkpoint and exit once the file is read");
+  cmd->callback([args, exit_code] {
+    Result<Spec> spec = LoadSpec(args->spec);
+    if (!spec.ok()) {
+      std::fprintf(stderr, "%s\n", spec.status().message().c_str());
+      *exit_code = 2;
+      return;
+    }
+    RuntimeOptions options;
+    options.data_dir = args->data_dir;
+    options.host = args->host;
+    options.port = args->port;
+    options.exit_when_exhausted = args->exit_at_end;
+    if (!args->token_file.empty()) {
+      std::ifstream in(args->token_file);
+      if (!in) {
+        std::fprintf(stderr, "freshet run: cannot read token file '%s'\n", args->token_file.c_str());
+        *exit_code = 2;
+        return;
+      }
+      std::getline(in, options.bearer_token);
+    } else if (const char* token = std::getenv("FRESHET_TOKEN")) {
+      options.bearer_token = token;
+    }
+    std::signal(SIGTERM, OnSignal);
+    std::signal(SIGINT, OnSignal);
+    Result<std::unique_ptr<Runtime>> runtime = Runtime::Start(*spec, options);
+    if (!runtime.ok()) {
+      std::fprintf(stderr, "freshet run: %s\n", runtime.status().message().c_str());
+      *exit_code = runtime.status().code() == StatusCode::kInvalidArgument ? 2 : 1;
+      return;
+    }
+    std::fprintf(stderr, "freshet run: serving %s on http://%s:%d (data in %s)\n", spec->name.c_str(),
+                 (args->host.empty() ? spec->serve.host : args->host).c_str(), (*runtime)->port(),
+                 args->data_dir.c_str());
+    std::fflush(stderr);
+    Status status = (*runtime)->Run(g_stop);
+    if (!status.ok()) {
+      std::fprintf(stderr, "freshet run: %s\n", status.message().c_str());
+      *exit_code = 1;
+      return;
+    }
+    *exit_code = 0;
+  });
+}
+
+}  // namespace freshet::cli

@@ -1,0 +1,593 @@
+#include "run/runtime.h"
+
+#include <simdjson.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <deque>
+#include <filesystem>
+#include <limits>
+#include <mutex>
+#include <shared_mutex>
+#include <thread>
+
+#include "common/bytes.h"
+#include "common/time.h"
+#include "engine/feature_engine.h"
+#include "event/dead_letters.h"
+#include "event/event_parser.h"
+#include "serve/http_server.h"
+#include "source/file_source.h"
+#include "source/ingest_log.h"
+#include "state/checkpoint.h"
+#include "store/redis_store.h"
+
+namespace freshet {
+namespace {
+
+constexpr size_t kPollRecords = 4096;
+constexpr size_t kRecordsPerLock = 256;  // Events applied per exclusive lock: bounds a lookup's wait.
+constexpr uint32_t kRuntimeStateVersion = 1;
+
+// Freshness buckets, in seconds: fine below a second, where the targets are.
+constexpr double kFreshnessBuckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                        0.5,    1,     2.5,    5,     10,   30,    60,   300};
+
+int64_t WallMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+int64_t SteadyNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// The p99 of freshness over a sliding window of wall-clock seconds: one bucket histogram per second.
+class SloWindow {
+ public:
+  explicit SloWindow(int64_t window_ms) : seconds_(std::max<int64_t>(1, window_ms / 1000)) {}
+
+  void Observe(double seconds, int64_t now_s) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    Slot& slot = SlotFor(now_s);
+    size_t b = 0;
+    while (b < std::size(kFreshnessBuckets) && seconds > kFreshnessBuckets[b]) ++b;
+    ++slot.counts[b];
+  }
+
+  // The p99 over the window (the upper bound of the bucket holding it), or nullopt without events.
+  std::optional<double> P99(int64_t now_s) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<uint64_t> merged(std::size(kFreshnessBuckets) + 1, 0);
+    uint64_t total = 0;
+    for (const Slot& slot : slots_) {
+      if (slot.second <= now_s - seconds_ || slot.second > now_s) continue;
+      for (size_t b = 0; b < merged.size(); ++b) {
+        merged[b] += slot.counts[b];
+        total += slot.counts[b];
+      }
+    }
+    if (total == 0) return std::nullopt;
+    const uint64_t rank = static_cast<uint64_t>(std::ceil(0.99 * static_cast<double>(total)));
+    uint64_t seen = 0;
+    for (size_t b = 0; b < merged.size(); ++b) {
+      seen += merged[b];
+      if (seen >= rank) return b < std::size(kFreshnessBuckets) ? kFreshnessBuckets[b] : INFINITY;
+    }
+    return INFINITY;
+  }
+
+ private:
+  struct Slot {
+    int64_t second = -1;
+    std::vector<uint64_t> counts = std::vector<uint64_t>(std::size(kFreshnessBuckets) + 1, 0);
+  };
+  Slot& SlotFor(int64_t now_s) {
+    if (slots_.empty()) slots_.resize(static_cast<size_t>(seconds_ + 1));
+    Slot& slot = slots_[static_cast<size_t>(now_s % static_cast<int64_t>(slots_.size()))];
+    if (slot.second != now_s) {
+      slot.second = now_s;
+      std::fill(slot.counts.begin(), slot.counts.end(), 0);
+    }
+    return slot;
+  }
+
+  int64_t seconds_;
+  mutable std::mutex mutex_;
+  std::vector<Slot> slots_;
+};
+
+}  // namespace
+
+struct Runtime::Impl final : public FeatureService {
+  Impl(const Spec& spec, RuntimeOptions options)
+      : spec_(spec), options_(std::move(options)), engine_(spec), parser_(spec.fields) {}
+
+  // ---- FeatureService ----
+  const Spec& spec() const override { return spec_; }
+
+  Status Lookup(std::span<const std::string_view> entities, int64_t as_of_ms, std::span<const int> features,
+                const std::function<void(std::span<const FeatureLookup>)>& consume) const override {
+    thread_local std::vector<FeatureLookup> lookups;
+    thread_local std::vector<Value> values;
+    lookups.resize(entities.size());
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    for (size_t k = 0; k < entities.size(); ++k) {
+      FeatureLookup& out = lookups[k];
+      const std::optional<uint32_t> index = engine_.FindEntity(entities[k]);
+      out.known = index.has_value();
+      out.newest_event_ms = index && *index < newest_event_ms_.size() ? std::optional(newest_event_ms_[*index])
+                                                                       : std::nullopt;
+      engine_.QueryIndex(index, as_of_ms, &values);
+      out.values.resize(features.size());
+      for (size_t f = 0; f < features.size(); ++f) out.values[f] = values[features[f]];
+    }
+    consume(std::span<const FeatureLookup>(lookups.data(), entities.size()));
+    return Status::Ok();
+  }
+
+  Result<IngestAck> Ingest(std::string_view body, IngestFormat format) override {
+    if (ingest_log_ == nullptr) {
+      return Status::Invalid("this pipeline reads events from '" + std::string(spec_.source->path) +
+                             "'; POST /v1/ingest needs `source: {type: http}` in the spec");
+    }
+    const int64_t arrival_ns = SteadyNs();
+    std::vector<std::string_view> lines;
+    std::vector<std::string> owned;
+    if (format == IngestFormat::kJsonLines) {
+      size_t start = 0;
+      while (start <= body.size()) {
+        size_t end = body.find('\n', start);
+        if (end == std::string_view::npos) end = body.size();
+        std::string_view line = body.substr(start, end - start);
+        if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+        if (line.find_first_not_of(" \t") != std::string_view::npos) lines.push_back(line);
+        start = end + 1;
+      }
+    } else {
+      simdjson::dom::parser parser;
+      simdjson::dom::element root;
+      if (parser.parse(body.data(), body.size()).get(root) != simdjson::SUCCESS) {
+        return Status::Invalid("the body is not valid JSON; send a JSON array of event objects, or JSON lines with "
+                               "Content-Type: application/x-ndjson");
+      }
+      simdjson::dom::array array;
+      if (root.get_array().get(array) != simdjson::SUCCESS) {
+        return Status::Invalid("the body is JSON but not an array; send [{...}, {...}] or JSON lines");
+      }
+      for (simdjson::dom::element element : array) owned.push_back(simdjson::minify(element));
+      for (const std::string& s : owned) lines.push_back(s);
+    }
+    if (lines.empty()) return IngestAck{};
+    FRESHET_ASSIGN_OR_RETURN(uint64_t sequence, ingest_log_->Append(lines, arrival_ns));
+    (void)sequence;
+    ingested_->Increment(lines.size());
+    return IngestAck{lines.size(), 0};
+  }
+
+  HealthReport Health() const override {
+    HealthReport report;
+    {
+      std::lock_guard<std::mutex> lock(health_mutex_);
+      report.reasons = health_reasons_;
+    }
+    if (spec_.freshness_slo) {
+      std::optional<double> p99 = slo_window_->P99(WallMs() / 1000);
+      if (p99 && *p99 * 1000.0 > static_cast<double>(spec_.freshness_slo->p99_ms)) {
+        report.reasons.push_back("freshness p99 over the last " + FormatDuration(spec_.freshness_slo->window_ms) +
+                                 " is above " + std::to_string(*p99) + " s, over the SLO of " +
+                                 FormatDuration(spec_.freshness_slo->p99_ms));
+      }
+    }
+    if (redis_ != nullptr) {
+      const RedisWriterHealth health = redis_->Health();
+      if (!health.connected && health.consecutive_failures > 0) {
+        report.reasons.push_back("online store redis://" + spec_.online.host + ":" + std::to_string(spec_.online.port) +
+                                 " unreachable (" + health.last_error + "); " + std::to_string(health.pending_entities) +
+                                 " entities pending, retrying with backoff");
+      }
+    }
+    report.ok = report.reasons.empty();
+    return report;
+  }
+
+  // The Redis writer's figures; everything else is registered in metrics_.
+  void AppendMetrics(std::string* out) const override {
+    if (redis_ == nullptr) return;
+    const RedisWriterMetrics m = redis_->Metrics();
+    const RedisWriterHealth h = redis_->Health();
+    auto counter = [&](const char* name, const char* help, uint64_t value) {
+      *out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " counter\n" + name + " " +
+              std::to_string(value) + "\n";
+    };
+    auto gauge = [&](const char* name, const char* help, double value) {
+      *out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " gauge\n" + name + " " +
+              std::to_string(value) + "\n";
+    };
+    auto histogram = [&](const char* name, const char* help, const LatencyHistogram& hist) {
+      *out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " histogram\n";
+      for (size_t b = 0; b < hist.upper_bounds_seconds.size(); ++b) {
+        *out += std::string(name) + "_bucket{le=\"" + std::to_string(hist.upper_bounds_seconds[b]) + "\"} " +
+                std::to_string(hist.cumulative_counts[b]) + "\n";
+      }
+      *out += std::string(name) + "_bucket{le=\"+Inf\"} " + std::to_string(hist.count) + "\n";
+      *out += std::string(name) + "_sum " + std::to_string(hist.sum_seconds) + "\n";
+      *out += std::string(name) + "_count " + std::to_string(hist.count) + "\n";
+    };
+    counter("freshet_redis_entities_written_total", "Entities written to Redis.", m.entities_written);
+    counter("freshet_redis_batches_written_total", "Pipelined batches written to Redis.", m.batches_written);
+    counter("freshet_redis_write_errors_total", "Failed Redis batches (kept and retried).", m.write_errors);
+    counter("freshet_redis_connect_errors_total", "Failed Redis connection attempts.", m.connect_errors);
+    gauge("freshet_redis_connected", "1 while the last Redis connect or write succeeded.", h.connected ? 1 : 0);
+    gauge("freshet_redis_pending_entities", "Changed entities waiting to be written to Redis.",
+          static_cast<double>(h.pending_entities));
+    histogram("freshet_redis_write_duration_seconds", "Redis batch write latency.", m.batch_latency);
+    histogram("freshet_redis_freshness_seconds", "Time from an event's arrival until Redis holds its effect.",
+              m.freshness);
+  }
+
+  // ---- Set-up ----
+  Status Open();
+  Status Restore();
+  Status Checkpoint();
+  Status ProcessBatch(std::vector<SourceRecord>& batch);
+  void UpsertChanged();
+  void CheckSlo();
+  void SetHealthReason(const std::string& key, std::optional<std::string> reason);
+
+  const Spec& spec_;
+  RuntimeOptions options_;
+  FeatureEngine engine_;
+  mutable std::shared_mutex mutex_;  // Exclusive: processing; shared: lookups.
+  std::vector<int64_t> newest_event_ms_;  // Per entity index: the newest admitted event time.
+  EventParser parser_;
+  ParsedEvent event_;
+  PendingEvent pending_;
+  std::string reason_;
+  uint64_t seq_ = 0;
+  uint64_t lines_read_ = 0;
+  uint64_t rejected_ = 0;
+
+  std::unique_ptr<IngestLog> ingest_log_;
+  std::unique_ptr<Source> source_;
+  std::optional<CheckpointStore> checkpoints_;
+  DeadLetterWriter dead_letters_;
+  std::string dead_letter_path_;
+  int64_t last_checkpoint_ms_ = 0;
+
+  MetricsRegistry metrics_;
+  Counter* lines_in_ = nullptr;
+  Counter* accepted_ = nullptr;
+  Counter* rejected_total_ = nullptr;
+  Counter* late_ = nullptr;
+  Counter* ingested_ = nullptr;
+  Counter* checkpoints_total_ = nullptr;
+  Gauge* watermark_ = nullptr;
+  Gauge* watermark_lag_ = nullptr;
+  Gauge* entities_ = nullptr;
+  Gauge* state_bytes_ = nullptr;
+  Gauge* checkpoint_seconds_ = nullptr;
+  Gauge* checkpoint_bytes_ = nullptr;
+  Gauge* slo_breached_ = nullptr;
+  Gauge* slo_p99_ = nullptr;
+  Histogram* freshness_ = nullptr;
+  std::unique_ptr<SloWindow> slo_window_;
+  bool slo_breach_logged_ = false;
+
+  mutable std::mutex health_mutex_;
+  std::vector<std::string> health_reasons_;
+  std::vector<std::pair<std::string, std::string>> health_by_key_;
+
+  std::unique_ptr<HttpServer> server_;
+  std::unique_ptr<RedisWriter> redis_;
+  std::vector<std::pair<uint32_t, int64_t>> changed_;  // Entities changed by a chunk, with their first arrival.
+  std::vector<Value> values_;
+};
+
+Status Runtime::Impl::Open() {
+  const std::string& dir = options_.data_dir;
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return Status::IoError("cannot create data directory '" + dir + "': " + ec.message());
+  const std::string source_label = spec_.source ? spec_.source->type : "none";
+  const MetricLabels labels = {{"source", source_label}};
+  lines_in_ = &metrics_.GetCounter("freshet_events_in_total", "Lines read from the source.", labels);
+  accepted_ = &metrics_.GetCounter("freshet_events_accepted_total", "Events accepted and applied.", labels);
+  rejected_total_ = &metrics_.GetCounter("freshet_events_rejected_total",
+                                         "Lines rejected (malformed, bad entity or timestamp) and dead-lettered.", labels);
+  late_ = &metrics_.GetCounter("freshet_events_late_total", "Events dropped as late and dead-lettered.", labels);
+  ingested_ = &metrics_.GetCounter("freshet_ingest_events_total", "Events acknowledged by POST /v1/ingest.");
+  checkpoints_total_ = &metrics_.GetCounter("freshet_checkpoints_total", "Checkpoints written.");
+  watermark_ = &metrics_.GetGauge("freshet_watermark_ms",
+                                  "Low watermark: no event earlier than this (epoch ms) is accepted any more.");
+  watermark_lag_ = &metrics_.GetGauge("freshet_watermark_lag_seconds",
+                                      "Wall clock minus the low watermark (0 without a watermark).");
+  entities_ = &metrics_.GetGauge("freshet_state_entities", "Entities with state.");
+  state_bytes_ = &metrics_.GetGauge("freshet_state_bytes", "Approximate bytes of feature state (at the last checkpoint).");
+  checkpoint_seconds_ = &metrics_.GetGauge("freshet_checkpoint_duration_seconds", "Duration of the last checkpoint.");
+  checkpoint_bytes_ = &metrics_.GetGauge("freshet_checkpoint_size_bytes", "Size of the last checkpoint.");
+  slo_breached_ = &metrics_.GetGauge("freshet_freshness_slo_breached", "1 while the freshness SLO is breached.");
+  slo_p99_ = &metrics_.GetGauge("freshet_freshness_p99_seconds", "Freshness p99 over the SLO window.");
+  freshness_ = &metrics_.GetHistogram("freshet_freshness_seconds",
+                                      "Time from an event's arrival at the source until lookups see it.",
+                                      kFreshnessBuckets);
+  slo_window_ = std::make_unique<SloWindow>(spec_.freshness_slo ? spec_.freshness_slo->window_ms : 60000);
+
+  if (!spec_.source) {
+    return Status::Invalid(spec_.file + ": `freshet run` needs a `source` section: {type: file, path: ...} or "
+                           "{type: http}");
+  }
+  if (spec_.source->type == "http") {
+    FRESHET_ASSIGN_OR_RETURN(ingest_log_, IngestLog::Open((std::filesystem::path(dir) / "ingest").string()));
+    for (const std::string& w : ingest_log_->TakeWarnings()) std::fprintf(stderr, "freshet run: warning: %s\n", w.c_str());
+    source_ = std::make_unique<IngestLogSource>(ingest_log_.get());
+  } else {
+    source_ = std::make_unique<FileSource>(spec_.source->path, spec_.source->follow);
+  }
+  std::filesystem::create_directories(std::filesystem::path(dir) / "dead_letters", ec);
+  dead_letter_path_ = (std::filesystem::path(dir) / "dead_letters" / (spec_.source->type + ".jsonl")).string();
+  FRESHET_ASSIGN_OR_RETURN(
+      CheckpointStore store,
+      CheckpointStore::Open((std::filesystem::path(dir) / "checkpoints").string(), spec_.checkpoint.keep));
+  checkpoints_.emplace(std::move(store));
+  FRESHET_RETURN_IF_ERROR(Restore());
+
+  if (spec_.online.type == "redis") {
+    RedisWriterOptions redis;
+    redis.connection.host = spec_.online.host;
+    redis.connection.port = spec_.online.port;
+    if (const char* password = std::getenv("FRESHET_REDIS_PASSWORD")) redis.connection.password = password;
+    redis.spec_name = spec_.name;
+    redis.flush_interval_ms = spec_.online.flush_interval_ms;
+    FRESHET_ASSIGN_OR_RETURN(redis_, RedisWriter::Start(redis));
+    // After a restart the restored state is written again: Redis may have missed the last writes.
+    for (uint32_t e = 0; e < engine_.entity_count(); ++e) changed_.emplace_back(e, 0);
+    UpsertChanged();
+  }
+
+  HttpServerOptions http;
+  http.host = options_.host.empty() ? spec_.serve.host : options_.host;
+  http.port = options_.port >= 0 ? options_.port : spec_.serve.port;
+  http.bearer_token = options_.bearer_token;
+  server_ = std::make_unique<HttpServer>(*this, metrics_, http);
+  return server_->Start();
+}
+
+Status Runtime::Impl::Restore() {
+  std::vector<std::string> warnings;
+  FRESHET_ASSIGN_OR_RETURN(std::optional<freshet::Checkpoint> checkpoint, checkpoints_->LoadNewestValid(&warnings));
+  for (const std::string& w : warnings) std::fprintf(stderr, "freshet run: warning: %s\n", w.c_str());
+  uint64_t dead_letter_bytes = 0;
+  if (checkpoint && checkpoint->spec_fingerprint != engine_.spec_fingerprint()) {
+    return Status::Invalid("the newest checkpoint in '" + checkpoints_->directory() +
+                           "' was written for a different spec (its features, windows or watermark changed); "
+                           "start with a new --data-dir, or backfill the new spec");
+  }
+  if (checkpoint) {
+    ByteReader in(checkpoint->engine_state);
+    uint32_t version = 0;
+    std::string_view engine_bytes;
+    if (!in.ReadU32(&version) || version != kRuntimeStateVersion || !in.ReadBytes(&engine_bytes)) {
+      return Status::Invalid("checkpoint " + std::to_string(checkpoint->sequence) +
+                             " was written by another version of freshet run; move the data directory aside");
+    }
+    ByteReader engine_in(engine_bytes);
+    FRESHET_RETURN_IF_ERROR(engine_.LoadState(engine_in));
+    uint64_t entities = 0;
+    bool ok = in.ReadU64(&seq_) && in.ReadU64(&lines_read_) && in.ReadU64(&rejected_) && in.ReadU64(&entities);
+    newest_event_ms_.resize(ok ? entities : 0);
+    for (uint64_t e = 0; ok && e < entities; ++e) ok = in.ReadI64(&newest_event_ms_[e]);
+    if (!ok) return Status::Invalid("checkpoint " + std::to_string(checkpoint->sequence) + " is incomplete");
+    for (const auto& [name, position] : checkpoint->positions) {
+      if (name == "source") FRESHET_RETURN_IF_ERROR(source_->Seek(position));
+      if (name == "dead_letters") dead_letter_bytes = std::stoull(position);
+    }
+    lines_in_->Increment(lines_read_);
+    accepted_->Increment(engine_.counters().admitted);
+    late_->Increment(engine_.counters().late);
+    rejected_total_->Increment(rejected_);
+    std::fprintf(stderr, "freshet run: restored checkpoint %llu: %zu entities, %llu events accepted\n",
+                 static_cast<unsigned long long>(checkpoint->sequence), engine_.entity_count(),
+                 static_cast<unsigned long long>(engine_.counters().admitted));
+  }
+  FRESHET_RETURN_IF_ERROR(dead_letters_.OpenAt(dead_letter_path_, std::string(source_->name()), dead_letter_bytes));
+  last_checkpoint_ms_ = WallMs();
+  return Status::Ok();
+}
+
+Status Runtime::Impl::Checkpoint() {
+  const auto start = std::chrono::steady_clock::now();
+  FRESHET_ASSIGN_OR_RETURN(uint64_t dead_letter_bytes, dead_letters_.Sync());
+  freshet::Checkpoint checkpoint;
+  checkpoint.sequence = checkpoints_->next_sequence();
+  checkpoint.written_unix_ms = WallMs();
+  checkpoint.spec_fingerprint = engine_.spec_fingerprint();
+  checkpoint.positions = {{"source", source_->position()}, {"dead_letters", std::to_string(dead_letter_bytes)}};
+  std::string engine_bytes;
+  ByteWriter engine_out(&engine_bytes);
+  engine_.SaveState(engine_out);
+  ByteWriter out(&checkpoint.engine_state);
+  out.PutU32(kRuntimeStateVersion);
+  out.PutBytes(engine_bytes);
+  out.PutU64(seq_);
+  out.PutU64(lines_read_);
+  out.PutU64(rejected_);
+  out.PutU64(newest_event_ms_.size());
+  for (int64_t t : newest_event_ms_) out.PutI64(t);
+  FRESHET_RETURN_IF_ERROR(checkpoints_->Write(checkpoint));
+  if (ingest_log_ != nullptr) {
+    Result<IngestLogPosition> position = IngestLogPosition::Parse(checkpoint.positions[0].second);
+    if (position.ok()) (void)ingest_log_->DeleteBefore(position->sequence);
+  }
+  checkpoints_total_->Increment();
+  checkpoint_seconds_->Set(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  checkpoint_bytes_->Set(static_cast<double>(checkpoints_->last_size_bytes()));
+  state_bytes_->Set(static_cast<double>(engine_.MemoryBytes()));
+  last_checkpoint_ms_ = WallMs();
+  return Status::Ok();
+}
+
+Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch) {
+  size_t k = 0;
+  std::vector<int64_t> arrivals;
+  arrivals.reserve(batch.size());
+  uint64_t accepted = 0, rejected = 0, late = 0;
+  while (k < batch.size()) {
+    const size_t end = std::min(batch.size(), k + kRecordsPerLock);
+    {
+      std::unique_lock<std::shared_mutex> lock(mutex_);
+      for (; k < end; ++k) {
+        const SourceRecord& record = batch[k];
+        ++lines_read_;
+        if (record.too_long) {
+          ++rejected;
+          dead_letters_.Write(record.line_number, "line is longer than " + std::to_string(kMaxLineBytes) + " bytes", "");
+          continue;
+        }
+        if (!parser_.Parse(record.text, record.capacity, &event_, &reason_)) {
+          ++rejected;
+          dead_letters_.Write(record.line_number, reason_, record.text);
+          continue;
+        }
+        if (!engine_.Admit(event_.time_ms)) {
+          ++late;
+          dead_letters_.Write(record.line_number, "late", record.text);
+          continue;
+        }
+        engine_.Extract(event_, seq_++, &pending_);
+        engine_.Apply(pending_, engine_.low_watermark_ms());
+        if (pending_.entity >= newest_event_ms_.size()) {
+          newest_event_ms_.resize(pending_.entity + 1, std::numeric_limits<int64_t>::min());
+        }
+        newest_event_ms_[pending_.entity] = std::max(newest_event_ms_[pending_.entity], event_.time_ms);
+        arrivals.push_back(record.arrival_ns);
+        if (redis_ != nullptr) changed_.emplace_back(pending_.entity, record.arrival_ns);
+        ++accepted;
+      }
+    }
+    if (redis_ != nullptr) UpsertChanged();
+  }
+  // Visible now: every lookup from here on sees these events.
+  const int64_t now_ns = SteadyNs();
+  const int64_t now_s = WallMs() / 1000;
+  for (int64_t arrival : arrivals) {
+    const double seconds = static_cast<double>(now_ns - arrival) / 1e9;
+    freshness_->Observe(seconds);
+    slo_window_->Observe(seconds, now_s);
+  }
+  rejected_ += rejected;
+  lines_in_->Increment(batch.size());
+  accepted_->Increment(accepted);
+  rejected_total_->Increment(rejected);
+  late_->Increment(late);
+  entities_->Set(static_cast<double>(engine_.entity_count()));
+  watermark_->Set(static_cast<double>(engine_.low_watermark_ms()));
+  return Status::Ok();
+}
+
+// Hands every entity in changed_ to the Redis writer: its state blob and its features as of its newest
+// event. The writer coalesces per entity and writes in the background.
+void Runtime::Impl::UpsertChanged() {
+  std::sort(changed_.begin(), changed_.end());
+  std::string blob;
+  for (size_t k = 0; k < changed_.size(); ++k) {
+    const uint32_t entity = changed_[k].first;
+    if (k > 0 && changed_[k - 1].first == entity) continue;  // Sorted: the first has the earliest arrival.
+    blob.clear();
+    ByteWriter out(&blob);
+    std::vector<std::pair<std::string, std::string>> fields;
+    {
+      std::shared_lock<std::shared_mutex> lock(mutex_);
+      engine_.SaveEntity(entity, out);
+      engine_.QueryIndex(entity, newest_event_ms_[entity], &values_);
+      for (size_t f = 0; f < values_.size(); ++f) {
+        std::string text;
+        if (AppendRedisFeatureText(values_[f], &text)) fields.emplace_back(spec_.features[f].name, std::move(text));
+      }
+    }
+    redis_->Upsert(engine_.entity_name(entity), blob, std::move(fields), newest_event_ms_[entity], changed_[k].second);
+  }
+  changed_.clear();
+}
+
+void Runtime::Impl::SetHealthReason(const std::string& key, std::optional<std::string> reason) {
+  std::lock_guard<std::mutex> lock(health_mutex_);
+  auto it = std::find_if(health_by_key_.begin(), health_by_key_.end(), [&](const auto& p) { return p.first == key; });
+  if (reason) {
+    if (it == health_by_key_.end()) health_by_key_.emplace_back(key, *reason);
+    else it->second = *reason;
+  } else if (it != health_by_key_.end()) {
+    health_by_key_.erase(it);
+  }
+  health_reasons_.clear();
+  for (const auto& [k, r] : health_by_key_) health_reasons_.push_back(r);
+}
+
+void Runtime::Impl::CheckSlo() {
+  if (!spec_.freshness_slo) return;
+  std::optional<double> p99 = slo_window_->P99(WallMs() / 1000);
+  slo_p99_->Set(p99.value_or(0));
+  const bool breached = p99 && *p99 * 1000.0 > static_cast<double>(spec_.freshness_slo->p99_ms);
+  slo_breached_->Set(breached ? 1 : 0);
+  if (breached && !slo_breach_logged_) {
+    std::fprintf(stderr, "freshet run: warning: freshness SLO breached: p99 %.3f s over the last %s, target %s\n", *p99,
+                 FormatDuration(spec_.freshness_slo->window_ms).c_str(),
+                 FormatDuration(spec_.freshness_slo->p99_ms).c_str());
+  }
+  slo_breach_logged_ = breached;
+}
+
+Runtime::Runtime(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Runtime::~Runtime() {
+  if (impl_ && impl_->server_) impl_->server_->Stop();
+}
+
+int Runtime::port() const { return impl_->server_ ? impl_->server_->port() : 0; }
+
+Result<std::unique_ptr<Runtime>> Runtime::Start(const Spec& spec, RuntimeOptions options) {
+  auto impl = std::make_unique<Impl>(spec, std::move(options));
+  FRESHET_RETURN_IF_ERROR(impl->Open());
+  return std::unique_ptr<Runtime>(new Runtime(std::move(impl)));
+}
+
+Status Runtime::Run(const std::atomic<bool>& stop) {
+  Impl& s = *impl_;
+  std::vector<SourceRecord> batch;
+  Status failure;
+  while (!stop.load()) {
+    Status polled = s.source_->Poll(&batch, kPollRecords, 50);
+    for (const std::string& w : s.source_->TakeWarnings()) std::fprintf(stderr, "freshet run: warning: %s\n", w.c_str());
+    if (!polled.ok()) {
+      s.SetHealthReason("source", "event source '" + std::string(s.source_->name()) + "': " + polled.message());
+      failure = polled;
+      break;
+    }
+    if (!batch.empty()) FRESHET_RETURN_IF_ERROR(s.ProcessBatch(batch));
+    const int64_t low = s.engine_.low_watermark_ms();
+    s.watermark_lag_->Set(low == std::numeric_limits<int64_t>::min() ? 0.0 : (WallMs() - low) / 1000.0);
+    s.CheckSlo();
+    if (WallMs() - s.last_checkpoint_ms_ >= s.spec_.checkpoint.interval_ms) {
+      Status written = s.Checkpoint();
+      if (!written.ok()) {
+        std::fprintf(stderr, "freshet run: checkpoint failed: %s\n", written.message().c_str());
+        s.SetHealthReason("checkpoint", "the last checkpoint failed: " + written.message());
+      } else {
+        s.SetHealthReason("checkpoint", std::nullopt);
+      }
+    }
+    if (s.options_.exit_when_exhausted && s.source_->exhausted()) break;
+  }
+  Status final_checkpoint = s.Checkpoint();
+  if (s.redis_ != nullptr) {
+    Status flushed = s.redis_->Flush(5000);
+    if (!flushed.ok()) std::fprintf(stderr, "freshet run: warning: %s\n", flushed.message().c_str());
+  }
+  if (s.server_) s.server_->Stop();
+  FRESHET_RETURN_IF_ERROR(final_checkpoint);
+  return failure;
+}
+
+}  // namespace freshet

@@ -1,0 +1,55 @@
+// Runtime: `freshet run`, the continuous pipeline on one machine.
+//
+//   source (file, or the durable HTTP ingest log) -> parse -> lateness -> FeatureEngine -> serving
+//                                 \-> dead letters (files under the data directory, with reasons)
+//
+// One processing thread reads batches from the source and applies them to the engine under an exclusive
+// lock; HTTP threads answer lookups under a shared lock, finalizing every window as of the request time.
+// Every checkpoint interval (and at shutdown) the engine state, the source position and the dead-letter
+// file's length are written together, atomically (state/checkpoint.h). On start the newest valid
+// checkpoint is restored: the source seeks back to its position and the dead-letter file is cut back to its
+// length, so after a crash (kill -9 included) no accepted event is lost and none is counted twice.
+//
+// Freshness: for each event, the time from its arrival at the source until the batch holding it is
+// visible to lookups, in a histogram; with `freshness_slo` in the spec, /health turns degraded while the
+// p99 over the SLO window exceeds the target, and a warning is logged once per breach.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include "common/status.h"
+#include "serve/feature_service.h"
+#include "serve/metrics.h"
+#include "spec/spec.h"
+
+namespace freshet {
+
+struct RuntimeOptions {
+  std::string data_dir;      // Checkpoints, dead letters and the ingest log live here. Created if missing.
+  std::string bearer_token;  // Required for ingest and admin endpoints when not empty.
+  std::string host;          // Overrides spec.serve.host when not empty.
+  int port = -1;             // Overrides spec.serve.port when >= 0.
+  bool exit_when_exhausted = false;  // Stop (after a final checkpoint) once a non-follow file is read.
+};
+
+class Runtime {
+ public:
+  // Opens the data directory, restores the newest valid checkpoint, and starts the HTTP server.
+  static Result<std::unique_ptr<Runtime>> Start(const Spec& spec, RuntimeOptions options);
+  ~Runtime();
+
+  // Processes events until `stop` becomes true (or the source is exhausted with exit_when_exhausted), then
+  // writes a final checkpoint, flushes, and stops the server.
+  Status Run(const std::atomic<bool>& stop);
+
+  int port() const;
+
+ private:
+  struct Impl;
+  explicit Runtime(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace freshet

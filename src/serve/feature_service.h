@@ -1,0 +1,101 @@
+// FeatureService: what the HTTP layer (serve/http_server.h) needs from the runtime behind `freshet run`.
+//
+// The runtime consumes events, keeps every feature of its spec up to date, and implements this interface;
+// HttpServer turns HTTP requests into calls to it and its answers into JSON. Nothing here knows about HTTP.
+//
+// Thread-safety: every method is called concurrently from the server's worker threads (and Lookup may run
+// while Ingest is blocked waiting for durability), so implementations synchronise internally.
+//
+// Errors: a method that can fail returns a Status whose message is shown to the client as
+// {"error": message}, so it says what is wrong and how to fix it. The code chooses the HTTP status:
+//   kInvalidArgument -> 400 (the request is wrong; do not retry as is)
+//   kNotFound        -> 404
+//   kIoError         -> 503 with Retry-After (durability or a dependency failed; retrying may succeed)
+//   kInternal        -> 500
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+#include "common/value.h"
+#include "spec/spec.h"
+
+namespace freshet {
+
+// One entity's answer to a Lookup.
+struct FeatureLookup {
+  // True when the entity has had at least one admitted event (it has state). An unknown entity is not an
+  // error: known = false and every value is its feature's empty-window value (count 0, mean null, ...).
+  bool known = false;
+  // Event time (epoch ms) of the newest admitted event of the entity, whatever its time relative to the
+  // lookup's as_of; nullopt for unknown entities. The server reports as_of_ms - newest_event_ms as
+  // "newest_event_age_ms" (negative when the lookup is as of a time before that event).
+  std::optional<int64_t> newest_event_ms;
+  // One value per requested feature, in the order of the `features` argument.
+  std::vector<Value> values;
+};
+
+// The body format of an Ingest call, from the request's Content-Type.
+enum class IngestFormat {
+  kJsonLines,  // application/x-ndjson: one JSON object per line, as in an events file.
+  kJsonArray,  // application/json: one JSON array whose elements are event objects.
+};
+
+// The outcome of a successful Ingest.
+struct IngestAck {
+  // Events made durable: they will be applied (or dead-lettered as late) exactly as if read from a file.
+  uint64_t accepted = 0;
+  // Lines or elements refused at the door (not a JSON object, no valid entity or timestamp) and
+  // dead-lettered instead. A runtime that validates only after the write may always report 0 here.
+  uint64_t rejected = 0;
+};
+
+// The runtime's own view of its health, for GET /health.
+struct HealthReport {
+  bool ok = true;
+  // Why not ok, one short sentence each ("event source 'events.jsonl' unreadable: ...").
+  std::vector<std::string> reasons;
+};
+
+class FeatureService {
+ public:
+  virtual ~FeatureService() = default;
+
+  // The spec being served; immutable, and alive as long as the service.
+  virtual const Spec& spec() const = 0;
+
+  // Every requested feature of `entities` as of `as_of_ms` (epoch ms; the HTTP layer has already
+  // checked it is within kMinTimeMs..kMaxTimeMs). `features` are indices into spec().features, each
+  // valid, without duplicates, in the order the caller wants the values.
+  //
+  // On success calls `consume` exactly once, on the calling thread, with one FeatureLookup per entity in
+  // the order of `entities`, and returns Ok. String values (last, ...) may point into the runtime's state:
+  // they only need to stay valid until `consume` returns, so the runtime may hold a read lock across the
+  // call. `consume` only serialises; it does not call back into the service. On failure (for example the
+  // runtime is shutting down, or as_of is older than the state can still answer) returns the error
+  // without calling `consume`.
+  virtual Status Lookup(std::span<const std::string_view> entities, int64_t as_of_ms, std::span<const int> features,
+                        const std::function<void(std::span<const FeatureLookup>)>& consume) const = 0;
+
+  // Takes a body of events (at most HttpServerOptions::max_body_bytes) and returns once they are durable,
+  // or the error: kInvalidArgument when the body as a whole cannot be taken (a kJsonArray body that is not
+  // a JSON array), kIoError when durability failed. Individual bad events are not an error: they are
+  // counted in IngestAck::rejected (or later as dead letters) like bad lines of a file. May block (fsync,
+  // backpressure); it runs on one of the server's worker threads.
+  virtual Result<IngestAck> Ingest(std::string_view body, IngestFormat format) = 0;
+
+  // The runtime's health right now; cheap (called by load balancers every few seconds).
+  virtual HealthReport Health() const = 0;
+
+  // Appends the runtime's own metrics to *out in the Prometheus text format (# HELP / # TYPE lines, then
+  // samples). Family names must not collide with the HTTP layer's, which all start with freshet_http_.
+  virtual void AppendMetrics(std::string* out) const = 0;
+};
+
+}  // namespace freshet

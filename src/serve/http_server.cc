@@ -1,0 +1,995 @@
+#include "serve/http_server.h"
+
+// Debian's libcpp-httplib is compiled with these (see `pkg-config --cflags cpp-httplib`), and they change
+// the layout of httplib::Request and the client classes: every translation unit that includes httplib.h
+// must see them, or it disagrees with the library about those types.
+#ifndef CPPHTTPLIB_OPENSSL_SUPPORT
+#define CPPHTTPLIB_OPENSSL_SUPPORT
+#endif
+#ifndef CPPHTTPLIB_ZLIB_SUPPORT
+#define CPPHTTPLIB_ZLIB_SUPPORT
+#endif
+#ifndef CPPHTTPLIB_BROTLI_SUPPORT
+#define CPPHTTPLIB_BROTLI_SUPPORT
+#endif
+#include <httplib.h>
+#include <simdjson.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <charconv>
+#include <chrono>
+#include <cstring>
+#include <optional>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <absl/container/flat_hash_map.h>
+
+#include "common/time.h"
+#include "serve/json.h"
+
+namespace freshet {
+namespace {
+
+// The endpoints, as routed and as labelled in metrics.
+enum Route : int {
+  kRouteEntityFeatures,
+  kRouteBatchFeatures,
+  kRouteIngest,
+  kRouteHealth,
+  kRouteMetrics,
+  kRouteSpec,
+  kRouteAdmin,
+  kRouteUnmatched,
+  kRouteCount,
+};
+
+struct RouteInfo {
+  const char* label;  // The `route` label of the request metrics.
+  const char* allow;  // Methods allowed, for 405 and the Allow header; "" when nothing is served there.
+  bool admin;         // Requires the bearer token when one is configured.
+};
+
+constexpr RouteInfo kRoutes[kRouteCount] = {
+    {"/v1/features/{entity}", "GET, HEAD", false},
+    {"/v1/features", "POST", false},
+    {"/v1/ingest", "POST", true},
+    {"/health", "GET, HEAD", false},
+    {"/metrics", "GET, HEAD", false},
+    {"/v1/spec", "GET, HEAD", false},
+    {"/v1/admin", "", true},
+    {"unmatched", "", false},
+};
+
+// Listed in 404 responses.
+constexpr const char* kEndpoints[] = {
+    "GET /v1/features/{entity}?features=a,b&at=T",
+    "POST /v1/features {\"entities\":[...],\"features\":[...],\"at\":T}",
+    "POST /v1/ingest (Content-Type: application/x-ndjson or application/json)",
+    "GET /health",
+    "GET /metrics",
+    "GET /v1/spec",
+};
+
+constexpr std::string_view kEntityPrefix = "/v1/features/";
+constexpr const char* kJsonType = "application/json";
+constexpr int kMaxStatus = 600;
+
+// Per-request bookkeeping for the metrics. httplib serves a request on one worker thread from the end of its
+// headers (pre-routing handler) to the response written (logger), so a thread-local carries it across.
+struct RequestContext {
+  bool active = false;  // Set by the pre-routing handler; requests too malformed to reach it leave it unset.
+  Route route = kRouteUnmatched;
+  std::chrono::steady_clock::time_point start;
+};
+thread_local RequestContext t_request;
+
+Route MatchRoute(std::string_view path) {
+  if (path == "/v1/features") return kRouteBatchFeatures;
+  if (path.starts_with(kEntityPrefix)) {
+    // The entity is one segment; a raw '/' in it means a path we do not serve.
+    return path.find('/', kEntityPrefix.size()) == std::string_view::npos ? kRouteEntityFeatures : kRouteUnmatched;
+  }
+  if (path == "/v1/ingest") return kRouteIngest;
+  if (path == "/health") return kRouteHealth;
+  if (path == "/metrics") return kRouteMetrics;
+  if (path == "/v1/spec") return kRouteSpec;
+  if (path == "/v1/admin" || path.starts_with("/v1/admin/")) return kRouteAdmin;
+  return kRouteUnmatched;
+}
+
+bool MethodAllowed(Route route, std::string_view method) {
+  const std::string_view allow = kRoutes[route].allow;
+  if (method.empty()) return false;
+  for (size_t pos = 0; pos < allow.size();) {
+    size_t end = allow.find(',', pos);
+    if (end == std::string_view::npos) end = allow.size();
+    if (allow.substr(pos, end - pos) == method) return true;
+    pos = end + 2;  // ", "
+  }
+  return false;
+}
+
+int HexDigit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// Decodes %XX escapes; '+' stays a plus. False on a '%' not followed by two hex digits.
+bool PercentDecode(std::string_view in, std::string* out) {
+  out->clear();
+  out->reserve(in.size());
+  for (size_t k = 0; k < in.size(); ++k) {
+    if (in[k] != '%') {
+      out->push_back(in[k]);
+      continue;
+    }
+    const int hi = k + 1 < in.size() ? HexDigit(in[k + 1]) : -1;
+    const int lo = k + 2 < in.size() ? HexDigit(in[k + 2]) : -1;
+    if (hi < 0 || lo < 0) return false;
+    out->push_back(static_cast<char>(hi * 16 + lo));
+    k += 2;
+  }
+  return true;
+}
+
+std::string_view Trim(std::string_view text) {
+  while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) text.remove_prefix(1);
+  while (!text.empty() && (text.back() == ' ' || text.back() == '\t')) text.remove_suffix(1);
+  return text;
+}
+
+std::string ToLower(std::string_view text) {
+  std::string out(text);
+  for (char& c : out) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
+  return out;
+}
+
+// Runs over the whole expected token whatever `given` is, so the time taken does not reveal how long a
+// prefix of the token a guess got right.
+bool ConstantTimeEquals(std::string_view given, std::string_view expected) {
+  unsigned char diff = given.size() == expected.size() ? 0 : 1;
+  for (size_t k = 0; k < expected.size(); ++k) {
+    const unsigned char g = k < given.size() ? static_cast<unsigned char>(given[k]) : 0;
+    diff |= static_cast<unsigned char>(g ^ static_cast<unsigned char>(expected[k]));
+  }
+  return diff == 0;
+}
+
+size_t EditDistance(std::string_view a, std::string_view b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+std::string Quoted(std::string_view text) {
+  constexpr size_t kMaxShown = 100;
+  std::string out = "'";
+  out.append(text.substr(0, kMaxShown));
+  if (text.size() > kMaxShown) out.append("...");
+  out.push_back('\'');
+  return out;
+}
+
+void SetBody(httplib::Response& res, int status, std::string body, const char* content_type) {
+  res.status = status;
+  res.body = std::move(body);
+  res.set_header("Content-Type", content_type);
+}
+
+// {"error": message} plus, when given, `list_key`: [list...].
+void SetError(httplib::Response& res, int status, std::string_view message, std::string_view list_key = {},
+              const std::vector<std::string>& list = {}) {
+  std::string body;
+  JsonWriter json(&body);
+  json.BeginObject().Key("error").String(message);
+  if (!list_key.empty()) {
+    json.Key(list_key).BeginArray();
+    for (const std::string& item : list) json.String(item);
+    json.EndArray();
+  }
+  json.EndObject();
+  SetBody(res, status, std::move(body), kJsonType);
+}
+
+// The HTTP status for a service error (see feature_service.h).
+void SetServiceError(httplib::Response& res, const Status& status) {
+  switch (status.code()) {
+    case StatusCode::kOk:
+    case StatusCode::kInternal: SetError(res, 500, status.message()); return;
+    case StatusCode::kInvalidArgument: SetError(res, 400, status.message()); return;
+    case StatusCode::kNotFound: SetError(res, 404, status.message()); return;
+    case StatusCode::kIoError:
+      SetError(res, 503, status.message());
+      res.set_header("Retry-After", "1");
+      return;
+  }
+  SetError(res, 500, status.message());
+}
+
+constexpr std::string_view kAtHint =
+    "; give epoch milliseconds (1767225600000) or RFC 3339 text with Z or an offset (2026-01-01T00:00:00Z)";
+
+// Checks that `at` (epoch ms, as written in the request: `text`) is within the times Freshet handles.
+Result<int64_t> CheckAtRange(int64_t ms, std::string_view text) {
+  if (ms < kMinTimeMs || ms > kMaxTimeMs) {
+    return Status::Invalid("'at' " + Quoted(text) + " is outside years 0001-9999" + std::string(kAtHint));
+  }
+  return ms;
+}
+
+// Parses `at`: an integer is epoch milliseconds, anything else RFC 3339.
+Result<int64_t> ParseAt(std::string_view text) {
+  const std::string_view hint = kAtHint;
+  if (text.empty()) return Status::Invalid("'at' is empty" + std::string(hint));
+  const bool integer = text.find_first_not_of("0123456789", text[0] == '-' ? 1 : 0) == std::string_view::npos &&
+                       text != "-";
+  int64_t ms = 0;
+  if (integer) {
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), ms);
+    if (ec != std::errc() || end != text.data() + text.size()) {
+      return Status::Invalid("'at' " + Quoted(text) + " is out of range" + std::string(hint));
+    }
+  } else {
+    Result<int64_t> parsed = ParseRfc3339Ms(text);
+    if (!parsed.ok()) return Status::Invalid("'at': " + parsed.status().message());
+    ms = *parsed;
+  }
+  return CheckAtRange(ms, text);
+}
+
+int64_t WallClockMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// The media type of a Content-Type header, lowercased, without parameters ("application/json").
+std::string MediaType(std::string_view content_type) {
+  const size_t semicolon = content_type.find(';');
+  if (semicolon != std::string_view::npos) content_type = content_type.substr(0, semicolon);
+  return ToLower(Trim(content_type));
+}
+
+bool IsBodyMethod(std::string_view method) {
+  return method == "POST" || method == "PUT" || method == "PATCH" || method == "DELETE";
+}
+
+std::string SpecJson(const Spec& spec) {
+  std::string body;
+  JsonWriter json(&body);
+  auto duration = [&json](std::string_view key, int64_t ms) {
+    json.Key(key).String(FormatDuration(ms));
+    json.Key(std::string(key) + "_ms").Int(ms);
+  };
+  json.BeginObject();
+  json.Key("name").String(spec.name);
+  json.Key("entity").String(spec.entity_field);
+  json.Key("timestamp").String(spec.timestamp_field);
+  json.Key("watermark");
+  if (spec.watermark) {
+    json.BeginObject();
+    duration("max_out_of_orderness", spec.watermark->max_out_of_orderness_ms);
+    duration("allowed_lateness", spec.watermark->allowed_lateness_ms);
+    json.EndObject();
+  } else {
+    json.Null();
+  }
+  json.Key("features").BeginArray();
+  for (const FeatureSpec& f : spec.features) {
+    json.BeginObject();
+    json.Key("name").String(f.name);
+    json.Key("aggregation").String(AggKindName(f.agg));
+    json.Key("field");
+    if (f.field.empty()) json.Null();
+    else json.String(f.field);
+    json.Key("where");
+    if (f.where_text.empty()) json.Null();
+    else json.String(f.where_text);
+    json.Key("window").BeginObject();
+    json.Key("type").String(WindowKindName(f.window.kind));
+    switch (f.window.kind) {
+      case WindowKind::kLifetime: break;
+      case WindowKind::kSliding:
+        duration("size", f.window.size_ms);
+        if (f.window.slide_ms != 0) duration("slide", f.window.slide_ms);
+        break;
+      case WindowKind::kTumbling: duration("size", f.window.size_ms); break;
+      case WindowKind::kSession: duration("gap", f.window.gap_ms); break;
+    }
+    json.EndObject();
+    if (f.agg == AggKind::kApproxCountDistinct) json.Key("precision").Int(f.precision);
+    json.EndObject();
+  }
+  json.EndArray();
+  json.EndObject();
+  return body;
+}
+
+}  // namespace
+
+struct HttpServer::Impl {
+  Impl(FeatureService& service_in, MetricsRegistry& metrics_in, HttpServerOptions options_in);
+
+  // Request handling, on the server's threads. `body` is empty for methods without one.
+  void Handle(const httplib::Request& req, httplib::Response& res, std::string_view body);
+  void HandleEntityFeatures(std::string_view path, std::string_view query, httplib::Response& res);
+  void HandleBatchFeatures(std::string_view body, httplib::Response& res);
+  void HandleIngest(const httplib::Request& req, std::string_view body, httplib::Response& res);
+  void HandleHealth(httplib::Response& res);
+  void HandleMetrics(httplib::Response& res);
+  // Reads the body of a POST/PUT/PATCH/DELETE with the size limit; false after writing an error response.
+  bool ReadBody(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader,
+                std::string* body);
+  // Fills in responses httplib produced itself (malformed requests, 413 on Content-Length).
+  httplib::Server::HandlerResponse HandleHttplibError(const httplib::Request& req, httplib::Response& res);
+  void RecordRequest(int status);
+
+  bool Authorized(const httplib::Request& req, std::string* why) const;
+  // Feature names -> indices (spec order when `names` is absent); false after writing a 400.
+  bool ResolveFeatures(const std::optional<std::vector<std::string_view>>& names, std::vector<int>* features,
+                       httplib::Response& res) const;
+  // Looks up `entities` and writes the response; `single` selects the GET shape.
+  void Answer(std::span<const std::string_view> entities, int64_t as_of_ms, const std::vector<int>& features,
+              bool single, httplib::Response& res);
+  Counter& RequestCounter(Route route, int status);
+
+  FeatureService& service;
+  MetricsRegistry& metrics;
+  const HttpServerOptions options;
+  httplib::Server server;
+  std::thread listener;
+  int bound_port = 0;
+  bool started = false;
+  bool stopped = false;
+  std::atomic<bool> listener_done{false};  // listen_after_bind returned.
+
+  absl::flat_hash_map<std::string, int> feature_index;
+  std::vector<std::string> feature_names;  // Spec order, for error messages.
+  std::string spec_json;
+
+  std::array<Histogram*, kRouteCount> latency{};
+  // Request counters by route and status, created on first use (the registry lock is taken once per pair).
+  std::unique_ptr<std::array<std::atomic<Counter*>, kMaxStatus>[]> requests;
+  Counter* unauthorized = nullptr;
+  Counter* lookup_entities = nullptr;
+};
+
+HttpServer::Impl::Impl(FeatureService& service_in, MetricsRegistry& metrics_in, HttpServerOptions options_in)
+    : service(service_in), metrics(metrics_in), options(std::move(options_in)) {
+  const Spec& spec = service.spec();
+  for (size_t k = 0; k < spec.features.size(); ++k) {
+    feature_index.emplace(spec.features[k].name, static_cast<int>(k));
+    feature_names.push_back(spec.features[k].name);
+  }
+  spec_json = SpecJson(spec);
+  for (int route = 0; route < kRouteCount; ++route) {
+    latency[route] = &metrics.GetHistogram(
+        "freshet_http_request_duration_seconds",
+        "Time from the end of an HTTP request's headers to its response written, by route.",
+        kLatencyBucketsSeconds, {{"route", kRoutes[route].label}});
+  }
+  requests = std::make_unique<std::array<std::atomic<Counter*>, kMaxStatus>[]>(kRouteCount);
+  for (int route = 0; route < kRouteCount; ++route) {
+    for (auto& slot : requests[route]) slot.store(nullptr, std::memory_order_relaxed);
+  }
+  unauthorized = &metrics.GetCounter("freshet_http_unauthorized_total",
+                                     "Requests refused with 401 for a missing or wrong bearer token.");
+  lookup_entities =
+      &metrics.GetCounter("freshet_http_lookup_entities_total", "Entities looked up by feature requests.");
+}
+
+Counter& HttpServer::Impl::RequestCounter(Route route, int status) {
+  if (status < 0 || status >= kMaxStatus) status = 0;
+  std::atomic<Counter*>& slot = requests[route][status];
+  Counter* counter = slot.load(std::memory_order_acquire);
+  if (counter == nullptr) {
+    counter = &metrics.GetCounter("freshet_http_requests_total", "HTTP requests answered, by route and status.",
+                                  {{"route", kRoutes[route].label}, {"status", std::to_string(status)}});
+    slot.store(counter, std::memory_order_release);
+  }
+  return *counter;
+}
+
+void HttpServer::Impl::RecordRequest(int status) {
+  RequestContext& context = t_request;
+  const Route route = context.active ? context.route : kRouteUnmatched;
+  RequestCounter(route, status).Increment();
+  if (context.active) {
+    const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - context.start;
+    latency[route]->Observe(elapsed.count());
+  }
+  context = RequestContext();
+}
+
+bool HttpServer::Impl::Authorized(const httplib::Request& req, std::string* why) const {
+  if (options.bearer_token.empty()) return true;
+  if (!req.has_header("Authorization")) {
+    *why = "this endpoint requires the header 'Authorization: Bearer <token>' with the token freshet run was given";
+    return false;
+  }
+  const std::string header = req.get_header_value("Authorization");
+  const std::string_view value = Trim(header);
+  if (value.size() < 7 || ToLower(value.substr(0, 6)) != "bearer" || value[6] != ' ') {
+    *why = "the Authorization header must be 'Bearer <token>'";
+    return false;
+  }
+  if (!ConstantTimeEquals(Trim(value.substr(7)), options.bearer_token)) {
+    *why = "the bearer token is not the one freshet run was given";
+    return false;
+  }
+  return true;
+}
+
+void HttpServer::Impl::Handle(const httplib::Request& req, httplib::Response& res, std::string_view body) {
+  const std::string_view target = req.target;
+  const size_t question = target.find('?');
+  const std::string_view path = target.substr(0, question);
+  const std::string_view query = question == std::string_view::npos ? std::string_view() : target.substr(question + 1);
+  const Route route = MatchRoute(path);
+  t_request.route = route;
+
+  std::string why;
+  if (kRoutes[route].admin && !Authorized(req, &why)) {
+    unauthorized->Increment();
+    res.set_header("WWW-Authenticate", "Bearer realm=\"freshet\"");
+    SetError(res, 401, why);
+    return;
+  }
+  if (route == kRouteUnmatched || route == kRouteAdmin) {
+    std::string message = "no endpoint at " + req.method + " " + Quoted(path);
+    if (path.starts_with(kEntityPrefix)) message += "; an entity that contains '/' must be sent as %2F";
+    SetError(res, 404, message, "endpoints", std::vector<std::string>(std::begin(kEndpoints), std::end(kEndpoints)));
+    return;
+  }
+  if (!MethodAllowed(route, req.method)) {
+    res.set_header("Allow", kRoutes[route].allow);
+    SetError(res, 405,
+             "method " + Quoted(req.method) + " is not allowed on " + kRoutes[route].label + "; use " +
+                 kRoutes[route].allow);
+    return;
+  }
+  if ((route == kRouteBatchFeatures || route == kRouteIngest) && !query.empty()) {
+    // A query string there is a misunderstanding (parameters of a POST go in its body): say so rather than
+    // ignore it. GET /health, /metrics and /v1/spec ignore theirs (cache busters, probes).
+    SetError(res, 400, "POST " + std::string(kRoutes[route].label) +
+                           " takes no query parameters (a feature request puts them in the JSON body); remove " +
+                           Quoted(query));
+    return;
+  }
+  switch (route) {
+    case kRouteEntityFeatures: HandleEntityFeatures(path, query, res); return;
+    case kRouteBatchFeatures: HandleBatchFeatures(body, res); return;
+    case kRouteIngest: HandleIngest(req, body, res); return;
+    case kRouteHealth: HandleHealth(res); return;
+    case kRouteMetrics: HandleMetrics(res); return;
+    case kRouteSpec: SetBody(res, 200, spec_json, kJsonType); return;
+    case kRouteAdmin:
+    case kRouteUnmatched:
+    case kRouteCount: break;
+  }
+  SetError(res, 500, "internal error: unrouted request");
+}
+
+bool HttpServer::Impl::ResolveFeatures(const std::optional<std::vector<std::string_view>>& names,
+                                       std::vector<int>* features, httplib::Response& res) const {
+  features->clear();
+  if (!names) {
+    for (size_t k = 0; k < feature_names.size(); ++k) features->push_back(static_cast<int>(k));
+    return true;
+  }
+  if (names->empty()) {
+    SetError(res, 400, "'features' is empty; name at least one feature, or leave it out to get all of them",
+             "valid_features", feature_names);
+    return false;
+  }
+  for (std::string_view name : *names) {
+    auto it = feature_index.find(absl::string_view(name.data(), name.size()));
+    if (it == feature_index.end()) {
+      std::string message = name.empty() ? std::string("'features' contains an empty name")
+                                         : "unknown feature " + Quoted(name);
+      size_t best = std::string::npos;
+      const std::string* closest = nullptr;
+      for (const std::string& valid : feature_names) {
+        const size_t distance = EditDistance(name, valid);
+        if (distance < best) best = distance, closest = &valid;
+      }
+      if (!name.empty() && closest != nullptr && best <= std::max<size_t>(2, closest->size() / 3)) {
+        message += " (did you mean '" + *closest + "'?)";
+      }
+      message += "; valid features:";
+      for (size_t k = 0; k < feature_names.size(); ++k) message += (k == 0 ? " " : ", ") + feature_names[k];
+      SetError(res, 400, message, "valid_features", feature_names);
+      return false;
+    }
+    if (std::find(features->begin(), features->end(), it->second) == features->end()) features->push_back(it->second);
+  }
+  return true;
+}
+
+void HttpServer::Impl::HandleEntityFeatures(std::string_view path, std::string_view query, httplib::Response& res) {
+  std::string entity;
+  if (!PercentDecode(path.substr(kEntityPrefix.size()), &entity)) {
+    SetError(res, 400, "the entity in the path is not valid percent-encoding ('%' must be followed by two hex "
+                       "digits); encode '%' as %25");
+    return;
+  }
+  if (entity.empty()) {
+    SetError(res, 400, "the entity is empty; use /v1/features/{entity}, e.g. /v1/features/u123");
+    return;
+  }
+  std::optional<std::string> features_text;
+  std::optional<std::string> at_text;
+  for (std::string_view rest = query; !rest.empty();) {
+    const size_t ampersand = rest.find('&');
+    const std::string_view pair = rest.substr(0, ampersand);
+    rest = ampersand == std::string_view::npos ? std::string_view() : rest.substr(ampersand + 1);
+    if (pair.empty()) continue;
+    const size_t equals = pair.find('=');
+    std::string key, value;
+    if (!PercentDecode(pair.substr(0, equals), &key) ||
+        !PercentDecode(equals == std::string_view::npos ? std::string_view() : pair.substr(equals + 1), &value)) {
+      SetError(res, 400, "query parameter " + Quoted(pair) + " is not valid percent-encoding");
+      return;
+    }
+    if (key == "features") {
+      if (features_text) features_text->push_back(',');
+      else features_text.emplace();
+      features_text->append(value);
+    } else if (key == "at") {
+      if (at_text) {
+        SetError(res, 400, "'at' is given more than once; give one time");
+        return;
+      }
+      at_text = std::move(value);
+    } else {
+      SetError(res, 400, "unknown query parameter " + Quoted(key) + "; valid: features (comma-separated names), "
+                         "at (epoch milliseconds or RFC 3339)");
+      return;
+    }
+  }
+
+  std::optional<std::vector<std::string_view>> names;
+  if (features_text) {
+    names.emplace();
+    std::string_view rest = *features_text;
+    if (!rest.empty()) {
+      while (true) {
+        const size_t comma = rest.find(',');
+        names->push_back(Trim(rest.substr(0, comma)));
+        if (comma == std::string_view::npos) break;
+        rest.remove_prefix(comma + 1);
+      }
+    }
+  }
+  std::vector<int> features;
+  if (!ResolveFeatures(names, &features, res)) return;
+  int64_t as_of_ms = 0;
+  if (at_text) {
+    Result<int64_t> at = ParseAt(*at_text);
+    if (!at.ok()) {
+      SetError(res, 400, at.status().message());
+      return;
+    }
+    as_of_ms = *at;
+  } else {
+    as_of_ms = WallClockMs();
+  }
+  const std::string_view entities[1] = {entity};
+  Answer(entities, as_of_ms, features, /*single=*/true, res);
+}
+
+void HttpServer::Impl::HandleBatchFeatures(std::string_view body, httplib::Response& res) {
+  static constexpr std::string_view kShape =
+      "; send {\"entities\": [\"u1\", \"u2\"], \"features\": [\"name\", ...] (optional), \"at\": "
+      "epoch ms or RFC 3339 (optional)}";
+  simdjson::dom::parser parser;  // Per request: a parser keeps the capacity of its largest document.
+  simdjson::dom::element doc;
+  if (const auto error = parser.parse(body.data(), body.size()).get(doc); error) {
+    SetError(res, 400, std::string("the body is not valid JSON (") + simdjson::error_message(error) + ")" +
+                           std::string(kShape));
+    return;
+  }
+  simdjson::dom::object object;
+  if (doc.get_object().get(object)) {
+    SetError(res, 400, "the body must be a JSON object" + std::string(kShape));
+    return;
+  }
+  std::optional<simdjson::dom::array> entity_array;
+  std::optional<std::vector<std::string_view>> names;
+  bool at_given = false;  // Not std::optional: gcc 12 then warns (wrongly) that it may be uninitialized.
+  int64_t at_ms = 0;
+  for (auto [key, value] : object) {
+    if (key == "entities") {
+      simdjson::dom::array array;
+      if (value.get_array().get(array)) {
+        SetError(res, 400, "'entities' must be an array of entity ids (strings or integers)" + std::string(kShape));
+        return;
+      }
+      entity_array = array;
+    } else if (key == "features") {
+      if (value.is_null()) {
+        names.reset();
+        continue;
+      }
+      simdjson::dom::array array;
+      if (value.get_array().get(array)) {
+        SetError(res, 400, "'features' must be an array of feature names" + std::string(kShape));
+        return;
+      }
+      names.emplace();
+      size_t index = 0;
+      for (simdjson::dom::element item : array) {
+        std::string_view name;
+        if (item.get_string().get(name)) {
+          SetError(res, 400, "features[" + std::to_string(index) + "] must be a string (a feature name)");
+          return;
+        }
+        names->push_back(name);
+        ++index;
+      }
+    } else if (key == "at") {
+      if (value.is_null()) {
+        at_given = false;
+        continue;
+      }
+      int64_t ms = 0;
+      std::string_view text;
+      if (!value.get_int64().get(ms)) {
+        Result<int64_t> at = CheckAtRange(ms, std::to_string(ms));
+        if (!at.ok()) {
+          SetError(res, 400, at.status().message());
+          return;
+        }
+        at_ms = *at;
+        at_given = true;
+      } else if (!value.get_string().get(text)) {
+        Result<int64_t> at = ParseAt(text);
+        if (!at.ok()) {
+          SetError(res, 400, at.status().message());
+          return;
+        }
+        at_ms = *at;
+        at_given = true;
+      } else {
+        SetError(res, 400, "'at' must be an integer (epoch milliseconds) or a string (RFC 3339, e.g. "
+                           "\"2026-01-01T00:00:00Z\")");
+        return;
+      }
+    } else {
+      SetError(res, 400, "unknown key " + Quoted(key) + " in the body; valid keys: entities, features, at");
+      return;
+    }
+  }
+  if (!entity_array) {
+    SetError(res, 400, "the body has no 'entities'" + std::string(kShape));
+    return;
+  }
+  const size_t count = entity_array->size();
+  if (count > options.max_entities_per_request) {
+    SetError(res, 400, "too many entities: " + std::to_string(count) + " in one request, the limit is " +
+                           std::to_string(options.max_entities_per_request) + "; split them into several requests");
+    return;
+  }
+  std::vector<std::string> integer_texts;  // Owns integer entities rendered as text; reserved, so never moves.
+  integer_texts.reserve(count);
+  std::vector<std::string_view> entities;
+  entities.reserve(count);
+  size_t index = 0;
+  for (simdjson::dom::element item : *entity_array) {
+    std::string_view text;
+    int64_t signed_id = 0;
+    uint64_t unsigned_id = 0;
+    if (!item.get_string().get(text)) {
+      if (text.empty()) {
+        SetError(res, 400, "entities[" + std::to_string(index) + "] is an empty string; entity ids are not empty");
+        return;
+      }
+      entities.push_back(text);
+    } else if (!item.get_int64().get(signed_id)) {
+      entities.push_back(integer_texts.emplace_back(std::to_string(signed_id)));
+    } else if (!item.get_uint64().get(unsigned_id)) {
+      entities.push_back(integer_texts.emplace_back(std::to_string(unsigned_id)));
+    } else {
+      SetError(res, 400, "entities[" + std::to_string(index) + "] must be a string or an integer entity id");
+      return;
+    }
+    ++index;
+  }
+  std::vector<int> features;
+  if (!ResolveFeatures(names, &features, res)) return;
+  Answer(entities, at_given ? at_ms : WallClockMs(), features, /*single=*/false, res);
+}
+
+void HttpServer::Impl::Answer(std::span<const std::string_view> entities, int64_t as_of_ms,
+                              const std::vector<int>& features, bool single, httplib::Response& res) {
+  std::string body;
+  std::string shape_error;
+  const Status status =
+      service.Lookup(entities, as_of_ms, features, [&](std::span<const FeatureLookup> lookups) {
+        if (lookups.size() != entities.size()) {
+          shape_error = "the feature service answered " + std::to_string(lookups.size()) + " entities for " +
+                        std::to_string(entities.size());
+          return;
+        }
+        JsonWriter json(&body);
+        json.BeginObject();
+        if (single) json.Key("entity").String(entities[0]);
+        json.Key("as_of").String(FormatRfc3339(as_of_ms));
+        json.Key("as_of_ms").Int(as_of_ms);
+        if (!single) json.Key("results").BeginArray();
+        for (size_t e = 0; e < entities.size(); ++e) {
+          const FeatureLookup& lookup = lookups[e];
+          if (lookup.values.size() != features.size()) {
+            shape_error = "the feature service answered " + std::to_string(lookup.values.size()) +
+                          " values for " + std::to_string(features.size()) + " features";
+            return;
+          }
+          if (!single) json.BeginObject().Key("entity").String(entities[e]);
+          json.Key("known").Bool(lookup.known);
+          json.Key("newest_event_age_ms");
+          if (lookup.newest_event_ms) json.Int(as_of_ms - *lookup.newest_event_ms);
+          else json.Null();
+          json.Key("features").BeginObject();
+          for (size_t k = 0; k < features.size(); ++k) {
+            json.Key(feature_names[static_cast<size_t>(features[k])]).FeatureValue(lookup.values[k]);
+          }
+          json.EndObject();
+          if (!single) json.EndObject();
+        }
+        if (!single) json.EndArray();
+        json.EndObject();
+      });
+  if (!status.ok()) {
+    SetServiceError(res, status);
+    return;
+  }
+  if (!shape_error.empty() || body.empty()) {
+    SetError(res, 500, "internal error: " + (shape_error.empty() ? "the feature service gave no answer" : shape_error));
+    return;
+  }
+  lookup_entities->Increment(entities.size());
+  SetBody(res, 200, std::move(body), kJsonType);
+}
+
+void HttpServer::Impl::HandleIngest(const httplib::Request& req, std::string_view body, httplib::Response& res) {
+  const std::string media_type = MediaType(req.get_header_value("Content-Type"));
+  IngestFormat format;
+  if (media_type == "application/x-ndjson" || media_type == "application/jsonl" ||
+      media_type == "application/json-lines" || media_type == "application/jsonlines" ||
+      media_type == "application/x-jsonlines") {
+    format = IngestFormat::kJsonLines;
+  } else if (media_type == "application/json") {
+    format = IngestFormat::kJsonArray;
+  } else {
+    SetError(res, 415, "POST /v1/ingest takes JSON lines with 'Content-Type: application/x-ndjson' or a JSON array "
+                       "of events with 'Content-Type: application/json'; got " +
+                           (media_type.empty() ? std::string("no Content-Type") : Quoted(media_type)));
+    return;
+  }
+  Result<IngestAck> ack = service.Ingest(body, format);
+  if (!ack.ok()) {
+    SetServiceError(res, ack.status());
+    return;
+  }
+  std::string out;
+  JsonWriter(&out).BeginObject().Key("accepted").Uint(ack->accepted).Key("rejected").Uint(ack->rejected).EndObject();
+  SetBody(res, 200, std::move(out), kJsonType);
+}
+
+void HttpServer::Impl::HandleHealth(httplib::Response& res) {
+  const HealthReport health = service.Health();
+  std::string body;
+  JsonWriter json(&body);
+  json.BeginObject().Key("status").String(health.ok ? "ok" : "degraded");
+  if (!health.ok) {
+    json.Key("reasons").BeginArray();
+    for (const std::string& reason : health.reasons) json.String(reason);
+    json.EndArray();
+  }
+  json.EndObject();
+  SetBody(res, health.ok ? 200 : 503, std::move(body), kJsonType);
+}
+
+void HttpServer::Impl::HandleMetrics(httplib::Response& res) {
+  std::string text;
+  metrics.AppendText(&text);
+  service.AppendMetrics(&text);
+  SetBody(res, 200, std::move(text), "text/plain; version=0.0.4; charset=utf-8");
+}
+
+bool HttpServer::Impl::ReadBody(const httplib::Request& req, httplib::Response& res,
+                                const httplib::ContentReader& reader, std::string* body) {
+  // A body past the limit (or one we refuse) is still read to its end and discarded, up to kMaxDrainBytes, so
+  // that the client gets the error and the connection stays usable. httplib 0.11 enforces the limit itself
+  // only for Content-Length bodies (skipping them); chunked ones are counted here.
+  constexpr size_t kMaxDrainBytes = size_t{64} << 20;
+  const size_t limit = options.max_body_bytes;
+  const bool multipart = req.is_multipart_form_data();
+  size_t received = 0;
+  bool too_large = false;
+  auto take = [&](const char* data, size_t length) {
+    received += length;
+    if (received > limit || multipart) {
+      if (!too_large && received > limit) {
+        too_large = true;
+        std::string().swap(*body);
+      }
+      return received - std::min(received, limit) <= kMaxDrainBytes;
+    }
+    body->append(data, length);
+    return true;
+  };
+  // httplib hands multipart bodies only to the two-callback form; they are drained, then refused.
+  const bool read = multipart ? reader([](const httplib::MultipartFormData&) { return true; }, take) : reader(take);
+  // Not read to its end: the rest would be taken for the next request, so the connection must be closed.
+  if (!read) res.set_header("Connection", "close");
+  if (too_large || res.status == 413) {
+    SetError(res, 413, "the request body is larger than the limit of " + std::to_string(limit) +
+                           " bytes; split it into smaller requests");
+    return false;
+  }
+  if (multipart) {
+    SetError(res, 415, "multipart/form-data bodies are not accepted; send the JSON as the body itself");
+    return false;
+  }
+  if (!read) {
+    SetError(res, 400, "the request body could not be read (truncated, or malformed chunked encoding)");
+    return false;
+  }
+  return true;
+}
+
+httplib::Server::HandlerResponse HttpServer::Impl::HandleHttplibError(const httplib::Request& req,
+                                                                     httplib::Response& res) {
+  if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;  // One of ours.
+  std::string message;
+  switch (res.status) {
+    case 400: message = "malformed HTTP request"; break;
+    case 413:
+      message = "the request body is larger than the limit of " + std::to_string(options.max_body_bytes) +
+                " bytes; split it into smaller requests";
+      break;
+    case 414: message = "the request URI is too long"; break;
+    case 416: message = "the requested range cannot be satisfied; send the request without a Range header"; break;
+    default: message = "HTTP error " + std::to_string(res.status) + " on " + Quoted(req.target); break;
+  }
+  SetError(res, res.status, message);
+  return httplib::Server::HandlerResponse::Handled;
+}
+
+HttpServer::HttpServer(FeatureService& service, MetricsRegistry& metrics, HttpServerOptions options)
+    : impl_(std::make_unique<Impl>(service, metrics, std::move(options))) {}
+
+HttpServer::~HttpServer() { Stop(); }
+
+int HttpServer::port() const { return impl_->bound_port; }
+
+Status HttpServer::Start() {
+  Impl& impl = *impl_;
+  const HttpServerOptions& options = impl.options;
+  if (impl.started) return Status::Internal("HttpServer::Start called twice");
+  if (options.threads < 1) return Status::Invalid("the HTTP server needs at least 1 thread");
+  if (options.port < 0 || options.port > 65535) {
+    return Status::Invalid("port " + std::to_string(options.port) + " is not in 0..65535 (0 picks a free one)");
+  }
+  if (options.max_body_bytes == 0) return Status::Invalid("the maximum request body must be at least 1 byte");
+  if (options.keep_alive_timeout_sec < 0 || options.io_timeout_sec < 1) {
+    return Status::Invalid("HTTP timeouts must be positive");
+  }
+
+  httplib::Server& server = impl.server;
+  const size_t threads = static_cast<size_t>(options.threads);
+  server.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  server.set_keep_alive_max_count(1000);
+  server.set_keep_alive_timeout(options.keep_alive_timeout_sec);
+  server.set_read_timeout(options.io_timeout_sec);
+  server.set_write_timeout(options.io_timeout_sec);
+  server.set_tcp_nodelay(true);
+  // httplib's default also sets SO_REUSEPORT, which lets a second server bind the same port and silently
+  // take half the connections; keep only SO_REUSEADDR (quick restarts over TIME_WAIT sockets).
+  server.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
+  server.set_payload_max_length(options.max_body_bytes);
+
+  // Requests without a body are answered here, before httplib's regex routing; the others are routed to
+  // the catch-all handlers below, which read the body with the size limit.
+  server.set_pre_routing_handler([&impl](const httplib::Request& req, httplib::Response& res) {
+    t_request = RequestContext{true, kRouteUnmatched, std::chrono::steady_clock::now()};
+    if (IsBodyMethod(req.method)) return httplib::Server::HandlerResponse::Unhandled;
+    // httplib does not read a body sent with these methods: it would be taken for the next request on the
+    // connection. Refuse it visibly (and ask the client to close the connection).
+    if ((req.has_header("Content-Length") && req.get_header_value("Content-Length") != "0") ||
+        req.has_header("Transfer-Encoding")) {
+      t_request.route = MatchRoute(std::string_view(req.target).substr(0, req.target.find('?')));
+      res.set_header("Connection", "close");
+      SetError(res, 400, req.method + " requests take no body; put parameters in the query string, or use "
+                                      "POST /v1/features for a JSON request");
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    impl.Handle(req, res, std::string_view());
+    return httplib::Server::HandlerResponse::Handled;
+  });
+  const httplib::Server::HandlerWithContentReader with_body =
+      [&impl](const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader) {
+        std::string body;
+        if (impl.ReadBody(req, res, reader, &body)) impl.Handle(req, res, body);
+      };
+  server.Post(".*", with_body);
+  server.Put(".*", with_body);
+  server.Patch(".*", with_body);
+  server.Delete(".*", with_body);
+  server.set_error_handler(httplib::Server::HandlerWithResponse(
+      [&impl](const httplib::Request& req, httplib::Response& res) { return impl.HandleHttplibError(req, res); }));
+  server.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr error) {
+    std::string what = "unknown exception";
+    try {
+      if (error) std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    SetError(res, 500, "internal error while answering the request: " + what);
+  });
+  server.set_logger([&impl](const httplib::Request&, const httplib::Response& res) { impl.RecordRequest(res.status); });
+
+  errno = 0;
+  int port = -1;
+  if (options.port == 0) {
+    port = server.bind_to_any_port(options.host);
+  } else if (server.bind_to_port(options.host, options.port)) {
+    port = options.port;
+  }
+  if (port <= 0) {
+    const int saved = errno;
+    return Status::IoError("cannot listen on " + options.host + ":" + std::to_string(options.port) +
+                           (saved != 0 ? std::string(": ") + std::strerror(saved) : std::string()) +
+                           "; is the port in use, or the host not an address of this machine?");
+  }
+  impl.bound_port = port;
+  impl.started = true;
+  impl.listener = std::thread([&impl] {
+    impl.server.listen_after_bind();
+    impl.listener_done.store(true);
+  });
+  // Stop() only works once the accept loop runs; wait for it so that Start-then-Stop cannot hang.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!server.is_running() && !impl.listener_done.load() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  if (!server.is_running()) {
+    return Status::Internal("the HTTP server on port " + std::to_string(port) + " did not start within 10s");
+  }
+  return Status::Ok();
+}
+
+void HttpServer::Stop() {
+  Impl& impl = *impl_;
+  if (!impl.started || impl.stopped) return;
+  impl.stopped = true;
+  // httplib's stop() is lost if it comes before the accept loop has started (Start waits for that, but may
+  // have given up), so wait for the loop to run or to have ended.
+  while (!impl.server.is_running() && !impl.listener_done.load()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  impl.server.stop();
+  if (impl.listener.joinable()) impl.listener.join();
+}
+
+}  // namespace freshet

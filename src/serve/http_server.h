@@ -1,0 +1,106 @@
+// HttpServer: the HTTP API of `freshet run`, over a FeatureService (serve/feature_service.h).
+//
+// Endpoints (every response body is JSON except /metrics):
+//   GET  /v1/features/{entity}?features=a,b&at=T   one entity's features as of T
+//   POST /v1/features   {"entities":[...],"features":[...],"at":T}   many entities at once
+//   POST /v1/ingest     events as JSON lines (Content-Type: application/x-ndjson) or a JSON array
+//                       (application/json); answers {"accepted":n,"rejected":m} once they are durable
+//   GET  /health        200 {"status":"ok"} or 503 {"status":"degraded","reasons":[...]}
+//   GET  /metrics       Prometheus text: the server's metrics, then the service's
+//   GET  /v1/spec       the spec being served: name, entity, timestamp, watermark, features
+//   /v1/admin/...       reserved for admin operations (none yet: 404 once authorised)
+//
+// Requests:
+//   {entity}   the path segment, percent-decoded ('/' in an entity must be sent as %2F; '+' is a plus).
+//   features   comma-separated names (a JSON array of names in POST); absent: every feature, in spec order.
+//              Duplicates are answered once. An unknown name is a 400 whose body lists the valid names.
+//   at         epoch milliseconds (an integer) or RFC 3339 text with Z or an offset; absent: the wall clock
+//              now. In a query string '+' is taken literally (an offset like +01:00 may be sent unencoded).
+//   Unknown query parameters and unknown keys in a POST body are 400s that name the valid ones.
+// Responses:
+//   GET  {"entity":"u1","as_of":"2026-01-01T00:10:00.000Z","as_of_ms":1767226200000,"known":true,
+//         "newest_event_age_ms":1234,"features":{"purchase_count_30m":3,"avg_txn_amount_1h":12.5,"x":null}}
+//        newest_event_age_ms = as_of_ms - (event time of the entity's newest event); null when unknown.
+//        Unknown entities are not an error: known=false and the empty-window values (count 0, mean null).
+//        Integers are JSON integers and doubles always have a fraction or exponent ("12.0").
+//   POST {"as_of":...,"as_of_ms":...,"results":[{"entity":"u1","known":...,"newest_event_age_ms":...,
+//         "features":{...}}, ...]}, one result per requested entity in request order (integer entities are
+//        answered as their decimal text, as in events).
+//   Errors: {"error":"what is wrong and how to fix it", ...}: 400 malformed request (bad JSON, wrong types,
+//   bad `at`, unknown feature, too many entities), 401 missing or wrong token, 404 unknown path (lists the
+//   endpoints), 405 wrong method (with Allow), 413 body over max_body_bytes, 415 ingest with another
+//   Content-Type, 503 service unavailable or degraded; see feature_service.h for how service errors map.
+//
+// Auth: with a bearer token configured, /v1/ingest and everything under /v1/admin require
+// `Authorization: Bearer <token>`, compared in constant time; a missing or wrong token is a 401 (before any
+// other check, so the path's existence is not revealed) counted in freshet_http_unauthorized_total.
+// Feature reads, /v1/spec, /health and /metrics stay open: they change nothing, and the typical deployment
+// has model servers and scrapers on a private network reading features at high rate, where a token per read
+// adds cost and secret distribution for little gain. Put the server behind a proxy that authenticates if
+// reads must be private. The token travels in clear text: there is no TLS here.
+//
+// Metrics (in the MetricsRegistry given): freshet_http_requests_total{route,status},
+// freshet_http_request_duration_seconds{route} (from the end of the request headers to the response written),
+// freshet_http_unauthorized_total, freshet_http_lookup_entities_total. `route` is the endpoint pattern
+// (e.g. "/v1/features/{entity}"), or "unmatched" for unknown paths and requests too malformed to route.
+//
+// Threads: a fixed pool of `threads` workers; each serves one connection at a time, keeping it open for up
+// to keep_alive_timeout_sec between requests, so more than `threads` idle keep-alive clients queue.
+// Start and Stop are called from one thread; everything else happens on the server's threads.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "common/status.h"
+#include "serve/feature_service.h"
+#include "serve/metrics.h"
+
+namespace freshet {
+
+struct HttpServerOptions {
+  // Address to listen on. Default: loopback only; "0.0.0.0" for every interface.
+  std::string host = "127.0.0.1";
+  // TCP port; 0 picks a free one (see HttpServer::port()).
+  int port = 0;
+  // When not empty, ingest and admin endpoints require `Authorization: Bearer <bearer_token>`. The caller
+  // reads it from a file or the environment; it never appears in logs or responses.
+  std::string bearer_token;
+  // Largest request body accepted, in bytes, chunked bodies included; larger is a 413. Default 8 MiB.
+  size_t max_body_bytes = size_t{8} << 20;
+  // Most entities in one POST /v1/features; more is a 400. Default 10,000.
+  size_t max_entities_per_request = 10000;
+  // Worker threads (connections served at once). Default 8.
+  int threads = 8;
+  // How long an idle keep-alive connection is kept, in seconds. Default 5.
+  int keep_alive_timeout_sec = 5;
+  // How long a read or write on a connection may stall before it is dropped, in seconds. Default 5.
+  int io_timeout_sec = 5;
+};
+
+class HttpServer {
+ public:
+  // `service` and `metrics` must outlive the server. Registers the server's metrics in `metrics`.
+  HttpServer(FeatureService& service, MetricsRegistry& metrics, HttpServerOptions options);
+  // Stops the server if it is running.
+  ~HttpServer();
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+
+  // Binds host:port and starts serving on background threads; returns once the socket listens (requests
+  // may be sent as soon as it returns). Fails when the address cannot be bound (port in use, bad host,
+  // invalid options). Call at most once.
+  Status Start();
+  // Stops accepting, finishes the requests in progress, and joins the threads. Idempotent. Idle keep-alive
+  // connections may delay it by up to keep_alive_timeout_sec.
+  void Stop();
+  // The bound port (useful with port 0), or 0 before Start.
+  int port() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace freshet
