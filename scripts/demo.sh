@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The fraud example end to end on the embedded default: generate sample events, validate the spec,
-# compute the five features as of the end of the day for the most active users, and show them.
+# The fraud example on the embedded default, live: `freshet run` serves the five features over HTTP while
+# generated events are pushed to it at their event-time pace; a few users' features change on screen.
+# Then the same events become a point-in-time training set with `freshet historical`.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
@@ -9,34 +10,56 @@ cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 ninja -C build freshet >/dev/null
 bin="$here/build/freshet"
 ex="$here/examples/fraud"
+work="$here/out/demo"
+rm -rf "$work" && mkdir -p "$work"
+seconds=${DEMO_SECONDS:-40}
 
-echo "== 1. generate a day of fraud-workload events (10,000 users, 500,000 events, some disorder, late and malformed lines)"
-"$bin" generate --users 10000 --events 500000 --seed 7 --disorder 3s --late-share 0.001 --malformed-share 0.001 \
-  --output "$ex/events.jsonl"
-head -n 3 "$ex/events.jsonl"
+echo "== 1. generate ${seconds} s of fraud-workload events starting now (300 users, some disorder and malformed lines)"
+start=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+"$bin" generate --users 300 --events $((seconds * 400)) --start "$start" --duration "${seconds}s" --seed 7 \
+  --disorder 2s --malformed-share 0.002 --output "$work/events.jsonl"
+head -n 2 "$work/events.jsonl"
 
 echo
-echo "== 2. validate the spec"
-"$bin" validate --spec "$ex/fraud.yaml"
+echo "== 2. start freshet run (embedded store, HTTP source) on $ex/live.yaml"
+"$bin" run --spec "$ex/live.yaml" --data-dir "$work/data" --port 0 2> "$work/run.log" &
+run_pid=$!
+trap 'kill $run_pid 2>/dev/null || true; kill ${feed_pid:-0} 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do grep -q "serving" "$work/run.log" 2>/dev/null && break; sleep 0.1; done
+url=$(grep -o 'http://[0-9.]*:[0-9]*' "$work/run.log" | head -n 1)
+echo "serving on $url"
 
 echo
-echo "== 3. features of the five users with the most purchases, at noon, 40 minutes later, and at the end of the day"
-top_users=$(set +o pipefail; grep -a '"type":"purchase"' "$ex/events.jsonl" | grep -o '"user_id":"[^"]*"' | sort | uniq -c | sort -rn \
-  | head -n 5 | sed 's/.*"user_id":"\([^"]*\)"/\1/')
-{
-  echo "user_id,ts"
+echo "== 3. push the events over HTTP as they become due, and watch three users' features change"
+"$here/.venv/bin/python" scripts/feed.py --url "$url" --events "$work/events.jsonl" 2> "$work/feed.log" &
+feed_pid=$!
+top_users=$(set +o pipefail; grep -a -o '"user_id":"[^"]*"' "$work/events.jsonl" | sort | uniq -c | sort -rn \
+  | head -n 3 | sed 's/.*"user_id":"\([^"]*\)"/\1/' | tr '\n' ' ')
+for round in $(seq 1 $((seconds / 5))); do
+  sleep 5
+  echo "-- after $((round * 5)) s: $(grep -o 'freshet_events_accepted_total{[^}]*} [0-9]*' <(curl -s "$url/metrics") | awk '{print $2}') events accepted"
   for u in $top_users; do
-    echo "$u,2026-01-01T12:00:00Z"
-    echo "$u,2026-01-01T12:40:00Z"
-    echo "$u,2026-01-02T00:00:00Z"
+    echo "   $u $(curl -s "$url/v1/features/$u" | "$here/.venv/bin/python" -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps(d["features"]), "newest event", d["newest_event_age_ms"], "ms ago")')"
   done
-} > "$ex/entities.csv"
-"$bin" historical --spec "$ex/fraud.yaml" --events "$ex/events.jsonl" --entities "$ex/entities.csv" \
-  --output "$ex/features.csv" --dead-letters "$ex/dead_letters.jsonl"
-column -s, -t < "$ex/features.csv"
+done
+wait $feed_pid || true
 
 echo
-echo "== 4. the first dead letters (rejected and late events, with line and reason)"
-head -n 3 "$ex/dead_letters.jsonl"
+echo "== 4. query it yourself while it runs, e.g.:"
+first=$(echo $top_users | cut -d' ' -f1)
+echo "   curl -s '$url/v1/features/$first?features=purchase_count_30m,max_purchase_24h'"
+curl -s "$url/v1/features/$first?features=purchase_count_30m,max_purchase_24h"; echo
+echo "   curl -s -X POST $url/v1/features -d '{\"entities\": [\"$first\", \"nobody\"]}'"
+echo "   curl -s $url/health; curl -s $url/metrics | grep freshet_freshness"
+curl -s "$url/health"; echo
+curl -s "$url/metrics" | grep -E '^freshet_(freshness_p99|events_(accepted|rejected|late))' || true
+
+kill -TERM $run_pid && wait $run_pid || true
 echo
-echo "Files: $ex/events.jsonl, $ex/features.csv, $ex/dead_letters.jsonl"
+echo "== 5. the same events as a point-in-time training set (freshet historical), as of now, for those users"
+{ echo "user_id,ts"; for u in $top_users; do echo "$u,$(date -u +%Y-%m-%dT%H:%M:%SZ)"; done; } > "$work/entities.csv"
+"$bin" historical --spec "$ex/live.yaml" --events "$work/events.jsonl" --entities "$work/entities.csv" \
+  --output "$work/features.csv" --dead-letters "$work/dead_letters.jsonl"
+column -s, -t < "$work/features.csv"
+echo
+echo "Files: $work (events, run.log, data/checkpoints, data/dead_letters, features.csv)"

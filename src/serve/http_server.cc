@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <chrono>
@@ -351,6 +352,7 @@ struct HttpServer::Impl {
   FeatureService& service;
   MetricsRegistry& metrics;
   const HttpServerOptions options;
+  std::string bearer_token;  // options.bearer_token without surrounding whitespace.
   httplib::Server server;
   std::thread listener;
   int bound_port = 0;
@@ -371,6 +373,10 @@ struct HttpServer::Impl {
 
 HttpServer::Impl::Impl(FeatureService& service_in, MetricsRegistry& metrics_in, HttpServerOptions options_in)
     : service(service_in), metrics(metrics_in), options(std::move(options_in)) {
+  std::string_view token = options.bearer_token;
+  while (!token.empty() && std::isspace(static_cast<unsigned char>(token.front()))) token.remove_prefix(1);
+  while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.remove_suffix(1);
+  bearer_token = std::string(token);
   const Spec& spec = service.spec();
   for (size_t k = 0; k < spec.features.size(); ++k) {
     feature_index.emplace(spec.features[k].name, static_cast<int>(k));
@@ -417,7 +423,7 @@ void HttpServer::Impl::RecordRequest(int status) {
 }
 
 bool HttpServer::Impl::Authorized(const httplib::Request& req, std::string* why) const {
-  if (options.bearer_token.empty()) return true;
+  if (bearer_token.empty()) return true;
   if (!req.has_header("Authorization")) {
     *why = "this endpoint requires the header 'Authorization: Bearer <token>' with the token freshet run was given";
     return false;
@@ -428,7 +434,7 @@ bool HttpServer::Impl::Authorized(const httplib::Request& req, std::string* why)
     *why = "the Authorization header must be 'Bearer <token>'";
     return false;
   }
-  if (!ConstantTimeEquals(Trim(value.substr(7)), options.bearer_token)) {
+  if (!ConstantTimeEquals(Trim(value.substr(7)), bearer_token)) {
     *why = "the bearer token is not the one freshet run was given";
     return false;
   }

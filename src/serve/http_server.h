@@ -65,7 +65,8 @@ struct HttpServerOptions {
   // TCP port; 0 picks a free one (see HttpServer::port()).
   int port = 0;
   // When not empty, ingest and admin endpoints require `Authorization: Bearer <bearer_token>`. The caller
-  // reads it from a file or the environment; it never appears in logs or responses.
+  // reads it from a file or the environment; surrounding whitespace (a token file's final newline) is
+  // ignored. It never appears in logs or responses.
   std::string bearer_token;
   // Largest request body accepted, in bytes, chunked bodies included; larger is a 413. Default 8 MiB.
   size_t max_body_bytes = size_t{8} << 20;

@@ -791,7 +791,7 @@ TEST_F(HttpServerTest, OversizedBodyIs413) {
 
 TEST_F(HttpServerTest, BearerTokenGuardsIngestAndAdminOnly) {
   HttpServerOptions options;
-  options.bearer_token = "s3cret-token";
+  options.bearer_token = "s3cret-token\n";  // As read from a token file.
   StartServer(options);
   auto unauthorized_count = [this] {
     return Metrics().samples["freshet_http_unauthorized_total"];
@@ -956,6 +956,17 @@ TEST_F(HttpServerTest, StartFailsWhenThePortIsTaken) {
   EXPECT_NE(status.message().find(std::to_string(server_->port())), std::string::npos) << status.message();
   second.Stop();  // Harmless after a failed Start.
   EXPECT_EQ(client_->Get("/health")->status, 200);
+}
+
+TEST_F(HttpServerTest, StopWaitsAtMostTheKeepAliveTimeoutForIdleConnections) {
+  HttpServerOptions options;
+  options.keep_alive_timeout_sec = 1;
+  StartServer(options);
+  ASSERT_EQ(client_->Get("/health")->status, 200);  // client_ keeps its connection open.
+  const auto start = std::chrono::steady_clock::now();
+  server_->Stop();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
+  EXPECT_FALSE(client_->Get("/health"));  // Nothing listens any more.
 }
 
 TEST_F(HttpServerTest, StartThenStopAtOnce) {
