@@ -9,7 +9,7 @@ apt_packages=(
   build-essential cmake ninja-build pkg-config
   libgtest-dev libgmock-dev libbenchmark-dev
   libsimdjson-dev libyaml-cpp-dev libcli11-dev libfmt-dev libabsl-dev
-  libcpp-httplib-dev libhiredis-dev redis-server curl
+  libcpp-httplib-dev libhiredis-dev redis-server curl wrk
   python3-venv
 )
 
