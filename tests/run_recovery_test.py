@@ -96,11 +96,13 @@ class Server:
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
+        self.log.write(self.proc.stderr.read())
         self.log.close()
 
     def terminate(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout=30)
+        self.log.write(self.proc.stderr.read())  # Everything it said after starting.
         self.log.close()
         return code
 
@@ -235,3 +237,30 @@ def test_http_pushes_survive_kill_minus_nine(tmp_path: Path) -> None:
         assert server.metric("freshet_events_in_total") == len(acked)
     finally:
         assert server.terminate() == 0
+
+
+def test_freshness_slo_breach_degrades_health_and_warns_once(tmp_path: Path) -> None:
+    _require_binary()
+    lines = _generate(tmp_path, 20000, 3)
+    spec = SPEC.format(source="{type: http}").replace("checkpoint:", "freshness_slo: {p99: 1ms, window: 1m}\ncheckpoint:")
+    (tmp_path / "spec.yaml").write_text(spec)
+    server = Server(tmp_path / "spec.yaml", tmp_path / "data", tmp_path / "run.log")
+    try:
+        assert json.loads(server.get("/health"))["status"] == "ok"
+        for start in range(0, len(lines), 5000):  # Big pushes: their events wait well over 1 ms.
+            server.post("/v1/ingest", b"".join(lines[start:start + 5000]), "application/x-ndjson")
+        _wait_for(server, "freshet_events_in_total", len([l for l in lines if l.strip()]))
+        time.sleep(0.3)
+        try:
+            server.get("/health")
+            raise AssertionError("/health should answer 503 while the SLO is breached")
+        except urllib.error.HTTPError as e:
+            assert e.code == 503
+            body = json.loads(e.read())
+            assert body["status"] == "degraded" and any("freshness" in r for r in body["reasons"]), body
+        assert server.metric("freshet_freshness_slo_breached") == 1
+        assert server.metric("freshet_freshness_p99_seconds") > 0.001
+    finally:
+        assert server.terminate() == 0
+    log = (tmp_path / "run.log").read_bytes().decode(errors="replace")
+    assert log.count("freshness SLO breached") == 1, log

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from redis_server import RedisClient, RedisServer  # noqa: E402
-from run_recovery_test import BIN, Server, _require_binary, _same  # noqa: E402
+from run_recovery_test import AS_OF, BIN, Server, _expected, _require_binary, _same  # noqa: E402
 
 SPEC = """name: fr
 entity: user_id
@@ -91,6 +93,8 @@ def test_redis_holds_features_and_survives_an_outage(tmp_path: Path) -> None:
             redis.start()
             with RedisClient(redis.port) as client:
                 deadline = time.time() + 30
+                while time.time() < deadline and server.metric("freshet_events_in_total") < len(lines):
+                    time.sleep(0.05)
                 while time.time() < deadline and server.metric("freshet_redis_pending_entities") > 0:
                     time.sleep(0.1)
                 hashes = _hashes(client)
@@ -103,5 +107,25 @@ def test_redis_holds_features_and_survives_an_outage(tmp_path: Path) -> None:
         for user, h in hashes.items():
             for name in ("purchases_30m", "max_amount_24h", "last_category", "categories_session"):
                 assert _same(expected[user][name], h.get(name)), (user, name, expected[user][name], h.get(name))
+
+        # Another instance, with no state of its own, serves any entity from Redis, as of any time.
+        serve = subprocess.Popen([BIN, "serve", "--spec", str(spec), "--port", "0"], stderr=subprocess.PIPE)
+        try:
+            line = serve.stderr.readline().decode()
+            port = int(line.rsplit(":", 1)[1])
+            ask = sorted(users) + ["nobody"]
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/features", method="POST",
+                                             data=json.dumps({"entities": ask, "at": AS_OF}).encode(),
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=30) as r:
+                served = {x["entity"]: x for x in json.loads(r.read())["results"]}
+            as_of = _expected(tmp_path, spec, all_events, ask)
+            for user in ask:
+                for name, value in served[user]["features"].items():
+                    assert _same(as_of[user][name], value), (user, name, as_of[user][name], value)
+            assert served["nobody"]["known"] is False
+        finally:
+            serve.send_signal(signal.SIGTERM)
+            assert serve.wait(timeout=30) == 0
     finally:
         redis.stop()

@@ -10,5 +10,6 @@ void RegisterValidate(CLI::App& app, int* exit_code);
 void RegisterHistorical(CLI::App& app, int* exit_code);
 void RegisterGenerate(CLI::App& app, int* exit_code);
 void RegisterRun(CLI::App& app, int* exit_code);
+void RegisterServe(CLI::App& app, int* exit_code);
 
 }  // namespace freshet::cli

@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
   freshet::cli::RegisterHistorical(app, &exit_code);
   freshet::cli::RegisterGenerate(app, &exit_code);
   freshet::cli::RegisterRun(app, &exit_code);
+  freshet::cli::RegisterServe(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

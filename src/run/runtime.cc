@@ -23,6 +23,7 @@
 #include "source/ingest_log.h"
 #include "state/checkpoint.h"
 #include "store/redis_store.h"
+#include "run/redis_serving.h"
 
 namespace freshet {
 namespace {
@@ -283,6 +284,7 @@ struct Runtime::Impl final : public FeatureService {
 
   std::unique_ptr<HttpServer> server_;
   std::unique_ptr<RedisWriter> redis_;
+  uint64_t redis_connects_seen_ = 0;  // A reconnect may mean Redis restarted empty: resync everything.
   std::vector<std::pair<uint32_t, int64_t>> changed_;  // Entities changed by a chunk, with their first arrival.
   std::vector<Value> values_;
 };
@@ -501,6 +503,7 @@ void Runtime::Impl::UpsertChanged() {
     std::vector<std::pair<std::string, std::string>> fields;
     {
       std::shared_lock<std::shared_mutex> lock(mutex_);
+      WriteRedisStateHeader(newest_event_ms_[entity], out);
       engine_.SaveEntity(entity, out);
       engine_.QueryIndex(entity, newest_event_ms_[entity], &values_);
       for (size_t f = 0; f < values_.size(); ++f) {
@@ -569,6 +572,15 @@ Status Runtime::Run(const std::atomic<bool>& stop) {
     const int64_t low = s.engine_.low_watermark_ms();
     s.watermark_lag_->Set(low == std::numeric_limits<int64_t>::min() ? 0.0 : (WallMs() - low) / 1000.0);
     s.CheckSlo();
+    if (s.redis_ != nullptr) {
+      const uint64_t connects = s.redis_->Metrics().connects;
+      if (connects > s.redis_connects_seen_ && s.redis_connects_seen_ > 0) {
+        // Redis came back: if it restarted without persistence it lost our keys, so write every entity.
+        for (uint32_t e = 0; e < s.engine_.entity_count(); ++e) s.changed_.emplace_back(e, 0);
+        s.UpsertChanged();
+      }
+      s.redis_connects_seen_ = connects;
+    }
     if (WallMs() - s.last_checkpoint_ms_ >= s.spec_.checkpoint.interval_ms) {
       Status written = s.Checkpoint();
       if (!written.ok()) {

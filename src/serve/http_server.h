@@ -16,7 +16,8 @@
 //              Duplicates are answered once. An unknown name is a 400 whose body lists the valid names.
 //   at         epoch milliseconds (an integer) or RFC 3339 text with Z or an offset; absent: the wall clock
 //              now. In a query string '+' is taken literally (an offset like +01:00 may be sent unencoded).
-//   Unknown query parameters and unknown keys in a POST body are 400s that name the valid ones.
+//   Unknown query parameters and unknown keys in a POST body are 400s that name the valid ones. A body on
+//   GET/HEAD/OPTIONS is a 400 (httplib would not read it, and would take it for the next request).
 // Responses:
 //   GET  {"entity":"u1","as_of":"2026-01-01T00:10:00.000Z","as_of_ms":1767226200000,"known":true,
 //         "newest_event_age_ms":1234,"features":{"purchase_count_30m":3,"avg_txn_amount_1h":12.5,"x":null}}
@@ -32,8 +33,9 @@
 //   Content-Type, 503 service unavailable or degraded; see feature_service.h for how service errors map.
 //
 // Auth: with a bearer token configured, /v1/ingest and everything under /v1/admin require
-// `Authorization: Bearer <token>`, compared in constant time; a missing or wrong token is a 401 (before any
-// other check, so the path's existence is not revealed) counted in freshet_http_unauthorized_total.
+// `Authorization: Bearer <token>`, compared in constant time; a missing or wrong token is a 401 counted in
+// freshet_http_unauthorized_total. It is checked before 404 and 405, so what exists under /v1/admin is not
+// revealed; only a body over the limit (413) is refused before it.
 // Feature reads, /v1/spec, /health and /metrics stay open: they change nothing, and the typical deployment
 // has model servers and scrapers on a private network reading features at high rate, where a token per read
 // adds cost and secret distribution for little gain. Put the server behind a proxy that authenticates if

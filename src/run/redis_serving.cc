@@ -1,0 +1,93 @@
+#include "run/redis_serving.h"
+
+#include <cstdlib>
+
+#include "engine/feature_engine.h"
+#include "store/redis_store.h"
+
+namespace freshet {
+namespace {
+
+constexpr uint8_t kRedisStateVersion = 1;
+
+class RedisFeatureService final : public FeatureService {
+ public:
+  RedisFeatureService(const Spec& spec, std::unique_ptr<RedisReader> reader)
+      : spec_(spec), reader_(std::move(reader)) {}
+
+  const Spec& spec() const override { return spec_; }
+
+  Status Lookup(std::span<const std::string_view> entities, int64_t as_of_ms, std::span<const int> features,
+                const std::function<void(std::span<const FeatureLookup>)>& consume) const override {
+    std::vector<std::string> keys(entities.begin(), entities.end());
+    FRESHET_ASSIGN_OR_RETURN(std::vector<std::optional<std::string>> blobs, reader_->MGetState(keys));
+    FeatureEngine scratch(spec_);  // Holds only this request's entities.
+    std::vector<FeatureLookup> lookups(entities.size());
+    std::vector<Value> values;
+    for (size_t k = 0; k < entities.size(); ++k) {
+      FeatureLookup& out = lookups[k];
+      std::optional<uint32_t> index;
+      if (blobs[k]) {
+        ByteReader in(*blobs[k]);
+        uint8_t version = 0;
+        int64_t newest = 0;
+        if (!in.ReadU8(&version) || version != kRedisStateVersion || !in.ReadI64(&newest)) {
+          return Status::Internal("the Redis state of '" + std::string(entities[k]) + "' is not in a format this " +
+                                  "freshet reads (version " + std::to_string(version) + ")");
+        }
+        FRESHET_RETURN_IF_ERROR(scratch.LoadEntity(entities[k], in));
+        index = scratch.FindEntity(entities[k]);
+        out.known = true;
+        out.newest_event_ms = newest;
+      }
+      scratch.QueryIndex(index, as_of_ms, &values);
+      out.values.resize(features.size());
+      for (size_t f = 0; f < features.size(); ++f) out.values[f] = values[features[f]];
+    }
+    consume(lookups);
+    return Status::Ok();
+  }
+
+  Result<IngestAck> Ingest(std::string_view, IngestFormat) override {
+    return Status::Invalid("this instance serves from Redis and takes no events; push them to `freshet run`");
+  }
+
+  HealthReport Health() const override {
+    HealthReport report;
+    Result<std::optional<std::string>> probe = reader_->GetState("");
+    if (!probe.ok()) {
+      report.ok = false;
+      report.reasons.push_back("online store redis://" + spec_.online.host + ":" + std::to_string(spec_.online.port) +
+                               " unreachable: " + probe.status().message());
+    }
+    return report;
+  }
+
+  void AppendMetrics(std::string*) const override {}
+
+ private:
+  const Spec& spec_;
+  std::unique_ptr<RedisReader> reader_;
+};
+
+}  // namespace
+
+void WriteRedisStateHeader(int64_t newest_event_ms, ByteWriter& out) {
+  out.PutU8(kRedisStateVersion);
+  out.PutI64(newest_event_ms);
+}
+
+Result<std::unique_ptr<FeatureService>> MakeRedisFeatureService(const Spec& spec) {
+  if (spec.online.type != "redis") {
+    return Status::Invalid(spec.file + ": `freshet serve` reads from Redis; set online: {type: redis, host: ..., "
+                           "port: ...} (the embedded store is served by `freshet run` itself)");
+  }
+  RedisConnectionOptions options;
+  options.host = spec.online.host;
+  options.port = spec.online.port;
+  if (const char* password = std::getenv("FRESHET_REDIS_PASSWORD")) options.password = password;
+  FRESHET_ASSIGN_OR_RETURN(std::unique_ptr<RedisReader> reader, RedisReader::Create(options, spec.name));
+  return std::unique_ptr<FeatureService>(new RedisFeatureService(spec, std::move(reader)));
+}
+
+}  // namespace freshet
