@@ -4,6 +4,10 @@
 
 #include <CLI/CLI.hpp>
 
+#include <string>
+
+#include "common/status.h"
+
 namespace freshet::cli {
 
 void RegisterValidate(CLI::App& app, int* exit_code);
@@ -11,5 +15,9 @@ void RegisterHistorical(CLI::App& app, int* exit_code);
 void RegisterGenerate(CLI::App& app, int* exit_code);
 void RegisterRun(CLI::App& app, int* exit_code);
 void RegisterServe(CLI::App& app, int* exit_code);
+
+// The bearer token for ingest and admin endpoints: the first line of `token_file` when given, else the
+// FRESHET_TOKEN environment variable, else empty (no token required). Never from the spec.
+Result<std::string> ReadBearerToken(const std::string& token_file);
 
 }  // namespace freshet::cli

@@ -1,7 +1,27 @@
 // freshet: the command-line entry point. Subcommands live in their own files (see commands.h).
 #include <CLI/CLI.hpp>
 
+#include <cstdlib>
+#include <fstream>
+
 #include "cli/commands.h"
+
+namespace freshet::cli {
+
+Result<std::string> ReadBearerToken(const std::string& token_file) {
+  if (token_file.empty()) {
+    const char* token = std::getenv("FRESHET_TOKEN");
+    return std::string(token == nullptr ? "" : token);
+  }
+  std::ifstream in(token_file);
+  std::string token;
+  if (!in || !std::getline(in, token) || token.empty()) {
+    return Status::Invalid("cannot read a bearer token from the first line of '" + token_file + "'");
+  }
+  return token;
+}
+
+}  // namespace freshet::cli
 
 int main(int argc, char** argv) {
   CLI::App app{"Freshet: real-time feature engine for machine learning"};

@@ -53,17 +53,13 @@ void RegisterRun(CLI::App& app, int* exit_code) {
     options.host = args->host;
     options.port = args->port;
     options.exit_when_exhausted = args->exit_at_end;
-    if (!args->token_file.empty()) {
-      std::ifstream in(args->token_file);
-      if (!in) {
-        std::fprintf(stderr, "freshet run: cannot read token file '%s'\n", args->token_file.c_str());
-        *exit_code = 2;
-        return;
-      }
-      std::getline(in, options.bearer_token);
-    } else if (const char* token = std::getenv("FRESHET_TOKEN")) {
-      options.bearer_token = token;
+    Result<std::string> token = ReadBearerToken(args->token_file);
+    if (!token.ok()) {
+      std::fprintf(stderr, "freshet run: %s\n", token.status().message().c_str());
+      *exit_code = 2;
+      return;
     }
+    options.bearer_token = *token;
     std::signal(SIGTERM, OnSignal);
     std::signal(SIGINT, OnSignal);
     Result<std::unique_ptr<Runtime>> runtime = Runtime::Start(*spec, options);

@@ -49,12 +49,13 @@ void RegisterServe(CLI::App& app, int* exit_code) {
     HttpServerOptions http;
     http.host = args->host.empty() ? spec->serve.host : args->host;
     http.port = args->port >= 0 ? args->port : spec->serve.port;
-    if (!args->token_file.empty()) {
-      std::ifstream in(args->token_file);
-      std::getline(in, http.bearer_token);
-    } else if (const char* token = std::getenv("FRESHET_TOKEN")) {
-      http.bearer_token = token;
+    Result<std::string> token = ReadBearerToken(args->token_file);
+    if (!token.ok()) {
+      std::fprintf(stderr, "freshet serve: %s\n", token.status().message().c_str());
+      *exit_code = 2;
+      return;
     }
+    http.bearer_token = *token;
     MetricsRegistry metrics;
     HttpServer server(**service, metrics, http);
     if (Status started = server.Start(); !started.ok()) {
