@@ -2,8 +2,9 @@
 //
 //   pipeline_bench --spec SPEC --events EVENTS.jsonl --mode core|json [--repeat N]
 //
-// core  the aggregation core with events already parsed: the file is parsed into memory first (not timed),
-//       then each repetition runs a fresh FeatureEngine over all events in batches of 256
+// core  the aggregation core with events already parsed: the file is parsed into memory first (not timed,
+//       one ParsedEvent per line, strings in an arena), then each repetition runs a fresh FeatureEngine over
+//       all events in batches of 256
 //       (FeatureEngine::ProcessBatch: Admit, Extract with `where` and field checks, Apply to window state).
 // json  from JSON lines on disk to updated state: LineReader + EventParser + the same engine steps.
 // Prints one line per repetition and a summary with the median and the median absolute deviation, plus
@@ -35,10 +36,7 @@ struct Options {
 
 // Parsed events kept in memory: fixed-width slots per event, strings in one arena.
 struct ParsedCorpus {
-  std::vector<int64_t> times;
-  std::vector<Value> slots;  // events x slots_per_event.
-  std::vector<uint32_t> entity_slot_len;
-  size_t slots_per_event = 0;
+  std::vector<ParsedEvent> events;
   std::vector<std::unique_ptr<char[]>> arena_blocks;
   char* arena_pos = nullptr;
   size_t arena_left = 0;
@@ -75,21 +73,10 @@ RunResult RunCore(const Spec& spec, const ParsedCorpus& corpus) {
   const auto start = std::chrono::steady_clock::now();
   FeatureEngine engine(spec);
   constexpr size_t kBatch = 256;
-  std::vector<ParsedEvent> batch(kBatch);
-  for (ParsedEvent& e : batch) e.slots.resize(corpus.slots_per_event);
-  const size_t n = corpus.times.size();
+  const size_t n = corpus.events.size();
   uint64_t seq = 0;
   for (size_t begin = 0; begin < n; begin += kBatch) {
-    const size_t count = std::min(kBatch, n - begin);
-    for (size_t j = 0; j < count; ++j) {
-      const size_t k = begin + j;
-      ParsedEvent& event = batch[j];
-      event.time_ms = corpus.times[k];
-      std::memcpy(event.slots.data(), &corpus.slots[k * corpus.slots_per_event],
-                  corpus.slots_per_event * sizeof(Value));
-      event.entity = event.slots[kEntitySlot].s;
-    }
-    engine.ProcessBatch(batch.data(), count, &seq);
+    engine.ProcessBatch(&corpus.events[begin], std::min(kBatch, n - begin), &seq);
   }
   RunResult r;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -130,7 +117,6 @@ RunResult RunJson(const Spec& spec, const std::string& path) {
 
 ParsedCorpus LoadCorpus(const Spec& spec, const std::string& path) {
   ParsedCorpus corpus;
-  corpus.slots_per_event = spec.fields.size();
   EventParser parser(spec.fields);
   LineReader reader;
   if (Status s = reader.Open(path); !s.ok()) {
@@ -142,12 +128,12 @@ ParsedCorpus LoadCorpus(const Spec& spec, const std::string& path) {
   Line line;
   while (reader.Next(&line)) {
     if (line.too_long || !parser.Parse(line.text, line.capacity, &event, &reason)) continue;
-    corpus.times.push_back(event.time_ms);
-    for (size_t s = 0; s < event.slots.size(); ++s) {
-      Value v = event.slots[s];
-      if (s == kEntitySlot) v = Value::String(event.entity);  // Integer entities as their text.
+    ParsedEvent& kept = corpus.events.emplace_back();
+    kept.time_ms = event.time_ms;
+    kept.entity = corpus.Store(event.entity);
+    kept.slots = event.slots;
+    for (Value& v : kept.slots) {
       if (v.type == ValueType::kString) v.s = corpus.Store(v.s);
-      corpus.slots.push_back(v);
     }
   }
   return corpus;
@@ -179,7 +165,7 @@ int Main(int argc, char** argv) {
   ParsedCorpus corpus;
   if (o.mode == "core") {
     corpus = LoadCorpus(*spec, o.events);
-    std::fprintf(stderr, "loaded %zu parsed events (peak RSS so far %.0f MB)\n", corpus.times.size(), PeakRssMb());
+    std::fprintf(stderr, "loaded %zu parsed events (peak RSS so far %.0f MB)\n", corpus.events.size(), PeakRssMb());
   }
   std::vector<double> rates;
   for (int rep = 0; rep < o.repeat; ++rep) {
