@@ -7,6 +7,8 @@
 // older sessions after a load, hostile bytes, and a state from another spec.
 #include <gtest/gtest.h>
 
+#include "engine/test_specs.h"
+
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -35,34 +37,8 @@ constexpr int64_t kNoLow = std::numeric_limits<int64_t>::min();
 // Helpers: hand-built specs (as in feature_engine_test.cc) and exact value comparison.
 // ---------------------------------------------------------------------------------------------------
 
-Spec BaseSpec(std::optional<WatermarkSpec> watermark) {
-  Spec spec;
-  spec.name = "state";
-  spec.entity_field = "user";
-  spec.timestamp_field = "ts";
-  spec.watermark = watermark;
-  EXPECT_EQ(spec.fields.Intern("user"), kEntitySlot);
-  EXPECT_EQ(spec.fields.Intern("ts"), kTimestampSlot);
-  return spec;
-}
-
-void AddFeature(Spec& spec, const std::string& name, AggKind agg, const std::string& field, WindowSpec window,
-                const std::string& where = "", int precision = 14) {
-  FeatureSpec f;
-  f.name = name;
-  f.agg = agg;
-  f.field = field;
-  f.field_slot = field.empty() ? -1 : spec.fields.Intern(field);
-  f.window = window;
-  f.precision = precision;
-  if (!where.empty()) {
-    f.where_text = where;
-    Result<Expr> expr = Expr::Parse(where, spec.fields);
-    EXPECT_TRUE(expr.ok()) << where << ": " << expr.status().message();
-    if (expr.ok()) f.where = std::move(expr).value();
-  }
-  spec.features.push_back(std::move(f));
-}
+using test_specs::AddFeature;
+Spec BaseSpec(std::optional<WatermarkSpec> watermark) { return test_specs::BaseSpec(watermark, "state"); }
 
 WindowSpec Lifetime() { return {}; }
 WindowSpec Continuous(int64_t size_ms) { return {WindowKind::kSliding, size_ms, 0, 0}; }

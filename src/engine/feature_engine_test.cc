@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include "engine/test_specs.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -26,34 +28,8 @@ namespace {
 constexpr int64_t kInt64Min = std::numeric_limits<int64_t>::min();
 
 // A spec built by hand (ParseSpec is tested elsewhere): entity "user", timestamp "ts".
-Spec BaseSpec(std::optional<WatermarkSpec> watermark = std::nullopt) {
-  Spec spec;
-  spec.name = "test";
-  spec.entity_field = "user";
-  spec.timestamp_field = "ts";
-  spec.watermark = watermark;
-  EXPECT_EQ(spec.fields.Intern("user"), kEntitySlot);
-  EXPECT_EQ(spec.fields.Intern("ts"), kTimestampSlot);
-  return spec;
-}
-
-void AddFeature(Spec& spec, const std::string& name, AggKind agg, const std::string& field, WindowSpec window,
-                const std::string& where = "", int precision = 14) {
-  FeatureSpec f;
-  f.name = name;
-  f.agg = agg;
-  f.field = field;
-  f.field_slot = field.empty() ? -1 : spec.fields.Intern(field);
-  f.window = window;
-  f.precision = precision;
-  if (!where.empty()) {
-    f.where_text = where;
-    Result<Expr> expr = Expr::Parse(where, spec.fields);
-    EXPECT_TRUE(expr.ok()) << where << ": " << expr.status().message();
-    if (expr.ok()) f.where = std::move(expr).value();
-  }
-  spec.features.push_back(std::move(f));
-}
+using test_specs::AddFeature;
+using test_specs::BaseSpec;
 
 WindowSpec LifetimeWindowSpec() {
   return {};
