@@ -270,6 +270,33 @@ bool IsBodyMethod(std::string_view method) {
   return method == "POST" || method == "PUT" || method == "PATCH" || method == "DELETE";
 }
 
+// Why the body of `req` cannot be delimited safely, or "" when it can. httplib takes the first of several
+// Content-Length headers and reads no body at all for GET, HEAD and OPTIONS; anything it leaves unread would
+// be parsed as the next request on the connection (request smuggling, or answers out of step).
+std::string FramingProblem(const httplib::Request& req) {
+  const size_t lengths = req.get_header_value_count("Content-Length");
+  const bool chunked = req.has_header("Transfer-Encoding");
+  if (lengths > 1) return "the request has several Content-Length headers; send one";
+  if (chunked && (req.get_header_value_count("Transfer-Encoding") > 1 ||
+                  ToLower(Trim(req.get_header_value("Transfer-Encoding"))) != "chunked")) {
+    return "Transfer-Encoding " + Quoted(req.get_header_value("Transfer-Encoding")) +
+           " is not supported; send the body with Content-Length or Transfer-Encoding: chunked";
+  }
+  if (lengths == 1) {
+    const std::string length = req.get_header_value("Content-Length");
+    if (length.empty() || length.find_first_not_of("0123456789") != std::string::npos) {
+      return "Content-Length " + Quoted(length) + " is not a number of bytes";
+    }
+    if (chunked) return "the request has both Content-Length and Transfer-Encoding; send one";
+  }
+  if (!IsBodyMethod(req.method) && (chunked || (lengths == 1 && req.get_header_value("Content-Length")
+                                                                      .find_first_not_of('0') != std::string::npos))) {
+    return req.method + " requests take no body; put parameters in the query string, or use POST /v1/features "
+                        "for a JSON request";
+  }
+  return "";
+}
+
 std::string SpecJson(const Spec& spec) {
   std::string body;
   JsonWriter json(&body);
@@ -336,7 +363,8 @@ struct HttpServer::Impl {
   // Reads the body of a POST/PUT/PATCH/DELETE with the size limit; false after writing an error response.
   bool ReadBody(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader,
                 std::string* body);
-  // Fills in responses httplib produced itself (malformed requests, 413 on Content-Length).
+  // Fills in responses httplib produced itself (malformed requests, 413 on Content-Length), which also close
+  // the connection.
   httplib::Server::HandlerResponse HandleHttplibError(const httplib::Request& req, httplib::Response& res);
   void RecordRequest(int status);
 
@@ -875,6 +903,10 @@ httplib::Server::HandlerResponse HttpServer::Impl::HandleHttplibError(const http
     default: message = "HTTP error " + std::to_string(res.status) + " on " + Quoted(req.target); break;
   }
   SetError(res, res.status, message);
+  // httplib did not read the request to its end (a malformed request line or headers, an overlong URI), and
+  // whatever follows will be taken for more requests: tell the client to close the connection, or it could
+  // read the answers to those as answers to its next requests.
+  res.set_header("Connection", "close");
   return httplib::Server::HandlerResponse::Handled;
 }
 
@@ -918,17 +950,15 @@ Status HttpServer::Start() {
   // the catch-all handlers below, which read the body with the size limit.
   server.set_pre_routing_handler([&impl](const httplib::Request& req, httplib::Response& res) {
     t_request = RequestContext{true, kRouteUnmatched, std::chrono::steady_clock::now()};
-    if (IsBodyMethod(req.method)) return httplib::Server::HandlerResponse::Unhandled;
-    // httplib does not read a body sent with these methods: it would be taken for the next request on the
-    // connection. Refuse it visibly (and ask the client to close the connection).
-    if ((req.has_header("Content-Length") && req.get_header_value("Content-Length") != "0") ||
-        req.has_header("Transfer-Encoding")) {
+    // Requests whose body cannot be delimited for sure are refused before any of it is read, and the client
+    // is asked to close the connection, since what follows on it cannot be trusted to be a request.
+    if (const std::string problem = FramingProblem(req); !problem.empty()) {
       t_request.route = MatchRoute(std::string_view(req.target).substr(0, req.target.find('?')));
       res.set_header("Connection", "close");
-      SetError(res, 400, req.method + " requests take no body; put parameters in the query string, or use "
-                                      "POST /v1/features for a JSON request");
+      SetError(res, 400, problem);
       return httplib::Server::HandlerResponse::Handled;
     }
+    if (IsBodyMethod(req.method)) return httplib::Server::HandlerResponse::Unhandled;
     impl.Handle(req, res, std::string_view());
     return httplib::Server::HandlerResponse::Handled;
   });
@@ -937,10 +967,13 @@ Status HttpServer::Start() {
         std::string body;
         if (impl.ReadBody(req, res, reader, &body)) impl.Handle(req, res, body);
       };
-  server.Post(".*", with_body);
-  server.Put(".*", with_body);
-  server.Patch(".*", with_body);
-  server.Delete(".*", with_body);
+  // httplib matches the percent-decoded path, and '.' would not match a decoded newline: such a request
+  // would fall through to httplib's own body reading, without our limit on chunked bodies.
+  const std::string any_path = "[\\s\\S]*";
+  server.Post(any_path, with_body);
+  server.Put(any_path, with_body);
+  server.Patch(any_path, with_body);
+  server.Delete(any_path, with_body);
   server.set_error_handler(httplib::Server::HandlerWithResponse(
       [&impl](const httplib::Request& req, httplib::Response& res) { return impl.HandleHttplibError(req, res); }));
   server.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr error) {

@@ -16,8 +16,11 @@
 //              Duplicates are answered once. An unknown name is a 400 whose body lists the valid names.
 //   at         epoch milliseconds (an integer) or RFC 3339 text with Z or an offset; absent: the wall clock
 //              now. In a query string '+' is taken literally (an offset like +01:00 may be sent unencoded).
-//   Unknown query parameters and unknown keys in a POST body are 400s that name the valid ones. A body on
-//   GET/HEAD/OPTIONS is a 400 (httplib would not read it, and would take it for the next request).
+//   Unknown query parameters and unknown keys in a POST body are 400s that name the valid ones.
+//   Bodies must be delimited unambiguously: a body on GET/HEAD/OPTIONS (httplib would not read it), several
+//   Content-Length headers, Content-Length with Transfer-Encoding, or a Transfer-Encoding other than
+//   chunked is a 400 with `Connection: close`, as is a request httplib cannot parse: whatever follows on
+//   such a connection cannot be trusted to be the next request.
 // Responses:
 //   GET  {"entity":"u1","as_of":"2026-01-01T00:10:00.000Z","as_of_ms":1767226200000,"known":true,
 //         "newest_event_age_ms":1234,"features":{"purchase_count_30m":3,"avg_txn_amount_1h":12.5,"x":null}}

@@ -701,6 +701,30 @@ TEST_F(HttpServerTest, MalformedRequestsAre4xxWithAnExplanation) {
   }
 }
 
+TEST_F(HttpServerTest, RequestsWithoutSafeFramingAre400AndCloseTheConnection) {
+  StartServer();
+  const std::string body = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+  for (const std::string& request : std::vector<std::string>{
+           "GET /v1/spec HTTP/9.9\r\nHost: x\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body,
+        "POST /v1/features HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\nContent-Length: 34\r\n\r\n" + body,
+        "POST /v1/features HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\n" + body,
+        "POST /v1/ingest HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "GET /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "POST /v1/ingest HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n" + body,
+        "GET /" + std::string(9000, 'a') + " HTTP/1.1\r\nHost: x\r\n\r\n"}) {
+    RawConnection connection(server_->port());
+    connection.Send(request);
+    const std::string response = connection.ReadResponse();
+    EXPECT_TRUE(response.starts_with("HTTP/1.1 4")) << response;
+    EXPECT_NE(response.find("Connection: close\r\n"), std::string::npos) << response;
+    EXPECT_NE(response.find("{\"error\":"), std::string::npos) << response;
+  }
+  // A long path (under the URI limit) with a body: routed, not a crash in the path matching.
+  httplib::Result result = client_->Post("/" + std::string(8000, 'p'), "{}", "application/json");
+  ASSERT_TRUE(result);
+  EXPECT_EQ(result->status, 404);
+}
+
 TEST_F(HttpServerTest, IngestAcknowledgesDurableEventsAndTheyAreServed) {
   StartServer();
   httplib::Result result = client_->Post("/v1/ingest", kBatch1, "application/x-ndjson");
@@ -767,8 +791,11 @@ TEST_F(HttpServerTest, OversizedBodyIs413) {
   const std::string multipart =
       "POST /v1/features HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
       "Content-Length: 63\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\nhello\r\n--b--\r\n";
+  // httplib routes on the decoded path; one with a newline must still reach the limit.
+  std::string newline_path = chunked;
+  newline_path.replace(newline_path.find("/v1/ingest"), 10, "/v1/in%0Agest");
   for (const auto& [request, status] : std::vector<std::pair<std::string, std::string>>{
-           {chunked, "413"}, {with_length, "413"}, {multipart, "415"}}) {
+           {chunked, "413"}, {with_length, "413"}, {multipart, "415"}, {newline_path, "413"}}) {
     RawConnection connection(server_->port());
     connection.Send(request);
     const std::string response = connection.ReadResponse();
