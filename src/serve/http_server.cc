@@ -1,17 +1,5 @@
 #include "serve/http_server.h"
 
-// Debian's libcpp-httplib is compiled with these (see `pkg-config --cflags cpp-httplib`), and they change
-// the layout of httplib::Request and the client classes: every translation unit that includes httplib.h
-// must see them, or it disagrees with the library about those types.
-#ifndef CPPHTTPLIB_OPENSSL_SUPPORT
-#define CPPHTTPLIB_OPENSSL_SUPPORT
-#endif
-#ifndef CPPHTTPLIB_ZLIB_SUPPORT
-#define CPPHTTPLIB_ZLIB_SUPPORT
-#endif
-#ifndef CPPHTTPLIB_BROTLI_SUPPORT
-#define CPPHTTPLIB_BROTLI_SUPPORT
-#endif
 #include <httplib.h>
 #include <simdjson.h>
 

@@ -6,16 +6,6 @@
 // 200 and the counter), the metrics text format, service errors, and a few thousand random requests after
 // which the server still answers /health.
 
-// The defines the Debian libcpp-httplib is built with; see http_server.cc.
-#ifndef CPPHTTPLIB_OPENSSL_SUPPORT
-#define CPPHTTPLIB_OPENSSL_SUPPORT
-#endif
-#ifndef CPPHTTPLIB_ZLIB_SUPPORT
-#define CPPHTTPLIB_ZLIB_SUPPORT
-#endif
-#ifndef CPPHTTPLIB_BROTLI_SUPPORT
-#define CPPHTTPLIB_BROTLI_SUPPORT
-#endif
 #include "serve/http_server.h"
 
 #include <arpa/inet.h>
