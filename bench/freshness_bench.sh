@@ -14,10 +14,8 @@ while [ $# -gt 0 ]; do
     *) echo "usage: bench/freshness_bench.sh [--seconds S] [--connections C] [--rate EVENTS_PER_S (0: unthrottled)]" >&2; exit 2 ;;
   esac
 done
-bash "$here/scripts/setup.sh"
-build="$here/build-release"
-cmake -S "$here" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFRESHET_BUILD_TESTS=OFF >/dev/null
-ninja -C "$build" freshet >&2
+source "$here/bench/release_build.sh"
+release_build freshet
 data="$here/bench/data/freshness"
 rm -rf "$data" && mkdir -p "$data"
 "$build/freshet" generate --users 100000 --events 1000 --seed 3 --start "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \

@@ -14,10 +14,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-bash "$here/scripts/setup.sh"
-build="$here/build-release"
-cmake -S "$here" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFRESHET_BUILD_TESTS=OFF >/dev/null
-ninja -C "$build" freshet pipeline_bench >&2
+source "$here/bench/release_build.sh"
+release_build freshet pipeline_bench
 
 data="$here/bench/data"
 mkdir -p "$data"

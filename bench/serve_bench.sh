@@ -12,10 +12,8 @@ while [ $# -gt 0 ]; do
     *) echo "usage: bench/serve_bench.sh [--entities N] [--seconds S] [--connections C]" >&2; exit 2 ;;
   esac
 done
-bash "$here/scripts/setup.sh"
-build="$here/build-release"
-cmake -S "$here" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFRESHET_BUILD_TESTS=OFF >/dev/null
-ninja -C "$build" freshet >&2
+source "$here/bench/release_build.sh"
+release_build freshet
 data="$here/bench/data/serve"
 rm -rf "$data" && mkdir -p "$data"
 # Every entity gets 3 events (a view, a purchase, a login) in the hour before noon.

@@ -1,0 +1,10 @@
+# Sourced by the bench scripts: sets up the machine and builds the Release targets given as arguments in
+# build-release/, then sets $build to that folder.
+release_build() {
+  local root
+  root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  bash "$root/scripts/setup.sh"
+  build="$root/build-release"
+  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFRESHET_BUILD_TESTS=OFF >/dev/null
+  ninja -C "$build" "$@" >&2
+}
