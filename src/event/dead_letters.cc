@@ -92,6 +92,13 @@ Status DeadLetterWriter::OpenAt(const std::string& path, std::string source_name
   return Status::Ok();
 }
 
+void DeadLetterWriter::Flush() {
+  if (file_ == nullptr || buffer_.empty()) return;
+  std::fwrite(buffer_.data(), 1, buffer_.size(), file_);
+  buffer_.clear();
+  std::fflush(file_);
+}
+
 Result<uint64_t> DeadLetterWriter::Sync() {
   if (file_ == nullptr) return uint64_t{0};
   std::fwrite(buffer_.data(), 1, buffer_.size(), file_);

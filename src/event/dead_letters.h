@@ -1,7 +1,7 @@
 // DeadLetterWriter: where rejected and late events go, one JSON object per line:
 //   {"source":"events.jsonl","line":12,"reason":"late","raw":"{...original line...}"}
 // `raw` is the original line as a JSON string; bytes that are not valid UTF-8 become U+FFFD.
-// Writing is buffered; Close (or the destructor) flushes. A writer without a path counts only.
+// Writing is buffered; Flush, Sync, Close (or the destructor) write the buffer out. A writer without a path counts only.
 #pragma once
 
 #include <cstdint>
@@ -29,6 +29,9 @@ class DeadLetterWriter {
   // Opens `path` for appending after cutting it back to `keep_bytes` (what a checkpoint recorded), so
   // dead letters written after that checkpoint are not written twice when their events are read again.
   Status OpenAt(const std::string& path, std::string source_name, uint64_t keep_bytes);
+  // Hands buffered letters to the OS (no fsync), so readers of the file see them; a crash may still
+  // lose them, which the next checkpoint's cut-back and the replay make good.
+  void Flush();
   // Writes buffered letters, fsyncs, and returns the file's length: the length a checkpoint records.
   Result<uint64_t> Sync();
   void Write(uint64_t line, std::string_view reason, std::string_view raw);

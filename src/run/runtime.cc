@@ -472,6 +472,8 @@ Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch) {
     }
     if (redis_ != nullptr) UpsertChanged();
   }
+  // Dead letters become readable with the batch that produced them, not at the next checkpoint.
+  if (rejected + late > 0) dead_letters_.Flush();
   // Visible now: every lookup from here on sees these events.
   const int64_t now_ns = SteadyNs();
   const int64_t now_s = WallMs() / 1000;

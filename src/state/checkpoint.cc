@@ -16,6 +16,7 @@
 #include <system_error>
 
 #include "common/bytes.h"
+#include "common/files.h"
 
 namespace freshet {
 namespace {
@@ -115,70 +116,6 @@ Result<std::vector<DirectoryEntry>> ListCheckpointFiles(const std::string& direc
                            "; check that it exists and is readable");
   }
   return entries;
-}
-
-// Writes the pieces to `path` (created or truncated) and fsyncs it.
-Status WriteFileDurably(const std::string& path, std::initializer_list<std::string_view> pieces) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return Status::IoError(SystemError("cannot create checkpoint file", path));
-  for (std::string_view piece : pieces) {
-    while (!piece.empty()) {
-      const ssize_t n = ::write(fd, piece.data(), piece.size());
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        Status status = Status::IoError(SystemError("cannot write checkpoint file", path));
-        ::close(fd);
-        return status;
-      }
-      piece.remove_prefix(static_cast<size_t>(n));
-    }
-  }
-  if (::fsync(fd) != 0) {
-    Status status = Status::IoError(SystemError("cannot fsync checkpoint file", path));
-    ::close(fd);
-    return status;
-  }
-  if (::close(fd) != 0) return Status::IoError(SystemError("cannot close checkpoint file", path));
-  return Status::Ok();
-}
-
-// Makes the directory's entries (created, renamed, removed files) durable.
-Status SyncDirectory(const std::string& directory) {
-  const int fd = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return Status::IoError(SystemError("cannot open checkpoint directory", directory));
-  const int rc = ::fsync(fd);
-  Status status = rc == 0 ? Status::Ok() : Status::IoError(SystemError("cannot fsync checkpoint directory", directory));
-  ::close(fd);
-  return status;
-}
-
-// Reads a whole file; on failure the message is the reason alone.
-Result<std::string> ReadWholeFile(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Status::IoError(std::string("cannot be opened: ") + std::strerror(errno));
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    Status status = Status::IoError(std::string("cannot be read: ") + std::strerror(errno));
-    ::close(fd);
-    return status;
-  }
-  std::string bytes;
-  bytes.resize(static_cast<size_t>(st.st_size));
-  size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t n = ::read(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      Status status = Status::IoError(std::string("cannot be read: ") + std::strerror(errno));
-      ::close(fd);
-      return status;
-    }
-    if (n == 0) break;  // Shrank while being read: what was read is judged as it is.
-    done += static_cast<size_t>(n);
-  }
-  bytes.resize(done);
-  ::close(fd);
-  return bytes;
 }
 
 }  // namespace
@@ -299,7 +236,7 @@ Status CheckpointStore::Write(const Checkpoint& checkpoint) {
   const std::string trailer = EncodeTrailer(header, checkpoint.engine_state);
   const std::string path = directory_ + "/" + FileName(checkpoint.sequence);
   const std::string temporary = path + std::string(kTempSuffix);
-  Status status = WriteFileDurably(temporary, {header, checkpoint.engine_state, trailer});
+  Status status = WriteFileDurably(temporary, {header, checkpoint.engine_state, trailer}, "checkpoint file");
   if (status.ok() && ::rename(temporary.c_str(), path.c_str()) != 0) {
     status = Status::IoError(SystemError("cannot rename the new checkpoint into place as", path));
   }

@@ -1,0 +1,95 @@
+// DeltaLog: the Delta Lake transaction log of one offline table, enough of the protocol for Freshet's
+// tables to be read as they are by Spark, the `deltalake` package, DuckDB's delta extension and pandas.
+//
+// A table is a folder of Parquet files and a `_delta_log/` folder of commits, 00000000000000000000.json,
+// 00000000000000000001.json, ...; each commit is JSON lines of actions. The table's content is every file
+// `add`ed and not later `remove`d. Version 0 holds `protocol` (reader 1, writer 2) and `metaData` (schema
+// as Spark's JSON schema, partition columns). A commit appears atomically: it is written to a temporary
+// file, fsynced and renamed into place without replacing an existing version, so a reader sees it whole or
+// not at all and two writers cannot both win a version.
+//
+// What is not written: Delta checkpoints (Parquet summaries of the log every N commits) and column
+// statistics other than numRecords. Readers replay the JSON commits, which stays fast for thousands of
+// commits; compacting many small commits is left to `OPTIMIZE`-style tools.
+//
+//   FRESHET_ASSIGN_OR_RETURN(DeltaLog log, DeltaLog::Open(dir, schema, {"event_date"}));
+//   bool existed = false;
+//   FRESHET_RETURN_IF_ERROR(log.Commit(DeltaCommit{.version = log.latest_version() + 1, .adds = files}, &existed));
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace freshet {
+
+// One column of a table's schema; `type` is a Delta primitive type name: string, long, double, boolean,
+// timestamp (UTC, microseconds in Parquet), date.
+struct DeltaColumn {
+  std::string name;
+  std::string type;
+  bool nullable = true;
+};
+
+// A data file of the table, its path relative to the table folder.
+struct DeltaFile {
+  std::string path;
+  std::map<std::string, std::string> partition_values;
+  uint64_t size_bytes = 0;
+  int64_t modification_ms = 0;
+  uint64_t num_records = 0;
+  int64_t version = 0;  // The commit that added it (filled by ActiveFiles).
+};
+
+struct DeltaCommit {
+  int64_t version = 0;
+  std::vector<DeltaFile> adds;
+  std::vector<std::string> removes;       // Paths of files to drop from the table.
+  std::string app_id;                     // With txn_version: a `txn` action, so a writer can tell
+  int64_t txn_version = -1;               // which of its transactions are in the table.
+  bool replace_metadata = false;          // Write the schema again (a backfill that changes features).
+  std::string operation = "WRITE";        // commitInfo.operation.
+};
+
+class DeltaLog {
+ public:
+  // Opens the table at `table_dir`, creating the folder and version 0 when the table has no log yet.
+  // An existing table keeps its schema; schema_matches() tells whether it equals `schema`.
+  static Result<DeltaLog> Open(const std::string& table_dir, std::vector<DeltaColumn> schema,
+                               std::vector<std::string> partition_columns);
+
+  // Writes commit `commit.version`, which must be latest_version() + 1 or, when recovering a commit a crash
+  // interrupted, any version: when the version already exists, *existed is set and nothing is written.
+  Status Commit(const DeltaCommit& commit, bool* existed);
+
+  // The files of the table as of the newest commit, in the order they were added.
+  Result<std::vector<DeltaFile>> ActiveFiles() const;
+  // The highest txn version recorded for `app_id`, if any.
+  Result<std::optional<int64_t>> TxnVersion(const std::string& app_id) const;
+
+  int64_t latest_version() const { return latest_version_; }
+  bool schema_matches() const { return schema_matches_; }
+  const std::string& table_dir() const { return table_dir_; }
+  // The schema recorded in the table, as Spark JSON.
+  const std::string& stored_schema() const { return stored_schema_; }
+  // The wanted schema, as Spark JSON.
+  std::string SchemaString() const;
+
+ private:
+  Status ReadVersions();
+  std::string table_dir_;
+  std::vector<DeltaColumn> schema_;
+  std::vector<std::string> partition_columns_;
+  int64_t latest_version_ = -1;
+  bool schema_matches_ = true;
+  std::string stored_schema_;
+};
+
+// The file name of commit `version` in `_delta_log/`: 20 digits and ".json".
+std::string DeltaCommitFileName(int64_t version);
+
+}  // namespace freshet

@@ -1,0 +1,113 @@
+// OfflineTable: one table of the offline store (Parquet files + a Delta log), written in commits that are
+// tied to checkpoints.
+//
+// Rows are buffered column by column. At a checkpoint the runtime calls Stage, which writes the buffered
+// rows as zstd-compressed Parquet files into a staging folder (fsynced) and returns a StagedCommit; the
+// runtime records the StagedCommit in its checkpoint, then calls Publish, which moves the files into the
+// table and writes the Delta commit. After a crash, recovery publishes the StagedCommit of the checkpoint
+// it starts from (Publish is idempotent) and drops staged files that no checkpoint recorded: their events
+// are read again from the source. So the table holds every event of the checkpointed prefix exactly once,
+// and a reader never sees a half-written file: files enter the table folder complete and Delta readers see
+// them only once the commit names them.
+//
+//   table->BeginRow(event_time_ms);            // The time whose UTC date partitions the row (if partitioned).
+//   table->PutString(entity); table->PutTimestampMs(event_time_ms); table->PutDouble(x); ...
+//   FRESHET_ASSIGN_OR_RETURN(std::optional<StagedCommit> staged, table->Stage(checkpoint_sequence));
+//   ... write the checkpoint holding staged->Encode() ...
+//   if (staged) FRESHET_RETURN_IF_ERROR(table->Publish(*staged));
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+#include "offline/delta_log.h"
+
+namespace freshet {
+
+enum class OfflineType : uint8_t {
+  kInt64,
+  kDouble,
+  kString,
+  kTimestamp,  // Put as epoch milliseconds; stored as a UTC timestamp (microseconds, as Delta wants).
+};
+
+struct OfflineColumn {
+  std::string name;
+  OfflineType type = OfflineType::kString;
+  bool nullable = true;
+};
+
+struct OfflineTableOptions {
+  std::string table_dir;
+  std::string staging_dir;  // On the same file system as table_dir; holds files until their commit.
+  std::vector<OfflineColumn> columns;
+  // When set, rows are partitioned by the UTC date of BeginRow's time into `<partition_column>=YYYY-MM-DD/`.
+  std::string partition_column;
+  std::string app_id = "freshet";          // Delta txn appId of this writer.
+  int64_t row_group_rows = 256 * 1024;     // Rows per Parquet row group.
+};
+
+// The files of one Stage and the Delta commit that publishes them; serializable into a checkpoint.
+struct StagedCommit {
+  int64_t version = 0;
+  int64_t txn_version = -1;
+  struct File {
+    std::string staged_path;  // Absolute, in the staging folder.
+    DeltaFile file;           // Path relative to the table folder.
+  };
+  std::vector<File> files;
+  std::vector<std::string> removes;  // Files dropped by this commit (an overwrite).
+  bool replace_metadata = false;
+
+  std::string Encode() const;
+  static Result<StagedCommit> Decode(std::string_view bytes);
+};
+
+class OfflineTable {
+ public:
+  // Opens (creating when absent) the table. A table whose stored schema differs from `columns` is an
+  // error unless `overwrite` is set, in which case the first Stage replaces the table's content and schema.
+  static Result<std::unique_ptr<OfflineTable>> Open(OfflineTableOptions options, bool overwrite = false);
+  ~OfflineTable();
+
+  // Starts a row; then exactly one Put per column, in column order.
+  void BeginRow(int64_t partition_time_ms);
+  void PutInt(int64_t value);
+  void PutDouble(double value);
+  void PutString(std::string_view value);
+  void PutTimestampMs(int64_t epoch_ms);
+  void PutNull();
+
+  size_t buffered_rows() const;
+  uint64_t buffered_bytes() const;
+
+  // Writes the buffered rows to staged Parquet files and empties the buffer. nullopt when there is
+  // nothing to commit.
+  Result<std::optional<StagedCommit>> Stage(int64_t txn_version);
+  // Moves the staged files into the table and writes the commit. Safe to call again for a commit a crash
+  // interrupted: files already moved and a version already written are left as they are.
+  Status Publish(const StagedCommit& commit);
+  // Deletes staged files (left by a crash before their checkpoint); call after publishing the checkpoint's commit.
+  Status DropStaging();
+
+  const DeltaLog& log() const;
+  const OfflineTableOptions& options() const;
+
+ private:
+  struct Impl;
+  explicit OfflineTable(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// The Delta schema column of an offline column.
+DeltaColumn ToDeltaColumn(const OfflineColumn& column);
+
+// "YYYY-MM-DD", the UTC date of epoch milliseconds.
+std::string UtcDate(int64_t epoch_ms);
+
+}  // namespace freshet
