@@ -240,6 +240,7 @@ std::string ExpectedValue(const SpecOption& o) {
     case SpecValueType::kFieldPath: what = "a field path (names separated by dots)"; break;
     case SpecValueType::kDuration: what = "a duration (an integer and a unit: ms, s, m, h, d)"; break;
     case SpecValueType::kBool: what = "true or false"; break;
+    case SpecValueType::kFraction: what = "a number from 0 to 1"; break;
     case SpecValueType::kInt:
       what = "an integer from " + std::to_string(o.min_value) + " to " + std::to_string(o.max_value);
       break;
@@ -322,6 +323,7 @@ class SpecParser {
   std::optional<int64_t> ReadDuration(const MapView& map, std::string_view key);
   std::optional<bool> ReadBool(const MapView& map, std::string_view key);
   std::optional<int> ReadInt(const MapView& map, std::string_view key);
+  std::optional<double> ReadFraction(const MapView& map, std::string_view key);
 
   void ParseTop(const YAML::Node& root, Spec* spec);
   void ParseWatermark(const Entry& entry, Spec* spec);
@@ -330,6 +332,9 @@ class SpecParser {
   void ParseServe(const Entry& entry, Spec* spec);
   void ParseCheckpoint(const Entry& entry, Spec* spec);
   void ParseFreshnessSlo(const Entry& entry, Spec* spec);
+  void ParseOffline(const Entry& entry, Spec* spec);
+  void ParseFeatureLog(const Entry& entry, Spec* spec);
+  void ParseSkew(const Entry& entry, Spec* spec);
   void ParseFeatures(const Entry& entry, Spec* spec);
   void ParseFeature(const YAML::Node& item, const SpecOption& list_option, Spec* spec,
                     std::map<std::string, int>* first_line_by_name);
@@ -564,6 +569,19 @@ std::optional<int> SpecParser::ReadInt(const MapView& map, std::string_view key)
   return n;
 }
 
+std::optional<double> SpecParser::ReadFraction(const MapView& map, std::string_view key) {
+  auto v = Scalar(map, key);
+  if (!v) return std::nullopt;
+  double x = 0;
+  auto [ptr, ec] = std::from_chars(v->text.data(), v->text.data() + v->text.size(), x);
+  if (ec != std::errc() || ptr != v->text.data() + v->text.size() || !(x >= 0 && x <= 1)) {
+    Error(v->mark, "'" + std::string(key) + "' must be a number from 0 to 1 (0.001 is one in a thousand), got '" +
+                       v->text + "'");
+    return std::nullopt;
+  }
+  return x;
+}
+
 // For a slide that does not divide size: the nearest slides that do, in the slide's own unit where
 // possible ("6m or 10m" for a 7m slide of a 1h window).
 std::string NearestDivisors(int64_t size_ms, int64_t slide_ms) {
@@ -793,6 +811,36 @@ void SpecParser::ParseCheckpoint(const Entry& entry, Spec* spec) {
   if (auto keep = ReadInt(*map, "keep")) spec->checkpoint.keep = *keep;
 }
 
+void SpecParser::ParseOffline(const Entry& entry, Spec* spec) {
+  std::optional<MapView> map =
+      ReadMap(entry.value, ValueMark(entry), *entry.option, ChildSection(*entry.option), "'offline'");
+  if (!map) return;
+  if (auto enabled = ReadBool(*map, "enabled")) spec->offline.enabled = *enabled;
+  if (auto features = ReadBool(*map, "features")) spec->offline.features = *features;
+  if (auto path = ReadString(*map, "path")) {
+    std::filesystem::path resolved(*path);
+    if (resolved.is_relative()) resolved = (std::filesystem::path(file_).parent_path() / resolved).lexically_normal();
+    spec->offline.path = resolved.string();
+  }
+}
+
+void SpecParser::ParseFeatureLog(const Entry& entry, Spec* spec) {
+  std::optional<MapView> map =
+      ReadMap(entry.value, ValueMark(entry), *entry.option, ChildSection(*entry.option), "'feature_log'");
+  if (!map) return;
+  if (auto enabled = ReadBool(*map, "enabled")) spec->feature_log.enabled = *enabled;
+  if (auto rate = ReadFraction(*map, "sample_rate")) spec->feature_log.sample_rate = *rate;
+  if (auto queue = ReadInt(*map, "queue")) spec->feature_log.queue = *queue;
+}
+
+void SpecParser::ParseSkew(const Entry& entry, Spec* spec) {
+  std::optional<MapView> map =
+      ReadMap(entry.value, ValueMark(entry), *entry.option, ChildSection(*entry.option), "'skew'");
+  if (!map) return;
+  if (auto rate = ReadFraction(*map, "max_mismatch_rate")) spec->skew.max_mismatch_rate = *rate;
+  if (auto interval = ReadDuration(*map, "interval")) spec->skew.interval_ms = *interval;
+}
+
 void SpecParser::ParseFreshnessSlo(const Entry& entry, Spec* spec) {
   std::optional<MapView> map =
       ReadMap(entry.value, ValueMark(entry), *entry.option, ChildSection(*entry.option), "'freshness_slo'");
@@ -830,6 +878,9 @@ void SpecParser::ParseTop(const YAML::Node& root, Spec* spec) {
   if (const Entry* e = map->Find("serve")) ParseServe(*e, spec);
   if (const Entry* e = map->Find("checkpoint")) ParseCheckpoint(*e, spec);
   if (const Entry* e = map->Find("freshness_slo")) ParseFreshnessSlo(*e, spec);
+  if (const Entry* e = map->Find("offline")) ParseOffline(*e, spec);
+  if (const Entry* e = map->Find("feature_log")) ParseFeatureLog(*e, spec);
+  if (const Entry* e = map->Find("skew")) ParseSkew(*e, spec);
   if (const Entry* e = map->Find("features")) ParseFeatures(*e, spec);
 }
 
@@ -936,6 +987,7 @@ std::string ReferenceType(const SpecOption& o) {
     case SpecValueType::kFieldPath: out = "field path"; break;
     case SpecValueType::kDuration: out = "duration"; break;
     case SpecValueType::kBool: out = "boolean"; break;
+    case SpecValueType::kFraction: out = "number 0..1"; break;
     case SpecValueType::kInt: out = "integer " + std::to_string(o.min_value) + ".." + std::to_string(o.max_value); break;
     case SpecValueType::kChoice: {
       std::vector<std::string_view> choices = SplitList(o.choices);

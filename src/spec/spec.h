@@ -92,6 +92,23 @@ struct FreshnessSloSpec {
   int64_t window_ms = 60000;
 };
 
+struct OfflineSpec {
+  bool enabled = true;
+  std::string path;      // Resolved against the spec's folder; empty: "offline" in the data directory.
+  bool features = true;  // Write the features table.
+};
+
+struct FeatureLogSpec {
+  bool enabled = true;
+  double sample_rate = 1.0;  // Share of entities logged, by entity-key hash.
+  int queue = 100000;        // Bound of the answers waiting to be written.
+};
+
+struct SkewSpec {
+  double max_mismatch_rate = 0.001;
+  int64_t interval_ms = 0;  // 0: no check inside `freshet run`.
+};
+
 struct Spec {
   std::string name;
   std::string entity_field;
@@ -102,6 +119,9 @@ struct Spec {
   ServeSpec serve;
   CheckpointSpec checkpoint;
   std::optional<FreshnessSloSpec> freshness_slo;
+  OfflineSpec offline;
+  FeatureLogSpec feature_log;
+  SkewSpec skew;
   std::vector<FeatureSpec> features;
   FieldRegistry fields;  // Slot 0: entity, slot 1: timestamp, then every field a feature reads.
   std::string file;      // The spec file, as given.

@@ -22,6 +22,7 @@ enum class SpecValueType {
   kDuration,    // A positive integer and a unit, one of ms, s, m, h, d: 500ms, 30s, 5m, 1h, 1d.
   kBool,        // true or false.
   kInt,         // An integer within [min_value, max_value].
+  kFraction,    // A number from 0 to 1: 0.001, 0.5, 1.
   kChoice,      // One of `choices`.
   kExpression,  // A `where` expression (grammar in spec/expr.h).
   kMap,         // Nested keys, whose rows have section "<this row's path>".
@@ -106,6 +107,19 @@ inline constexpr SpecOption kSpecOptions[] = {
                "The freshness objective: the time from an event's arrival until the serving API shows its effect. "
                "When the p99 over the window exceeds the target, /health reports degraded.")
         .Example("{p99: 1s, window: 1m}"),
+    SpecOption("", "offline", SpecValueType::kMap,
+               "The offline store that `freshet run` writes for training: Delta Lake tables of zstd Parquet files "
+               "(events, features, feature_log), committed with each checkpoint. Read them with pandas, pyarrow, "
+               "DuckDB, Spark or the deltalake package.")
+        .Example("{path: offline}"),
+    SpecOption("", "feature_log", SpecValueType::kMap,
+               "Logging of what the serving API answered to the offline feature_log table, batched and "
+               "asynchronous behind a bounded queue.")
+        .Example("{sample_rate: 0.1}"),
+    SpecOption("", "skew", SpecValueType::kMap,
+               "The threshold of `freshet skew` (training/serving skew between logged answers and the offline "
+               "recomputation), and the schedule of the same check inside `freshet run`.")
+        .Example("{max_mismatch_rate: 0.001, interval: 10m}"),
 
     // watermark
     SpecOption("watermark", "max_out_of_orderness", SpecValueType::kDuration,
@@ -155,6 +169,37 @@ inline constexpr SpecOption kSpecOptions[] = {
     SpecOption("checkpoint", "interval", SpecValueType::kDuration, "Time between checkpoints.").Default("10s"),
     SpecOption("checkpoint", "keep", SpecValueType::kInt, "How many of the newest checkpoints are kept.")
         .Range(1, 100).Default("3"),
+
+    // offline
+    SpecOption("offline", "enabled", SpecValueType::kBool, "Write the offline tables.").Default("true"),
+    SpecOption("offline", "path", SpecValueType::kString,
+               "The folder of the tables (events/, features/, feature_log/). A relative path is resolved "
+               "against the folder of the spec file. Default: offline/ in the data directory.")
+        .Example("offline"),
+    SpecOption("offline", "features", SpecValueType::kBool,
+               "Write the features table: after each accepted event, its entity's features as of the event's time.")
+        .Default("true"),
+
+    // feature_log
+    SpecOption("feature_log", "enabled", SpecValueType::kBool, "Log the serving API's answers.").Default("true"),
+    SpecOption("feature_log", "sample_rate", SpecValueType::kFraction,
+               "The share of entities whose answers are logged, chosen by a hash of the entity key, so an "
+               "entity is logged always or never.")
+        .Default("1"),
+    SpecOption("feature_log", "queue", SpecValueType::kInt,
+               "Answers waiting to be written. When full, answers are shed and counted in "
+               "freshet_feature_log_shed_total, never silently.")
+        .Range(1, 10000000).Default("100000"),
+
+    // skew
+    SpecOption("skew", "max_mismatch_rate", SpecValueType::kFraction,
+               "The largest share of logged answers per feature that may differ from the recomputation; above "
+               "it `freshet skew` exits with 1 and `freshet run` logs a warning.")
+        .Default("0.001"),
+    SpecOption("skew", "interval", SpecValueType::kDuration,
+               "How often `freshet run` runs the skew check over the answers logged since the last one; "
+               "absent: never.")
+        .Example("10m"),
 
     // freshness_slo
     SpecOption("freshness_slo", "p99", SpecValueType::kDuration,

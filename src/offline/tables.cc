@@ -1,0 +1,141 @@
+#include "offline/tables.h"
+
+#include <charconv>
+#include <filesystem>
+#include <queue>
+
+#include "offline/parquet_scan.h"
+
+namespace freshet {
+
+OfflinePaths OfflinePathsFor(const Spec& spec, const std::string& data_dir) {
+  OfflinePaths p;
+  p.root = spec.offline.path.empty() ? (std::filesystem::path(data_dir) / "offline").string() : spec.offline.path;
+  p.events = p.root + "/events";
+  p.features = p.root + "/features";
+  p.feature_log = p.root + "/feature_log";
+  return p;
+}
+
+std::vector<OfflineColumn> EventsTableColumns() {
+  return {{"seq", OfflineType::kInt64, false},
+          {"event_time", OfflineType::kTimestamp, false},
+          {"entity", OfflineType::kString, false},
+          {"ingest_time", OfflineType::kTimestamp, false},
+          {"raw", OfflineType::kString, false}};
+}
+
+std::vector<OfflineColumn> FeaturesTableColumns(const Spec& spec) {
+  std::vector<OfflineColumn> columns = {{"seq", OfflineType::kInt64, false},
+                                        {"entity", OfflineType::kString, false},
+                                        {"event_time", OfflineType::kTimestamp, false},
+                                        {"processing_time", OfflineType::kTimestamp, false}};
+  for (const FeatureSpec& f : spec.features) columns.push_back({f.name, FeatureColumnType(f), true});
+  return columns;
+}
+
+std::vector<OfflineColumn> FeatureLogColumns(const Spec& spec) {
+  std::vector<OfflineColumn> columns = {{"request_id", OfflineType::kString, false},
+                                        {"entity", OfflineType::kString, false},
+                                        {"as_of", OfflineType::kTimestamp, false},
+                                        {"served_at", OfflineType::kTimestamp, false}};
+  for (const FeatureSpec& f : spec.features) columns.push_back({f.name, FeatureColumnType(f), true});
+  return columns;
+}
+
+OfflineType FeatureColumnType(const FeatureSpec& feature) {
+  switch (feature.agg) {
+    case AggKind::kCount:
+    case AggKind::kCountDistinct:
+    case AggKind::kApproxCountDistinct: return OfflineType::kInt64;
+    case AggKind::kLast: return OfflineType::kString;
+    default: return OfflineType::kDouble;
+  }
+}
+
+void PutFeatureValue(OfflineTable& table, const FeatureSpec& feature, const Value& value) {
+  switch (FeatureColumnType(feature)) {
+    case OfflineType::kInt64:
+      if (value.type == ValueType::kInt) return table.PutInt(value.i);
+      if (value.type == ValueType::kDouble) return table.PutInt(static_cast<int64_t>(value.d));
+      return table.PutNull();
+    case OfflineType::kDouble:
+      if (value.is_number()) return table.PutDouble(value.as_double());
+      return table.PutNull();
+    default: {
+      char buf[64];
+      switch (value.type) {
+        case ValueType::kString: return table.PutString(value.s);
+        case ValueType::kBool: return table.PutString(value.b ? "true" : "false");
+        case ValueType::kInt: {
+          auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), value.i);
+          return table.PutString(std::string_view(buf, end - buf));
+        }
+        case ValueType::kDouble: {
+          auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), value.d);
+          return table.PutString(std::string_view(buf, end - buf));
+        }
+        default: return table.PutNull();
+      }
+    }
+  }
+}
+
+OfflineTableOptions TableOptions(const OfflinePaths& paths, const std::string& name, std::vector<OfflineColumn> columns) {
+  OfflineTableOptions o;
+  o.table_dir = paths.root + "/" + name;
+  o.staging_dir = paths.Staging(name);
+  o.columns = std::move(columns);
+  o.partition_column = name == "feature_log" ? "served_date" : "event_date";
+  o.app_id = "freshet-" + name;
+  return o;
+}
+
+Status ReplayEventsTable(const std::string& table_dir, const std::function<Status(const StoredEvent&)>& each) {
+  FRESHET_ASSIGN_OR_RETURN(std::vector<std::string> files, DeltaTableFiles(table_dir));
+  // A commit's files partition one seq range by date; merge every file by seq (files are each in seq order).
+  struct Cursor {
+    std::unique_ptr<ParquetScanner> scanner;
+    ScanBatch batch;
+    size_t row = 0;
+  };
+  std::vector<Cursor> cursors(files.size());
+  auto advance = [&](Cursor& c) -> Result<bool> {
+    if (++c.row < c.batch.rows) return true;
+    c.row = 0;
+    while (true) {
+      FRESHET_ASSIGN_OR_RETURN(bool more, c.scanner->Next(&c.batch));
+      if (!more) return false;
+      if (c.batch.rows > 0) return true;
+    }
+  };
+  auto seq_of = [&](size_t k) { return cursors[k].batch.columns[0].ints[cursors[k].row]; };
+  auto later = [&](size_t a, size_t b) { return seq_of(a) > seq_of(b); };
+  std::priority_queue<size_t, std::vector<size_t>, decltype(later)> heap(later);
+  for (size_t k = 0; k < files.size(); ++k) {
+    FRESHET_ASSIGN_OR_RETURN(cursors[k].scanner,
+                             ParquetScanner::Open(files[k], {"seq", "event_time", "entity", "ingest_time", "raw"}));
+    cursors[k].row = static_cast<size_t>(-1);
+    cursors[k].batch.rows = 0;
+    FRESHET_ASSIGN_OR_RETURN(bool has, advance(cursors[k]));
+    if (has) heap.push(k);
+  }
+  StoredEvent e;
+  while (!heap.empty()) {
+    const size_t k = heap.top();
+    heap.pop();
+    Cursor& c = cursors[k];
+    const auto& cols = c.batch.columns;
+    e.seq = cols[0].ints[c.row];
+    e.event_time_ms = cols[1].ints[c.row];
+    e.entity = cols[2].strings[c.row];
+    e.ingest_time_ms = cols[3].ints[c.row];
+    e.raw = cols[4].strings[c.row];
+    FRESHET_RETURN_IF_ERROR(each(e));
+    FRESHET_ASSIGN_OR_RETURN(bool more, advance(c));
+    if (more) heap.push(k);
+  }
+  return Status::Ok();
+}
+
+}  // namespace freshet

@@ -1,0 +1,64 @@
+// The offline store's tables: where they live, their columns, and how a feature value becomes a cell.
+//
+// <offline>/events        every accepted event, partitioned by event_date:
+//                         seq (long: order of acceptance), event_time (timestamp), entity (string),
+//                         ingest_time (timestamp: when Freshet accepted it), raw (string: the JSON line as received)
+// <offline>/features      after each accepted event, its entity's features as of the event's time, partitioned by
+//                         event_date: seq, entity, event_time, processing_time (timestamp), then one column per feature
+// <offline>/feature_log   what the serving API answered, partitioned by served_date: request_id (string),
+//                         entity, as_of (timestamp), served_at (timestamp), then one column per feature
+// <offline>/_staging/     files waiting for the checkpoint that commits them (not part of any table)
+//
+// Feature columns are typed by aggregation: count, count_distinct and approx_count_distinct are long; sum,
+// mean, min, max and stddev are double (an integer sum is exact up to 2^53); last is string (a number as its
+// shortest decimal text, a boolean as true/false). A feature with no value (mean of an empty window) is null.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "common/value.h"
+#include "offline/offline_table.h"
+#include "spec/spec.h"
+
+namespace freshet {
+
+struct OfflinePaths {
+  std::string root;
+  std::string events;
+  std::string features;
+  std::string feature_log;
+  std::string Staging(const std::string& table) const { return root + "/_staging/" + table; }
+};
+
+// The spec's offline folder: offline.path, or <data_dir>/offline.
+OfflinePaths OfflinePathsFor(const Spec& spec, const std::string& data_dir);
+
+std::vector<OfflineColumn> EventsTableColumns();
+std::vector<OfflineColumn> FeaturesTableColumns(const Spec& spec);
+std::vector<OfflineColumn> FeatureLogColumns(const Spec& spec);
+
+// The column type of a feature (see the file comment).
+OfflineType FeatureColumnType(const FeatureSpec& feature);
+// Appends `value` as the cell of a column of FeatureColumnType(feature).
+void PutFeatureValue(OfflineTable& table, const FeatureSpec& feature, const Value& value);
+
+// Options for opening table `name` ("events", "features", "feature_log") of `paths`.
+OfflineTableOptions TableOptions(const OfflinePaths& paths, const std::string& name, std::vector<OfflineColumn> columns);
+
+// One event of the events table.
+struct StoredEvent {
+  int64_t seq = 0;
+  int64_t event_time_ms = 0;
+  int64_t ingest_time_ms = 0;
+  std::string_view entity;
+  std::string_view raw;
+};
+
+// Calls `each` for every event of the events table at `table_dir`, in the order they were accepted (seq),
+// stopping early with the first error `each` returns.
+Status ReplayEventsTable(const std::string& table_dir, const std::function<Status(const StoredEvent&)>& each);
+
+}  // namespace freshet
