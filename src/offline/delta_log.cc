@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <random>
 
 #include "common/files.h"
@@ -210,9 +211,13 @@ Status DeltaLog::Commit(const DeltaCommit& commit, bool* existed) {
 
 Result<std::vector<DeltaFile>> DeltaLog::ActiveFiles() const {
   std::vector<DeltaFile> files;
+  std::map<int64_t, int64_t> txn_by_version;
   FRESHET_RETURN_IF_ERROR(ForEachAction(table_dir_, latest_version_, [&](int64_t v, simdjson::dom::element doc) {
-    simdjson::dom::element add, remove;
-    if (doc["add"].get(add) == simdjson::SUCCESS) {
+    simdjson::dom::element add, remove, txn;
+    int64_t txn_version = 0;
+    if (doc["txn"].get(txn) == simdjson::SUCCESS && txn["version"].get(txn_version) == simdjson::SUCCESS) {
+      txn_by_version[v] = txn_version;
+    } else if (doc["add"].get(add) == simdjson::SUCCESS) {
       DeltaFile f;
       std::string_view path;
       if (add["path"].get(path) != simdjson::SUCCESS) return;
@@ -240,6 +245,9 @@ Result<std::vector<DeltaFile>> DeltaLog::ActiveFiles() const {
       std::erase_if(files, [&](const DeltaFile& f) { return f.path == path; });
     }
   }));
+  for (DeltaFile& f : files) {
+    if (auto it = txn_by_version.find(f.version); it != txn_by_version.end()) f.txn_version = it->second;
+  }
   return files;
 }
 

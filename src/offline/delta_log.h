@@ -42,7 +42,8 @@ struct DeltaFile {
   uint64_t size_bytes = 0;
   int64_t modification_ms = 0;
   uint64_t num_records = 0;
-  int64_t version = 0;  // The commit that added it (filled by ActiveFiles).
+  int64_t version = 0;       // The commit that added it (filled by ActiveFiles).
+  int64_t txn_version = -1;  // That commit's txn version, -1 when it has none (filled by ActiveFiles).
 };
 
 struct DeltaCommit {

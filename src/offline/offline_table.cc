@@ -146,6 +146,7 @@ struct OfflineTable::Impl {
   OfflineTableOptions options;
   DeltaLog log;
   bool overwrite_pending = false;
+  int64_t next_version = 0;  // Staged commits not yet published hold the versions below.
   std::vector<ColumnBuffer> columns;
   std::vector<int32_t> row_days;  // UTC day of each row (partitioned tables).
   size_t rows = 0;
@@ -319,7 +320,8 @@ Result<std::optional<StagedCommit>> OfflineTable::Stage(int64_t txn_version) {
   Impl& m = *impl_;
   if (m.rows == 0 && !m.overwrite_pending) return std::optional<StagedCommit>();
   StagedCommit commit;
-  commit.version = m.log.latest_version() + 1;
+  commit.version = std::max(m.log.latest_version() + 1, m.next_version);
+  m.next_version = commit.version + 1;
   commit.txn_version = txn_version;
   if (m.overwrite_pending) {
     FRESHET_ASSIGN_OR_RETURN(std::vector<DeltaFile> active, m.log.ActiveFiles());
@@ -384,6 +386,21 @@ Status OfflineTable::Publish(const StagedCommit& commit) {
   if (!status.ok() && !existed) return status;
   if (commit.replace_metadata) m.overwrite_pending = false;
   return Status::Ok();
+}
+
+Result<size_t> OfflineTable::RollBackAfter(std::optional<int64_t> txn_version) {
+  FRESHET_ASSIGN_OR_RETURN(std::vector<DeltaFile> active, impl_->log.ActiveFiles());
+  DeltaCommit commit;
+  commit.version = std::max(impl_->log.latest_version(), impl_->next_version - 1) + 1;
+  commit.operation = "DELETE";
+  for (const DeltaFile& f : active) {
+    if (f.txn_version >= 0 && (!txn_version || f.txn_version > *txn_version)) commit.removes.push_back(f.path);
+  }
+  if (commit.removes.empty()) return size_t{0};
+  bool existed = false;
+  FRESHET_RETURN_IF_ERROR(impl_->log.Commit(commit, &existed));
+  impl_->next_version = commit.version + 1;
+  return commit.removes.size();
 }
 
 Status OfflineTable::DropStaging() {

@@ -94,6 +94,10 @@ class OfflineTable {
   Status Publish(const StagedCommit& commit);
   // Deletes staged files (left by a crash before their checkpoint); call after publishing the checkpoint's commit.
   Status DropStaging();
+  // Removes from the table, in one commit, every file whose commit's txn version is above `txn_version`
+  // (every file with a txn version when nullopt): what a checkpoint older than the newest commit does not
+  // cover, because its events will be read again. Returns how many files were removed.
+  Result<size_t> RollBackAfter(std::optional<int64_t> txn_version);
 
   const DeltaLog& log() const;
   const OfflineTableOptions& options() const;

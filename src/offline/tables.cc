@@ -38,7 +38,8 @@ std::vector<OfflineColumn> FeatureLogColumns(const Spec& spec) {
   std::vector<OfflineColumn> columns = {{"request_id", OfflineType::kString, false},
                                         {"entity", OfflineType::kString, false},
                                         {"as_of", OfflineType::kTimestamp, false},
-                                        {"served_at", OfflineType::kTimestamp, false}};
+                                        {"served_at", OfflineType::kTimestamp, false},
+                                        {"served_features", OfflineType::kString, false}};
   for (const FeatureSpec& f : spec.features) columns.push_back({f.name, FeatureColumnType(f), true});
   return columns;
 }

@@ -6,7 +6,9 @@
 // <offline>/features      after each accepted event, its entity's features as of the event's time, partitioned by
 //                         event_date: seq, entity, event_time, processing_time (timestamp), then one column per feature
 // <offline>/feature_log   what the serving API answered, partitioned by served_date: request_id (string),
-//                         entity, as_of (timestamp), served_at (timestamp), then one column per feature
+//                         entity, as_of (timestamp), served_at (timestamp), served_features (string: the
+//                         comma-separated names of the features the answer held), then one column per feature
+//                         (null where the answer had no value or did not hold the feature)
 // <offline>/_staging/     files waiting for the checkpoint that commits them (not part of any table)
 //
 // Feature columns are typed by aggregation: count, count_distinct and approx_count_distinct are long; sum,

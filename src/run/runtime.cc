@@ -17,6 +17,9 @@
 #include "common/time.h"
 #include "engine/feature_engine.h"
 #include "event/dead_letters.h"
+#include "run/feature_log.h"
+#include "run/event_path.h"
+#include "run/offline_sink.h"
 #include "event/event_parser.h"
 #include "serve/http_server.h"
 #include "source/file_source.h"
@@ -29,8 +32,8 @@ namespace freshet {
 namespace {
 
 constexpr size_t kPollRecords = 4096;
+constexpr uint64_t kOfflineBufferBytes = 256ull << 20;  // Checkpoint early beyond this many buffered offline bytes.
 constexpr size_t kRecordsPerLock = 256;  // Events applied per exclusive lock: bounds a lookup's wait.
-constexpr uint32_t kRuntimeStateVersion = 1;
 
 // Freshness buckets, in seconds: fine below a second, where the targets are.
 constexpr double kFreshnessBuckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -105,7 +108,7 @@ class SloWindow {
 
 struct Runtime::Impl final : public FeatureService {
   Impl(const Spec& spec, RuntimeOptions options)
-      : spec_(spec), options_(std::move(options)), engine_(spec), parser_(spec.fields) {}
+      : spec_(spec), options_(std::move(options)), engine_(spec), path_(engine_, counters_, nullptr) {}
 
   // ---- FeatureService ----
   const Spec& spec() const override { return spec_; }
@@ -120,14 +123,19 @@ struct Runtime::Impl final : public FeatureService {
       FeatureLookup& out = lookups[k];
       const std::optional<uint32_t> index = engine_.FindEntity(entities[k]);
       out.known = index.has_value();
-      out.newest_event_ms = index && *index < newest_event_ms_.size() ? std::optional(newest_event_ms_[*index])
-                                                                       : std::nullopt;
+      const std::vector<int64_t>& newest = counters_.newest_event_ms;
+      out.newest_event_ms = index && *index < newest.size() ? std::optional(newest[*index]) : std::nullopt;
       engine_.QueryIndex(index, as_of_ms, &values);
       out.values.resize(features.size());
       for (size_t f = 0; f < features.size(); ++f) out.values[f] = values[features[f]];
     }
     consume(std::span<const FeatureLookup>(lookups.data(), entities.size()));
     return Status::Ok();
+  }
+
+  void LogAnswer(std::string_view request_id, int64_t as_of_ms, std::span<const int> features,
+                 std::span<const std::string_view> entities, std::span<const FeatureLookup> lookups) override {
+    if (feature_log_ != nullptr) feature_log_->Log(request_id, as_of_ms, features, entities, lookups);
   }
 
   Result<IngestAck> Ingest(std::string_view body, IngestFormat format) override {
@@ -233,6 +241,7 @@ struct Runtime::Impl final : public FeatureService {
   // ---- Set-up ----
   Status Open();
   Status Restore();
+  Status RecoverOffline(std::optional<std::string_view> position, std::optional<uint64_t> sequence);
   Status Checkpoint();
   Status ProcessBatch(std::vector<SourceRecord>& batch);
   void UpsertChanged();
@@ -243,14 +252,8 @@ struct Runtime::Impl final : public FeatureService {
   RuntimeOptions options_;
   FeatureEngine engine_;
   mutable std::shared_mutex mutex_;  // Exclusive: processing; shared: lookups.
-  std::vector<int64_t> newest_event_ms_;  // Per entity index: the newest admitted event time.
-  EventParser parser_;
-  ParsedEvent event_;
-  PendingEvent pending_;
-  std::string reason_;
-  uint64_t seq_ = 0;
-  uint64_t lines_read_ = 0;
-  uint64_t rejected_ = 0;
+  PipelineCounters counters_;
+  EventPath path_;
 
   std::unique_ptr<IngestLog> ingest_log_;
   std::unique_ptr<Source> source_;
@@ -281,6 +284,9 @@ struct Runtime::Impl final : public FeatureService {
   mutable std::mutex health_mutex_;
   std::vector<std::string> health_reasons_;
   std::vector<std::pair<std::string, std::string>> health_by_key_;
+
+  std::unique_ptr<OfflineSink> offline_;  // Null with `offline: {enabled: false}`.
+  std::unique_ptr<FeatureLogWriter> feature_log_;
 
   std::unique_ptr<HttpServer> server_;
   std::unique_ptr<RedisWriter> redis_;
@@ -335,7 +341,18 @@ Status Runtime::Impl::Open() {
       CheckpointStore store,
       CheckpointStore::Open((std::filesystem::path(dir) / "checkpoints").string(), spec_.checkpoint.keep));
   checkpoints_.emplace(std::move(store));
+  std::optional<OfflinePaths> offline_paths;
+  if (spec_.offline.enabled) {
+    offline_paths = OfflinePathsFor(spec_, dir);
+    FRESHET_ASSIGN_OR_RETURN(offline_, OfflineSink::Open(spec_, *offline_paths,
+                                                         OfflineSinkOptions{.events = true, .features = spec_.offline.features}));
+    path_.SetOfflineSink(offline_.get());
+  }
   FRESHET_RETURN_IF_ERROR(Restore());
+  if (offline_paths && spec_.feature_log.enabled) {
+    FRESHET_ASSIGN_OR_RETURN(feature_log_,
+                             FeatureLogWriter::Start(spec_, *offline_paths, metrics_, spec_.checkpoint.interval_ms));
+  }
 
   if (spec_.online.type == "redis") {
     RedisWriterOptions redis;
@@ -369,34 +386,37 @@ Status Runtime::Impl::Restore() {
                            "start with a new --data-dir, or backfill the new spec");
   }
   if (checkpoint) {
-    ByteReader in(checkpoint->engine_state);
-    uint32_t version = 0;
-    std::string_view engine_bytes;
-    if (!in.ReadU32(&version) || version != kRuntimeStateVersion || !in.ReadBytes(&engine_bytes)) {
-      return Status::Invalid("checkpoint " + std::to_string(checkpoint->sequence) +
-                             " was written by another version of freshet run; move the data directory aside");
+    Status decoded = DecodePipelineState(checkpoint->engine_state, &engine_, &counters_);
+    if (!decoded.ok()) {
+      return Status::Invalid("checkpoint " + std::to_string(checkpoint->sequence) + " in '" + checkpoints_->directory() +
+                             "' cannot be restored: " + decoded.message());
     }
-    ByteReader engine_in(engine_bytes);
-    FRESHET_RETURN_IF_ERROR(engine_.LoadState(engine_in));
-    uint64_t entities = 0;
-    bool ok = in.ReadU64(&seq_) && in.ReadU64(&lines_read_) && in.ReadU64(&rejected_) && in.ReadU64(&entities);
-    newest_event_ms_.resize(ok ? entities : 0);
-    for (uint64_t e = 0; ok && e < entities; ++e) ok = in.ReadI64(&newest_event_ms_[e]);
-    if (!ok) return Status::Invalid("checkpoint " + std::to_string(checkpoint->sequence) + " is incomplete");
+    std::optional<std::string_view> offline_position;
     for (const auto& [name, position] : checkpoint->positions) {
       if (name == "source") FRESHET_RETURN_IF_ERROR(source_->Seek(position));
       if (name == "dead_letters") dead_letter_bytes = std::stoull(position);
+      if (name == "offline") offline_position = position;
     }
-    lines_in_->Increment(lines_read_);
+    FRESHET_RETURN_IF_ERROR(RecoverOffline(offline_position, checkpoint->sequence));
+    lines_in_->Increment(counters_.lines_read);
     accepted_->Increment(engine_.counters().admitted);
     late_->Increment(engine_.counters().late);
-    rejected_total_->Increment(rejected_);
+    rejected_total_->Increment(counters_.rejected);
     std::fprintf(stderr, "freshet run: restored checkpoint %llu: %zu entities, %llu events accepted\n",
                  static_cast<unsigned long long>(checkpoint->sequence), engine_.entity_count(),
                  static_cast<unsigned long long>(engine_.counters().admitted));
   }
+  if (!checkpoint) FRESHET_RETURN_IF_ERROR(RecoverOffline(std::nullopt, std::nullopt));
   FRESHET_RETURN_IF_ERROR(dead_letters_.OpenAt(dead_letter_path_, std::string(source_->name()), dead_letter_bytes));
   last_checkpoint_ms_ = WallMs();
+  return Status::Ok();
+}
+
+// Makes the offline tables hold exactly the events the restored checkpoint covers (none without one).
+Status Runtime::Impl::RecoverOffline(std::optional<std::string_view> position, std::optional<uint64_t> sequence) {
+  if (offline_ == nullptr) return Status::Ok();
+  FRESHET_ASSIGN_OR_RETURN(std::string note, offline_->Recover(position, sequence));
+  if (!note.empty()) std::fprintf(stderr, "freshet run: %s\n", note.c_str());
   return Status::Ok();
 }
 
@@ -408,18 +428,14 @@ Status Runtime::Impl::Checkpoint() {
   checkpoint.written_unix_ms = WallMs();
   checkpoint.spec_fingerprint = engine_.spec_fingerprint();
   checkpoint.positions = {{"source", source_->position()}, {"dead_letters", std::to_string(dead_letter_bytes)}};
-  std::string engine_bytes;
-  ByteWriter engine_out(&engine_bytes);
-  engine_.SaveState(engine_out);
-  ByteWriter out(&checkpoint.engine_state);
-  out.PutU32(kRuntimeStateVersion);
-  out.PutBytes(engine_bytes);
-  out.PutU64(seq_);
-  out.PutU64(lines_read_);
-  out.PutU64(rejected_);
-  out.PutU64(newest_event_ms_.size());
-  for (int64_t t : newest_event_ms_) out.PutI64(t);
+  if (offline_ != nullptr) {
+    // The rows of the events this checkpoint covers, staged; published once the checkpoint is durable.
+    FRESHET_ASSIGN_OR_RETURN(std::string staged, offline_->Stage(checkpoint.sequence));
+    checkpoint.positions.emplace_back("offline", std::move(staged));
+  }
+  checkpoint.engine_state = EncodePipelineState(engine_, counters_);
   FRESHET_RETURN_IF_ERROR(checkpoints_->Write(checkpoint));
+  if (offline_ != nullptr) FRESHET_RETURN_IF_ERROR(offline_->Publish());
   if (ingest_log_ != nullptr) {
     Result<IngestLogPosition> position = IngestLogPosition::Parse(checkpoint.positions[0].second);
     if (position.ok()) (void)ingest_log_->DeleteBefore(position->sequence);
@@ -437,36 +453,33 @@ Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch) {
   std::vector<int64_t> arrivals;
   arrivals.reserve(batch.size());
   uint64_t accepted = 0, rejected = 0, late = 0;
+  const int64_t batch_wall_ms = WallMs();
   while (k < batch.size()) {
     const size_t end = std::min(batch.size(), k + kRecordsPerLock);
     {
       std::unique_lock<std::shared_mutex> lock(mutex_);
       for (; k < end; ++k) {
         const SourceRecord& record = batch[k];
-        ++lines_read_;
         if (record.too_long) {
+          ++counters_.lines_read;
+          ++counters_.rejected;
           ++rejected;
           dead_letters_.Write(record.line_number, "line is longer than " + std::to_string(kMaxLineBytes) + " bytes", "");
           continue;
         }
-        if (!parser_.Parse(record.text, record.capacity, &event_, &reason_)) {
-          ++rejected;
-          dead_letters_.Write(record.line_number, reason_, record.text);
-          continue;
+        switch (path_.Process(record.text, record.capacity, batch_wall_ms)) {
+          case EventPath::Outcome::kRejected:
+            ++rejected;
+            dead_letters_.Write(record.line_number, path_.reason(), record.text);
+            continue;
+          case EventPath::Outcome::kLate:
+            ++late;
+            dead_letters_.Write(record.line_number, "late", record.text);
+            continue;
+          case EventPath::Outcome::kAccepted: break;
         }
-        if (!engine_.Admit(event_.time_ms)) {
-          ++late;
-          dead_letters_.Write(record.line_number, "late", record.text);
-          continue;
-        }
-        engine_.Extract(event_, seq_++, &pending_);
-        engine_.Apply(pending_, engine_.low_watermark_ms());
-        if (pending_.entity >= newest_event_ms_.size()) {
-          newest_event_ms_.resize(pending_.entity + 1, std::numeric_limits<int64_t>::min());
-        }
-        newest_event_ms_[pending_.entity] = std::max(newest_event_ms_[pending_.entity], event_.time_ms);
         arrivals.push_back(record.arrival_ns);
-        if (redis_ != nullptr) changed_.emplace_back(pending_.entity, record.arrival_ns);
+        if (redis_ != nullptr) changed_.emplace_back(path_.entity(), record.arrival_ns);
         ++accepted;
       }
     }
@@ -482,7 +495,6 @@ Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch) {
     freshness_->Observe(seconds);
     slo_window_->Observe(seconds, now_s);
   }
-  rejected_ += rejected;
   lines_in_->Increment(batch.size());
   accepted_->Increment(accepted);
   rejected_total_->Increment(rejected);
@@ -505,15 +517,15 @@ void Runtime::Impl::UpsertChanged() {
     std::vector<std::pair<std::string, std::string>> fields;
     {
       std::shared_lock<std::shared_mutex> lock(mutex_);
-      WriteRedisStateHeader(newest_event_ms_[entity], out);
+      WriteRedisStateHeader(counters_.newest_event_ms[entity], out);
       engine_.SaveEntity(entity, out);
-      engine_.QueryIndex(entity, newest_event_ms_[entity], &values_);
+      engine_.QueryIndex(entity, counters_.newest_event_ms[entity], &values_);
       for (size_t f = 0; f < values_.size(); ++f) {
         std::string text;
         if (AppendRedisFeatureText(values_[f], &text)) fields.emplace_back(spec_.features[f].name, std::move(text));
       }
     }
-    redis_->Upsert(engine_.entity_name(entity), blob, std::move(fields), newest_event_ms_[entity], changed_[k].second);
+    redis_->Upsert(engine_.entity_name(entity), blob, std::move(fields), counters_.newest_event_ms[entity], changed_[k].second);
   }
   changed_.clear();
 }
@@ -583,7 +595,9 @@ Status Runtime::Run(const std::atomic<bool>& stop) {
       }
       s.redis_connects_seen_ = connects;
     }
-    if (WallMs() - s.last_checkpoint_ms_ >= s.spec_.checkpoint.interval_ms) {
+    // Offline rows wait in memory for the checkpoint that commits them; a burst checkpoints early.
+    const bool offline_full = s.offline_ != nullptr && s.offline_->buffered_bytes() > kOfflineBufferBytes;
+    if (offline_full || WallMs() - s.last_checkpoint_ms_ >= s.spec_.checkpoint.interval_ms) {
       Status written = s.Checkpoint();
       if (!written.ok()) {
         std::fprintf(stderr, "freshet run: checkpoint failed: %s\n", written.message().c_str());
@@ -600,6 +614,10 @@ Status Runtime::Run(const std::atomic<bool>& stop) {
     if (!flushed.ok()) std::fprintf(stderr, "freshet run: warning: %s\n", flushed.message().c_str());
   }
   if (s.server_) s.server_->Stop();
+  if (s.feature_log_ != nullptr) {
+    Status logged = s.feature_log_->Stop();
+    if (!logged.ok()) std::fprintf(stderr, "freshet run: warning: feature log: %s\n", logged.message().c_str());
+  }
   FRESHET_RETURN_IF_ERROR(final_checkpoint);
   return failure;
 }

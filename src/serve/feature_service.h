@@ -90,6 +90,14 @@ class FeatureService {
   // backpressure); it runs on one of the server's worker threads.
   virtual Result<IngestAck> Ingest(std::string_view body, IngestFormat format) = 0;
 
+  // Called by the HTTP layer with every successful answer, inside Lookup's `consume` (so the values are
+  // still valid), to log what was served. Must not block: implementations queue and write elsewhere.
+  // `request_id` is the client's X-Request-Id or one the server made up; it is also in the response.
+  virtual void LogAnswer(std::string_view request_id, int64_t as_of_ms, std::span<const int> features,
+                         std::span<const std::string_view> entities, std::span<const FeatureLookup> lookups) {
+    (void)request_id, (void)as_of_ms, (void)features, (void)entities, (void)lookups;
+  }
+
   // The runtime's health right now; cheap (called by load balancers every few seconds).
   virtual HealthReport Health() const = 0;
 

@@ -343,8 +343,10 @@ struct HttpServer::Impl {
 
   // Request handling, on the server's threads. `body` is empty for methods without one.
   void Handle(const httplib::Request& req, httplib::Response& res, std::string_view body);
-  void HandleEntityFeatures(std::string_view path, std::string_view query, httplib::Response& res);
-  void HandleBatchFeatures(std::string_view body, httplib::Response& res);
+  void HandleEntityFeatures(std::string_view path, std::string_view query, const std::string& request_id,
+                            httplib::Response& res);
+  void HandleBatchFeatures(std::string_view body, const std::string& request_id, httplib::Response& res);
+  std::string RequestId(const httplib::Request& req);
   void HandleIngest(const httplib::Request& req, std::string_view body, httplib::Response& res);
   void HandleHealth(httplib::Response& res);
   void HandleMetrics(httplib::Response& res);
@@ -361,7 +363,8 @@ struct HttpServer::Impl {
   bool ResolveFeatures(const std::optional<std::vector<std::string_view>>& names, std::vector<int>* features,
                        httplib::Response& res) const;
   // Looks up `entities` and writes the response; `single` selects the GET shape.
-  void Answer(std::span<const std::string_view> entities, int64_t as_of_ms, const std::vector<int>& features,
+  void Answer(const std::string& request_id, std::span<const std::string_view> entities, int64_t as_of_ms,
+              const std::vector<int>& features,
               bool single, httplib::Response& res);
   Counter& RequestCounter(Route route, int status);
 
@@ -494,8 +497,8 @@ void HttpServer::Impl::Handle(const httplib::Request& req, httplib::Response& re
     return;
   }
   switch (route) {
-    case kRouteEntityFeatures: HandleEntityFeatures(path, query, res); return;
-    case kRouteBatchFeatures: HandleBatchFeatures(body, res); return;
+    case kRouteEntityFeatures: HandleEntityFeatures(path, query, RequestId(req), res); return;
+    case kRouteBatchFeatures: HandleBatchFeatures(body, RequestId(req), res); return;
     case kRouteIngest: HandleIngest(req, body, res); return;
     case kRouteHealth: HandleHealth(res); return;
     case kRouteMetrics: HandleMetrics(res); return;
@@ -543,7 +546,8 @@ bool HttpServer::Impl::ResolveFeatures(const std::optional<std::vector<std::stri
   return true;
 }
 
-void HttpServer::Impl::HandleEntityFeatures(std::string_view path, std::string_view query, httplib::Response& res) {
+void HttpServer::Impl::HandleEntityFeatures(std::string_view path, std::string_view query, const std::string& request_id,
+                                            httplib::Response& res) {
   std::string entity;
   if (!PercentDecode(path.substr(kEntityPrefix.size()), &entity)) {
     SetError(res, 400, "the entity in the path is not valid percent-encoding ('%' must be followed by two hex "
@@ -612,10 +616,11 @@ void HttpServer::Impl::HandleEntityFeatures(std::string_view path, std::string_v
     as_of_ms = WallClockMs();
   }
   const std::string_view entities[1] = {entity};
-  Answer(entities, as_of_ms, features, /*single=*/true, res);
+  Answer(request_id, entities, as_of_ms, features, /*single=*/true, res);
 }
 
-void HttpServer::Impl::HandleBatchFeatures(std::string_view body, httplib::Response& res) {
+void HttpServer::Impl::HandleBatchFeatures(std::string_view body, const std::string& request_id,
+                                           httplib::Response& res) {
   static constexpr std::string_view kShape =
       "; send {\"entities\": [\"u1\", \"u2\"], \"features\": [\"name\", ...] (optional), \"at\": "
       "epoch ms or RFC 3339 (optional)}";
@@ -734,10 +739,27 @@ void HttpServer::Impl::HandleBatchFeatures(std::string_view body, httplib::Respo
   }
   std::vector<int> features;
   if (!ResolveFeatures(names, &features, res)) return;
-  Answer(entities, at_given ? at_ms : WallClockMs(), features, /*single=*/false, res);
+  Answer(request_id, entities, at_given ? at_ms : WallClockMs(), features, /*single=*/false, res);
 }
 
-void HttpServer::Impl::Answer(std::span<const std::string_view> entities, int64_t as_of_ms,
+// The client's X-Request-Id when it is a sensible token (printable, at most 128 bytes), else a new one:
+// a per-process random prefix and a counter, unique within the feature log.
+std::string HttpServer::Impl::RequestId(const httplib::Request& req) {
+  const std::string& given = req.get_header_value("X-Request-Id");
+  if (!given.empty() && given.size() <= 128 &&
+      std::all_of(given.begin(), given.end(), [](char c) { return c > 32 && c < 127; })) {
+    return given;
+  }
+  static const uint64_t prefix = std::chrono::steady_clock::now().time_since_epoch().count() ^
+                                 static_cast<uint64_t>(WallClockMs()) << 20;
+  static std::atomic<uint64_t> counter{0};
+  char id[40];
+  std::snprintf(id, sizeof(id), "%012llx-%llu", static_cast<unsigned long long>(prefix & 0xFFFFFFFFFFFFull),
+                static_cast<unsigned long long>(counter.fetch_add(1, std::memory_order_relaxed)));
+  return id;
+}
+
+void HttpServer::Impl::Answer(const std::string& request_id, std::span<const std::string_view> entities, int64_t as_of_ms,
                               const std::vector<int>& features, bool single, httplib::Response& res) {
   std::string body;
   std::string shape_error;
@@ -750,6 +772,7 @@ void HttpServer::Impl::Answer(std::span<const std::string_view> entities, int64_
         }
         JsonWriter json(&body);
         json.BeginObject();
+        json.Key("request_id").String(request_id);
         if (single) json.Key("entity").String(entities[0]);
         json.Key("as_of").String(FormatRfc3339(as_of_ms));
         json.Key("as_of_ms").Int(as_of_ms);
@@ -775,6 +798,7 @@ void HttpServer::Impl::Answer(std::span<const std::string_view> entities, int64_
         }
         if (!single) json.EndArray();
         json.EndObject();
+        service.LogAnswer(request_id, as_of_ms, features, entities, lookups);
       });
   if (!status.ok()) {
     SetServiceError(res, status);
@@ -785,6 +809,7 @@ void HttpServer::Impl::Answer(std::span<const std::string_view> entities, int64_
     return;
   }
   lookup_entities->Increment(entities.size());
+  res.set_header("X-Request-Id", request_id);
   SetBody(res, 200, std::move(body), kJsonType);
 }
 

@@ -137,6 +137,19 @@ class EngineService final : public FeatureService {
     return ack;
   }
 
+  void LogAnswer(std::string_view request_id, int64_t as_of_ms, std::span<const int> features,
+                 std::span<const std::string_view> entities, std::span<const FeatureLookup> lookups) override {
+    std::lock_guard lock(log_mutex_);  // Called inside Lookup, which holds mutex_ shared.
+    for (size_t e = 0; e < entities.size(); ++e) {
+      logged_.push_back(std::string(request_id) + " " + std::string(entities[e]) + " " + std::to_string(as_of_ms) +
+                        " " + std::to_string(features.size()) + " " + std::to_string(lookups[e].values.size()));
+    }
+  }
+  std::vector<std::string> logged() const {
+    std::lock_guard lock(log_mutex_);
+    return logged_;
+  }
+
   HealthReport Health() const override {
     std::shared_lock lock(mutex_);
     return health_;
@@ -161,6 +174,8 @@ class EngineService final : public FeatureService {
   }
 
  private:
+  mutable std::mutex log_mutex_;
+  std::vector<std::string> logged_;  // "request_id entity as_of features values" per logged entity.
   const Spec spec_;
   mutable std::shared_mutex mutex_;
   FeatureEngine engine_;
@@ -447,7 +462,7 @@ TEST_F(HttpServerTest, GetEntityFeaturesAsOfEpochMs) {
   EXPECT_EQ(result->status, 200);
   EXPECT_EQ(result->get_header_value("Content-Type"), "application/json");
   auto json = ParseJson(result);
-  EXPECT_EQ(Keys(json->root), (std::vector<std::string>{"entity", "as_of", "as_of_ms", "known",
+  EXPECT_EQ(Keys(json->root), (std::vector<std::string>{"request_id", "entity", "as_of", "as_of_ms", "known",
                                                         "newest_event_age_ms", "features"}));
   EXPECT_EQ(GetString(At(json->root, "entity")), "u1");
   EXPECT_EQ(GetString(At(json->root, "as_of")), "2026-01-01T00:10:00.000Z");
@@ -550,6 +565,32 @@ TEST_F(HttpServerTest, EntityInThePathIsPercentDecoded) {
   EXPECT_NE(result->body.find("%2F"), std::string::npos) << result->body;
 }
 
+TEST_F(HttpServerTest, EveryAnswerIsLoggedUnderItsRequestId) {
+  StartServer();
+  Seed(false);
+  httplib::Headers headers = {{"X-Request-Id", "req-42"}};
+  httplib::Result given = client_->Get("/v1/features/u1?at=" + std::to_string(kT0 + 10 * kMinute), headers);
+  ASSERT_TRUE(given);
+  EXPECT_EQ(given->get_header_value("X-Request-Id"), "req-42");
+  EXPECT_EQ(GetString(At(ParseJson(given)->root, "request_id")), "req-42");
+  httplib::Result made = client_->Post(
+      "/v1/features", R"({"entities":["u1","nobody"],"features":["purchase_count_30m"],"at":)" +
+                          std::to_string(kT0 + 10 * kMinute) + "}",
+      "application/json");
+  ASSERT_TRUE(made);
+  const std::string id = made->get_header_value("X-Request-Id");
+  EXPECT_FALSE(id.empty());
+  EXPECT_NE(id, "req-42");
+  const std::string at = std::to_string(kT0 + 10 * kMinute);
+  const std::string all = std::to_string(service_->spec().features.size());
+  EXPECT_EQ(service_->logged(), (std::vector<std::string>{"req-42 u1 " + at + " " + all + " " + all,
+                                                          id + " u1 " + at + " 1 1", id + " nobody " + at + " 1 1"}));
+  // A failed lookup answers nothing, so nothing is logged.
+  service_->SetFailures(true, false);
+  EXPECT_EQ(client_->Get("/v1/features/u1")->status, 503);
+  EXPECT_EQ(service_->logged().size(), 3u);
+}
+
 TEST_F(HttpServerTest, PostFeaturesForManyEntities) {
   StartServer();
   Seed(false);
@@ -561,7 +602,7 @@ TEST_F(HttpServerTest, PostFeaturesForManyEntities) {
   ASSERT_TRUE(result);
   EXPECT_EQ(result->status, 200) << result->body;
   auto json = ParseJson(result);
-  EXPECT_EQ(Keys(json->root), (std::vector<std::string>{"as_of", "as_of_ms", "results"}));
+  EXPECT_EQ(Keys(json->root), (std::vector<std::string>{"request_id", "as_of", "as_of_ms", "results"}));
   EXPECT_EQ(GetString(At(json->root, "as_of")), "2026-01-01T00:10:00.000Z");
   EXPECT_EQ(GetInt(At(json->root, "as_of_ms")), kT0 + 10 * kMinute);
   simdjson::dom::array results;

@@ -1,0 +1,84 @@
+// FeatureLogWriter: logs what the serving API answered into the offline feature_log table, so that
+// `freshet skew` can recompute every answer through the offline path and compare.
+//
+// Logging never slows serving noticeably: Log copies the answer into a bounded queue and returns; a
+// background thread writes queued answers to the table and commits them every `commit_interval_ms` (and
+// at Stop). When the queue is full the answer is shed and counted in freshet_feature_log_shed_total,
+// never dropped silently. Sampling is by a hash of the entity key, so an entity is logged always or never.
+//
+// Logged answers are not events: a crash loses what was queued and not yet committed (at most one commit
+// interval), which freshet_feature_log_committed_total lets you see; events themselves are never lost.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "common/status.h"
+#include "offline/offline_table.h"
+#include "offline/tables.h"
+#include "serve/feature_service.h"
+#include "serve/metrics.h"
+#include "spec/spec.h"
+
+namespace freshet {
+
+class FeatureLogWriter {
+ public:
+  static Result<std::unique_ptr<FeatureLogWriter>> Start(const Spec& spec, const OfflinePaths& paths,
+                                                         MetricsRegistry& metrics, int64_t commit_interval_ms);
+  ~FeatureLogWriter();
+
+  // Queues the answer (its sampled entities); never blocks on I/O.
+  void Log(std::string_view request_id, int64_t as_of_ms, std::span<const int> features,
+           std::span<const std::string_view> entities, std::span<const FeatureLookup> lookups);
+  // Writes and commits everything queued, then stops the thread.
+  Status Stop();
+
+  // True when `entity` is in the sample (sample_rate of the spec).
+  bool Sampled(std::string_view entity) const;
+
+ private:
+  struct Entry {
+    std::string request_id;
+    std::string entity;
+    int64_t as_of_ms = 0;
+    int64_t served_ms = 0;
+    std::string served_features;
+    std::vector<ValueType> types;  // Per spec feature; kMissing: not served.
+    std::vector<int64_t> ints;
+    std::vector<double> doubles;
+    std::vector<std::string> strings;
+  };
+  FeatureLogWriter(const Spec& spec, MetricsRegistry& metrics, int64_t commit_interval_ms);
+  void Loop();
+  Status WriteAndCommit(std::deque<Entry>& entries, bool commit);
+
+  const Spec& spec_;
+  const int64_t commit_interval_ms_;
+  std::unique_ptr<OfflineTable> table_;
+  uint64_t sample_threshold_ = 0;  // Hash below: sampled.
+  bool sample_all_ = true;
+
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<Entry> queue_;
+  bool stopping_ = false;
+  std::thread thread_;
+  Status status_;
+
+  Counter* logged_ = nullptr;
+  Counter* shed_ = nullptr;
+  Counter* committed_ = nullptr;
+  Counter* errors_ = nullptr;
+  Gauge* queued_ = nullptr;
+};
+
+}  // namespace freshet

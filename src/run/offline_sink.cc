@@ -1,0 +1,123 @@
+#include "run/offline_sink.h"
+
+#include "common/bytes.h"
+
+namespace freshet {
+namespace {
+
+// The checkpoint position: for each table ("events", "features") its unpublished staged commits.
+std::string EncodeStaged(const std::vector<StagedCommit>& events, const std::vector<StagedCommit>& features) {
+  std::string bytes;
+  ByteWriter out(&bytes);
+  for (const std::vector<StagedCommit>* list : {&events, &features}) {
+    out.PutVarint(list->size());
+    for (const StagedCommit& c : *list) out.PutString(c.Encode());
+  }
+  return bytes;
+}
+
+Status DecodeStaged(std::string_view bytes, std::vector<StagedCommit>* events, std::vector<StagedCommit>* features) {
+  ByteReader in(bytes);
+  for (std::vector<StagedCommit>* list : {events, features}) {
+    uint64_t n = 0;
+    if (!in.ReadVarint(&n) || n > bytes.size()) return Status::Invalid("the checkpoint's offline position is damaged");
+    for (uint64_t k = 0; k < n; ++k) {
+      std::string_view encoded;
+      if (!in.ReadString(&encoded)) return Status::Invalid("the checkpoint's offline position is damaged");
+      FRESHET_ASSIGN_OR_RETURN(StagedCommit c, StagedCommit::Decode(encoded));
+      list->push_back(std::move(c));
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<std::unique_ptr<OfflineSink>> OfflineSink::Open(const Spec& spec, const OfflinePaths& paths,
+                                                       OfflineSinkOptions options) {
+  std::unique_ptr<OfflineSink> sink(new OfflineSink(spec));
+  if (options.events) {
+    FRESHET_ASSIGN_OR_RETURN(sink->events_, OfflineTable::Open(TableOptions(paths, "events", EventsTableColumns())));
+  }
+  if (options.features) {
+    FRESHET_ASSIGN_OR_RETURN(sink->features_,
+                             OfflineTable::Open(TableOptions(paths, "features", FeaturesTableColumns(spec)),
+                                                options.overwrite_features));
+  }
+  return sink;
+}
+
+Result<std::string> OfflineSink::Recover(std::optional<std::string_view> recorded, std::optional<uint64_t> sequence) {
+  std::vector<StagedCommit> events, features;
+  if (recorded) FRESHET_RETURN_IF_ERROR(DecodeStaged(*recorded, &events, &features));
+  std::string log;
+  size_t published = 0, removed = 0;
+  std::optional<int64_t> keep_up_to;
+  if (sequence) keep_up_to = static_cast<int64_t>(*sequence);
+  for (auto [table, staged] : {std::pair{events_.get(), &events}, std::pair{features_.get(), &features}}) {
+    if (table == nullptr) continue;
+    for (const StagedCommit& c : *staged) {
+      FRESHET_RETURN_IF_ERROR(table->Publish(c));
+      ++published;
+    }
+    FRESHET_ASSIGN_OR_RETURN(size_t n, table->RollBackAfter(keep_up_to));
+    removed += n;
+    FRESHET_RETURN_IF_ERROR(table->DropStaging());
+  }
+  if (removed > 0) {
+    log = "offline store: removed " + std::to_string(removed) +
+          " files committed after the restored checkpoint; their events are read again";
+  }
+  (void)published;
+  return log;
+}
+
+void OfflineSink::AddEvent(int64_t seq, int64_t event_time_ms, std::string_view entity, int64_t ingest_ms,
+                           std::string_view raw) {
+  if (events_ == nullptr) return;
+  OfflineTable& t = *events_;
+  t.BeginRow(event_time_ms);
+  t.PutInt(seq);
+  t.PutTimestampMs(event_time_ms);
+  t.PutString(entity);
+  t.PutTimestampMs(ingest_ms);
+  t.PutString(raw);
+}
+
+void OfflineSink::AddFeatures(int64_t seq, std::string_view entity, int64_t event_time_ms, int64_t processing_ms,
+                              const std::vector<Value>& values) {
+  if (features_ == nullptr) return;
+  OfflineTable& t = *features_;
+  t.BeginRow(event_time_ms);
+  t.PutInt(seq);
+  t.PutString(entity);
+  t.PutTimestampMs(event_time_ms);
+  t.PutTimestampMs(processing_ms);
+  for (size_t f = 0; f < values.size(); ++f) PutFeatureValue(t, spec_.features[f], values[f]);
+}
+
+uint64_t OfflineSink::buffered_bytes() const {
+  return (events_ ? events_->buffered_bytes() : 0) + (features_ ? features_->buffered_bytes() : 0);
+}
+
+Result<std::string> OfflineSink::Stage(uint64_t checkpoint_sequence) {
+  for (auto [table, staged] : {std::pair{events_.get(), &events_staged_}, std::pair{features_.get(), &features_staged_}}) {
+    if (table == nullptr) continue;
+    FRESHET_ASSIGN_OR_RETURN(std::optional<StagedCommit> c, table->Stage(static_cast<int64_t>(checkpoint_sequence)));
+    if (c) staged->push_back(std::move(*c));
+  }
+  return EncodeStaged(events_staged_, features_staged_);
+}
+
+Status OfflineSink::Publish() {
+  for (auto [table, staged] : {std::pair{events_.get(), &events_staged_}, std::pair{features_.get(), &features_staged_}}) {
+    if (table == nullptr) continue;
+    while (!staged->empty()) {
+      FRESHET_RETURN_IF_ERROR(table->Publish(staged->front()));
+      staged->erase(staged->begin());
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace freshet

@@ -1,0 +1,66 @@
+// OfflineSink: the offline half of the dual write. `freshet run` (and `freshet backfill`) hand it every
+// accepted event and the features it produced; it buffers them in the events and features tables
+// (offline/tables.h) and commits them together with the checkpoints:
+//
+//   Stage(sequence)   before checkpoint `sequence` is written: buffered rows become staged Parquet files;
+//                     returns the text the checkpoint records (the staged commits not yet published).
+//   Publish()         after the checkpoint is durable: the staged files enter the tables, one Delta commit
+//                     per table, tagged with the checkpoint's sequence (txn version).
+//   Recover(...)      on start: publishes what the restored checkpoint recorded (a crash may have come
+//                     between the checkpoint and Publish), removes commits of newer checkpoints (their events
+//                     will be read again) and staged files no checkpoint recorded.
+//
+// So after any crash each table holds the rows of exactly the events the restored checkpoint covers, once.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+#include "common/value.h"
+#include "offline/offline_table.h"
+#include "offline/tables.h"
+#include "spec/spec.h"
+
+namespace freshet {
+
+struct OfflineSinkOptions {
+  bool events = true;               // Write the events table.
+  bool features = true;             // Write the features table.
+  bool overwrite_features = false;  // Replace the features table's content and schema (backfill).
+};
+
+class OfflineSink {
+ public:
+  static Result<std::unique_ptr<OfflineSink>> Open(const Spec& spec, const OfflinePaths& paths,
+                                                   OfflineSinkOptions options);
+
+  // `recorded`: the checkpoint's "offline" position (nullopt without one); `sequence`: its sequence
+  // (nullopt when starting without a checkpoint). Returns a line for the log, empty when nothing was done.
+  Result<std::string> Recover(std::optional<std::string_view> recorded, std::optional<uint64_t> sequence);
+
+  void AddEvent(int64_t seq, int64_t event_time_ms, std::string_view entity, int64_t ingest_ms, std::string_view raw);
+  void AddFeatures(int64_t seq, std::string_view entity, int64_t event_time_ms, int64_t processing_ms,
+                   const std::vector<Value>& values);
+  bool writes_features() const { return features_ != nullptr; }
+  bool writes_events() const { return events_ != nullptr; }
+  uint64_t buffered_bytes() const;
+
+  Result<std::string> Stage(uint64_t checkpoint_sequence);
+  Status Publish();
+
+ private:
+  OfflineSink(const Spec& spec) : spec_(spec) {}
+  const Spec& spec_;
+  std::unique_ptr<OfflineTable> events_;
+  std::unique_ptr<OfflineTable> features_;
+  // Staged and not yet published (a failed checkpoint leaves them for the next one), per table.
+  std::vector<StagedCommit> events_staged_;
+  std::vector<StagedCommit> features_staged_;
+};
+
+}  // namespace freshet
