@@ -130,9 +130,14 @@ Status DeltaLog::ReadVersions() {
   if (ec) return Status::IoError("cannot list '" + folder.string() + "': " + ec.message());
   // The schema in force is that of the newest metaData action.
   stored_schema_.clear();
+  txn_versions_.clear();
   FRESHET_RETURN_IF_ERROR(ForEachAction(table_dir_, latest_version_, [&](int64_t, simdjson::dom::element doc) {
-    std::string_view schema;
+    std::string_view schema, app;
+    int64_t txn = 0;
     if (doc["metaData"]["schemaString"].get(schema) == simdjson::SUCCESS) stored_schema_ = std::string(schema);
+    if (doc["txn"]["appId"].get(app) == simdjson::SUCCESS && doc["txn"]["version"].get(txn) == simdjson::SUCCESS) {
+      txn_versions_[std::string(app)] = txn;
+    }
   }));
   schema_matches_ = stored_schema_ == SchemaString();
   return Status::Ok();
@@ -166,10 +171,10 @@ Status DeltaLog::Commit(const DeltaCommit& commit, bool* existed) {
     json.EndObject().EndObject();
     text += line + "\n";
   }
-  if (!commit.app_id.empty() && commit.txn_version >= 0) {
+  if (!commit.app_id.empty() && commit.txn_version) {
     std::string line;
     JsonWriter json(&line);
-    json.BeginObject().Key("txn").BeginObject().Key("appId").String(commit.app_id).Key("version").Int(commit.txn_version);
+    json.BeginObject().Key("txn").BeginObject().Key("appId").String(commit.app_id).Key("version").Int(*commit.txn_version);
     json.Key("lastUpdated").Int(now).EndObject().EndObject();
     text += line + "\n";
   }
@@ -201,6 +206,7 @@ Status DeltaLog::Commit(const DeltaCommit& commit, bool* existed) {
   }
   FRESHET_RETURN_IF_ERROR(SyncDirectory(folder.string()));
   latest_version_ = std::max(latest_version_, commit.version);
+  if (!commit.app_id.empty() && commit.txn_version) txn_versions_[commit.app_id] = *commit.txn_version;
   if (commit.replace_metadata) {
     stored_schema_ = SchemaString();
     schema_matches_ = true;
@@ -251,18 +257,10 @@ Result<std::vector<DeltaFile>> DeltaLog::ActiveFiles() const {
   return files;
 }
 
-Result<std::optional<int64_t>> DeltaLog::TxnVersion(const std::string& app_id) const {
-  std::optional<int64_t> found;
-  FRESHET_RETURN_IF_ERROR(ForEachAction(table_dir_, latest_version_, [&](int64_t, simdjson::dom::element doc) {
-    simdjson::dom::element txn;
-    std::string_view id;
-    int64_t version = 0;
-    if (doc["txn"].get(txn) == simdjson::SUCCESS && txn["appId"].get(id) == simdjson::SUCCESS && id == app_id &&
-        txn["version"].get(version) == simdjson::SUCCESS) {
-      found = std::max(found.value_or(version), version);
-    }
-  }));
-  return found;
+std::optional<int64_t> DeltaLog::TxnVersion(const std::string& app_id) const {
+  auto it = txn_versions_.find(app_id);
+  if (it == txn_versions_.end()) return std::nullopt;
+  return it->second;
 }
 
 }  // namespace freshet

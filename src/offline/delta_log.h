@@ -51,7 +51,7 @@ struct DeltaCommit {
   std::vector<DeltaFile> adds;
   std::vector<std::string> removes;       // Paths of files to drop from the table.
   std::string app_id;                     // With txn_version: a `txn` action, so a writer can tell
-  int64_t txn_version = -1;               // which of its transactions are in the table.
+  std::optional<int64_t> txn_version;     // which of its transactions are in the table.
   bool replace_metadata = false;          // Write the schema again (a backfill that changes features).
   std::string operation = "WRITE";        // commitInfo.operation.
 };
@@ -63,14 +63,14 @@ class DeltaLog {
   static Result<DeltaLog> Open(const std::string& table_dir, std::vector<DeltaColumn> schema,
                                std::vector<std::string> partition_columns);
 
-  // Writes commit `commit.version`, which must be latest_version() + 1 or, when recovering a commit a crash
-  // interrupted, any version: when the version already exists, *existed is set and nothing is written.
+  // Writes commit `commit.version` (normally latest_version() + 1): when the version already exists (another
+  // writer won it), *existed is set, nothing is written and an error is returned.
   Status Commit(const DeltaCommit& commit, bool* existed);
 
   // The files of the table as of the newest commit, in the order they were added.
   Result<std::vector<DeltaFile>> ActiveFiles() const;
-  // The highest txn version recorded for `app_id`, if any.
-  Result<std::optional<int64_t>> TxnVersion(const std::string& app_id) const;
+  // The txn version of the newest commit that recorded one for `app_id`, if any.
+  std::optional<int64_t> TxnVersion(const std::string& app_id) const;
 
   int64_t latest_version() const { return latest_version_; }
   bool schema_matches() const { return schema_matches_; }
@@ -88,6 +88,7 @@ class DeltaLog {
   int64_t latest_version_ = -1;
   bool schema_matches_ = true;
   std::string stored_schema_;
+  std::map<std::string, int64_t> txn_versions_;  // app id -> txn version of its newest commit with one.
 };
 
 // The file name of commit `version` in `_delta_log/`: 20 digits and ".json".

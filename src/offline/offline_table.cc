@@ -84,8 +84,8 @@ std::string UtcDate(int64_t epoch_ms) {
 std::string StagedCommit::Encode() const {
   std::string bytes;
   ByteWriter out(&bytes);
-  out.PutSignedVarint(version);
-  out.PutSignedVarint(txn_version);
+  out.PutU8(txn_version ? 1 : 0);
+  out.PutSignedVarint(txn_version.value_or(0));
   out.PutU8(replace_metadata ? 1 : 0);
   out.PutVarint(files.size());
   for (const File& f : files) {
@@ -110,8 +110,11 @@ Result<StagedCommit> StagedCommit::Decode(std::string_view bytes) {
   ByteReader in(bytes);
   uint8_t replace = 0;
   uint64_t n = 0;
-  in.ReadSignedVarint(&c.version);
-  in.ReadSignedVarint(&c.txn_version);
+  uint8_t has_txn = 0;
+  int64_t txn = 0;
+  in.ReadU8(&has_txn);
+  in.ReadSignedVarint(&txn);
+  if (has_txn) c.txn_version = txn;
   in.ReadU8(&replace);
   c.replace_metadata = replace != 0;
   if (in.ReadVarint(&n) && n <= bytes.size()) {
@@ -130,7 +133,6 @@ Result<StagedCommit> StagedCommit::Decode(std::string_view bytes) {
       in.ReadVarint(&f.file.size_bytes);
       in.ReadSignedVarint(&f.file.modification_ms);
       in.ReadVarint(&f.file.num_records);
-      f.file.version = c.version;
       c.files.push_back(std::move(f));
     }
   }
@@ -146,7 +148,7 @@ struct OfflineTable::Impl {
   OfflineTableOptions options;
   DeltaLog log;
   bool overwrite_pending = false;
-  int64_t next_version = 0;  // Staged commits not yet published hold the versions below.
+  uint64_t staged_files = 0;  // Names staged files uniquely within this process.
   std::vector<ColumnBuffer> columns;
   std::vector<int32_t> row_days;  // UTC day of each row (partitioned tables).
   size_t rows = 0;
@@ -155,8 +157,7 @@ struct OfflineTable::Impl {
   std::shared_ptr<arrow::Schema> schema;
 
   ColumnBuffer& Next() { return columns[next_column++]; }
-  Result<StagedCommit::File> WriteFile(const std::vector<uint32_t>& rows_in_file, int64_t version, int part,
-                                       std::optional<int32_t> day);
+  Result<StagedCommit::File> WriteFile(const std::vector<uint32_t>& rows_in_file, std::optional<int32_t> day);
 };
 
 OfflineTable::OfflineTable(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -239,8 +240,8 @@ uint64_t OfflineTable::buffered_bytes() const { return impl_->bytes; }
 const DeltaLog& OfflineTable::log() const { return impl_->log; }
 const OfflineTableOptions& OfflineTable::options() const { return impl_->options; }
 
-Result<StagedCommit::File> OfflineTable::Impl::WriteFile(const std::vector<uint32_t>& rows_in_file, int64_t version,
-                                                         int part, std::optional<int32_t> day) {
+Result<StagedCommit::File> OfflineTable::Impl::WriteFile(const std::vector<uint32_t>& rows_in_file,
+                                                         std::optional<int32_t> day) {
   arrow::ArrayVector arrays;
   for (size_t k = 0; k < options.columns.size(); ++k) {
     const ColumnBuffer& c = columns[k];
@@ -287,7 +288,7 @@ Result<StagedCommit::File> OfflineTable::Impl::WriteFile(const std::vector<uint3
 
   StagedCommit::File out;
   char name[96];
-  std::snprintf(name, sizeof(name), "part-%05lld-%03d-%s.zstd.parquet", static_cast<long long>(version), part,
+  std::snprintf(name, sizeof(name), "part-%05llu-%s.zstd.parquet", static_cast<unsigned long long>(staged_files++),
                 RandomSuffix().c_str());
   out.file.path = name;
   if (day) {
@@ -297,7 +298,6 @@ Result<StagedCommit::File> OfflineTable::Impl::WriteFile(const std::vector<uint3
   }
   out.staged_path = (std::filesystem::path(options.staging_dir) / name).string();
   out.file.num_records = rows_in_file.size();
-  out.file.version = version;
 
   auto sink = arrow::io::FileOutputStream::Open(out.staged_path);
   if (!sink.ok()) return FromArrow(sink.status(), "cannot create '" + out.staged_path + "'");
@@ -316,12 +316,10 @@ Result<StagedCommit::File> OfflineTable::Impl::WriteFile(const std::vector<uint3
   return out;
 }
 
-Result<std::optional<StagedCommit>> OfflineTable::Stage(int64_t txn_version) {
+Result<std::optional<StagedCommit>> OfflineTable::Stage(std::optional<int64_t> txn_version) {
   Impl& m = *impl_;
   if (m.rows == 0 && !m.overwrite_pending) return std::optional<StagedCommit>();
   StagedCommit commit;
-  commit.version = std::max(m.log.latest_version() + 1, m.next_version);
-  m.next_version = commit.version + 1;
   commit.txn_version = txn_version;
   if (m.overwrite_pending) {
     FRESHET_ASSIGN_OR_RETURN(std::vector<DeltaFile> active, m.log.ActiveFiles());
@@ -331,11 +329,10 @@ Result<std::optional<StagedCommit>> OfflineTable::Stage(int64_t txn_version) {
   // Group rows by partition (stable, so each file keeps the rows' order).
   std::map<int32_t, std::vector<uint32_t>> groups;
   for (uint32_t r = 0; r < m.rows; ++r) groups[m.row_days.empty() ? 0 : m.row_days[r]].push_back(r);
-  int part = 0;
   for (const auto& [day, rows] : groups) {
     std::optional<int32_t> partition;
     if (!m.row_days.empty()) partition = day;
-    FRESHET_ASSIGN_OR_RETURN(StagedCommit::File f, m.WriteFile(rows, commit.version, part++, partition));
+    FRESHET_ASSIGN_OR_RETURN(StagedCommit::File f, m.WriteFile(rows, partition));
     commit.files.push_back(std::move(f));
   }
   FRESHET_RETURN_IF_ERROR(SyncDirectory(m.options.staging_dir));
@@ -348,9 +345,9 @@ Result<std::optional<StagedCommit>> OfflineTable::Stage(int64_t txn_version) {
 
 Status OfflineTable::Publish(const StagedCommit& commit) {
   Impl& m = *impl_;
-  if (commit.version <= m.log.latest_version() &&
-      std::filesystem::exists(std::filesystem::path(m.options.table_dir) / "_delta_log" / DeltaCommitFileName(commit.version))) {
-    return Status::Ok();  // Published before a crash.
+  if (commit.txn_version) {
+    std::optional<int64_t> newest = m.log.TxnVersion(m.options.app_id);
+    if (newest && *newest >= *commit.txn_version) return Status::Ok();  // Published before a crash.
   }
   std::vector<std::string> folders;
   for (const StagedCommit::File& f : commit.files) {
@@ -364,8 +361,8 @@ Status OfflineTable::Publish(const StagedCommit& commit) {
                                "': " + std::strerror(errno));
       }
     } else if (!std::filesystem::exists(target)) {
-      return Status::IoError("the offline file '" + f.file.path + "' of commit " + std::to_string(commit.version) +
-                             " is neither staged nor in the table; the staging folder '" + m.options.staging_dir +
+      return Status::IoError("the offline file '" + f.file.path + "' is neither staged nor in the table '" +
+                             m.options.table_dir + "'; the staging folder '" + m.options.staging_dir +
                              "' was changed by hand");
     }
     folders.push_back(target.parent_path().string());
@@ -374,7 +371,7 @@ Status OfflineTable::Publish(const StagedCommit& commit) {
   folders.erase(std::unique(folders.begin(), folders.end()), folders.end());
   for (const std::string& folder : folders) FRESHET_RETURN_IF_ERROR(SyncDirectory(folder));
   DeltaCommit delta;
-  delta.version = commit.version;
+  delta.version = m.log.latest_version() + 1;
   delta.app_id = m.options.app_id;
   delta.txn_version = commit.txn_version;
   delta.removes = commit.removes;
@@ -382,8 +379,7 @@ Status OfflineTable::Publish(const StagedCommit& commit) {
   if (commit.replace_metadata) delta.operation = "CREATE OR REPLACE TABLE";
   for (const StagedCommit::File& f : commit.files) delta.adds.push_back(f.file);
   bool existed = false;
-  Status status = m.log.Commit(delta, &existed);
-  if (!status.ok() && !existed) return status;
+  FRESHET_RETURN_IF_ERROR(m.log.Commit(delta, &existed));
   if (commit.replace_metadata) m.overwrite_pending = false;
   return Status::Ok();
 }
@@ -391,15 +387,17 @@ Status OfflineTable::Publish(const StagedCommit& commit) {
 Result<size_t> OfflineTable::RollBackAfter(std::optional<int64_t> txn_version) {
   FRESHET_ASSIGN_OR_RETURN(std::vector<DeltaFile> active, impl_->log.ActiveFiles());
   DeltaCommit commit;
-  commit.version = std::max(impl_->log.latest_version(), impl_->next_version - 1) + 1;
+  commit.version = impl_->log.latest_version() + 1;
   commit.operation = "DELETE";
+  // The txn version goes back to what is kept, so that the re-read events' commits are published again.
+  commit.app_id = impl_->options.app_id;
+  commit.txn_version = txn_version.value_or(-1);
   for (const DeltaFile& f : active) {
     if (f.txn_version >= 0 && (!txn_version || f.txn_version > *txn_version)) commit.removes.push_back(f.path);
   }
   if (commit.removes.empty()) return size_t{0};
   bool existed = false;
   FRESHET_RETURN_IF_ERROR(impl_->log.Commit(commit, &existed));
-  impl_->next_version = commit.version + 1;
   return commit.removes.size();
 }
 

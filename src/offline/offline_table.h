@@ -52,10 +52,11 @@ struct OfflineTableOptions {
   int64_t row_group_rows = 256 * 1024;     // Rows per Parquet row group.
 };
 
-// The files of one Stage and the Delta commit that publishes them; serializable into a checkpoint.
+// The files of one Stage and the Delta commit that publishes them; serializable into a checkpoint. The
+// commit's version is chosen when it is published (the next free one); `txn_version` (the checkpoint
+// sequence, or nullopt) tells Publish whether a crash came after the commit was already written.
 struct StagedCommit {
-  int64_t version = 0;
-  int64_t txn_version = -1;
+  std::optional<int64_t> txn_version;
   struct File {
     std::string staged_path;  // Absolute, in the staging folder.
     DeltaFile file;           // Path relative to the table folder.
@@ -88,9 +89,10 @@ class OfflineTable {
 
   // Writes the buffered rows to staged Parquet files and empties the buffer. nullopt when there is
   // nothing to commit.
-  Result<std::optional<StagedCommit>> Stage(int64_t txn_version);
+  Result<std::optional<StagedCommit>> Stage(std::optional<int64_t> txn_version);
   // Moves the staged files into the table and writes the commit. Safe to call again for a commit a crash
-  // interrupted: files already moved and a version already written are left as they are.
+  // interrupted: when the table's newest txn version for this writer is at or past the commit's, the
+  // commit is in already and nothing is done.
   Status Publish(const StagedCommit& commit);
   // Deletes staged files (left by a crash before their checkpoint); call after publishing the checkpoint's commit.
   Status DropStaging();

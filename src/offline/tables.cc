@@ -84,7 +84,7 @@ void PutFeatureValue(OfflineTable& table, const FeatureSpec& feature, const Valu
 
 OfflineTableOptions TableOptions(const OfflinePaths& paths, const std::string& name, std::vector<OfflineColumn> columns) {
   OfflineTableOptions o;
-  o.table_dir = paths.root + "/" + name;
+  o.table_dir = name == "events" ? paths.events : name == "features" ? paths.features : paths.feature_log;
   o.staging_dir = paths.Staging(name);
   o.columns = std::move(columns);
   o.partition_column = name == "feature_log" ? "served_date" : "event_date";

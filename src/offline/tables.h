@@ -32,7 +32,10 @@ struct OfflinePaths {
   std::string events;
   std::string features;
   std::string feature_log;
-  std::string Staging(const std::string& table) const { return root + "/_staging/" + table; }
+  std::string staging_override;  // When set, the staging folder of every table (an output outside root).
+  std::string Staging(const std::string& table) const {
+    return staging_override.empty() ? root + "/_staging/" + table : staging_override;
+  }
 };
 
 // The spec's offline folder: offline.path, or <data_dir>/offline.

@@ -5,30 +5,39 @@
 namespace freshet {
 namespace {
 
-// The checkpoint position: for each table ("events", "features") its unpublished staged commits.
-std::string EncodeStaged(const std::vector<StagedCommit>& events, const std::vector<StagedCommit>& features) {
+// The checkpoint position: for each table ("events", "features") its unpublished staged commit, if any.
+std::string EncodeStaged(const std::optional<StagedCommit>& events, const std::optional<StagedCommit>& features) {
   std::string bytes;
   ByteWriter out(&bytes);
-  for (const std::vector<StagedCommit>* list : {&events, &features}) {
-    out.PutVarint(list->size());
-    for (const StagedCommit& c : *list) out.PutString(c.Encode());
+  for (const std::optional<StagedCommit>* c : {&events, &features}) {
+    out.PutU8(c->has_value() ? 1 : 0);
+    if (c->has_value()) out.PutString((*c)->Encode());
   }
   return bytes;
 }
 
-Status DecodeStaged(std::string_view bytes, std::vector<StagedCommit>* events, std::vector<StagedCommit>* features) {
+Status DecodeStaged(std::string_view bytes, std::optional<StagedCommit>* events, std::optional<StagedCommit>* features) {
   ByteReader in(bytes);
-  for (std::vector<StagedCommit>* list : {events, features}) {
-    uint64_t n = 0;
-    if (!in.ReadVarint(&n) || n > bytes.size()) return Status::Invalid("the checkpoint's offline position is damaged");
-    for (uint64_t k = 0; k < n; ++k) {
-      std::string_view encoded;
-      if (!in.ReadString(&encoded)) return Status::Invalid("the checkpoint's offline position is damaged");
-      FRESHET_ASSIGN_OR_RETURN(StagedCommit c, StagedCommit::Decode(encoded));
-      list->push_back(std::move(c));
-    }
+  for (std::optional<StagedCommit>* c : {events, features}) {
+    uint8_t present = 0;
+    std::string_view encoded;
+    if (!in.ReadU8(&present)) return Status::Invalid("the checkpoint's offline position is damaged");
+    if (present == 0) continue;
+    if (!in.ReadString(&encoded)) return Status::Invalid("the checkpoint's offline position is damaged");
+    FRESHET_ASSIGN_OR_RETURN(*c, StagedCommit::Decode(encoded));
   }
   return Status::Ok();
+}
+
+// Folds `more` into `into`: one commit that adds both's files (and does what the first one removes).
+void Fold(std::optional<StagedCommit>& into, StagedCommit more) {
+  if (!into) {
+    into = std::move(more);
+    return;
+  }
+  for (StagedCommit::File& f : more.files) into->files.push_back(std::move(f));
+  into->txn_version = more.txn_version;
+  into->replace_metadata = into->replace_metadata || more.replace_metadata;
 }
 
 }  // namespace
@@ -48,7 +57,7 @@ Result<std::unique_ptr<OfflineSink>> OfflineSink::Open(const Spec& spec, const O
 }
 
 Result<std::string> OfflineSink::Recover(std::optional<std::string_view> recorded, std::optional<uint64_t> sequence) {
-  std::vector<StagedCommit> events, features;
+  std::optional<StagedCommit> events, features;
   if (recorded) FRESHET_RETURN_IF_ERROR(DecodeStaged(*recorded, &events, &features));
   std::string log;
   size_t published = 0, removed = 0;
@@ -56,8 +65,8 @@ Result<std::string> OfflineSink::Recover(std::optional<std::string_view> recorde
   if (sequence) keep_up_to = static_cast<int64_t>(*sequence);
   for (auto [table, staged] : {std::pair{events_.get(), &events}, std::pair{features_.get(), &features}}) {
     if (table == nullptr) continue;
-    for (const StagedCommit& c : *staged) {
-      FRESHET_RETURN_IF_ERROR(table->Publish(c));
+    if (*staged) {
+      FRESHET_RETURN_IF_ERROR(table->Publish(**staged));
       ++published;
     }
     FRESHET_ASSIGN_OR_RETURN(size_t n, table->RollBackAfter(keep_up_to));
@@ -87,7 +96,9 @@ void OfflineSink::AddEvent(int64_t seq, int64_t event_time_ms, std::string_view 
 void OfflineSink::AddFeatures(int64_t seq, std::string_view entity, int64_t event_time_ms, int64_t processing_ms,
                               const std::vector<Value>& values) {
   if (features_ == nullptr) return;
+  if ((from_ms_ && event_time_ms < *from_ms_) || (to_ms_ && event_time_ms >= *to_ms_)) return;
   OfflineTable& t = *features_;
+  ++feature_rows_;
   t.BeginRow(event_time_ms);
   t.PutInt(seq);
   t.PutString(entity);
@@ -100,22 +111,28 @@ uint64_t OfflineSink::buffered_bytes() const {
   return (events_ ? events_->buffered_bytes() : 0) + (features_ ? features_->buffered_bytes() : 0);
 }
 
-Result<std::string> OfflineSink::Stage(uint64_t checkpoint_sequence) {
+Status OfflineSink::StageInto(std::optional<int64_t> txn_version) {
   for (auto [table, staged] : {std::pair{events_.get(), &events_staged_}, std::pair{features_.get(), &features_staged_}}) {
     if (table == nullptr) continue;
-    FRESHET_ASSIGN_OR_RETURN(std::optional<StagedCommit> c, table->Stage(static_cast<int64_t>(checkpoint_sequence)));
-    if (c) staged->push_back(std::move(*c));
+    FRESHET_ASSIGN_OR_RETURN(std::optional<StagedCommit> c, table->Stage(txn_version));
+    if (c) Fold(*staged, std::move(*c));
+    if (*staged && txn_version) (*staged)->txn_version = txn_version;
   }
+  return Status::Ok();
+}
+
+Status OfflineSink::Spill() { return StageInto(std::nullopt); }
+
+Result<std::string> OfflineSink::Stage(uint64_t checkpoint_sequence) {
+  FRESHET_RETURN_IF_ERROR(StageInto(static_cast<int64_t>(checkpoint_sequence)));
   return EncodeStaged(events_staged_, features_staged_);
 }
 
 Status OfflineSink::Publish() {
   for (auto [table, staged] : {std::pair{events_.get(), &events_staged_}, std::pair{features_.get(), &features_staged_}}) {
-    if (table == nullptr) continue;
-    while (!staged->empty()) {
-      FRESHET_RETURN_IF_ERROR(table->Publish(staged->front()));
-      staged->erase(staged->begin());
-    }
+    if (table == nullptr || !*staged) continue;
+    FRESHET_RETURN_IF_ERROR(table->Publish(**staged));
+    staged->reset();
   }
   return Status::Ok();
 }

@@ -49,18 +49,32 @@ class OfflineSink {
   bool writes_features() const { return features_ != nullptr; }
   bool writes_events() const { return events_ != nullptr; }
   uint64_t buffered_bytes() const;
+  uint64_t feature_rows_written() const { return feature_rows_; }
 
   Result<std::string> Stage(uint64_t checkpoint_sequence);
+  // Writes buffered rows to staged files without a checkpoint (a long backfill bounds its memory so);
+  // the next Stage folds them into its commit.
+  Status Spill();
   Status Publish();
+  // Features rows are kept only for event times in [from, to) (backfill --from/--to).
+  void SetFeatureRange(std::optional<int64_t> from_ms, std::optional<int64_t> to_ms) {
+    from_ms_ = from_ms;
+    to_ms_ = to_ms;
+  }
 
  private:
   OfflineSink(const Spec& spec) : spec_(spec) {}
   const Spec& spec_;
+  Status StageInto(std::optional<int64_t> txn_version);
+
+  std::optional<int64_t> from_ms_, to_ms_;
+  uint64_t feature_rows_ = 0;
   std::unique_ptr<OfflineTable> events_;
   std::unique_ptr<OfflineTable> features_;
-  // Staged and not yet published (a failed checkpoint leaves them for the next one), per table.
-  std::vector<StagedCommit> events_staged_;
-  std::vector<StagedCommit> features_staged_;
+  // Staged and not yet published (a failed checkpoint leaves it for the next one), per table: at most one
+  // commit, since every Stage folds its files into it.
+  std::optional<StagedCommit> events_staged_;
+  std::optional<StagedCommit> features_staged_;
 };
 
 }  // namespace freshet

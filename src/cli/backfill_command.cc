@@ -1,0 +1,80 @@
+// `freshet backfill`: recompute features from history through the streaming path (see run/backfill.h).
+#include <unistd.h>
+
+#include <cstdio>
+#include <string>
+
+#include "cli/commands.h"
+#include "historical/historical.h"
+#include "run/backfill.h"
+#include "spec/spec.h"
+
+namespace freshet::cli {
+
+void RegisterBackfill(CLI::App& app, int* exit_code) {
+  struct Args {
+    std::string spec;
+    BackfillOptions options;
+    std::string from, to;
+    bool no_checkpoint = false;
+    bool no_progress = false;
+  };
+  auto args = std::make_shared<Args>();
+  CLI::App* cmd = app.add_subcommand(
+      "backfill",
+      "Recompute the features table from the offline events table (or files) through the streaming operators, and "
+      "write a checkpoint `freshet run` continues from");
+  cmd->add_option("--spec", args->spec, "Feature spec (YAML)")->required();
+  cmd->add_option("--data-dir", args->options.data_dir,
+                  "The data directory of `freshet run`: its offline events table is read, the checkpoint written there")
+      ->capture_default_str();
+  cmd->add_option("--events", args->options.events_files,
+                  "Read these JSON-lines files, in order, instead of the events table (the stream then reads its "
+                  "source from the start: point it at the events that follow)");
+  cmd->add_option("--from", args->from, "Write features rows for event times from T (epoch ms or RFC 3339)");
+  cmd->add_option("--to", args->to, "... up to, not including, T; every event is applied to the state regardless");
+  cmd->add_option("--output", args->options.output_dir,
+                  "The features table (a Delta table folder) to replace; default: the spec's offline features table");
+  cmd->add_flag("--no-checkpoint", args->no_checkpoint, "Write no checkpoint (only the features table)");
+  cmd->add_flag("--no-progress", args->no_progress, "Never show progress (shown by default on a terminal)");
+  cmd->callback([args, exit_code] {
+    Result<Spec> spec = LoadSpec(args->spec);
+    if (!spec.ok()) {
+      std::fprintf(stderr, "%s\n", spec.status().message().c_str());
+      *exit_code = 2;
+      return;
+    }
+    for (auto [text, out, name] : {std::tuple{&args->from, &args->options.from_ms, "--from"},
+                                   std::tuple{&args->to, &args->options.to_ms, "--to"}}) {
+      if (text->empty()) continue;
+      Result<int64_t> t = ParseTimeText(*text);
+      if (!t.ok()) {
+        std::fprintf(stderr, "freshet backfill: %s: %s\n", name, t.status().message().c_str());
+        *exit_code = 2;
+        return;
+      }
+      *out = *t;
+    }
+    args->options.write_checkpoint = !args->no_checkpoint;
+    args->options.progress = !args->no_progress && isatty(STDERR_FILENO);
+    BackfillStats stats;
+    Status status = RunBackfill(*spec, args->options, &stats);
+    if (!status.ok()) {
+      std::fprintf(stderr, "freshet backfill: %s\n", status.message().c_str());
+      *exit_code = status.code() == StatusCode::kInvalidArgument || status.code() == StatusCode::kNotFound ? 2 : 1;
+      return;
+    }
+    std::fprintf(stderr,
+                 "backfill: %llu events read, %llu accepted, %llu rejected, %llu late; %llu features rows in %.2f s",
+                 static_cast<unsigned long long>(stats.lines), static_cast<unsigned long long>(stats.accepted),
+                 static_cast<unsigned long long>(stats.rejected), static_cast<unsigned long long>(stats.late),
+                 static_cast<unsigned long long>(stats.feature_rows), stats.seconds);
+    if (stats.checkpoint_sequence) {
+      std::fprintf(stderr, "; checkpoint %llu written", static_cast<unsigned long long>(*stats.checkpoint_sequence));
+    }
+    std::fprintf(stderr, "\n");
+    *exit_code = 0;
+  });
+}
+
+}  // namespace freshet::cli
