@@ -39,3 +39,15 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
   echo "$want" > "$stamp"
 fi
+
+# The Python SDK (python/), installed editable with no dependencies of its own (requirements.txt has them), so
+# `import freshet` runs this checkout's code. Reinstalled when python/pyproject.toml or the checkout's path changes,
+# or when the package cannot be found.
+sdk_stamp="$venv/.freshet-sdk.sha256"
+sdk_want="$( { cat "$here/python/pyproject.toml"; echo "$here"; } | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$sdk_stamp" ] || [ "$(cat "$sdk_stamp")" != "$sdk_want" ] ||
+   ! "$venv/bin/python" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('freshet') is None)"; then
+  echo "setup: installing the Python SDK (python/) into $venv" >&2
+  "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -e "$here/python"
+  echo "$sdk_want" > "$sdk_stamp"
+fi

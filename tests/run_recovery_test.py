@@ -1,6 +1,6 @@
 """`freshet run` survives kill -9: after several crashes at random moments and restarts, the values it
 serves equal `freshet historical` over the same events at the same time, and the dead letters hold each
-rejected or late line exactly once. Covers the file source (followed while it grows) and HTTP pushes.
+rejected or late line exactly once, and the offline events table each accepted line exactly once. Covers the file source (followed while it grows) and HTTP pushes.
 
 The comparison is against `freshet historical`, which tests/historical_diff_test.py checks against the
 independent brute-force reference in tests/reference.py.
@@ -157,6 +157,22 @@ def _check(tmp: Path, spec: Path, all_events: Path, server: Server) -> None:
     assert len(served_dead) == len(expected_dead)
 
 
+def _check_offline(tmp: Path, all_events: Path) -> None:
+    """After the last stop: the offline events table holds every accepted line exactly once (crashes
+    notwithstanding), and the features table one row per accepted event."""
+    import deltalake
+    from reference import split_lines
+
+    dead = {json.loads(l)["line"] for l in (tmp / "expected_dead.jsonl").read_text().splitlines()}
+    accepted = sorted(l.rstrip(b"\r") for n, l in enumerate(split_lines(all_events.read_bytes()), start=1)
+                      if n not in dead)
+    events = deltalake.DeltaTable(str(tmp / "data" / "offline" / "events")).to_pyarrow_table(columns=["seq", "raw"])
+    assert sorted(events.column("seq").to_pylist()) == list(range(len(accepted)))
+    assert sorted(r.encode() for r in events.column("raw").to_pylist()) == accepted
+    features = deltalake.DeltaTable(str(tmp / "data" / "offline" / "features")).to_pyarrow_table(columns=["seq"])
+    assert sorted(features.column("seq").to_pylist()) == list(range(len(accepted)))
+
+
 def _is_event(line: bytes) -> bool:
     try:
         value = json.loads(line)
@@ -201,6 +217,7 @@ def test_file_source_survives_kill_minus_nine(tmp_path: Path, seed: int) -> None
         assert server.metric("freshet_events_in_total") == len(lines)  # Nothing counted twice.
     finally:
         assert server.terminate() == 0
+    _check_offline(tmp_path, events)
 
 
 def test_http_pushes_survive_kill_minus_nine(tmp_path: Path) -> None:
@@ -237,6 +254,7 @@ def test_http_pushes_survive_kill_minus_nine(tmp_path: Path) -> None:
         assert server.metric("freshet_events_in_total") == len(acked)
     finally:
         assert server.terminate() == 0
+    _check_offline(tmp_path, all_events)
 
 
 def test_freshness_slo_breach_degrades_health_and_warns_once(tmp_path: Path) -> None:

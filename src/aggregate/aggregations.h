@@ -168,6 +168,7 @@ inline bool DeserializeScalar(Scalar* x, ByteReader& r, AggContext& ctx) {
 }
 
 struct CountAgg {
+  static constexpr bool kExactMerge = true;  // Merging partial states equals adding one by one, bit for bit.
   struct Input {};
   using State = int64_t;
   static bool MakeInput(const Value&, AggContext&, Input*) { return true; }
@@ -282,6 +283,7 @@ struct MeanAgg {
 
 template <bool kMin>
 struct ExtremeAgg {
+  static constexpr bool kExactMerge = true;  // Order-independent, ties included (see Add).
   using Input = Numeric;
   struct State {
     bool has = false;

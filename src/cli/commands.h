@@ -15,6 +15,8 @@ void RegisterHistorical(CLI::App& app, int* exit_code);
 void RegisterGenerate(CLI::App& app, int* exit_code);
 void RegisterRun(CLI::App& app, int* exit_code);
 void RegisterServe(CLI::App& app, int* exit_code);
+void RegisterSkew(CLI::App& app, int* exit_code);
+void RegisterBackfill(CLI::App& app, int* exit_code);
 
 // The bearer token for ingest and admin endpoints: the first line of `token_file` when given, else the
 // FRESHET_TOKEN environment variable, else empty (no token required). Never from the spec.

@@ -1,4 +1,5 @@
-// `freshet historical`: point-in-time feature values for a CSV of entity rows.
+// `freshet historical`: point-in-time feature values for entity rows (CSV or Parquet in and out), from a
+// file of events or the offline events table that `freshet run` writes.
 #include <unistd.h>
 
 #include <cstdio>
@@ -6,6 +7,7 @@
 
 #include "cli/commands.h"
 #include "historical/historical.h"
+#include "offline/tables.h"
 #include "spec/spec.h"
 
 namespace freshet::cli {
@@ -13,20 +15,34 @@ namespace freshet::cli {
 void RegisterHistorical(CLI::App& app, int* exit_code) {
   struct Args {
     std::string spec;
+    std::string events;
+    std::string data_dir = "freshet-data";
     HistoricalOptions options;
     bool no_progress = false;
   };
   auto args = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand(
-      "historical", "Compute point-in-time feature values for entity rows (a training set) from a file of events");
+      "historical",
+      "Compute point-in-time feature values for entity rows (a training set) from a file of events or from the "
+      "offline events table that `freshet run` writes");
   cmd->add_option("--spec", args->spec, "Feature spec (YAML)")->required();
-  cmd->add_option("--events", args->options.events_path, "Events, JSON lines ('-' for stdin)")->required();
+  cmd->add_option("--events", args->events,
+                  "Events, JSON lines ('-' for stdin). Without it, the offline events table is replayed in the order "
+                  "`freshet run` accepted the events (offline.path, or <data-dir>/offline/events)");
+  cmd->add_option("--data-dir", args->data_dir, "The data folder of `freshet run`, whose offline events table is read "
+                                                "when --events is not given")
+      ->capture_default_str();
   cmd->add_option("--entities", args->options.entities_path,
-                  "CSV with a header; needs the spec's entity and timestamp columns, other columns pass through")
+                  "Entity rows: CSV with a header, or .parquet; needs the spec's entity column (string or integer) and "
+                  "timestamp column (epoch ms, RFC 3339, or a Parquet timestamp); other columns pass through")
       ->required();
-  cmd->add_option("--output", args->options.output_path, "Output CSV ('-' for stdout)")->required();
+  cmd->add_option("--output", args->options.output_path,
+                  "Output: CSV ('-' for stdout), or Parquet (zstd) when it ends in .parquet; the input columns, then "
+                  "one column per feature")
+      ->required();
   cmd->add_option("--dead-letters", args->options.dead_letters_path,
-                  "Write rejected and late events here (JSON lines with line number and reason)");
+                  "Write rejected and late events here (JSON lines with line number, or seq for the events table, "
+                  "and reason)");
   cmd->add_flag("--no-progress", args->no_progress, "Never show progress (shown by default on a terminal)");
   cmd->callback([args, exit_code] {
     Result<Spec> spec = LoadSpec(args->spec);
@@ -35,12 +51,15 @@ void RegisterHistorical(CLI::App& app, int* exit_code) {
       *exit_code = 2;
       return;
     }
+    args->options.events = args->events.empty()
+                               ? EventInput::EventsTable(OfflinePathsFor(*spec, args->data_dir).events)
+                               : EventInput::JsonLines(args->events);
     args->options.progress = !args->no_progress && isatty(STDERR_FILENO);
     HistoricalStats stats;
     Status status = RunHistorical(*spec, args->options, &stats);
     if (!status.ok()) {
       std::fprintf(stderr, "freshet historical: %s\n", status.message().c_str());
-      *exit_code = status.code() == StatusCode::kInvalidArgument ? 2 : 1;
+      *exit_code = status.code() == StatusCode::kInvalidArgument || status.code() == StatusCode::kNotFound ? 2 : 1;
       return;
     }
     std::fprintf(stderr,

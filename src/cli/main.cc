@@ -33,6 +33,8 @@ int main(int argc, char** argv) {
   freshet::cli::RegisterGenerate(app, &exit_code);
   freshet::cli::RegisterRun(app, &exit_code);
   freshet::cli::RegisterServe(app, &exit_code);
+  freshet::cli::RegisterSkew(app, &exit_code);
+  freshet::cli::RegisterBackfill(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -3,50 +3,22 @@
 #include <algorithm>
 #include <cctype>
 #include <charconv>
-#include <cerrno>
 #include <chrono>
 #include <cstdio>
-#include <cstring>
-#include <fstream>
 #include <limits>
 #include <numeric>
 #include <queue>
-#include <sstream>
 
 #include "common/time.h"
 #include "engine/feature_engine.h"
 #include "event/dead_letters.h"
 #include "event/event_parser.h"
 #include "event/line_reader.h"
-#include "historical/csv.h"
+#include "historical/entity_table.h"
+#include "offline/tables.h"
 
 namespace freshet {
 namespace {
-
-struct EntityRow {
-  std::string entity;
-  int64_t time_ms;
-};
-
-Result<std::string> ReadFile(const std::string& path, const char* what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status::IoError(std::string("cannot open ") + what + " '" + path + "': " + std::strerror(errno));
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-// Parses a timestamp cell: epoch milliseconds or RFC 3339.
-Result<int64_t> ParseTimeCell(std::string_view cell) {
-  if (!cell.empty() && (std::isdigit(static_cast<unsigned char>(cell[0])) || cell[0] == '-') &&
-      cell.find_first_not_of("-0123456789") == std::string_view::npos) {
-    int64_t ms = 0;
-    auto [ptr, ec] = std::from_chars(cell.data(), cell.data() + cell.size(), ms);
-    if (ec == std::errc() && ptr == cell.data() + cell.size() && ms >= kMinTimeMs && ms <= kMaxTimeMs) return ms;
-    return Status::Invalid("'" + std::string(cell) + "' is not epoch milliseconds within years 0001-9999");
-  }
-  return ParseRfc3339Ms(cell);
-}
 
 // Progress on a terminal: a line rewritten in place at most four times a second.
 class Progress {
@@ -108,160 +80,209 @@ class ReorderBuffer {
   std::priority_queue<PendingEvent*, std::vector<PendingEvent*>, Later> heap_;
 };
 
+// The point-in-time join of events and entity rows: events are fed one at a time in input order (whatever
+// their source), rows are answered as the low watermark passes them, and Finish answers the rest.
+class PointInTimeJoin {
+ public:
+  PointInTimeJoin(const Spec& spec, const std::vector<EntityTime>& rows, const RowAnswerFn& answer,
+                  DeadLetterWriter* dead_letters, HistoricalStats* stats)
+      : engine_(spec), parser_(spec.fields), rows_(rows), answer_(answer), dead_letters_(dead_letters), stats_(stats) {
+    order_.resize(rows.size());
+    std::iota(order_.begin(), order_.end(), 0);
+    std::stable_sort(order_.begin(), order_.end(),
+                     [&](uint32_t a, uint32_t b) { return rows[a].time_ms < rows[b].time_ms; });
+  }
+
+  // One input line (or stored raw event): `capacity` bytes are readable from text.data() (see
+  // EventParser::Parse); `number` names it in dead letters.
+  void Feed(std::string_view text, size_t capacity, uint64_t number, bool too_long) {
+    ++stats_->events_read;
+    if (too_long) {
+      ++stats_->rejected;
+      dead_letters_->Write(number, "line is longer than " + std::to_string(kMaxLineBytes) + " bytes", "");
+      return;
+    }
+    if (!parser_.Parse(text, capacity, &event_, &reason_)) {
+      ++stats_->rejected;
+      dead_letters_->Write(number, reason_, text);
+      return;
+    }
+    if (!engine_.Admit(event_.time_ms)) {
+      ++stats_->late;
+      dead_letters_->Write(number, "late", text);
+      return;
+    }
+    if (!stats_->has_events || event_.time_ms > stats_->max_event_time_ms) stats_->max_event_time_ms = event_.time_ms;
+    stats_->has_events = true;
+    PendingEvent* pending = buffer_.Acquire();
+    engine_.Extract(event_, seq_++, pending);
+    buffer_.Push(pending);
+    if (engine_.low_watermark_ms() > released_below_) {
+      released_below_ = engine_.low_watermark_ms();
+      ReleaseBefore(released_below_);
+    }
+  }
+
+  // End of input: every event is final.
+  void Finish() {
+    ReleaseBefore(std::numeric_limits<int64_t>::max());
+    stats_->accepted = engine_.counters().admitted;
+    stats_->rows = next_row_;
+  }
+
+ private:
+  // Releases, in time order, every buffered event and entity row earlier than `bound`.
+  void ReleaseBefore(int64_t bound) {
+    while (true) {
+      const bool has_event = !buffer_.empty() && buffer_.top()->time_ms < bound;
+      const bool has_row = next_row_ < order_.size() && rows_[order_[next_row_]].time_ms < bound;
+      if (!has_event && !has_row) return;
+      if (has_event && (!has_row || buffer_.top()->time_ms <= rows_[order_[next_row_]].time_ms)) {
+        engine_.Apply(*buffer_.top(), buffer_.top()->time_ms);
+        buffer_.PopAndRelease();
+      } else {
+        const uint32_t r = order_[next_row_++];
+        engine_.Query(rows_[r].entity, rows_[r].time_ms, &values_);
+        answer_(r, values_);
+      }
+    }
+  }
+
+  FeatureEngine engine_;
+  EventParser parser_;
+  const std::vector<EntityTime>& rows_;
+  const RowAnswerFn& answer_;
+  DeadLetterWriter* dead_letters_;
+  HistoricalStats* stats_;
+  std::vector<uint32_t> order_;  // Row indices by time (stable).
+  size_t next_row_ = 0;
+  ParsedEvent event_;
+  std::string reason_;
+  ReorderBuffer buffer_;
+  std::vector<Value> values_;
+  uint64_t seq_ = 0;
+  int64_t released_below_ = std::numeric_limits<int64_t>::min();
+};
+
+// Feeds a file of JSON lines, in file order.
+Status FeedJsonLines(const std::string& path, PointInTimeJoin& join, Progress& progress, const HistoricalStats& stats) {
+  LineReader reader;
+  FRESHET_RETURN_IF_ERROR(reader.Open(path));
+  Line line;
+  while (reader.Next(&line)) {
+    join.Feed(line.text, line.capacity, line.number, line.too_long);
+    if ((stats.events_read & 0xFFFF) == 0) progress.Update(reader.bytes_consumed(), reader.file_size(), stats.events_read);
+  }
+  return reader.status();
+}
+
+// Feeds the events table's raw lines in acceptance order, each copied into a padded buffer for the parser.
+// Dead letters name an event by its seq.
+Status FeedEventsTable(const std::string& table_dir, PointInTimeJoin& join, Progress& progress,
+                       const HistoricalStats& stats) {
+  std::string padded;
+  return ReplayEventsTable(table_dir, [&](const StoredEvent& e) -> Status {
+    if (padded.size() < e.raw.size() + kParsePaddingBytes) padded.resize(e.raw.size() + kParsePaddingBytes);
+    std::copy(e.raw.begin(), e.raw.end(), padded.begin());
+    std::fill_n(padded.begin() + static_cast<std::ptrdiff_t>(e.raw.size()), kParsePaddingBytes, '\0');
+    join.Feed(std::string_view(padded.data(), e.raw.size()), padded.size(), static_cast<uint64_t>(e.seq),
+              e.raw.size() > kMaxLineBytes);
+    if ((stats.events_read & 0xFFFF) == 0) progress.Update(0, 0, stats.events_read);
+    return Status::Ok();
+  });
+}
+
 }  // namespace
+
+std::string EventInput::Describe() const {
+  return (kind == Kind::kJsonLines ? "events file '" : "events table '") + path + "'";
+}
+
+Result<int64_t> ParseTimeText(std::string_view text) {
+  if (!text.empty() && (std::isdigit(static_cast<unsigned char>(text[0])) || text[0] == '-') &&
+      text.find_first_not_of("-0123456789") == std::string_view::npos) {
+    int64_t ms = 0;
+    auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), ms);
+    if (ec == std::errc() && ptr == text.data() + text.size() && ms >= kMinTimeMs && ms <= kMaxTimeMs) return ms;
+    return Status::Invalid("'" + std::string(text) + "' is not epoch milliseconds within years 0001-9999");
+  }
+  return ParseRfc3339Ms(text);
+}
+
+Status ComputePointInTime(const Spec& spec, const EventInput& input, const std::vector<EntityTime>& rows,
+                          const PointInTimeOptions& options, const RowAnswerFn& answer, HistoricalStats* stats) {
+  const auto started = std::chrono::steady_clock::now();
+  *stats = HistoricalStats();
+  DeadLetterWriter dead_letters;
+  FRESHET_RETURN_IF_ERROR(dead_letters.Open(options.dead_letters_path, input.path));
+  PointInTimeJoin join(spec, rows, answer, &dead_letters, stats);
+  Progress progress(options.progress);
+  Status fed = input.kind == EventInput::Kind::kJsonLines ? FeedJsonLines(input.path, join, progress, *stats)
+                                                          : FeedEventsTable(input.path, join, progress, *stats);
+  progress.Done();
+  FRESHET_RETURN_IF_ERROR(fed);
+  join.Finish();
+  FRESHET_RETURN_IF_ERROR(dead_letters.Close());
+  stats->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  return Status::Ok();
+}
+
+Result<FeatureValues> ComputeFeatureValues(const Spec& spec, const EventInput& input,
+                                           const std::vector<EntityTime>& rows, const PointInTimeOptions& options) {
+  FeatureValues out;
+  out.rows.resize(rows.size());
+  RowAnswerFn keep = [&](size_t row, const std::vector<Value>& values) {
+    std::vector<Value>& kept = out.rows[row];
+    kept = values;
+    for (Value& v : kept) {
+      if (v.type == ValueType::kString) v.s = out.strings.emplace_back(v.s);
+    }
+  };
+  FRESHET_RETURN_IF_ERROR(ComputePointInTime(spec, input, rows, options, keep, &out.stats));
+  return out;
+}
+
+Value FeatureCell(const FeatureSpec& feature, const Value& value, std::string* scratch) {
+  switch (FeatureColumnType(feature)) {
+    case OfflineType::kInt64:
+      if (value.type == ValueType::kInt) return value;
+      if (value.type == ValueType::kDouble) return Value::Int(static_cast<int64_t>(value.d));
+      return Value::Null();
+    case OfflineType::kDouble:
+      if (value.is_number()) return Value::Double(value.as_double());
+      return Value::Null();
+    default: {
+      char buf[64];
+      switch (value.type) {
+        case ValueType::kString: return value;
+        case ValueType::kBool: return Value::String(value.b ? "true" : "false");
+        case ValueType::kInt: {
+          auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), value.i);
+          scratch->assign(buf, end);
+          return Value::String(*scratch);
+        }
+        case ValueType::kDouble: {
+          auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), value.d);
+          scratch->assign(buf, end);
+          return Value::String(*scratch);
+        }
+        default: return Value::Null();
+      }
+    }
+  }
+}
 
 Status RunHistorical(const Spec& spec, const HistoricalOptions& options, HistoricalStats* stats) {
   const auto started = std::chrono::steady_clock::now();
-  *stats = HistoricalStats();
-
-  // Entity rows.
-  FRESHET_ASSIGN_OR_RETURN(std::string entities_text, ReadFile(options.entities_path, "entities file"));
-  FRESHET_ASSIGN_OR_RETURN(std::vector<CsvRecord> records, ParseCsv(entities_text, options.entities_path));
-  if (records.empty()) {
-    return Status::Invalid(options.entities_path + ": the file is empty; it needs a header row with the columns '" +
-                           spec.entity_field + "' and '" + spec.timestamp_field + "'");
-  }
-  const CsvRecord& header = records[0];
-  auto column = [&](const std::string& name) -> int {
-    for (size_t k = 0; k < header.fields.size(); ++k) {
-      if (header.fields[k] == name) return static_cast<int>(k);
-    }
-    return -1;
-  };
-  const int entity_col = column(spec.entity_field);
-  const int time_col = column(spec.timestamp_field);
-  if (entity_col < 0 || time_col < 0) {
-    std::string present;
-    for (const auto& f : header.fields) present += (present.empty() ? "" : ", ") + f;
-    return Status::Invalid(options.entities_path + ":" + std::to_string(header.line) + ": the header needs the column '" +
-                           (entity_col < 0 ? spec.entity_field : spec.timestamp_field) +
-                           "' (the spec's " + (entity_col < 0 ? "entity" : "timestamp") + " field); it has: " + present);
-  }
-  for (const FeatureSpec& f : spec.features) {
-    if (column(f.name) >= 0) {
-      return Status::Invalid(options.entities_path + ": the input already has a column named '" + f.name +
-                             "', the name of a feature; rename or drop that column");
-    }
-  }
-  std::vector<EntityRow> rows;
-  rows.reserve(records.size() - 1);
-  for (size_t r = 1; r < records.size(); ++r) {
-    const CsvRecord& rec = records[r];
-    const std::string where = options.entities_path + ":" + std::to_string(rec.line) + ": ";
-    if (static_cast<int>(rec.fields.size()) <= std::max(entity_col, time_col)) {
-      return Status::Invalid(where + "the row has " + std::to_string(rec.fields.size()) + " fields, the header " +
-                             std::to_string(header.fields.size()));
-    }
-    if (rec.fields[entity_col].empty()) return Status::Invalid(where + "column '" + spec.entity_field + "' is empty");
-    Result<int64_t> t = ParseTimeCell(rec.fields[time_col]);
-    if (!t.ok()) return Status::Invalid(where + "column '" + spec.timestamp_field + "': " + t.status().message());
-    rows.push_back(EntityRow{rec.fields[entity_col], *t});
-  }
-  std::vector<uint32_t> order(rows.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return rows[a].time_ms < rows[b].time_ms; });
-
-  // Events, through the same parse -> admit -> extract -> apply path as the streaming runtime.
-  LineReader reader;
-  FRESHET_RETURN_IF_ERROR(reader.Open(options.events_path));
-  DeadLetterWriter dead_letters;
-  FRESHET_RETURN_IF_ERROR(dead_letters.Open(options.dead_letters_path, options.events_path));
-  FeatureEngine engine(spec);
-  EventParser parser(spec.fields);
-  ParsedEvent event;
-  std::string reason;
-  ReorderBuffer buffer;
-  std::vector<std::string> answers(rows.size());
-  std::vector<Value> values;
-  size_t next_row = 0;
-  uint64_t seq = 0;
-  Progress progress(options.progress);
-
-  // Releases, in time order, every buffered event and entity row earlier than `bound`.
-  auto release_before = [&](int64_t bound) {
-    while (true) {
-      const bool has_event = !buffer.empty() && buffer.top()->time_ms < bound;
-      const bool has_row = next_row < order.size() && rows[order[next_row]].time_ms < bound;
-      if (!has_event && !has_row) return;
-      if (has_event && (!has_row || buffer.top()->time_ms <= rows[order[next_row]].time_ms)) {
-        engine.Apply(*buffer.top(), buffer.top()->time_ms);
-        buffer.PopAndRelease();
-      } else {
-        const uint32_t r = order[next_row++];
-        engine.Query(rows[r].entity, rows[r].time_ms, &values);
-        std::string& out = answers[r];
-        for (const Value& v : values) {
-          out.push_back(',');
-          AppendCsvValue(v, &out);
-        }
-      }
-    }
-  };
-
-  Line line;
-  int64_t released_below = std::numeric_limits<int64_t>::min();
-  while (reader.Next(&line)) {
-    ++stats->events_read;
-    if (line.too_long) {
-      ++stats->rejected;
-      dead_letters.Write(line.number, "line is longer than " + std::to_string(kMaxLineBytes) + " bytes", "");
-      continue;
-    }
-    if (!parser.Parse(line.text, line.capacity, &event, &reason)) {
-      ++stats->rejected;
-      dead_letters.Write(line.number, reason, line.text);
-      continue;
-    }
-    if (!engine.Admit(event.time_ms)) {
-      ++stats->late;
-      dead_letters.Write(line.number, "late", line.text);
-      continue;
-    }
-    PendingEvent* pending = buffer.Acquire();
-    engine.Extract(event, seq++, pending);
-    buffer.Push(pending);
-    if (engine.low_watermark_ms() > released_below) {
-      released_below = engine.low_watermark_ms();
-      release_before(released_below);
-    }
-    if ((stats->events_read & 0xFFFF) == 0) progress.Update(reader.bytes_consumed(), reader.file_size(), stats->events_read);
-  }
-  FRESHET_RETURN_IF_ERROR(reader.status());
-  release_before(std::numeric_limits<int64_t>::max());
-  progress.Done();
-  FRESHET_RETURN_IF_ERROR(dead_letters.Close());
-  stats->accepted = engine.counters().admitted;
-
-  // Output: the input rows unchanged, then one column per feature.
-  std::FILE* out = options.output_path == "-" ? stdout : std::fopen(options.output_path.c_str(), "wb");
-  if (out == nullptr) {
-    return Status::IoError("cannot open output file '" + options.output_path + "': " + std::strerror(errno));
-  }
-  std::string text(header.raw);
-  for (const FeatureSpec& f : spec.features) {
-    text.push_back(',');
-    AppendCsvField(f.name, &text);
-  }
-  text.push_back('\n');
-  for (size_t r = 0; r < rows.size(); ++r) {
-    text.append(records[r + 1].raw);
-    text.append(answers[r]);
-    text.push_back('\n');
-    if (text.size() > (1 << 20)) {
-      std::fwrite(text.data(), 1, text.size(), out);
-      text.clear();
-    }
-  }
-  std::fwrite(text.data(), 1, text.size(), out);
-  const bool write_failed = std::ferror(out) != 0;
-  if (out != stdout) {
-    if (std::fclose(out) != 0 || write_failed) {
-      return Status::IoError("cannot write output file '" + options.output_path + "': " + std::strerror(errno));
-    }
-  } else {
-    std::fflush(out);
-  }
-  stats->rows = rows.size();
+  FRESHET_ASSIGN_OR_RETURN(EntityTable entities, EntityTable::Read(options.entities_path, spec));
+  FRESHET_ASSIGN_OR_RETURN(std::unique_ptr<HistoricalWriter> writer,
+                           HistoricalWriter::Open(options.output_path, spec, entities));
+  PointInTimeOptions compute_options;
+  compute_options.dead_letters_path = options.dead_letters_path;
+  compute_options.progress = options.progress;
+  RowAnswerFn put = [&](size_t row, const std::vector<Value>& values) { writer->Put(row, values); };
+  FRESHET_RETURN_IF_ERROR(ComputePointInTime(spec, options.events, entities.keys(), compute_options, put, stats));
+  FRESHET_RETURN_IF_ERROR(writer->Finish());
   stats->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   return Status::Ok();
 }

@@ -7,33 +7,111 @@
 // released in time order, each event applied and each row answered once every event at or before its
 // time is applied. With a watermark the buffer stays as small as the lateness horizon; without one it
 // holds all events until the end of input.
+//
+// The events come from an EventInput: a file of JSON lines, or the offline `events` table that
+// `freshet run` writes (its `raw` lines replayed in acceptance order, `seq`). Both go through the one
+// path above, so `freshet historical`, `freshet skew` and the streaming runtime agree by construction.
+//
+//   std::vector<EntityTime> rows = {{"alice", 1767225600000}};
+//   FRESHET_ASSIGN_OR_RETURN(FeatureValues values,
+//                            ComputeFeatureValues(spec, EventInput::EventsTable(paths.events), rows));
+//   values.rows[0][k]  // Feature k of row 0, as FeatureEngine::Query answers it.
 #pragma once
 
 #include <cstdint>
+#include <deque>
+#include <functional>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "common/status.h"
+#include "common/value.h"
 #include "spec/spec.h"
 
 namespace freshet {
 
-struct HistoricalOptions {
-  std::string events_path;
-  std::string entities_path;
-  std::string output_path;
-  std::string dead_letters_path;  // Empty: dead letters are counted, not written.
-  bool progress = false;          // Progress line on stderr.
+// Where the events of a point-in-time computation come from.
+struct EventInput {
+  enum class Kind {
+    kJsonLines,    // A file of JSON lines ("-": standard input), in file order.
+    kEventsTable,  // The offline events table (a Delta table folder), in acceptance (seq) order.
+  };
+  Kind kind = Kind::kJsonLines;
+  std::string path;
+
+  static EventInput JsonLines(std::string path) { return EventInput{Kind::kJsonLines, std::move(path)}; }
+  static EventInput EventsTable(std::string table_dir) { return EventInput{Kind::kEventsTable, std::move(table_dir)}; }
+  // "events file 'x.jsonl'" or "events table 'dir'", for messages.
+  std::string Describe() const;
+};
+
+// One entity row's key: the entity and the time its features are asked as of (epoch ms).
+struct EntityTime {
+  std::string entity;
+  int64_t time_ms = 0;
 };
 
 struct HistoricalStats {
-  uint64_t events_read = 0;  // Lines read.
+  uint64_t events_read = 0;  // Lines (or stored events) read.
   uint64_t accepted = 0;
   uint64_t rejected = 0;
   uint64_t late = 0;
   uint64_t rows = 0;
+  bool has_events = false;     // Whether any event was admitted;
+  int64_t max_event_time_ms = 0;  // if so, the newest admitted event time.
   double seconds = 0;
 };
 
+struct PointInTimeOptions {
+  std::string dead_letters_path;  // Empty: dead letters are counted, not written.
+  bool progress = false;          // Progress line on stderr.
+};
+
+// Called once per row, in time order (not row order), with every feature's value as of the row's time in
+// spec order. The values (their strings) are valid only during the call.
+using RowAnswerFn = std::function<void(size_t row, const std::vector<Value>& values)>;
+
+// The core of every point-in-time computation: reads `input` through parse -> Admit -> Extract -> reorder
+// buffer -> Apply and answers each of `rows` by calling `answer`. Fills *stats (rows: rows answered).
+Status ComputePointInTime(const Spec& spec, const EventInput& input, const std::vector<EntityTime>& rows,
+                          const PointInTimeOptions& options, const RowAnswerFn& answer, HistoricalStats* stats);
+
+// Every row's feature values, owning the strings they point to. Move-only: the values point into `strings`.
+struct FeatureValues {
+  std::vector<std::vector<Value>> rows;  // rows[r][k]: feature k (spec order) of entity row r.
+  HistoricalStats stats;
+  std::deque<std::string> strings;       // A deque: its elements never move, also when it is moved.
+
+  FeatureValues() = default;
+  FeatureValues(FeatureValues&&) = default;
+  FeatureValues& operator=(FeatureValues&&) = default;
+  FeatureValues(const FeatureValues&) = delete;
+  FeatureValues& operator=(const FeatureValues&) = delete;
+};
+
+// ComputePointInTime, collecting the answers: what `freshet skew` recomputes served answers with.
+Result<FeatureValues> ComputeFeatureValues(const Spec& spec, const EventInput& input,
+                                           const std::vector<EntityTime>& rows, const PointInTimeOptions& options = {});
+
+// A feature value as the feature's offline column holds it (offline/tables.h, PutFeatureValue): for an
+// integer column Int or Null, for a double column Double or Null, for a string column String or Null
+// (numbers and booleans as text, written into *scratch, which must outlive the result's use).
+Value FeatureCell(const FeatureSpec& feature, const Value& value, std::string* scratch);
+
+// Parses a time given by a user: epoch milliseconds (an integer, years 0001-9999) or RFC 3339.
+Result<int64_t> ParseTimeText(std::string_view text);
+
+struct HistoricalOptions {
+  EventInput events;              // A JSON-lines file or the events table.
+  std::string entities_path;      // .parquet: Parquet; otherwise CSV with a header row.
+  std::string output_path;        // .parquet: Parquet (zstd); otherwise CSV ('-': standard output).
+  std::string dead_letters_path;  // Empty: dead letters are counted, not written.
+  bool progress = false;          // Progress line on stderr.
+};
+
+// `freshet historical`: reads the entity rows, computes their features and writes the input columns
+// followed by one column per feature.
 Status RunHistorical(const Spec& spec, const HistoricalOptions& options, HistoricalStats* stats);
 
 }  // namespace freshet

@@ -134,7 +134,9 @@ Status DeltaLog::ReadVersions() {
   FRESHET_RETURN_IF_ERROR(ForEachAction(table_dir_, latest_version_, [&](int64_t, simdjson::dom::element doc) {
     std::string_view schema, app;
     int64_t txn = 0;
+    std::string_view id;
     if (doc["metaData"]["schemaString"].get(schema) == simdjson::SUCCESS) stored_schema_ = std::string(schema);
+    if (doc["metaData"]["id"].get(id) == simdjson::SUCCESS) table_id_ = std::string(id);
     if (doc["txn"]["appId"].get(app) == simdjson::SUCCESS && doc["txn"]["version"].get(txn) == simdjson::SUCCESS) {
       txn_versions_[std::string(app)] = txn;
     }
@@ -162,7 +164,8 @@ Status DeltaLog::Commit(const DeltaCommit& commit, bool* existed) {
   if (commit.replace_metadata) {
     std::string line;
     JsonWriter json(&line);
-    json.BeginObject().Key("metaData").BeginObject().Key("id").String(NewUuid());
+    if (table_id_.empty()) table_id_ = NewUuid();
+    json.BeginObject().Key("metaData").BeginObject().Key("id").String(table_id_);
     json.Key("format").BeginObject().Key("provider").String("parquet").Key("options").BeginObject().EndObject().EndObject();
     json.Key("schemaString").String(SchemaString());
     json.Key("partitionColumns").BeginArray();
@@ -214,6 +217,49 @@ Status DeltaLog::Commit(const DeltaCommit& commit, bool* existed) {
   return Status::Ok();
 }
 
+
+Status DeltaLog::EvolveSchema() {
+  if (schema_matches_) return Status::Ok();
+  simdjson::dom::parser parser;
+  simdjson::dom::array fields;
+  if (parser.parse(stored_schema_)["fields"].get(fields) != simdjson::SUCCESS) {
+    return Status::Invalid("the schema of the offline table '" + table_dir_ + "' cannot be read; the Delta log is damaged");
+  }
+  std::vector<DeltaColumn> merged;
+  for (simdjson::dom::element f : fields) {
+    std::string_view name, type;
+    bool nullable = true;
+    if (f["name"].get(name) != simdjson::SUCCESS || f["type"].get(type) != simdjson::SUCCESS) {
+      return Status::Invalid("the schema of the offline table '" + table_dir_ + "' has a column without a name or a "
+                             "primitive type; Freshet does not change such a table");
+    }
+    if (f["nullable"].get(nullable) != simdjson::SUCCESS) nullable = true;
+    merged.push_back(DeltaColumn{std::string(name), std::string(type), nullable});
+  }
+  for (const DeltaColumn& want : schema_) {
+    auto it = std::find_if(merged.begin(), merged.end(), [&](const DeltaColumn& c) { return c.name == want.name; });
+    if (it == merged.end()) {
+      merged.push_back(DeltaColumn{want.name, want.type, true});
+    } else if (it->type != want.type) {
+      return Status::Invalid("column '" + want.name + "' of the offline table '" + table_dir_ + "' is " + it->type +
+                             ", the spec now makes it " + want.type + "; rename the feature or set `offline.path` to a "
+                             "new folder");
+    }
+  }
+  // Columns the spec dropped stay, and may be null from now on.
+  for (DeltaColumn& c : merged) {
+    if (std::none_of(schema_.begin(), schema_.end(), [&](const DeltaColumn& w) { return w.name == c.name; })) {
+      c.nullable = true;
+    }
+  }
+  schema_ = std::move(merged);
+  DeltaCommit commit;
+  commit.version = latest_version_ + 1;
+  commit.replace_metadata = true;
+  commit.operation = "ADD COLUMNS";
+  bool existed = false;
+  return Commit(commit, &existed);
+}
 
 Result<std::vector<DeltaFile>> DeltaLog::ActiveFiles() const {
   std::vector<DeltaFile> files;

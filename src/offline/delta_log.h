@@ -67,6 +67,11 @@ class DeltaLog {
   // writer won it), *existed is set, nothing is written and an error is returned.
   Status Commit(const DeltaCommit& commit, bool* existed);
 
+  // Widens the stored schema, in one metaData commit, to hold every wanted column too: new columns are
+  // appended (nullable; older files read as null there), stored columns the spec no longer has are kept. A
+  // column whose type changed is an error. Afterwards the table's schema is the union.
+  Status EvolveSchema();
+
   // The files of the table as of the newest commit, in the order they were added.
   Result<std::vector<DeltaFile>> ActiveFiles() const;
   // The txn version of the newest commit that recorded one for `app_id`, if any.
@@ -88,7 +93,8 @@ class DeltaLog {
   int64_t latest_version_ = -1;
   bool schema_matches_ = true;
   std::string stored_schema_;
-  std::map<std::string, int64_t> txn_versions_;  // app id -> txn version of its newest commit with one.
+  std::map<std::string, int64_t> txn_versions_;
+  std::string table_id_;  // metaData.id, kept across schema changes.  // app id -> txn version of its newest commit with one.
 };
 
 // The file name of commit `version` in `_delta_log/`: 20 digits and ".json".

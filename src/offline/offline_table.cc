@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <map>
 #include <random>
+#include <set>
 
 #include "common/bytes.h"
 #include "common/files.h"
@@ -157,8 +158,34 @@ struct OfflineTable::Impl {
   std::shared_ptr<arrow::Schema> schema;
 
   ColumnBuffer& Next() { return columns[next_column++]; }
+  Status RemoveUnreferencedFiles();
   Result<StagedCommit::File> WriteFile(const std::vector<uint32_t>& rows_in_file, std::optional<int32_t> day);
 };
+
+// Deletes the table folder's Parquet files that the newest commit does not reference: files removed by an
+// overwrite or a roll-back (and those a crash left between such a commit and their deletion). Plain Parquet
+// readers (a glob over the folder) then see exactly the table; the price is Delta time travel to versions
+// whose files are gone. Folders whose names start with '_' or '.' (the log, staging) are not looked into.
+Status OfflineTable::Impl::RemoveUnreferencedFiles() {
+  FRESHET_ASSIGN_OR_RETURN(std::vector<DeltaFile> active, log.ActiveFiles());
+  std::set<std::string> referenced;
+  for (const DeltaFile& f : active) referenced.insert(f.path);
+  const std::filesystem::path root(options.table_dir);
+  std::error_code ec;
+  std::filesystem::recursive_directory_iterator it(root, ec), end;
+  for (; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (it->is_directory() && (name.starts_with("_") || name.starts_with("."))) {
+      it.disable_recursion_pending();
+      continue;
+    }
+    if (!it->is_regular_file() || !name.ends_with(".parquet")) continue;
+    const std::string relative = std::filesystem::relative(it->path(), root).generic_string();
+    if (!referenced.contains(relative)) std::filesystem::remove(it->path(), ec);
+  }
+  if (ec) return Status::IoError("cannot clean up offline table '" + options.table_dir + "': " + ec.message());
+  return Status::Ok();
+}
 
 OfflineTable::OfflineTable(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 OfflineTable::~OfflineTable() = default;
@@ -174,6 +201,7 @@ Result<std::unique_ptr<OfflineTable>> OfflineTable::Open(OfflineTableOptions opt
   std::vector<std::string> partitions;
   if (!options.partition_column.empty()) partitions.push_back(options.partition_column);
   FRESHET_ASSIGN_OR_RETURN(DeltaLog log, DeltaLog::Open(options.table_dir, std::move(schema), partitions));
+  if (!log.schema_matches() && !overwrite && options.evolve_schema) FRESHET_RETURN_IF_ERROR(log.EvolveSchema());
   if (!log.schema_matches() && !overwrite) {
     return Status::Invalid("the offline table '" + options.table_dir + "' has other columns than the spec now gives it (" +
                            log.stored_schema() + "); rebuild it with `freshet backfill`, or set `offline.path` to a new folder");
@@ -381,6 +409,7 @@ Status OfflineTable::Publish(const StagedCommit& commit) {
   bool existed = false;
   FRESHET_RETURN_IF_ERROR(m.log.Commit(delta, &existed));
   if (commit.replace_metadata) m.overwrite_pending = false;
+  if (!commit.removes.empty()) FRESHET_RETURN_IF_ERROR(m.RemoveUnreferencedFiles());
   return Status::Ok();
 }
 
@@ -398,6 +427,7 @@ Result<size_t> OfflineTable::RollBackAfter(std::optional<int64_t> txn_version) {
   if (commit.removes.empty()) return size_t{0};
   bool existed = false;
   FRESHET_RETURN_IF_ERROR(impl_->log.Commit(commit, &existed));
+  FRESHET_RETURN_IF_ERROR(impl_->RemoveUnreferencedFiles());
   return commit.removes.size();
 }
 
@@ -408,7 +438,7 @@ Status OfflineTable::DropStaging() {
     std::filesystem::remove(it->path(), ec);
   }
   if (ec) return Status::IoError("cannot clear staging folder '" + impl_->options.staging_dir + "': " + ec.message());
-  return Status::Ok();
+  return impl_->RemoveUnreferencedFiles();
 }
 
 }  // namespace freshet

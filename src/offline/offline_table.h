@@ -50,6 +50,9 @@ struct OfflineTableOptions {
   std::string partition_column;
   std::string app_id = "freshet";          // Delta txn appId of this writer.
   int64_t row_group_rows = 256 * 1024;     // Rows per Parquet row group.
+  // A stored schema that differs is widened to hold the new columns too (DeltaLog::EvolveSchema) instead
+  // of refused: for tables whose old rows stay valid history under a new spec (the feature log).
+  bool evolve_schema = false;
 };
 
 // The files of one Stage and the Delta commit that publishes them; serializable into a checkpoint. The
@@ -94,7 +97,10 @@ class OfflineTable {
   // interrupted: when the table's newest txn version for this writer is at or past the commit's, the
   // commit is in already and nothing is done.
   Status Publish(const StagedCommit& commit);
-  // Deletes staged files (left by a crash before their checkpoint); call after publishing the checkpoint's commit.
+  // Deletes staged files (left by a crash before their checkpoint), and files in the table folder that the
+  // table does not reference (removed by an overwrite or roll-back, or moved in by a publish a crash cut
+  // short), so that plain Parquet readers globbing the folder see the table. Call after publishing the
+  // restored checkpoint's commit. Delta time travel to versions whose files are gone is lost.
   Status DropStaging();
   // Removes from the table, in one commit, every file whose commit's txn version is above `txn_version`
   // (every file with a txn version when nullopt): what a checkpoint older than the newest commit does not

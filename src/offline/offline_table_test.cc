@@ -129,7 +129,7 @@ TEST_F(OfflineTableTest, OtherColumnsAreRefusedUnlessOverwriting) {
 
   auto table = OfflineTable::Open(changed, /*overwrite=*/true);
   ASSERT_TRUE(table.ok()) << table.status().message();
-  auto staged = (*table)->Stage(1);  // No rows: still a commit, emptying the table under the new schema.
+  auto staged = (*table)->Stage(2);  // No rows: still a commit, emptying the table under the new schema.
   ASSERT_TRUE(staged.ok() && staged->has_value());
   EXPECT_EQ((*staged)->removes.size(), 1u);
   ASSERT_TRUE((*table)->Publish(**staged).ok());

@@ -89,6 +89,7 @@ OfflineTableOptions TableOptions(const OfflinePaths& paths, const std::string& n
   o.columns = std::move(columns);
   o.partition_column = name == "feature_log" ? "served_date" : "event_date";
   o.app_id = "freshet-" + name;
+  o.evolve_schema = name == "feature_log";
   return o;
 }
 

@@ -103,9 +103,11 @@ Status RunBackfill(const Spec& spec, const BackfillOptions& options, BackfillSta
   progress.Done();
 
   // Stage, checkpoint, publish: the same order as `freshet run`, so a crash in between is recovered alike.
-  const uint64_t sequence = store ? store->next_sequence() : 0;
-  FRESHET_ASSIGN_OR_RETURN(std::string staged, sink->Stage(sequence));
-  if (store) {
+  if (!store) {
+    FRESHET_RETURN_IF_ERROR(sink->Spill());  // No checkpoint: a commit without a txn version.
+  } else {
+    const uint64_t sequence = store->next_sequence();
+    FRESHET_ASSIGN_OR_RETURN(std::string staged, sink->Stage(sequence));
     Checkpoint checkpoint;
     checkpoint.sequence = sequence;
     checkpoint.spec_fingerprint = engine.spec_fingerprint();

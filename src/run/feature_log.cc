@@ -120,7 +120,7 @@ Status FeatureLogWriter::WriteAndCommit(std::deque<Entry>& entries, bool commit)
   entries.clear();
   if (!commit || table_->buffered_rows() == 0) return Status::Ok();
   const uint64_t rows = table_->buffered_rows();
-  FRESHET_ASSIGN_OR_RETURN(std::optional<StagedCommit> staged, table_->Stage(-1));
+  FRESHET_ASSIGN_OR_RETURN(std::optional<StagedCommit> staged, table_->Stage(std::nullopt));
   if (staged) FRESHET_RETURN_IF_ERROR(table_->Publish(*staged));
   committed_->Increment(rows);
   return Status::Ok();

@@ -20,6 +20,7 @@
 #include "run/feature_log.h"
 #include "run/event_path.h"
 #include "run/offline_sink.h"
+#include "run/skew_monitor.h"
 #include "event/event_parser.h"
 #include "serve/http_server.h"
 #include "source/file_source.h"
@@ -287,6 +288,7 @@ struct Runtime::Impl final : public FeatureService {
 
   std::unique_ptr<OfflineSink> offline_;  // Null with `offline: {enabled: false}`.
   std::unique_ptr<FeatureLogWriter> feature_log_;
+  std::unique_ptr<SkewMonitor> skew_monitor_;  // With skew.interval.
 
   std::unique_ptr<HttpServer> server_;
   std::unique_ptr<RedisWriter> redis_;
@@ -352,6 +354,7 @@ Status Runtime::Impl::Open() {
   if (offline_paths && spec_.feature_log.enabled) {
     FRESHET_ASSIGN_OR_RETURN(feature_log_,
                              FeatureLogWriter::Start(spec_, *offline_paths, metrics_, spec_.checkpoint.interval_ms));
+    if (spec_.skew.interval_ms > 0) skew_monitor_ = std::make_unique<SkewMonitor>(spec_, *offline_paths, metrics_);
   }
 
   if (spec_.online.type == "redis") {
@@ -614,6 +617,7 @@ Status Runtime::Run(const std::atomic<bool>& stop) {
     if (!flushed.ok()) std::fprintf(stderr, "freshet run: warning: %s\n", flushed.message().c_str());
   }
   if (s.server_) s.server_->Stop();
+  s.skew_monitor_.reset();
   if (s.feature_log_ != nullptr) {
     Status logged = s.feature_log_->Stop();
     if (!logged.ok()) std::fprintf(stderr, "freshet run: warning: feature log: %s\n", logged.message().c_str());

@@ -128,7 +128,18 @@ class TiledWindow {
   int64_t tiles_;
 };
 
+// True for aggregations whose Merge of partial states gives exactly what adding the inputs one by one gives
+// (count, min, max); floating-point sums are not among them, since the order of additions shows in the bits.
+template <typename Agg>
+concept ExactlyMergeable = requires { requires Agg::kExactMerge; };
+
 // Continuous sliding window: the events themselves (time, input order, extracted input), sorted by time.
+//
+// For exactly mergeable aggregations the state also keeps a summary (the partial aggregate) of every full
+// block of kBlock consecutive entries, so a query merges the summaries of the blocks inside the window and
+// scans at most two partial blocks: O(n / kBlock + kBlock) instead of O(n) for a busy entity's 24 h max.
+// Blocks are aligned to absolute positions (entries ever erased from the front + index), so erasing the
+// expired prefix keeps them; an out-of-order insert recomputes the blocks from its position on.
 template <typename Agg>
 class ContinuousWindow {
  public:
@@ -137,37 +148,71 @@ class ContinuousWindow {
     uint64_t seq;
     typename Agg::Input input;
   };
-  using State = std::vector<Entry>;
+  static constexpr bool kBlocks = ExactlyMergeable<Agg>;
+  static constexpr size_t kBlock = 64;
+  struct BlockIndex {
+    uint64_t erased = 0;                    // Entries erased from the front so far.
+    uint64_t first_block = 0;               // Absolute block number of blocks[0].
+    std::vector<typename Agg::State> blocks;  // Summaries of full blocks, in order.
+  };
+  struct NoBlocks {};
+  struct State : std::vector<Entry> {
+    [[no_unique_address]] std::conditional_t<kBlocks, BlockIndex, NoBlocks> index;
+  };
 
   explicit ContinuousWindow(int64_t size_ms) : size_ms_(size_ms) {}
 
-  void Add(State& s, const typename Agg::Input& x, int64_t time, uint64_t seq, int64_t, const AggContext&) const {
+  void Add(State& s, const typename Agg::Input& x, int64_t time, uint64_t seq, int64_t, const AggContext& c) const {
     if (!s.empty() && time <= s.back().time - size_ms_) return;  // Never inside a window at or after the newest.
     const Entry entry{time, seq, x};
+    size_t at = s.size();
     if (s.empty() || !Before(entry, s.back())) {
       s.push_back(entry);
     } else {
-      s.insert(std::upper_bound(s.begin(), s.end(), entry, Before), entry);
+      auto it = s.insert(std::upper_bound(s.begin(), s.end(), entry, Before), entry);
+      at = static_cast<size_t>(it - s.begin());
     }
+    if constexpr (kBlocks) UpdateBlocks(s, at, c);
     // Expire lazily: erase the expired prefix once it is a quarter of the entries, so that each entry
     // is moved O(1) times on average.
     const int64_t horizon = s.back().time - size_ms_;
     if (s.front().time <= horizon) {
       auto live = std::upper_bound(s.begin(), s.end(), horizon, [](int64_t h, const Entry& e) { return h < e.time; });
       const size_t expired = static_cast<size_t>(live - s.begin());
-      if (expired * 4 >= s.size() || expired >= 64) s.erase(s.begin(), live);
+      if (expired * 4 >= s.size() || expired >= 64) {
+        s.erase(s.begin(), live);
+        if constexpr (kBlocks) DropErasedBlocks(s, expired);
+      }
     }
   }
 
   Value Query(const State& s, int64_t t, const AggContext& c) const {
-    auto first = std::upper_bound(s.begin(), s.end(), t - size_ms_,
-                                  [](int64_t h, const Entry& e) { return h < e.time; });
+    const auto first = std::upper_bound(s.begin(), s.end(), t - size_ms_,
+                                        [](int64_t h, const Entry& e) { return h < e.time; });
+    const auto last = std::upper_bound(first, s.end(), t, [](int64_t h, const Entry& e) { return h < e.time; });
     typename Agg::State state{};
-    for (auto it = first; it != s.end() && it->time <= t; ++it) Agg::Add(state, it->input, it->time, it->seq, c);
+    size_t lo = static_cast<size_t>(first - s.begin());
+    const size_t hi = static_cast<size_t>(last - s.begin());
+    if constexpr (kBlocks) {
+      const BlockIndex& b = s.index;
+      const uint64_t a_lo = b.erased + lo, a_hi = b.erased + hi;
+      uint64_t block = std::max<uint64_t>((a_lo + kBlock - 1) / kBlock, b.first_block);
+      const uint64_t end_block = std::min<uint64_t>(a_hi / kBlock, b.first_block + b.blocks.size());
+      if (block < end_block) {
+        for (size_t k = lo; k < block * kBlock - b.erased; ++k) Agg::Add(state, s[k].input, s[k].time, s[k].seq, c);
+        for (; block < end_block; ++block) Agg::Merge(state, b.blocks[block - b.first_block], c);
+        lo = block * kBlock - b.erased;
+      }
+    }
+    for (size_t k = lo; k < hi; ++k) Agg::Add(state, s[k].input, s[k].time, s[k].seq, c);
     return Agg::Finalize(state, c);
   }
 
-  size_t MemoryBytes(const State& s) const { return s.capacity() * sizeof(Entry); }
+  size_t MemoryBytes(const State& s) const {
+    size_t bytes = s.capacity() * sizeof(Entry);
+    if constexpr (kBlocks) bytes += s.index.blocks.capacity() * sizeof(typename Agg::State);
+    return bytes;
+  }
 
   // The number of entries, then each entry's time (SignedVarint), input order (Varint) and input, in
   // order. Entries already expired but not yet erased are kept, so the loaded state is the saved one.
@@ -194,11 +239,42 @@ class ContinuousWindow {
       out.push_back(e);
     }
     s = std::move(out);
+    if constexpr (kBlocks) UpdateBlocks(s, 0, c);
     return true;
   }
 
  private:
   static bool Before(const Entry& a, const Entry& b) { return a.time != b.time ? a.time < b.time : a.seq < b.seq; }
+
+  // Entries from index `changed` on are new or moved: recompute the summaries of the full blocks from there.
+  void UpdateBlocks(State& s, size_t changed, const AggContext& c) const {
+    BlockIndex& b = s.index;
+    const uint64_t from_block = std::max<uint64_t>((b.erased + changed) / kBlock, b.first_block);
+    if (b.blocks.empty()) b.first_block = (b.erased + kBlock - 1) / kBlock;  // The first block wholly present.
+    const uint64_t keep = from_block > b.first_block ? from_block - b.first_block : 0;
+    if (b.blocks.size() > keep) b.blocks.resize(keep);
+    const uint64_t full_blocks = (b.erased + s.size()) / kBlock;
+    for (uint64_t block = b.first_block + b.blocks.size(); block < full_blocks; ++block) {
+      typename Agg::State summary{};
+      for (uint64_t k = block * kBlock - b.erased; k < (block + 1) * kBlock - b.erased; ++k) {
+        Agg::Add(summary, s[k].input, s[k].time, s[k].seq, c);
+      }
+      b.blocks.push_back(summary);
+    }
+  }
+
+  // After erasing `expired` entries from the front: summaries of blocks no longer wholly present go.
+  void DropErasedBlocks(State& s, size_t expired) const {
+    BlockIndex& b = s.index;
+    b.erased += expired;
+    const uint64_t first_present = (b.erased + kBlock - 1) / kBlock;
+    if (first_present > b.first_block) {
+      const uint64_t drop = std::min<uint64_t>(first_present - b.first_block, b.blocks.size());
+      b.blocks.erase(b.blocks.begin(), b.blocks.begin() + static_cast<ptrdiff_t>(drop));
+      b.first_block = first_present;
+    }
+  }
+
   int64_t size_ms_;
 };
 

@@ -177,6 +177,18 @@ struct LastRef {
   }
 };
 
+template <bool kMin>
+struct ExtremeRef {  // Integer inputs.
+  static constexpr bool kNumbersOnly = true;
+  using Agg = ExtremeAgg<kMin>;
+  static Want Of(const std::vector<Ev>& events) {
+    if (events.empty()) return {};
+    int64_t best = events[0].number;
+    for (const Ev& e : events) best = kMin ? std::min(best, e.number) : std::max(best, e.number);
+    return {ValueType::kInt, best, ""};
+  }
+};
+
 struct CountDistinctRef {
   static constexpr bool kNumbersOnly = false;
   using Agg = CountDistinctAgg;
@@ -370,12 +382,12 @@ std::vector<WindowModel> AllModels() {
 }
 
 template <typename Ref>
-void RandomizedAgainstBruteForce(uint64_t seed) {
+void RandomizedAgainstBruteForce(uint64_t seed, size_t max_events = 150, int rounds = 12) {
   std::mt19937_64 rng(seed);
   const bool numbers_only = Ref::kNumbersOnly;
   for (const WindowModel& model : AllModels()) {
-    for (int round = 0; round < 12; ++round) {
-      const size_t n = 1 + rng() % 150;
+    for (int round = 0; round < rounds; ++round) {
+      const size_t n = 1 + rng() % max_events;
       const int64_t step = static_cast<int64_t>(rng() % 30);
       const std::string label = "seed " + std::to_string(seed) + " round " + std::to_string(round);
       Sequence in_order = BoundedDisorder(n, step, 0, numbers_only, rng);
@@ -402,6 +414,13 @@ TEST(WindowsTest, LastMatchesBruteForceOnRandomSequences) {
 }
 TEST(WindowsTest, CountDistinctMatchesBruteForceOnRandomSequences) {
   RandomizedAgainstBruteForce<CountDistinctRef>(304);
+}
+// Long sequences: continuous windows of count, min and max answer from block summaries (64 entries each),
+// kept across expiry and out-of-order inserts.
+TEST(WindowsTest, BlockSummariesMatchBruteForceOnLongSequences) {
+  RandomizedAgainstBruteForce<ExtremeRef<false>>(305, 700, 3);
+  RandomizedAgainstBruteForce<ExtremeRef<true>>(306, 700, 3);
+  RandomizedAgainstBruteForce<CountRef>(307, 700, 3);
 }
 
 // ---------------------------------------------------------------------------------------------------

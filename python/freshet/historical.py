@@ -1,0 +1,218 @@
+"""Point-in-time correct training sets: feature values "as of" each row of an entity DataFrame."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, List, Literal, Mapping, Optional, Union
+
+import numpy as np
+import pandas as pd
+
+from freshet import _cli, _convert
+from freshet._cli import PathLike
+from freshet.errors import CommandNotAvailableError, FreshetError
+from freshet.spec import SpecInfo, load_spec
+
+#: Events as get_historical_features takes them: a JSON-lines file, a DataFrame of events, or an iterable of
+#: events (mappings, or JSON text lines).
+Events = Union[PathLike, pd.DataFrame, Iterable[Union[Mapping[str, Any], str, bytes]]]
+
+_ROW_ID = "_freshet_row"
+
+
+def get_historical_features(
+    spec: PathLike,
+    entity_df: pd.DataFrame,
+    events: Optional[Events] = None,
+    data_dir: Optional[PathLike] = None,
+    binary: Optional[PathLike] = None,
+    *,
+    output_format: Literal["auto", "csv", "parquet"] = "auto",
+) -> pd.DataFrame:
+    """Returns ``entity_df`` with one column per feature appended, each value as of its row's time.
+
+    The values are computed by ``freshet historical``, the same operators ``freshet run`` serves from, so a
+    training set built here matches what the model sees live. For each row, only events of the row's entity
+    with an event time at or before the row's time count (and that were not late by the spec's watermark):
+    no value leaks from the future.
+
+    Args:
+        spec: The feature spec (YAML file).
+        entity_df: The rows to compute features for. Must have the spec's ``entity`` column (string or
+            integer ids) and ``timestamp`` column: datetime64 (tz-aware, or naive meaning UTC), integer epoch
+            milliseconds, or RFC 3339 text. Other columns (labels, ...) are kept as they are.
+        events: The events: a JSON-lines file, a DataFrame with one event per row (a missing value leaves
+            the field out of that event; datetimes become epoch ms), or an iterable of event dicts or
+            JSON text lines. None reads the offline events table that
+            ``freshet run`` wrote under ``data_dir`` (needs a ``freshet historical`` with ``--data-dir``).
+        data_dir: The ``--data-dir`` of ``freshet run``; used only when ``events`` is None.
+        binary: The ``freshet`` binary; default: see :func:`freshet.find_binary`.
+        output_format: How the CLI hands the values back: ``csv``, ``parquet`` (typed, and tells an empty
+            string from null in ``last`` features), or ``auto``: Parquet when the binary supports it.
+
+    Returns:
+        A new DataFrame: ``entity_df``'s columns, index, row order and dtypes unchanged, then one column per
+        feature in spec order: int64 for counts (count, count_distinct, approx_count_distinct), float64 with
+        NaN for null for sum, mean, min, max, stddev, and object (str or None) for ``last``.
+
+    Raises:
+        ValueError: ``entity_df`` lacks the entity or timestamp column, already has a column named like a
+            feature, or holds an id or time that cannot be read (the message names the row).
+        FreshetError: the spec is invalid, the binary is missing, or ``freshet historical`` failed.
+
+    Example::
+
+        >>> rows = pd.DataFrame({"user_id": ["u1", "u2"],
+        ...                      "ts": pd.to_datetime(["2026-01-01 12:00", "2026-01-01 18:00"], utc=True),
+        ...                      "label": [0, 1]})
+        >>> train = freshet.get_historical_features("examples/fraud/fraud.yaml", rows,
+        ...                                         events="examples/fraud/events.jsonl")  # doctest: +SKIP
+        >>> list(train.columns)                                                            # doctest: +SKIP
+        ['user_id', 'ts', 'label', 'purchase_count_30m', 'avg_txn_amount_1h', ...]
+    """
+    exe = _cli.find_binary(binary)
+    info = load_spec(spec, exe)
+    _check_entity_frame(entity_df, info)
+    result = entity_df.copy()
+    if len(entity_df) == 0:
+        for feature in info.features:
+            result[feature.name] = pd.Series([], index=entity_df.index, dtype=feature.dtype)
+        return result
+    entities = _convert.entities_to_text(entity_df[info.entity])
+    times = _convert.times_to_epoch_ms(entity_df[info.timestamp])
+    row_id = _row_id_column(info)
+
+    with tempfile.TemporaryDirectory(prefix="freshet-historical-") as tmp:
+        folder = Path(tmp)
+        rows_path = folder / "entities.csv"
+        with open(rows_path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow([info.entity, info.timestamp, row_id])
+            writer.writerows(zip(entities, times.tolist(), range(len(entities))))
+        use_parquet = output_format == "parquet" or (
+            output_format == "auto" and "parquet" in _cli.help_text(exe, "historical").lower())
+        output_path = folder / ("features.parquet" if use_parquet else "features.csv")
+        args = ["historical", "--spec", str(info.path), "--entities", str(rows_path), "--output", str(output_path),
+                "--no-progress"]
+        args += _events_args(exe, events, data_dir, folder)
+        _cli.run(exe, args)
+        if use_parquet:
+            values = _read_parquet(output_path, info, row_id, len(entities))
+        else:
+            values = _read_csv(output_path, info, row_id, len(entities))
+    for feature in info.features:
+        result[feature.name] = values[feature.name].to_numpy()
+    return result
+
+
+def _check_entity_frame(entity_df: pd.DataFrame, info: SpecInfo) -> None:
+    if not isinstance(entity_df, pd.DataFrame):
+        raise ValueError(f"entity_df must be a pandas DataFrame, not {type(entity_df).__name__}")
+    for column, role in ((info.entity, "entity"), (info.timestamp, "timestamp")):
+        matches = int((entity_df.columns == column).sum())
+        if matches == 0:
+            raise ValueError(
+                f"entity_df has no column {column!r}, the {role} field of {info.path}; it has "
+                f"{list(entity_df.columns)}. Rename your column, e.g. entity_df.rename(columns={{'...': {column!r}}})")
+        if matches > 1:
+            raise ValueError(f"entity_df has {matches} columns named {column!r}; keep one")
+    clashes = [name for name in info.feature_names if name in entity_df.columns]
+    if clashes:
+        raise ValueError(f"entity_df already has columns named like features of {info.path}: {clashes}; drop or "
+                         "rename them first (the feature values are added as new columns)")
+
+
+def _row_id_column(info: SpecInfo) -> str:
+    taken = {info.entity, info.timestamp, *info.feature_names}
+    name = _ROW_ID
+    while name in taken:
+        name += "_"
+    return name
+
+
+def _events_args(binary: str, events: Optional[Events], data_dir: Optional[PathLike], folder: Path) -> List[str]:
+    if events is None:
+        if data_dir is None:
+            raise ValueError("give the events (a JSON-lines file, a DataFrame or a list of events), or data_dir= "
+                             "(the --data-dir of `freshet run`) to read its offline events table")
+        if not _cli.has_option(binary, "historical", "--data-dir"):
+            raise CommandNotAvailableError(
+                f"the freshet binary {binary} cannot read the offline events table (`freshet historical` has no "
+                "--data-dir); pass events= (a JSON-lines file), or build a newer freshet")
+        return ["--data-dir", os.fspath(data_dir)]
+    if isinstance(events, (str, os.PathLike)):
+        path = Path(os.fspath(events))
+        if not path.is_file():
+            raise FileNotFoundError(f"no events file at {path}")
+        return ["--events", str(path)]
+    path = folder / "events.jsonl"
+    if isinstance(events, pd.DataFrame):
+        events = _frame_events(events)
+    with open(path, "wb") as f:
+        for event in events:
+            if isinstance(event, bytes):
+                line = event.rstrip(b"\r\n")
+            elif isinstance(event, str):
+                line = event.rstrip("\r\n").encode("utf-8")
+            else:
+                line = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            f.write(line + b"\n")
+    return ["--events", str(path)]
+
+
+def _frame_events(frame: pd.DataFrame) -> Iterable[Mapping[str, Any]]:
+    """The rows of a DataFrame as events: missing values (None, NaN, NaT) leave the field out, datetimes
+    become epoch milliseconds, numpy scalars Python ones (floats keep every bit)."""
+    columns = [str(c) for c in frame.columns]
+    for values in frame.itertuples(index=False, name=None):
+        event = {}
+        for column, value in zip(columns, values):
+            if value is None or value is pd.NaT or value is pd.NA:
+                continue
+            if isinstance(value, float) and value != value:  # NaN
+                continue
+            if isinstance(value, (pd.Timestamp, np.datetime64)):
+                value = _convert.time_to_request(value)
+            elif isinstance(value, np.generic):
+                value = value.item()
+            event[column] = value
+        yield event
+
+
+def _check_rows(ids: "np.ndarray[Any, Any]", count: int, output: Path) -> None:
+    if len(ids) != count or not np.array_equal(ids, np.arange(count)):
+        raise FreshetError(f"freshet historical returned {len(ids)} rows in an unexpected order for {count} "
+                           f"entity rows ({output}); this is a bug, please report it")
+
+
+def _read_csv(path: Path, info: SpecInfo, row_id: str, count: int) -> pd.DataFrame:
+    text = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8")
+    missing = [name for name in [row_id, *info.feature_names] if name not in text.columns]
+    if missing:
+        raise FreshetError(f"the output of freshet historical lacks the columns {missing}")
+    _check_rows(text[row_id].astype(np.int64).to_numpy(), count, path)
+    return pd.DataFrame({f.name: _convert.feature_column(text[f.name], f.aggregation) for f in info.features})
+
+
+def _read_parquet(path: Path, info: SpecInfo, row_id: str, count: int) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    missing = [name for name in [row_id, *info.feature_names] if name not in table.column_names]
+    if missing:
+        raise FreshetError(f"the output of freshet historical lacks the columns {missing}")
+    ids = np.asarray(table.column(row_id).to_pandas().astype(np.int64))
+    _check_rows(ids, count, path)
+    columns = {}
+    for feature in info.features:
+        values = table.column(feature.name).to_pandas()
+        if feature.dtype == "int64":
+            columns[feature.name] = values.astype(np.int64)
+        elif feature.dtype == "float64":
+            columns[feature.name] = values.astype(np.float64)
+        else:
+            columns[feature.name] = values.astype(object).where(values.notna(), None)
+    return pd.DataFrame(columns)
