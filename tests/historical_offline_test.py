@@ -347,6 +347,22 @@ def test_errors_name_the_problem(tmp_path):
     assert "already has a column named 'n'" in result.stderr, result.stderr
 
 
+def test_a_file_out_of_seq_order_is_refused(tmp_path):
+    """A table file rewritten out of acceptance order (by another tool) would replay differently: refused."""
+    spec, events = write_small_case(tmp_path)
+    with open(events, "rb") as f:
+        lines = f.read().splitlines()
+    rows = [{"seq": seq, "event_time": utc(t), "entity": str(u), "ingest_time": utc(1_800_000_000_000),
+             "raw": line.decode(), "event_date": utc(t).date()}
+            for seq, ((u, t, _, _), line) in enumerate(zip(SMALL_EVENTS, lines))]
+    rows.reverse()
+    write_deltalake(str(tmp_path / "data" / "offline" / "events"), pa.Table.from_pylist(rows, schema=EVENTS_SCHEMA))
+    entities = tmp_path / "entities.csv"
+    entities.write_text("user,ts\n7,2000\n")
+    result = historical(spec, str(entities), str(tmp_path / "o.csv"), data_dir=str(tmp_path / "data"), expect=2)
+    assert "is not in seq order" in result.stderr and "--events" in result.stderr, result.stderr
+
+
 def test_events_table_written_by_freshet_run(tmp_path):
     """The events table as `freshet run` writes it (late and malformed lines left out), read back by historical."""
     events = tmp_path / "events.jsonl"

@@ -169,4 +169,16 @@ std::string FormatRfc3339(int64_t ms) {
 }
 
 
+Result<int64_t> ParseTimeText(std::string_view text) {
+  if (!text.empty() && (std::isdigit(static_cast<unsigned char>(text[0])) || text[0] == '-') &&
+      text.find_first_not_of("-0123456789") == std::string_view::npos) {
+    int64_t ms = 0;
+    auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), ms);
+    if (ec == std::errc() && ptr == text.data() + text.size() && ms >= kMinTimeMs && ms <= kMaxTimeMs) return ms;
+    return Status::Invalid("'" + std::string(text) + "' is not epoch milliseconds within years 0001-9999");
+  }
+  return ParseRfc3339Ms(text);
+}
+
+
 }  // namespace freshet

@@ -198,17 +198,6 @@ std::string EventInput::Describe() const {
   return (kind == Kind::kJsonLines ? "events file '" : "events table '") + path + "'";
 }
 
-Result<int64_t> ParseTimeText(std::string_view text) {
-  if (!text.empty() && (std::isdigit(static_cast<unsigned char>(text[0])) || text[0] == '-') &&
-      text.find_first_not_of("-0123456789") == std::string_view::npos) {
-    int64_t ms = 0;
-    auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), ms);
-    if (ec == std::errc() && ptr == text.data() + text.size() && ms >= kMinTimeMs && ms <= kMaxTimeMs) return ms;
-    return Status::Invalid("'" + std::string(text) + "' is not epoch milliseconds within years 0001-9999");
-  }
-  return ParseRfc3339Ms(text);
-}
-
 Status ComputePointInTime(const Spec& spec, const EventInput& input, const std::vector<EntityTime>& rows,
                           const PointInTimeOptions& options, const RowAnswerFn& answer, HistoricalStats* stats) {
   const auto started = std::chrono::steady_clock::now();
@@ -240,36 +229,6 @@ Result<FeatureValues> ComputeFeatureValues(const Spec& spec, const EventInput& i
   };
   FRESHET_RETURN_IF_ERROR(ComputePointInTime(spec, input, rows, options, keep, &out.stats));
   return out;
-}
-
-Value FeatureCell(const FeatureSpec& feature, const Value& value, std::string* scratch) {
-  switch (FeatureColumnType(feature)) {
-    case OfflineType::kInt64:
-      if (value.type == ValueType::kInt) return value;
-      if (value.type == ValueType::kDouble) return Value::Int(static_cast<int64_t>(value.d));
-      return Value::Null();
-    case OfflineType::kDouble:
-      if (value.is_number()) return Value::Double(value.as_double());
-      return Value::Null();
-    default: {
-      char buf[64];
-      switch (value.type) {
-        case ValueType::kString: return value;
-        case ValueType::kBool: return Value::String(value.b ? "true" : "false");
-        case ValueType::kInt: {
-          auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), value.i);
-          scratch->assign(buf, end);
-          return Value::String(*scratch);
-        }
-        case ValueType::kDouble: {
-          auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), value.d);
-          scratch->assign(buf, end);
-          return Value::String(*scratch);
-        }
-        default: return Value::Null();
-      }
-    }
-  }
 }
 
 Status RunHistorical(const Spec& spec, const HistoricalOptions& options, HistoricalStats* stats) {

@@ -27,6 +27,8 @@
 
 #include "common/status.h"
 #include "common/value.h"
+#include "common/time.h"
+#include "offline/tables.h"
 #include "spec/spec.h"
 
 namespace freshet {
@@ -94,13 +96,6 @@ struct FeatureValues {
 Result<FeatureValues> ComputeFeatureValues(const Spec& spec, const EventInput& input,
                                            const std::vector<EntityTime>& rows, const PointInTimeOptions& options = {});
 
-// A feature value as the feature's offline column holds it (offline/tables.h, PutFeatureValue): for an
-// integer column Int or Null, for a double column Double or Null, for a string column String or Null
-// (numbers and booleans as text, written into *scratch, which must outlive the result's use).
-Value FeatureCell(const FeatureSpec& feature, const Value& value, std::string* scratch);
-
-// Parses a time given by a user: epoch milliseconds (an integer, years 0001-9999) or RFC 3339.
-Result<int64_t> ParseTimeText(std::string_view text);
 
 struct HistoricalOptions {
   EventInput events;              // A JSON-lines file or the events table.

@@ -2,6 +2,7 @@
 
 #include <charconv>
 #include <filesystem>
+#include <limits>
 #include <queue>
 
 #include "offline/parquet_scan.h"
@@ -54,31 +55,44 @@ OfflineType FeatureColumnType(const FeatureSpec& feature) {
   }
 }
 
-void PutFeatureValue(OfflineTable& table, const FeatureSpec& feature, const Value& value) {
+Value FeatureCell(const FeatureSpec& feature, const Value& value, std::string* scratch) {
   switch (FeatureColumnType(feature)) {
     case OfflineType::kInt64:
-      if (value.type == ValueType::kInt) return table.PutInt(value.i);
-      if (value.type == ValueType::kDouble) return table.PutInt(static_cast<int64_t>(value.d));
-      return table.PutNull();
+      if (value.type == ValueType::kInt) return value;
+      if (value.type == ValueType::kDouble) return Value::Int(static_cast<int64_t>(value.d));
+      return Value::Null();
     case OfflineType::kDouble:
-      if (value.is_number()) return table.PutDouble(value.as_double());
-      return table.PutNull();
+      if (value.is_number()) return Value::Double(value.as_double());
+      return Value::Null();
     default: {
       char buf[64];
       switch (value.type) {
-        case ValueType::kString: return table.PutString(value.s);
-        case ValueType::kBool: return table.PutString(value.b ? "true" : "false");
+        case ValueType::kString: return value;
+        case ValueType::kBool: return Value::String(value.b ? "true" : "false");
         case ValueType::kInt: {
           auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), value.i);
-          return table.PutString(std::string_view(buf, end - buf));
+          scratch->assign(buf, end);
+          return Value::String(*scratch);
         }
         case ValueType::kDouble: {
           auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), value.d);
-          return table.PutString(std::string_view(buf, end - buf));
+          scratch->assign(buf, end);
+          return Value::String(*scratch);
         }
-        default: return table.PutNull();
+        default: return Value::Null();
       }
     }
+  }
+}
+
+void PutFeatureValue(OfflineTable& table, const FeatureSpec& feature, const Value& value) {
+  std::string scratch;
+  const Value cell = FeatureCell(feature, value, &scratch);
+  switch (cell.type) {
+    case ValueType::kInt: return table.PutInt(cell.i);
+    case ValueType::kDouble: return table.PutDouble(cell.d);
+    case ValueType::kString: return table.PutString(cell.s);
+    default: return table.PutNull();
   }
 }
 
@@ -100,6 +114,7 @@ Status ReplayEventsTable(const std::string& table_dir, const std::function<Statu
     std::unique_ptr<ParquetScanner> scanner;
     ScanBatch batch;
     size_t row = 0;
+    int64_t last_seq = std::numeric_limits<int64_t>::min();
   };
   std::vector<Cursor> cursors(files.size());
   auto advance = [&](Cursor& c) -> Result<bool> {
@@ -133,6 +148,14 @@ Status ReplayEventsTable(const std::string& table_dir, const std::function<Statu
     e.entity = cols[2].strings[c.row];
     e.ingest_time_ms = cols[3].ints[c.row];
     e.raw = cols[4].strings[c.row];
+    if (e.seq <= c.last_seq) {
+      // Freshet writes each file in seq order; a file rewritten by another tool (a compaction, a
+      // partitioned rewrite) may not be, and replaying it out of order would change the results.
+      return Status::Invalid("events table file '" + files[k] + "' is not in seq order (seq " + std::to_string(e.seq) +
+                             " after " + std::to_string(c.last_seq) + "); it was rewritten by another tool: sort each "
+                             "file by seq, or replay from the original events with --events");
+    }
+    c.last_seq = e.seq;
     FRESHET_RETURN_IF_ERROR(each(e));
     FRESHET_ASSIGN_OR_RETURN(bool more, advance(c));
     if (more) heap.push(k);

@@ -47,7 +47,11 @@ std::vector<OfflineColumn> FeatureLogColumns(const Spec& spec);
 
 // The column type of a feature (see the file comment).
 OfflineType FeatureColumnType(const FeatureSpec& feature);
-// Appends `value` as the cell of a column of FeatureColumnType(feature).
+// A feature value as the feature's column holds it: for a long column Int or Null, for a double column
+// Double or Null, for a string column String or Null (numbers and booleans as text, written into *scratch,
+// which must outlive the result's use).
+Value FeatureCell(const FeatureSpec& feature, const Value& value, std::string* scratch);
+// Appends FeatureCell(feature, value) to `table`.
 void PutFeatureValue(OfflineTable& table, const FeatureSpec& feature, const Value& value);
 
 // Options for opening table `name` ("events", "features", "feature_log") of `paths`.
