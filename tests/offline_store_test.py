@@ -36,9 +36,6 @@ features:
   - {{name: amount_sum_tumbling, aggregation: sum, field: amount, window: {{type: tumbling, size: 1h}}}}
 {extra}"""
 
-FEATURE_COLUMNS = ["purchases_30m", "avg_amount_1h", "categories_session", "failed_logins_10m", "max_amount_24h",
-                   "last_category", "amount_sum_tumbling"]
-
 
 def _require_binary() -> None:
     if not Path(BIN).exists():

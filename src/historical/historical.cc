@@ -176,17 +176,12 @@ Status FeedJsonLines(const std::string& path, PointInTimeJoin& join, Progress& p
   return reader.status();
 }
 
-// Feeds the events table's raw lines in acceptance order, each copied into a padded buffer for the parser.
+// Feeds the events table's raw lines in acceptance order, parsed in place (ReplayEventsTable pads them).
 // Dead letters name an event by its seq.
 Status FeedEventsTable(const std::string& table_dir, PointInTimeJoin& join, Progress& progress,
                        const HistoricalStats& stats) {
-  std::string padded;
   return ReplayEventsTable(table_dir, [&](const StoredEvent& e) -> Status {
-    if (padded.size() < e.raw.size() + kParsePaddingBytes) padded.resize(e.raw.size() + kParsePaddingBytes);
-    std::copy(e.raw.begin(), e.raw.end(), padded.begin());
-    std::fill_n(padded.begin() + static_cast<std::ptrdiff_t>(e.raw.size()), kParsePaddingBytes, '\0');
-    join.Feed(std::string_view(padded.data(), e.raw.size()), padded.size(), static_cast<uint64_t>(e.seq),
-              e.raw.size() > kMaxLineBytes);
+    join.Feed(e.raw, e.raw_capacity, static_cast<uint64_t>(e.seq), e.raw.size() > kMaxLineBytes);
     if ((stats.events_read & 0xFFFF) == 0) progress.Update(0, 0, stats.events_read);
     return Status::Ok();
   });

@@ -331,6 +331,10 @@ Result<StagedCommit::File> OfflineTable::Impl::WriteFile(const std::vector<uint3
   if (!sink.ok()) return FromArrow(sink.status(), "cannot create '" + out.staged_path + "'");
   parquet::WriterProperties::Builder props;
   props.compression(parquet::Compression::ZSTD);
+  // Sequence numbers and times are nearly unique per row: a dictionary only costs there.
+  for (const OfflineColumn& c : options.columns) {
+    if (c.type == OfflineType::kTimestamp || c.name == "seq") props.disable_dictionary(c.name);
+  }
   std::shared_ptr<parquet::ArrowWriterProperties> arrow_props =
       parquet::ArrowWriterProperties::Builder().store_schema()->build();
   FRESHET_RETURN_IF_ERROR(FromArrow(parquet::arrow::WriteTable(*table, arrow::default_memory_pool(), *sink,

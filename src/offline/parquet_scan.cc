@@ -127,6 +127,8 @@ Result<bool> ParquetScanner::Next(ScanBatch* out) {
         c.type = OfflineType::kString;
         c.strings.resize(out->rows);
         for (size_t r = 0; r < out->rows; ++r) c.strings[r] = a.GetView(static_cast<int64_t>(r));
+        const std::shared_ptr<arrow::Buffer>& data = a.value_data();
+        c.readable_end = data ? reinterpret_cast<const char*>(data->data()) + data->capacity() : nullptr;
         break;
       }
       case arrow::Type::LARGE_STRING: {
@@ -134,6 +136,8 @@ Result<bool> ParquetScanner::Next(ScanBatch* out) {
         c.type = OfflineType::kString;
         c.strings.resize(out->rows);
         for (size_t r = 0; r < out->rows; ++r) c.strings[r] = a.GetView(static_cast<int64_t>(r));
+        const std::shared_ptr<arrow::Buffer>& data = a.value_data();
+        c.readable_end = data ? reinterpret_cast<const char*>(data->data()) + data->capacity() : nullptr;
         break;
       }
       default:

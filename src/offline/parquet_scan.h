@@ -30,6 +30,9 @@ struct ScanColumn {
   std::vector<double> doubles;
   std::vector<std::string_view> strings;
   std::vector<uint8_t> valid;
+  // kString: the end of the readable memory the strings lie in (their buffer's capacity), so a caller can
+  // tell whether the bytes after a string are readable padding (a parser that reads ahead) or must copy.
+  const char* readable_end = nullptr;
 };
 
 struct ScanBatch {

@@ -5,6 +5,7 @@
 #include <limits>
 #include <queue>
 
+#include "event/event_parser.h"
 #include "offline/parquet_scan.h"
 
 namespace freshet {
@@ -138,6 +139,7 @@ Status ReplayEventsTable(const std::string& table_dir, const std::function<Statu
     if (has) heap.push(k);
   }
   StoredEvent e;
+  std::string padded;  // For a raw line too close to the end of its buffer to be parsed in place.
   while (!heap.empty()) {
     const size_t k = heap.top();
     heap.pop();
@@ -148,6 +150,15 @@ Status ReplayEventsTable(const std::string& table_dir, const std::function<Statu
     e.entity = cols[2].strings[c.row];
     e.ingest_time_ms = cols[3].ints[c.row];
     e.raw = cols[4].strings[c.row];
+    const char* end = cols[4].readable_end;
+    if (end != nullptr && end >= e.raw.data() && static_cast<size_t>(end - e.raw.data()) >= e.raw.size() + kParsePaddingBytes) {
+      e.raw_capacity = static_cast<size_t>(end - e.raw.data());
+    } else {
+      padded.assign(e.raw);
+      padded.append(kParsePaddingBytes, '\0');
+      e.raw = std::string_view(padded.data(), e.raw.size());
+      e.raw_capacity = padded.size();
+    }
     if (e.seq <= c.last_seq) {
       // Freshet writes each file in seq order; a file rewritten by another tool (a compaction, a
       // partitioned rewrite) may not be, and replaying it out of order would change the results.

@@ -64,6 +64,8 @@ struct StoredEvent {
   int64_t ingest_time_ms = 0;
   std::string_view entity;
   std::string_view raw;
+  size_t raw_capacity = 0;  // Bytes readable from raw.data(): at least raw.size() + kParsePaddingBytes, so
+                            // EventParser can parse it in place.
 };
 
 // Calls `each` for every event of the events table at `table_dir`, in the order they were accepted (seq),

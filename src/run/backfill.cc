@@ -73,13 +73,10 @@ Status RunBackfill(const Spec& spec, const BackfillOptions& options, BackfillSta
   const int64_t wall_ms = WallMs();
 
   if (options.events_files.empty()) {
-    std::string padded;
     FRESHET_RETURN_IF_ERROR(ReplayEventsTable(paths.events, [&](const StoredEvent& e) -> Status {
-      padded.assign(e.raw);
-      padded.append(kParsePaddingBytes, '\0');
       ++stats->lines;
-      progress.Update(stats->lines);
-      return account(path.Process(std::string_view(padded.data(), e.raw.size()), padded.size(), wall_ms));
+      if ((stats->lines & 0xFFFF) == 0) progress.Update(stats->lines);
+      return account(path.Process(e.raw, e.raw_capacity, wall_ms));
     }));
   } else {
     for (const std::string& file : options.events_files) {

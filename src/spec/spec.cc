@@ -201,7 +201,7 @@ std::string SanitizeIdentifier(std::string_view s) {
     bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
     out += ok ? c : '_';
   }
-  if (out.empty() || (out[0] >= '0' && out[0] <= '9')) out.insert(out.begin(), '_');
+  if (out.empty() || (out[0] >= '0' && out[0] <= '9')) out.insert(0, "f_");  // Not '_': reserved for feature names.
   return out;
 }
 
@@ -686,6 +686,18 @@ void SpecParser::ParseFeature(const YAML::Node& item, const SpecOption& list_opt
         Error(mark, "feature name '" + *name + "' is the " + role +
                         " field; both become output columns, side by side, so pick another name");
       }
+    }
+    // The offline tables' own columns, and names the Redis feature hash uses for itself.
+    static constexpr std::string_view kReserved[] = {"seq",        "entity",     "event_time",      "processing_time",
+                                                     "request_id", "as_of",      "served_at",       "served_features",
+                                                     "event_date", "served_date", "ingest_time",    "raw"};
+    if (name->starts_with("_")) {
+      Error(mark, "feature name '" + *name + "' starts with '_', which is reserved for Freshet's own fields (the "
+                  "Redis feature hash holds _event_time_ms and _updated_ms); drop the leading underscore");
+    } else if (std::find(std::begin(kReserved), std::end(kReserved), *name) != std::end(kReserved)) {
+      Error(mark, "feature name '" + *name + "' is a column the offline tables already have (seq, entity, event_time, "
+                  "processing_time, request_id, as_of, served_at, served_features, event_date, served_date, "
+                  "ingest_time, raw); pick another name");
     }
   }
 

@@ -257,7 +257,7 @@ TEST(SpecTest, Durations) {
 
 TEST(SpecTest, FeatureNames) {
   ExpectOnly(std::string(kHead) + "  - {name: 30m-count, aggregation: count, window: {type: lifetime}}\n", 5, 12,
-             {"invalid name '30m-count'", "try '_30m_count'"});
+             {"invalid name '30m-count'", "try 'f_30m_count'"});
   ExpectOnly(std::string(kHead) + "  - {name: n, aggregation: count, window: {type: lifetime}}\n"
                                   "  - {name: m, aggregation: count, window: {type: lifetime}}\n"
                                   "  - {name: n, aggregation: count, window: {type: lifetime}}\n",
@@ -266,6 +266,10 @@ TEST(SpecTest, FeatureNames) {
              {"feature name 'user_id' is the entity field"});
   ExpectOnly(std::string(kHead) + "  - {name: ts, aggregation: count, window: {type: lifetime}}\n", 5, 12,
              {"feature name 'ts' is the timestamp field"});
+  ExpectOnly(std::string(kHead) + "  - {name: _n, aggregation: count, window: {type: lifetime}}\n", 5, 12,
+             {"feature name '_n' starts with '_'", "_event_time_ms"});
+  ExpectOnly(std::string(kHead) + "  - {name: event_time, aggregation: count, window: {type: lifetime}}\n", 5, 12,
+             {"feature name 'event_time' is a column the offline tables already have"});
 }
 
 TEST(SpecTest, WrongTypes) {
