@@ -1,6 +1,7 @@
 #include "common/time.h"
 
 #include <charconv>
+#include <chrono>
 #include <cstdio>
 
 namespace freshet {
@@ -180,5 +181,10 @@ Result<int64_t> ParseTimeText(std::string_view text) {
   return ParseRfc3339Ms(text);
 }
 
+
+int64_t WallClockMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
 
 }  // namespace freshet

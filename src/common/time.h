@@ -27,6 +27,9 @@ Result<int64_t> ParseRfc3339Ms(std::string_view text);
 // Formats epoch milliseconds as RFC 3339 UTC with millisecond precision ("2024-03-01T12:00:00.250Z").
 std::string FormatRfc3339(int64_t ms);
 
+// The wall clock (system_clock) as Unix epoch milliseconds.
+int64_t WallClockMs();
+
 // Parses a time given by a user: epoch milliseconds (an integer, years 0001-9999) or RFC 3339.
 Result<int64_t> ParseTimeText(std::string_view text);
 

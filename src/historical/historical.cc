@@ -9,6 +9,7 @@
 #include <numeric>
 #include <queue>
 
+#include "common/progress.h"
 #include "common/time.h"
 #include "engine/feature_engine.h"
 #include "event/dead_letters.h"
@@ -19,35 +20,6 @@
 
 namespace freshet {
 namespace {
-
-// Progress on a terminal: a line rewritten in place at most four times a second.
-class Progress {
- public:
-  explicit Progress(bool enabled) : enabled_(enabled), start_(std::chrono::steady_clock::now()), last_(start_) {}
-  void Update(uint64_t bytes, uint64_t total, uint64_t events) {
-    if (!enabled_) return;
-    const auto now = std::chrono::steady_clock::now();
-    if (now - last_ < std::chrono::milliseconds(250)) return;
-    last_ = now;
-    const double secs = std::chrono::duration<double>(now - start_).count();
-    if (total > 0) {
-      std::fprintf(stderr, "\rhistorical: %5.1f%%  %llu events  %.2f M events/s   ", 100.0 * bytes / total,
-                   static_cast<unsigned long long>(events), events / secs / 1e6);
-    } else {
-      std::fprintf(stderr, "\rhistorical: %llu events  %.2f M events/s   ", static_cast<unsigned long long>(events),
-                   events / secs / 1e6);
-    }
-    shown_ = true;
-  }
-  void Done() {
-    if (shown_) std::fprintf(stderr, "\r\033[K");
-  }
-
- private:
-  bool enabled_;
-  bool shown_ = false;
-  std::chrono::steady_clock::time_point start_, last_;
-};
 
 // Events waiting for the watermark, ordered by (time, input order); slots are reused.
 class ReorderBuffer {
@@ -165,24 +137,24 @@ class PointInTimeJoin {
 };
 
 // Feeds a file of JSON lines, in file order.
-Status FeedJsonLines(const std::string& path, PointInTimeJoin& join, Progress& progress, const HistoricalStats& stats) {
+Status FeedJsonLines(const std::string& path, PointInTimeJoin& join, ProgressLine& progress, const HistoricalStats& stats) {
   LineReader reader;
   FRESHET_RETURN_IF_ERROR(reader.Open(path));
   Line line;
   while (reader.Next(&line)) {
     join.Feed(line.text, line.capacity, line.number, line.too_long);
-    if ((stats.events_read & 0xFFFF) == 0) progress.Update(reader.bytes_consumed(), reader.file_size(), stats.events_read);
+    if ((stats.events_read & 0xFFFF) == 0) progress.Update(stats.events_read, reader.bytes_consumed(), reader.file_size());
   }
   return reader.status();
 }
 
 // Feeds the events table's raw lines in acceptance order, parsed in place (ReplayEventsTable pads them).
 // Dead letters name an event by its seq.
-Status FeedEventsTable(const std::string& table_dir, PointInTimeJoin& join, Progress& progress,
+Status FeedEventsTable(const std::string& table_dir, PointInTimeJoin& join, ProgressLine& progress,
                        const HistoricalStats& stats) {
   return ReplayEventsTable(table_dir, [&](const StoredEvent& e) -> Status {
     join.Feed(e.raw, e.raw_capacity, static_cast<uint64_t>(e.seq), e.raw.size() > kMaxLineBytes);
-    if ((stats.events_read & 0xFFFF) == 0) progress.Update(0, 0, stats.events_read);
+    if ((stats.events_read & 0xFFFF) == 0) progress.Update(stats.events_read);
     return Status::Ok();
   });
 }
@@ -200,7 +172,7 @@ Status ComputePointInTime(const Spec& spec, const EventInput& input, const std::
   DeadLetterWriter dead_letters;
   FRESHET_RETURN_IF_ERROR(dead_letters.Open(options.dead_letters_path, input.path));
   PointInTimeJoin join(spec, rows, answer, &dead_letters, stats);
-  Progress progress(options.progress);
+  ProgressLine progress("historical", options.progress);
   Status fed = input.kind == EventInput::Kind::kJsonLines ? FeedJsonLines(input.path, join, progress, *stats)
                                                           : FeedEventsTable(input.path, join, progress, *stats);
   progress.Done();

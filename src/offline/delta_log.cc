@@ -10,6 +10,7 @@
 #include <random>
 
 #include "common/files.h"
+#include "common/time.h"
 #include "serve/json.h"
 
 namespace freshet {
@@ -17,14 +18,9 @@ namespace {
 
 constexpr const char* kLogFolder = "_delta_log";
 
-int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 // A random version-4 UUID, as Delta wants for a table id.
 std::string NewUuid() {
-  static thread_local std::mt19937_64 rng(std::random_device{}() ^ static_cast<uint64_t>(NowMs()));
+  static thread_local std::mt19937_64 rng(std::random_device{}() ^ static_cast<uint64_t>(WallClockMs()));
   uint64_t hi = rng(), lo = rng();
   hi = (hi & 0xFFFFFFFFFFFF0FFFull) | 0x0000000000004000ull;
   lo = (lo & 0x3FFFFFFFFFFFFFFFull) | 0x8000000000000000ull;
@@ -147,7 +143,7 @@ Status DeltaLog::ReadVersions() {
 
 Status DeltaLog::Commit(const DeltaCommit& commit, bool* existed) {
   *existed = false;
-  const int64_t now = NowMs();
+  const int64_t now = WallClockMs();
   std::string text;
   {
     std::string line;

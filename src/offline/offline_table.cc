@@ -20,13 +20,8 @@
 namespace freshet {
 namespace {
 
-int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 std::string RandomSuffix() {
-  static thread_local std::mt19937_64 rng(std::random_device{}() ^ static_cast<uint64_t>(NowMs()));
+  static thread_local std::mt19937_64 rng(std::random_device{}() ^ static_cast<uint64_t>(WallClockMs()));
   char text[17];
   std::snprintf(text, sizeof(text), "%016llx", static_cast<unsigned long long>(rng()));
   return text;
@@ -344,7 +339,7 @@ Result<StagedCommit::File> OfflineTable::Impl::WriteFile(const std::vector<uint3
   FRESHET_RETURN_IF_ERROR(FsyncFile(out.staged_path));
   std::error_code ec;
   out.file.size_bytes = std::filesystem::file_size(out.staged_path, ec);
-  out.file.modification_ms = NowMs();
+  out.file.modification_ms = WallClockMs();
   return out;
 }
 

@@ -26,6 +26,16 @@ int64_t ToMs(int64_t value, arrow::TimeUnit::type unit) {
   return value;
 }
 
+// Views of a string column's values, and the end of the readable memory they lie in.
+template <typename StringArray>
+void ReadStrings(const StringArray& a, size_t rows, ScanColumn* c) {
+  c->type = OfflineType::kString;
+  c->strings.resize(rows);
+  for (size_t r = 0; r < rows; ++r) c->strings[r] = a.GetView(static_cast<int64_t>(r));
+  const std::shared_ptr<arrow::Buffer>& data = a.value_data();
+  c->readable_end = data ? reinterpret_cast<const char*>(data->data()) + data->capacity() : nullptr;
+}
+
 }  // namespace
 
 struct ParquetScanner::Impl {
@@ -122,24 +132,10 @@ Result<bool> ParquetScanner::Next(ScanBatch* out) {
         c.doubles.assign(a.raw_values(), a.raw_values() + out->rows);
         break;
       }
-      case arrow::Type::STRING: {
-        const auto& a = static_cast<const arrow::StringArray&>(array);
-        c.type = OfflineType::kString;
-        c.strings.resize(out->rows);
-        for (size_t r = 0; r < out->rows; ++r) c.strings[r] = a.GetView(static_cast<int64_t>(r));
-        const std::shared_ptr<arrow::Buffer>& data = a.value_data();
-        c.readable_end = data ? reinterpret_cast<const char*>(data->data()) + data->capacity() : nullptr;
+      case arrow::Type::STRING: ReadStrings(static_cast<const arrow::StringArray&>(array), out->rows, &c); break;
+      case arrow::Type::LARGE_STRING:
+        ReadStrings(static_cast<const arrow::LargeStringArray&>(array), out->rows, &c);
         break;
-      }
-      case arrow::Type::LARGE_STRING: {
-        const auto& a = static_cast<const arrow::LargeStringArray&>(array);
-        c.type = OfflineType::kString;
-        c.strings.resize(out->rows);
-        for (size_t r = 0; r < out->rows; ++r) c.strings[r] = a.GetView(static_cast<int64_t>(r));
-        const std::shared_ptr<arrow::Buffer>& data = a.value_data();
-        c.readable_end = data ? reinterpret_cast<const char*>(data->data()) + data->capacity() : nullptr;
-        break;
-      }
       default:
         return Status::Invalid("Parquet file '" + impl_->path + "': column '" + batch->schema()->field(k)->name() +
                                "' has type " + array.type()->ToString() +

@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "common/progress.h"
+#include "common/time.h"
 #include "engine/feature_engine.h"
 #include "event/line_reader.h"
 #include "offline/tables.h"
@@ -15,11 +16,6 @@ namespace freshet {
 namespace {
 
 constexpr uint64_t kSpillBytes = 256ull << 20;  // Staged to files beyond this, to bound memory.
-
-int64_t WallMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 }  // namespace
 
@@ -70,7 +66,7 @@ Status RunBackfill(const Spec& spec, const BackfillOptions& options, BackfillSta
     if (sink->buffered_bytes() > kSpillBytes) FRESHET_RETURN_IF_ERROR(sink->Spill());
     return Status::Ok();
   };
-  const int64_t wall_ms = WallMs();
+  const int64_t wall_ms = WallClockMs();
 
   if (options.events_files.empty()) {
     FRESHET_RETURN_IF_ERROR(ReplayEventsTable(paths.events, [&](const StoredEvent& e) -> Status {

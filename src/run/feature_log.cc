@@ -4,13 +4,10 @@
 #include <cmath>
 #include <cstdio>
 
+#include "common/time.h"
+
 namespace freshet {
 namespace {
-
-int64_t WallMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 // FNV-1a 64 then a final mix: stable across runs and machines, so a sample is reproducible.
 uint64_t EntityHash(std::string_view entity) {
@@ -54,7 +51,7 @@ bool FeatureLogWriter::Sampled(std::string_view entity) const {
 
 void FeatureLogWriter::Log(std::string_view request_id, int64_t as_of_ms, std::span<const int> features,
                            std::span<const std::string_view> entities, std::span<const FeatureLookup> lookups) {
-  const int64_t now = WallMs();
+  const int64_t now = WallClockMs();
   std::string served;
   for (int f : features) served += (served.empty() ? "" : ",") + spec_.features[static_cast<size_t>(f)].name;
   std::deque<Entry> batch;

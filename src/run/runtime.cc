@@ -40,11 +40,6 @@ constexpr size_t kRecordsPerLock = 256;  // Events applied per exclusive lock: b
 constexpr double kFreshnessBuckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                         0.5,    1,     2.5,    5,     10,   30,    60,   300};
 
-int64_t WallMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 int64_t SteadyNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
@@ -185,7 +180,7 @@ struct Runtime::Impl final : public FeatureService {
       report.reasons = health_reasons_;
     }
     if (spec_.freshness_slo) {
-      std::optional<double> p99 = slo_window_->P99(WallMs() / 1000);
+      std::optional<double> p99 = slo_window_->P99(WallClockMs() / 1000);
       if (p99 && *p99 * 1000.0 > static_cast<double>(spec_.freshness_slo->p99_ms)) {
         report.reasons.push_back("freshness p99 over the last " + FormatDuration(spec_.freshness_slo->window_ms) +
                                  " is above " + std::to_string(*p99) + " s, over the SLO of " +
@@ -411,7 +406,7 @@ Status Runtime::Impl::Restore() {
   }
   if (!checkpoint) FRESHET_RETURN_IF_ERROR(RecoverOffline(std::nullopt, std::nullopt));
   FRESHET_RETURN_IF_ERROR(dead_letters_.OpenAt(dead_letter_path_, std::string(source_->name()), dead_letter_bytes));
-  last_checkpoint_ms_ = WallMs();
+  last_checkpoint_ms_ = WallClockMs();
   return Status::Ok();
 }
 
@@ -428,7 +423,7 @@ Status Runtime::Impl::Checkpoint() {
   FRESHET_ASSIGN_OR_RETURN(uint64_t dead_letter_bytes, dead_letters_.Sync());
   freshet::Checkpoint checkpoint;
   checkpoint.sequence = checkpoints_->next_sequence();
-  checkpoint.written_unix_ms = WallMs();
+  checkpoint.written_unix_ms = WallClockMs();
   checkpoint.spec_fingerprint = engine_.spec_fingerprint();
   checkpoint.positions = {{"source", source_->position()}, {"dead_letters", std::to_string(dead_letter_bytes)}};
   if (offline_ != nullptr) {
@@ -447,7 +442,7 @@ Status Runtime::Impl::Checkpoint() {
   checkpoint_seconds_->Set(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   checkpoint_bytes_->Set(static_cast<double>(checkpoints_->last_size_bytes()));
   state_bytes_->Set(static_cast<double>(engine_.MemoryBytes()));
-  last_checkpoint_ms_ = WallMs();
+  last_checkpoint_ms_ = WallClockMs();
   return Status::Ok();
 }
 
@@ -456,7 +451,7 @@ Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch) {
   std::vector<int64_t> arrivals;
   arrivals.reserve(batch.size());
   uint64_t accepted = 0, rejected = 0, late = 0;
-  const int64_t batch_wall_ms = WallMs();
+  const int64_t batch_wall_ms = WallClockMs();
   while (k < batch.size()) {
     const size_t end = std::min(batch.size(), k + kRecordsPerLock);
     {
@@ -492,7 +487,7 @@ Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch) {
   if (rejected + late > 0) dead_letters_.Flush();
   // Visible now: every lookup from here on sees these events.
   const int64_t now_ns = SteadyNs();
-  const int64_t now_s = WallMs() / 1000;
+  const int64_t now_s = WallClockMs() / 1000;
   for (int64_t arrival : arrivals) {
     const double seconds = static_cast<double>(now_ns - arrival) / 1e9;
     freshness_->Observe(seconds);
@@ -548,7 +543,7 @@ void Runtime::Impl::SetHealthReason(const std::string& key, std::optional<std::s
 
 void Runtime::Impl::CheckSlo() {
   if (!spec_.freshness_slo) return;
-  std::optional<double> p99 = slo_window_->P99(WallMs() / 1000);
+  std::optional<double> p99 = slo_window_->P99(WallClockMs() / 1000);
   slo_p99_->Set(p99.value_or(0));
   const bool breached = p99 && *p99 * 1000.0 > static_cast<double>(spec_.freshness_slo->p99_ms);
   slo_breached_->Set(breached ? 1 : 0);
@@ -587,7 +582,7 @@ Status Runtime::Run(const std::atomic<bool>& stop) {
     }
     if (!batch.empty()) FRESHET_RETURN_IF_ERROR(s.ProcessBatch(batch));
     const int64_t low = s.engine_.low_watermark_ms();
-    s.watermark_lag_->Set(low == std::numeric_limits<int64_t>::min() ? 0.0 : (WallMs() - low) / 1000.0);
+    s.watermark_lag_->Set(low == std::numeric_limits<int64_t>::min() ? 0.0 : (WallClockMs() - low) / 1000.0);
     s.CheckSlo();
     if (s.redis_ != nullptr) {
       const uint64_t connects = s.redis_->Metrics().connects;
@@ -600,7 +595,7 @@ Status Runtime::Run(const std::atomic<bool>& stop) {
     }
     // Offline rows wait in memory for the checkpoint that commits them; a burst checkpoints early.
     const bool offline_full = s.offline_ != nullptr && s.offline_->buffered_bytes() > kOfflineBufferBytes;
-    if (offline_full || WallMs() - s.last_checkpoint_ms_ >= s.spec_.checkpoint.interval_ms) {
+    if (offline_full || WallClockMs() - s.last_checkpoint_ms_ >= s.spec_.checkpoint.interval_ms) {
       Status written = s.Checkpoint();
       if (!written.ok()) {
         std::fprintf(stderr, "freshet run: checkpoint failed: %s\n", written.message().c_str());

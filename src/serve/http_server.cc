@@ -242,11 +242,6 @@ Result<int64_t> ParseAt(std::string_view text) {
   return CheckAtRange(ms, text);
 }
 
-int64_t WallClockMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 // The media type of a Content-Type header, lowercased, without parameters ("application/json").
 std::string MediaType(std::string_view content_type) {
   const size_t semicolon = content_type.find(';');

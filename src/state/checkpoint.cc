@@ -17,6 +17,7 @@
 
 #include "common/bytes.h"
 #include "common/files.h"
+#include "common/time.h"
 
 namespace freshet {
 namespace {
@@ -31,11 +32,6 @@ constexpr std::string_view kNamePrefix = "checkpoint-";
 constexpr std::string_view kNameSuffix = ".ckpt";
 constexpr std::string_view kTempSuffix = ".tmp";
 constexpr size_t kSequenceDigits = 20;
-
-int64_t NowUnixMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 std::string Hex32(uint32_t v) {
   char buffer[16];
@@ -231,7 +227,7 @@ Result<CheckpointStore> CheckpointStore::Open(std::string directory, int keep) {
 
 Status CheckpointStore::Write(const Checkpoint& checkpoint) {
   const auto start = std::chrono::steady_clock::now();
-  const int64_t written = checkpoint.written_unix_ms != 0 ? checkpoint.written_unix_ms : NowUnixMs();
+  const int64_t written = checkpoint.written_unix_ms != 0 ? checkpoint.written_unix_ms : WallClockMs();
   const std::string header = EncodeHeader(checkpoint, written);
   const std::string trailer = EncodeTrailer(header, checkpoint.engine_state);
   const std::string path = directory_ + "/" + FileName(checkpoint.sequence);

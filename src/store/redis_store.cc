@@ -14,6 +14,8 @@
 #include <mutex>
 #include <thread>
 
+#include "common/time.h"
+
 namespace freshet {
 namespace {
 
@@ -37,12 +39,6 @@ constexpr size_t kNumLatencyBounds = std::size(kLatencyBoundsSeconds);
 
 // Keys per MGET command in RedisReader::MGetState.
 constexpr size_t kMGetChunk = 1000;
-
-int64_t UnixNowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 int64_t SteadyNs(SteadyTime t) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
@@ -496,7 +492,7 @@ void RedisWriter::Impl::Run() {
       consecutive_failures = 0;
       backoff_ms = 0;
       retry_at = SteadyTime();
-      if (!batch.empty()) last_success_unix_ms = UnixNowMs();
+      if (!batch.empty()) last_success_unix_ms = WallClockMs();
     } else {
       last_error = status.message();
       ++consecutive_failures;
@@ -559,7 +555,7 @@ Status RedisWriter::Impl::WriteBatch(const WriteQueue& batch) {
   redisContext* c = context.get();
   const SteadyTime started = SteadyClock::now();
   std::string updated_ms;
-  AppendInt(UnixNowMs(), &updated_ms);
+  AppendInt(WallClockMs(), &updated_ms);
 
   // Commands are appended as argv with lengths: every byte of entities and values is kept.
   std::vector<const char*> argv;

@@ -21,16 +21,12 @@
 #include <thread>
 #include <vector>
 
+#include "common/time.h"
+
 namespace freshet {
 namespace {
 
 constexpr char kRedisServer[] = "/usr/bin/redis-server";
-
-int64_t UnixNowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 // A free TCP port on 127.0.0.1 (the kernel's pick; it could be taken again before use, so starting the
 // server retries with another port).
@@ -304,12 +300,12 @@ TEST_F(RedisStoreTest, UpsertWritesTheDocumentedKeysReadableWithPlainHgetall) {
   std::unique_ptr<RedisWriter> writer = StartWriter(WriterOptions());
   ASSERT_NE(writer, nullptr);
   const std::string blob("\x01state\0with nul\xff", 16);
-  const int64_t before_ms = UnixNowMs();
+  const int64_t before_ms = WallClockMs();
   writer->Upsert("u123", blob,
                  {{"purchase_count_30m", "3"}, {"avg_txn_amount_1h", "2.5"}, {"last_category", "books"}},
                  1767225600000);
   ASSERT_TRUE(writer->Flush(5000).ok());
-  const int64_t after_ms = UnixNowMs();
+  const int64_t after_ms = WallClockMs();
 
   PlainClient client(server_.port());
   ASSERT_TRUE(client.ok());
