@@ -136,8 +136,9 @@ concept ExactlyMergeable = requires { requires Agg::kExactMerge; };
 // Continuous sliding window: the events themselves (time, input order, extracted input), sorted by time.
 //
 // For exactly mergeable aggregations the state also keeps a summary (the partial aggregate) of every full
-// block of kBlock consecutive entries, so a query merges the summaries of the blocks inside the window and
-// scans at most two partial blocks: O(n / kBlock + kBlock) instead of O(n) for a busy entity's 24 h max.
+// block of kBlock consecutive entries, and of every kSuper consecutive blocks, so a query merges summaries
+// and scans at most two partial blocks: O(n / (kBlock * kSuper) + kSuper + kBlock) instead of O(n) for a
+// busy entity's 24 h max.
 // Blocks are aligned to absolute positions (entries ever erased from the front + index), so erasing the
 // expired prefix keeps them; an out-of-order insert recomputes the blocks from its position on.
 template <typename Agg>
@@ -149,11 +150,14 @@ class ContinuousWindow {
     typename Agg::Input input;
   };
   static constexpr bool kBlocks = ExactlyMergeable<Agg>;
-  static constexpr size_t kBlock = 64;
+  static constexpr size_t kBlock = 64;  // Entries per block.
+  static constexpr size_t kSuper = 64;  // Blocks per super-block.
   struct BlockIndex {
-    uint64_t erased = 0;                    // Entries erased from the front so far.
-    uint64_t first_block = 0;               // Absolute block number of blocks[0].
+    uint64_t erased = 0;                      // Entries erased from the front so far.
+    uint64_t first_block = 0;                 // Absolute block number of blocks[0].
     std::vector<typename Agg::State> blocks;  // Summaries of full blocks, in order.
+    uint64_t first_super = 0;                 // Super-block number of supers[0]; super n is blocks
+    std::vector<typename Agg::State> supers;  // [n * kSuper, (n + 1) * kSuper), all of them in `blocks`.
   };
   struct NoBlocks {};
   struct State : std::vector<Entry> {
@@ -200,7 +204,17 @@ class ContinuousWindow {
       const uint64_t end_block = std::min<uint64_t>(a_hi / kBlock, b.first_block + b.blocks.size());
       if (block < end_block) {
         for (size_t k = lo; k < block * kBlock - b.erased; ++k) Agg::Add(state, s[k].input, s[k].time, s[k].seq, c);
-        for (; block < end_block; ++block) Agg::Merge(state, b.blocks[block - b.first_block], c);
+        while (block < end_block) {
+          const uint64_t n = block / kSuper;
+          if (block % kSuper == 0 && block + kSuper <= end_block && n >= b.first_super &&
+              n < b.first_super + b.supers.size()) {
+            Agg::Merge(state, b.supers[n - b.first_super], c);
+            block += kSuper;
+          } else {
+            Agg::Merge(state, b.blocks[block - b.first_block], c);
+            ++block;
+          }
+        }
         lo = block * kBlock - b.erased;
       }
     }
@@ -210,7 +224,9 @@ class ContinuousWindow {
 
   size_t MemoryBytes(const State& s) const {
     size_t bytes = s.capacity() * sizeof(Entry);
-    if constexpr (kBlocks) bytes += s.index.blocks.capacity() * sizeof(typename Agg::State);
+    if constexpr (kBlocks) {
+      bytes += (s.index.blocks.capacity() + s.index.supers.capacity()) * sizeof(typename Agg::State);
+    }
     return bytes;
   }
 
@@ -253,6 +269,10 @@ class ContinuousWindow {
     if (b.blocks.empty()) b.first_block = (b.erased + kBlock - 1) / kBlock;  // The first block wholly present.
     const uint64_t keep = from_block > b.first_block ? from_block - b.first_block : 0;
     if (b.blocks.size() > keep) b.blocks.resize(keep);
+    // Super-blocks keep only those whose blocks all survived.
+    while (!b.supers.empty() && (b.first_super + b.supers.size()) * kSuper > b.first_block + b.blocks.size()) {
+      b.supers.pop_back();
+    }
     const uint64_t full_blocks = (b.erased + s.size()) / kBlock;
     for (uint64_t block = b.first_block + b.blocks.size(); block < full_blocks; ++block) {
       typename Agg::State summary{};
@@ -260,6 +280,16 @@ class ContinuousWindow {
         Agg::Add(summary, s[k].input, s[k].time, s[k].seq, c);
       }
       b.blocks.push_back(summary);
+    }
+    // Then summarize every newly complete super-block.
+    const uint64_t blocks_end = b.first_block + b.blocks.size();
+    if (b.supers.empty()) b.first_super = (b.first_block + kSuper - 1) / kSuper;
+    for (uint64_t n = b.first_super + b.supers.size(); (n + 1) * kSuper <= blocks_end; ++n) {
+      typename Agg::State summary{};
+      for (uint64_t block = n * kSuper; block < (n + 1) * kSuper; ++block) {
+        Agg::Merge(summary, b.blocks[block - b.first_block], c);
+      }
+      b.supers.push_back(summary);
     }
   }
 
@@ -272,6 +302,12 @@ class ContinuousWindow {
       const uint64_t drop = std::min<uint64_t>(first_present - b.first_block, b.blocks.size());
       b.blocks.erase(b.blocks.begin(), b.blocks.begin() + static_cast<ptrdiff_t>(drop));
       b.first_block = first_present;
+    }
+    const uint64_t first_super = (b.first_block + kSuper - 1) / kSuper;
+    if (first_super > b.first_super) {
+      const uint64_t drop = std::min<uint64_t>(first_super - b.first_super, b.supers.size());
+      b.supers.erase(b.supers.begin(), b.supers.begin() + static_cast<ptrdiff_t>(drop));
+      b.first_super = first_super;
     }
   }
 

@@ -415,6 +415,39 @@ TEST(WindowsTest, LastMatchesBruteForceOnRandomSequences) {
 TEST(WindowsTest, CountDistinctMatchesBruteForceOnRandomSequences) {
   RandomizedAgainstBruteForce<CountDistinctRef>(304);
 }
+// Very long sequences: super-blocks (64 blocks of 64 entries) too, across expiry and out-of-order inserts.
+// Queried every few hundred events only, to keep the brute force affordable.
+template <typename Ref>
+void LongWindowAgainstBruteForce(uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  for (const WindowModel& model : {Continuous(20000), Continuous(60000)}) {
+    const Sequence seq = BoundedDisorder(30000, 3, 50, /*numbers_only=*/true, rng);
+    AggContext ctx;
+    AnyWindow<typename Ref::Agg> window(model);
+    std::vector<Ev> added;
+    int64_t newest = std::numeric_limits<int64_t>::min();
+    for (size_t k = 0; k < seq.events.size(); ++k) {
+      const Ev& e = seq.events[k];
+      typename Ref::Agg::Input input;
+      ASSERT_TRUE(Ref::Agg::MakeInput(e.ToValue(), ctx, &input));
+      window.Add(input, e.time, e.seq, seq.low_ms[k], ctx);
+      added.push_back(e);
+      newest = std::max(newest, e.time);
+      if (k % 397 != 0 && k + 1 != seq.events.size()) continue;
+      // At or after the newest event: earlier times are only as exact as expiry allows (see EdgeQueryTimes).
+      for (int64_t t : {newest, newest + 1, newest + 777, newest + static_cast<int64_t>(rng() % 30000)}) {
+        const Want want = Ref::Of(model.Select(added, t));
+        ASSERT_TRUE(Same(want, window.Query(t, ctx))) << model.Name() << " after event " << k << " at t=" << t;
+      }
+    }
+  }
+}
+
+TEST(WindowsTest, SuperBlocksMatchBruteForceOnVeryLongSequences) {
+  LongWindowAgainstBruteForce<ExtremeRef<false>>(308);
+  LongWindowAgainstBruteForce<CountRef>(309);
+}
+
 // Long sequences: continuous windows of count, min and max answer from block summaries (64 entries each),
 // kept across expiry and out-of-order inserts.
 TEST(WindowsTest, BlockSummariesMatchBruteForceOnLongSequences) {
