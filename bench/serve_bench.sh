@@ -28,21 +28,33 @@ awk -v n="$entities" 'BEGIN {
 }' | sort -t, -k2,2 > "$data/events.jsonl"
 sed -e 's|source: {type: file, path: events.jsonl}|source: {type: file, path: events.jsonl}\nserve: {port: 0}\ncheckpoint: {interval: 1h}|' \
   "$here/examples/fraud/fraud.yaml" > "$data/spec.yaml"
-"$build/freshet" run --spec "$data/spec.yaml" --data-dir "$data/state" 2> "$data/run.log" &
-pid=$!
-trap 'kill $pid 2>/dev/null || true' EXIT
-for _ in $(seq 1 300); do grep -q serving "$data/run.log" && break; sleep 0.1; done
-url=$(grep -o 'http://[0-9.]*:[0-9]*' "$data/run.log" | head -n 1)
-for _ in $(seq 1 600); do
-  n=$(curl -s "$url/metrics" | awk '/^freshet_events_accepted_total/ {print $2}')
-  [ "${n:-0}" -ge $((entities * 3)) ] && break
-  sleep 0.5
-done
+start_server() {
+  "$build/freshet" run --spec "$data/spec.yaml" --data-dir "$data/state" 2> "$data/run.log" &
+  pid=$!
+  for _ in $(seq 1 300); do grep -q serving "$data/run.log" && break; sleep 0.1; done
+  url=$(grep -o 'http://[0-9.]*:[0-9]*' "$data/run.log" | head -n 1)
+  for _ in $(seq 1 600); do
+    n=$(curl -s "$url/metrics" | awk '/^freshet_events_accepted_total/ {print $2}')
+    [ "${n:-0}" -ge $((entities * 3)) ] && break
+    sleep 0.5
+  done
+}
+measure() {
+  echo "== single-entity lookups: GET /v1/features/{entity} (wrk, $connections connections, ${seconds}s; $1)"
+  ENTITIES=$entities BATCH=0 wrk -t2 -c"$connections" -d"${seconds}s" --latency -s "$here/bench/lookup.lua" "$url" \
+    | grep -E "Requests/sec|Latency|50%|75%|90%|99%"
+  echo "== batches of 100 entities: POST /v1/features ($1)"
+  ENTITIES=$entities BATCH=100 wrk -t2 -c"$connections" -d"${seconds}s" --latency -s "$here/bench/lookup.lua" "$url" \
+    | grep -E "Requests/sec|Latency|50%|75%|90%|99%"
+}
+trap 'kill ${pid:-0} 2>/dev/null || true' EXIT
+start_server
 echo "loaded: $(curl -s "$url/metrics" | grep -E '^freshet_state_entities') entities, RSS $(ps -o rss= -p $pid | awk '{printf "%d MB", $1/1024}')"
-echo "== single-entity lookups: GET /v1/features/{entity} (wrk, $connections connections, ${seconds}s)"
-ENTITIES=$entities BATCH=0 wrk -t2 -c"$connections" -d"${seconds}s" --latency -s "$here/bench/lookup.lua" "$url" \
-  | grep -E "Requests/sec|Latency|50%|75%|90%|99%"
-echo "== batches of 100 entities: POST /v1/features"
-ENTITIES=$entities BATCH=100 wrk -t2 -c"$connections" -d"${seconds}s" --latency -s "$here/bench/lookup.lua" "$url" \
-  | grep -E "Requests/sec|Latency|50%|75%|90%|99%"
+measure "every answer logged to the feature log"
+echo "feature log: $(curl -s "$url/metrics" | grep -E '^freshet_feature_log_(answers|shed)_total' | tr '\n' ' ')"
+kill -TERM $pid; wait $pid || true
+# The same state (restored from the checkpoint), with the feature log off: the cost of logging.
+printf 'feature_log: {enabled: false}\n' >> "$data/spec.yaml"
+start_server
+measure "feature log off"
 kill -TERM $pid; wait $pid || true

@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "aggregate/aggregations.h"
@@ -159,9 +160,21 @@ class ContinuousWindow {
     uint64_t first_super = 0;                 // Super-block number of supers[0]; super n is blocks
     std::vector<typename Agg::State> supers;  // [n * kSuper, (n + 1) * kSuper), all of them in `blocks`.
   };
+  // Allocated once an entity has a full block: most entities never do, and pay one pointer.
+  struct BlockIndexPtr {
+    std::unique_ptr<BlockIndex> p;
+    BlockIndexPtr() = default;
+    BlockIndexPtr(BlockIndexPtr&&) noexcept = default;
+    BlockIndexPtr& operator=(BlockIndexPtr&&) noexcept = default;
+    BlockIndexPtr(const BlockIndexPtr& o) : p(o.p ? std::make_unique<BlockIndex>(*o.p) : nullptr) {}
+    BlockIndexPtr& operator=(const BlockIndexPtr& o) {
+      p = o.p ? std::make_unique<BlockIndex>(*o.p) : nullptr;
+      return *this;
+    }
+  };
   struct NoBlocks {};
   struct State : std::vector<Entry> {
-    [[no_unique_address]] std::conditional_t<kBlocks, BlockIndex, NoBlocks> index;
+    [[no_unique_address]] std::conditional_t<kBlocks, BlockIndexPtr, NoBlocks> index;
   };
 
   explicit ContinuousWindow(int64_t size_ms) : size_ms_(size_ms) {}
@@ -198,25 +211,7 @@ class ContinuousWindow {
     size_t lo = static_cast<size_t>(first - s.begin());
     const size_t hi = static_cast<size_t>(last - s.begin());
     if constexpr (kBlocks) {
-      const BlockIndex& b = s.index;
-      const uint64_t a_lo = b.erased + lo, a_hi = b.erased + hi;
-      uint64_t block = std::max<uint64_t>((a_lo + kBlock - 1) / kBlock, b.first_block);
-      const uint64_t end_block = std::min<uint64_t>(a_hi / kBlock, b.first_block + b.blocks.size());
-      if (block < end_block) {
-        for (size_t k = lo; k < block * kBlock - b.erased; ++k) Agg::Add(state, s[k].input, s[k].time, s[k].seq, c);
-        while (block < end_block) {
-          const uint64_t n = block / kSuper;
-          if (block % kSuper == 0 && block + kSuper <= end_block && n >= b.first_super &&
-              n < b.first_super + b.supers.size()) {
-            Agg::Merge(state, b.supers[n - b.first_super], c);
-            block += kSuper;
-          } else {
-            Agg::Merge(state, b.blocks[block - b.first_block], c);
-            ++block;
-          }
-        }
-        lo = block * kBlock - b.erased;
-      }
+      if (s.index.p != nullptr) lo = MergeBlocks(s, *s.index.p, lo, hi, state, c);
     }
     for (size_t k = lo; k < hi; ++k) Agg::Add(state, s[k].input, s[k].time, s[k].seq, c);
     return Agg::Finalize(state, c);
@@ -225,7 +220,10 @@ class ContinuousWindow {
   size_t MemoryBytes(const State& s) const {
     size_t bytes = s.capacity() * sizeof(Entry);
     if constexpr (kBlocks) {
-      bytes += (s.index.blocks.capacity() + s.index.supers.capacity()) * sizeof(typename Agg::State);
+      if (s.index.p) {
+        bytes += sizeof(BlockIndex) + (s.index.p->blocks.capacity() + s.index.p->supers.capacity()) *
+                                          sizeof(typename Agg::State);
+      }
     }
     return bytes;
   }
@@ -262,9 +260,39 @@ class ContinuousWindow {
  private:
   static bool Before(const Entry& a, const Entry& b) { return a.time != b.time ? a.time < b.time : a.seq < b.seq; }
 
+  // Merges into `state` the summaries of the full blocks (and super-blocks) inside entries [lo, hi), and the
+  // entries before the first of them; returns where the caller's scan continues.
+  size_t MergeBlocks(const State& s, const BlockIndex& b, size_t lo, size_t hi, typename Agg::State& state,
+                     const AggContext& c) const {
+    const uint64_t a_lo = b.erased + lo, a_hi = b.erased + hi;
+    uint64_t block = std::max<uint64_t>((a_lo + kBlock - 1) / kBlock, b.first_block);
+    const uint64_t end_block = std::min<uint64_t>(a_hi / kBlock, b.first_block + b.blocks.size());
+    if (block < end_block) {
+      for (size_t k = lo; k < block * kBlock - b.erased; ++k) Agg::Add(state, s[k].input, s[k].time, s[k].seq, c);
+      while (block < end_block) {
+        const uint64_t n = block / kSuper;
+        if (block % kSuper == 0 && block + kSuper <= end_block && n >= b.first_super &&
+            n < b.first_super + b.supers.size()) {
+          Agg::Merge(state, b.supers[n - b.first_super], c);
+          block += kSuper;
+        } else {
+          Agg::Merge(state, b.blocks[block - b.first_block], c);
+          ++block;
+        }
+      }
+      lo = block * kBlock - b.erased;
+    }
+    return lo;
+  }
+
   // Entries from index `changed` on are new or moved: recompute the summaries of the full blocks from there.
   void UpdateBlocks(State& s, size_t changed, const AggContext& c) const {
-    BlockIndex& b = s.index;
+    if (s.index.p == nullptr) {
+      if (s.size() < kBlock) return;
+      s.index.p = std::make_unique<BlockIndex>();  // Blocks aligned to the entries present now.
+      changed = 0;
+    }
+    BlockIndex& b = *s.index.p;
     const uint64_t from_block = std::max<uint64_t>((b.erased + changed) / kBlock, b.first_block);
     if (b.blocks.empty()) b.first_block = (b.erased + kBlock - 1) / kBlock;  // The first block wholly present.
     const uint64_t keep = from_block > b.first_block ? from_block - b.first_block : 0;
@@ -295,7 +323,8 @@ class ContinuousWindow {
 
   // After erasing `expired` entries from the front: summaries of blocks no longer wholly present go.
   void DropErasedBlocks(State& s, size_t expired) const {
-    BlockIndex& b = s.index;
+    if (s.index.p == nullptr) return;
+    BlockIndex& b = *s.index.p;
     b.erased += expired;
     const uint64_t first_present = (b.erased + kBlock - 1) / kBlock;
     if (first_present > b.first_block) {
