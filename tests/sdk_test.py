@@ -398,8 +398,6 @@ def test_historical_csv_and_parquet_outputs_agree(workload: Dict[str, Any]) -> N
     got = freshet.get_historical_features(workload["spec"], rows, events=workload["events"], binary=BIN,
                                           output_format="csv")
     _assert_same_values(got, expected, workload["spec"])
-    if "parquet" not in subprocess.run([BIN, "historical", "--help"], capture_output=True, text=True).stdout.lower():
-        pytest.skip("this freshet historical writes no Parquet yet")
     parquet = freshet.get_historical_features(workload["spec"], rows, events=workload["events"], binary=BIN,
                                               output_format="parquet")
     _assert_same_values(parquet, expected, workload["spec"])
@@ -598,13 +596,6 @@ def test_skew_report_error_carries_stderr(fake_skew: Path, tmp_path: Path, monke
     assert info.value.exit_code == 2
 
 
-def test_skew_report_without_the_command(workload: Dict[str, Any]) -> None:
-    if "skew" in subprocess.run([BIN, "--help"], capture_output=True, text=True).stdout.split():
-        pytest.skip("this freshet has `skew`; the real command is checked in test_real_skew_and_offline_tables")
-    with pytest.raises(freshet.CommandNotAvailableError, match="no `skew` command"):
-        freshet.skew_report(workload["spec"], binary=BIN)
-
-
 # ------------------------------------------------------------------------------------------ offline tables
 
 
@@ -639,8 +630,6 @@ def test_real_skew_and_offline_tables(online: Dict[str, Any]) -> None:
     served = client.get_online_features(users, at=online["as_of"], as_frame=True)  # Logged in feature_log.
     assert server.stop() == 0
     data = online["tmp"] / "data"
-    if not (data / "offline" / "events" / "_delta_log").is_dir():
-        pytest.skip("this freshet run writes no offline tables yet")
     events = freshet.read_offline_table(online["spec"], "events", data_dir=data)
     assert len(events) == len(online["events"])
     assert events["seq"].tolist() == list(range(len(events)))
@@ -650,11 +639,8 @@ def test_real_skew_and_offline_tables(online: Dict[str, Any]) -> None:
     from_events = freshet.get_historical_features(online["spec"], rows, events=online["events"], binary=BIN)
     pd.testing.assert_frame_equal(from_events.set_index("user_id")[served.columns[:-1]],
                                   served.drop(columns="known"), check_names=False, check_index_type=False)
-    if subprocess.run([BIN, "historical", "--help"], capture_output=True, text=True).stdout.count("--data-dir"):
-        from_table = freshet.get_historical_features(online["spec"], rows, data_dir=data, binary=BIN)
-        pd.testing.assert_frame_equal(from_table, from_events)
-    if "skew" not in subprocess.run([BIN, "--help"], capture_output=True, text=True).stdout.split():
-        pytest.skip("this freshet has no `skew` command yet")
+    from_table = freshet.get_historical_features(online["spec"], rows, data_dir=data, binary=BIN)
+    pd.testing.assert_frame_equal(from_table, from_events)
     # The answers were as of the end of the stream, after the newest event: --until's default stops there.
     report = freshet.skew_report(online["spec"], until=online["as_of"] + 1, data_dir=data, binary=BIN)
     assert report.attrs["answers"] > len(users)

@@ -25,11 +25,6 @@ SIZES = ["--users", "1000", "--events", "100000", "--entity-rows", "6000", "--se
 MINUTE_MS = 60_000
 
 
-def _has_skew() -> bool:
-    out = subprocess.run([BIN, "--help"], capture_output=True, text=True).stdout
-    return any(line.split()[:1] == ["skew"] for line in out.splitlines())
-
-
 @pytest.fixture(scope="module")
 def walkthrough(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
     if not Path(BIN).exists():
@@ -114,11 +109,7 @@ def test_serving_agrees_with_training(walkthrough: Dict[str, Any]) -> None:
     if "offline_events" in summary:  # The binary writes the offline tables.
         assert summary["offline_events"] == 100000
         assert summary["feature_log_answers"] == summary["live_rows"]
-    if _has_skew():
-        assert summary["skew_status"] == "ok"
-        assert summary["skew"]["answers"] > 1000
-        assert min(summary["skew"]["compared"].values()) > 1000
-        assert max(summary["skew"]["mismatch_rate"].values()) == 0
-    else:
-        assert summary["skew_status"] == "unavailable" and summary["skew"] is None
-        assert "skipped: the freshet binary" in walkthrough["stdout"]
+    assert summary["skew_status"] == "ok"
+    assert summary["skew"]["answers"] > 1000
+    assert min(summary["skew"]["compared"].values()) > 1000
+    assert max(summary["skew"]["mismatch_rate"].values()) == 0

@@ -1,5 +1,9 @@
 #include "run/feature_log.h"
 
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -51,70 +55,83 @@ bool FeatureLogWriter::Sampled(std::string_view entity) const {
 
 void FeatureLogWriter::Log(std::string_view request_id, int64_t as_of_ms, std::span<const int> features,
                            std::span<const std::string_view> entities, std::span<const FeatureLookup> lookups) {
-  const int64_t now = WallClockMs();
-  std::string served;
-  for (int f : features) served += (served.empty() ? "" : ",") + spec_.features[static_cast<size_t>(f)].name;
-  std::deque<Entry> batch;
+  Answer answer;
+  answer.request_id = std::string(request_id);
+  answer.as_of_ms = as_of_ms;
+  answer.served_ms = WallClockMs();
+  answer.features.assign(features.begin(), features.end());
+  answer.cells.reserve(entities.size() * features.size());
   for (size_t e = 0; e < entities.size() && e < lookups.size(); ++e) {
     if (!Sampled(entities[e])) continue;
-    Entry entry;
-    entry.request_id = std::string(request_id);
-    entry.entity = std::string(entities[e]);
-    entry.as_of_ms = as_of_ms;
-    entry.served_ms = now;
-    entry.served_features = served;
-    const size_t n = spec_.features.size();
-    entry.types.assign(n, ValueType::kMissing);
-    entry.ints.assign(n, 0);
-    entry.doubles.assign(n, 0);
-    entry.strings.resize(n);
-    for (size_t k = 0; k < features.size() && k < lookups[e].values.size(); ++k) {
-      const size_t f = static_cast<size_t>(features[k]);
-      const Value& v = lookups[e].values[k];
-      entry.types[f] = v.type;
-      if (v.type == ValueType::kInt) entry.ints[f] = v.i;
-      if (v.type == ValueType::kDouble) entry.doubles[f] = v.d;
-      if (v.type == ValueType::kBool) entry.ints[f] = v.b ? 1 : 0;
-      if (v.type == ValueType::kString) entry.strings[f] = std::string(v.s);
+    const uint32_t name_begin = static_cast<uint32_t>(answer.text.size());
+    answer.text.append(entities[e]);
+    answer.entity_spans.emplace_back(name_begin, static_cast<uint32_t>(answer.text.size()));
+    for (size_t k = 0; k < features.size(); ++k) {
+      Answer::Cell cell;
+      const Value v = k < lookups[e].values.size() ? lookups[e].values[k] : Value::Null();
+      cell.type = v.type;
+      if (v.type == ValueType::kInt) cell.i = v.i;
+      if (v.type == ValueType::kDouble) cell.d = v.d;
+      if (v.type == ValueType::kBool) cell.i = v.b ? 1 : 0;
+      if (v.type == ValueType::kString) {
+        cell.begin = static_cast<uint32_t>(answer.text.size());
+        answer.text.append(v.s);
+        cell.end = static_cast<uint32_t>(answer.text.size());
+      }
+      answer.cells.push_back(cell);
     }
-    batch.push_back(std::move(entry));
   }
-  if (batch.empty()) return;
-  const size_t n = batch.size();
+  const size_t n = answer.entities();
+  if (n == 0) return;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (stopping_ || queue_.size() + n > static_cast<size_t>(spec_.feature_log.queue)) {
+    if (stopping_ || queued_entities_ + n > static_cast<size_t>(spec_.feature_log.queue)) {
       shed_->Increment(n);
       return;
     }
-    for (Entry& entry : batch) queue_.push_back(std::move(entry));
-    queued_->Set(static_cast<double>(queue_.size()));
+    queue_.push_back(std::move(answer));
+    queued_entities_ += n;
+    queued_->Set(static_cast<double>(queued_entities_));
   }
   logged_->Increment(n);
   wake_.notify_one();
 }
 
-Status FeatureLogWriter::WriteAndCommit(std::deque<Entry>& entries, bool commit) {
-  for (const Entry& entry : entries) {
-    table_->BeginRow(entry.served_ms);
-    table_->PutString(entry.request_id);
-    table_->PutString(entry.entity);
-    table_->PutTimestampMs(entry.as_of_ms);
-    table_->PutTimestampMs(entry.served_ms);
-    table_->PutString(entry.served_features);
-    for (size_t f = 0; f < spec_.features.size(); ++f) {
-      Value v;
-      switch (entry.types[f]) {
-        case ValueType::kInt: v = Value::Int(entry.ints[f]); break;
-        case ValueType::kDouble: v = Value::Double(entry.doubles[f]); break;
-        case ValueType::kBool: v = Value::Bool(entry.ints[f] != 0); break;
-        case ValueType::kString: v = Value::String(entry.strings[f]); break;
-        default: v = Value::Null(); break;
+Status FeatureLogWriter::WriteAndCommit(std::deque<Answer>& answers, bool commit) {
+  std::vector<int> position(spec_.features.size());  // Spec feature -> its place among the served ones, or -1.
+  std::string served;
+  for (const Answer& a : answers) {
+    std::fill(position.begin(), position.end(), -1);
+    served.clear();
+    for (size_t k = 0; k < a.features.size(); ++k) {
+      position[static_cast<size_t>(a.features[k])] = static_cast<int>(k);
+      served += (k == 0 ? "" : ",") + spec_.features[static_cast<size_t>(a.features[k])].name;
+    }
+    for (size_t e = 0; e < a.entities(); ++e) {
+      const auto [begin, end] = a.entity_spans[e];
+      table_->BeginRow(a.served_ms);
+      table_->PutString(a.request_id);
+      table_->PutString(std::string_view(a.text).substr(begin, end - begin));
+      table_->PutTimestampMs(a.as_of_ms);
+      table_->PutTimestampMs(a.served_ms);
+      table_->PutString(served);
+      for (size_t f = 0; f < spec_.features.size(); ++f) {
+        Value v = Value::Null();
+        if (position[f] >= 0) {
+          const Answer::Cell& cell = a.cells[e * a.features.size() + static_cast<size_t>(position[f])];
+          switch (cell.type) {
+            case ValueType::kInt: v = Value::Int(cell.i); break;
+            case ValueType::kDouble: v = Value::Double(cell.d); break;
+            case ValueType::kBool: v = Value::Bool(cell.i != 0); break;
+            case ValueType::kString: v = Value::String(std::string_view(a.text).substr(cell.begin, cell.end - cell.begin)); break;
+            default: break;
+          }
+        }
+        PutFeatureValue(*table_, spec_.features[f], v);
       }
-      PutFeatureValue(*table_, spec_.features[f], v);
     }
   }
-  entries.clear();
+  answers.clear();
   if (!commit || table_->buffered_rows() == 0) return Status::Ok();
   const uint64_t rows = table_->buffered_rows();
   FRESHET_ASSIGN_OR_RETURN(std::optional<StagedCommit> staged, table_->Stage(std::nullopt));
@@ -124,14 +141,17 @@ Status FeatureLogWriter::WriteAndCommit(std::deque<Entry>& entries, bool commit)
 }
 
 void FeatureLogWriter::Loop() {
+  // Below the serving threads' priority: on a busy machine answers come first and logging sheds (counted).
+  (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(::syscall(SYS_gettid)), 10);
   auto last_commit = std::chrono::steady_clock::now();
-  std::deque<Entry> taken;
+  std::deque<Answer> taken;
   while (true) {
     bool stopping = false;
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait_for(lock, std::chrono::milliseconds(200), [&] { return stopping_ || queue_.size() >= 4096; });
+      wake_.wait_for(lock, std::chrono::milliseconds(200), [&] { return stopping_ || queued_entities_ >= 4096; });
       taken.swap(queue_);
+      queued_entities_ = 0;
       queued_->Set(0);
       stopping = stopping_;
     }

@@ -1,9 +1,9 @@
 // FeatureLogWriter: logs what the serving API answered into the offline feature_log table, so that
 // `freshet skew` can recompute every answer through the offline path and compare.
 //
-// Logging never slows serving noticeably: Log copies the answer into a bounded queue and returns; a
-// background thread writes queued answers to the table and commits them every `commit_interval_ms` (and
-// at Stop). When the queue is full the answer is shed and counted in freshet_feature_log_shed_total,
+// Logging never slows serving noticeably: Log copies the answer into one compact record in a bounded queue
+// and returns; a background thread, below the serving threads' CPU priority, writes queued answers to the
+// table and commits them every `commit_interval_ms` (and at Stop). When the queue is full the answer is shed and counted in freshet_feature_log_shed_total,
 // never dropped silently. Sampling is by a hash of the entity key, so an entity is logged always or never.
 //
 // Logged answers are not events: a crash loses what was queued and not yet committed (at most one commit
@@ -46,20 +46,27 @@ class FeatureLogWriter {
   bool Sampled(std::string_view entity) const;
 
  private:
-  struct Entry {
+  // One answer, compact: a handful of allocations however many entities it holds (the serving thread
+  // pays for this copy, so it must stay cheap).
+  struct Answer {
     std::string request_id;
-    std::string entity;
     int64_t as_of_ms = 0;
     int64_t served_ms = 0;
-    std::string served_features;
-    std::vector<ValueType> types;  // Per spec feature; kMissing: not served.
-    std::vector<int64_t> ints;
-    std::vector<double> doubles;
-    std::vector<std::string> strings;
+    std::vector<int> features;         // Spec indices, in the order served.
+    std::string text;                  // Entity names and string values, back to back.
+    std::vector<std::pair<uint32_t, uint32_t>> entity_spans;  // Per logged entity: its name in `text`.
+    struct Cell {
+      ValueType type = ValueType::kNull;
+      int64_t i = 0;
+      double d = 0;
+      uint32_t begin = 0, end = 0;  // kString: the value is text[begin, end).
+    };
+    std::vector<Cell> cells;  // Per logged entity, one per served feature.
+    size_t entities() const { return entity_spans.size(); }
   };
   FeatureLogWriter(const Spec& spec, MetricsRegistry& metrics, int64_t commit_interval_ms);
   void Loop();
-  Status WriteAndCommit(std::deque<Entry>& entries, bool commit);
+  Status WriteAndCommit(std::deque<Answer>& entries, bool commit);
 
   const Spec& spec_;
   const int64_t commit_interval_ms_;
@@ -69,7 +76,8 @@ class FeatureLogWriter {
 
   std::mutex mutex_;
   std::condition_variable wake_;
-  std::deque<Entry> queue_;
+  std::deque<Answer> queue_;
+  size_t queued_entities_ = 0;  // Entities in queue_: what feature_log.queue bounds.
   bool stopping_ = false;
   std::thread thread_;
   Status status_;
