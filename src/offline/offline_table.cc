@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <map>
@@ -140,21 +141,26 @@ Result<StagedCommit> StagedCommit::Decode(std::string_view bytes) {
   return c;
 }
 
+struct OfflineTable::Rows {
+  std::vector<ColumnBuffer> columns;
+  std::vector<int32_t> row_days;  // UTC day of each row (partitioned tables).
+  size_t rows = 0;
+  uint64_t bytes = 0;
+};
+
 struct OfflineTable::Impl {
   OfflineTableOptions options;
   DeltaLog log;
   bool overwrite_pending = false;
-  uint64_t staged_files = 0;  // Names staged files uniquely within this process.
-  std::vector<ColumnBuffer> columns;
-  std::vector<int32_t> row_days;  // UTC day of each row (partitioned tables).
-  size_t rows = 0;
+  std::atomic<uint64_t> staged_files{0};  // Names staged files uniquely within this process.
+  Rows buffer;
   size_t next_column = 0;
-  uint64_t bytes = 0;
   std::shared_ptr<arrow::Schema> schema;
 
-  ColumnBuffer& Next() { return columns[next_column++]; }
+  ColumnBuffer& Next() { return buffer.columns[next_column++]; }
   Status RemoveUnreferencedFiles();
-  Result<StagedCommit::File> WriteFile(const std::vector<uint32_t>& rows_in_file, std::optional<int32_t> day);
+  Result<StagedCommit::File> WriteFile(const Rows& rows, const std::vector<uint32_t>& rows_in_file,
+                                       std::optional<int32_t> day);
 };
 
 // Deletes the table folder's Parquet files that the newest commit does not reference: files removed by an
@@ -208,16 +214,16 @@ Result<std::unique_ptr<OfflineTable>> OfflineTable::Open(OfflineTableOptions opt
   impl->options = std::move(options);
   impl->log = std::move(log);
   impl->overwrite_pending = overwrite;
-  impl->columns.resize(impl->options.columns.size());
+  impl->buffer.columns.resize(impl->options.columns.size());
   impl->schema = arrow::schema(fields);
   return std::unique_ptr<OfflineTable>(new OfflineTable(std::move(impl)));
 }
 
 void OfflineTable::BeginRow(int64_t partition_time_ms) {
   impl_->next_column = 0;
-  ++impl_->rows;
+  ++impl_->buffer.rows;
   if (!impl_->options.partition_column.empty()) {
-    impl_->row_days.push_back(static_cast<int32_t>(FloorDiv(partition_time_ms, 86'400'000)));
+    impl_->buffer.row_days.push_back(static_cast<int32_t>(FloorDiv(partition_time_ms, 86'400'000)));
   }
 }
 
@@ -225,7 +231,7 @@ void OfflineTable::PutInt(int64_t value) {
   ColumnBuffer& c = impl_->Next();
   c.ints.push_back(value);
   c.valid.push_back(1);
-  impl_->bytes += 9;
+  impl_->buffer.bytes += 9;
 }
 
 void OfflineTable::PutTimestampMs(int64_t epoch_ms) { PutInt(epoch_ms); }
@@ -234,7 +240,7 @@ void OfflineTable::PutDouble(double value) {
   ColumnBuffer& c = impl_->Next();
   c.doubles.push_back(value);
   c.valid.push_back(1);
-  impl_->bytes += 9;
+  impl_->buffer.bytes += 9;
 }
 
 void OfflineTable::PutString(std::string_view value) {
@@ -242,7 +248,7 @@ void OfflineTable::PutString(std::string_view value) {
   c.chars.append(value);
   c.ends.push_back(c.chars.size());
   c.valid.push_back(1);
-  impl_->bytes += value.size() + 9;
+  impl_->buffer.bytes += value.size() + 9;
 }
 
 void OfflineTable::PutNull() {
@@ -255,19 +261,19 @@ void OfflineTable::PutNull() {
     case OfflineType::kString: c.ends.push_back(c.chars.size()); break;
   }
   c.valid.push_back(0);
-  impl_->bytes += 9;
+  impl_->buffer.bytes += 9;
 }
 
-size_t OfflineTable::buffered_rows() const { return impl_->rows; }
-uint64_t OfflineTable::buffered_bytes() const { return impl_->bytes; }
+size_t OfflineTable::buffered_rows() const { return impl_->buffer.rows; }
+uint64_t OfflineTable::buffered_bytes() const { return impl_->buffer.bytes; }
 const DeltaLog& OfflineTable::log() const { return impl_->log; }
 const OfflineTableOptions& OfflineTable::options() const { return impl_->options; }
 
-Result<StagedCommit::File> OfflineTable::Impl::WriteFile(const std::vector<uint32_t>& rows_in_file,
+Result<StagedCommit::File> OfflineTable::Impl::WriteFile(const Rows& rows, const std::vector<uint32_t>& rows_in_file,
                                                          std::optional<int32_t> day) {
   arrow::ArrayVector arrays;
   for (size_t k = 0; k < options.columns.size(); ++k) {
-    const ColumnBuffer& c = columns[k];
+    const ColumnBuffer& c = rows.columns[k];
     std::shared_ptr<arrow::Array> array;
     arrow::Status st;
     switch (options.columns[k].type) {
@@ -343,9 +349,29 @@ Result<StagedCommit::File> OfflineTable::Impl::WriteFile(const std::vector<uint3
   return out;
 }
 
+void OfflineTable::RowsDeleter::operator()(Rows* rows) const { delete rows; }
+
+OfflineTable::RowsPtr OfflineTable::TakeRows() {
+  RowsPtr taken(new Rows(std::move(impl_->buffer)));
+  impl_->buffer = Rows();
+  impl_->buffer.columns.resize(impl_->options.columns.size());
+  // Keep the capacity a similar batch will need, so the next one does not grow (and fault) from nothing.
+  for (size_t k = 0; k < taken->columns.size(); ++k) {
+    impl_->buffer.columns[k].ints.reserve(taken->columns[k].ints.size());
+    impl_->buffer.columns[k].doubles.reserve(taken->columns[k].doubles.size());
+    impl_->buffer.columns[k].valid.reserve(taken->columns[k].valid.size());
+  }
+  return taken;
+}
+
 Result<std::optional<StagedCommit>> OfflineTable::Stage(std::optional<int64_t> txn_version) {
+  return StageRows(TakeRows(), txn_version);
+}
+
+Result<std::optional<StagedCommit>> OfflineTable::StageRows(RowsPtr taken, std::optional<int64_t> txn_version) {
   Impl& m = *impl_;
-  if (m.rows == 0 && !m.overwrite_pending) return std::optional<StagedCommit>();
+  const Rows& rows_taken = *taken;
+  if (rows_taken.rows == 0 && !m.overwrite_pending) return std::optional<StagedCommit>();
   StagedCommit commit;
   commit.txn_version = txn_version;
   if (m.overwrite_pending) {
@@ -355,18 +381,16 @@ Result<std::optional<StagedCommit>> OfflineTable::Stage(std::optional<int64_t> t
   }
   // Group rows by partition (stable, so each file keeps the rows' order).
   std::map<int32_t, std::vector<uint32_t>> groups;
-  for (uint32_t r = 0; r < m.rows; ++r) groups[m.row_days.empty() ? 0 : m.row_days[r]].push_back(r);
+  for (uint32_t r = 0; r < rows_taken.rows; ++r) {
+    groups[rows_taken.row_days.empty() ? 0 : rows_taken.row_days[r]].push_back(r);
+  }
   for (const auto& [day, rows] : groups) {
     std::optional<int32_t> partition;
-    if (!m.row_days.empty()) partition = day;
-    FRESHET_ASSIGN_OR_RETURN(StagedCommit::File f, m.WriteFile(rows, partition));
+    if (!rows_taken.row_days.empty()) partition = day;
+    FRESHET_ASSIGN_OR_RETURN(StagedCommit::File f, m.WriteFile(rows_taken, rows, partition));
     commit.files.push_back(std::move(f));
   }
   FRESHET_RETURN_IF_ERROR(SyncDirectory(m.options.staging_dir));
-  for (ColumnBuffer& c : m.columns) c = ColumnBuffer();
-  m.row_days.clear();
-  m.rows = 0;
-  m.bytes = 0;
   return std::optional<StagedCommit>(std::move(commit));
 }
 

@@ -93,6 +93,16 @@ class OfflineTable {
   // Writes the buffered rows to staged Parquet files and empties the buffer. nullopt when there is
   // nothing to commit.
   Result<std::optional<StagedCommit>> Stage(std::optional<int64_t> txn_version);
+
+  // Stage in two steps, so the slow part can run on another thread while rows keep being added:
+  // TakeRows empties the buffer in O(columns); StageRows writes the taken rows. One StageRows at a time.
+  struct Rows;
+  struct RowsDeleter {
+    void operator()(Rows* rows) const;
+  };
+  using RowsPtr = std::unique_ptr<Rows, RowsDeleter>;
+  RowsPtr TakeRows();
+  Result<std::optional<StagedCommit>> StageRows(RowsPtr rows, std::optional<int64_t> txn_version);
   // Moves the staged files into the table and writes the commit. Safe to call again for a commit a crash
   // interrupted: when the table's newest txn version for this writer is at or past the commit's, the
   // commit is in already and nothing is done.

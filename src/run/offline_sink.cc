@@ -1,5 +1,7 @@
 #include "run/offline_sink.h"
 
+#include <tuple>
+
 #include "common/bytes.h"
 
 namespace freshet {
@@ -111,20 +113,32 @@ uint64_t OfflineSink::buffered_bytes() const {
   return (events_ ? events_->buffered_bytes() : 0) + (features_ ? features_->buffered_bytes() : 0);
 }
 
-Status OfflineSink::StageInto(std::optional<int64_t> txn_version) {
-  for (auto [table, staged] : {std::pair{events_.get(), &events_staged_}, std::pair{features_.get(), &features_staged_}}) {
+OfflineSink::TakenRows OfflineSink::TakeRows() {
+  TakenRows rows;
+  if (events_ != nullptr) rows.events = events_->TakeRows();
+  if (features_ != nullptr) rows.features = features_->TakeRows();
+  return rows;
+}
+
+Status OfflineSink::StageInto(TakenRows rows, std::optional<int64_t> txn_version) {
+  for (auto [table, staged, taken] : {std::tuple{events_.get(), &events_staged_, &rows.events},
+                                      std::tuple{features_.get(), &features_staged_, &rows.features}}) {
     if (table == nullptr) continue;
-    FRESHET_ASSIGN_OR_RETURN(std::optional<StagedCommit> c, table->Stage(txn_version));
+    FRESHET_ASSIGN_OR_RETURN(std::optional<StagedCommit> c, table->StageRows(std::move(*taken), txn_version));
     if (c) Fold(*staged, std::move(*c));
     if (*staged && txn_version) (*staged)->txn_version = txn_version;
   }
   return Status::Ok();
 }
 
-Status OfflineSink::Spill() { return StageInto(std::nullopt); }
+Status OfflineSink::Spill() { return StageInto(TakeRows(), std::nullopt); }
 
 Result<std::string> OfflineSink::Stage(uint64_t checkpoint_sequence) {
-  FRESHET_RETURN_IF_ERROR(StageInto(static_cast<int64_t>(checkpoint_sequence)));
+  return StageTaken(TakeRows(), checkpoint_sequence);
+}
+
+Result<std::string> OfflineSink::StageTaken(TakenRows rows, uint64_t checkpoint_sequence) {
+  FRESHET_RETURN_IF_ERROR(StageInto(std::move(rows), static_cast<int64_t>(checkpoint_sequence)));
   return EncodeStaged(events_staged_, features_staged_);
 }
 

@@ -52,6 +52,13 @@ class OfflineSink {
   uint64_t feature_rows_written() const { return feature_rows_; }
 
   Result<std::string> Stage(uint64_t checkpoint_sequence);
+  // Stage in two steps (see OfflineTable::TakeRows): TakeRows on the thread that adds rows, StageTaken
+  // (the Parquet writing) on another, one at a time; Stage(s) == StageTaken(TakeRows(), s).
+  struct TakenRows {
+    OfflineTable::RowsPtr events, features;
+  };
+  TakenRows TakeRows();
+  Result<std::string> StageTaken(TakenRows rows, uint64_t checkpoint_sequence);
   // Writes buffered rows to staged files without a checkpoint (a long backfill bounds its memory so);
   // the next Stage folds them into its commit.
   Status Spill();
@@ -65,7 +72,7 @@ class OfflineSink {
  private:
   OfflineSink(const Spec& spec) : spec_(spec) {}
   const Spec& spec_;
-  Status StageInto(std::optional<int64_t> txn_version);
+  Status StageInto(TakenRows rows, std::optional<int64_t> txn_version);
 
   std::optional<int64_t> from_ms_, to_ms_;
   uint64_t feature_rows_ = 0;

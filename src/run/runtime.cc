@@ -105,6 +105,9 @@ class SloWindow {
 struct Runtime::Impl final : public FeatureService {
   Impl(const Spec& spec, RuntimeOptions options)
       : spec_(spec), options_(std::move(options)), engine_(spec), path_(engine_, counters_, nullptr) {}
+  ~Impl() {
+    if (checkpoint_thread_.joinable()) checkpoint_thread_.join();
+  }
 
   // ---- FeatureService ----
   const Spec& spec() const override { return spec_; }
@@ -238,7 +241,8 @@ struct Runtime::Impl final : public FeatureService {
   Status Open();
   Status Restore();
   Status RecoverOffline(std::optional<std::string_view> position, std::optional<uint64_t> sequence);
-  Status Checkpoint();
+  Status Checkpoint(bool wait);
+  Status WriteCheckpoint(freshet::Checkpoint& checkpoint, OfflineSink::TakenRows rows);
   Status ProcessBatch(std::vector<SourceRecord>& batch);
   void UpsertChanged();
   void CheckSlo();
@@ -282,6 +286,10 @@ struct Runtime::Impl final : public FeatureService {
   std::vector<std::pair<std::string, std::string>> health_by_key_;
 
   std::unique_ptr<OfflineSink> offline_;  // Null with `offline: {enabled: false}`.
+  std::thread checkpoint_thread_;         // Writes the checkpoint prepared by Checkpoint(); one at a time.
+  std::atomic<bool> checkpoint_running_{false};
+  std::mutex checkpoint_mutex_;
+  Status checkpoint_fatal_;               // Set when offline rows could not be staged: the run must stop.
   std::unique_ptr<FeatureLogWriter> feature_log_;
   std::unique_ptr<SkewMonitor> skew_monitor_;  // With skew.interval.
 
@@ -418,31 +426,71 @@ Status Runtime::Impl::RecoverOffline(std::optional<std::string_view> position, s
   return Status::Ok();
 }
 
-Status Runtime::Impl::Checkpoint() {
+// A checkpoint in two halves. Here, on the processing thread (nothing moves meanwhile): the dead letters are
+// synced, the positions and the engine state copied, the offline rows taken. Then, on a background thread so
+// that processing goes on: the offline rows are written as staged Parquet files, the checkpoint (recording
+// them) is written, and the staged files are published. One checkpoint is in flight at a time; a checkpoint
+// due while the previous one is still being written waits for the next turn. With `wait` (shutdown) the
+// previous one is awaited and this one written before returning.
+Status Runtime::Impl::Checkpoint(bool wait) {
+  if (checkpoint_thread_.joinable()) {
+    if (!wait && checkpoint_running_.load()) return Status::Ok();
+    checkpoint_thread_.join();
+  }
+  {
+    std::lock_guard<std::mutex> lock(checkpoint_mutex_);
+    if (!checkpoint_fatal_.ok()) return checkpoint_fatal_;
+  }
   const auto start = std::chrono::steady_clock::now();
   FRESHET_ASSIGN_OR_RETURN(uint64_t dead_letter_bytes, dead_letters_.Sync());
-  freshet::Checkpoint checkpoint;
-  checkpoint.sequence = checkpoints_->next_sequence();
-  checkpoint.written_unix_ms = WallClockMs();
-  checkpoint.spec_fingerprint = engine_.spec_fingerprint();
-  checkpoint.positions = {{"source", source_->position()}, {"dead_letters", std::to_string(dead_letter_bytes)}};
+  auto checkpoint = std::make_shared<freshet::Checkpoint>();
+  checkpoint->sequence = checkpoints_->next_sequence();
+  checkpoint->spec_fingerprint = engine_.spec_fingerprint();
+  checkpoint->positions = {{"source", source_->position()}, {"dead_letters", std::to_string(dead_letter_bytes)}};
+  checkpoint->engine_state = EncodePipelineState(engine_, counters_);
+  auto rows = std::make_shared<OfflineSink::TakenRows>();
+  if (offline_ != nullptr) *rows = offline_->TakeRows();
+  state_bytes_->Set(static_cast<double>(engine_.MemoryBytes()));
+  last_checkpoint_ms_ = WallClockMs();
+  checkpoint_running_ = true;
+  auto write = [this, checkpoint, rows, start]() {
+    Status status = WriteCheckpoint(*checkpoint, std::move(*rows));
+    if (status.ok()) {
+      checkpoints_total_->Increment();
+      checkpoint_seconds_->Set(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      checkpoint_bytes_->Set(static_cast<double>(checkpoints_->last_size_bytes()));
+      SetHealthReason("checkpoint", std::nullopt);
+    } else {
+      std::fprintf(stderr, "freshet run: checkpoint failed: %s\n", status.message().c_str());
+      SetHealthReason("checkpoint", "the last checkpoint failed: " + status.message());
+    }
+    checkpoint_running_ = false;
+    return status;
+  };
+  if (wait) return write();
+  checkpoint_thread_ = std::thread(write);
+  return Status::Ok();
+}
+
+Status Runtime::Impl::WriteCheckpoint(freshet::Checkpoint& checkpoint, OfflineSink::TakenRows rows) {
   if (offline_ != nullptr) {
-    // The rows of the events this checkpoint covers, staged; published once the checkpoint is durable.
-    FRESHET_ASSIGN_OR_RETURN(std::string staged, offline_->Stage(checkpoint.sequence));
-    checkpoint.positions.emplace_back("offline", std::move(staged));
+    // The rows of the events this checkpoint covers, staged; published once the checkpoint is durable. Rows
+    // that cannot be staged are gone from memory: stop, so that a restart reads their events again.
+    Result<std::string> staged = offline_->StageTaken(std::move(rows), checkpoint.sequence);
+    if (!staged.ok()) {
+      std::lock_guard<std::mutex> lock(checkpoint_mutex_);
+      checkpoint_fatal_ = Status::IoError("cannot write the offline store: " + staged.status().message() +
+                                          "; freshet run stops; restart it once the disk is fixed (no event is lost)");
+      return checkpoint_fatal_;
+    }
+    checkpoint.positions.emplace_back("offline", std::move(*staged));
   }
-  checkpoint.engine_state = EncodePipelineState(engine_, counters_);
   FRESHET_RETURN_IF_ERROR(checkpoints_->Write(checkpoint));
   if (offline_ != nullptr) FRESHET_RETURN_IF_ERROR(offline_->Publish());
   if (ingest_log_ != nullptr) {
     Result<IngestLogPosition> position = IngestLogPosition::Parse(checkpoint.positions[0].second);
     if (position.ok()) (void)ingest_log_->DeleteBefore(position->sequence);
   }
-  checkpoints_total_->Increment();
-  checkpoint_seconds_->Set(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-  checkpoint_bytes_->Set(static_cast<double>(checkpoints_->last_size_bytes()));
-  state_bytes_->Set(static_cast<double>(engine_.MemoryBytes()));
-  last_checkpoint_ms_ = WallClockMs();
   return Status::Ok();
 }
 
@@ -596,17 +644,20 @@ Status Runtime::Run(const std::atomic<bool>& stop) {
     // Offline rows wait in memory for the checkpoint that commits them; a burst checkpoints early.
     const bool offline_full = s.offline_ != nullptr && s.offline_->buffered_bytes() > kOfflineBufferBytes;
     if (offline_full || WallClockMs() - s.last_checkpoint_ms_ >= s.spec_.checkpoint.interval_ms) {
-      Status written = s.Checkpoint();
+      Status written = s.Checkpoint(/*wait=*/false);
       if (!written.ok()) {
         std::fprintf(stderr, "freshet run: checkpoint failed: %s\n", written.message().c_str());
         s.SetHealthReason("checkpoint", "the last checkpoint failed: " + written.message());
-      } else {
-        s.SetHealthReason("checkpoint", std::nullopt);
+        std::lock_guard<std::mutex> lock(s.checkpoint_mutex_);
+        if (!s.checkpoint_fatal_.ok()) {
+          failure = s.checkpoint_fatal_;
+          break;
+        }
       }
     }
     if (s.options_.exit_when_exhausted && s.source_->exhausted()) break;
   }
-  Status final_checkpoint = s.Checkpoint();
+  Status final_checkpoint = s.Checkpoint(/*wait=*/true);
   if (s.redis_ != nullptr) {
     Status flushed = s.redis_->Flush(5000);
     if (!flushed.ok()) std::fprintf(stderr, "freshet run: warning: %s\n", flushed.message().c_str());
