@@ -59,11 +59,7 @@ void RegisterBackfill(CLI::App& app, int* exit_code) {
     args->options.progress = !args->no_progress && isatty(STDERR_FILENO);
     BackfillStats stats;
     Status status = RunBackfill(*spec, args->options, &stats);
-    if (!status.ok()) {
-      std::fprintf(stderr, "freshet backfill: %s\n", status.message().c_str());
-      *exit_code = status.code() == StatusCode::kInvalidArgument || status.code() == StatusCode::kNotFound ? 2 : 1;
-      return;
-    }
+    if (ReportFailure("backfill", status, exit_code)) return;
     std::fprintf(stderr,
                  "backfill: %llu events read, %llu accepted, %llu rejected, %llu late; %llu features rows in %.2f s",
                  static_cast<unsigned long long>(stats.lines), static_cast<unsigned long long>(stats.accepted),

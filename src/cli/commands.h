@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cstdio>
 #include <string>
 
 #include "common/status.h"
@@ -17,6 +18,15 @@ void RegisterRun(CLI::App& app, int* exit_code);
 void RegisterServe(CLI::App& app, int* exit_code);
 void RegisterSkew(CLI::App& app, int* exit_code);
 void RegisterBackfill(CLI::App& app, int* exit_code);
+
+// On failure prints "freshet COMMAND: MESSAGE" to stderr, sets *exit_code (2 for what the invocation can fix:
+// invalid arguments or missing inputs; 1 otherwise) and returns true; returns false when `status` is ok.
+inline bool ReportFailure(const char* command, const Status& status, int* exit_code) {
+  if (status.ok()) return false;
+  std::fprintf(stderr, "freshet %s: %s\n", command, status.message().c_str());
+  *exit_code = status.code() == StatusCode::kInvalidArgument || status.code() == StatusCode::kNotFound ? 2 : 1;
+  return true;
+}
 
 // The bearer token for ingest and admin endpoints: the first line of `token_file` when given, else the
 // FRESHET_TOKEN environment variable, else empty (no token required). Never from the spec.

@@ -57,11 +57,7 @@ void RegisterHistorical(CLI::App& app, int* exit_code) {
     args->options.progress = !args->no_progress && isatty(STDERR_FILENO);
     HistoricalStats stats;
     Status status = RunHistorical(*spec, args->options, &stats);
-    if (!status.ok()) {
-      std::fprintf(stderr, "freshet historical: %s\n", status.message().c_str());
-      *exit_code = status.code() == StatusCode::kInvalidArgument || status.code() == StatusCode::kNotFound ? 2 : 1;
-      return;
-    }
+    if (ReportFailure("historical", status, exit_code)) return;
     std::fprintf(stderr,
                  "historical: %llu events read, %llu accepted, %llu rejected, %llu late; %llu rows written in %.2f s\n",
                  static_cast<unsigned long long>(stats.events_read), static_cast<unsigned long long>(stats.accepted),
