@@ -95,9 +95,17 @@ def test_redis_holds_features_and_survives_an_outage(tmp_path: Path) -> None:
                 deadline = time.time() + 30
                 while time.time() < deadline and server.metric("freshet_events_in_total") < len(lines):
                     time.sleep(0.05)
-                while time.time() < deadline and server.metric("freshet_redis_pending_entities") > 0:
+                # After the reconnect the pipeline rewrites every entity (Redis may have restarted empty); wait
+                # until that resync has drained and every entity is back, not just for an empty queue.
+                users = {json.loads(l)["user_id"] for l in lines}
+                hashes = {}
+                while time.time() < deadline:
+                    if (server.metric("freshet_redis_connected") == 1
+                            and server.metric("freshet_redis_pending_entities") == 0):
+                        hashes = _hashes(client)
+                        if set(hashes) == users:
+                            break
                     time.sleep(0.1)
-                hashes = _hashes(client)
         finally:
             assert server.terminate() == 0
         newest = {user: int(h["_event_time_ms"]) for user, h in hashes.items()}
