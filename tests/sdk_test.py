@@ -604,7 +604,8 @@ def test_read_offline_table_finds_the_folder(tmp_path: Path) -> None:
     frame = pd.DataFrame({"seq": [2, 0, 1], "entity": ["c", "a", "b"], "n": [3, 1, 2]})
     deltalake.write_deltalake(str(tmp_path / "data" / "offline" / "features"), frame)
     spec = tmp_path / "spec.yaml"
-    spec.write_text("name: t\nentity: e\ntimestamp: ts\nfeatures: []\n")
+    one_feature = "features: [{name: n, aggregation: count, window: {type: lifetime}}]\n"
+    spec.write_text("name: t\nentity: e\ntimestamp: ts\n" + one_feature)
     got = freshet.read_offline_table(spec, "features", data_dir=tmp_path / "data")
     assert got["entity"].tolist() == ["a", "b", "c"]  # Sorted by seq.
     with pytest.raises(ValueError, match="pass data_dir"):
@@ -616,9 +617,9 @@ def test_read_offline_table_finds_the_folder(tmp_path: Path) -> None:
     # offline.path, relative to the spec's folder, in flow and block style (data_dir is then not needed).
     deltalake.write_deltalake(str(tmp_path / "conf" / "tables" / "events"), frame)
     for text in ("offline: {path: tables, features: true}  # here\n",
-                 "offline:\n  features: true\n  path: 'tables'   # comment\nfeatures: []\n"):
+                 "offline:\n  features: true\n  path: 'tables'   # comment\n"):
         nested = tmp_path / "conf" / "spec.yaml"
-        nested.write_text("name: t\nentity: e\ntimestamp: ts\n" + text)
+        nested.write_text("name: t\nentity: e\ntimestamp: ts\n" + text + one_feature)
         assert freshet.read_offline_table(nested, "events")["n"].tolist() == [1, 2, 3]
 
 

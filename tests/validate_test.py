@@ -5,6 +5,7 @@ Run by ctest (which sets FRESHET_BIN), or by hand:
 """
 import os
 import re
+import json
 import subprocess
 import textwrap
 
@@ -79,6 +80,20 @@ def test_valid_spec_prints_summary_and_exits_0(tmp_path):
     assert "sliding 30m every 1m" in out.splitlines()[-3]
     assert "sliding 1h (continuous)" in out.splitlines()[-2]
     assert "session gap 30m" in out.splitlines()[-1]
+
+
+def test_json_summary_for_tools(tmp_path):
+    result = run("--spec", write(tmp_path, VALID), "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert (doc["spec"], doc["entity"], doc["timestamp"], doc["offline_path"]) == ("fraud", "user_id", "ts", None)
+    assert [(f["name"], f["aggregation"], f["field"]) for f in doc["features"]] == [
+        ("purchase_count_30m", "count", ""), ("avg_txn_amount_1h", "mean", "amount"),
+        ("unique_categories_session", "count_distinct", "category")]
+    assert doc["features"][0]["window"] == "sliding 30m every 1m"
+    with_offline = VALID.replace("features:", "offline: {path: tables}\nfeatures:", 1)
+    doc = json.loads(run("--spec", write(tmp_path, with_offline, "other.yaml"), "--json").stdout)
+    assert doc["offline_path"] == str(tmp_path / "tables")  # Resolved against the spec's folder.
 
 
 def test_invalid_spec_reports_every_error_and_exits_2(tmp_path):

@@ -1,6 +1,7 @@
 // `freshet validate`: checks a spec file and prints what it declares, or every problem in it.
 //
 //   freshet validate --spec fraud.yaml    summary on stdout, exit 0; or FILE:LINE:COL: error: ... on stderr, exit 2
+//   freshet validate --spec fraud.yaml --json   the same as one JSON object (for tools such as the Python SDK)
 //   freshet validate --reference          the spec reference (every key) as Markdown
 #include <fmt/format.h>
 
@@ -12,6 +13,7 @@
 
 #include "cli/commands.h"
 #include "common/time.h"
+#include "serve/json.h"
 #include "spec/spec.h"
 #include "spec/spec_options.h"
 
@@ -21,6 +23,7 @@ namespace {
 struct ValidateOptions {
   std::string spec_path;
   bool reference = false;
+  bool json = false;
 };
 
 // "sliding 30m every 1m", "sliding 1h (continuous)", "tumbling 1h", "session gap 30m", "lifetime".
@@ -73,6 +76,24 @@ void PrintSummary(const Spec& spec) {
   }
 }
 
+// {"spec", "entity", "timestamp", "offline_path" (resolved; null: <data dir>/offline), "features": [{"name",
+// "aggregation", "field", "window"}]}
+void PrintJson(const Spec& spec) {
+  std::string out;
+  JsonWriter json(&out);
+  json.BeginObject().Key("spec").String(spec.name).Key("entity").String(spec.entity_field);
+  json.Key("timestamp").String(spec.timestamp_field).Key("offline_path");
+  if (spec.offline.path.empty()) json.Null();
+  else json.String(spec.offline.path);
+  json.Key("features").BeginArray();
+  for (const FeatureSpec& f : spec.features) {
+    json.BeginObject().Key("name").String(f.name).Key("aggregation").String(AggKindName(f.agg));
+    json.Key("field").String(f.field).Key("window").String(DescribeWindow(f.window)).EndObject();
+  }
+  json.EndArray().EndObject();
+  fmt::print("{}\n", out);
+}
+
 int RunValidate(const ValidateOptions& options) {
   if (options.reference) {
     fmt::print("{}", SpecReferenceMarkdown());
@@ -94,7 +115,11 @@ int RunValidate(const ValidateOptions& options) {
     }
     return 2;
   }
-  PrintSummary(*spec);
+  if (options.json) {
+    PrintJson(*spec);
+  } else {
+    PrintSummary(*spec);
+  }
   return 0;
 }
 
@@ -106,6 +131,7 @@ void RegisterValidate(CLI::App& app, int* exit_code) {
   CLI::Option* spec = command->add_option("--spec", options->spec_path, "The spec file (YAML)");
   CLI::Option* reference = command->add_flag(
       "--reference", options->reference, "Print the spec reference: every key, its type, default and meaning (Markdown)");
+  command->add_flag("--json", options->json, "With --spec: print what the spec declares as one JSON object");
   spec->excludes(reference);
   command->callback([options, exit_code] { *exit_code = RunValidate(*options); });
 }
