@@ -132,7 +132,7 @@ Status ReplayEventsTable(const std::string& table_dir, const std::function<Statu
   std::priority_queue<size_t, std::vector<size_t>, decltype(later)> heap(later);
   for (size_t k = 0; k < files.size(); ++k) {
     FRESHET_ASSIGN_OR_RETURN(cursors[k].scanner,
-                             ParquetScanner::Open(files[k], {"seq", "event_time", "entity", "ingest_time", "raw"}));
+                             ParquetScanner::Open(files[k], {"seq", "raw"}));
     cursors[k].row = static_cast<size_t>(-1);
     cursors[k].batch.rows = 0;
     FRESHET_ASSIGN_OR_RETURN(bool has, advance(cursors[k]));
@@ -146,11 +146,8 @@ Status ReplayEventsTable(const std::string& table_dir, const std::function<Statu
     Cursor& c = cursors[k];
     const auto& cols = c.batch.columns;
     e.seq = cols[0].ints[c.row];
-    e.event_time_ms = cols[1].ints[c.row];
-    e.entity = cols[2].strings[c.row];
-    e.ingest_time_ms = cols[3].ints[c.row];
-    e.raw = cols[4].strings[c.row];
-    const char* end = cols[4].readable_end;
+    e.raw = cols[1].strings[c.row];
+    const char* end = cols[1].readable_end;
     if (end != nullptr && end >= e.raw.data() && static_cast<size_t>(end - e.raw.data()) >= e.raw.size() + kParsePaddingBytes) {
       e.raw_capacity = static_cast<size_t>(end - e.raw.data());
     } else {

@@ -57,12 +57,10 @@ void PutFeatureValue(OfflineTable& table, const FeatureSpec& feature, const Valu
 // Options for opening table `name` ("events", "features", "feature_log") of `paths`.
 OfflineTableOptions TableOptions(const OfflinePaths& paths, const std::string& name, std::vector<OfflineColumn> columns);
 
-// One event of the events table.
+// One event of the events table, as replay needs it: its order and its line (the other columns are derived
+// from the line, so replay does not decode them).
 struct StoredEvent {
   int64_t seq = 0;
-  int64_t event_time_ms = 0;
-  int64_t ingest_time_ms = 0;
-  std::string_view entity;
   std::string_view raw;
   size_t raw_capacity = 0;  // Bytes readable from raw.data(): at least raw.size() + kParsePaddingBytes, so
                             // EventParser can parse it in place.

@@ -62,15 +62,12 @@ Result<std::string> OfflineSink::Recover(std::optional<std::string_view> recorde
   std::optional<StagedCommit> events, features;
   if (recorded) FRESHET_RETURN_IF_ERROR(DecodeStaged(*recorded, &events, &features));
   std::string log;
-  size_t published = 0, removed = 0;
+  size_t removed = 0;
   std::optional<int64_t> keep_up_to;
   if (sequence) keep_up_to = static_cast<int64_t>(*sequence);
   for (auto [table, staged] : {std::pair{events_.get(), &events}, std::pair{features_.get(), &features}}) {
     if (table == nullptr) continue;
-    if (*staged) {
-      FRESHET_RETURN_IF_ERROR(table->Publish(**staged));
-      ++published;
-    }
+    if (*staged) FRESHET_RETURN_IF_ERROR(table->Publish(**staged));
     FRESHET_ASSIGN_OR_RETURN(size_t n, table->RollBackAfter(keep_up_to));
     removed += n;
     FRESHET_RETURN_IF_ERROR(table->DropStaging());
@@ -79,7 +76,6 @@ Result<std::string> OfflineSink::Recover(std::optional<std::string_view> recorde
     log = "offline store: removed " + std::to_string(removed) +
           " files committed after the restored checkpoint; their events are read again";
   }
-  (void)published;
   return log;
 }
 
