@@ -443,9 +443,17 @@ struct CountDistinctAgg {
     }
   }
   static void Add(State& s, const Input& x, int64_t, uint64_t, const AggContext&) {
+    // Most sets are small and most keys repeat: a scan for equality mispredicts once, a binary search
+    // at every step.
+    if (s.size() <= kScanBelow) {
+      for (const Input& y : s) {
+        if (y == x) return;
+      }
+    }
     auto it = std::lower_bound(s.begin(), s.end(), x);
     if (it == s.end() || !(*it == x)) s.insert(it, x);
   }
+  static constexpr uint32_t kScanBelow = 16;
   static void Merge(State& s, const State& o, const AggContext& c) {
     if (s.empty()) {
       s = o;
