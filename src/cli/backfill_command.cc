@@ -38,12 +38,8 @@ void RegisterBackfill(CLI::App& app, int* exit_code) {
   cmd->add_flag("--no-checkpoint", args->no_checkpoint, "Write no checkpoint (only the features table)");
   cmd->add_flag("--no-progress", args->no_progress, "Never show progress (shown by default on a terminal)");
   cmd->callback([args, exit_code] {
-    Result<Spec> spec = LoadSpec(args->spec);
-    if (!spec.ok()) {
-      std::fprintf(stderr, "%s\n", spec.status().message().c_str());
-      *exit_code = 2;
-      return;
-    }
+    std::optional<Spec> spec = LoadSpecOrReport(args->spec, exit_code);
+    if (!spec) return;
     for (auto [text, out, name] : {std::tuple{&args->from, &args->options.from_ms, "--from"},
                                    std::tuple{&args->to, &args->options.to_ms, "--to"}}) {
       if (text->empty()) continue;

@@ -5,9 +5,11 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <optional>
 #include <string>
 
 #include "common/status.h"
+#include "spec/spec.h"
 
 namespace freshet::cli {
 
@@ -26,6 +28,18 @@ inline bool ReportFailure(const char* command, const Status& status, int* exit_c
   std::fprintf(stderr, "freshet %s: %s\n", command, status.message().c_str());
   *exit_code = status.code() == StatusCode::kInvalidArgument || status.code() == StatusCode::kNotFound ? 2 : 1;
   return true;
+}
+
+// The spec at `path`, or nullopt after printing why it is not valid (file, line, field) to stderr and setting
+// *exit_code to 2.
+inline std::optional<Spec> LoadSpecOrReport(const std::string& path, int* exit_code) {
+  Result<Spec> spec = LoadSpec(path);
+  if (!spec.ok()) {
+    std::fprintf(stderr, "%s\n", spec.status().message().c_str());
+    *exit_code = 2;
+    return std::nullopt;
+  }
+  return std::move(*spec);
 }
 
 // The bearer token for ingest and admin endpoints: the first line of `token_file` when given, else the

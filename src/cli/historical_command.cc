@@ -45,12 +45,8 @@ void RegisterHistorical(CLI::App& app, int* exit_code) {
                   "and reason)");
   cmd->add_flag("--no-progress", args->no_progress, "Never show progress (shown by default on a terminal)");
   cmd->callback([args, exit_code] {
-    Result<Spec> spec = LoadSpec(args->spec);
-    if (!spec.ok()) {
-      std::fprintf(stderr, "%s\n", spec.status().message().c_str());
-      *exit_code = 2;
-      return;
-    }
+    std::optional<Spec> spec = LoadSpecOrReport(args->spec, exit_code);
+    if (!spec) return;
     args->options.events = args->events.empty()
                                ? EventInput::EventsTable(OfflinePathsFor(*spec, args->data_dir).events)
                                : EventInput::JsonLines(args->events);

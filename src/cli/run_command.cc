@@ -42,12 +42,8 @@ void RegisterRun(CLI::App& app, int* exit_code) {
   cmd->add_flag("--exit-at-end", args->exit_at_end,
                 "With a file source that does not follow: checkpoint and exit once the file is read");
   cmd->callback([args, exit_code] {
-    Result<Spec> spec = LoadSpec(args->spec);
-    if (!spec.ok()) {
-      std::fprintf(stderr, "%s\n", spec.status().message().c_str());
-      *exit_code = 2;
-      return;
-    }
+    std::optional<Spec> spec = LoadSpecOrReport(args->spec, exit_code);
+    if (!spec) return;
     RuntimeOptions options;
     options.data_dir = args->data_dir;
     options.host = args->host;

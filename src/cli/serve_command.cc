@@ -34,12 +34,8 @@ void RegisterServe(CLI::App& app, int* exit_code) {
   cmd->add_option("--port", args->port, "Listen port (default: the spec's serve.port; 0 picks a free one)");
   cmd->add_option("--token-file", args->token_file, "Bearer token for admin endpoints (or FRESHET_TOKEN)");
   cmd->callback([args, exit_code] {
-    Result<Spec> spec = LoadSpec(args->spec);
-    if (!spec.ok()) {
-      std::fprintf(stderr, "%s\n", spec.status().message().c_str());
-      *exit_code = 2;
-      return;
-    }
+    std::optional<Spec> spec = LoadSpecOrReport(args->spec, exit_code);
+    if (!spec) return;
     Result<std::unique_ptr<FeatureService>> service = MakeRedisFeatureService(*spec);
     if (!service.ok()) {
       std::fprintf(stderr, "freshet serve: %s\n", service.status().message().c_str());

@@ -45,11 +45,8 @@ void RegisterSkew(CLI::App& app, int* exit_code) {
   cmd->add_flag("--json", args->json, "Print the report as one JSON object on stdout (default: an aligned table)");
   cmd->callback([args, exit_code] {
     *exit_code = 2;
-    Result<Spec> spec = LoadSpec(args->spec);
-    if (!spec.ok()) {
-      std::fprintf(stderr, "%s\n", spec.status().message().c_str());
-      return;
-    }
+    std::optional<Spec> spec = LoadSpecOrReport(args->spec, exit_code);
+    if (!spec) return;
     const OfflinePaths paths = OfflinePathsFor(*spec, args->data_dir);
     SkewOptions options;
     options.feature_log_dir = paths.feature_log;
