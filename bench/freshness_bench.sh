@@ -7,7 +7,7 @@
 # freshet_redis_freshness_seconds (arrival -> Redis holds the effect) is printed too.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-seconds=15 connections=2 rate=200000 redis=0
+seconds=15 connections=4 rate=200000 redis=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) seconds=$2; shift 2 ;;
@@ -37,7 +37,7 @@ pid=$!
 trap 'kill $pid 2>/dev/null || true; [ "$redis_pid" = 0 ] || kill $redis_pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 300); do grep -q serving "$data/run.log" && break; sleep 0.1; done
 url=$(grep -o 'http://[0-9.]*:[0-9]*' "$data/run.log" | head -n 1)
-REQUESTS_PER_SECOND=$((rate / 1000)) CONNECTIONS=$connections BODY_FILE="$data/body.jsonl" wrk -t1 -c"$connections" -d"${seconds}s" -s "$here/bench/ingest.lua" "$url" \
+REQUESTS_PER_SECOND=$((rate / 1000)) BODY_FILE="$data/body.jsonl" wrk -t1 -c"$connections" -d"${seconds}s" -s "$here/bench/ingest.lua" "$url" \
   | grep -E "Requests/sec|Latency"
 sleep 1
 metrics=$(curl -s "$url/metrics")
