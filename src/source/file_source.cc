@@ -307,7 +307,11 @@ Status FileSource::Poll(std::vector<SourceRecord>* out, size_t max_records, int 
   if (pending_change_ != Change::kNone) FRESHET_RETURN_IF_ERROR(SwitchFile(pending_change_));
   batch_start_offset_ = emitted_offset_;
   batch_start_line_ = emitted_line_;
-  if (exhausted_) return Status::Ok();
+  if (exhausted_) {
+    // Nothing more will come; still wait as Poll promises, or a caller's poll loop spins on a core.
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::max(timeout_ms, 0)));
+    return Status::Ok();
+  }
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(std::max(timeout_ms, 0));
   SourceRecord record;
   while (out->size() < max_records) {

@@ -120,6 +120,21 @@ TEST(FileSourceTest, LinesCrlfEmptyAndNoFinalNewline) {
   EXPECT_TRUE(batch.empty());
 }
 
+// An exhausted source still waits out the timeout: `freshet run` polls in a loop, which spun on a whole core
+// once a file read without following had ended.
+TEST(FileSourceTest, ExhaustedSourceWaitsOutTheTimeout) {
+  TempDir dir;
+  const std::string path = dir.File("events.jsonl");
+  WriteFile(path, "{\"a\":1}\n");
+  FileSource source(path, /*follow=*/false);
+  ASSERT_EQ(ReadToEnd(source).size(), 1u);
+  std::vector<SourceRecord> batch;
+  const auto start = std::chrono::steady_clock::now();
+  ASSERT_TRUE(source.Poll(&batch, 100, 60).ok());
+  EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(60));
+  EXPECT_TRUE(batch.empty());
+}
+
 TEST(FileSourceTest, MissingFileIsAnError) {
   TempDir dir;
   FileSource source(dir.File("nope.jsonl"), false);
