@@ -2,14 +2,15 @@
 // `freshet skew` can recompute every answer through the offline path and compare.
 //
 // Logging never slows serving noticeably: Log copies the answer into one compact record in a bounded queue
-// and returns; a background thread, below the serving threads' CPU priority, writes queued answers to the
-// table and commits them every `commit_interval_ms` (and at Stop). When the queue is full the answer is shed and counted in freshet_feature_log_shed_total,
+// and returns; a background thread, in the idle scheduling class (only CPU time nobody else wants), writes
+// queued answers to the table and commits them every `commit_interval_ms` (and at Stop). When the queue is full the answer is shed and counted in freshet_feature_log_shed_total,
 // never dropped silently. Sampling is by a hash of the entity key, so an entity is logged always or never.
 //
 // Logged answers are not events: a crash loses what was queued and not yet committed (at most one commit
 // interval), which freshet_feature_log_committed_total lets you see; events themselves are never lost.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -81,6 +82,13 @@ class FeatureLogWriter {
   bool stopping_ = false;
   std::thread thread_;
   Status status_;
+
+  // The writer runs in the idle scheduling class (see Loop). A writer starved past two commit intervals, or
+  // one that Stop waits for, is raised to a normal thread until its next commit.
+  void RaiseWriter();
+  std::atomic<int> writer_tid_{0};
+  std::atomic<int64_t> last_commit_ms_{0};
+  std::atomic<bool> writer_raised_{false};
 
   Counter* logged_ = nullptr;
   Counter* shed_ = nullptr;
