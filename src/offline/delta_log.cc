@@ -41,6 +41,19 @@ std::optional<int64_t> ParseCommitFileName(const std::string& name) {
   return version;
 }
 
+// The newest commit version in the table's log folder, -1 when it has none.
+Result<int64_t> LatestVersion(const std::string& table_dir) {
+  int64_t latest = -1;
+  std::error_code ec;
+  const std::filesystem::path folder = std::filesystem::path(table_dir) / kLogFolder;
+  for (std::filesystem::directory_iterator it(folder, ec); !ec && it != std::filesystem::directory_iterator();
+       it.increment(ec)) {
+    if (std::optional<int64_t> v = ParseCommitFileName(it->path().filename().string())) latest = std::max(latest, *v);
+  }
+  if (ec) return Status::IoError("cannot list '" + folder.string() + "': " + ec.message());
+  return latest;
+}
+
 // Calls `action(version, doc)` for every action of every commit, in order.
 template <typename Fn>
 Status ForEachAction(const std::string& table_dir, int64_t latest, Fn&& action) {
@@ -114,16 +127,7 @@ Result<DeltaLog> DeltaLog::Open(const std::string& table_dir, std::vector<DeltaC
 }
 
 Status DeltaLog::ReadVersions() {
-  latest_version_ = -1;
-  std::error_code ec;
-  const std::filesystem::path folder = std::filesystem::path(table_dir_) / kLogFolder;
-  for (std::filesystem::directory_iterator it(folder, ec); !ec && it != std::filesystem::directory_iterator();
-       it.increment(ec)) {
-    if (std::optional<int64_t> v = ParseCommitFileName(it->path().filename().string())) {
-      latest_version_ = std::max(latest_version_, *v);
-    }
-  }
-  if (ec) return Status::IoError("cannot list '" + folder.string() + "': " + ec.message());
+  FRESHET_ASSIGN_OR_RETURN(latest_version_, LatestVersion(table_dir_));
   // The schema in force is that of the newest metaData action.
   stored_schema_.clear();
   txn_versions_.clear();
@@ -257,10 +261,17 @@ Status DeltaLog::EvolveSchema() {
   return Commit(commit, &existed);
 }
 
-Result<std::vector<DeltaFile>> DeltaLog::ActiveFiles() const {
+Result<std::vector<DeltaFile>> DeltaLog::ActiveFiles() const { return ReadActiveFiles(table_dir_, latest_version_); }
+
+Result<std::vector<DeltaFile>> DeltaLog::ReadActiveFiles(const std::string& table_dir) {
+  FRESHET_ASSIGN_OR_RETURN(int64_t latest, LatestVersion(table_dir));
+  return ReadActiveFiles(table_dir, latest);
+}
+
+Result<std::vector<DeltaFile>> DeltaLog::ReadActiveFiles(const std::string& table_dir, int64_t latest) {
   std::vector<DeltaFile> files;
   std::map<int64_t, int64_t> txn_by_version;
-  FRESHET_RETURN_IF_ERROR(ForEachAction(table_dir_, latest_version_, [&](int64_t v, simdjson::dom::element doc) {
+  FRESHET_RETURN_IF_ERROR(ForEachAction(table_dir, latest, [&](int64_t v, simdjson::dom::element doc) {
     simdjson::dom::element add, remove, txn;
     int64_t txn_version = 0;
     if (doc["txn"].get(txn) == simdjson::SUCCESS && txn["version"].get(txn_version) == simdjson::SUCCESS) {

@@ -74,6 +74,8 @@ class DeltaLog {
 
   // The files of the table as of the newest commit, in the order they were added.
   Result<std::vector<DeltaFile>> ActiveFiles() const;
+  // The same for a table that is only read: one pass over its log, nothing created or written.
+  static Result<std::vector<DeltaFile>> ReadActiveFiles(const std::string& table_dir);
   // The txn version of the newest commit that recorded one for `app_id`, if any.
   std::optional<int64_t> TxnVersion(const std::string& app_id) const;
 
@@ -86,6 +88,7 @@ class DeltaLog {
   std::string SchemaString() const;
 
  private:
+  static Result<std::vector<DeltaFile>> ReadActiveFiles(const std::string& table_dir, int64_t latest);
   Status ReadVersions();
   std::string table_dir_;
   std::vector<DeltaColumn> schema_;

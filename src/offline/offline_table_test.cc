@@ -153,5 +153,15 @@ TEST_F(OfflineTableTest, ScannerNamesAMissingColumn) {
   EXPECT_FALSE(DeltaTableFiles((dir_ / "missing").string()).ok());
 }
 
+// Listing a table's files only reads: a log folder without commits lists nothing and stays without any.
+TEST_F(OfflineTableTest, ListingFilesWritesNothing) {
+  const std::filesystem::path log = dir_ / "empty" / "_delta_log";
+  std::filesystem::create_directories(log);
+  Result<std::vector<std::string>> files = DeltaTableFiles((dir_ / "empty").string());
+  ASSERT_TRUE(files.ok()) << files.status().message();
+  EXPECT_TRUE(files->empty());
+  EXPECT_TRUE(std::filesystem::is_empty(log));
+}
+
 }  // namespace
 }  // namespace freshet

@@ -151,8 +151,7 @@ Result<std::vector<std::string>> DeltaTableFiles(const std::string& table_dir) {
     return Status::NotFound("'" + table_dir + "' is not a Delta table (it has no _delta_log folder); run `freshet run` "
                             "or `freshet backfill` to write it, or give the events with --events");
   }
-  FRESHET_ASSIGN_OR_RETURN(DeltaLog log, DeltaLog::Open(table_dir, {}, {}));
-  FRESHET_ASSIGN_OR_RETURN(std::vector<DeltaFile> files, log.ActiveFiles());
+  FRESHET_ASSIGN_OR_RETURN(std::vector<DeltaFile> files, DeltaLog::ReadActiveFiles(table_dir));
   std::vector<std::string> paths;
   for (const DeltaFile& f : files) paths.push_back((std::filesystem::path(table_dir) / f.path).string());
   return paths;
