@@ -13,7 +13,6 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -47,8 +46,8 @@ class FeatureLogWriter {
   bool Sampled(std::string_view entity) const;
 
  private:
-  // One answer, compact: a handful of allocations however many entities it holds (the serving thread
-  // pays for this copy, so it must stay cheap).
+  // One answer, compact: a handful of buffers however many entities it holds, reused from answer to
+  // answer (the serving thread pays for this copy, so it must stay cheap).
   struct Answer {
     std::string request_id;
     int64_t as_of_ms = 0;
@@ -67,7 +66,7 @@ class FeatureLogWriter {
   };
   FeatureLogWriter(const Spec& spec, MetricsRegistry& metrics, int64_t commit_interval_ms);
   void Loop();
-  Status WriteAndCommit(std::deque<Answer>& entries, bool commit);
+  Status WriteAndCommit(std::vector<Answer>& entries, bool commit);
 
   const Spec& spec_;
   const int64_t commit_interval_ms_;
@@ -77,8 +76,12 @@ class FeatureLogWriter {
 
   std::mutex mutex_;
   std::condition_variable wake_;
-  std::deque<Answer> queue_;
+  std::vector<Answer> queue_;
   size_t queued_entities_ = 0;  // Entities in queue_: what feature_log.queue bounds.
+  // Written answers, cleared but with their buffers, for Log to fill again: in steady state logging allocates
+  // nothing, and the writer frees nothing a serving thread allocated (a free into another thread's malloc
+  // arena takes that arena's lock, which a preempted low-priority writer could hold against serving).
+  std::vector<Answer> recycled_;
   bool stopping_ = false;
   std::thread thread_;
   Status status_;
