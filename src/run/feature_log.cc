@@ -109,6 +109,7 @@ void FeatureLogWriter::Log(std::string_view request_id, int64_t as_of_ms, std::s
     }
   }
   const size_t n = answer.entities();
+  const int64_t answer_served_ms = answer.served_ms;
   bool wake = false;
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -127,7 +128,7 @@ void FeatureLogWriter::Log(std::string_view request_id, int64_t as_of_ms, std::s
   }
   logged_->Increment(n);
   if (!writer_raised_.load(std::memory_order_relaxed) &&
-      WallClockMs() - last_commit_ms_.load(std::memory_order_relaxed) > 2 * commit_interval_ms_ + 1000) {
+      answer_served_ms - last_commit_ms_.load(std::memory_order_relaxed) > 2 * commit_interval_ms_ + 1000) {
     RaiseWriter();  // Starved by a machine with no idle CPU: commits must still happen.
   }
   // Only when the batch fills: waking the writer for every answer cost a context switch per lookup.
