@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import reference
+from fraud_features import FEATURES_YAML
 
 BIN = os.environ.get("FRESHET_BIN", str(Path(__file__).resolve().parent.parent / "build" / "freshet"))
 
@@ -27,14 +28,7 @@ watermark: {{max_out_of_orderness: 3s, allowed_lateness: 10s}}
 source: {{type: file, path: {events}}}
 serve: {{port: 0}}
 features:
-  - {{name: purchases_30m, aggregation: count, where: "type == 'purchase'", window: {{type: sliding, size: 30m, slide: 1m}}}}
-  - {{name: avg_amount_1h, aggregation: mean, field: amount, where: "type == 'purchase'", window: {{type: sliding, size: 1h}}}}
-  - {{name: categories_session, aggregation: count_distinct, field: category, where: "type == 'view'", window: {{type: session, gap: 30m}}}}
-  - {{name: failed_logins_10m, aggregation: count, where: "type == 'login' and success == false", window: {{type: sliding, size: 10m}}}}
-  - {{name: max_amount_24h, aggregation: max, field: amount, where: "type == 'purchase'", window: {{type: sliding, size: 24h}}}}
-  - {{name: last_category, aggregation: last, field: category, window: {{type: lifetime}}}}
-  - {{name: amount_sum_tumbling, aggregation: sum, field: amount, window: {{type: tumbling, size: 1h}}}}
-{extra}"""
+{features}{extra}"""
 
 
 def _require_binary() -> None:
@@ -51,7 +45,7 @@ def _generate(path: Path, events: int, seed: int, disorder: str = "2s", late: st
 
 def _write_spec(tmp: Path, events: str, extra: str = "") -> Path:
     spec = tmp / "spec.yaml"
-    spec.write_text(SPEC.format(events=events, extra=extra))
+    spec.write_text(SPEC.format(events=events, extra=extra, features=FEATURES_YAML))
     return spec
 
 

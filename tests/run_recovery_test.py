@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from fraud_features import FEATURES_YAML
 
 BIN = os.environ.get("FRESHET_BIN", str(Path(__file__).resolve().parent.parent / "build" / "freshet"))
 
@@ -31,13 +32,7 @@ source: {source}
 serve: {{port: 0}}
 checkpoint: {{interval: 200ms, keep: 3}}
 features:
-  - {{name: purchases_30m, aggregation: count, where: "type == 'purchase'", window: {{type: sliding, size: 30m, slide: 1m}}}}
-  - {{name: avg_amount_1h, aggregation: mean, field: amount, where: "type == 'purchase'", window: {{type: sliding, size: 1h}}}}
-  - {{name: categories_session, aggregation: count_distinct, field: category, where: "type == 'view'", window: {{type: session, gap: 30m}}}}
-  - {{name: failed_logins_10m, aggregation: count, where: "type == 'login' and success == false", window: {{type: sliding, size: 10m}}}}
-  - {{name: max_amount_24h, aggregation: max, field: amount, where: "type == 'purchase'", window: {{type: sliding, size: 24h}}}}
-  - {{name: last_category, aggregation: last, field: category, window: {{type: lifetime}}}}
-  - {{name: amount_sum_tumbling, aggregation: sum, field: amount, window: {{type: tumbling, size: 1h}}}}
+{features}\
   - {{name: approx_items, aggregation: approx_count_distinct, field: item_id, precision: 10, window: {{type: lifetime}}}}
 """
 
@@ -195,7 +190,7 @@ def test_file_source_survives_kill_minus_nine(tmp_path: Path, seed: int) -> None
     _require_binary()
     rng = random.Random(seed)
     lines = _generate(tmp_path, 40000, seed)
-    (tmp_path / "spec.yaml").write_text(SPEC.format(source="{type: file, path: events.jsonl, follow: true}"))
+    (tmp_path / "spec.yaml").write_text(SPEC.format(features=FEATURES_YAML, source="{type: file, path: events.jsonl, follow: true}"))
     events = tmp_path / "events.jsonl"
     events.write_bytes(b"")
     written = 0
@@ -224,7 +219,7 @@ def test_http_pushes_survive_kill_minus_nine(tmp_path: Path) -> None:
     _require_binary()
     rng = random.Random(7)
     lines = _generate(tmp_path, 30000, 5)
-    (tmp_path / "spec.yaml").write_text(SPEC.format(source="{type: http}"))
+    (tmp_path / "spec.yaml").write_text(SPEC.format(features=FEATURES_YAML, source="{type: http}"))
     acked: list[bytes] = []
     position = 0
     batch = 500
@@ -260,7 +255,7 @@ def test_http_pushes_survive_kill_minus_nine(tmp_path: Path) -> None:
 def test_freshness_slo_breach_degrades_health_and_warns_once(tmp_path: Path) -> None:
     _require_binary()
     lines = _generate(tmp_path, 20000, 3)
-    spec = SPEC.format(source="{type: http}").replace("checkpoint:", "freshness_slo: {p99: 1ms, window: 1m}\ncheckpoint:")
+    spec = SPEC.format(features=FEATURES_YAML, source="{type: http}").replace("checkpoint:", "freshness_slo: {p99: 1ms, window: 1m}\ncheckpoint:")
     (tmp_path / "spec.yaml").write_text(spec)
     server = Server(tmp_path / "spec.yaml", tmp_path / "data", tmp_path / "run.log")
     try:
