@@ -443,14 +443,13 @@ struct CountDistinctAgg {
     }
   }
   static void Add(State& s, const Input& x, int64_t, uint64_t, const AggContext&) {
-    // Most sets are small and most keys repeat: a scan for equality mispredicts once, a binary search
-    // at every step.
+    // Most sets are small: a scan to the key's place mispredicts once, a binary search at every step.
+    Input* it = s.begin();
     if (s.size() <= kScanBelow) {
-      for (const Input& y : s) {
-        if (y == x) return;
-      }
+      while (it != s.end() && *it < x) ++it;
+    } else {
+      it = std::lower_bound(s.begin(), s.end(), x);
     }
-    auto it = std::lower_bound(s.begin(), s.end(), x);
     if (it == s.end() || !(*it == x)) s.insert(it, x);
   }
   static constexpr uint32_t kScanBelow = 16;

@@ -298,9 +298,10 @@ size_t FeatureEngine::ProcessBatch(const ParsedEvent* events, size_t count, uint
     PendingEvent& pending = batch_[admitted];
     Extract(events[k], (*seq)++, &pending);
     // A row spans several cache lines (the features' states side by side); Apply below touches most.
-    const unsigned char* row = Row(pending.entity);
-    for (size_t line = 0; line < row_bytes_; line += 64) __builtin_prefetch(row + line, 1);
-    __builtin_prefetch(row + row_bytes_ - 1, 1);
+    const uintptr_t row = reinterpret_cast<uintptr_t>(Row(pending.entity));
+    for (uintptr_t line = row & ~uintptr_t{63}; line < row + row_bytes_; line += 64) {
+      __builtin_prefetch(reinterpret_cast<const void*>(line), 1);
+    }
     batch_low_ms_[admitted] = low_ms_;
     ++admitted;
   }
