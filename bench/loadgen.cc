@@ -23,9 +23,8 @@
 // above a blocking client's (or wrk's) p50; tails agree. At 20,000 req/s loadgen takes about 0.6 of a core,
 // almost all of it in the kernel's loopback TCP path (user time is about 2%).
 //
-// cpp-httplib serves a keep-alive connection on one worker thread for as long as the connection lasts, so
-// keep C at or below the server's worker threads (8 for `freshet run`): extra connections wait for a worker.
-// A server that closes a connection (Connection: close, or a keep-alive request limit) is reconnected to; the
+// `freshet run` serves any number of keep-alive connections from its event loops (src/serve/http_loop.h); a
+// server with a thread per connection would need C at or below its worker threads. A server that closes a connection (Connection: close, or a keep-alive request limit) is reconnected to; the
 // report counts it under "reconnects".
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -65,7 +64,7 @@ constexpr const char* kUsage =
     "               [--batch B] [--entities E] [--at RFC3339] [--seed N] [--drain S] [--json]\n"
     "  --url          the server (http://HOST:PORT, HOST an IPv4 address or localhost)\n"
     "  --rate         requests per second, all connections together (open loop)\n"
-    "  --connections  keep-alive connections (default 8; keep <= the server's worker threads)\n"
+    "  --connections  keep-alive connections (default 8)\n"
     "  --duration     seconds recorded (default 10)\n"
     "  --warmup       seconds sent before recording starts, not recorded (default 2)\n"
     "  --batch        0: GET /v1/features/u<n>?at=AT; B > 0: POST /v1/features with B entities (default 0)\n"

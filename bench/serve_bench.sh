@@ -9,8 +9,7 @@
 #                       entities of the single-lookup target, and an eighth to a fifth of the closed-loop
 #                       batch capacity of this 2-core machine (4,500-8,200/s measured), so the p99 shows
 #                       service time under a steady load rather than queueing at saturation)
-#   --connections       keep-alive connections (default 8 = the server's worker threads: with more, the extra
-#                       connections wait for a worker)
+#   --connections       keep-alive connections (default 8, as an inference service's client pool might keep)
 #   --capacity-seconds  length of one closed-loop wrk run per kind, for the capacity at saturation (default 5;
 #                       0 skips it)
 #   --loadgen-cpus, --server-cpus   taskset CPU lists (default: unpinned, client and server share both cores)

@@ -16,6 +16,8 @@ class RedisFeatureService final : public FeatureService {
       : spec_(spec), reader_(std::move(reader)) {}
 
   const Spec& spec() const override { return spec_; }
+  // Every lookup is a round trip to Redis.
+  bool LookupBlocks() const override { return true; }
 
   Status Lookup(std::span<const std::string_view> entities, int64_t as_of_ms, std::span<const int> features,
                 const std::function<void(std::span<const FeatureLookup>)>& consume) const override {

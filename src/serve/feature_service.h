@@ -83,6 +83,11 @@ class FeatureService {
   virtual Status Lookup(std::span<const std::string_view> entities, int64_t as_of_ms, std::span<const int> features,
                         const std::function<void(std::span<const FeatureLookup>)>& consume) const = 0;
 
+  // True when Lookup may block for long (it asks another server, as a service over Redis does): the HTTP
+  // layer then runs lookups on its blocking threads instead of its event loops. Default false: Lookup
+  // reads memory, at most waiting briefly for a lock.
+  virtual bool LookupBlocks() const { return false; }
+
   // Takes a body of events (at most HttpServerOptions::max_body_bytes) and returns once they are durable,
   // or the error: kInvalidArgument when the body as a whole cannot be taken (a kJsonArray body that is not
   // a JSON array), kIoError when durability failed. Individual bad events are not an error: they are

@@ -1,6 +1,5 @@
 #include "serve/http_server.h"
 
-#include <httplib.h>
 #include <simdjson.h>
 
 #include <algorithm>
@@ -19,6 +18,7 @@
 #include <absl/container/flat_hash_map.h>
 
 #include "common/time.h"
+#include "serve/http_loop.h"
 #include "serve/json.h"
 
 namespace freshet {
@@ -67,15 +67,6 @@ constexpr const char* kEndpoints[] = {
 constexpr std::string_view kEntityPrefix = "/v1/features/";
 constexpr const char* kJsonType = "application/json";
 constexpr int kMaxStatus = 600;
-
-// Per-request bookkeeping for the metrics. httplib serves a request on one worker thread from the end of its
-// headers (pre-routing handler) to the response written (logger), so a thread-local carries it across.
-struct RequestContext {
-  bool active = false;  // Set by the pre-routing handler; requests too malformed to reach it leave it unset.
-  Route route = kRouteUnmatched;
-  std::chrono::steady_clock::time_point start;
-};
-thread_local RequestContext t_request;
 
 Route MatchRoute(std::string_view path) {
   if (path == "/v1/features") return kRouteBatchFeatures;
@@ -175,14 +166,14 @@ std::string Quoted(std::string_view text) {
   return out;
 }
 
-void SetBody(httplib::Response& res, int status, std::string body, const char* content_type) {
+void SetBody(HttpResponse& res, int status, std::string body, const char* content_type) {
   res.status = status;
   res.body = std::move(body);
-  res.set_header("Content-Type", content_type);
+  res.content_type = content_type;
 }
 
 // {"error": message} plus, when given, `list_key`: [list...].
-void SetError(httplib::Response& res, int status, std::string_view message, std::string_view list_key = {},
+void SetError(HttpResponse& res, int status, std::string_view message, std::string_view list_key = {},
               const std::vector<std::string>& list = {}) {
   std::string body;
   JsonWriter json(&body);
@@ -197,7 +188,7 @@ void SetError(httplib::Response& res, int status, std::string_view message, std:
 }
 
 // The HTTP status for a service error (see feature_service.h).
-void SetServiceError(httplib::Response& res, const Status& status) {
+void SetServiceError(HttpResponse& res, const Status& status) {
   switch (status.code()) {
     case StatusCode::kOk:
     case StatusCode::kInternal: SetError(res, 500, status.message()); return;
@@ -205,7 +196,7 @@ void SetServiceError(httplib::Response& res, const Status& status) {
     case StatusCode::kNotFound: SetError(res, 404, status.message()); return;
     case StatusCode::kIoError:
       SetError(res, 503, status.message());
-      res.set_header("Retry-After", "1");
+      res.SetHeader("Retry-After", "1");
       return;
   }
   SetError(res, 500, status.message());
@@ -251,33 +242,6 @@ std::string MediaType(std::string_view content_type) {
 
 bool IsBodyMethod(std::string_view method) {
   return method == "POST" || method == "PUT" || method == "PATCH" || method == "DELETE";
-}
-
-// Why the body of `req` cannot be delimited safely, or "" when it can. httplib takes the first of several
-// Content-Length headers and reads no body at all for GET, HEAD and OPTIONS; anything it leaves unread would
-// be parsed as the next request on the connection (request smuggling, or answers out of step).
-std::string FramingProblem(const httplib::Request& req) {
-  const size_t lengths = req.get_header_value_count("Content-Length");
-  const bool chunked = req.has_header("Transfer-Encoding");
-  if (lengths > 1) return "the request has several Content-Length headers; send one";
-  if (chunked && (req.get_header_value_count("Transfer-Encoding") > 1 ||
-                  ToLower(Trim(req.get_header_value("Transfer-Encoding"))) != "chunked")) {
-    return "Transfer-Encoding " + Quoted(req.get_header_value("Transfer-Encoding")) +
-           " is not supported; send the body with Content-Length or Transfer-Encoding: chunked";
-  }
-  if (lengths == 1) {
-    const std::string length = req.get_header_value("Content-Length");
-    if (length.empty() || length.find_first_not_of("0123456789") != std::string::npos) {
-      return "Content-Length " + Quoted(length) + " is not a number of bytes";
-    }
-    if (chunked) return "the request has both Content-Length and Transfer-Encoding; send one";
-  }
-  if (!IsBodyMethod(req.method) && (chunked || (lengths == 1 && req.get_header_value("Content-Length")
-                                                                      .find_first_not_of('0') != std::string::npos))) {
-    return req.method + " requests take no body; put parameters in the query string, or use POST /v1/features "
-                        "for a JSON request";
-  }
-  return "";
 }
 
 std::string SpecJson(const Spec& spec) {
@@ -333,46 +297,41 @@ std::string SpecJson(const Spec& spec) {
 
 }  // namespace
 
-struct HttpServer::Impl {
+struct HttpServer::Impl final : HttpHandler {
   Impl(FeatureService& service_in, MetricsRegistry& metrics_in, HttpServerOptions options_in);
 
-  // Request handling, on the server's threads. `body` is empty for methods without one.
-  void Handle(const httplib::Request& req, httplib::Response& res, std::string_view body);
-  void HandleEntityFeatures(std::string_view path, std::string_view query, const std::string& request_id,
-                            httplib::Response& res);
-  void HandleBatchFeatures(std::string_view body, const std::string& request_id, httplib::Response& res);
-  std::string RequestId(const httplib::Request& req);
-  void HandleIngest(const httplib::Request& req, std::string_view body, httplib::Response& res);
-  void HandleHealth(httplib::Response& res);
-  void HandleMetrics(httplib::Response& res);
-  // Reads the body of a POST/PUT/PATCH/DELETE with the size limit; false after writing an error response.
-  bool ReadBody(const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader,
-                std::string* body);
-  // Fills in responses httplib produced itself (malformed requests, 413 on Content-Length), which also close
-  // the connection.
-  httplib::Server::HandlerResponse HandleHttplibError(const httplib::Request& req, httplib::Response& res);
-  void RecordRequest(int status);
+  // HttpHandler: called on the loop threads, and on the blocking pool for ingests and blocking lookups.
+  bool MayBlock(const HttpRequest& req) const override;
+  void Handle(const HttpRequest& req, HttpResponse* res) override;
+  void Refuse(const HttpRequest& req, int status, std::string_view message, HttpResponse* res) override;
 
-  bool Authorized(const httplib::Request& req, std::string* why) const;
+  // Answers a request on `route` (MatchRoute of its path).
+  void Serve(const HttpRequest& req, Route route, HttpResponse& res);
+  void HandleEntityFeatures(std::string_view path, std::string_view query, const std::string& request_id,
+                            HttpResponse& res);
+  void HandleBatchFeatures(std::string_view body, const std::string& request_id, HttpResponse& res);
+  std::string RequestId(const HttpRequest& req);
+  void HandleIngest(const HttpRequest& req, HttpResponse& res);
+  void HandleHealth(HttpResponse& res);
+  void HandleMetrics(HttpResponse& res);
+  // Counts the answer to `req` on `route`, and its service time when its headers were complete.
+  void RecordRequest(const HttpRequest& req, Route route, int status);
+
+  bool Authorized(const HttpRequest& req, std::string* why) const;
   // Feature names -> indices (spec order when `names` is absent); false after writing a 400.
   bool ResolveFeatures(const std::optional<std::vector<std::string_view>>& names, std::vector<int>* features,
-                       httplib::Response& res) const;
+                       HttpResponse& res) const;
   // Looks up `entities` and writes the response; `single` selects the GET shape.
   void Answer(const std::string& request_id, std::span<const std::string_view> entities, int64_t as_of_ms,
               const std::vector<int>& features,
-              bool single, httplib::Response& res);
+              bool single, HttpResponse& res);
   Counter& RequestCounter(Route route, int status);
 
   FeatureService& service;
   MetricsRegistry& metrics;
   const HttpServerOptions options;
   std::string bearer_token;  // options.bearer_token without surrounding whitespace.
-  httplib::Server server;
-  std::thread listener;
-  int bound_port = 0;
-  bool started = false;
-  bool stopped = false;
-  std::atomic<bool> listener_done{false};  // listen_after_bind returned.
+  std::unique_ptr<HttpLoop> loop;  // Set by Start.
 
   absl::flat_hash_map<std::string, int> feature_index;
   std::vector<std::string> feature_names;  // Spec order, for error messages.
@@ -425,25 +384,42 @@ Counter& HttpServer::Impl::RequestCounter(Route route, int status) {
   return *counter;
 }
 
-void HttpServer::Impl::RecordRequest(int status) {
-  RequestContext& context = t_request;
-  const Route route = context.active ? context.route : kRouteUnmatched;
+void HttpServer::Impl::RecordRequest(const HttpRequest& req, Route route, int status) {
   RequestCounter(route, status).Increment();
-  if (context.active) {
-    const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - context.start;
+  if (req.start != std::chrono::steady_clock::time_point()) {
+    const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - req.start;
     latency[route]->Observe(elapsed.count());
   }
-  context = RequestContext();
 }
 
-bool HttpServer::Impl::Authorized(const httplib::Request& req, std::string* why) const {
+Route RouteOf(const HttpRequest& req) {
+  return req.target.empty() ? kRouteUnmatched : MatchRoute(req.target.substr(0, req.target.find('?')));
+}
+
+bool HttpServer::Impl::MayBlock(const HttpRequest& req) const {
+  const Route route = RouteOf(req);
+  return route == kRouteIngest ||
+         ((route == kRouteEntityFeatures || route == kRouteBatchFeatures) && service.LookupBlocks());
+}
+
+void HttpServer::Impl::Handle(const HttpRequest& req, HttpResponse* res) {
+  const Route route = RouteOf(req);
+  Serve(req, route, *res);
+  RecordRequest(req, route, res->status);
+}
+
+void HttpServer::Impl::Refuse(const HttpRequest& req, int status, std::string_view message, HttpResponse* res) {
+  SetError(*res, status, message);
+  RecordRequest(req, RouteOf(req), status);
+}
+
+bool HttpServer::Impl::Authorized(const HttpRequest& req, std::string* why) const {
   if (bearer_token.empty()) return true;
-  if (!req.has_header("Authorization")) {
+  if (req.HeaderCount("Authorization") == 0) {
     *why = "this endpoint requires the header 'Authorization: Bearer <token>' with the token freshet run was given";
     return false;
   }
-  const std::string header = req.get_header_value("Authorization");
-  const std::string_view value = Trim(header);
+  const std::string_view value = Trim(req.Header("Authorization"));
   if (value.size() < 7 || ToLower(value.substr(0, 6)) != "bearer" || value[6] != ' ') {
     *why = "the Authorization header must be 'Bearer <token>'";
     return false;
@@ -455,29 +431,32 @@ bool HttpServer::Impl::Authorized(const httplib::Request& req, std::string* why)
   return true;
 }
 
-void HttpServer::Impl::Handle(const httplib::Request& req, httplib::Response& res, std::string_view body) {
+void HttpServer::Impl::Serve(const HttpRequest& req, Route route, HttpResponse& res) {
   const std::string_view target = req.target;
   const size_t question = target.find('?');
   const std::string_view path = target.substr(0, question);
   const std::string_view query = question == std::string_view::npos ? std::string_view() : target.substr(question + 1);
-  const Route route = MatchRoute(path);
-  t_request.route = route;
 
+  // A multipart body is refused whatever the endpoint, as one over the size limit is (before the token).
+  if (IsBodyMethod(req.method) && MediaType(req.Header("Content-Type")) == "multipart/form-data") {
+    SetError(res, 415, "multipart/form-data bodies are not accepted; send the JSON as the body itself");
+    return;
+  }
   std::string why;
   if (kRoutes[route].admin && !Authorized(req, &why)) {
     unauthorized->Increment();
-    res.set_header("WWW-Authenticate", "Bearer realm=\"freshet\"");
+    res.SetHeader("WWW-Authenticate", "Bearer realm=\"freshet\"");
     SetError(res, 401, why);
     return;
   }
   if (route == kRouteUnmatched || route == kRouteAdmin) {
-    std::string message = "no endpoint at " + req.method + " " + Quoted(path);
+    std::string message = "no endpoint at " + std::string(req.method) + " " + Quoted(path);
     if (path.starts_with(kEntityPrefix)) message += "; an entity that contains '/' must be sent as %2F";
     SetError(res, 404, message, "endpoints", std::vector<std::string>(std::begin(kEndpoints), std::end(kEndpoints)));
     return;
   }
   if (!MethodAllowed(route, req.method)) {
-    res.set_header("Allow", kRoutes[route].allow);
+    res.SetHeader("Allow", kRoutes[route].allow);
     SetError(res, 405,
              "method " + Quoted(req.method) + " is not allowed on " + kRoutes[route].label + "; use " +
                  kRoutes[route].allow);
@@ -493,8 +472,8 @@ void HttpServer::Impl::Handle(const httplib::Request& req, httplib::Response& re
   }
   switch (route) {
     case kRouteEntityFeatures: HandleEntityFeatures(path, query, RequestId(req), res); return;
-    case kRouteBatchFeatures: HandleBatchFeatures(body, RequestId(req), res); return;
-    case kRouteIngest: HandleIngest(req, body, res); return;
+    case kRouteBatchFeatures: HandleBatchFeatures(req.body, RequestId(req), res); return;
+    case kRouteIngest: HandleIngest(req, res); return;
     case kRouteHealth: HandleHealth(res); return;
     case kRouteMetrics: HandleMetrics(res); return;
     case kRouteSpec: SetBody(res, 200, spec_json, kJsonType); return;
@@ -506,7 +485,7 @@ void HttpServer::Impl::Handle(const httplib::Request& req, httplib::Response& re
 }
 
 bool HttpServer::Impl::ResolveFeatures(const std::optional<std::vector<std::string_view>>& names,
-                                       std::vector<int>* features, httplib::Response& res) const {
+                                       std::vector<int>* features, HttpResponse& res) const {
   features->clear();
   if (!names) {
     for (size_t k = 0; k < feature_names.size(); ++k) features->push_back(static_cast<int>(k));
@@ -542,7 +521,7 @@ bool HttpServer::Impl::ResolveFeatures(const std::optional<std::vector<std::stri
 }
 
 void HttpServer::Impl::HandleEntityFeatures(std::string_view path, std::string_view query, const std::string& request_id,
-                                            httplib::Response& res) {
+                                            HttpResponse& res) {
   std::string entity;
   if (!PercentDecode(path.substr(kEntityPrefix.size()), &entity)) {
     SetError(res, 400, "the entity in the path is not valid percent-encoding ('%' must be followed by two hex "
@@ -615,7 +594,7 @@ void HttpServer::Impl::HandleEntityFeatures(std::string_view path, std::string_v
 }
 
 void HttpServer::Impl::HandleBatchFeatures(std::string_view body, const std::string& request_id,
-                                           httplib::Response& res) {
+                                           HttpResponse& res) {
   static constexpr std::string_view kShape =
       "; send {\"entities\": [\"u1\", \"u2\"], \"features\": [\"name\", ...] (optional), \"at\": "
       "epoch ms or RFC 3339 (optional)}";
@@ -739,11 +718,11 @@ void HttpServer::Impl::HandleBatchFeatures(std::string_view body, const std::str
 
 // The client's X-Request-Id when it is a sensible token (printable, at most 128 bytes), else a new one:
 // a per-process random prefix and a counter, unique within the feature log.
-std::string HttpServer::Impl::RequestId(const httplib::Request& req) {
-  const std::string& given = req.get_header_value("X-Request-Id");
+std::string HttpServer::Impl::RequestId(const HttpRequest& req) {
+  const std::string_view given = req.Header("X-Request-Id");
   if (!given.empty() && given.size() <= 128 &&
       std::all_of(given.begin(), given.end(), [](char c) { return c > 32 && c < 127; })) {
-    return given;
+    return std::string(given);
   }
   static const uint64_t prefix = std::chrono::steady_clock::now().time_since_epoch().count() ^
                                  static_cast<uint64_t>(WallClockMs()) << 20;
@@ -755,7 +734,7 @@ std::string HttpServer::Impl::RequestId(const httplib::Request& req) {
 }
 
 void HttpServer::Impl::Answer(const std::string& request_id, std::span<const std::string_view> entities, int64_t as_of_ms,
-                              const std::vector<int>& features, bool single, httplib::Response& res) {
+                              const std::vector<int>& features, bool single, HttpResponse& res) {
   std::string body;
   std::string shape_error;
   const Status status =
@@ -804,12 +783,12 @@ void HttpServer::Impl::Answer(const std::string& request_id, std::span<const std
     return;
   }
   lookup_entities->Increment(entities.size());
-  res.set_header("X-Request-Id", request_id);
+  res.SetHeader("X-Request-Id", request_id);
   SetBody(res, 200, std::move(body), kJsonType);
 }
 
-void HttpServer::Impl::HandleIngest(const httplib::Request& req, std::string_view body, httplib::Response& res) {
-  const std::string media_type = MediaType(req.get_header_value("Content-Type"));
+void HttpServer::Impl::HandleIngest(const HttpRequest& req, HttpResponse& res) {
+  const std::string media_type = MediaType(req.Header("Content-Type"));
   IngestFormat format;
   if (media_type == "application/x-ndjson" || media_type == "application/jsonl" ||
       media_type == "application/json-lines" || media_type == "application/jsonlines" ||
@@ -823,7 +802,7 @@ void HttpServer::Impl::HandleIngest(const httplib::Request& req, std::string_vie
                            (media_type.empty() ? std::string("no Content-Type") : Quoted(media_type)));
     return;
   }
-  Result<IngestAck> ack = service.Ingest(body, format);
+  Result<IngestAck> ack = service.Ingest(req.body, format);
   if (!ack.ok()) {
     SetServiceError(res, ack.status());
     return;
@@ -833,7 +812,7 @@ void HttpServer::Impl::HandleIngest(const httplib::Request& req, std::string_vie
   SetBody(res, 200, std::move(out), kJsonType);
 }
 
-void HttpServer::Impl::HandleHealth(httplib::Response& res) {
+void HttpServer::Impl::HandleHealth(HttpResponse& res) {
   const HealthReport health = service.Health();
   std::string body;
   JsonWriter json(&body);
@@ -847,75 +826,11 @@ void HttpServer::Impl::HandleHealth(httplib::Response& res) {
   SetBody(res, health.ok ? 200 : 503, std::move(body), kJsonType);
 }
 
-void HttpServer::Impl::HandleMetrics(httplib::Response& res) {
+void HttpServer::Impl::HandleMetrics(HttpResponse& res) {
   std::string text;
   metrics.AppendText(&text);
   service.AppendMetrics(&text);
   SetBody(res, 200, std::move(text), "text/plain; version=0.0.4; charset=utf-8");
-}
-
-bool HttpServer::Impl::ReadBody(const httplib::Request& req, httplib::Response& res,
-                                const httplib::ContentReader& reader, std::string* body) {
-  // A body past the limit (or one we refuse) is still read to its end and discarded, up to kMaxDrainBytes, so
-  // that the client gets the error and the connection stays usable. httplib 0.11 enforces the limit itself
-  // only for Content-Length bodies (skipping them); chunked ones are counted here.
-  constexpr size_t kMaxDrainBytes = size_t{64} << 20;
-  const size_t limit = options.max_body_bytes;
-  const bool multipart = req.is_multipart_form_data();
-  size_t received = 0;
-  bool too_large = false;
-  auto take = [&](const char* data, size_t length) {
-    received += length;
-    if (received > limit || multipart) {
-      if (!too_large && received > limit) {
-        too_large = true;
-        std::string().swap(*body);
-      }
-      return received - std::min(received, limit) <= kMaxDrainBytes;
-    }
-    body->append(data, length);
-    return true;
-  };
-  // httplib hands multipart bodies only to the two-callback form; they are drained, then refused.
-  const bool read = multipart ? reader([](const httplib::MultipartFormData&) { return true; }, take) : reader(take);
-  // Not read to its end: the rest would be taken for the next request, so the connection must be closed.
-  if (!read) res.set_header("Connection", "close");
-  if (too_large || res.status == 413) {
-    SetError(res, 413, "the request body is larger than the limit of " + std::to_string(limit) +
-                           " bytes; split it into smaller requests");
-    return false;
-  }
-  if (multipart) {
-    SetError(res, 415, "multipart/form-data bodies are not accepted; send the JSON as the body itself");
-    return false;
-  }
-  if (!read) {
-    SetError(res, 400, "the request body could not be read (truncated, or malformed chunked encoding)");
-    return false;
-  }
-  return true;
-}
-
-httplib::Server::HandlerResponse HttpServer::Impl::HandleHttplibError(const httplib::Request& req,
-                                                                     httplib::Response& res) {
-  if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;  // One of ours.
-  std::string message;
-  switch (res.status) {
-    case 400: message = "malformed HTTP request"; break;
-    case 413:
-      message = "the request body is larger than the limit of " + std::to_string(options.max_body_bytes) +
-                " bytes; split it into smaller requests";
-      break;
-    case 414: message = "the request URI is too long"; break;
-    case 416: message = "the requested range cannot be satisfied; send the request without a Range header"; break;
-    default: message = "HTTP error " + std::to_string(res.status) + " on " + Quoted(req.target); break;
-  }
-  SetError(res, res.status, message);
-  // httplib did not read the request to its end (a malformed request line or headers, an overlong URI), and
-  // whatever follows will be taken for more requests: tell the client to close the connection, or it could
-  // read the answers to those as answers to its next requests.
-  res.set_header("Connection", "close");
-  return httplib::Server::HandlerResponse::Handled;
 }
 
 HttpServer::HttpServer(FeatureService& service, MetricsRegistry& metrics, HttpServerOptions options)
@@ -923,122 +838,29 @@ HttpServer::HttpServer(FeatureService& service, MetricsRegistry& metrics, HttpSe
 
 HttpServer::~HttpServer() { Stop(); }
 
-int HttpServer::port() const { return impl_->bound_port; }
+int HttpServer::port() const { return impl_->loop ? impl_->loop->port() : 0; }
 
 Status HttpServer::Start() {
   Impl& impl = *impl_;
   const HttpServerOptions& options = impl.options;
-  if (impl.started) return Status::Internal("HttpServer::Start called twice");
+  if (impl.loop) return Status::Internal("HttpServer::Start called twice");
   if (options.threads < 1) return Status::Invalid("the HTTP server needs at least 1 thread");
-  if (options.port < 0 || options.port > 65535) {
-    return Status::Invalid("port " + std::to_string(options.port) + " is not in 0..65535 (0 picks a free one)");
-  }
-  if (options.max_body_bytes == 0) return Status::Invalid("the maximum request body must be at least 1 byte");
-  if (options.keep_alive_timeout_sec < 0 || options.io_timeout_sec < 1) {
-    return Status::Invalid("HTTP timeouts must be positive");
-  }
-
-  httplib::Server& server = impl.server;
-  const size_t threads = static_cast<size_t>(options.threads);
-  server.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  // Inference clients keep their connections; closing one every 1000 requests (httplib's default) put a
-  // reconnect into the latency tail every 50 ms at 20,000 requests/s.
-  server.set_keep_alive_max_count(1000000);
-  server.set_keep_alive_timeout(options.keep_alive_timeout_sec);
-  server.set_read_timeout(options.io_timeout_sec);
-  server.set_write_timeout(options.io_timeout_sec);
-  server.set_tcp_nodelay(true);
-  // httplib's default also sets SO_REUSEPORT, which lets a second server bind the same port and silently
-  // take half the connections; keep only SO_REUSEADDR (quick restarts over TIME_WAIT sockets).
-  server.set_socket_options([](socket_t sock) {
-    int yes = 1;
-    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-  });
-  server.set_payload_max_length(options.max_body_bytes);
-
-  // Requests without a body are answered here, before httplib's regex routing; the others are routed to
-  // the catch-all handlers below, which read the body with the size limit.
-  server.set_pre_routing_handler([&impl](const httplib::Request& req, httplib::Response& res) {
-    t_request = RequestContext{true, kRouteUnmatched, std::chrono::steady_clock::now()};
-    // Requests whose body cannot be delimited for sure are refused before any of it is read, and the client
-    // is asked to close the connection, since what follows on it cannot be trusted to be a request.
-    if (const std::string problem = FramingProblem(req); !problem.empty()) {
-      t_request.route = MatchRoute(std::string_view(req.target).substr(0, req.target.find('?')));
-      res.set_header("Connection", "close");
-      SetError(res, 400, problem);
-      return httplib::Server::HandlerResponse::Handled;
-    }
-    if (IsBodyMethod(req.method)) return httplib::Server::HandlerResponse::Unhandled;
-    impl.Handle(req, res, std::string_view());
-    return httplib::Server::HandlerResponse::Handled;
-  });
-  const httplib::Server::HandlerWithContentReader with_body =
-      [&impl](const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& reader) {
-        std::string body;
-        if (impl.ReadBody(req, res, reader, &body)) impl.Handle(req, res, body);
-      };
-  // httplib matches the percent-decoded path, and '.' would not match a decoded newline: such a request
-  // would fall through to httplib's own body reading, without our limit on chunked bodies.
-  const std::string any_path = "[\\s\\S]*";
-  server.Post(any_path, with_body);
-  server.Put(any_path, with_body);
-  server.Patch(any_path, with_body);
-  server.Delete(any_path, with_body);
-  server.set_error_handler(httplib::Server::HandlerWithResponse(
-      [&impl](const httplib::Request& req, httplib::Response& res) { return impl.HandleHttplibError(req, res); }));
-  server.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr error) {
-    std::string what = "unknown exception";
-    try {
-      if (error) std::rethrow_exception(error);
-    } catch (const std::exception& e) {
-      what = e.what();
-    } catch (...) {
-    }
-    SetError(res, 500, "internal error while answering the request: " + what);
-  });
-  server.set_logger([&impl](const httplib::Request&, const httplib::Response& res) { impl.RecordRequest(res.status); });
-
-  errno = 0;
-  int port = -1;
-  if (options.port == 0) {
-    port = server.bind_to_any_port(options.host);
-  } else if (server.bind_to_port(options.host, options.port)) {
-    port = options.port;
-  }
-  if (port <= 0) {
-    const int saved = errno;
-    return Status::IoError("cannot listen on " + options.host + ":" + std::to_string(options.port) +
-                           (saved != 0 ? std::string(": ") + std::strerror(saved) : std::string()) +
-                           "; is the port in use, or the host not an address of this machine?");
-  }
-  impl.bound_port = port;
-  impl.started = true;
-  impl.listener = std::thread([&impl] {
-    impl.server.listen_after_bind();
-    impl.listener_done.store(true);
-  });
-  // Stop() only works once the accept loop runs; wait for it so that Start-then-Stop cannot hang.
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (!server.is_running() && !impl.listener_done.load() && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  if (!server.is_running()) {
-    return Status::Internal("the HTTP server on port " + std::to_string(port) + " did not start within 10s");
-  }
-  return Status::Ok();
+  HttpLoopOptions loop;
+  loop.host = options.host;
+  loop.port = options.port;
+  loop.loop_threads = options.loop_threads;
+  loop.blocking_threads = options.threads;
+  loop.max_body_bytes = options.max_body_bytes;
+  loop.keep_alive_timeout_sec = options.keep_alive_timeout_sec;
+  loop.io_timeout_sec = options.io_timeout_sec;
+  impl.loop = std::make_unique<HttpLoop>(impl, loop);
+  Status started = impl.loop->Start();
+  if (!started.ok()) impl.loop.reset();
+  return started;
 }
 
 void HttpServer::Stop() {
-  Impl& impl = *impl_;
-  if (!impl.started || impl.stopped) return;
-  impl.stopped = true;
-  // httplib's stop() is lost if it comes before the accept loop has started (Start waits for that, but may
-  // have given up), so wait for the loop to run or to have ended.
-  while (!impl.server.is_running() && !impl.listener_done.load()) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  impl.server.stop();
-  if (impl.listener.joinable()) impl.listener.join();
+  if (impl_->loop) impl_->loop->Stop();
 }
 
 }  // namespace freshet

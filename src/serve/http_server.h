@@ -17,10 +17,9 @@
 //   at         epoch milliseconds (an integer) or RFC 3339 text with Z or an offset; absent: the wall clock
 //              now. In a query string '+' is taken literally (an offset like +01:00 may be sent unencoded).
 //   Unknown query parameters and unknown keys in a POST body are 400s that name the valid ones.
-//   Bodies must be delimited unambiguously: a body on GET/HEAD/OPTIONS (httplib would not read it), several
-//   Content-Length headers, Content-Length with Transfer-Encoding, or a Transfer-Encoding other than
-//   chunked is a 400 with `Connection: close`, as is a request httplib cannot parse: whatever follows on
-//   such a connection cannot be trusted to be the next request.
+//   The wire protocol (keep-alive, pipelining, framing, 100-continue, limits and timeouts) is HttpLoop's, in
+//   serve/http_loop.h: a request whose body cannot be delimited unambiguously is a 400 with
+//   `Connection: close`, a body over max_body_bytes a 413.
 // Responses:
 //   GET  {"entity":"u1","as_of":"2026-01-01T00:10:00.000Z","as_of_ms":1767226200000,"known":true,
 //         "newest_event_age_ms":1234,"features":{"purchase_count_30m":3,"avg_txn_amount_1h":12.5,"x":null}}
@@ -32,8 +31,9 @@
 //        answered as their decimal text, as in events).
 //   Errors: {"error":"what is wrong and how to fix it", ...}: 400 malformed request (bad JSON, wrong types,
 //   bad `at`, unknown feature, too many entities), 401 missing or wrong token, 404 unknown path (lists the
-//   endpoints), 405 wrong method (with Allow), 413 body over max_body_bytes, 415 ingest with another
-//   Content-Type, 503 service unavailable or degraded; see feature_service.h for how service errors map.
+//   endpoints), 405 wrong method (with Allow), 413 body over max_body_bytes, 414 request line over 8 KiB,
+//   415 ingest with another Content-Type or any multipart body, 431 headers over 64 KiB, 503 service
+//   unavailable or degraded; see feature_service.h for how service errors map.
 //
 // Auth: with a bearer token configured, /v1/ingest and everything under /v1/admin require
 // `Authorization: Bearer <token>`, compared in constant time; a missing or wrong token is a 401 counted in
@@ -45,13 +45,14 @@
 // reads must be private. The token travels in clear text: there is no TLS here.
 //
 // Metrics (in the MetricsRegistry given): freshet_http_requests_total{route,status},
-// freshet_http_request_duration_seconds{route} (from the end of the request headers to the response written),
+// freshet_http_request_duration_seconds{route} (from the end of the request's headers to its answer made),
 // freshet_http_unauthorized_total, freshet_http_lookup_entities_total. `route` is the endpoint pattern
 // (e.g. "/v1/features/{entity}"), or "unmatched" for unknown paths and requests too malformed to route.
 //
-// Threads: a fixed pool of `threads` workers; each serves one connection at a time, keeping it open for up
-// to keep_alive_timeout_sec between requests, so more than `threads` idle keep-alive clients queue.
-// Start and Stop are called from one thread; everything else happens on the server's threads.
+// Threads: `loop_threads` event loops (one per core by default) read, answer and write requests; ingests, and
+// lookups of a service whose LookupBlocks() is true, run on `threads` blocking threads instead, so a wait for
+// fsync or Redis does not stall other connections. Start and Stop are called from one thread; everything
+// else happens on the server's threads.
 #pragma once
 
 #include <cstddef>
@@ -77,8 +78,10 @@ struct HttpServerOptions {
   size_t max_body_bytes = size_t{8} << 20;
   // Most entities in one POST /v1/features; more is a 400. Default 10,000.
   size_t max_entities_per_request = 10000;
-  // Worker threads (connections served at once). Default 8.
+  // Threads for requests that may block (ingests, lookups over Redis): as many are served at once. Default 8.
   int threads = 8;
+  // Event-loop threads that serve every connection. 0 (default): one per core, at most 4.
+  int loop_threads = 0;
   // How long an idle keep-alive connection is kept, in seconds. Default 5.
   int keep_alive_timeout_sec = 5;
   // How long a read or write on a connection may stall before it is dropped, in seconds. Default 5.
@@ -98,8 +101,8 @@ class HttpServer {
   // may be sent as soon as it returns). Fails when the address cannot be bound (port in use, bad host,
   // invalid options). Call at most once.
   Status Start();
-  // Stops accepting, finishes the requests in progress, and joins the threads. Idempotent. Idle keep-alive
-  // connections may delay it by up to keep_alive_timeout_sec.
+  // Stops accepting, closes idle connections, finishes the requests in progress (waiting at most
+  // io_timeout_sec for ones still arriving), and joins the threads. Idempotent.
   void Stop();
   // The bound port (useful with port 0), or 0 before Start.
   int port() const;

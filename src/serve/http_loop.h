@@ -1,0 +1,133 @@
+// HttpLoop: Freshet's HTTP/1.1 server core: sockets, framing and keep-alive, without any endpoint logic.
+//
+// Why not a thread per connection (cpp-httplib, which served `freshet run` before): every request then wakes
+// the one thread that owns its connection, and at 20,000 lookups/s on two cores a third of the server's time
+// went to switching threads. Here a few event-loop threads (one per core by default) each own an epoll set and
+// the connections they accepted; a request is read, parsed, answered and written on that thread, and a loop
+// that finds several connections ready serves them all in one wake-up. Handlers that may block (an ingest that
+// waits for fsync, a lookup that asks Redis) run on a separate pool of blocking threads, so they never stall
+// the other connections of their loop; their connection reads nothing more until the answer is written, which
+// keeps pipelined answers in request order.
+//
+// The wire protocol, as served:
+//   - HTTP/1.1 and HTTP/1.0 requests; answers are HTTP/1.1. Connections are kept alive unless the client
+//     says `Connection: close` (or is HTTP/1.0 without `Connection: keep-alive`). Pipelined requests are
+//     answered in order.
+//   - Bodies are framed by one Content-Length or by `Transfer-Encoding: chunked` (trailers are read and
+//     ignored). Anything ambiguous is refused with 400 and `Connection: close` before any body is read, since
+//     what follows on such a connection cannot be trusted to be the next request: several Content-Length
+//     headers, a Content-Length that is not a number, both Content-Length and Transfer-Encoding, another
+//     Transfer-Encoding, a body on a method that takes none (GET, HEAD, OPTIONS, TRACE), an HTTP version
+//     other than 1.0 and 1.1, a malformed request line or header.
+//   - A body over max_body_bytes is a 413. The rest of it is read and discarded (up to 64 MiB past the limit)
+//     so that the connection serves the next request; past that, or when the client waits for
+//     `Expect: 100-continue`, the 413 is sent at once and the connection closed.
+//   - `Expect: 100-continue` is answered with `100 Continue` before the body is read.
+//   - A request line over 8 KiB is a 414, headers over 64 KiB or 100 fields a 431; both close the connection.
+//   - HEAD is answered with the headers of the GET answer and no body.
+//   - A connection idle between requests for keep_alive_timeout_sec is closed; one whose request or answer
+//     makes no progress for io_timeout_sec is dropped.
+//
+// Thread-safety: Start and Stop are called from one thread. The handler is called concurrently from the loop
+// threads and the blocking pool.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "common/status.h"
+
+namespace freshet {
+
+// A request as parsed from the wire. Every view points into the connection's buffers and stays valid until
+// the handler returns.
+struct HttpRequest {
+  std::string_view method;  // As sent ("GET"); empty when the request line could not be parsed.
+  std::string_view target;  // The request target as sent, undecoded: path and query string.
+  int minor_version = 1;    // HTTP/1.<minor_version>.
+  std::vector<std::pair<std::string_view, std::string_view>> headers;  // Values without surrounding blanks.
+  std::string_view body;    // The whole body (de-chunked); empty when there is none.
+  // When the request's headers were complete: the start of its service time.
+  std::chrono::steady_clock::time_point start;
+
+  // The value of the first header named `name` (case-insensitive), or "" when there is none.
+  std::string_view Header(std::string_view name) const;
+  // How many headers are named `name` (case-insensitive).
+  size_t HeaderCount(std::string_view name) const;
+};
+
+// The answer to one request. The loop adds the status line, Content-Length and, when the connection is to
+// close, `Connection: close`.
+struct HttpResponse {
+  int status = 200;
+  std::string content_type = "application/json";
+  std::string body;
+  std::vector<std::pair<std::string, std::string>> headers;  // Extra headers, in order.
+  bool close = false;  // Close the connection once this answer is written.
+
+  void SetHeader(std::string name, std::string value) { headers.emplace_back(std::move(name), std::move(value)); }
+};
+
+// What an HttpLoop serves. Called concurrently from several threads.
+class HttpHandler {
+ public:
+  virtual ~HttpHandler() = default;
+  // True when Handle(request) may block (waiting for a disk or another server): it then runs on the blocking
+  // pool instead of the loop thread. Must be cheap.
+  virtual bool MayBlock(const HttpRequest& request) const = 0;
+  // Answers a well-framed request whose whole body (within the limit) has arrived.
+  virtual void Handle(const HttpRequest& request, HttpResponse* response) = 0;
+  // Answers a request the loop refuses itself: `status` is 400, 413, 414 or 431, `message` says why (a
+  // sentence for the client). `request` holds what could be parsed (method and target may be empty). The
+  // loop closes the connection afterwards unless `status` is 413 with the body drained.
+  virtual void Refuse(const HttpRequest& request, int status, std::string_view message, HttpResponse* response) = 0;
+};
+
+struct HttpLoopOptions {
+  // Address to listen on (a numeric IPv4 or IPv6 address, or a host name that resolves to one).
+  std::string host = "127.0.0.1";
+  // TCP port; 0 picks a free one (see HttpLoop::port()).
+  int port = 0;
+  // Event-loop threads. 0 (default): one per core, at most 4.
+  int loop_threads = 0;
+  // Threads that run handlers that may block; as many blocking requests are served at once. Default 8.
+  int blocking_threads = 8;
+  // Largest request body, in bytes (de-chunked); larger is a 413. Default 8 MiB.
+  size_t max_body_bytes = size_t{8} << 20;
+  // Most connections open at once; more are closed as soon as they are accepted. Default 10,000.
+  int max_connections = 10000;
+  // Seconds an idle keep-alive connection is kept between requests. Default 5.
+  int keep_alive_timeout_sec = 5;
+  // Seconds a request being received or an answer being sent may make no progress. Default 5.
+  int io_timeout_sec = 5;
+};
+
+class HttpLoop {
+ public:
+  // `handler` must outlive the loop.
+  HttpLoop(HttpHandler& handler, HttpLoopOptions options);
+  // Stops the loop if it runs.
+  ~HttpLoop();
+  HttpLoop(const HttpLoop&) = delete;
+  HttpLoop& operator=(const HttpLoop&) = delete;
+
+  // Binds host:port and starts the threads; returns once the socket listens. Fails when the address cannot
+  // be bound (port in use, bad host) or the options are invalid. Call at most once.
+  Status Start();
+  // Stops accepting, closes idle connections at once, lets requests in progress finish (for at most
+  // io_timeout_sec), and joins the threads. Idempotent; harmless after a failed Start.
+  void Stop();
+  // The bound port, or 0 before Start.
+  int port() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace freshet
