@@ -23,6 +23,8 @@
 
 #include <absl/container/flat_hash_map.h>
 
+#include "common/text.h"
+
 namespace freshet {
 namespace {
 
@@ -44,22 +46,6 @@ constexpr size_t kReadChunk = 16 * 1024;
 constexpr auto kLingerTime = std::chrono::seconds(2);
 // How often each loop looks for connections past their deadline.
 constexpr int kTimerTickMs = 200;
-
-char LowerAscii(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; }
-
-bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t k = 0; k < a.size(); ++k) {
-    if (LowerAscii(a[k]) != LowerAscii(b[k])) return false;
-  }
-  return true;
-}
-
-std::string_view TrimBlanks(std::string_view text) {
-  while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) text.remove_prefix(1);
-  while (!text.empty() && (text.back() == ' ' || text.back() == '\t')) text.remove_suffix(1);
-  return text;
-}
 
 // True when the comma-separated header value lists `token` (case-insensitive), as Connection does.
 bool ListsToken(std::string_view value, std::string_view token) {
@@ -103,15 +89,6 @@ const char* ReasonPhrase(int status) {
     case 503: return "Service Unavailable";
     default: return status < 400 ? "OK" : (status < 500 ? "Bad Request" : "Internal Server Error");
   }
-}
-
-std::string Quoted(std::string_view text) {
-  constexpr size_t kMaxShown = 100;
-  std::string out = "'";
-  out.append(text.substr(0, kMaxShown));
-  if (text.size() > kMaxShown) out.append("...");
-  out.push_back('\'');
-  return out;
 }
 
 // Runs handlers that may block, first come first served.
@@ -236,17 +213,17 @@ ParseOutcome ParseHeaderSection(std::string_view section, HttpRequest* request) 
   const size_t first_space = line.find(' ');
   const size_t last_space = line.rfind(' ');
   if (first_space == std::string_view::npos || first_space == last_space) {
-    return {400, "malformed request line " + Quoted(line) + "; send 'METHOD /path HTTP/1.1'"};
+    return {400, "malformed request line " + QuotedForMessage(line) + "; send 'METHOD /path HTTP/1.1'"};
   }
   const std::string_view method = line.substr(0, first_space);
   const std::string_view target = line.substr(first_space + 1, last_space - first_space - 1);
   const std::string_view version = line.substr(last_space + 1);
-  if (!IsToken(method)) return {400, "malformed request method " + Quoted(method)};
+  if (!IsToken(method)) return {400, "malformed request method " + QuotedForMessage(method)};
   request->method = method;
   if (target.empty() || std::any_of(target.begin(), target.end(), [](char c) {
         return static_cast<unsigned char>(c) <= 0x20 || c == 0x7f;
       })) {
-    return {400, "malformed request target " + Quoted(target) + "; percent-encode spaces and control characters"};
+    return {400, "malformed request target " + QuotedForMessage(target) + "; percent-encode spaces and control characters"};
   }
   request->target = target;
   if (version == "HTTP/1.1") {
@@ -254,7 +231,7 @@ ParseOutcome ParseHeaderSection(std::string_view section, HttpRequest* request) 
   } else if (version == "HTTP/1.0") {
     request->minor_version = 0;
   } else {
-    return {400, "HTTP version " + Quoted(version) + " is not supported; send HTTP/1.1"};
+    return {400, "HTTP version " + QuotedForMessage(version) + " is not supported; send HTTP/1.1"};
   }
   while (pos < section.size()) {
     line = next_line();
@@ -264,13 +241,13 @@ ParseOutcome ParseHeaderSection(std::string_view section, HttpRequest* request) 
     }
     const size_t colon = line.find(':');
     if (colon == std::string_view::npos || !IsToken(line.substr(0, colon))) {
-      return {400, "malformed header line " + Quoted(line) + "; send 'Name: value'"};
+      return {400, "malformed header line " + QuotedForMessage(line) + "; send 'Name: value'"};
     }
     const std::string_view value = TrimBlanks(line.substr(colon + 1));
     if (std::any_of(value.begin(), value.end(), [](char c) {
           return (static_cast<unsigned char>(c) < 0x20 && c != '\t') || c == 0x7f;
         })) {
-      return {400, "header " + Quoted(line.substr(0, colon)) + " has control characters in its value"};
+      return {400, "header " + QuotedForMessage(line.substr(0, colon)) + " has control characters in its value"};
     }
     if (request->headers.size() == kMaxHeaderFields) {
       return {431, "the request has more than " + std::to_string(kMaxHeaderFields) + " header fields"};
@@ -290,7 +267,7 @@ std::string Framing(const HttpRequest& request, uint64_t* content_length, bool* 
   if (encodings > 0) {
     const std::string_view encoding = request.Header("Transfer-Encoding");
     if (encodings > 1 || !EqualsIgnoreCase(encoding, "chunked")) {
-      return "Transfer-Encoding " + Quoted(encoding) +
+      return "Transfer-Encoding " + QuotedForMessage(encoding) +
              " is not supported; send the body with Content-Length or Transfer-Encoding: chunked";
     }
     *chunked = true;
@@ -299,7 +276,7 @@ std::string Framing(const HttpRequest& request, uint64_t* content_length, bool* 
     const std::string_view length = request.Header("Content-Length");
     auto [end, ec] = std::from_chars(length.data(), length.data() + length.size(), *content_length);
     if (length.empty() || length.find_first_not_of("0123456789") != std::string_view::npos) {
-      return "Content-Length " + Quoted(length) + " is not a number of bytes";
+      return "Content-Length " + QuotedForMessage(length) + " is not a number of bytes";
     }
     if (ec != std::errc() || end != length.data() + length.size()) *content_length = UINT64_MAX;  // Too large.
     if (*chunked) return "the request has both Content-Length and Transfer-Encoding; send one";

@@ -82,9 +82,10 @@ class HttpHandler {
   virtual bool MayBlock(const HttpRequest& request) const = 0;
   // Answers a well-framed request whose whole body (within the limit) has arrived.
   virtual void Handle(const HttpRequest& request, HttpResponse* response) = 0;
-  // Answers a request the loop refuses itself: `status` is 400, 413, 414 or 431, `message` says why (a
-  // sentence for the client). `request` holds what could be parsed (method and target may be empty). The
-  // loop closes the connection afterwards unless `status` is 413 with the body drained.
+  // Answers a request the loop refuses itself: `status` is 400, 413, 414 or 431 (or 500 when Handle threw),
+  // `message` says why (a sentence for the client). `request` holds what could be parsed (method and target
+  // may be empty). The loop closes the connection afterwards unless `status` is 413 with the body drained,
+  // or 500.
   virtual void Refuse(const HttpRequest& request, int status, std::string_view message, HttpResponse* response) = 0;
 };
 

@@ -17,6 +17,7 @@
 
 #include <absl/container/flat_hash_map.h>
 
+#include "common/text.h"
 #include "common/time.h"
 #include "serve/http_loop.h"
 #include "serve/json.h"
@@ -119,18 +120,6 @@ bool PercentDecode(std::string_view in, std::string* out) {
   return true;
 }
 
-std::string_view Trim(std::string_view text) {
-  while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) text.remove_prefix(1);
-  while (!text.empty() && (text.back() == ' ' || text.back() == '\t')) text.remove_suffix(1);
-  return text;
-}
-
-std::string ToLower(std::string_view text) {
-  std::string out(text);
-  for (char& c : out) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
-  return out;
-}
-
 // Runs over the whole expected token whatever `given` is, so the time taken does not reveal how long a
 // prefix of the token a guess got right.
 bool ConstantTimeEquals(std::string_view given, std::string_view expected) {
@@ -155,15 +144,6 @@ size_t EditDistance(std::string_view a, std::string_view b) {
     }
   }
   return row[b.size()];
-}
-
-std::string Quoted(std::string_view text) {
-  constexpr size_t kMaxShown = 100;
-  std::string out = "'";
-  out.append(text.substr(0, kMaxShown));
-  if (text.size() > kMaxShown) out.append("...");
-  out.push_back('\'');
-  return out;
 }
 
 void SetBody(HttpResponse& res, int status, std::string body, const char* content_type) {
@@ -208,7 +188,7 @@ constexpr std::string_view kAtHint =
 // Checks that `at` (epoch ms, as written in the request: `text`) is within the times Freshet handles.
 Result<int64_t> CheckAtRange(int64_t ms, std::string_view text) {
   if (ms < kMinTimeMs || ms > kMaxTimeMs) {
-    return Status::Invalid("'at' " + Quoted(text) + " is outside years 0001-9999" + std::string(kAtHint));
+    return Status::Invalid("'at' " + QuotedForMessage(text) + " is outside years 0001-9999" + std::string(kAtHint));
   }
   return ms;
 }
@@ -223,7 +203,7 @@ Result<int64_t> ParseAt(std::string_view text) {
   if (integer) {
     auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), ms);
     if (ec != std::errc() || end != text.data() + text.size()) {
-      return Status::Invalid("'at' " + Quoted(text) + " is out of range" + std::string(hint));
+      return Status::Invalid("'at' " + QuotedForMessage(text) + " is out of range" + std::string(hint));
     }
   } else {
     Result<int64_t> parsed = ParseRfc3339Ms(text);
@@ -237,7 +217,7 @@ Result<int64_t> ParseAt(std::string_view text) {
 std::string MediaType(std::string_view content_type) {
   const size_t semicolon = content_type.find(';');
   if (semicolon != std::string_view::npos) content_type = content_type.substr(0, semicolon);
-  return ToLower(Trim(content_type));
+  return AsciiLowered(TrimBlanks(content_type));
 }
 
 bool IsBodyMethod(std::string_view method) {
@@ -419,12 +399,12 @@ bool HttpServer::Impl::Authorized(const HttpRequest& req, std::string* why) cons
     *why = "this endpoint requires the header 'Authorization: Bearer <token>' with the token freshet run was given";
     return false;
   }
-  const std::string_view value = Trim(req.Header("Authorization"));
-  if (value.size() < 7 || ToLower(value.substr(0, 6)) != "bearer" || value[6] != ' ') {
+  const std::string_view value = TrimBlanks(req.Header("Authorization"));
+  if (value.size() < 7 || AsciiLowered(value.substr(0, 6)) != "bearer" || value[6] != ' ') {
     *why = "the Authorization header must be 'Bearer <token>'";
     return false;
   }
-  if (!ConstantTimeEquals(Trim(value.substr(7)), bearer_token)) {
+  if (!ConstantTimeEquals(TrimBlanks(value.substr(7)), bearer_token)) {
     *why = "the bearer token is not the one freshet run was given";
     return false;
   }
@@ -450,7 +430,7 @@ void HttpServer::Impl::Serve(const HttpRequest& req, Route route, HttpResponse& 
     return;
   }
   if (route == kRouteUnmatched || route == kRouteAdmin) {
-    std::string message = "no endpoint at " + std::string(req.method) + " " + Quoted(path);
+    std::string message = "no endpoint at " + std::string(req.method) + " " + QuotedForMessage(path);
     if (path.starts_with(kEntityPrefix)) message += "; an entity that contains '/' must be sent as %2F";
     SetError(res, 404, message, "endpoints", std::vector<std::string>(std::begin(kEndpoints), std::end(kEndpoints)));
     return;
@@ -458,7 +438,7 @@ void HttpServer::Impl::Serve(const HttpRequest& req, Route route, HttpResponse& 
   if (!MethodAllowed(route, req.method)) {
     res.SetHeader("Allow", kRoutes[route].allow);
     SetError(res, 405,
-             "method " + Quoted(req.method) + " is not allowed on " + kRoutes[route].label + "; use " +
+             "method " + QuotedForMessage(req.method) + " is not allowed on " + kRoutes[route].label + "; use " +
                  kRoutes[route].allow);
     return;
   }
@@ -467,7 +447,7 @@ void HttpServer::Impl::Serve(const HttpRequest& req, Route route, HttpResponse& 
     // ignore it. GET /health, /metrics and /v1/spec ignore theirs (cache busters, probes).
     SetError(res, 400, "POST " + std::string(kRoutes[route].label) +
                            " takes no query parameters (a feature request puts them in the JSON body); remove " +
-                           Quoted(query));
+                           QuotedForMessage(query));
     return;
   }
   switch (route) {
@@ -500,7 +480,7 @@ bool HttpServer::Impl::ResolveFeatures(const std::optional<std::vector<std::stri
     auto it = feature_index.find(absl::string_view(name.data(), name.size()));
     if (it == feature_index.end()) {
       std::string message = name.empty() ? std::string("'features' contains an empty name")
-                                         : "unknown feature " + Quoted(name);
+                                         : "unknown feature " + QuotedForMessage(name);
       size_t best = std::string::npos;
       const std::string* closest = nullptr;
       for (const std::string& valid : feature_names) {
@@ -543,7 +523,7 @@ void HttpServer::Impl::HandleEntityFeatures(std::string_view path, std::string_v
     std::string key, value;
     if (!PercentDecode(pair.substr(0, equals), &key) ||
         !PercentDecode(equals == std::string_view::npos ? std::string_view() : pair.substr(equals + 1), &value)) {
-      SetError(res, 400, "query parameter " + Quoted(pair) + " is not valid percent-encoding");
+      SetError(res, 400, "query parameter " + QuotedForMessage(pair) + " is not valid percent-encoding");
       return;
     }
     if (key == "features") {
@@ -557,7 +537,7 @@ void HttpServer::Impl::HandleEntityFeatures(std::string_view path, std::string_v
       }
       at_text = std::move(value);
     } else {
-      SetError(res, 400, "unknown query parameter " + Quoted(key) + "; valid: features (comma-separated names), "
+      SetError(res, 400, "unknown query parameter " + QuotedForMessage(key) + "; valid: features (comma-separated names), "
                          "at (epoch milliseconds or RFC 3339)");
       return;
     }
@@ -570,7 +550,7 @@ void HttpServer::Impl::HandleEntityFeatures(std::string_view path, std::string_v
     if (!rest.empty()) {
       while (true) {
         const size_t comma = rest.find(',');
-        names->push_back(Trim(rest.substr(0, comma)));
+        names->push_back(TrimBlanks(rest.substr(0, comma)));
         if (comma == std::string_view::npos) break;
         rest.remove_prefix(comma + 1);
       }
@@ -672,7 +652,7 @@ void HttpServer::Impl::HandleBatchFeatures(std::string_view body, const std::str
         return;
       }
     } else {
-      SetError(res, 400, "unknown key " + Quoted(key) + " in the body; valid keys: entities, features, at");
+      SetError(res, 400, "unknown key " + QuotedForMessage(key) + " in the body; valid keys: entities, features, at");
       return;
     }
   }
@@ -799,7 +779,7 @@ void HttpServer::Impl::HandleIngest(const HttpRequest& req, HttpResponse& res) {
   } else {
     SetError(res, 415, "POST /v1/ingest takes JSON lines with 'Content-Type: application/x-ndjson' or a JSON array "
                        "of events with 'Content-Type: application/json'; got " +
-                           (media_type.empty() ? std::string("no Content-Type") : Quoted(media_type)));
+                           (media_type.empty() ? std::string("no Content-Type") : QuotedForMessage(media_type)));
     return;
   }
   Result<IngestAck> ack = service.Ingest(req.body, format);
