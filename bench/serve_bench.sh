@@ -2,21 +2,23 @@
 # Serving latency of `freshet run` over loopback with 1,000,000 entities loaded (see bench/README.md), measured
 # open loop at fixed rates with bench/loadgen.cc: request k is due at k/rate, and its latency counts from then,
 # even when it had to wait for a free connection (no coordinated omission, unlike a closed-loop wrk run).
-#   bench/serve_bench.sh [--entities N] [--seconds S] [--warmup S] [--rate R] [--batch-rate R]
+#   bench/serve_bench.sh [--entities N] [--seconds S] [--warmup S] [--rate R] [--batch-rate R] [--repeat N]
 #                        [--connections C] [--capacity-seconds S] [--loadgen-cpus LIST] [--server-cpus LIST]
 #   --rate              single-entity lookups per second (default 20000: the target's rate)
 #   --batch-rate        batches of 100 per second (default 1000, i.e. 100,000 entities/s: five times the
 #                       entities of the single-lookup target, and an eighth to a fifth of the closed-loop
 #                       batch capacity of this 2-core machine (4,500-8,200/s measured), so the p99 shows
 #                       service time under a steady load rather than queueing at saturation)
+#   --repeat            open-loop runs of each kind per server (default 1); the summary gives each run and the
+#                       median p99 (the machine is shared: one run's tail may be another tenant's burst)
 #   --connections       keep-alive connections (default 8, as an inference service's client pool might keep)
 #   --capacity-seconds  length of one closed-loop wrk run per kind, for the capacity at saturation (default 5;
 #                       0 skips it)
 #   --loadgen-cpus, --server-cpus   taskset CPU lists (default: unpinned, client and server share both cores)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-usage="usage: bench/serve_bench.sh [--entities N] [--seconds S] [--warmup S] [--rate R] [--batch-rate R] [--connections C] [--capacity-seconds S] [--loadgen-cpus LIST] [--server-cpus LIST]"
-entities=1000000 seconds=15 warmup=3 rate=20000 batch_rate=1000 connections=8 capacity_seconds=5
+usage="usage: bench/serve_bench.sh [--entities N] [--seconds S] [--warmup S] [--rate R] [--batch-rate R] [--repeat N] [--connections C] [--capacity-seconds S] [--loadgen-cpus LIST] [--server-cpus LIST]"
+entities=1000000 seconds=15 warmup=3 rate=20000 batch_rate=1000 repeat=1 connections=8 capacity_seconds=5
 loadgen_cpus="" server_cpus=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -25,6 +27,7 @@ while [ $# -gt 0 ]; do
     --warmup) warmup=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
     --batch-rate) batch_rate=$2; shift 2 ;;
+    --repeat) repeat=$2; shift 2 ;;
     --connections) connections=$2; shift 2 ;;
     --capacity-seconds) capacity_seconds=$2; shift 2 ;;
     --loadgen-cpus) loadgen_cpus=$2; shift 2 ;;
@@ -117,8 +120,11 @@ run_capacity() {
 # The capacity runs come last: at saturation the feature log falls behind, and its backlog would still be
 # draining during a measurement that followed.
 measure() {
-  run_loadgen "single-entity lookups" "$1" "$rate" 0
-  run_loadgen "batches of 100" "$1" "$batch_rate" 100
+  local k
+  for k in $(seq 1 "$repeat"); do
+    run_loadgen "single-entity lookups" "$1" "$rate" 0
+    run_loadgen "batches of 100" "$1" "$batch_rate" 100
+  done
   run_capacity 0 "single-entity lookups" "$1"
   run_capacity 100 "batches of 100" "$1"
 }
@@ -140,7 +146,15 @@ echo "== summary: latency from each request's scheduled time, ms (targets: singl
 echo "   batches of 100 p99 <= 5 ms); loadgen $([ -n "$loadgen_cpus" ] && echo "on CPUs $loadgen_cpus" || echo unpinned),"\
   "server $([ -n "$server_cpus" ] && echo "on CPUs $server_cpus" || echo unpinned)"
 printf "%-22s %-4s %10s %9s %9s %9s %9s %7s\n" "what" "log" "answered/s" "p50" "p99" "p99.9" "max" "errors"
-printf '%s\n' "${summary[@]}"
+printf '%s\n' "${summary[@]}" | sort -s -k1,1
+if [ "$repeat" -gt 1 ]; then
+  echo "median p99 over $repeat runs, ms:"
+  # The label is every field before the last six (answered/s, p50, p99, p99.9, max, errors).
+  printf '%s\n' "${summary[@]}" | awk '{label = $1; for (i = 2; i <= NF - 6; i++) label = label " " $i; print label "\t" $(NF - 3)}' |
+    sort -t$'\t' -k1,1 -k2,2g | awk -F'\t' '{v[$1, ++n[$1]] = $2} END {
+      for (key in n) {c = n[key]; m = c % 2 ? v[key, (c + 1) / 2] : (v[key, c / 2] + v[key, c / 2 + 1]) / 2;
+        printf "%-27s %.3f\n", key, m}}' | sort
+fi
 if [ ${#capacity[@]} -gt 0 ]; then
   echo "capacity at saturation (wrk closed loop, ${capacity_seconds}s; its latencies are not comparable):"
   printf "%-22s %-4s %10s\n" "what" "log" "req/s"
