@@ -65,10 +65,6 @@ bool IsTokenChar(char c) {
 
 bool IsToken(std::string_view text) { return !text.empty() && std::all_of(text.begin(), text.end(), IsTokenChar); }
 
-bool IsBodyMethod(std::string_view method) {
-  return method == "POST" || method == "PUT" || method == "PATCH" || method == "DELETE";
-}
-
 const char* ReasonPhrase(int status) {
   switch (status) {
     case 100: return "Continue";
@@ -146,11 +142,8 @@ enum class Phase {
 
 enum class ChunkState { kSize, kData, kDataEnd, kTrailers };
 
-class Loop;
-
 struct Connection {
   int fd = -1;
-  Loop* loop = nullptr;
   // Received bytes are in[in_begin, in_end); the current request starts at in_begin. Offsets below are
   // relative to in_begin, which only moves when a request is done (or the buffer is compacted to its front).
   std::vector<char> in;
@@ -204,11 +197,8 @@ ParseOutcome ParseHeaderSection(std::string_view section, HttpRequest* request) 
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     return line;
   };
-  // Blank lines before a request line are tolerated (RFC 9112 section 2.2).
-  std::string_view line;
-  do {
-    line = next_line();
-  } while (line.empty() && pos < section.size());
+  // StepHeaders has skipped any blank lines before the request line.
+  std::string_view line = next_line();
   if (line.size() > kMaxRequestLineBytes) return {414, "the request line is longer than 8192 bytes; shorten the URI"};
   const size_t first_space = line.find(' ');
   const size_t last_space = line.rfind(' ');
@@ -281,7 +271,7 @@ std::string Framing(const HttpRequest& request, uint64_t* content_length, bool* 
     if (ec != std::errc() || end != length.data() + length.size()) *content_length = UINT64_MAX;  // Too large.
     if (*chunked) return "the request has both Content-Length and Transfer-Encoding; send one";
   }
-  if (!IsBodyMethod(request.method) && (*chunked || *content_length > 0)) {
+  if (!MethodTakesBody(request.method) && (*chunked || *content_length > 0)) {
     return std::string(request.method) +
            " requests take no body; put parameters in the query string, or use POST /v1/features for a JSON "
            "request";
@@ -427,7 +417,6 @@ class Loop {
     }
     auto connection = std::make_unique<Connection>();
     connection->fd = fd;
-    connection->loop = this;
     connection->deadline = now_ + std::chrono::seconds(options_.io_timeout_sec);
     Connection* raw = connection.get();
     connections_.emplace(raw, std::move(connection));
@@ -961,6 +950,10 @@ class Loop {
 };
 
 }  // namespace
+
+bool MethodTakesBody(std::string_view method) {
+  return method == "POST" || method == "PUT" || method == "PATCH" || method == "DELETE";
+}
 
 std::string_view HttpRequest::Header(std::string_view name) const {
   for (const auto& [key, value] : headers) {

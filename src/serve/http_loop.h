@@ -61,6 +61,10 @@ struct HttpRequest {
   size_t HeaderCount(std::string_view name) const;
 };
 
+// True for the methods whose requests carry a body (POST, PUT, PATCH, DELETE); any other method with a body
+// is refused as ambiguously framed.
+bool MethodTakesBody(std::string_view method);
+
 // The answer to one request. The loop adds the status line, Content-Length and, when the connection is to
 // close, `Connection: close`.
 struct HttpResponse {

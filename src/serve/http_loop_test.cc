@@ -407,6 +407,21 @@ TEST_F(HttpLoopTest, PipelinedRequestsInOneWriteAreAnsweredInOrder) {
   ExpectAnswer(client.ReadResponse(), 200, GetEcho("/e"));
 }
 
+// RFC 9112 section 2.2: blank lines before a request line (some clients end a body with an extra CRLF) are skipped,
+// also when they arrive in a write of their own.
+TEST_F(HttpLoopTest, BlankLinesBeforeARequestLineAreSkipped) {
+  StartLoop();
+  RawClient client(port());
+  ASSERT_TRUE(client.Send(Post("/a", "xy") + "\r\n\r\n\n" + Get("/b")));
+  ExpectAnswer(client.ReadResponse(), 200, PostEcho("/a", "xy"));
+  ExpectAnswer(client.ReadResponse(), 200, GetEcho("/b"));
+  ASSERT_TRUE(client.Send("\r\n"));
+  std::this_thread::sleep_for(Ms(50));
+  ASSERT_TRUE(client.Send(Get("/c")));
+  ExpectAnswer(client.ReadResponse(), 200, GetEcho("/c"));
+  EXPECT_TRUE(handler_.refusals().empty());
+}
+
 TEST_F(HttpLoopTest, ThousandsOfPipelinedRequestsAreAnsweredInOrderWhileTheClientReadsSlowly) {
   StartLoop();
   RawClient client(port());

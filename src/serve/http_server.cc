@@ -220,10 +220,6 @@ std::string MediaType(std::string_view content_type) {
   return AsciiLowered(TrimBlanks(content_type));
 }
 
-bool IsBodyMethod(std::string_view method) {
-  return method == "POST" || method == "PUT" || method == "PATCH" || method == "DELETE";
-}
-
 std::string SpecJson(const Spec& spec) {
   std::string body;
   JsonWriter json(&body);
@@ -418,7 +414,7 @@ void HttpServer::Impl::Serve(const HttpRequest& req, Route route, HttpResponse& 
   const std::string_view query = question == std::string_view::npos ? std::string_view() : target.substr(question + 1);
 
   // A multipart body is refused whatever the endpoint, as one over the size limit is (before the token).
-  if (IsBodyMethod(req.method) && MediaType(req.Header("Content-Type")) == "multipart/form-data") {
+  if (MethodTakesBody(req.method) && MediaType(req.Header("Content-Type")) == "multipart/form-data") {
     SetError(res, 415, "multipart/form-data bodies are not accepted; send the JSON as the body itself");
     return;
   }
