@@ -208,7 +208,7 @@ FeatureEngine::FeatureEngine(const Spec& spec) : spec_(spec) {
 }
 
 bool FeatureEngine::Admit(int64_t time_ms) {
-  if (has_watermark_ && max_time_ms_ != std::numeric_limits<int64_t>::min() && time_ms < max_time_ms_ - delay_ms_) {
+  if (IsLate(time_ms)) {
     ++counters_.late;
     return false;
   }

@@ -106,6 +106,12 @@ class FeatureEngine {
   // The lateness rule; call once per parsed event, in input order. True: admitted (and M updated).
   bool Admit(int64_t time_ms);
 
+  // Whether Admit would call an event at this time late; changes nothing. For rules checked between the
+  // lateness rule and admission (deduplication), which must not move M.
+  bool IsLate(int64_t time_ms) const {
+    return has_watermark_ && max_time_ms_ != std::numeric_limits<int64_t>::min() && time_ms < max_time_ms_ - delay_ms_;
+  }
+
   // The earliest time a future admitted event can have: M - out_of_orderness - lateness with a
   // watermark, the smallest int64 without one.
   int64_t low_watermark_ms() const { return low_ms_; }
