@@ -443,6 +443,7 @@ class Spec:
     timestamp_field: str
     watermark: tuple[int, int] | None  # (max_out_of_orderness_ms, allowed_lateness_ms)
     features: list[Feature]
+    dedup: tuple[str, int] | None = None  # (id field, within_ms)
 
 
 def _parse_window(doc: Any, feature_name: str) -> Window:
@@ -469,6 +470,9 @@ def parse_spec(doc: Any) -> Spec:
     if doc.get("watermark") is not None:
         wm = doc["watermark"]
         watermark = (parse_duration_ms(wm["max_out_of_orderness"]), parse_duration_ms(wm["allowed_lateness"]))
+    dedup = None
+    if doc.get("dedup") is not None:
+        dedup = (str(doc["dedup"]["field"]), parse_duration_ms(doc["dedup"].get("within", "24h")))
     features = []
     for f in doc.get("features") or []:
         name = str(f["name"])
@@ -485,7 +489,7 @@ def parse_spec(doc: Any) -> Spec:
         precision = int(f.get("precision", 14))
         features.append(Feature(name, aggregation, field, where_text, where, _parse_window(f.get("window"), name),
                                 precision))
-    return Spec(str(doc.get("name", "")), str(doc["entity"]), str(doc["timestamp"]), watermark, features)
+    return Spec(str(doc.get("name", "")), str(doc["entity"]), str(doc["timestamp"]), watermark, features, dedup)
 
 
 def load_spec(path: str) -> Spec:
@@ -509,7 +513,7 @@ class Event:
 @dataclass
 class DeadLetter:
     line: int
-    reason: str  # "late" for late events; free text otherwise
+    reason: str  # "late" for late events, "duplicate" for duplicates; free text otherwise
 
 
 def _reject_constant(name: str) -> Any:
@@ -582,21 +586,41 @@ def parse_event(raw: bytes, line: int, spec: Spec) -> Event | str:
     return Event(line, entity, time_ms, record)
 
 
+def event_id(value: Any) -> str | None:
+    """The dedup id of an event: read like the entity (a non-empty string, or an integer as its decimal text);
+    anything else is no id."""
+    return entity_key(value)
+
+
 def read_events(data: bytes, spec: Spec) -> tuple[list[Event], list[DeadLetter]]:
-    """The accepted, on-time events in input order, and one dead letter per rejected or late line."""
+    """The accepted events in input order, and one dead letter per rejected, late or duplicate line."""
     events: list[Event] = []
     dead: list[DeadLetter] = []
     max_time: int | None = None  # largest event time among events accepted so far
+    accepted_times: dict[tuple[str, str], list[int]] = {}  # (entity, id) -> times of the accepted events
     for line, raw in enumerate(split_lines(data), start=1):
         parsed = parse_event(raw, line, spec)
         if isinstance(parsed, str):
             dead.append(DeadLetter(line, parsed))
             continue
-        if spec.watermark is not None and max_time is not None:
-            max_out_of_orderness, allowed_lateness = spec.watermark
-            if parsed.time_ms < max_time - max_out_of_orderness - allowed_lateness:
+        delay = 0  # max_out_of_orderness + allowed_lateness
+        if spec.watermark is not None:
+            delay = spec.watermark[0] + spec.watermark[1]
+            if max_time is not None and parsed.time_ms < max_time - delay:
                 dead.append(DeadLetter(line, "late"))
                 continue
+        if spec.dedup is not None:
+            # A duplicate: an accepted earlier event of the entity with the same id, within `within` of this one,
+            # and still remembered (its time >= M - within - delay; without a watermark that forgets resends more
+            # than `within` older than the newest event).
+            field, within = spec.dedup
+            key = event_id(resolve(parsed.record, field))
+            if key is not None:
+                earlier = accepted_times.setdefault((parsed.entity, key), [])
+                if any(abs(parsed.time_ms - t) <= within and t >= max_time - within - delay for t in earlier):
+                    dead.append(DeadLetter(line, "duplicate"))
+                    continue
+                earlier.append(parsed.time_ms)
         events.append(parsed)
         max_time = parsed.time_ms if max_time is None else max(max_time, parsed.time_ms)
     return events, dead
@@ -832,7 +856,9 @@ def main(argv: list[str] | None = None) -> int:
             for d in dead:
                 f.write(json.dumps({"line": d.line, "reason": d.reason}) + "\n")
     late = sum(1 for d in dead if d.reason == "late")
-    print(f"reference: {len(events)} events accepted, {len(dead) - late} rejected, {late} late; "
+    duplicates = sum(1 for d in dead if d.reason == "duplicate")
+    print(f"reference: {len(events)} events accepted, {len(dead) - late - duplicates} rejected, {late} late, "
+          f"{duplicates} duplicates; "
           f"{len(entity_rows.rows)} rows x {len(spec.features)} features written to {args.output}",
           file=sys.stderr)
     return 0

@@ -225,6 +225,56 @@ def test_no_watermark_nothing_is_late():
     assert [e.line for e in events] == [1, 2, 3] and dead == []
 
 
+def dedup_spec(within: str, watermark: dict | None = None) -> ref.Spec:
+    doc = {"name": "t", "entity": "user", "timestamp": "ts", "features": [], "dedup": {"field": "id", "within": within}}
+    if watermark is not None:
+        doc["watermark"] = watermark
+    return ref.parse_spec(doc)
+
+
+def test_dedup_with_a_watermark():
+    # within 10s; late when time < M - 5000.
+    spec = dedup_spec("10s", {"max_out_of_orderness": "4s", "allowed_lateness": "1s"})
+    data = jsonl(
+        ev(100_000, id="a"),  # 1 accepted, M = 100000
+        ev(100_000, id="a"),  # 2 duplicate of 1
+        ev(110_000, id="a"),  # 3 duplicate: 10000 apart is still within
+        ev(110_001, id="a"),  # 4 accepted: 10001 apart; M = 110001
+        ev(104_000, id="a"),  # 5 late (< 105001), though it matches 1 and 4
+        ev(105_001, id="a"),  # 6 duplicate of 1 (5001 apart) and of 4
+        {"user": "v", "ts": 110_001, "id": "a"},  # 7 accepted: another entity
+        ev(110_001, id=7),  # 8 accepted
+        ev(110_001, id="7"),  # 9 duplicate of 8: 7 and "7" are one id
+        ev(110_001, id=7.0),  # 10 accepted: a fraction is no id
+        ev(110_001, id=7.0),  # 11 accepted, again
+        ev(110_001, id=""),  # 12 accepted: "" is no id
+        ev(110_001, id=None),  # 13 accepted: null is no id
+        ev(110_001),  # 14 accepted: missing
+        ev(120_000, id="b"),  # 15 accepted, M = 120000
+        ev(130_000, id="b"),  # 16 duplicate of 15, and a duplicate does not move M...
+        ev(115_000, id="c"),  # 17 ...so 115000 is not late (>= 115000)
+    )
+    events, dead = ref.read_events(data, spec)
+    assert [e.line for e in events] == [1, 4, 7, 8, 10, 11, 12, 13, 14, 15, 17]
+    assert [(d.line, d.reason) for d in dead] == [(2, "duplicate"), (3, "duplicate"), (5, "late"), (6, "duplicate"),
+                                                  (9, "duplicate"), (16, "duplicate")]
+
+
+def test_dedup_without_a_watermark_forgets_ids_more_than_within_behind_the_newest():
+    spec = dedup_spec("10s")
+    data = jsonl(
+        ev(100_000, id="a"),  # 1 accepted
+        ev(110_000, id="x"),  # 2 accepted, M = 110000: 1 is exactly within behind, still remembered
+        ev(100_000, id="a"),  # 3 duplicate of 1
+        ev(110_001, id="y"),  # 4 accepted, M = 110001: 1 is forgotten
+        ev(100_000, id="a"),  # 5 accepted: a resend more than within behind the newest event
+        ev(100_000, id="a"),  # 6 accepted: 5 is no more remembered than 1 (100000 < M - within)
+    )
+    events, dead = ref.read_events(data, spec)
+    assert [e.line for e in events] == [1, 2, 4, 5, 6]
+    assert [(d.line, d.reason) for d in dead] == [(3, "duplicate")]
+
+
 # ------------------------------------------------------------------------------------------------
 # Windows: every edge
 # ------------------------------------------------------------------------------------------------

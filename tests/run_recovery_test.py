@@ -59,11 +59,13 @@ class Server:
         self.log = open(log, "ab")
         self.proc = subprocess.Popen([BIN, "run", "--spec", str(spec), "--data-dir", str(data_dir)],
                                      stdout=self.log, stderr=subprocess.PIPE)
+        self.startup = b""  # What it said until it served.
         line = b""
         deadline = time.time() + 30
         while time.time() < deadline:
             line = self.proc.stderr.readline()
             self.log.write(line)
+            self.startup += line
             match = re.search(rb"http://127\.0\.0\.1:(\d+)", line)
             if match:
                 self.port = int(match.group(1))
@@ -176,6 +178,24 @@ def _is_event(line: bytes) -> bool:
         return False
 
 
+STATE_GAUGES = ("freshet_state_entities", "freshet_watermark_ms")
+
+
+def _check_restored_gauges(server: Server) -> bool:
+    """Right after a restart the state gauges show at least what was restored (they are set on restore, not only
+    by the next event). True when the restart restored a checkpoint with entities (so the check said something)."""
+    match = re.search(rb"restored checkpoint \d+: (\d+) entities", server.startup)
+    if match is None or int(match.group(1)) == 0:
+        return False
+    try:
+        assert server.metric("freshet_state_entities") >= int(match.group(1))
+        assert server.metric("freshet_watermark_ms") > 1.7e12  # The generated events are of 2026.
+    except BaseException:
+        server.kill()
+        raise
+    return True
+
+
 def _wait_for(server: Server, metric: str, target: float, timeout: float = 60) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -194,8 +214,10 @@ def test_file_source_survives_kill_minus_nine(tmp_path: Path, seed: int) -> None
     events = tmp_path / "events.jsonl"
     events.write_bytes(b"")
     written = 0
+    restored = 0
     for crash in range(5):
         server = Server(tmp_path / "spec.yaml", tmp_path / "data", tmp_path / "run.log")
+        restored += _check_restored_gauges(server)
         # Append the next part of the stream while it runs, then crash at a random moment.
         chunk = lines[written:written + len(lines) // 6]
         with open(events, "ab") as f:
@@ -207,12 +229,22 @@ def test_file_source_survives_kill_minus_nine(tmp_path: Path, seed: int) -> None
         f.write(b"".join(lines[written:]))
     server = Server(tmp_path / "spec.yaml", tmp_path / "data", tmp_path / "run.log")
     try:
+        restored += _check_restored_gauges(server)
+        assert restored > 0
         _wait_for(server, "freshet_events_in_total", len(lines))
         _check(tmp_path, tmp_path / "spec.yaml", events, server)
         assert server.metric("freshet_events_in_total") == len(lines)  # Nothing counted twice.
+        gauges = {name: server.metric(name) for name in STATE_GAUGES}
     finally:
         assert server.terminate() == 0
     _check_offline(tmp_path, events)
+    # Restarted with nothing new to read: the gauges show the restored state at once, not 0 until an event.
+    server = Server(tmp_path / "spec.yaml", tmp_path / "data", tmp_path / "run.log")
+    try:
+        assert {name: server.metric(name) for name in STATE_GAUGES} == gauges
+        assert gauges["freshet_state_entities"] > 0 and gauges["freshet_watermark_ms"] > 1.7e12
+    finally:
+        assert server.terminate() == 0
 
 
 def test_http_pushes_survive_kill_minus_nine(tmp_path: Path) -> None:
@@ -225,22 +257,24 @@ def test_http_pushes_survive_kill_minus_nine(tmp_path: Path) -> None:
     batch = 500
     for crash in range(4):
         server = Server(tmp_path / "spec.yaml", tmp_path / "data", tmp_path / "run.log")
+        _check_restored_gauges(server)
         stop_at = min(len(lines), position + len(lines) // 5)
         while position < stop_at:
             body = b"".join(lines[position:position + batch])
             ack = server.post("/v1/ingest", body, "application/x-ndjson")
-            sent = [l for l in lines[position:position + batch] if l.strip()]
+            sent = lines[position:position + batch]  # Blank lines too: logged, then dead-lettered like a file's.
             assert ack["accepted"] == len(sent)
             acked.extend(sent)
             position += batch
         time.sleep(rng.uniform(0.0, 0.3))  # The pipeline is still applying the log: crash mid-way.
         server.kill()
     server = Server(tmp_path / "spec.yaml", tmp_path / "data", tmp_path / "run.log")
+    _check_restored_gauges(server)
     try:
         while position < len(lines):
             body = b"".join(lines[position:position + batch])
             server.post("/v1/ingest", body, "application/x-ndjson")
-            acked.extend(l for l in lines[position:position + batch] if l.strip())
+            acked.extend(lines[position:position + batch])
             position += batch
         _wait_for(server, "freshet_events_in_total", len(acked))
         all_events = tmp_path / "acked.jsonl"
@@ -262,7 +296,7 @@ def test_freshness_slo_breach_degrades_health_and_warns_once(tmp_path: Path) -> 
         assert json.loads(server.get("/health"))["status"] == "ok"
         for start in range(0, len(lines), 5000):  # Big pushes: their events wait well over 1 ms.
             server.post("/v1/ingest", b"".join(lines[start:start + 5000]), "application/x-ndjson")
-        _wait_for(server, "freshet_events_in_total", len([l for l in lines if l.strip()]))
+        _wait_for(server, "freshet_events_in_total", len(lines))
         time.sleep(0.3)
         try:
             server.get("/health")

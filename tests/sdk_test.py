@@ -616,8 +616,8 @@ def test_read_offline_table_finds_the_folder(tmp_path: Path) -> None:
         freshet.read_offline_table(spec, "feature", data_dir=tmp_path / "data")  # type: ignore[arg-type]
     # offline.path, relative to the spec's folder, in flow and block style (data_dir is then not needed).
     deltalake.write_deltalake(str(tmp_path / "conf" / "tables" / "events"), frame)
-    for text in ("offline: {path: tables, features: true}  # here\n",
-                 "offline:\n  features: true\n  path: 'tables'   # comment\n"):
+    for text in ("offline: {path: tables, enabled: true}  # here\n",
+                 "offline:\n  enabled: true\n  path: 'tables'   # comment\n"):
         nested = tmp_path / "conf" / "spec.yaml"
         nested.write_text("name: t\nentity: e\ntimestamp: ts\n" + text + one_feature)
         assert freshet.read_offline_table(nested, "events")["n"].tolist() == [1, 2, 3]

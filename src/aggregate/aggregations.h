@@ -29,6 +29,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <span>
 #include <vector>
 
 #include "aggregate/hyperloglog.h"
@@ -443,6 +444,11 @@ struct CountDistinctAgg {
     }
   }
   static void Add(State& s, const Input& x, int64_t, uint64_t, const AggContext&) {
+    Input* it = Place(s, x);
+    if (it == s.end() || !(*it == x)) s.insert(it, x);
+  }
+  // Where x is or would go in the sorted set.
+  static Input* Place(State& s, const Input& x) {
     // Most sets are small: a scan to the key's place mispredicts once, a binary search at every step.
     Input* it = s.begin();
     if (s.size() <= kScanBelow) {
@@ -450,7 +456,7 @@ struct CountDistinctAgg {
     } else {
       it = std::lower_bound(s.begin(), s.end(), x);
     }
-    if (it == s.end() || !(*it == x)) s.insert(it, x);
+    return it;
   }
   static constexpr uint32_t kScanBelow = 16;
   static void Merge(State& s, const State& o, const AggContext& c) {
@@ -574,6 +580,57 @@ struct ApproxCountDistinctAgg {
   }
   static void SerializeInput(const Input& x, ByteWriter& w, const AggContext&) { w.PutU64(x); }
   static bool DeserializeInput(Input& x, ByteReader& r, AggContext&) { return r.ReadU64(&x); }
+};
+
+// Marks: what FeatureEngine keeps per recent event to rewind a partial aggregate to before that event (see
+// window/windows.h). By default a copy of the state before the event: small for every aggregation but the
+// set of count_distinct (copied, and allocated, per event) and a HyperLogLog's registers once dense (2^p
+// bytes per recent event of a busy key). count_distinct instead keeps the size of its set, and rewinds by
+// removing the values that its events added.
+//   Mark
+//   Before(const State&, const Input&) -> Mark        just before Add
+//   Rewound(const State&, span<const E*> events) -> State
+//       `events` are the events added to the state from events[0] on, in order, each with `input` and its
+//       mark in `before.agg`; returns the state as it was before events[0].
+template <typename Agg>
+struct AggMarks {
+  using Mark = typename Agg::State;
+  static Mark Before(const typename Agg::State& s, const typename Agg::Input&) { return s; }
+  template <typename E>
+  static typename Agg::State Rewound(const typename Agg::State&, std::span<const E* const> events) {
+    return events.front()->before.agg;
+  }
+  static size_t MemoryBytes(const Mark& m) { return Agg::MemoryBytes(m); }
+  static void Serialize(const Mark& m, ByteWriter& w, const AggContext& c) { Agg::Serialize(m, w, c); }
+  static bool Deserialize(Mark& m, ByteReader& r, AggContext& c) { return Agg::Deserialize(m, r, c); }
+};
+
+template <>
+struct AggMarks<CountDistinctAgg> {
+  using State = CountDistinctAgg::State;
+  // The size of the set before the event: the event added a value when the next mark (or the final set)
+  // is larger. Reading it costs nothing on the hot path; the set is searched only when rewinding.
+  using Mark = uint32_t;
+  static Mark Before(const State& s, const CountDistinctAgg::Input&) { return s.size(); }
+  template <typename E>
+  static State Rewound(const State& s, std::span<const E* const> events) {
+    State out = s;
+    for (size_t k = 0; k < events.size(); ++k) {
+      const uint32_t after = k + 1 < events.size() ? events[k + 1]->before.agg : s.size();
+      if (after == events[k]->before.agg) continue;
+      CountDistinctAgg::Input* it = CountDistinctAgg::Place(out, events[k]->input);
+      if (it != out.end() && *it == events[k]->input) out.erase(it);
+    }
+    return out;
+  }
+  static size_t MemoryBytes(const Mark&) { return 0; }
+  static void Serialize(const Mark& m, ByteWriter& w, const AggContext&) { w.PutVarint(m); }
+  static bool Deserialize(Mark& m, ByteReader& r, AggContext&) {
+    uint64_t size;
+    if (!r.ReadVarint(&size) || size > UINT32_MAX) return r.Fail();
+    m = static_cast<uint32_t>(size);
+    return true;
+  }
 };
 
 }  // namespace freshet

@@ -53,6 +53,14 @@ class SmallVector {
   void reserve(uint32_t capacity) { Reserve(capacity); }
   void clear() { size_ = 0; }
 
+  // Removes the element at `pos` (a pointer into this vector).
+  void erase(T* pos) {
+    const uint32_t at = static_cast<uint32_t>(pos - data());
+    T* d = data();
+    std::memmove(d + at, d + at + 1, (size_ - at - 1) * sizeof(T));
+    --size_;
+  }
+
   // Inserts `value` before `pos` (a pointer into this vector).
   void insert(T* pos, const T& value) {
     const uint32_t at = static_cast<uint32_t>(pos - data());

@@ -57,10 +57,12 @@ void RegisterBackfill(CLI::App& app, int* exit_code) {
     Status status = RunBackfill(*spec, args->options, &stats);
     if (ReportFailure("backfill", status, exit_code)) return;
     std::fprintf(stderr,
-                 "backfill: %llu events read, %llu accepted, %llu rejected, %llu late; %llu features rows in %.2f s",
+                 "backfill: %llu events read, %llu accepted, %llu rejected, %llu late, %llu duplicates; %llu features "
+                 "rows in %.2f s",
                  static_cast<unsigned long long>(stats.lines), static_cast<unsigned long long>(stats.accepted),
                  static_cast<unsigned long long>(stats.rejected), static_cast<unsigned long long>(stats.late),
-                 static_cast<unsigned long long>(stats.feature_rows), stats.seconds);
+                 static_cast<unsigned long long>(stats.duplicates), static_cast<unsigned long long>(stats.feature_rows),
+                 stats.seconds);
     if (stats.checkpoint_sequence) {
       std::fprintf(stderr, "; checkpoint %llu written", static_cast<unsigned long long>(*stats.checkpoint_sequence));
     }

@@ -197,6 +197,13 @@ void RegisterGenerate(CLI::App& app, int* exit_code) {
          "Share of lines (0..1) that are malformed in varied ways (bad JSON, missing or bad user_id/ts, "
          "invalid UTF-8, empty lines)")
       ->capture_default_str();
+  cmd->add_flag("--event-ids", o.event_ids,
+                "Give every line a unique \"event_id\" (e1, e2, ... in written order), for "
+                "`dedup: {field: event_id}`");
+  cmd->add_option("--duplicate-share", o.duplicate_share,
+                  "Share of lines (0..1) written again, byte for byte, 1-50 lines later, as an at-least-once "
+                  "producer resends; in addition to --events")
+      ->capture_default_str();
   cmd->add_option("--timestamp-format", args->timestamp_format,
                   "How ts is written: epoch-ms (integer), rfc3339 (UTC text) or mixed (either, at random)")
       ->capture_default_str();

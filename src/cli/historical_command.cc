@@ -41,8 +41,8 @@ void RegisterHistorical(CLI::App& app, int* exit_code) {
                   "one column per feature")
       ->required();
   cmd->add_option("--dead-letters", args->options.dead_letters_path,
-                  "Write rejected and late events here (JSON lines with line number, or seq for the events table, "
-                  "and reason)");
+                  "Write rejected, late and duplicate events here (JSON lines with line number, or seq for the events "
+                  "table, and reason)");
   cmd->add_flag("--no-progress", args->no_progress, "Never show progress (shown by default on a terminal)");
   cmd->callback([args, exit_code] {
     std::optional<Spec> spec = LoadSpecOrReport(args->spec, exit_code);
@@ -55,10 +55,12 @@ void RegisterHistorical(CLI::App& app, int* exit_code) {
     Status status = RunHistorical(*spec, args->options, &stats);
     if (ReportFailure("historical", status, exit_code)) return;
     std::fprintf(stderr,
-                 "historical: %llu events read, %llu accepted, %llu rejected, %llu late; %llu rows written in %.2f s\n",
+                 "historical: %llu events read, %llu accepted, %llu rejected, %llu late, %llu duplicates; %llu rows "
+                 "written in %.2f s\n",
                  static_cast<unsigned long long>(stats.events_read), static_cast<unsigned long long>(stats.accepted),
                  static_cast<unsigned long long>(stats.rejected), static_cast<unsigned long long>(stats.late),
-                 static_cast<unsigned long long>(stats.rows), stats.seconds);
+                 static_cast<unsigned long long>(stats.duplicates), static_cast<unsigned long long>(stats.rows),
+                 stats.seconds);
     *exit_code = 0;
   });
 }

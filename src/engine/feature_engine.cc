@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <cstring>
 #include <new>
+#include <span>
+#include <utility>
 #include <type_traits>
 
 #include "aggregate/aggregations.h"
@@ -13,15 +15,53 @@
 namespace freshet {
 namespace {
 
+// A window's state plus, when the engine keeps recent events (`buffered`), the events at or after the low
+// watermark, each with its window's Mark (what it changed, before it; see window/windows.h), so that every
+// window sees its events in (time, input order) order, as a point-in-time replay would, and queries as of
+// any time at or after the low watermark are exact:
+//
+//   full         every applied event, applied in (time, seq) order: the answer as of the newest or later
+//   recent log   one per feature, in arrival order: every recent event of every entity, each linked to the
+//                entity's previous one in (time, seq) order. Appending touches only the log's hot tail, and
+//                the log drops its front once the low watermark passes it, whichever entities it holds: the
+//                buffer is bounded by the lateness horizon in event time, with no per-entity sweep.
+//
+// An in-order event (the common case) takes a mark, is appended and is applied to `full`: one Add and a
+// copy of one partial aggregate. An out-of-order event rewinds `full` to before the events it overtakes and
+// re-applies them after it, so its cost is the number of events it overtakes. A query as of t before the
+// entity's newest event reads the mark of the first event after t. Windows that answer exactly for any t by
+// themselves (kAsOfExact: continuous sliding windows) keep no recent events.
 template <typename Agg, template <typename> class Window>
 class WindowedOperator final : public FeatureOperator {
  public:
   using Input = typename Agg::Input;
-  using State = typename Window<Agg>::State;
+  using WindowState = typename Window<Agg>::State;
+  static constexpr bool kKeepsRecent = !Window<Agg>::kAsOfExact;
+  struct NoMarks {
+    struct Mark {};
+  };
+  using Mark = typename std::conditional_t<kKeepsRecent, Window<Agg>, NoMarks>::Mark;
+  static constexpr uint64_t kNone = ~uint64_t{0};
+  struct RecentEvent {
+    int64_t time = 0;
+    uint64_t seq = 0;
+    uint64_t prev = kNone;  // The entity's previous recent event in (time, seq) order (a log position).
+    Input input{};
+    Mark before{};
+  };
+  struct BufferedState {
+    WindowState full;
+    int64_t newest_time = std::numeric_limits<int64_t>::min();  // Of the newest applied event.
+    uint64_t newest = kNone;  // Log position of the newest recent event (gone once the log dropped it).
+  };
+  using State = std::conditional_t<kKeepsRecent, BufferedState, WindowState>;
   static_assert(sizeof(Input) <= sizeof(InputCell::bytes), "an aggregation input must fit an InputCell");
   static_assert(std::is_trivially_copyable_v<Input>);
 
-  WindowedOperator(Window<Agg> window, int precision) : window_(std::move(window)) { ctx_.precision = precision; }
+  WindowedOperator(Window<Agg> window, int precision, bool buffered)
+      : window_(std::move(window)), buffered_(buffered) {
+    ctx_.precision = precision;
+  }
 
   bool Extract(const Value& field, InputCell* cell) override {
     Input input;
@@ -38,60 +78,218 @@ class WindowedOperator final : public FeatureOperator {
   void Apply(void* state, const InputCell& cell, int64_t time_ms, uint64_t seq, int64_t low_ms) override {
     Input input;
     std::memcpy(&input, cell.bytes, sizeof(Input));
-    window_.Add(*static_cast<State*>(state), input, time_ms, seq, low_ms, ctx_);
+    State& s = *static_cast<State*>(state);
+    if constexpr (kKeepsRecent) {
+      if (!buffered_) {
+        window_.Add(s.full, input, time_ms, seq, low_ms, ctx_);
+        return;
+      }
+      log_.DropBefore(low_ms);
+      if (time_ms >= s.newest_time) {  // In order (a later seq breaks a tie).
+        const uint64_t prev = log_.live(s.newest) ? s.newest : kNone;
+        s.newest = log_.Append(RecentEvent{time_ms, seq, prev, input, window_.MarkBefore(s.full, time_ms, input)});
+        s.newest_time = time_ms;
+        window_.Add(s.full, input, time_ms, seq, low_ms, ctx_);
+        return;
+      }
+      // Out of order: the events it overtakes, newest first; every dropped event is before low <= time_ms.
+      overtaken_.clear();
+      uint64_t at = s.newest;
+      while (log_.live(at) && Before(time_ms, seq, log_.at(at))) {
+        overtaken_.push_back(at);
+        at = log_.at(at).prev;
+      }
+      std::reverse(overtaken_.begin(), overtaken_.end());
+      pointers_.clear();
+      for (uint64_t k : overtaken_) pointers_.push_back(&log_.at(k));
+      window_.Rewind(s.full, std::span<const RecentEvent* const>(pointers_));
+      const uint64_t added = log_.Append(RecentEvent{time_ms, seq, log_.live(at) ? at : kNone, input, Mark{}});
+      log_.at(overtaken_.front()).prev = added;
+      overtaken_.insert(overtaken_.begin(), added);
+      for (uint64_t k : overtaken_) {
+        RecentEvent& r = log_.at(k);
+        r.before = window_.MarkBefore(s.full, r.time, r.input);
+        window_.Add(s.full, r.input, r.time, r.seq, low_ms, ctx_);
+      }
+    } else {
+      window_.Add(s, input, time_ms, seq, low_ms, ctx_);
+    }
   }
 
   Value Query(const void* state, int64_t t) const override {
-    return window_.Query(*static_cast<const State*>(state), t, ctx_);
+    const State& s = *static_cast<const State*>(state);
+    if constexpr (kKeepsRecent) {
+      if (t >= s.newest_time || !log_.live(s.newest)) return window_.Query(s.full, t, ctx_);
+      // The recent events after t, walking back from the newest.
+      thread_local std::vector<const RecentEvent*> after;
+      after.clear();
+      for (uint64_t at = s.newest; log_.live(at) && log_.at(at).time > t; at = log_.at(at).prev) {
+        after.push_back(&log_.at(at));
+      }
+      std::reverse(after.begin(), after.end());
+      return window_.QueryAsOf(s.full, t, std::span<const RecentEvent* const>(after), ctx_);
+    } else {
+      return window_.Query(s, t, ctx_);
+    }
+  }
+
+  size_t Settle(int64_t low_ms) override {
+    if constexpr (kKeepsRecent) {
+      log_.DropBefore(low_ms);
+      return log_.size();
+    } else {
+      return 0;
+    }
   }
 
   Value EmptyValue() const override { return Agg::Finalize(typename Agg::State{}, ctx_); }
 
   size_t StateMemoryBytes(const void* state) const override {
-    return window_.MemoryBytes(*static_cast<const State*>(state));
+    const State& s = *static_cast<const State*>(state);
+    if constexpr (kKeepsRecent) {
+      return window_.MemoryBytes(s.full);
+    } else {
+      return window_.MemoryBytes(s);
+    }
   }
-  size_t MemoryBytes() const override { return ctx_.strings.memory_bytes(); }
+  size_t MemoryBytes() const override {
+    size_t bytes = ctx_.strings.memory_bytes();
+    if constexpr (kKeepsRecent) {
+      bytes += log_.capacity() * sizeof(RecentEvent);
+      log_.ForEach([&](const RecentEvent& r) { bytes += window_.MarkMemoryBytes(r.before); });
+    }
+    return bytes;
+  }
 
+  // The window state; then, for windows that keep recent events, the entity's recent events still in the
+  // log, oldest first: their number and each one's time (SignedVarint), input order (Varint), input and mark.
   void SaveState(const void* state, ByteWriter& out) const override {
-    window_.Serialize(*static_cast<const State*>(state), out, ctx_);
+    const State& s = *static_cast<const State*>(state);
+    if constexpr (kKeepsRecent) {
+      window_.Serialize(s.full, out, ctx_);
+      std::vector<uint64_t> chain;
+      for (uint64_t at = s.newest; log_.live(at); at = log_.at(at).prev) chain.push_back(at);
+      out.PutVarint(chain.size());
+      for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
+        const RecentEvent& r = log_.at(*it);
+        out.PutSignedVarint(r.time);
+        out.PutVarint(r.seq);
+        Agg::SerializeInput(r.input, out, ctx_);
+        window_.SerializeMark(r.before, out, ctx_);
+      }
+    } else {
+      window_.Serialize(s, out, ctx_);
+    }
   }
-  bool LoadState(void* state, ByteReader& in) override {
-    return window_.Deserialize(*static_cast<State*>(state), in, ctx_);
+  bool LoadState(void* state, ByteReader& in, bool with_recent) override {
+    State& s = *static_cast<State*>(state);
+    if constexpr (kKeepsRecent) {
+      BufferedState loaded;
+      if (!window_.Deserialize(loaded.full, in, ctx_)) return false;
+      uint64_t n = 0;
+      if (with_recent && !in.ReadCount(&n, 3)) return false;
+      for (uint64_t k = 0; k < n; ++k) {
+        RecentEvent r;
+        if (!in.ReadSignedVarint(&r.time) || !in.ReadVarint(&r.seq) || !Agg::DeserializeInput(r.input, in, ctx_) ||
+            !window_.DeserializeMark(r.before, in, ctx_)) {
+          return false;
+        }
+        if (k > 0 && !Before(loaded.newest_time, log_.at(loaded.newest).seq, r)) return in.Fail();
+        r.prev = loaded.newest;
+        loaded.newest_time = r.time;
+        loaded.newest = log_.Append(std::move(r));
+      }
+      s = std::move(loaded);
+      return true;
+    } else {
+      (void)with_recent;
+      return window_.Deserialize(s, in, ctx_);
+    }
   }
   void MoveState(void* to, void* from) const override {
     *static_cast<State*>(to) = std::move(*static_cast<State*>(from));
   }
 
  private:
+  // Whether (time, seq) comes before the recent event r.
+  static bool Before(int64_t time, uint64_t seq, const RecentEvent& r) {
+    return time != r.time ? time < r.time : seq < r.seq;
+  }
+
+  // The recent events of every entity, in arrival order, in a ring addressed by absolute position.
+  class RecentLog {
+   public:
+    bool live(uint64_t at) const { return at != kNone && at >= begin_; }
+    RecentEvent& at(uint64_t position) { return ring_[position & (ring_.size() - 1)]; }
+    const RecentEvent& at(uint64_t position) const { return ring_[position & (ring_.size() - 1)]; }
+    size_t size() const { return static_cast<size_t>(end_ - begin_); }
+    size_t capacity() const { return ring_.size(); }
+
+    uint64_t Append(RecentEvent&& r) {
+      if (end_ - begin_ == ring_.size()) Grow();
+      at(end_) = std::move(r);
+      return end_++;
+    }
+    // Drops the front while it is before `low_ms`: nothing can need it (a few stay behind a later front).
+    void DropBefore(int64_t low_ms) {
+      while (begin_ < end_ && at(begin_).time < low_ms) at(begin_++) = RecentEvent{};
+      if (begin_ == end_ && ring_.size() > 1024 && (ring_.size() >> 4) > peak_) {
+        std::vector<RecentEvent>(1024).swap(ring_);  // Shrink after a burst.
+      }
+      peak_ = std::max<uint64_t>(peak_ * 255 / 256, end_ - begin_);
+    }
+    template <typename F>
+    void ForEach(F f) const {
+      for (uint64_t k = begin_; k < end_; ++k) f(at(k));
+    }
+
+   private:
+    void Grow() {
+      std::vector<RecentEvent> grown(ring_.empty() ? 1024 : ring_.size() * 2);
+      for (uint64_t k = begin_; k < end_; ++k) grown[k & (grown.size() - 1)] = std::move(at(k));
+      ring_.swap(grown);
+    }
+    std::vector<RecentEvent> ring_;  // A power of two long.
+    uint64_t begin_ = 0, end_ = 0;
+    uint64_t peak_ = 0;
+  };
+
   Window<Agg> window_;
   AggContext ctx_;
+  bool buffered_;
+  RecentLog log_;
+  std::vector<uint64_t> overtaken_;            // Apply scratch.
+  std::vector<const RecentEvent*> pointers_;   // Apply scratch.
 };
 
 template <typename Agg>
-std::unique_ptr<FeatureOperator> MakeWindowed(const FeatureSpec& f) {
+std::unique_ptr<FeatureOperator> MakeWindowed(const FeatureSpec& f, bool buffered) {
   const WindowSpec& w = f.window;
   switch (w.kind) {
     case WindowKind::kLifetime:
-      return std::make_unique<WindowedOperator<Agg, LifetimeWindow>>(LifetimeWindow<Agg>(), f.precision);
+      return std::make_unique<WindowedOperator<Agg, LifetimeWindow>>(LifetimeWindow<Agg>(), f.precision,
+                                                                       buffered);
     case WindowKind::kSliding:
     case WindowKind::kTumbling: {
       const int64_t slide = w.kind == WindowKind::kTumbling ? w.size_ms : w.slide_ms;
       if (slide == 0) {
         return std::make_unique<WindowedOperator<Agg, ContinuousWindow>>(ContinuousWindow<Agg>(w.size_ms),
-                                                                         f.precision);
+                                                                         f.precision, buffered);
       }
       return std::make_unique<WindowedOperator<Agg, TiledWindow>>(TiledWindow<Agg>(slide, w.size_ms / slide),
-                                                                  f.precision);
+                                                                  f.precision, buffered);
     }
     case WindowKind::kSession:
-      return std::make_unique<WindowedOperator<Agg, SessionWindow>>(SessionWindow<Agg>(w.gap_ms), f.precision);
+      return std::make_unique<WindowedOperator<Agg, SessionWindow>>(SessionWindow<Agg>(w.gap_ms), f.precision,
+                                                                      buffered);
   }
   return nullptr;
 }
 
-// Saved-state formats; a reader refuses versions it does not know.
-constexpr uint8_t kEngineStateVersion = 1;
-constexpr uint8_t kEntityStateVersion = 1;
+// Saved-state formats; a reader refuses versions it does not know. Version 2 added the recent events;
+// version 1 loads with none.
+constexpr uint8_t kEngineStateVersion = 2;
+constexpr uint8_t kEntityStateVersion = 2;
 
 // Quotes text for SpecStateDescription so that no value can run into the next one.
 std::string Quoted(std::string_view text) {
@@ -163,22 +361,23 @@ uint64_t SpecFingerprint(const Spec& spec) {
   return hash;
 }
 
-std::unique_ptr<FeatureOperator> MakeFeatureOperator(const FeatureSpec& feature) {
+std::unique_ptr<FeatureOperator> MakeFeatureOperator(const FeatureSpec& feature, bool buffered) {
   switch (feature.agg) {
-    case AggKind::kCount: return MakeWindowed<CountAgg>(feature);
-    case AggKind::kSum: return MakeWindowed<SumAgg>(feature);
-    case AggKind::kMean: return MakeWindowed<MeanAgg>(feature);
-    case AggKind::kMin: return MakeWindowed<MinAgg>(feature);
-    case AggKind::kMax: return MakeWindowed<MaxAgg>(feature);
-    case AggKind::kStddev: return MakeWindowed<StddevAgg>(feature);
-    case AggKind::kLast: return MakeWindowed<LastAgg>(feature);
-    case AggKind::kCountDistinct: return MakeWindowed<CountDistinctAgg>(feature);
-    case AggKind::kApproxCountDistinct: return MakeWindowed<ApproxCountDistinctAgg>(feature);
+    case AggKind::kCount: return MakeWindowed<CountAgg>(feature, buffered);
+    case AggKind::kSum: return MakeWindowed<SumAgg>(feature, buffered);
+    case AggKind::kMean: return MakeWindowed<MeanAgg>(feature, buffered);
+    case AggKind::kMin: return MakeWindowed<MinAgg>(feature, buffered);
+    case AggKind::kMax: return MakeWindowed<MaxAgg>(feature, buffered);
+    case AggKind::kStddev: return MakeWindowed<StddevAgg>(feature, buffered);
+    case AggKind::kLast: return MakeWindowed<LastAgg>(feature, buffered);
+    case AggKind::kCountDistinct: return MakeWindowed<CountDistinctAgg>(feature, buffered);
+    case AggKind::kApproxCountDistinct: return MakeWindowed<ApproxCountDistinctAgg>(feature, buffered);
   }
   return nullptr;
 }
 
-FeatureEngine::FeatureEngine(const Spec& spec) : spec_(spec) {
+FeatureEngine::FeatureEngine(const Spec& spec, Options options) : spec_(spec) {
+  keeps_recent_ = options.keep_recent && spec.watermark.has_value();
   for (const FeatureSpec& f : spec.features) {
     int group = -1;
     if (f.where) {
@@ -191,7 +390,7 @@ FeatureEngine::FeatureEngine(const Spec& spec) : spec_(spec) {
       }
     }
     where_group_.push_back(group);
-    operators_.push_back(MakeFeatureOperator(f));
+    operators_.push_back(MakeFeatureOperator(f, keeps_recent_));
     const size_t align = operators_.back()->state_align();
     row_bytes_ = (row_bytes_ + align - 1) / align * align;
     offsets_.push_back(row_bytes_);
@@ -320,6 +519,12 @@ void FeatureEngine::Query(std::string_view entity, int64_t t, std::vector<Value>
   QueryIndex(FindEntity(entity), t, out);
 }
 
+size_t FeatureEngine::SettleRecent() {
+  size_t held = 0;
+  for (const auto& op : operators_) held += op->Settle(low_ms_);
+  return held;
+}
+
 size_t FeatureEngine::MemoryBytes() const {
   size_t bytes = entity_names_.capacity() * sizeof(std::string) + entities_.capacity() * (sizeof(std::string) + 8);
   for (const std::string& name : entity_names_) bytes += name.capacity() > 15 ? name.capacity() + 1 : 0;
@@ -382,7 +587,7 @@ Status FeatureEngine::LoadState(ByteReader& in) {
   uint64_t fingerprint;
   std::string_view description;
   if (!in.ReadU8(&version)) return malformed("");
-  if (version != kEngineStateVersion) {
+  if (version != kEngineStateVersion && version != 1) {
     return Status::Invalid("saved engine state has format version " + std::to_string(version) +
                            ", but this build of Freshet reads version " + std::to_string(kEngineStateVersion) +
                            "; restore it with the Freshet version that wrote it, or start without it");
@@ -420,7 +625,7 @@ Status FeatureEngine::LoadState(ByteReader& in) {
     }
     unsigned char* row = Row(index);
     for (size_t k = 0; k < operators_.size(); ++k) {
-      if (!operators_[k]->LoadState(row + offsets_[k], in)) {
+      if (!operators_[k]->LoadState(row + offsets_[k], in, version >= 2)) {
         return malformed(" (entity '" + std::string(name) + "', feature '" + spec_.features[k].name + "')");
       }
     }
@@ -443,7 +648,7 @@ Status FeatureEngine::LoadEntity(std::string_view entity, ByteReader& in) {
     return Status::Invalid("saved state of entity '" + std::string(entity) + "' is truncated at byte " +
                            std::to_string(in.failed_at()) + " (header); it cannot be loaded");
   }
-  if (version != kEntityStateVersion) {
+  if (version != kEntityStateVersion && version != 1) {
     return Status::Invalid("saved state of entity '" + std::string(entity) + "' has format version " +
                            std::to_string(version) + ", but this build of Freshet reads version " +
                            std::to_string(kEntityStateVersion));
@@ -459,7 +664,7 @@ Status FeatureEngine::LoadEntity(std::string_view entity, ByteReader& in) {
   for (size_t k = 0; k < operators_.size(); ++k) operators_[k]->Construct(scratch.get() + offsets_[k]);
   size_t failed_feature = operators_.size();
   for (size_t k = 0; k < operators_.size() && failed_feature == operators_.size(); ++k) {
-    if (!operators_[k]->LoadState(scratch.get() + offsets_[k], in)) failed_feature = k;
+    if (!operators_[k]->LoadState(scratch.get() + offsets_[k], in, version >= 2)) failed_feature = k;
   }
   if (failed_feature == operators_.size()) {
     unsigned char* row = Row(FindOrAddEntity(entity));

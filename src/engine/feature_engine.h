@@ -7,7 +7,17 @@
 //   Extract  per feature: the `where` filter and the aggregated field, turned into a compact owned copy
 //            (PendingEvent) that outlives the parser's buffer; the entity is resolved to a dense index.
 //   Apply    fold the extracted inputs into each feature's per-entity window state.
-// Query answers every feature of one entity as of a time (see window/windows.h for exactness).
+// Query answers every feature of one entity as of a time.
+//
+// Exactness in time. With a watermark, the streaming engine keeps the recent events (those at or after the
+// low watermark L = M - max_out_of_orderness - allowed_lateness) with marks of what each changed, and applies
+// events to the windows in (time, input order) order, rewinding and re-applying the recent ones when an
+// event arrives out of order (see WindowedOperator in feature_engine.cc). So Query(E, t) is the exact value
+// over the events applied so far with time <= t, for every t >= min(L, E's newest event): the features row of
+// an out-of-order event does not see the later events that arrived before it. For an earlier t the answer may
+// include events after t (IsExactAsOf says which). Without a watermark nothing bounds such a buffer, and the
+// engine keeps none: Query is exact for t at or after the entity's newest event only. Point-in-time queries
+// (historical/) apply events in time order themselves and turn the buffer off (Options::keep_recent).
 //
 // Saved state (checkpoints, the online store): SaveState/LoadState write and restore everything needed to
 // continue exactly (entities, every feature state, the lateness state, counters); SaveEntity/LoadEntity do
@@ -62,24 +72,32 @@ class FeatureOperator {
   virtual size_t state_align() const = 0;
   virtual void Construct(void* state) const = 0;
   virtual void Destroy(void* state) const = 0;
+  // Folds one event in. `low_ms`: no event earlier than this will be applied later (INT64_MIN: none known).
   virtual void Apply(void* state, const InputCell& cell, int64_t time_ms, uint64_t seq, int64_t low_ms) = 0;
-  // The value as of t.
+  // The value as of t: exact for every t at or after the newest applied event, and, in an engine that keeps
+  // recent events, for every t at or after the low watermark of the last Apply.
   virtual Value Query(const void* state, int64_t t) const = 0;
   virtual Value EmptyValue() const = 0;
+  // Drops the recent events (of every entity) that no query at or after `low_ms` and no later event can
+  // need; returns how many it still holds.
+  virtual size_t Settle(int64_t low_ms) = 0;
   // Heap bytes held by one state, and by the operator itself (interned strings).
   virtual size_t StateMemoryBytes(const void* state) const = 0;
   virtual size_t MemoryBytes() const = 0;
-  // Appends one state, strings by their text (see the Serialize verbs in aggregate/ and window/).
+  // Appends one state, strings by their text (see the Serialize verbs in aggregate/ and window/), and its
+  // recent events.
   virtual void SaveState(const void* state, ByteWriter& out) const = 0;
-  // Replaces a constructed state by one SaveState wrote, re-interning its strings. False on malformed input
-  // (`in` is then failed); the state is left valid but unspecified.
-  virtual bool LoadState(void* state, ByteReader& in) = 0;
+  // Replaces a constructed state by one SaveState wrote, re-interning its strings; `with_recent` false reads
+  // the format before recent events were kept (saved-state version 1). False on malformed input (`in` is
+  // then failed); the state is left valid but unspecified.
+  virtual bool LoadState(void* state, ByteReader& in, bool with_recent) = 0;
   // Move-assigns the constructed state *from to the constructed state *to.
   virtual void MoveState(void* to, void* from) const = 0;
 };
 
-// Makes the operator for one feature. Every aggregation x window pair is registered here.
-std::unique_ptr<FeatureOperator> MakeFeatureOperator(const FeatureSpec& feature);
+// Makes the operator for one feature. Every aggregation x window pair is registered here. `buffered`: keep
+// recent events so that queries as of any time at or after the low watermark are exact (see FeatureEngine).
+std::unique_ptr<FeatureOperator> MakeFeatureOperator(const FeatureSpec& feature, bool buffered);
 
 // What a spec's saved state means, as canonical text, one line per item: the watermark, then per feature
 // its name, aggregation, field, `where` (canonical form), window and precision. Specs that differ only in
@@ -98,7 +116,13 @@ struct EngineCounters {
 
 class FeatureEngine {
  public:
-  explicit FeatureEngine(const Spec& spec);
+  struct Options {
+    // Keep recent events for exact past queries (above); only with a watermark. Callers that apply events
+    // in time order themselves (point-in-time joins) turn it off to save the marks.
+    bool keep_recent = true;
+  };
+  explicit FeatureEngine(const Spec& spec) : FeatureEngine(spec, Options()) {}
+  FeatureEngine(const Spec& spec, Options options);
   ~FeatureEngine();
   FeatureEngine(const FeatureEngine&) = delete;
   FeatureEngine& operator=(const FeatureEngine&) = delete;
@@ -115,6 +139,17 @@ class FeatureEngine {
   // The earliest time a future admitted event can have: M - out_of_orderness - lateness with a
   // watermark, the smallest int64 without one.
   int64_t low_watermark_ms() const { return low_ms_; }
+
+  // Whether Query as of t is exact for an entity whose newest applied event is at newest_ms (nullopt: the
+  // entity has none): t >= newest_ms, or, when recent events are kept, t >= the low watermark.
+  bool IsExactAsOf(std::optional<int64_t> newest_ms, int64_t t) const {
+    return !newest_ms || t >= *newest_ms || (keeps_recent_ && t >= low_ms_);
+  }
+  bool keeps_recent() const { return keeps_recent_; }
+
+  // Drops the recent events that the low watermark has passed (Apply does this as it goes; this also after
+  // the last event). Returns the recent events still held, over all features.
+  size_t SettleRecent();
 
   // Resolves the entity and extracts every feature's input. `seq` is the event's input order.
   void Extract(const ParsedEvent& event, uint64_t seq, PendingEvent* out);
@@ -196,6 +231,7 @@ class FeatureEngine {
   absl::flat_hash_map<std::string, uint32_t> entities_;
   std::vector<std::string> entity_names_;
   bool has_watermark_ = false;
+  bool keeps_recent_ = false;
   int64_t delay_ms_ = 0;  // max_out_of_orderness + allowed_lateness.
   int64_t max_time_ms_ = std::numeric_limits<int64_t>::min();
   int64_t low_ms_ = std::numeric_limits<int64_t>::min();

@@ -519,6 +519,8 @@ TEST(FeatureEngineTest, EndToEndMatchesBruteForce) {
         {"total_1s_hop", AggKind::kSum, SlidingSpec(1000, 250), false},
         {"mean_buys", AggKind::kMean, LifetimeWindowSpec(), true},
         {"min_600", AggKind::kMin, SlidingSpec(600), false},
+        {"n_30", AggKind::kCount, SlidingSpec(30), false},  // Shorter than the lateness delay (60).
+        {"n_hop_20", AggKind::kCount, SlidingSpec(40, 20), false},
         {"max_tumble", AggKind::kMax, TumblingSpec(500), false},
         {"spread", AggKind::kStddev, SlidingSpec(2000, 500), false},
         {"latest", AggKind::kLast, TumblingSpec(500), false},
@@ -535,7 +537,7 @@ TEST(FeatureEngineTest, EndToEndMatchesBruteForce) {
       }
       AddFeature(spec, r.name, r.agg, field, r.window, r.buys_only ? "kind == 'buy'" : "", 10);
     }
-    FeatureEngine engine(spec);
+    auto engine_ptr = std::make_unique<FeatureEngine>(spec);
     EventParser parser(spec.fields);
 
     std::vector<GenEvent> admitted_events;
@@ -544,6 +546,7 @@ TEST(FeatureEngineTest, EndToEndMatchesBruteForce) {
     std::optional<int64_t> max_time;
     int64_t clock = -static_cast<int64_t>(rng() % 3000);
     uint64_t seq = 0;
+    int out_of_order = 0;
     for (int k = 0; k < 600; ++k) {
       GenEvent e;
       e.user = "u" + std::to_string(rng() % 4);
@@ -574,6 +577,7 @@ TEST(FeatureEngineTest, EndToEndMatchesBruteForce) {
 
       const bool want_late = with_watermark && max_time && e.ts < *max_time - 60;
       ParsedEvent parsed = MustParse(parser, e.Json());
+      FeatureEngine& engine = *engine_ptr;
       ASSERT_EQ(engine.Admit(parsed.time_ms), !want_late) << e.Json();
       if (want_late) continue;
       max_time = std::max(max_time.value_or(e.ts), e.ts);
@@ -594,11 +598,38 @@ TEST(FeatureEngineTest, EndToEndMatchesBruteForce) {
           ASSERT_TRUE(refs[f].Check(by_user[e.user], t, values[f])) << "after " << e.Json();
         }
       }
+      if (with_watermark) {
+        // As of the event's own time (its features row), and of times between the low watermark and the
+        // newest event: exact over the events admitted so far, the later ones excluded.
+        std::vector<int64_t> times = {e.ts, engine.low_watermark_ms()};
+        for (int r = 0; r < 3; ++r) {
+          times.push_back(engine.low_watermark_ms() + static_cast<int64_t>(rng() % 61));
+        }
+        for (const int64_t t : times) {
+          ASSERT_TRUE(engine.IsExactAsOf(e.ts, t));
+          engine.Query(e.user, t, &values);
+          for (size_t f = 0; f < refs.size(); ++f) {
+            ASSERT_TRUE(refs[f].Check(by_user[e.user], t, values[f])) << "after " << e.Json() << " as of " << t;
+          }
+        }
+        out_of_order += e.ts < *max_time ? 1 : 0;
+      }
+      if (k % 150 == 149) {
+        // A saved and restored engine carries on exactly, recent events included.
+        std::string bytes;
+        ByteWriter out(&bytes);
+        engine.SaveState(out);
+        auto restored = std::make_unique<FeatureEngine>(spec);
+        ByteReader in(bytes);
+        ASSERT_TRUE(restored->LoadState(in).ok());
+        engine_ptr = std::move(restored);
+      }
     }
     if (with_watermark) {
-      EXPECT_GT(engine.counters().late, 0u) << "the sequence should exercise the lateness rule";
+      EXPECT_GT(engine_ptr->counters().late, 0u) << "the sequence should exercise the lateness rule";
+      EXPECT_GT(out_of_order, 100) << "the sequence should exercise out-of-order events";
     } else {
-      EXPECT_EQ(engine.counters().late, 0u);
+      EXPECT_EQ(engine_ptr->counters().late, 0u);
     }
   }
 }

@@ -29,6 +29,7 @@ enum RngStream : uint64_t {
   kTimestampStyleStream = 5,
   kEntityStream = 6,
   kUserLayoutStream = 7,
+  kDuplicateStream = 8,
 };
 
 uint64_t SplitMix64(uint64_t* state) {
@@ -789,10 +790,13 @@ class LineWriter {
       : out_(out),
         format_(options.timestamp_format),
         malformed_share_(options.malformed_share),
+        event_ids_(options.event_ids),
+        duplicate_share_(options.duplicate_share),
         total_(options.events),
         on_progress_(options.on_progress),
         style_rng_(options.seed, kTimestampStyleStream),
         malformed_rng_(options.seed, kMalformedStream),
+        duplicate_rng_(options.seed, kDuplicateStream),
         buffer_(new char[kBufferBytes]) {}
 
   bool failed() const { return !status_.ok(); }
@@ -816,9 +820,15 @@ class LineWriter {
     *p++ = '\n';
     pos_ = static_cast<size_t>(p - buffer_.get());
     if ((++written_ & 0xFFFF) == 0 && on_progress_) on_progress_(written_, total_);
+    if (duplicate_share_ > 0 && duplicate_rng_.Chance(duplicate_share_)) {
+      const auto delay = duplicate_rng_.Between(1, static_cast<int64_t>(kMaxResendDelayLines));
+      resends_.push({written_ + static_cast<uint64_t>(delay), resend_sequence_++, std::string(line, p)});
+    }
+    WriteResends(written_);
   }
 
   Status Finish() {
+    WriteResends(UINT64_MAX);
     Flush();
     if (status_.ok() && std::fflush(out_) != 0) status_ = WriteError();
     if (on_progress_) on_progress_(written_, total_);
@@ -828,6 +838,29 @@ class LineWriter {
  private:
   static constexpr size_t kBufferBytes = size_t{1} << 20;
   static constexpr size_t kMaxLineBytes = 512;
+
+  // A line to be written again once `after` original lines are written.
+  struct Resend {
+    uint64_t after;
+    uint64_t sequence;
+    std::string line;  // With its newline.
+  };
+  struct LaterResendFirst {
+    bool operator()(const Resend& a, const Resend& b) const {
+      return a.after > b.after || (a.after == b.after && a.sequence > b.sequence);
+    }
+  };
+
+  // Writes the resends due once `written` original lines are out, in order.
+  void WriteResends(uint64_t written) {
+    while (!resends_.empty() && resends_.top().after <= written) {
+      if (pos_ > kBufferBytes - kMaxLineBytes) Flush();
+      const std::string& line = resends_.top().line;
+      std::memcpy(buffer_.get() + pos_, line.data(), line.size());
+      pos_ += line.size();
+      resends_.pop();
+    }
+  }
 
   void Flush() {
     if (pos_ > 0 && status_.ok() && std::fwrite(buffer_.get(), 1, pos_, out_) != pos_) status_ = WriteError();
@@ -973,6 +1006,11 @@ class LineWriter {
       }
       *p++ = ',';
     }
+    if (event_ids_) {
+      p = Put(p, "\"event_id\":\"e");
+      p = PutInt(p, static_cast<int64_t>(written_ + 1));
+      p = Put(p, "\",");
+    }
     p = Put(p, "\"type\":\"");
     p = Put(p, kTypeNames[static_cast<int>(e.type)]);
     *p++ = '"';
@@ -1013,13 +1051,18 @@ class LineWriter {
   FILE* out_;
   TimestampFormat format_;
   double malformed_share_;
+  bool event_ids_;
+  double duplicate_share_;
   uint64_t total_;
   const GeneratorProgressFn& on_progress_;
   Rng style_rng_;
   Rng malformed_rng_;
+  Rng duplicate_rng_;
   std::unique_ptr<char[]> buffer_;
   size_t pos_ = 0;
-  uint64_t written_ = 0;
+  uint64_t written_ = 0;  // Original lines written (resends not counted).
+  std::priority_queue<Resend, std::vector<Resend>, LaterResendFirst> resends_;  // Earliest due first.
+  uint64_t resend_sequence_ = 0;
   int64_t cached_high_ = -1;
   char cached_high_text_[24] = {};
   size_t cached_high_length_ = 0;
@@ -1229,6 +1272,10 @@ Status ValidateGeneratorOptions(const GeneratorOptions& options) {
   }
   if (!IsShare(options.malformed_share)) {
     return Status::Invalid("--malformed-share " + ShortNumber(options.malformed_share) +
+                           " is out of range; use 0..1");
+  }
+  if (!IsShare(options.duplicate_share)) {
+    return Status::Invalid("--duplicate-share " + ShortNumber(options.duplicate_share) +
                            " is out of range; use 0..1");
   }
   if (!(options.zipf_exponent >= 0.0 && options.zipf_exponent <= 10.0)) {

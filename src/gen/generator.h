@@ -8,7 +8,8 @@
 //   {"user_id":"u123","ts":...,"type":"login","success":true,"device":"ios"}
 //
 // `ts` is epoch milliseconds (a JSON integer) or RFC 3339 UTC text, see TimestampFormat. `amount` is a
-// positive number of currency units with at most two decimals, always written with a decimal point.
+// positive number of currency units with at most two decimals, always written with a decimal point. With
+// `event_ids`, every line also has a unique id right after `ts`: {"user_id":"u123","ts":...,"event_id":"e17",...}.
 //
 // The workload: users u1..uN have Zipf-skewed activity (exponent `zipf_exponent`, so a few users are very
 // active and most rarely appear). A user's visit is a burst of views seconds to a couple of minutes apart,
@@ -19,7 +20,8 @@
 //
 // Output is deterministic: the same options (seed included) give byte-identical output, on any machine with
 // the same C library. Events lie in [start_ms, start_ms + duration_ms) and are written in nondecreasing `ts`
-// order, except as asked by `disorder_ms` and `late_share`. Exactly `events` lines are written.
+// order, except as asked by `disorder_ms`, `late_share` and `duplicate_share`. Exactly `events` lines are
+// written, plus the resends of `duplicate_share`.
 //
 // Example:
 //   GeneratorOptions options;
@@ -77,6 +79,13 @@ struct GeneratorOptions {
 
   TimestampFormat timestamp_format = TimestampFormat::kEpochMs;
 
+  // Give every line an "event_id" ("e1", "e2", ... in the order the lines are written; a resend keeps its id).
+  bool event_ids = false;
+
+  // Share (0..1) of lines written again, byte for byte, 1 to kMaxResendDelayLines lines later, like a
+  // producer that resends what it is not sure was delivered. Resends are written in addition to `events`.
+  double duplicate_share = 0;
+
   // Rows written by GenerateEntities.
   uint64_t entity_rows = 10000;
 
@@ -89,6 +98,9 @@ struct GeneratorOptions {
 
 // The largest `users` accepted: the generator keeps 16 bytes per user (and 12 more while it sets up).
 inline constexpr uint64_t kMaxGeneratorUsers = 20'000'000;
+
+// The most lines a resend (see GeneratorOptions::duplicate_share) follows its original by.
+inline constexpr uint64_t kMaxResendDelayLines = 50;
 
 // The least lateness of a late event (see GeneratorOptions::late_share): five minutes.
 inline constexpr int64_t kLateMinMs = 5 * 60 * 1000;

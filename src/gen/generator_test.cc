@@ -521,6 +521,67 @@ TEST(GeneratorTest, EntityRowsAreWellFormedAndLabelAttackers) {
   EXPECT_LT(other_rate, 0.06);
 }
 
+// Removes `,"event_id":"eN"` from a line; returns N (0 when there is none).
+uint64_t TakeEventId(std::string* line) {
+  const std::string key = ",\"event_id\":\"e";
+  const size_t at = line->find(key);
+  if (at == std::string::npos) return 0;
+  const size_t end = line->find('"', at + key.size());
+  const uint64_t n = std::stoull(line->substr(at + key.size(), end - at - key.size()));
+  line->erase(at, end + 1 - at);
+  return n;
+}
+
+TEST(GeneratorTest, EventIdsNumberTheLinesAndChangeNothingElse) {
+  GeneratorOptions options = Small();
+  options.disorder_ms = 5000;
+  options.late_share = 0.01;
+  const std::vector<std::string> plain = Lines(Capture(options));
+  options.event_ids = true;
+  std::vector<std::string> with_ids = Lines(Capture(options));
+  ASSERT_EQ(with_ids.size(), plain.size());
+  simdjson::dom::parser parser;
+  for (size_t k = 0; k < with_ids.size(); ++k) {
+    // Right after ts: {"user_id":"u1","ts":1767225600000,"event_id":"e1","type":...
+    EXPECT_NE(with_ids[k].find(",\"event_id\":\"e" + std::to_string(k + 1) + "\",\"type\":"), std::string::npos)
+        << with_ids[k];
+    EXPECT_EQ(TakeEventId(&with_ids[k]), k + 1);
+    EXPECT_EQ(with_ids[k], plain[k]);
+  }
+}
+
+TEST(GeneratorTest, DuplicateShareResendsEarlierLinesByteForByteALittleLater) {
+  GeneratorOptions options = Small();
+  options.disorder_ms = 2000;
+  options.event_ids = true;  // So every original line is unique.
+  const std::vector<std::string> originals = Lines(Capture(options));
+  options.duplicate_share = 0.05;
+  const std::string text = Capture(options);
+  EXPECT_EQ(Capture(options), text);  // Deterministic.
+  const std::vector<std::string> lines = Lines(text);
+  // Dropping every line seen before gives the stream without resends: turning the knob reshuffles nothing.
+  // Each resend follows its original by 1 to kMaxResendDelayLines original lines.
+  std::map<std::string, size_t> first_at;  // Line text -> originals written when it first appeared.
+  std::vector<std::string> without_resends;
+  size_t resends = 0;
+  for (const std::string& line : lines) {
+    auto [it, first] = first_at.emplace(line, without_resends.size());
+    if (first) {
+      without_resends.push_back(line);
+      continue;
+    }
+    ++resends;
+    const size_t behind = without_resends.size() - it->second;
+    EXPECT_GE(behind, 1u);
+    EXPECT_LE(behind, kMaxResendDelayLines + 1) << line;
+  }
+  EXPECT_EQ(without_resends, originals);
+  EXPECT_EQ(lines.size(), originals.size() + resends);
+  EXPECT_NEAR(static_cast<double>(resends) / static_cast<double>(options.events), 0.05, 0.01);
+  options.duplicate_share = 1.5;
+  EXPECT_NE(ValidateGeneratorOptions(options).message().find("--duplicate-share"), std::string::npos);
+}
+
 TEST(GeneratorTest, RejectsBadOptions) {
   GeneratorOptions options;
   options.users = 0;

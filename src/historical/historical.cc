@@ -11,6 +11,7 @@
 
 #include "common/progress.h"
 #include "common/time.h"
+#include "engine/dedup.h"
 #include "engine/feature_engine.h"
 #include "event/dead_letters.h"
 #include "event/event_parser.h"
@@ -58,7 +59,8 @@ class PointInTimeJoin {
  public:
   PointInTimeJoin(const Spec& spec, const std::vector<EntityTime>& rows, const RowAnswerFn& answer,
                   DeadLetterWriter* dead_letters, HistoricalStats* stats)
-      : engine_(spec), parser_(spec.fields), rows_(rows), answer_(answer), dead_letters_(dead_letters), stats_(stats) {
+      : engine_(spec, FeatureEngine::Options{.keep_recent = false}), parser_(spec.fields), rows_(rows), answer_(answer), dead_letters_(dead_letters), stats_(stats) {
+    if (spec.dedup) dedup_.emplace(spec);
     order_.resize(rows.size());
     std::iota(order_.begin(), order_.end(), 0);
     std::stable_sort(order_.begin(), order_.end(),
@@ -77,6 +79,13 @@ class PointInTimeJoin {
     if (!parser_.Parse(text, capacity, &event_, &reason_)) {
       ++stats_->rejected;
       dead_letters_->Write(number, reason_, text);
+      return;
+    }
+    // Lateness first (a late event is late, duplicate or not), then deduplication, then admission.
+    if (dedup_ && !engine_.IsLate(event_.time_ms) &&
+        !dedup_->Admit(event_.entity, event_.slots[engine_.spec().dedup->field_slot], event_.time_ms)) {
+      ++stats_->duplicates;
+      dead_letters_->Write(number, "duplicate", text);
       return;
     }
     if (!engine_.Admit(event_.time_ms)) {
@@ -121,6 +130,7 @@ class PointInTimeJoin {
   }
 
   FeatureEngine engine_;
+  std::optional<Deduplicator> dedup_;  // With `dedup` in the spec.
   EventParser parser_;
   const std::vector<EntityTime>& rows_;
   const RowAnswerFn& answer_;

@@ -1,7 +1,8 @@
 // Point-in-time ("historical") feature computation: for each entity row (entity, t, labels...) the
 // features as of t, computed by the same FeatureEngine operators as the streaming runtime.
 //
-// How: events are read in input order through the parser and the lateness rule (Admit), extracted,
+// How: events are read in input order through the parser, the lateness rule (Admit) and deduplication
+// (with `dedup` in the spec; engine/dedup.h), extracted,
 // and held in a reorder buffer by event time. Because no admitted event can be earlier than the low
 // watermark (M - out_of_orderness - lateness), events and entity rows below it are final: they are
 // released in time order, each event applied and each row answered once every event at or before its
@@ -59,6 +60,7 @@ struct HistoricalStats {
   uint64_t accepted = 0;
   uint64_t rejected = 0;
   uint64_t late = 0;
+  uint64_t duplicates = 0;  // Dropped by the spec's `dedup`.
   uint64_t rows = 0;
   bool has_events = false;     // Whether any event was admitted;
   int64_t max_event_time_ms = 0;  // if so, the newest admitted event time.
@@ -74,7 +76,7 @@ struct PointInTimeOptions {
 // spec order. The values (their strings) are valid only during the call.
 using RowAnswerFn = std::function<void(size_t row, const std::vector<Value>& values)>;
 
-// The core of every point-in-time computation: reads `input` through parse -> Admit -> Extract -> reorder
+// The core of every point-in-time computation: reads `input` through parse -> Admit -> dedup -> Extract -> reorder
 // buffer -> Apply and answers each of `rows` by calling `answer`. Fills *stats (rows: rows answered).
 Status ComputePointInTime(const Spec& spec, const EventInput& input, const std::vector<EntityTime>& rows,
                           const PointInTimeOptions& options, const RowAnswerFn& answer, HistoricalStats* stats);

@@ -5,6 +5,7 @@
 
 #include "common/progress.h"
 #include "common/time.h"
+#include "engine/dedup.h"
 #include "engine/feature_engine.h"
 #include "event/line_reader.h"
 #include "offline/tables.h"
@@ -20,6 +21,11 @@ constexpr uint64_t kSpillBytes = 256ull << 20;  // Staged to files beyond this, 
 }  // namespace
 
 Status RunBackfill(const Spec& spec, const BackfillOptions& options, BackfillStats* stats) {
+  if (!spec.watermark) {
+    return Status::Invalid(spec.file + ": backfill writes the features table, which needs a 'watermark' (without one "
+                           "the rows of out-of-order events could not be exact as of their time); add watermark: "
+                           "{max_out_of_orderness: 5s, allowed_lateness: 1m} with your own bounds");
+  }
   const auto started = std::chrono::steady_clock::now();
   *stats = BackfillStats();
   OfflinePaths paths = OfflinePathsFor(spec, options.data_dir);
@@ -55,13 +61,15 @@ Status RunBackfill(const Spec& spec, const BackfillOptions& options, BackfillSta
 
   FeatureEngine engine(spec);
   PipelineCounters counters;
-  EventPath path(engine, counters, sink.get());
+  std::optional<Deduplicator> dedup = MakeDeduplicator(spec);
+  EventPath path(engine, counters, dedup ? &*dedup : nullptr, sink.get());
   ProgressLine progress("backfill", options.progress);
   auto account = [&](EventPath::Outcome outcome) -> Status {
     switch (outcome) {
       case EventPath::Outcome::kAccepted: ++stats->accepted; break;
       case EventPath::Outcome::kRejected: ++stats->rejected; break;
       case EventPath::Outcome::kLate: ++stats->late; break;
+      case EventPath::Outcome::kDuplicate: ++stats->duplicates; break;
     }
     if (sink->buffered_bytes() > kSpillBytes) FRESHET_RETURN_IF_ERROR(sink->Spill());
     return Status::Ok();
@@ -106,7 +114,7 @@ Status RunBackfill(const Spec& spec, const BackfillOptions& options, BackfillSta
     checkpoint.spec_fingerprint = engine.spec_fingerprint();
     checkpoint.positions = positions;
     checkpoint.positions.emplace_back("offline", std::move(staged));
-    checkpoint.engine_state = EncodePipelineState(engine, counters);
+    checkpoint.engine_state = EncodePipelineState(engine, counters, dedup ? &*dedup : nullptr);
     FRESHET_RETURN_IF_ERROR(store->Write(checkpoint));
     stats->checkpoint_sequence = sequence;
   }

@@ -41,6 +41,7 @@ struct BackfillStats {
   uint64_t accepted = 0;
   uint64_t rejected = 0;
   uint64_t late = 0;
+  uint64_t duplicates = 0;  // Dropped by `dedup` (only --events files can hold any: the events table has none).
   uint64_t feature_rows = 0;
   std::optional<uint64_t> checkpoint_sequence;
   double seconds = 0;

@@ -1,13 +1,24 @@
 #include "run/event_path.h"
 
+#include <algorithm>
+
 namespace freshet {
 namespace {
 
-constexpr uint32_t kPipelineStateVersion = 1;
+// 1: engine state and counters. 2: also the duplicates counter and the deduplication state.
+constexpr uint32_t kPipelineStateVersion = 2;
+
+// Newest time among the entities' newest accepted events: M, for a deduplicator starting without saved ids.
+int64_t NewestAccepted(const PipelineCounters& counters) {
+  int64_t newest = std::numeric_limits<int64_t>::min();
+  for (int64_t t : counters.newest_event_ms) newest = std::max(newest, t);
+  return newest;
+}
 
 }  // namespace
 
-std::string EncodePipelineState(const FeatureEngine& engine, const PipelineCounters& counters) {
+std::string EncodePipelineState(const FeatureEngine& engine, const PipelineCounters& counters,
+                                const Deduplicator* dedup) {
   std::string engine_bytes;
   ByteWriter engine_out(&engine_bytes);
   engine.SaveState(engine_out);
@@ -20,14 +31,27 @@ std::string EncodePipelineState(const FeatureEngine& engine, const PipelineCount
   out.PutU64(counters.rejected);
   out.PutU64(counters.newest_event_ms.size());
   for (int64_t t : counters.newest_event_ms) out.PutI64(t);
+  out.PutU64(counters.duplicates);
+  // The deduplication state, with the field its ids were read from; empty without deduplication.
+  std::string dedup_bytes;
+  if (dedup != nullptr) {
+    ByteWriter dedup_out(&dedup_bytes);
+    dedup_out.PutString(engine.spec().dedup->field);
+    dedup->SaveState(dedup_out);
+  }
+  out.PutBytes(dedup_bytes);
   return bytes;
 }
 
-Status DecodePipelineState(std::string_view bytes, FeatureEngine* engine, PipelineCounters* counters) {
+Status DecodePipelineState(std::string_view bytes, FeatureEngine* engine, PipelineCounters* counters,
+                           Deduplicator* dedup, std::vector<std::string>* notes) {
+  auto note = [&](std::string text) {
+    if (notes != nullptr) notes->push_back(std::move(text));
+  };
   ByteReader in(bytes);
   uint32_t version = 0;
   std::string_view engine_bytes;
-  if (!in.ReadU32(&version) || version != kPipelineStateVersion || !in.ReadBytes(&engine_bytes)) {
+  if (!in.ReadU32(&version) || version < 1 || version > kPipelineStateVersion || !in.ReadBytes(&engine_bytes)) {
     return Status::Invalid("it was written by another version of freshet; move the data directory aside");
   }
   ByteReader engine_in(engine_bytes);
@@ -37,18 +61,50 @@ Status DecodePipelineState(std::string_view bytes, FeatureEngine* engine, Pipeli
             in.ReadU64(&entities) && entities <= bytes.size();
   counters->newest_event_ms.resize(ok ? entities : 0);
   for (uint64_t e = 0; ok && e < entities; ++e) ok = in.ReadI64(&counters->newest_event_ms[e]);
+  std::string_view dedup_bytes;
+  counters->duplicates = 0;
+  if (ok && version >= 2) ok = in.ReadU64(&counters->duplicates) && in.ReadBytes(&dedup_bytes);
   if (!ok) return Status::Invalid("it is incomplete");
+
+  if (dedup == nullptr) {
+    if (!dedup_bytes.empty()) note("the spec no longer has `dedup`: the event ids the checkpoint remembers are dropped");
+    return Status::Ok();
+  }
+  const std::string& field = engine->spec().dedup->field;
+  ByteReader dedup_in(dedup_bytes);
+  std::string_view saved_field;
+  if (dedup_bytes.empty() || !dedup_in.ReadString(&saved_field)) {
+    note("the checkpoint was written without `dedup`: deduplication starts with no remembered ids, so a resend of "
+         "an event accepted before it is not recognized");
+  } else if (saved_field != field) {
+    note("the checkpoint's remembered ids are of the field '" + std::string(saved_field) + "', not '" + field +
+         "': deduplication starts with no remembered ids");
+  } else {
+    Status loaded = dedup->LoadState(dedup_in);
+    if (!loaded.ok()) return Status::Invalid(loaded.message());
+    return Status::Ok();
+  }
+  dedup->AdvanceMaxTime(NewestAccepted(*counters));
   return Status::Ok();
 }
 
-EventPath::EventPath(FeatureEngine& engine, PipelineCounters& counters, OfflineSink* offline)
-    : engine_(engine), counters_(counters), offline_(offline), parser_(engine.spec().fields) {}
+EventPath::EventPath(FeatureEngine& engine, PipelineCounters& counters, Deduplicator* dedup, OfflineSink* offline)
+    : engine_(engine), counters_(counters), dedup_(dedup), offline_(offline), parser_(engine.spec().fields) {
+  FRESHET_CHECK((dedup != nullptr) == engine.spec().dedup.has_value());
+  if (dedup != nullptr) dedup_slot_ = engine.spec().dedup->field_slot;
+}
 
 EventPath::Outcome EventPath::Process(std::string_view text, size_t capacity, int64_t wall_ms) {
   ++counters_.lines_read;
   if (!parser_.Parse(text, capacity, &event_, &reason_)) {
     ++counters_.rejected;
     return Outcome::kRejected;
+  }
+  // Lateness first (a late event is late, duplicate or not), then deduplication, then admission.
+  if (dedup_ != nullptr && !engine_.IsLate(event_.time_ms) &&
+      !dedup_->Admit(event_.entity, event_.slots[dedup_slot_], event_.time_ms)) {
+    ++counters_.duplicates;
+    return Outcome::kDuplicate;
   }
   if (!engine_.Admit(event_.time_ms)) return Outcome::kLate;
   const uint64_t seq = counters_.seq++;

@@ -1,11 +1,13 @@
 // EventPath: what happens to one event line in `freshet run` and `freshet backfill` — the same code, so that
 // a backfill computes exactly what the stream computed:
 //
-//   parse (EventParser) -> lateness rule (Admit) -> extract -> apply to the entity's state
-//     -> offline rows: the event, and its entity's features as of the event's time
+//   parse (EventParser) -> lateness rule (Admit) -> deduplication (Deduplicator, with `dedup` in the spec)
+//     -> extract -> apply to the entity's state -> offline rows: the event, and its entity's features as of
+//     the event's time
 //
-// The features row is what a lookup as of the event's time answers right after the event is applied; for an
-// event that arrives after later events of its entity, that is the live state's answer, not a re-sorted one.
+// The features row is what a lookup as of the event's time answers right after the event is applied: the
+// exact value over the events accepted up to it, also for an event that arrives after later events of its
+// entity (the engine keeps the recent events for that; see FeatureEngine).
 //
 // Not thread-safe: the runtime calls Process under its exclusive lock.
 #pragma once
@@ -18,6 +20,7 @@
 
 #include "common/bytes.h"
 #include "common/status.h"
+#include "engine/dedup.h"
 #include "engine/feature_engine.h"
 #include "event/event_parser.h"
 #include "run/offline_sink.h"
@@ -27,22 +30,34 @@ namespace freshet {
 // What a pipeline has consumed besides the engine's state; checkpointed with it.
 struct PipelineCounters {
   uint64_t seq = 0;         // Events accepted so far: the next event's sequence number.
-  uint64_t lines_read = 0;  // Lines read from the source (accepted, rejected and late).
+  uint64_t lines_read = 0;  // Lines read from the source (accepted, rejected, late and duplicate).
   uint64_t rejected = 0;
+  uint64_t duplicates = 0;  // Dropped by `dedup` (late ones are counted by the engine).
   std::vector<int64_t> newest_event_ms;  // Per entity index: the newest accepted event time.
 };
 
-// The checkpoint's engine_state bytes of a pipeline: a version, the engine state, then the counters.
-std::string EncodePipelineState(const FeatureEngine& engine, const PipelineCounters& counters);
-// Restores what EncodePipelineState wrote into `engine` (fresh, of the same spec) and *counters.
-Status DecodePipelineState(std::string_view bytes, FeatureEngine* engine, PipelineCounters* counters);
+// The checkpoint's engine_state bytes of a pipeline: a version (2), the engine state, the counters, then the
+// deduplication state (`dedup`: null when the spec has no `dedup`) with the id field it was kept for.
+std::string EncodePipelineState(const FeatureEngine& engine, const PipelineCounters& counters,
+                                const Deduplicator* dedup);
+
+// Restores what EncodePipelineState wrote into `engine` (fresh, of the same spec), *counters and *dedup (fresh;
+// null when the spec has no `dedup`). Version 1 (before deduplication) is read too. The engine's spec
+// fingerprint leaves `dedup` out, so a checkpoint may come from a spec whose `dedup` differs; then:
+//   - written without dedup (version 1 included): *dedup starts with no ids, M taken from the counters;
+//   - written for another id field: likewise (the ids it remembers are another field's);
+//   - `dedup` since removed from the spec: the saved ids are dropped;
+//   - another `within`: the ids are kept and the new `within` applies from now on.
+// Each case but the last appends a sentence to *notes (if given) for the operator.
+Status DecodePipelineState(std::string_view bytes, FeatureEngine* engine, PipelineCounters* counters,
+                           Deduplicator* dedup, std::vector<std::string>* notes = nullptr);
 
 class EventPath {
  public:
-  enum class Outcome { kAccepted, kRejected, kLate };
+  enum class Outcome { kAccepted, kRejected, kLate, kDuplicate };
 
-  // `offline` may be null (no offline store).
-  EventPath(FeatureEngine& engine, PipelineCounters& counters, OfflineSink* offline);
+  // `dedup` must be given exactly when the spec has a `dedup` section; `offline` may be null (no offline store).
+  EventPath(FeatureEngine& engine, PipelineCounters& counters, Deduplicator* dedup, OfflineSink* offline);
 
   // Processes one line; `capacity` >= text.size() + kParsePaddingBytes readable bytes (see EventParser).
   // `wall_ms` stamps the offline rows (ingest and processing time).
@@ -59,6 +74,8 @@ class EventPath {
  private:
   FeatureEngine& engine_;
   PipelineCounters& counters_;
+  Deduplicator* dedup_;
+  int dedup_slot_ = -1;  // The id field's slot in parsed events.
   OfflineSink* offline_;
   EventParser parser_;
   ParsedEvent event_;

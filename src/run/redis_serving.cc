@@ -1,6 +1,7 @@
 #include "run/redis_serving.h"
 
 #include <cstdlib>
+#include <limits>
 
 #include "engine/feature_engine.h"
 #include "store/redis_store.h"
@@ -8,7 +9,7 @@
 namespace freshet {
 namespace {
 
-constexpr uint8_t kRedisStateVersion = 1;
+constexpr uint8_t kRedisStateVersion = 2;  // 2: the low watermark after the newest event time.
 
 class RedisFeatureService final : public FeatureService {
  public:
@@ -32,8 +33,9 @@ class RedisFeatureService final : public FeatureService {
       if (blobs[k]) {
         ByteReader in(*blobs[k]);
         uint8_t version = 0;
-        int64_t newest = 0;
-        if (!in.ReadU8(&version) || version != kRedisStateVersion || !in.ReadI64(&newest)) {
+        int64_t newest = 0, low = std::numeric_limits<int64_t>::min();
+        if (!in.ReadU8(&version) || (version != kRedisStateVersion && version != 1) || !in.ReadI64(&newest) ||
+            (version >= 2 && !in.ReadI64(&low))) {
           return Status::Internal("the Redis state of '" + std::string(entities[k]) + "' is not in a format this " +
                                   "freshet reads (version " + std::to_string(version) + ")");
         }
@@ -41,6 +43,8 @@ class RedisFeatureService final : public FeatureService {
         index = scratch.FindEntity(entities[k]);
         out.known = true;
         out.newest_event_ms = newest;
+        // Exact at or after the newest event, or at or after the low watermark when the state was written.
+        out.exact = as_of_ms >= newest || (scratch.keeps_recent() && as_of_ms >= low);
       }
       scratch.QueryIndex(index, as_of_ms, &values);
       out.values.resize(features.size());
@@ -74,9 +78,10 @@ class RedisFeatureService final : public FeatureService {
 
 }  // namespace
 
-void WriteRedisStateHeader(int64_t newest_event_ms, ByteWriter& out) {
+void WriteRedisStateHeader(int64_t newest_event_ms, int64_t low_watermark_ms, ByteWriter& out) {
   out.PutU8(kRedisStateVersion);
   out.PutI64(newest_event_ms);
+  out.PutI64(low_watermark_ms);
 }
 
 Result<std::unique_ptr<FeatureService>> MakeRedisFeatureService(const Spec& spec) {

@@ -16,8 +16,10 @@
 
 namespace freshet {
 
-// Writes the header of an entity's Redis state blob (before FeatureEngine::SaveEntity's bytes).
-void WriteRedisStateHeader(int64_t newest_event_ms, ByteWriter& out);
+// Writes the header of an entity's Redis state blob (before FeatureEngine::SaveEntity's bytes): a version,
+// the entity's newest event time and the engine's low watermark (lookups as of a time at or after either
+// are exact).
+void WriteRedisStateHeader(int64_t newest_event_ms, int64_t low_watermark_ms, ByteWriter& out);
 
 // A FeatureService backed by Redis; Ingest is refused (events go to `freshet run`).
 Result<std::unique_ptr<FeatureService>> MakeRedisFeatureService(const Spec& spec);

@@ -15,6 +15,7 @@
 
 #include "common/bytes.h"
 #include "common/time.h"
+#include "engine/dedup.h"
 #include "engine/feature_engine.h"
 #include "event/dead_letters.h"
 #include "run/feature_log.h"
@@ -104,7 +105,11 @@ class SloWindow {
 
 struct Runtime::Impl final : public FeatureService {
   Impl(const Spec& spec, RuntimeOptions options)
-      : spec_(spec), options_(std::move(options)), engine_(spec), path_(engine_, counters_, nullptr) {}
+      : spec_(spec),
+        options_(std::move(options)),
+        engine_(spec),
+        dedup_(MakeDeduplicator(spec)),
+        path_(engine_, counters_, dedup_ ? &*dedup_ : nullptr, nullptr) {}
   ~Impl() {
     if (checkpoint_thread_.joinable()) checkpoint_thread_.join();
   }
@@ -124,6 +129,7 @@ struct Runtime::Impl final : public FeatureService {
       out.known = index.has_value();
       const std::vector<int64_t>& newest = counters_.newest_event_ms;
       out.newest_event_ms = index && *index < newest.size() ? std::optional(newest[*index]) : std::nullopt;
+      out.exact = engine_.IsExactAsOf(out.newest_event_ms, as_of_ms);
       engine_.QueryIndex(index, as_of_ms, &values);
       out.values.resize(features.size());
       for (size_t f = 0; f < features.size(); ++f) out.values[f] = values[features[f]];
@@ -146,13 +152,16 @@ struct Runtime::Impl final : public FeatureService {
     std::vector<std::string_view> lines;
     std::vector<std::string> owned;
     if (format == IngestFormat::kJsonLines) {
+      // Lines as a file has them: a final newline ends the last line rather than starting an empty one, a
+      // trailing '\r' is cut, and a blank line is a line: it is logged, then rejected and dead-lettered by the
+      // parser like a blank line of a file.
       size_t start = 0;
-      while (start <= body.size()) {
+      while (start < body.size()) {
         size_t end = body.find('\n', start);
         if (end == std::string_view::npos) end = body.size();
         std::string_view line = body.substr(start, end - start);
         if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-        if (line.find_first_not_of(" \t") != std::string_view::npos) lines.push_back(line);
+        lines.push_back(line);
         start = end + 1;
       }
     } else {
@@ -245,6 +254,8 @@ struct Runtime::Impl final : public FeatureService {
   Status WriteCheckpoint(freshet::Checkpoint& checkpoint, OfflineSink::TakenRows rows);
   Status ProcessBatch(std::vector<SourceRecord>& batch);
   void UpsertChanged();
+  // The gauges of the state (entities, watermark, remembered ids): after each batch and after a restore.
+  void SetStateGauges();
   void CheckSlo();
   void SetHealthReason(const std::string& key, std::optional<std::string> reason);
 
@@ -253,6 +264,7 @@ struct Runtime::Impl final : public FeatureService {
   FeatureEngine engine_;
   mutable std::shared_mutex mutex_;  // Exclusive: processing; shared: lookups.
   PipelineCounters counters_;
+  std::optional<Deduplicator> dedup_;  // With `dedup` in the spec.
   EventPath path_;
 
   std::unique_ptr<IngestLog> ingest_log_;
@@ -267,11 +279,14 @@ struct Runtime::Impl final : public FeatureService {
   Counter* accepted_ = nullptr;
   Counter* rejected_total_ = nullptr;
   Counter* late_ = nullptr;
+  Counter* duplicate_ = nullptr;
   Counter* ingested_ = nullptr;
   Counter* checkpoints_total_ = nullptr;
   Gauge* watermark_ = nullptr;
   Gauge* watermark_lag_ = nullptr;
   Gauge* entities_ = nullptr;
+  Gauge* dedup_ids_ = nullptr;
+  Gauge* recent_events_ = nullptr;
   Gauge* state_bytes_ = nullptr;
   Gauge* checkpoint_seconds_ = nullptr;
   Gauge* checkpoint_bytes_ = nullptr;
@@ -312,6 +327,10 @@ Status Runtime::Impl::Open() {
   rejected_total_ = &metrics_.GetCounter("freshet_events_rejected_total",
                                          "Lines rejected (malformed, bad entity or timestamp) and dead-lettered.", labels);
   late_ = &metrics_.GetCounter("freshet_events_late_total", "Events dropped as late and dead-lettered.", labels);
+  duplicate_ = &metrics_.GetCounter("freshet_events_duplicate_total",
+                                    "Events dropped as duplicates of an accepted event (same entity and id) and "
+                                    "dead-lettered.",
+                                    labels);
   ingested_ = &metrics_.GetCounter("freshet_ingest_events_total", "Events acknowledged by POST /v1/ingest.");
   checkpoints_total_ = &metrics_.GetCounter("freshet_checkpoints_total", "Checkpoints written.");
   watermark_ = &metrics_.GetGauge("freshet_watermark_ms",
@@ -319,7 +338,13 @@ Status Runtime::Impl::Open() {
   watermark_lag_ = &metrics_.GetGauge("freshet_watermark_lag_seconds",
                                       "Wall clock minus the low watermark (0 without a watermark).");
   entities_ = &metrics_.GetGauge("freshet_state_entities", "Entities with state.");
-  state_bytes_ = &metrics_.GetGauge("freshet_state_bytes", "Approximate bytes of feature state (at the last checkpoint).");
+  dedup_ids_ = &metrics_.GetGauge("freshet_dedup_ids", "Event ids remembered for deduplication (0 without dedup).");
+  recent_events_ = &metrics_.GetGauge("freshet_state_recent_events",
+                                      "Recent events kept (per feature with a lifetime, tiled or session window) so "
+                                      "that rows and lookups as of any time after the low watermark are exact "
+                                      "(at the last checkpoint).");
+  state_bytes_ = &metrics_.GetGauge("freshet_state_bytes",
+                                    "Approximate bytes of feature and deduplication state (at the last checkpoint).");
   checkpoint_seconds_ = &metrics_.GetGauge("freshet_checkpoint_duration_seconds", "Duration of the last checkpoint.");
   checkpoint_bytes_ = &metrics_.GetGauge("freshet_checkpoint_size_bytes", "Size of the last checkpoint.");
   slo_breached_ = &metrics_.GetGauge("freshet_freshness_slo_breached", "1 while the freshness SLO is breached.");
@@ -348,6 +373,11 @@ Status Runtime::Impl::Open() {
   checkpoints_.emplace(std::move(store));
   std::optional<OfflinePaths> offline_paths;
   if (spec_.offline.enabled) {
+    if (!spec_.watermark) {
+      std::fprintf(stderr, "freshet run: note: the spec has no watermark, so the offline features table is not "
+                           "written (its rows of out-of-order events could not be exact); the events table is, for "
+                           "`freshet historical`. Add a watermark to write features rows.\n");
+    }
     offline_paths = OfflinePathsFor(spec_, dir);
     FRESHET_ASSIGN_OR_RETURN(offline_, OfflineSink::Open(spec_, *offline_paths,
                                                          OfflineSinkOptions{.events = true, .features = spec_.offline.features}));
@@ -392,7 +422,10 @@ Status Runtime::Impl::Restore() {
                            "start with a new --data-dir, or backfill the new spec");
   }
   if (checkpoint) {
-    Status decoded = DecodePipelineState(checkpoint->engine_state, &engine_, &counters_);
+    std::vector<std::string> notes;
+    Status decoded =
+        DecodePipelineState(checkpoint->engine_state, &engine_, &counters_, dedup_ ? &*dedup_ : nullptr, &notes);
+    for (const std::string& n : notes) std::fprintf(stderr, "freshet run: note: %s\n", n.c_str());
     if (!decoded.ok()) {
       return Status::Invalid("checkpoint " + std::to_string(checkpoint->sequence) + " in '" + checkpoints_->directory() +
                              "' cannot be restored: " + decoded.message());
@@ -407,13 +440,16 @@ Status Runtime::Impl::Restore() {
     lines_in_->Increment(counters_.lines_read);
     accepted_->Increment(engine_.counters().admitted);
     late_->Increment(engine_.counters().late);
+    duplicate_->Increment(counters_.duplicates);
     rejected_total_->Increment(counters_.rejected);
+    state_bytes_->Set(static_cast<double>(engine_.MemoryBytes() + (dedup_ ? dedup_->MemoryBytes() : 0)));
     std::fprintf(stderr, "freshet run: restored checkpoint %llu: %zu entities, %llu events accepted\n",
                  static_cast<unsigned long long>(checkpoint->sequence), engine_.entity_count(),
                  static_cast<unsigned long long>(engine_.counters().admitted));
   }
   if (!checkpoint) FRESHET_RETURN_IF_ERROR(RecoverOffline(std::nullopt, std::nullopt));
   FRESHET_RETURN_IF_ERROR(dead_letters_.OpenAt(dead_letter_path_, std::string(source_->name()), dead_letter_bytes));
+  SetStateGauges();  // What was restored, not 0 until the next event.
   last_checkpoint_ms_ = WallClockMs();
   return Status::Ok();
 }
@@ -447,10 +483,11 @@ Status Runtime::Impl::Checkpoint(bool wait) {
   checkpoint->sequence = checkpoints_->next_sequence();
   checkpoint->spec_fingerprint = engine_.spec_fingerprint();
   checkpoint->positions = {{"source", source_->position()}, {"dead_letters", std::to_string(dead_letter_bytes)}};
-  checkpoint->engine_state = EncodePipelineState(engine_, counters_);
+  recent_events_->Set(static_cast<double>(engine_.SettleRecent()));
+  checkpoint->engine_state = EncodePipelineState(engine_, counters_, dedup_ ? &*dedup_ : nullptr);
   auto rows = std::make_shared<OfflineSink::TakenRows>();
   if (offline_ != nullptr) *rows = offline_->TakeRows();
-  state_bytes_->Set(static_cast<double>(engine_.MemoryBytes()));
+  state_bytes_->Set(static_cast<double>(engine_.MemoryBytes() + (dedup_ ? dedup_->MemoryBytes() : 0)));
   last_checkpoint_ms_ = WallClockMs();
   checkpoint_running_ = true;
   auto write = [this, checkpoint, rows, start]() {
@@ -498,7 +535,7 @@ Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch) {
   size_t k = 0;
   std::vector<int64_t> arrivals;
   arrivals.reserve(batch.size());
-  uint64_t accepted = 0, rejected = 0, late = 0;
+  uint64_t accepted = 0, rejected = 0, late = 0, duplicates = 0;
   const int64_t batch_wall_ms = WallClockMs();
   while (k < batch.size()) {
     const size_t end = std::min(batch.size(), k + kRecordsPerLock);
@@ -522,6 +559,10 @@ Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch) {
             ++late;
             dead_letters_.Write(record.line_number, "late", record.text);
             continue;
+          case EventPath::Outcome::kDuplicate:
+            ++duplicates;
+            dead_letters_.Write(record.line_number, "duplicate", record.text);
+            continue;
           case EventPath::Outcome::kAccepted: break;
         }
         arrivals.push_back(record.arrival_ns);
@@ -532,7 +573,7 @@ Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch) {
     if (redis_ != nullptr) UpsertChanged();
   }
   // Dead letters become readable with the batch that produced them, not at the next checkpoint.
-  if (rejected + late > 0) dead_letters_.Flush();
+  if (rejected + late + duplicates > 0) dead_letters_.Flush();
   // Visible now: every lookup from here on sees these events.
   const int64_t now_ns = SteadyNs();
   const int64_t now_s = WallClockMs() / 1000;
@@ -545,9 +586,15 @@ Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch) {
   accepted_->Increment(accepted);
   rejected_total_->Increment(rejected);
   late_->Increment(late);
+  duplicate_->Increment(duplicates);
+  SetStateGauges();
+  return Status::Ok();
+}
+
+void Runtime::Impl::SetStateGauges() {
   entities_->Set(static_cast<double>(engine_.entity_count()));
   watermark_->Set(static_cast<double>(engine_.low_watermark_ms()));
-  return Status::Ok();
+  dedup_ids_->Set(dedup_ ? static_cast<double>(dedup_->size()) : 0.0);
 }
 
 // Hands every entity in changed_ to the Redis writer: its state blob and its features as of its newest
@@ -563,7 +610,7 @@ void Runtime::Impl::UpsertChanged() {
     std::vector<std::pair<std::string, std::string>> fields;
     {
       std::shared_lock<std::shared_mutex> lock(mutex_);
-      WriteRedisStateHeader(counters_.newest_event_ms[entity], out);
+      WriteRedisStateHeader(counters_.newest_event_ms[entity], engine_.low_watermark_ms(), out);
       engine_.SaveEntity(entity, out);
       engine_.QueryIndex(entity, counters_.newest_event_ms[entity], &values_);
       for (size_t f = 0; f < values_.size(); ++f) {

@@ -37,6 +37,11 @@ struct FeatureLookup {
   // lookup's as_of; nullopt for unknown entities. The server reports as_of_ms - newest_event_ms as
   // "newest_event_age_ms" (negative when the lookup is as of a time before that event).
   std::optional<int64_t> newest_event_ms;
+  // True when the values are exactly those of the written semantics as of the lookup's time over the events
+  // accepted so far: the time is at or after the entity's newest event, or at or after the low watermark
+  // (M - max_out_of_orderness - allowed_lateness) of a spec with a watermark. False for an earlier time: the
+  // state may then hold events after it (a point-in-time question for `freshet historical`).
+  bool exact = true;
   // One value per requested feature, in the order of the `features` argument.
   std::vector<Value> values;
 };

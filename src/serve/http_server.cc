@@ -736,6 +736,7 @@ void HttpServer::Impl::Answer(const std::string& request_id, std::span<const std
           }
           if (!single) json.BeginObject().Key("entity").String(entities[e]);
           json.Key("known").Bool(lookup.known);
+          json.Key("exact").Bool(lookup.exact);
           json.Key("newest_event_age_ms");
           if (lookup.newest_event_ms) json.Int(as_of_ms - *lookup.newest_event_ms);
           else json.Null();

@@ -463,7 +463,7 @@ TEST_F(HttpServerTest, GetEntityFeaturesAsOfEpochMs) {
   EXPECT_EQ(result->get_header_value("Content-Type"), "application/json");
   auto json = ParseJson(result);
   EXPECT_EQ(Keys(json->root), (std::vector<std::string>{"request_id", "entity", "as_of", "as_of_ms", "known",
-                                                        "newest_event_age_ms", "features"}));
+                                                        "exact", "newest_event_age_ms", "features"}));
   EXPECT_EQ(GetString(At(json->root, "entity")), "u1");
   EXPECT_EQ(GetString(At(json->root, "as_of")), "2026-01-01T00:10:00.000Z");
   EXPECT_EQ(GetInt(At(json->root, "as_of_ms")), kT0 + 10 * kMinute);
@@ -610,7 +610,7 @@ TEST_F(HttpServerTest, PostFeaturesForManyEntities) {
   ASSERT_EQ(results.size(), 4u);
   std::vector<simdjson::dom::element> r;
   for (simdjson::dom::element item : results) r.push_back(item);
-  EXPECT_EQ(Keys(r[0]), (std::vector<std::string>{"entity", "known", "newest_event_age_ms", "features"}));
+  EXPECT_EQ(Keys(r[0]), (std::vector<std::string>{"entity", "known", "exact", "newest_event_age_ms", "features"}));
   EXPECT_EQ(GetString(At(r[0], "entity")), "u1");
   EXPECT_EQ(Keys(At(r[0], "features")), (std::vector<std::string>{"avg_txn_amount_1h", "purchase_count_30m"}));
   EXPECT_EQ(GetDouble(At(At(r[0], "features"), "avg_txn_amount_1h")), 12.5);

@@ -327,6 +327,7 @@ class SpecParser {
 
   void ParseTop(const YAML::Node& root, Spec* spec);
   void ParseWatermark(const Entry& entry, Spec* spec);
+  void ParseDedup(const Entry& entry, Spec* spec);
   void ParseSource(const Entry& entry, Spec* spec);
   void ParseOnline(const Entry& entry, Spec* spec);
   void ParseServe(const Entry& entry, Spec* spec);
@@ -769,6 +770,26 @@ void SpecParser::ParseWatermark(const Entry& entry, Spec* spec) {
   if (out_of_orderness && lateness) spec->watermark = WatermarkSpec{*out_of_orderness, *lateness};
 }
 
+void SpecParser::ParseDedup(const Entry& entry, Spec* spec) {
+  std::optional<MapView> map =
+      ReadMap(entry.value, ValueMark(entry), *entry.option, ChildSection(*entry.option), "'dedup'");
+  if (!map) return;
+  std::optional<std::string> field = ReadFieldPath(*map, "field");
+  std::optional<int64_t> within = ReadDuration(*map, "within");
+  if (!field || !within) return;
+  for (const auto& [column, role] : {std::pair{spec->entity_field, "entity"},
+                                     std::pair{spec->timestamp_field, "timestamp"}}) {
+    if (*field == column) {
+      Error(map->Find("field")->value.Mark(),
+            "dedup field '" + *field + "' is the " + role + " field; the id must be a field of its own that the "
+            "producer sets once per event and keeps on a resend, e.g. field: event_id");
+      return;
+    }
+  }
+  // Interned after every feature's fields, so that adding dedup to a spec leaves the features' slots as they were.
+  spec->dedup = DedupSpec{*field, spec->fields.Intern(*field), *within};
+}
+
 void SpecParser::ParseSource(const Entry& entry, Spec* spec) {
   std::optional<MapView> map =
       ReadMap(entry.value, ValueMark(entry), *entry.option, ChildSection(*entry.option), "'source'");
@@ -828,7 +849,15 @@ void SpecParser::ParseOffline(const Entry& entry, Spec* spec) {
       ReadMap(entry.value, ValueMark(entry), *entry.option, ChildSection(*entry.option), "'offline'");
   if (!map) return;
   if (auto enabled = ReadBool(*map, "enabled")) spec->offline.enabled = *enabled;
-  if (auto features = ReadBool(*map, "features")) spec->offline.features = *features;
+  if (auto features = ReadBool(*map, "features")) {
+    if (*features && !spec->watermark) {
+      Error(map->Find("features")->value.Mark(),
+            "the features table needs a 'watermark': without one no event is ever late, so nothing bounds how far "
+            "back an event may arrive and the rows of out-of-order events could not be exact as of their time; add "
+            "watermark: {max_out_of_orderness: 5s, allowed_lateness: 1m} (your own bounds), or remove this key");
+    }
+    spec->offline.features = *features && spec->watermark;
+  }
   if (auto path = ReadString(*map, "path")) {
     std::filesystem::path resolved(*path);
     if (resolved.is_relative()) resolved = (std::filesystem::path(file_).parent_path() / resolved).lexically_normal();
@@ -890,10 +919,13 @@ void SpecParser::ParseTop(const YAML::Node& root, Spec* spec) {
   if (const Entry* e = map->Find("serve")) ParseServe(*e, spec);
   if (const Entry* e = map->Find("checkpoint")) ParseCheckpoint(*e, spec);
   if (const Entry* e = map->Find("freshness_slo")) ParseFreshnessSlo(*e, spec);
+  // The features table defaults to on with a watermark and off without one (see ParseOffline).
+  spec->offline.features = spec->watermark.has_value();
   if (const Entry* e = map->Find("offline")) ParseOffline(*e, spec);
   if (const Entry* e = map->Find("feature_log")) ParseFeatureLog(*e, spec);
   if (const Entry* e = map->Find("skew")) ParseSkew(*e, spec);
   if (const Entry* e = map->Find("features")) ParseFeatures(*e, spec);
+  if (const Entry* e = map->Find("dedup")) ParseDedup(*e, spec);
 }
 
 // yaml-cpp reports tabs in indentation as a generic syntax error; say what it is.

@@ -64,6 +64,13 @@ struct WatermarkSpec {
   int64_t allowed_lateness_ms = 0;
 };
 
+// Event-id deduplication (see README, "Parsing and lateness"; the rule is applied by engine/dedup.h).
+struct DedupSpec {
+  std::string field;             // Dotted path of the id field.
+  int field_slot = -1;           // Slot of `field` in Spec::fields.
+  int64_t within_ms = 86400000;  // Largest event-time distance between two events taken as one; default 24h.
+};
+
 struct SourceSpec {
   std::string type = "file";  // "file" or "http".
   std::string path;           // file: resolved against the spec file's folder.
@@ -95,7 +102,7 @@ struct FreshnessSloSpec {
 struct OfflineSpec {
   bool enabled = true;
   std::string path;      // Resolved against the spec's folder; empty: "offline" in the data directory.
-  bool features = true;  // Write the features table.
+  bool features = true;  // Write the features table; only with a watermark (the parser sets the default).
 };
 
 struct FeatureLogSpec {
@@ -114,6 +121,7 @@ struct Spec {
   std::string entity_field;
   std::string timestamp_field;
   std::optional<WatermarkSpec> watermark;  // Absent: no event is ever dropped as late.
+  std::optional<DedupSpec> dedup;          // Absent: no event is a duplicate.
   std::optional<SourceSpec> source;
   OnlineSpec online;
   ServeSpec serve;
@@ -123,7 +131,7 @@ struct Spec {
   FeatureLogSpec feature_log;
   SkewSpec skew;
   std::vector<FeatureSpec> features;
-  FieldRegistry fields;  // Slot 0: entity, slot 1: timestamp, then every field a feature reads.
+  FieldRegistry fields;  // Slot 0: entity, slot 1: timestamp, every field a feature reads, then the dedup field.
   std::string file;      // The spec file, as given.
 };
 

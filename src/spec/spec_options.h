@@ -88,6 +88,12 @@ inline constexpr SpecOption kSpecOptions[] = {
     SpecOption("", "watermark", SpecValueType::kMap,
                "How long to wait for out-of-order events. Without it, no event is ever dropped as late.")
         .Example("{max_out_of_orderness: 5s, allowed_lateness: 1m}"),
+    SpecOption("", "dedup", SpecValueType::kMap,
+               "Event-id deduplication, for producers that resend (at-least-once delivery): an event whose id "
+               "equals that of an accepted event of the same entity at most `within` apart in event time is a "
+               "duplicate: dropped, counted, and written to the dead letters with reason \"duplicate\". Without "
+               "it, no event is a duplicate.")
+        .Example("{field: event_id, within: 24h}"),
     SpecOption("", "source", SpecValueType::kMap, "Where events are read from.")
         .Example("{type: file, path: events.jsonl}"),
     SpecOption("", "features", SpecValueType::kList, "The features to compute, at least one.")
@@ -131,6 +137,19 @@ inline constexpr SpecOption kSpecOptions[] = {
                "An event is late when its time < M - max_out_of_orderness - allowed_lateness: it is dropped, "
                "counted, and written to the dead letters with reason \"late\".")
         .Default("0s").ZeroAllowed().Example("1m"),
+
+    // dedup
+    SpecOption("dedup", "field", SpecValueType::kFieldPath,
+               "The event field holding the event's id: a non-empty string, or an integer taken as its decimal "
+               "text (42 and \"42\" are the same id). An event whose id is missing, null, empty or of another type "
+               "(a fraction, a boolean, an object) is never a duplicate.")
+        .Required().Example("event_id"),
+    SpecOption("dedup", "within", SpecValueType::kDuration,
+               "How far apart in event time two events with the same id may be and still be one event "
+               "(|t - t'| <= within). An id is remembered until the newest accepted event time passes it by "
+               "within plus the watermark's max_out_of_orderness and allowed_lateness, so memory grows with the "
+               "ids accepted in that span.")
+        .Default("24h").Example("1h"),
 
     // source
     SpecOption("source", "type", SpecValueType::kChoice,
@@ -177,8 +196,9 @@ inline constexpr SpecOption kSpecOptions[] = {
                "against the folder of the spec file. Default: offline/ in the data directory.")
         .Example("offline"),
     SpecOption("offline", "features", SpecValueType::kBool,
-               "Write the features table: after each accepted event, its entity's features as of the event's time.")
-        .Default("true"),
+               "Write the features table: after each accepted event, its entity's features as of the event's time, "
+               "exact over the events accepted up to it. Needs a watermark (without one, out-of-order events could "
+               "not be answered exactly). Default: true with a watermark, false without one."),
 
     // feature_log
     SpecOption("feature_log", "enabled", SpecValueType::kBool, "Log the serving API's answers.").Default("true"),

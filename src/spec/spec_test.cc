@@ -168,6 +168,63 @@ TEST(SpecTest, WatermarkDefaultsAndZero) {
   EXPECT_EQ(spec->watermark->allowed_lateness_ms, 0);
 }
 
+// The features table needs a watermark: on by default with one, off without, and refused when asked for
+// without one (the rows of out-of-order events could not be exact).
+TEST(SpecTest, FeaturesTableFollowsTheWatermark) {
+  const std::string features = "features: [{name: n, aggregation: count, window: {type: lifetime}}]\n";
+  const std::string head = "name: t\nentity: u\ntimestamp: ts\n";
+  Result<Spec> with = ParseSpec(head + "watermark: {max_out_of_orderness: 1s}\n" + features, "t.yaml");
+  ASSERT_TRUE(with.ok()) << with.status().message();
+  EXPECT_TRUE(with->offline.features);
+  Result<Spec> without = ParseSpec(head + features, "t.yaml");
+  ASSERT_TRUE(without.ok()) << without.status().message();
+  EXPECT_FALSE(without->offline.features);
+  Result<Spec> off = ParseSpec(head + "watermark: {max_out_of_orderness: 1s}\noffline: {features: false}\n" + features,
+                               "t.yaml");
+  ASSERT_TRUE(off.ok()) << off.status().message();
+  EXPECT_FALSE(off->offline.features);
+  ExpectOnly(head + "offline: {features: true}\n" + features, 4, 21,
+             {"the features table needs a 'watermark'", "watermark: {max_out_of_orderness"});
+}
+
+TEST(SpecTest, DedupReadsItsFieldAfterTheFeaturesAndDefaultsWithinToADay) {
+  Result<Spec> spec = ParseSpec("name: t\nentity: user_id\ntimestamp: ts\ndedup: {field: meta.event_id}\n"
+                                "features: [{name: s, aggregation: sum, field: amount, window: {type: lifetime}}]\n",
+                                "t.yaml");
+  ASSERT_TRUE(spec.ok()) << spec.status().message();
+  ASSERT_TRUE(spec->dedup.has_value());
+  EXPECT_EQ(spec->dedup->field, "meta.event_id");
+  EXPECT_EQ(spec->dedup->within_ms, 24 * 3600 * 1000);
+  EXPECT_EQ(spec->dedup->within_ms, DedupSpec().within_ms);
+  // The features' slots are those of the same spec without dedup; the id field comes last.
+  EXPECT_EQ(spec->fields.paths(), (std::vector<std::string>{"user_id", "ts", "amount", "meta.event_id"}));
+  EXPECT_EQ(spec->dedup->field_slot, 3);
+
+  Result<Spec> shared = ParseSpec("name: t\nentity: user_id\ntimestamp: ts\ndedup: {field: id, within: 90s}\n"
+                                  "features: [{name: l, aggregation: last, field: id, window: {type: lifetime}}]\n",
+                                  "t.yaml");
+  ASSERT_TRUE(shared.ok()) << shared.status().message();
+  EXPECT_EQ(shared->dedup->within_ms, 90000);
+  EXPECT_EQ(shared->dedup->field_slot, shared->features[0].field_slot);
+  EXPECT_FALSE(ParseSpec(std::string(kHead) + "  - {name: n, aggregation: count, window: {type: lifetime}}\n",
+                         "t.yaml")->dedup.has_value());
+}
+
+TEST(SpecTest, DedupMistakesSayWhereAndWhatToWrite) {
+  const std::string features = "features: [{name: n, aggregation: count, window: {type: lifetime}}]\n";
+  const std::string head = "name: t\nentity: user_id\ntimestamp: ts\n";
+  ExpectOnly(head + "dedup: {fild: event_id}\n" + features, 4, 9,
+             {"unknown key 'fild'; did you mean 'field'? valid keys: field, within"});
+  ExpectOnly(head + "dedup: {within: 1h}\n" + features, 4, 8,
+             {"missing required key 'field'", "e.g. field: event_id"});
+  ExpectOnly(head + "dedup: {field: event_id, within: 10}\n" + features, 4, 34, {"'within' needs a unit"});
+  ExpectOnly(head + "dedup: {field: event id}\n" + features, 4, 16, {"invalid field path 'event id'"});
+  ExpectOnly(head + "dedup: {field: user_id}\n" + features, 4, 16, {"is the entity field", "field: event_id"});
+  ExpectOnly(head + "dedup: event_id\n" + features, 4, 8, {"expected a map of keys for 'dedup'",
+                                                               "{field: event_id, within: 24h}"});
+  ExpectOnly(head + "dedupe: {field: event_id}\n" + features, 4, 1, {"did you mean 'dedup'?"});
+}
+
 TEST(SpecTest, UnknownKeySuggestsClosest) {
   ExpectOnly(std::string(kHead) +
                  "  - name: n\n"
@@ -179,7 +236,7 @@ TEST(SpecTest, UnknownKeySuggestsClosest) {
               "window, precision"});
   // No suggestion when nothing is close; top-level keys are listed.
   ExpectOnly(std::string("zzz: 1\n") + kHead + "  - {name: n, aggregation: count, window: {type: lifetime}}\n", 1, 1,
-             {"unknown key 'zzz'; valid keys: name, entity, timestamp, watermark, source, features"});
+             {"unknown key 'zzz'; valid keys: name, entity, timestamp, watermark, dedup, source, features"});
   // Inside a flow map.
   ExpectOnly(std::string(kHead) + "  - {name: n, aggregation: count, window: {type: sliding, sze: 1m, size: 1h}}\n", 5, 59,
              {"unknown key 'sze'; did you mean 'size'?"});

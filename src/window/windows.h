@@ -9,9 +9,23 @@
 //   Deserialize(State&, ByteReader&, ctx) -> bool    state holds, so that a loaded state continues exactly
 //                                                   as the saved one would; false on malformed input
 //
-// Query is exact for every t at or after the newest event the state holds, which is how both callers
-// use it: the streaming runtime answers "now", and point-in-time queries apply events in time order
-// (see historical/). Events a window can no longer show for such t are dropped as they expire.
+// Query is exact for every t at or after the newest event the state holds. Windows whose kAsOfExact is
+// true (continuous sliding windows, which keep the events themselves) are also exact for every t at or
+// after `low`, given the events in any order. The others (lifetime, tiled, session) support exact answers
+// before their newest event through rewinding, for a caller that adds events in (time, input order) order
+// and keeps the recent ones (FeatureEngine, engine/feature_engine.cc):
+//   Mark                                   what an event's Add is about to change: its tile or session before
+//                                          it, with the aggregate as an AggMarks mark (aggregations.h)
+//   MarkBefore(const State&, time, input) -> Mark   just before Add, in time order
+//   Rewind(State&, span<const E*> from)    back to the state before *from[0]; `from` are the recent events
+//                                          from there on, each with `.time`, `.input` and its Mark in
+//                                          `.before`, in order
+//   QueryAsOf(const State&, t, span<const E*> after, ctx)  the value as of t, where `after` are the recent
+//                                          events later than t, in order (every other event is at or before t)
+//   SerializeMark / DeserializeMark
+// Rewinding never needs what a window dropped: with a low watermark `low` (> INT64_MIN), tiles and sessions
+// are kept while a query as of any t >= min(newest, low) can read them, and no event before `low` is added.
+// Events a window can no longer show for such t are dropped as they expire.
 //
 // Semantics (the spec reference in README.md is the contract):
 //   lifetime                 all events with time <= t
@@ -23,7 +37,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "aggregate/aggregations.h"
@@ -34,6 +50,7 @@ namespace freshet {
 template <typename Agg>
 class LifetimeWindow {
  public:
+  static constexpr bool kAsOfExact = false;
   using State = typename Agg::State;
   void Add(State& s, const typename Agg::Input& x, int64_t time, uint64_t seq, int64_t, const AggContext& c) const {
     Agg::Add(s, x, time, seq, c);
@@ -42,12 +59,34 @@ class LifetimeWindow {
   size_t MemoryBytes(const State& s) const { return Agg::MemoryBytes(s); }
   void Serialize(const State& s, ByteWriter& w, const AggContext& c) const { Agg::Serialize(s, w, c); }
   bool Deserialize(State& s, ByteReader& r, AggContext& c) const { return Agg::Deserialize(s, r, c); }
+
+  // The aggregate before the event.
+  struct Mark {
+    typename AggMarks<Agg>::Mark agg;
+  };
+  Mark MarkBefore(const State& s, int64_t, const typename Agg::Input& x) const {
+    return Mark{AggMarks<Agg>::Before(s, x)};
+  }
+  template <typename E>
+  void Rewind(State& s, std::span<const E* const> from) const { s = AggMarks<Agg>::Rewound(s, from); }
+  template <typename E>
+  Value QueryAsOf(const State& s, int64_t, std::span<const E* const> after, const AggContext& c) const {
+    return Agg::Finalize(AggMarks<Agg>::Rewound(s, after), c);
+  }
+  size_t MarkMemoryBytes(const Mark& m) const { return AggMarks<Agg>::MemoryBytes(m.agg); }
+  void SerializeMark(const Mark& m, ByteWriter& w, const AggContext& c) const {
+    AggMarks<Agg>::Serialize(m.agg, w, c);
+  }
+  bool DeserializeMark(Mark& m, ByteReader& r, AggContext& c) const {
+    return AggMarks<Agg>::Deserialize(m.agg, r, c);
+  }
 };
 
 // Hopping/tumbling windows: partial aggregates per tile of `tile_ms`, at most `tiles` of them, sorted.
 template <typename Agg>
 class TiledWindow {
  public:
+  static constexpr bool kAsOfExact = false;
   struct Tile {
     int64_t index;
     typename Agg::State state;
@@ -56,13 +95,14 @@ class TiledWindow {
 
   TiledWindow(int64_t tile_ms, int64_t tiles) : tile_ms_(tile_ms), tiles_(tiles) {}
 
-  void Add(State& s, const typename Agg::Input& x, int64_t time, uint64_t seq, int64_t, const AggContext& c) const {
+  void Add(State& s, const typename Agg::Input& x, int64_t time, uint64_t seq, int64_t low, const AggContext& c) const {
     const int64_t index = FloorDiv(time, tile_ms_);
     if (s.empty() || index > s.back().index) {
       s.push_back(Tile{index, typename Agg::State{}});
       Agg::Add(s.back().state, x, time, seq, c);
-      // Drop tiles that no query at or after this event can cover.
-      const int64_t oldest = index - tiles_ + 1;
+      // Drop tiles that no query at or after this event, or at or after `low`, can cover.
+      const int64_t from = low == std::numeric_limits<int64_t>::min() ? index : std::min(index, FloorDiv(low, tile_ms_));
+      const int64_t oldest = from - tiles_ + 1;
       size_t expired = 0;
       while (expired < s.size() && s[expired].index < oldest) ++expired;
       if (expired > 0) s.erase(s.begin(), s.begin() + static_cast<ptrdiff_t>(expired));
@@ -74,24 +114,56 @@ class TiledWindow {
     Agg::Add(it->state, x, time, seq, c);
   }
 
-  Value Query(const State& s, int64_t t, const AggContext& c) const {
-    const int64_t last = FloorDiv(t, tile_ms_);
-    const int64_t first = last - tiles_ + 1;
-    const Tile* only = nullptr;
-    size_t covered = 0;
-    for (const Tile& tile : s) {
-      if (tile.index >= first && tile.index <= last) {
-        only = &tile;
-        ++covered;
+  Value Query(const State& s, int64_t t, const AggContext& c) const { return QueryTiles(s, t, nullptr, c); }
+
+  // The event's tile before it (absent: the event opened it).
+  struct Mark {
+    bool existed;
+    typename AggMarks<Agg>::Mark agg;
+  };
+  Mark MarkBefore(const State& s, int64_t time, const typename Agg::Input& x) const {
+    if (!s.empty() && s.back().index == FloorDiv(time, tile_ms_)) return Mark{true, AggMarks<Agg>::Before(s.back().state, x)};
+    return Mark{false, typename AggMarks<Agg>::Mark{}};
+  }
+  // Every tile that an event from from[0] on touched goes back to before the first such event.
+  template <typename E>
+  void Rewind(State& s, std::span<const E* const> from) const {
+    size_t k = 0;
+    while (k < from.size()) {
+      const int64_t index = FloorDiv(from[k]->time, tile_ms_);
+      size_t end = k + 1;
+      while (end < from.size() && FloorDiv(from[end]->time, tile_ms_) == index) ++end;
+      auto it = std::lower_bound(s.begin(), s.end(), index, [](const Tile& a, int64_t i) { return a.index < i; });
+      if (it != s.end() && it->index == index) {  // Always: the tile of a recent event is kept.
+        if (from[k]->before.existed) {
+          it->state = AggMarks<Agg>::Rewound(it->state, from.subspan(k, end - k));
+        } else {
+          s.erase(it);
+        }
       }
+      k = end;
     }
-    if (covered == 0) return Agg::Finalize(typename Agg::State{}, c);
-    if (covered == 1) return Agg::Finalize(only->state, c);
-    typename Agg::State merged{};
-    for (const Tile& tile : s) {
-      if (tile.index >= first && tile.index <= last) Agg::Merge(merged, tile.state, c);
-    }
-    return Agg::Finalize(merged, c);
+  }
+  // The tiles before t's are complete as of t; t's own tile is as it was before the events after t in it.
+  template <typename E>
+  Value QueryAsOf(const State& s, int64_t t, std::span<const E* const> after, const AggContext& c) const {
+    const int64_t index = FloorDiv(t, tile_ms_);
+    size_t in_tile = 0;
+    while (in_tile < after.size() && FloorDiv(after[in_tile]->time, tile_ms_) == index) ++in_tile;
+    if (in_tile == 0) return QueryTiles(s, t, nullptr, c);
+    if (!after.front()->before.existed) return QueryTiles(s, t, &kAbsent, c);
+    auto it = std::lower_bound(s.begin(), s.end(), index, [](const Tile& a, int64_t i) { return a.index < i; });
+    if (it == s.end() || it->index != index) return QueryTiles(s, t, &kAbsent, c);  // Cannot happen.
+    const typename Agg::State before = AggMarks<Agg>::Rewound(it->state, after.subspan(0, in_tile));
+    return QueryTiles(s, t, &before, c);
+  }
+  size_t MarkMemoryBytes(const Mark& m) const { return AggMarks<Agg>::MemoryBytes(m.agg); }
+  void SerializeMark(const Mark& m, ByteWriter& w, const AggContext& c) const {
+    w.PutBool(m.existed);
+    AggMarks<Agg>::Serialize(m.agg, w, c);
+  }
+  bool DeserializeMark(Mark& m, ByteReader& r, AggContext& c) const {
+    return r.ReadBool(&m.existed) && AggMarks<Agg>::Deserialize(m.agg, r, c);
   }
 
   size_t MemoryBytes(const State& s) const {
@@ -125,6 +197,38 @@ class TiledWindow {
   }
 
  private:
+  // Merges the tiles of the window as of t, in order; `last_tile` (not null): t's own tile is this instead
+  // (&kAbsent: no such tile).
+  static inline const typename Agg::State kAbsent{};
+  Value QueryTiles(const State& s, int64_t t, const typename Agg::State* last_tile, const AggContext& c) const {
+    const int64_t last = FloorDiv(t, tile_ms_);
+    const int64_t first = last - tiles_ + 1;
+    auto covers = [&](const Tile& tile) {
+      return tile.index >= first && tile.index <= last && (last_tile == nullptr || tile.index < last);
+    };
+    const typename Agg::State* only = nullptr;
+    size_t covered = 0;
+    for (const Tile& tile : s) {
+      if (covers(tile)) {
+        only = &tile.state;
+        ++covered;
+      }
+    }
+    const bool has_last = last_tile != nullptr && last_tile != &kAbsent;
+    if (has_last) {
+      only = last_tile;
+      ++covered;
+    }
+    if (covered == 0) return Agg::Finalize(typename Agg::State{}, c);
+    if (covered == 1) return Agg::Finalize(*only, c);
+    typename Agg::State merged{};
+    for (const Tile& tile : s) {
+      if (covers(tile)) Agg::Merge(merged, tile.state, c);
+    }
+    if (has_last) Agg::Merge(merged, *last_tile, c);
+    return Agg::Finalize(merged, c);
+  }
+
   int64_t tile_ms_;
   int64_t tiles_;
 };
@@ -135,6 +239,10 @@ template <typename Agg>
 concept ExactlyMergeable = requires { requires Agg::kExactMerge; };
 
 // Continuous sliding window: the events themselves (time, input order, extracted input), sorted by time.
+// A query as of t reads only the events in (t - size, t], so the window is exact for every t it still holds
+// the events of: with a low watermark (`low` > INT64_MIN) it keeps every event after min(newest, low) - size,
+// so that queries as of any t >= low are exact whatever order the events came in; without one, the
+// events after newest - size.
 //
 // For exactly mergeable aggregations the state also keeps a summary (the partial aggregate) of every full
 // block of kBlock consecutive entries, and of every kSuper consecutive blocks, so a query merges summaries
@@ -150,6 +258,7 @@ class ContinuousWindow {
     uint64_t seq;
     typename Agg::Input input;
   };
+  static constexpr bool kAsOfExact = true;
   static constexpr bool kBlocks = ExactlyMergeable<Agg>;
   static constexpr size_t kBlock = 64;  // Entries per block.
   static constexpr size_t kSuper = 64;  // Blocks per super-block.
@@ -179,8 +288,9 @@ class ContinuousWindow {
 
   explicit ContinuousWindow(int64_t size_ms) : size_ms_(size_ms) {}
 
-  void Add(State& s, const typename Agg::Input& x, int64_t time, uint64_t seq, int64_t, const AggContext& c) const {
-    if (!s.empty() && time <= s.back().time - size_ms_) return;  // Never inside a window at or after the newest.
+  void Add(State& s, const typename Agg::Input& x, int64_t time, uint64_t seq, int64_t low, const AggContext& c) const {
+    // Never inside a window that a query as of min(newest, low) or later reads.
+    if (!s.empty() && time <= KeptAfter(s.back().time, low)) return;
     const Entry entry{time, seq, x};
     size_t at = s.size();
     if (s.empty() || !Before(entry, s.back())) {
@@ -192,7 +302,7 @@ class ContinuousWindow {
     if constexpr (kBlocks) UpdateBlocks(s, at, c);
     // Expire lazily: erase the expired prefix once it is a quarter of the entries, so that each entry
     // is moved O(1) times on average.
-    const int64_t horizon = s.back().time - size_ms_;
+    const int64_t horizon = KeptAfter(s.back().time, low);
     if (s.front().time <= horizon) {
       auto live = std::upper_bound(s.begin(), s.end(), horizon, [](int64_t h, const Entry& e) { return h < e.time; });
       const size_t expired = static_cast<size_t>(live - s.begin());
@@ -259,6 +369,13 @@ class ContinuousWindow {
 
  private:
   static bool Before(const Entry& a, const Entry& b) { return a.time != b.time ? a.time < b.time : a.seq < b.seq; }
+
+  // Events at or before this time are never read again: no query before min(newest, low) is answered
+  // from this state (INT64_MIN: no low watermark, so only queries at or after the newest event).
+  int64_t KeptAfter(int64_t newest, int64_t low) const {
+    const int64_t from = low == std::numeric_limits<int64_t>::min() ? newest : std::min(newest, low);
+    return from - size_ms_;
+  }
 
   // Merges into `state` the summaries of the full blocks (and super-blocks) inside entries [lo, hi), and the
   // entries before the first of them; returns where the caller's scan continues.
@@ -349,6 +466,7 @@ class ContinuousWindow {
 template <typename Agg>
 class SessionWindow {
  public:
+  static constexpr bool kAsOfExact = false;
   struct Session {
     int64_t start;
     int64_t end;
@@ -391,6 +509,81 @@ class SessionWindow {
   Value Query(const State& s, int64_t t, const AggContext& c) const {
     if (!s.has_newest || t - s.newest.end >= gap_ms_) return Agg::Finalize(typename Agg::State{}, c);
     return Agg::Finalize(s.newest.state, c);
+  }
+
+  // In time order an event either joins the newest session or opens one: if it joins, the session's end and
+  // aggregate before it.
+  struct Mark {
+    bool joined;
+    int64_t end;
+    typename AggMarks<Agg>::Mark agg;
+  };
+  Mark MarkBefore(const State& s, int64_t time, const typename Agg::Input& x) const {
+    if (s.has_newest && time < s.newest.end + gap_ms_) {
+      return Mark{true, s.newest.end, AggMarks<Agg>::Before(s.newest.state, x)};
+    }
+    return Mark{false, 0, typename AggMarks<Agg>::Mark{}};
+  }
+  // Built in time order, sessions only ever grow at the newest one or open a new one: going back before
+  // *from[0] drops the sessions it and later events opened and restores the one it joined.
+  template <typename E>
+  void Rewind(State& s, std::span<const E* const> from) const {
+    const E& e = *from.front();
+    if (!s.has_newest) return;
+    s.older.push_back(std::move(s.newest));
+    std::vector<Session>& all = s.older;
+    size_t keep = 0;
+    while (keep < all.size() && (e.before.joined ? all[keep].start <= e.time : all[keep].start < e.time)) ++keep;
+    if (e.before.joined && keep > 0) {
+      Session& joined = all[keep - 1];
+      size_t in_session = 0;  // The events of `from` in that session: those up to its end.
+      while (in_session < from.size() && from[in_session]->time <= joined.end) ++in_session;
+      joined.end = e.before.end;
+      joined.state = AggMarks<Agg>::Rewound(joined.state, from.subspan(0, in_session));
+    }
+    all.resize(keep);
+    s.has_newest = !all.empty();
+    if (s.has_newest) {
+      s.newest = std::move(all.back());
+      all.pop_back();
+    } else {
+      s.newest = Session{0, 0, typename Agg::State{}};
+    }
+  }
+  // The latest event at or before t is the one just before after[0]. If after[0] joined a session, that
+  // session before it (and the events after t in it); otherwise the latest session that starts at or before
+  // t, which no later event joined.
+  template <typename E>
+  Value QueryAsOf(const State& s, int64_t t, std::span<const E* const> after, const AggContext& c) const {
+    const Mark& m = after.front()->before;
+    const Session* latest = nullptr;
+    if (s.has_newest && s.newest.start <= (m.joined ? after.front()->time : t)) {
+      latest = &s.newest;
+    } else {
+      for (const Session& session : s.older) {
+        if (session.start <= (m.joined ? after.front()->time : t)) latest = &session;
+      }
+    }
+    if (m.joined) {
+      if (t - m.end >= gap_ms_ || latest == nullptr) return Agg::Finalize(typename Agg::State{}, c);
+      size_t in_session = 0;
+      while (in_session < after.size() && after[in_session]->time <= latest->end) ++in_session;
+      return Agg::Finalize(AggMarks<Agg>::Rewound(latest->state, after.subspan(0, in_session)), c);
+    }
+    if (latest == nullptr || t - latest->end >= gap_ms_) return Agg::Finalize(typename Agg::State{}, c);
+    return Agg::Finalize(latest->state, c);
+  }
+  size_t MarkMemoryBytes(const Mark& m) const { return AggMarks<Agg>::MemoryBytes(m.agg); }
+  void SerializeMark(const Mark& m, ByteWriter& w, const AggContext& c) const {
+    w.PutBool(m.joined);
+    if (!m.joined) return;
+    w.PutSignedVarint(m.end);
+    AggMarks<Agg>::Serialize(m.agg, w, c);
+  }
+  bool DeserializeMark(Mark& m, ByteReader& r, AggContext& c) const {
+    if (!r.ReadBool(&m.joined)) return false;
+    if (!m.joined) return true;
+    return r.ReadSignedVarint(&m.end) && AggMarks<Agg>::Deserialize(m.agg, r, c);
   }
 
   size_t MemoryBytes(const State& s) const {
