@@ -231,12 +231,14 @@ class WindowedOperator final : public FeatureOperator {
       return end_++;
     }
     // Drops the front while it is before `low_ms`: nothing can need it (a few stay behind a later front).
+    // Called per event: the common case (nothing to drop) is one comparison with the hot front.
     void DropBefore(int64_t low_ms) {
+      if (begin_ == end_ || at(begin_).time >= low_ms) return;
+      peak_ = std::max<uint64_t>(peak_ * 255 / 256, end_ - begin_);
       while (begin_ < end_ && at(begin_).time < low_ms) at(begin_++) = RecentEvent{};
       if (begin_ == end_ && ring_.size() > 1024 && (ring_.size() >> 4) > peak_) {
         std::vector<RecentEvent>(1024).swap(ring_);  // Shrink after a burst.
       }
-      peak_ = std::max<uint64_t>(peak_ * 255 / 256, end_ - begin_);
     }
     template <typename F>
     void ForEach(F f) const {
