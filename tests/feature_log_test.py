@@ -148,6 +148,18 @@ def test_sampling_by_entity_and_shedding_are_counted(tmp_path: Path) -> None:
     assert committed == logged
 
 
+def _wait_for(check, what: str, seconds: float = 60.0):
+    """Polls check() until it returns a true value (returned), or fails after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+        time.sleep(0.05)
+
+
 def test_skew_is_zero_without_cause_and_named_with_late_events(tmp_path: Path) -> None:
     _require_binary()
     server = _start(tmp_path, "skew: {max_mismatch_rate: 0.01, interval: 500ms}")
@@ -155,11 +167,12 @@ def test_skew_is_zero_without_cause_and_named_with_late_events(tmp_path: Path) -
     try:
         _ingest(server, [_event(u, 1 + k % 7, "purchase", 2 * k + 1) for k, u in enumerate(users)])
         _ingest(server, [_event("clock", 200, "view", 0)])  # Events up to minute 200: answers before it recompute.
-        time.sleep(0.4)
+        _wait_for(lambda: server.metric("freshet_events_accepted_total") >= len(users) + 1, "the events applied")
         for minute in (10, 20, 30):
             _lookup(server, users, T0 + minute * 60_000)
-        time.sleep(0.6)  # Committed (checkpoint interval 200 ms).
-        code, report = _skew(tmp_path)
+        # Committed with a checkpoint (interval 200 ms), the events table with them.
+        code, report = _wait_for(lambda: (lambda r: r if r[1]["answers"] == 60 else None)(_skew(tmp_path)),
+                                 "the 60 answers in the feature log")
         assert code == 0, report
         assert report["answers"] == 60
         for f in report["features"]:
@@ -168,8 +181,8 @@ def test_skew_is_zero_without_cause_and_named_with_late_events(tmp_path: Path) -
 
         # Events that happened before the answers' times but arrive after them: what was served lacks them.
         _ingest(server, [_event(u, 5, "view", 100.0) for u in users[:10]])
-        time.sleep(0.6)
-        code, report = _skew(tmp_path)
+        code, report = _wait_for(lambda: (lambda r: r if r[0] == 1 else None)(_skew(tmp_path)),
+                                 "the late events in the events table")
         assert code == 1, report
         by_name = {f["feature"]: f for f in report["features"]}
         assert report["breached"] == ["amount_sum_1h", "last_type"]
