@@ -10,8 +10,11 @@ apt_packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libsimdjson-dev libyaml-cpp-dev libcli11-dev libfmt-dev libabsl-dev
   libcpp-httplib-dev libhiredis-dev redis-server curl wrk
+  librdkafka-dev kcat maven
   python3-venv
 )
+# The Kafka broker (scripts/kafka.sh) needs a Java runtime, 17 or newer: Debian's unless one is on the PATH.
+java -version 2>&1 | grep -qE 'version "(1[7-9]|[2-9][0-9])' || apt_packages+=(default-jre-headless)
 
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -23,6 +26,34 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The Kafka broker for tests, the demo and benchmarks (scripts/kafka.sh): the jars that scripts/kafka/pom.xml lists,
+# resolved once from Maven Central into .cache/kafka/m2 (a local repository of the project's own, so that a fresh
+# machine and CI do the same), and their class path in .cache/kafka/classpath. Resolved again when the pom or the
+# checkout's path changes, or a jar is missing.
+kafka_cache="$here/.cache/kafka"
+kafka_pom="$here/scripts/kafka/pom.xml"
+kafka_stamp="$kafka_cache/.classpath.sha256"
+kafka_want="$( { cat "$kafka_pom"; echo "$here"; } | sha256sum | cut -d' ' -f1)"
+kafka_jars_present() {
+  local jar
+  [ -s "$kafka_cache/classpath" ] || return 1
+  while IFS= read -r -d: jar || [ -n "$jar" ]; do
+    [ -f "$jar" ] || return 1
+  done < "$kafka_cache/classpath"
+}
+if [ ! -f "$kafka_stamp" ] || [ "$(cat "$kafka_stamp")" != "$kafka_want" ] || ! kafka_jars_present; then
+  echo "setup: resolving the Kafka broker's jars (scripts/kafka/pom.xml) into $kafka_cache" >&2
+  mkdir -p "$kafka_cache"
+  if ! mvn -q -B -f "$kafka_pom" -Dmaven.repo.local="$kafka_cache/m2" dependency:build-classpath \
+       -Dmdep.outputFile="$kafka_cache/classpath.new" >"$kafka_cache/mvn.log" 2>&1; then
+    cat "$kafka_cache/mvn.log" >&2
+    echo "setup: resolving scripts/kafka/pom.xml failed" >&2
+    exit 1
+  fi
+  mv "$kafka_cache/classpath.new" "$kafka_cache/classpath"
+  echo "$kafka_want" > "$kafka_stamp"
 fi
 
 # Project virtualenv for the Python-side tests (brute-force references, Parquet read-back).
