@@ -235,7 +235,11 @@ class WindowedOperator final : public FeatureOperator {
     void DropBefore(int64_t low_ms) {
       if (begin_ == end_ || at(begin_).time >= low_ms) return;
       peak_ = std::max<uint64_t>(peak_ * 255 / 256, end_ - begin_);
-      while (begin_ < end_ && at(begin_).time < low_ms) at(begin_++) = RecentEvent{};
+      while (begin_ < end_ && at(begin_).time < low_ms) {
+        // Marks that own memory (a copied aggregate state) free it now; plain ones are just left behind.
+        if constexpr (!std::is_trivially_destructible_v<RecentEvent>) at(begin_) = RecentEvent{};
+        ++begin_;
+      }
       if (begin_ == end_ && ring_.size() > 1024 && (ring_.size() >> 4) > peak_) {
         std::vector<RecentEvent>(1024).swap(ring_);  // Shrink after a burst.
       }
