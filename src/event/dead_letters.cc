@@ -112,12 +112,20 @@ Result<uint64_t> DeadLetterWriter::Sync() {
 }
 
 void DeadLetterWriter::Write(uint64_t line, std::string_view reason, std::string_view raw) {
+  WriteLetter(",\"line\":" + std::to_string(line), reason, raw);
+}
+
+void DeadLetterWriter::WriteAt(int64_t partition, int64_t offset, std::string_view reason, std::string_view raw) {
+  WriteLetter(",\"partition\":" + std::to_string(partition) + ",\"offset\":" + std::to_string(offset), reason, raw);
+}
+
+void DeadLetterWriter::WriteLetter(std::string_view place, std::string_view reason, std::string_view raw) {
   ++written_;
   if (file_ == nullptr) return;
   buffer_.append("{\"source\":\"");
   AppendJsonEscaped(source_name_, &buffer_);
-  buffer_.append("\",\"line\":");
-  buffer_.append(std::to_string(line));
+  buffer_.append("\"");
+  buffer_.append(place);
   buffer_.append(",\"reason\":\"");
   AppendJsonEscaped(reason, &buffer_);
   buffer_.append("\",\"raw\":\"");

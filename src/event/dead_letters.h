@@ -1,5 +1,6 @@
 // DeadLetterWriter: where rejected and late events go, one JSON object per line:
 //   {"source":"events.jsonl","line":12,"reason":"late","raw":"{...original line...}"}
+// or, for a Kafka message, "partition" and "offset" in place of "line".
 // `raw` is the original line as a JSON string; bytes that are not valid UTF-8 become U+FFFD.
 // Writing is buffered; Flush, Sync, Close (or the destructor) write the buffer out. A writer without a path counts only.
 #pragma once
@@ -35,10 +36,14 @@ class DeadLetterWriter {
   // Writes buffered letters, fsyncs, and returns the file's length: the length a checkpoint records.
   Result<uint64_t> Sync();
   void Write(uint64_t line, std::string_view reason, std::string_view raw);
+  // For a message of a partitioned source (Kafka): {"source":"topic","partition":3,"offset":812,...}.
+  void WriteAt(int64_t partition, int64_t offset, std::string_view reason, std::string_view raw);
   Status Close();
   uint64_t written() const { return written_; }
 
  private:
+  void WriteLetter(std::string_view place, std::string_view reason, std::string_view raw);
+
   std::FILE* file_ = nullptr;
   std::string source_name_;
   std::string buffer_;

@@ -19,12 +19,17 @@ OfflinePaths OfflinePathsFor(const Spec& spec, const std::string& data_dir) {
   return p;
 }
 
-std::vector<OfflineColumn> EventsTableColumns() {
-  return {{"seq", OfflineType::kInt64, false},
-          {"event_time", OfflineType::kTimestamp, false},
-          {"entity", OfflineType::kString, false},
-          {"ingest_time", OfflineType::kTimestamp, false},
-          {"raw", OfflineType::kString, false}};
+std::vector<OfflineColumn> EventsTableColumns(bool partitioned) {
+  std::vector<OfflineColumn> columns = {{"seq", OfflineType::kInt64, false},
+                                        {"event_time", OfflineType::kTimestamp, false},
+                                        {"entity", OfflineType::kString, false},
+                                        {"ingest_time", OfflineType::kTimestamp, false},
+                                        {"raw", OfflineType::kString, false}};
+  if (partitioned) {
+    columns.push_back({"partition", OfflineType::kInt64, false});
+    columns.push_back({"offset", OfflineType::kInt64, false});
+  }
+  return columns;
 }
 
 std::vector<OfflineColumn> FeaturesTableColumns(const Spec& spec) {

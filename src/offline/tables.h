@@ -41,7 +41,9 @@ struct OfflinePaths {
 // The spec's offline folder: offline.path, or <data_dir>/offline.
 OfflinePaths OfflinePathsFor(const Spec& spec, const std::string& data_dir);
 
-std::vector<OfflineColumn> EventsTableColumns();
+// With `partitioned` (a Kafka source) the events table also has `partition` and `offset`: each event's place
+// in its partition, which orders the per-partition replay of backfill and historical.
+std::vector<OfflineColumn> EventsTableColumns(bool partitioned = false);
 std::vector<OfflineColumn> FeaturesTableColumns(const Spec& spec);
 std::vector<OfflineColumn> FeatureLogColumns(const Spec& spec);
 

@@ -94,7 +94,7 @@ EventPath::EventPath(FeatureEngine& engine, PipelineCounters& counters, Deduplic
   if (dedup != nullptr) dedup_slot_ = engine.spec().dedup->field_slot;
 }
 
-EventPath::Outcome EventPath::Process(std::string_view text, size_t capacity, int64_t wall_ms) {
+EventPath::Outcome EventPath::Process(std::string_view text, size_t capacity, int64_t wall_ms, const RecordPlace* place) {
   ++counters_.lines_read;
   if (!parser_.Parse(text, capacity, &event_, &reason_)) {
     ++counters_.rejected;
@@ -115,10 +115,11 @@ EventPath::Outcome EventPath::Process(std::string_view text, size_t capacity, in
   newest[pending_.entity] = std::max(newest[pending_.entity], event_.time_ms);
   if (offline_ != nullptr) {
     const std::string& entity = engine_.entity_name(pending_.entity);
-    offline_->AddEvent(static_cast<int64_t>(seq), event_.time_ms, entity, wall_ms, text);
+    const int64_t row_seq = static_cast<int64_t>(offline_seq_ != nullptr ? (*offline_seq_)++ : seq);
+    offline_->AddEvent(row_seq, event_.time_ms, entity, wall_ms, text, place);
     if (offline_->writes_features()) {
       engine_.QueryIndex(pending_.entity, event_.time_ms, &values_);
-      offline_->AddFeatures(static_cast<int64_t>(seq), entity, event_.time_ms, wall_ms, values_);
+      offline_->AddFeatures(row_seq, entity, event_.time_ms, wall_ms, values_);
     }
   }
   return Outcome::kAccepted;

@@ -61,9 +61,13 @@ class EventPath {
 
   // Processes one line; `capacity` >= text.size() + kParsePaddingBytes readable bytes (see EventParser).
   // `wall_ms` stamps the offline rows (ingest and processing time).
-  Outcome Process(std::string_view text, size_t capacity, int64_t wall_ms);
+  // `place`: the record's partition and offset (a Kafka source), for the events table.
+  Outcome Process(std::string_view text, size_t capacity, int64_t wall_ms, const RecordPlace* place = nullptr);
 
   void SetOfflineSink(OfflineSink* offline) { offline_ = offline; }
+  // Numbers the offline rows from *seq (incremented per accepted event) instead of this path's own input order:
+  // several paths (one per Kafka partition) writing one table share one numbering, so seq stays unique.
+  void SetOfflineSequence(uint64_t* seq) { offline_seq_ = seq; }
 
   // After kRejected: why (for the dead letter).
   const std::string& reason() const { return reason_; }
@@ -77,6 +81,7 @@ class EventPath {
   Deduplicator* dedup_;
   int dedup_slot_ = -1;  // The id field's slot in parsed events.
   OfflineSink* offline_;
+  uint64_t* offline_seq_ = nullptr;
   EventParser parser_;
   ParsedEvent event_;
   PendingEvent pending_;

@@ -47,8 +47,9 @@ void Fold(std::optional<StagedCommit>& into, StagedCommit more) {
 Result<std::unique_ptr<OfflineSink>> OfflineSink::Open(const Spec& spec, const OfflinePaths& paths,
                                                        OfflineSinkOptions options) {
   std::unique_ptr<OfflineSink> sink(new OfflineSink(spec));
+  sink->partitioned_ = spec.source && spec.source->type == "kafka";
   if (options.events) {
-    FRESHET_ASSIGN_OR_RETURN(sink->events_, OfflineTable::Open(TableOptions(paths, "events", EventsTableColumns())));
+    FRESHET_ASSIGN_OR_RETURN(sink->events_, OfflineTable::Open(TableOptions(paths, "events", EventsTableColumns(sink->partitioned_))));
   }
   if (options.features) {
     FRESHET_ASSIGN_OR_RETURN(sink->features_,
@@ -80,7 +81,7 @@ Result<std::string> OfflineSink::Recover(std::optional<std::string_view> recorde
 }
 
 void OfflineSink::AddEvent(int64_t seq, int64_t event_time_ms, std::string_view entity, int64_t ingest_ms,
-                           std::string_view raw) {
+                           std::string_view raw, const RecordPlace* place) {
   if (events_ == nullptr) return;
   OfflineTable& t = *events_;
   t.BeginRow(event_time_ms);
@@ -89,6 +90,10 @@ void OfflineSink::AddEvent(int64_t seq, int64_t event_time_ms, std::string_view 
   t.PutString(entity);
   t.PutTimestampMs(ingest_ms);
   t.PutString(raw);
+  if (partitioned_) {
+    t.PutInt(place != nullptr ? place->partition : 0);
+    t.PutInt(place != nullptr ? place->offset : 0);
+  }
 }
 
 void OfflineSink::AddFeatures(int64_t seq, std::string_view entity, int64_t event_time_ms, int64_t processing_ms,

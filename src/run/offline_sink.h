@@ -28,6 +28,12 @@
 
 namespace freshet {
 
+// Where an event came from in a partitioned source (Kafka): its partition and offset.
+struct RecordPlace {
+  int64_t partition = 0;
+  int64_t offset = 0;
+};
+
 struct OfflineSinkOptions {
   bool events = true;               // Write the events table.
   bool features = true;             // Write the features table.
@@ -43,7 +49,9 @@ class OfflineSink {
   // (nullopt when starting without a checkpoint). Returns a line for the log, empty when nothing was done.
   Result<std::string> Recover(std::optional<std::string_view> recorded, std::optional<uint64_t> sequence);
 
-  void AddEvent(int64_t seq, int64_t event_time_ms, std::string_view entity, int64_t ingest_ms, std::string_view raw);
+  // `place`: the event's partition and offset, written when the events table has those columns (a Kafka source).
+  void AddEvent(int64_t seq, int64_t event_time_ms, std::string_view entity, int64_t ingest_ms, std::string_view raw,
+                const RecordPlace* place = nullptr);
   void AddFeatures(int64_t seq, std::string_view entity, int64_t event_time_ms, int64_t processing_ms,
                    const std::vector<Value>& values);
   bool writes_features() const { return features_ != nullptr; }
@@ -75,6 +83,7 @@ class OfflineSink {
   Status StageInto(TakenRows rows, std::optional<int64_t> txn_version);
 
   std::optional<int64_t> from_ms_, to_ms_;
+  bool partitioned_ = false;  // The events table has partition and offset columns.
   uint64_t feature_rows_ = 0;
   std::unique_ptr<OfflineTable> events_;
   std::unique_ptr<OfflineTable> features_;

@@ -9,6 +9,7 @@
 #include <deque>
 #include <filesystem>
 #include <limits>
+#include <map>
 #include <mutex>
 #include <shared_mutex>
 #include <thread>
@@ -25,6 +26,7 @@
 #include "event/event_parser.h"
 #include "serve/http_server.h"
 #include "source/file_source.h"
+#include "source/kafka_source.h"
 #include "source/ingest_log.h"
 #include "state/checkpoint.h"
 #include "store/redis_store.h"
@@ -107,9 +109,10 @@ struct Runtime::Impl final : public FeatureService {
   Impl(const Spec& spec, RuntimeOptions options)
       : spec_(spec),
         options_(std::move(options)),
-        engine_(spec),
-        dedup_(MakeDeduplicator(spec)),
-        path_(engine_, counters_, dedup_ ? &*dedup_ : nullptr, nullptr) {}
+        partitioned_(spec.source && spec.source->type == "kafka"),
+        blank_(spec) {
+    if (!partitioned_) lanes_.push_back(std::make_unique<Lane>(spec, 0));
+  }
   ~Impl() {
     if (checkpoint_thread_.joinable()) checkpoint_thread_.join();
   }
@@ -125,12 +128,21 @@ struct Runtime::Impl final : public FeatureService {
     std::shared_lock<std::shared_mutex> lock(mutex_);
     for (size_t k = 0; k < entities.size(); ++k) {
       FeatureLookup& out = lookups[k];
-      const std::optional<uint32_t> index = engine_.FindEntity(entities[k]);
+      // An entity lives in one lane: its Kafka partition's (the topic is keyed by entity), or the only one.
+      std::optional<uint32_t> index;
+      const Lane* lane = nullptr;
+      for (size_t l = 0; l < lanes_.size() && !index; ++l) {
+        index = lanes_[l]->engine.FindEntity(entities[k]);
+        if (index) lane = lanes_[l].get();
+      }
+      const FeatureEngine& engine = lane != nullptr ? lane->engine : blank_;
       out.known = index.has_value();
-      const std::vector<int64_t>& newest = counters_.newest_event_ms;
-      out.newest_event_ms = index && *index < newest.size() ? std::optional(newest[*index]) : std::nullopt;
-      out.exact = engine_.IsExactAsOf(out.newest_event_ms, as_of_ms);
-      engine_.QueryIndex(index, as_of_ms, &values);
+      out.newest_event_ms = std::nullopt;
+      if (lane != nullptr && *index < lane->counters.newest_event_ms.size()) {
+        out.newest_event_ms = lane->counters.newest_event_ms[*index];
+      }
+      out.exact = engine.IsExactAsOf(out.newest_event_ms, as_of_ms);
+      engine.QueryIndex(index, as_of_ms, &values);
       out.values.resize(features.size());
       for (size_t f = 0; f < features.size(); ++f) out.values[f] = values[features[f]];
     }
@@ -259,13 +271,39 @@ struct Runtime::Impl final : public FeatureService {
   void CheckSlo();
   void SetHealthReason(const std::string& key, std::optional<std::string> reason);
 
+  // One input stream's pipeline: a Kafka partition's (its own lateness clock, state, ids and input order, so
+  // no value depends on how partitions interleave), or the whole input of a file or HTTP source.
+  struct Lane {
+    Lane(const Spec& spec, uint32_t stream_in)
+        : stream(stream_in), engine(spec), dedup(MakeDeduplicator(spec)),
+          path(engine, counters, dedup ? &*dedup : nullptr, nullptr) {}
+    uint32_t stream;
+    FeatureEngine engine;
+    PipelineCounters counters;
+    std::optional<Deduplicator> dedup;  // With `dedup` in the spec.
+    EventPath path;
+  };
+  // The lane of a record's stream, made on its first record (under the exclusive lock).
+  Lane& LaneFor(uint32_t stream) { return *lanes_[LaneIndex(stream)]; }
+  uint32_t LaneIndex(uint32_t stream);
+  void UpdateKafkaStatus();  // Partition gauges and the source's health, every half second.
+  std::string EncodeState() const;
+  Status DecodeState(std::string_view bytes, std::vector<std::string>* notes);
+  // Over all lanes.
+  size_t EntityCount() const;
+  int64_t LowWatermarkMs() const;  // The lowest lane's (the one furthest behind).
+  size_t StateMemoryBytes() const;
+
   const Spec& spec_;
   RuntimeOptions options_;
-  FeatureEngine engine_;
+  const bool partitioned_;  // A Kafka source: a lane per partition.
+  const FeatureEngine blank_;  // Answers for entities no lane has.
   mutable std::shared_mutex mutex_;  // Exclusive: processing; shared: lookups.
-  PipelineCounters counters_;
-  std::optional<Deduplicator> dedup_;  // With `dedup` in the spec.
-  EventPath path_;
+  std::vector<std::unique_ptr<Lane>> lanes_;
+  uint64_t offline_seq_ = 0;  // Partitioned: the next offline row's seq, shared by the lanes.
+  KafkaSource* kafka_ = nullptr;  // source_ when it is Kafka.
+  std::map<uint32_t, uint32_t> lane_of_stream_;  // Partitioned: stream -> index in lanes_.
+  int64_t last_partition_metrics_ms_ = 0;
 
   std::unique_ptr<IngestLog> ingest_log_;
   std::unique_ptr<Source> source_;
@@ -311,7 +349,13 @@ struct Runtime::Impl final : public FeatureService {
   std::unique_ptr<HttpServer> server_;
   std::unique_ptr<RedisWriter> redis_;
   uint64_t redis_connects_seen_ = 0;  // A reconnect may mean Redis restarted empty: resync everything.
-  std::vector<std::pair<uint32_t, int64_t>> changed_;  // Entities changed by a chunk, with their first arrival.
+  // Entities changed by a chunk, (lane << 32 | entity index), with their first arrival.
+  std::vector<std::pair<uint64_t, int64_t>> changed_;
+  void ChangeAll() {
+    for (size_t l = 0; l < lanes_.size(); ++l) {
+      for (uint32_t e = 0; e < lanes_[l]->engine.entity_count(); ++e) changed_.emplace_back(uint64_t{l} << 32 | e, 0);
+    }
+  }
   std::vector<Value> values_;
 };
 
@@ -355,10 +399,16 @@ Status Runtime::Impl::Open() {
   slo_window_ = std::make_unique<SloWindow>(spec_.freshness_slo ? spec_.freshness_slo->window_ms : 60000);
 
   if (!spec_.source) {
-    return Status::Invalid(spec_.file + ": `freshet run` needs a `source` section: {type: file, path: ...} or "
-                           "{type: http}");
+    return Status::Invalid(spec_.file + ": `freshet run` needs a `source` section: {type: file, path: ...}, "
+                           "{type: http} or {type: kafka, ...}");
   }
-  if (spec_.source->type == "http") {
+  if (spec_.source->type == "kafka") {
+    const SourceSpec& k = *spec_.source;
+    auto kafka = std::make_unique<KafkaSource>(
+        KafkaSourceOptions{k.brokers, k.topic, k.group, k.start, k.session_timeout_ms, k.properties});
+    kafka_ = kafka.get();
+    source_ = std::move(kafka);
+  } else if (spec_.source->type == "http") {
     FRESHET_ASSIGN_OR_RETURN(ingest_log_, IngestLog::Open((std::filesystem::path(dir) / "ingest").string()));
     for (const std::string& w : ingest_log_->TakeWarnings()) std::fprintf(stderr, "freshet run: warning: %s\n", w.c_str());
     source_ = std::make_unique<IngestLogSource>(ingest_log_.get());
@@ -381,7 +431,7 @@ Status Runtime::Impl::Open() {
     offline_paths = OfflinePathsFor(spec_, dir);
     FRESHET_ASSIGN_OR_RETURN(offline_, OfflineSink::Open(spec_, *offline_paths,
                                                          OfflineSinkOptions{.events = true, .features = spec_.offline.features}));
-    path_.SetOfflineSink(offline_.get());
+    for (auto& lane : lanes_) lane->path.SetOfflineSink(offline_.get());
   }
   FRESHET_RETURN_IF_ERROR(Restore());
   if (offline_paths && spec_.feature_log.enabled) {
@@ -399,7 +449,7 @@ Status Runtime::Impl::Open() {
     redis.flush_interval_ms = spec_.online.flush_interval_ms;
     FRESHET_ASSIGN_OR_RETURN(redis_, RedisWriter::Start(redis));
     // After a restart the restored state is written again: Redis may have missed the last writes.
-    for (uint32_t e = 0; e < engine_.entity_count(); ++e) changed_.emplace_back(e, 0);
+    ChangeAll();
     UpsertChanged();
   }
 
@@ -416,15 +466,14 @@ Status Runtime::Impl::Restore() {
   FRESHET_ASSIGN_OR_RETURN(std::optional<freshet::Checkpoint> checkpoint, checkpoints_->LoadNewestValid(&warnings));
   for (const std::string& w : warnings) std::fprintf(stderr, "freshet run: warning: %s\n", w.c_str());
   uint64_t dead_letter_bytes = 0;
-  if (checkpoint && checkpoint->spec_fingerprint != engine_.spec_fingerprint()) {
+  if (checkpoint && checkpoint->spec_fingerprint != blank_.spec_fingerprint()) {
     return Status::Invalid("the newest checkpoint in '" + checkpoints_->directory() +
                            "' was written for a different spec (its features, windows or watermark changed); "
                            "start with a new --data-dir, or backfill the new spec");
   }
   if (checkpoint) {
     std::vector<std::string> notes;
-    Status decoded =
-        DecodePipelineState(checkpoint->engine_state, &engine_, &counters_, dedup_ ? &*dedup_ : nullptr, &notes);
+    Status decoded = DecodeState(checkpoint->engine_state, &notes);
     for (const std::string& n : notes) std::fprintf(stderr, "freshet run: note: %s\n", n.c_str());
     if (!decoded.ok()) {
       return Status::Invalid("checkpoint " + std::to_string(checkpoint->sequence) + " in '" + checkpoints_->directory() +
@@ -437,15 +486,19 @@ Status Runtime::Impl::Restore() {
       if (name == "offline") offline_position = position;
     }
     FRESHET_RETURN_IF_ERROR(RecoverOffline(offline_position, checkpoint->sequence));
-    lines_in_->Increment(counters_.lines_read);
-    accepted_->Increment(engine_.counters().admitted);
-    late_->Increment(engine_.counters().late);
-    duplicate_->Increment(counters_.duplicates);
-    rejected_total_->Increment(counters_.rejected);
-    state_bytes_->Set(static_cast<double>(engine_.MemoryBytes() + (dedup_ ? dedup_->MemoryBytes() : 0)));
+    uint64_t admitted = 0;
+    for (const auto& lane : lanes_) {
+      lines_in_->Increment(lane->counters.lines_read);
+      accepted_->Increment(lane->engine.counters().admitted);
+      late_->Increment(lane->engine.counters().late);
+      duplicate_->Increment(lane->counters.duplicates);
+      rejected_total_->Increment(lane->counters.rejected);
+      admitted += lane->engine.counters().admitted;
+    }
+    state_bytes_->Set(static_cast<double>(StateMemoryBytes()));
     std::fprintf(stderr, "freshet run: restored checkpoint %llu: %zu entities, %llu events accepted\n",
-                 static_cast<unsigned long long>(checkpoint->sequence), engine_.entity_count(),
-                 static_cast<unsigned long long>(engine_.counters().admitted));
+                 static_cast<unsigned long long>(checkpoint->sequence), EntityCount(),
+                 static_cast<unsigned long long>(admitted));
   }
   if (!checkpoint) FRESHET_RETURN_IF_ERROR(RecoverOffline(std::nullopt, std::nullopt));
   FRESHET_RETURN_IF_ERROR(dead_letters_.OpenAt(dead_letter_path_, std::string(source_->name()), dead_letter_bytes));
@@ -481,13 +534,15 @@ Status Runtime::Impl::Checkpoint(bool wait) {
   FRESHET_ASSIGN_OR_RETURN(uint64_t dead_letter_bytes, dead_letters_.Sync());
   auto checkpoint = std::make_shared<freshet::Checkpoint>();
   checkpoint->sequence = checkpoints_->next_sequence();
-  checkpoint->spec_fingerprint = engine_.spec_fingerprint();
+  checkpoint->spec_fingerprint = blank_.spec_fingerprint();
   checkpoint->positions = {{"source", source_->position()}, {"dead_letters", std::to_string(dead_letter_bytes)}};
-  recent_events_->Set(static_cast<double>(engine_.SettleRecent()));
-  checkpoint->engine_state = EncodePipelineState(engine_, counters_, dedup_ ? &*dedup_ : nullptr);
+  size_t recent = 0;
+  for (auto& lane : lanes_) recent += lane->engine.SettleRecent();
+  recent_events_->Set(static_cast<double>(recent));
+  checkpoint->engine_state = EncodeState();
   auto rows = std::make_shared<OfflineSink::TakenRows>();
   if (offline_ != nullptr) *rows = offline_->TakeRows();
-  state_bytes_->Set(static_cast<double>(engine_.MemoryBytes() + (dedup_ ? dedup_->MemoryBytes() : 0)));
+  state_bytes_->Set(static_cast<double>(StateMemoryBytes()));
   last_checkpoint_ms_ = WallClockMs();
   checkpoint_running_ = true;
   auto write = [this, checkpoint, rows, start]() {
@@ -523,6 +578,8 @@ Status Runtime::Impl::WriteCheckpoint(freshet::Checkpoint& checkpoint, OfflineSi
     checkpoint.positions.emplace_back("offline", std::move(*staged));
   }
   FRESHET_RETURN_IF_ERROR(checkpoints_->Write(checkpoint));
+  // The group learns the offsets only now that a checkpoint holds them (lag monitors; never ahead of it).
+  if (kafka_ != nullptr) kafka_->Commit(checkpoint.positions[0].second);
   if (offline_ != nullptr) FRESHET_RETURN_IF_ERROR(offline_->Publish());
   if (ingest_log_ != nullptr) {
     Result<IngestLogPosition> position = IngestLogPosition::Parse(checkpoint.positions[0].second);
@@ -543,30 +600,40 @@ Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch) {
       std::unique_lock<std::shared_mutex> lock(mutex_);
       for (; k < end; ++k) {
         const SourceRecord& record = batch[k];
+        const uint32_t stream = partitioned_ ? static_cast<uint32_t>(record.end.stream) : 0;
+        Lane& lane = LaneFor(stream);
+        const RecordPlace place{static_cast<int64_t>(record.end.stream), static_cast<int64_t>(record.end.offset) - 1};
+        auto dead_letter = [&](std::string_view reason, std::string_view raw) {
+          if (partitioned_) {
+            dead_letters_.WriteAt(place.partition, place.offset, reason, raw);
+          } else {
+            dead_letters_.Write(record.line_number, reason, raw);
+          }
+        };
         if (record.too_long) {
-          ++counters_.lines_read;
-          ++counters_.rejected;
+          ++lane.counters.lines_read;
+          ++lane.counters.rejected;
           ++rejected;
-          dead_letters_.Write(record.line_number, "line is longer than " + std::to_string(kMaxLineBytes) + " bytes", "");
+          dead_letter("line is longer than " + std::to_string(kMaxLineBytes) + " bytes", "");
           continue;
         }
-        switch (path_.Process(record.text, record.capacity, batch_wall_ms)) {
+        switch (lane.path.Process(record.text, record.capacity, batch_wall_ms, partitioned_ ? &place : nullptr)) {
           case EventPath::Outcome::kRejected:
             ++rejected;
-            dead_letters_.Write(record.line_number, path_.reason(), record.text);
+            dead_letter(lane.path.reason(), record.text);
             continue;
           case EventPath::Outcome::kLate:
             ++late;
-            dead_letters_.Write(record.line_number, "late", record.text);
+            dead_letter("late", record.text);
             continue;
           case EventPath::Outcome::kDuplicate:
             ++duplicates;
-            dead_letters_.Write(record.line_number, "duplicate", record.text);
+            dead_letter("duplicate", record.text);
             continue;
           case EventPath::Outcome::kAccepted: break;
         }
         arrivals.push_back(record.arrival_ns);
-        if (redis_ != nullptr) changed_.emplace_back(path_.entity(), record.arrival_ns);
+        if (redis_ != nullptr) changed_.emplace_back(uint64_t{LaneIndex(stream)} << 32 | lane.path.entity(), record.arrival_ns);
         ++accepted;
       }
     }
@@ -591,10 +658,113 @@ Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch) {
   return Status::Ok();
 }
 
+uint32_t Runtime::Impl::LaneIndex(uint32_t stream) {
+  if (!partitioned_) return 0;
+  auto it = lane_of_stream_.find(stream);
+  if (it != lane_of_stream_.end()) return it->second;
+  auto lane = std::make_unique<Lane>(spec_, stream);
+  lane->path.SetOfflineSink(offline_.get());
+  lane->path.SetOfflineSequence(&offline_seq_);
+  lanes_.push_back(std::move(lane));
+  const uint32_t index = static_cast<uint32_t>(lanes_.size() - 1);
+  lane_of_stream_.emplace(stream, index);
+  return index;
+}
+
+// Unpartitioned: the one lane's pipeline state as EncodePipelineState writes it (what checkpoints always held).
+// Partitioned: a marker byte, the shared offline seq, then each lane's stream and pipeline state.
+constexpr uint8_t kLanesStateMarker = 0xF1;
+
+std::string Runtime::Impl::EncodeState() const {
+  if (!partitioned_) return EncodePipelineState(lanes_[0]->engine, lanes_[0]->counters, lanes_[0]->dedup ? &*lanes_[0]->dedup : nullptr);
+  std::string out;
+  ByteWriter w(&out);
+  w.PutU8(kLanesStateMarker);
+  w.PutU64(offline_seq_);
+  w.PutVarint(lanes_.size());
+  for (const auto& lane : lanes_) {
+    w.PutVarint(lane->stream);
+    w.PutBytes(EncodePipelineState(lane->engine, lane->counters, lane->dedup ? &*lane->dedup : nullptr));
+  }
+  return out;
+}
+
+Status Runtime::Impl::DecodeState(std::string_view bytes, std::vector<std::string>* notes) {
+  const bool lanes_format = !bytes.empty() && static_cast<uint8_t>(bytes[0]) == kLanesStateMarker;
+  if (!partitioned_) {
+    if (lanes_format) {
+      return Status::Invalid("it was written by a pipeline reading Kafka partitions, and this spec's source is " +
+                             spec_.source->type + "; start with a new data directory");
+    }
+    Lane& lane = *lanes_[0];
+    return DecodePipelineState(bytes, &lane.engine, &lane.counters, lane.dedup ? &*lane.dedup : nullptr, notes);
+  }
+  if (!lanes_format) {
+    return Status::Invalid("it was written by a pipeline reading a " + std::string("file or HTTP source") +
+                           ", and this spec reads Kafka; start with a new data directory");
+  }
+  ByteReader in(bytes);
+  uint8_t marker;
+  uint64_t count = 0;
+  if (!in.ReadU8(&marker) || !in.ReadU64(&offline_seq_) || !in.ReadCount(&count)) return Status::Invalid("it is incomplete");
+  for (uint64_t k = 0; k < count; ++k) {
+    uint64_t stream;
+    std::string_view state;
+    if (!in.ReadVarint(&stream) || stream > UINT32_MAX || !in.ReadBytes(&state)) return Status::Invalid("it is incomplete");
+    Lane& lane = LaneFor(static_cast<uint32_t>(stream));
+    Status decoded = DecodePipelineState(state, &lane.engine, &lane.counters, lane.dedup ? &*lane.dedup : nullptr, notes);
+    if (!decoded.ok()) return Status::Invalid("partition " + std::to_string(stream) + ": " + decoded.message());
+  }
+  return Status::Ok();
+}
+
+size_t Runtime::Impl::EntityCount() const {
+  size_t n = 0;
+  for (const auto& lane : lanes_) n += lane->engine.entity_count();
+  return n;
+}
+
+int64_t Runtime::Impl::LowWatermarkMs() const {
+  int64_t low = std::numeric_limits<int64_t>::max();
+  for (const auto& lane : lanes_) low = std::min(low, lane->engine.low_watermark_ms());
+  return lanes_.empty() ? std::numeric_limits<int64_t>::min() : low;
+}
+
+size_t Runtime::Impl::StateMemoryBytes() const {
+  size_t bytes = 0;
+  for (const auto& lane : lanes_) bytes += lane->engine.MemoryBytes() + (lane->dedup ? lane->dedup->MemoryBytes() : 0);
+  return bytes;
+}
+
+void Runtime::Impl::UpdateKafkaStatus() {
+  const int64_t now = WallClockMs();
+  if (now - last_partition_metrics_ms_ < 500) return;
+  last_partition_metrics_ms_ = now;
+  SetHealthReason("kafka", kafka_->problem());
+  const std::vector<KafkaPartitionStatus> partitions = kafka_->partitions();
+  metrics_.GetGauge("freshet_kafka_assigned_partitions", "Partitions of the topic assigned to this process.")
+      .Set(static_cast<double>(partitions.size()));
+  metrics_.GetGauge("freshet_kafka_rebalances", "Group rebalances this process took part in (assignments and revocations).")
+      .Set(static_cast<double>(kafka_->rebalances()));
+  for (const KafkaPartitionStatus& p : partitions) {
+    const MetricLabels labels = {{"partition", std::to_string(p.partition)}};
+    metrics_.GetGauge("freshet_kafka_consumed_offset", "Offset of the next message to process, per partition.", labels)
+        .Set(static_cast<double>(p.next_offset));
+    metrics_.GetGauge("freshet_kafka_committed_offset", "Offset last committed to the group (after a checkpoint).", labels)
+        .Set(static_cast<double>(p.committed));
+    if (p.high_watermark >= 0 && p.next_offset >= 0) {
+      metrics_.GetGauge("freshet_kafka_lag_messages", "Messages in the partition not yet processed.", labels)
+          .Set(static_cast<double>(std::max<int64_t>(0, p.high_watermark - p.next_offset)));
+    }
+  }
+}
+
 void Runtime::Impl::SetStateGauges() {
-  entities_->Set(static_cast<double>(engine_.entity_count()));
-  watermark_->Set(static_cast<double>(engine_.low_watermark_ms()));
-  dedup_ids_->Set(dedup_ ? static_cast<double>(dedup_->size()) : 0.0);
+  size_t ids = 0;
+  for (const auto& lane : lanes_) ids += lane->dedup ? lane->dedup->size() : 0;
+  entities_->Set(static_cast<double>(EntityCount()));
+  watermark_->Set(static_cast<double>(LowWatermarkMs()));
+  dedup_ids_->Set(static_cast<double>(ids));
 }
 
 // Hands every entity in changed_ to the Redis writer: its state blob and its features as of its newest
@@ -603,22 +773,25 @@ void Runtime::Impl::UpsertChanged() {
   std::sort(changed_.begin(), changed_.end());
   std::string blob;
   for (size_t k = 0; k < changed_.size(); ++k) {
-    const uint32_t entity = changed_[k].first;
-    if (k > 0 && changed_[k - 1].first == entity) continue;  // Sorted: the first has the earliest arrival.
+    if (k > 0 && changed_[k - 1].first == changed_[k].first) continue;  // Sorted: the first has the earliest arrival.
+    const Lane& lane = *lanes_[changed_[k].first >> 32];
+    const FeatureEngine& engine = lane.engine;
+    const std::vector<int64_t>& newest = lane.counters.newest_event_ms;
+    const uint32_t entity = static_cast<uint32_t>(changed_[k].first);
     blob.clear();
     ByteWriter out(&blob);
     std::vector<std::pair<std::string, std::string>> fields;
     {
       std::shared_lock<std::shared_mutex> lock(mutex_);
-      WriteRedisStateHeader(counters_.newest_event_ms[entity], engine_.low_watermark_ms(), out);
-      engine_.SaveEntity(entity, out);
-      engine_.QueryIndex(entity, counters_.newest_event_ms[entity], &values_);
+      WriteRedisStateHeader(newest[entity], engine.low_watermark_ms(), out);
+      engine.SaveEntity(entity, out);
+      engine.QueryIndex(entity, newest[entity], &values_);
       for (size_t f = 0; f < values_.size(); ++f) {
         std::string text;
         if (AppendRedisFeatureText(values_[f], &text)) fields.emplace_back(spec_.features[f].name, std::move(text));
       }
     }
-    redis_->Upsert(engine_.entity_name(entity), blob, std::move(fields), counters_.newest_event_ms[entity], changed_[k].second);
+    redis_->Upsert(engine.entity_name(entity), blob, std::move(fields), newest[entity], changed_[k].second);
   }
   changed_.clear();
 }
@@ -676,14 +849,15 @@ Status Runtime::Run(const std::atomic<bool>& stop) {
       break;
     }
     if (!batch.empty()) FRESHET_RETURN_IF_ERROR(s.ProcessBatch(batch));
-    const int64_t low = s.engine_.low_watermark_ms();
+    if (s.kafka_ != nullptr) s.UpdateKafkaStatus();
+    const int64_t low = s.LowWatermarkMs();
     s.watermark_lag_->Set(low == std::numeric_limits<int64_t>::min() ? 0.0 : (WallClockMs() - low) / 1000.0);
     s.CheckSlo();
     if (s.redis_ != nullptr) {
       const uint64_t connects = s.redis_->Metrics().connects;
       if (connects > s.redis_connects_seen_ && s.redis_connects_seen_ > 0) {
         // Redis came back: if it restarted without persistence it lost our keys, so write every entity.
-        for (uint32_t e = 0; e < s.engine_.entity_count(); ++e) s.changed_.emplace_back(e, 0);
+        s.ChangeAll();
         s.UpsertChanged();
       }
       s.redis_connects_seen_ = connects;

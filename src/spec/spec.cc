@@ -810,6 +810,34 @@ void SpecParser::ParseSource(const Entry& entry, Spec* spec) {
     source.path = resolved.string();
     source.follow = *follow;
   }
+  if (*type == "kafka") {
+    std::optional<std::string> brokers = ReadString(*map, "brokers");
+    std::optional<std::string> topic = ReadString(*map, "topic");
+    std::optional<std::string> group = ReadString(*map, "group");
+    std::optional<std::string> start = ReadChoice(*map, "start");
+    std::optional<int64_t> session_timeout = ReadDuration(*map, "session_timeout");
+    if (!brokers || !topic || !group || !start || !session_timeout) return;
+    source.brokers = *brokers;
+    source.topic = *topic;
+    source.group = *group;
+    source.start = *start;
+    source.session_timeout_ms = *session_timeout;
+    if (const Entry* properties = map->Find("properties")) {
+      if (!properties->value.IsMap()) {
+        Error(properties->value.Mark(), "source.properties must be a map of librdkafka property names to values, "
+                                        "e.g. properties: {security.protocol: SASL_SSL}");
+        return;
+      }
+      for (const auto& item : properties->value) {
+        if (!item.second.IsScalar()) {
+          Error(item.second.Mark(), "source.properties." + item.first.as<std::string>() +
+                                        " must be a single value (text or a number), as librdkafka takes it");
+          return;
+        }
+        source.properties.emplace_back(item.first.as<std::string>(), item.second.as<std::string>());
+      }
+    }
+  }
   spec->source = std::move(source);
 }
 

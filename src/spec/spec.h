@@ -72,9 +72,16 @@ struct DedupSpec {
 };
 
 struct SourceSpec {
-  std::string type = "file";  // "file" or "http".
+  std::string type = "file";  // "file", "http" or "kafka".
   std::string path;           // file: resolved against the spec file's folder.
   bool follow = false;
+  // kafka
+  std::string brokers;
+  std::string topic;
+  std::string group;
+  std::string start = "earliest";
+  int64_t session_timeout_ms = 45000;
+  std::vector<std::pair<std::string, std::string>> properties;
 };
 
 struct OnlineSpec {

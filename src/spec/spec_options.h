@@ -154,8 +154,9 @@ inline constexpr SpecOption kSpecOptions[] = {
     // source
     SpecOption("source", "type", SpecValueType::kChoice,
                "file: a JSON-lines file. http: events pushed to POST /v1/ingest (JSON lines or a JSON array), "
-               "acknowledged once durable.")
-        .Choices("file, http").Default("file"),
+               "acknowledged once durable. kafka: a Kafka topic read in a consumer group, each message value one "
+               "JSON event; the topic must be keyed by the entity (all of an entity's events in one partition).")
+        .Choices("file, http, kafka").Default("file"),
     SpecOption("source", "path", SpecValueType::kString,
                "The events file, JSON Lines (one JSON object per line). A relative path is resolved against "
                "the folder of the spec file. Read by `freshet run`; `freshet historical` takes --events.")
@@ -163,6 +164,29 @@ inline constexpr SpecOption kSpecOptions[] = {
     SpecOption("source", "follow", SpecValueType::kBool,
                "Keep reading as the file grows, across rotation (like tail -F), instead of stopping at its end.")
         .When("type", "file").Default("false"),
+    SpecOption("source", "brokers", SpecValueType::kString,
+               "The Kafka bootstrap servers, host:port separated by commas.")
+        .Required().When("type", "kafka").Example("\"127.0.0.1:9092\""),
+    SpecOption("source", "topic", SpecValueType::kString, "The topic to read.")
+        .Required().When("type", "kafka").Example("events"),
+    SpecOption("source", "group", SpecValueType::kString,
+               "The consumer group. Freshet commits the offsets of each durable checkpoint to it (never earlier), "
+               "so lag monitors and kafka-consumer-groups --describe see its progress; on restart it reads on "
+               "from its own checkpoint.")
+        .Required().When("type", "kafka").Example("freshet-fraud"),
+    SpecOption("source", "start", SpecValueType::kChoice,
+               "Where a partition starts when neither a checkpoint nor the group has an offset for it: earliest "
+               "(the whole retained topic) or latest (only new messages).")
+        .Choices("earliest, latest").When("type", "kafka").Default("earliest"),
+    SpecOption("source", "session_timeout", SpecValueType::kDuration,
+               "The group session timeout: how long the group waits for a silent member before moving its "
+               "partitions.")
+        .When("type", "kafka").Default("45s"),
+    SpecOption("source", "properties", SpecValueType::kMap,
+               "Further librdkafka consumer properties, passed as given (security.protocol, sasl.mechanism, "
+               "ssl.ca.location, fetch.max.bytes, ...); values are strings. Overrides Freshet's own settings, "
+               "except that offsets are committed only after checkpoints whatever enable.auto.commit says.")
+        .When("type", "kafka").Example("{security.protocol: SASL_SSL, sasl.mechanism: PLAIN}"),
 
     // online
     SpecOption("online", "type", SpecValueType::kChoice,

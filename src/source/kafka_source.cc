@@ -1,0 +1,348 @@
+#include "source/kafka_source.h"
+
+#include <librdkafka/rdkafka.h>
+
+#include <charconv>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+
+#include "event/event_parser.h"
+
+namespace freshet {
+namespace {
+
+int64_t SteadyNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+struct KafkaSource::Impl {
+  explicit Impl(KafkaSource* owner) : source(owner) {}
+  ~Impl() {
+    if (rk != nullptr) {
+      rd_kafka_consumer_close(rk);
+      rd_kafka_destroy(rk);
+    }
+  }
+
+  static void OnRebalance(rd_kafka_t* rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t* list, void* opaque) {
+    static_cast<Impl*>(opaque)->Rebalance(rk, err, list);
+  }
+  static void OnError(rd_kafka_t*, int err, const char* reason, void* opaque) {
+    static_cast<Impl*>(opaque)->SetProblem(std::string("Kafka: ") + rd_kafka_err2name(static_cast<rd_kafka_resp_err_t>(err)) +
+                                           ": " + reason);
+  }
+  static void OnCommit(rd_kafka_t*, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t* offsets, void* opaque) {
+    Impl* self = static_cast<Impl*>(opaque);
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR || err == RD_KAFKA_RESP_ERR__NO_OFFSET) {
+      self->SetProblem(std::nullopt);
+      std::lock_guard<std::mutex> lock(self->mutex);
+      for (int k = 0; offsets != nullptr && k < offsets->cnt; ++k) {
+        if (offsets->elems[k].err == RD_KAFKA_RESP_ERR_NO_ERROR && offsets->elems[k].offset >= 0) {
+          self->committed[offsets->elems[k].partition] = offsets->elems[k].offset;
+        }
+      }
+    } else {
+      self->SetProblem(std::string("committing offsets to group failed: ") + rd_kafka_err2str(err));
+    }
+  }
+
+  void Rebalance(rd_kafka_t* handle, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t* list) {
+    const bool cooperative = std::strcmp(rd_kafka_rebalance_protocol(handle), "COOPERATIVE") == 0;
+    source->rebalances_.fetch_add(1);
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+      for (int k = 0; k < list->cnt; ++k) {
+        auto it = source->next_.find(list->elems[k].partition);
+        // Where the restored checkpoint (or this process's reading so far) stands; else the group's offset.
+        list->elems[k].offset = it != source->next_.end() ? it->second : RD_KAFKA_OFFSET_STORED;
+      }
+      rd_kafka_error_t* error = nullptr;
+      if (cooperative) {
+        error = rd_kafka_incremental_assign(handle, list);
+      } else if (rd_kafka_assign(handle, list) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        SetProblem("assigning partitions failed");
+      }
+      if (error != nullptr) {
+        SetProblem(std::string("assigning partitions failed: ") + rd_kafka_error_string(error));
+        rd_kafka_error_destroy(error);
+      }
+      std::lock_guard<std::mutex> lock(mutex);
+      for (int k = 0; k < list->cnt; ++k) assigned[list->elems[k].partition] = true;
+    } else {
+      // Revoked (or lost): another member may read these partitions now, without the state built here.
+      std::string names;
+      for (int k = 0; k < list->cnt; ++k) names += (names.empty() ? "" : ", ") + std::to_string(list->elems[k].partition);
+      if (!closing && list->cnt > 0) {
+        revoked_warning = "partitions " + names + " of topic '" + source->options_.topic +
+                          "' were revoked from this process by a group rebalance (another process joined group '" +
+                          source->options_.group + "', or this one missed its session timeout); one process per "
+                          "group is supported for now, so if another process reads them, its features for their "
+                          "entities start without this process's state";
+      }
+      if (cooperative) {
+        rd_kafka_error_t* error = rd_kafka_incremental_unassign(handle, list);
+        if (error != nullptr) rd_kafka_error_destroy(error);
+      } else {
+        rd_kafka_assign(handle, nullptr);
+      }
+      std::lock_guard<std::mutex> lock(mutex);
+      for (int k = 0; k < list->cnt; ++k) assigned.erase(list->elems[k].partition);
+    }
+  }
+
+  void SetProblem(std::optional<std::string> text) {
+    std::lock_guard<std::mutex> lock(mutex);
+    problem = std::move(text);
+  }
+
+  KafkaSource* source;
+  rd_kafka_t* rk = nullptr;
+  bool closing = false;
+  std::string revoked_warning;
+  std::string last_commit;  // The newest position handed to Commit.
+  mutable std::mutex mutex;  // Guards what other threads read: problem, committed, assigned.
+  std::optional<std::string> problem;
+  std::map<int32_t, int64_t> committed;
+  std::map<int32_t, bool> assigned;
+};
+
+KafkaSource::KafkaSource(KafkaSourceOptions options) : options_(std::move(options)) {}
+
+KafkaSource::~KafkaSource() {
+  if (!impl_) return;
+  impl_->closing = true;
+  // The last checkpoint's offsets, committed synchronously: an asynchronous commit could still be in flight.
+  std::string last;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mutex);
+    last = impl_->last_commit;
+  }
+  if (!last.empty()) CommitOffsets(last, /*wait=*/true);
+}
+
+Status KafkaSource::Open() {
+  if (impl_) return Status::Ok();
+  auto impl = std::make_unique<Impl>(this);
+  char error[512];
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  auto set = [&](const std::string& key, const std::string& value) -> Status {
+    if (rd_kafka_conf_set(conf, key.c_str(), value.c_str(), error, sizeof(error)) != RD_KAFKA_CONF_OK) {
+      return Status::Invalid("Kafka source: property " + key + "=" + value + " was refused by librdkafka: " + error);
+    }
+    return Status::Ok();
+  };
+  Status status = Status::Ok();
+  const std::pair<std::string, std::string> settings[] = {
+      {"bootstrap.servers", options_.brokers},
+      {"group.id", options_.group},
+      {"client.id", "freshet"},
+      // Offsets reach the group only through Commit, after a durable checkpoint.
+      {"enable.auto.commit", "false"},
+      {"enable.auto.offset.store", "false"},
+      {"auto.offset.reset", options_.start == "latest" ? "latest" : "earliest"},
+      {"session.timeout.ms", std::to_string(options_.session_timeout_ms)},
+      {"partition.assignment.strategy", "cooperative-sticky"},
+      // Uncommitted transactional messages never become events.
+      {"isolation.level", "read_committed"},
+  };
+  for (const auto& [key, value] : settings) {
+    if (status.ok()) status = set(key, value);
+  }
+  for (const auto& [key, value] : options_.properties) {
+    if (status.ok()) status = set(key, value);
+  }
+  if (!status.ok()) {
+    rd_kafka_conf_destroy(conf);
+    return status;
+  }
+  rd_kafka_conf_set_opaque(conf, impl.get());
+  rd_kafka_conf_set_rebalance_cb(conf, &Impl::OnRebalance);
+  rd_kafka_conf_set_error_cb(conf, &Impl::OnError);
+  rd_kafka_conf_set_offset_commit_cb(conf, &Impl::OnCommit);
+  impl->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, error, sizeof(error));
+  if (impl->rk == nullptr) {
+    rd_kafka_conf_destroy(conf);
+    return Status::Invalid(std::string("Kafka source: cannot create the consumer: ") + error);
+  }
+  rd_kafka_poll_set_consumer(impl->rk);
+  rd_kafka_topic_partition_list_t* topics = rd_kafka_topic_partition_list_new(1);
+  rd_kafka_topic_partition_list_add(topics, options_.topic.c_str(), RD_KAFKA_PARTITION_UA);
+  const rd_kafka_resp_err_t err = rd_kafka_subscribe(impl->rk, topics);
+  rd_kafka_topic_partition_list_destroy(topics);
+  if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    return Status::Invalid("Kafka source: cannot subscribe to topic '" + options_.topic + "': " + rd_kafka_err2str(err));
+  }
+  impl_ = std::move(impl);
+  return Status::Ok();
+}
+
+Status KafkaSource::Poll(std::vector<SourceRecord>* out, size_t max_records, int timeout_ms) {
+  out->clear();
+  FRESHET_RETURN_IF_ERROR(Open());
+  batch_start_ = next_;
+  arena_.clear();
+  struct Kept {
+    size_t at, size;
+    int32_t partition;
+    int64_t offset;
+    int64_t arrival_ns;
+  };
+  std::vector<Kept> kept;
+  int wait = timeout_ms;
+  while (kept.size() < max_records) {
+    rd_kafka_message_t* message = rd_kafka_consumer_poll(impl_->rk, wait);
+    wait = 0;
+    if (!impl_->revoked_warning.empty()) Warn(std::exchange(impl_->revoked_warning, {}));
+    if (message == nullptr) break;
+    if (message->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      if (message->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+        impl_->SetProblem(std::string("Kafka: ") + rd_kafka_message_errstr(message));
+      }
+      rd_kafka_message_destroy(message);
+      char fatal[256];
+      if (rd_kafka_fatal_error(impl_->rk, fatal, sizeof(fatal)) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        return Status::IoError("Kafka consumer failed for good: " + std::string(fatal));
+      }
+      continue;
+    }
+    const int32_t partition = message->partition;
+    const int64_t offset = message->offset;
+    auto it = next_.find(partition);
+    if (it != next_.end() && offset < it->second) {  // Already handed out (a refetch after a seek).
+      rd_kafka_message_destroy(message);
+      continue;
+    }
+    const size_t at = arena_.size();
+    arena_.resize(at + message->len + kParsePaddingBytes);
+    if (message->len > 0) std::memcpy(arena_.data() + at, message->payload, message->len);
+    kept.push_back(Kept{at, message->len, partition, offset, SteadyNs()});
+    next_[partition] = offset + 1;
+    rd_kafka_message_destroy(message);
+  }
+  if (!kept.empty()) impl_->SetProblem(std::nullopt);
+  out->reserve(kept.size());
+  for (const Kept& k : kept) {
+    SourceRecord record;
+    record.text = std::string_view(arena_.data() + k.at, k.size);
+    record.capacity = k.size + kParsePaddingBytes;
+    record.line_number = static_cast<uint64_t>(k.offset);
+    record.arrival_ns = k.arrival_ns;
+    record.end = SourceOffset{static_cast<uint64_t>(k.partition), static_cast<uint64_t>(k.offset + 1)};
+    if (k.size > kMaxLineBytes) {
+      record.too_long = true;
+      record.text = {};
+    }
+    out->push_back(record);
+  }
+  return Status::Ok();
+}
+
+std::string KafkaSource::Format(const std::map<int32_t, int64_t>& offsets) const {
+  std::string text = "kafka " + options_.topic;
+  for (const auto& [partition, offset] : offsets) text += " " + std::to_string(partition) + "=" + std::to_string(offset);
+  return text;
+}
+
+std::string KafkaSource::position() const { return Format(next_); }
+
+std::string KafkaSource::PositionAfter(std::span<const SourceRecord> batch, size_t count) const {
+  std::map<int32_t, int64_t> offsets = batch_start_;
+  for (size_t k = 0; k < count && k < batch.size(); ++k) {
+    offsets[static_cast<int32_t>(batch[k].end.stream)] = static_cast<int64_t>(batch[k].end.offset);
+  }
+  return Format(offsets);
+}
+
+std::optional<std::map<int32_t, int64_t>> KafkaSource::ParsePosition(std::string_view text, std::string_view topic) {
+  auto next_word = [&]() {
+    while (!text.empty() && text.front() == ' ') text.remove_prefix(1);
+    const size_t end = std::min(text.find(' '), text.size());
+    std::string_view word = text.substr(0, end);
+    text.remove_prefix(end);
+    return word;
+  };
+  if (next_word() != "kafka" || next_word() != topic) return std::nullopt;
+  std::map<int32_t, int64_t> offsets;
+  for (std::string_view word = next_word(); !word.empty(); word = next_word()) {
+    const size_t eq = word.find('=');
+    int32_t partition = 0;
+    int64_t offset = 0;
+    if (eq == std::string_view::npos ||
+        std::from_chars(word.data(), word.data() + eq, partition).ec != std::errc() ||
+        std::from_chars(word.data() + eq + 1, word.data() + word.size(), offset).ec != std::errc() || partition < 0 ||
+        offset < 0) {
+      return std::nullopt;
+    }
+    offsets[partition] = offset;
+  }
+  return offsets;
+}
+
+Status KafkaSource::Seek(std::string_view position) {
+  std::optional<std::map<int32_t, int64_t>> offsets = ParsePosition(position, options_.topic);
+  if (!offsets) {
+    return Status::Invalid("the checkpoint's source position '" + std::string(position) +
+                           "' is not a position in Kafka topic '" + options_.topic +
+                           "' (was the spec's source changed?); start with a new data directory to read the topic "
+                           "from the group's offsets");
+  }
+  next_ = std::move(*offsets);
+  batch_start_ = next_;
+  return Status::Ok();
+}
+
+void KafkaSource::Commit(std::string_view position) {
+  if (!impl_) return;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mutex);
+    impl_->last_commit = std::string(position);
+  }
+  CommitOffsets(position, /*wait=*/false);
+}
+
+void KafkaSource::CommitOffsets(std::string_view position, bool wait) {
+  std::optional<std::map<int32_t, int64_t>> offsets = ParsePosition(position, options_.topic);
+  if (!offsets || offsets->empty()) return;
+  rd_kafka_topic_partition_list_t* list = rd_kafka_topic_partition_list_new(static_cast<int>(offsets->size()));
+  for (const auto& [partition, offset] : *offsets) {
+    rd_kafka_topic_partition_list_add(list, options_.topic.c_str(), partition)->offset = offset;
+  }
+  const rd_kafka_resp_err_t err = rd_kafka_commit(impl_->rk, list, wait ? 0 : 1);
+  if (wait && err != RD_KAFKA_RESP_ERR_NO_ERROR && err != RD_KAFKA_RESP_ERR__NO_OFFSET) {
+    std::fprintf(stderr, "freshet run: warning: committing the last checkpoint's offsets to Kafka group '%s' failed "
+                 "(%s); the group's offsets lag behind, the next start reads on from the checkpoint all the same\n",
+                 options_.group.c_str(), rd_kafka_err2str(err));
+  }
+  rd_kafka_topic_partition_list_destroy(list);
+}
+
+std::optional<std::string> KafkaSource::problem() const {
+  if (!impl_) return std::nullopt;
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  return impl_->problem;
+}
+
+std::vector<KafkaPartitionStatus> KafkaSource::partitions() const {
+  std::vector<KafkaPartitionStatus> out;
+  if (!impl_) return out;
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  for (const auto& [partition, assigned] : impl_->assigned) {
+    KafkaPartitionStatus s;
+    s.partition = partition;
+    if (auto it = next_.find(partition); it != next_.end()) s.next_offset = it->second;
+    if (auto it = impl_->committed.find(partition); it != impl_->committed.end()) s.committed = it->second;
+    int64_t low = 0, high = 0;
+    if (rd_kafka_get_watermark_offsets(impl_->rk, options_.topic.c_str(), partition, &low, &high) ==
+            RD_KAFKA_RESP_ERR_NO_ERROR &&
+        high >= 0) {
+      s.high_watermark = high;
+    }
+    out.push_back(s);
+  }
+  return out;
+}
+
+}  // namespace freshet

@@ -1,0 +1,95 @@
+// KafkaSource: events from a Kafka topic, through librdkafka's consumer, in a consumer group.
+//
+// Each message value is one JSON event (what a file line is for FileSource). A record's stream is its
+// partition and its `end.offset` the message's offset + 1, so a position names, per partition, the offset of
+// the next message to read:
+//
+//   kafka <topic> <partition>=<next offset> <partition>=<next offset> ...
+//
+// Exactly once: the group's committed offsets are only a report for lag monitors. Freshet's own checkpoint
+// holds the positions it restores from; Commit, called after a checkpoint is durable, copies them to the group
+// (never ahead of a checkpoint). On assignment a partition starts at the offset the restored position names;
+// one it does not name starts at the group's committed offset, else at `start` (earliest or latest).
+//
+// One process per group for now: a partition that moves to another process takes no state with it, so the
+// source refuses to run on after a revocation (see Poll).
+//
+// Not thread-safe: one thread polls, commits and reads health. The librdkafka handle runs its own threads.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "source/source.h"
+
+namespace freshet {
+
+struct KafkaSourceOptions {
+  std::string brokers;  // bootstrap.servers
+  std::string topic;
+  std::string group;
+  std::string start = "earliest";  // A partition the group never committed: "earliest" or "latest".
+  int64_t session_timeout_ms = 45000;
+  std::vector<std::pair<std::string, std::string>> properties;  // Passed to librdkafka as given (security...).
+};
+
+// What the source knows about its group membership, for metrics and /health.
+struct KafkaPartitionStatus {
+  int32_t partition = 0;
+  int64_t next_offset = -1;      // Of the next message to hand out (-1: none read or restored yet).
+  int64_t committed = -1;        // Last offset committed to the group by Commit (-1: none yet).
+  int64_t high_watermark = -1;   // The partition's end offset as of the last fetch (-1: unknown).
+};
+
+class KafkaSource final : public Source {
+ public:
+  explicit KafkaSource(KafkaSourceOptions options);
+  ~KafkaSource() override;
+  KafkaSource(const KafkaSource&) = delete;
+  KafkaSource& operator=(const KafkaSource&) = delete;
+
+  // Creates the consumer and joins the group (the assignment comes with the first polls). An error names
+  // the option librdkafka refused.
+  Status Open();
+
+  std::string_view name() const override { return options_.topic; }
+  Status Poll(std::vector<SourceRecord>* out, size_t max_records, int timeout_ms) override;
+  std::string position() const override;
+  std::string PositionAfter(std::span<const SourceRecord> batch, size_t count) const override;
+  Status Seek(std::string_view position) override;
+  bool exhausted() const override { return false; }
+
+  // Commits `position` (a position() or PositionAfter of this source) to the group, asynchronously; the
+  // destructor commits the last one again and waits for it. Safe to call from another thread than Poll's.
+  void Commit(std::string_view position);
+
+  // Why the source cannot read now (brokers unreachable, group not joined), or nullopt when it is fine.
+  std::optional<std::string> problem() const;
+  std::vector<KafkaPartitionStatus> partitions() const;
+  uint64_t rebalances() const { return rebalances_.load(); }
+
+  // Parses a position's text into partition -> next offset; nullopt when it is not one of this topic's.
+  static std::optional<std::map<int32_t, int64_t>> ParsePosition(std::string_view text, std::string_view topic);
+
+ private:
+  struct Impl;
+  friend struct Impl;
+  std::string Format(const std::map<int32_t, int64_t>& offsets) const;
+  void CommitOffsets(std::string_view position, bool wait);
+
+  KafkaSourceOptions options_;
+  std::unique_ptr<Impl> impl_;
+  std::map<int32_t, int64_t> next_;       // Partition -> offset after the last record handed out (or restored).
+  std::map<int32_t, int64_t> batch_start_;  // next_ before the latest Poll.
+  std::vector<char> arena_;               // Texts of the latest batch, each followed by parse padding.
+  std::atomic<uint64_t> rebalances_{0};
+};
+
+}  // namespace freshet

@@ -1,0 +1,249 @@
+"""`freshet run` reading a Kafka topic (source: {type: kafka}) against a real broker (tests/kafka_broker.py).
+
+Semantics per partition: the input order is the partition's offset order and the lateness rule's M is kept per
+partition, so the expected values are tests/reference.py run over each partition's messages on its own. Exactly
+once: across kill -9s, every message is counted once (lookups equal the reference), the events table holds every
+accepted message once with its partition and offset, the dead letters hold every rejected or late message once
+with its partition and offset, and the group's committed offsets reach the end offsets (committed only after
+checkpoints). Poison messages (not JSON, 2 MB, invalid UTF-8) are dead-lettered and their partition goes on.
+A broker restart mid-stream loses and doubles nothing, and /health says degraded while it is down.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import deltalake
+import pytest
+
+import reference
+from fraud_features import FEATURES_YAML
+from kafka_broker import kafka_broker  # noqa: F401  (the fixture)
+from run_recovery_test import Server
+
+BIN = os.environ.get("FRESHET_BIN", str(Path(__file__).resolve().parent.parent / "build" / "freshet"))
+TOPIC = "events"
+GROUP = "freshet-test"
+PARTITIONS = 8
+
+SPEC = """name: kafka_e2e
+entity: user_id
+timestamp: ts
+watermark: {{max_out_of_orderness: 3s, allowed_lateness: 10s}}
+source: {{type: kafka, brokers: "{brokers}", topic: {topic}, group: {group}, session_timeout: 10s}}
+serve: {{port: 0}}
+checkpoint: {{interval: 200ms, keep: 3}}
+features:
+{features}"""
+
+
+def _generate(tmp: Path, events: int, seed: int) -> list[bytes]:
+    path = tmp / "all.jsonl"
+    subprocess.run([BIN, "generate", "--users", "300", "--events", str(events), "--seed", str(seed),
+                    "--disorder", "2s", "--late-share", "0.01", "--malformed-share", "0.01",
+                    "--output", str(path)], check=True)
+    return path.read_bytes().splitlines()
+
+
+def _key(line: bytes) -> bytes:
+    """The message key: the entity (all of its events in one partition), or a stand-in for a malformed line."""
+    try:
+        record = json.loads(line)
+        if isinstance(record, dict) and isinstance(record.get("user_id"), str):
+            return record["user_id"].encode()
+    except ValueError:
+        pass
+    return b"malformed"
+
+
+def _write_spec(tmp: Path, brokers: str) -> Path:
+    spec = tmp / "spec.yaml"
+    spec.write_text(SPEC.format(brokers=brokers, topic=TOPIC, group=GROUP, features=FEATURES_YAML))
+    return spec
+
+
+def _wait(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def _lines_read(server: Server) -> float:
+    try:
+        return server.metric("freshet_events_in_total")
+    except Exception:  # noqa: BLE001  (not up yet)
+        return -1
+
+
+def _same(feature: reference.Feature, expected: Any, got: Any) -> bool:
+    if expected is None or expected is reference.MISSING:
+        return got is None or (isinstance(got, float) and math.isnan(got))
+    if got is None:
+        return False
+    if feature.aggregation == "last":
+        return reference.format_value(got) == reference.format_value(expected)
+    return math.isclose(float(expected), float(got), rel_tol=1e-9, abs_tol=1e-9)
+
+
+def _per_partition_reference(spec: reference.Spec, placed: dict[tuple[int, int], bytes]):
+    """The reference over each partition's messages in offset order: accepted events, and dead letters by place."""
+    accepted: list[reference.Event] = []
+    dead: dict[tuple[int, int], str] = {}
+    accepted_places: set[tuple[int, int]] = set()
+    for partition in sorted({p for p, _ in placed}):
+        offsets = sorted(o for p, o in placed if p == partition)
+        events, letters = reference.read_events(b"\n".join(placed[(partition, o)] for o in offsets) + b"\n", spec)
+        accepted += events
+        dead_lines = {d.line for d in letters}
+        for letter in letters:
+            dead[(partition, offsets[letter.line - 1])] = letter.reason
+        accepted_places |= {(partition, offsets[k]) for k in range(len(offsets)) if k + 1 not in dead_lines}
+    return accepted, dead, accepted_places
+
+
+def _check_everything(tmp: Path, server: Server, spec_path: Path, placed: dict[tuple[int, int], bytes],
+                      broker) -> None:
+    spec = reference.load_spec(str(spec_path))
+    accepted, dead, accepted_places = _per_partition_reference(spec, placed)
+    assert len(accepted) > 0.9 * len(placed)
+
+    # Lookups as of the end: every entity equals the reference over its partition's accepted events.
+    evaluator = reference.Evaluator(spec, accepted)
+    at = max(e.time_ms for e in accepted) + 1
+    entities = sorted({e.entity for e in accepted})
+    body = json.dumps({"entities": entities, "at": at}).encode()
+    answer = server.post("/v1/features", body, "application/json")
+    mismatches = []
+    for result in answer["results"]:
+        for j, feature in enumerate(spec.features):
+            expected, _ = evaluator.value(j, result["entity"], at)
+            if not _same(feature, expected, result["features"][feature.name]):
+                mismatches.append(f"{result['entity']} {feature.name}: reference {expected!r}, "
+                                  f"served {result['features'][feature.name]!r}")
+    assert not mismatches, f"{len(mismatches)} values differ from the per-partition reference:\n" + \
+        "\n".join(mismatches[:10])
+
+    # Dead letters: each rejected or late message once, named by partition and offset, with the reference's reason.
+    letters = [json.loads(line) for line in (tmp / "data" / "dead_letters" / "kafka.jsonl").read_text().splitlines()]
+    got = {}
+    for letter in letters:
+        place = (letter["partition"], letter["offset"])
+        assert place not in got, f"dead letter for {place} written twice"
+        assert letter["source"] == TOPIC
+        got[place] = letter["reason"]
+    assert set(got) == set(dead), (f"dead letters: {len(set(got) - set(dead))} unexpected, "
+                                   f"{len(set(dead) - set(got))} missing")
+    wrong = [(p, got[p], dead[p]) for p in dead if (got[p] == "late") != (dead[p] == "late")]
+    assert not wrong, f"{len(wrong)} dead letters with another reason than the reference's: {wrong[:5]}"
+
+    # Offline events table: every accepted message exactly once, with its partition and offset.
+    table = deltalake.DeltaTable(str(tmp / "data" / "offline" / "events")).to_pyarrow_table().to_pylist()
+    places = [(row["partition"], row["offset"]) for row in table]
+    assert len(places) == len(set(places)), f"{len(places) - len(set(places))} events written twice"
+    assert set(places) == accepted_places, (f"events table: {len(set(places) - accepted_places)} unexpected, "
+                                            f"{len(accepted_places - set(places))} missing")
+    seqs = [row["seq"] for row in table]
+    assert len(seqs) == len(set(seqs)), "seq is not unique across partitions"
+
+    # The group's committed offsets reach the end offsets (after a checkpoint covers them).
+    ends = broker.end_offsets(TOPIC)
+    _wait(lambda: broker.committed(GROUP, TOPIC) == ends, 30, f"committed offsets to reach {ends}")
+
+
+def _produce(broker, lines: list[bytes]) -> dict[tuple[int, int], bytes]:
+    places = broker.produce(TOPIC, [(_key(line), line) for line in lines])
+    return {place: line for place, line in zip(places, lines)}
+
+
+@pytest.fixture
+def topic(kafka_broker):  # noqa: F811
+    kafka_broker.create_topic(TOPIC, partitions=PARTITIONS, config={"max.message.bytes": "4000000"})
+    return kafka_broker
+
+
+def test_kill9_mid_stream_counts_every_message_once_per_partition(topic, tmp_path: Path) -> None:
+    broker = topic
+    lines = _generate(tmp_path, 30_000, seed=7)
+    spec_path = _write_spec(tmp_path, broker.bootstrap)
+    placed = _produce(broker, lines[:15_000])
+
+    server = Server(spec_path, tmp_path / "data", tmp_path / "run.log")
+    _wait(lambda: _lines_read(server) >= 3_000, 60, "the first messages to be processed")
+    server.kill()
+    placed.update(_produce(broker, lines[15_000:]))  # Arrive while it is down.
+    server = Server(spec_path, tmp_path / "data", tmp_path / "run.log")
+    _wait(lambda: _lines_read(server) >= 20_000, 60, "more messages to be processed")
+    server.kill()
+    server = Server(spec_path, tmp_path / "data", tmp_path / "run.log")
+    try:
+        _wait(lambda: _lines_read(server) >= len(placed), 120, f"all {len(placed)} messages to be read")
+        time.sleep(0)  # (no fixed wait: the count is the condition)
+        assert _lines_read(server) == len(placed), "more lines read than messages: something was counted twice"
+        _check_everything(tmp_path, server, spec_path, placed, broker)
+    finally:
+        assert server.terminate() == 0
+
+
+def test_poison_messages_are_dead_lettered_and_the_partition_goes_on(topic, tmp_path: Path) -> None:
+    broker = topic
+    good = [json.dumps({"user_id": "u1", "ts": 1_000 + k, "type": "view", "category": "c"}).encode() for k in range(3)]
+    poison = [b"not json at all", b'{"user_id": "u1", "ts": 2000, "pad": "' + b"x" * 2_000_000 + b'"}',
+              b'{"user_id": "u1", "ts": 2001, "type": "\xff\xfe"}']
+    places = broker.produce(TOPIC, [(b"u1", good[0])] + [(b"u1", p) for p in poison] + [(b"u1", g) for g in good[1:]],
+                            producer_config={"message.max.bytes": 4_000_000})
+    partition = places[0][0]
+    assert all(p == partition for p, _ in places)
+    spec_path = _write_spec(tmp_path, broker.bootstrap)
+    server = Server(spec_path, tmp_path / "data", tmp_path / "run.log")
+    try:
+        _wait(lambda: _lines_read(server) >= len(places), 60, "all messages to be read")
+        assert server.metric("freshet_events_accepted_total") == 3
+        assert server.metric("freshet_events_rejected_total") == 3
+        answer = json.loads(server.get("/v1/features/u1"))
+        assert answer["known"] is True
+    finally:
+        assert server.terminate() == 0
+    letters = [json.loads(line) for line in (tmp_path / "data" / "dead_letters" / "kafka.jsonl").read_text().splitlines()]
+    assert [(d["partition"], d["offset"]) for d in letters] == places[1:4]
+    assert "longer than" in letters[1]["reason"], letters[1]["reason"]
+
+
+def test_broker_restart_mid_stream_loses_and_doubles_nothing(topic, tmp_path: Path) -> None:
+    broker = topic
+    lines = _generate(tmp_path, 12_000, seed=11)
+    spec_path = _write_spec(tmp_path, broker.bootstrap)
+    placed = _produce(broker, lines[:6_000])
+    server = Server(spec_path, tmp_path / "data", tmp_path / "run.log")
+    try:
+        _wait(lambda: _lines_read(server) >= 6_000, 60, "the first half to be read")
+        broker.stop()  # kill -9
+        _wait(lambda: json.loads(_health(server)).get("status") == "degraded", 60, "/health to say degraded")
+        broker.start()
+        placed.update(_produce(broker, lines[6_000:]))
+        _wait(lambda: _lines_read(server) >= len(placed), 120, f"all {len(placed)} messages to be read")
+        assert _lines_read(server) == len(placed)
+        _wait(lambda: json.loads(_health(server)).get("status") == "ok", 60, "/health to be ok again")
+        _check_everything(tmp_path, server, spec_path, placed, broker)
+    finally:
+        assert server.terminate() == 0
+
+
+def _health(server: Server) -> str:
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/health", timeout=10) as r:
+            return r.read().decode()
+    except urllib.error.HTTPError as e:  # 503 while degraded
+        return e.read().decode()
