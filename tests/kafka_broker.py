@@ -38,6 +38,8 @@ import time
 import weakref
 from pathlib import Path
 
+from child_server import ChildServer
+
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SH = ROOT / "scripts" / "kafka.sh"
 CLASSPATH_FILE = Path(os.environ.get("KAFKA_CLASSPATH_FILE", ROOT / ".cache" / "kafka" / "classpath"))
@@ -72,7 +74,7 @@ class KafkaBrokerError(RuntimeError):
     """The broker did not start or did not answer."""
 
 
-class KafkaBroker:
+class KafkaBroker(ChildServer):
     """One single-node Kafka broker on 127.0.0.1 with its data in `dir`.
 
     dir: folder for its configuration, data and logs; None for a new temporary folder, removed by close().
@@ -189,18 +191,6 @@ class KafkaBroker:
         self._proc = None
         (self.dir / "pid").unlink(missing_ok=True)
 
-    def pause(self) -> None:
-        """SIGSTOP: the broker accepts connections but answers nothing (a hung broker)."""
-        if self._proc is not None:
-            self._proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        if self._proc is not None:
-            self._proc.send_signal(signal.SIGCONT)
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def close(self) -> None:
         """Stops the broker and removes its folder if it made it."""

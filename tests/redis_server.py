@@ -28,6 +28,8 @@ import socket
 import subprocess
 import time
 
+from child_server import ChildServer
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 _PR_SET_PDEATHSIG = 1
@@ -121,7 +123,7 @@ class RedisClient:
         raise RedisError(f"unexpected reply from redis: {line!r}")
 
 
-class RedisServer:
+class RedisServer(ChildServer):
     """One redis-server child process on 127.0.0.1.
 
     port: fixed port, or None for a free one (chosen at the first start and kept across restarts).
@@ -188,18 +190,6 @@ class RedisServer:
         self._proc.wait()
         self._proc = None
 
-    def pause(self) -> None:
-        """SIGSTOP: the server accepts connections but answers nothing (a hung Redis)."""
-        if self._proc is not None:
-            self._proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        if self._proc is not None:
-            self._proc.send_signal(signal.SIGCONT)
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def client(self) -> RedisClient:
         return RedisClient(self.port, password=self.password)

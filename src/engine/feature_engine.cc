@@ -417,12 +417,16 @@ bool FeatureEngine::Admit(int64_t time_ms) {
     ++counters_.late;
     return false;
   }
+  AdmitJudged(time_ms);
+  return true;
+}
+
+void FeatureEngine::AdmitJudged(int64_t time_ms) {
   ++counters_.admitted;
   if (time_ms > max_time_ms_) {
     max_time_ms_ = time_ms;
     if (has_watermark_) low_ms_ = max_time_ms_ - delay_ms_;
   }
-  return true;
 }
 
 FeatureEngine::~FeatureEngine() {

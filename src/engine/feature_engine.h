@@ -129,6 +129,9 @@ class FeatureEngine {
 
   // The lateness rule; call once per parsed event, in input order. True: admitted (and M updated).
   bool Admit(int64_t time_ms);
+  // Admits an event whose lateness the caller judged by a clock of its own (a Kafka partition's M, in
+  // `freshet historical`): counts it and moves M, without the late check.
+  void AdmitJudged(int64_t time_ms);
 
   // Whether Admit would call an event at this time late; changes nothing. For rules checked between the
   // lateness rule and admission (deduplication), which must not move M.

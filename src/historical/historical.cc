@@ -6,6 +6,8 @@
 #include <chrono>
 #include <cstdio>
 #include <limits>
+#include <map>
+#include <optional>
 #include <numeric>
 #include <queue>
 
@@ -61,6 +63,7 @@ class PointInTimeJoin {
                   DeadLetterWriter* dead_letters, HistoricalStats* stats)
       : engine_(spec, FeatureEngine::Options{.keep_recent = false}), parser_(spec.fields), rows_(rows), answer_(answer), dead_letters_(dead_letters), stats_(stats) {
     if (spec.dedup) dedup_.emplace(spec);
+    if (spec.watermark) delay_ms_ = spec.watermark->max_out_of_orderness_ms + spec.watermark->allowed_lateness_ms;
     order_.resize(rows.size());
     std::iota(order_.begin(), order_.end(), 0);
     std::stable_sort(order_.begin(), order_.end(),
@@ -69,7 +72,17 @@ class PointInTimeJoin {
 
   // One input line (or stored raw event): `capacity` bytes are readable from text.data() (see
   // EventParser::Parse); `number` names it in dead letters.
-  void Feed(std::string_view text, size_t capacity, uint64_t number, bool too_long) {
+  // The events table's Kafka partitions, before the first Feed: rows are answered only once every partition's
+  // low watermark has passed them (a partition not seen yet could still bring earlier events).
+  void ExpectPartitions(const std::vector<int64_t>& partitions) {
+    for (int64_t p : partitions) partition_max_.try_emplace(p, kNoTime);
+  }
+
+  // `partition`: the event's Kafka partition (the events table of a Kafka pipeline). Each partition is then an
+  // input of its own: the lateness rule uses the partition's M, and events are released in time order only once
+  // every partition's low watermark has passed them.
+  void Feed(std::string_view text, size_t capacity, uint64_t number, bool too_long,
+            std::optional<int64_t> partition = std::nullopt) {
     ++stats_->events_read;
     if (too_long) {
       ++stats_->rejected;
@@ -82,24 +95,31 @@ class PointInTimeJoin {
       return;
     }
     // Lateness first (a late event is late, duplicate or not), then deduplication, then admission.
-    if (dedup_ && !engine_.IsLate(event_.time_ms) &&
+    int64_t* partition_max = partition ? &partition_max_.try_emplace(*partition, kNoTime).first->second : nullptr;
+    const bool late = partition_max != nullptr ? IsLateIn(*partition_max, event_.time_ms) : engine_.IsLate(event_.time_ms);
+    if (dedup_ && !late &&
         !dedup_->Admit(event_.entity, event_.slots[engine_.spec().dedup->field_slot], event_.time_ms)) {
       ++stats_->duplicates;
       dead_letters_->Write(number, "duplicate", text);
       return;
     }
-    if (!engine_.Admit(event_.time_ms)) {
+    if (late || (partition_max == nullptr && !engine_.Admit(event_.time_ms))) {
       ++stats_->late;
       dead_letters_->Write(number, "late", text);
       return;
+    }
+    if (partition_max != nullptr) {
+      engine_.AdmitJudged(event_.time_ms);
+      *partition_max = std::max(*partition_max, event_.time_ms);
     }
     if (!stats_->has_events || event_.time_ms > stats_->max_event_time_ms) stats_->max_event_time_ms = event_.time_ms;
     stats_->has_events = true;
     PendingEvent* pending = buffer_.Acquire();
     engine_.Extract(event_, seq_++, pending);
     buffer_.Push(pending);
-    if (engine_.low_watermark_ms() > released_below_) {
-      released_below_ = engine_.low_watermark_ms();
+    const int64_t low = partition_max_.empty() ? engine_.low_watermark_ms() : PartitionsLow();
+    if (low > released_below_) {
+      released_below_ = low;
       ReleaseBefore(released_below_);
     }
   }
@@ -129,7 +149,21 @@ class PointInTimeJoin {
     }
   }
 
+  static constexpr int64_t kNoTime = std::numeric_limits<int64_t>::min();
+  bool IsLateIn(int64_t partition_max, int64_t time_ms) const {
+    return engine_.spec().watermark && partition_max != kNoTime && time_ms < partition_max - delay_ms_;
+  }
+  // The lowest partition's low watermark: no event of any partition can come earlier.
+  int64_t PartitionsLow() const {
+    if (!engine_.spec().watermark) return kNoTime;
+    int64_t low = std::numeric_limits<int64_t>::max();
+    for (const auto& [partition, max] : partition_max_) low = std::min(low, max == kNoTime ? kNoTime : max - delay_ms_);
+    return low;
+  }
+
   FeatureEngine engine_;
+  std::map<int64_t, int64_t> partition_max_;  // Kafka partition -> its M (the largest accepted event time).
+  int64_t delay_ms_ = 0;  // max_out_of_orderness + allowed_lateness.
   std::optional<Deduplicator> dedup_;  // With `dedup` in the spec.
   EventParser parser_;
   const std::vector<EntityTime>& rows_;
@@ -162,8 +196,11 @@ Status FeedJsonLines(const std::string& path, PointInTimeJoin& join, ProgressLin
 // Dead letters name an event by its seq.
 Status FeedEventsTable(const std::string& table_dir, PointInTimeJoin& join, ProgressLine& progress,
                        const HistoricalStats& stats) {
+  FRESHET_ASSIGN_OR_RETURN(std::vector<int64_t> partitions, EventsTablePartitions(table_dir));
+  join.ExpectPartitions(partitions);
   return ReplayEventsTable(table_dir, [&](const StoredEvent& e) -> Status {
-    join.Feed(e.raw, e.raw_capacity, static_cast<uint64_t>(e.seq), e.raw.size() > kMaxLineBytes);
+    join.Feed(e.raw, e.raw_capacity, static_cast<uint64_t>(e.seq), e.raw.size() > kMaxLineBytes,
+              e.has_place ? std::optional<int64_t>(e.partition) : std::nullopt);
     if ((stats.events_read & 0xFFFF) == 0) progress.Update(stats.events_read);
     return Status::Ok();
   });

@@ -1,5 +1,6 @@
 #include "offline/tables.h"
 
+#include <algorithm>
 #include <charconv>
 #include <filesystem>
 #include <limits>
@@ -136,8 +137,11 @@ Status ReplayEventsTable(const std::string& table_dir, const std::function<Statu
   auto later = [&](size_t a, size_t b) { return seq_of(a) > seq_of(b); };
   std::priority_queue<size_t, std::vector<size_t>, decltype(later)> heap(later);
   for (size_t k = 0; k < files.size(); ++k) {
-    FRESHET_ASSIGN_OR_RETURN(cursors[k].scanner,
-                             ParquetScanner::Open(files[k], {"seq", "raw"}));
+    FRESHET_ASSIGN_OR_RETURN(cursors[k].scanner, ParquetScanner::Open(files[k], {"seq", "raw"}));
+    const std::vector<std::string>& names = cursors[k].scanner->column_names();
+    if (std::find(names.begin(), names.end(), "partition") != names.end()) {
+      FRESHET_ASSIGN_OR_RETURN(cursors[k].scanner, ParquetScanner::Open(files[k], {"seq", "raw", "partition", "offset"}));
+    }
     cursors[k].row = static_cast<size_t>(-1);
     cursors[k].batch.rows = 0;
     FRESHET_ASSIGN_OR_RETURN(bool has, advance(cursors[k]));
@@ -152,6 +156,11 @@ Status ReplayEventsTable(const std::string& table_dir, const std::function<Statu
     const auto& cols = c.batch.columns;
     e.seq = cols[0].ints[c.row];
     e.raw = cols[1].strings[c.row];
+    e.has_place = cols.size() == 4;
+    if (e.has_place) {
+      e.partition = cols[2].ints[c.row];
+      e.offset = cols[3].ints[c.row];
+    }
     const char* end = cols[1].readable_end;
     if (end != nullptr && end >= e.raw.data() && static_cast<size_t>(end - e.raw.data()) >= e.raw.size() + kParsePaddingBytes) {
       e.raw_capacity = static_cast<size_t>(end - e.raw.data());
@@ -174,6 +183,28 @@ Status ReplayEventsTable(const std::string& table_dir, const std::function<Statu
     if (more) heap.push(k);
   }
   return Status::Ok();
+}
+
+Result<std::vector<int64_t>> EventsTablePartitions(const std::string& table_dir) {
+  FRESHET_ASSIGN_OR_RETURN(std::vector<std::string> files, DeltaTableFiles(table_dir));
+  std::vector<int64_t> partitions;
+  for (const std::string& file : files) {
+    FRESHET_ASSIGN_OR_RETURN(std::unique_ptr<ParquetScanner> scanner, ParquetScanner::Open(file, {"seq"}));
+    const std::vector<std::string>& names = scanner->column_names();
+    if (std::find(names.begin(), names.end(), "partition") == names.end()) continue;
+    FRESHET_ASSIGN_OR_RETURN(scanner, ParquetScanner::Open(file, {"partition"}));
+    ScanBatch batch;
+    while (true) {
+      FRESHET_ASSIGN_OR_RETURN(bool more, scanner->Next(&batch));
+      if (!more) break;
+      for (size_t r = 0; r < batch.rows; ++r) {
+        const int64_t p = batch.columns[0].ints[r];
+        if (std::find(partitions.begin(), partitions.end(), p) == partitions.end()) partitions.push_back(p);
+      }
+    }
+  }
+  std::sort(partitions.begin(), partitions.end());
+  return partitions;
 }
 
 }  // namespace freshet

@@ -63,6 +63,10 @@ OfflineTableOptions TableOptions(const OfflinePaths& paths, const std::string& n
 // from the line, so replay does not decode them).
 struct StoredEvent {
   int64_t seq = 0;
+  // The table of a Kafka pipeline: the message's partition and offset (see EventsTableColumns).
+  bool has_place = false;
+  int64_t partition = 0;
+  int64_t offset = 0;
   std::string_view raw;
   size_t raw_capacity = 0;  // Bytes readable from raw.data(): at least raw.size() + kParsePaddingBytes, so
                             // EventParser can parse it in place.
@@ -71,5 +75,8 @@ struct StoredEvent {
 // Calls `each` for every event of the events table at `table_dir`, in the order they were accepted (seq),
 // stopping early with the first error `each` returns.
 Status ReplayEventsTable(const std::string& table_dir, const std::function<Status(const StoredEvent&)>& each);
+
+// The Kafka partitions the events table holds events of (none for a table without a partition column).
+Result<std::vector<int64_t>> EventsTablePartitions(const std::string& table_dir);
 
 }  // namespace freshet

@@ -10,6 +10,7 @@
 #include "event/line_reader.h"
 #include "offline/tables.h"
 #include "run/event_path.h"
+#include "run/lanes.h"
 #include "run/offline_sink.h"
 #include "state/checkpoint.h"
 
@@ -59,10 +60,10 @@ Status RunBackfill(const Spec& spec, const BackfillOptions& options, BackfillSta
     }
   }
 
-  FeatureEngine engine(spec);
-  PipelineCounters counters;
-  std::optional<Deduplicator> dedup = MakeDeduplicator(spec);
-  EventPath path(engine, counters, dedup ? &*dedup : nullptr, sink.get());
+  // A Kafka pipeline's events table is replayed per partition, as the stream processed it: each event goes
+  // back to its partition's lane (its own lateness clock, state and order), in the shared seq order.
+  PipelineLanes lanes(spec, spec.source && spec.source->type == "kafka" && options.events_files.empty());
+  lanes.SetOfflineSink(sink.get());
   ProgressLine progress("backfill", options.progress);
   auto account = [&](EventPath::Outcome outcome) -> Status {
     switch (outcome) {
@@ -80,7 +81,9 @@ Status RunBackfill(const Spec& spec, const BackfillOptions& options, BackfillSta
     FRESHET_RETURN_IF_ERROR(ReplayEventsTable(paths.events, [&](const StoredEvent& e) -> Status {
       ++stats->lines;
       if ((stats->lines & 0xFFFF) == 0) progress.Update(stats->lines);
-      return account(path.Process(e.raw, e.raw_capacity, wall_ms));
+      const RecordPlace place{e.partition, e.offset};
+      PipelineLanes::Lane& lane = lanes.For(static_cast<uint32_t>(e.partition));
+      return account(lane.path.Process(e.raw, e.raw_capacity, wall_ms, e.has_place ? &place : nullptr));
     }));
   } else {
     for (const std::string& file : options.events_files) {
@@ -89,13 +92,14 @@ Status RunBackfill(const Spec& spec, const BackfillOptions& options, BackfillSta
       Line line;
       while (reader.Next(&line)) {
         ++stats->lines;
+        PipelineLanes::Lane& lane = lanes.For(0);
         if (line.too_long) {
-          ++counters.lines_read;
-          ++counters.rejected;
+          ++lane.counters.lines_read;
+          ++lane.counters.rejected;
           ++stats->rejected;
           continue;
         }
-        FRESHET_RETURN_IF_ERROR(account(path.Process(line.text, line.capacity, wall_ms)));
+        FRESHET_RETURN_IF_ERROR(account(lane.path.Process(line.text, line.capacity, wall_ms)));
         if ((stats->lines & 0xFFFF) == 0) progress.Update(stats->lines, reader.bytes_consumed(), reader.file_size());
       }
       FRESHET_RETURN_IF_ERROR(reader.status());
@@ -111,10 +115,10 @@ Status RunBackfill(const Spec& spec, const BackfillOptions& options, BackfillSta
     FRESHET_ASSIGN_OR_RETURN(std::string staged, sink->Stage(sequence));
     Checkpoint checkpoint;
     checkpoint.sequence = sequence;
-    checkpoint.spec_fingerprint = engine.spec_fingerprint();
+    checkpoint.spec_fingerprint = lanes.blank().spec_fingerprint();
     checkpoint.positions = positions;
     checkpoint.positions.emplace_back("offline", std::move(staged));
-    checkpoint.engine_state = EncodePipelineState(engine, counters, dedup ? &*dedup : nullptr);
+    checkpoint.engine_state = lanes.Encode();
     FRESHET_RETURN_IF_ERROR(store->Write(checkpoint));
     stats->checkpoint_sequence = sequence;
   }

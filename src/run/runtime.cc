@@ -20,6 +20,7 @@
 #include "engine/feature_engine.h"
 #include "event/dead_letters.h"
 #include "run/feature_log.h"
+#include "run/lanes.h"
 #include "run/event_path.h"
 #include "run/offline_sink.h"
 #include "run/skew_monitor.h"
@@ -109,10 +110,7 @@ struct Runtime::Impl final : public FeatureService {
   Impl(const Spec& spec, RuntimeOptions options)
       : spec_(spec),
         options_(std::move(options)),
-        partitioned_(spec.source && spec.source->type == "kafka"),
-        blank_(spec) {
-    if (!partitioned_) lanes_.push_back(std::make_unique<Lane>(spec, 0));
-  }
+        lanes_(spec, spec.source && spec.source->type == "kafka") {}
   ~Impl() {
     if (checkpoint_thread_.joinable()) checkpoint_thread_.join();
   }
@@ -130,12 +128,12 @@ struct Runtime::Impl final : public FeatureService {
       FeatureLookup& out = lookups[k];
       // An entity lives in one lane: its Kafka partition's (the topic is keyed by entity), or the only one.
       std::optional<uint32_t> index;
-      const Lane* lane = nullptr;
+      const PipelineLanes::Lane* lane = nullptr;
       for (size_t l = 0; l < lanes_.size() && !index; ++l) {
-        index = lanes_[l]->engine.FindEntity(entities[k]);
-        if (index) lane = lanes_[l].get();
+        index = lanes_.at(l).engine.FindEntity(entities[k]);
+        if (index) lane = &lanes_.at(l);
       }
-      const FeatureEngine& engine = lane != nullptr ? lane->engine : blank_;
+      const FeatureEngine& engine = lane != nullptr ? lane->engine : lanes_.blank();
       out.known = index.has_value();
       out.newest_event_ms = std::nullopt;
       if (lane != nullptr && *index < lane->counters.newest_event_ms.size()) {
@@ -271,38 +269,13 @@ struct Runtime::Impl final : public FeatureService {
   void CheckSlo();
   void SetHealthReason(const std::string& key, std::optional<std::string> reason);
 
-  // One input stream's pipeline: a Kafka partition's (its own lateness clock, state, ids and input order, so
-  // no value depends on how partitions interleave), or the whole input of a file or HTTP source.
-  struct Lane {
-    Lane(const Spec& spec, uint32_t stream_in)
-        : stream(stream_in), engine(spec), dedup(MakeDeduplicator(spec)),
-          path(engine, counters, dedup ? &*dedup : nullptr, nullptr) {}
-    uint32_t stream;
-    FeatureEngine engine;
-    PipelineCounters counters;
-    std::optional<Deduplicator> dedup;  // With `dedup` in the spec.
-    EventPath path;
-  };
-  // The lane of a record's stream, made on its first record (under the exclusive lock).
-  Lane& LaneFor(uint32_t stream) { return *lanes_[LaneIndex(stream)]; }
-  uint32_t LaneIndex(uint32_t stream);
   void UpdateKafkaStatus();  // Partition gauges and the source's health, every half second.
-  std::string EncodeState() const;
-  Status DecodeState(std::string_view bytes, std::vector<std::string>* notes);
-  // Over all lanes.
-  size_t EntityCount() const;
-  int64_t LowWatermarkMs() const;  // The lowest lane's (the one furthest behind).
-  size_t StateMemoryBytes() const;
 
   const Spec& spec_;
   RuntimeOptions options_;
-  const bool partitioned_;  // A Kafka source: a lane per partition.
-  const FeatureEngine blank_;  // Answers for entities no lane has.
-  mutable std::shared_mutex mutex_;  // Exclusive: processing; shared: lookups.
-  std::vector<std::unique_ptr<Lane>> lanes_;
-  uint64_t offline_seq_ = 0;  // Partitioned: the next offline row's seq, shared by the lanes.
+  mutable std::shared_mutex mutex_;  // Exclusive: processing (and making lanes); shared: lookups.
+  PipelineLanes lanes_;  // A lane per Kafka partition, else one.
   KafkaSource* kafka_ = nullptr;  // source_ when it is Kafka.
-  std::map<uint32_t, uint32_t> lane_of_stream_;  // Partitioned: stream -> index in lanes_.
   int64_t last_partition_metrics_ms_ = 0;
 
   std::unique_ptr<IngestLog> ingest_log_;
@@ -353,7 +326,7 @@ struct Runtime::Impl final : public FeatureService {
   std::vector<std::pair<uint64_t, int64_t>> changed_;
   void ChangeAll() {
     for (size_t l = 0; l < lanes_.size(); ++l) {
-      for (uint32_t e = 0; e < lanes_[l]->engine.entity_count(); ++e) changed_.emplace_back(uint64_t{l} << 32 | e, 0);
+      for (uint32_t e = 0; e < lanes_.at(l).engine.entity_count(); ++e) changed_.emplace_back(uint64_t{l} << 32 | e, 0);
     }
   }
   std::vector<Value> values_;
@@ -431,7 +404,7 @@ Status Runtime::Impl::Open() {
     offline_paths = OfflinePathsFor(spec_, dir);
     FRESHET_ASSIGN_OR_RETURN(offline_, OfflineSink::Open(spec_, *offline_paths,
                                                          OfflineSinkOptions{.events = true, .features = spec_.offline.features}));
-    for (auto& lane : lanes_) lane->path.SetOfflineSink(offline_.get());
+    lanes_.SetOfflineSink(offline_.get());
   }
   FRESHET_RETURN_IF_ERROR(Restore());
   if (offline_paths && spec_.feature_log.enabled) {
@@ -466,14 +439,14 @@ Status Runtime::Impl::Restore() {
   FRESHET_ASSIGN_OR_RETURN(std::optional<freshet::Checkpoint> checkpoint, checkpoints_->LoadNewestValid(&warnings));
   for (const std::string& w : warnings) std::fprintf(stderr, "freshet run: warning: %s\n", w.c_str());
   uint64_t dead_letter_bytes = 0;
-  if (checkpoint && checkpoint->spec_fingerprint != blank_.spec_fingerprint()) {
+  if (checkpoint && checkpoint->spec_fingerprint != lanes_.blank().spec_fingerprint()) {
     return Status::Invalid("the newest checkpoint in '" + checkpoints_->directory() +
                            "' was written for a different spec (its features, windows or watermark changed); "
                            "start with a new --data-dir, or backfill the new spec");
   }
   if (checkpoint) {
     std::vector<std::string> notes;
-    Status decoded = DecodeState(checkpoint->engine_state, &notes);
+    Status decoded = lanes_.Decode(checkpoint->engine_state, &notes);
     for (const std::string& n : notes) std::fprintf(stderr, "freshet run: note: %s\n", n.c_str());
     if (!decoded.ok()) {
       return Status::Invalid("checkpoint " + std::to_string(checkpoint->sequence) + " in '" + checkpoints_->directory() +
@@ -487,17 +460,18 @@ Status Runtime::Impl::Restore() {
     }
     FRESHET_RETURN_IF_ERROR(RecoverOffline(offline_position, checkpoint->sequence));
     uint64_t admitted = 0;
-    for (const auto& lane : lanes_) {
-      lines_in_->Increment(lane->counters.lines_read);
-      accepted_->Increment(lane->engine.counters().admitted);
-      late_->Increment(lane->engine.counters().late);
-      duplicate_->Increment(lane->counters.duplicates);
-      rejected_total_->Increment(lane->counters.rejected);
-      admitted += lane->engine.counters().admitted;
+    for (size_t l = 0; l < lanes_.size(); ++l) {
+      const PipelineLanes::Lane& lane = lanes_.at(l);
+      lines_in_->Increment(lane.counters.lines_read);
+      accepted_->Increment(lane.engine.counters().admitted);
+      late_->Increment(lane.engine.counters().late);
+      duplicate_->Increment(lane.counters.duplicates);
+      rejected_total_->Increment(lane.counters.rejected);
+      admitted += lane.engine.counters().admitted;
     }
-    state_bytes_->Set(static_cast<double>(StateMemoryBytes()));
+    state_bytes_->Set(static_cast<double>(lanes_.MemoryBytes()));
     std::fprintf(stderr, "freshet run: restored checkpoint %llu: %zu entities, %llu events accepted\n",
-                 static_cast<unsigned long long>(checkpoint->sequence), EntityCount(),
+                 static_cast<unsigned long long>(checkpoint->sequence), lanes_.entity_count(),
                  static_cast<unsigned long long>(admitted));
   }
   if (!checkpoint) FRESHET_RETURN_IF_ERROR(RecoverOffline(std::nullopt, std::nullopt));
@@ -534,15 +508,15 @@ Status Runtime::Impl::Checkpoint(bool wait) {
   FRESHET_ASSIGN_OR_RETURN(uint64_t dead_letter_bytes, dead_letters_.Sync());
   auto checkpoint = std::make_shared<freshet::Checkpoint>();
   checkpoint->sequence = checkpoints_->next_sequence();
-  checkpoint->spec_fingerprint = blank_.spec_fingerprint();
+  checkpoint->spec_fingerprint = lanes_.blank().spec_fingerprint();
   checkpoint->positions = {{"source", source_->position()}, {"dead_letters", std::to_string(dead_letter_bytes)}};
   size_t recent = 0;
-  for (auto& lane : lanes_) recent += lane->engine.SettleRecent();
+  for (size_t l = 0; l < lanes_.size(); ++l) recent += lanes_.at(l).engine.SettleRecent();
   recent_events_->Set(static_cast<double>(recent));
-  checkpoint->engine_state = EncodeState();
+  checkpoint->engine_state = lanes_.Encode();
   auto rows = std::make_shared<OfflineSink::TakenRows>();
   if (offline_ != nullptr) *rows = offline_->TakeRows();
-  state_bytes_->Set(static_cast<double>(StateMemoryBytes()));
+  state_bytes_->Set(static_cast<double>(lanes_.MemoryBytes()));
   last_checkpoint_ms_ = WallClockMs();
   checkpoint_running_ = true;
   auto write = [this, checkpoint, rows, start]() {
@@ -600,11 +574,12 @@ Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch) {
       std::unique_lock<std::shared_mutex> lock(mutex_);
       for (; k < end; ++k) {
         const SourceRecord& record = batch[k];
-        const uint32_t stream = partitioned_ ? static_cast<uint32_t>(record.end.stream) : 0;
-        Lane& lane = LaneFor(stream);
+        const bool partitioned = lanes_.partitioned();
+        const uint32_t lane_index = lanes_.IndexOf(static_cast<uint32_t>(record.end.stream));
+        PipelineLanes::Lane& lane = lanes_.at(lane_index);
         const RecordPlace place{static_cast<int64_t>(record.end.stream), static_cast<int64_t>(record.end.offset) - 1};
         auto dead_letter = [&](std::string_view reason, std::string_view raw) {
-          if (partitioned_) {
+          if (partitioned) {
             dead_letters_.WriteAt(place.partition, place.offset, reason, raw);
           } else {
             dead_letters_.Write(record.line_number, reason, raw);
@@ -617,7 +592,7 @@ Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch) {
           dead_letter("line is longer than " + std::to_string(kMaxLineBytes) + " bytes", "");
           continue;
         }
-        switch (lane.path.Process(record.text, record.capacity, batch_wall_ms, partitioned_ ? &place : nullptr)) {
+        switch (lane.path.Process(record.text, record.capacity, batch_wall_ms, partitioned ? &place : nullptr)) {
           case EventPath::Outcome::kRejected:
             ++rejected;
             dead_letter(lane.path.reason(), record.text);
@@ -633,7 +608,7 @@ Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch) {
           case EventPath::Outcome::kAccepted: break;
         }
         arrivals.push_back(record.arrival_ns);
-        if (redis_ != nullptr) changed_.emplace_back(uint64_t{LaneIndex(stream)} << 32 | lane.path.entity(), record.arrival_ns);
+        if (redis_ != nullptr) changed_.emplace_back(uint64_t{lane_index} << 32 | lane.path.entity(), record.arrival_ns);
         ++accepted;
       }
     }
@@ -656,84 +631,6 @@ Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch) {
   duplicate_->Increment(duplicates);
   SetStateGauges();
   return Status::Ok();
-}
-
-uint32_t Runtime::Impl::LaneIndex(uint32_t stream) {
-  if (!partitioned_) return 0;
-  auto it = lane_of_stream_.find(stream);
-  if (it != lane_of_stream_.end()) return it->second;
-  auto lane = std::make_unique<Lane>(spec_, stream);
-  lane->path.SetOfflineSink(offline_.get());
-  lane->path.SetOfflineSequence(&offline_seq_);
-  lanes_.push_back(std::move(lane));
-  const uint32_t index = static_cast<uint32_t>(lanes_.size() - 1);
-  lane_of_stream_.emplace(stream, index);
-  return index;
-}
-
-// Unpartitioned: the one lane's pipeline state as EncodePipelineState writes it (what checkpoints always held).
-// Partitioned: a marker byte, the shared offline seq, then each lane's stream and pipeline state.
-constexpr uint8_t kLanesStateMarker = 0xF1;
-
-std::string Runtime::Impl::EncodeState() const {
-  if (!partitioned_) return EncodePipelineState(lanes_[0]->engine, lanes_[0]->counters, lanes_[0]->dedup ? &*lanes_[0]->dedup : nullptr);
-  std::string out;
-  ByteWriter w(&out);
-  w.PutU8(kLanesStateMarker);
-  w.PutU64(offline_seq_);
-  w.PutVarint(lanes_.size());
-  for (const auto& lane : lanes_) {
-    w.PutVarint(lane->stream);
-    w.PutBytes(EncodePipelineState(lane->engine, lane->counters, lane->dedup ? &*lane->dedup : nullptr));
-  }
-  return out;
-}
-
-Status Runtime::Impl::DecodeState(std::string_view bytes, std::vector<std::string>* notes) {
-  const bool lanes_format = !bytes.empty() && static_cast<uint8_t>(bytes[0]) == kLanesStateMarker;
-  if (!partitioned_) {
-    if (lanes_format) {
-      return Status::Invalid("it was written by a pipeline reading Kafka partitions, and this spec's source is " +
-                             spec_.source->type + "; start with a new data directory");
-    }
-    Lane& lane = *lanes_[0];
-    return DecodePipelineState(bytes, &lane.engine, &lane.counters, lane.dedup ? &*lane.dedup : nullptr, notes);
-  }
-  if (!lanes_format) {
-    return Status::Invalid("it was written by a pipeline reading a " + std::string("file or HTTP source") +
-                           ", and this spec reads Kafka; start with a new data directory");
-  }
-  ByteReader in(bytes);
-  uint8_t marker;
-  uint64_t count = 0;
-  if (!in.ReadU8(&marker) || !in.ReadU64(&offline_seq_) || !in.ReadCount(&count)) return Status::Invalid("it is incomplete");
-  for (uint64_t k = 0; k < count; ++k) {
-    uint64_t stream;
-    std::string_view state;
-    if (!in.ReadVarint(&stream) || stream > UINT32_MAX || !in.ReadBytes(&state)) return Status::Invalid("it is incomplete");
-    Lane& lane = LaneFor(static_cast<uint32_t>(stream));
-    Status decoded = DecodePipelineState(state, &lane.engine, &lane.counters, lane.dedup ? &*lane.dedup : nullptr, notes);
-    if (!decoded.ok()) return Status::Invalid("partition " + std::to_string(stream) + ": " + decoded.message());
-  }
-  return Status::Ok();
-}
-
-size_t Runtime::Impl::EntityCount() const {
-  size_t n = 0;
-  for (const auto& lane : lanes_) n += lane->engine.entity_count();
-  return n;
-}
-
-int64_t Runtime::Impl::LowWatermarkMs() const {
-  int64_t low = std::numeric_limits<int64_t>::max();
-  for (const auto& lane : lanes_) low = std::min(low, lane->engine.low_watermark_ms());
-  return lanes_.empty() ? std::numeric_limits<int64_t>::min() : low;
-}
-
-size_t Runtime::Impl::StateMemoryBytes() const {
-  size_t bytes = 0;
-  for (const auto& lane : lanes_) bytes += lane->engine.MemoryBytes() + (lane->dedup ? lane->dedup->MemoryBytes() : 0);
-  return bytes;
 }
 
 void Runtime::Impl::UpdateKafkaStatus() {
@@ -761,9 +658,9 @@ void Runtime::Impl::UpdateKafkaStatus() {
 
 void Runtime::Impl::SetStateGauges() {
   size_t ids = 0;
-  for (const auto& lane : lanes_) ids += lane->dedup ? lane->dedup->size() : 0;
-  entities_->Set(static_cast<double>(EntityCount()));
-  watermark_->Set(static_cast<double>(LowWatermarkMs()));
+  for (size_t l = 0; l < lanes_.size(); ++l) ids += lanes_.at(l).dedup ? lanes_.at(l).dedup->size() : 0;
+  entities_->Set(static_cast<double>(lanes_.entity_count()));
+  watermark_->Set(static_cast<double>(lanes_.low_watermark_ms()));
   dedup_ids_->Set(static_cast<double>(ids));
 }
 
@@ -774,7 +671,7 @@ void Runtime::Impl::UpsertChanged() {
   std::string blob;
   for (size_t k = 0; k < changed_.size(); ++k) {
     if (k > 0 && changed_[k - 1].first == changed_[k].first) continue;  // Sorted: the first has the earliest arrival.
-    const Lane& lane = *lanes_[changed_[k].first >> 32];
+    const PipelineLanes::Lane& lane = lanes_.at(changed_[k].first >> 32);
     const FeatureEngine& engine = lane.engine;
     const std::vector<int64_t>& newest = lane.counters.newest_event_ms;
     const uint32_t entity = static_cast<uint32_t>(changed_[k].first);
@@ -850,7 +747,7 @@ Status Runtime::Run(const std::atomic<bool>& stop) {
     }
     if (!batch.empty()) FRESHET_RETURN_IF_ERROR(s.ProcessBatch(batch));
     if (s.kafka_ != nullptr) s.UpdateKafkaStatus();
-    const int64_t low = s.LowWatermarkMs();
+    const int64_t low = s.lanes_.low_watermark_ms();
     s.watermark_lag_->Set(low == std::numeric_limits<int64_t>::min() ? 0.0 : (WallClockMs() - low) / 1000.0);
     s.CheckSlo();
     if (s.redis_ != nullptr) {

@@ -1,0 +1,81 @@
+// PipelineLanes: the pipelines of one `freshet run` (or backfill), one per input stream.
+//
+// A Kafka source's partitions are inputs of their own: each has its own lateness clock (M), feature state,
+// deduplication ids and input order (its offsets), so that no value depends on how the partitions' messages
+// interleave (see the README's Semantics). A file or HTTP source is one input: one lane. Offline rows of all
+// lanes share one `seq` numbering, so that seq stays unique in the tables and orders a replay that routes each
+// event back to its partition's lane.
+//
+// Not thread-safe: the caller locks (the runtime: lanes are made under its exclusive lock).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+#include "engine/dedup.h"
+#include "engine/feature_engine.h"
+#include "run/event_path.h"
+#include "run/offline_sink.h"
+#include "spec/spec.h"
+
+namespace freshet {
+
+class PipelineLanes {
+ public:
+  struct Lane {
+    Lane(const Spec& spec, uint32_t stream_in)
+        : stream(stream_in), engine(spec), dedup(MakeDeduplicator(spec)),
+          path(engine, counters, dedup ? &*dedup : nullptr, nullptr) {}
+    uint32_t stream;
+    FeatureEngine engine;
+    PipelineCounters counters;
+    std::optional<Deduplicator> dedup;  // With `dedup` in the spec.
+    EventPath path;
+  };
+
+  // `partitioned`: a lane per stream (Kafka partitions); otherwise one lane for every stream.
+  PipelineLanes(const Spec& spec, bool partitioned);
+
+  bool partitioned() const { return partitioned_; }
+  // The index of a stream's lane, made on first use.
+  uint32_t IndexOf(uint32_t stream);
+  Lane& For(uint32_t stream) { return *lanes_[IndexOf(stream)]; }
+  Lane& at(size_t index) { return *lanes_[index]; }
+  const Lane& at(size_t index) const { return *lanes_[index]; }
+  size_t size() const { return lanes_.size(); }
+  // An engine with no entities: answers for entities no lane has.
+  const FeatureEngine& blank() const { return blank_; }
+
+  // For the lanes there are and those made later.
+  void SetOfflineSink(OfflineSink* offline);
+
+  // The state of every lane for a checkpoint. Unpartitioned: the one lane's EncodePipelineState bytes (what
+  // checkpoints always held). Partitioned: a marker byte, the shared offline seq, then each lane's stream and
+  // pipeline state.
+  std::string Encode() const;
+  // Restores what Encode wrote into fresh lanes; a partitioned state into unpartitioned lanes (or the reverse) is
+  // refused with a message saying so. `notes` as for DecodePipelineState.
+  Status Decode(std::string_view bytes, std::vector<std::string>* notes);
+
+  // Over all lanes.
+  size_t entity_count() const;
+  int64_t low_watermark_ms() const;  // The lowest lane's (the one furthest behind); min() with no lane.
+  size_t MemoryBytes() const;
+
+ private:
+  const Spec& spec_;
+  const bool partitioned_;
+  const FeatureEngine blank_;
+  std::vector<std::unique_ptr<Lane>> lanes_;
+  std::map<uint32_t, uint32_t> index_of_stream_;
+  OfflineSink* offline_ = nullptr;
+  uint64_t offline_seq_ = 0;  // Partitioned: the next offline row's seq.
+};
+
+}  // namespace freshet
