@@ -263,8 +263,10 @@ def test_poison_messages_are_dead_lettered_and_the_partition_goes_on(topic, tmp_
     finally:
         assert server.terminate() == 0
     letters = [json.loads(line) for line in (tmp_path / "data" / "dead_letters" / "kafka.jsonl").read_text().splitlines()]
-    assert [(d["partition"], d["offset"]) for d in letters] == places[1:4]
-    assert "longer than" in letters[1]["reason"], letters[1]["reason"]
+    # The producer may reorder a 2 MB message against small ones (its own batch): compare by place.
+    reasons = {(d["partition"], d["offset"]): d["reason"] for d in letters}
+    assert len(letters) == 3 and set(reasons) == set(places[1:4]), (letters, places)
+    assert "longer than" in reasons[places[2]], reasons[places[2]]
 
 
 def test_broker_restart_mid_stream_loses_and_doubles_nothing(topic, tmp_path: Path) -> None:
