@@ -26,7 +26,6 @@ Run this file to check that it works: .venv/bin/python tests/kafka_broker.py
 from __future__ import annotations
 
 import atexit
-import ctypes
 import os
 import shutil
 import signal
@@ -38,22 +37,15 @@ import time
 import weakref
 from pathlib import Path
 
-from child_server import ChildServer
+from child_server import ChildServer, die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SH = ROOT / "scripts" / "kafka.sh"
 CLASSPATH_FILE = Path(os.environ.get("KAFKA_CLASSPATH_FILE", ROOT / ".cache" / "kafka" / "classpath"))
 
-_PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGKILL it when the test process dies. kafka.sh `run` execs java, so the
-    setting carries over to the broker (a parent-death signal survives exec, not fork)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
+_die_with_parent = die_with_parent  # Runs in the child before exec.
 
 
 def _kill_at_exit(ref: weakref.ref) -> None:

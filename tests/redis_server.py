@@ -20,7 +20,6 @@ Run this file to check that it works: .venv/bin/python tests/redis_server.py
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -28,11 +27,10 @@ import socket
 import subprocess
 import time
 
-from child_server import ChildServer
+from child_server import ChildServer, die_with_parent
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
-_PR_SET_PDEATHSIG = 1
 
 
 class RedisError(Exception):
@@ -46,12 +44,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGKILL it when the test process dies."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
+_die_with_parent = die_with_parent  # Runs in the child before exec.
 
 
 class RedisClient:
