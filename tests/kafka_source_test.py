@@ -297,3 +297,43 @@ def _health(server: Server) -> str:
             return r.read().decode()
     except urllib.error.HTTPError as e:  # 503 while degraded
         return e.read().decode()
+
+
+def test_generate_sends_every_line_to_kafka_keyed_by_user(kafka_broker, tmp_path: Path) -> None:  # noqa: F811
+    kafka_broker.create_topic("generated", partitions=4)
+    args = ["--users", "50", "--events", "5000", "--seed", "3", "--disorder", "2s", "--malformed-share", "0.01"]
+    subprocess.run([BIN, "generate", *args, "--kafka", kafka_broker.bootstrap, "--topic", "generated"], check=True,
+                   timeout=120)
+    subprocess.run([BIN, "generate", *args, "--output", str(tmp_path / "same.jsonl")], check=True, timeout=60)
+    expected = (tmp_path / "same.jsonl").read_bytes().splitlines()
+    messages = kafka_broker.consume("generated", "check", len(expected), timeout=60)
+    assert kafka_broker.end_offsets("generated") == {p: n for p, n in
+                                                    _count_by_partition(messages).items()} | {
+        p: 0 for p in range(4) if p not in _count_by_partition(messages)}
+    partition_of: dict[bytes, int] = {}
+    by_partition: dict[int, list[bytes]] = {}
+    for m in sorted(messages, key=lambda m: (m.partition(), m.offset())):
+        by_partition.setdefault(m.partition(), []).append(m.value())
+        if m.key() is not None:
+            assert partition_of.setdefault(m.key(), m.partition()) == m.partition(), f"{m.key()} in two partitions"
+            if _key(m.value()) != b"malformed":  # A truncated line may still show its user_id, and is keyed by it.
+                assert _key(m.value()) == m.key()
+    assert sorted(v for vs in by_partition.values() for v in vs) == sorted(expected)
+    # Each partition holds its lines in the order generate wrote them (lines that occur once: blank malformed lines
+    # repeat).
+    position: dict[bytes, int] = {}
+    repeated = set()
+    for k, line in enumerate(expected):
+        if line in position:
+            repeated.add(line)
+        position.setdefault(line, k)
+    for values in by_partition.values():
+        order = [position[v] for v in values if v not in repeated]
+        assert order == sorted(order)
+
+
+def _count_by_partition(messages) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for m in messages:
+        counts[m.partition()] = counts.get(m.partition(), 0) + 1
+    return counts

@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 
+#include "source/kafka_producer.h"
 #include "cli/commands.h"
 #include "common/status.h"
 #include "common/time.h"
@@ -27,6 +28,8 @@ struct GenerateArgs {
   std::string timestamp_format = TimestampFormatName(GeneratorOptions{}.timestamp_format);
   std::string output = "-";
   std::string entities;
+  std::string kafka;  // Brokers: send the events to a Kafka topic instead of writing them.
+  std::string topic = "events";
   bool progress = false;
   CLI::Option* progress_option = nullptr;
 };
@@ -154,6 +157,26 @@ int RunGenerate(GenerateArgs* args) {
     if (options.events == 0) return 0;
   }
 
+  if (!args->kafka.empty()) {
+    if (!args->output.empty() && args->output != "-") {
+      return Report(Status::Invalid("--kafka sends the events to a topic; leave out --output " + args->output));
+    }
+    Result<std::unique_ptr<KafkaLineProducer>> producer =
+        KafkaLineProducer::Open(KafkaProducerOptions{args->kafka, args->topic, "user_id", {}});
+    if (!producer.ok()) return Report(producer.status());
+    const bool show_progress = args->progress_option->count() > 0 ? args->progress : isatty(STDERR_FILENO) == 1;
+    ProgressBar bar;
+    if (show_progress) options.on_progress = [&bar](uint64_t done, uint64_t total) { bar.Update(done, total); };
+    status = GenerateEvents(options, (*producer)->file());
+    Status finished = (*producer)->Finish();
+    if (status.ok()) status = finished;
+    if (status.ok()) {
+      std::cerr << "freshet generate: sent " << (*producer)->sent() << " events to Kafka topic '" << args->topic
+                << "' at " << args->kafka << ", keyed by user_id\n";
+    }
+    return Report(status);
+  }
+
   FILE* out = OpenOutput(args->output, "output", &status);
   if (out == nullptr) return Report(status);
   const bool output_is_file = out != stdout;
@@ -207,6 +230,11 @@ void RegisterGenerate(CLI::App& app, int* exit_code) {
   cmd->add_option("--timestamp-format", args->timestamp_format,
                   "How ts is written: epoch-ms (integer), rfc3339 (UTC text) or mixed (either, at random)")
       ->capture_default_str();
+  cmd->add_option("--kafka", args->kafka,
+                  "Send the events to a Kafka topic at these brokers (host:port,...) instead of writing them: one "
+                  "message per line, keyed by user_id (all of a user's events in one partition), acks=all, "
+                  "idempotent; malformed lines without a user_id go unkeyed");
+  cmd->add_option("--topic", args->topic, "The topic for --kafka (it must exist)")->capture_default_str();
   cmd->add_option("--output,-o", args->output, "File to write the events to ('-': stdout)")
       ->capture_default_str();
   CLI::Option* entities =
