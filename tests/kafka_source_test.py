@@ -337,3 +337,31 @@ def _count_by_partition(messages) -> dict[int, int]:
     for m in messages:
         counts[m.partition()] = counts.get(m.partition(), 0) + 1
     return counts
+
+
+def test_health_is_degraded_while_no_partition_is_assigned(kafka_broker, tmp_path: Path) -> None:  # noqa: F811
+    """Another member of the group holds the topic's only partition: after source.max_rebalance /health says why."""
+    import threading
+
+    from confluent_kafka import Consumer
+    kafka_broker.create_topic(TOPIC, partitions=1)
+    holder = Consumer(kafka_broker.config({"group.id": GROUP, "partition.assignment.strategy": "cooperative-sticky",
+                                           "session.timeout.ms": 10000, "log_level": 0}))
+    holder.subscribe([TOPIC])
+    _wait(lambda: holder.poll(0.2) is None and len(holder.assignment()) == 1, 30, "the holder's assignment")
+    stop = threading.Event()
+    polling = threading.Thread(target=lambda: [holder.poll(0.1) for _ in iter(stop.is_set, True)], daemon=True)
+    polling.start()
+    spec_path = _write_spec(tmp_path, kafka_broker.bootstrap)
+    spec_path.write_text(spec_path.read_text().replace("session_timeout: 10s", "session_timeout: 10s, max_rebalance: 1s"))
+    server = Server(spec_path, tmp_path / "data", tmp_path / "run.log")
+    try:
+        health = _wait(lambda: (lambda h: h if "no partition" in h else None)(_health(server)), 60,
+                       "/health to report no assigned partition")
+        assert json.loads(health)["status"] == "degraded", health
+        assert server.metric("freshet_kafka_assigned_partitions") == 0
+    finally:
+        assert server.terminate() == 0
+        stop.set()
+        polling.join(timeout=10)
+        holder.close()

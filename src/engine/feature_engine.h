@@ -142,6 +142,8 @@ class FeatureEngine {
   // The earliest time a future admitted event can have: M - out_of_orderness - lateness with a
   // watermark, the smallest int64 without one.
   int64_t low_watermark_ms() const { return low_ms_; }
+  // M: the largest admitted event time (the smallest int64 before the first).
+  int64_t max_time_ms() const { return max_time_ms_; }
 
   // Whether Query as of t is exact for an entity whose newest applied event is at newest_ms (nullopt: the
   // entity has none): t >= newest_ms, or, when recent events are kept, t >= the low watermark.

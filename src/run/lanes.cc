@@ -30,6 +30,12 @@ uint32_t PipelineLanes::IndexOf(uint32_t stream) {
   return index;
 }
 
+const PipelineLanes::Lane* PipelineLanes::Find(uint32_t stream) const {
+  if (!partitioned_) return lanes_[0].get();
+  auto it = index_of_stream_.find(stream);
+  return it == index_of_stream_.end() ? nullptr : lanes_[it->second].get();
+}
+
 void PipelineLanes::SetOfflineSink(OfflineSink* offline) {
   offline_ = offline;
   for (auto& lane : lanes_) lane->path.SetOfflineSink(offline);

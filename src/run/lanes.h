@@ -46,6 +46,8 @@ class PipelineLanes {
   // The index of a stream's lane, made on first use.
   uint32_t IndexOf(uint32_t stream);
   Lane& For(uint32_t stream) { return *lanes_[IndexOf(stream)]; }
+  // The stream's lane if it has one (makes none).
+  const Lane* Find(uint32_t stream) const;
   Lane& at(size_t index) { return *lanes_[index]; }
   const Lane& at(size_t index) const { return *lanes_[index]; }
   size_t size() const { return lanes_.size(); }

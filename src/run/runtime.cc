@@ -637,8 +637,26 @@ void Runtime::Impl::UpdateKafkaStatus() {
   const int64_t now = WallClockMs();
   if (now - last_partition_metrics_ms_ < 500) return;
   last_partition_metrics_ms_ = now;
-  SetHealthReason("kafka", kafka_->problem());
   const std::vector<KafkaPartitionStatus> partitions = kafka_->partitions();
+  const SourceSpec& source = *spec_.source;
+  std::optional<std::string> problem = kafka_->problem();
+  if (!problem) {
+    if (std::optional<int64_t> since = kafka_->unassigned_since_ns();
+        since && SteadyNs() - *since > source.max_rebalance_ms * 1'000'000) {
+      problem = "no partition of topic '" + source.topic + "' has been assigned to this process for more than " +
+                FormatDuration(source.max_rebalance_ms) + " (joining group '" + source.group +
+                "', a rebalance that does not finish, or more members than partitions)";
+    }
+  }
+  for (const KafkaPartitionStatus& p : partitions) {
+    const int64_t lag = p.high_watermark >= 0 && p.next_offset >= 0 ? p.high_watermark - p.next_offset : 0;
+    if (!problem && source.max_lag > 0 && lag > source.max_lag) {
+      problem = "partition " + std::to_string(p.partition) + " of topic '" + source.topic + "' lags " +
+                std::to_string(lag) + " messages behind its end, more than source.max_lag " +
+                std::to_string(source.max_lag);
+    }
+  }
+  SetHealthReason("kafka", problem);
   metrics_.GetGauge("freshet_kafka_assigned_partitions", "Partitions of the topic assigned to this process.")
       .Set(static_cast<double>(partitions.size()));
   metrics_.GetGauge("freshet_kafka_rebalances", "Group rebalances this process took part in (assignments and revocations).")
@@ -652,6 +670,15 @@ void Runtime::Impl::UpdateKafkaStatus() {
     if (p.high_watermark >= 0 && p.next_offset >= 0) {
       metrics_.GetGauge("freshet_kafka_lag_messages", "Messages in the partition not yet processed.", labels)
           .Set(static_cast<double>(std::max<int64_t>(0, p.high_watermark - p.next_offset)));
+    }
+    const PipelineLanes::Lane* lane = lanes_.Find(static_cast<uint32_t>(p.partition));
+    const int64_t newest = lane != nullptr ? lane->engine.max_time_ms() : std::numeric_limits<int64_t>::min();
+    if (newest != std::numeric_limits<int64_t>::min()) {
+      metrics_.GetGauge("freshet_kafka_event_time_lag_seconds",
+                        "Wall clock minus the newest accepted event time of the partition: the processing delay "
+                        "for live traffic, the data's age for replayed history.",
+                        labels)
+          .Set(static_cast<double>(now - newest) / 1000.0);
     }
   }
 }

@@ -90,6 +90,7 @@ struct KafkaSource::Impl {
       }
       std::lock_guard<std::mutex> lock(mutex);
       for (int k = 0; k < list->cnt; ++k) assigned.erase(list->elems[k].partition);
+      if (assigned.empty()) unassigned_since_ns = SteadyNs();
     }
   }
 
@@ -107,6 +108,7 @@ struct KafkaSource::Impl {
   std::optional<std::string> problem;
   std::map<int32_t, int64_t> committed;
   std::map<int32_t, bool> assigned;
+  int64_t unassigned_since_ns = SteadyNs();  // When `assigned` last became empty (or the source was made).
 };
 
 KafkaSource::KafkaSource(KafkaSourceOptions options) : options_(std::move(options)) {}
@@ -323,6 +325,13 @@ std::optional<std::string> KafkaSource::problem() const {
   if (!impl_) return std::nullopt;
   std::lock_guard<std::mutex> lock(impl_->mutex);
   return impl_->problem;
+}
+
+std::optional<int64_t> KafkaSource::unassigned_since_ns() const {
+  if (!impl_) return std::nullopt;
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  if (!impl_->assigned.empty()) return std::nullopt;
+  return impl_->unassigned_since_ns;
 }
 
 std::vector<KafkaPartitionStatus> KafkaSource::partitions() const {

@@ -74,6 +74,8 @@ class KafkaSource final : public Source {
   std::optional<std::string> problem() const;
   std::vector<KafkaPartitionStatus> partitions() const;
   uint64_t rebalances() const { return rebalances_.load(); }
+  // Since when (steady clock, ns) no partition has been assigned to this process; nullopt while some are.
+  std::optional<int64_t> unassigned_since_ns() const;
 
   // Parses a position's text into partition -> next offset; nullopt when it is not one of this topic's.
   static std::optional<std::map<int32_t, int64_t>> ParsePosition(std::string_view text, std::string_view topic);

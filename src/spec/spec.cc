@@ -816,7 +816,11 @@ void SpecParser::ParseSource(const Entry& entry, Spec* spec) {
     std::optional<std::string> group = ReadString(*map, "group");
     std::optional<std::string> start = ReadChoice(*map, "start");
     std::optional<int64_t> session_timeout = ReadDuration(*map, "session_timeout");
-    if (!brokers || !topic || !group || !start || !session_timeout) return;
+    std::optional<int> max_lag = ReadInt(*map, "max_lag");
+    std::optional<int64_t> max_rebalance = ReadDuration(*map, "max_rebalance");
+    if (!brokers || !topic || !group || !start || !session_timeout || !max_lag || !max_rebalance) return;
+    source.max_lag = *max_lag;
+    source.max_rebalance_ms = *max_rebalance;
     source.brokers = *brokers;
     source.topic = *topic;
     source.group = *group;

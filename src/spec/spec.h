@@ -81,6 +81,8 @@ struct SourceSpec {
   std::string group;
   std::string start = "earliest";
   int64_t session_timeout_ms = 45000;
+  int64_t max_lag = 0;  // Messages; 0: no bound.
+  int64_t max_rebalance_ms = 60000;
   std::vector<std::pair<std::string, std::string>> properties;
 };
 

@@ -182,6 +182,14 @@ inline constexpr SpecOption kSpecOptions[] = {
                "The group session timeout: how long the group waits for a silent member before moving its "
                "partitions.")
         .When("type", "kafka").Default("45s"),
+    SpecOption("source", "max_lag", SpecValueType::kInt,
+               "/health answers degraded while a partition has more than this many messages not yet processed "
+               "(0: no bound).")
+        .When("type", "kafka").Range(0, 2000000000).Default("0"),
+    SpecOption("source", "max_rebalance", SpecValueType::kDuration,
+               "/health answers degraded while this process has had no partition assigned for longer than this "
+               "(joining the group, a rebalance that does not finish, or more members than partitions).")
+        .When("type", "kafka").Default("1m"),
     SpecOption("source", "properties", SpecValueType::kMap,
                "Further librdkafka consumer properties, passed as given (security.protocol, sasl.mechanism, "
                "ssl.ca.location, fetch.max.bytes, ...); values are strings. Overrides Freshet's own settings, "
