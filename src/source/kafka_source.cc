@@ -22,6 +22,7 @@ int64_t SteadyNs() {
 struct KafkaSource::Impl {
   explicit Impl(KafkaSource* owner) : source(owner) {}
   ~Impl() {
+    if (queue != nullptr) rd_kafka_queue_destroy(queue);
     if (rk != nullptr) {
       rd_kafka_consumer_close(rk);
       rd_kafka_destroy(rk);
@@ -101,6 +102,7 @@ struct KafkaSource::Impl {
 
   KafkaSource* source;
   rd_kafka_t* rk = nullptr;
+  rd_kafka_queue_t* queue = nullptr;  // The consumer queue: messages and callbacks.
   bool closing = false;
   std::string revoked_warning;
   std::string last_commit;  // The newest position handed to Commit.
@@ -149,6 +151,11 @@ Status KafkaSource::Open() {
       {"partition.assignment.strategy", "cooperative-sticky"},
       // Uncommitted transactional messages never become events.
       {"isolation.level", "read_committed"},
+      // Keep fetching ahead while the local queue holds fewer messages than this (the default, 100000, made
+      // librdkafka 2.0.2 pause a partition's fetching for about a second whenever processing caught up with it:
+      // 0.22 M events/s instead of 0.7 in bench/kafka_bench.sh). Memory stays bounded by
+      // queued.max.messages.kbytes (64 MB by default).
+      {"queued.min.messages", "1000000"},
   };
   for (const auto& [key, value] : settings) {
     if (status.ok()) status = set(key, value);
@@ -170,6 +177,7 @@ Status KafkaSource::Open() {
     return Status::Invalid(std::string("Kafka source: cannot create the consumer: ") + error);
   }
   rd_kafka_poll_set_consumer(impl->rk);
+  impl->queue = rd_kafka_queue_get_consumer(impl->rk);
   rd_kafka_topic_partition_list_t* topics = rd_kafka_topic_partition_list_new(1);
   rd_kafka_topic_partition_list_add(topics, options_.topic.c_str(), RD_KAFKA_PARTITION_UA);
   const rd_kafka_resp_err_t err = rd_kafka_subscribe(impl->rk, topics);
@@ -193,12 +201,12 @@ Status KafkaSource::Poll(std::vector<SourceRecord>* out, size_t max_records, int
     int64_t arrival_ns;
   };
   std::vector<Kept> kept;
-  int wait = timeout_ms;
-  while (kept.size() < max_records) {
-    rd_kafka_message_t* message = rd_kafka_consumer_poll(impl_->rk, wait);
-    wait = 0;
-    if (!impl_->revoked_warning.empty()) Warn(std::exchange(impl_->revoked_warning, {}));
-    if (message == nullptr) break;
+  // Messages come in batches from the consumer queue, which also serves the rebalance and error callbacks.
+  messages_.resize(std::min<size_t>(max_records, kMaxBatch));
+  const ssize_t got = rd_kafka_consume_batch_queue(impl_->queue, timeout_ms, messages_.data(), messages_.size());
+  if (!impl_->revoked_warning.empty()) Warn(std::exchange(impl_->revoked_warning, {}));
+  for (ssize_t m = 0; m < got; ++m) {
+    rd_kafka_message_t* message = messages_[m];
     if (message->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
       if (message->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
         impl_->SetProblem(std::string("Kafka: ") + rd_kafka_message_errstr(message));
@@ -206,6 +214,7 @@ Status KafkaSource::Poll(std::vector<SourceRecord>* out, size_t max_records, int
       rd_kafka_message_destroy(message);
       char fatal[256];
       if (rd_kafka_fatal_error(impl_->rk, fatal, sizeof(fatal)) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        for (ssize_t rest = m + 1; rest < got; ++rest) rd_kafka_message_destroy(messages_[rest]);
         return Status::IoError("Kafka consumer failed for good: " + std::string(fatal));
       }
       continue;

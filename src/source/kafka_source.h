@@ -29,6 +29,8 @@
 
 #include "source/source.h"
 
+struct rd_kafka_message_s;  // librdkafka's rd_kafka_message_t.
+
 namespace freshet {
 
 struct KafkaSourceOptions {
@@ -91,6 +93,8 @@ class KafkaSource final : public Source {
   std::map<int32_t, int64_t> next_;       // Partition -> offset after the last record handed out (or restored).
   std::map<int32_t, int64_t> batch_start_;  // next_ before the latest Poll.
   std::vector<char> arena_;               // Texts of the latest batch, each followed by parse padding.
+  static constexpr size_t kMaxBatch = 4096;
+  std::vector<rd_kafka_message_s*> messages_;  // Poll scratch.
   std::atomic<uint64_t> rebalances_{0};
 };
 
