@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Kafka source throughput: `freshet run` (release build, the fraud spec, offline tables off) reading a keyed topic
-# from a local Kafka 3.9.1 broker (scripts/kafka.sh), against the same events read from a file, in one run.
+# from a local Kafka 3.9.1 broker (scripts/kafka.sh) with parallelism 1 and 2, against the same events read from
+# a file (one thread), alternating in one run.
 #   bench/kafka_bench.sh [--events N] [--users N] [--partitions N] [--repeat N]
 # A run's time is from the process's start until /metrics counts every message read (freshet_events_in_total),
 # polled every 50 ms; the rate is events / that time. Prints each run and the medians. See bench/README.md.
@@ -33,10 +34,10 @@ echo "generating $events events for $users users into a file and into topic 'eve
 "$bin" generate "${gen[@]}" --output "$ev"
 "$bin" generate "${gen[@]}" --kafka "$brokers" --topic events --no-progress 2>&1 | grep -v GETPID >&2 || true
 
-# spec_for SOURCE: the fraud spec with that source, offline tables off, a free port.
+# spec_for SOURCE [PARALLELISM]: the fraud spec with that source, offline tables off, a free port.
 spec_for() {
   sed -e "s|^source: .*|source: $1|" "$here/examples/fraud/fraud.yaml"
-  printf 'offline: {enabled: false}\nserve: {port: 0}\n'
+  printf 'offline: {enabled: false}\nserve: {port: 0}\nparallelism: %s\n' "${2:-1}"
 }
 
 # timed_run LABEL SPEC: starts `freshet run`, waits until every event is read, stops it; prints the run's time.
@@ -62,16 +63,20 @@ timed_run() {
     'BEGIN {printf "%s: %d events in %.2f s = %.2f M events/s\n", l, n, e - s, n / (e - s) / 1e6}'
 }
 
-spec_for "{type: kafka, brokers: \"$brokers\", topic: events, group: bench-GROUP}" > "$data/kafka.yaml"
+for p in 1 2; do
+  spec_for "{type: kafka, brokers: \"$brokers\", topic: events, group: bench-GROUP}" "$p" > "$data/kafka-p$p.yaml"
+done
 spec_for "{type: file, path: $ev}" > "$data/file.yaml"
 results="$data/results.txt"
 : > "$results"
 for k in $(seq 1 "$repeat"); do
-  sed "s/bench-GROUP/bench-$k-$RANDOM/" "$data/kafka.yaml" > "$data/kafka-$k.yaml"
-  timed_run "kafka run $k" "$data/kafka-$k.yaml" | tee -a "$results"
-  timed_run "file  run $k" "$data/file.yaml" | tee -a "$results"
+  for p in 1 2; do
+    sed "s/bench-GROUP/bench-$p-$k-$RANDOM/" "$data/kafka-p$p.yaml" > "$data/kafka-run.yaml"
+    timed_run "kafka-p$p run $k" "$data/kafka-run.yaml" | tee -a "$results"
+  done
+  timed_run "file run $k" "$data/file.yaml" | tee -a "$results"
 done
-for kind in kafka file; do
+for kind in kafka-p1 kafka-p2 file; do
   grep "^$kind" "$results" | awk '{print $(NF-2)}' | sort -n |
     awk -v k="$kind" '{a[NR]=$1} END {printf "%s: median %.2f M events/s over %d runs\n", k, a[int((NR+1)/2)], NR}'
 done

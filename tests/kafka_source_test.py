@@ -365,3 +365,43 @@ def test_health_is_degraded_while_no_partition_is_assigned(kafka_broker, tmp_pat
         stop.set()
         polling.join(timeout=10)
         holder.close()
+
+
+def _run_to_end(spec_path: Path, data_dir: Path, total: int, entities: list[str], at: int):
+    """Runs `freshet run` until it has read `total` messages; returns its lookups, dead letters and offline rows."""
+    server = Server(spec_path, data_dir, data_dir.parent / (data_dir.name + ".log"))
+    try:
+        _wait(lambda: _lines_read(server) >= total, 120, f"all {total} messages to be read")
+        answer = server.post("/v1/features", json.dumps({"entities": entities, "at": at}).encode(), "application/json")
+    finally:
+        assert server.terminate() == 0
+    letters = sorted(tuple(sorted(json.loads(line).items()))
+                     for line in (data_dir / "dead_letters" / "kafka.jsonl").read_text().splitlines())
+    events = deltalake.DeltaTable(str(data_dir / "offline" / "events")).to_pyarrow_table().to_pylist()
+    place_of = {row["seq"]: (row["partition"], row["offset"]) for row in events}
+    events = sorted((row["partition"], row["offset"], row["entity"], row["event_time"], row["raw"]) for row in events)
+    features = deltalake.DeltaTable(str(data_dir / "offline" / "features")).to_pyarrow_table()
+    features = sorted((place_of[row.pop("seq")], json.dumps(row, default=str, sort_keys=True))
+                      for row in features.drop_columns(["processing_time"]).to_pylist())
+    return answer["results"], letters, events, features
+
+
+def test_parallelism_changes_no_value(kafka_broker, tmp_path: Path) -> None:  # noqa: F811
+    """The same topic read with 1 and 4 processing threads: identical lookups, dead letters and offline tables."""
+    kafka_broker.create_topic(TOPIC, partitions=PARTITIONS)
+    lines = _generate(tmp_path, 20_000, seed=5)
+    placed = _produce(kafka_broker, lines)
+    spec = reference.load_spec(str(_write_spec(tmp_path, kafka_broker.bootstrap)))
+    accepted, _, _ = _per_partition_reference(spec, placed)
+    entities = sorted({e.entity for e in accepted})
+    at = max(e.time_ms for e in accepted) + 1
+    runs = []
+    for parallelism in (1, 4):
+        spec_path = tmp_path / f"spec-{parallelism}.yaml"
+        spec_path.write_text(SPEC.format(brokers=kafka_broker.bootstrap, topic=TOPIC, group=f"p{parallelism}",
+                                         features=FEATURES_YAML) + f"parallelism: {parallelism}\n")
+        runs.append(_run_to_end(spec_path, tmp_path / f"data-{parallelism}", len(placed), entities, at))
+    names = ["lookups", "dead letters", "events table", "features table"]
+    for name, one, four in zip(names, runs[0], runs[1]):
+        assert one == four, f"{name} differ between parallelism 1 and 4"
+    assert len(runs[0][2]) == len(accepted) and len(runs[0][3]) == len(accepted)

@@ -115,7 +115,7 @@ EventPath::Outcome EventPath::Process(std::string_view text, size_t capacity, in
   newest[pending_.entity] = std::max(newest[pending_.entity], event_.time_ms);
   if (offline_ != nullptr) {
     const std::string& entity = engine_.entity_name(pending_.entity);
-    const int64_t row_seq = static_cast<int64_t>(offline_seq_ != nullptr ? (*offline_seq_)++ : seq);
+    const int64_t row_seq = static_cast<int64_t>(offline_seq_ != nullptr ? offline_seq_->fetch_add(1) : seq);
     offline_->AddEvent(row_seq, event_.time_ms, entity, wall_ms, text, place);
     if (offline_->writes_features()) {
       engine_.QueryIndex(pending_.entity, event_.time_ms, &values_);

@@ -12,6 +12,7 @@
 // Not thread-safe: the runtime calls Process under its exclusive lock.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -67,7 +68,7 @@ class EventPath {
   void SetOfflineSink(OfflineSink* offline) { offline_ = offline; }
   // Numbers the offline rows from *seq (incremented per accepted event) instead of this path's own input order:
   // several paths (one per Kafka partition) writing one table share one numbering, so seq stays unique.
-  void SetOfflineSequence(uint64_t* seq) { offline_seq_ = seq; }
+  void SetOfflineSequence(std::atomic<uint64_t>* seq) { offline_seq_ = seq; }
 
   // After kRejected: why (for the dead letter).
   const std::string& reason() const { return reason_; }
@@ -81,7 +82,7 @@ class EventPath {
   Deduplicator* dedup_;
   int dedup_slot_ = -1;  // The id field's slot in parsed events.
   OfflineSink* offline_;
-  uint64_t* offline_seq_ = nullptr;
+  std::atomic<uint64_t>* offline_seq_ = nullptr;
   EventParser parser_;
   ParsedEvent event_;
   PendingEvent pending_;

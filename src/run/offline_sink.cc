@@ -83,6 +83,7 @@ Result<std::string> OfflineSink::Recover(std::optional<std::string_view> recorde
 void OfflineSink::AddEvent(int64_t seq, int64_t event_time_ms, std::string_view entity, int64_t ingest_ms,
                            std::string_view raw, const RecordPlace* place) {
   if (events_ == nullptr) return;
+  std::lock_guard<std::mutex> lock(add_mutex_);
   OfflineTable& t = *events_;
   t.BeginRow(event_time_ms);
   t.PutInt(seq);
@@ -100,6 +101,7 @@ void OfflineSink::AddFeatures(int64_t seq, std::string_view entity, int64_t even
                               const std::vector<Value>& values) {
   if (features_ == nullptr) return;
   if ((from_ms_ && event_time_ms < *from_ms_) || (to_ms_ && event_time_ms >= *to_ms_)) return;
+  std::lock_guard<std::mutex> lock(add_mutex_);
   OfflineTable& t = *features_;
   ++feature_rows_;
   t.BeginRow(event_time_ms);

@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -84,6 +85,7 @@ class OfflineSink {
 
   std::optional<int64_t> from_ms_, to_ms_;
   bool partitioned_ = false;  // The events table has partition and offset columns.
+  std::mutex add_mutex_;      // AddEvent and AddFeatures may come from several processing threads at once.
   uint64_t feature_rows_ = 0;
   std::unique_ptr<OfflineTable> events_;
   std::unique_ptr<OfflineTable> features_;

@@ -12,6 +12,9 @@
 #include <map>
 #include <mutex>
 #include <shared_mutex>
+#include <condition_variable>
+#include <functional>
+#include <span>
 #include <thread>
 
 #include "common/bytes.h"
@@ -102,6 +105,62 @@ class SloWindow {
   int64_t seconds_;
   mutable std::mutex mutex_;
   std::vector<Slot> slots_;
+};
+
+// Fork-join over shards: Run(work) calls work(0) on the calling thread and work(1..n-1) on the pool's threads,
+// and returns once all are done. Each shard's thread is the same from call to call.
+class ShardPool {
+ public:
+  explicit ShardPool(size_t shards) {
+    for (size_t s = 1; s < shards; ++s) threads_.emplace_back([this, s] { Loop(s); });
+  }
+  ~ShardPool() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    start_.notify_all();
+    for (std::thread& t : threads_) t.join();
+  }
+  void Run(const std::function<void(size_t)>& work) {
+    if (threads_.empty()) return work(0);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      work_ = &work;
+      remaining_ = threads_.size();
+      ++generation_;
+    }
+    start_.notify_all();
+    work(0);
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, [&] { return remaining_ == 0; });
+    work_ = nullptr;
+  }
+
+ private:
+  void Loop(size_t shard) {
+    uint64_t seen = 0;
+    while (true) {
+      const std::function<void(size_t)>* work;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        start_.wait(lock, [&] { return stop_ || generation_ != seen; });
+        if (stop_) return;
+        seen = generation_;
+        work = work_;
+      }
+      (*work)(shard);
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (--remaining_ == 0) done_.notify_one();
+    }
+  }
+  std::mutex mutex_;
+  std::condition_variable start_, done_;
+  const std::function<void(size_t)>* work_ = nullptr;
+  uint64_t generation_ = 0;
+  size_t remaining_ = 0;
+  bool stop_ = false;
+  std::vector<std::thread> threads_;
 };
 
 }  // namespace
@@ -271,6 +330,25 @@ struct Runtime::Impl final : public FeatureService {
 
   void UpdateKafkaStatus();  // Partition gauges and the source's health, every half second.
 
+  // What one shard's processing of a chunk produced, merged by ProcessBatch.
+  struct ShardOutput {
+    uint64_t accepted = 0, rejected = 0, late = 0, duplicates = 0;
+    std::vector<int64_t> arrivals;
+    std::vector<std::pair<uint64_t, int64_t>> changed;
+  };
+  void ProcessShard(size_t shard, std::span<const SourceRecord> records, std::span<const uint32_t> lane_of,
+                    int64_t wall_ms, ShardOutput& out);
+  void RunShards(const std::function<void(size_t)>& work) {
+    if (pool_) {
+      pool_->Run(work);
+    } else {
+      work(0);
+    }
+  }
+  std::vector<ShardOutput> shards_{1};  // One per processing thread (lane k goes to shard k % size).
+  std::unique_ptr<ShardPool> pool_;     // With more than one shard.
+  std::mutex dead_letters_mutex_;       // Shards write dead letters concurrently.
+
   const Spec& spec_;
   RuntimeOptions options_;
   mutable std::shared_mutex mutex_;  // Exclusive: processing (and making lanes); shared: lookups.
@@ -374,6 +452,16 @@ Status Runtime::Impl::Open() {
   if (!spec_.source) {
     return Status::Invalid(spec_.file + ": `freshet run` needs a `source` section: {type: file, path: ...}, "
                            "{type: http} or {type: kafka, ...}");
+  }
+  const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  const int parallelism = spec_.parallelism > 0 ? spec_.parallelism : cores;
+  if (spec_.source->type == "kafka") {
+    // Partitions are the unit of parallelism: lane k (a partition) is processed by shard k % parallelism.
+    shards_.resize(static_cast<size_t>(parallelism));
+    if (parallelism > 1) pool_ = std::make_unique<ShardPool>(static_cast<size_t>(parallelism));
+  } else if (spec_.parallelism > 1) {
+    std::fprintf(stderr, "freshet run: note: parallelism %d applies to Kafka sources for now; the %s source is "
+                         "processed on one thread\n", spec_.parallelism, spec_.source->type.c_str());
   }
   if (spec_.source->type == "kafka") {
     const SourceSpec& k = *spec_.source;
@@ -562,55 +650,78 @@ Status Runtime::Impl::WriteCheckpoint(freshet::Checkpoint& checkpoint, OfflineSi
   return Status::Ok();
 }
 
+// One shard's share of a chunk of records: the records of its lanes, in order. Runs on the shard's thread, so
+// it touches only its lanes, its ShardOutput and the thread-safe sinks (offline rows, dead letters).
+void Runtime::Impl::ProcessShard(size_t shard, std::span<const SourceRecord> records, std::span<const uint32_t> lane_of,
+                                 int64_t wall_ms, ShardOutput& out) {
+  const bool partitioned = lanes_.partitioned();
+  for (size_t k = 0; k < records.size(); ++k) {
+    if (lane_of[k] % shards_.size() != shard) continue;
+    const SourceRecord& record = records[k];
+    PipelineLanes::Lane& lane = lanes_.at(lane_of[k]);
+    const RecordPlace place{static_cast<int64_t>(record.end.stream), static_cast<int64_t>(record.end.offset) - 1};
+    auto dead_letter = [&](std::string_view reason, std::string_view raw) {
+      std::lock_guard<std::mutex> lock(dead_letters_mutex_);
+      if (partitioned) {
+        dead_letters_.WriteAt(place.partition, place.offset, reason, raw);
+      } else {
+        dead_letters_.Write(record.line_number, reason, raw);
+      }
+    };
+    if (record.too_long) {
+      ++lane.counters.lines_read;
+      ++lane.counters.rejected;
+      ++out.rejected;
+      dead_letter("line is longer than " + std::to_string(kMaxLineBytes) + " bytes", "");
+      continue;
+    }
+    switch (lane.path.Process(record.text, record.capacity, wall_ms, partitioned ? &place : nullptr)) {
+      case EventPath::Outcome::kRejected:
+        ++out.rejected;
+        dead_letter(lane.path.reason(), record.text);
+        continue;
+      case EventPath::Outcome::kLate:
+        ++out.late;
+        dead_letter("late", record.text);
+        continue;
+      case EventPath::Outcome::kDuplicate:
+        ++out.duplicates;
+        dead_letter("duplicate", record.text);
+        continue;
+      case EventPath::Outcome::kAccepted: break;
+    }
+    out.arrivals.push_back(record.arrival_ns);
+    if (redis_ != nullptr) out.changed.emplace_back(uint64_t{lane_of[k]} << 32 | lane.path.entity(), record.arrival_ns);
+    ++out.accepted;
+  }
+}
+
 Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch) {
   size_t k = 0;
   std::vector<int64_t> arrivals;
   arrivals.reserve(batch.size());
   uint64_t accepted = 0, rejected = 0, late = 0, duplicates = 0;
   const int64_t batch_wall_ms = WallClockMs();
+  std::vector<uint32_t> lane_of;
   while (k < batch.size()) {
-    const size_t end = std::min(batch.size(), k + kRecordsPerLock);
+    // Each shard applies up to kRecordsPerLock records per exclusive lock, which bounds a lookup's wait.
+    const size_t end = std::min(batch.size(), k + kRecordsPerLock * shards_.size());
     {
       std::unique_lock<std::shared_mutex> lock(mutex_);
-      for (; k < end; ++k) {
-        const SourceRecord& record = batch[k];
-        const bool partitioned = lanes_.partitioned();
-        const uint32_t lane_index = lanes_.IndexOf(static_cast<uint32_t>(record.end.stream));
-        PipelineLanes::Lane& lane = lanes_.at(lane_index);
-        const RecordPlace place{static_cast<int64_t>(record.end.stream), static_cast<int64_t>(record.end.offset) - 1};
-        auto dead_letter = [&](std::string_view reason, std::string_view raw) {
-          if (partitioned) {
-            dead_letters_.WriteAt(place.partition, place.offset, reason, raw);
-          } else {
-            dead_letters_.Write(record.line_number, reason, raw);
-          }
-        };
-        if (record.too_long) {
-          ++lane.counters.lines_read;
-          ++lane.counters.rejected;
-          ++rejected;
-          dead_letter("line is longer than " + std::to_string(kMaxLineBytes) + " bytes", "");
-          continue;
-        }
-        switch (lane.path.Process(record.text, record.capacity, batch_wall_ms, partitioned ? &place : nullptr)) {
-          case EventPath::Outcome::kRejected:
-            ++rejected;
-            dead_letter(lane.path.reason(), record.text);
-            continue;
-          case EventPath::Outcome::kLate:
-            ++late;
-            dead_letter("late", record.text);
-            continue;
-          case EventPath::Outcome::kDuplicate:
-            ++duplicates;
-            dead_letter("duplicate", record.text);
-            continue;
-          case EventPath::Outcome::kAccepted: break;
-        }
-        arrivals.push_back(record.arrival_ns);
-        if (redis_ != nullptr) changed_.emplace_back(uint64_t{lane_index} << 32 | lane.path.entity(), record.arrival_ns);
-        ++accepted;
+      lane_of.resize(end - k);
+      for (size_t r = k; r < end; ++r) lane_of[r - k] = lanes_.IndexOf(static_cast<uint32_t>(batch[r].end.stream));
+      const std::span<const SourceRecord> records(batch.data() + k, end - k);
+      for (ShardOutput& out : shards_) out = ShardOutput{};
+      RunShards([&](size_t shard) { ProcessShard(shard, records, lane_of, batch_wall_ms, shards_[shard]); });
+      for (ShardOutput& out : shards_) {
+        accepted += out.accepted;
+        rejected += out.rejected;
+        late += out.late;
+        duplicates += out.duplicates;
+        arrivals.insert(arrivals.end(), out.arrivals.begin(), out.arrivals.end());
+        changed_.insert(changed_.end(), out.changed.begin(), out.changed.end());
       }
+      k = end;
     }
     if (redis_ != nullptr) UpsertChanged();
   }

@@ -947,6 +947,7 @@ void SpecParser::ParseTop(const YAML::Node& root, Spec* spec) {
 
   if (const Entry* e = map->Find("watermark")) ParseWatermark(*e, spec);
   if (const Entry* e = map->Find("source")) ParseSource(*e, spec);
+  if (auto parallelism = ReadInt(*map, "parallelism")) spec->parallelism = *parallelism;
   if (const Entry* e = map->Find("online")) ParseOnline(*e, spec);
   if (const Entry* e = map->Find("serve")) ParseServe(*e, spec);
   if (const Entry* e = map->Find("checkpoint")) ParseCheckpoint(*e, spec);

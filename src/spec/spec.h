@@ -132,6 +132,7 @@ struct Spec {
   std::optional<WatermarkSpec> watermark;  // Absent: no event is ever dropped as late.
   std::optional<DedupSpec> dedup;          // Absent: no event is a duplicate.
   std::optional<SourceSpec> source;
+  int parallelism = 0;  // Processing threads; 0: one per core.
   OnlineSpec online;
   ServeSpec serve;
   CheckpointSpec checkpoint;

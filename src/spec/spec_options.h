@@ -94,6 +94,11 @@ inline constexpr SpecOption kSpecOptions[] = {
                "duplicate: dropped, counted, and written to the dead letters with reason \"duplicate\". Without "
                "it, no event is a duplicate.")
         .Example("{field: event_id, within: 24h}"),
+    SpecOption("", "parallelism", SpecValueType::kInt,
+               "Processing threads of `freshet run` (0: one per core). With a Kafka source the partitions are shared "
+               "among them (partition k on thread k mod parallelism), each with its own state, so no value depends "
+               "on it; file and HTTP sources are processed on one thread for now.")
+        .Range(0, 256).Default("0"),
     SpecOption("", "source", SpecValueType::kMap, "Where events are read from.")
         .Example("{type: file, path: events.jsonl}"),
     SpecOption("", "features", SpecValueType::kList, "The features to compute, at least one.")
