@@ -205,6 +205,7 @@ Status KafkaSource::Poll(std::vector<SourceRecord>* out, size_t max_records, int
   messages_.resize(std::min<size_t>(max_records, kMaxBatch));
   const ssize_t got = rd_kafka_consume_batch_queue(impl_->queue, timeout_ms, messages_.data(), messages_.size());
   if (!impl_->revoked_warning.empty()) Warn(std::exchange(impl_->revoked_warning, {}));
+  const int64_t received_ns = SteadyNs();  // One clock read per batch: they arrived together.
   for (ssize_t m = 0; m < got; ++m) {
     rd_kafka_message_t* message = messages_[m];
     if (message->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
@@ -229,7 +230,7 @@ Status KafkaSource::Poll(std::vector<SourceRecord>* out, size_t max_records, int
     const size_t at = arena_.size();
     arena_.resize(at + message->len + kParsePaddingBytes);
     if (message->len > 0) std::memcpy(arena_.data() + at, message->payload, message->len);
-    kept.push_back(Kept{at, message->len, partition, offset, SteadyNs()});
+    kept.push_back(Kept{at, message->len, partition, offset, received_ns});
     next_[partition] = offset + 1;
     rd_kafka_message_destroy(message);
   }
