@@ -15,7 +15,9 @@
 #   --capacity-seconds  length of one closed-loop wrk run per kind, for the capacity at saturation (default 5;
 #                       0 skips it)
 #   --loadgen-cpus, --server-cpus   taskset CPU lists (default: unpinned, client and server share both cores)
-set -euo pipefail
+set -Eeuo pipefail
+# Any failure says what failed and where (set -E: also inside functions and command substitutions), not just exit 1.
+trap 'status=$?; echo "bench/serve_bench.sh: line $LINENO${FUNCNAME:+ (in ${FUNCNAME[0]})}: \`$BASH_COMMAND\` failed with status $status" >&2' ERR
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 usage="usage: bench/serve_bench.sh [--entities N] [--seconds S] [--warmup S] [--rate R] [--batch-rate R] [--repeat N] [--connections C] [--capacity-seconds S] [--loadgen-cpus LIST] [--server-cpus LIST]"
 entities=1000000 seconds=15 warmup=3 rate=20000 batch_rate=1000 repeat=1 connections=8 capacity_seconds=5
@@ -58,20 +60,13 @@ sed -e 's|source: {type: file, path: events.jsonl}|source: {type: file, path: ev
 # CPU time in clock ticks of the server process (all its threads), and of every other process except this
 # script's shell (whose children's time, the load generator's included, is reported by loadgen itself): the
 # second tells whether other work on the shared machine disturbed a measurement.
-process_ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
-other_ticks() {
-  cat /proc/[0-9]*/stat 2>/dev/null | awk -v skip1="$$" -v skip2="$pid" '{
-      p = $1; sub(/^.*\) /, ""); if (p != skip1 && p != skip2) sum += $12 + $13 + $14 + $15 }
-    END {print sum + 0}'
-}
+source "$here/bench/cpu_ticks.sh"
 ticks_per_s=$(getconf CLK_TCK)
-# CPU time the hypervisor gave to other guests while ours wanted to run (the shared host's own disturbance).
-steal_ticks() { awk '/^cpu / {print $9}' /proc/stat; }
-cpu_start() { t_wall=$(date +%s.%N); t_server=$(process_ticks "$pid"); t_other=$(other_ticks); t_steal=$(steal_ticks); }
+cpu_start() { t_wall=$(date +%s.%N); t_server=$(process_ticks "$pid"); t_other=$(other_ticks "$$" "$pid"); t_steal=$(steal_ticks); }
 cpu_report() {
   local wall server other steal
   wall=$(awk -v a="$t_wall" -v b="$(date +%s.%N)" 'BEGIN {print b - a}')
-  server=$(( $(process_ticks "$pid") - t_server )) other=$(( $(other_ticks) - t_other ))
+  server=$(( $(process_ticks "$pid") - t_server )) other=$(( $(other_ticks "$$" "$pid") - t_other ))
   steal=$(( $(steal_ticks) - t_steal ))
   awk -v w="$wall" -v s="$server" -v o="$other" -v st="$steal" -v hz="$ticks_per_s" 'BEGIN {
     if (o < 0) o = 0;
@@ -84,7 +79,12 @@ start_server() {
   "${server_pin[@]}" "$build/freshet" run --spec "$data/spec.yaml" --data-dir "$data/state" 2> "$data/run.log" &
   pid=$!
   for _ in $(seq 1 300); do grep -q serving "$data/run.log" && break; sleep 0.1; done
-  url=$(grep -o 'http://[0-9.]*:[0-9]*' "$data/run.log" | head -n 1)
+  url=$(grep -o 'http://[0-9.]*:[0-9]*' "$data/run.log" | head -n 1 || true)
+  if [ -z "$url" ]; then
+    echo "bench/serve_bench.sh: freshet run did not start serving within 30 s; its log, $data/run.log, ends:" >&2
+    tail -n 20 "$data/run.log" >&2
+    exit 1
+  fi
   for _ in $(seq 1 600); do
     n=$(curl -s "$url/metrics" | awk '/^freshet_events_accepted_total/ {print $2}')
     [ "${n:-0}" -ge $((entities * 3)) ] && break
@@ -129,7 +129,8 @@ measure() {
   run_capacity 100 "batches of 100" "$1"
 }
 
-trap 'kill ${pid:-0} 2>/dev/null || true' EXIT
+# Only a server this script started (`kill 0` would signal the whole process group, the caller included).
+trap '[ -z "${pid:-}" ] || kill "$pid" 2>/dev/null || true' EXIT
 start_server
 echo "loaded: $(curl -s "$url/metrics" | grep -E '^freshet_state_entities') entities, RSS $(ps -o rss= -p $pid | awk '{printf "%d MB", $1/1024}')"
 measure on

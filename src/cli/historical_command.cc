@@ -54,13 +54,16 @@ void RegisterHistorical(CLI::App& app, int* exit_code) {
     HistoricalStats stats;
     Status status = RunHistorical(*spec, args->options, &stats);
     if (ReportFailure("historical", status, exit_code)) return;
+    // Skipped fields (a feature's field missing, null or of the wrong type) only when there are any.
+    std::string skipped = SkippedFieldsSummary(*spec, stats);
+    if (!skipped.empty()) skipped = "; " + skipped;
     std::fprintf(stderr,
-                 "historical: %llu events read, %llu accepted, %llu rejected, %llu late, %llu duplicates; %llu rows "
+                 "historical: %llu events read, %llu accepted, %llu rejected, %llu late, %llu duplicates%s; %llu rows "
                  "written in %.2f s\n",
                  static_cast<unsigned long long>(stats.events_read), static_cast<unsigned long long>(stats.accepted),
                  static_cast<unsigned long long>(stats.rejected), static_cast<unsigned long long>(stats.late),
-                 static_cast<unsigned long long>(stats.duplicates), static_cast<unsigned long long>(stats.rows),
-                 stats.seconds);
+                 static_cast<unsigned long long>(stats.duplicates), skipped.c_str(),
+                 static_cast<unsigned long long>(stats.rows), stats.seconds);
     *exit_code = 0;
   });
 }

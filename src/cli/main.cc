@@ -1,10 +1,17 @@
 // freshet: the command-line entry point. Subcommands live in their own files (see commands.h).
 #include <CLI/CLI.hpp>
 
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
 
 #include "cli/commands.h"
+#include "common/text.h"
 
 namespace freshet::cli {
 
@@ -21,6 +28,31 @@ Result<std::string> ReadBearerToken(const std::string& token_file) {
   return token;
 }
 
+namespace {
+
+// When the first argument is meant as a subcommand (it is not an option) but names none, prints
+// "freshet: unknown command 'X'; did you mean 'Y'?" (or the list of commands when none is close) to stderr
+// and returns true. The app has no positional arguments of its own, so a first word can only be a command.
+bool ReportUnknownCommand(const CLI::App& app, int argc, char** argv) {
+  if (argc < 2 || argv[1][0] == '-') return false;
+  const std::string word = argv[1];
+  std::vector<std::string_view> names;
+  for (const CLI::App* command : app.get_subcommands(std::function<bool(const CLI::App*)>())) {
+    if (command->check_name(word)) return false;
+    names.push_back(command->get_name());
+  }
+  std::string message = "freshet: unknown command " + QuotedForMessage(word);
+  if (std::optional<std::string_view> close = ClosestMatch(word, names)) {
+    message += "; did you mean '" + std::string(*close) + "'?";
+  } else {
+    message += "; the commands are";
+    for (size_t k = 0; k < names.size(); ++k) message += (k == 0 ? " " : ", ") + std::string(names[k]);
+  }
+  std::fprintf(stderr, "%s (see freshet --help)\n", message.c_str());
+  return true;
+}
+
+}  // namespace
 }  // namespace freshet::cli
 
 int main(int argc, char** argv) {
@@ -35,6 +67,7 @@ int main(int argc, char** argv) {
   freshet::cli::RegisterServe(app, &exit_code);
   freshet::cli::RegisterSkew(app, &exit_code);
   freshet::cli::RegisterBackfill(app, &exit_code);
+  if (freshet::cli::ReportUnknownCommand(app, argc, argv)) return 2;
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -8,6 +8,8 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "common/time.h"
+#include "run/data_dir_reset.h"
 #include "run/runtime.h"
 #include "spec/spec.h"
 
@@ -28,6 +30,7 @@ void RegisterRun(CLI::App& app, int* exit_code) {
     std::string host;
     int port = -1;
     bool exit_at_end = false;
+    bool reset = false;
   };
   auto args = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand(
@@ -41,9 +44,18 @@ void RegisterRun(CLI::App& app, int* exit_code) {
   cmd->add_option("--port", args->port, "Listen port (default: the spec's serve.port; 0 picks a free one)");
   cmd->add_flag("--exit-at-end", args->exit_at_end,
                 "With a file source that does not follow: checkpoint and exit once the file is read");
+  cmd->add_flag("--reset", args->reset,
+                "Start fresh instead of restoring: first move the data directory's checkpoints/, dead_letters/ and "
+                "offline/ (when it is the spec's offline store) aside into <data-dir>/reset-<UTC time>/; nothing is "
+                "deleted");
   cmd->callback([args, exit_code] {
     std::optional<Spec> spec = LoadSpecOrReport(args->spec, exit_code);
     if (!spec) return;
+    if (args->reset) {
+      Result<DataDirReset> reset = MoveRunStateAside(*spec, args->data_dir, WallClockMs());
+      if (ReportFailure("run", reset.status(), exit_code)) return;
+      for (const std::string& line : reset->report) std::fprintf(stderr, "freshet run: %s\n", line.c_str());
+    }
     RuntimeOptions options;
     options.data_dir = args->data_dir;
     options.host = args->host;

@@ -2,8 +2,10 @@
 #pragma once
 
 #include <cstddef>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace freshet {
 
@@ -42,5 +44,14 @@ inline std::string QuotedForMessage(std::string_view text) {
   out.push_back('\'');
   return out;
 }
+
+// The Levenshtein distance between `a` and `b` (insertions, deletions and substitutions of one byte each),
+// ignoring the case of ASCII letters.
+size_t EditDistance(std::string_view a, std::string_view b);
+
+// The candidate closest to `word` by EditDistance when it is close enough to be a likely typo of it: at most
+// a third of the candidate's length apart (at least 1, at most 3). The first of equally close candidates wins;
+// nullopt when none is close. For "did you mean ...?" in messages about unknown names.
+std::optional<std::string_view> ClosestMatch(std::string_view word, const std::vector<std::string_view>& candidates);
 
 }  // namespace freshet

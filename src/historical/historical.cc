@@ -128,6 +128,7 @@ class PointInTimeJoin {
   void Finish() {
     ReleaseBefore(std::numeric_limits<int64_t>::max());
     stats_->accepted = engine_.counters().admitted;
+    stats_->skipped_fields = engine_.counters().skipped;
     stats_->rows = next_row_;
   }
 
@@ -243,6 +244,18 @@ Result<FeatureValues> ComputeFeatureValues(const Spec& spec, const EventInput& i
   };
   FRESHET_RETURN_IF_ERROR(ComputePointInTime(spec, input, rows, options, keep, &out.stats));
   return out;
+}
+
+std::string SkippedFieldsSummary(const Spec& spec, const HistoricalStats& stats) {
+  uint64_t total = 0;
+  std::string features;
+  for (size_t k = 0; k < stats.skipped_fields.size() && k < spec.features.size(); ++k) {
+    if (stats.skipped_fields[k] == 0) continue;
+    total += stats.skipped_fields[k];
+    features += (features.empty() ? "" : ", ") + spec.features[k].name + ": " + std::to_string(stats.skipped_fields[k]);
+  }
+  if (total == 0) return "";
+  return std::to_string(total) + (total == 1 ? " skipped field (" : " skipped fields (") + features + ")";
 }
 
 Status RunHistorical(const Spec& spec, const HistoricalOptions& options, HistoricalStats* stats) {

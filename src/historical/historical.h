@@ -62,6 +62,9 @@ struct HistoricalStats {
   uint64_t late = 0;
   uint64_t duplicates = 0;  // Dropped by the spec's `dedup`.
   uint64_t rows = 0;
+  // Per feature, in spec order: accepted events that passed the feature's `where` but were skipped for it, their
+  // field missing, null or of a type the aggregation cannot take (e.g. "12.5", a string, for a sum or mean).
+  std::vector<uint64_t> skipped_fields;
   bool has_events = false;     // Whether any event was admitted;
   int64_t max_event_time_ms = 0;  // if so, the newest admitted event time.
   double seconds = 0;
@@ -106,6 +109,10 @@ struct HistoricalOptions {
   std::string dead_letters_path;  // Empty: dead letters are counted, not written.
   bool progress = false;          // Progress line on stderr.
 };
+
+// "3 skipped fields (avg_amount: 2, total: 1)": the features that skipped events (stats.skipped_fields), in
+// spec order; empty when none did.
+std::string SkippedFieldsSummary(const Spec& spec, const HistoricalStats& stats);
 
 // `freshet historical`: reads the entity rows, computes their features and writes the input columns
 // followed by one column per feature.

@@ -66,13 +66,13 @@ Status PipelineLanes::Decode(std::string_view bytes, std::vector<std::string>* n
   if (!partitioned_) {
     if (lanes_format) {
       return Status::Invalid("it was written by a pipeline reading Kafka partitions, and this spec's source is not "
-                             "Kafka; start with a new data directory");
+                             "Kafka; start fresh with `freshet run --reset` (it moves the old checkpoints aside)");
     }
     return decode(bytes, *lanes_[0]);
   }
   if (!lanes_format) {
     return Status::Invalid("it was written by a pipeline reading a file or HTTP source, and this spec reads Kafka; "
-                           "start with a new data directory");
+                           "start fresh with `freshet run --reset` (it moves the old checkpoints aside)");
   }
   ByteReader in(bytes);
   uint8_t marker;

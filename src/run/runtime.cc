@@ -369,6 +369,7 @@ struct Runtime::Impl final : public FeatureService {
   Counter* rejected_total_ = nullptr;
   Counter* late_ = nullptr;
   Counter* duplicate_ = nullptr;
+  std::vector<Counter*> skipped_fields_;  // Per feature, in spec order: freshet_skipped_fields_total.
   Counter* ingested_ = nullptr;
   Counter* checkpoints_total_ = nullptr;
   Gauge* watermark_ = nullptr;
@@ -426,6 +427,13 @@ Status Runtime::Impl::Open() {
                                     "Events dropped as duplicates of an accepted event (same entity and id) and "
                                     "dead-lettered.",
                                     labels);
+  for (const FeatureSpec& feature : spec_.features) {
+    skipped_fields_.push_back(&metrics_.GetCounter(
+        "freshet_skipped_fields_total",
+        "Accepted events a feature skipped: they passed its `where`, but its field was missing, null or of a type "
+        "its aggregation cannot take (e.g. a number in a string for sum or mean).",
+        {{"feature", feature.name}}));
+  }
   ingested_ = &metrics_.GetCounter("freshet_ingest_events_total", "Events acknowledged by POST /v1/ingest.");
   checkpoints_total_ = &metrics_.GetCounter("freshet_checkpoints_total", "Checkpoints written.");
   watermark_ = &metrics_.GetGauge("freshet_watermark_ms",
@@ -530,7 +538,7 @@ Status Runtime::Impl::Restore() {
   if (checkpoint && checkpoint->spec_fingerprint != lanes_.blank().spec_fingerprint()) {
     return Status::Invalid("the newest checkpoint in '" + checkpoints_->directory() +
                            "' was written for a different spec (its features, windows or watermark changed); "
-                           "start with a new --data-dir, or backfill the new spec");
+                           "start fresh with `freshet run --reset` (it moves the old checkpoints aside), or backfill the new spec");
   }
   if (checkpoint) {
     std::vector<std::string> notes;
@@ -797,6 +805,12 @@ void Runtime::Impl::UpdateKafkaStatus() {
 void Runtime::Impl::SetStateGauges() {
   size_t ids = 0;
   for (size_t l = 0; l < lanes_.size(); ++l) ids += lanes_.at(l).dedup ? lanes_.at(l).dedup->size() : 0;
+  // The engines count skips (restored with the checkpoint); the counters follow their sum over the lanes.
+  for (size_t k = 0; k < skipped_fields_.size(); ++k) {
+    uint64_t skipped = 0;
+    for (size_t l = 0; l < lanes_.size(); ++l) skipped += lanes_.at(l).engine.counters().skipped[k];
+    if (skipped > skipped_fields_[k]->value()) skipped_fields_[k]->Increment(skipped - skipped_fields_[k]->value());
+  }
   entities_->Set(static_cast<double>(lanes_.entity_count()));
   watermark_->Set(static_cast<double>(lanes_.low_watermark_ms()));
   dedup_ids_->Set(static_cast<double>(ids));

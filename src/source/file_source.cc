@@ -10,6 +10,8 @@
 #include <charconv>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
+#include <string_view>
 #include <thread>
 
 #include "event/event_parser.h"
@@ -122,6 +124,36 @@ std::string FindByInode(const std::string& dir, uint64_t dev, uint64_t inode) {
   }
   ::closedir(d);
   return found;
+}
+
+// How a refusal to resume says to start over.
+constexpr std::string_view kStartFresh = "start fresh with `freshet run --reset` (it moves the old checkpoints aside)";
+
+// `path` made absolute and canonical (symlinks resolved) as far as it exists; empty when that fails.
+std::filesystem::path Canonical(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::path absolute = std::filesystem::absolute(path, ec);
+  if (ec) return {};
+  std::filesystem::path canonical = std::filesystem::weakly_canonical(absolute, ec);
+  return ec ? std::filesystem::path() : canonical;
+}
+
+// Whether a checkpoint's position names the file at `path`, the source's path, although its recorded path is
+// spelled differently: a checkpoint written before spec paths were canonical recorded the path as the spec gave
+// it (relative to that run's working directory, or through a symlink). It is the same file when
+//   - both paths name one existing file now (same device and inode);
+//   - their canonical forms are equal (as far as they exist);
+//   - or the file the position recorded (its device and inode) is the file at `path` now.
+// Seek's checks of the file itself (first bytes, length) come after this, as for an equal path.
+bool NamesSameFile(const FilePosition& position, const std::string& path) {
+  if (position.path == path) return true;
+  std::error_code ec;
+  if (std::filesystem::equivalent(position.path, path, ec) && !ec) return true;
+  const std::filesystem::path recorded = Canonical(position.path);
+  if (!recorded.empty() && recorded == Canonical(path)) return true;
+  struct stat st;
+  return (position.dev != 0 || position.inode != 0) && ::stat(path.c_str(), &st) == 0 &&
+         static_cast<uint64_t>(st.st_dev) == position.dev && static_cast<uint64_t>(st.st_ino) == position.inode;
 }
 
 std::string DirectoryOf(const std::string& path) {
@@ -399,9 +431,10 @@ std::string FileSource::PositionAfter(std::span<const SourceRecord> batch, size_
 
 Status FileSource::Seek(std::string_view position_text) {
   FRESHET_ASSIGN_OR_RETURN(FilePosition position, ParsePosition(position_text));
-  if (position.path != path_) {
+  if (!NamesSameFile(position, path_)) {
     return Status::Invalid("the checkpoint was reading events file '" + position.path + "' but the source is now '" +
-                           path_ + "'; point the source back at that file, or start without the checkpoint");
+                           path_ + "', another file; point the source back at that file, or " +
+                           std::string(kStartFresh));
   }
   const std::string where = "line " + std::to_string(position.line) + ", offset " + std::to_string(position.offset);
   // Opens `path` if it is the recorded file: the same device and inode, and the same first bytes (an inode
@@ -435,7 +468,7 @@ Status FileSource::Seek(std::string_view position_text) {
     return Status::Invalid("cannot resume events file '" + path + "' at " + where + ": the file is now only " +
                            std::to_string(size) +
                            " bytes long, so it was truncated below the checkpoint (or replaced); restore it, or "
-                           "start without the checkpoint to read it from its start");
+                           "read it from its start: " + std::string(kStartFresh));
   };
 
   CloseFile();
@@ -460,7 +493,7 @@ Status FileSource::Seek(std::string_view position_text) {
   if (fd < 0) {
     return Status::NotFound("cannot resume events file '" + path_ + "' at " + where + ": " + Errno() +
                             ", and the file the checkpoint was reading (inode " + std::to_string(position.inode) +
-                            ") is not in its folder either; restore the file, or start without the checkpoint");
+                            ") is not in its folder either; restore the file, or " + std::string(kStartFresh));
   }
   FRESHET_RETURN_IF_ERROR(OpenAt(path_, fd, 0, 0));
   Warn("events file '" + path_ + "' is not the file the checkpoint was reading (inode " +

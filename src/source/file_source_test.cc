@@ -458,7 +458,7 @@ TEST(FileSourceTest, SeekWhenTheRecordedFileIsGoneReadsTheNewFileWithAWarning) {
   FileSource nothing(path, true);
   Status seek = nothing.Seek(position);
   ASSERT_FALSE(seek.ok());
-  EXPECT_NE(seek.message().find("start without the checkpoint"), std::string::npos) << seek.message();
+  EXPECT_NE(seek.message().find("freshet run --reset"), std::string::npos) << seek.message();
 }
 
 TEST(FileSourceTest, SeekBeyondATruncatedFileIsAnError) {
@@ -486,8 +486,60 @@ TEST(FileSourceTest, SeekRejectsPositionsOfOtherFilesAndGarbage) {
   Status other = b.Seek(a.position());
   ASSERT_FALSE(other.ok());
   EXPECT_NE(other.message().find("a.jsonl"), std::string::npos) << other.message();
+  EXPECT_NE(other.message().find("freshet run --reset"), std::string::npos) << other.message();
   EXPECT_FALSE(b.Seek("ingest:seq=1;segment=0;offset=20").ok());
   EXPECT_FALSE(b.Seek("file:dev=1;inode=x").ok());
+}
+
+// A checkpoint records the path as the source was given it. Before spec paths were canonical that was the path
+// as written (relative to the working directory, or through a symlinked folder); the same file named another way
+// must resume, not be refused as another file (issue 13).
+TEST(FileSourceTest, SeekAcceptsTheRecordedFileUnderAnotherName) {
+  TempDir dir;
+  std::filesystem::create_directory(dir.File("real"));
+  std::filesystem::create_directory_symlink(dir.File("real"), dir.File("link"));
+  const std::string real = dir.File("real/events.jsonl");
+  const std::string linked = dir.File("link/events.jsonl");
+  WriteFile(real, Join(Range("e", 0, 10)));
+  const std::filesystem::path previous = std::filesystem::current_path();
+
+  // Recorded relative to the spec's folder, the working directory of that run; resumed by the absolute path
+  // through the symlink from another working directory, where the recorded relative path names nothing.
+  std::filesystem::current_path(dir.File("real"));
+  FileSource relative("events.jsonl", false);
+  ASSERT_EQ(PollOnce(relative, 4, 0).size(), 4u);
+  const std::string relative_position = relative.position();
+  ASSERT_NE(relative_position.find(";path=events.jsonl"), std::string::npos) << relative_position;
+  std::filesystem::current_path("/");
+  FileSource by_link(linked, false);
+  Status seek = by_link.Seek(relative_position);
+  std::filesystem::current_path(previous);
+  ASSERT_TRUE(seek.ok()) << seek.message();
+  EXPECT_EQ(ReadToEnd(by_link), Numbered(Range("e", 4, 10), 5));
+  EXPECT_TRUE(by_link.TakeWarnings().empty());
+  EXPECT_NE(by_link.position().find(";path=" + linked), std::string::npos)
+      << "the next checkpoint records the new name";
+
+  // Recorded through the symlink; resumed by the real path.
+  FileSource first(linked, false);
+  ASSERT_EQ(PollOnce(first, 3, 0).size(), 3u);
+  FileSource by_real(real, false);
+  seek = by_real.Seek(first.position());
+  ASSERT_TRUE(seek.ok()) << seek.message();
+  EXPECT_EQ(ReadToEnd(by_real), Numbered(Range("e", 3, 10), 4));
+
+  // Recorded through the symlink, then rotated while stopped: the path names a new file, but the two names
+  // are one path, so the rotated file is found and finished first, as for an equal path.
+  const std::string position = first.position();
+  ASSERT_EQ(::rename(real.c_str(), (real + ".1").c_str()), 0);
+  WriteFile(real, Join(Range("new", 0, 2)));
+  FileSource rotated(real, false);
+  seek = rotated.Seek(position);
+  ASSERT_TRUE(seek.ok()) << seek.message();
+  std::vector<Got> got = ReadToEnd(rotated);
+  ASSERT_EQ(got.size(), 9u);
+  EXPECT_EQ(got.front().text, Range("e", 3, 4)[0]);
+  EXPECT_EQ(got.back().text, Range("new", 1, 2)[0]);
 }
 
 TEST(FileSourceTest, PositionBeforeReadingSeeksToTheStart) {

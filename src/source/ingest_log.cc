@@ -612,7 +612,8 @@ Status IngestLogSource::Seek(std::string_view position_text) {
       if (position.sequence < first) {
         return Status::NotFound("cannot resume the ingest log '" + log_->dir() + "' at " + where +
                                 ": its oldest segment starts at record " + std::to_string(first) +
-                                " (older ones were deleted); start without the checkpoint");
+                                " (older ones were deleted); start fresh with `freshet run --reset` (it moves "
+                                "the old checkpoints aside; the log is then read from its oldest record)");
       }
       return Status::NotFound("cannot resume the ingest log '" + log_->dir() + "' at " + where +
                               ": the log has no segment " + std::to_string(position.segment) +

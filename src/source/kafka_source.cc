@@ -298,8 +298,8 @@ Status KafkaSource::Seek(std::string_view position) {
   if (!offsets) {
     return Status::Invalid("the checkpoint's source position '" + std::string(position) +
                            "' is not a position in Kafka topic '" + options_.topic +
-                           "' (was the spec's source changed?); start with a new data directory to read the topic "
-                           "from the group's offsets");
+                           "' (was the spec's source changed?); start fresh with `freshet run --reset` (it moves the old "
+                           "checkpoints aside) to read the topic from the group's offsets");
   }
   next_ = std::move(*offsets);
   batch_start_ = next_;

@@ -20,6 +20,7 @@
 #include <sstream>
 #include <utility>
 
+#include "common/text.h"
 #include "common/time.h"
 #include "spec/spec_options.h"
 
@@ -144,35 +145,27 @@ std::string ChildSection(const SpecOption& option) {
   return path;
 }
 
-// Levenshtein distance, case-insensitive.
-size_t EditDistance(std::string_view a, std::string_view b) {
-  auto lower = [](char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; };
-  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    cur[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      size_t substitute = prev[j - 1] + (lower(a[i - 1]) == lower(b[j - 1]) ? 0 : 1);
-      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, substitute});
-    }
-    std::swap(prev, cur);
+// The events file `path` of the spec file `spec_file` as one canonical name: resolved against the spec's folder
+// when relative, made absolute (against the working directory), and its folder canonical (symlinks resolved,
+// "." and ".." gone, as far as the folders exist). So the one file named by a relative path, an absolute path
+// or a path through a symlinked folder gets the one name that the file source's checkpoints record. The file
+// name itself is kept as given, also when it is a symlink: a followed symlink may be re-pointed at a new file on
+// rotation, which the source must see. Falls back to the lexically normal absolute path when the folder cannot
+// be resolved (e.g. no permission).
+std::string CanonicalEventsPath(const std::string& spec_file, const std::string& path) {
+  std::filesystem::path resolved(path);
+  if (resolved.is_relative()) resolved = std::filesystem::path(spec_file).parent_path() / resolved;
+  std::error_code ec;
+  std::filesystem::path absolute = std::filesystem::absolute(resolved, ec);
+  if (ec) return resolved.lexically_normal().string();
+  const std::filesystem::path name = absolute.filename();
+  if (name.empty() || name == "." || name == "..") {
+    std::filesystem::path canonical = std::filesystem::weakly_canonical(absolute, ec);
+    return (ec ? absolute.lexically_normal() : canonical).string();
   }
-  return prev[b.size()];
-}
-
-// The candidate closest to `word`, if it is close enough to be a likely typo.
-std::optional<std::string_view> ClosestMatch(std::string_view word, const std::vector<std::string_view>& candidates) {
-  std::optional<std::string_view> best;
-  size_t best_distance = 0;
-  for (std::string_view c : candidates) {
-    size_t d = EditDistance(word, c);
-    size_t limit = std::max<size_t>(1, std::min<size_t>(3, c.size() / 3));
-    if (d <= limit && (!best || d < best_distance)) {
-      best = c;
-      best_distance = d;
-    }
-  }
-  return best;
+  std::filesystem::path folder = std::filesystem::weakly_canonical(absolute.parent_path(), ec);
+  if (ec) return absolute.lexically_normal().string();
+  return (folder / name).string();
 }
 
 bool IsIdentifier(std::string_view s) {
@@ -803,11 +796,7 @@ void SpecParser::ParseSource(const Entry& entry, Spec* spec) {
     std::optional<std::string> path = ReadString(*map, "path");
     std::optional<bool> follow = ReadBool(*map, "follow");
     if (!path || !follow) return;
-    std::filesystem::path resolved(*path);
-    if (resolved.is_relative()) {
-      resolved = (std::filesystem::path(file_).parent_path() / resolved).lexically_normal();
-    }
-    source.path = resolved.string();
+    source.path = CanonicalEventsPath(file_, *path);
     source.follow = *follow;
   }
   if (*type == "kafka") {

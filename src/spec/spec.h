@@ -73,7 +73,9 @@ struct DedupSpec {
 
 struct SourceSpec {
   std::string type = "file";  // "file", "http" or "kafka".
-  std::string path;           // file: resolved against the spec file's folder.
+  // file: resolved against the spec file's folder, absolute, its folder canonical (symlinks resolved), so that
+  // the one file has one name however the spec was named; the file name is kept (it may be a symlink).
+  std::string path;
   bool follow = false;
   // kafka
   std::string brokers;

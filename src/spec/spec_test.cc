@@ -236,7 +236,7 @@ TEST(SpecTest, UnknownKeySuggestsClosest) {
               "window, precision"});
   // No suggestion when nothing is close; top-level keys are listed.
   ExpectOnly(std::string("zzz: 1\n") + kHead + "  - {name: n, aggregation: count, window: {type: lifetime}}\n", 1, 1,
-             {"unknown key 'zzz'; valid keys: name, entity, timestamp, watermark, dedup, source, features"});
+             {"unknown key 'zzz'; valid keys: name, entity, timestamp, watermark, dedup, parallelism, source, features"});
   // Inside a flow map.
   ExpectOnly(std::string(kHead) + "  - {name: n, aggregation: count, window: {type: sliding, sze: 1m, size: 1h}}\n", 5, 59,
              {"unknown key 'sze'; did you mean 'size'?"});
@@ -430,10 +430,47 @@ TEST(SpecTest, SourcePathIsResolvedAgainstTheSpecFolder) {
     EXPECT_TRUE(spec.ok() && spec->source->follow);
     return spec.ok() ? spec->source->path : std::string("<error>");
   };
-  EXPECT_EQ(source_path("specs/prod/fraud.yaml", "events.jsonl"), "specs/prod/events.jsonl");
-  EXPECT_EQ(source_path("specs/prod/fraud.yaml", "../data/events.jsonl"), "specs/data/events.jsonl");
-  EXPECT_EQ(source_path("fraud.yaml", "events.jsonl"), "events.jsonl");
-  EXPECT_EQ(source_path("/etc/freshet/fraud.yaml", "/var/data/e.jsonl"), "/var/data/e.jsonl");
+  // Relative paths become absolute, against the working directory (getcwd names it without symlinks).
+  const std::string cwd = std::filesystem::current_path().string();
+  EXPECT_EQ(source_path("specs/prod/fraud.yaml", "events.jsonl"), cwd + "/specs/prod/events.jsonl");
+  EXPECT_EQ(source_path("specs/prod/fraud.yaml", "../data/events.jsonl"), cwd + "/specs/data/events.jsonl");
+  EXPECT_EQ(source_path("fraud.yaml", "events.jsonl"), cwd + "/events.jsonl");
+  EXPECT_EQ(source_path("./fraud.yaml", "./in/./e.jsonl"), cwd + "/in/e.jsonl");
+  EXPECT_EQ(source_path("/nonexistent/freshet/fraud.yaml", "/nonexistent/data/e.jsonl"), "/nonexistent/data/e.jsonl");
+}
+
+// The one events file gets the one path whether the spec was named relative to the working directory, by an
+// absolute path or through a symlinked folder (the file source's checkpoints record the path: issue 13).
+TEST(SpecTest, SourcePathIsCanonicalThroughSymlinkedFolders) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::weakly_canonical(fs::temp_directory_path()) /
+                       ("freshet_spec_canonical_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir / "real");
+  fs::create_directory_symlink(dir / "real", dir / "link");
+  std::ofstream(dir / "real" / "events.jsonl") << "{}\n";
+  fs::create_symlink("events.jsonl", dir / "real" / "current.jsonl");
+  auto source_path = [](const fs::path& spec_file, const std::string& path) {
+    Result<Spec> spec = ParseSpec("name: t\nentity: u\ntimestamp: ts\nsource: {path: '" + path +
+                                      "'}\nfeatures: [{name: n, aggregation: count, window: {type: lifetime}}]\n",
+                                  spec_file.string());
+    EXPECT_TRUE(spec.ok()) << spec.status().message();
+    return spec.ok() ? spec->source->path : std::string("<error>");
+  };
+  const std::string expected = (dir / "real" / "events.jsonl").string();
+  EXPECT_EQ(source_path(dir / "real" / "spec.yaml", "events.jsonl"), expected);
+  EXPECT_EQ(source_path(dir / "link" / "spec.yaml", "events.jsonl"), expected);
+  EXPECT_EQ(source_path(dir / "link" / "spec.yaml", "../link/./events.jsonl"), expected);
+  EXPECT_EQ(source_path(dir / "elsewhere.yaml", (dir / "link" / "events.jsonl").string()), expected);
+  const fs::path previous = fs::current_path();
+  fs::current_path(dir / "link");
+  EXPECT_EQ(source_path("spec.yaml", "events.jsonl"), expected);
+  fs::current_path(previous);
+  // A symlinked file keeps its own name: re-pointing it is how some rotations start a new file.
+  EXPECT_EQ(source_path(dir / "link" / "spec.yaml", "current.jsonl"), (dir / "real" / "current.jsonl").string());
+  // A file that does not exist yet (followed, created later) still gets its folder resolved.
+  EXPECT_EQ(source_path(dir / "link" / "spec.yaml", "later/e.jsonl"), (dir / "real" / "later" / "e.jsonl").string());
+  fs::remove_all(dir);
 }
 
 TEST(SpecTest, LoadSpecReadsFilesAndReportsMissingOnes) {
