@@ -217,7 +217,7 @@ class Producer(threading.Thread):
                     except (OSError, http.client.HTTPException, ValueError):
                         time.sleep(0.01)  # Refused, reset or cut off: no acknowledgement, so send it again.
                         continue
-                    assert ack["accepted"] == body.count(b"\n"), ack
+                    assert ack["accepted"] + ack["rejected"] == body.count(b"\n"), ack
                     if self.rng.random() < 0.1:
                         self.dropped_acks += 1  # As if the answer were lost on the way: send it again.
                         continue

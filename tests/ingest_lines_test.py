@@ -74,7 +74,12 @@ def test_blank_lines_are_rejected_alike_from_a_file_and_from_ingest(tmp_path: Pa
         request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/ingest", data=BODY, method="POST",
                                          headers={"Content-Type": "application/x-ndjson"})
         with urllib.request.urlopen(request, timeout=10) as r:
-            assert json.loads(r.read())["accepted"] == 7
+            ack = json.loads(r.read())
+        # The answer says what the parser thinks of each line; every line is logged and the blank ones are
+        # dead-lettered by the pipeline.
+        assert (ack["accepted"], ack["rejected"]) == (3, 4), ack
+        assert [e["line"] for e in ack["errors"]] == [2, 3, 4, 6], ack
+        assert {e["reason"] for e in ack["errors"]} == {"empty line; each line must be one JSON object"}, ack
         deadline = time.monotonic() + 30
         while _metric(port, "freshet_events_in_total") < 7 and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -84,3 +89,38 @@ def test_blank_lines_are_rejected_alike_from_a_file_and_from_ingest(tmp_path: Pa
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     assert _dead_letters(tmp_path / "http-data" / "dead_letters" / "http.jsonl") == from_file
+
+
+def test_ingest_answers_accepted_rejected_and_the_first_errors(tmp_path: Path) -> None:
+    """Garbage pushed to /v1/ingest is counted as rejected in the answer, with line numbers and reasons."""
+    if not Path(BIN).exists():
+        pytest.skip(f"freshet binary not found at {BIN}; build it or set FRESHET_BIN")
+    (tmp_path / "http.yaml").write_text(SPEC.format(source="{type: http}"))
+    log = tmp_path / "run.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([BIN, "run", "--spec", str(tmp_path / "http.yaml"), "--data-dir",
+                                 str(tmp_path / "data")], stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 30
+        port = None
+        while port is None and time.monotonic() < deadline and proc.poll() is None:
+            match = re.search(rb"http://127\.0\.0\.1:(\d+)", log.read_bytes())
+            port = int(match.group(1)) if match else None
+            time.sleep(0.02)
+        assert port is not None, log.read_text(errors="replace")
+        garbage = [b"not json", b'{"user_id": "u1"}', b'["an", "array"]'] + \
+                  [b'{"user_id":"u%d","ts":1767225600000}' % k for k in range(2)] + [b"{" * 3] * 12
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/ingest", data=b"\n".join(garbage) + b"\n",
+                                         method="POST", headers={"Content-Type": "application/x-ndjson"})
+        with urllib.request.urlopen(request, timeout=10) as r:
+            ack = json.loads(r.read())
+        assert (ack["accepted"], ack["rejected"]) == (2, 15), ack
+        assert [e["line"] for e in ack["errors"]] == [1, 2, 3, 6, 7, 8, 9, 10, 11, 12], ack  # the first ten
+        assert "ts" in ack["errors"][1]["reason"], ack["errors"][1]
+        deadline = time.monotonic() + 30
+        while _metric(port, "freshet_events_in_total") < len(garbage) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _metric(port, "freshet_events_rejected_total") == 15
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0

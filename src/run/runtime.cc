@@ -248,10 +248,43 @@ struct Runtime::Impl final : public FeatureService {
       for (const std::string& s : owned) lines.push_back(s);
     }
     if (lines.empty()) return IngestAck{};
-    FRESHET_ASSIGN_OR_RETURN(uint64_t sequence, ingest_log_->Append(lines, arrival_ns));
-    (void)sequence;
+    // The parser's verdict on each line, for the answer: the pipeline applies the same parser to what is logged.
+    IngestAck ack;
+    {
+      thread_local std::unique_ptr<EventParser> parser;
+      thread_local const Spec* parser_spec = nullptr;
+      if (parser_spec != &spec_) {
+        parser = std::make_unique<EventParser>(spec_.fields);
+        parser_spec = &spec_;
+      }
+      ParsedEvent event;
+      std::string reason, padded;
+      for (size_t k = 0; k < lines.size(); ++k) {
+        padded.assign(lines[k]);
+        padded.append(kParsePaddingBytes, '\0');
+        const bool ok = lines[k].size() <= kMaxLineBytes &&
+                        parser->Parse(std::string_view(padded.data(), lines[k].size()), padded.size(), &event, &reason);
+        if (ok) {
+          ++ack.accepted;
+          continue;
+        }
+        ++ack.rejected;
+        if (ack.errors.size() < kMaxIngestErrors) {
+          ack.errors.emplace_back(k + 1, lines[k].size() > kMaxLineBytes
+                                             ? "line is longer than " + std::to_string(kMaxLineBytes) + " bytes"
+                                             : reason);
+        }
+      }
+    }
+    Result<uint64_t> appended = ingest_log_->Append(lines, arrival_ns);
+    if (!appended.ok()) {
+      SetHealthReason("ingest", "ingest is refusing events: the ingest log cannot be written (" +
+                                    appended.status().message() + ")");
+      return appended.status();
+    }
+    SetHealthReason("ingest", std::nullopt);
     ingested_->Increment(lines.size());
-    return IngestAck{lines.size(), 0};
+    return ack;
   }
 
   HealthReport Health() const override {

@@ -20,6 +20,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -56,10 +57,14 @@ enum class IngestFormat {
 struct IngestAck {
   // Events made durable: they will be applied (or dead-lettered as late) exactly as if read from a file.
   uint64_t accepted = 0;
-  // Lines or elements refused at the door (not a JSON object, no valid entity or timestamp) and
-  // dead-lettered instead. A runtime that validates only after the write may always report 0 here.
+  // Lines or elements the event parser refuses (not a JSON object, no valid entity or timestamp). They are
+  // logged all the same and dead-lettered by the pipeline, with their place in the log, exactly once.
   uint64_t rejected = 0;
+  // The first rejected ones (at most kMaxIngestErrors): their 1-based line (or array element) number within the
+  // request, and why.
+  std::vector<std::pair<uint64_t, std::string>> errors;
 };
+inline constexpr size_t kMaxIngestErrors = 10;
 
 // The runtime's own view of its health, for GET /health.
 struct HealthReport {

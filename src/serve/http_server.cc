@@ -770,7 +770,16 @@ void HttpServer::Impl::HandleIngest(const HttpRequest& req, HttpResponse& res) {
     return;
   }
   std::string out;
-  JsonWriter(&out).BeginObject().Key("accepted").Uint(ack->accepted).Key("rejected").Uint(ack->rejected).EndObject();
+  JsonWriter json(&out);
+  json.BeginObject().Key("accepted").Uint(ack->accepted).Key("rejected").Uint(ack->rejected);
+  if (!ack->errors.empty()) {
+    json.Key("errors").BeginArray();
+    for (const auto& [line, reason] : ack->errors) {
+      json.BeginObject().Key("line").Uint(line).Key("reason").String(reason).EndObject();
+    }
+    json.EndArray();
+  }
+  json.EndObject();
   SetBody(res, 200, std::move(out), kJsonType);
 }
 
