@@ -45,6 +45,23 @@ def _metric(port: int, name: str) -> float:
     raise AssertionError(f"metric {name} not found")
 
 
+def _start_http(tmp_path: Path, data_dir: Path) -> tuple[subprocess.Popen, int]:
+    """`freshet run` with an HTTP source; returns the process and its port once it serves."""
+    (tmp_path / "http.yaml").write_text(SPEC.format(source="{type: http}"))
+    log = tmp_path / "run.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([BIN, "run", "--spec", str(tmp_path / "http.yaml"), "--data-dir", str(data_dir)],
+                                stdout=out, stderr=out)
+    deadline = time.monotonic() + 30
+    port = None
+    while port is None and time.monotonic() < deadline and proc.poll() is None:
+        match = re.search(rb"http://127\.0\.0\.1:(\d+)", log.read_bytes())
+        port = int(match.group(1)) if match else None
+        time.sleep(0.02)
+    assert port is not None, log.read_text(errors="replace")
+    return proc, port
+
+
 def test_blank_lines_are_rejected_alike_from_a_file_and_from_ingest(tmp_path: Path) -> None:
     if not Path(BIN).exists():
         pytest.skip(f"freshet binary not found at {BIN}; build it or set FRESHET_BIN")
@@ -58,19 +75,8 @@ def test_blank_lines_are_rejected_alike_from_a_file_and_from_ingest(tmp_path: Pa
     assert {reason for _, reason, _ in from_file} == {"empty line; each line must be one JSON object"}
 
     # Pushed: the same lines, the same dead letters (ingest records are numbered from 1 like lines).
-    (tmp_path / "http.yaml").write_text(SPEC.format(source="{type: http}"))
-    log = tmp_path / "run.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([BIN, "run", "--spec", str(tmp_path / "http.yaml"), "--data-dir",
-                                 str(tmp_path / "http-data")], stdout=out, stderr=out)
+    proc, port = _start_http(tmp_path, tmp_path / "http-data")
     try:
-        deadline = time.monotonic() + 30
-        port = None
-        while port is None and time.monotonic() < deadline and proc.poll() is None:
-            match = re.search(rb"http://127\.0\.0\.1:(\d+)", log.read_bytes())
-            port = int(match.group(1)) if match else None
-            time.sleep(0.02)
-        assert port is not None, log.read_text(errors="replace")
         request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/ingest", data=BODY, method="POST",
                                          headers={"Content-Type": "application/x-ndjson"})
         with urllib.request.urlopen(request, timeout=10) as r:
@@ -95,19 +101,8 @@ def test_ingest_answers_accepted_rejected_and_the_first_errors(tmp_path: Path) -
     """Garbage pushed to /v1/ingest is counted as rejected in the answer, with line numbers and reasons."""
     if not Path(BIN).exists():
         pytest.skip(f"freshet binary not found at {BIN}; build it or set FRESHET_BIN")
-    (tmp_path / "http.yaml").write_text(SPEC.format(source="{type: http}"))
-    log = tmp_path / "run.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([BIN, "run", "--spec", str(tmp_path / "http.yaml"), "--data-dir",
-                                 str(tmp_path / "data")], stdout=out, stderr=out)
+    proc, port = _start_http(tmp_path, tmp_path / "data")
     try:
-        deadline = time.monotonic() + 30
-        port = None
-        while port is None and time.monotonic() < deadline and proc.poll() is None:
-            match = re.search(rb"http://127\.0\.0\.1:(\d+)", log.read_bytes())
-            port = int(match.group(1)) if match else None
-            time.sleep(0.02)
-        assert port is not None, log.read_text(errors="replace")
         garbage = [b"not json", b'{"user_id": "u1"}', b'["an", "array"]'] + \
                   [b'{"user_id":"u%d","ts":1767225600000}' % k for k in range(2)] + [b"{" * 3] * 12
         request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/ingest", data=b"\n".join(garbage) + b"\n",
