@@ -405,3 +405,7 @@ def test_parallelism_changes_no_value(kafka_broker, tmp_path: Path) -> None:  # 
     for name, one, four in zip(names, runs[0], runs[1]):
         assert one == four, f"{name} differ between parallelism 1 and 4"
     assert len(runs[0][2]) == len(accepted) and len(runs[0][3]) == len(accepted)
+    # Rows written by 4 threads are still in seq order in every file: a backfill replays them (it refuses files
+    # out of seq order) to the same features.
+    subprocess.run([BIN, "backfill", "--spec", str(tmp_path / "spec-4.yaml"), "--data-dir", str(tmp_path / "data-4"),
+                    "--no-progress"], check=True, timeout=300)

@@ -115,12 +115,14 @@ EventPath::Outcome EventPath::Process(std::string_view text, size_t capacity, in
   newest[pending_.entity] = std::max(newest[pending_.entity], event_.time_ms);
   if (offline_ != nullptr) {
     const std::string& entity = engine_.entity_name(pending_.entity);
-    const int64_t row_seq = static_cast<int64_t>(offline_seq_ != nullptr ? offline_seq_->fetch_add(1) : seq);
+    if (offline_->writes_features()) engine_.QueryIndex(pending_.entity, event_.time_ms, &values_);
+    // With a shared numbering, taking the number and adding the rows is one step: each table file must be in
+    // seq order (replays depend on it), also when several threads add rows.
+    std::unique_lock<std::mutex> lock;
+    if (offline_seq_ != nullptr) lock = std::unique_lock<std::mutex>(offline_seq_->mutex);
+    const int64_t row_seq = static_cast<int64_t>(offline_seq_ != nullptr ? offline_seq_->next++ : seq);
     offline_->AddEvent(row_seq, event_.time_ms, entity, wall_ms, text, place);
-    if (offline_->writes_features()) {
-      engine_.QueryIndex(pending_.entity, event_.time_ms, &values_);
-      offline_->AddFeatures(row_seq, entity, event_.time_ms, wall_ms, values_);
-    }
+    if (offline_->writes_features()) offline_->AddFeatures(row_seq, entity, event_.time_ms, wall_ms, values_);
   }
   return Outcome::kAccepted;
 }

@@ -12,8 +12,8 @@
 // Not thread-safe: the runtime calls Process under its exclusive lock.
 #pragma once
 
-#include <atomic>
 #include <cstdint>
+#include <mutex>
 #include <limits>
 #include <string>
 #include <string_view>
@@ -66,9 +66,14 @@ class EventPath {
   Outcome Process(std::string_view text, size_t capacity, int64_t wall_ms, const RecordPlace* place = nullptr);
 
   void SetOfflineSink(OfflineSink* offline) { offline_ = offline; }
-  // Numbers the offline rows from *seq (incremented per accepted event) instead of this path's own input order:
-  // several paths (one per Kafka partition) writing one table share one numbering, so seq stays unique.
-  void SetOfflineSequence(std::atomic<uint64_t>* seq) { offline_seq_ = seq; }
+  // Numbers the offline rows from seq->next (incremented per accepted event, under seq->mutex) instead of this
+  // path's own input order: several paths (one per Kafka partition, on several threads) writing one table share
+  // one numbering, so seq stays unique and each table file stays in seq order.
+  struct SharedSequence {
+    std::mutex mutex;
+    uint64_t next = 0;
+  };
+  void SetOfflineSequence(SharedSequence* seq) { offline_seq_ = seq; }
 
   // After kRejected: why (for the dead letter).
   const std::string& reason() const { return reason_; }
@@ -82,7 +87,7 @@ class EventPath {
   Deduplicator* dedup_;
   int dedup_slot_ = -1;  // The id field's slot in parsed events.
   OfflineSink* offline_;
-  std::atomic<uint64_t>* offline_seq_ = nullptr;
+  SharedSequence* offline_seq_ = nullptr;
   EventParser parser_;
   ParsedEvent event_;
   PendingEvent pending_;

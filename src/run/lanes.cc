@@ -49,7 +49,7 @@ std::string PipelineLanes::Encode() const {
   std::string out;
   ByteWriter w(&out);
   w.PutU8(kLanesStateMarker);
-  w.PutU64(offline_seq_.load());
+  w.PutU64(offline_seq_.next);
   w.PutVarint(lanes_.size());
   for (const auto& lane : lanes_) {
     w.PutVarint(lane->stream);
@@ -80,7 +80,7 @@ Status PipelineLanes::Decode(std::string_view bytes, std::vector<std::string>* n
   if (!in.ReadU8(&marker) || !in.ReadU64(&offline_seq) || !in.ReadCount(&count)) {
     return Status::Invalid("it is incomplete");
   }
-  offline_seq_ = offline_seq;
+  offline_seq_.next = offline_seq;
   for (uint64_t k = 0; k < count; ++k) {
     uint64_t stream;
     std::string_view state;

@@ -9,7 +9,6 @@
 // Not thread-safe: the caller locks (the runtime: lanes are made under its exclusive lock).
 #pragma once
 
-#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -78,7 +77,7 @@ class PipelineLanes {
   std::vector<std::unique_ptr<Lane>> lanes_;
   std::map<uint32_t, uint32_t> index_of_stream_;
   OfflineSink* offline_ = nullptr;
-  std::atomic<uint64_t> offline_seq_{0};  // Partitioned: the next offline row's seq (shared by threads).
+  EventPath::SharedSequence offline_seq_;  // Partitioned: the next offline row's seq (shared by threads).
 };
 
 }  // namespace freshet
