@@ -42,8 +42,10 @@ inline std::optional<Spec> LoadSpecOrReport(const std::string& path, int* exit_c
   return std::move(*spec);
 }
 
-// The bearer token for ingest and admin endpoints: the first line of `token_file` when given, else the
-// FRESHET_TOKEN environment variable, else empty (no token required). Never from the spec.
+// The bearer token for ingest and admin endpoints, without surrounding whitespace: the first line of
+// `token_file` when given, else the FRESHET_TOKEN environment variable, else empty (no token required; an
+// empty FRESHET_TOKEN counts as unset). Never from the spec. Fails (kInvalidArgument, a message naming the
+// file or FRESHET_TOKEN) when the file cannot be read or the token is only whitespace.
 Result<std::string> ReadBearerToken(const std::string& token_file);
 
 }  // namespace freshet::cli

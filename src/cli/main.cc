@@ -1,6 +1,7 @@
 // freshet: the command-line entry point. Subcommands live in their own files (see commands.h).
 #include <CLI/CLI.hpp>
 
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -16,16 +17,39 @@
 namespace freshet::cli {
 
 Result<std::string> ReadBearerToken(const std::string& token_file) {
+  // Whitespace as the HTTP server trims it from the token (std::isspace: space, \t, \n, \v, \f, \r).
+  const auto trimmed = [](std::string_view text) {
+    while (!text.empty() && std::isspace(static_cast<unsigned char>(text.front()))) text.remove_prefix(1);
+    while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.remove_suffix(1);
+    return std::string(text);
+  };
+  // A token that is only whitespace would be trimmed to nothing and leave ingest and admin endpoints open
+  // without a word: refuse it, naming where it came from.
   if (token_file.empty()) {
     const char* token = std::getenv("FRESHET_TOKEN");
-    return std::string(token == nullptr ? "" : token);
+    if (token == nullptr || token[0] == '\0') return std::string();  // Unset or empty: no token required.
+    std::string value = trimmed(token);
+    if (value.empty()) {
+      return Status::Invalid(
+          "FRESHET_TOKEN holds only whitespace, which would leave ingest and admin endpoints without "
+          "authentication; set it to the bearer token, or unset it to run without one");
+    }
+    return value;
   }
   std::ifstream in(token_file);
-  std::string token;
-  if (!in || !std::getline(in, token) || token.empty()) {
-    return Status::Invalid("cannot read a bearer token from the first line of '" + token_file + "'");
+  std::string line;
+  if (!in || !std::getline(in, line)) {
+    return Status::Invalid("cannot read a bearer token from the first line of '" + token_file +
+                           "' (--token-file): the file cannot be read or is empty");
   }
-  return token;
+  std::string value = trimmed(line);
+  if (value.empty()) {
+    return Status::Invalid("the first line of '" + token_file +
+                           "' (--token-file) is empty or only whitespace, which would leave ingest and "
+                           "admin endpoints without authentication; put the bearer token on the first line "
+                           "of the file");
+  }
+  return value;
 }
 
 namespace {

@@ -51,6 +51,13 @@ void RegisterRun(CLI::App& app, int* exit_code) {
   cmd->callback([args, exit_code] {
     std::optional<Spec> spec = LoadSpecOrReport(args->spec, exit_code);
     if (!spec) return;
+    // Before anything is moved or started: a token that cannot be used is an error of the invocation.
+    Result<std::string> token = ReadBearerToken(args->token_file);
+    if (!token.ok()) {
+      std::fprintf(stderr, "freshet run: %s\n", token.status().message().c_str());
+      *exit_code = 2;
+      return;
+    }
     if (args->reset) {
       Result<DataDirReset> reset = MoveRunStateAside(*spec, args->data_dir, WallClockMs());
       if (ReportFailure("run", reset.status(), exit_code)) return;
@@ -61,12 +68,6 @@ void RegisterRun(CLI::App& app, int* exit_code) {
     options.host = args->host;
     options.port = args->port;
     options.exit_when_exhausted = args->exit_at_end;
-    Result<std::string> token = ReadBearerToken(args->token_file);
-    if (!token.ok()) {
-      std::fprintf(stderr, "freshet run: %s\n", token.status().message().c_str());
-      *exit_code = 2;
-      return;
-    }
     options.bearer_token = *token;
     std::signal(SIGTERM, OnSignal);
     std::signal(SIGINT, OnSignal);

@@ -36,6 +36,13 @@ void RegisterServe(CLI::App& app, int* exit_code) {
   cmd->callback([args, exit_code] {
     std::optional<Spec> spec = LoadSpecOrReport(args->spec, exit_code);
     if (!spec) return;
+    // Before connecting to Redis: a token that cannot be used is an error of the invocation.
+    Result<std::string> token = ReadBearerToken(args->token_file);
+    if (!token.ok()) {
+      std::fprintf(stderr, "freshet serve: %s\n", token.status().message().c_str());
+      *exit_code = 2;
+      return;
+    }
     Result<std::unique_ptr<FeatureService>> service = MakeRedisFeatureService(*spec);
     if (!service.ok()) {
       std::fprintf(stderr, "freshet serve: %s\n", service.status().message().c_str());
@@ -45,12 +52,6 @@ void RegisterServe(CLI::App& app, int* exit_code) {
     HttpServerOptions http;
     http.host = args->host.empty() ? spec->serve.host : args->host;
     http.port = args->port >= 0 ? args->port : spec->serve.port;
-    Result<std::string> token = ReadBearerToken(args->token_file);
-    if (!token.ok()) {
-      std::fprintf(stderr, "freshet serve: %s\n", token.status().message().c_str());
-      *exit_code = 2;
-      return;
-    }
     http.bearer_token = *token;
     MetricsRegistry metrics;
     HttpServer server(**service, metrics, http);

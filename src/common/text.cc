@@ -22,8 +22,11 @@ std::optional<std::string_view> ClosestMatch(std::string_view word, const std::v
   std::optional<std::string_view> best;
   size_t best_distance = 0;
   for (std::string_view c : candidates) {
-    size_t d = EditDistance(word, c);
     size_t limit = std::max<size_t>(1, std::min<size_t>(3, c.size() / 3));
+    // The distance is at least the difference in length: skip without the O(|word| * |c|) comparison, so
+    // that a huge word costs no more than one of about the candidates' length.
+    if ((word.size() > c.size() ? word.size() - c.size() : c.size() - word.size()) > limit) continue;
+    size_t d = EditDistance(word, c);
     if (d <= limit && (!best || d < best_distance)) {
       best = c;
       best_distance = d;

@@ -51,7 +51,9 @@ size_t EditDistance(std::string_view a, std::string_view b);
 
 // The candidate closest to `word` by EditDistance when it is close enough to be a likely typo of it: at most
 // a third of the candidate's length apart (at least 1, at most 3). The first of equally close candidates wins;
-// nullopt when none is close. For "did you mean ...?" in messages about unknown names.
+// nullopt when none is close. For "did you mean ...?" in messages about unknown names. Candidates whose
+// length differs from the word's by more than that are skipped without computing the distance, so the cost
+// is bounded by the candidates' lengths, however long the word.
 std::optional<std::string_view> ClosestMatch(std::string_view word, const std::vector<std::string_view>& candidates);
 
 }  // namespace freshet

@@ -2,6 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <string>
+#include <string_view>
+#include <vector>
+
 namespace freshet {
 namespace {
 
@@ -22,6 +26,16 @@ TEST(ClosestMatch, OffersOnlyALikelyTypo) {
   EXPECT_EQ(ClosestMatch("rnu", commands), std::nullopt) << "two edits are too many for a three-letter name";
   EXPECT_EQ(ClosestMatch("rum", commands), "run");
   EXPECT_EQ(ClosestMatch("deploy", commands), std::nullopt);
+}
+
+TEST(ClosestMatch, LengthAloneRulesOutFarCandidates) {
+  const std::vector<std::string_view> names = {"purchase_count_30m", "total_spent"};
+  EXPECT_EQ(ClosestMatch("purchase_count_30mmm", names), "purchase_count_30m");  // 2 added: within 3.
+  EXPECT_EQ(ClosestMatch("purchase_count_30mmmmm", names), std::nullopt);        // 4 added: too many.
+  EXPECT_EQ(ClosestMatch("totl_spnt", names), "total_spent");  // 2 dropped: within 3.
+  EXPECT_EQ(ClosestMatch("tot_spt", names), std::nullopt);        // 4 dropped: too many.
+  // A word of megabytes is answered without comparing it byte by byte with every name.
+  EXPECT_EQ(ClosestMatch(std::string(size_t{4} << 20, 'p'), names), std::nullopt);
 }
 
 }  // namespace

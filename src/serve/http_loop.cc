@@ -47,6 +47,20 @@ constexpr auto kLingerTime = std::chrono::seconds(2);
 // How often each loop looks for connections past their deadline.
 constexpr int kTimerTickMs = 200;
 
+// True when the request line at the front of `buffered` (complete, or still arriving) is longer than
+// kMaxRequestLineBytes, not counting its line end. Looks at no more than the limit's worth of bytes.
+bool RequestLineTooLong(std::string_view buffered) {
+  const size_t newline = buffered.substr(0, kMaxRequestLineBytes + 2).find('\n');
+  size_t length = newline == std::string_view::npos ? buffered.size() : newline;
+  // A '\r' just before the newline (or last in the buffer, where the newline may follow) ends the line.
+  if (length > 0 && buffered[length - 1] == '\r') --length;
+  return length > kMaxRequestLineBytes;
+}
+
+constexpr std::string_view kRequestLineTooLong =
+    "the request line is longer than 8192 bytes; shorten the URI";
+constexpr std::string_view kHeadersTooLarge = "the request headers are larger than 65536 bytes";
+
 // True when the comma-separated header value lists `token` (case-insensitive), as Connection does.
 bool ListsToken(std::string_view value, std::string_view token) {
   while (!value.empty()) {
@@ -199,7 +213,7 @@ ParseOutcome ParseHeaderSection(std::string_view section, HttpRequest* request) 
   };
   // StepHeaders has skipped any blank lines before the request line.
   std::string_view line = next_line();
-  if (line.size() > kMaxRequestLineBytes) return {414, "the request line is longer than 8192 bytes; shorten the URI"};
+  if (line.size() > kMaxRequestLineBytes) return {414, std::string(kRequestLineTooLong)};
   const size_t first_space = line.find(' ');
   const size_t last_space = line.rfind(' ');
   if (first_space == std::string_view::npos || first_space == last_space) {
@@ -578,19 +592,18 @@ class Loop {
     }
     if (end == std::string_view::npos) {
       c->header_scan = newline != std::string_view::npos ? newline : buffered.size();
-      if (buffered.find('\n') == std::string_view::npos && buffered.size() > kMaxRequestLineBytes + 2) {
-        return Refuse(c, 414, "the request line is longer than 8192 bytes; shorten the URI");
-      }
-      if (buffered.size() > kMaxHeaderBytes) {
-        return Refuse(c, 431, "the request headers are larger than 65536 bytes");
-      }
+      // Over a limit, whatever has arrived of the request: 414 when the request line is too long (even
+      // when the headers are too), 431 when only the header section is.
+      if (RequestLineTooLong(buffered)) return Refuse(c, 414, kRequestLineTooLong);
+      if (buffered.size() > kMaxHeaderBytes) return Refuse(c, 431, kHeadersTooLarge);
       return false;
     }
     c->header_scan = 0;
     c->header_end = end;
     c->request.start = now_;
     c->request.body = {};
-    if (end > kMaxHeaderBytes) return Refuse(c, 431, "the request headers are larger than 65536 bytes");
+    if (RequestLineTooLong(buffered)) return Refuse(c, 414, kRequestLineTooLong);
+    if (end > kMaxHeaderBytes) return Refuse(c, 431, kHeadersTooLarge);
     ParseOutcome parsed = ParseHeaderSection(buffered.substr(0, end), &c->request);
     if (parsed.status != 0) return Refuse(c, parsed.status, parsed.message);
     bool chunked = false;

@@ -23,7 +23,9 @@
 //     so that the connection serves the next request; past that, or when the client waits for
 //     `Expect: 100-continue`, the 413 is sent at once and the connection closed.
 //   - `Expect: 100-continue` is answered with `100 Continue` before the body is read.
-//   - A request line over 8 KiB is a 414, headers over 64 KiB or 100 fields a 431; both close the connection.
+//   - A request line over 8 KiB is a 414, however long it is and however much of the request has arrived;
+//     headers over 64 KiB (after a request line within its limit) or over 100 fields a 431. Both close the
+//     connection.
 //   - HEAD is answered with the headers of the GET answer and no body.
 //   - A connection idle between requests for keep_alive_timeout_sec is closed; one whose request or answer
 //     makes no progress for io_timeout_sec is dropped.

@@ -137,6 +137,10 @@ void SetBody(HttpResponse& res, int status, std::string body, const char* conten
   res.content_type = content_type;
 }
 
+// How far (by EditDistance) an unknown feature name may be from a valid one of `size` bytes to be offered
+// as "did you mean".
+size_t SuggestionDistance(size_t size) { return std::max<size_t>(2, size / 3); }
+
 // {"error": message} plus, when given, `list_key`: [list...].
 void SetError(HttpResponse& res, int status, std::string_view message, std::string_view list_key = {},
               const std::vector<std::string>& list = {}) {
@@ -296,6 +300,11 @@ struct HttpServer::Impl final : HttpHandler {
 
   absl::flat_hash_map<std::string, int> feature_index;
   std::vector<std::string> feature_names;  // Spec order, for error messages.
+  // The longest name an unknown feature may have and still be compared with the valid ones for a "did you
+  // mean": the longest feature name plus the edit distance a suggestion allows for it. Longer names are
+  // refused without that comparison, whose cost grows with the name's length.
+  size_t max_suggestable_name_bytes = 0;
+  size_t max_feature_name_bytes = 0;
   std::string spec_json;
 
   std::array<Histogram*, kRouteCount> latency{};
@@ -315,6 +324,9 @@ HttpServer::Impl::Impl(FeatureService& service_in, MetricsRegistry& metrics_in, 
   for (size_t k = 0; k < spec.features.size(); ++k) {
     feature_index.emplace(spec.features[k].name, static_cast<int>(k));
     feature_names.push_back(spec.features[k].name);
+    const size_t size = spec.features[k].name.size();
+    max_feature_name_bytes = std::max(max_feature_name_bytes, size);
+    max_suggestable_name_bytes = std::max(max_suggestable_name_bytes, size + SuggestionDistance(size));
   }
   spec_json = SpecJson(spec);
   for (int route = 0; route < kRouteCount; ++route) {
@@ -458,18 +470,31 @@ bool HttpServer::Impl::ResolveFeatures(const std::optional<std::vector<std::stri
     return false;
   }
   for (std::string_view name : *names) {
-    auto it = feature_index.find(absl::string_view(name.data(), name.size()));
+    auto it = name.size() > max_feature_name_bytes
+                  ? feature_index.end()
+                  : feature_index.find(absl::string_view(name.data(), name.size()));
     if (it == feature_index.end()) {
       std::string message = name.empty() ? std::string("'features' contains an empty name")
                                          : "unknown feature " + QuotedForMessage(name);
-      size_t best = std::string::npos;
-      const std::string* closest = nullptr;
-      for (const std::string& valid : feature_names) {
-        const size_t distance = EditDistance(name, valid);
-        if (distance < best) best = distance, closest = &valid;
-      }
-      if (!name.empty() && closest != nullptr && best <= std::max<size_t>(2, closest->size() / 3)) {
-        message += " (did you mean '" + *closest + "'?)";
+      if (name.size() > max_suggestable_name_bytes) {
+        // Too long to be a typo of any feature name: no suggestion, and no comparison with each name.
+        message += " (" + std::to_string(name.size()) + " bytes; no feature name is longer than " +
+                   std::to_string(max_feature_name_bytes) + " bytes)";
+      } else if (!name.empty()) {
+        // Only names whose length is within the allowed distance can be close enough (the edit distance is at
+        // least the difference in length), so each comparison costs at most about
+        // max_suggestable_name_bytes^2 steps.
+        size_t best = std::string::npos;
+        const std::string* closest = nullptr;
+        for (const std::string& valid : feature_names) {
+          const size_t allowed = SuggestionDistance(valid.size());
+          const size_t length_difference = name.size() > valid.size() ? name.size() - valid.size()
+                                                                       : valid.size() - name.size();
+          if (length_difference > allowed) continue;
+          const size_t distance = EditDistance(name, valid);
+          if (distance <= allowed && distance < best) best = distance, closest = &valid;
+        }
+        if (closest != nullptr) message += " (did you mean '" + *closest + "'?)";
       }
       message += "; valid features:";
       for (size_t k = 0; k < feature_names.size(); ++k) message += (k == 0 ? " " : ", ") + feature_names[k];
@@ -816,6 +841,11 @@ Status HttpServer::Start() {
   const HttpServerOptions& options = impl.options;
   if (impl.loop) return Status::Internal("HttpServer::Start called twice");
   if (options.threads < 1) return Status::Invalid("the HTTP server needs at least 1 thread");
+  if (!options.bearer_token.empty() && impl.bearer_token.empty()) {
+    // Trimmed to nothing, it would silently leave ingest and admin endpoints open.
+    return Status::Invalid(
+        "the bearer token is only whitespace; give a real token, or none to run without one");
+  }
   HttpLoopOptions loop;
   loop.host = options.host;
   loop.port = options.port;

@@ -72,7 +72,7 @@ struct HttpServerOptions {
   int port = 0;
   // When not empty, ingest and admin endpoints require `Authorization: Bearer <bearer_token>`. The caller
   // reads it from a file or the environment; surrounding whitespace (a token file's final newline) is
-  // ignored. It never appears in logs or responses.
+  // ignored, and a token that is only whitespace makes Start fail. It never appears in logs or responses.
   std::string bearer_token;
   // Largest request body accepted, in bytes, chunked bodies included; larger is a 413. Default 8 MiB.
   size_t max_body_bytes = size_t{8} << 20;

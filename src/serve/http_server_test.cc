@@ -656,6 +656,85 @@ TEST_F(HttpServerTest, UnknownFeatureIs400ListingTheValidNames) {
   }
 }
 
+// An unknown feature name of megabytes is refused with a short answer that echoes at most a prefix of it,
+// and without comparing it to every feature name (which took seconds of an event-loop thread). Names close
+// to a valid one still get their suggestion, and an unknown name far from every valid one gets none.
+TEST_F(HttpServerTest, HugeUnknownFeatureNameIsAShort400) {
+  StartServer();
+  for (size_t size : {size_t{300}, size_t{1} << 20, size_t{4} << 20}) {
+    const std::string name(size, 'p');
+    for (int post = 0; post < 2; ++post) {
+      if (!post && size > 60000) continue;  // The query string is bounded by the request line limit.
+      httplib::Result result =
+          post ? client_->Post("/v1/features", "{\"entities\":[\"u1\"],\"features\":[\"" + name + "\"]}",
+                               "application/json")
+               : client_->Get("/v1/features/u1?features=total_spent," + name);
+      ASSERT_TRUE(result) << size;
+      EXPECT_EQ(result->status, 400) << size;
+      EXPECT_LT(result->body.size(), 1000u) << size;
+      auto json = ParseJson(result);
+      const std::string error = GetString(At(json->root, "error"));
+      EXPECT_NE(error.find("unknown feature 'ppppp"), std::string::npos) << error;
+      EXPECT_NE(error.find("...' (" + std::to_string(size) + " bytes"), std::string::npos) << error;
+      EXPECT_NE(error.find("no feature name is longer than 18 bytes"), std::string::npos) << error;
+      EXPECT_EQ(error.find("did you mean"), std::string::npos) << error;
+      EXPECT_EQ(Strings(At(json->root, "valid_features")), kFeatureNames);
+    }
+  }
+  // Typos, a character or two added or dropped, still get a suggestion; a name of the right length but
+  // nothing like a feature gets none.
+  for (const auto& [typo, meant] : std::vector<std::pair<std::string, std::string>>{
+           {"purchase_count_30mmm", "purchase_count_30m"}, {"totl_spnt", "total_spent"},
+           {"last_catgory", "last_category"}, {"MAX_PURCHASE_24H", "max_purchase_24h"}}) {
+    httplib::Result result = client_->Get("/v1/features/u1?features=" + typo);
+    ASSERT_TRUE(result);
+    EXPECT_EQ(result->status, 400);
+    const std::string error = GetString(At(ParseJson(result)->root, "error"));
+    EXPECT_NE(error.find("unknown feature '" + typo + "' (did you mean '" + meant + "'?)"), std::string::npos)
+        << error;
+  }
+  httplib::Result result = client_->Get("/v1/features/u1?features=zzzzzzzzzzzzzzzzzz");
+  ASSERT_TRUE(result);
+  EXPECT_EQ(result->status, 400);
+  EXPECT_EQ(GetString(At(ParseJson(result)->root, "error")).find("did you mean"), std::string::npos);
+  EXPECT_EQ(client_->Get("/health")->status, 200);
+}
+
+// Every request line over 8 KiB is a 414, however long and however it arrives: whole with its headers, or
+// its line end arrived but not the end of the headers. Headers over 64 KiB after a short request line are a
+// 431. Both close the connection; the server serves on.
+TEST_F(HttpServerTest, EveryRequestLineOverTheLimitIs414AndLargeHeadersAre431) {
+  StartServer();
+  const auto status_of = [this](const std::string& request) {
+    RawConnection connection(server_->port());
+    connection.Send(request);
+    const std::string response = connection.ReadResponse();
+    EXPECT_NE(response.find("Connection: close\r\n"), std::string::npos) << response.substr(0, 200);
+    EXPECT_NE(response.find("{\"error\":"), std::string::npos) << response.substr(0, 200);
+    EXPECT_LT(response.size(), 1000u);
+    return response.substr(0, response.find("\r\n"));
+  };
+  for (size_t line_size : {size_t{8193}, size_t{20} << 10, (size_t{64} << 10) + 1, size_t{100} << 10,
+                           size_t{1} << 20}) {
+    // "GET /aaa...a HTTP/1.1" of exactly line_size bytes.
+    const std::string line = "GET /" + std::string(line_size - 14, 'a') + " HTTP/1.1";
+    ASSERT_EQ(line.size(), line_size);
+    EXPECT_EQ(status_of(line + "\r\nHost: x\r\n\r\n"), "HTTP/1.1 414 URI Too Long") << line_size;
+    EXPECT_EQ(status_of(line + "\r\nHost: x\r\n"), "HTTP/1.1 414 URI Too Long") << line_size;
+    EXPECT_EQ(status_of(line + "\n\n"), "HTTP/1.1 414 URI Too Long") << line_size;
+    EXPECT_EQ(status_of(line), "HTTP/1.1 414 URI Too Long") << line_size;
+  }
+  // At the limit the line is served (404: no such path).
+  const std::string at_limit = "GET /" + std::string(8192 - 14, 'a') + " HTTP/1.1";
+  EXPECT_EQ(status_of(at_limit + "\r\nHost: x\r\nConnection: close\r\n\r\n"), "HTTP/1.1 404 Not Found");
+  for (size_t header_size : {size_t{70} << 10, size_t{1} << 20}) {
+    const std::string huge = "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(header_size, 'h');
+    EXPECT_EQ(status_of(huge + "\r\n\r\n"), "HTTP/1.1 431 Request Header Fields Too Large") << header_size;
+    EXPECT_EQ(status_of(huge), "HTTP/1.1 431 Request Header Fields Too Large") << header_size;
+  }
+  EXPECT_EQ(client_->Get("/health")->status, 200);
+}
+
 // Each malformed request: its status and a word the error message must contain.
 struct BadRequest {
   std::string method;
@@ -1014,6 +1093,21 @@ TEST_F(HttpServerTest, StartFailsWhenThePortIsTaken) {
   EXPECT_NE(status.message().find(std::to_string(server_->port())), std::string::npos) << status.message();
   second.Stop();  // Harmless after a failed Start.
   EXPECT_EQ(client_->Get("/health")->status, 200);
+}
+
+TEST_F(HttpServerTest, StartFailsWhenTheBearerTokenIsOnlyWhitespace) {
+  service_ = std::make_unique<EngineService>(TestSpec());
+  for (const char* blank : {" ", "\r", "\t", "\r\n", " \t\n"}) {
+    HttpServerOptions options;
+    options.bearer_token = blank;
+    MetricsRegistry metrics;
+    HttpServer server(*service_, metrics, options);
+    const Status status = server.Start();
+    EXPECT_FALSE(status.ok()) << "a blank token must not mean 'no authentication'";
+    EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(status.message().find("only whitespace"), std::string::npos) << status.message();
+    EXPECT_EQ(server.port(), 0);
+  }
 }
 
 TEST_F(HttpServerTest, StopWaitsAtMostTheKeepAliveTimeoutForIdleConnections) {
