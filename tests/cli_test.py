@@ -118,3 +118,13 @@ def test_a_token_with_surrounding_whitespace_still_starts(tmp_path):
     # No token at all (FRESHET_TOKEN unset or empty) is still "no authentication", as documented.
     r = start_with_token(tmp_path, "run", env_token="")
     assert r.returncode == 0, r
+
+
+def test_a_missing_events_file_says_how_to_make_one(tmp_path) -> None:
+    (tmp_path / "spec.yaml").write_text("name: t\nentity: user_id\ntimestamp: ts\nsource: {type: file, path: events.jsonl}\n"
+                                        "serve: {port: 0}\nfeatures:\n"
+                                        "  - {name: n, aggregation: count, window: {type: lifetime}}\n")
+    result = subprocess.run([FRESHET, "run", "--spec", str(tmp_path / "spec.yaml"), "--data-dir", str(tmp_path / "data"),
+                             "--exit-at-end"], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "events.jsonl" in result.stderr and "freshet generate" in result.stderr, result.stderr

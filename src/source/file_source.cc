@@ -176,7 +176,16 @@ void FileSource::CloseFile() {
 
 Status FileSource::Open() {
   int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Status::IoError("cannot open events file '" + path_ + "': " + Errno());
+  if (fd < 0) {
+    const bool missing = errno == ENOENT;
+    std::string message = "cannot open events file '" + path_ + "': " + Errno();
+    if (missing) {
+      message += "; the spec's source.path names it (relative to the spec's folder): write events there first, "
+                 "e.g. `freshet generate --users 1000 --events 100000 --output " + path_ +
+                 "`, or point source.path at your events";
+    }
+    return Status::IoError(message);
+  }
   return OpenAt(path_, fd, 0, 0);
 }
 
