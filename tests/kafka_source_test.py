@@ -11,13 +11,11 @@ A broker restart mid-stream loses and doubles nothing, and /health says degraded
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import deltalake
 import pytest
@@ -25,6 +23,7 @@ import pytest
 import reference
 from fraud_features import FEATURES_YAML
 from kafka_broker import kafka_broker  # noqa: F401  (the fixture)
+from asof_exact_test import _features_table, _same
 from run_recovery_test import Server
 
 BIN = os.environ.get("FRESHET_BIN", str(Path(__file__).resolve().parent.parent / "build" / "freshet"))
@@ -84,16 +83,6 @@ def _lines_read(server: Server) -> float:
         return server.metric("freshet_events_in_total")
     except Exception:  # noqa: BLE001  (not up yet)
         return -1
-
-
-def _same(feature: reference.Feature, expected: Any, got: Any) -> bool:
-    if expected is None or expected is reference.MISSING:
-        return got is None or (isinstance(got, float) and math.isnan(got))
-    if got is None:
-        return False
-    if feature.aggregation == "last":
-        return reference.format_value(got) == reference.format_value(expected)
-    return math.isclose(float(expected), float(got), rel_tol=1e-9, abs_tol=1e-9)
 
 
 def _per_partition_reference(spec: reference.Spec, placed: dict[tuple[int, int], bytes]):
@@ -194,12 +183,6 @@ def test_kill9_mid_stream_counts_every_message_once_per_partition(topic, tmp_pat
     finally:
         assert server.terminate() == 0
     _check_backfill_and_historical(tmp_path, spec_path, placed)
-
-
-def _features_table(data_dir: Path):
-    """The features table without processing_time (a wall clock), ordered by seq."""
-    t = deltalake.DeltaTable(str(data_dir / "offline" / "features")).to_pyarrow_table()
-    return t.drop_columns(["processing_time"]).sort_by("seq")
 
 
 def _check_backfill_and_historical(tmp: Path, spec_path: Path, placed: dict[tuple[int, int], bytes]) -> None:

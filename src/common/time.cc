@@ -187,4 +187,9 @@ int64_t WallClockMs() {
       .count();
 }
 
+int64_t SteadyClockNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 }  // namespace freshet

@@ -30,6 +30,9 @@ std::string FormatRfc3339(int64_t ms);
 // The wall clock (system_clock) as Unix epoch milliseconds.
 int64_t WallClockMs();
 
+// The monotonic clock (steady_clock) in nanoseconds since its epoch: arrival stamps and durations within one boot.
+int64_t SteadyClockNs();
+
 // Parses a time given by a user: epoch milliseconds (an integer, years 0001-9999) or RFC 3339.
 Result<int64_t> ParseTimeText(std::string_view text);
 

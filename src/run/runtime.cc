@@ -47,11 +47,6 @@ constexpr size_t kRecordsPerLock = 256;  // Events applied per exclusive lock: b
 constexpr double kFreshnessBuckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                         0.5,    1,     2.5,    5,     10,   30,    60,   300};
 
-int64_t SteadyNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
 // The p99 of freshness over a sliding window of wall-clock seconds: one bucket histogram per second.
 class SloWindow {
  public:
@@ -217,7 +212,7 @@ struct Runtime::Impl final : public FeatureService {
       return Status::Invalid("this pipeline reads events from '" + std::string(spec_.source->path) +
                              "'; POST /v1/ingest needs `source: {type: http}` in the spec");
     }
-    const int64_t arrival_ns = SteadyNs();
+    const int64_t arrival_ns = SteadyClockNs();
     std::vector<std::string_view> lines;
     std::vector<std::string> owned;
     if (format == IngestFormat::kJsonLines) {
@@ -769,7 +764,7 @@ Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch) {
   // Dead letters become readable with the batch that produced them, not at the next checkpoint.
   if (rejected + late + duplicates > 0) dead_letters_.Flush();
   // Visible now: every lookup from here on sees these events.
-  const int64_t now_ns = SteadyNs();
+  const int64_t now_ns = SteadyClockNs();
   const int64_t now_s = WallClockMs() / 1000;
   for (int64_t arrival : arrivals) {
     const double seconds = static_cast<double>(now_ns - arrival) / 1e9;
@@ -794,7 +789,7 @@ void Runtime::Impl::UpdateKafkaStatus() {
   std::optional<std::string> problem = kafka_->problem();
   if (!problem) {
     if (std::optional<int64_t> since = kafka_->unassigned_since_ns();
-        since && SteadyNs() - *since > source.max_rebalance_ms * 1'000'000) {
+        since && SteadyClockNs() - *since > source.max_rebalance_ms * 1'000'000) {
       problem = "no partition of topic '" + source.topic + "' has been assigned to this process for more than " +
                 FormatDuration(source.max_rebalance_ms) + " (joining group '" + source.group +
                 "', a rebalance that does not finish, or more members than partitions)";

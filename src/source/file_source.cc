@@ -14,6 +14,7 @@
 #include <string_view>
 #include <thread>
 
+#include "common/time.h"
 #include "event/event_parser.h"
 
 namespace freshet {
@@ -27,11 +28,6 @@ constexpr auto kFollowInterval = std::chrono::milliseconds(20);
 constexpr std::string_view kPositionPrefix = "file:";
 
 static_assert(kBufferBytes > kMaxLineBytes + 2 + kReadBytes);
-
-int64_t SteadyNowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
 
 std::string Errno() { return std::strerror(errno); }
 
@@ -247,7 +243,7 @@ Result<size_t> FileSource::ReadMore() {
     head_.append(buffer_.get() + end_, take);
   }
   end_ += static_cast<size_t>(n);
-  arrivals_.emplace_back(end_, SteadyNowNs());
+  arrivals_.emplace_back(end_, SteadyClockNs());
   return static_cast<size_t>(n);
 }
 
@@ -275,7 +271,7 @@ bool FileSource::NextLine(bool at_end, SourceRecord* record) {
   }
   int64_t arrival_ns;
   if (consumed == 0) {
-    arrival_ns = arrivals_.empty() ? SteadyNowNs() : arrivals_.back().second;
+    arrival_ns = arrivals_.empty() ? SteadyClockNs() : arrivals_.back().second;
   } else {
     const size_t last_byte = begin_ + consumed - 1;
     while (arrivals_[arrival_cursor_].first <= last_byte) ++arrival_cursor_;

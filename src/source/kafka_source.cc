@@ -3,21 +3,13 @@
 #include <librdkafka/rdkafka.h>
 
 #include <charconv>
-#include <chrono>
 #include <cstdio>
 #include <cstring>
 
+#include "common/time.h"
 #include "event/event_parser.h"
 
 namespace freshet {
-namespace {
-
-int64_t SteadyNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
-}  // namespace
 
 struct KafkaSource::Impl {
   explicit Impl(KafkaSource* owner) : source(owner) {}
@@ -91,7 +83,7 @@ struct KafkaSource::Impl {
       }
       std::lock_guard<std::mutex> lock(mutex);
       for (int k = 0; k < list->cnt; ++k) assigned.erase(list->elems[k].partition);
-      if (assigned.empty()) unassigned_since_ns = SteadyNs();
+      if (assigned.empty()) unassigned_since_ns = SteadyClockNs();
     }
   }
 
@@ -110,7 +102,7 @@ struct KafkaSource::Impl {
   std::optional<std::string> problem;
   std::map<int32_t, int64_t> committed;
   std::map<int32_t, bool> assigned;
-  int64_t unassigned_since_ns = SteadyNs();  // When `assigned` last became empty (or the source was made).
+  int64_t unassigned_since_ns = SteadyClockNs();  // When `assigned` last became empty (or the source was made).
 };
 
 KafkaSource::KafkaSource(KafkaSourceOptions options) : options_(std::move(options)) {}
@@ -205,7 +197,7 @@ Status KafkaSource::Poll(std::vector<SourceRecord>* out, size_t max_records, int
   messages_.resize(std::min<size_t>(max_records, kMaxBatch));
   const ssize_t got = rd_kafka_consume_batch_queue(impl_->queue, timeout_ms, messages_.data(), messages_.size());
   if (!impl_->revoked_warning.empty()) Warn(std::exchange(impl_->revoked_warning, {}));
-  const int64_t received_ns = SteadyNs();  // One clock read per batch: they arrived together.
+  const int64_t received_ns = SteadyClockNs();  // One clock read per batch: they arrived together.
   for (ssize_t m = 0; m < got; ++m) {
     rd_kafka_message_t* message = messages_[m];
     if (message->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
