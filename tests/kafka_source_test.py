@@ -297,10 +297,10 @@ def test_generate_sends_every_line_to_kafka_keyed_by_user(kafka_broker, tmp_path
     by_partition: dict[int, list[bytes]] = {}
     for m in sorted(messages, key=lambda m: (m.partition(), m.offset())):
         by_partition.setdefault(m.partition(), []).append(m.value())
-        if m.key() is not None:
+        if _key(m.value()) != b"malformed":  # Every event is keyed by its user_id.
+            assert m.key() == _key(m.value()), (m.key(), m.value())
+        if m.key() is not None:  # A truncated line may still show its user_id, and is keyed by it.
             assert partition_of.setdefault(m.key(), m.partition()) == m.partition(), f"{m.key()} in two partitions"
-            if _key(m.value()) != b"malformed":  # A truncated line may still show its user_id, and is keyed by it.
-                assert _key(m.value()) == m.key()
     assert sorted(v for vs in by_partition.values() for v in vs) == sorted(expected)
     # Each partition holds its lines in the order generate wrote them (lines that occur once: blank malformed lines
     # repeat).
