@@ -5,14 +5,16 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
+echo "== 0. set up the machine and build freshet (the first time takes a few minutes: packages, then the build)"
 bash scripts/setup.sh
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-ninja -C build freshet >/dev/null
+ninja -C build freshet | sed -u 's/^/   /'
 bin="$here/build/freshet"
 ex="$here/examples/fraud"
 work="$here/out/demo"
 rm -rf "$work" && mkdir -p "$work"
 seconds=${DEMO_SECONDS:-40}
+lag_s=3  # The lookups below ask for the features as of this long ago: longer than the stream's disorder.
 
 echo "== 1. generate ${seconds} s of fraud-workload events starting now (300 users, some disorder and malformed lines)"
 start=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -31,6 +33,8 @@ echo "serving on $url"
 
 echo
 echo "== 3. push the events over HTTP as they become due, and watch three users' features change"
+echo "   (answers as of ${lag_s} s ago: the generator puts some events up to 2 s late in the stream, and an answer as"
+echo "   of a moment whose events have all arrived is the one the training data will agree with, in step 7)"
 "$here/.venv/bin/python" scripts/feed.py --url "$url" --events "$work/events.jsonl" 2> "$work/feed.log" &
 feed_pid=$!
 top_users=$(set +o pipefail; grep -a -o '"user_id":"[^"]*"' "$work/events.jsonl" | sort | uniq -c | sort -rn \
@@ -39,7 +43,13 @@ for round in $(seq 1 $((seconds / 5))); do
   sleep 5
   echo "-- after $((round * 5)) s: $(grep -o 'freshet_events_accepted_total{[^}]*} [0-9]*' <(curl -s "$url/metrics") | awk '{print $2}') events accepted"
   for u in $top_users; do
-    echo "   $u $(curl -s "$url/v1/features/$u" | "$here/.venv/bin/python" -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps(d["features"]), "newest event", d["newest_event_age_ms"], "ms ago")')"
+    at=$(( $(date +%s%3N) - lag_s * 1000 ))
+    echo "   $u $(curl -s "$url/v1/features/$u?at=$at" | "$here/.venv/bin/python" -c '
+import json, sys, time
+d = json.load(sys.stdin)
+age = d["newest_event_age_ms"]
+newest = "no event yet" if age is None else "newest event %.1f s ago" % (time.time() - (d["as_of_ms"] - age) / 1000)
+print(json.dumps(d["features"]), newest)')"
   done
 done
 wait $feed_pid || true
@@ -50,7 +60,8 @@ first=$(echo $top_users | cut -d' ' -f1)
 echo "   curl -s '$url/v1/features/$first?features=purchase_count_30m,max_purchase_24h'"
 curl -s "$url/v1/features/$first?features=purchase_count_30m,max_purchase_24h"; echo
 echo "   curl -s -X POST $url/v1/features -d '{\"entities\": [\"$first\", \"nobody\"]}'"
-echo "   curl -s $url/health; curl -s $url/metrics | grep freshet_freshness"
+curl -s -X POST "$url/v1/features" -d "{\"entities\": [\"$first\", \"nobody\"]}"; echo
+echo "   curl -s $url/health; curl -s $url/metrics | grep -E '^freshet_(freshness_p99|events_(accepted|rejected|late))'"
 curl -s "$url/health"; echo
 curl -s "$url/metrics" | grep -E '^freshet_(freshness_p99|events_(accepted|rejected|late))' || true
 

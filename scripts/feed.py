@@ -46,13 +46,16 @@ def main() -> int:
                 due_ms = 0  # Malformed lines go along with the next batch; freshet dead-letters them.
             if not isinstance(due_ms, int):
                 due_ms = 0
+            # An event is never sent before its time (a lookup "as of now" must not see the future); the ones
+            # that became due meanwhile go together, at most batch-ms after their time.
             wait = due_ms / 1000.0 - time.time()
-            if (wait > args.batch_ms / 1000.0 and pending) or len(pending) >= 5000:
+            if (wait > 0 and pending) or len(pending) >= 5000:
                 sent += post(args.url, b"".join(pending), token)
                 pending.clear()
                 print(f"\rfeed: {sent} events sent in {time.time() - started:.0f} s", end="", file=sys.stderr)
-            if wait > args.batch_ms / 1000.0:
-                time.sleep(wait)
+                wait = due_ms / 1000.0 - time.time()
+            if wait > 0:
+                time.sleep(max(wait, args.batch_ms / 1000.0))
             pending.append(line)
     if pending:
         sent += post(args.url, b"".join(pending), token)

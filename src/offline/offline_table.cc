@@ -338,11 +338,16 @@ Result<StagedCommit::File> OfflineTable::Impl::WriteFile(const Rows& rows, const
   }
   std::shared_ptr<parquet::ArrowWriterProperties> arrow_props =
       parquet::ArrowWriterProperties::Builder().store_schema()->build();
-  FRESHET_RETURN_IF_ERROR(FromArrow(parquet::arrow::WriteTable(*table, arrow::default_memory_pool(), *sink,
-                                                               options.row_group_rows, props.build(), arrow_props),
-                                    "cannot write Parquet file '" + out.staged_path + "'"));
-  FRESHET_RETURN_IF_ERROR(FromArrow((*sink)->Close(), "cannot close '" + out.staged_path + "'"));
-  FRESHET_RETURN_IF_ERROR(FsyncFile(out.staged_path));
+  Status written = FromArrow(parquet::arrow::WriteTable(*table, arrow::default_memory_pool(), *sink,
+                                                        options.row_group_rows, props.build(), arrow_props),
+                             "cannot write Parquet file '" + out.staged_path + "'");
+  const arrow::Status closed = (*sink)->Close();
+  if (written.ok()) written = FromArrow(closed, "cannot close '" + out.staged_path + "'");
+  if (written.ok()) written = FsyncFile(out.staged_path);
+  if (!written.ok()) {
+    ::unlink(out.staged_path.c_str());  // Half a file (a full disk): the rows are staged again later.
+    return written;
+  }
   std::error_code ec;
   out.file.size_bytes = std::filesystem::file_size(out.staged_path, ec);
   out.file.modification_ms = WallClockMs();
@@ -365,13 +370,19 @@ OfflineTable::RowsPtr OfflineTable::TakeRows() {
 }
 
 Result<std::optional<StagedCommit>> OfflineTable::Stage(std::optional<int64_t> txn_version) {
-  return StageRows(TakeRows(), txn_version);
+  RowsPtr taken = TakeRows();
+  return StageRows(taken, txn_version);
 }
 
-Result<std::optional<StagedCommit>> OfflineTable::StageRows(RowsPtr taken, std::optional<int64_t> txn_version) {
+uint64_t OfflineTable::RowsBytes(const RowsPtr& rows) { return rows ? rows->bytes : 0; }
+
+Result<std::optional<StagedCommit>> OfflineTable::StageRows(RowsPtr& taken, std::optional<int64_t> txn_version) {
   Impl& m = *impl_;
+  if (taken == nullptr || (taken->rows == 0 && !m.overwrite_pending)) {
+    taken.reset();
+    return std::optional<StagedCommit>();
+  }
   const Rows& rows_taken = *taken;
-  if (rows_taken.rows == 0 && !m.overwrite_pending) return std::optional<StagedCommit>();
   StagedCommit commit;
   commit.txn_version = txn_version;
   if (m.overwrite_pending) {
@@ -384,13 +395,20 @@ Result<std::optional<StagedCommit>> OfflineTable::StageRows(RowsPtr taken, std::
   for (uint32_t r = 0; r < rows_taken.rows; ++r) {
     groups[rows_taken.row_days.empty() ? 0 : rows_taken.row_days[r]].push_back(r);
   }
+  // A failed attempt removes the files it wrote, so that a retry does not leave copies behind.
+  auto fail = [&commit](Status status) -> Result<std::optional<StagedCommit>> {
+    for (const StagedCommit::File& f : commit.files) ::unlink(f.staged_path.c_str());
+    return status;
+  };
   for (const auto& [day, rows] : groups) {
     std::optional<int32_t> partition;
     if (!rows_taken.row_days.empty()) partition = day;
-    FRESHET_ASSIGN_OR_RETURN(StagedCommit::File f, m.WriteFile(rows_taken, rows, partition));
-    commit.files.push_back(std::move(f));
+    Result<StagedCommit::File> f = m.WriteFile(rows_taken, rows, partition);
+    if (!f.ok()) return fail(f.status());
+    commit.files.push_back(std::move(*f));
   }
-  FRESHET_RETURN_IF_ERROR(SyncDirectory(m.options.staging_dir));
+  if (Status synced = SyncDirectory(m.options.staging_dir); !synced.ok()) return fail(synced);
+  taken.reset();
   return std::optional<StagedCommit>(std::move(commit));
 }
 

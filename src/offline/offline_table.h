@@ -96,13 +96,17 @@ class OfflineTable {
 
   // Stage in two steps, so the slow part can run on another thread while rows keep being added:
   // TakeRows empties the buffer in O(columns); StageRows writes the taken rows. One StageRows at a time.
+  // StageRows empties *rows only when it succeeds: after a failure (a full disk) the rows are still there,
+  // to be staged again, and no file of the failed attempt is left in the staging folder.
   struct Rows;
   struct RowsDeleter {
     void operator()(Rows* rows) const;
   };
   using RowsPtr = std::unique_ptr<Rows, RowsDeleter>;
   RowsPtr TakeRows();
-  Result<std::optional<StagedCommit>> StageRows(RowsPtr rows, std::optional<int64_t> txn_version);
+  Result<std::optional<StagedCommit>> StageRows(RowsPtr& rows, std::optional<int64_t> txn_version);
+  // The bytes of taken rows (as buffered_bytes() counts them); 0 for none.
+  static uint64_t RowsBytes(const RowsPtr& rows);
   // Moves the staged files into the table and writes the commit. Safe to call again for a commit a crash
   // interrupted: when the table's newest txn version for this writer is at or past the commit's, the
   // commit is in already and nothing is done.

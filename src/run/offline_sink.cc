@@ -123,25 +123,38 @@ OfflineSink::TakenRows OfflineSink::TakeRows() {
   return rows;
 }
 
-Status OfflineSink::StageInto(TakenRows rows, std::optional<int64_t> txn_version) {
+Status OfflineSink::StageInto(TakenRows& rows, std::optional<int64_t> txn_version) {
   for (auto [table, staged, taken] : {std::tuple{events_.get(), &events_staged_, &rows.events},
                                       std::tuple{features_.get(), &features_staged_, &rows.features}}) {
     if (table == nullptr) continue;
-    FRESHET_ASSIGN_OR_RETURN(std::optional<StagedCommit> c, table->StageRows(std::move(*taken), txn_version));
+    FRESHET_ASSIGN_OR_RETURN(std::optional<StagedCommit> c, table->StageRows(*taken, txn_version));
     if (c) Fold(*staged, std::move(*c));
     if (*staged && txn_version) (*staged)->txn_version = txn_version;
   }
   return Status::Ok();
 }
 
-Status OfflineSink::Spill() { return StageInto(TakeRows(), std::nullopt); }
+Status OfflineSink::Spill() {
+  TakenRows rows = TakeRows();
+  return StageInto(rows, std::nullopt);
+}
 
 Result<std::string> OfflineSink::Stage(uint64_t checkpoint_sequence) {
   return StageTaken(TakeRows(), checkpoint_sequence);
 }
 
 Result<std::string> OfflineSink::StageTaken(TakenRows rows, uint64_t checkpoint_sequence) {
-  FRESHET_RETURN_IF_ERROR(StageInto(std::move(rows), static_cast<int64_t>(checkpoint_sequence)));
+  unstaged_bytes_ += OfflineTable::RowsBytes(rows.events) + OfflineTable::RowsBytes(rows.features);
+  unstaged_.push_back(std::move(rows));
+  while (!unstaged_.empty()) {
+    TakenRows& oldest = unstaged_.front();
+    const uint64_t bytes = OfflineTable::RowsBytes(oldest.events) + OfflineTable::RowsBytes(oldest.features);
+    Status staged = StageInto(oldest, static_cast<int64_t>(checkpoint_sequence));
+    // A table staged before the other failed gave up its rows: count only what is still held.
+    unstaged_bytes_ -= bytes - (OfflineTable::RowsBytes(oldest.events) + OfflineTable::RowsBytes(oldest.features));
+    FRESHET_RETURN_IF_ERROR(staged);
+    unstaged_.pop_front();
+  }
   return EncodeStaged(events_staged_, features_staged_);
 }
 

@@ -13,7 +13,9 @@
 // So after any crash each table holds the rows of exactly the events the restored checkpoint covers, once.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -67,7 +69,11 @@ class OfflineSink {
     OfflineTable::RowsPtr events, features;
   };
   TakenRows TakeRows();
+  // Rows that cannot be staged (a full disk) are kept, and staged ahead of newer rows by the next call, so a
+  // failed checkpoint loses nothing and each table's files stay in seq order.
   Result<std::string> StageTaken(TakenRows rows, uint64_t checkpoint_sequence);
+  // Bytes of rows taken but not staged yet (kept by failed StageTaken calls); safe from any thread.
+  uint64_t unstaged_bytes() const { return unstaged_bytes_.load(std::memory_order_relaxed); }
   // Writes buffered rows to staged files without a checkpoint (a long backfill bounds its memory so);
   // the next Stage folds them into its commit.
   Status Spill();
@@ -81,7 +87,7 @@ class OfflineSink {
  private:
   OfflineSink(const Spec& spec) : spec_(spec) {}
   const Spec& spec_;
-  Status StageInto(TakenRows rows, std::optional<int64_t> txn_version);
+  Status StageInto(TakenRows& rows, std::optional<int64_t> txn_version);
 
   std::optional<int64_t> from_ms_, to_ms_;
   bool partitioned_ = false;  // The events table has partition and offset columns.
@@ -93,6 +99,9 @@ class OfflineSink {
   // commit, since every Stage folds its files into it.
   std::optional<StagedCommit> events_staged_;
   std::optional<StagedCommit> features_staged_;
+  // Taken rows a failed StageTaken kept, oldest first (touched only by StageTaken, one call at a time).
+  std::deque<TakenRows> unstaged_;
+  std::atomic<uint64_t> unstaged_bytes_{0};
 };
 
 }  // namespace freshet

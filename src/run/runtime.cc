@@ -41,6 +41,7 @@ namespace {
 
 constexpr size_t kPollRecords = 4096;
 constexpr uint64_t kOfflineBufferBytes = 256ull << 20;  // Checkpoint early beyond this many buffered offline bytes.
+constexpr int64_t kCheckpointRetryMs = 1000;             // After a failed checkpoint, the next try waits this long.
 constexpr size_t kRecordsPerLock = 256;  // Events applied per exclusive lock: bounds a lookup's wait.
 
 // Freshness buckets, in seconds: fine below a second, where the targets are.
@@ -421,8 +422,9 @@ struct Runtime::Impl final : public FeatureService {
   std::unique_ptr<OfflineSink> offline_;  // Null with `offline: {enabled: false}`.
   std::thread checkpoint_thread_;         // Writes the checkpoint prepared by Checkpoint(); one at a time.
   std::atomic<bool> checkpoint_running_{false};
-  std::mutex checkpoint_mutex_;
-  Status checkpoint_fatal_;               // Set when offline rows could not be staged: the run must stop.
+  // When the last checkpoint failed (WallClockMs), 0 after a success: the next try waits kCheckpointRetryMs.
+  std::atomic<int64_t> checkpoint_failed_ms_{0};
+  Counter* checkpoint_failures_ = nullptr;
   std::unique_ptr<FeatureLogWriter> feature_log_;
   std::unique_ptr<SkewMonitor> skew_monitor_;  // With skew.interval.
 
@@ -464,6 +466,8 @@ Status Runtime::Impl::Open() {
   }
   ingested_ = &metrics_.GetCounter("freshet_ingest_events_total", "Events acknowledged by POST /v1/ingest.");
   checkpoints_total_ = &metrics_.GetCounter("freshet_checkpoints_total", "Checkpoints written.");
+  checkpoint_failures_ = &metrics_.GetCounter(
+      "freshet_checkpoint_failures_total", "Checkpoints that could not be written (retried; nothing is lost).");
   watermark_ = &metrics_.GetGauge("freshet_watermark_ms",
                                   "Low watermark: no event earlier than this (epoch ms) is accepted any more.");
   watermark_lag_ = &metrics_.GetGauge("freshet_watermark_lag_seconds",
@@ -624,10 +628,6 @@ Status Runtime::Impl::Checkpoint(bool wait) {
     if (!wait && checkpoint_running_.load()) return Status::Ok();
     checkpoint_thread_.join();
   }
-  {
-    std::lock_guard<std::mutex> lock(checkpoint_mutex_);
-    if (!checkpoint_fatal_.ok()) return checkpoint_fatal_;
-  }
   const auto start = std::chrono::steady_clock::now();
   FRESHET_ASSIGN_OR_RETURN(uint64_t dead_letter_bytes, dead_letters_.Sync());
   auto checkpoint = std::make_shared<freshet::Checkpoint>();
@@ -650,9 +650,12 @@ Status Runtime::Impl::Checkpoint(bool wait) {
       checkpoint_seconds_->Set(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
       checkpoint_bytes_->Set(static_cast<double>(checkpoints_->last_size_bytes()));
       SetHealthReason("checkpoint", std::nullopt);
+      checkpoint_failed_ms_ = 0;
     } else {
-      std::fprintf(stderr, "freshet run: checkpoint failed: %s\n", status.message().c_str());
+      std::fprintf(stderr, "freshet run: checkpoint failed (retried; no event is lost): %s\n", status.message().c_str());
       SetHealthReason("checkpoint", "the last checkpoint failed: " + status.message());
+      checkpoint_failures_->Increment();
+      checkpoint_failed_ms_ = WallClockMs();
     }
     checkpoint_running_ = false;
     return status;
@@ -665,14 +668,10 @@ Status Runtime::Impl::Checkpoint(bool wait) {
 Status Runtime::Impl::WriteCheckpoint(freshet::Checkpoint& checkpoint, OfflineSink::TakenRows rows) {
   if (offline_ != nullptr) {
     // The rows of the events this checkpoint covers, staged; published once the checkpoint is durable. Rows
-    // that cannot be staged are gone from memory: stop, so that a restart reads their events again.
+    // that cannot be staged (a full disk) stay in the sink for the next checkpoint, and this one is not
+    // written: its positions would cover events whose rows are not on disk.
     Result<std::string> staged = offline_->StageTaken(std::move(rows), checkpoint.sequence);
-    if (!staged.ok()) {
-      std::lock_guard<std::mutex> lock(checkpoint_mutex_);
-      checkpoint_fatal_ = Status::IoError("cannot write the offline store: " + staged.status().message() +
-                                          "; freshet run stops; restart it once the disk is fixed (no event is lost)");
-      return checkpoint_fatal_;
-    }
+    if (!staged.ok()) return Status::IoError("cannot write the offline store: " + staged.status().message());
     checkpoint.positions.emplace_back("offline", std::move(*staged));
   }
   FRESHET_RETURN_IF_ERROR(checkpoints_->Write(checkpoint));
@@ -917,8 +916,20 @@ Status Runtime::Run(const std::atomic<bool>& stop) {
   Impl& s = *impl_;
   std::vector<SourceRecord> batch;
   Status failure;
+  bool was_held = false;
   while (!stop.load()) {
-    Status polled = s.source_->Poll(&batch, kPollRecords, 50);
+    // Rows that failed to reach the offline store wait in memory; past a bound, events wait in the source
+    // instead (a file, the ingest log, Kafka) until a checkpoint writes the rows.
+    const bool held = s.offline_ != nullptr && s.offline_->unstaged_bytes() > kOfflineBufferBytes;
+    if (held != was_held) {
+      s.SetHealthReason("offline_hold", held ? std::optional<std::string>("reading paused: offline rows wait for "
+                                                                          "a checkpoint that can write them")
+                                             : std::nullopt);
+      was_held = held;
+    }
+    batch.clear();
+    Status polled = held ? Status::Ok() : s.source_->Poll(&batch, kPollRecords, 50);
+    if (held) std::this_thread::sleep_for(std::chrono::milliseconds(50));
     for (const std::string& w : s.source_->TakeWarnings()) std::fprintf(stderr, "freshet run: warning: %s\n", w.c_str());
     if (!polled.ok()) {
       s.SetHealthReason("source", "event source '" + std::string(s.source_->name()) + "': " + polled.message());
@@ -941,16 +952,16 @@ Status Runtime::Run(const std::atomic<bool>& stop) {
     }
     // Offline rows wait in memory for the checkpoint that commits them; a burst checkpoints early.
     const bool offline_full = s.offline_ != nullptr && s.offline_->buffered_bytes() > kOfflineBufferBytes;
-    if (offline_full || WallClockMs() - s.last_checkpoint_ms_ >= s.spec_.checkpoint.interval_ms) {
+    const int64_t failed_ms = s.checkpoint_failed_ms_.load();
+    const bool retry_due = failed_ms == 0 || WallClockMs() - failed_ms >= kCheckpointRetryMs;
+    if (retry_due && (offline_full || WallClockMs() - s.last_checkpoint_ms_ >= s.spec_.checkpoint.interval_ms)) {
       Status written = s.Checkpoint(/*wait=*/false);
       if (!written.ok()) {
-        std::fprintf(stderr, "freshet run: checkpoint failed: %s\n", written.message().c_str());
+        std::fprintf(stderr, "freshet run: checkpoint failed (retried; no event is lost): %s\n",
+                     written.message().c_str());
         s.SetHealthReason("checkpoint", "the last checkpoint failed: " + written.message());
-        std::lock_guard<std::mutex> lock(s.checkpoint_mutex_);
-        if (!s.checkpoint_fatal_.ok()) {
-          failure = s.checkpoint_fatal_;
-          break;
-        }
+        s.checkpoint_failures_->Increment();
+        s.checkpoint_failed_ms_ = WallClockMs();
       }
     }
     if (s.options_.exit_when_exhausted && s.source_->exhausted()) break;
