@@ -84,11 +84,14 @@ def test_answers_are_logged_as_served(tmp_path: Path) -> None:
     server = _start(tmp_path)
     try:
         _ingest(server, [_event("u1", 1, "purchase", 10), _event("u1", 2, "view", 0), _event("u2", 3, "purchase", 5)])
-        time.sleep(0.3)
+        _wait_for(lambda: server.metric("freshet_events_accepted_total") == 3, "the three events")
         served = {}
         rid, served["a"] = _lookup(server, ["u1", "u2", "nobody"], T0 + 10 * 60_000, request_id="req-a")
         assert rid == "req-a"
-        time.sleep(0.5)  # Committed on its own (every 200 ms); the next answer goes into a later commit.
+        # Committed on its own (every 200 ms): the next answer goes into a later commit.
+        table = tmp_path / "data" / "offline" / "feature_log"
+        _wait_for(lambda: (table / "_delta_log").is_dir() and
+                  len(deltalake.DeltaTable(str(table)).to_pyarrow_table()) == 3, "the first answers' commit")
         rid_b, served["b"] = _lookup(server, ["u1"], T0 + 90 * 60_000, features=["purchases_1h"])
         assert served["a"]["u1"] == {"purchases_1h": 1, "amount_sum_1h": 10, "last_type": "view"}
         assert served["b"]["u1"] == {"purchases_1h": 0}
