@@ -16,8 +16,10 @@ Example::
 
     client = freshet.Client("http://127.0.0.1:8080")
     live = client.get_online_features(["u1", "u2"], as_frame=True)
+    live = client.get_online_features(features=["purchase_count_30m"], entity_rows=[{"user_id": "u1"}])
 """
 from freshet._cli import find_binary
+from freshet._convert import TimestampUnitWarning
 from freshet.client import Client
 from freshet.errors import CommandNotAvailableError, FreshetError
 from freshet.historical import get_historical_features
@@ -33,6 +35,7 @@ __all__ = [
     "FeatureInfo",
     "FreshetError",
     "SpecInfo",
+    "TimestampUnitWarning",
     "find_binary",
     "get_historical_features",
     "load_spec",

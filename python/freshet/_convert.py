@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import numbers
+import warnings
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 import numpy as np
@@ -15,14 +16,79 @@ from freshet.spec import COUNT_AGGREGATIONS, NUMBER_AGGREGATIONS
 TimeLike = Union[int, str, dt.datetime, pd.Timestamp, np.datetime64]
 
 
-def time_to_request(at: Optional[TimeLike]) -> Optional[Union[int, str]]:
-    """``at`` as the serving API and the CLI take it: epoch ms (int) or RFC 3339 text; None stays None."""
+class TimestampUnitWarning(UserWarning):
+    """An integer time looks like epoch seconds, but Freshet reads integer times as epoch milliseconds.
+
+    Raised as a warning (the value is used as milliseconds, as given); make it an error with
+    ``warnings.simplefilter("error", freshet.TimestampUnitWarning)``.
+    """
+
+
+#: Integers in [SECONDS_LOW, SECONDS_HIGH) are taken for epoch seconds given by mistake: as seconds they are
+#: 1973-03-03 .. 5138-11-16, as milliseconds only 1970-01-02 .. 1973-03-03. Smaller values (the first day of
+#: 1970 in milliseconds, as tests use) are not warned about.
+SECONDS_LOW = 100_000_000
+SECONDS_HIGH = 100_000_000_000
+
+
+def _utc_text(ms: float) -> str:
+    try:
+        return pd.Timestamp(int(ms), unit="ms", tz="UTC").strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    except (ValueError, OverflowError):
+        return "out of range"
+
+
+def looks_like_seconds(value: Any) -> bool:
+    """Whether a number given as epoch milliseconds is more likely epoch seconds (see SECONDS_LOW)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        return False
+    number = float(value)
+    return math.isfinite(number) and SECONDS_LOW <= number < SECONDS_HIGH
+
+
+def warn_seconds(what: str, example: Any, count: int = 1, total: int = 1, stacklevel: int = 3) -> None:
+    """Warns (TimestampUnitWarning) that ``what`` holds times that look like epoch seconds."""
+    number = float(example)
+    share = f"{count} of {total} values, e.g. " if total > 1 else ""
+    warnings.warn(
+        f"{what}: {share}{example!r} looks like epoch seconds ({_utc_text(number * 1000)} as seconds), but Freshet "
+        f"reads integer times as epoch milliseconds, so it was used as {_utc_text(number)}. Pass milliseconds "
+        f"(seconds * 1000, e.g. {int(number * 1000)}), a datetime / pd.Timestamp, or RFC 3339 text such as "
+        f"'{_utc_text(number * 1000)}'.", TimestampUnitWarning, stacklevel=stacklevel)
+
+
+def check_ms_values(values: "np.ndarray[Any, Any]", what: str, stacklevel: int = 5) -> None:
+    """Warns when integer epoch-ms values look like epoch seconds (numeric arrays, or objects of numbers)."""
+    if len(values) == 0:
+        return
+    if values.dtype.kind in "iuf":
+        numbers_ = values.astype(np.float64)
+        mask = np.isfinite(numbers_) & (numbers_ >= SECONDS_LOW) & (numbers_ < SECONDS_HIGH)
+    else:
+        mask = np.array([looks_like_seconds(v) for v in values], dtype=bool)
+    count = int(mask.sum())
+    if count:
+        example = values[int(np.flatnonzero(mask)[0])]
+        warn_seconds(what, example.item() if isinstance(example, np.generic) else example, count, len(values),
+                     stacklevel=stacklevel)
+
+
+def time_to_request(at: Optional[TimeLike], what: str = "at") -> Optional[Union[int, str]]:
+    """``at`` as the serving API and the CLI take it: epoch ms (int) or RFC 3339 text; None stays None.
+
+    An integer that looks like epoch seconds is used as given, with a TimestampUnitWarning.
+    """
     if at is None:
         return None
-    if isinstance(at, bool):
+    if isinstance(at, (bool, np.bool_)):
         raise ValueError(f"a time must be epoch milliseconds, RFC 3339 text or a datetime, not {at!r}")
     if isinstance(at, (int, np.integer)):
+        if looks_like_seconds(at):
+            warn_seconds(f"{what}={int(at)}", int(at), stacklevel=4)
         return int(at)
+    if isinstance(at, (float, np.floating)):
+        raise ValueError(f"{what}={at!r}: a time must be integer epoch milliseconds, RFC 3339 text or a datetime, "
+                         "not a float (time.time() gives seconds: pass int(time.time() * 1000))")
     if isinstance(at, str):
         return at
     if isinstance(at, (dt.datetime, pd.Timestamp, np.datetime64)):
@@ -63,18 +129,23 @@ def times_to_epoch_ms(series: "pd.Series[Any]") -> "np.ndarray[Any, np.dtype[np.
     if pd.api.types.is_bool_dtype(series.dtype):
         raise ValueError(f"column {name!r} holds booleans, not times")
     if pd.api.types.is_integer_dtype(series.dtype):
-        return series.to_numpy(dtype=np.int64)
+        ints = series.to_numpy(dtype=np.int64)
+        check_ms_values(ints, f"column {name!r}")
+        return ints
     if pd.api.types.is_float_dtype(series.dtype):
         values = series.to_numpy(dtype=np.float64)
         bad = ~np.isfinite(values) | (values != np.floor(values)) | (np.abs(values) >= 2.0**63)
         if bad.any():
             raise ValueError(f"column {name!r} must hold whole epoch milliseconds; {_first_bad(bad, series)}")
+        check_ms_values(values, f"column {name!r}")
         return values.astype(np.int64)
     # Text, datetime objects, or a mix.
     objects = series.to_numpy(dtype=object)
     numeric = np.array([isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in objects], dtype=bool)
     if numeric.all():
-        return np.array([int(v) for v in objects], dtype=np.int64)
+        ints = np.array([int(v) for v in objects], dtype=np.int64)
+        check_ms_values(ints, f"column {name!r}")
+        return ints
     if numeric.any():
         raise ValueError(f"column {name!r} mixes integers with other values; {_first_bad(numeric, series)} is "
                          "an integer but other rows are not")
@@ -120,7 +191,7 @@ def _objects_to_epoch_ms(series: "pd.Series[Any]", objects: "np.ndarray[Any, Any
             out[position] = _parse_text(text, series)[0]
             continue
         try:
-            converted = time_to_request(value)
+            converted = time_to_request(value, what=f"column {series.name!r} row {position}")
         except ValueError as e:
             raise ValueError(f"column {series.name!r} row {position} (index {series.index[position]!r}): {e}") from e
         assert isinstance(converted, int)  # Not None (no missing values here) and not text (handled above).
@@ -204,13 +275,15 @@ def json_value_text(value: Any) -> Optional[str]:
     return str(value)
 
 
-def typed_frame(rows: Mapping[Any, Mapping[str, Any]], features: List[str], aggregations: Dict[str, str],
+def typed_frame(keys: List[Any], rows: List[Mapping[str, Any]], features: List[str], aggregations: Dict[str, str],
                 index_name: str) -> pd.DataFrame:
-    """A frame of online feature values with the same column dtypes as ``get_historical_features``."""
+    """A frame of online feature values with the same column dtypes as ``get_historical_features``.
+
+    One row per key, in the order given (a key may repeat); ``rows[i]`` holds the values of ``keys[i]``.
+    """
     columns: Dict[str, Any] = {}
-    keys = list(rows)
     for name in features:
-        raw = [rows[k].get(name) for k in keys]
+        raw = [row.get(name) for row in rows]
         aggregation = aggregations.get(name, "")
         if aggregation in COUNT_AGGREGATIONS:
             columns[name] = np.array(raw, dtype=np.int64)

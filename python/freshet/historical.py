@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, List, Literal, Mapping, Optional, Union
+from typing import Any, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -14,7 +14,7 @@ import pandas as pd
 from freshet import _cli, _convert
 from freshet._cli import PathLike
 from freshet.errors import CommandNotAvailableError, FreshetError
-from freshet.spec import SpecInfo, load_spec
+from freshet.spec import FeatureInfo, SpecInfo, load_spec, spec_source
 
 #: Events as get_historical_features takes them: a JSON-lines file, a DataFrame of events, or an iterable of
 #: events (mappings, or JSON text lines).
@@ -30,9 +30,12 @@ def get_historical_features(
     data_dir: Optional[PathLike] = None,
     binary: Optional[PathLike] = None,
     *,
+    features: Optional[Union[str, Sequence[str]]] = None,
     output_format: Literal["auto", "csv", "parquet"] = "auto",
 ) -> pd.DataFrame:
     """Returns ``entity_df`` with one column per feature appended, each value as of its row's time.
+
+    Feast's ``store.get_historical_features(entity_df, features=[...]).to_df()``.
 
     The values are computed by ``freshet historical``, the same operators ``freshet run`` serves from, so a
     training set built here matches what the model sees live. For each row, only events of the row's entity
@@ -46,21 +49,27 @@ def get_historical_features(
             milliseconds, or RFC 3339 text. Other columns (labels, ...) are kept as they are.
         events: The events: a JSON-lines file, a DataFrame with one event per row (a missing value leaves
             the field out of that event; datetimes become epoch ms), or an iterable of event dicts or
-            JSON text lines. None reads the offline events table that
-            ``freshet run`` wrote under ``data_dir`` (needs a ``freshet historical`` with ``--data-dir``).
+            JSON text lines. None: with ``data_dir``, the offline events table that ``freshet run`` wrote
+            under it (needs a ``freshet historical`` with ``--data-dir``); without, the spec's own events:
+            its ``offline.path`` events table when it sets one and the table exists, else the file of its
+            ``source: {type: file, path: ...}``.
         data_dir: The ``--data-dir`` of ``freshet run``; used only when ``events`` is None.
         binary: The ``freshet`` binary; default: see :func:`freshet.find_binary`.
+        features: The features to compute, by name (``"purchase_count_30m"``, or Feast style with the spec's
+            name: ``"fraud:purchase_count_30m"``), in the order their columns should have; default: all, in
+            spec order. An unknown name raises ValueError naming the valid ones.
         output_format: How the CLI hands the values back: ``csv``, ``parquet`` (typed, and tells an empty
             string from null in ``last`` features), or ``auto``: Parquet when the binary supports it.
 
     Returns:
         A new DataFrame: ``entity_df``'s columns, index, row order and dtypes unchanged, then one column per
-        feature in spec order: int64 for counts (count, count_distinct, approx_count_distinct), float64 with
+        selected feature (all in spec order by default): int64 for counts (count, count_distinct, approx_count_distinct), float64 with
         NaN for null for sum, mean, min, max, stddev, and object (str or None) for ``last``.
 
     Raises:
         ValueError: ``entity_df`` lacks the entity or timestamp column, already has a column named like a
-            feature, or holds an id or time that cannot be read (the message names the row).
+            selected feature, or holds an id or time that cannot be read (the message names the row);
+            ``features`` names an unknown feature.
         FreshetError: the spec is invalid, the binary is missing, or ``freshet historical`` failed.
 
     Example::
@@ -75,10 +84,11 @@ def get_historical_features(
     """
     exe = _cli.find_binary(binary)
     info = load_spec(spec, exe)
-    _check_entity_frame(entity_df, info)
+    selected = info.select(features)
+    _check_entity_frame(entity_df, info, selected)
     result = entity_df.copy()
     if len(entity_df) == 0:
-        for feature in info.features:
+        for feature in selected:
             result[feature.name] = pd.Series([], index=entity_df.index, dtype=feature.dtype)
         return result
     entities = _convert.entities_to_text(entity_df[info.entity])
@@ -97,18 +107,18 @@ def get_historical_features(
         output_path = folder / ("features.parquet" if use_parquet else "features.csv")
         args = ["historical", "--spec", str(info.path), "--entities", str(rows_path), "--output", str(output_path),
                 "--no-progress"]
-        args += _events_args(exe, events, data_dir, folder)
+        args += _events_args(exe, events, data_dir, folder, info)
         _cli.run(exe, args)
         if use_parquet:
             values = _read_parquet(output_path, info, row_id, len(entities))
         else:
             values = _read_csv(output_path, info, row_id, len(entities))
-    for feature in info.features:
+    for feature in selected:
         result[feature.name] = values[feature.name].to_numpy()
     return result
 
 
-def _check_entity_frame(entity_df: pd.DataFrame, info: SpecInfo) -> None:
+def _check_entity_frame(entity_df: pd.DataFrame, info: SpecInfo, selected: Tuple[FeatureInfo, ...]) -> None:
     if not isinstance(entity_df, pd.DataFrame):
         raise ValueError(f"entity_df must be a pandas DataFrame, not {type(entity_df).__name__}")
     for column, role in ((info.entity, "entity"), (info.timestamp, "timestamp")):
@@ -119,7 +129,7 @@ def _check_entity_frame(entity_df: pd.DataFrame, info: SpecInfo) -> None:
                 f"{list(entity_df.columns)}. Rename your column, e.g. entity_df.rename(columns={{'...': {column!r}}})")
         if matches > 1:
             raise ValueError(f"entity_df has {matches} columns named {column!r}; keep one")
-    clashes = [name for name in info.feature_names if name in entity_df.columns]
+    clashes = [f.name for f in selected if f.name in entity_df.columns]
     if clashes:
         raise ValueError(f"entity_df already has columns named like features of {info.path}: {clashes}; drop or "
                          "rename them first (the feature values are added as new columns)")
@@ -133,11 +143,11 @@ def _row_id_column(info: SpecInfo) -> str:
     return name
 
 
-def _events_args(binary: str, events: Optional[Events], data_dir: Optional[PathLike], folder: Path) -> List[str]:
+def _events_args(binary: str, events: Optional[Events], data_dir: Optional[PathLike], folder: Path,
+                 info: SpecInfo) -> List[str]:
+    if events is None and data_dir is None:
+        return _spec_events_args(binary, info)
     if events is None:
-        if data_dir is None:
-            raise ValueError("give the events (a JSON-lines file, a DataFrame or a list of events), or data_dir= "
-                             "(the --data-dir of `freshet run`) to read its offline events table")
         if not _cli.has_option(binary, "historical", "--data-dir"):
             raise CommandNotAvailableError(
                 f"the freshet binary {binary} cannot read the offline events table (`freshet historical` has no "
@@ -150,7 +160,13 @@ def _events_args(binary: str, events: Optional[Events], data_dir: Optional[PathL
         return ["--events", str(path)]
     path = folder / "events.jsonl"
     if isinstance(events, pd.DataFrame):
+        if info.timestamp in events.columns:
+            column = events[info.timestamp]
+            if pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column.dtype):
+                _convert.check_ms_values(column.dropna().to_numpy(), f"events column {info.timestamp!r}",
+                                         stacklevel=5)
         events = _frame_events(events)
+    suspicious, example, count = 0, None, 0
     with open(path, "wb") as f:
         for event in events:
             if isinstance(event, bytes):
@@ -158,9 +174,39 @@ def _events_args(binary: str, events: Optional[Events], data_dir: Optional[PathL
             elif isinstance(event, str):
                 line = event.rstrip("\r\n").encode("utf-8")
             else:
+                if isinstance(event, Mapping) and _convert.looks_like_seconds(event.get(info.timestamp)):
+                    suspicious += 1
+                    example = event.get(info.timestamp) if example is None else example
                 line = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            count += 1
             f.write(line + b"\n")
+    if suspicious:
+        _convert.warn_seconds(f"events field {info.timestamp!r}", example, suspicious, count, stacklevel=4)
     return ["--events", str(path)]
+
+
+def _spec_events_args(binary: str, info: SpecInfo) -> List[str]:
+    """No events and no data_dir: the spec's offline events table (offline.path), or its file source."""
+    if info.offline_path is not None and (info.offline_path / "events" / "_delta_log").is_dir():
+        if not _cli.has_option(binary, "historical", "--data-dir"):
+            raise CommandNotAvailableError(
+                f"the freshet binary {binary} cannot read the offline events table (`freshet historical` has no "
+                "--data-dir); pass events= (a JSON-lines file), or build a newer freshet")
+        return []  # `freshet historical` without --events reads the spec's offline.path.
+    source = spec_source(info, binary)
+    if source is not None and source.type == "file" and source.path is not None:
+        if not source.path.is_file():
+            raise FileNotFoundError(
+                f"no events file at {source.path} (the file source of {info.path}); create it (e.g. `freshet "
+                "generate --output ...`), or pass events= (a JSON-lines file, a DataFrame or a list of events) "
+                "or data_dir= (the --data-dir of `freshet run`)")
+        return ["--events", str(source.path)]
+    kind = f"its source is {source.type}" if source is not None else "it has no source"
+    where = (f"its offline.path events table ({info.offline_path / 'events'}) does not exist yet"
+             if info.offline_path is not None else "it sets no offline.path")
+    raise ValueError(f"give the events (a JSON-lines file, a DataFrame or a list of events), or data_dir= (the "
+                     f"--data-dir of `freshet run`) to read its offline events table: {info.path} names no events "
+                     f"file ({kind}, and {where})")
 
 
 def _frame_events(frame: pd.DataFrame) -> Iterable[Mapping[str, Any]]:

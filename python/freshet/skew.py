@@ -72,7 +72,7 @@ def skew_report(
     if data_dir is not None:
         args += ["--data-dir", os.fspath(data_dir)]
     for flag, value in (("--since", since), ("--until", until)):
-        converted = _convert.time_to_request(value)
+        converted = _convert.time_to_request(value, what=flag.lstrip("-"))
         if converted is not None:
             args += [flag, str(converted)]
     # Exit code 1 means a threshold was crossed: the report is still the answer.

@@ -6,12 +6,13 @@ invalid spec is reported with the binary's ``FILE:LINE:COLUMN`` messages.
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 from freshet import _cli
 from freshet._cli import PathLike
@@ -67,6 +68,51 @@ class SpecInfo:
         """The feature names, in spec order."""
         return [f.name for f in self.features]
 
+    def select(self, features: Optional[Union[str, Iterable[str]]]) -> Tuple[FeatureInfo, ...]:
+        """The features named by ``features`` (all of them, in spec order, for None), in the order given.
+
+        A name may carry the spec's name as a prefix, Feast style (``"fraud:purchase_count_30m"``).
+
+        Raises:
+            ValueError: an unknown or repeated name; the message lists the valid names and the closest one.
+        """
+        if features is None:
+            return self.features
+        names = select_feature_names(features, self.feature_names, self.name, f"spec {self.path}")
+        by_name = {f.name: f for f in self.features}
+        return tuple(by_name[n] for n in names)
+
+
+def select_feature_names(features: Union[str, Iterable[str]], valid: Sequence[str], spec_name: Optional[str],
+                         where: str) -> List[str]:
+    """Validates requested feature names against ``valid``; returns them without a ``spec_name:`` prefix.
+
+    Raises:
+        ValueError: an unknown name (with a did-you-mean and the valid names), a repeated one, a non-string,
+            or an empty selection.
+    """
+    requested = [features] if isinstance(features, str) else list(features)
+    if not requested:
+        raise ValueError(f"features= is empty; name at least one of {list(valid)} (or leave it out for all)")
+    out: List[str] = []
+    for name in requested:
+        if not isinstance(name, str):
+            raise ValueError(f"feature names are strings, not {name!r}")
+        bare = name
+        if spec_name and ":" in name:
+            prefix, _, rest = name.partition(":")
+            if prefix == spec_name:
+                bare = rest
+        if bare not in valid:
+            close = difflib.get_close_matches(bare, valid, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else "."
+            raise ValueError(f"unknown feature {name!r} in features= (not in {where}){hint} Valid features: "
+                             f"{', '.join(valid)}")
+        if bare in out:
+            raise ValueError(f"feature {bare!r} is named twice in features=")
+        out.append(bare)
+    return out
+
 
 def load_spec(spec: PathLike, binary: Optional[PathLike] = None) -> SpecInfo:
     """Reads a spec through ``freshet validate --spec`` and returns what it declares.
@@ -108,6 +154,34 @@ def parse_validate_json(text: str, path: Path) -> SpecInfo:
     except (ValueError, KeyError, TypeError) as e:
         raise FreshetError(f"cannot read the output of `freshet validate --spec {path} --json` ({e}); is the "
                            f"binary older than this SDK?\n{text}") from e
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """A spec's ``source``: its type (``file``, ``http``, ``kafka``) and, for a file, its resolved path."""
+
+    type: str
+    path: Optional[Path] = None
+
+
+def spec_source(info: SpecInfo, binary: str) -> Optional[SourceInfo]:
+    """The spec's ``source`` as ``freshet validate --spec`` describes it; None when it has none."""
+    return _spec_source_cached(binary, str(info.path), info.path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _spec_source_cached(binary: str, path: str, mtime_ns: int) -> Optional[SourceInfo]:
+    del mtime_ns
+    done = _cli.run(binary, ["validate", "--spec", path])
+    # "source:    <type> <path>[ (follow)]" (src/cli/validate_command.cc).
+    for line in done.stdout.splitlines():
+        if line.startswith("source:"):
+            rest = line[len("source:"):].strip()
+            kind, _, where = rest.partition(" ")
+            if where.endswith(" (follow)"):
+                where = where[:-len(" (follow)")]
+            return SourceInfo(kind, Path(where) if kind == "file" and where else None)
+    return None
 
 
 def offline_root(spec: PathLike, data_dir: Optional[PathLike] = None, binary: Optional[PathLike] = None) -> Path:
