@@ -52,6 +52,7 @@ void RegisterServe(CLI::App& app, int* exit_code) {
     HttpServerOptions http;
     http.host = args->host.empty() ? spec->serve.host : args->host;
     http.port = args->port >= 0 ? args->port : spec->serve.port;
+    ApplyServeSpec(spec->serve, &http);
     http.bearer_token = *token;
     MetricsRegistry metrics;
     HttpServer server(**service, metrics, http);

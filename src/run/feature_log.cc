@@ -51,6 +51,9 @@ FeatureLogWriter::FeatureLogWriter(const Spec& spec, MetricsRegistry& metrics, i
                                    "Answers (per entity) committed to the feature_log table.");
   errors_ = &metrics.GetCounter("freshet_feature_log_errors_total", "Failed feature-log writes or commits.");
   queued_ = &metrics.GetGauge("freshet_feature_log_queued", "Answers waiting to be written to the feature log.");
+  buffered_ = &metrics.GetGauge("freshet_feature_log_buffered_bytes",
+                                "Bytes of feature-log rows written and waiting in memory for their commit (at most "
+                                "feature_log.max_buffered_mb).");
 }
 
 Result<std::unique_ptr<FeatureLogWriter>> FeatureLogWriter::Start(const Spec& spec, const OfflinePaths& paths,
@@ -135,9 +138,21 @@ void FeatureLogWriter::Log(std::string_view request_id, int64_t as_of_ms, std::s
   if (wake) wake_.notify_one();
 }
 
+Status FeatureLogWriter::Commit() {
+  const uint64_t rows = table_->buffered_rows();
+  if (rows == 0) return Status::Ok();
+  FRESHET_ASSIGN_OR_RETURN(std::optional<StagedCommit> staged, table_->Stage(std::nullopt));
+  if (staged) FRESHET_RETURN_IF_ERROR(table_->Publish(*staged));
+  committed_->Increment(rows);
+  buffered_->Set(0);
+  return Status::Ok();
+}
+
 Status FeatureLogWriter::WriteAndCommit(std::vector<Answer>& answers, bool commit) {
   std::vector<int> position(spec_.features.size());  // Spec feature -> its place among the served ones, or -1.
   std::string served;
+  const uint64_t budget = static_cast<uint64_t>(spec_.feature_log.max_buffered_bytes);
+  Status early;  // A failed early commit: the rows stay buffered, and the error is reported once, below.
   for (const Answer& a : answers) {
     std::fill(position.begin(), position.end(), -1);
     served.clear();
@@ -168,7 +183,11 @@ Status FeatureLogWriter::WriteAndCommit(std::vector<Answer>& answers, bool commi
         PutFeatureValue(*table_, spec_.features[f], v);
       }
     }
+    // Rows wait for the commit interval only within the budget: a long interval under heavy serving would
+    // otherwise hold every answer of the interval in memory (gigabytes in an hour at 20,000 lookups/s).
+    if (early.ok() && table_->buffered_bytes() >= budget) early = Commit();
   }
+  buffered_->Set(static_cast<double>(table_->buffered_bytes()));
   {
     std::lock_guard<std::mutex> lock(mutex_);
     for (Answer& a : answers) {
@@ -179,12 +198,8 @@ Status FeatureLogWriter::WriteAndCommit(std::vector<Answer>& answers, bool commi
     }
   }
   answers.clear();  // Frees what was not recycled: large answers (batches), and any beyond kRecycledAnswers.
-  if (!commit || table_->buffered_rows() == 0) return Status::Ok();
-  const uint64_t rows = table_->buffered_rows();
-  FRESHET_ASSIGN_OR_RETURN(std::optional<StagedCommit> staged, table_->Stage(std::nullopt));
-  if (staged) FRESHET_RETURN_IF_ERROR(table_->Publish(*staged));
-  committed_->Increment(rows);
-  return Status::Ok();
+  FRESHET_RETURN_IF_ERROR(early);
+  return commit ? Commit() : Status::Ok();
 }
 
 void FeatureLogWriter::Loop() {

@@ -4,7 +4,9 @@
 // Logging never slows serving noticeably: Log copies the answer into one compact record in a bounded queue
 // and returns; a background thread, in the idle scheduling class (only CPU time nobody else wants), writes
 // queued answers to the table and commits them every `commit_interval_ms` (and at Stop). When the queue is full the answer is shed and counted in freshet_feature_log_shed_total,
-// never dropped silently. Sampling is by a hash of the entity key, so an entity is logged always or never.
+// never dropped silently. Written rows wait in memory for their commit only up to feature_log.max_buffered_bytes
+// (freshet_feature_log_buffered_bytes); beyond it they are committed at once, so memory stays bounded whatever
+// the interval. Sampling is by a hash of the entity key, so an entity is logged always or never.
 //
 // Logged answers are not events: a crash loses what was queued and not yet committed (at most one commit
 // interval), which freshet_feature_log_committed_total lets you see; events themselves are never lost.
@@ -67,6 +69,8 @@ class FeatureLogWriter {
   FeatureLogWriter(const Spec& spec, MetricsRegistry& metrics, int64_t commit_interval_ms);
   void Loop();
   Status WriteAndCommit(std::vector<Answer>& entries, bool commit);
+  // Stages and publishes the buffered rows as one commit.
+  Status Commit();
 
   const Spec& spec_;
   const int64_t commit_interval_ms_;
@@ -98,6 +102,7 @@ class FeatureLogWriter {
   Counter* committed_ = nullptr;
   Counter* errors_ = nullptr;
   Gauge* queued_ = nullptr;
+  Gauge* buffered_ = nullptr;
 };
 
 }  // namespace freshet

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "engine/test_specs.h"
+#include "offline/delta_log.h"
 
 namespace freshet {
 namespace {
@@ -68,6 +69,62 @@ TEST(FeatureLogWriterTest, CommitsAndStopsWhileEveryCoreIsBusy) {
   done.store(true);
   for (std::thread& t : burners) t.join();
   EXPECT_EQ(committed.value(), logged);  // Stop wrote and committed everything queued.
+  std::filesystem::remove_all(dir);
+}
+
+// Rows wait in memory for the next commit; with a long commit interval they must still stay within
+// feature_log.max_buffered_bytes: beyond it the writer commits early, and every answer reaches the table.
+TEST(FeatureLogWriterTest, BufferedRowsStayWithinTheByteBudget) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("freshet_feature_log_budget_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  Spec spec = test_specs::BaseSpec();
+  test_specs::AddFeature(spec, "n", AggKind::kCount, "", WindowSpec{});
+  constexpr int64_t kBudget = 64 << 10;
+  spec.feature_log.max_buffered_bytes = kBudget;
+  MetricsRegistry metrics;
+  const OfflinePaths paths = OfflinePathsFor(spec, dir.string());
+  auto writer = FeatureLogWriter::Start(spec, paths, metrics, /*commit_interval_ms=*/3'600'000);
+  ASSERT_TRUE(writer.ok()) << writer.status().message();
+
+  const int features[] = {0};
+  FeatureLookup lookup;
+  lookup.known = true;
+  lookup.values = {Value::Int(3)};
+  const FeatureLookup lookups[] = {lookup};
+  Counter& committed = metrics.GetCounter("freshet_feature_log_committed_total", "");
+  Gauge& buffered = metrics.GetGauge("freshet_feature_log_buffered_bytes", "");
+  // About 60 bytes a row: 20,000 answers are some 1.2 MB, many times the budget.
+  constexpr uint64_t kAnswers = 20000;
+  double most_buffered = 0;
+  for (uint64_t k = 0; k < kAnswers; ++k) {
+    const std::string entity = "user-" + std::to_string(k);
+    const std::string_view entities[] = {entity};
+    (*writer)->Log("request-" + std::to_string(k), 1000, features, entities, lookups);
+    if (k % 500 == 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));  // Lets the (idle-class) writer keep up.
+      most_buffered = std::max(most_buffered, buffered.value());
+    }
+  }
+  // Well before the hour is up, all but the last budget's worth are committed.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (committed.value() + 2000 < kAnswers && std::chrono::steady_clock::now() < deadline) {
+    most_buffered = std::max(most_buffered, buffered.value());
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_GE(committed.value() + 2000, kAnswers) << "rows waited in memory for the hourly commit";
+  EXPECT_LE(most_buffered, static_cast<double>(kBudget));
+  EXPECT_GT(most_buffered, 0.0);  // The gauge does report the rows waiting.
+
+  EXPECT_TRUE((*writer)->Stop().ok());
+  EXPECT_EQ(committed.value(), kAnswers);
+  // Every answer is in the table, once: the commits' files hold kAnswers rows between them.
+  Result<std::vector<DeltaFile>> files = DeltaLog::ReadActiveFiles(paths.feature_log);
+  ASSERT_TRUE(files.ok()) << files.status().message();
+  uint64_t rows = 0;
+  for (const DeltaFile& f : *files) rows += f.num_records;
+  EXPECT_EQ(rows, kAnswers);
+  EXPECT_GT(files->size(), 2u);
   std::filesystem::remove_all(dir);
 }
 

@@ -1,5 +1,6 @@
 #include "run/redis_serving.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <limits>
 
@@ -23,7 +24,15 @@ class RedisFeatureService final : public FeatureService {
   Status Lookup(std::span<const std::string_view> entities, int64_t as_of_ms, std::span<const int> features,
                 const std::function<void(std::span<const FeatureLookup>)>& consume) const override {
     std::vector<std::string> keys(entities.begin(), entities.end());
-    FRESHET_ASSIGN_OR_RETURN(std::vector<std::optional<std::string>> blobs, reader_->MGetState(keys));
+    bool marker_present = false;
+    FRESHET_ASSIGN_OR_RETURN(std::vector<std::optional<std::string>> blobs,
+                             reader_->MGetState(keys, &marker_present));
+    // Without the marker a missing state may be an entity that Redis lost: answering "unknown, count 0"
+    // would be wrong with a 200, so refuse (503, retry) until `freshet run` has written everything back.
+    if (!marker_present) {
+      refused_no_marker_.fetch_add(1, std::memory_order_relaxed);
+      return Status::IoError(NoMarkerReason() + "; not answering rather than calling its entities unknown");
+    }
     FeatureEngine scratch(spec_);  // Holds only this request's entities.
     std::vector<FeatureLookup> lookups(entities.size());
     std::vector<Value> values;
@@ -60,20 +69,37 @@ class RedisFeatureService final : public FeatureService {
 
   HealthReport Health() const override {
     HealthReport report;
-    Result<std::optional<std::string>> probe = reader_->GetState("");
-    if (!probe.ok()) {
+    Result<std::optional<std::string>> marker = reader_->GetMarker();
+    if (!marker.ok()) {
       report.ok = false;
-      report.reasons.push_back("online store redis://" + spec_.online.host + ":" + std::to_string(spec_.online.port) +
-                               " unreachable: " + probe.status().message());
+      report.reasons.push_back("online store " + Address() + " unreachable: " + marker.status().message());
+    } else if (!marker->has_value()) {
+      report.ok = false;
+      report.reasons.push_back(NoMarkerReason() + "; lookups answer 503 until it is back");
     }
     return report;
   }
 
-  void AppendMetrics(std::string*) const override {}
+  void AppendMetrics(std::string* out) const override {
+    *out += "# HELP freshet_serve_refused_no_marker_total Lookups refused (503) because Redis held no sync marker: "
+            "it lost its data and `freshet run` had not yet written it back.\n"
+            "# TYPE freshet_serve_refused_no_marker_total counter\n"
+            "freshet_serve_refused_no_marker_total " +
+            std::to_string(refused_no_marker_.load(std::memory_order_relaxed)) + "\n";
+  }
 
  private:
+  std::string Address() const { return "redis://" + spec_.online.host + ":" + std::to_string(spec_.online.port); }
+
+  std::string NoMarkerReason() const {
+    return "online store " + Address() + " has no sync marker (key " + reader_->keys().MarkerKey() +
+           "): Redis lost its data (flushed, or restarted without persistence) and `freshet run` has not finished "
+           "writing every entity back, or no `freshet run` has written to it yet";
+  }
+
   const Spec& spec_;
   std::unique_ptr<RedisReader> reader_;
+  mutable std::atomic<uint64_t> refused_no_marker_{0};
 };
 
 }  // namespace

@@ -4,6 +4,9 @@
 // The state blob of an entity (key freshet:{spec}:state:{entity}) is: u8 version (1), i64 newest event
 // time (epoch ms), then FeatureEngine::SaveEntity's bytes. A lookup MGETs the blobs, loads them into a
 // scratch engine and finalizes every window as of the request time, exactly as the embedded store does.
+// The same MGET reads the sync marker (see store/redis_store.h): without it Redis lost its data and `freshet
+// run` has not yet written it back, so a missing blob proves nothing and the lookup fails with IoError (503)
+// instead of answering "unknown"; /health is then degraded too.
 #pragma once
 
 #include <memory>

@@ -209,6 +209,10 @@ struct Runtime::Impl final : public FeatureService {
   }
 
   Result<IngestAck> Ingest(std::string_view body, IngestFormat format) override {
+    return IngestWithKey(body, format, std::string_view());
+  }
+
+  Result<IngestAck> IngestWithKey(std::string_view body, IngestFormat format, std::string_view key) override {
     if (ingest_log_ == nullptr) {
       return Status::Invalid("this pipeline reads events from '" + std::string(spec_.source->path) +
                              "'; POST /v1/ingest needs `source: {type: http}` in the spec");
@@ -272,15 +276,58 @@ struct Runtime::Impl final : public FeatureService {
         }
       }
     }
-    Result<uint64_t> appended = ingest_log_->Append(lines, arrival_ns);
+    // With a key, the acknowledgement is logged with the batch (as a receipt), for a resend to get it back.
+    std::string receipt;
+    if (!key.empty()) {
+      ByteWriter out(&receipt);
+      out.PutVarint(ack.accepted);
+      out.PutVarint(ack.rejected);
+      out.PutVarint(ack.errors.size());
+      for (const auto& [line, reason] : ack.errors) {
+        out.PutVarint(line);
+        out.PutString(std::string_view(reason).substr(0, 1000));
+      }
+    }
+    Result<KeyedAppend> appended = KeyedAppend{};
+    if (key.empty()) {
+      Result<uint64_t> sequence = ingest_log_->Append(lines, arrival_ns);
+      if (!sequence.ok()) appended = sequence.status();
+    } else {
+      appended = ingest_log_->AppendOnce(lines, arrival_ns, IngestKey{key, receipt});
+    }
     if (!appended.ok()) {
       SetHealthReason("ingest", "ingest is refusing events: the ingest log cannot be written (" +
                                     appended.status().message() + ")");
       return appended.status();
     }
     SetHealthReason("ingest", std::nullopt);
-    ingested_->Increment(lines.size());
-    return ack;
+    if (!key.empty()) idempotency_keys_->Set(static_cast<double>(ingest_log_->key_count()));
+    switch (appended->outcome) {
+      case KeyedAppend::Outcome::kAppended: ingested_->Increment(lines.size()); return ack;
+      case KeyedAppend::Outcome::kKeyReused:
+        ack = IngestAck{};
+        ack.key_outcome = IngestAck::KeyOutcome::kKeyReused;
+        ack.first_logged_ms = appended->logged_ms;
+        return ack;
+      case KeyedAppend::Outcome::kReplayed: break;
+    }
+    // The first acknowledgement, as logged.
+    IngestAck first;
+    first.key_outcome = IngestAck::KeyOutcome::kReplayed;
+    first.first_logged_ms = appended->logged_ms;
+    ByteReader in(appended->receipt);
+    uint64_t errors = 0;
+    in.ReadVarint(&first.accepted);
+    in.ReadVarint(&first.rejected);
+    in.ReadCount(&errors, 2);
+    for (uint64_t k = 0; k < errors && !in.failed(); ++k) {
+      uint64_t line = 0;
+      std::string_view reason;
+      if (in.ReadVarint(&line) && in.ReadString(&reason)) first.errors.emplace_back(line, std::string(reason));
+    }
+    if (in.failed()) return Status::Internal("the acknowledgement logged with this Idempotency-Key cannot be read");
+    ingest_replays_->Increment();
+    return first;
   }
 
   HealthReport Health() const override {
@@ -303,6 +350,11 @@ struct Runtime::Impl final : public FeatureService {
         report.reasons.push_back("online store redis://" + spec_.online.host + ":" + std::to_string(spec_.online.port) +
                                  " unreachable (" + health.last_error + "); " + std::to_string(health.pending_entities) +
                                  " entities pending, retrying with backoff");
+      } else if (!health.in_sync) {
+        // Until the full sync's marker is written, Redis may lack entities (and `freshet serve` refuses).
+        report.reasons.push_back("online store redis://" + spec_.online.host + ":" + std::to_string(spec_.online.port) +
+                                 " out of sync: " + health.out_of_sync_reason + "; resyncing every entity, " +
+                                 std::to_string(health.pending_entities) + " still to write");
       }
     }
     report.ok = report.reasons.empty();
@@ -336,7 +388,15 @@ struct Runtime::Impl final : public FeatureService {
     counter("freshet_redis_batches_written_total", "Pipelined batches written to Redis.", m.batches_written);
     counter("freshet_redis_write_errors_total", "Failed Redis batches (kept and retried).", m.write_errors);
     counter("freshet_redis_connect_errors_total", "Failed Redis connection attempts.", m.connect_errors);
-    gauge("freshet_redis_connected", "1 while the last Redis connect or write succeeded.", h.connected ? 1 : 0);
+    counter("freshet_redis_resyncs_total",
+            "Rewrites of every entity to Redis after a reconnect or after Redis lost its data.", m.resyncs_requested);
+    counter("freshet_redis_data_lost_total",
+            "Times Redis was found without the sync marker while in sync: flushed, or restarted empty.",
+            m.marker_losses);
+    gauge("freshet_redis_connected", "1 while the last Redis connect, write or check (every second) succeeded.",
+          h.connected ? 1 : 0);
+    gauge("freshet_redis_in_sync", "1 while Redis holds every entity (the sync marker is written and no resync is due).",
+          h.in_sync ? 1 : 0);
     gauge("freshet_redis_pending_entities", "Changed entities waiting to be written to Redis.",
           static_cast<double>(h.pending_entities));
     histogram("freshet_redis_write_duration_seconds", "Redis batch write latency.", m.batch_latency);
@@ -400,6 +460,8 @@ struct Runtime::Impl final : public FeatureService {
   Counter* duplicate_ = nullptr;
   std::vector<Counter*> skipped_fields_;  // Per feature, in spec order: freshet_skipped_fields_total.
   Counter* ingested_ = nullptr;
+  Counter* ingest_replays_ = nullptr;
+  Gauge* idempotency_keys_ = nullptr;
   Counter* checkpoints_total_ = nullptr;
   Gauge* watermark_ = nullptr;
   Gauge* watermark_lag_ = nullptr;
@@ -430,7 +492,14 @@ struct Runtime::Impl final : public FeatureService {
 
   std::unique_ptr<HttpServer> server_;
   std::unique_ptr<RedisWriter> redis_;
-  uint64_t redis_connects_seen_ = 0;  // A reconnect may mean Redis restarted empty: resync everything.
+  uint64_t redis_resyncs_seen_ = 0;  // RedisWriterMetrics::resyncs_requested answered so far.
+  // Hands every entity to the Redis writer and marks the full sync, answering resync request `resyncs_seen`.
+  void ResyncRedis(uint64_t resyncs_seen) {
+    ChangeAll();
+    const size_t entities = changed_.size();
+    UpsertChanged();
+    redis_->MarkFullSync(resyncs_seen, entities);
+  }
   // Entities changed by a chunk, (lane << 32 | entity index), with their first arrival.
   std::vector<std::pair<uint64_t, int64_t>> changed_;
   void ChangeAll() {
@@ -465,6 +534,11 @@ Status Runtime::Impl::Open() {
         {{"feature", feature.name}}));
   }
   ingested_ = &metrics_.GetCounter("freshet_ingest_events_total", "Events acknowledged by POST /v1/ingest.");
+  ingest_replays_ = &metrics_.GetCounter("freshet_ingest_replays_total",
+                                         "Ingest requests answered from their Idempotency-Key: resends of a "
+                                         "logged batch, not logged again.");
+  idempotency_keys_ = &metrics_.GetGauge("freshet_ingest_idempotency_keys",
+                                         "Idempotency keys remembered (those of the source's idempotency_window).");
   checkpoints_total_ = &metrics_.GetCounter("freshet_checkpoints_total", "Checkpoints written.");
   checkpoint_failures_ = &metrics_.GetCounter(
       "freshet_checkpoint_failures_total", "Checkpoints that could not be written (retried; nothing is lost).");
@@ -510,8 +584,10 @@ Status Runtime::Impl::Open() {
     kafka_ = kafka.get();
     source_ = std::move(kafka);
   } else if (spec_.source->type == "http") {
-    FRESHET_ASSIGN_OR_RETURN(ingest_log_, IngestLog::Open((std::filesystem::path(dir) / "ingest").string()));
+    FRESHET_ASSIGN_OR_RETURN(ingest_log_, IngestLog::Open((std::filesystem::path(dir) / "ingest").string(),
+                                                          {.key_window_ms = spec_.source->idempotency_window_ms}));
     for (const std::string& w : ingest_log_->TakeWarnings()) std::fprintf(stderr, "freshet run: warning: %s\n", w.c_str());
+    idempotency_keys_->Set(static_cast<double>(ingest_log_->key_count()));
     source_ = std::make_unique<IngestLogSource>(ingest_log_.get());
   } else {
     source_ = std::make_unique<FileSource>(spec_.source->path, spec_.source->follow);
@@ -550,13 +626,13 @@ Status Runtime::Impl::Open() {
     redis.flush_interval_ms = spec_.online.flush_interval_ms;
     FRESHET_ASSIGN_OR_RETURN(redis_, RedisWriter::Start(redis));
     // After a restart the restored state is written again: Redis may have missed the last writes.
-    ChangeAll();
-    UpsertChanged();
+    ResyncRedis(/*resyncs_seen=*/0);
   }
 
   HttpServerOptions http;
   http.host = options_.host.empty() ? spec_.serve.host : options_.host;
   http.port = options_.port >= 0 ? options_.port : spec_.serve.port;
+  ApplyServeSpec(spec_.serve, &http);
   http.bearer_token = options_.bearer_token;
   server_ = std::make_unique<HttpServer>(*this, metrics_, http);
   return server_->Start();
@@ -942,13 +1018,14 @@ Status Runtime::Run(const std::atomic<bool>& stop) {
     s.watermark_lag_->Set(low == std::numeric_limits<int64_t>::min() ? 0.0 : (WallClockMs() - low) / 1000.0);
     s.CheckSlo();
     if (s.redis_ != nullptr) {
-      const uint64_t connects = s.redis_->Metrics().connects;
-      if (connects > s.redis_connects_seen_ && s.redis_connects_seen_ > 0) {
-        // Redis came back: if it restarted without persistence it lost our keys, so write every entity.
-        s.ChangeAll();
-        s.UpsertChanged();
+      // The writer asks for a full rewrite after a reconnect (Redis may have restarted without persistence)
+      // and when its periodic check finds the sync marker gone (FLUSHALL, or a restart it did not see), even
+      // while no event arrives.
+      const uint64_t resyncs = s.redis_->Metrics().resyncs_requested;
+      if (resyncs > s.redis_resyncs_seen_) {
+        s.ResyncRedis(resyncs);
+        s.redis_resyncs_seen_ = resyncs;
       }
-      s.redis_connects_seen_ = connects;
     }
     // Offline rows wait in memory for the checkpoint that commits them; a burst checkpoints early.
     const bool offline_full = s.offline_ != nullptr && s.offline_->buffered_bytes() > kOfflineBufferBytes;

@@ -63,6 +63,13 @@ struct IngestAck {
   // The first rejected ones (at most kMaxIngestErrors): their 1-based line (or array element) number within the
   // request, and why.
   std::vector<std::pair<uint64_t, std::string>> errors;
+  // With an Idempotency-Key: kReplayed when a batch with the same key and events was acknowledged before (the
+  // fields above are that acknowledgement, and nothing was logged again); kKeyReused when the key was
+  // acknowledged for other events (nothing was logged; the request is refused, and `first_logged_ms` says when
+  // the key was first used).
+  enum class KeyOutcome { kNew, kReplayed, kKeyReused };
+  KeyOutcome key_outcome = KeyOutcome::kNew;
+  int64_t first_logged_ms = 0;
 };
 inline constexpr size_t kMaxIngestErrors = 10;
 
@@ -104,6 +111,14 @@ class FeatureService {
   // counted in IngestAck::rejected (or later as dead letters) like bad lines of a file. May block (fsync,
   // backpressure); it runs on one of the server's worker threads.
   virtual Result<IngestAck> Ingest(std::string_view body, IngestFormat format) = 0;
+  // Ingest with the producer's Idempotency-Key (not empty): a batch resent with a key seen within the spec's
+  // source.idempotency_window is not logged again (see IngestAck::key_outcome). Default: refused, for
+  // services that keep no ingest log.
+  virtual Result<IngestAck> IngestWithKey(std::string_view body, IngestFormat format, std::string_view key) {
+    (void)body, (void)format, (void)key;
+    return Status::Invalid("this server keeps no ingest log, so it cannot take an Idempotency-Key; POST /v1/ingest "
+                           "needs `freshet run` with `source: {type: http}`");
+  }
 
   // Called by the HTTP layer with every successful answer, inside Lookup's `consume` (so the values are
   // still valid), to log what was served. Must not block: implementations queue and write elsewhere.

@@ -2,11 +2,13 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -15,6 +17,7 @@
 #include <cerrno>
 #include <charconv>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <functional>
@@ -39,8 +42,27 @@ constexpr size_t kMaxDrainBytes = size_t{64} << 20;
 constexpr size_t kMaxReadPerWake = size_t{1} << 20;
 // Answers queued on a connection before it stops taking more requests until they are sent.
 constexpr size_t kMaxPendingOutput = 256 * 1024;
-// Smallest free space offered to recv; a connection's idle buffer shrinks back to this.
+// Smallest free space offered to recv straight into a connection's buffer; with less room, recv goes to the
+// loop's scratch buffer and only the bytes received are copied, so that a connection holds memory in
+// proportion to what it sent (a slow client's few bytes, not a 16 KiB buffer each). A buffer left empty
+// between requests is kept up to this size and freed when larger.
 constexpr size_t kReadChunk = 16 * 1024;
+constexpr size_t kScratchBytes = 64 * 1024;
+// Smallest buffer allocated for a connection that has sent something.
+constexpr size_t kMinBuffer = 1024;
+// Descriptors kept out of the connection cap for the rest of the process (checkpoints, offline Parquet files,
+// dead letters, the ingest log, Redis and Kafka): this many, or a quarter of a smaller open-file limit.
+constexpr rlim_t kReservedDescriptors = 64;
+// How long the listening socket is left unwatched after accept failed for lack of descriptors or memory:
+// watching it at once would wake the loop again and again for a connection it cannot take.
+constexpr auto kAcceptPause = std::chrono::milliseconds(100);
+// Connections accepted over the cap in one wake-up, before the ones they replace are closed.
+constexpr size_t kMaxOverCapPerWake = 8;
+// Freed buffer bytes after which a loop asks malloc to give free memory back to the system (on its next
+// timer tick). glibc keeps freed memory of its arenas (a freed 8 MiB body included, once the dynamic mmap
+// threshold has grown past it), so without this the resident size stays at its peak after a burst of
+// large bodies.
+constexpr size_t kTrimAfterFreedBytes = size_t{8} << 20;
 // How long a closing connection is read and discarded after its last answer, so that the client receives
 // the answer instead of a reset caused by unread data.
 constexpr auto kLingerTime = std::chrono::seconds(2);
@@ -93,6 +115,7 @@ const char* ReasonPhrase(int status) {
     case 413: return "Payload Too Large";
     case 414: return "URI Too Long";
     case 415: return "Unsupported Media Type";
+    case 422: return "Unprocessable Content";
     case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
@@ -156,17 +179,63 @@ enum class Phase {
 
 enum class ChunkState { kSize, kData, kDataEnd, kTrailers };
 
+// A byte buffer whose growth leaves the new bytes untouched (std::vector would zero them): the memory of a
+// body buffer sized for its Content-Length is committed as the body arrives, not for a client that announces
+// 8 MiB and sends nothing.
+class ByteBuffer {
+ public:
+  char* data() { return bytes_.get(); }
+  const char* data() const { return bytes_.get(); }
+  size_t size() const { return size_; }
+  // Replaces the buffer with one of `size` bytes that starts with the first `keep` bytes of this one.
+  void Reallocate(size_t size, size_t keep) {
+    std::unique_ptr<char[]> bytes(size > 0 ? new char[size] : nullptr);
+    if (keep > 0) std::memcpy(bytes.get(), bytes_.get(), keep);
+    bytes_ = std::move(bytes);
+    size_ = size;
+  }
+  void Release() { Reallocate(0, 0); }
+
+ private:
+  std::unique_ptr<char[]> bytes_;
+  size_t size_ = 0;
+};
+
+// Counters and load shared by the loops of one HttpLoop (see HttpLoopStats).
+struct SharedState {
+  int max_connections = 0;  // Effective, set by Start.
+  std::atomic<int> open_connections{0};
+  std::atomic<int64_t> buffered_bytes{0};
+  std::atomic<uint64_t> accept_pauses{0};
+  std::atomic<uint64_t> connections_shed{0};
+  std::atomic<uint64_t> connections_refused{0};
+  std::atomic<uint64_t> header_timeouts{0};
+  std::atomic<uint64_t> body_timeouts{0};
+  std::atomic<uint64_t> budget_refusals{0};
+};
+
 struct Connection {
   int fd = -1;
   // Received bytes are in[in_begin, in_end); the current request starts at in_begin. Offsets below are
   // relative to in_begin, which only moves when a request is done (or the buffer is compacted to its front).
-  std::vector<char> in;
+  ByteBuffer in;
   size_t in_begin = 0;
   size_t in_end = 0;
   std::string out;
   size_t out_pos = 0;
   uint32_t registered = 0;  // The epoll events asked for; 0 when not in the epoll set.
+  // For progress: io_timeout_sec after the last byte moved (or the keep-alive timeout when idle).
   Clock::time_point deadline;
+  // When the current request's header section must be complete; max while idle between requests.
+  Clock::time_point head_deadline = Clock::time_point::max();
+  Clock::time_point body_start;  // When the current request's headers were complete.
+  // Bytes of buffers (`in`, `chunked_body`) counted in the loops' shared budget.
+  size_t charged = 0;
+  // In its loop's list of connections waiting for a request (idle, or its header section arriving), oldest
+  // first: the candidates for shedding at the connection cap.
+  bool waiting = false;
+  Connection* wait_prev = nullptr;
+  Connection* wait_next = nullptr;
   bool peer_closed = false;
   bool close_after = false;  // Close once the answers queued now are sent.
 
@@ -295,20 +364,26 @@ std::string Framing(const HttpRequest& request, uint64_t* content_length, bool* 
 
 class Loop {
  public:
-  Loop(HttpHandler& handler, const HttpLoopOptions& options, BlockingPool& pool, std::atomic<int>& connections)
-      : handler_(handler), options_(options), pool_(pool), open_connections_(connections) {}
+  Loop(HttpHandler& handler, const HttpLoopOptions& options, BlockingPool& pool, SharedState& shared)
+      : handler_(handler),
+        options_(options),
+        pool_(pool),
+        shared_(shared),
+        scratch_(new char[kScratchBytes]) {}
   ~Loop() {
-    for (int fd : adopted_) {  // Handed over by a sibling as this loop stopped.
-      ::close(fd);
-      open_connections_.fetch_sub(1);
+    for (const Adoption& adoption : adopted_) {  // Handed over by a sibling as this loop stopped.
+      ::close(adoption.fd);
+      shared_.open_connections.fetch_sub(1);
     }
     if (epoll_fd_ >= 0) ::close(epoll_fd_);
     if (wake_fd_ >= 0) ::close(wake_fd_);
   }
 
-  Status Init(int listen_fd, std::vector<std::unique_ptr<Loop>>* siblings) {
+  // `siblings` holds every loop, this one at `index`.
+  Status Init(int listen_fd, std::vector<std::unique_ptr<Loop>>* siblings, size_t index) {
     listen_fd_ = listen_fd;
     siblings_ = siblings;
+    index_ = index;
     epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
     wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (epoll_fd_ < 0 || wake_fd_ < 0) return Status::IoError(std::string("cannot create an epoll set: ") + std::strerror(errno));
@@ -337,11 +412,12 @@ class Loop {
     Wake();
   }
 
-  // Called from another loop: serve this accepted socket.
-  void Adopt(int fd) {
+  // Called from another loop: serve this accepted socket. With `shed_tries` > 0 the connections are at the
+  // cap (this one counted): see PlaceOverCap.
+  void Adopt(int fd, int shed_tries = 0) {
     {
       std::lock_guard lock(mutex_);
-      adopted_.push_back(fd);
+      adopted_.push_back({fd, shed_tries});
     }
     Wake();
   }
@@ -365,7 +441,12 @@ class Loop {
     std::vector<epoll_event> events(256);
     Clock::time_point next_tick = Clock::now() + std::chrono::milliseconds(kTimerTickMs);
     while (true) {
-      const int ready = ::epoll_wait(epoll_fd_, events.data(), static_cast<int>(events.size()), kTimerTickMs);
+      int timeout_ms = kTimerTickMs;
+      if (accept_paused_) {
+        const auto left = std::chrono::ceil<std::chrono::milliseconds>(accept_resume_ - Clock::now()).count();
+        timeout_ms = static_cast<int>(std::clamp<int64_t>(left, 0, kTimerTickMs));
+      }
+      const int ready = ::epoll_wait(epoll_fd_, events.data(), static_cast<int>(events.size()), timeout_ms);
       now_ = Clock::now();
       for (int k = 0; k < ready; ++k) {
         void* tag = events[k].data.ptr;
@@ -380,25 +461,34 @@ class Loop {
         }
         OnEvents(static_cast<Connection*>(tag), events[k].events);
       }
+      AdmitOverCap();
       TakeMail();
       if (stop_requested_.load() && !stopping_) BeginStop();
+      if (accept_paused_ && now_ >= accept_resume_ && !stopping_) ResumeAccepting();
       if (now_ >= next_tick) {
         next_tick = now_ + std::chrono::milliseconds(kTimerTickMs);
         ExpireDeadlines();
+        if (freed_since_trim_ >= kTrimAfterFreedBytes) {
+          freed_since_trim_ = 0;
+          ::malloc_trim(0);
+        }
       }
       if (stopping_ && (connections_.empty() || (now_ >= stop_deadline_ && ForceClose()))) break;
     }
   }
 
   void TakeMail() {
-    std::vector<int> adopted;
+    std::vector<Adoption> adopted;
     std::vector<std::pair<Connection*, HttpResponse>> completions;
     {
       std::lock_guard lock(mutex_);
       adopted.swap(adopted_);
       completions.swap(completions_);
     }
-    for (int fd : adopted) AddConnection(fd);
+    for (const Adoption& adoption : adopted) {
+      if (adoption.shed_tries > 0) PlaceOverCap(adoption.fd, adoption.shed_tries);
+      else AddConnection(adoption.fd);
+    }
     for (auto& [connection, response] : completions) {
       FinishRequest(connection, std::move(response));
       Process(connection);
@@ -406,42 +496,153 @@ class Loop {
   }
 
   void AcceptAll() {
-    if (stopping_) return;
+    if (stopping_ || accept_paused_) return;
     for (int k = 0; k < 64; ++k) {
       const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-      if (fd < 0) return;  // EAGAIN: another loop took it, or none left; other errors: the client went away.
-      if (open_connections_.fetch_add(1) >= options_.max_connections) {
-        open_connections_.fetch_sub(1);
-        ::close(fd);
-        continue;
+      if (fd < 0) {
+        // Out of descriptors or memory: the connection stays queued and the listening socket readable, so
+        // watching it would wake this loop at once, again and again, for nothing. Look away for a while;
+        // descriptors come back as connections close.
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) PauseAccepting();
+        return;  // EAGAIN: another loop took it, or none left; other errors: the client went away.
       }
       const int yes = 1;
       ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &yes, sizeof(yes));
+      if (shared_.open_connections.fetch_add(1) >= shared_.max_connections) {
+        // At the cap. Not shed now: the events of this wake-up may name the connection that would be closed.
+        // Until then each holds a descriptor beyond the cap, out of the reserve: take a few only per wake-up.
+        over_cap_.push_back(fd);
+        if (over_cap_.size() >= kMaxOverCapPerWake) return;
+        continue;
+      }
       Loop* target = (*siblings_)[next_sibling_++ % siblings_->size()].get();
       if (target == this) AddConnection(fd);
       else target->Adopt(fd);
     }
   }
 
+  // Hands out the connections accepted over the cap in turn, as any other, so that every loop sheds its own
+  // longest-waiting connections at the same pace and those shed are about the oldest of all.
+  void AdmitOverCap() {
+    const int loops = static_cast<int>(siblings_->size());
+    for (int fd : over_cap_) {
+      Loop* target = (*siblings_)[next_sibling_++ % siblings_->size()].get();
+      if (target == this) PlaceOverCap(fd, loops);
+      else target->Adopt(fd, loops);
+    }
+    over_cap_.clear();
+  }
+
+  // Admits a connection over the cap in place of the connection here that has waited longest for a request;
+  // with none, lets the next loop try (`tries` loops in all), and the last closes it.
+  void PlaceOverCap(int fd, int tries) {
+    if (ShedOne()) {
+      AddConnection(fd);
+    } else if (tries > 1) {
+      (*siblings_)[(index_ + 1) % siblings_->size()]->Adopt(fd, tries - 1);
+    } else {
+      RefuseConnection(fd);
+    }
+  }
+
+  void PauseAccepting() {
+    if (accept_paused_) return;
+    ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd_, nullptr);
+    accept_paused_ = true;
+    accept_resume_ = now_ + kAcceptPause;
+    shared_.accept_pauses.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  void ResumeAccepting() {
+    accept_paused_ = false;
+    epoll_event event{};
+    event.events = EPOLLIN | EPOLLEXCLUSIVE;
+    event.data.ptr = &listen_fd_;
+    ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, listen_fd_, &event);
+  }
+
+  // At the cap: closes the connection of this loop that has waited longest for a request (idle between
+  // requests, or its header section still arriving) with nothing left to send. False when there is none.
+  bool ShedOne() {
+    // Connections with answers still going out are skipped; look at a bounded number so that a crowd of
+    // them cannot make each new connection cost a walk over all the others.
+    int looked = 0;
+    for (Connection* c = waiting_first_; c != nullptr && looked < 64; c = c->wait_next, ++looked) {
+      if (c->out_pos < c->out.size() || c->close_after) continue;
+      shared_.connections_shed.fetch_add(1, std::memory_order_relaxed);
+      Close(c);
+      return true;
+    }
+    return false;
+  }
+
+  // A new connection over the cap that nothing could make room for.
+  void RefuseConnection(int fd) {
+    shared_.connections_refused.fetch_add(1, std::memory_order_relaxed);
+    ::close(fd);
+    shared_.open_connections.fetch_sub(1);
+  }
+
   void AddConnection(int fd) {
     if (stopping_) {
       ::close(fd);
-      open_connections_.fetch_sub(1);
+      shared_.open_connections.fetch_sub(1);
       return;
     }
     auto connection = std::make_unique<Connection>();
     connection->fd = fd;
     connection->deadline = now_ + std::chrono::seconds(options_.io_timeout_sec);
+    connection->head_deadline = now_ + std::chrono::seconds(options_.header_timeout_sec);
     Connection* raw = connection.get();
     connections_.emplace(raw, std::move(connection));
+    LinkWaiting(raw);
     SetInterest(raw, EPOLLIN);
   }
 
   void Close(Connection* connection) {
     if (connection->registered != 0) ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, connection->fd, nullptr);
     ::close(connection->fd);
-    open_connections_.fetch_sub(1);
+    shared_.open_connections.fetch_sub(1);
+    UnlinkWaiting(connection);
+    freed_since_trim_ += connection->charged;
+    shared_.buffered_bytes.fetch_sub(static_cast<int64_t>(connection->charged));
     connections_.erase(connection);
+  }
+
+  // Appends `c` (now waiting for a request) to the waiting list; its place says how long it has waited.
+  void LinkWaiting(Connection* c) {
+    if (c->waiting) return;
+    c->waiting = true;
+    c->wait_prev = waiting_last_;
+    c->wait_next = nullptr;
+    if (waiting_last_ != nullptr) waiting_last_->wait_next = c;
+    else waiting_first_ = c;
+    waiting_last_ = c;
+  }
+
+  void UnlinkWaiting(Connection* c) {
+    if (!c->waiting) return;
+    c->waiting = false;
+    if (c->wait_prev != nullptr) c->wait_prev->wait_next = c->wait_next;
+    else waiting_first_ = c->wait_next;
+    if (c->wait_next != nullptr) c->wait_next->wait_prev = c->wait_prev;
+    else waiting_last_ = c->wait_prev;
+    c->wait_prev = c->wait_next = nullptr;
+  }
+
+  // Brings the shared count of buffered bytes up to date with `c`'s buffers.
+  void Recharge(Connection* c) {
+    const size_t held = c->in.size() + c->chunked_body.capacity();
+    if (held == c->charged) return;
+    if (held < c->charged) freed_since_trim_ += c->charged - held;
+    shared_.buffered_bytes.fetch_add(static_cast<int64_t>(held) - static_cast<int64_t>(c->charged));
+    c->charged = held;
+  }
+
+  // True when `extra` more buffered bytes stay within the budget.
+  bool Affordable(size_t extra) const {
+    return static_cast<uint64_t>(std::max<int64_t>(shared_.buffered_bytes.load(), 0)) + extra <=
+           options_.max_buffered_request_bytes;
   }
 
   void SetInterest(Connection* connection, uint32_t events) {
@@ -477,13 +678,18 @@ class Loop {
     size_t total = 0;
     while (total < kMaxReadPerWake) {
       if (c->phase == Phase::kClosing) c->in_begin = c->in_end = 0;  // Discarded.
-      if (c->in.size() - c->in_end < kReadChunk) MakeRoom(c);
+      // Straight into the buffer when it has room (a body buffer sized for its Content-Length); otherwise
+      // into the scratch buffer, and only what arrived is kept.
       const size_t room = c->in.size() - c->in_end;
-      const ssize_t n = ::recv(c->fd, c->in.data() + c->in_end, room, 0);
+      const bool direct = room >= kReadChunk;
+      char* into = direct ? c->in.data() + c->in_end : scratch_.get();
+      const size_t capacity = direct ? room : kScratchBytes;
+      const ssize_t n = ::recv(c->fd, into, capacity, 0);
       if (n > 0) {
-        c->in_end += static_cast<size_t>(n);
+        if (direct) c->in_end += static_cast<size_t>(n);
+        else if (c->phase != Phase::kClosing) Append(c, scratch_.get(), static_cast<size_t>(n));
         total += static_cast<size_t>(n);
-        if (static_cast<size_t>(n) < room) break;
+        if (static_cast<size_t>(n) < capacity) break;
         continue;
       }
       if (n == 0) {
@@ -496,6 +702,10 @@ class Loop {
       return false;
     }
     if (total > 0 && c->phase != Phase::kClosing) c->deadline = now_ + std::chrono::seconds(options_.io_timeout_sec);
+    if (total > 0 && c->phase == Phase::kHeaders && c->head_deadline == Clock::time_point::max()) {
+      // The first bytes of a request after an idle spell: its header section must be complete in time.
+      c->head_deadline = now_ + std::chrono::seconds(options_.header_timeout_sec);
+    }
     if (c->phase == Phase::kClosing) {
       c->in_begin = c->in_end = 0;
       if (c->peer_closed) {
@@ -506,9 +716,17 @@ class Loop {
     return true;
   }
 
-  // Makes at least kReadChunk bytes free at the end of the buffer, moving the current request to its front
-  // or growing it.
-  void MakeRoom(Connection* c) {
+  // Appends `size` received bytes to the connection's buffer.
+  void Append(Connection* c, const char* bytes, size_t size) {
+    if (c->in.size() - c->in_end < size) MakeRoom(c, size);
+    std::memcpy(c->in.data() + c->in_end, bytes, size);
+    c->in_end += size;
+  }
+
+  // Makes at least `room` bytes free at the end of the buffer, moving the current request to its front, or
+  // growing it (at least doubling, so that a request arriving in small pieces is copied a few times only);
+  // with `exact`, to exactly `room` bytes past the current request (a body whose length is known).
+  void MakeRoom(Connection* c, size_t room, bool exact = false) {
     if (c->in_begin > 0) {
       const size_t length = c->buffered();
       std::memmove(c->in.data(), c->in.data() + c->in_begin, length);
@@ -516,10 +734,12 @@ class Loop {
       c->in_end = length;
       RepointRequest(c);
     }
-    if (c->in.size() - c->in_end < kReadChunk) {
-      const char* before = c->in.data();
-      c->in.resize(std::max(c->in.size() * 2, c->in_end + kReadChunk));
-      if (c->in.data() != before) RepointRequest(c);
+    if (c->in.size() - c->in_end < room) {
+      const size_t size =
+          exact ? c->in_end + room : std::max({c->in.size() * 2, c->in_end + room, kMinBuffer});
+      c->in.Reallocate(size, c->in_end);
+      RepointRequest(c);
+      Recharge(c);
     }
   }
 
@@ -602,6 +822,9 @@ class Loop {
     c->header_end = end;
     c->request.start = now_;
     c->request.body = {};
+    UnlinkWaiting(c);  // No longer waiting for a request: it has one.
+    c->head_deadline = Clock::time_point::max();
+    c->body_start = now_;
     if (RequestLineTooLong(buffered)) return Refuse(c, 414, kRequestLineTooLong);
     if (end > kMaxHeaderBytes) return Refuse(c, 431, kHeadersTooLarge);
     ParseOutcome parsed = ParseHeaderSection(buffered.substr(0, end), &c->request);
@@ -632,6 +855,11 @@ class Loop {
         if (c->expect_continue || c->content_length - options_.max_body_bytes > kMaxDrainBytes) {
           return Refuse(c, 413, TooLargeMessage());
         }
+      } else if (const size_t whole = end + c->content_length; c->in.size() - c->in_begin < whole) {
+        // Room for the whole body at once, within the budget: buffered bodies cannot then outgrow it as they
+        // arrive, and the buffer is not copied as it grows.
+        if (!Affordable(whole - (c->in.size() - c->in_begin))) return RefuseOverBudget(c);
+        MakeRoom(c, whole - c->buffered(), /*exact=*/true);
       }
     }
     if (c->expect_continue && c->buffered() == end) c->out.append("HTTP/1.1 100 Continue\r\n\r\n");
@@ -702,7 +930,19 @@ class Loop {
           if (c->too_large && c->body_received - options_.max_body_bytes > kMaxDrainBytes) {
             return Refuse(c, 413, TooLargeMessage());
           }
-          if (!c->too_large) c->chunked_body.append(base + c->chunk_pos, take);
+          if (!c->too_large) {
+            const size_t size = c->chunked_body.size() + take;
+            if (size > c->chunked_body.capacity()) {
+              const size_t capacity = std::max(size, 2 * c->chunked_body.capacity());
+              if (!Affordable(capacity - c->chunked_body.capacity())) {
+                DropDecoded(c);
+                return RefuseOverBudget(c);
+              }
+              c->chunked_body.reserve(capacity);
+              Recharge(c);
+            }
+            c->chunked_body.append(base + c->chunk_pos, take);
+          }
           c->chunk_pos += take;
           c->chunk_remaining -= take;
           if (c->chunk_remaining == 0) c->chunk_state = ChunkState::kDataEnd;
@@ -789,14 +1029,27 @@ class Loop {
 
   // Answers the current request with a refusal and closes the connection after it, unless `keep_open` (a
   // 413 whose body was read to its end). Always true: the request is done.
-  bool Refuse(Connection* c, int status, std::string_view message, bool keep_open = false) {
+  bool Refuse(Connection* c, int status, std::string_view message, bool keep_open = false,
+              std::string_view retry_after = {}) {
     HttpResponse response;
     handler_.Refuse(c->request, status, message, &response);
     response.status = status;
+    if (!retry_after.empty()) response.SetHeader("Retry-After", std::string(retry_after));
     if (!keep_open) response.close = true;
     c->body_in_buffer = 0;
     FinishRequest(c, std::move(response));
     return true;
+  }
+
+  // A body that would take the buffered bytes over their budget: 503, and the connection closed, since its
+  // body (perhaps on its way already) is not read.
+  bool RefuseOverBudget(Connection* c) {
+    shared_.budget_refusals.fetch_add(1, std::memory_order_relaxed);
+    return Refuse(c, 503,
+                  "the server holds too many request bodies in memory (its limit is " +
+                      std::to_string(options_.max_buffered_request_bytes) +
+                      " bytes across all connections); retry in a moment",
+                  /*keep_open=*/false, /*retry_after=*/"1");
   }
 
   // Queues the answer to the current request and makes the connection ready for the next one.
@@ -827,8 +1080,20 @@ class Loop {
     }
     c->in_begin += consumed;
     if (c->in_begin == c->in_end) c->in_begin = c->in_end = 0;
-    if (c->chunked_body.capacity() > kMaxPendingOutput) std::string().swap(c->chunked_body);
+    // Give back the memory of a large request: the next one, if any, starts small.
+    if (c->chunked_body.capacity() > kReadChunk) std::string().swap(c->chunked_body);
     c->chunked_body.clear();
+    if (c->buffered() == 0 && c->in.size() > kReadChunk) {
+      c->in.Release();
+    } else if (c->in.size() > 4 * kReadChunk && c->buffered() < c->in.size() / 4) {
+      ByteBuffer smaller;  // For the pipelined bytes that follow.
+      smaller.Reallocate(std::max(2 * c->buffered(), kReadChunk), 0);
+      std::memcpy(smaller.data(), c->data(), c->buffered());
+      c->in_end = c->buffered();
+      c->in_begin = 0;
+      c->in = std::move(smaller);
+    }
+    Recharge(c);
     c->phase = Phase::kHeaders;
     c->header_end = 0;
     c->header_scan = 0;
@@ -844,9 +1109,11 @@ class Loop {
     c->request.body = {};
     c->deadline = now_ + std::chrono::seconds(c->buffered() > 0 ? options_.io_timeout_sec
                                                                 : options_.keep_alive_timeout_sec);
-    if (c->buffered() == 0 && c->in.size() > 4 * kReadChunk) {
-      std::vector<char>(kReadChunk).swap(c->in);
-    }
+    // Waiting for the next request: idle, or its header section (pipelined) already arriving.
+    c->head_deadline = c->buffered() > 0 ? now_ + std::chrono::seconds(options_.header_timeout_sec)
+                                         : Clock::time_point::max();
+    UnlinkWaiting(c);
+    if (!response.close) LinkWaiting(c);
   }
 
   // Sends queued answers. False when the connection was closed.
@@ -876,7 +1143,7 @@ class Loop {
     }
     c->out.clear();
     c->out_pos = 0;
-    if (c->out.capacity() > kMaxPendingOutput) std::string().swap(c->out);
+    if (c->out.capacity() > kReadChunk) std::string().swap(c->out);
     if (c->phase == Phase::kAwaiting) {
       SetInterest(c, 0);
       return true;
@@ -896,6 +1163,8 @@ class Loop {
       ::shutdown(c->fd, SHUT_WR);
       c->phase = Phase::kClosing;
       c->in_begin = c->in_end = 0;
+      c->in.Release();  // What still arrives is read into the scratch buffer and dropped.
+      Recharge(c);
       c->deadline = now_ + kLingerTime;
       if (c->peer_closed) {
         Close(c);
@@ -909,9 +1178,32 @@ class Loop {
   void ExpireDeadlines() {
     std::vector<Connection*> expired;
     for (auto& [connection, owned] : connections_) {
-      if (connection->phase != Phase::kAwaiting && connection->deadline <= now_) expired.push_back(connection);
+      const Connection& c = *connection;
+      if (c.phase == Phase::kAwaiting) continue;
+      if (c.deadline <= now_) {
+        expired.push_back(connection);
+      } else if (c.phase == Phase::kHeaders && c.head_deadline <= now_) {
+        shared_.header_timeouts.fetch_add(1, std::memory_order_relaxed);
+        expired.push_back(connection);
+      } else if ((c.phase == Phase::kBody || c.phase == Phase::kChunked) && now_ > BodyDeadline(c)) {
+        shared_.body_timeouts.fetch_add(1, std::memory_order_relaxed);
+        expired.push_back(connection);
+      }
     }
     for (Connection* connection : expired) Close(connection);
+  }
+
+  // When the body being received must have arrived, at the bytes received so far: body_timeout_sec after its
+  // headers, plus the time those bytes take at min_body_bytes_per_sec. A client keeping up with that rate
+  // never reaches it.
+  Clock::time_point BodyDeadline(const Connection& c) const {
+    const uint64_t received =
+        c.phase == Phase::kBody && !c.too_large
+            ? std::min<uint64_t>(c.buffered() - std::min(c.buffered(), c.header_end), c.content_length)
+            : c.body_received;
+    const uint64_t rate = std::max<size_t>(options_.min_body_bytes_per_sec, 1);
+    return c.body_start + std::chrono::seconds(options_.body_timeout_sec) +
+           std::chrono::microseconds(received / rate * 1000000 + received % rate * 1000000 / rate);
   }
 
   // Stops accepting and closes idle connections; the others close once their current request is answered
@@ -940,25 +1232,40 @@ class Loop {
     return connections_.empty();
   }
 
+  // A socket handed over by another loop; `shed_tries`: see Adopt.
+  struct Adoption {
+    int fd;
+    int shed_tries;
+  };
+
   HttpHandler& handler_;
   const HttpLoopOptions& options_;
   BlockingPool& pool_;
-  std::atomic<int>& open_connections_;
+  SharedState& shared_;
+  std::unique_ptr<char[]> scratch_;  // kScratchBytes, for recv when a connection's buffer has little room.
   int listen_fd_ = -1;
   int epoll_fd_ = -1;
   int wake_fd_ = -1;
   std::vector<std::unique_ptr<Loop>>* siblings_ = nullptr;
+  size_t index_ = 0;  // This loop's place in *siblings_.
   size_t next_sibling_ = 0;
   std::thread thread_;
   Clock::time_point now_ = Clock::now();
   absl::flat_hash_map<Connection*, std::unique_ptr<Connection>> connections_;
+  // The connections waiting for a request, longest waiting first (see Connection::waiting).
+  Connection* waiting_first_ = nullptr;
+  Connection* waiting_last_ = nullptr;
+  bool accept_paused_ = false;  // The listening socket is out of the epoll set until accept_resume_.
+  Clock::time_point accept_resume_;
+  size_t freed_since_trim_ = 0;  // Buffer bytes freed since the last malloc_trim.
+  std::vector<int> over_cap_;    // Accepted over the cap in this wake-up; see AdmitOverCap.
 
   std::atomic<bool> stop_requested_{false};
   bool stopping_ = false;
   Clock::time_point stop_deadline_;
 
   std::mutex mutex_;  // Guards the mail from other threads:
-  std::vector<int> adopted_;
+  std::vector<Adoption> adopted_;
   std::vector<std::pair<Connection*, HttpResponse>> completions_;
 };
 
@@ -990,7 +1297,7 @@ struct HttpLoop::Impl {
   int bound_port = 0;
   bool started = false;
   bool stopped = false;
-  std::atomic<int> open_connections{0};
+  SharedState shared;
   std::unique_ptr<BlockingPool> pool;
   std::vector<std::unique_ptr<Loop>> loops;
 };
@@ -1001,6 +1308,24 @@ HttpLoop::HttpLoop(HttpHandler& handler, HttpLoopOptions options)
 HttpLoop::~HttpLoop() { Stop(); }
 
 int HttpLoop::port() const { return impl_->bound_port; }
+
+int HttpLoop::effective_max_connections() const { return impl_->started ? impl_->shared.max_connections : 0; }
+
+HttpLoopStats HttpLoop::stats() const {
+  const SharedState& shared = impl_->shared;
+  HttpLoopStats stats;
+  stats.accept_pauses = shared.accept_pauses.load(std::memory_order_relaxed);
+  stats.connections_shed = shared.connections_shed.load(std::memory_order_relaxed);
+  stats.connections_refused = shared.connections_refused.load(std::memory_order_relaxed);
+  stats.header_timeouts = shared.header_timeouts.load(std::memory_order_relaxed);
+  stats.body_timeouts = shared.body_timeouts.load(std::memory_order_relaxed);
+  stats.budget_refusals = shared.budget_refusals.load(std::memory_order_relaxed);
+  stats.open_connections = shared.open_connections.load(std::memory_order_relaxed);
+  stats.max_connections = effective_max_connections();
+  stats.buffered_request_bytes =
+      static_cast<size_t>(std::max<int64_t>(shared.buffered_bytes.load(std::memory_order_relaxed), 0));
+  return stats;
+}
 
 namespace {
 
@@ -1043,6 +1368,32 @@ Result<int> Listen(const std::string& host, int port) {
   return fd;
 }
 
+// The connection cap the open-file limit allows: `configured`, or the soft RLIMIT_NOFILE (first raised to the
+// hard limit, best effort) less the descriptors kept for the rest of the process, if that is lower. Says so
+// on stderr when it lowers the cap, since a server that refuses connections well below its configured
+// maximum would otherwise be a puzzle.
+int ConnectionCap(int configured) {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return configured;
+  if (limit.rlim_cur < limit.rlim_max && limit.rlim_max != RLIM_INFINITY) {
+    rlimit raised = limit;
+    raised.rlim_cur = limit.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
+  }
+  if (limit.rlim_cur == RLIM_INFINITY) return configured;
+  const rlim_t reserve = std::min(kReservedDescriptors, limit.rlim_cur / 4);
+  const rlim_t allowed = std::max<rlim_t>(limit.rlim_cur - reserve, 1);
+  if (allowed >= static_cast<rlim_t>(configured)) return configured;
+  std::fprintf(stderr,
+               "freshet: the HTTP server takes at most %d connections, not the configured %d: the open-file "
+               "limit is %llu and %llu descriptors are kept for checkpoints, files, Redis and Kafka; raise the "
+               "limit (ulimit -n, or LimitNOFILE= in a systemd unit) to allow more\n",
+               static_cast<int>(allowed), configured, static_cast<unsigned long long>(limit.rlim_cur),
+               static_cast<unsigned long long>(reserve));
+  std::fflush(stderr);
+  return static_cast<int>(allowed);
+}
+
 }  // namespace
 
 Status HttpLoop::Start() {
@@ -1056,10 +1407,20 @@ Status HttpLoop::Start() {
     return Status::Invalid("port " + std::to_string(options.port) + " is not in 0..65535 (0 picks a free one)");
   }
   if (options.max_body_bytes == 0) return Status::Invalid("the maximum request body must be at least 1 byte");
-  if (options.keep_alive_timeout_sec < 0 || options.io_timeout_sec < 1) {
+  if (options.keep_alive_timeout_sec < 0 || options.io_timeout_sec < 1 || options.header_timeout_sec < 1 ||
+      options.body_timeout_sec < 1) {
     return Status::Invalid("HTTP timeouts must be positive");
   }
   if (options.max_connections < 1) return Status::Invalid("the HTTP server must allow at least 1 connection");
+  if (options.min_body_bytes_per_sec < 1) {
+    return Status::Invalid("the minimum body rate must be at least 1 byte/s");
+  }
+  if (options.max_buffered_request_bytes < options.max_body_bytes) {
+    return Status::Invalid("the budget for buffered request bytes (" +
+                           std::to_string(options.max_buffered_request_bytes) +
+                           ") is smaller than the largest request body (" +
+                           std::to_string(options.max_body_bytes) + "); no body that large could ever be accepted");
+  }
   FRESHET_ASSIGN_OR_RETURN(impl.listen_fd, Listen(options.host, options.port));
   sockaddr_storage bound{};
   socklen_t length = sizeof(bound);
@@ -1068,12 +1429,13 @@ Status HttpLoop::Start() {
                                                 : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
   int loops = options.loop_threads;
   if (loops == 0) loops = static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 4u));
+  impl.shared.max_connections = ConnectionCap(options.max_connections);
   impl.pool = std::make_unique<BlockingPool>(options.blocking_threads);
   for (int k = 0; k < loops; ++k) {
-    impl.loops.push_back(std::make_unique<Loop>(impl.handler, options, *impl.pool, impl.open_connections));
+    impl.loops.push_back(std::make_unique<Loop>(impl.handler, options, *impl.pool, impl.shared));
   }
-  for (auto& loop : impl.loops) {
-    if (Status status = loop->Init(impl.listen_fd, &impl.loops); !status.ok()) {
+  for (size_t k = 0; k < impl.loops.size(); ++k) {
+    if (Status status = impl.loops[k]->Init(impl.listen_fd, &impl.loops, k); !status.ok()) {
       impl.loops.clear();
       impl.pool.reset();
       ::close(impl.listen_fd);

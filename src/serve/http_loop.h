@@ -30,6 +30,31 @@
 //   - A connection idle between requests for keep_alive_timeout_sec is closed; one whose request or answer
 //     makes no progress for io_timeout_sec is dropped.
 //
+// Hostile clients (slowloris, connection floods, many large bodies at once) are bounded, so that they cannot
+// take the descriptors, the memory or the loop threads that legitimate clients and the rest of the process
+// (checkpoints, offline files, dead letters, Redis, Kafka) need:
+//   - Descriptors. Start raises the soft RLIMIT_NOFILE to the hard limit, then caps the connections at
+//     min(max_connections, soft limit - a reserve of min(64, a quarter of the limit)), said once on stderr
+//     when lower than configured (see effective_max_connections). When accept fails for lack of descriptors or
+//     memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), the loop stops watching the listening socket for 100 ms
+//     instead of waking on it at once again and again; each pause is counted.
+//   - Slow clients. The whole header section of a request must arrive within header_timeout_sec of its first
+//     byte (of the connection's opening, for a first request), however steadily it trickles; a body must
+//     arrive at an average of at least min_body_bytes_per_sec after a grace of body_timeout_sec: by
+//     body_timeout_sec + bytes received / min_body_bytes_per_sec after its headers, so a body of S bytes has
+//     body_timeout_sec + S / min_body_bytes_per_sec in all (10 s + 128 s for 8 MiB at the default 64 KiB/s).
+//     Either is closed without an answer, and counted.
+//   - At the connection cap, a new connection is admitted by closing one that has waited longest for a
+//     request: an idle keep-alive connection or one whose header section is still arriving, whichever waited
+//     longer (counted as shed). New connections go to the loops in turn and each loop sheds its own oldest,
+//     so those shed are about the oldest of all. Connections reading a body or being answered are never
+//     shed; when every connection is, the new one is closed at once.
+//   - Memory. The bytes buffered for requests across all connections (header sections, bodies, de-chunked
+//     bodies) are held under max_buffered_request_bytes: a body that would go over it is refused with 503,
+//     `Retry-After: 1` and `Connection: close` before it is read (counted). Buffers are freed when their
+//     request is answered and when their connection closes, and free memory is returned to the system
+//     (malloc_trim) after large buffers are freed.
+//
 // Thread-safety: Start and Stop are called from one thread. The handler is called concurrently from the loop
 // threads and the blocking pool.
 #pragma once
@@ -88,10 +113,10 @@ class HttpHandler {
   virtual bool MayBlock(const HttpRequest& request) const = 0;
   // Answers a well-framed request whose whole body (within the limit) has arrived.
   virtual void Handle(const HttpRequest& request, HttpResponse* response) = 0;
-  // Answers a request the loop refuses itself: `status` is 400, 413, 414 or 431 (or 500 when Handle threw),
-  // `message` says why (a sentence for the client). `request` holds what could be parsed (method and target
-  // may be empty). The loop closes the connection afterwards unless `status` is 413 with the body drained,
-  // or 500.
+  // Answers a request the loop refuses itself: `status` is 400, 413, 414 or 431, 503 when its body would
+  // exceed the memory budget (the loop adds Retry-After), or 500 when Handle threw; `message` says why (a
+  // sentence for the client). `request` holds what could be parsed (method and target may be empty). The
+  // loop closes the connection afterwards unless `status` is 413 with the body drained, or 500.
   virtual void Refuse(const HttpRequest& request, int status, std::string_view message, HttpResponse* response) = 0;
 };
 
@@ -106,12 +131,37 @@ struct HttpLoopOptions {
   int blocking_threads = 8;
   // Largest request body, in bytes (de-chunked); larger is a 413. Default 8 MiB.
   size_t max_body_bytes = size_t{8} << 20;
-  // Most connections open at once; more are closed as soon as they are accepted. Default 10,000.
+  // Most connections open at once, lowered to what the open-file limit allows (see the top of this file).
+  // At the cap a waiting connection is shed for a new one, or the new one is closed at once. Default 10,000.
   int max_connections = 10000;
   // Seconds an idle keep-alive connection is kept between requests. Default 5.
   int keep_alive_timeout_sec = 5;
   // Seconds a request being received or an answer being sent may make no progress. Default 5.
   int io_timeout_sec = 5;
+  // Seconds in which a request's whole header section must arrive, from its first byte (from the
+  // connection's opening for its first request). Default 10, as nginx's client_header_timeout.
+  int header_timeout_sec = 10;
+  // A body must arrive within body_timeout_sec plus its bytes received over min_body_bytes_per_sec, counted
+  // from the end of its headers: a minimum average rate after a grace. Defaults 10 s and 64 KiB/s.
+  int body_timeout_sec = 10;
+  size_t min_body_bytes_per_sec = size_t{64} << 10;
+  // Most bytes buffered for requests across all connections; a body that would go over it is a 503.
+  // Default 256 MiB.
+  size_t max_buffered_request_bytes = size_t{256} << 20;
+};
+
+// What the loop has done to hostile or unlucky clients, and its current load; for metrics. Counters only
+// grow.
+struct HttpLoopStats {
+  uint64_t accept_pauses = 0;        // Listening socket paused for lack of descriptors or memory.
+  uint64_t connections_shed = 0;     // Waiting connections closed at the cap to admit a new one.
+  uint64_t connections_refused = 0;  // New connections closed at once at the cap (none could be shed).
+  uint64_t header_timeouts = 0;      // Connections closed for a header section not complete in time.
+  uint64_t body_timeouts = 0;        // Connections closed for a body arriving too slowly.
+  uint64_t budget_refusals = 0;      // Requests refused with 503 for the buffered-bytes budget.
+  int open_connections = 0;
+  int max_connections = 0;           // The effective cap.
+  size_t buffered_request_bytes = 0;
 };
 
 class HttpLoop {
@@ -131,6 +181,11 @@ class HttpLoop {
   void Stop();
   // The bound port, or 0 before Start.
   int port() const;
+  // The connection cap in force: max_connections, lowered by Start to the open-file limit less a reserve.
+  // 0 before Start.
+  int effective_max_connections() const;
+  // A reading of the counters and load; any thread, any time.
+  HttpLoopStats stats() const;
 
  private:
   struct Impl;

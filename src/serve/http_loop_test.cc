@@ -3,7 +3,9 @@
 // answers are built from the wire behaviour documented in http_loop.h, next to each check: pipelining in order
 // (also around a handler on the blocking pool), Content-Length and chunked framing, 100-continue, HTTP/1.0 and
 // `Connection: close`, HEAD, refusals (400, 413, 414, 431), max_connections, a client's half-close, the
-// keep-alive and I/O timeouts, Stop, large bodies, and Start/port().
+// keep-alive and I/O timeouts, Stop, large bodies, and Start/port(); and against hostile clients: the header
+// and body deadlines, shedding at the connection cap, the buffered-bytes budget (503), and accept failing for
+// lack of descriptors.
 
 #include "serve/http_loop.h"
 
@@ -11,8 +13,11 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -501,21 +506,25 @@ TEST_F(HttpLoopTest, ClientThatHalfClosesAfterItsRequestsGetsTheAnswers) {
   EXPECT_EQ(client.pending(), "");
 }
 
-TEST_F(HttpLoopTest, ConnectionsOverTheMaximumAreClosedAtOnce) {
+TEST_F(HttpLoopTest, ConnectionsOverTheMaximumAreClosedAtOnceWhenNoneWaits) {
   HttpLoopOptions options = Options();
   options.max_connections = 2;
   StartLoop(options);
+  // Both connections have a request in progress (on the blocking pool): neither may be shed.
   auto first = std::make_unique<RawClient>(port());
   RawClient second(port());
-  ASSERT_TRUE(first->Send(Get("/1")));
-  ExpectAnswer(first->ReadResponse(), 200, GetEcho("/1"));
-  ASSERT_TRUE(second.Send(Get("/2")));
-  ExpectAnswer(second.ReadResponse(), 200, GetEcho("/2"));
+  ASSERT_TRUE(first->Send(Get("/block1")));
+  ASSERT_TRUE(second.Send(Get("/block2")));
+  ASSERT_TRUE(handler_.WaitForBlocked(2));
   {
     RawClient third(port());
     EXPECT_TRUE(third.WaitClosed()) << "a third connection was kept with max_connections = 2";
     EXPECT_EQ(third.pending(), "");
   }
+  EXPECT_GE(loop_->stats().connections_refused, 1u);
+  handler_.OpenGate();
+  ExpectAnswer(first->ReadResponse(), 200, GetEcho("/block1"));
+  ExpectAnswer(second.ReadResponse(), 200, GetEcho("/block2"));
   // Once one closes, a new connection is served (after the server has seen the close).
   first.reset();
   const Clock::time_point deadline = Clock::now() + kShouldHappen;
@@ -867,6 +876,221 @@ TEST_F(HttpLoopTest, StalledRequestIsDroppedAfterTheIoTimeoutButProgressKeepsItA
   const Ms idle_for = std::chrono::duration_cast<Ms>(Clock::now() - idle_since);
   EXPECT_TRUE(idle.NothingWithin(std::max(Ms(1), Ms(1600) - idle_for)))
       << "an idle connection was closed before 1.6 s, with a keep-alive timeout of 4 s";
+}
+
+// ---- Hostile clients ----
+
+TEST_F(HttpLoopTest, HeaderSectionTrickledPastTheHeaderTimeoutIsDropped) {
+  HttpLoopOptions options = Options();
+  options.header_timeout_sec = 1;
+  options.io_timeout_sec = 5;  // Every byte below comes well within it: only the header deadline can end this.
+  StartLoop(options);
+  RawClient trickle(port());
+  const std::string request = Get("/trickled") + std::string(200, ' ');  // Never completes in time.
+  const Clock::time_point start = Clock::now();
+  bool closed = false;
+  // A byte every 250 ms, as a slowloris client sends; the connection must be gone within a few seconds.
+  for (size_t k = 0; k < request.size() && !closed && Clock::now() - start < Ms(4000); ++k) {
+    if (!trickle.Send(request.substr(k, 1))) break;
+    closed = !trickle.Collect(Ms(250));
+  }
+  const Ms took = std::chrono::duration_cast<Ms>(Clock::now() - start);
+  EXPECT_TRUE(closed || trickle.WaitClosed(Ms(1))) << "a header section trickled for " << took.count()
+                                                   << " ms was not dropped (header timeout 1 s)";
+  EXPECT_GE(took, Ms(900)) << "dropped before the header timeout of 1 s";
+  EXPECT_EQ(trickle.pending(), "");
+  EXPECT_EQ(loop_->stats().header_timeouts, 1u);
+  EXPECT_TRUE(handler_.handled().empty());
+  // Kept-alive connections get the deadline from the first byte of each request, not from their opening.
+  RawClient keep(port());
+  ASSERT_TRUE(keep.Send(Get("/first")));
+  ExpectAnswer(keep.ReadResponse(), 200, GetEcho("/first"));
+  std::this_thread::sleep_for(Ms(1200));  // Idle, within the keep-alive timeout.
+  ASSERT_TRUE(keep.Send(Get("/second")));
+  ExpectAnswer(keep.ReadResponse(), 200, GetEcho("/second"));
+}
+
+TEST_F(HttpLoopTest, BodySlowerThanTheMinimumRateIsDroppedAndOneAtTheRateIsServed) {
+  HttpLoopOptions options = Options();
+  options.body_timeout_sec = 1;
+  options.min_body_bytes_per_sec = 1000;
+  options.io_timeout_sec = 5;
+  StartLoop(options);
+  // 3,000 bytes at about 1,500 bytes/s: longer than body_timeout_sec, but above the minimum rate.
+  const std::string body = RandomBytes(3000, 7);
+  const std::string request = Post("/steady", body);
+  RawClient steady(port());
+  steady.SendInPieces(request, {request.size() - body.size(), 300, 300, 300, 300, 300, 300, 300, 300, 300},
+                      std::chrono::milliseconds(200));
+  ExpectAnswer(steady.ReadResponse(), 200, PostEcho("/steady", body));
+
+  // 20 bytes every 250 ms of a 100,000-byte body: 80 bytes/s, far under 1,000.
+  RawClient slow(port());
+  ASSERT_TRUE(slow.Send("POST /slow HTTP/1.1\r\nContent-Length: 100000\r\n\r\n"));
+  const Clock::time_point start = Clock::now();
+  bool closed = false;
+  while (!closed && Clock::now() - start < Ms(4000)) {
+    if (!slow.Send(std::string(20, 'x'))) break;
+    closed = !slow.Collect(Ms(250));
+  }
+  EXPECT_TRUE(closed || slow.WaitClosed(Ms(1))) << "a body arriving at 80 bytes/s was not dropped within 4 s "
+                                                   "(grace 1 s, minimum 1000 bytes/s)";
+  EXPECT_GE(Clock::now() - start, Ms(900)) << "dropped before the grace of 1 s";
+  EXPECT_EQ(loop_->stats().body_timeouts, 1u);
+  EXPECT_EQ(handler_.handled(), (std::vector<std::string>{"/steady"}));
+}
+
+TEST_F(HttpLoopTest, AtTheConnectionCapTheLongestWaitingConnectionMakesRoomForANewOne) {
+  HttpLoopOptions options = Options();
+  options.max_connections = 8;
+  StartLoop(options);
+  // Five times the cap of slow clients, each a few bytes into its header section, opened one after another.
+  std::vector<std::unique_ptr<RawClient>> slow;
+  for (int k = 0; k < 40; ++k) {
+    slow.push_back(std::make_unique<RawClient>(port()));
+    ASSERT_TRUE(slow.back()->Send("GET /slow" + std::to_string(k) + " HTTP/1.1\r\nX-Slow: "));
+  }
+  // A legitimate client is admitted in place of one of them, and answered.
+  const Clock::time_point start = Clock::now();
+  RawClient legit(port());
+  ASSERT_TRUE(legit.Send(Get("/legit")));
+  ExpectAnswer(legit.ReadResponse(false, Ms(3000)), 200, GetEcho("/legit"));
+  EXPECT_LT(Clock::now() - start, Ms(3000));
+  // The ones shed are the oldest; seven slow clients keep the other places.
+  EXPECT_TRUE(slow.front()->WaitClosed(Ms(1000))) << "the oldest slow client is still connected";
+  int still_open = 0;
+  for (auto& client : slow) still_open += client->NothingWithin(Ms(1)) ? 1 : 0;
+  EXPECT_EQ(still_open, 7);
+  const HttpLoopStats stats = loop_->stats();
+  EXPECT_GE(stats.connections_shed, 33u);  // 41 admitted, 8 kept.
+  EXPECT_LE(stats.open_connections, 8);
+  EXPECT_EQ(stats.connections_refused, 0u);
+  EXPECT_EQ(handler_.handled(), (std::vector<std::string>{"/legit"}));
+}
+
+TEST_F(HttpLoopTest, BodyOverTheBufferedBytesBudgetIs503WithRetryAfterAndTheMemoryComesBack) {
+  HttpLoopOptions options = Options();
+  options.max_body_bytes = 64 * 1024;
+  options.max_buffered_request_bytes = 160 * 1024;  // Room for two such bodies, not three.
+  StartLoop(options);
+  const std::string body = RandomBytes(64 * 1024, 3);
+  const std::string head = "POST /store HTTP/1.1\r\nHost: x\r\nContent-Length: 65536\r\n\r\n";
+  // Two bodies held short of their last bytes.
+  RawClient first(port());
+  RawClient second(port());
+  ASSERT_TRUE(first.Send(head + body.substr(0, 60000)));
+  ASSERT_TRUE(second.Send(head + body.substr(0, 60000)));
+  const Clock::time_point deadline = Clock::now() + kShouldHappen;
+  while (loop_->stats().buffered_request_bytes < 2 * 65536 && Clock::now() < deadline) {
+    std::this_thread::sleep_for(Ms(10));
+  }
+  // A third would go over the budget: 503 with Retry-After, and the connection closed.
+  RawClient third(port());
+  ASSERT_TRUE(third.Send(head + body.substr(0, 1000)));
+  std::optional<Response> refused = third.ReadResponse(false, Ms(3000));
+  ExpectRefusal(refused, 503, "close");
+  if (refused) {
+    EXPECT_EQ(refused->Header("Retry-After"), "1");
+  }
+  EXPECT_TRUE(third.WaitClosed());
+  EXPECT_EQ(loop_->stats().budget_refusals, 1u);
+  // The two held bodies complete and are served; once they are answered, a new body fits again.
+  ASSERT_TRUE(first.Send(body.substr(60000)));
+  ASSERT_TRUE(second.Send(body.substr(60000)));
+  ExpectAnswer(first.ReadResponse(), 200, "65536");
+  ExpectAnswer(second.ReadResponse(), 200, "65536");
+  RawClient fourth(port());
+  ASSERT_TRUE(fourth.Send(head + body));
+  ExpectAnswer(fourth.ReadResponse(), 200, "65536");
+  EXPECT_EQ(handler_.stored_body(), body);
+  // Answered requests give their buffers back: what stays is small (at most a 16 KiB read buffer each).
+  const Clock::time_point freed = Clock::now() + kShouldHappen;
+  while (loop_->stats().buffered_request_bytes > 3 * 16 * 1024 && Clock::now() < freed) {
+    std::this_thread::sleep_for(Ms(10));
+  }
+  EXPECT_LE(loop_->stats().buffered_request_bytes, 3u * 16 * 1024);
+}
+
+// CPU time of the whole process, in milliseconds.
+int64_t ProcessCpuMs() {
+  timespec now{};
+  ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now);
+  return static_cast<int64_t>(now.tv_sec) * 1000 + now.tv_nsec / 1000000;
+}
+
+// Lowers the soft open-file limit for the life of the guard.
+class SoftFileLimit {
+ public:
+  explicit SoftFileLimit(rlim_t soft) {
+    ::getrlimit(RLIMIT_NOFILE, &saved_);
+    rlimit lowered = saved_;
+    lowered.rlim_cur = soft;
+    ok_ = ::setrlimit(RLIMIT_NOFILE, &lowered) == 0;
+  }
+  ~SoftFileLimit() { ::setrlimit(RLIMIT_NOFILE, &saved_); }
+  bool ok() const { return ok_; }
+
+ private:
+  rlimit saved_{};
+  bool ok_ = false;
+};
+
+TEST_F(HttpLoopTest, AcceptOutOfDescriptorsPausesInsteadOfSpinningAndRecovers) {
+  StartLoop();
+  // A client socket made first; then every other descriptor the (lowered) limit allows is taken, so that
+  // the server cannot accept the client's connection: the state of a process whose checkpoints, files and
+  // connections use all its descriptors.
+  std::vector<int> ballast;
+  struct CloseAll {
+    std::vector<int>& fds;
+    ~CloseAll() {
+      for (int fd : fds) ::close(fd);
+      fds.clear();
+    }
+  };
+  int client = -1;
+  {
+    const int lowest_free = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    ASSERT_GE(lowest_free, 0);
+    ::close(lowest_free);
+    SoftFileLimit limit(static_cast<rlim_t>(lowest_free) + 32);
+    ASSERT_TRUE(limit.ok());
+    CloseAll close_ballast{ballast};  // Before the limit is restored, even when an assertion fails.
+    client = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(client, 0);
+    while (true) {
+      const int fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+      if (fd < 0) break;
+      ballast.push_back(fd);
+    }
+    ASSERT_EQ(errno, EMFILE);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(static_cast<uint16_t>(port()));
+    ::inet_pton(AF_INET, "127.0.0.1", &address.sin_addr);
+    // Completes in the kernel's backlog; the server's accept fails with EMFILE.
+    ASSERT_EQ(::connect(client, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0) << std::strerror(errno);
+    // Give the loops time to notice and either pause or spin, then measure their CPU while the test sleeps.
+    std::this_thread::sleep_for(Ms(300));
+    const int64_t cpu_before = ProcessCpuMs();
+    const Clock::time_point wall_before = Clock::now();
+    std::this_thread::sleep_for(Ms(1500));
+    const int64_t cpu_ms = ProcessCpuMs() - cpu_before;
+    const int64_t wall_ms = std::chrono::duration_cast<Ms>(Clock::now() - wall_before).count();
+    // A loop spinning on accept burns a whole core (1,500 ms here); pausing 100 ms between tries costs a few.
+    EXPECT_LT(cpu_ms, wall_ms / 4) << "the loops used " << cpu_ms << " ms of CPU in " << wall_ms
+                                   << " ms while accept failed with EMFILE";
+    EXPECT_GE(loop_->stats().accept_pauses, 1u);
+  }
+  // Descriptors are back: the waiting connection is accepted and served.
+  const std::string request = Get("/after");
+  ASSERT_EQ(::send(client, request.data(), request.size(), MSG_NOSIGNAL), static_cast<ssize_t>(request.size()));
+  pollfd poll_fd{client, POLLIN, 0};
+  ASSERT_EQ(::poll(&poll_fd, 1, static_cast<int>(kShouldHappen.count())), 1) << "no answer after descriptors came back";
+  char answer[256] = {};
+  EXPECT_GT(::recv(client, answer, sizeof(answer) - 1, 0), 0);
+  EXPECT_TRUE(std::string_view(answer).starts_with("HTTP/1.1 200 OK")) << answer;
+  ::close(client);
 }
 
 // ---- Stop, Start and port ----

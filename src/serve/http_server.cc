@@ -10,6 +10,7 @@
 #include <charconv>
 #include <chrono>
 #include <cstring>
+#include <mutex>
 #include <optional>
 #include <thread>
 #include <utility>
@@ -312,6 +313,19 @@ struct HttpServer::Impl final : HttpHandler {
   std::unique_ptr<std::array<std::atomic<Counter*>, kMaxStatus>[]> requests;
   Counter* unauthorized = nullptr;
   Counter* lookup_entities = nullptr;
+
+  // The loop's counters and load, copied into the registry when /metrics is read.
+  void PublishLoopStats();
+  std::mutex loop_stats_mutex;  // One copy at a time: counters grow by the difference since the last one.
+  Gauge* connections_open = nullptr;
+  Gauge* connections_max = nullptr;
+  Gauge* buffered_request_bytes = nullptr;
+  Counter* accept_pauses = nullptr;
+  Counter* connections_shed = nullptr;
+  Counter* connections_refused = nullptr;
+  Counter* header_timeouts = nullptr;
+  Counter* body_timeouts = nullptr;
+  Counter* budget_refusals = nullptr;
 };
 
 HttpServer::Impl::Impl(FeatureService& service_in, MetricsRegistry& metrics_in, HttpServerOptions options_in)
@@ -343,6 +357,23 @@ HttpServer::Impl::Impl(FeatureService& service_in, MetricsRegistry& metrics_in, 
                                      "Requests refused with 401 for a missing or wrong bearer token.");
   lookup_entities =
       &metrics.GetCounter("freshet_http_lookup_entities_total", "Entities looked up by feature requests.");
+  connections_open = &metrics.GetGauge("freshet_http_connections_open", "HTTP connections open.");
+  connections_max = &metrics.GetGauge("freshet_http_connections_max",
+                                      "The HTTP connection cap in force (lowered by the open-file limit).");
+  buffered_request_bytes = &metrics.GetGauge("freshet_http_buffered_request_bytes",
+                                             "Bytes buffered for HTTP requests being received, all connections.");
+  accept_pauses = &metrics.GetCounter("freshet_http_accept_pauses_total",
+                                      "Pauses of accepting HTTP connections for lack of descriptors or memory.");
+  connections_shed = &metrics.GetCounter("freshet_http_connections_shed_total",
+                                         "Waiting HTTP connections closed at the cap to admit a new one.");
+  connections_refused = &metrics.GetCounter("freshet_http_connections_refused_total",
+                                            "New HTTP connections closed at the cap, none being sheddable.");
+  const char* slow_help = "HTTP connections closed for a request arriving too slowly, by the part late.";
+  header_timeouts =
+      &metrics.GetCounter("freshet_http_slow_requests_closed_total", slow_help, {{"part", "headers"}});
+  body_timeouts = &metrics.GetCounter("freshet_http_slow_requests_closed_total", slow_help, {{"part", "body"}});
+  budget_refusals = &metrics.GetCounter("freshet_http_buffer_budget_refusals_total",
+                                        "HTTP requests refused with 503 for the buffered-bytes budget.");
 }
 
 Counter& HttpServer::Impl::RequestCounter(Route route, int status) {
@@ -774,6 +805,9 @@ void HttpServer::Impl::Answer(const std::string& request_id, std::span<const std
   SetBody(res, 200, std::move(body), kJsonType);
 }
 
+// The longest Idempotency-Key taken (as the ingest log keeps them).
+constexpr size_t kMaxIdempotencyKeyBytes = 256;
+
 void HttpServer::Impl::HandleIngest(const HttpRequest& req, HttpResponse& res) {
   const std::string media_type = MediaType(req.Header("Content-Type"));
   IngestFormat format;
@@ -789,11 +823,36 @@ void HttpServer::Impl::HandleIngest(const HttpRequest& req, HttpResponse& res) {
                            (media_type.empty() ? std::string("no Content-Type") : QuotedForMessage(media_type)));
     return;
   }
-  Result<IngestAck> ack = service.Ingest(req.body, format);
+  // Idempotency-Key: a producer's name for this batch, so that a resend after a lost acknowledgement is
+  // answered with the first acknowledgement instead of being logged twice. Visible ASCII (and inner blanks).
+  const size_t key_headers = req.HeaderCount("Idempotency-Key");
+  const std::string_view key = req.Header("Idempotency-Key");
+  if (key_headers > 1) {
+    SetError(res, 400, "the request has " + std::to_string(key_headers) + " Idempotency-Key headers; send one");
+    return;
+  }
+  if (key_headers == 1) {
+    const bool visible = std::all_of(key.begin(), key.end(), [](char c) { return c >= 0x20 && c < 0x7f; });
+    if (key.empty() || key.size() > kMaxIdempotencyKeyBytes || !visible) {
+      SetError(res, 400, "Idempotency-Key must be 1 to " + std::to_string(kMaxIdempotencyKeyBytes) +
+                             " characters of printable ASCII (e.g. a UUID), the same on every resend of the batch; got " +
+                             (key.empty() ? std::string("an empty one") : QuotedForMessage(key)));
+      return;
+    }
+  }
+  Result<IngestAck> ack = key_headers == 1 ? service.IngestWithKey(req.body, format, key)
+                                           : service.Ingest(req.body, format);
   if (!ack.ok()) {
     SetServiceError(res, ack.status());
     return;
   }
+  if (ack->key_outcome == IngestAck::KeyOutcome::kKeyReused) {
+    SetError(res, 422, "Idempotency-Key " + QuotedForMessage(key) + " was used at " + FormatRfc3339(ack->first_logged_ms) +
+                           " for a batch with other events; a resend must repeat its batch exactly (nothing was "
+                           "logged). Use a new key for new events");
+    return;
+  }
+  const bool replayed = ack->key_outcome == IngestAck::KeyOutcome::kReplayed;
   std::string out;
   JsonWriter json(&out);
   json.BeginObject().Key("accepted").Uint(ack->accepted).Key("rejected").Uint(ack->rejected);
@@ -804,7 +863,9 @@ void HttpServer::Impl::HandleIngest(const HttpRequest& req, HttpResponse& res) {
     }
     json.EndArray();
   }
+  if (replayed) json.Key("replayed").Bool(true);
   json.EndObject();
+  if (replayed) res.SetHeader("Idempotent-Replayed", "true");
   SetBody(res, 200, std::move(out), kJsonType);
 }
 
@@ -822,11 +883,40 @@ void HttpServer::Impl::HandleHealth(HttpResponse& res) {
   SetBody(res, health.ok ? 200 : 503, std::move(body), kJsonType);
 }
 
+void HttpServer::Impl::PublishLoopStats() {
+  if (!loop) return;
+  const HttpLoopStats stats = loop->stats();
+  std::lock_guard lock(loop_stats_mutex);
+  const auto catch_up = [](Counter* counter, uint64_t value) {
+    if (value > counter->value()) counter->Increment(value - counter->value());
+  };
+  catch_up(accept_pauses, stats.accept_pauses);
+  catch_up(connections_shed, stats.connections_shed);
+  catch_up(connections_refused, stats.connections_refused);
+  catch_up(header_timeouts, stats.header_timeouts);
+  catch_up(body_timeouts, stats.body_timeouts);
+  catch_up(budget_refusals, stats.budget_refusals);
+  connections_open->Set(stats.open_connections);
+  connections_max->Set(stats.max_connections);
+  buffered_request_bytes->Set(static_cast<double>(stats.buffered_request_bytes));
+}
+
 void HttpServer::Impl::HandleMetrics(HttpResponse& res) {
+  PublishLoopStats();
   std::string text;
   metrics.AppendText(&text);
   service.AppendMetrics(&text);
   SetBody(res, 200, std::move(text), "text/plain; version=0.0.4; charset=utf-8");
+}
+
+void ApplyServeSpec(const ServeSpec& serve, HttpServerOptions* options) {
+  options->max_connections = serve.max_connections;
+  // The loop counts whole seconds (the spec parser refuses less than 1s): round up, and keep within a year.
+  const auto seconds = [](int64_t ms) { return static_cast<int>(std::min<int64_t>((ms + 999) / 1000, 31536000)); };
+  options->header_timeout_sec = seconds(serve.header_timeout_ms);
+  options->body_timeout_sec = seconds(serve.body_timeout_ms);
+  options->min_body_bytes_per_sec = static_cast<size_t>(serve.min_body_rate_kib) << 10;
+  options->max_buffered_request_bytes = static_cast<size_t>(serve.max_buffered_request_mib) << 20;
 }
 
 HttpServer::HttpServer(FeatureService& service, MetricsRegistry& metrics, HttpServerOptions options)
@@ -854,6 +944,11 @@ Status HttpServer::Start() {
   loop.max_body_bytes = options.max_body_bytes;
   loop.keep_alive_timeout_sec = options.keep_alive_timeout_sec;
   loop.io_timeout_sec = options.io_timeout_sec;
+  loop.max_connections = options.max_connections;
+  loop.header_timeout_sec = options.header_timeout_sec;
+  loop.body_timeout_sec = options.body_timeout_sec;
+  loop.min_body_bytes_per_sec = options.min_body_bytes_per_sec;
+  loop.max_buffered_request_bytes = options.max_buffered_request_bytes;
   impl.loop = std::make_unique<HttpLoop>(impl, loop);
   Status started = impl.loop->Start();
   if (!started.ok()) impl.loop.reset();

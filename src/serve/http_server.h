@@ -33,7 +33,8 @@
 //   bad `at`, unknown feature, too many entities), 401 missing or wrong token, 404 unknown path (lists the
 //   endpoints), 405 wrong method (with Allow), 413 body over max_body_bytes, 414 request line over 8 KiB,
 //   415 ingest with another Content-Type or any multipart body, 431 headers over 64 KiB, 503 service
-//   unavailable or degraded; see feature_service.h for how service errors map.
+//   unavailable or degraded, or a body refused for the loop's buffered-bytes budget (with Retry-After); see
+//   feature_service.h for how service errors map.
 //
 // Auth: with a bearer token configured, /v1/ingest and everything under /v1/admin require
 // `Authorization: Bearer <token>`, compared in constant time; a missing or wrong token is a 401 counted in
@@ -48,6 +49,11 @@
 // freshet_http_request_duration_seconds{route} (from the end of the request's headers to its answer made),
 // freshet_http_unauthorized_total, freshet_http_lookup_entities_total. `route` is the endpoint pattern
 // (e.g. "/v1/features/{entity}"), or "unmatched" for unknown paths and requests too malformed to route.
+// The loop's defences (serve/http_loop.h), read when /metrics is asked for: freshet_http_connections_open,
+// freshet_http_connections_max (the cap in force), freshet_http_buffered_request_bytes,
+// freshet_http_accept_pauses_total, freshet_http_connections_shed_total,
+// freshet_http_connections_refused_total, freshet_http_slow_requests_closed_total{part="headers"|"body"},
+// freshet_http_buffer_budget_refusals_total.
 //
 // Threads: `loop_threads` event loops (one per core by default) read, answer and write requests; ingests, and
 // lookups of a service whose LookupBlocks() is true, run on `threads` blocking threads instead, so a wait for
@@ -86,7 +92,20 @@ struct HttpServerOptions {
   int keep_alive_timeout_sec = 5;
   // How long a read or write on a connection may stall before it is dropped, in seconds. Default 5.
   int io_timeout_sec = 5;
+  // Limits against hostile clients, as HttpLoopOptions documents them: connections open at once (lowered to
+  // the open-file limit), seconds for a request's headers, the grace and minimum rate of a body, and the
+  // bytes buffered for requests across all connections. Defaults 10,000, 10 s, 10 s, 64 KiB/s, 256 MiB.
+  int max_connections = 10000;
+  int header_timeout_sec = 10;
+  int body_timeout_sec = 10;
+  size_t min_body_bytes_per_sec = size_t{64} << 10;
+  size_t max_buffered_request_bytes = size_t{256} << 20;
 };
+
+// Sets the limits that the spec's `serve` map gives (max_connections, header_timeout, body_timeout,
+// min_body_rate_kib, max_buffered_request_mib); host and port are left to the caller, whose flags override
+// them.
+void ApplyServeSpec(const ServeSpec& serve, HttpServerOptions* options);
 
 class HttpServer {
  public:

@@ -14,6 +14,9 @@
 #include <cstring>
 #include <filesystem>
 
+#include "common/bytes.h"
+#include "common/files.h"
+#include "common/time.h"
 #include "event/event_parser.h"
 
 namespace freshet {
@@ -26,6 +29,11 @@ constexpr size_t kBufferCapacity = kBufferBytes + kParsePaddingBytes;  // Paddin
 constexpr std::string_view kSegmentPrefix = "ingest-";
 constexpr std::string_view kSegmentSuffix = ".log";
 constexpr std::string_view kPositionPrefix = "ingest:";
+// In a record's length field: the record is an idempotency key record, not a line (see the header).
+constexpr uint32_t kKeyRecordFlag = 0x8000'0000u;
+constexpr uint8_t kKeyPayloadVersion = 1;
+constexpr std::string_view kKeysFile = "idempotency-keys";
+constexpr std::string_view kKeysMagic = "FRKEYS01";
 
 static_assert(kBufferBytes > kHeaderBytes + kMaxLineBytes + kReadBytes);
 
@@ -90,9 +98,9 @@ uint32_t RecordCrc(const char* header, const char* line, size_t length) {
   return Crc32cExtend(crc, line, length);
 }
 
-void AppendRecord(std::string_view line, int64_t arrival_ns, std::string* out) {
+void AppendRecord(std::string_view line, int64_t arrival_ns, std::string* out, uint32_t flags = 0) {
   char header[kHeaderBytes];
-  PutU32(static_cast<uint32_t>(line.size()), header);
+  PutU32(static_cast<uint32_t>(line.size()) | flags, header);
   PutU64(static_cast<uint64_t>(arrival_ns), header + 8);
   PutU32(RecordCrc(header, line.data(), line.size()), header + 4);
   out->append(header, kHeaderBytes);
@@ -102,9 +110,11 @@ void AppendRecord(std::string_view line, int64_t arrival_ns, std::string* out) {
 // How the record at the start of `bytes` checks out.
 enum class RecordCheck { kOk, kIncomplete, kBadLength, kBadCrc };
 
-RecordCheck CheckRecord(std::string_view bytes, size_t* record_bytes) {
+// `is_key` (when given) tells a key record from a line.
+RecordCheck CheckRecord(std::string_view bytes, size_t* record_bytes, bool* is_key = nullptr) {
   if (bytes.size() < kHeaderBytes) return RecordCheck::kIncomplete;
-  const uint32_t length = GetU32(bytes.data());
+  const uint32_t length = GetU32(bytes.data()) & ~kKeyRecordFlag;
+  if (is_key != nullptr) *is_key = (GetU32(bytes.data()) & kKeyRecordFlag) != 0;
   if (length > kMaxLineBytes) return RecordCheck::kBadLength;
   if (bytes.size() < kHeaderBytes + length) return RecordCheck::kIncomplete;
   if (RecordCrc(bytes.data(), bytes.data() + kHeaderBytes, length) != GetU32(bytes.data() + 4)) {
@@ -156,6 +166,107 @@ Result<std::string> ReadWholeFile(int fd, const std::string& path) {
   }
   bytes.resize(got);
   return bytes;
+}
+
+// A batch's digest, to tell a resend from other lines under the same key: two 64-bit hashes (MurmurHash64A's
+// mixing, two seeds) over each line's length and bytes. Not cryptographic; it separates a producer's batches.
+uint64_t LinesHash(std::span<const std::string_view> lines, uint64_t seed) {
+  constexpr uint64_t m = 0xc6a4a7935bd1e995ull;
+  uint64_t h = seed ^ (lines.size() * m);
+  auto mix = [&h](uint64_t k) {
+    k *= m;
+    k ^= k >> 47;
+    k *= m;
+    h ^= k;
+    h *= m;
+  };
+  for (std::string_view line : lines) {
+    mix(line.size());
+    size_t i = 0;
+    for (; i + 8 <= line.size(); i += 8) mix(GetU64(line.data() + i));
+    uint64_t tail = 0;
+    for (size_t k = 0; i + k < line.size(); ++k) tail |= uint64_t{static_cast<unsigned char>(line[i + k])} << (8 * k);
+    mix(tail);
+  }
+  h ^= h >> 47;
+  h *= m;
+  h ^= h >> 47;
+  return h;
+}
+
+// A key record's payload (see the header).
+std::string EncodeKeyPayload(std::string_view key, const uint64_t digest[2], int64_t logged_ms, uint32_t lines,
+                             std::string_view receipt) {
+  ByteWriter w;
+  w.PutU8(kKeyPayloadVersion);
+  w.PutI64(logged_ms);
+  w.PutU32(lines);
+  w.PutU64(digest[0]);
+  w.PutU64(digest[1]);
+  w.PutString(key);
+  w.PutString(receipt);
+  return w.Take();
+}
+
+struct DecodedKey {
+  std::string_view key, receipt;
+  uint64_t digest[2] = {0, 0};
+  int64_t logged_ms = 0;
+  uint32_t lines = 0;
+};
+
+bool DecodeKeyPayload(std::string_view bytes, DecodedKey* out) {
+  ByteReader r(bytes);
+  uint8_t version = 0;
+  return r.ReadU8(&version) && version == kKeyPayloadVersion && r.ReadI64(&out->logged_ms) &&
+         r.ReadU32(&out->lines) && r.ReadU64(&out->digest[0]) && r.ReadU64(&out->digest[1]) &&
+         r.ReadString(&out->key) && r.ReadString(&out->receipt) && r.at_end() && !out->key.empty();
+}
+
+// What a walk over a segment's bytes found.
+struct SegmentScan {
+  uint64_t intact_bytes = 0;  // Up to the end of the last whole record, or the key record of a torn batch.
+  uint64_t lines = 0;         // Line records in intact_bytes.
+  RecordCheck stop = RecordCheck::kOk;  // Why the walk stopped before the end, if it did.
+  bool torn_batch = false;    // A keyed batch was incomplete: cut back to its key record.
+  std::vector<DecodedKey> keys;  // Of whole batches only; viewing the scanned bytes.
+};
+
+SegmentScan ScanSegment(std::string_view bytes) {
+  SegmentScan scan;
+  uint64_t offset = 0;
+  uint64_t batch_start = 0, batch_lines_before = 0;
+  uint32_t batch_lines_left = 0;  // Lines still to come of the keyed batch begun at batch_start.
+  DecodedKey batch_key;
+  while (offset < bytes.size()) {
+    size_t record_bytes = 0;
+    bool is_key = false;
+    scan.stop = CheckRecord(bytes.substr(offset), &record_bytes, &is_key);
+    DecodedKey key;
+    if (scan.stop == RecordCheck::kOk && is_key &&
+        (batch_lines_left > 0 || !DecodeKeyPayload(bytes.substr(offset + kHeaderBytes, record_bytes - kHeaderBytes), &key) ||
+         key.lines == 0)) {
+      scan.stop = RecordCheck::kBadCrc;  // Whole and checked, yet not a key record this version wrote.
+    }
+    if (scan.stop != RecordCheck::kOk) break;
+    if (is_key) {
+      batch_start = offset;
+      batch_lines_before = scan.lines;
+      batch_lines_left = key.lines;
+      batch_key = key;
+    } else {
+      ++scan.lines;
+      if (batch_lines_left > 0 && --batch_lines_left == 0) scan.keys.push_back(batch_key);
+    }
+    offset += record_bytes;
+  }
+  scan.intact_bytes = offset;
+  if (batch_lines_left > 0) {
+    scan.torn_batch = true;
+    scan.intact_bytes = batch_start;
+    scan.lines = batch_lines_before;
+  }
+  return scan;
 }
 
 }  // namespace
@@ -259,32 +370,64 @@ Status IngestLog::Recover() {
     segments_.push_back(Segment{base, path, static_cast<uint64_t>(st.st_size)});
   }
 
-  // Read the last segment through; cut off a torn or corrupt tail.
+  // Idempotency keys: those of deleted segments from the key file, then those of every kept segment. Earlier
+  // segments are read only for their key records; damage there is the reader's to report.
+  const int64_t now_ms = NowMs();
+  std::string keys_path = dir_ + "/" + std::string(kKeysFile);
+  if (std::filesystem::exists(keys_path, ec)) {
+    keys_file_ = true;
+    FRESHET_RETURN_IF_ERROR(LoadKeys(keys_path));
+  }
+  for (size_t i = 0; i + 1 < segments_.size(); ++i) {
+    const int fd = ::open(segments_[i].path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return Status::IoError("cannot open ingest log segment '" + segments_[i].path + "': " + Errno());
+    Result<std::string> sealed = ReadWholeFile(fd, segments_[i].path);
+    ::close(fd);
+    if (!sealed.ok()) return sealed.status();
+    const SegmentScan scan = ScanSegment(*sealed);
+    for (const DecodedKey& k : scan.keys) {
+      RememberLocked(KeyEntry{std::string(k.key), {k.digest[0], k.digest[1]}, k.logged_ms, 0, false, false,
+                              std::string(k.receipt)},
+                     now_ms);
+    }
+    if (scan.intact_bytes < sealed->size()) {
+      warnings_.push_back("ingest log segment '" + segments_[i].path + "' is damaged at offset " +
+                          std::to_string(scan.intact_bytes) + "; idempotency keys logged after it are not known");
+    }
+  }
+
+  // Read the last segment through; cut off a torn or corrupt tail, and an incomplete keyed batch.
   Segment& last = segments_.back();
   active_fd_ = ::open(last.path.c_str(), O_RDWR | O_APPEND | O_CLOEXEC);
   if (active_fd_ < 0) return Status::IoError("cannot open ingest log segment '" + last.path + "': " + Errno());
   FRESHET_ASSIGN_OR_RETURN(std::string bytes, ReadWholeFile(active_fd_, last.path));
-  uint64_t offset = 0;
-  uint64_t records = 0;
-  RecordCheck check = RecordCheck::kOk;
-  while (offset < bytes.size()) {
-    size_t record_bytes = 0;
-    check = CheckRecord(std::string_view(bytes).substr(offset), &record_bytes);
-    if (check != RecordCheck::kOk) break;
-    offset += record_bytes;
-    ++records;
+  const SegmentScan scan = ScanSegment(bytes);
+  const uint64_t offset = scan.intact_bytes;
+  const uint64_t records = scan.lines;
+  const RecordCheck check = scan.stop;
+  for (const DecodedKey& k : scan.keys) {
+    RememberLocked(KeyEntry{std::string(k.key), {k.digest[0], k.digest[1]}, k.logged_ms, 0, false, false,
+                            std::string(k.receipt)},
+                   now_ms);
   }
   if (offset < bytes.size()) {
-    const char* why = check == RecordCheck::kIncomplete ? "an incomplete record"
-                      : check == RecordCheck::kBadLength ? "a record with an impossible length"
-                                                         : "a record whose CRC does not match";
+    const char* why = scan.torn_batch && check == RecordCheck::kOk ? "a batch sent with an idempotency key whose "
+                                                                     "records are not all there"
+                      : check == RecordCheck::kIncomplete          ? "an incomplete record"
+                      : check == RecordCheck::kBadLength           ? "a record with an impossible length"
+                                                                   : "a record whose CRC does not match";
     if (::ftruncate(active_fd_, static_cast<off_t>(offset)) != 0) {
       return Status::IoError("cannot cut the torn tail off ingest log segment '" + last.path + "': " + Errno());
     }
     warnings_.push_back("ingest log segment '" + last.path + "' ended in " + why + " at offset " +
                         std::to_string(offset) + " (a crash during a write): cut off its last " +
-                        std::to_string(bytes.size() - offset) + " bytes; the " + std::to_string(records) +
-                        " records before it are intact, and the cut bytes were never acknowledged.");
+                        std::to_string(bytes.size() - offset) + " bytes" +
+                        (scan.torn_batch && check != RecordCheck::kOk ? ", back to the start of the batch sent with "
+                                                                        "an idempotency key that it was part of"
+                                                                      : "") +
+                        "; the " +
+                        std::to_string(records) + " records before it are intact, and the cut bytes were never "
+                        "acknowledged.");
   }
   // What survived a crash may still be only in the page cache: make it durable before readers see it.
   if (::fdatasync(active_fd_) != 0) {
@@ -294,6 +437,78 @@ Status IngestLog::Recover() {
   next_sequence_ = durable_sequence_ = last.base + records;
   durable_bytes_ = offset;
   return Status::Ok();
+}
+
+int64_t IngestLog::NowMs() const { return options_.wall_clock_ms ? options_.wall_clock_ms() : WallClockMs(); }
+
+Status IngestLog::LoadKeys(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Status::IoError("cannot open '" + path + "': " + Errno());
+  Result<std::string> bytes = ReadWholeFile(fd, path);
+  ::close(fd);
+  if (!bytes.ok()) return bytes.status();
+  const std::string_view all(*bytes);
+  bool ok = all.size() >= kKeysMagic.size() + 4 && all.substr(0, kKeysMagic.size()) == kKeysMagic &&
+            Crc32cExtend(0, all.data(), all.size() - 4) == GetU32(all.data() + all.size() - 4);
+  std::vector<DecodedKey> keys;
+  if (ok) {
+    ByteReader r(all.substr(kKeysMagic.size(), all.size() - kKeysMagic.size() - 4));
+    uint64_t count = 0;
+    ok = r.ReadCount(&count, 1);
+    for (uint64_t k = 0; ok && k < count; ++k) {
+      std::string_view payload;
+      DecodedKey key;
+      ok = r.ReadBytes(&payload) && DecodeKeyPayload(payload, &key);
+      keys.push_back(key);
+    }
+    ok = ok && r.at_end();
+  }
+  if (!ok) {
+    // Written whole by a rename, so this is damage from outside: say so, and go on without those keys.
+    warnings_.push_back("the idempotency key file '" + path + "' is damaged; keys of batches logged in deleted "
+                        "segments are forgotten, so a resend of such a batch would be logged again");
+    return Status::Ok();
+  }
+  const int64_t now_ms = NowMs();
+  for (const DecodedKey& k : keys) {
+    RememberLocked(KeyEntry{std::string(k.key), {k.digest[0], k.digest[1]}, k.logged_ms, 0, false, false,
+                            std::string(k.receipt)},
+                   now_ms);
+  }
+  return Status::Ok();
+}
+
+void IngestLog::RememberLocked(KeyEntry entry, int64_t now_ms) {
+  if (entry.logged_ms < now_ms - options_.key_window_ms) return;
+  if (auto it = key_ids_.find(entry.key); it != key_ids_.end()) {
+    KeyEntry& known = keys_[it->second - keys_front_id_];
+    if (known.logged_ms == entry.logged_ms && known.digest[0] == entry.digest[0] &&
+        known.digest[1] == entry.digest[1]) {
+      return;  // The same batch, in the key file and in a kept segment.
+    }
+    // The key was used again after its window: the later batch holds it.
+    key_ids_.erase(it);
+    known.dropped = true;
+  }
+  keys_.push_back(std::move(entry));
+  key_ids_[keys_.back().key] = keys_front_id_ + keys_.size() - 1;
+}
+
+void IngestLog::ExpireKeysLocked(int64_t now_ms) {
+  while (!keys_.empty()) {
+    KeyEntry& front = keys_.front();
+    if (!front.dropped) {
+      if (front.pending || front.logged_ms >= now_ms - options_.key_window_ms) return;
+      if (auto it = key_ids_.find(front.key); it != key_ids_.end() && it->second == keys_front_id_) key_ids_.erase(it);
+    }
+    keys_.pop_front();
+    ++keys_front_id_;
+  }
+}
+
+size_t IngestLog::key_count() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return key_ids_.size();
 }
 
 Status IngestLog::FailLocked(Status status) {
@@ -329,9 +544,8 @@ Status IngestLog::RollLocked() {
   return Status::Ok();
 }
 
-Result<uint64_t> IngestLog::Append(std::span<const std::string_view> lines, int64_t arrival_ns) {
-  std::string frames;
-  size_t total = 0;
+Status IngestLog::FrameLines(std::span<const std::string_view> lines, int64_t arrival_ns, std::string* frames) {
+  size_t total = frames->size();
   for (size_t i = 0; i < lines.size(); ++i) {
     if (lines[i].size() > kMaxLineBytes) {
       return Status::Invalid("line " + std::to_string(i + 1) + " of the request is " +
@@ -340,10 +554,84 @@ Result<uint64_t> IngestLog::Append(std::span<const std::string_view> lines, int6
     }
     total += kHeaderBytes + lines[i].size();
   }
-  frames.reserve(total);
-  for (std::string_view line : lines) AppendRecord(line, arrival_ns, &frames);
+  frames->reserve(total);
+  for (std::string_view line : lines) AppendRecord(line, arrival_ns, frames);
+  return Status::Ok();
+}
+
+Result<uint64_t> IngestLog::Append(std::span<const std::string_view> lines, int64_t arrival_ns) {
+  std::string frames;
+  FRESHET_RETURN_IF_ERROR(FrameLines(lines, arrival_ns, &frames));
+  std::unique_lock<std::mutex> lock(mutex_);
+  return WriteLocked(lock, frames, lines.size());
+}
+
+Result<KeyedAppend> IngestLog::AppendOnce(std::span<const std::string_view> lines, int64_t arrival_ns,
+                                          const IngestKey& key) {
+  if (key.key.empty() || key.key.size() > kMaxIngestKeyBytes) {
+    return Status::Invalid("an idempotency key must be 1 to " + std::to_string(kMaxIngestKeyBytes) +
+                           " bytes long; this one is " + std::to_string(key.key.size()));
+  }
+  if (key.receipt.size() > kMaxIngestReceiptBytes) {
+    return Status::Invalid("an idempotency receipt may be at most " + std::to_string(kMaxIngestReceiptBytes) + " bytes");
+  }
+  KeyedAppend result;
+  if (lines.empty()) {
+    result.sequence = durable_sequence();
+    return result;
+  }
+  KeyEntry entry;
+  entry.key = std::string(key.key);
+  entry.digest[0] = LinesHash(lines, 0x9e3779b97f4a7c15ull);
+  entry.digest[1] = LinesHash(lines, 0xd1b54a32d192ed03ull);
+  entry.logged_ms = NowMs();
+  entry.pending = true;
+  entry.receipt = std::string(key.receipt);
+  // The key record first: recovery knows from it how many line records must follow for the batch to count.
+  std::string frames;
+  AppendRecord(EncodeKeyPayload(entry.key, entry.digest, entry.logged_ms, static_cast<uint32_t>(lines.size()),
+                                entry.receipt),
+               arrival_ns, &frames, kKeyRecordFlag);
+  FRESHET_RETURN_IF_ERROR(FrameLines(lines, arrival_ns, &frames));
 
   std::unique_lock<std::mutex> lock(mutex_);
+  while (true) {
+    if (!failure_.ok()) return failure_;
+    ExpireKeysLocked(entry.logged_ms);
+    auto it = key_ids_.find(entry.key);
+    if (it == key_ids_.end()) break;
+    const KeyEntry& known = keys_[it->second - keys_front_id_];
+    if (known.pending && (known.end_sequence == 0 || known.end_sequence > durable_sequence_)) {
+      synced_.wait(lock);  // The first send is still being written: its outcome decides.
+      continue;
+    }
+    result.outcome = known.digest[0] == entry.digest[0] && known.digest[1] == entry.digest[1]
+                         ? KeyedAppend::Outcome::kReplayed
+                         : KeyedAppend::Outcome::kKeyReused;
+    result.logged_ms = known.logged_ms;
+    if (result.outcome == KeyedAppend::Outcome::kReplayed) result.receipt = known.receipt;
+    return result;
+  }
+  keys_.push_back(std::move(entry));
+  const uint64_t id = keys_front_id_ + keys_.size() - 1;
+  KeyEntry& mine = keys_.back();  // Stays in place: only entries before it are popped, and never while pending.
+  key_ids_[mine.key] = id;
+  Result<uint64_t> written = WriteLocked(lock, frames, lines.size(), &mine.end_sequence);
+  mine.pending = false;
+  if (!written.ok()) {
+    // Not durable (or not known to be): not remembered. After a failed sync a restart's recovery decides.
+    key_ids_.erase(mine.key);
+    mine.dropped = true;
+    mine.receipt = std::string();
+    synced_.notify_all();  // A resend waiting for this outcome.
+    return written.status();
+  }
+  result.sequence = *written;
+  return result;
+}
+
+Result<uint64_t> IngestLog::WriteLocked(std::unique_lock<std::mutex>& lock, const std::string& frames, size_t lines,
+                                        uint64_t* end_sequence) {
   // Start a new segment first if these records would overflow the current one.
   while (true) {
     if (!failure_.ok()) return failure_;
@@ -366,7 +654,8 @@ Result<uint64_t> IngestLog::Append(std::span<const std::string_view> lines, int6
       return failed;
     }
     segment.bytes += frames.size();
-    next_sequence_ += lines.size();
+    next_sequence_ += lines;
+    if (end_sequence != nullptr) *end_sequence = next_sequence_;
   }
   const uint64_t mine = next_sequence_;
 
@@ -399,7 +688,50 @@ Result<uint64_t> IngestLog::Append(std::span<const std::string_view> lines, int6
 }
 
 Status IngestLog::DeleteBefore(uint64_t sequence) {
+  std::lock_guard<std::mutex> one_at_a_time(delete_mutex_);
+  // The keys of the segments about to go must outlive them: write every remembered key to the key file first
+  // (outside the mutex, so that appends go on meanwhile).
+  std::string keys_file;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (segments_.size() < 2 || segments_[1].base >= sequence) return Status::Ok();
+    if (!keys_file_ && key_ids_.empty()) return DeleteSegmentsLocked(sequence);
+    const int64_t now_ms = NowMs();
+    ExpireKeysLocked(now_ms);
+    std::string entries;
+    ByteWriter out(&entries);
+    uint64_t count = 0;
+    for (const KeyEntry& k : keys_) {
+      if (k.dropped || (k.pending && (k.end_sequence == 0 || k.end_sequence > durable_sequence_))) continue;
+      out.PutBytes(EncodeKeyPayload(k.key, k.digest, k.logged_ms, 0, k.receipt));
+      ++count;
+    }
+    keys_file.append(kKeysMagic);
+    ByteWriter(&keys_file).PutVarint(count);
+    keys_file.append(entries);
+  }
+  char crc[4];
+  PutU32(Crc32cExtend(0, keys_file.data(), keys_file.size()), crc);
+  keys_file.append(crc, 4);
+  const std::string path = dir_ + "/" + std::string(kKeysFile);
+  const std::string temp = path + ".tmp";
+  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return Status::IoError("cannot create '" + temp + "': " + Errno());
+  Status wrote = WriteAll(fd, keys_file.data(), keys_file.size());
+  if (wrote.ok() && ::fsync(fd) != 0) wrote = Status::IoError(Errno());
+  ::close(fd);
+  if (wrote.ok() && ::rename(temp.c_str(), path.c_str()) != 0) wrote = Status::IoError(Errno());
+  if (wrote.ok() && ::fsync(dir_fd_) != 0) wrote = Status::IoError(Errno());
+  if (!wrote.ok()) {
+    return Status::IoError("cannot write the idempotency key file '" + path + "' (" + wrote.message() +
+                           "); the segments it would keep the keys of are not deleted");
+  }
   std::lock_guard<std::mutex> lock(mutex_);
+  keys_file_ = true;
+  return DeleteSegmentsLocked(sequence);
+}
+
+Status IngestLog::DeleteSegmentsLocked(uint64_t sequence) {
   while (segments_.size() > 1 && segments_[1].base < sequence) {
     if (::unlink(segments_.front().path.c_str()) != 0 && errno != ENOENT) {
       return Status::IoError("cannot delete ingest log segment '" + segments_.front().path + "': " + Errno());
@@ -481,9 +813,16 @@ Status IngestLogSource::OpenSegment(const std::string& path, uint64_t base, uint
 
 // Hands out the next whole record in the buffer; false when more bytes are needed.
 Result<bool> IngestLogSource::NextRecord(SourceRecord* record) {
-  const std::string_view bytes(buffer_.get() + begin_, end_ - begin_);
+  std::string_view bytes(buffer_.get() + begin_, end_ - begin_);
   size_t record_bytes = 0;
-  const RecordCheck check = CheckRecord(bytes, &record_bytes);
+  bool is_key = false;
+  RecordCheck check = CheckRecord(bytes, &record_bytes, &is_key);
+  while (check == RecordCheck::kOk && is_key) {  // Not an event: step over it, as over no record at all.
+    begin_ += record_bytes;
+    position_.offset += record_bytes;
+    bytes.remove_prefix(record_bytes);
+    check = CheckRecord(bytes, &record_bytes, &is_key);
+  }
   if (check == RecordCheck::kIncomplete) return false;
   if (check != RecordCheck::kOk) {
     return Status::IoError("ingest log segment '" + SegmentName(position_.segment) + "' in '" + log_->dir() +

@@ -19,15 +19,33 @@
 // CRC (a crash in the middle of a write), that record and everything after it are cut off (ftruncate +
 // fsync) and a warning says where and how many bytes. Such bytes were never acknowledged: a record is
 // acknowledged only after a sync, and a sync covers every earlier record, so everything acknowledged lies
-// before the first damaged record. Earlier segments were synced when the log moved past them and are not
-// re-read at Open; a damaged record there is reported as an error by the reader that meets it.
+// before the first damaged record. Earlier segments were synced when the log moved past them and are read at
+// Open only for their idempotency keys (a damaged record there gets a warning); the reader that meets a damaged
+// record reports it as an error.
+//
+// Idempotency keys (AppendOnce): a batch sent with a producer's key is written as a key record followed by
+// its line records, in the same write and sync as any batch. A key record is framed like a line, with the top
+// bit of its length field set (lines are at most kMaxLineBytes, so the bit is free); its payload is
+//     [u8 version = 1][i64 logged_ms][u32 line count][u64 digest_a][u64 digest_b][varint + key][varint + receipt]
+// little-endian, where logged_ms is wall-clock time and the digest is a hash of the batch's lines. Key records
+// are not events: readers skip them and sequence numbers do not count them. Recovery cuts a torn tail back to
+// the key record of an incomplete keyed batch, so a key is remembered exactly when its whole batch is in the
+// log: acknowledged or not, a batch that is in the log in full is never logged again under its key, and one
+// that is not is not remembered. The keys of deleted segments are kept in `idempotency-keys` (rewritten,
+// atomically, before DeleteBefore deletes a segment): [8 bytes "FRKEYS01"][varint count][per key: the key
+// record's payload, varint length first][u32 crc32c of everything before]. Open reads that file, then the key
+// records of every kept segment, and forgets keys older than IngestLogOptions::key_window_ms. A Freshet from
+// before key records reads a log that holds one as damaged at that record.
 //
 // A directory is used by one IngestLog at a time (an exclusive flock on it; a second Open fails).
 #pragma once
 
+#include <absl/container/flat_hash_map.h>
+
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -54,6 +72,33 @@ struct IngestLogOptions {
   // A new segment starts when a write would take the current one past this many bytes (an Append larger than
   // this gets a segment of its own). Default: 64 MiB.
   uint64_t segment_bytes = uint64_t{64} << 20;
+  // How long AppendOnce remembers a key, from when its batch was logged (wall clock). Default: 24 hours.
+  int64_t key_window_ms = int64_t{24} * 3600 * 1000;
+  // The wall clock (epoch ms) that keys are timed by; empty: the system clock. Tests set it.
+  std::function<int64_t()> wall_clock_ms = nullptr;
+};
+
+// The longest idempotency key and receipt AppendOnce takes.
+inline constexpr size_t kMaxIngestKeyBytes = 256;
+inline constexpr size_t kMaxIngestReceiptBytes = 64 << 10;
+
+// A batch's idempotency key, for AppendOnce.
+struct IngestKey {
+  std::string_view key;      // The producer's key: 1 to kMaxIngestKeyBytes bytes.
+  std::string_view receipt;  // What a resend is answered with (the caller's encoding of its acknowledgement).
+};
+
+// What AppendOnce did.
+struct KeyedAppend {
+  enum class Outcome {
+    kAppended,  // The key was new: the batch is logged and durable, and the key remembered with it.
+    kReplayed,  // The key was logged with the same lines: nothing was written; `receipt` is the first one's.
+    kKeyReused  // The key was logged with other lines: nothing was written.
+  };
+  Outcome outcome = Outcome::kAppended;
+  uint64_t sequence = 0;  // kAppended: as Append's result.
+  std::string receipt;    // kReplayed: the receipt given with the first batch.
+  int64_t logged_ms = 0;  // kReplayed, kKeyReused: when the first batch was logged (epoch ms).
 };
 
 class IngestLog {
@@ -73,6 +118,13 @@ class IngestLog {
   // the log's state on disk is then unknown, and the process should restart and recover. Thread-safe.
   Result<uint64_t> Append(std::span<const std::string_view> lines, int64_t arrival_ns);
 
+  // Append for a batch sent with an idempotency key (see the file comment). When the key was logged within
+  // key_window_ms, writes nothing and says whether the lines were the same (kReplayed, with the first receipt)
+  // or not (kKeyReused); otherwise appends the batch and its key record together, as Append does. A resend
+  // that arrives while the first is still being written waits for it. Empty `lines`: nothing is written or
+  // remembered. Errors: those of Append, and InvalidArgument for an empty or overlong key or receipt. Thread-safe.
+  Result<KeyedAppend> AppendOnce(std::span<const std::string_view> lines, int64_t arrival_ns, const IngestKey& key);
+
   // Deletes the segments all of whose records come before `sequence` and that are followed by a segment
   // starting before it too (a segment the position is at the very end of is kept, so that a checkpointed
   // position always names an existing segment). Never deletes the segment being written. Call it with the
@@ -86,6 +138,8 @@ class IngestLog {
   // Segments on disk, and fsyncs done by Appends so far (less than the Appends when they shared syncs).
   size_t segment_count() const;
   uint64_t sync_count() const;
+  // Idempotency keys remembered (logged within key_window_ms, or not yet forgotten). Thread-safe.
+  size_t key_count() const;
 
   const std::string& dir() const { return dir_; }
 
@@ -110,9 +164,36 @@ class IngestLog {
     uint64_t next_base = 0;
   };
 
+  // A remembered idempotency key. Entries are kept in the order logged; an entry whose batch failed is
+  // `dropped` (no longer in key_ids_) and freed when it reaches the front.
+  struct KeyEntry {
+    std::string key;
+    uint64_t digest[2] = {0, 0};
+    int64_t logged_ms = 0;
+    uint64_t end_sequence = 0;  // While pending: after the batch's records once written (0 before).
+    bool pending = false;       // Being written by an AppendOnce: durable once durable_sequence_ >= end_sequence.
+    bool dropped = false;
+    std::string receipt;
+  };
+
   IngestLog(std::string dir, IngestLogOptions options);
   Status Recover();
+  Status LoadKeys(const std::string& snapshot);
   Status RollLocked();
+  // Writes `frames` (holding `lines` line records) to the last segment and waits until they are durable.
+  // Requires the mutex held (through `lock`).
+  // `end_sequence` (when given) gets the sequence after the records as soon as they are written.
+  Result<uint64_t> WriteLocked(std::unique_lock<std::mutex>& lock, const std::string& frames, size_t lines,
+                               uint64_t* end_sequence = nullptr);
+  // Checks the lines and frames them as records after `frames`.
+  static Status FrameLines(std::span<const std::string_view> lines, int64_t arrival_ns, std::string* frames);
+  // DeleteBefore's deletions, once the keys are safe. Requires the mutex held.
+  Status DeleteSegmentsLocked(uint64_t sequence);
+  // Remembers a key read back from the log or the key file, unless it is older than the window.
+  void RememberLocked(KeyEntry entry, int64_t now_ms);
+  // Forgets keys logged more than key_window_ms before `now_ms`.
+  void ExpireKeysLocked(int64_t now_ms);
+  int64_t NowMs() const;
   Status FailLocked(Status status);
   // What may be read of the segment starting at record `base` (found is false when there is none).
   SegmentView View(uint64_t base) const;
@@ -134,6 +215,12 @@ class IngestLog {
   uint64_t sync_count_ = 0;
   Status failure_;                 // Set for good by a failed write that could not be undone, or fsync.
   std::vector<std::string> warnings_;
+
+  std::deque<KeyEntry> keys_;     // Oldest first. Elements do not move while they are in the deque.
+  uint64_t keys_front_id_ = 0;    // The id of keys_.front(); each key logged takes the next id.
+  absl::flat_hash_map<std::string_view, uint64_t> key_ids_;  // Key (viewing KeyEntry::key) -> id.
+  std::mutex delete_mutex_;       // One DeleteBefore at a time: the key file of the newest one wins.
+  bool keys_file_ = false;        // The key file exists (so it is rewritten even when no key is left).
 };
 
 // Reads an IngestLog's records in order, as they become durable, following new appends. The log must outlive

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -252,7 +253,10 @@ TEST(IngestLogTest, DamageInASealedSegmentIsAnErrorForTheReader) {
     f.put('#');
   }
   auto log = OpenLog(dir.Sub("log"), 200);
-  EXPECT_TRUE(log->TakeWarnings().empty());  // Only the last segment is checked at open.
+  // Open reads earlier segments only for their idempotency keys: it warns, and the reader reports the error.
+  std::vector<std::string> warnings = log->TakeWarnings();
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find("damaged at offset 0"), std::string::npos) << warnings[0];
   IngestLogSource source(log.get());
   std::vector<SourceRecord> batch;
   Status status = source.Poll(&batch, 100, 0);
@@ -568,6 +572,203 @@ TEST(IngestLogTest, AcknowledgedRecordsSurviveKillNine) {
       EXPECT_GE(found[round][w], acked[round][w]) << "round " << round << " writer " << w;
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Idempotency keys
+
+Result<KeyedAppend> AppendKeyed(IngestLog& log, const std::vector<std::string>& lines, std::string_view key,
+                                std::string_view receipt = "ack") {
+  std::vector<std::string_view> views(lines.begin(), lines.end());
+  return log.AppendOnce(views, 7, IngestKey{key, receipt});
+}
+
+KeyedAppend::Outcome OutcomeOf(const Result<KeyedAppend>& r) {
+  EXPECT_TRUE(r.ok()) << r.status().message();
+  return r.ok() ? r->outcome : KeyedAppend::Outcome::kKeyReused;
+}
+
+// A clock the test moves by hand.
+struct FakeClock {
+  std::shared_ptr<std::atomic<int64_t>> now = std::make_shared<std::atomic<int64_t>>(1'700'000'000'000);
+  std::function<int64_t()> fn() const {
+    return [n = now] { return n->load(); };
+  }
+};
+
+std::unique_ptr<IngestLog> OpenKeyed(const std::string& dir, const FakeClock& clock, int64_t window_ms = 60'000,
+                                     uint64_t segment_bytes = uint64_t{64} << 20) {
+  auto log = IngestLog::Open(dir, IngestLogOptions{segment_bytes, window_ms, clock.fn()});
+  EXPECT_TRUE(log.ok()) << log.status().message();
+  return log.ok() ? std::move(log).value() : nullptr;
+}
+
+TEST(IngestLogKeysTest, AKeyIsRememberedWithItsBatchAcrossReopen) {
+  TempDir dir;
+  FakeClock clock;
+  {
+    auto log = OpenKeyed(dir.Sub("log"), clock);
+    Result<KeyedAppend> first = AppendKeyed(*log, Lines("a", 0, 3), "key-1", "receipt-1");
+    ASSERT_EQ(OutcomeOf(first), KeyedAppend::Outcome::kAppended);
+    EXPECT_EQ(first->sequence, 3u);
+    Result<KeyedAppend> again = AppendKeyed(*log, Lines("a", 0, 3), "key-1", "receipt-other");
+    ASSERT_EQ(OutcomeOf(again), KeyedAppend::Outcome::kReplayed);
+    EXPECT_EQ(again->receipt, "receipt-1");
+    EXPECT_EQ(OutcomeOf(AppendKeyed(*log, Lines("a", 0, 4), "key-1")), KeyedAppend::Outcome::kKeyReused);
+    EXPECT_EQ(OutcomeOf(AppendKeyed(*log, Lines("b", 0, 2), "key-2")), KeyedAppend::Outcome::kAppended);
+    AppendOrDie(*log, Lines("plain", 0, 1));
+    EXPECT_EQ(log->durable_sequence(), 6u);  // Key records are not counted.
+  }
+  auto log = OpenKeyed(dir.Sub("log"), clock);
+  ASSERT_NE(log, nullptr);
+  EXPECT_TRUE(log->TakeWarnings().empty());
+  EXPECT_EQ(log->key_count(), 2u);
+  Result<KeyedAppend> replay = AppendKeyed(*log, Lines("a", 0, 3), "key-1");
+  ASSERT_EQ(OutcomeOf(replay), KeyedAppend::Outcome::kReplayed);
+  EXPECT_EQ(replay->receipt, "receipt-1");
+  EXPECT_EQ(OutcomeOf(AppendKeyed(*log, Lines("b", 0, 3), "key-2")), KeyedAppend::Outcome::kKeyReused);
+  // Readers see every line once, numbered without the key records.
+  IngestLogSource source(log.get());
+  std::vector<Got> expected = Expected(Lines("a", 0, 3), 0, 7);
+  for (const Got& g : Expected(Lines("b", 0, 2), 3, 7)) expected.push_back(g);
+  for (const Got& g : Expected(Lines("plain", 0, 1), 5, 0)) expected.push_back(g);
+  EXPECT_EQ(ReadAvailable(source), expected);
+}
+
+TEST(IngestLogKeysTest, AKeyIsForgottenAfterTheWindow) {
+  TempDir dir;
+  FakeClock clock;
+  {
+    auto log = OpenKeyed(dir.Sub("log"), clock, /*window_ms=*/60'000);
+    ASSERT_EQ(OutcomeOf(AppendKeyed(*log, Lines("a", 0, 2), "old")), KeyedAppend::Outcome::kAppended);
+    clock.now->fetch_add(30'000);
+    ASSERT_EQ(OutcomeOf(AppendKeyed(*log, Lines("b", 0, 2), "young")), KeyedAppend::Outcome::kAppended);
+    clock.now->fetch_add(30'001);  // "old" is past the window, "young" is not.
+    EXPECT_EQ(OutcomeOf(AppendKeyed(*log, Lines("b", 0, 2), "young")), KeyedAppend::Outcome::kReplayed);
+    EXPECT_EQ(OutcomeOf(AppendKeyed(*log, Lines("a", 0, 2), "old")), KeyedAppend::Outcome::kAppended);
+    EXPECT_EQ(log->key_count(), 2u);
+  }
+  // After a restart too: keys are timed by when they were logged, not when they were read back.
+  clock.now->fetch_add(45'000);
+  auto log = OpenKeyed(dir.Sub("log"), clock, 60'000);
+  EXPECT_EQ(log->key_count(), 1u);  // The second "old"; "young" is forgotten.
+  EXPECT_EQ(OutcomeOf(AppendKeyed(*log, Lines("b", 0, 2), "young")), KeyedAppend::Outcome::kAppended);
+  EXPECT_EQ(OutcomeOf(AppendKeyed(*log, Lines("a", 0, 2), "old")), KeyedAppend::Outcome::kReplayed);
+}
+
+// A batch whose append fails is not logged, so its key must not be remembered: the resend is logged.
+TEST(IngestLogKeysTest, AKeyIsNotRememberedWhenItsAppendFailed) {
+  TempDir dir;
+  FakeClock clock;
+  auto log = OpenKeyed(dir.Sub("log"), clock);
+  ASSERT_EQ(OutcomeOf(AppendKeyed(*log, Lines("a", 0, 2), "first")), KeyedAppend::Outcome::kAppended);
+  const uint64_t size = std::filesystem::file_size(dir.Sub("log/ingest-00000000000000000000.log"));
+  // The file may not grow past its size now: the write fails (EFBIG), and the log undoes it.
+  struct rlimit saved;
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &saved), 0);
+  auto* previous = ::signal(SIGXFSZ, SIG_IGN);
+  struct rlimit limit = saved;
+  limit.rlim_cur = size + 10;
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &limit), 0);
+  Result<KeyedAppend> failed = AppendKeyed(*log, Lines("b", 0, 5), "second");
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &saved), 0);
+  ::signal(SIGXFSZ, previous);
+  ASSERT_FALSE(failed.ok());
+  EXPECT_EQ(log->key_count(), 1u);
+  EXPECT_EQ(std::filesystem::file_size(dir.Sub("log/ingest-00000000000000000000.log")), size);
+
+  // The resend is logged, as the batch's first durable copy.
+  EXPECT_EQ(OutcomeOf(AppendKeyed(*log, Lines("b", 0, 5), "second")), KeyedAppend::Outcome::kAppended);
+  EXPECT_EQ(log->durable_sequence(), 7u);
+}
+
+// A crash in the middle of a keyed batch (its key record written, not all its lines): the batch was never
+// acknowledged, so recovery cuts it off whole, key record included, and the key is not remembered.
+TEST(IngestLogKeysTest, ATornKeyedBatchIsCutOffWithItsKey) {
+  TempDir dir;
+  FakeClock clock;
+  const std::string path = dir.Sub("log/ingest-00000000000000000000.log");
+  uint64_t intact = 0;
+  {
+    auto log = OpenKeyed(dir.Sub("log"), clock);
+    ASSERT_EQ(OutcomeOf(AppendKeyed(*log, Lines("a", 0, 2), "whole")), KeyedAppend::Outcome::kAppended);
+    intact = std::filesystem::file_size(path);
+    ASSERT_EQ(OutcomeOf(AppendKeyed(*log, Lines("b", 0, 4), "torn")), KeyedAppend::Outcome::kAppended);
+  }
+  // Keep the key record and two whole lines of the second batch, then half a line.
+  const uint64_t full = std::filesystem::file_size(path);
+  const uint64_t line_bytes = 16 + Lines("b", 0, 1)[0].size();
+  std::filesystem::resize_file(path, full - 2 * line_bytes + 5);
+  auto log = OpenKeyed(dir.Sub("log"), clock);
+  ASSERT_NE(log, nullptr);
+  std::vector<std::string> warnings = log->TakeWarnings();
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find("idempotency key"), std::string::npos) << warnings[0];
+  EXPECT_EQ(std::filesystem::file_size(path), intact);
+  EXPECT_EQ(log->durable_sequence(), 2u);
+  EXPECT_EQ(log->key_count(), 1u);
+  EXPECT_EQ(OutcomeOf(AppendKeyed(*log, Lines("a", 0, 2), "whole")), KeyedAppend::Outcome::kReplayed);
+  EXPECT_EQ(OutcomeOf(AppendKeyed(*log, Lines("b", 0, 4), "torn")), KeyedAppend::Outcome::kAppended);
+  IngestLogSource source(log.get());
+  std::vector<Got> expected = Expected(Lines("a", 0, 2), 0, 7);
+  for (const Got& g : Expected(Lines("b", 0, 4), 2, 7)) expected.push_back(g);
+  EXPECT_EQ(ReadAvailable(source), expected);
+}
+
+// Segments are deleted once checkpointed, long before their keys' window ends: the keys move to the key file.
+TEST(IngestLogKeysTest, KeysOutliveTheSegmentsTheyWereLoggedIn) {
+  TempDir dir;
+  FakeClock clock;
+  {
+    auto log = OpenKeyed(dir.Sub("log"), clock, 60'000, /*segment_bytes=*/256);
+    for (int k = 0; k < 12; ++k) {
+      ASSERT_EQ(OutcomeOf(AppendKeyed(*log, Lines("k" + std::to_string(k), 0, 3), "key-" + std::to_string(k))),
+                KeyedAppend::Outcome::kAppended);
+    }
+    ASSERT_GT(log->segment_count(), 4u);
+    ASSERT_TRUE(log->DeleteBefore(log->durable_sequence()).ok());
+    EXPECT_LE(log->segment_count(), 2u);
+    EXPECT_TRUE(std::filesystem::exists(dir.Sub("log/idempotency-keys")));
+  }
+  auto log = OpenKeyed(dir.Sub("log"), clock, 60'000, 256);
+  ASSERT_NE(log, nullptr);
+  EXPECT_EQ(log->key_count(), 12u);
+  for (int k = 0; k < 12; ++k) {
+    EXPECT_EQ(OutcomeOf(AppendKeyed(*log, Lines("k" + std::to_string(k), 0, 3), "key-" + std::to_string(k))),
+              KeyedAppend::Outcome::kReplayed)
+        << k;
+  }
+  // Expired keys leave the file at its next rewrite.
+  clock.now->fetch_add(60'001);
+  AppendOrDie(*log, Lines("later", 0, 20));
+  ASSERT_TRUE(log->DeleteBefore(log->durable_sequence()).ok());
+  EXPECT_EQ(log->key_count(), 0u);
+  log.reset();
+  log = OpenKeyed(dir.Sub("log"), clock, 3'600'000, 256);  // A longer window does not bring them back.
+  EXPECT_EQ(log->key_count(), 0u);
+}
+
+// Two sends of one batch at once (a client that timed out and resent): one is logged, the other replays it.
+TEST(IngestLogKeysTest, ConcurrentSendsOfOneKeyLogTheBatchOnce) {
+  TempDir dir;
+  FakeClock clock;
+  auto log = OpenKeyed(dir.Sub("log"), clock);
+  for (int round = 0; round < 20; ++round) {
+    const std::string key = "k" + std::to_string(round);
+    std::atomic<int> appended{0}, replayed{0};
+    std::vector<std::thread> senders;
+    for (int t = 0; t < 4; ++t) {
+      senders.emplace_back([&] {
+        Result<KeyedAppend> r = AppendKeyed(*log, Lines(key, 0, 50), key);
+        if (r.ok() && r->outcome == KeyedAppend::Outcome::kAppended) ++appended;
+        if (r.ok() && r->outcome == KeyedAppend::Outcome::kReplayed) ++replayed;
+      });
+    }
+    for (std::thread& t : senders) t.join();
+    EXPECT_EQ(appended.load(), 1);
+    EXPECT_EQ(replayed.load(), 3);
+  }
+  EXPECT_EQ(log->durable_sequence(), 20u * 50u);
 }
 
 }  // namespace

@@ -799,6 +799,11 @@ void SpecParser::ParseSource(const Entry& entry, Spec* spec) {
     source.path = CanonicalEventsPath(file_, *path);
     source.follow = *follow;
   }
+  if (*type == "http") {
+    std::optional<int64_t> window = ReadDuration(*map, "idempotency_window");
+    if (!window) return;
+    source.idempotency_window_ms = *window;
+  }
   if (*type == "kafka") {
     std::optional<std::string> brokers = ReadString(*map, "brokers");
     std::optional<std::string> topic = ReadString(*map, "topic");
@@ -855,6 +860,20 @@ void SpecParser::ParseServe(const Entry& entry, Spec* spec) {
   if (!map) return;
   if (auto host = ReadString(*map, "host")) spec->serve.host = *host;
   if (auto port = ReadInt(*map, "port")) spec->serve.port = *port;
+  if (auto max = ReadInt(*map, "max_connections")) spec->serve.max_connections = *max;
+  // The server counts these in whole seconds; a shorter value would round to no time at all.
+  for (const auto& [key, out] : {std::pair{"header_timeout", &spec->serve.header_timeout_ms},
+                                 std::pair{"body_timeout", &spec->serve.body_timeout_ms}}) {
+    std::optional<int64_t> ms = ReadDuration(*map, key);
+    if (ms && *ms < 1000) {
+      Error(map->Find(key)->value.Mark(), "serve." + std::string(key) + " must be at least 1s, got " +
+                                              FormatDuration(*ms) + "; write " + key + ": 1s or more");
+    } else if (ms) {
+      *out = *ms;
+    }
+  }
+  if (auto rate = ReadInt(*map, "min_body_rate_kib")) spec->serve.min_body_rate_kib = *rate;
+  if (auto mib = ReadInt(*map, "max_buffered_request_mib")) spec->serve.max_buffered_request_mib = *mib;
 }
 
 void SpecParser::ParseCheckpoint(const Entry& entry, Spec* spec) {
@@ -893,6 +912,7 @@ void SpecParser::ParseFeatureLog(const Entry& entry, Spec* spec) {
   if (auto enabled = ReadBool(*map, "enabled")) spec->feature_log.enabled = *enabled;
   if (auto rate = ReadFraction(*map, "sample_rate")) spec->feature_log.sample_rate = *rate;
   if (auto queue = ReadInt(*map, "queue")) spec->feature_log.queue = *queue;
+  if (auto mb = ReadInt(*map, "max_buffered_mb")) spec->feature_log.max_buffered_bytes = int64_t{*mb} << 20;
 }
 
 void SpecParser::ParseSkew(const Entry& entry, Spec* spec) {

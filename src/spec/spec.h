@@ -77,6 +77,8 @@ struct SourceSpec {
   // the one file has one name however the spec was named; the file name is kept (it may be a symlink).
   std::string path;
   bool follow = false;
+  // http: how long an Idempotency-Key is remembered.
+  int64_t idempotency_window_ms = int64_t{24} * 3600 * 1000;
   // kafka
   std::string brokers;
   std::string topic;
@@ -98,6 +100,11 @@ struct OnlineSpec {
 struct ServeSpec {
   std::string host = "127.0.0.1";
   int port = 8080;
+  int max_connections = 10000;
+  int64_t header_timeout_ms = 10000;
+  int64_t body_timeout_ms = 10000;
+  int min_body_rate_kib = 64;           // KiB per second.
+  int max_buffered_request_mib = 256;   // MiB across all connections.
 };
 
 struct CheckpointSpec {
@@ -120,6 +127,8 @@ struct FeatureLogSpec {
   bool enabled = true;
   double sample_rate = 1.0;  // Share of entities logged, by entity-key hash.
   int queue = 100000;        // Bound of the answers waiting to be written.
+  // Bound of the logged rows held in memory until their commit; beyond it they are committed early.
+  int64_t max_buffered_bytes = int64_t{64} << 20;
 };
 
 struct SkewSpec {

@@ -169,6 +169,11 @@ inline constexpr SpecOption kSpecOptions[] = {
     SpecOption("source", "follow", SpecValueType::kBool,
                "Keep reading as the file grows, across rotation (like tail -F), instead of stopping at its end.")
         .When("type", "file").Default("false"),
+    SpecOption("source", "idempotency_window", SpecValueType::kDuration,
+               "How long an Idempotency-Key of POST /v1/ingest is remembered after its batch was logged: a resend "
+               "with the key within it gets the first acknowledgement and is not logged again. Keys are kept with "
+               "the ingest log, so they survive crashes.")
+        .When("type", "http").Default("24h"),
     SpecOption("source", "brokers", SpecValueType::kString,
                "The Kafka bootstrap servers, host:port separated by commas.")
         .Required().When("type", "kafka").Example("\"127.0.0.1:9092\""),
@@ -220,6 +225,27 @@ inline constexpr SpecOption kSpecOptions[] = {
         .Default("127.0.0.1"),
     SpecOption("serve", "port", SpecValueType::kInt, "The HTTP port (0: any free port, printed at start).")
         .Range(0, 65535).Default("8080"),
+    SpecOption("serve", "max_connections", SpecValueType::kInt,
+               "Most HTTP connections open at once, lowered at start to the open-file limit less 64 descriptors "
+               "kept for files, Redis and Kafka (said on stderr). At the cap a new connection replaces the one "
+               "that has waited longest for a request (idle, or its headers still arriving).")
+        .Range(1, 1000000).Default("10000"),
+    SpecOption("serve", "header_timeout", SpecValueType::kDuration,
+               "The time a request's whole header section may take to arrive, from its first byte; a client "
+               "trickling its headers is cut off after it. At least 1s.")
+        .Default("10s"),
+    SpecOption("serve", "body_timeout", SpecValueType::kDuration,
+               "The grace for a request body: it must arrive within body_timeout plus its size over "
+               "min_body_rate_kib, counted from the end of its headers. At least 1s.")
+        .Default("10s"),
+    SpecOption("serve", "min_body_rate_kib", SpecValueType::kInt,
+               "The slowest average rate, in KiB per second, at which a request body may arrive after the "
+               "body_timeout grace.")
+        .Range(1, 1048576).Default("64"),
+    SpecOption("serve", "max_buffered_request_mib", SpecValueType::kInt,
+               "The memory, in MiB, that requests being received may hold across all connections; a body that "
+               "would go over it is refused with 503 and Retry-After. At least 16 (twice the 8 MiB body limit).")
+        .Range(16, 1048576).Default("256"),
 
     // checkpoint
     SpecOption("checkpoint", "interval", SpecValueType::kDuration, "Time between checkpoints.").Default("10s"),
@@ -247,6 +273,11 @@ inline constexpr SpecOption kSpecOptions[] = {
                "Answers waiting to be written. When full, answers are shed and counted in "
                "freshet_feature_log_shed_total, never silently.")
         .Range(1, 10000000).Default("100000"),
+    SpecOption("feature_log", "max_buffered_mb", SpecValueType::kInt,
+               "MiB of written rows that may wait in memory for their commit (every checkpoint interval). Beyond "
+               "it they are committed at once, so memory stays bounded however long the interval and however "
+               "many answers are served.")
+        .Range(1, 1048576).Default("64"),
 
     // skew
     SpecOption("skew", "max_mismatch_rate", SpecValueType::kFraction,

@@ -12,6 +12,8 @@
 #include <iterator>
 #include <list>
 #include <mutex>
+#include <optional>
+#include <random>
 #include <thread>
 
 #include "common/time.h"
@@ -147,7 +149,8 @@ Result<ContextPtr> ConnectRedis(const RedisConnectionOptions& options) {
 
 RedisKeyLayout::RedisKeyLayout(std::string_view spec_name)
     : state_prefix_(fmt::format("freshet:{}:state:", spec_name)),
-      features_prefix_(fmt::format("freshet:{}:features:", spec_name)) {}
+      features_prefix_(fmt::format("freshet:{}:features:", spec_name)),
+      marker_key_(fmt::format("freshet:{}:marker", spec_name)) {}
 
 std::string RedisKeyLayout::StateKey(std::string_view entity) const {
   std::string key;
@@ -232,6 +235,10 @@ Status RedisWriterOptions::Validate() const {
         fmt::format("redis writer: flush_interval_ms {} must be positive", flush_interval_ms));
   }
   if (max_batch == 0) return Status::Invalid("redis writer: max_batch must be at least 1");
+  if (check_interval_ms <= 0) {
+    return Status::Invalid(
+        fmt::format("redis writer: check_interval_ms {} must be positive", check_interval_ms));
+  }
   if (initial_backoff_ms <= 0 || max_backoff_ms < initial_backoff_ms) {
     return Status::Invalid(
         fmt::format("redis writer: backoff must satisfy 0 < initial_backoff_ms ({}) <= max_backoff_ms ({})",
@@ -296,6 +303,12 @@ struct PendingWrite {
 // strings the index points into) never move, and batches splice out and back in O(batch).
 using WriteQueue = std::list<PendingWrite>;
 
+// 16 hex digits, different for every writer (for the marker: which process wrote it).
+std::string RandomRunId() {
+  std::random_device random;
+  return fmt::format("{:08x}{:08x}", random(), random());
+}
+
 int64_t EarlierArrival(int64_t a, int64_t b) {
   if (a == 0) return b;
   if (b == 0) return a;
@@ -305,15 +318,29 @@ int64_t EarlierArrival(int64_t a, int64_t b) {
 }  // namespace
 
 struct RedisWriter::Impl {
-  explicit Impl(RedisWriterOptions o) : options(std::move(o)), keys(options.spec_name) {}
+  explicit Impl(RedisWriterOptions o)
+      : options(std::move(o)), keys(options.spec_name), run_id(RandomRunId()) {}
 
   void Run();
   WriteQueue TakeBatch();                      // Requires mu.
   void ReturnBatch(WriteQueue batch);          // Requires mu.
-  Status Connect();                            // Flush thread only.
-  Status WriteBatch(const WriteQueue& batch);  // Flush thread only.
+  Status Connect(bool* reconnected);           // Flush thread only.
+  Status CheckMarker(bool* present);           // Flush thread only.
+  // Writes the batch and, when `marker` is not empty, the sync marker with that text, in one MULTI/EXEC.
+  Status WriteBatch(const WriteQueue& batch, std::string_view marker);  // Flush thread only.
   bool FlushedThrough(uint64_t seq) const {    // Requires mu.
     return (queue.empty() || queue.front().first_seq > seq) && in_flight_min_seq > seq;
+  }
+  // A full sync is marked and every upsert it covers is written or in the next batch. Requires mu.
+  bool MarkerDue() const {
+    return marker_seq.has_value() && (queue.empty() || queue.front().first_seq > *marker_seq);
+  }
+  // Redis lost, or may have lost, what was written: the caller must upsert everything again. Requires mu.
+  void RequestResync(std::string reason) {
+    in_sync = false;
+    out_of_sync_reason = std::move(reason);
+    marker_seq.reset();  // A marker now would vouch for writes that went to the lost Redis.
+    ++resyncs_requested;
   }
 
   const RedisWriterOptions options;
@@ -339,6 +366,16 @@ struct RedisWriter::Impl {
   int64_t last_success_unix_ms = 0;
   uint64_t upserts = 0;
   uint64_t coalesced = 0;
+  // The sync marker (see MarkFullSync). armed: MarkFullSync was called, so the periodic check runs.
+  const std::string run_id;           // Random per writer: tells in the marker which process wrote it.
+  bool armed = false;
+  std::optional<uint64_t> marker_seq;  // The marker is due once every Upsert up to this seq is written.
+  size_t marker_entities = 0;
+  bool in_sync = false;
+  std::string out_of_sync_reason = "starting: every entity is being written";
+  uint64_t resyncs_requested = 0;
+  uint64_t marker_losses = 0;
+  SteadyTime next_check;  // Of the periodic check; the epoch: at once.
 
   std::mutex stop_mu;  // Serializes Stop (join).
   std::thread thread;
@@ -439,6 +476,8 @@ RedisWriterHealth RedisWriter::Health() const {
         std::chrono::duration_cast<std::chrono::milliseconds>(SteadyClock::now() - *oldest).count();
   }
   health.last_success_unix_ms = s.last_success_unix_ms;
+  health.in_sync = s.in_sync;
+  if (!s.in_sync) health.out_of_sync_reason = s.out_of_sync_reason;
   return health;
 }
 
@@ -454,34 +493,78 @@ RedisWriterMetrics RedisWriter::Metrics() const {
   std::lock_guard lock(s.mu);
   metrics.upserts = s.upserts;
   metrics.coalesced = s.coalesced;
+  metrics.resyncs_requested = s.resyncs_requested;
+  metrics.marker_losses = s.marker_losses;
   return metrics;
+}
+
+void RedisWriter::MarkFullSync(uint64_t resyncs_seen, size_t entities) {
+  Impl& s = *impl_;
+  std::lock_guard lock(s.mu);
+  s.armed = true;
+  if (resyncs_seen < s.resyncs_requested) return;  // Outdated: the full sync that answers the newer request
+                                                   // will mark itself.
+  s.marker_seq = s.next_seq - 1;
+  s.marker_entities = entities;
+  s.wake.notify_one();
 }
 
 void RedisWriter::Impl::Run() {
   std::unique_lock lock(mu);
   while (!stop) {
     const SteadyTime now = SteadyClock::now();
-    SteadyTime next_attempt;
-    if (!queue.empty()) {
-      const bool urgent = flush_waiters > 0 || queue.size() >= options.max_batch;
-      next_attempt =
-          urgent ? now : queue.front().first_queued + std::chrono::milliseconds(options.flush_interval_ms);
-      next_attempt = std::max(next_attempt, retry_at);
+    // Three kinds of work: a write (pending entities, or the marker once what it covers is written), a
+    // reconnect, and, once armed, the periodic check. The check is what notices a Redis that went away or
+    // lost its data while nothing is written, so it runs whether or not writes are pending.
+    std::optional<SteadyTime> write_at;
+    if (!queue.empty() || MarkerDue()) {
+      const bool urgent = flush_waiters > 0 || queue.size() >= options.max_batch || queue.empty();
+      write_at = std::max(
+          urgent ? now : queue.front().first_queued + std::chrono::milliseconds(options.flush_interval_ms),
+          retry_at);
     } else if (!connected) {
-      next_attempt = retry_at;  // Keep reconnecting while idle, so that Health tells the truth.
-    } else {
+      write_at = retry_at;  // Keep reconnecting while idle, so that Health tells the truth.
+    }
+    const bool checking = armed && connected;
+    if (!write_at && !checking) {
       wake.wait(lock);
       continue;
     }
+    SteadyTime next_attempt = write_at.value_or(SteadyTime::max());
+    if (checking) next_attempt = std::min(next_attempt, next_check);
     if (now < next_attempt) {
       wake.wait_until(lock, next_attempt);
       continue;  // Woken early or on time: decide again.
     }
 
-    WriteQueue batch = TakeBatch();
+    const bool check = checking && now >= next_check;
+    const bool was_armed = armed;
+    WriteQueue batch;
+    std::string marker;  // Its text when this batch completes a full sync.
+    std::optional<uint64_t> marker_for;
+    if (!check) {
+      batch = TakeBatch();
+      if (MarkerDue()) {
+        marker_for = marker_seq;
+        marker = fmt::format(R"({{"run_id":"{}","synced_unix_ms":{},"entities":{}}})", run_id, WallClockMs(),
+                             marker_entities);
+      }
+    }
     lock.unlock();
-    Status status = context != nullptr ? Status::Ok() : Connect();
-    if (status.ok() && !batch.empty()) status = WriteBatch(batch);
+    bool reconnected = false;
+    Status status = context != nullptr ? Status::Ok() : Connect(&reconnected);
+    // After a reconnect the marker tells whether Redis lost its data (only for the message: a full sync
+    // follows either way, since a Redis restarted from an older snapshot has the marker but not our
+    // latest writes). The entities of a full sync in progress may have gone to the lost Redis, so its
+    // marker is not written now.
+    std::optional<bool> marker_present;
+    if (status.ok() && was_armed && (check || reconnected)) {
+      bool present = false;
+      status = CheckMarker(&present);
+      if (status.ok()) marker_present = present;
+    }
+    if (reconnected) marker.clear();
+    if (status.ok() && (!batch.empty() || !marker.empty())) status = WriteBatch(batch, marker);
     if (!status.ok()) context.reset();  // Start over on a fresh connection: no half-read replies.
     lock.lock();
 
@@ -493,6 +576,27 @@ void RedisWriter::Impl::Run() {
       backoff_ms = 0;
       retry_at = SteadyTime();
       if (!batch.empty()) last_success_unix_ms = WallClockMs();
+      auto lost = [&] {
+        return fmt::format("Redis lost its data (the marker key {} is missing: flushed, or restarted without "
+                           "persistence)",
+                           keys.MarkerKey());
+      };
+      if (reconnected) {
+        RequestResync(marker_present == false
+                          ? lost()
+                          : "reconnected to Redis, which may have missed writes (rewriting every entity)");
+      } else if (marker_present == false && in_sync) {
+        ++marker_losses;
+        RequestResync(lost());
+      }
+      if (!marker.empty() && marker_seq == marker_for) {
+        marker_seq.reset();
+        in_sync = true;
+        out_of_sync_reason.clear();
+      }
+      if (check || reconnected) {
+        next_check = SteadyClock::now() + std::chrono::milliseconds(options.check_interval_ms);
+      }
     } else {
       last_error = status.message();
       ++consecutive_failures;
@@ -539,7 +643,7 @@ void RedisWriter::Impl::ReturnBatch(WriteQueue batch) {
   queue.splice(queue.begin(), batch);
 }
 
-Status RedisWriter::Impl::Connect() {
+Status RedisWriter::Impl::Connect(bool* reconnected) {
   Result<ContextPtr> connected_context = ConnectRedis(options.connection);
   std::lock_guard lock(stats_mu);
   if (!connected_context.ok()) {
@@ -547,11 +651,25 @@ Status RedisWriter::Impl::Connect() {
     return connected_context.status();
   }
   context = std::move(connected_context).value();
+  *reconnected = counters.connects > 0;
   ++counters.connects;
   return Status::Ok();
 }
 
-Status RedisWriter::Impl::WriteBatch(const WriteQueue& batch) {
+// EXISTS on the marker: also the liveness check of a connection that has nothing to write.
+Status RedisWriter::Impl::CheckMarker(bool* present) {
+  FRESHET_ASSIGN_OR_RETURN(ReplyPtr reply, RunCommand(context.get(), {"EXISTS", keys.MarkerKey()},
+                                                      "checking the sync marker", "", options.connection));
+  if (reply->type != REDIS_REPLY_INTEGER) {
+    return Status::IoError(
+        fmt::format("redis {}: unexpected reply type {} to EXISTS (is this a Redis server?)",
+                    options.connection.Address(), reply->type));
+  }
+  *present = reply->integer > 0;
+  return Status::Ok();
+}
+
+Status RedisWriter::Impl::WriteBatch(const WriteQueue& batch, std::string_view marker) {
   redisContext* c = context.get();
   const SteadyTime started = SteadyClock::now();
   std::string updated_ms;
@@ -603,6 +721,12 @@ Status RedisWriter::Impl::WriteBatch(const WriteQueue& batch) {
     add(updated_ms);
     append();
   }
+  if (!marker.empty()) {
+    add("SET");
+    add(keys.MarkerKey());
+    add(marker);
+    append();
+  }
   add("EXEC");
   append();
   if (!append_ok) {
@@ -612,7 +736,7 @@ Status RedisWriter::Impl::WriteBatch(const WriteQueue& batch) {
 
   // Replies: +OK for MULTI, +QUEUED (or an error) per command, then EXEC's array (or EXECABORT).
   // Every reply is read, even after an error, although the connection is dropped on failure anyway.
-  const size_t replies = 3 * batch.size() + 2;
+  const size_t replies = 3 * batch.size() + 2 + (marker.empty() ? 0 : 1);
   std::string first_error;
   for (size_t i = 0; i < replies; ++i) {
     void* raw = nullptr;
@@ -768,20 +892,25 @@ Result<std::optional<std::string>> RedisReader::GetState(std::string_view entity
 }
 
 Result<std::vector<std::optional<std::string>>> RedisReader::MGetState(
-    std::span<const std::string> entities) {
+    std::span<const std::string> entities, bool* marker_present) {
   Impl& s = *impl_;
   std::vector<std::optional<std::string>> states(entities.size());
-  if (entities.empty()) return states;
+  if (entities.empty() && marker_present == nullptr) return states;
   std::vector<std::string> keys;
   keys.reserve(entities.size());
   for (const std::string& entity : entities) keys.push_back(s.keys.StateKey(entity));
+  // The marker goes first in every MGET, so that each chunk's states and marker are one atomic read: a
+  // separate EXISTS could see the marker of a full sync that finished after the states were read.
+  const size_t skip = marker_present != nullptr ? 1 : 0;
   std::vector<std::vector<std::string_view>> commands;
-  for (size_t begin = 0; begin < keys.size(); begin += kMGetChunk) {
+  for (size_t begin = 0; begin < keys.size() || (begin == 0 && skip > 0); begin += kMGetChunk) {
     std::vector<std::string_view>& command = commands.emplace_back();
     command.push_back("MGET");
+    if (skip > 0) command.push_back(s.keys.MarkerKey());
     command.insert(command.end(), keys.begin() + static_cast<ptrdiff_t>(begin),
                    keys.begin() + static_cast<ptrdiff_t>(std::min(begin + kMGetChunk, keys.size())));
   }
+  bool every_marker = true;
   std::lock_guard lock(s.mu);
   FRESHET_RETURN_IF_ERROR(s.Pipeline(commands, [&](size_t chunk, const redisReply* reply) -> Status {
     const size_t begin = chunk * kMGetChunk;
@@ -789,12 +918,26 @@ Result<std::vector<std::optional<std::string>>> RedisReader::MGetState(
     if (reply->type != REDIS_REPLY_ARRAY || reply->elements != expected) {
       return UnexpectedReply(s.options, "MGET", reply);
     }
-    for (size_t i = 0; i < expected; ++i) {
-      FRESHET_ASSIGN_OR_RETURN(states[begin + i], StringOrNil(s.options, "MGET", reply->element[i]));
+    if (skip > 0 && reply->element[0]->type == REDIS_REPLY_NIL) every_marker = false;
+    for (size_t i = skip; i < expected; ++i) {
+      FRESHET_ASSIGN_OR_RETURN(states[begin + i - skip], StringOrNil(s.options, "MGET", reply->element[i]));
     }
     return Status::Ok();
   }));
+  if (marker_present != nullptr) *marker_present = every_marker;
   return states;
+}
+
+Result<std::optional<std::string>> RedisReader::GetMarker() {
+  Impl& s = *impl_;
+  std::optional<std::string> marker;
+  std::lock_guard lock(s.mu);
+  FRESHET_RETURN_IF_ERROR(
+      s.Pipeline({{"GET", s.keys.MarkerKey()}}, [&](size_t, const redisReply* reply) -> Status {
+        FRESHET_ASSIGN_OR_RETURN(marker, StringOrNil(s.options, "GET", reply));
+        return Status::Ok();
+      }));
+  return marker;
 }
 
 Result<std::optional<std::vector<std::pair<std::string, std::string>>>> RedisReader::GetFeatures(

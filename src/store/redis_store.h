@@ -11,6 +11,11 @@
 //                        means null (an empty string is a real, empty string value).
 //       _event_time_ms   newest event time of the entity, epoch milliseconds (decimal integer).
 //       _updated_ms      wall clock when the writer wrote this hash, epoch milliseconds (decimal integer).
+//   freshet:{spec_name}:marker             string  the sync marker, {"run_id":...,"synced_unix_ms":...,
+//       "entities":...}: written in the same MULTI/EXEC as the last entity of each full sync (MarkFullSync).
+//       While it is missing, Redis does not hold every entity: it lost its data (FLUSHALL, or a restart
+//       without persistence) and no full sync has finished since, so readers must not take a missing state
+//       for an unknown entity.
 //
 // The entity is any byte string (spaces, colons, UTF-8, even empty); keys and values are sent as
 // length-prefixed arguments (redisAppendCommandArgv), never interpolated into a command text, so every
@@ -22,7 +27,10 @@
 //
 //   RedisWriterOptions options;  options.connection.port = 6379;  options.spec_name = "fraud";
 //   FRESHET_ASSIGN_OR_RETURN(std::unique_ptr<RedisWriter> writer, RedisWriter::Start(options));
+//   for (each entity) writer->Upsert(entity, state_blob, fields, event_time_ms);   // a full sync
+//   writer->MarkFullSync(/*resyncs_seen=*/0, entity_count);
 //   writer->Upsert("u123", state_blob, {{"purchase_count_30m", "3"}}, /*event_time_ms=*/t, arrival_ns);
+//   if (writer->Metrics().resyncs_requested > seen) { ...upsert every entity again, MarkFullSync(...) }
 //   ...
 //   FRESHET_RETURN_IF_ERROR(writer->Flush(/*timeout_ms=*/5000));   // at shutdown
 //   writer->Stop();
@@ -55,6 +63,8 @@ class RedisKeyLayout {
   // "freshet:{spec_name}:state:{entity}" and "freshet:{spec_name}:features:{entity}".
   std::string StateKey(std::string_view entity) const;
   std::string FeaturesKey(std::string_view entity) const;
+  // "freshet:{spec_name}:marker": the sync marker (see the layout above).
+  const std::string& MarkerKey() const { return marker_key_; }
   // The same, written into *out (replacing its contents) so a loop can reuse one buffer.
   void StateKeyInto(std::string_view entity, std::string* out) const;
   void FeaturesKeyInto(std::string_view entity, std::string* out) const;
@@ -62,6 +72,7 @@ class RedisKeyLayout {
  private:
   std::string state_prefix_;     // "freshet:{spec_name}:state:"
   std::string features_prefix_;  // "freshet:{spec_name}:features:"
+  std::string marker_key_;       // "freshet:{spec_name}:marker"
 };
 
 // Appends a feature value's hash text to *out (see the layout above) and returns true; returns false and
@@ -97,6 +108,8 @@ struct RedisWriterOptions {
                                 // many are pending; > 0.
   int initial_backoff_ms = 50;  // After a failed connect or write, wait this long before retrying,
   int max_backoff_ms = 5000;    // doubling after each further failure up to this; reset on success.
+  int check_interval_ms = 1000;  // Once MarkFullSync was called: how often the writer checks, busy or idle,
+                                 // that the connection works and the sync marker is still there; > 0.
 
   Status Validate() const;
 };
@@ -112,9 +125,14 @@ struct LatencyHistogram {
 
 // Health of the writer, for a /health endpoint and logs. A snapshot; fields are consistent with each other.
 struct RedisWriterHealth {
-  bool connected = false;             // The last connect or write succeeded (a connection lost while idle
-                                      // shows at the next write; while disconnected the writer keeps
-                                      // reconnecting, idle or not).
+  bool connected = false;             // The last connect, write or check succeeded (a connection lost
+                                      // while idle shows at the next check, within check_interval_ms,
+                                      // once MarkFullSync was called, else at the next write; while
+                                      // disconnected the writer keeps reconnecting, idle or not).
+  bool in_sync = false;               // Redis holds every entity as of its last write: a full sync was
+                                      // marked and written, and since then the writer neither reconnected
+                                      // nor found the marker missing. False before the first MarkFullSync.
+  std::string out_of_sync_reason;     // Why not in_sync, one phrase ("Redis lost its data (...)").
   std::string last_error;             // The latest connect or write error; empty when none so far.
   uint64_t consecutive_failures = 0;  // Failed connects or writes since the last success.
   size_t pending_entities = 0;        // Entities waiting to be written, plus those in the batch in flight.
@@ -132,6 +150,10 @@ struct RedisWriterMetrics {
   uint64_t write_errors = 0;       // Failed batches (the entities were kept and retried).
   uint64_t connect_errors = 0;     // Failed connection attempts (including AUTH and SELECT failures).
   uint64_t connects = 0;           // Successful connections (the first one and every reconnect).
+  uint64_t resyncs_requested = 0;  // Full syncs the caller should make (see MarkFullSync): one per
+                                   // reconnect and per marker found missing.
+  uint64_t marker_losses = 0;      // Times a check found the marker missing while in sync: Redis lost
+                                   // its data (FLUSHALL, or a restart between two checks).
   LatencyHistogram batch_latency;  // One observation per successful batch: send to EXEC reply.
   LatencyHistogram freshness;      // One per written entity that had arrival_ns > 0: from the arrival of
                                    // the oldest event the write covers to the EXEC reply.
@@ -176,6 +198,16 @@ class RedisWriter {
   // error; the writes stay pending and are still retried. Thread-safe.
   Status Flush(int64_t timeout_ms);
 
+  // Declares a full sync: every entity the caller has was upserted before this call (`entities` of
+  // them, for the marker's text). Once all those upserts are written, the writer writes the sync marker
+  // in the same MULTI/EXEC as the last of them, and is in sync. The first call also starts the periodic
+  // check (check_interval_ms), which finds a connection lost while idle, and a Redis that lost its data
+  // while connected (marker missing). Each reconnect and each lost marker leaves the writer out of sync
+  // and increments Metrics().resyncs_requested: the caller answers with a new full sync, passing the
+  // count it answers as resyncs_seen; a call whose resyncs_seen is below the current count is outdated
+  // (its upserts may have gone to the Redis that was lost) and writes no marker. Thread-safe.
+  void MarkFullSync(uint64_t resyncs_seen, size_t entities);
+
   // Stops the background thread, after the write in flight if any (at most about command_timeout_ms);
   // idempotent. Pending writes stay pending (visible in Health) but are no longer written. Thread-safe.
   void Stop();
@@ -207,8 +239,14 @@ class RedisReader {
   Result<std::optional<std::string>> GetState(std::string_view entity);
 
   // The state blobs of many entities, in the same order, nullopt where there is none. One round trip:
-  // MGET commands of up to 1000 keys each, pipelined.
-  Result<std::vector<std::optional<std::string>>> MGetState(std::span<const std::string> entities);
+  // MGET commands of up to 1000 keys each, pipelined. With marker_present, each MGET also reads the sync
+  // marker (atomically with its keys), and *marker_present says whether every one found it: when false,
+  // a missing state may be an entity Redis lost rather than an unknown one.
+  Result<std::vector<std::optional<std::string>>> MGetState(std::span<const std::string> entities,
+                                                            bool* marker_present = nullptr);
+
+  // The sync marker's text, or nullopt when Redis has none.
+  Result<std::optional<std::string>> GetMarker();
 
   // The entity's features hash as (field, value) pairs including _event_time_ms and _updated_ms, in
   // Redis's order; nullopt when there is no hash. For debugging and tests; serving uses the state.

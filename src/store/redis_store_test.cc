@@ -719,5 +719,139 @@ TEST_F(RedisStoreTest, StopLeavesPendingWritesVisibleAndFlushFailsFast) {
   EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(5));
 }
 
+// ------------------------------------------------------------------------------------------------
+// The sync marker: a Redis that lost its data is found without waiting for a write
+// ------------------------------------------------------------------------------------------------
+
+// Upserts entities e0..e{n-1} (a full sync) and marks it.
+void FullSync(RedisWriter& writer, int n, uint64_t resyncs_seen) {
+  for (int i = 0; i < n; ++i) {
+    writer.Upsert("e" + std::to_string(i), "s" + std::to_string(i), {{"i", "1"}}, i);
+  }
+  writer.MarkFullSync(resyncs_seen, static_cast<size_t>(n));
+}
+
+TEST_F(RedisStoreTest, TheMarkerIsWrittenWithTheLastEntityOfAFullSync) {
+  RedisWriterOptions options = WriterOptions();
+  options.max_batch = 7;  // Several batches: the marker goes with the last one.
+  std::unique_ptr<RedisWriter> writer = StartWriter(options);
+  ASSERT_NE(writer, nullptr);
+  EXPECT_FALSE(writer->Health().in_sync);
+  FullSync(*writer, 50, 0);
+  ASSERT_TRUE(WaitFor([&] { return writer->Health().in_sync; }));
+  PlainClient client(server_.port());
+  EXPECT_EQ(client.DbSize(), 101);  // 50 states, 50 hashes, the marker.
+  std::optional<std::string> marker = client.Get("freshet:fraud:marker");
+  ASSERT_TRUE(marker.has_value());
+  EXPECT_NE(marker->find("\"entities\":50"), std::string::npos) << *marker;
+  EXPECT_EQ(writer->Health().out_of_sync_reason, "");
+  EXPECT_EQ(writer->Metrics().resyncs_requested, 0u);
+}
+
+TEST_F(RedisStoreTest, AFlushAllWhileIdleIsFoundByTheCheckAndAsksForAResync) {
+  RedisWriterOptions options = WriterOptions();
+  options.check_interval_ms = 100;
+  std::unique_ptr<RedisWriter> writer = StartWriter(options);
+  ASSERT_NE(writer, nullptr);
+  FullSync(*writer, 20, 0);
+  ASSERT_TRUE(WaitFor([&] { return writer->Health().in_sync; }));
+
+  PlainClient client(server_.port());
+  PlainClient::Free(client.Command("FLUSHALL"));
+  // No Upsert: the periodic check alone finds that the marker is gone.
+  ASSERT_TRUE(WaitFor([&] { return writer->Metrics().resyncs_requested == 1; }));
+  RedisWriterHealth health = writer->Health();
+  EXPECT_FALSE(health.in_sync);
+  EXPECT_TRUE(health.connected);
+  EXPECT_NE(health.out_of_sync_reason.find("lost its data"), std::string::npos) << health.out_of_sync_reason;
+  EXPECT_EQ(writer->Metrics().marker_losses, 1u);
+  EXPECT_EQ(client.DbSize(), 0);
+
+  FullSync(*writer, 20, 1);
+  ASSERT_TRUE(WaitFor([&] { return writer->Health().in_sync; }));
+  EXPECT_EQ(client.DbSize(), 41);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // Further checks find the marker.
+  EXPECT_EQ(writer->Metrics().resyncs_requested, 1u);
+  EXPECT_TRUE(writer->Health().in_sync);
+}
+
+TEST_F(RedisStoreTest, AnIdleWriterSeesRedisGoAndAsksForAResyncWhenItReturnsEmpty) {
+  RedisWriterOptions options = WriterOptions();
+  options.check_interval_ms = 100;
+  std::unique_ptr<RedisWriter> writer = StartWriter(options);
+  ASSERT_NE(writer, nullptr);
+  FullSync(*writer, 20, 0);
+  ASSERT_TRUE(WaitFor([&] { return writer->Health().in_sync; }));
+
+  server_.Kill();
+  // Nothing is written, yet the writer knows within a check or two that Redis is gone.
+  ASSERT_TRUE(WaitFor([&] { return !writer->Health().connected; }));
+  EXPECT_NE(writer->Health().last_error.find("127.0.0.1:" + std::to_string(server_.port())),
+            std::string::npos);
+  ASSERT_TRUE(server_.Start(server_.port()));  // Empty.
+  ASSERT_TRUE(
+      WaitFor([&] { return writer->Health().connected && writer->Metrics().resyncs_requested == 1; }));
+  RedisWriterHealth health = writer->Health();
+  EXPECT_FALSE(health.in_sync);
+  EXPECT_NE(health.out_of_sync_reason.find("lost its data"), std::string::npos) << health.out_of_sync_reason;
+
+  // A full sync answering an older request writes no marker: its writes may have gone to the lost Redis.
+  FullSync(*writer, 20, 0);
+  ASSERT_TRUE(writer->Flush(5000).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  PlainClient client(server_.port());
+  EXPECT_EQ(client.Get("freshet:fraud:marker"), std::nullopt);
+  EXPECT_FALSE(writer->Health().in_sync);
+  FullSync(*writer, 20, 1);
+  ASSERT_TRUE(WaitFor([&] { return writer->Health().in_sync; }));
+  EXPECT_EQ(client.DbSize(), 41);
+}
+
+TEST_F(RedisStoreTest, WithoutMarkFullSyncTheWriterNeitherChecksNorWritesAMarker) {
+  std::unique_ptr<RedisWriter> writer = StartWriter(WriterOptions());
+  ASSERT_NE(writer, nullptr);
+  writer->Upsert("u1", "s", {}, 1);
+  ASSERT_TRUE(writer->Flush(5000).ok());
+  PlainClient client(server_.port());
+  EXPECT_EQ(client.DbSize(), 2);
+  EXPECT_FALSE(writer->Health().in_sync);
+  PlainClient::Free(client.Command("FLUSHALL"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(writer->Metrics().resyncs_requested, 0u);
+}
+
+TEST_F(RedisStoreTest, ReaderReadsTheMarkerAtomicallyWithTheStates) {
+  std::unique_ptr<RedisReader> reader = MakeReader();
+  ASSERT_NE(reader, nullptr);
+  std::vector<std::string> entities;
+  for (int i = 0; i < 2500; ++i) entities.push_back("e" + std::to_string(i));  // Three MGETs.
+  bool marker_present = true;
+  Result<std::vector<std::optional<std::string>>> states = reader->MGetState(entities, &marker_present);
+  ASSERT_TRUE(states.ok()) << states.status().message();
+  EXPECT_FALSE(marker_present);
+  Result<std::optional<std::string>> no_marker = reader->GetMarker();
+  ASSERT_TRUE(no_marker.ok());
+  EXPECT_EQ(*no_marker, std::nullopt);
+
+  std::unique_ptr<RedisWriter> writer = StartWriter(WriterOptions());
+  ASSERT_NE(writer, nullptr);
+  FullSync(*writer, 2000, 0);
+  ASSERT_TRUE(WaitFor([&] { return writer->Health().in_sync; }, 10000));
+  states = reader->MGetState(entities, &marker_present);
+  ASSERT_TRUE(states.ok()) << states.status().message();
+  EXPECT_TRUE(marker_present);
+  ASSERT_EQ(states->size(), 2500u);
+  EXPECT_EQ((*states)[0], "s0");
+  EXPECT_EQ((*states)[1999], "s1999");
+  EXPECT_EQ((*states)[2000], std::nullopt);
+  Result<std::vector<std::optional<std::string>>> none = reader->MGetState({}, &marker_present);
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(marker_present);
+  Result<std::optional<std::string>> marker = reader->GetMarker();
+  ASSERT_TRUE(marker.ok());
+  ASSERT_TRUE(marker->has_value());
+  EXPECT_NE((*marker)->find("\"entities\":2000"), std::string::npos) << **marker;
+}
+
 }  // namespace
 }  // namespace freshet
