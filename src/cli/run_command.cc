@@ -71,6 +71,9 @@ void RegisterRun(CLI::App& app, int* exit_code) {
     options.bearer_token = *token;
     std::signal(SIGTERM, OnSignal);
     std::signal(SIGINT, OnSignal);
+    // A file-size limit (ulimit -f) then fails a write with EFBIG, handled like a full disk (ingest refused,
+    // checkpoint retried), instead of killing the process.
+    std::signal(SIGXFSZ, SIG_IGN);
     Result<std::unique_ptr<Runtime>> runtime = Runtime::Start(*spec, options);
     if (!runtime.ok()) {
       std::fprintf(stderr, "freshet run: %s\n", runtime.status().message().c_str());
