@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -18,6 +17,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from run_process import start_run
 
 BIN = os.environ.get("FRESHET_BIN", str(Path(__file__).resolve().parent.parent / "build" / "freshet"))
 
@@ -120,18 +121,10 @@ def test_run_with_256_descriptors_survives_300_slow_connections(tmp_path: Path) 
     spec = tmp_path / "hostile.yaml"
     spec.write_text(SPEC)
     log = tmp_path / "run.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(["prlimit", "--nofile=256:256", BIN, "run", "--spec", str(spec), "--data-dir",
-                                 str(tmp_path / "data")], stdout=out, stderr=out)
+    proc, port = start_run(["prlimit", "--nofile=256:256", BIN, "run", "--spec", str(spec), "--data-dir",
+                            str(tmp_path / "data")], log)
     slow = None
     try:
-        deadline = time.monotonic() + 30
-        port = None
-        while port is None and time.monotonic() < deadline and proc.poll() is None:
-            match = re.search(rb"http://127\.0\.0\.1:(\d+)", log.read_bytes())
-            port = int(match.group(1)) if match else None
-            time.sleep(0.02)
-        assert port is not None, log.read_text(errors="replace")
         # The cap follows the limit: 256 less a reserve of 64, said once.
         assert "at most 192 connections" in log.read_text(errors="replace"), log.read_text(errors="replace")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import time
@@ -12,6 +11,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from run_process import start_run
 
 BIN = os.environ.get("FRESHET_BIN", str(Path(__file__).resolve().parent.parent / "build" / "freshet"))
 
@@ -48,18 +49,8 @@ def _metric(port: int, name: str) -> float:
 def _start_http(tmp_path: Path, data_dir: Path) -> tuple[subprocess.Popen, int]:
     """`freshet run` with an HTTP source; returns the process and its port once it serves."""
     (tmp_path / "http.yaml").write_text(SPEC.format(source="{type: http}"))
-    log = tmp_path / "run.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([BIN, "run", "--spec", str(tmp_path / "http.yaml"), "--data-dir", str(data_dir)],
-                                stdout=out, stderr=out)
-    deadline = time.monotonic() + 30
-    port = None
-    while port is None and time.monotonic() < deadline and proc.poll() is None:
-        match = re.search(rb"http://127\.0\.0\.1:(\d+)", log.read_bytes())
-        port = int(match.group(1)) if match else None
-        time.sleep(0.02)
-    assert port is not None, log.read_text(errors="replace")
-    return proc, port
+    return start_run([BIN, "run", "--spec", str(tmp_path / "http.yaml"), "--data-dir", str(data_dir)],
+                     tmp_path / "run.log")
 
 
 def test_blank_lines_are_rejected_alike_from_a_file_and_from_ingest(tmp_path: Path) -> None:

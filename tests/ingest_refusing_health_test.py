@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import time
@@ -14,6 +13,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from run_process import start_run
 
 BIN = os.environ.get("FRESHET_BIN", str(Path(__file__).resolve().parent.parent / "build" / "freshet"))
 
@@ -49,17 +50,9 @@ def test_health_is_degraded_while_ingest_is_refused(tmp_path: Path) -> None:
         pytest.skip(f"freshet binary not found at {BIN}; build it or set FRESHET_BIN")
     (tmp_path / "spec.yaml").write_text(SPEC)
     log = tmp_path / "run.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([BIN, "run", "--spec", str(tmp_path / "spec.yaml"), "--data-dir", str(tmp_path / "data")],
-                                stdout=out, stderr=out)
+    proc, port = start_run([BIN, "run", "--spec", str(tmp_path / "spec.yaml"), "--data-dir", str(tmp_path / "data")],
+                           log)
     try:
-        port = None
-        deadline = time.monotonic() + 30
-        while port is None:
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
-            match = re.search(rb"http://127\.0\.0\.1:(\d+)", log.read_bytes())
-            port = int(match.group(1)) if match else None
-            time.sleep(0.02)
         subprocess.run(["prlimit", "--pid", str(proc.pid), f"--fsize={LIMIT}:unlimited"], check=True)
 
         acknowledged = 0

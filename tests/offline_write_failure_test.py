@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import deltalake
 import pytest
+
+from run_process import start_run
 
 BIN = os.environ.get("FRESHET_BIN", str(Path(__file__).resolve().parent.parent / "build" / "freshet"))
 
@@ -69,18 +70,8 @@ def test_a_failing_offline_write_is_retried_not_fatal(tmp_path: Path) -> None:
     (tmp_path / "spec.yaml").write_text(SPEC)
     data = tmp_path / "data"
     log = tmp_path / "run.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([BIN, "run", "--spec", str(tmp_path / "spec.yaml"), "--data-dir", str(data)],
-                                stdout=out, stderr=out)
+    proc, port = start_run([BIN, "run", "--spec", str(tmp_path / "spec.yaml"), "--data-dir", str(data)], log)
     try:
-        port = None
-        deadline = time.monotonic() + 30
-        while port is None:
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
-            match = re.search(rb"http://127\.0\.0\.1:(\d+)", log.read_bytes())
-            port = int(match.group(1)) if match else None
-            time.sleep(0.02)
-
         _ingest(port, 0, 100)
         _wait("the first events' checkpoint", lambda: _metric(port, "freshet_events_accepted_total") == 100 and
               _metric(port, "freshet_checkpoints_total") >= 2, proc, log)
