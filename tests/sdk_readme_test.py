@@ -14,9 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
-import subprocess
 import time
 import warnings
 from pathlib import Path
@@ -99,25 +97,7 @@ class _Run(st.Server):
     """`freshet run` in a given folder, with extra arguments (a free port)."""
 
     def __init__(self, cwd: Path, args: List[str], log: Path) -> None:  # noqa: D107
-        self.log = open(log, "ab")
-        env = dict(os.environ, FRESHET_TOKEN=st.TOKEN)
-        self.proc = subprocess.Popen([BIN, "run", *args, "--port", "0"], cwd=cwd, stdout=self.log,
-                                     stderr=subprocess.PIPE, env=env)
-        deadline = time.time() + 30
-        line = b""
-        while time.time() < deadline:
-            line = self.proc.stderr.readline()  # type: ignore[union-attr]
-            self.log.write(line)
-            match = re.search(rb"(http://127\.0\.0\.1:\d+)", line)
-            if match:
-                self.url = match.group(1).decode()
-                import threading
-                self._drain = threading.Thread(target=self._copy_stderr, daemon=True)
-                self._drain.start()
-                return
-            if not line and self.proc.poll() is not None:
-                break
-        raise AssertionError(f"freshet run did not start: {line!r}")
+        self._start([*args, "--port", "0"], log, cwd=cwd)
 
 
 def test_python_readme_examples_run_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

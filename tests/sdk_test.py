@@ -87,10 +87,13 @@ class Server:
     """One `freshet run` on a free port, with a bearer token for ingest."""
 
     def __init__(self, spec: Path, data_dir: Path, log: Path) -> None:
+        self._start(["--spec", str(spec), "--data-dir", str(data_dir)], log)
+
+    def _start(self, args: list, log: Path, cwd: Path | None = None) -> None:
+        """Runs `freshet run ARGS` (in `cwd`) and returns once it says where it serves."""
         self.log = open(log, "ab")
         env = dict(os.environ, FRESHET_TOKEN=TOKEN)
-        self.proc = subprocess.Popen([BIN, "run", "--spec", str(spec), "--data-dir", str(data_dir)],
-                                     stdout=self.log, stderr=subprocess.PIPE, env=env)
+        self.proc = subprocess.Popen([BIN, "run", *args], cwd=cwd, stdout=self.log, stderr=subprocess.PIPE, env=env)
         deadline = time.time() + 30
         line = b""
         while time.time() < deadline:
