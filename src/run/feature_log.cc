@@ -5,6 +5,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -75,14 +76,16 @@ bool FeatureLogWriter::Sampled(std::string_view entity) const {
 
 void FeatureLogWriter::Log(std::string_view request_id, int64_t as_of_ms, std::span<const int> features,
                            std::span<const std::string_view> entities, std::span<const FeatureLookup> lookups) {
-  Answer answer;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (!recycled_.empty()) {
-      answer = std::move(recycled_.back());
-      recycled_.pop_back();
-    }
+  // Large answers the writer is done with are freed here, on a serving thread (see garbage_).
+  if (!garbage_.empty()) NodeStack::Delete(garbage_.TakeAll());
+  Node* node = nullptr;
+  if (!free_.empty()) {
+    std::lock_guard<std::mutex> lock(free_pop_mutex_);
+    node = free_.PopExclusive();
   }
+  if (node != nullptr) free_count_.fetch_sub(1, std::memory_order_relaxed);
+  else node = new Node;
+  Answer& answer = node->answer;
   answer.request_id.assign(request_id);
   answer.as_of_ms = as_of_ms;
   answer.served_ms = WallClockMs();
@@ -113,28 +116,30 @@ void FeatureLogWriter::Log(std::string_view request_id, int64_t as_of_ms, std::s
   }
   const size_t n = answer.entities();
   const int64_t answer_served_ms = answer.served_ms;
-  bool wake = false;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (n == 0 || stopping_ || queued_entities_ + n > static_cast<size_t>(spec_.feature_log.queue)) {
-      if (n > 0) shed_->Increment(n);
-      if (recycled_.size() < kRecycledAnswers &&
-          answer.cells.capacity() * sizeof(Answer::Cell) + answer.text.capacity() <= kRecycledAnswerBytes) {
-        recycled_.push_back(std::move(answer));
-      }
-      return;
-    }
-    queue_.push_back(std::move(answer));
-    wake = queued_entities_ < kWakeEntities && queued_entities_ + n >= kWakeEntities;
-    queued_entities_ += n;
-    queued_->Set(static_cast<double>(queued_entities_));
+  // Stop's last write waits for the calls under way, and a call that starts after Stop sees stopping_
+  // (both sequentially consistent): an answer is either written or shed, never left in the queue.
+  active_logs_.fetch_add(1);
+  const size_t bound = static_cast<size_t>(spec_.feature_log.queue);
+  const bool refused = n == 0 || stopping_.load();
+  const size_t before = refused ? 0 : queued_entities_.fetch_add(n);
+  if (refused || before + n > bound) {
+    if (!refused) queued_entities_.fetch_sub(n);
+    if (n > 0) shed_->Increment(n);
+    Recycle(node, /*serving=*/true);
+    active_logs_.fetch_sub(1);
+    return;
   }
+  queue_.Push(node);
+  active_logs_.fetch_sub(1);
+  queued_->Set(static_cast<double>(before + n));
+  const bool wake = before < kWakeEntities && before + n >= kWakeEntities;
   logged_->Increment(n);
   if (!writer_raised_.load(std::memory_order_relaxed) &&
       answer_served_ms - last_commit_ms_.load(std::memory_order_relaxed) > 2 * commit_interval_ms_ + 1000) {
     RaiseWriter();  // Starved by a machine with no idle CPU: commits must still happen.
   }
-  // Only when the batch fills: waking the writer for every answer cost a context switch per lookup.
+  // Only when the batch fills: waking the writer for every answer cost a context switch per lookup. Without
+  // the mutex, a writer about to wait may miss this; it then wakes at its 200 ms tick.
   if (wake) wake_.notify_one();
 }
 
@@ -148,12 +153,27 @@ Status FeatureLogWriter::Commit() {
   return Status::Ok();
 }
 
-Status FeatureLogWriter::WriteAndCommit(std::vector<Answer>& answers, bool commit) {
+void FeatureLogWriter::Recycle(Node* node, bool serving) {
+  const Answer& a = node->answer;
+  const bool small = a.cells.capacity() * sizeof(Answer::Cell) + a.text.capacity() <= kRecycledAnswerBytes;
+  if (small) {
+    if (free_count_.fetch_add(1, std::memory_order_relaxed) < kRecycledAnswers) {
+      free_.Push(node);
+      return;
+    }
+    free_count_.fetch_sub(1, std::memory_order_relaxed);
+  }
+  if (serving) delete node;
+  else garbage_.Push(node);
+}
+
+Status FeatureLogWriter::WriteAndCommit(std::vector<Node*>& nodes, bool commit) {
   std::vector<int> position(spec_.features.size());  // Spec feature -> its place among the served ones, or -1.
   std::string served;
   const uint64_t budget = static_cast<uint64_t>(spec_.feature_log.max_buffered_bytes);
   Status early;  // A failed early commit: the rows stay buffered, and the error is reported once, below.
-  for (const Answer& a : answers) {
+  for (const Node* node : nodes) {
+    const Answer& a = node->answer;
     std::fill(position.begin(), position.end(), -1);
     served.clear();
     for (size_t k = 0; k < a.features.size(); ++k) {
@@ -188,16 +208,11 @@ Status FeatureLogWriter::WriteAndCommit(std::vector<Answer>& answers, bool commi
     if (early.ok() && table_->buffered_bytes() >= budget) early = Commit();
   }
   buffered_->Set(static_cast<double>(table_->buffered_bytes()));
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (Answer& a : answers) {
-      if (recycled_.size() >= kRecycledAnswers) break;
-      if (a.cells.capacity() * sizeof(Answer::Cell) + a.text.capacity() <= kRecycledAnswerBytes) {
-        recycled_.push_back(std::move(a));
-      }
-    }
+  for (Node* node : nodes) {
+    if (recycle_hook_) recycle_hook_();
+    Recycle(node, /*serving=*/false);
   }
-  answers.clear();  // Frees what was not recycled: large answers (batches), and any beyond kRecycledAnswers.
+  nodes.clear();
   FRESHET_RETURN_IF_ERROR(early);
   return commit ? Commit() : Status::Ok();
 }
@@ -211,17 +226,26 @@ void FeatureLogWriter::Loop() {
   last_commit_ms_.store(WallClockMs());
   if (!writer_raised_.load()) EnterIdleClass();
   auto last_commit = std::chrono::steady_clock::now();
-  std::vector<Answer> taken;
+  std::vector<Node*> taken;
   while (true) {
-    bool stopping = false;
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait_for(lock, std::chrono::milliseconds(200), [&] { return stopping_ || queued_entities_ >= kWakeEntities; });
-      taken.swap(queue_);
-      queued_entities_ = 0;
-      queued_->Set(0);
-      stopping = stopping_;
+      wake_.wait_for(lock, std::chrono::milliseconds(200),
+                     [&] { return stopping_.load() || queued_entities_.load() >= kWakeEntities; });
     }
+    const bool stopping = stopping_.load();
+    if (stopping) {
+      // Log calls that saw stopping_ false finish queueing first (a few instructions each).
+      while (active_logs_.load() != 0) std::this_thread::yield();
+    }
+    // Oldest first: the stack holds the newest on top.
+    size_t entities = 0;
+    for (Node* node = queue_.TakeAll(); node != nullptr; node = node->next) {
+      taken.push_back(node);
+      entities += node->answer.entities();
+    }
+    std::reverse(taken.begin(), taken.end());
+    queued_->Set(static_cast<double>(queued_entities_.fetch_sub(entities) - entities));
     const bool due = std::chrono::steady_clock::now() - last_commit >= std::chrono::milliseconds(commit_interval_ms_);
     Status written = WriteAndCommit(taken, due || stopping);
     if (due || stopping) {
@@ -254,9 +278,9 @@ void FeatureLogWriter::RaiseWriter() {
 
 Status FeatureLogWriter::Stop() {
   {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (stopping_ && !thread_.joinable()) return status_;
-    stopping_ = true;
+    std::lock_guard<std::mutex> lock(mutex_);  // So that the writer cannot miss the wake-up below.
+    if (stopping_.load() && !thread_.joinable()) return status_;
+    stopping_.store(true);
   }
   RaiseWriter();  // A graceful shutdown must not wait for idle CPU.
   wake_.notify_one();

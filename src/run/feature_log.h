@@ -15,12 +15,14 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -47,6 +49,9 @@ class FeatureLogWriter {
   // True when `entity` is in the sample (sample_rate of the spec).
   bool Sampled(std::string_view entity) const;
 
+  // For tests: called on the writer thread before it recycles each written answer. Set before the first Log.
+  void SetRecycleHookForTest(std::function<void()> hook) { recycle_hook_ = std::move(hook); }
+
  private:
   // One answer, compact: a handful of buffers however many entities it holds, reused from answer to
   // answer (the serving thread pays for this copy, so it must stay cheap).
@@ -66,9 +71,48 @@ class FeatureLogWriter {
     std::vector<Cell> cells;  // Per logged entity, one per served feature.
     size_t entities() const { return entity_spans.size(); }
   };
+  // Serving threads and the writer share no lock: the writer runs in the idle class, and a lock it held
+  // when preempted would keep serving threads waiting until the machine had idle CPU (on a busy machine, the
+  // lookups' p99 read hundreds of milliseconds with the log on). Answers travel in nodes on lock-free stacks.
+  struct Node {
+    Answer answer;
+    Node* next = nullptr;
+  };
+  // Any thread pushes; a consumer takes the whole stack at once (so there is no ABA problem), except the free
+  // list, which serving threads pop one node at a time under free_pop_mutex_ (a lock among them only).
+  class NodeStack {
+   public:
+    ~NodeStack() { Delete(TakeAll()); }
+    void Push(Node* node) {
+      node->next = head_.load(std::memory_order_relaxed);
+      while (!head_.compare_exchange_weak(node->next, node, std::memory_order_release, std::memory_order_relaxed)) {
+      }
+    }
+    Node* TakeAll() { return head_.exchange(nullptr, std::memory_order_acquire); }
+    bool empty() const { return head_.load(std::memory_order_relaxed) == nullptr; }
+    // Pops one node; the caller must exclude other poppers (pushes may go on meanwhile).
+    Node* PopExclusive() {
+      Node* head = head_.load(std::memory_order_acquire);
+      while (head != nullptr &&
+             !head_.compare_exchange_weak(head, head->next, std::memory_order_acquire, std::memory_order_acquire)) {
+      }
+      return head;
+    }
+    static void Delete(Node* node) {
+      while (node != nullptr) delete std::exchange(node, node->next);
+    }
+
+   private:
+    std::atomic<Node*> head_{nullptr};
+  };
+
   FeatureLogWriter(const Spec& spec, MetricsRegistry& metrics, int64_t commit_interval_ms);
   void Loop();
-  Status WriteAndCommit(std::vector<Answer>& entries, bool commit);
+  // Returns a written (or shed) answer's node to the free list, or frees it: at once on a serving thread,
+  // through garbage_ on the writer.
+  void Recycle(Node* node, bool serving);
+  // Writes the answers of `nodes` (oldest first) to the table, commits when `commit`, and recycles the nodes.
+  Status WriteAndCommit(std::vector<Node*>& nodes, bool commit);
   // Stages and publishes the buffered rows as one commit.
   Status Commit();
 
@@ -78,15 +122,23 @@ class FeatureLogWriter {
   uint64_t sample_threshold_ = 0;  // Hash below: sampled.
   bool sample_all_ = true;
 
-  std::mutex mutex_;
-  std::condition_variable wake_;
-  std::vector<Answer> queue_;
-  size_t queued_entities_ = 0;  // Entities in queue_: what feature_log.queue bounds.
+  NodeStack queue_;                          // Answers to write, newest on top.
+  std::atomic<size_t> queued_entities_{0};   // Entities in queue_: what feature_log.queue bounds.
   // Written answers, cleared but with their buffers, for Log to fill again: in steady state logging allocates
   // nothing, and the writer frees nothing a serving thread allocated (a free into another thread's malloc
-  // arena takes that arena's lock, which a preempted low-priority writer could hold against serving).
-  std::vector<Answer> recycled_;
-  bool stopping_ = false;
+  // arena takes that arena's lock, which a preempted idle-class writer could hold against serving). Large
+  // answers (batches) go to garbage_ instead, which Log frees on a serving thread.
+  NodeStack free_;
+  std::mutex free_pop_mutex_;
+  std::atomic<size_t> free_count_{0};
+  NodeStack garbage_;
+  // Log calls under way: Stop's last write waits for them, so that no answer is queued after it.
+  std::atomic<int> active_logs_{0};
+  std::atomic<bool> stopping_{false};
+  std::function<void()> recycle_hook_;
+
+  std::mutex mutex_;  // For wake_ and status_; never taken by Log.
+  std::condition_variable wake_;
   std::thread thread_;
   Status status_;
 
