@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <future>
 #include <thread>
 #include <vector>
 
@@ -69,6 +70,56 @@ TEST(FeatureLogWriterTest, CommitsAndStopsWhileEveryCoreIsBusy) {
   done.store(true);
   for (std::thread& t : burners) t.join();
   EXPECT_EQ(committed.value(), logged);  // Stop wrote and committed everything queued.
+  std::filesystem::remove_all(dir);
+}
+
+// Log never waits for the writer. The writer runs in the idle scheduling class; on a busy machine a lock it
+// held when preempted kept serving threads waiting until there was idle CPU (the lookups' p99 read hundreds of
+// milliseconds with the feature log on). Here the writer is held in the middle of recycling written answers.
+TEST(FeatureLogWriterTest, LogNeverWaitsForAPausedWriter) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("freshet_feature_log_paused_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  Spec spec = test_specs::BaseSpec();
+  test_specs::AddFeature(spec, "n", AggKind::kCount, "", WindowSpec{});
+  MetricsRegistry metrics;
+  auto writer = FeatureLogWriter::Start(spec, OfflinePathsFor(spec, dir.string()), metrics, /*commit_interval_ms=*/100);
+  ASSERT_TRUE(writer.ok()) << writer.status().message();
+  std::promise<void> entered;
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  std::atomic<int> recycled{0};
+  (*writer)->SetRecycleHookForTest([&] {
+    // Hold the writer once half of the first round's answers are back on the free list, so that Log both
+    // reuses recycled answers and allocates new ones meanwhile.
+    if (recycled.fetch_add(1) == 2500) {
+      entered.set_value();
+      released.wait();
+    }
+  });
+
+  const int features[] = {0};
+  const std::string_view entities[] = {"u1"};
+  FeatureLookup lookup;
+  lookup.known = true;
+  lookup.values = {Value::Int(3)};
+  const FeatureLookup lookups[] = {lookup};
+  for (int k = 0; k < 5000; ++k) (*writer)->Log("r", 1000, features, entities, lookups);
+  ASSERT_EQ(entered.get_future().wait_for(std::chrono::seconds(20)), std::future_status::ready)
+      << "the writer did not take the answers within 20 s";
+
+  auto logging = std::async(std::launch::async, [&] {
+    for (int k = 0; k < 20000; ++k) (*writer)->Log("r", 1000, features, entities, lookups);
+  });
+  const std::future_status logged = logging.wait_for(std::chrono::seconds(20));
+  release.set_value();
+  logging.wait();
+  EXPECT_EQ(logged, std::future_status::ready) << "Log waited for the writer held in the middle of its work";
+
+  EXPECT_TRUE((*writer)->Stop().ok());
+  Counter& committed = metrics.GetCounter("freshet_feature_log_committed_total", "");
+  Counter& shed = metrics.GetCounter("freshet_feature_log_shed_total", "");
+  EXPECT_EQ(committed.value() + shed.value(), 25000u);  // Every answer written or counted as shed.
   std::filesystem::remove_all(dir);
 }
 
