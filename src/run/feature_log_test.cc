@@ -164,6 +164,12 @@ TEST(FeatureLogWriterTest, BufferedRowsStayWithinTheByteBudget) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_GE(committed.value() + 2000, kAnswers) << "rows waited in memory for the hourly commit";
+  // A writer starved of CPU (it runs in the idle class) may have taken every answer in one round, between two
+  // samples; the last rows then wait for the hourly commit, and the gauge reports them once they are written.
+  while (buffered.value() == 0 && committed.value() < kAnswers && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  most_buffered = std::max(most_buffered, buffered.value());
   EXPECT_LE(most_buffered, static_cast<double>(kBudget));
   EXPECT_GT(most_buffered, 0.0);  // The gauge does report the rows waiting.
 
