@@ -113,6 +113,52 @@ def draw_where(rng: random.Random, depth: int = 0) -> str:
     return f"({text})" if rng.random() < 0.5 else text
 
 
+# Derived fields (`derive`), in an order where each reads only the ones above it. They meet the same edge values
+# as event fields (missing, null, wrong types, composites, int64 overflow).
+DERIVE_POOL = [
+    ("amount_x", "amount * 1.5 + 2"),
+    ("amount_r", "round(amount)"),
+    ("ratio", "amount / big"),
+    ("rem", "big % 7 - amount % 3"),
+    ("doubled", "big + big"),
+    ("is_big", "amount > 100 or type == 'purchase'"),
+    ("cat_up", "upper(category)"),
+    ("cat_len", "length(category)"),
+    ("hour", "hour_of_day(ts)"),
+    ("dow", "day_of_week(ts)"),
+    ("pick", "if(success, amount, coalesce(score, -1))"),
+    ("log_amount", "round(log(amount), 3)"),
+    ("neg", "-big"),
+    ("abs_amount", "abs(amount)"),
+    ("ver_kind", "if(device.ver >= 3, 'new', 'old')"),
+    ("not_login", "not (type == 'login') and success != false"),
+    ("chained", "coalesce(amount_x, 0) - 1"),
+]
+DERIVED_WHERE = ["is_big == true", "hour >= 12", "cat_up == 'BOOKS'", "dow < 6", "not_login", "pick > 50",
+                 "ver_kind == 'new'"]
+
+
+def draw_derive(seed: int, features: list[dict]) -> list[dict]:
+    """For even seeds: some derived fields, and features that read them (a random stream of its own, so that the
+    rest of the case is what it would be without them)."""
+    if seed % 2 != 0:
+        return []
+    rng = random.Random(10_000 + seed)
+    chosen = [d for d in DERIVE_POOL if rng.random() < 0.45 or d[0] == "amount_x"]
+    names = [name for name, _ in chosen]
+    for k in range(3):
+        agg = rng.choice(["sum", "max", "last", "count_distinct", "mean", "count"])
+        feature = {"name": f"d{k}_{agg}", "aggregation": agg}
+        if agg != "count":
+            feature["field"] = rng.choice(names)
+        where = [w for w in DERIVED_WHERE if w.split()[0] in names]
+        if where and rng.random() < 0.6:
+            feature["where"] = rng.choice(where)
+        feature["window"] = draw_window(rng, rng.choice(WINDOW_SHAPES))
+        features.append(feature)
+    return [{"name": name, "expr": expr} for name, expr in chosen]
+
+
 def draw_spec(rng: random.Random, seed: int) -> dict:
     pairs = [COVERAGE[k] for k in range(len(COVERAGE)) if k % len(SEEDS) == seed % len(SEEDS)]
     target = rng.randint(6, 9)
@@ -138,6 +184,9 @@ def draw_spec(rng: random.Random, seed: int) -> dict:
             "max_out_of_orderness": format_duration(rng.choice([1000, 2000, 5000, 10_000])),
             "allowed_lateness": format_duration(rng.choice([1000, 5000, 10_000, 30_000])),
         }
+    derive = draw_derive(seed, features)
+    if derive:
+        spec["derive"] = derive
     spec["features"] = features
     return spec
 

@@ -30,6 +30,8 @@ import math
 import re
 import sys
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 from typing import Any
 
@@ -413,6 +415,257 @@ def eval_where(node: tuple, record: dict) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------
+# `derive` expressions: values computed from an event's fields (nulls propagate; see the README)
+# ---------------------------------------------------------------------------------------------------
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_DERIVE_TOKEN = re.compile(r"\s*(?:(?P<num>(?:[0-9]|\.[0-9])[0-9.eE]*(?:(?<=[eE])[+-][0-9]+)?)|(?P<str>'(?:\\.|[^'\\])*'|\"(?:\\.|[^\"\\])*\")"
+                           r"|(?P<op>==|!=|<=|>=|[-+*/%<>(),.])|(?P<word>[A-Za-z_][A-Za-z0-9_]*))")
+
+
+def _derive_tokens(text: str) -> list[tuple[str, Any]]:
+    tokens, i = [], 0
+    while i < len(text):
+        if text[i:].strip() == "":
+            break
+        m = _DERIVE_TOKEN.match(text, i)
+        if not m or m.end() == i:
+            raise ReferenceError(f"derive {text!r}: cannot read at offset {i}")
+        i = m.end()
+        if m.group("num") is not None:
+            n = m.group("num")
+            tokens.append(("lit", int(n) if n.isdigit() else float(n)))
+        elif m.group("str") is not None:
+            body = m.group("str")[1:-1]
+            tokens.append(("lit", re.sub(r"\\(.)", r"\1", body)))
+        elif m.group("op") is not None:
+            tokens.append(("op", m.group("op")))
+        else:
+            tokens.append(("word", m.group("word")))
+    return tokens
+
+
+class _DeriveParser:
+    """Recursive descent over the grammar in src/spec/value_expr.h; builds nested tuples."""
+
+    def __init__(self, text: str, timestamp_field: str):
+        self.tokens, self.k, self.ts = _derive_tokens(text), 0, timestamp_field
+
+    def peek(self) -> tuple[str, Any] | None:
+        return self.tokens[self.k] if self.k < len(self.tokens) else None
+
+    def take(self, kind: str, value: Any = None) -> bool:
+        t = self.peek()
+        if t and t[0] == kind and (value is None or t[1] == value):
+            self.k += 1
+            return True
+        return False
+
+    def parse(self) -> tuple:
+        node = self.or_()
+        assert self.peek() is None, "trailing text"
+        return node
+
+    def or_(self):
+        node = self.and_()
+        while self.take("word", "or"):
+            node = ("or", node, self.and_())
+        return node
+
+    def and_(self):
+        node = self.not_()
+        while self.take("word", "and"):
+            node = ("and", node, self.not_())
+        return node
+
+    def not_(self):
+        if self.take("word", "not"):
+            return ("not", self.not_())
+        left = self.add()
+        for op in ("==", "!=", "<=", ">=", "<", ">"):
+            if self.take("op", op):
+                return ("cmp", op, left, self.add())
+        return left
+
+    def add(self):
+        node = self.mul()
+        while (t := self.peek()) and t[0] == "op" and t[1] in "+-" and len(t[1]) == 1:
+            self.k += 1
+            node = ("arith", t[1], node, self.mul())
+        return node
+
+    def mul(self):
+        node = self.unary()
+        while (t := self.peek()) and t[0] == "op" and t[1] in ("*", "/", "%"):
+            self.k += 1
+            node = ("arith", t[1], node, self.unary())
+        return node
+
+    def unary(self):
+        if self.take("op", "-"):
+            return ("neg", self.unary())
+        return self.primary()
+
+    def primary(self):
+        t = self.peek()
+        self.k += 1
+        if t[0] == "lit":
+            return ("lit", t[1])
+        if t == ("op", "("):
+            node = self.or_()
+            assert self.take("op", ")")
+            return node
+        word = t[1]
+        if word in ("true", "false", "null"):
+            return ("lit", {"true": True, "false": False, "null": None}[word])
+        if self.take("op", "("):
+            args = []
+            if not self.take("op", ")"):
+                while True:
+                    args.append(self.or_())
+                    if self.take("op", ")"):
+                        break
+                    assert self.take("op", ",")
+            return ("call", word, args)
+        path = word
+        while self.take("op", "."):
+            path += "." + self.peek()[1]
+            self.k += 1
+        return ("time",) if path == self.ts else ("field", path)
+
+
+def _num(v: Any) -> bool:
+    return is_number(v)
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _in_int64(x: int) -> int | None:
+    return x if _INT64_MIN <= x <= _INT64_MAX else None
+
+
+def _truth(v: Any) -> bool | None:
+    return v if isinstance(v, bool) else None
+
+
+def _derive_arith(op: str, a: Any, b: Any) -> Any:
+    if not (_num(a) and _num(b)):
+        return None
+    if op == "/":
+        return None if float(b) == 0 else float(a) / float(b)
+    if _int(a) and _int(b):
+        if op == "+":
+            return _in_int64(a + b)
+        if op == "-":
+            return _in_int64(a - b)
+        if op == "*":
+            return _in_int64(a * b)
+        if b == 0:
+            return None
+        r = abs(a) % abs(b)  # C's remainder: the sign of the dividend
+        return -r if a < 0 else r
+    x, y = float(a), float(b)
+    return {"+": lambda: x + y, "-": lambda: x - y, "*": lambda: x * y,
+            "%": lambda: None if y == 0 else math.fmod(x, y)}[op]()
+
+
+def _derive_compare(op: str, a: Any, b: Any) -> Any:
+    if a is None or b is None:
+        return None
+    ka, kb = value_kind(a), value_kind(b)
+    if ka == kb == "number":
+        if _int(a) and _int(b):
+            x, y = a, b
+        else:
+            x, y = float(a), float(b)
+    elif ka == kb == "string":
+        x, y = a.encode("utf-8"), b.encode("utf-8")
+    elif ka == kb == "bool" and op in ("==", "!="):
+        return (a == b) == (op == "==")
+    else:
+        return {"==": False, "!=": True}.get(op)  # different types: unequal, not ordered
+    return {"==": x == y, "!=": x != y, "<": x < y, "<=": x <= y, ">": x > y, ">=": x >= y}[op]
+
+
+def _ascii_case(s: str, upper: bool) -> str:
+    return "".join(chr(ord(c) - 32) if upper and "a" <= c <= "z" else chr(ord(c) + 32) if not upper and "A" <= c <= "Z"
+                   else c for c in s)
+
+
+def eval_derive(node: tuple, record: dict, time_ms: int) -> Any:
+    kind = node[0]
+    ev = lambda n: eval_derive(n, record, time_ms)  # noqa: E731
+    if kind == "lit":
+        return node[1]
+    if kind == "time":
+        return time_ms
+    if kind == "field":
+        v = resolve(record, node[1])
+        return None if v is MISSING or isinstance(v, (dict, list)) else v
+    if kind == "neg":
+        v = ev(node[1])
+        if _int(v):
+            return _in_int64(-v)
+        return -v if isinstance(v, float) else None
+    if kind == "not":
+        t = _truth(ev(node[1]))
+        return None if t is None else not t
+    if kind in ("and", "or"):
+        a = _truth(ev(node[1]))
+        short = kind == "or"
+        if a is short:
+            return short
+        b = _truth(ev(node[2]))
+        if b is short:
+            return short
+        return None if a is None or b is None else not short
+    if kind == "arith":
+        return _derive_arith(node[1], ev(node[2]), ev(node[3]))
+    if kind == "cmp":
+        return _derive_compare(node[1], ev(node[2]), ev(node[3]))
+    name, args = node[1], node[2]
+    if name == "if":
+        return ev(args[1]) if _truth(ev(args[0])) is True else ev(args[2])
+    if name == "coalesce":
+        for a in args:
+            v = ev(a)
+            if v is not None:
+                return v
+        return None
+    v = ev(args[0])
+    if name == "abs":
+        return _in_int64(abs(v)) if _int(v) else abs(v) if isinstance(v, float) else None
+    if name == "log":
+        return math.log(float(v)) if _num(v) and float(v) > 0 else None
+    if name == "round":
+        digits = 0
+        if len(args) == 2:
+            digits = ev(args[1])
+            if not _int(digits) or not -18 <= digits <= 18:
+                return None
+        if _int(v) and digits >= 0:
+            return v
+        if not _num(v):
+            return None
+        scale = 10.0 ** digits
+        scaled = float(v) * scale
+        r = float(Decimal(scaled).to_integral_value(rounding=ROUND_HALF_UP)) / scale  # half away from zero
+        return (int(r) if abs(r) < 9.2e18 else None) if _int(v) else r
+    if name in ("lower", "upper"):
+        return _ascii_case(v, name == "upper") if isinstance(v, str) else None
+    if name == "length":
+        return len(v) if isinstance(v, str) else None
+    if name in ("hour_of_day", "day_of_week"):
+        if not _int(v):
+            return None
+        days = v // 86_400_000
+        return (v - days * 86_400_000) // 3_600_000 if name == "hour_of_day" else (days + 3) % 7 + 1
+    raise ReferenceError(f"derive: unknown function {name!r}")
+
+
+# ---------------------------------------------------------------------------------------------------
 # The spec
 # ---------------------------------------------------------------------------------------------------
 
@@ -444,6 +697,7 @@ class Spec:
     watermark: tuple[int, int] | None  # (max_out_of_orderness_ms, allowed_lateness_ms)
     features: list[Feature]
     dedup: tuple[str, int] | None = None  # (id field, within_ms)
+    derived: list[tuple[str, tuple]] = dataclass_field(default_factory=list)  # (name, parsed expression), in order
 
 
 def _parse_window(doc: Any, feature_name: str) -> Window:
@@ -489,7 +743,10 @@ def parse_spec(doc: Any) -> Spec:
         precision = int(f.get("precision", 14))
         features.append(Feature(name, aggregation, field, where_text, where, _parse_window(f.get("window"), name),
                                 precision))
-    return Spec(str(doc.get("name", "")), str(doc["entity"]), str(doc["timestamp"]), watermark, features, dedup)
+    derived = [(str(d["name"]), _DeriveParser(str(d["expr"]), str(doc["timestamp"])).parse())
+               for d in doc.get("derive") or []]
+    return Spec(str(doc.get("name", "")), str(doc["entity"]), str(doc["timestamp"]), watermark, features, dedup,
+                derived)
 
 
 def load_spec(path: str) -> Spec:
@@ -583,6 +840,8 @@ def parse_event(raw: bytes, line: int, spec: Spec) -> Event | str:
     time_ms = event_time_ms(resolve(record, spec.timestamp_field))
     if time_ms is None:
         return f"timestamp field '{spec.timestamp_field}' missing or not epoch ms / RFC 3339"
+    for name, expr in spec.derived:  # in order: each may read the ones before it; a null is stored as JSON null
+        record[name] = eval_derive(expr, record, time_ms)
     return Event(line, entity, time_ms, record)
 
 

@@ -348,6 +348,8 @@ std::string SpecStateDescription(const Spec& spec) {
   } else {
     out += "watermark none\n";
   }
+  // Derived fields change what features see (specs without them keep their fingerprint).
+  for (const DerivedFieldSpec& d : spec.derived) out += "derive " + Quoted(d.name) + " expr=" + Quoted(d.canonical) + "\n";
   for (const FeatureSpec& f : spec.features) {
     const WindowSpec& w = f.window;
     out += "feature " + Quoted(f.name) + " aggregation=" + AggKindName(f.agg) + " field=" + Quoted(f.field) +

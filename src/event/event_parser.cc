@@ -66,11 +66,14 @@ struct EventParser::Impl {
   std::vector<std::string> paths;
   char entity_digits[24];
   std::string padded;  // For ParseCopy.
+  std::vector<FieldRegistry::Derived> derived;
 };
 
 EventParser::EventParser(const FieldRegistry& fields) : impl_(std::make_unique<Impl>()) {
   impl_->paths = fields.paths();
+  impl_->derived = fields.derived();
   for (size_t slot = 0; slot < fields.paths().size(); ++slot) {
+    if (fields.is_derived(static_cast<int>(slot))) continue;  // Computed, not read.
     std::string_view path = fields.paths()[slot];
     PathNode* node = &impl_->root;
     while (true) {
@@ -160,6 +163,10 @@ bool EventParser::Parse(std::string_view line, size_t capacity, ParsedEvent* eve
     *reason = "field '" + ts_name + "' (the timestamp) must be epoch milliseconds as a JSON integer or RFC 3339 "
               "text, got " + std::string(ValueTypeName(ts.type));
     return false;
+  }
+  event->owned.clear();
+  for (const FieldRegistry::Derived& d : impl.derived) {
+    event->slots[static_cast<size_t>(d.slot)] = d.expr->Eval(event->slots, event->time_ms, &event->owned);
   }
   return true;
 }

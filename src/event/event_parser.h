@@ -19,6 +19,7 @@
 #include "common/status.h"
 #include "common/value.h"
 #include "spec/field_registry.h"
+#include "spec/value_expr.h"
 
 namespace freshet {
 
@@ -32,6 +33,7 @@ struct ParsedEvent {
   int64_t time_ms = 0;
   std::string_view entity;   // Integer entities are rendered as their decimal text.
   std::vector<Value> slots;  // Indexed like the FieldRegistry the parser was built with.
+  OwnedStrings owned;        // Strings that derived fields made (the slots' views point into them).
 };
 
 class EventParser {

@@ -5,11 +5,15 @@
 // Slot 0 is always the entity field and slot 1 the timestamp field.
 #pragma once
 
+#include <algorithm>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace freshet {
+
+class ValueExpr;
 
 inline constexpr int kEntitySlot = 0;
 inline constexpr int kTimestampSlot = 1;
@@ -29,8 +33,21 @@ class FieldRegistry {
   const std::vector<std::string>& paths() const { return paths_; }
   size_t size() const { return paths_.size(); }
 
+  // A derived field (the spec's `derive`): the parser computes its slot from the others after reading the
+  // event's own fields, in the order they were added, instead of reading it from the event.
+  struct Derived {
+    int slot;
+    std::shared_ptr<const ValueExpr> expr;
+  };
+  void AddDerived(int slot, std::shared_ptr<const ValueExpr> expr) { derived_.push_back({slot, std::move(expr)}); }
+  const std::vector<Derived>& derived() const { return derived_; }
+  bool is_derived(int slot) const {
+    return std::any_of(derived_.begin(), derived_.end(), [slot](const Derived& d) { return d.slot == slot; });
+  }
+
  private:
   std::vector<std::string> paths_;
+  std::vector<Derived> derived_;
 };
 
 }  // namespace freshet

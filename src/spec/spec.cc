@@ -23,6 +23,7 @@
 #include "common/text.h"
 #include "common/time.h"
 #include "spec/spec_options.h"
+#include "spec/value_expr.h"
 
 namespace freshet {
 
@@ -330,6 +331,7 @@ class SpecParser {
   void ParseFeatureLog(const Entry& entry, Spec* spec);
   void ParseSkew(const Entry& entry, Spec* spec);
   void ParseFeatures(const Entry& entry, Spec* spec);
+  void ParseDerive(const Entry& entry, Spec* spec);
   void ParseFeature(const YAML::Node& item, const SpecOption& list_option, Spec* spec,
                     std::map<std::string, int>* first_line_by_name);
   std::optional<WindowSpec> ParseWindow(const Entry& entry);
@@ -754,6 +756,63 @@ void SpecParser::ParseFeatures(const Entry& entry, Spec* spec) {
   for (const auto& item : entry.value) ParseFeature(item, option, spec, &first_line_by_name);
 }
 
+void SpecParser::ParseDerive(const Entry& entry, Spec* spec) {
+  const SpecOption& option = *entry.option;
+  if (!entry.value.IsSequence()) {
+    Error(ValueMark(entry), std::string("'derive' is ") + NodeKindName(entry.value) +
+                                "; expected a list, each item like - {name: amount_usd, expr: \"amount * 1.1\"}");
+    return;
+  }
+  std::map<std::string, int> line_by_name;
+  for (const auto& item : entry.value) {
+    std::optional<MapView> map = ReadMap(item, item.Mark(), option, ChildSection(option), "each item of 'derive'");
+    if (!map) continue;
+    DerivedFieldSpec derived;
+    derived.line = map->mark.line + 1;
+    std::optional<std::string> name = ReadName(*map, "name");
+    const Entry* expr_entry = map->Find("expr");
+    std::optional<ScalarValue> expr_text = expr_entry != nullptr ? Scalar(*map, "expr") : std::nullopt;
+    if (!name || !expr_text) continue;
+    const YAML::Mark& name_mark = map->Find("name")->value.Mark();
+    if (*name == spec->entity_field || *name == spec->timestamp_field) {
+      Error(name_mark, "derived field '" + *name + "' would replace the " +
+                           (*name == spec->entity_field ? "entity" : "timestamp") + " field; pick another name");
+      continue;
+    }
+    if (auto [it, inserted] = line_by_name.emplace(*name, derived.line); !inserted) {
+      Error(name_mark, "duplicate derived field '" + *name + "'; the first one is at line " + std::to_string(it->second));
+      continue;
+    }
+    // Its name must not be a field that an earlier expression reads from the event: that expression would
+    // see the event's value, and a reader of the spec would expect this one.
+    const auto& paths = spec->fields.paths();
+    if (std::find(paths.begin(), paths.end(), *name) != paths.end()) {
+      Error(name_mark, "derived field '" + *name + "' is read by an earlier derived field as an event field; "
+                       "define '" + *name + "' above the derived fields that use it");
+      continue;
+    }
+    size_t offset = 0;
+    Result<ValueExpr> expr = ValueExpr::Parse(expr_text->text, spec->fields, &offset);
+    if (!expr.ok()) {
+      Error(MarkInScalar(expr_entry->value, offset), "in 'expr' of derived field '" + *name + "': " + expr.status().message());
+      continue;
+    }
+    // Interned after its expression, so that the expression cannot read the field being defined.
+    const auto& now = spec->fields.paths();
+    if (std::find(now.begin(), now.end(), *name) != now.end()) {
+      Error(MarkInScalar(expr_entry->value, 0), "derived field '" + *name + "' reads itself; an expression can read "
+                                                "event fields and the derived fields above it");
+      continue;
+    }
+    derived.name = *name;
+    derived.expr_text = expr_text->text;
+    derived.canonical = expr->ToString();
+    derived.slot = spec->fields.Intern(*name);
+    spec->fields.AddDerived(derived.slot, std::make_shared<const ValueExpr>(std::move(expr).value()));
+    spec->derived.push_back(std::move(derived));
+  }
+}
+
 void SpecParser::ParseWatermark(const Entry& entry, Spec* spec) {
   std::optional<MapView> map =
       ReadMap(entry.value, ValueMark(entry), *entry.option, ChildSection(*entry.option), "'watermark'");
@@ -966,6 +1025,7 @@ void SpecParser::ParseTop(const YAML::Node& root, Spec* spec) {
   if (const Entry* e = map->Find("offline")) ParseOffline(*e, spec);
   if (const Entry* e = map->Find("feature_log")) ParseFeatureLog(*e, spec);
   if (const Entry* e = map->Find("skew")) ParseSkew(*e, spec);
+  if (const Entry* e = map->Find("derive")) ParseDerive(*e, spec);  // Before the features that read them.
   if (const Entry* e = map->Find("features")) ParseFeatures(*e, spec);
   if (const Entry* e = map->Find("dedup")) ParseDedup(*e, spec);
 }

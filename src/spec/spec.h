@@ -136,6 +136,15 @@ struct SkewSpec {
   int64_t interval_ms = 0;  // 0: no check inside `freshet run`.
 };
 
+// One `derive` item: a field computed from the event's fields before the features read it.
+struct DerivedFieldSpec {
+  std::string name;
+  std::string expr_text;  // As written.
+  std::string canonical;  // ValueExpr::ToString, for the state fingerprint.
+  int slot = -1;          // Its slot in Spec::fields.
+  int line = 0;
+};
+
 struct Spec {
   std::string name;
   std::string entity_field;
@@ -152,6 +161,7 @@ struct Spec {
   FeatureLogSpec feature_log;
   SkewSpec skew;
   std::vector<FeatureSpec> features;
+  std::vector<DerivedFieldSpec> derived;  // In evaluation order.
   FieldRegistry fields;  // Slot 0: entity, slot 1: timestamp, every field a feature reads, then the dedup field.
   std::string file;      // The spec file, as given.
 };

@@ -103,6 +103,11 @@ inline constexpr SpecOption kSpecOptions[] = {
         .Example("{type: file, path: events.jsonl}"),
     SpecOption("", "features", SpecValueType::kList, "The features to compute, at least one.")
         .Required().Example("[{name: n_events, aggregation: count, window: {type: lifetime}}]"),
+    SpecOption("", "derive", SpecValueType::kList,
+               "Derived fields: each computes a value from the event's fields (and earlier derived fields) with an "
+               "expression, before any feature reads it; `where` and `field` then use it like an event field. "
+               "See \"Derived fields\" in the README for the operators, functions, types and nulls.")
+        .Example("[{name: amount_usd, expr: \"amount * coalesce(fx_rate, 1.0)\"}]"),
     SpecOption("", "online", SpecValueType::kMap,
                "Where `freshet run` keeps the values it serves: embedded (in the serving process, the default) "
                "or redis.")
@@ -296,6 +301,18 @@ inline constexpr SpecOption kSpecOptions[] = {
     SpecOption("freshness_slo", "window", SpecValueType::kDuration,
                "The sliding window of wall-clock time over which the p99 is measured.")
         .Default("1m"),
+
+    // derive[]
+    SpecOption("derive[]", "name", SpecValueType::kName,
+               "The derived field's name: [A-Za-z_][A-Za-z0-9_]*, unique among derived fields, not the entity or "
+               "timestamp field, and not a field that an earlier derived field already reads from the event. It "
+               "replaces an event field of the same name.")
+        .Required().Example("amount_usd"),
+    SpecOption("derive[]", "expr", SpecValueType::kExpression,
+               "The value: arithmetic (+ - * / %), comparisons, and, or, not, and the functions if, coalesce, abs, "
+               "log, round, lower, upper, length, hour_of_day, day_of_week; null when an input is missing, null or "
+               "of the wrong type, and for a division by zero.")
+        .Required().Example("\"(ts - signup_ms) / 86400000\""),
 
     // features[]
     SpecOption("features[]", "name", SpecValueType::kName,

@@ -387,6 +387,33 @@ TEST(SpecTest, WhereErrorPointsIntoTheExpression) {
              7, 12, {"'where' is empty"});
 }
 
+TEST(SpecTest, DerivedFieldsAreReadByFeaturesAndTheirMistakesArePlaced) {
+  const std::string feature = "  - {name: n, aggregation: sum, field: usd, where: \"big == true\", window: {type: lifetime}}\n";
+  // Line 5 starts the derive list (kHead's `features:` moves below it).
+  const std::string head = "name: t\nentity: user_id\ntimestamp: ts\nderive:\n";
+  Result<Spec> spec = ParseSpec(head + "  - {name: usd, expr: \"amount * rate\"}\n  - {name: big, expr: \"usd > 100\"}\n" +
+                                    "features:\n" + feature, "t.yaml", nullptr);
+  ASSERT_TRUE(spec.ok()) << spec.status().message();
+  ASSERT_EQ(spec->derived.size(), 2u);
+  EXPECT_EQ(spec->derived[0].canonical, "(amount * rate)");
+  EXPECT_EQ(spec->features[0].field_slot, spec->derived[0].slot);
+  EXPECT_TRUE(spec->fields.is_derived(spec->derived[1].slot));
+  EXPECT_FALSE(spec->fields.is_derived(spec->fields.Intern("amount")));
+
+  // Column of the error: the quote is at 23 (1-based), so offset k of the expression is at 24 + k.
+  ExpectOnly(head + "  - {name: usd, expr: \"amount * 'x'\"}\nfeatures:\n" + feature, 5, 31,
+             {"in 'expr' of derived field 'usd'", "'*' takes a number, not text"});
+  ExpectOnly(head + "  - {name: usd, expr: \"lowr(x)\"}\nfeatures:\n" + feature, 5, 24, {"did you mean 'lower'?"});
+  // Used above its definition, or by itself.
+  ExpectOnly(head + "  - {name: big, expr: \"usd > 100\"}\n  - {name: usd, expr: \"amount\"}\nfeatures:\n" + feature,
+             6, 12, {"define 'usd' above the derived fields that use it"});
+  ExpectOnly(head + "  - {name: usd, expr: \"usd + 1\"}\n  - {name: big, expr: \"true\"}\nfeatures:\n" + feature, 5, 24,
+             {"reads itself"});
+  ExpectOnly(head + "  - {name: ts, expr: \"1\"}\n  - {name: usd, expr: \"1\"}\n  - {name: big, expr: \"true\"}\nfeatures:\n" +
+                 feature,
+             5, 12, {"would replace the timestamp field"});
+}
+
 TEST(SpecTest, EveryErrorIsReportedInDocumentOrder) {
   const std::string yaml =
       "name: t\n"
