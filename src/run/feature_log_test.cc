@@ -16,16 +16,27 @@
 namespace freshet {
 namespace {
 
+// A spec with one count feature and a fresh folder for its tables (removed again by the destructor).
+struct LogTable {
+  explicit LogTable(const std::string& name)
+      : dir(std::filesystem::temp_directory_path() / (name + "_" + std::to_string(::getpid()))) {
+    std::filesystem::remove_all(dir);
+    spec = test_specs::BaseSpec();
+    test_specs::AddFeature(spec, "n", AggKind::kCount, "", WindowSpec{});
+  }
+  ~LogTable() { std::filesystem::remove_all(dir); }
+  OfflinePaths paths() const { return OfflinePathsFor(spec, dir.string()); }
+
+  const std::filesystem::path dir;
+  Spec spec;
+};
+
 // The writer runs in the idle scheduling class. On a machine with no idle CPU it must still commit (it is
 // raised to a normal thread once starved past two commit intervals), and Stop must not wait for idle CPU.
 TEST(FeatureLogWriterTest, CommitsAndStopsWhileEveryCoreIsBusy) {
-  const std::filesystem::path dir =
-      std::filesystem::temp_directory_path() / ("freshet_feature_log_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
-  Spec spec = test_specs::BaseSpec();
-  test_specs::AddFeature(spec, "n", AggKind::kCount, "", WindowSpec{});
+  LogTable table("freshet_feature_log");
   MetricsRegistry metrics;
-  auto writer = FeatureLogWriter::Start(spec, OfflinePathsFor(spec, dir.string()), metrics, /*commit_interval_ms=*/100);
+  auto writer = FeatureLogWriter::Start(table.spec, table.paths(), metrics, /*commit_interval_ms=*/100);
   ASSERT_TRUE(writer.ok()) << writer.status().message();
 
   // Busy threads at normal priority on every core (and one more), for as long as the test runs.
@@ -70,20 +81,15 @@ TEST(FeatureLogWriterTest, CommitsAndStopsWhileEveryCoreIsBusy) {
   done.store(true);
   for (std::thread& t : burners) t.join();
   EXPECT_EQ(committed.value(), logged);  // Stop wrote and committed everything queued.
-  std::filesystem::remove_all(dir);
 }
 
 // Log never waits for the writer. The writer runs in the idle scheduling class; on a busy machine a lock it
 // held when preempted kept serving threads waiting until there was idle CPU (the lookups' p99 read hundreds of
 // milliseconds with the feature log on). Here the writer is held in the middle of recycling written answers.
 TEST(FeatureLogWriterTest, LogNeverWaitsForAPausedWriter) {
-  const std::filesystem::path dir =
-      std::filesystem::temp_directory_path() / ("freshet_feature_log_paused_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
-  Spec spec = test_specs::BaseSpec();
-  test_specs::AddFeature(spec, "n", AggKind::kCount, "", WindowSpec{});
+  LogTable table("freshet_feature_log_paused");
   MetricsRegistry metrics;
-  auto writer = FeatureLogWriter::Start(spec, OfflinePathsFor(spec, dir.string()), metrics, /*commit_interval_ms=*/100);
+  auto writer = FeatureLogWriter::Start(table.spec, table.paths(), metrics, /*commit_interval_ms=*/100);
   ASSERT_TRUE(writer.ok()) << writer.status().message();
   std::promise<void> entered;
   std::promise<void> release;
@@ -120,22 +126,17 @@ TEST(FeatureLogWriterTest, LogNeverWaitsForAPausedWriter) {
   Counter& committed = metrics.GetCounter("freshet_feature_log_committed_total", "");
   Counter& shed = metrics.GetCounter("freshet_feature_log_shed_total", "");
   EXPECT_EQ(committed.value() + shed.value(), 25000u);  // Every answer written or counted as shed.
-  std::filesystem::remove_all(dir);
 }
 
 // Rows wait in memory for the next commit; with a long commit interval they must still stay within
 // feature_log.max_buffered_bytes: beyond it the writer commits early, and every answer reaches the table.
 TEST(FeatureLogWriterTest, BufferedRowsStayWithinTheByteBudget) {
-  const std::filesystem::path dir =
-      std::filesystem::temp_directory_path() / ("freshet_feature_log_budget_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
-  Spec spec = test_specs::BaseSpec();
-  test_specs::AddFeature(spec, "n", AggKind::kCount, "", WindowSpec{});
+  LogTable table("freshet_feature_log_budget");
   constexpr int64_t kBudget = 64 << 10;
-  spec.feature_log.max_buffered_bytes = kBudget;
+  table.spec.feature_log.max_buffered_bytes = kBudget;
   MetricsRegistry metrics;
-  const OfflinePaths paths = OfflinePathsFor(spec, dir.string());
-  auto writer = FeatureLogWriter::Start(spec, paths, metrics, /*commit_interval_ms=*/3'600'000);
+  const OfflinePaths paths = table.paths();
+  auto writer = FeatureLogWriter::Start(table.spec, paths, metrics, /*commit_interval_ms=*/3'600'000);
   ASSERT_TRUE(writer.ok()) << writer.status().message();
 
   const int features[] = {0};
@@ -182,7 +183,6 @@ TEST(FeatureLogWriterTest, BufferedRowsStayWithinTheByteBudget) {
   for (const DeltaFile& f : *files) rows += f.num_records;
   EXPECT_EQ(rows, kAnswers);
   EXPECT_GT(files->size(), 2u);
-  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
