@@ -9,7 +9,8 @@ offline `events` table (every accepted event, as its raw line) with the input li
   - a different file (the old one deleted): refused, naming --new-events-file and --reset, then read from its start
     with --new-events-file;
   - the file rewritten with other first bytes but repeating events, under a spec with `dedup`: read from its start,
-    the repeats counted once.
+    the repeats counted once;
+  - while following (`follow: true`, the run going on): a copy with lines appended moved over the path.
 Before the fix the copy was read again from its start and the events within the lateness horizon were accepted
 twice.
 """
@@ -18,11 +19,15 @@ from __future__ import annotations
 import collections
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import List
 
 import deltalake
+
+from run_process import start_run
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = os.environ.get("FRESHET_BIN", str(ROOT / "build" / "freshet"))
@@ -37,11 +42,15 @@ def _lines(tmp: Path, events: int = 2000) -> List[str]:
     return out.read_text().splitlines(keepends=True)
 
 
-def _spec(tmp: Path, dedup: bool = False) -> Path:
+def _spec(tmp: Path, dedup: bool = False, follow: bool = False) -> Path:
     text = (ROOT / "examples" / "fraud" / "fraud.yaml").read_text()
     assert "timestamp: ts\n" in text and "source: {type: file, path: events.jsonl}" in text
+    assert "checkpoint:" not in text
     if dedup:
         text = text.replace("timestamp: ts\n", "timestamp: ts\ndedup: {field: event_id, within: 1h}\n")
+    if follow:
+        text = text.replace("source: {type: file, path: events.jsonl}",
+                            "source: {type: file, path: events.jsonl, follow: true}\ncheckpoint: {interval: 200ms}")
     spec = tmp / "spec.yaml"
     spec.write_text(text)
     return spec
@@ -156,3 +165,33 @@ def test_a_rewritten_file_under_dedup_is_read_again_and_repeats_count_once(tmp_p
     stderr = _run_ok(spec)
     assert "reading it from its start as a new file" in stderr, stderr
     _assert_each_once(spec, lines)
+
+
+def test_following_a_copy_with_lines_appended_goes_on_after_what_was_read(tmp_path: Path) -> None:
+    lines = _lines(tmp_path)
+    spec = _spec(tmp_path, follow=True)
+    events = tmp_path / "events.jsonl"
+    _write(events, lines[:1500])
+    log = tmp_path / "run.log"
+    proc, _ = start_run([BIN, "run", "--spec", str(spec), "--data-dir", str(tmp_path / "data"), "--port", "0"], log)
+    try:
+        def committed(count: int) -> None:  # The events table is committed with each checkpoint (200 ms).
+            deadline = time.monotonic() + SECONDS
+            while time.monotonic() < deadline:
+                try:
+                    if sum(_accepted(spec).values()) >= count:
+                        return
+                except Exception:  # noqa: BLE001 - no table yet.
+                    pass
+                assert proc.poll() is None, log.read_text()
+                time.sleep(0.1)
+            raise AssertionError(f"fewer than {count} events committed within {SECONDS} s:\n{log.read_text()}")
+
+        committed(1500)
+        _replace_by_copy(events, lines)
+        committed(2000)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=SECONDS) == 0, log.read_text()
+    _assert_each_once(spec, lines)
+    assert "copy moved over it" in log.read_text(), log.read_text()
