@@ -31,6 +31,7 @@ void RegisterRun(CLI::App& app, int* exit_code) {
     int port = -1;
     bool exit_at_end = false;
     bool reset = false;
+    bool new_events_file = false;
   };
   auto args = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand(
@@ -48,6 +49,10 @@ void RegisterRun(CLI::App& app, int* exit_code) {
                 "Start fresh instead of restoring: first move the data directory's checkpoints/, dead_letters/ and "
                 "offline/ (when it is the spec's offline store) aside into <data-dir>/reset-<UTC time>/; nothing is "
                 "deleted");
+  cmd->add_flag("--new-events-file", args->new_events_file,
+                "With a file source: the file at source.path replaced the one the checkpoint was reading and holds "
+                "only events not read before (e.g. rotated while stopped, its predecessor deleted): read it from its "
+                "start. Without it such a file is refused unless the spec has dedup and a watermark");
   cmd->callback([args, exit_code] {
     std::optional<Spec> spec = LoadSpecOrReport(args->spec, exit_code);
     if (!spec) return;
@@ -68,6 +73,7 @@ void RegisterRun(CLI::App& app, int* exit_code) {
     options.host = args->host;
     options.port = args->port;
     options.exit_when_exhausted = args->exit_at_end;
+    options.new_events_file = args->new_events_file;
     options.bearer_token = *token;
     std::signal(SIGTERM, OnSignal);
     std::signal(SIGINT, OnSignal);

@@ -590,7 +590,14 @@ Status Runtime::Impl::Open() {
     idempotency_keys_->Set(static_cast<double>(ingest_log_->key_count()));
     source_ = std::make_unique<IngestLogSource>(ingest_log_.get());
   } else {
-    source_ = std::make_unique<FileSource>(spec_.source->path, spec_.source->follow);
+    // A file at the path that replaced the checkpoint's and does not continue it is read from its start only
+    // when that cannot count an event twice unnoticed: the operator says it is new, or event-id deduplication
+    // with a watermark remembers every accepted event that is not late (a re-read older one is late).
+    const bool dedup_covers_rereads = spec_.dedup.has_value() && spec_.watermark.has_value();
+    source_ = std::make_unique<FileSource>(spec_.source->path, spec_.source->follow,
+                                           options_.new_events_file || dedup_covers_rereads
+                                               ? FileSource::Replaced::kReadFromStart
+                                               : FileSource::Replaced::kRefuse);
   }
   std::filesystem::create_directories(std::filesystem::path(dir) / "dead_letters", ec);
   dead_letter_path_ = (std::filesystem::path(dir) / "dead_letters" / (spec_.source->type + ".jsonl")).string();

@@ -32,6 +32,9 @@ struct RuntimeOptions {
   std::string host;          // Overrides spec.serve.host when not empty.
   int port = -1;             // Overrides spec.serve.port when >= 0.
   bool exit_when_exhausted = false;  // Stop (after a final checkpoint) once a non-follow file is read.
+  // With a file source: when the file at the path replaced the one the checkpoint was reading and does not
+  // begin with what was read of it, read it from its start as a new file instead of refusing to start.
+  bool new_events_file = false;
 };
 
 class Runtime {

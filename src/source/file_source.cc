@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <string_view>
 #include <thread>
 
@@ -24,6 +25,7 @@ constexpr size_t kBufferBytes = 4 << 20;  // Must exceed kMaxLineBytes + 2 + kRe
 constexpr size_t kReadBytes = 1 << 20;
 constexpr size_t kBufferCapacity = kBufferBytes + kParsePaddingBytes;  // Padding past the last byte read.
 constexpr size_t kHeadBytes = 1024;
+constexpr size_t kTailBytes = 4096;
 constexpr auto kFollowInterval = std::chrono::milliseconds(20);
 constexpr std::string_view kPositionPrefix = "file:";
 
@@ -48,12 +50,12 @@ std::string Hex16(uint64_t value) {
   return text;
 }
 
-// Reads up to `length` bytes from the start of `fd` into *out (fewer at the end of the file).
-Status ReadHead(int fd, const std::string& path, size_t length, std::string* out) {
+// Reads up to `length` bytes at `offset` of `fd` into *out (fewer at the end of the file).
+Status ReadRange(int fd, const std::string& path, uint64_t offset, size_t length, std::string* out) {
   out->assign(length, '\0');
   size_t got = 0;
   while (got < length) {
-    ssize_t n = ::pread(fd, out->data() + got, length - got, static_cast<off_t>(got));
+    ssize_t n = ::pread(fd, out->data() + got, length - got, static_cast<off_t>(offset + got));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return Status::IoError("cannot read events file '" + path + "': " + Errno());
     if (n == 0) break;
@@ -63,19 +65,60 @@ Status ReadHead(int fd, const std::string& path, size_t length, std::string* out
   return Status::Ok();
 }
 
+// Reads up to `length` bytes from the start of `fd` into *out (fewer at the end of the file).
+Status ReadHead(int fd, const std::string& path, size_t length, std::string* out) {
+  return ReadRange(fd, path, 0, length, out);
+}
+
+// What was read of a file up to `offset`: hashes of its first min(offset, kHeadBytes) bytes and, when known,
+// of the min(offset, kTailBytes) bytes before `offset`.
+struct Fingerprint {
+  uint64_t offset = 0;
+  uint64_t head = 0;
+  std::optional<uint64_t> tail;
+};
+
+// The hash of the bytes of `fd` before `offset` that a fingerprint's tail covers.
+Result<uint64_t> TailHash(int fd, const std::string& path, uint64_t offset) {
+  const uint64_t length = std::min<uint64_t>(offset, kTailBytes);
+  std::string tail;
+  FRESHET_RETURN_IF_ERROR(ReadRange(fd, path, offset - length, static_cast<size_t>(length), &tail));
+  if (tail.size() != length) {
+    return Status::IoError("events file '" + path + "' ended before offset " + std::to_string(offset) +
+                           " while reading it");
+  }
+  return HeadHash(tail);
+}
+
+// Whether the file `fd` (named `path`) begins with what the fingerprint describes: at least `offset` bytes,
+// the same first bytes, and the same bytes before `offset` (when the fingerprint has them).
+Result<bool> HasFingerprint(int fd, const std::string& path, const Fingerprint& fingerprint) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return Status::IoError("cannot stat events file '" + path + "': " + Errno());
+  if (static_cast<uint64_t>(st.st_size) < fingerprint.offset) return false;
+  std::string head;
+  FRESHET_RETURN_IF_ERROR(ReadHead(fd, path, std::min<uint64_t>(fingerprint.offset, kHeadBytes), &head));
+  if (HeadHash(head) != fingerprint.head) return false;
+  if (!fingerprint.tail) return true;
+  FRESHET_ASSIGN_OR_RETURN(uint64_t tail, TailHash(fd, path, fingerprint.offset));
+  return tail == *fingerprint.tail;
+}
+
 struct FilePosition {
   uint64_t dev = 0;
   uint64_t inode = 0;
   uint64_t offset = 0;
   uint64_t line = 0;
   uint64_t head = 0;
+  std::optional<uint64_t> tail;  // Absent in positions written before it was recorded.
   std::string path;
 };
 
 Result<FilePosition> ParsePosition(std::string_view text) {
   auto bad = [&](std::string_view why) {
     return Status::Invalid("cannot resume from file position '" + std::string(text) + "': " + std::string(why) +
-                           "; expected file:dev=D;inode=I;offset=O;line=L;head=H;path=P as written by a checkpoint");
+                           "; expected file:dev=D;inode=I;offset=O;line=L;head=H;tail=T;path=P as written by a "
+                           "checkpoint");
   };
   if (text.substr(0, kPositionPrefix.size()) != kPositionPrefix) return bad("it is not a file position");
   std::string_view rest = text.substr(kPositionPrefix.size());
@@ -97,6 +140,18 @@ Result<FilePosition> ParsePosition(std::string_view text) {
     if (ec != std::errc() || ptr != digits.data() + digits.size() || digits.empty()) {
       return bad("field '" + std::string(key) + "' is not a number");
     }
+    rest.remove_prefix(semi + 1);
+  }
+  if (rest.substr(0, 5) == "tail=") {
+    size_t semi = rest.find(';');
+    if (semi == std::string_view::npos) return bad("field 'path' is missing");
+    std::string_view digits = rest.substr(5, semi - 5);
+    uint64_t tail = 0;
+    auto [ptr, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), tail, 16);
+    if (ec != std::errc() || ptr != digits.data() + digits.size() || digits.empty()) {
+      return bad("field 'tail' is not a number");
+    }
+    position.tail = tail;
     rest.remove_prefix(semi + 1);
   }
   if (rest.substr(0, 5) != "path=") return bad("field 'path' is missing");
@@ -161,7 +216,8 @@ std::string DirectoryOf(const std::string& path) {
 
 }  // namespace
 
-FileSource::FileSource(std::string path, bool follow) : path_(std::move(path)), follow_(follow) {}
+FileSource::FileSource(std::string path, bool follow, Replaced replaced)
+    : path_(std::move(path)), follow_(follow), replaced_(replaced) {}
 
 FileSource::~FileSource() { CloseFile(); }
 
@@ -328,6 +384,26 @@ Status FileSource::SwitchFile(Change change) {
       return Status::Ok();
     }
     if (fd < 0) return Status::IoError("cannot open rotated events file '" + path_ + "': " + Errno());
+    // A copy of the old file moved over the path (perhaps with lines appended) goes on where the old one ended;
+    // a new file (logrotate's) starts at its start.
+    Result<bool> copy = false;
+    if (Result<uint64_t> tail = TailHash(fd_, old_path, old_offset); tail.ok()) {
+      const Fingerprint read_so_far{old_offset, HeadHash(std::string_view(head_).substr(0, old_offset)), *tail};
+      copy = HasFingerprint(fd, path_, read_so_far);
+    }
+    if (!copy.ok()) {
+      ::close(fd);
+      return copy.status();
+    }
+    if (*copy) {
+      FRESHET_RETURN_IF_ERROR(OpenAt(path_, fd, old_offset, old_line));
+      ++file_index_;
+      Warn("events file '" + path_ + "' was replaced by another file (inode " + std::to_string(inode_) +
+           ") that begins with the " + std::to_string(old_offset) +
+           " bytes read of the previous one (a copy moved over it, perhaps with lines appended): going on "
+           "after line " + std::to_string(old_line) + " instead of reading it again from its start.");
+      return Status::Ok();
+    }
     FRESHET_RETURN_IF_ERROR(OpenAt(path_, fd, 0, 0));
     Warn("events file '" + path_ + "' was rotated: read the previous file" +
          (old_path == path_ ? std::string() : " '" + old_path + "'") + " to its end (line " +
@@ -420,7 +496,12 @@ std::string FileSource::Format(uint64_t offset, uint64_t line) const {
   const std::string_view head(head_.data(), std::min<uint64_t>({offset, kHeadBytes, head_.size()}));
   std::string text(kPositionPrefix);
   text += "dev=" + std::to_string(dev_) + ";inode=" + std::to_string(inode_) + ";offset=" + std::to_string(offset) +
-          ";line=" + std::to_string(line) + ";head=" + Hex16(HeadHash(head)) + ";path=" + path_;
+          ";line=" + std::to_string(line) + ";head=" + Hex16(HeadHash(head));
+  // The bytes before the offset are in the file, read already; were they not readable now, the position
+  // goes without its tail and Seek compares by the head alone.
+  Result<uint64_t> tail = offset == 0 ? Result<uint64_t>(HeadHash("")) : TailHash(fd_, open_path_, offset);
+  if (tail.ok()) text += ";tail=" + Hex16(*tail);
+  text += ";path=" + path_;
   return text;
 }
 
@@ -442,8 +523,9 @@ Status FileSource::Seek(std::string_view position_text) {
                            std::string(kStartFresh));
   }
   const std::string where = "line " + std::to_string(position.line) + ", offset " + std::to_string(position.offset);
-  // Opens `path` if it is the recorded file: the same device and inode, and the same first bytes (an inode
-  // number can be reused by a later file). *fd_out is -1 when it is another file or there is none.
+  // Opens `path` if it is the recorded file: the same device and inode, and the same first bytes and bytes
+  // before the offset (an inode number can be reused by a later file). *fd_out is -1 when it is another file
+  // or there is none.
   auto open_if_recorded = [&](const std::string& path, int* fd_out) -> Status {
     *fd_out = -1;
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -463,7 +545,16 @@ Status FileSource::Seek(std::string_view position_text) {
     }
     const bool head_matches = head.size() == head_length && HeadHash(head) == position.head;
     const uint64_t size = static_cast<uint64_t>(st.st_size);
-    if (size >= position.offset && head_matches) {
+    bool tail_matches = true;  // The bytes before the offset too, when the position has their hash.
+    if (size >= position.offset && head_matches && position.tail) {
+      Result<uint64_t> tail = TailHash(fd, path, position.offset);
+      if (!tail.ok()) {
+        ::close(fd);
+        return tail.status();
+      }
+      tail_matches = *tail == *position.tail;
+    }
+    if (size >= position.offset && head_matches && tail_matches) {
       *fd_out = fd;
       return Status::Ok();
     }
@@ -500,10 +591,36 @@ Status FileSource::Seek(std::string_view position_text) {
                             ", and the file the checkpoint was reading (inode " + std::to_string(position.inode) +
                             ") is not in its folder either; restore the file, or " + std::string(kStartFresh));
   }
+  // The recorded file is gone. The file at the path continues it when it begins with what was read of it.
+  const Fingerprint read_so_far{position.offset, position.head, position.tail};
+  Result<bool> copy = HasFingerprint(fd, path_, read_so_far);
+  if (!copy.ok()) {
+    ::close(fd);
+    return copy.status();
+  }
+  if (*copy) {
+    FRESHET_RETURN_IF_ERROR(OpenAt(path_, fd, position.offset, position.line));
+    Warn("events file '" + path_ + "' is another file than the checkpoint was reading (inode " +
+         std::to_string(inode_) + ", not " + std::to_string(position.inode) + "), but it begins with the " +
+         std::to_string(position.offset) + " bytes read of that one" +
+         (position.tail ? std::string() : std::string(" (compared by its first bytes and length only: the "
+                                                      "checkpoint predates the hash of the bytes before its offset)")) +
+         ", so it is a copy (perhaps with lines appended): resuming after " + where + ".");
+    return Status::Ok();
+  }
+  const std::string why = "events file '" + path_ + "' is not the file the checkpoint was reading (inode " +
+                          std::to_string(position.inode) + ", read up to " + where +
+                          "), which is gone, and it does not begin with the bytes read of that one";
+  if (replaced_ == Replaced::kRefuse) {
+    ::close(fd);
+    return Status::Invalid(
+        why + ". It is either a new file (rotated while Freshet was stopped, the previous one deleted or "
+              "compressed) or the old one rewritten; reading it from its start could count events a second time. "
+              "If it holds only events not read before, run with `freshet run --new-events-file` to read it from "
+              "its start; or put the file that was being read back at its path; or " + std::string(kStartFresh));
+  }
   FRESHET_RETURN_IF_ERROR(OpenAt(path_, fd, 0, 0));
-  Warn("events file '" + path_ + "' is not the file the checkpoint was reading (inode " +
-       std::to_string(position.inode) + ", " + where +
-       "), which is gone: reading the new file from its start. Lines of the old file after line " +
+  Warn(why + ": reading it from its start as a new file. Lines of the old file after line " +
        std::to_string(position.line) + " were not read.");
   return Status::Ok();
 }

@@ -16,18 +16,30 @@
 // A path that does not exist for a while (between the rename and the create) is waited for. Rotation that
 // truncates and then grows the file past the offset read before the source looks is not detectable.
 //
-// Positions are text: `file:dev=D;inode=I;offset=O;line=L;head=H;path=P`, where O is the byte offset just
-// after the last line returned, L its line number, and H a hash of the file's first min(O, 1024) bytes,
-// which tells a file apart from a later one that reuses the same inode number. Seek(position) resumes:
-//   1. in the file at the path, when it is the recorded file (same device, inode and head hash), at O;
+// Positions are text: `file:dev=D;inode=I;offset=O;line=L;head=H;tail=T;path=P`, where O is the byte offset
+// just after the last line returned, L its line number, H a hash of the file's first min(O, 1024) bytes, which
+// tells a file apart from a later one that reuses the same inode number, and T a hash of the min(O, 4096) bytes
+// before O. (H, T and O together are the fingerprint of what was read; positions written before T existed have
+// no `tail=` and are compared by H and O alone.) Seek(position) resumes:
+//   1. in the file at the path, when it is the recorded file (same device and inode, and the fingerprint), at O;
 //      an error when it is now shorter than O (truncated below the offset);
 //   2. otherwise in the recorded file found under another name in the same folder (rotated while Freshet
 //      was down, e.g. events.jsonl.1), at O; once it is read to its end, the file at the path follows from
 //      its start (a warning says so);
-//   3. otherwise, the recorded file is gone: the file now at the path is read from its start, with a
-//      warning that lines of the old file after line L were not read; an error when there is no file at the
-//      path either.
-// The path in the position must be the source's path; a checkpoint made for another file is an error.
+//   3. otherwise, the recorded file is gone, and the file at the path is another file (a new inode). When it
+//      is at least O bytes long with the fingerprint of what was read (a copy of the file, perhaps with lines
+//      appended: `cp events.jsonl x && mv x events.jsonl`), it is resumed at O, line L, with a warning;
+//   4. otherwise it holds other bytes: a new file (logrotate's, its predecessor deleted or compressed) or the
+//      old one rewritten (reordered, edited). Reading it from its start could accept again events that the
+//      checkpoint already counted, so what happens is the `replaced` policy the source was made with:
+//      kRefuse (an error naming the ways out) or kReadFromStart (with a warning; for a spec whose event-id
+//      deduplication counts a re-read event once, or when the operator said the file is new).
+// An error when there is no file at the path. The path in the position must be the source's path; a
+// checkpoint made for another file is an error.
+//
+// While following, a rotation to a file that has the fingerprint of the old file up to where it was read to
+// its end (a copy moved over the path, perhaps with more lines) continues in it at that offset; any other new
+// file is read from its start, as logrotate's is.
 //
 // Not thread-safe. Holds a 4 MiB read buffer.
 #pragma once
@@ -47,9 +59,16 @@ namespace freshet {
 
 class FileSource final : public Source {
  public:
+  // What Seek does when the file at the path is neither the recorded file nor a copy of what was read of it
+  // (case 4 above).
+  enum class Replaced {
+    kRefuse,         // An error: reading it from its start could count events a second time.
+    kReadFromStart,  // Read it from its start, with a warning.
+  };
+
   // `path` is used as given (resolve it first) and names the source. Nothing is opened until Open, Seek or
   // the first Poll.
-  FileSource(std::string path, bool follow);
+  FileSource(std::string path, bool follow, Replaced replaced = Replaced::kRefuse);
   ~FileSource() override;
   FileSource(const FileSource&) = delete;
   FileSource& operator=(const FileSource&) = delete;
@@ -79,6 +98,7 @@ class FileSource final : public Source {
 
   std::string path_;
   bool follow_ = false;
+  Replaced replaced_ = Replaced::kRefuse;
 
   // The file being read.
   int fd_ = -1;

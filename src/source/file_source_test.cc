@@ -435,7 +435,7 @@ TEST(FileSourceTest, SeekFindsTheFileRotatedWhileStopped) {
   }
 }
 
-TEST(FileSourceTest, SeekWhenTheRecordedFileIsGoneReadsTheNewFileWithAWarning) {
+TEST(FileSourceTest, SeekWhenTheRecordedFileIsGoneRefusesOrReadsTheNewFileAsTold) {
   TempDir dir;
   const std::string path = dir.File("events.jsonl");
   WriteFile(path, Join(Range("old", 0, 10)));
@@ -446,7 +446,13 @@ TEST(FileSourceTest, SeekWhenTheRecordedFileIsGoneReadsTheNewFileWithAWarning) {
   // Deleted and recreated: the new file may well reuse the inode number; its first bytes tell it apart.
   ASSERT_EQ(::unlink(path.c_str()), 0);
   WriteFile(path, Join(Range("fresh", 0, 20)));
-  FileSource resumed(path, false);
+  FileSource refusing(path, false);
+  Status refused = refusing.Seek(position);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.message().find("--new-events-file"), std::string::npos) << refused.message();
+  EXPECT_NE(refused.message().find("freshet run --reset"), std::string::npos) << refused.message();
+
+  FileSource resumed(path, false, FileSource::Replaced::kReadFromStart);
   ASSERT_TRUE(resumed.Seek(position).ok());
   std::vector<std::string> warnings = resumed.TakeWarnings();
   ASSERT_EQ(warnings.size(), 1u);
@@ -455,10 +461,100 @@ TEST(FileSourceTest, SeekWhenTheRecordedFileIsGoneReadsTheNewFileWithAWarning) {
 
   // No file at all: an error.
   ASSERT_EQ(::unlink(path.c_str()), 0);
-  FileSource nothing(path, true);
+  FileSource nothing(path, true, FileSource::Replaced::kReadFromStart);
   Status seek = nothing.Seek(position);
   ASSERT_FALSE(seek.ok());
   EXPECT_NE(seek.message().find("freshet run --reset"), std::string::npos) << seek.message();
+}
+
+// `cp events.jsonl x && mv x events.jsonl` while stopped: a new inode with the bytes read before, perhaps more.
+// It goes on after the checkpoint's line; a file that differs anywhere in what was read is not taken for it.
+TEST(FileSourceTest, SeekResumesACopyOfTheRecordedFileAtItsOffset) {
+  TempDir dir;
+  const std::string path = dir.File("events.jsonl");
+  // Long enough that the head (1 KiB) and tail (4 KiB) hashes cover different bytes.
+  WriteFile(path, Join(Range("old", 0, 1000)));
+  FileSource source(path, false);
+  ASSERT_EQ(PollOnce(source, 600, 0).size(), 600u);
+  const std::string position = source.position();
+
+  const std::string original = Join(Range("old", 0, 1000));
+  for (bool appended : {false, true}) {
+    WriteFile(dir.File("x"), appended ? original + Join(Range("more", 0, 5)) : original);
+    ASSERT_EQ(::rename(dir.File("x").c_str(), path.c_str()), 0);
+    FileSource resumed(path, false);
+    Status seek = resumed.Seek(position);
+    ASSERT_TRUE(seek.ok()) << seek.message();
+    std::vector<std::string> warnings = resumed.TakeWarnings();
+    ASSERT_EQ(warnings.size(), 1u);
+    EXPECT_NE(warnings[0].find("copy"), std::string::npos) << warnings[0];
+    std::vector<Got> expected = Numbered(Range("old", 600, 1000), 601);
+    if (appended) {
+      for (Got& g : Numbered(Range("more", 0, 5), 1001)) expected.push_back(g);
+    }
+    EXPECT_EQ(ReadToEnd(resumed), expected) << appended;
+  }
+
+  // Changed within the 4 KiB before the offset: refused. (A change between the first KiB and the last 4 KiB
+  // read, keeping the length, is not seen: the fingerprint does not cover those bytes.)
+  std::vector<std::string> lines = Range("old", 0, 1000);
+  lines[590] = Range("odd", 590, 591)[0];
+  WriteFile(dir.File("x"), Join(lines));
+  ASSERT_EQ(::rename(dir.File("x").c_str(), path.c_str()), 0);
+  FileSource edited(path, false);
+  Status refused = edited.Seek(position);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.message().find("does not begin with the bytes read"), std::string::npos) << refused.message();
+
+  // Shorter than the offset: refused.
+  WriteFile(dir.File("x"), Join(Range("old", 0, 500)));
+  ASSERT_EQ(::rename(dir.File("x").c_str(), path.c_str()), 0);
+  FileSource shorter(path, false);
+  EXPECT_FALSE(shorter.Seek(position).ok());
+}
+
+// A position written before the tail hash existed still resumes a copy, by its first bytes and length.
+TEST(FileSourceTest, SeekResumesACopyFromAPositionWithoutTail) {
+  TempDir dir;
+  const std::string path = dir.File("events.jsonl");
+  WriteFile(path, Join(Range("old", 0, 10)));
+  FileSource source(path, false);
+  ASSERT_EQ(PollOnce(source, 4, 0).size(), 4u);
+  std::string position = source.position();
+  const size_t tail = position.find(";tail=");
+  ASSERT_NE(tail, std::string::npos) << position;
+  position.erase(tail, position.find(";path=") - tail);
+  std::filesystem::copy_file(path, dir.File("x"));
+  ASSERT_EQ(::rename(dir.File("x").c_str(), path.c_str()), 0);
+  FileSource resumed(path, false);
+  Status seek = resumed.Seek(position);
+  ASSERT_TRUE(seek.ok()) << seek.message();
+  EXPECT_EQ(ReadToEnd(resumed), Numbered(Range("old", 4, 10), 5));
+}
+
+// While following: a copy moved over the path goes on where the old file ended, not from its start.
+TEST(FileSourceTest, FollowGoesOnInACopyMovedOverThePath) {
+  TempDir dir;
+  const std::string path = dir.File("events.jsonl");
+  WriteFile(path, Join(Range("old", 0, 20)));
+  FileSource source(path, true);
+  std::vector<Got> got = ReadFollowing(source, 20);
+  std::filesystem::copy_file(path, dir.File("x"));
+  AppendFile(dir.File("x"), Join(Range("more", 0, 3)));
+  ASSERT_EQ(::rename(dir.File("x").c_str(), path.c_str()), 0);
+  for (Got& g : ReadFollowing(source, 3)) got.push_back(g);
+  std::vector<Got> expected = Numbered(Range("old", 0, 20));
+  for (Got& g : Numbered(Range("more", 0, 3), 21)) expected.push_back(g);
+  EXPECT_EQ(got, expected);
+  std::vector<std::string> warnings = source.TakeWarnings();
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find("copy"), std::string::npos) << warnings[0];
+
+  // Its positions name the copy and resume in it.
+  FileSource resumed(path, false);
+  ASSERT_TRUE(resumed.Seek(source.position()).ok());
+  AppendFile(path, Join(Range("more", 3, 4)));
+  EXPECT_EQ(ReadToEnd(resumed), Numbered(Range("more", 3, 4), 24));
 }
 
 TEST(FileSourceTest, SeekBeyondATruncatedFileIsAnError) {
