@@ -166,6 +166,9 @@ def test_metrics_follow_prometheus_conventions_and_agree_with_the_run(tmp_path: 
                 break
             assert time.monotonic() < deadline, f"histogram counts never matched their counters:\n{text}"
             time.sleep(0.05)
+        # The kernel's other account of the process's memory, read right after the scrape (kB).
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines())
+        vm_rss, vm_size = (float(status[key].split()[0]) * 1024 for key in ("VmRSS", "VmSize"))
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)
@@ -197,6 +200,8 @@ def test_metrics_follow_prometheus_conventions_and_agree_with_the_run(tmp_path: 
     assert 0 < _value(samples, "process_cpu_seconds_total") < 3600
     assert _value(samples, "process_resident_memory_bytes") > 1 << 20
     assert _value(samples, "process_virtual_memory_bytes") >= _value(samples, "process_resident_memory_bytes")
+    assert _value(samples, "process_resident_memory_bytes") == pytest.approx(vm_rss, rel=0.25)
+    assert _value(samples, "process_virtual_memory_bytes") == pytest.approx(vm_size, rel=0.25)
     assert _value(samples, "process_open_fds") > 0
     assert _value(samples, "process_max_fds") >= _value(samples, "process_open_fds")
     assert time.time() - 600 < _value(samples, "process_start_time_seconds") <= time.time()

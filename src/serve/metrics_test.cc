@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <ctime>
+#include <fstream>
 #include <limits>
 #include <map>
 #include <sstream>
@@ -261,6 +262,18 @@ TEST(ProcessMetricsTest, ReportThisProcess) {
   EXPECT_GT(samples.at("process_cpu_seconds_total"), 0) << text;
   EXPECT_GT(samples.at("process_resident_memory_bytes"), 1 << 20) << text;  // A test binary: over 1 MiB.
   EXPECT_GE(samples.at("process_virtual_memory_bytes"), samples.at("process_resident_memory_bytes")) << text;
+  // Against the kernel's other account of the same figures (kB in /proc/self/status), read just after.
+  std::map<std::string, double> status_kib;
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    const size_t colon = line.find(':');
+    if (colon != std::string::npos) status_kib[line.substr(0, colon)] = std::strtod(line.c_str() + colon + 1, nullptr);
+  }
+  EXPECT_NEAR(samples.at("process_resident_memory_bytes"), status_kib.at("VmRSS") * 1024, status_kib.at("VmRSS") * 256)
+      << text;  // Within a quarter: memory may move between the two reads.
+  EXPECT_NEAR(samples.at("process_virtual_memory_bytes"), status_kib.at("VmSize") * 1024,
+              status_kib.at("VmSize") * 256)
+      << text;
   EXPECT_GE(samples.at("process_open_fds"), 3) << text;  // stdin, stdout, stderr at least.
   EXPECT_GE(samples.at("process_max_fds"), samples.at("process_open_fds")) << text;
   // Started before now, and not before this test binary could have been built (2026).
