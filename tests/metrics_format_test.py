@@ -14,6 +14,8 @@ It checks:
   rejected and late events, entities with state, the low watermark in seconds, one freshness observation
   per accepted event; and, within the run's own figures, one checkpoint-duration observation per checkpoint
   and one Redis write-latency observation per batch written.
+
+`freshet serve` (the Redis-backed lookup server) is held to the same rules in a second test.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -211,3 +214,27 @@ def test_metrics_follow_prometheus_conventions_and_agree_with_the_run(tmp_path: 
     assert info[0][0]["version"] == subprocess.run([BIN, "--version"], capture_output=True, text=True,
                                                    check=True).stdout.split()[-1]
     assert re.fullmatch(r"[0-9a-f]{12}|unknown", info[0][0]["commit"]), info
+
+
+def test_serve_metrics_follow_the_same_conventions(tmp_path: Path, redis) -> None:
+    """`freshet serve` has its own metrics (and a registry of its own for them): the same rules, the process
+    metrics, and a lookup refused while Redis holds no sync marker (no `freshet run` wrote to it) counted once."""
+    if not Path(BIN).exists():
+        pytest.skip(f"freshet binary not found at {BIN}; build it or set FRESHET_BIN")
+    (tmp_path / "spec.yaml").write_text(SPEC.format(port=redis.port))
+    proc, port = start_run([BIN, "serve", "--spec", str(tmp_path / "spec.yaml"), "--port", "0"], tmp_path / "serve.log")
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            _get(port, "/v1/features/u1")
+        assert refused.value.code == 503
+        text = _get(port, "/metrics")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    assert code == 0, (tmp_path / "serve.log").read_text(errors="replace")
+    _check_conventions(text)
+    samples = _samples(text)
+    assert _value(samples, "freshet_serve_refused_no_marker_total") == 1
+    assert _value(samples, "freshet_http_requests_total", route="/v1/features/{entity}", status="503") == 1
+    assert _value(samples, "process_open_fds") > 0 and _value(samples, "process_resident_memory_bytes") > 0
+    assert "freshet_build_info{" in text
