@@ -228,7 +228,7 @@ class Producer(threading.Thread):
             self.error = e
 
 
-STATE_GAUGES = ("freshet_state_entities", "freshet_watermark_ms", "freshet_dedup_ids")
+STATE_GAUGES = ("freshet_state_entities", "freshet_watermark_seconds", "freshet_dedup_ids")
 
 
 def _check_restored_gauges(server: Server) -> bool:
@@ -238,7 +238,7 @@ def _check_restored_gauges(server: Server) -> bool:
     if match is None or int(match.group(1)) == 0:
         return False
     assert server.metric("freshet_state_entities") >= int(match.group(1))
-    assert server.metric("freshet_watermark_ms") > 1.7e12  # The generated events are of 2026.
+    assert server.metric("freshet_watermark_seconds") > 1.7e9  # The generated events are of 2026.
     assert server.metric("freshet_dedup_ids") > 0
     return True
 

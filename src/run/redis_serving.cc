@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "engine/feature_engine.h"
+#include "serve/metrics.h"
 #include "store/redis_store.h"
 
 namespace freshet {
@@ -15,7 +16,11 @@ constexpr uint8_t kRedisStateVersion = 2;  // 2: the low watermark after the new
 class RedisFeatureService final : public FeatureService {
  public:
   RedisFeatureService(const Spec& spec, std::unique_ptr<RedisReader> reader)
-      : spec_(spec), reader_(std::move(reader)) {}
+      : spec_(spec),
+        reader_(std::move(reader)),
+        refused_no_marker_(metrics_.GetCounter("freshet_serve_refused_no_marker_total",
+                                               "Lookups refused (503) because Redis held no sync marker: it lost its "
+                                               "data and `freshet run` had not yet written it back.")) {}
 
   const Spec& spec() const override { return spec_; }
   // Every lookup is a round trip to Redis.
@@ -30,7 +35,7 @@ class RedisFeatureService final : public FeatureService {
     // Without the marker a missing state may be an entity that Redis lost: answering "unknown, count 0"
     // would be wrong with a 200, so refuse (503, retry) until `freshet run` has written everything back.
     if (!marker_present) {
-      refused_no_marker_.fetch_add(1, std::memory_order_relaxed);
+      refused_no_marker_.Increment();
       return Status::IoError(NoMarkerReason() + "; not answering rather than calling its entities unknown");
     }
     FeatureEngine scratch(spec_);  // Holds only this request's entities.
@@ -80,13 +85,7 @@ class RedisFeatureService final : public FeatureService {
     return report;
   }
 
-  void AppendMetrics(std::string* out) const override {
-    *out += "# HELP freshet_serve_refused_no_marker_total Lookups refused (503) because Redis held no sync marker: "
-            "it lost its data and `freshet run` had not yet written it back.\n"
-            "# TYPE freshet_serve_refused_no_marker_total counter\n"
-            "freshet_serve_refused_no_marker_total " +
-            std::to_string(refused_no_marker_.load(std::memory_order_relaxed)) + "\n";
-  }
+  void AppendMetrics(std::string* out) const override { metrics_.AppendText(out); }
 
  private:
   std::string Address() const { return "redis://" + spec_.online.host + ":" + std::to_string(spec_.online.port); }
@@ -99,7 +98,8 @@ class RedisFeatureService final : public FeatureService {
 
   const Spec& spec_;
   std::unique_ptr<RedisReader> reader_;
-  mutable std::atomic<uint64_t> refused_no_marker_{0};
+  MetricsRegistry metrics_;  // This service's own metrics; the HTTP server's registry has the rest.
+  Counter& refused_no_marker_;
 };
 
 }  // namespace

@@ -361,48 +361,9 @@ struct Runtime::Impl final : public FeatureService {
     return report;
   }
 
-  // The Redis writer's figures; everything else is registered in metrics_.
-  void AppendMetrics(std::string* out) const override {
-    if (redis_ == nullptr) return;
-    const RedisWriterMetrics m = redis_->Metrics();
-    const RedisWriterHealth h = redis_->Health();
-    auto counter = [&](const char* name, const char* help, uint64_t value) {
-      *out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " counter\n" + name + " " +
-              std::to_string(value) + "\n";
-    };
-    auto gauge = [&](const char* name, const char* help, double value) {
-      *out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " gauge\n" + name + " " +
-              std::to_string(value) + "\n";
-    };
-    auto histogram = [&](const char* name, const char* help, const LatencyHistogram& hist) {
-      *out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " histogram\n";
-      for (size_t b = 0; b < hist.upper_bounds_seconds.size(); ++b) {
-        *out += std::string(name) + "_bucket{le=\"" + std::to_string(hist.upper_bounds_seconds[b]) + "\"} " +
-                std::to_string(hist.cumulative_counts[b]) + "\n";
-      }
-      *out += std::string(name) + "_bucket{le=\"+Inf\"} " + std::to_string(hist.count) + "\n";
-      *out += std::string(name) + "_sum " + std::to_string(hist.sum_seconds) + "\n";
-      *out += std::string(name) + "_count " + std::to_string(hist.count) + "\n";
-    };
-    counter("freshet_redis_entities_written_total", "Entities written to Redis.", m.entities_written);
-    counter("freshet_redis_batches_written_total", "Pipelined batches written to Redis.", m.batches_written);
-    counter("freshet_redis_write_errors_total", "Failed Redis batches (kept and retried).", m.write_errors);
-    counter("freshet_redis_connect_errors_total", "Failed Redis connection attempts.", m.connect_errors);
-    counter("freshet_redis_resyncs_total",
-            "Rewrites of every entity to Redis after a reconnect or after Redis lost its data.", m.resyncs_requested);
-    counter("freshet_redis_data_lost_total",
-            "Times Redis was found without the sync marker while in sync: flushed, or restarted empty.",
-            m.marker_losses);
-    gauge("freshet_redis_connected", "1 while the last Redis connect, write or check (every second) succeeded.",
-          h.connected ? 1 : 0);
-    gauge("freshet_redis_in_sync", "1 while Redis holds every entity (the sync marker is written and no resync is due).",
-          h.in_sync ? 1 : 0);
-    gauge("freshet_redis_pending_entities", "Changed entities waiting to be written to Redis.",
-          static_cast<double>(h.pending_entities));
-    histogram("freshet_redis_write_duration_seconds", "Redis batch write latency.", m.batch_latency);
-    histogram("freshet_redis_freshness_seconds", "Time from an event's arrival until Redis holds its effect.",
-              m.freshness);
-  }
+  // Every metric is in metrics_, which the HTTP server writes (the Redis writer's through functions:
+  // RegisterRedisMetrics).
+  void AppendMetrics(std::string*) const override {}
 
   // ---- Set-up ----
   Status Open();
@@ -417,6 +378,8 @@ struct Runtime::Impl final : public FeatureService {
   void CheckSlo();
   void SetHealthReason(const std::string& key, std::optional<std::string> reason);
 
+  // Exposes the Redis writer's own counters and histograms in metrics_, read at each scrape.
+  void RegisterRedisMetrics();
   void UpdateKafkaStatus();  // Partition gauges and the source's health, every half second.
 
   // What one shard's processing of a chunk produced, merged by ProcessBatch.
@@ -469,10 +432,9 @@ struct Runtime::Impl final : public FeatureService {
   Gauge* dedup_ids_ = nullptr;
   Gauge* recent_events_ = nullptr;
   Gauge* state_bytes_ = nullptr;
-  Gauge* checkpoint_seconds_ = nullptr;
+  Histogram* checkpoint_seconds_ = nullptr;
   Gauge* checkpoint_bytes_ = nullptr;
   Gauge* slo_breached_ = nullptr;
-  Gauge* slo_p99_ = nullptr;
   Histogram* freshness_ = nullptr;
   std::unique_ptr<SloWindow> slo_window_;
   bool slo_breach_logged_ = false;
@@ -542,8 +504,9 @@ Status Runtime::Impl::Open() {
   checkpoints_total_ = &metrics_.GetCounter("freshet_checkpoints_total", "Checkpoints written.");
   checkpoint_failures_ = &metrics_.GetCounter(
       "freshet_checkpoint_failures_total", "Checkpoints that could not be written (retried; nothing is lost).");
-  watermark_ = &metrics_.GetGauge("freshet_watermark_ms",
-                                  "Low watermark: no event earlier than this (epoch ms) is accepted any more.");
+  watermark_ = &metrics_.GetGauge("freshet_watermark_seconds",
+                                  "Low watermark, in seconds since the Unix epoch: no event earlier than this is "
+                                  "accepted any more (0 before the first event).");
   watermark_lag_ = &metrics_.GetGauge("freshet_watermark_lag_seconds",
                                       "Wall clock minus the low watermark (0 without a watermark).");
   entities_ = &metrics_.GetGauge("freshet_state_entities", "Entities with state.");
@@ -554,10 +517,17 @@ Status Runtime::Impl::Open() {
                                       "(at the last checkpoint).");
   state_bytes_ = &metrics_.GetGauge("freshet_state_bytes",
                                     "Approximate bytes of feature and deduplication state (at the last checkpoint).");
-  checkpoint_seconds_ = &metrics_.GetGauge("freshet_checkpoint_duration_seconds", "Duration of the last checkpoint.");
+  checkpoint_seconds_ = &metrics_.GetHistogram("freshet_checkpoint_duration_seconds",
+                                               "Time to take and write a checkpoint, of those written.",
+                                               kDurationBucketsSeconds);
   checkpoint_bytes_ = &metrics_.GetGauge("freshet_checkpoint_size_bytes", "Size of the last checkpoint.");
   slo_breached_ = &metrics_.GetGauge("freshet_freshness_slo_breached", "1 while the freshness SLO is breached.");
-  slo_p99_ = &metrics_.GetGauge("freshet_freshness_p99_seconds", "Freshness p99 over the SLO window.");
+  if (spec_.freshness_slo) {
+    // The p99 the SLO compares with it is computed inside (SloWindow) for /health; dashboards take it from
+    // the freshet_freshness_seconds histogram: histogram_quantile(0.99, rate(..._bucket[window])).
+    metrics_.GetGauge("freshet_freshness_slo_target_seconds", "The freshness SLO's p99 target.")
+        .Set(static_cast<double>(spec_.freshness_slo->p99_ms) / 1000.0);
+  }
   freshness_ = &metrics_.GetHistogram("freshet_freshness_seconds",
                                       "Time from an event's arrival at the source until lookups see it.",
                                       kFreshnessBuckets);
@@ -632,6 +602,7 @@ Status Runtime::Impl::Open() {
     redis.spec_name = spec_.name;
     redis.flush_interval_ms = spec_.online.flush_interval_ms;
     FRESHET_ASSIGN_OR_RETURN(redis_, RedisWriter::Start(redis));
+    RegisterRedisMetrics();
     // After a restart the restored state is written again: Redis may have missed the last writes.
     ResyncRedis(/*resyncs_seen=*/0);
   }
@@ -730,7 +701,7 @@ Status Runtime::Impl::Checkpoint(bool wait) {
     Status status = WriteCheckpoint(*checkpoint, std::move(*rows));
     if (status.ok()) {
       checkpoints_total_->Increment();
-      checkpoint_seconds_->Set(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      checkpoint_seconds_->Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
       checkpoint_bytes_->Set(static_cast<double>(checkpoints_->last_size_bytes()));
       SetHealthReason("checkpoint", std::nullopt);
       checkpoint_failed_ms_ = 0;
@@ -862,6 +833,49 @@ Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch) {
   return Status::Ok();
 }
 
+void Runtime::Impl::RegisterRedisMetrics() {
+  RedisWriter& redis = *redis_;  // Lives until the runtime ends, after the HTTP server that scrapes.
+  const auto counter = [&](const char* name, const char* help, uint64_t RedisWriterMetrics::*field) {
+    metrics_.SetCounterFunction(name, help, [&redis, field] { return static_cast<double>(redis.Metrics().*field); });
+  };
+  counter("freshet_redis_entities_written_total", "Entities written to Redis.", &RedisWriterMetrics::entities_written);
+  counter("freshet_redis_batches_written_total", "Pipelined batches written to Redis.",
+          &RedisWriterMetrics::batches_written);
+  counter("freshet_redis_written_bytes_total", "State, key and field bytes in the batches written to Redis.",
+          &RedisWriterMetrics::bytes_written);
+  counter("freshet_redis_write_errors_total", "Failed Redis batches (kept and retried).",
+          &RedisWriterMetrics::write_errors);
+  counter("freshet_redis_connect_errors_total", "Failed Redis connection attempts.",
+          &RedisWriterMetrics::connect_errors);
+  counter("freshet_redis_resyncs_total",
+          "Rewrites of every entity to Redis after a reconnect or after Redis lost its data.",
+          &RedisWriterMetrics::resyncs_requested);
+  counter("freshet_redis_data_lost_total",
+          "Times Redis was found without the sync marker while in sync: flushed, or restarted empty.",
+          &RedisWriterMetrics::marker_losses);
+  metrics_.SetGaugeFunction("freshet_redis_connected",
+                            "1 while the last Redis connect, write or check (every second) succeeded.",
+                            [&redis] { return redis.Health().connected ? 1.0 : 0.0; });
+  metrics_.SetGaugeFunction("freshet_redis_in_sync",
+                            "1 while Redis holds every entity (the sync marker is written and no resync is due).",
+                            [&redis] { return redis.Health().in_sync ? 1.0 : 0.0; });
+  metrics_.SetGaugeFunction("freshet_redis_pending_entities", "Changed entities waiting to be written to Redis.",
+                            [&redis] { return static_cast<double>(redis.Health().pending_entities); });
+  const auto histogram = [&](const char* name, const char* help, LatencyHistogram RedisWriterMetrics::*field) {
+    const std::vector<double> bounds = (redis.Metrics().*field).upper_bounds_seconds;
+    metrics_.SetHistogramFunction(name, help, bounds, [&redis, field] {
+      const LatencyHistogram h = redis.Metrics().*field;
+      Histogram::Snapshot snapshot{.cumulative = h.cumulative_counts, .count = h.count, .sum = h.sum_seconds};
+      snapshot.cumulative.push_back(h.count);  // The +Inf bucket.
+      return snapshot;
+    });
+  };
+  histogram("freshet_redis_write_duration_seconds", "Time to write a pipelined batch to Redis (send to EXEC reply).",
+            &RedisWriterMetrics::batch_latency);
+  histogram("freshet_redis_freshness_seconds", "Time from an event's arrival until Redis holds its effect.",
+            &RedisWriterMetrics::freshness);
+}
+
 void Runtime::Impl::UpdateKafkaStatus() {
   const int64_t now = WallClockMs();
   if (now - last_partition_metrics_ms_ < 500) return;
@@ -888,8 +902,9 @@ void Runtime::Impl::UpdateKafkaStatus() {
   SetHealthReason("kafka", problem);
   metrics_.GetGauge("freshet_kafka_assigned_partitions", "Partitions of the topic assigned to this process.")
       .Set(static_cast<double>(partitions.size()));
-  metrics_.GetGauge("freshet_kafka_rebalances", "Group rebalances this process took part in (assignments and revocations).")
-      .Set(static_cast<double>(kafka_->rebalances()));
+  Counter& rebalances = metrics_.GetCounter("freshet_kafka_rebalances_total",
+                                            "Group rebalances this process took part in (assignments and revocations).");
+  if (const uint64_t seen = kafka_->rebalances(); seen > rebalances.value()) rebalances.Increment(seen - rebalances.value());
   for (const KafkaPartitionStatus& p : partitions) {
     const MetricLabels labels = {{"partition", std::to_string(p.partition)}};
     metrics_.GetGauge("freshet_kafka_consumed_offset", "Offset of the next message to process, per partition.", labels)
@@ -922,7 +937,8 @@ void Runtime::Impl::SetStateGauges() {
     if (skipped > skipped_fields_[k]->value()) skipped_fields_[k]->Increment(skipped - skipped_fields_[k]->value());
   }
   entities_->Set(static_cast<double>(lanes_.entity_count()));
-  watermark_->Set(static_cast<double>(lanes_.low_watermark_ms()));
+  const int64_t low_ms = lanes_.low_watermark_ms();
+  watermark_->Set(low_ms == std::numeric_limits<int64_t>::min() ? 0.0 : static_cast<double>(low_ms) / 1000.0);
   dedup_ids_->Set(static_cast<double>(ids));
 }
 
@@ -971,7 +987,6 @@ void Runtime::Impl::SetHealthReason(const std::string& key, std::optional<std::s
 void Runtime::Impl::CheckSlo() {
   if (!spec_.freshness_slo) return;
   std::optional<double> p99 = slo_window_->P99(WallClockMs() / 1000);
-  slo_p99_->Set(p99.value_or(0));
   const bool breached = p99 && *p99 * 1000.0 > static_cast<double>(spec_.freshness_slo->p99_ms);
   slo_breached_->Set(breached ? 1 : 0);
   if (breached && !slo_breach_logged_) {

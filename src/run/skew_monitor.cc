@@ -17,7 +17,7 @@ SkewMonitor::SkewMonitor(const Spec& spec, OfflinePaths paths, MetricsRegistry& 
   breached_ = &metrics.GetGauge("freshet_skew_breached",
                                 "1 when the last skew check found a feature above skew.max_mismatch_rate.");
   for (const FeatureSpec& f : spec.features) {
-    metrics.GetGauge("freshet_skew_mismatch_rate", "Share of logged answers that differ from the recomputation.",
+    metrics.GetGauge("freshet_skew_mismatch_ratio", "Share of logged answers that differ from the recomputation.",
                      {{"feature", f.name}});
   }
   thread_ = std::thread([this] { Loop(); });
@@ -60,7 +60,7 @@ void SkewMonitor::CheckOnce() {
   checks_->Increment();
   compared_->Increment(report->answers);
   for (const FeatureSkew& f : report->features) {
-    metrics_.GetGauge("freshet_skew_mismatch_rate", "Share of logged answers that differ from the recomputation.",
+    metrics_.GetGauge("freshet_skew_mismatch_ratio", "Share of logged answers that differ from the recomputation.",
                       {{"feature", f.feature}})
         .Set(f.mismatch_rate());
   }

@@ -1,5 +1,5 @@
 // SkewMonitor: the skew check of `freshet skew`, run inside `freshet run` every `skew.interval` over every
-// answer logged so far (as of times up to the newest committed event). Results are metrics (freshet_skew_mismatch_rate{feature},
+// answer logged so far (as of times up to the newest committed event). Results are metrics (freshet_skew_mismatch_ratio{feature},
 // freshet_skew_breached, freshet_skew_checks_total, freshet_skew_answers_compared_total); a breach logs a
 // warning naming the features. It runs on its own thread, so processing and serving never wait for it.
 //

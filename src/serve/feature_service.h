@@ -131,8 +131,10 @@ class FeatureService {
   // The runtime's health right now; cheap (called by load balancers every few seconds).
   virtual HealthReport Health() const = 0;
 
-  // Appends the runtime's own metrics to *out in the Prometheus text format (# HELP / # TYPE lines, then
-  // samples). Family names must not collide with the HTTP layer's, which all start with freshet_http_.
+  // Appends the service's own metrics, those not in the registry the HTTP server was given, to *out in the
+  // Prometheus text format: write them with a MetricsRegistry's AppendText (serve/metrics.h) so that every
+  // number is formatted one way. Family names must not collide with the HTTP server's (freshet_http_*,
+  // process_*, freshet_build_info).
   virtual void AppendMetrics(std::string* out) const = 0;
 };
 

@@ -22,6 +22,7 @@
 #include "common/time.h"
 #include "serve/http_loop.h"
 #include "serve/json.h"
+#include "serve/process_metrics.h"
 
 namespace freshet {
 namespace {
@@ -353,6 +354,7 @@ HttpServer::Impl::Impl(FeatureService& service_in, MetricsRegistry& metrics_in, 
   for (int route = 0; route < kRouteCount; ++route) {
     for (auto& slot : requests[route]) slot.store(nullptr, std::memory_order_relaxed);
   }
+  RegisterProcessMetrics(metrics);  // Whatever serves /metrics shows the process and the build too.
   unauthorized = &metrics.GetCounter("freshet_http_unauthorized_total",
                                      "Requests refused with 401 for a missing or wrong bearer token.");
   lookup_entities =

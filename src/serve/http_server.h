@@ -53,7 +53,8 @@
 // freshet_http_connections_max (the cap in force), freshet_http_buffered_request_bytes,
 // freshet_http_accept_pauses_total, freshet_http_connections_shed_total,
 // freshet_http_connections_refused_total, freshet_http_slow_requests_closed_total{part="headers"|"body"},
-// freshet_http_buffer_budget_refusals_total.
+// freshet_http_buffer_budget_refusals_total. And the process_* metrics and freshet_build_info
+// (serve/process_metrics.h), so every /metrics shows them.
 //
 // Threads: `loop_threads` event loops (one per core by default) read, answer and write requests; ingests, and
 // lookups of a service whose LookupBlocks() is true, run on `threads` blocking threads instead, so a wait for

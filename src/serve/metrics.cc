@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <cstdint>
 
 #include "common/status.h"
 
@@ -21,25 +22,6 @@ bool IsValidMetricName(std::string_view name) {
 
 bool IsValidLabelName(std::string_view name) {
   return IsValidMetricName(name) && name.find(':') == std::string_view::npos && name != "le";
-}
-
-// Prometheus floats: Go's formatting accepts the shortest round-trip text; infinities are +Inf / -Inf.
-void AppendPrometheusDouble(double value, std::string* out) {
-  if (std::isnan(value)) {
-    out->append("NaN");
-  } else if (std::isinf(value)) {
-    out->append(value > 0 ? "+Inf" : "-Inf");
-  } else {
-    char buf[32];
-    auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), value);
-    out->append(buf, static_cast<size_t>(end - buf));
-  }
-}
-
-void AppendUint(uint64_t value, std::string* out) {
-  char buf[24];
-  auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), value);
-  out->append(buf, static_cast<size_t>(end - buf));
 }
 
 // HELP text escapes backslash and newline only.
@@ -65,6 +47,40 @@ std::string RenderLabels(const MetricLabels& labels) {
 }
 
 }  // namespace
+
+void AppendPrometheusNumber(double value, std::string* out) {
+  if (std::isnan(value)) {
+    out->append("NaN");
+    return;
+  }
+  if (std::isinf(value)) {
+    out->append(value > 0 ? "+Inf" : "-Inf");
+    return;
+  }
+  char buf[64];
+  // Integers below 2^53 are exact in a double: written as integers, as a count or a byte size reads best
+  // (to_chars' shortest form would write 1000000 as "1e+06").
+  constexpr double kExactIntegers = 9007199254740992.0;  // 2^53.
+  const double magnitude = std::fabs(value);
+  if (magnitude < kExactIntegers && value == std::trunc(value)) {
+    auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), static_cast<int64_t>(value));
+    out->append(buf, static_cast<size_t>(end - buf));
+    return;
+  }
+  // The shortest digits that read back as the same double (Prometheus parses them with Go's ParseFloat), in
+  // plain notation from 0.0001 up ("0.0005", not the shorter "5e-04"), in scientific notation for smaller
+  // values and for the integers beyond 2^53.
+  const std::chars_format format =
+      magnitude >= 1e-4 && magnitude < kExactIntegers ? std::chars_format::fixed : std::chars_format::scientific;
+  auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), value, format);
+  out->append(buf, static_cast<size_t>(end - buf));
+}
+
+void AppendPrometheusNumber(uint64_t value, std::string* out) {
+  char buf[24];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), value);
+  out->append(buf, static_cast<size_t>(end - buf));
+}
 
 void AppendPrometheusLabelValue(std::string_view text, std::string* out) {
   for (char c : text) {
@@ -117,6 +133,8 @@ struct MetricsRegistry::Family {
     std::unique_ptr<Counter> counter;
     std::unique_ptr<Gauge> gauge;
     std::unique_ptr<Histogram> histogram;
+    std::function<double()> read_value;                 // Counter and gauge functions.
+    std::function<Histogram::Snapshot()> read_histogram;  // Histogram functions.
   };
   std::vector<Child> children;
 
@@ -157,6 +175,7 @@ MetricsRegistry::Family& MetricsRegistry::FindOrAddFamily(std::string_view name,
 Counter& MetricsRegistry::GetCounter(std::string_view name, std::string_view help, MetricLabels labels) {
   std::lock_guard lock(mutex_);
   Family::Child& child = FindOrAddFamily(name, help, Type::kCounter).FindOrAdd(std::move(labels));
+  FRESHET_CHECK(!child.read_value);
   if (!child.counter) child.counter = std::make_unique<Counter>();
   return *child.counter;
 }
@@ -164,22 +183,54 @@ Counter& MetricsRegistry::GetCounter(std::string_view name, std::string_view hel
 Gauge& MetricsRegistry::GetGauge(std::string_view name, std::string_view help, MetricLabels labels) {
   std::lock_guard lock(mutex_);
   Family::Child& child = FindOrAddFamily(name, help, Type::kGauge).FindOrAdd(std::move(labels));
+  FRESHET_CHECK(!child.read_value);
   if (!child.gauge) child.gauge = std::make_unique<Gauge>();
   return *child.gauge;
 }
 
-Histogram& MetricsRegistry::GetHistogram(std::string_view name, std::string_view help,
-                                         std::span<const double> upper_bounds, MetricLabels labels) {
-  std::lock_guard lock(mutex_);
+MetricsRegistry::Family& MetricsRegistry::FindOrAddHistogramFamily(std::string_view name, std::string_view help,
+                                                                   std::span<const double> upper_bounds) {
   Family& family = FindOrAddFamily(name, help, Type::kHistogram);
   if (family.children.empty()) {
     family.bounds.assign(upper_bounds.begin(), upper_bounds.end());
   } else {
     FRESHET_CHECK(std::equal(family.bounds.begin(), family.bounds.end(), upper_bounds.begin(), upper_bounds.end()));
   }
-  Family::Child& child = family.FindOrAdd(std::move(labels));
+  return family;
+}
+
+Histogram& MetricsRegistry::GetHistogram(std::string_view name, std::string_view help,
+                                         std::span<const double> upper_bounds, MetricLabels labels) {
+  std::lock_guard lock(mutex_);
+  Family::Child& child = FindOrAddHistogramFamily(name, help, upper_bounds).FindOrAdd(std::move(labels));
+  FRESHET_CHECK(!child.read_histogram);
   if (!child.histogram) child.histogram = std::make_unique<Histogram>(upper_bounds);
   return *child.histogram;
+}
+
+void MetricsRegistry::SetCounterFunction(std::string_view name, std::string_view help, std::function<double()> read,
+                                         MetricLabels labels) {
+  std::lock_guard lock(mutex_);
+  Family::Child& child = FindOrAddFamily(name, help, Type::kCounter).FindOrAdd(std::move(labels));
+  FRESHET_CHECK(!child.counter && read);
+  child.read_value = std::move(read);
+}
+
+void MetricsRegistry::SetGaugeFunction(std::string_view name, std::string_view help, std::function<double()> read,
+                                       MetricLabels labels) {
+  std::lock_guard lock(mutex_);
+  Family::Child& child = FindOrAddFamily(name, help, Type::kGauge).FindOrAdd(std::move(labels));
+  FRESHET_CHECK(!child.gauge && read);
+  child.read_value = std::move(read);
+}
+
+void MetricsRegistry::SetHistogramFunction(std::string_view name, std::string_view help,
+                                           std::span<const double> upper_bounds,
+                                           std::function<Histogram::Snapshot()> read, MetricLabels labels) {
+  std::lock_guard lock(mutex_);
+  Family::Child& child = FindOrAddHistogramFamily(name, help, upper_bounds).FindOrAdd(std::move(labels));
+  FRESHET_CHECK(!child.histogram && read);
+  child.read_histogram = std::move(read);
 }
 
 void MetricsRegistry::AppendText(std::string* out) const {
@@ -199,29 +250,31 @@ void MetricsRegistry::AppendText(std::string* out) const {
       switch (family->type) {
         case Type::kCounter:
           out->append(family->name).append(closed).push_back(' ');
-          AppendUint(child.counter->value(), out);
+          if (child.counter) AppendPrometheusNumber(child.counter->value(), out);
+          else AppendPrometheusNumber(child.read_value(), out);
           out->push_back('\n');
           break;
         case Type::kGauge:
           out->append(family->name).append(closed).push_back(' ');
-          AppendPrometheusDouble(child.gauge->value(), out);
+          AppendPrometheusNumber(child.gauge ? child.gauge->value() : child.read_value(), out);
           out->push_back('\n');
           break;
         case Type::kHistogram: {
-          const Histogram::Snapshot snapshot = child.histogram->Read();
-          const std::vector<double>& bounds = child.histogram->upper_bounds();
+          const Histogram::Snapshot snapshot = child.histogram ? child.histogram->Read() : child.read_histogram();
+          const std::vector<double>& bounds = family->bounds;
+          FRESHET_CHECK(snapshot.cumulative.size() == bounds.size() + 1);
           for (size_t k = 0; k <= bounds.size(); ++k) {
             out->append(family->name).append("_bucket").append(labels.empty() ? "{" : labels + ",").append("le=\"");
-            if (k < bounds.size()) AppendPrometheusDouble(bounds[k], out);
+            if (k < bounds.size()) AppendPrometheusNumber(bounds[k], out);
             else out->append("+Inf");
             out->append("\"} ");
-            AppendUint(snapshot.cumulative[k], out);
+            AppendPrometheusNumber(snapshot.cumulative[k], out);
             out->push_back('\n');
           }
           out->append(family->name).append("_sum").append(closed).push_back(' ');
-          AppendPrometheusDouble(snapshot.sum, out);
+          AppendPrometheusNumber(snapshot.sum, out);
           out->append("\n").append(family->name).append("_count").append(closed).push_back(' ');
-          AppendUint(snapshot.count, out);
+          AppendPrometheusNumber(snapshot.count, out);
           out->push_back('\n');
           break;
         }
