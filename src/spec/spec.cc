@@ -1300,8 +1300,8 @@ void SpecParser::CheckWhereAgainstSchema(const Spec& spec, const WhereUse& use) 
   }
 }
 
-// Without a schema: a comparison of two fields where one is named nowhere else in the spec is most likely text
-// without quotes (`type == purchase`, always false). A warning, not an error: the spec may mean it.
+// Without a schema: a comparison of a field with a field on its right that is named nowhere else in the spec is most
+// likely text without quotes (`type == purchase`, always false). A warning, not an error: the spec may mean it.
 void SpecParser::WarnUnquotedWords(Spec* spec) {
   std::vector<std::string> named;  // Fields the spec reads other than as one side of a field-to-field comparison.
   for (const FieldUse& use : field_uses_) named.push_back(use.path);
@@ -1320,8 +1320,9 @@ void SpecParser::WarnUnquotedWords(Spec* spec) {
     const FeatureSpec& feature = spec->features[use.feature];
     for (const ExprCondition& c : feature.where->Conditions()) {
       if (c.kind != ExprCondition::Kind::kCompare || !c.lhs.is_field || !c.rhs.is_field) continue;
-      const ExprOperandInfo* word = !is_named(c.rhs.path) ? &c.rhs : !is_named(c.lhs.path) ? &c.lhs : nullptr;
-      if (word == nullptr) continue;
+      // Only the right side: `price > cost` with cost read elsewhere compares two fields on purpose.
+      if (is_named(c.rhs.path)) continue;
+      const ExprOperandInfo* word = &c.rhs;
       const std::string quoted = std::string(1, QuoteFor(use.node)) + word->path + QuoteFor(use.node);
       const YAML::Mark mark = MarkInScalar(use.node, word->offset);
       SpecDiagnostic d;

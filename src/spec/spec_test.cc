@@ -236,7 +236,8 @@ TEST(SpecTest, UnknownKeySuggestsClosest) {
               "window, precision"});
   // No suggestion when nothing is close; top-level keys are listed.
   ExpectOnly(std::string("zzz: 1\n") + kHead + "  - {name: n, aggregation: count, window: {type: lifetime}}\n", 1, 1,
-             {"unknown key 'zzz'; valid keys: name, entity, timestamp, watermark, dedup, parallelism, source, features"});
+             {"unknown key 'zzz'; valid keys: name, entity, timestamp, schema, watermark, dedup, parallelism, source, "
+              "features"});
   // Inside a flow map.
   ExpectOnly(std::string(kHead) + "  - {name: n, aggregation: count, window: {type: sliding, sze: 1m, size: 1h}}\n", 5, 59,
              {"unknown key 'sze'; did you mean 'size'?"});
@@ -598,8 +599,8 @@ TEST(SchemaTest, UnquotedWordThatIsNoFieldIsAnErrorSuggestingQuotes) {
 
 TEST(SchemaTest, UnknownFieldsAreLocatedErrorsWithSuggestions) {
   // In `where`, at the field (column 43).
-  ExpectOnly(std::string(kSchemaHead) + Feature("aggregation: count, where: \"tpye == 'purchase'\""), 11, 43,
-             {"in 'where': unknown field 'tpye': 'schema' does not declare it; did you mean 'type'?"});
+  ExpectOnly(std::string(kSchemaHead) + Feature("aggregation: count, where: \"typ == 'purchase'\""), 11, 43,
+             {"in 'where': unknown field 'typ': 'schema' does not declare it; did you mean 'type'?"});
   ExpectOnly(std::string(kSchemaHead) + Feature("aggregation: count, where: \"country in ['US']\""), 11, 43,
              {"in 'where': unknown field 'country': 'schema' does not declare it; if events carry it, add it to "
               "'schema' with its type"});
