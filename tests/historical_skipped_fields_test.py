@@ -1,6 +1,7 @@
 """`freshet historical` reports the events each feature skipped (issue 13): a field missing, null or of a type the
 aggregation cannot take, such as a number in a string (`"amount": "12.5"`), which a sum or mean skips. The summary
-line names them as "N skipped fields (feature: count, ...)", and says nothing of them when there are none.
+line names them as "N skipped fields (feature: N reason, ...; ...)" with the reasons missing, null and wrong_type,
+and says nothing of them when there are none.
 
 Run by ctest (which sets FRESHET_BIN), or by hand:
     FRESHET_BIN=build/freshet .venv/bin/python -m pytest -q tests/historical_skipped_fields_test.py
@@ -57,7 +58,8 @@ def test_a_number_in_a_string_is_a_skipped_field_and_reported(tmp_path: Path) ->
     assert r.returncode == 0, r.stderr
     assert row["purchases"] == "4" and row["total"] == "10" and row["avg_amount"] == "10", row
     # total and avg_amount skip the two strings and the null; last_category skips the event without a category.
-    assert "; 7 skipped fields (total: 3, avg_amount: 3, last_category: 1); 1 rows written" in r.stderr, r.stderr
+    assert ("; 7 skipped fields (total: 1 null, 2 wrong_type; avg_amount: 1 null, 2 wrong_type; "
+            "last_category: 1 missing); 1 rows written") in r.stderr, r.stderr
 
 
 def test_no_skips_no_mention(tmp_path: Path) -> None:

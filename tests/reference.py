@@ -690,6 +690,15 @@ class Feature:
 
 
 @dataclass
+class SchemaField:
+    type: str  # string | number | int | bool | timestamp
+    from_string: bool = False  # number/int: a string holding a JSON number reads as that number
+
+
+SCHEMA_TYPES = ("string", "number", "int", "bool", "timestamp")
+
+
+@dataclass
 class Spec:
     name: str
     entity_field: str
@@ -697,6 +706,7 @@ class Spec:
     watermark: tuple[int, int] | None  # (max_out_of_orderness_ms, allowed_lateness_ms)
     features: list[Feature]
     dedup: tuple[str, int] | None = None  # (id field, within_ms)
+    schema: dict[str, SchemaField] | None = None  # field path -> declared type; None without `schema:`
     derived: list[tuple[str, tuple]] = dataclass_field(default_factory=list)  # (name, parsed expression), in order
 
 
@@ -743,10 +753,21 @@ def parse_spec(doc: Any) -> Spec:
         precision = int(f.get("precision", 14))
         features.append(Feature(name, aggregation, field, where_text, where, _parse_window(f.get("window"), name),
                                 precision))
+    schema = None
+    if doc.get("schema") is not None:
+        schema = {}
+        for path, declared in doc["schema"].items():
+            if isinstance(declared, dict):
+                entry = SchemaField(str(declared["type"]), bool(declared.get("from_string", False)))
+            else:
+                entry = SchemaField(str(declared))
+            if entry.type not in SCHEMA_TYPES:
+                raise ReferenceError(f"schema: unknown type {entry.type!r} for {path!r}")
+            schema[str(path)] = entry
     derived = [(str(d["name"]), _DeriveParser(str(d["expr"]), str(doc["timestamp"])).parse())
                for d in doc.get("derive") or []]
     return Spec(str(doc.get("name", "")), str(doc["entity"]), str(doc["timestamp"]), watermark, features, dedup,
-                derived)
+                schema, derived)
 
 
 def load_spec(path: str) -> Spec:
@@ -834,6 +855,7 @@ def parse_event(raw: bytes, line: int, spec: Spec) -> Event | str:
         return "invalid JSON"
     if not isinstance(record, dict):
         return "not a JSON object"
+    convert_numbers_in_strings(record, spec)
     entity = entity_key(resolve(record, spec.entity_field))
     if entity is None:
         return f"entity field '{spec.entity_field}' missing or not a non-empty string or integer"
@@ -843,6 +865,38 @@ def parse_event(raw: bytes, line: int, spec: Spec) -> Event | str:
     for name, expr in spec.derived:  # in order: each may read the ones before it; a null is stored as JSON null
         record[name] = eval_derive(expr, record, time_ms)
     return Event(line, entity, time_ms, record)
+
+
+_JSON_NUMBER_RE = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+
+
+def number_in_string(text: str, declared: str) -> int | float | None:
+    """The number a string holds for a `from_string` field: JSON number syntax only, nothing around it. An integer
+    within int64 is an int; another number a float (finite), except that an int field takes integers only."""
+    match = _JSON_NUMBER_RE.fullmatch(text)
+    if match is None:
+        return None
+    if match.group(1) is None and match.group(2) is None:
+        value = int(text)
+        if INT64_MIN <= value <= INT64_MAX:
+            return value
+    if declared == "int":
+        return None
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+def convert_numbers_in_strings(record: dict, spec: Spec) -> None:
+    """Replaces, in place, the strings of `from_string` fields that hold a number by that number."""
+    for path, declared in (spec.schema or {}).items():
+        if not declared.from_string:
+            continue
+        parts = path.split(".")
+        parent = resolve(record, ".".join(parts[:-1])) if len(parts) > 1 else record
+        if isinstance(parent, dict) and isinstance(parent.get(parts[-1]), str):
+            number = number_in_string(parent[parts[-1]], declared.type)
+            if number is not None:
+                parent[parts[-1]] = number
 
 
 def event_id(value: Any) -> str | None:
@@ -897,23 +951,70 @@ def group_by_entity(events: list[Event]) -> dict[str, list[Event]]:
 # ---------------------------------------------------------------------------------------------------
 
 
-def field_qualifies(aggregation: str, value: Any) -> bool:
-    """Whether an event's field value can contribute to the aggregation."""
-    if aggregation == "count":
-        return True
-    if value is MISSING or value is None:
-        return False
-    if aggregation in NUMERIC_AGGREGATIONS:
+def fits_declared(declared: str, value: Any) -> bool:
+    """Whether a present, non-null value has the type a schema declares."""
+    if declared == "string":
+        return isinstance(value, str)
+    if declared == "number":
         return is_number(value)
-    return is_scalar(value)  # last, count_distinct, approx_count_distinct
+    if declared == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if declared == "bool":
+        return isinstance(value, bool)
+    if declared == "timestamp":
+        return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+    raise AssertionError(declared)
 
 
-def qualifies(feature: Feature, event: Event) -> bool:
+def skip_reason(aggregation: str, value: Any, declared: str | None = None) -> str | None:
+    """Why an event's field value cannot contribute to the aggregation ("missing", "null", "wrong_type"), or None
+    when it can. `declared`: the field's type in the spec's schema, if any."""
+    if aggregation == "count":
+        return None
+    if value is MISSING:
+        return "missing"
+    if value is None:
+        return "null"
+    if declared is not None and not fits_declared(declared, value):
+        return "wrong_type"
+    if aggregation in NUMERIC_AGGREGATIONS:
+        return None if is_number(value) else "wrong_type"
+    return None if is_scalar(value) else "wrong_type"  # last, count_distinct, approx_count_distinct
+
+
+def field_qualifies(aggregation: str, value: Any, declared: str | None = None) -> bool:
+    """Whether an event's field value can contribute to the aggregation."""
+    return skip_reason(aggregation, value, declared) is None
+
+
+def declared_type(spec: Spec | None, path: str | None) -> str | None:
+    if spec is None or spec.schema is None or path is None or path not in spec.schema:
+        return None
+    return spec.schema[path].type
+
+
+def qualifies(feature: Feature, event: Event, spec: Spec | None = None) -> bool:
     """Whether the event passes the feature's `where` and has a usable field (time aside)."""
     if feature.where is not None and not eval_where(feature.where, event.record):
         return False
     value = resolve(event.record, feature.field) if feature.field else MISSING
-    return field_qualifies(feature.aggregation, value)
+    return field_qualifies(feature.aggregation, value, declared_type(spec, feature.field))
+
+
+def skip_counts(spec: Spec, events: list[Event]) -> dict[str, dict[str, int]]:
+    """Per feature that skipped any: the accepted events that passed its `where` but whose field could not
+    contribute, by reason ("missing", "null", "wrong_type"; only reasons that occurred)."""
+    counts: dict[str, dict[str, int]] = {}
+    for feature in spec.features:
+        for event in events:
+            if feature.where is not None and not eval_where(feature.where, event.record):
+                continue
+            value = resolve(event.record, feature.field) if feature.field else MISSING
+            reason = skip_reason(feature.aggregation, value, declared_type(spec, feature.field))
+            if reason is not None:
+                by_reason = counts.setdefault(feature.name, {})
+                by_reason[reason] = by_reason.get(reason, 0) + 1
+    return counts
 
 
 def select_window(window: Window, events: list[Event], t: int) -> list[Event]:
@@ -992,9 +1093,10 @@ def value_from_qualifying(feature: Feature, qualifying: list[Event], t: int) -> 
     return aggregate(feature, window_events), window_events
 
 
-def feature_value(feature: Feature, entity_events: list[Event], t: int) -> tuple[Any, list[Event]]:
+def feature_value(feature: Feature, entity_events: list[Event], t: int,
+                  spec: Spec | None = None) -> tuple[Any, list[Event]]:
     """The value of one feature for one entity as of t, and the window's events (for debugging)."""
-    return value_from_qualifying(feature, [e for e in entity_events if qualifies(feature, e)], t)
+    return value_from_qualifying(feature, [e for e in entity_events if qualifies(feature, e, spec)], t)
 
 
 class Evaluator:
@@ -1010,7 +1112,7 @@ class Evaluator:
         feature = self.spec.features[feature_index]
         key = (feature_index, entity)
         if key not in self.qualifying:
-            self.qualifying[key] = [e for e in self.by_entity.get(entity, []) if qualifies(feature, e)]
+            self.qualifying[key] = [e for e in self.by_entity.get(entity, []) if qualifies(feature, e, self.spec)]
         return value_from_qualifying(feature, self.qualifying[key], t)
 
 

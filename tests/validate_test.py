@@ -137,3 +137,63 @@ def test_reference_lists_every_section():
     for heading in ["### Top level", "### `watermark`", "### `source`", "### `features[]`", "### `features[].window`"]:
         assert heading in result.stdout
     assert "- `aggregation` (one of `count`," in result.stdout
+
+
+# `type == purchase`: purchase without quotes is a field name, so the condition compares two fields and is always
+# false for events without a `purchase` field. With a schema it is an error; without one, a warning.
+UNQUOTED = textwrap.dedent("""\
+    name: t
+    entity: user_id
+    timestamp: ts
+    {schema}features:
+      - name: purchases
+        aggregation: count
+        where: "type == purchase"
+        window: {{type: lifetime}}
+    """)
+SCHEMA = "schema:\n  user_id: string\n  ts: timestamp\n  type: string\n"
+
+
+def test_unquoted_word_with_a_schema_is_a_located_error(tmp_path):
+    path = write(tmp_path, UNQUOTED.format(schema=SCHEMA))
+    result = run("--spec", path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"{path}:11:21: error: in 'where': purchase (without quotes) is a field name, and 'schema' does not declare "
+        f"a field 'purchase'; to compare with the text, quote it: type == 'purchase'\n1 error in {path}\n")
+    # Quoted as suggested, the spec is valid, and the summary says it has a schema.
+    fixed = write(tmp_path, UNQUOTED.format(schema=SCHEMA).replace("type == purchase", "type == 'purchase'"), "ok.yaml")
+    result = run("--spec", fixed)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert "schema:    3 fields\n" in result.stdout
+
+
+def test_unquoted_word_without_a_schema_is_a_warning_on_stderr(tmp_path):
+    path = write(tmp_path, UNQUOTED.format(schema=""))
+    result = run("--spec", path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        f"{path}:7:21: warning: in 'where' of feature 'purchases': purchase (without quotes) is a field name, and "
+        f"nothing else in the spec reads a field 'purchase', so this compares with a field that events most likely "
+        f"lack (always false); to compare with the text, quote it: type == 'purchase'\n")
+    assert result.stdout.startswith(f"{path}: ok\n")
+    # --json output stays clean: the warning is on stderr only.
+    result = run("--spec", path, "--json")
+    assert json.loads(result.stdout)["features"][0]["name"] == "purchases"
+    assert "warning" in result.stderr
+    # Every other command warns the same way when it loads the spec (here historical, before it fails on the
+    # missing events file).
+    other = subprocess.run([FRESHET, "historical", "--spec", path, "--events", str(tmp_path / "none.jsonl"),
+                            "--entities", str(tmp_path / "none.csv"), "--output", str(tmp_path / "out.csv")],
+                           capture_output=True, text=True, timeout=30)
+    assert f"{path}:7:21: warning: in 'where' of feature 'purchases'" in other.stderr, other.stderr
+
+
+def test_the_example_specs_are_free_of_warnings():
+    examples = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "fraud")
+    for name in ("fraud.yaml", "live.yaml"):
+        result = run("--spec", os.path.join(examples, name))
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == "", result.stderr

@@ -31,7 +31,7 @@ inline bool ReportFailure(const char* command, const Status& status, int* exit_c
 }
 
 // The spec at `path`, or nullopt after printing why it is not valid (file, line, field) to stderr and setting
-// *exit_code to 2.
+// *exit_code to 2. A valid spec's warnings go to stderr as well.
 inline std::optional<Spec> LoadSpecOrReport(const std::string& path, int* exit_code) {
   Result<Spec> spec = LoadSpec(path);
   if (!spec.ok()) {
@@ -39,6 +39,7 @@ inline std::optional<Spec> LoadSpecOrReport(const std::string& path, int* exit_c
     *exit_code = 2;
     return std::nullopt;
   }
+  std::fputs(SpecWarningsText(*spec).c_str(), stderr);
   return std::move(*spec);
 }
 

@@ -1,6 +1,7 @@
 // `freshet validate`: checks a spec file and prints what it declares, or every problem in it.
 //
 //   freshet validate --spec fraud.yaml    summary on stdout, exit 0; or FILE:LINE:COL: error: ... on stderr, exit 2
+//                                         (warnings, FILE:LINE:COL: warning: ..., go to stderr and keep exit 0)
 //   freshet validate --spec fraud.yaml --json   the same as one JSON object (for tools such as the Python SDK)
 //   freshet validate --reference          the spec reference (every key) as Markdown
 #include <fmt/format.h>
@@ -56,6 +57,14 @@ void PrintSummary(const Spec& spec) {
   }
   if (spec.source) {
     fmt::print("source:    {} {}{}\n", spec.source->type, spec.source->path, spec.source->follow ? " (follow)" : "");
+  }
+  if (spec.has_schema) {
+    std::string converted;
+    for (const SchemaFieldSpec& f : spec.schema) {
+      if (f.schema.from_string) converted += (converted.empty() ? "" : ", ") + f.path;
+    }
+    fmt::print("schema:    {} field{}{}\n", spec.schema.size(), spec.schema.size() == 1 ? "" : "s",
+               converted.empty() ? "" : " (numbers in strings read as numbers: " + converted + ")");
   }
   fmt::print("features:  {}\n", spec.features.size());
 
@@ -115,6 +124,7 @@ int RunValidate(const ValidateOptions& options) {
     }
     return 2;
   }
+  fmt::print(stderr, "{}", SpecWarningsText(*spec));
   if (options.json) {
     PrintJson(*spec);
   } else {

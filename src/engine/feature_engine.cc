@@ -293,8 +293,9 @@ std::unique_ptr<FeatureOperator> MakeWindowed(const FeatureSpec& f, bool buffere
 }
 
 // Saved-state formats; a reader refuses versions it does not know. Version 2 added the recent events;
-// version 1 loads with none.
-constexpr uint8_t kEngineStateVersion = 2;
+// version 1 loads with none. Version 3 counts skipped events per reason; versions 1 and 2 kept one total per
+// feature, which a load drops (the counts start again from zero), as no reason can be given to them.
+constexpr uint8_t kEngineStateVersion = 3;
 constexpr uint8_t kEntityStateVersion = 2;
 
 // Quotes text for SpecStateDescription so that no value can run into the next one.
@@ -340,6 +341,15 @@ std::string FirstDifference(std::string_view saved, std::string_view current) {
 
 }  // namespace
 
+const char* SkipReasonName(SkipReason reason) {
+  switch (reason) {
+    case SkipReason::kMissing: return "missing";
+    case SkipReason::kNull: return "null";
+    case SkipReason::kWrongType: return "wrong_type";
+  }
+  return "unknown";
+}
+
 std::string SpecStateDescription(const Spec& spec) {
   std::string out;
   if (spec.watermark) {
@@ -356,6 +366,15 @@ std::string SpecStateDescription(const Spec& spec) {
            " where=" + Quoted(f.where ? f.where->ToString() : f.where_text) + " window=" + WindowKindName(w.kind) +
            " size_ms=" + std::to_string(w.size_ms) + " slide_ms=" + std::to_string(w.slide_ms) +
            " gap_ms=" + std::to_string(w.gap_ms) + " precision=" + std::to_string(f.precision) + "\n";
+  }
+  // What the schema declares changes which events count (and how a number in a string reads); a spec without one
+  // describes as it did before schemas.
+  if (spec.has_schema) {
+    for (size_t slot = 0; slot < spec.fields.size(); ++slot) {
+      const FieldSchema& schema = spec.fields.schema(slot);
+      out += "field " + Quoted(spec.fields.paths()[slot]) + " type=" + FieldTypeName(schema.type) +
+             " from_string=" + (schema.from_string ? "true" : "false") + "\n";
+    }
   }
   return out;
 }
@@ -398,6 +417,7 @@ FeatureEngine::FeatureEngine(const Spec& spec, Options options) : spec_(spec) {
       }
     }
     where_group_.push_back(group);
+    field_types_.push_back(f.field_slot >= 0 ? spec.fields.schema(f.field_slot).type : FieldType::kAny);
     operators_.push_back(MakeFeatureOperator(f, keeps_recent_));
     const size_t align = operators_.back()->state_align();
     row_bytes_ = (row_bytes_ + align - 1) / align * align;
@@ -406,7 +426,7 @@ FeatureEngine::FeatureEngine(const Spec& spec, Options options) : spec_(spec) {
   }
   row_bytes_ = (row_bytes_ + alignof(std::max_align_t) - 1) / alignof(std::max_align_t) * alignof(std::max_align_t);
   if (row_bytes_ == 0) row_bytes_ = alignof(std::max_align_t);
-  counters_.skipped.assign(spec.features.size(), 0);
+  counters_.skipped.assign(spec.features.size(), SkipCounts());
   if (spec.watermark) {
     has_watermark_ = true;
     delay_ms_ = spec.watermark->max_out_of_orderness_ms + spec.watermark->allowed_lateness_ms;
@@ -471,12 +491,18 @@ void FeatureEngine::Extract(const ParsedEvent& event, uint64_t seq, PendingEvent
     cell.present = false;
     if (where_group_[k] >= 0 && !where_results_[where_group_[k]]) continue;
     const Value field = f.field_slot >= 0 ? event.slots[f.field_slot] : Value::Null();
-    if (f.field_slot >= 0 && !field.is_present_non_null()) {
-      ++counters_.skipped[k];
-      continue;
+    if (f.field_slot >= 0) {
+      if (field.is_missing() || field.is_null()) {
+        ++counters_.skipped[k][field.is_missing() ? SkipReason::kMissing : SkipReason::kNull];
+        continue;
+      }
+      if (!ValueFits(field_types_[k], field)) {
+        ++counters_.skipped[k][SkipReason::kWrongType];
+        continue;
+      }
     }
     if (!operators_[k]->Extract(field, &cell)) {
-      ++counters_.skipped[k];
+      ++counters_.skipped[k][SkipReason::kWrongType];
       continue;
     }
     cell.present = true;
@@ -563,7 +589,7 @@ void FeatureEngine::Reset() {
   low_ms_ = std::numeric_limits<int64_t>::min();
   counters_.admitted = 0;
   counters_.late = 0;
-  counters_.skipped.assign(operators_.size(), 0);
+  counters_.skipped.assign(operators_.size(), SkipCounts());
 }
 
 void FeatureEngine::SaveState(ByteWriter& out) const {
@@ -575,7 +601,9 @@ void FeatureEngine::SaveState(ByteWriter& out) const {
   out.PutVarint(counters_.admitted);
   out.PutVarint(counters_.late);
   out.PutVarint(counters_.skipped.size());
-  for (uint64_t skipped : counters_.skipped) out.PutVarint(skipped);
+  for (const SkipCounts& skipped : counters_.skipped) {
+    for (SkipReason reason : kSkipReasons) out.PutVarint(skipped[reason]);
+  }
   out.PutVarint(entity_names_.size());
   for (uint32_t e = 0; e < entity_names_.size(); ++e) {
     out.PutString(entity_names_[e]);
@@ -599,7 +627,7 @@ Status FeatureEngine::LoadState(ByteReader& in) {
   uint64_t fingerprint;
   std::string_view description;
   if (!in.ReadU8(&version)) return malformed("");
-  if (version != kEngineStateVersion && version != 1) {
+  if (version < 1 || version > kEngineStateVersion) {
     return Status::Invalid("saved engine state has format version " + std::to_string(version) +
                            ", but this build of Freshet reads version " + std::to_string(kEngineStateVersion) +
                            "; restore it with the Freshet version that wrote it, or start without it");
@@ -623,8 +651,15 @@ Status FeatureEngine::LoadState(ByteReader& in) {
   }
   counters_.admitted = admitted;
   counters_.late = late;
-  for (uint64_t& skipped : counters_.skipped) {
-    if (!in.ReadVarint(&skipped)) return malformed(" (skip counters)");
+  for (SkipCounts& skipped : counters_.skipped) {
+    if (version < 3) {
+      uint64_t total;  // Of unknown reasons: dropped (see kEngineStateVersion).
+      if (!in.ReadVarint(&total)) return malformed(" (skip counters)");
+      continue;
+    }
+    for (SkipReason reason : kSkipReasons) {
+      if (!in.ReadVarint(&skipped[reason])) return malformed(" (skip counters)");
+    }
   }
   if (!in.ReadCount(&entities)) return malformed(" (entity count)");
   for (uint64_t e = 0; e < entities; ++e) {

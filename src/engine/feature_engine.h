@@ -26,6 +26,7 @@
 // Not thread-safe: one engine per thread or partition.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <limits>
 #include <memory>
@@ -108,10 +109,28 @@ std::string SpecStateDescription(const Spec& spec);
 // the same fingerprint. Stable across runs, builds and machines.
 uint64_t SpecFingerprint(const Spec& spec);
 
+// Why a feature skipped an accepted event that passed its `where`: its field was missing, null, or of a type it
+// cannot take (not the schema's declared type, or not one the aggregation takes, such as text for sum).
+enum class SkipReason : uint8_t { kMissing, kNull, kWrongType };
+inline constexpr SkipReason kSkipReasons[] = {SkipReason::kMissing, SkipReason::kNull, SkipReason::kWrongType};
+
+// "missing", "null", "wrong_type": the `reason` label of freshet_events_skipped_total.
+const char* SkipReasonName(SkipReason reason);
+
+// One feature's skipped events, by reason.
+struct SkipCounts {
+  std::array<uint64_t, std::size(kSkipReasons)> by_reason{};
+
+  uint64_t& operator[](SkipReason reason) { return by_reason[static_cast<size_t>(reason)]; }
+  uint64_t operator[](SkipReason reason) const { return by_reason[static_cast<size_t>(reason)]; }
+  uint64_t total() const { return by_reason[0] + by_reason[1] + by_reason[2]; }
+  bool operator==(const SkipCounts&) const = default;
+};
+
 struct EngineCounters {
   uint64_t admitted = 0;
   uint64_t late = 0;
-  std::vector<uint64_t> skipped;  // Per feature: events that passed `where` but had no usable field.
+  std::vector<SkipCounts> skipped;  // Per feature, in spec order.
 };
 
 class FeatureEngine {
@@ -222,6 +241,7 @@ class FeatureEngine {
   const Spec& spec_;
   std::vector<std::unique_ptr<FeatureOperator>> operators_;
   std::vector<size_t> offsets_;  // Per feature: where its state lies in a row.
+  std::vector<FieldType> field_types_;  // Per feature: its field's type in the schema (kAny: none declared).
   uint64_t fingerprint_ = 0;
   // Features with the same `where` text share one evaluation per event: where_group_[k] indexes
   // where_exprs_ (-1: no filter), and where_results_ holds one event's results.

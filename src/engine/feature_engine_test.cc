@@ -180,9 +180,17 @@ TEST(FeatureEngineTest, ExtractSkipsAndCountsUnusableFields) {
   };
   uint64_t seq = 0;
   for (const std::string& line : lines) ASSERT_TRUE(Feed(engine, MustParse(parser, line), seq++));
-  // Skipped per feature: count 0; sum 6 (missing, null, string, bool, object, array); last 4 (missing,
-  // null, object, array); count_distinct 4; mean 6.
-  EXPECT_EQ(engine.counters().skipped, (std::vector<uint64_t>{0, 6, 4, 4, 6}));
+  // Skipped per feature: count 0; sum 6 (missing, null, and 4 of the wrong type: string, bool, object, array);
+  // last 4 (missing, null, object, array); count_distinct 4; mean 6.
+  const auto counts = [](uint64_t missing, uint64_t null, uint64_t wrong_type) {
+    SkipCounts c;
+    c[SkipReason::kMissing] = missing;
+    c[SkipReason::kNull] = null;
+    c[SkipReason::kWrongType] = wrong_type;
+    return c;
+  };
+  EXPECT_EQ(engine.counters().skipped, (std::vector<SkipCounts>{counts(0, 0, 0), counts(1, 1, 4), counts(1, 1, 2),
+                                                                counts(1, 1, 2), counts(1, 1, 4)}));
   std::vector<Value> values;
   engine.Query("a", 8, &values);
   ASSERT_EQ(values.size(), 5u);
@@ -218,7 +226,9 @@ TEST(FeatureEngineTest, WhereFilteredEventsAreNotCountedAsSkipped) {
   ASSERT_TRUE(Feed(engine, MustParse(parser, R"({"user": "a", "ts": 2, "kind": "buy", "amount": 4})"), 1));
   ASSERT_TRUE(Feed(engine, MustParse(parser, R"({"user": "a", "ts": 3, "kind": "buy"})"), 2));
   ASSERT_TRUE(Feed(engine, MustParse(parser, R"({"user": "a", "ts": 4, "kind": "view", "amount": 100})"), 3));
-  EXPECT_EQ(engine.counters().skipped, (std::vector<uint64_t>{1}));  // Only the buy without an amount.
+  ASSERT_EQ(engine.counters().skipped.size(), 1u);
+  EXPECT_EQ(engine.counters().skipped[0][SkipReason::kMissing], 1u);  // Only the buy without an amount.
+  EXPECT_EQ(engine.counters().skipped[0].total(), 1u);
   std::vector<Value> values;
   engine.Query("a", 4, &values);
   ASSERT_EQ(values[0].type, ValueType::kInt);

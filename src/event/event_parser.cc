@@ -17,6 +17,7 @@ struct PathNode {
   struct Child {
     std::string name;
     int slot = -1;  // >= 0 when the path ending here is a registered field.
+    FieldSchema schema;  // The slot's declared type; with from_string, a number in a string becomes that number.
     std::unique_ptr<PathNode> node;  // Set when longer paths continue below this name.
   };
   std::vector<Child> children;
@@ -48,7 +49,13 @@ void Extract(simdjson::dom::object object, PathNode& node, std::vector<Value>& s
   for (auto field : object) {
     PathNode::Child* child = node.Find(field.key);
     if (child == nullptr) continue;
-    if (child->slot >= 0) slots[child->slot] = ScalarOf(field.value);
+    if (child->slot >= 0) {
+      Value value = ScalarOf(field.value);
+      if (child->schema.from_string && value.type == ValueType::kString) {
+        if (std::optional<Value> number = NumberInString(value.s, child->schema.type)) value = *number;
+      }
+      slots[child->slot] = value;
+    }
     if (child->node != nullptr) {
       simdjson::dom::object inner;
       if (field.value.get_object().get(inner) == simdjson::SUCCESS) {
@@ -81,11 +88,12 @@ EventParser::EventParser(const FieldRegistry& fields) : impl_(std::make_unique<I
       std::string_view head = path.substr(0, dot);
       PathNode::Child* child = node->Find(head);
       if (child == nullptr) {
-        node->children.push_back(PathNode::Child{std::string(head), -1, nullptr});
+        node->children.push_back(PathNode::Child{std::string(head), -1, FieldSchema(), nullptr});
         child = &node->children.back();
       }
       if (dot == std::string_view::npos) {
         child->slot = static_cast<int>(slot);
+        child->schema = fields.schema(slot);
         break;
       }
       if (child->node == nullptr) child->node = std::make_unique<PathNode>();

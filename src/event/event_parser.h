@@ -4,7 +4,8 @@
 // well-formed JSON object or rejected; a malformed value in a field the spec never reads still rejects it.
 // Duplicate keys: the last one wins. Numbers: integers that fit int64 are kInt, others kDouble
 // (unsigned integers above int64 max included); integers beyond uint64, or numbers beyond the double
-// range, are rejected as invalid JSON numbers.
+// range, are rejected as invalid JSON numbers. A field whose schema entry has `from_string` reads a string
+// holding a number ("12.5") as that number (NumberInString); any other string stays a string.
 //
 // Not thread-safe: one parser per thread. Strings in a ParsedEvent point into the parser and are valid
 // until the next call to Parse.

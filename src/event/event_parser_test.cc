@@ -74,6 +74,46 @@ TEST_F(EventParserTest, NumbersKeepTheirKind) {
   EXPECT_EQ(event_.slots[amount_].type, ValueType::kDouble);
 }
 
+TEST(EventParserFromString, ANumberInAStringConvertsOnlyWhereTheSchemaSaysSo) {
+  FieldRegistry fields;
+  fields.Intern("user_id");
+  fields.Intern("ts");
+  const int amount = fields.Intern("amount");
+  const int count = fields.Intern("count");
+  const int label = fields.Intern("label");
+  fields.SetSchema(amount, FieldSchema{FieldType::kNumber, true});
+  fields.SetSchema(count, FieldSchema{FieldType::kInt, true});
+  fields.SetSchema(label, FieldSchema{FieldType::kString, false});
+  EventParser parser(fields);
+  ParsedEvent event;
+  std::string reason;
+  const auto parse = [&](const std::string& values) {
+    const std::string line = R"({"user_id":"u1","ts":5,)" + values + "}";
+    EXPECT_TRUE(parser.ParseCopy(line, &event, &reason)) << reason;
+  };
+  parse(R"("amount":"12.5","count":"7","label":"12.5")");
+  EXPECT_EQ(event.slots[amount].type, ValueType::kDouble);
+  EXPECT_DOUBLE_EQ(event.slots[amount].d, 12.5);
+  EXPECT_EQ(event.slots[count].type, ValueType::kInt);
+  EXPECT_EQ(event.slots[count].i, 7);
+  EXPECT_EQ(event.slots[label].type, ValueType::kString);  // No from_string: text stays text.
+  parse(R"("amount":"-3","count":"7.5")");
+  EXPECT_EQ(event.slots[amount].type, ValueType::kInt);  // Integers read as integers, as in JSON.
+  EXPECT_EQ(event.slots[amount].i, -3);
+  EXPECT_EQ(event.slots[count].type, ValueType::kString);  // int takes no fraction: stays text (wrong type).
+  parse(R"("amount":"1e3","count":"9223372036854775808")");
+  EXPECT_DOUBLE_EQ(event.slots[amount].d, 1000.0);
+  EXPECT_EQ(event.slots[count].type, ValueType::kString);  // Beyond int64.
+  // Not JSON number syntax: stays text.
+  for (const char* text : {"\" 12\"", "\"12 \"", "\"+1\"", "\"01\"", "\".5\"", "\"1.\"", "\"NaN\"", "\"inf\"", "\"\"",
+                           "\"12abc\"", "\"1e999\""}) {
+    parse(std::string(R"("amount":)") + text);
+    EXPECT_EQ(event.slots[amount].type, ValueType::kString) << text;
+  }
+  parse(R"("amount":12)");  // A number stays a number.
+  EXPECT_EQ(event.slots[amount].type, ValueType::kInt);
+}
+
 TEST_F(EventParserTest, RejectsMalformedLinesWithAReason) {
   struct Case {
     std::string line;

@@ -250,9 +250,15 @@ std::string SkippedFieldsSummary(const Spec& spec, const HistoricalStats& stats)
   uint64_t total = 0;
   std::string features;
   for (size_t k = 0; k < stats.skipped_fields.size() && k < spec.features.size(); ++k) {
-    if (stats.skipped_fields[k] == 0) continue;
-    total += stats.skipped_fields[k];
-    features += (features.empty() ? "" : ", ") + spec.features[k].name + ": " + std::to_string(stats.skipped_fields[k]);
+    const SkipCounts& skipped = stats.skipped_fields[k];
+    if (skipped.total() == 0) continue;
+    total += skipped.total();
+    std::string reasons;
+    for (SkipReason reason : kSkipReasons) {
+      if (skipped[reason] == 0) continue;
+      reasons += (reasons.empty() ? "" : ", ") + std::to_string(skipped[reason]) + " " + SkipReasonName(reason);
+    }
+    features += (features.empty() ? "" : "; ") + spec.features[k].name + ": " + reasons;
   }
   if (total == 0) return "";
   return std::to_string(total) + (total == 1 ? " skipped field (" : " skipped fields (") + features + ")";

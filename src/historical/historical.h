@@ -29,6 +29,7 @@
 #include "common/status.h"
 #include "common/value.h"
 #include "common/time.h"
+#include "engine/feature_engine.h"
 #include "offline/tables.h"
 #include "spec/spec.h"
 
@@ -62,9 +63,10 @@ struct HistoricalStats {
   uint64_t late = 0;
   uint64_t duplicates = 0;  // Dropped by the spec's `dedup`.
   uint64_t rows = 0;
-  // Per feature, in spec order: accepted events that passed the feature's `where` but were skipped for it, their
-  // field missing, null or of a type the aggregation cannot take (e.g. "12.5", a string, for a sum or mean).
-  std::vector<uint64_t> skipped_fields;
+  // Per feature, in spec order: accepted events that passed the feature's `where` but were skipped for it, by
+  // reason: their field missing, null, or of the wrong type (not the schema's, or not one the aggregation takes,
+  // e.g. "12.5", a string, for a sum or mean).
+  std::vector<SkipCounts> skipped_fields;
   bool has_events = false;     // Whether any event was admitted;
   int64_t max_event_time_ms = 0;  // if so, the newest admitted event time.
   double seconds = 0;
@@ -110,8 +112,9 @@ struct HistoricalOptions {
   bool progress = false;          // Progress line on stderr.
 };
 
-// "3 skipped fields (avg_amount: 2, total: 1)": the features that skipped events (stats.skipped_fields), in
-// spec order; empty when none did.
+// "4 skipped fields (avg_amount: 1 null, 2 wrong_type; total: 1 missing)": the features that skipped events
+// (stats.skipped_fields), in spec order, with the count of each reason (missing, null, wrong_type) that occurred;
+// empty when none did.
 std::string SkippedFieldsSummary(const Spec& spec, const HistoricalStats& stats);
 
 // `freshet historical`: reads the entity rows, computes their features and writes the input columns

@@ -421,7 +421,13 @@ struct Runtime::Impl final : public FeatureService {
   Counter* rejected_total_ = nullptr;
   Counter* late_ = nullptr;
   Counter* duplicate_ = nullptr;
-  std::vector<Counter*> skipped_fields_;  // Per feature, in spec order: freshet_skipped_fields_total.
+  // freshet_events_skipped_total, per feature that reads a field and per reason.
+  struct SkipCounter {
+    size_t feature = 0;
+    SkipReason reason = SkipReason::kMissing;
+    Counter* counter = nullptr;
+  };
+  std::vector<SkipCounter> skipped_;
   Counter* ingested_ = nullptr;
   Counter* ingest_replays_ = nullptr;
   Gauge* idempotency_keys_ = nullptr;
@@ -488,12 +494,17 @@ Status Runtime::Impl::Open() {
                                     "Events dropped as duplicates of an accepted event (same entity and id) and "
                                     "dead-lettered.",
                                     labels);
-  for (const FeatureSpec& feature : spec_.features) {
-    skipped_fields_.push_back(&metrics_.GetCounter(
-        "freshet_skipped_fields_total",
-        "Accepted events a feature skipped: they passed its `where`, but its field was missing, null or of a type "
-        "its aggregation cannot take (e.g. a number in a string for sum or mean).",
-        {{"feature", feature.name}}));
+  for (size_t k = 0; k < spec_.features.size(); ++k) {
+    if (spec_.features[k].field_slot < 0) continue;  // count reads no field and skips nothing.
+    for (SkipReason reason : kSkipReasons) {
+      skipped_.push_back(SkipCounter{
+          k, reason,
+          &metrics_.GetCounter("freshet_events_skipped_total",
+                               "Accepted events a feature skipped: they passed its `where`, but its field was missing, "
+                               "null, or of the wrong type (not the schema's type, or one its aggregation cannot "
+                               "take, e.g. a number in a string for sum or mean).",
+                               {{"feature", spec_.features[k].name}, {"reason", SkipReasonName(reason)}})});
+    }
   }
   ingested_ = &metrics_.GetCounter("freshet_ingest_events_total", "Events acknowledged by POST /v1/ingest.");
   ingest_replays_ = &metrics_.GetCounter("freshet_ingest_replays_total",
@@ -931,10 +942,10 @@ void Runtime::Impl::SetStateGauges() {
   size_t ids = 0;
   for (size_t l = 0; l < lanes_.size(); ++l) ids += lanes_.at(l).dedup ? lanes_.at(l).dedup->size() : 0;
   // The engines count skips (restored with the checkpoint); the counters follow their sum over the lanes.
-  for (size_t k = 0; k < skipped_fields_.size(); ++k) {
+  for (const SkipCounter& c : skipped_) {
     uint64_t skipped = 0;
-    for (size_t l = 0; l < lanes_.size(); ++l) skipped += lanes_.at(l).engine.counters().skipped[k];
-    if (skipped > skipped_fields_[k]->value()) skipped_fields_[k]->Increment(skipped - skipped_fields_[k]->value());
+    for (size_t l = 0; l < lanes_.size(); ++l) skipped += lanes_.at(l).engine.counters().skipped[c.feature][c.reason];
+    if (skipped > c.counter->value()) c.counter->Increment(skipped - c.counter->value());
   }
   entities_->Set(static_cast<double>(lanes_.entity_count()));
   const int64_t low_ms = lanes_.low_watermark_ms();

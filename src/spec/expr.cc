@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdint>
@@ -205,6 +206,14 @@ struct ExprNode {
   std::vector<Node> nodes;
   std::vector<uint32_t> children;
   std::vector<Value> lists;
+  // Where things are written, for Conditions(); Eval never reads these. Per node, the spans of lhs and rhs
+  // (zero for nodes without operands), and per entry of `lists`, its span.
+  struct Span {
+    uint32_t offset = 0;
+    uint32_t length = 0;
+  };
+  std::vector<std::pair<Span, Span>> operand_spans;
+  std::vector<Span> list_spans;
   std::deque<std::string> strings;  // Text of string literals; a deque never moves its elements.
   std::vector<std::string> paths;   // Distinct field paths, in order of first appearance.
   uint32_t root = 0;
@@ -681,8 +690,9 @@ class Parser {
                                     kMaxDepth, Column(offset)));
   }
 
-  uint32_t AddNode(ExprNode::Node node) {
+  uint32_t AddNode(ExprNode::Node node, std::pair<ExprNode::Span, ExprNode::Span> spans = {}) {
     program_.nodes.push_back(std::move(node));
+    program_.operand_spans.push_back(spans);
     return static_cast<uint32_t>(program_.nodes.size() - 1);
   }
 
@@ -757,6 +767,8 @@ class Parser {
     if (!StartsOperand(tok_.kind)) return ExpectedCondition();
 
     ExprNode::Node node;
+    std::pair<ExprNode::Span, ExprNode::Span> spans;
+    spans.first = CurrentSpan();
     FRESHET_RETURN_IF_ERROR(ParseOperand(&node.lhs));
     last_was_bare_ = false;
     if (IsComparison(tok_.kind)) {
@@ -768,6 +780,7 @@ class Parser {
                                              "null) after '{}' but found {}",
                                              CmpOpText(node.op), DescribeCurrent()));
       }
+      spans.second = CurrentSpan();
       FRESHET_RETURN_IF_ERROR(ParseOperand(&node.rhs));
       if (IsComparison(tok_.kind)) {
         return Fail(tok_.offset, fmt::format("comparisons cannot be chained: found '{}' at column {} right "
@@ -775,16 +788,20 @@ class Parser {
                                              "a < b and b < c",
                                              CmpOpText(ToCmpOp(tok_.kind)), Column(tok_.offset)));
       }
-      return AddNode(std::move(node));
+      return AddNode(std::move(node), spans);
     }
     if (tok_.kind == Tok::kIn) {
       node.kind = ExprNode::Kind::kIn;
       FRESHET_RETURN_IF_ERROR(ParseInList(&node));
-      return AddNode(std::move(node));
+      return AddNode(std::move(node), spans);
     }
     node.kind = ExprNode::Kind::kTest;
     last_was_bare_ = true;
-    return AddNode(std::move(node));
+    return AddNode(std::move(node), spans);
+  }
+
+  ExprNode::Span CurrentSpan() const {
+    return ExprNode::Span{static_cast<uint32_t>(tok_.offset), static_cast<uint32_t>(tok_.length)};
   }
 
   // Consumes the current token, which must start an operand.
@@ -847,6 +864,7 @@ class Parser {
                                              "list that starts at column {} but found {}",
                                              Column(open), DescribeCurrent()));
       }
+      program_.list_spans.push_back(CurrentSpan());
       program_.lists.push_back(TakeLiteral());
       ++node->count;
       FRESHET_RETURN_IF_ERROR(Advance());
@@ -951,6 +969,53 @@ Result<Expr> Expr::Parse(std::string_view text, FieldRegistry& fields, size_t* e
 
 bool Expr::Eval(std::span<const Value> slots) const {
   return root_ != nullptr && root_->EvalNode(root_->root, slots);
+}
+
+std::vector<ExprCondition> Expr::Conditions() const {
+  std::vector<ExprCondition> out;
+  if (root_ == nullptr) return out;
+  const ExprNode& program = *root_;
+  auto operand = [&](const ExprNode::Operand& o, ExprNode::Span span) {
+    ExprOperandInfo info;
+    info.is_field = o.slot >= 0;
+    if (info.is_field) info.path = program.paths[o.path_index];
+    else info.literal_type = o.literal.type;
+    info.offset = span.offset;
+    info.length = span.length;
+    return info;
+  };
+  for (size_t k = 0; k < program.nodes.size(); ++k) {
+    const ExprNode::Node& node = program.nodes[k];
+    const auto& [lhs_span, rhs_span] = program.operand_spans[k];
+    ExprCondition condition;
+    switch (node.kind) {
+      case ExprNode::Kind::kCompare:
+        condition.kind = ExprCondition::Kind::kCompare;
+        condition.op = CmpOpText(node.op);
+        condition.rhs = operand(node.rhs, rhs_span);
+        break;
+      case ExprNode::Kind::kIn:
+        condition.kind = ExprCondition::Kind::kIn;
+        for (uint32_t j = node.first; j < node.first + node.count; ++j) {
+          ExprOperandInfo item;
+          item.literal_type = program.lists[j].type;
+          item.offset = program.list_spans[j].offset;
+          item.length = program.list_spans[j].length;
+          condition.list.push_back(std::move(item));
+        }
+        break;
+      case ExprNode::Kind::kTest:
+        condition.kind = ExprCondition::Kind::kTest;
+        break;
+      default:
+        continue;  // and, or, not: their conditions are nodes of their own.
+    }
+    condition.lhs = operand(node.lhs, lhs_span);
+    out.push_back(std::move(condition));
+  }
+  std::sort(out.begin(), out.end(),
+            [](const ExprCondition& a, const ExprCondition& b) { return a.lhs.offset < b.lhs.offset; });
+  return out;
 }
 
 std::string Expr::ToString() const {

@@ -23,6 +23,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/status.h"
 #include "common/value.h"
@@ -31,6 +32,26 @@
 namespace freshet {
 
 struct ExprNode;  // Defined in expr.cc.
+
+// One operand of a condition, as written.
+struct ExprOperandInfo {
+  bool is_field = false;
+  std::string path;                              // A field's dotted path.
+  ValueType literal_type = ValueType::kMissing;  // A literal's type: kNull, kBool, kInt, kDouble or kString.
+  size_t offset = 0;                             // 0-based byte offset of its text in the expression.
+  size_t length = 0;                             // Bytes of its text.
+};
+
+// One condition of an expression as written: a comparison, an `in`, or a bare operand tested for true. What
+// checks beyond the grammar look at, such as the spec's `schema:` (spec.cc).
+struct ExprCondition {
+  enum class Kind : uint8_t { kCompare, kIn, kTest };
+  Kind kind = Kind::kCompare;
+  std::string op;                     // kCompare: "==", "!=", "<", "<=", ">" or ">=".
+  ExprOperandInfo lhs;
+  ExprOperandInfo rhs;                // kCompare only.
+  std::vector<ExprOperandInfo> list;  // kIn: the listed literals.
+};
 
 class Expr {
  public:
@@ -41,6 +62,9 @@ class Expr {
 
   // Evaluates against one event's slots (indexed as in the FieldRegistry used by Parse).
   bool Eval(std::span<const Value> slots) const;
+
+  // Every condition, in the order they are written.
+  std::vector<ExprCondition> Conditions() const;
 
   // The expression in canonical form, fully parenthesized (for --explain output and tests).
   std::string ToString() const;

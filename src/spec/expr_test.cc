@@ -466,6 +466,58 @@ struct BadCase {
   size_t offset;
 };
 
+// Conditions() lists what a schema check needs: each condition's operands, where they are written, and of what
+// type each literal is.
+TEST(ExprConditionsTest, ListEveryConditionWithItsOperandsAndPositions) {
+  FieldRegistry fields;
+  const std::string_view text = "type == purchase and (not 5 < amount or country in ['US', 3, null]) and flag";
+  Result<Expr> expr = Expr::Parse(text, fields);
+  ASSERT_TRUE(expr.ok()) << expr.status().message();
+  const std::vector<ExprCondition> conditions = expr->Conditions();
+  ASSERT_EQ(conditions.size(), 4u);
+  const auto source = [&](const ExprOperandInfo& o) { return text.substr(o.offset, o.length); };
+
+  EXPECT_EQ(conditions[0].kind, ExprCondition::Kind::kCompare);
+  EXPECT_EQ(conditions[0].op, "==");
+  EXPECT_TRUE(conditions[0].lhs.is_field);
+  EXPECT_EQ(conditions[0].lhs.path, "type");
+  EXPECT_EQ(conditions[0].lhs.offset, 0u);
+  EXPECT_TRUE(conditions[0].rhs.is_field);  // A word without quotes is a field.
+  EXPECT_EQ(conditions[0].rhs.path, "purchase");
+  EXPECT_EQ(source(conditions[0].rhs), "purchase");
+
+  EXPECT_EQ(conditions[1].op, "<");
+  EXPECT_FALSE(conditions[1].lhs.is_field);
+  EXPECT_EQ(conditions[1].lhs.literal_type, ValueType::kInt);
+  EXPECT_EQ(source(conditions[1].lhs), "5");
+  EXPECT_EQ(conditions[1].rhs.path, "amount");
+  EXPECT_EQ(source(conditions[1].rhs), "amount");
+
+  EXPECT_EQ(conditions[2].kind, ExprCondition::Kind::kIn);
+  EXPECT_EQ(conditions[2].lhs.path, "country");
+  ASSERT_EQ(conditions[2].list.size(), 3u);
+  EXPECT_EQ(conditions[2].list[0].literal_type, ValueType::kString);
+  EXPECT_EQ(source(conditions[2].list[0]), "'US'");
+  EXPECT_EQ(conditions[2].list[1].literal_type, ValueType::kInt);
+  EXPECT_EQ(source(conditions[2].list[1]), "3");
+  EXPECT_EQ(conditions[2].list[2].literal_type, ValueType::kNull);
+
+  EXPECT_EQ(conditions[3].kind, ExprCondition::Kind::kTest);
+  EXPECT_EQ(conditions[3].lhs.path, "flag");
+  EXPECT_EQ(source(conditions[3].lhs), "flag");
+
+  // A quoted string with escapes spans its whole source text; doubles are kDouble.
+  FieldRegistry more;
+  const std::string_view escaped = R"(device.os != 'it\'s' and x >= 1.5)";
+  Result<Expr> second = Expr::Parse(escaped, more);
+  ASSERT_TRUE(second.ok()) << second.status().message();
+  const std::vector<ExprCondition> two = second->Conditions();
+  ASSERT_EQ(two.size(), 2u);
+  EXPECT_EQ(two[0].lhs.path, "device.os");
+  EXPECT_EQ(escaped.substr(two[0].rhs.offset, two[0].rhs.length), R"('it\'s')");
+  EXPECT_EQ(two[1].rhs.literal_type, ValueType::kDouble);
+}
+
 TEST(ExprErrorTest, MessagesSayWhatAndWhere) {
   const std::vector<BadCase> cases = {
       {"amount ==",

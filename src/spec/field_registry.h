@@ -1,4 +1,5 @@
-// FieldRegistry: the event fields a spec reads, each given a slot number.
+// FieldRegistry: the event fields a spec reads, each given a slot number, and what the spec's `schema:`
+// declares about each.
 //
 // The event parser extracts exactly these fields into an array of Values indexed by slot, so that
 // `where` expressions and aggregations read a field with one array access instead of a lookup by name.
@@ -6,10 +7,14 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "common/value.h"
 
 namespace freshet {
 
@@ -17,6 +22,55 @@ class ValueExpr;
 
 inline constexpr int kEntitySlot = 0;
 inline constexpr int kTimestampSlot = 1;
+
+// The type a spec's `schema:` declares for an event field. kAny: no declaration (no schema, or a slot the
+// schema does not name), so the field takes whatever the event holds.
+enum class FieldType : uint8_t {
+  kAny,
+  kString,     // JSON text.
+  kNumber,     // A JSON number: an integer or a fraction.
+  kInt,        // A JSON integer that fits int64.
+  kBool,       // true or false.
+  kTimestamp,  // The event time: RFC 3339 text or epoch milliseconds as an integer (the timestamp field only).
+};
+
+// The schema's name of a type ("number"); "any" for kAny.
+inline const char* FieldTypeName(FieldType type) {
+  switch (type) {
+    case FieldType::kAny: return "any";
+    case FieldType::kString: return "string";
+    case FieldType::kNumber: return "number";
+    case FieldType::kInt: return "int";
+    case FieldType::kBool: return "bool";
+    case FieldType::kTimestamp: return "timestamp";
+  }
+  return "any";
+}
+
+// Whether a present, non-null value has the declared type. Any value fits kAny.
+inline bool ValueFits(FieldType type, const Value& value) {
+  switch (type) {
+    case FieldType::kAny: return true;
+    case FieldType::kString: return value.type == ValueType::kString;
+    case FieldType::kNumber: return value.is_number();
+    case FieldType::kInt: return value.type == ValueType::kInt;
+    case FieldType::kBool: return value.type == ValueType::kBool;
+    case FieldType::kTimestamp: return value.type == ValueType::kString || value.type == ValueType::kInt;
+  }
+  return true;
+}
+
+// What the schema says about one slot.
+struct FieldSchema {
+  FieldType type = FieldType::kAny;
+  // A JSON string holding a number ("12.5") is read as that number (see EventParser). Only with kNumber or kInt.
+  bool from_string = false;
+};
+
+// The number a JSON string holds, as `from_string` reads it: text in JSON number syntax (no spaces, no '+', no
+// leading zeros, no NaN or Infinity) is an kInt when it is an integer that fits int64, else a kDouble. With
+// `type` kInt only integers that fit int64 convert. nullopt when the text is not such a number.
+std::optional<Value> NumberInString(std::string_view text, FieldType type);
 
 class FieldRegistry {
  public:
@@ -26,6 +80,7 @@ class FieldRegistry {
       if (paths_[k] == dotted_path) return static_cast<int>(k);
     }
     paths_.emplace_back(dotted_path);
+    schemas_.emplace_back();
     return static_cast<int>(paths_.size() - 1);
   }
 
@@ -45,8 +100,13 @@ class FieldRegistry {
     return std::any_of(derived_.begin(), derived_.end(), [slot](const Derived& d) { return d.slot == slot; });
   }
 
+  // What the schema declares for `slot` (kAny and no conversion when nothing).
+  const FieldSchema& schema(size_t slot) const { return schemas_[slot]; }
+  void SetSchema(size_t slot, FieldSchema schema) { schemas_[slot] = schema; }
+
  private:
   std::vector<std::string> paths_;
+  std::vector<FieldSchema> schemas_;  // Parallel to paths_.
   std::vector<Derived> derived_;
 };
 

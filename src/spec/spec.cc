@@ -336,9 +336,33 @@ class SpecParser {
                     std::map<std::string, int>* first_line_by_name);
   std::optional<WindowSpec> ParseWindow(const Entry& entry);
 
+  // The schema and the checks of field references against it (the section "The schema" below).
+  enum class FieldRole : uint8_t { kEntity, kTimestamp, kFeatureField, kDedup };
+  struct FieldUse {
+    std::string path;
+    FieldRole role = FieldRole::kEntity;
+    size_t feature = 0;  // kFeatureField: index in Spec::features.
+    YAML::Mark mark;     // Where the field is named.
+  };
+  struct WhereUse {
+    size_t feature = 0;  // Index in Spec::features.
+    YAML::Node node;     // The `where` value, for positions inside it.
+  };
+  void NoteFieldUse(std::string path, FieldRole role, size_t feature, const YAML::Mark& mark);
+  void NoteWhere(size_t feature, const YAML::Node& node);
+  void ParseSchema(const Entry& entry, Spec* spec);
+  std::optional<FieldType> ReadFieldType(const std::string& field, const std::string& text, const YAML::Mark& mark);
+  void CheckFieldUses(Spec* spec);
+  void CheckFieldAgainstSchema(const Spec& spec, const FieldUse& use);
+  void CheckWhereAgainstSchema(const Spec& spec, const WhereUse& use);
+  void WarnUnquotedWords(Spec* spec);
+  char QuoteFor(const YAML::Node& node) const;
+
   std::string_view text_;
   std::string file_;
   std::vector<SpecDiagnostic> diagnostics_;
+  std::vector<FieldUse> field_uses_;
+  std::vector<WhereUse> where_uses_;
 };
 
 void SpecParser::Error(const YAML::Mark& mark, std::string message) {
@@ -717,6 +741,7 @@ void SpecParser::ParseFeature(const YAML::Node& item, const SpecOption& list_opt
         if (expr.ok()) {
           feature.where_text = v->text;
           feature.where = std::move(expr).value();
+          NoteWhere(spec->features.size(), where->value);
         } else {
           Error(MarkInScalar(where->value, offset), "in 'where': " + expr.status().message());
         }
@@ -727,6 +752,7 @@ void SpecParser::ParseFeature(const YAML::Node& item, const SpecOption& list_opt
     if (std::optional<std::string> field = ReadFieldPath(*map, "field")) {
       feature.field = *field;
       feature.field_slot = spec->fields.Intern(*field);
+      NoteFieldUse(*field, FieldRole::kFeatureField, spec->features.size(), map->Find("field")->value.Mark());
     }
   }
 
@@ -756,63 +782,6 @@ void SpecParser::ParseFeatures(const Entry& entry, Spec* spec) {
   for (const auto& item : entry.value) ParseFeature(item, option, spec, &first_line_by_name);
 }
 
-void SpecParser::ParseDerive(const Entry& entry, Spec* spec) {
-  const SpecOption& option = *entry.option;
-  if (!entry.value.IsSequence()) {
-    Error(ValueMark(entry), std::string("'derive' is ") + NodeKindName(entry.value) +
-                                "; expected a list, each item like - {name: amount_usd, expr: \"amount * 1.1\"}");
-    return;
-  }
-  std::map<std::string, int> line_by_name;
-  for (const auto& item : entry.value) {
-    std::optional<MapView> map = ReadMap(item, item.Mark(), option, ChildSection(option), "each item of 'derive'");
-    if (!map) continue;
-    DerivedFieldSpec derived;
-    derived.line = map->mark.line + 1;
-    std::optional<std::string> name = ReadName(*map, "name");
-    const Entry* expr_entry = map->Find("expr");
-    std::optional<ScalarValue> expr_text = expr_entry != nullptr ? Scalar(*map, "expr") : std::nullopt;
-    if (!name || !expr_text) continue;
-    const YAML::Mark& name_mark = map->Find("name")->value.Mark();
-    if (*name == spec->entity_field || *name == spec->timestamp_field) {
-      Error(name_mark, "derived field '" + *name + "' would replace the " +
-                           (*name == spec->entity_field ? "entity" : "timestamp") + " field; pick another name");
-      continue;
-    }
-    if (auto [it, inserted] = line_by_name.emplace(*name, derived.line); !inserted) {
-      Error(name_mark, "duplicate derived field '" + *name + "'; the first one is at line " + std::to_string(it->second));
-      continue;
-    }
-    // Its name must not be a field that an earlier expression reads from the event: that expression would
-    // see the event's value, and a reader of the spec would expect this one.
-    const auto& paths = spec->fields.paths();
-    if (std::find(paths.begin(), paths.end(), *name) != paths.end()) {
-      Error(name_mark, "derived field '" + *name + "' is read by an earlier derived field as an event field; "
-                       "define '" + *name + "' above the derived fields that use it");
-      continue;
-    }
-    size_t offset = 0;
-    Result<ValueExpr> expr = ValueExpr::Parse(expr_text->text, spec->fields, &offset);
-    if (!expr.ok()) {
-      Error(MarkInScalar(expr_entry->value, offset), "in 'expr' of derived field '" + *name + "': " + expr.status().message());
-      continue;
-    }
-    // Interned after its expression, so that the expression cannot read the field being defined.
-    const auto& now = spec->fields.paths();
-    if (std::find(now.begin(), now.end(), *name) != now.end()) {
-      Error(MarkInScalar(expr_entry->value, 0), "derived field '" + *name + "' reads itself; an expression can read "
-                                                "event fields and the derived fields above it");
-      continue;
-    }
-    derived.name = *name;
-    derived.expr_text = expr_text->text;
-    derived.canonical = expr->ToString();
-    derived.slot = spec->fields.Intern(*name);
-    spec->fields.AddDerived(derived.slot, std::make_shared<const ValueExpr>(std::move(expr).value()));
-    spec->derived.push_back(std::move(derived));
-  }
-}
-
 void SpecParser::ParseWatermark(const Entry& entry, Spec* spec) {
   std::optional<MapView> map =
       ReadMap(entry.value, ValueMark(entry), *entry.option, ChildSection(*entry.option), "'watermark'");
@@ -840,6 +809,7 @@ void SpecParser::ParseDedup(const Entry& entry, Spec* spec) {
   }
   // Interned after every feature's fields, so that adding dedup to a spec leaves the features' slots as they were.
   spec->dedup = DedupSpec{*field, spec->fields.Intern(*field), *within};
+  NoteFieldUse(*field, FieldRole::kDedup, 0, map->Find("field")->value.Mark());
 }
 
 void SpecParser::ParseSource(const Entry& entry, Spec* spec) {
@@ -991,6 +961,473 @@ void SpecParser::ParseFreshnessSlo(const Entry& entry, Spec* spec) {
   if (p99 && window) spec->freshness_slo = FreshnessSloSpec{*p99, *window};
 }
 
+// ---------------------------------------------------------------------------------------------------
+// The schema. `schema:` declares the type of event fields. The parse functions above note every field the
+// spec reads (NoteFieldUse, NoteWhere); once the whole spec is read, CheckFieldUses checks those notes against
+// the schema, or, without one, warns of unquoted words in `where` that are most likely meant as text.
+
+// Other names for the schema's types, for hints: one name per type keeps specs alike.
+constexpr std::pair<std::string_view, FieldType> kFieldTypeAliases[] = {
+    {"double", FieldType::kNumber},   {"float", FieldType::kNumber},   {"decimal", FieldType::kNumber},
+    {"numeric", FieldType::kNumber},  {"integer", FieldType::kInt},    {"long", FieldType::kInt},
+    {"int64", FieldType::kInt},       {"boolean", FieldType::kBool},   {"str", FieldType::kString},
+    {"text", FieldType::kString},     {"datetime", FieldType::kTimestamp}, {"time", FieldType::kTimestamp},
+};
+
+constexpr FieldType kDeclarableTypes[] = {FieldType::kString, FieldType::kNumber, FieldType::kInt, FieldType::kBool,
+                                          FieldType::kTimestamp};
+
+bool IsNumeric(FieldType type) { return type == FieldType::kNumber || type == FieldType::kInt; }
+
+const SchemaFieldSpec* FindSchemaField(const Spec& spec, std::string_view path) {
+  for (const SchemaFieldSpec& f : spec.schema) {
+    if (f.path == path) return &f;
+  }
+  return nullptr;
+}
+
+// "'amount' is declared number in 'schema' (line 7)".
+bool IsDerivedField(const Spec& spec, std::string_view path) {
+  return std::any_of(spec.derived.begin(), spec.derived.end(), [&](const DerivedFieldSpec& d) { return d.name == path; });
+}
+
+std::string Declared(const SchemaFieldSpec& f) {
+  return "'" + f.path + "' is declared " + FieldTypeName(f.schema.type) + " in 'schema' (line " +
+         std::to_string(f.line) + ")";
+}
+
+// "; did you mean 'amount'?" when a schema field is close to `path`; "" otherwise.
+std::string DidYouMeanField(const Spec& spec, std::string_view path) {
+  std::vector<std::string_view> paths;
+  for (const SchemaFieldSpec& f : spec.schema) paths.push_back(f.path);
+  if (auto close = ClosestMatch(path, paths)) return "; did you mean '" + std::string(*close) + "'?";
+  return "";
+}
+
+// Whether a literal of `literal` type can ever equal a value of the declared `type`. null can: `field == null`
+// tests for a JSON null.
+bool LiteralFits(FieldType type, ValueType literal) {
+  if (literal == ValueType::kNull) return true;
+  switch (type) {
+    case FieldType::kAny: return true;
+    case FieldType::kString: return literal == ValueType::kString;
+    case FieldType::kNumber:
+    case FieldType::kInt: return literal == ValueType::kInt || literal == ValueType::kDouble;
+    case FieldType::kBool: return literal == ValueType::kBool;
+    case FieldType::kTimestamp: return literal == ValueType::kString || literal == ValueType::kInt;
+  }
+  return true;
+}
+
+// Whether values of two declared types can ever be equal.
+bool TypesComparable(FieldType a, FieldType b) {
+  if (IsNumeric(a) && IsNumeric(b)) return true;
+  if (a == FieldType::kTimestamp || b == FieldType::kTimestamp) {
+    const FieldType other = a == FieldType::kTimestamp ? b : a;
+    return other == FieldType::kTimestamp || other == FieldType::kString || other == FieldType::kInt;
+  }
+  return a == b;
+}
+
+// The text of a condition with one operand's text replaced, for "write it as ..." hints: `type == purchase`
+// with the right side replaced by 'purchase'. For `in`, the replaced operand alone.
+std::string RewriteCondition(std::string_view where, const ExprCondition& condition, const ExprOperandInfo& operand,
+                             std::string_view replacement) {
+  if (condition.kind != ExprCondition::Kind::kCompare) return std::string(replacement);
+  const size_t start = std::min(condition.lhs.offset, condition.rhs.offset);
+  const size_t end = std::max(condition.lhs.offset + condition.lhs.length, condition.rhs.offset + condition.rhs.length);
+  std::string out(where.substr(start, end - start));
+  out.replace(operand.offset - start, operand.length, replacement);
+  return out;
+}
+
+void SpecParser::NoteFieldUse(std::string path, FieldRole role, size_t feature, const YAML::Mark& mark) {
+  field_uses_.push_back(FieldUse{std::move(path), role, feature, mark});
+}
+
+void SpecParser::NoteWhere(size_t feature, const YAML::Node& node) { where_uses_.push_back(WhereUse{feature, node}); }
+
+// The quote to suggest inside a `where` value: the one its YAML scalar is not quoted with.
+char SpecParser::QuoteFor(const YAML::Node& node) const {
+  const YAML::Mark mark = node.Mark();
+  const bool single_quoted = mark.pos >= 0 && static_cast<size_t>(mark.pos) < text_.size() && text_[mark.pos] == '\'';
+  return single_quoted ? '"' : '\'';
+}
+
+std::optional<FieldType> SpecParser::ReadFieldType(const std::string& field, const std::string& text,
+                                                   const YAML::Mark& mark) {
+  std::vector<std::string_view> names;
+  for (FieldType type : kDeclarableTypes) {
+    if (text == FieldTypeName(type)) return type;
+    names.push_back(FieldTypeName(type));
+  }
+  std::string message = "unknown type '" + text + "' for field '" + field + "'";
+  std::string hint;
+  for (const auto& [alias, type] : kFieldTypeAliases) {
+    if (alias == text) hint = "; write " + std::string(FieldTypeName(type));
+  }
+  if (hint.empty()) {
+    if (auto close = ClosestMatch(text, names)) hint = "; did you mean '" + std::string(*close) + "'?";
+  }
+  Error(mark, message + hint + (hint.ends_with('?') ? " " : "; ") +
+                  "the types are string, number (an integer or a fraction), int, bool and timestamp");
+  return std::nullopt;
+}
+
+void SpecParser::ParseSchema(const Entry& entry, Spec* spec) {
+  static const std::string kEntrySection = "schema.<field>";
+  const YAML::Node& node = entry.value;
+  if (!node.IsMap() || node.size() == 0) {
+    std::string got = node.IsMap() ? "empty" : node.IsNull() ? "without a value" : NodeKindName(node);
+    Error(ValueMark(entry), "'schema' is " + got + "; expected a map of field paths to types, e.g. schema: "
+                            "{user_id: string, ts: timestamp, amount: number}, or no 'schema' at all");
+    return;
+  }
+  spec->has_schema = true;
+  std::vector<YAML::Mark> marks;  // Of each entry's key, parallel to spec->schema.
+  for (const auto& kv : node) {
+    const YAML::Node& key = kv.first;
+    const YAML::Node& value = kv.second;
+    if (!key.IsScalar() || !IsFieldPath(key.Scalar())) {
+      Error(key.Mark(), "invalid field path " + (key.IsScalar() ? "'" + key.Scalar() + "'" : NodeKindName(key)) +
+                            " in 'schema': write field names (letters, digits, underscores) separated by dots, "
+                            "e.g. amount or device.os");
+      continue;
+    }
+    const std::string& path = key.Scalar();
+    if (const SchemaFieldSpec* first = FindSchemaField(*spec, path)) {
+      Error(key.Mark(), "field '" + path + "' is declared twice in 'schema'; the first is at line " +
+                            std::to_string(first->line) + "; remove one of them");
+      continue;
+    }
+    SchemaFieldSpec field;
+    field.path = path;
+    field.line = key.Mark().line + 1;
+    if (value.IsScalar() && !value.Scalar().empty()) {
+      std::optional<FieldType> type = ReadFieldType(path, value.Scalar(), value.Mark());
+      if (!type) continue;
+      field.schema.type = *type;
+    } else if (value.IsMap()) {
+      std::optional<MapView> map = ReadMap(value, key.Mark(), *entry.option, kEntrySection, "'schema." + path + "'");
+      if (!map) continue;
+      std::optional<ScalarValue> type_text = Scalar(*map, "type");
+      if (!type_text) continue;  // Missing (ReadMap said so) or not a single value (Scalar said so).
+      std::optional<FieldType> type = ReadFieldType(path, type_text->text, type_text->mark);
+      if (!type) continue;
+      CheckCondition(*map, "type", FieldTypeName(*type));
+      field.schema.type = *type;
+      if (IsNumeric(*type)) {
+        if (std::optional<bool> from_string = ReadBool(*map, "from_string")) field.schema.from_string = *from_string;
+      }
+    } else {
+      Error(value.IsNull() || value.Mark().is_null() ? key.Mark() : value.Mark(),
+            "field '" + path + "' in 'schema' has " + (value.IsNull() ? std::string("no type") : NodeKindName(value)) +
+                "; write its type (" + path + ": number; the types are string, number, int, bool and timestamp) "
+                "or a map (" + path + ": {type: number, from_string: true})");
+      continue;
+    }
+    if (field.schema.type == FieldType::kTimestamp && !spec->timestamp_field.empty() &&
+        path != spec->timestamp_field) {
+      Error(value.IsMap() ? key.Mark() : value.Mark(),
+            "'" + path + "' is declared timestamp, the type of the spec's timestamp field ('" +
+                spec->timestamp_field + "') and of no other; declare it string or int, as its events hold it");
+    }
+    spec->schema.push_back(std::move(field));
+    marks.push_back(key.Mark());
+  }
+  // A field holds a value or nested fields, not both.
+  for (size_t inner = 0; inner < spec->schema.size(); ++inner) {
+    for (const SchemaFieldSpec& outer : spec->schema) {
+      if (!spec->schema[inner].path.starts_with(outer.path + ".")) continue;
+      Error(marks[inner], "'" + spec->schema[inner].path + "' is a field inside '" + outer.path + "', which line " +
+                              std::to_string(outer.line) + " declares " + FieldTypeName(outer.schema.type) +
+                              "; a field holds a value or nested fields, not both: remove one of the two");
+    }
+  }
+}
+
+void SpecParser::CheckFieldAgainstSchema(const Spec& spec, const FieldUse& use) {
+  // A derived field's type is whatever its expression gives; the event fields it reads were checked.
+  if (use.role == FieldRole::kFeatureField && IsDerivedField(spec, use.path)) return;
+  const SchemaFieldSpec* f = FindSchemaField(spec, use.path);
+  std::string role;       // What the spec reads the field as, for messages.
+  std::string type_hint;  // The type to declare it with.
+  switch (use.role) {
+    case FieldRole::kEntity: role = "the entity"; type_hint = "string (or int)"; break;
+    case FieldRole::kTimestamp: role = "the timestamp"; type_hint = "timestamp"; break;
+    case FieldRole::kDedup: role = "the dedup id"; type_hint = "string (or int)"; break;
+    case FieldRole::kFeatureField:
+      role = "read by feature '" + spec.features[use.feature].name + "'";
+      type_hint = AggNeedsNumber(spec.features[use.feature].agg) ? "number" : "string (or the type its events hold)";
+      break;
+  }
+  if (f == nullptr) {
+    const std::string hint = DidYouMeanField(spec, use.path);
+    Error(use.mark, "field '" + use.path + "' (" + role + ") is not declared in 'schema'" +
+                        (hint.empty() ? "; with" : hint + " With") +
+                        " a schema, every field the spec reads must be declared: add " + use.path + ": " + type_hint);
+    return;
+  }
+  const FieldType type = f->schema.type;
+  switch (use.role) {
+    case FieldRole::kEntity:
+      if (type != FieldType::kString && type != FieldType::kInt) {
+        Error(use.mark, "the entity field " + Declared(*f) + ", but an entity is a non-empty string or an integer; "
+                        "declare it string or int");
+      }
+      break;
+    case FieldRole::kTimestamp:
+      if (type != FieldType::kTimestamp) {
+        Error(use.mark, "the timestamp field " + Declared(*f) + "; declare it timestamp (RFC 3339 text or epoch "
+                        "milliseconds as an integer, as events hold it)");
+      }
+      break;
+    case FieldRole::kDedup:
+      if (type != FieldType::kString && type != FieldType::kInt) {
+        Error(use.mark, "the dedup field " + Declared(*f) + ", but ids are strings or integers (read like the "
+                        "entity), so no event would ever be a duplicate; declare it string or int");
+      }
+      break;
+    case FieldRole::kFeatureField: {
+      const AggKind agg = spec.features[use.feature].agg;
+      if (AggNeedsNumber(agg) && !IsNumeric(type)) {
+        Error(use.mark, std::string(AggKindName(agg)) + " needs a numeric field, but " + Declared(*f) +
+                            "; aggregate a field declared number or int, or count its values with count_distinct");
+      }
+      break;
+    }
+  }
+}
+
+void SpecParser::ParseDerive(const Entry& entry, Spec* spec) {
+  const SpecOption& option = *entry.option;
+  if (!entry.value.IsSequence()) {
+    Error(ValueMark(entry), std::string("'derive' is ") + NodeKindName(entry.value) +
+                                "; expected a list, each item like - {name: amount_usd, expr: \"amount * 1.1\"}");
+    return;
+  }
+  std::map<std::string, int> line_by_name;
+  for (const auto& item : entry.value) {
+    std::optional<MapView> map = ReadMap(item, item.Mark(), option, ChildSection(option), "each item of 'derive'");
+    if (!map) continue;
+    DerivedFieldSpec derived;
+    derived.line = map->mark.line + 1;
+    std::optional<std::string> name = ReadName(*map, "name");
+    const Entry* expr_entry = map->Find("expr");
+    std::optional<ScalarValue> expr_text = expr_entry != nullptr ? Scalar(*map, "expr") : std::nullopt;
+    if (!name || !expr_text) continue;
+    const YAML::Mark& name_mark = map->Find("name")->value.Mark();
+    if (*name == spec->entity_field || *name == spec->timestamp_field) {
+      Error(name_mark, "derived field '" + *name + "' would replace the " +
+                           (*name == spec->entity_field ? "entity" : "timestamp") + " field; pick another name");
+      continue;
+    }
+    if (auto [it, inserted] = line_by_name.emplace(*name, derived.line); !inserted) {
+      Error(name_mark, "duplicate derived field '" + *name + "'; the first one is at line " + std::to_string(it->second));
+      continue;
+    }
+    // Its name must not be a field that an earlier expression reads from the event: that expression would
+    // see the event's value, and a reader of the spec would expect this one.
+    const auto& paths = spec->fields.paths();
+    if (std::find(paths.begin(), paths.end(), *name) != paths.end()) {
+      Error(name_mark, "derived field '" + *name + "' is read by an earlier derived field as an event field; "
+                       "define '" + *name + "' above the derived fields that use it");
+      continue;
+    }
+    size_t offset = 0;
+    Result<ValueExpr> expr = ValueExpr::Parse(expr_text->text, spec->fields, &offset);
+    if (!expr.ok()) {
+      Error(MarkInScalar(expr_entry->value, offset), "in 'expr' of derived field '" + *name + "': " + expr.status().message());
+      continue;
+    }
+    // With a schema, the event fields it reads must be declared (the derived fields above it need not be).
+    if (spec->has_schema) {
+      for (const ValueExpr::FieldReference& ref : expr->FieldReferences()) {
+        if (line_by_name.count(ref.path) > 0 || FindSchemaField(*spec, ref.path) != nullptr) continue;
+        Error(MarkInScalar(expr_entry->value, ref.offset),
+              "in 'expr' of derived field '" + *name + "': unknown field '" + ref.path +
+                  "': 'schema' does not declare it" + DidYouMeanField(*spec, ref.path) +
+                  (DidYouMeanField(*spec, ref.path).empty() ? "; if events carry it, add it to 'schema' with its type"
+                                                            : ""));
+      }
+    }
+    // Interned after its expression, so that the expression cannot read the field being defined.
+    const auto& now = spec->fields.paths();
+    if (std::find(now.begin(), now.end(), *name) != now.end()) {
+      Error(MarkInScalar(expr_entry->value, 0), "derived field '" + *name + "' reads itself; an expression can read "
+                                                "event fields and the derived fields above it");
+      continue;
+    }
+    derived.name = *name;
+    derived.expr_text = expr_text->text;
+    derived.canonical = expr->ToString();
+    derived.slot = spec->fields.Intern(*name);
+    spec->fields.AddDerived(derived.slot, std::make_shared<const ValueExpr>(std::move(expr).value()));
+    spec->derived.push_back(std::move(derived));
+  }
+}
+
+void SpecParser::CheckWhereAgainstSchema(const Spec& spec, const WhereUse& use) {
+  const FeatureSpec& feature = spec.features[use.feature];
+  const std::string_view where = feature.where_text;
+  const char quote = QuoteFor(use.node);
+  const auto at = [&](const ExprOperandInfo& o) { return MarkInScalar(use.node, o.offset); };
+  const auto source = [&](const ExprOperandInfo& o) { return where.substr(o.offset, o.length); };
+  const auto quoted = [&](std::string_view text) { return std::string(1, quote) + std::string(text) + quote; };
+  // The schema entry of a field operand, or nullptr after reporting it unknown.
+  const auto declared = [&](const ExprOperandInfo& o) -> const SchemaFieldSpec* {
+    if (IsDerivedField(spec, o.path)) return nullptr;  // Of the type its expression gives: not checked here.
+    const SchemaFieldSpec* f = FindSchemaField(spec, o.path);
+    if (f == nullptr) {
+      std::string hint = DidYouMeanField(spec, o.path);
+      Error(at(o), "in 'where': unknown field '" + o.path + "': 'schema' does not declare it" +
+                       (hint.empty() ? "; if events carry it, add it to 'schema' with its type" : hint));
+    }
+    return f;
+  };
+  // A literal that a value of the field's declared type never equals.
+  const auto mismatch = [&](const ExprCondition& condition, const SchemaFieldSpec& f, const ExprOperandInfo& literal) {
+    std::string message = "in 'where': " + Declared(f) + ", but " + std::string(source(literal)) + " is ";
+    switch (literal.literal_type) {
+      case ValueType::kString: message += "text"; break;
+      case ValueType::kBool: message += "a boolean"; break;
+      default: message += "a number"; break;
+    }
+    message += ", so the comparison is never true";
+    std::string_view text = source(literal);
+    if (f.schema.type == FieldType::kString && literal.literal_type != ValueType::kString) {
+      message += "; to compare with the text, quote it: " + RewriteCondition(where, condition, literal, quoted(text));
+    } else if (IsNumeric(f.schema.type) && literal.literal_type == ValueType::kString) {
+      const std::string_view inner = text.substr(1, text.size() - 2);
+      if (NumberInString(inner, FieldType::kNumber)) {
+        message += "; write the number without quotes: " + RewriteCondition(where, condition, literal, inner);
+      } else {
+        message += "; compare it with a number, such as " + f.path + " > 10";
+      }
+    } else if (f.schema.type == FieldType::kBool) {
+      message += "; compare it with true or false";
+    }
+    Error(at(literal), message);
+  };
+  const auto ordering_bool = [&](const ExprCondition& condition, const SchemaFieldSpec& f, const ExprOperandInfo& o) {
+    if (condition.op == "==" || condition.op == "!=" || f.schema.type != FieldType::kBool) return false;
+    Error(at(o), "in 'where': '" + condition.op + "' orders values, but " + Declared(f) +
+                     " and booleans have no order, so it is never true; use == or !=");
+    return true;
+  };
+
+  for (const ExprCondition& condition : feature.where->Conditions()) {
+    const ExprOperandInfo& lhs = condition.lhs;
+    switch (condition.kind) {
+      case ExprCondition::Kind::kTest: {
+        if (!lhs.is_field) break;
+        const SchemaFieldSpec* f = declared(lhs);
+        if (f != nullptr && f->schema.type != FieldType::kBool) {
+          Error(at(lhs), "in 'where': a field alone is a condition that holds only when it is the boolean true, "
+                         "but " + Declared(*f) + ", so it is never true; compare it, such as " + f->path +
+                         (IsNumeric(f->schema.type) ? " > 0" : " == " + quoted("yes")));
+        }
+        break;
+      }
+      case ExprCondition::Kind::kIn: {
+        if (!lhs.is_field) break;
+        const SchemaFieldSpec* f = declared(lhs);
+        if (f == nullptr) break;
+        for (const ExprOperandInfo& item : condition.list) {
+          if (!LiteralFits(f->schema.type, item.literal_type)) mismatch(condition, *f, item);
+        }
+        break;
+      }
+      case ExprCondition::Kind::kCompare: {
+        const ExprOperandInfo& rhs = condition.rhs;
+        if (lhs.is_field && rhs.is_field) {
+          const SchemaFieldSpec* left = declared(lhs);
+          const SchemaFieldSpec* right = FindSchemaField(spec, rhs.path);
+          if (right == nullptr) {
+            // Most likely text written without quotes: `type == purchase`.
+            const std::string hint = DidYouMeanField(spec, rhs.path);
+            Error(at(rhs), "in 'where': " + rhs.path + " (without quotes) is a field name, and 'schema' does not "
+                           "declare a field '" + rhs.path + "'" + (hint.empty() ? "; to" : hint + " Or, to") +
+                           " compare with the text, quote it: " +
+                           RewriteCondition(where, condition, rhs, quoted(source(rhs))));
+            break;
+          }
+          if (left == nullptr) break;
+          if (!TypesComparable(left->schema.type, right->schema.type)) {
+            Error(at(rhs), "in 'where': " + Declared(*left) + " and " + Declared(*right) +
+                               ", so the comparison is never true");
+          } else if (!ordering_bool(condition, *left, lhs)) {
+            ordering_bool(condition, *right, rhs);
+          }
+          break;
+        }
+        if (!lhs.is_field && !rhs.is_field) break;
+        const ExprOperandInfo& field = lhs.is_field ? lhs : rhs;
+        const ExprOperandInfo& literal = lhs.is_field ? rhs : lhs;
+        const SchemaFieldSpec* f = declared(field);
+        if (f == nullptr) break;
+        if (!LiteralFits(f->schema.type, literal.literal_type)) {
+          mismatch(condition, *f, literal);
+        } else {
+          ordering_bool(condition, *f, field);
+        }
+        break;
+      }
+    }
+  }
+}
+
+// Without a schema: a comparison of a field with a field on its right that is named nowhere else in the spec is most
+// likely text without quotes (`type == purchase`, always false). A warning, not an error: the spec may mean it.
+void SpecParser::WarnUnquotedWords(Spec* spec) {
+  std::vector<std::string> named;  // Fields the spec reads other than as one side of a field-to-field comparison.
+  for (const FieldUse& use : field_uses_) named.push_back(use.path);
+  for (const WhereUse& use : where_uses_) {
+    for (const ExprCondition& c : spec->features[use.feature].where->Conditions()) {
+      const bool field_to_field = c.kind == ExprCondition::Kind::kCompare && c.lhs.is_field && c.rhs.is_field;
+      if (field_to_field) continue;
+      if (c.lhs.is_field) named.push_back(c.lhs.path);
+      if (c.kind == ExprCondition::Kind::kCompare && c.rhs.is_field) named.push_back(c.rhs.path);
+    }
+  }
+  const auto is_named = [&](const std::string& path) {
+    return std::find(named.begin(), named.end(), path) != named.end();
+  };
+  for (const WhereUse& use : where_uses_) {
+    const FeatureSpec& feature = spec->features[use.feature];
+    for (const ExprCondition& c : feature.where->Conditions()) {
+      if (c.kind != ExprCondition::Kind::kCompare || !c.lhs.is_field || !c.rhs.is_field) continue;
+      // Only the right side: `price > cost` with cost read elsewhere compares two fields on purpose.
+      if (is_named(c.rhs.path)) continue;
+      const ExprOperandInfo* word = &c.rhs;
+      const std::string quoted = std::string(1, QuoteFor(use.node)) + word->path + QuoteFor(use.node);
+      const YAML::Mark mark = MarkInScalar(use.node, word->offset);
+      SpecDiagnostic d;
+      d.line = mark.line + 1;
+      d.column = mark.column + 1;
+      d.message = "in 'where' of feature '" + feature.name + "': " + word->path + " (without quotes) is a field "
+                  "name, and nothing else in the spec reads a field '" + word->path + "', so this compares with a "
+                  "field that events most likely lack (always false); to compare with the text, quote it: " +
+                  RewriteCondition(feature.where_text, c, *word, quoted);
+      spec->warnings.push_back(std::move(d));
+    }
+  }
+}
+
+void SpecParser::CheckFieldUses(Spec* spec) {
+  if (!spec->has_schema) {
+    WarnUnquotedWords(spec);
+    return;
+  }
+  for (const FieldUse& use : field_uses_) CheckFieldAgainstSchema(*spec, use);
+  for (const WhereUse& use : where_uses_) CheckWhereAgainstSchema(*spec, use);
+  for (size_t slot = 0; slot < spec->fields.size(); ++slot) {
+    if (const SchemaFieldSpec* f = FindSchemaField(*spec, spec->fields.paths()[slot])) {
+      spec->fields.SetSchema(slot, f->schema);
+    }
+  }
+}
+
 void SpecParser::ParseTop(const YAML::Node& root, Spec* spec) {
   static const SpecOption kRoot("", "", SpecValueType::kMap, "");
   YAML::Mark start;
@@ -1012,6 +1449,11 @@ void SpecParser::ParseTop(const YAML::Node& root, Spec* spec) {
   // Slots 0 and 1 are the entity and timestamp fields, before any field a feature reads.
   spec->fields.Intern(spec->entity_field);
   spec->fields.Intern(spec->timestamp_field);
+  if (!spec->entity_field.empty()) NoteFieldUse(spec->entity_field, FieldRole::kEntity, 0, map->Find("entity")->value.Mark());
+  if (!spec->timestamp_field.empty()) {
+    NoteFieldUse(spec->timestamp_field, FieldRole::kTimestamp, 0, map->Find("timestamp")->value.Mark());
+  }
+  if (const Entry* e = map->Find("schema")) ParseSchema(*e, spec);
 
   if (const Entry* e = map->Find("watermark")) ParseWatermark(*e, spec);
   if (const Entry* e = map->Find("source")) ParseSource(*e, spec);
@@ -1028,6 +1470,7 @@ void SpecParser::ParseTop(const YAML::Node& root, Spec* spec) {
   if (const Entry* e = map->Find("derive")) ParseDerive(*e, spec);  // Before the features that read them.
   if (const Entry* e = map->Find("features")) ParseFeatures(*e, spec);
   if (const Entry* e = map->Find("dedup")) ParseDedup(*e, spec);
+  CheckFieldUses(spec);
 }
 
 // yaml-cpp reports tabs in indentation as a generic syntax error; say what it is.
@@ -1111,9 +1554,11 @@ Result<Spec> SpecParser::Parse(std::vector<SpecDiagnostic>* diagnostics) {
   } catch (const YAML::Exception& e) {
     Error(e.mark, "cannot read the spec: " + e.msg);
   }
-  std::stable_sort(diagnostics_.begin(), diagnostics_.end(), [](const SpecDiagnostic& a, const SpecDiagnostic& b) {
+  const auto by_position = [](const SpecDiagnostic& a, const SpecDiagnostic& b) {
     return std::pair(a.line, a.column) < std::pair(b.line, b.column);
-  });
+  };
+  std::stable_sort(diagnostics_.begin(), diagnostics_.end(), by_position);
+  std::stable_sort(spec.warnings.begin(), spec.warnings.end(), by_position);
   if (diagnostics != nullptr) *diagnostics = diagnostics_;
   if (diagnostics_.empty()) return spec;
   std::string message;
@@ -1176,6 +1621,14 @@ std::string SpecReferenceMarkdown() {
     out << "\n";
   }
   return out.str();
+}
+
+std::string SpecWarningsText(const Spec& spec) {
+  std::string out;
+  for (const SpecDiagnostic& d : spec.warnings) {
+    out += spec.file + ":" + std::to_string(d.line) + ":" + std::to_string(d.column) + ": warning: " + d.message + "\n";
+  }
+  return out;
 }
 
 Result<Spec> ParseSpec(std::string_view yaml_text, const std::string& file, std::vector<SpecDiagnostic>* diagnostics) {

@@ -145,6 +145,20 @@ struct DerivedFieldSpec {
   int line = 0;
 };
 
+// One problem found in a spec, with its 1-based position in the file.
+struct SpecDiagnostic {
+  int line = 0;
+  int column = 0;
+  std::string message;  // What is wrong and what would be valid.
+};
+
+// One entry of the spec's `schema:`: the type of an event field.
+struct SchemaFieldSpec {
+  std::string path;    // Dotted field path.
+  FieldSchema schema;  // Its type, and whether a number in a string converts.
+  int line = 0;        // Where it is declared (1-based), for messages.
+};
+
 struct Spec {
   std::string name;
   std::string entity_field;
@@ -162,16 +176,19 @@ struct Spec {
   SkewSpec skew;
   std::vector<FeatureSpec> features;
   std::vector<DerivedFieldSpec> derived;  // In evaluation order.
-  FieldRegistry fields;  // Slot 0: entity, slot 1: timestamp, every field a feature reads, then the dedup field.
-  std::string file;      // The spec file, as given.
+  // Slot 0: entity, slot 1: timestamp, every field a feature reads, then the dedup field; each slot carries what
+  // the schema declares for it.
+  FieldRegistry fields;
+  bool has_schema = false;              // A `schema:` was given (then every slot has a declared type).
+  std::vector<SchemaFieldSpec> schema;  // Its entries, in file order.
+  // Doubts that do not make the spec invalid, such as an unquoted word in `where` that is likely meant as text;
+  // every command prints them to stderr (SpecWarningsText).
+  std::vector<SpecDiagnostic> warnings;
+  std::string file;  // The spec file, as given.
 };
 
-// One problem found in a spec, with its 1-based position in the file.
-struct SpecDiagnostic {
-  int line = 0;
-  int column = 0;
-  std::string message;  // What is wrong and what would be valid.
-};
+// The spec's warnings as "FILE:LINE:COLUMN: warning: MESSAGE" lines, each ending in a newline; empty without any.
+std::string SpecWarningsText(const Spec& spec);
 
 // Parses and validates a spec. `file` names it in messages and anchors relative paths.
 // On failure, `diagnostics` (if given) receives every problem found, and the Status message lists

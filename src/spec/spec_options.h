@@ -85,6 +85,17 @@ inline constexpr SpecOption kSpecOptions[] = {
     SpecOption("", "timestamp", SpecValueType::kFieldPath,
                "The event-time field: RFC 3339 text with an offset or Z, or epoch milliseconds as an integer.")
         .Required().Example("ts"),
+    SpecOption("", "schema", SpecValueType::kMap,
+               "The types of the event fields, as `field path: type`. The types: string, number (an "
+               "integer or a fraction), int, bool, and timestamp, which is the type of the timestamp field (RFC "
+               "3339 text or epoch milliseconds) and of no other. With a schema, `freshet validate` and every command "
+               "check the spec against it: every field the spec reads (entity, timestamp, each feature's field and "
+               "`where`, the dedup field) must be declared; a numeric aggregation needs a number or int field; a "
+               "`where` comparison must compare like with like, and a word without quotes that is not a declared "
+               "field is an error (quote text: type == 'purchase'). While running, an event whose feature field "
+               "has another type is skipped for that feature and counted with reason wrong_type. Each entry is a "
+               "type (amount: number) or a map of the keys under `schema.<field>`.")
+        .Example("{user_id: string, ts: timestamp, type: string, amount: {type: number, from_string: true}}"),
     SpecOption("", "watermark", SpecValueType::kMap,
                "How long to wait for out-of-order events. Without it, no event is ever dropped as late.")
         .Example("{max_out_of_orderness: 5s, allowed_lateness: 1m}"),
@@ -136,6 +147,17 @@ inline constexpr SpecOption kSpecOptions[] = {
                "The threshold of `freshet skew` (training/serving skew between logged answers and the offline "
                "recomputation), and the schedule of the same check inside `freshet run`.")
         .Example("{max_mismatch_rate: 0.001, interval: 10m}"),
+
+    // schema.<field>: the map form of a schema entry (spec.cc, ParseSchema).
+    SpecOption("schema.<field>", "type", SpecValueType::kChoice, "The field's type.")
+        .Required().Choices("string, number, int, bool, timestamp"),
+    SpecOption("schema.<field>", "from_string", SpecValueType::kBool,
+               "Read a JSON string that holds a number (\"12.5\", \"-3\", \"1e3\": JSON number syntax, no "
+               "spaces) as that number, in `where` and in aggregations alike, for producers that quote their "
+               "numbers. Without it such a string has the wrong type: the features reading the field skip the "
+               "event and count it (wrong_type). With type int, only integers convert (\"7\", not \"7.5\").")
+        .When("type", "number, int").Default("false")
+        .MisuseHint("from_string applies only to type number or int; remove it"),
 
     // watermark
     SpecOption("watermark", "max_out_of_orderness", SpecValueType::kDuration,

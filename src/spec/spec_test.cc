@@ -236,7 +236,8 @@ TEST(SpecTest, UnknownKeySuggestsClosest) {
               "window, precision"});
   // No suggestion when nothing is close; top-level keys are listed.
   ExpectOnly(std::string("zzz: 1\n") + kHead + "  - {name: n, aggregation: count, window: {type: lifetime}}\n", 1, 1,
-             {"unknown key 'zzz'; valid keys: name, entity, timestamp, watermark, dedup, parallelism, source, features"});
+             {"unknown key 'zzz'; valid keys: name, entity, timestamp, schema, watermark, dedup, parallelism, source, "
+              "features"});
   // Inside a flow map.
   ExpectOnly(std::string(kHead) + "  - {name: n, aggregation: count, window: {type: sliding, sze: 1m, size: 1h}}\n", 5, 59,
              {"unknown key 'sze'; did you mean 'size'?"});
@@ -414,6 +415,19 @@ TEST(SpecTest, DerivedFieldsAreReadByFeaturesAndTheirMistakesArePlaced) {
              5, 12, {"would replace the timestamp field"});
 }
 
+TEST(SpecTest, WithASchemaDerivedFieldsNeedNoDeclarationButTheFieldsTheyReadDo) {
+  const std::string head = "name: t\nentity: user_id\ntimestamp: ts\nschema: {user_id: string, ts: timestamp, amount: number}\n"
+                           "derive:\n";
+  const std::string feature =
+      "features:\n  - {name: n, aggregation: sum, field: usd, where: \"big == true\", window: {type: lifetime}}\n";
+  Result<Spec> spec = ParseSpec(head + "  - {name: usd, expr: \"amount * 2\"}\n  - {name: big, expr: \"usd > 100\"}\n" +
+                                    feature, "t.yaml", nullptr);
+  ASSERT_TRUE(spec.ok()) << spec.status().message();
+  // Line 6, quote at column 23: 'amont' at offset 0 is column 24.
+  ExpectOnly(head + "  - {name: usd, expr: \"amont * 2\"}\n  - {name: big, expr: \"usd > 100\"}\n" + feature, 6, 24,
+             {"in 'expr' of derived field 'usd': unknown field 'amont'", "did you mean 'amount'?"});
+}
+
 TEST(SpecTest, EveryErrorIsReportedInDocumentOrder) {
   const std::string yaml =
       "name: t\n"
@@ -551,6 +565,218 @@ TEST(SpecTest, MutatedSpecsNeverCrash) {
     }
   }
   EXPECT_GT(rejected, 1000);  // The mutations do exercise the error paths.
+}
+
+// ---------------------------------------------------------------------------------------------------
+// schema:
+
+// A spec head with a schema; tests append features, which start at line 11.
+constexpr char kSchemaHead[] = R"(name: t
+entity: user_id
+timestamp: ts
+schema:
+  user_id: string
+  ts: timestamp
+  type: string
+  amount: {type: number, from_string: true}
+  flag: bool
+features:
+)";
+
+// One feature line (line 11 when appended to kSchemaHead).
+std::string Feature(const std::string& body) { return "  - {name: f, " + body + ", window: {type: lifetime}}\n"; }
+
+TEST(SchemaTest, DeclaresTypesOfTheSlots) {
+  Result<Spec> spec = ParseSpec(std::string(kSchemaHead) +
+                                    Feature("aggregation: sum, field: amount, where: \"type == 'purchase' and flag\""),
+                                "t.yaml");
+  ASSERT_TRUE(spec.ok()) << spec.status().message();
+  EXPECT_TRUE(spec->has_schema);
+  EXPECT_TRUE(spec->warnings.empty());
+  ASSERT_EQ(spec->schema.size(), 5u);
+  EXPECT_EQ(spec->schema[3].path, "amount");
+  EXPECT_EQ(spec->schema[3].line, 8);
+  EXPECT_EQ(spec->schema[3].schema.type, FieldType::kNumber);
+  EXPECT_TRUE(spec->schema[3].schema.from_string);
+  // Slots: user_id, ts, type, flag (the where), amount (the field).
+  ASSERT_EQ(spec->fields.paths(), (std::vector<std::string>{"user_id", "ts", "type", "flag", "amount"}));
+  EXPECT_EQ(spec->fields.schema(0).type, FieldType::kString);
+  EXPECT_EQ(spec->fields.schema(1).type, FieldType::kTimestamp);
+  EXPECT_EQ(spec->fields.schema(3).type, FieldType::kBool);
+  EXPECT_EQ(spec->fields.schema(4).type, FieldType::kNumber);
+  EXPECT_TRUE(spec->fields.schema(4).from_string);
+  EXPECT_FALSE(spec->fields.schema(2).from_string);
+
+  // Without a schema every slot takes any type.
+  Result<Spec> plain = ParseSpec(std::string(kHead) + Feature("aggregation: sum, field: amount"), "t.yaml");
+  ASSERT_TRUE(plain.ok()) << plain.status().message();
+  EXPECT_FALSE(plain->has_schema);
+  for (size_t slot = 0; slot < plain->fields.size(); ++slot) EXPECT_EQ(plain->fields.schema(slot).type, FieldType::kAny);
+}
+
+TEST(SchemaTest, UnquotedWordThatIsNoFieldIsAnErrorSuggestingQuotes) {
+  // Line 11: `  - {name: f, aggregation: count, where: "type == purchase", ...`: the quote at column 42, so
+  // purchase (offset 8) at column 51.
+  const std::string yaml = std::string(kSchemaHead) + Feature("aggregation: count, where: \"type == purchase\"");
+  std::vector<SpecDiagnostic> diagnostics = Diagnose(yaml);
+  ASSERT_EQ(diagnostics.size(), 1u) << Dump(diagnostics);
+  EXPECT_EQ(Dump(diagnostics),
+            "11:51: in 'where': purchase (without quotes) is a field name, and 'schema' does not declare a field "
+            "'purchase'; to compare with the text, quote it: type == 'purchase'\n");
+  // The full located message, as every command prints it.
+  Result<Spec> spec = ParseSpec(yaml, "specs/t.yaml");
+  EXPECT_EQ(spec.status().message(),
+            "specs/t.yaml:11:51: error: in 'where': purchase (without quotes) is a field name, and 'schema' does "
+            "not declare a field 'purchase'; to compare with the text, quote it: type == 'purchase'");
+  // In a single-quoted YAML value the suggestion quotes with ".
+  ExpectOnly(std::string(kSchemaHead) + Feature("aggregation: count, where: 'type != purchase'"), 11, 51,
+             {"quote it: type != \"purchase\""});
+  // A word close to a declared field: both readings offered.
+  ExpectOnly(std::string(kSchemaHead) + Feature("aggregation: count, where: \"type == amout\""), 11, 51,
+             {"'schema' does not declare a field 'amout'; did you mean 'amount'? Or, to compare with the text, quote "
+              "it: type == 'amout'"});
+}
+
+TEST(SchemaTest, UnknownFieldsAreLocatedErrorsWithSuggestions) {
+  // In `where`, at the field (column 43).
+  ExpectOnly(std::string(kSchemaHead) + Feature("aggregation: count, where: \"typ == 'purchase'\""), 11, 43,
+             {"in 'where': unknown field 'typ': 'schema' does not declare it; did you mean 'type'?"});
+  ExpectOnly(std::string(kSchemaHead) + Feature("aggregation: count, where: \"country in ['US']\""), 11, 43,
+             {"in 'where': unknown field 'country': 'schema' does not declare it; if events carry it, add it to "
+              "'schema' with its type"});
+  // A feature's field, at its value (column 40).
+  ExpectOnly(std::string(kSchemaHead) + Feature("aggregation: sum, field: amout"), 11, 40,
+             {"field 'amout' (read by feature 'f') is not declared in 'schema'; did you mean 'amount'? With a schema, "
+              "every field the spec reads must be declared: add amout: number"});
+  // The entity and timestamp, at their values.
+  std::string yaml = std::string(kSchemaHead) + Feature("aggregation: count");
+  yaml.replace(yaml.find("  user_id: string\n"), 17, "");
+  ExpectOnly(yaml, 2, 9,
+             {"field 'user_id' (the entity) is not declared in 'schema'; with a schema, every field the spec reads "
+              "must be declared: add user_id: string (or int)"});
+  // The dedup id.
+  ExpectOnly(std::string(kSchemaHead) + Feature("aggregation: count") + "dedup: {field: event_id}\n", 12, 16,
+             {"field 'event_id' (the dedup id) is not declared in 'schema'"});
+}
+
+TEST(SchemaTest, ComparisonsMustFitTheDeclaredTypes) {
+  // A string field against a number: at the number (column 51).
+  ExpectOnly(std::string(kSchemaHead) + Feature("aggregation: count, where: \"type == 5\""), 11, 51,
+             {"in 'where': 'type' is declared string in 'schema' (line 7), but 5 is a number, so the "
+              "comparison is never true; to compare with the text, quote it: type == '5'"});
+  // A number field against text (column 52).
+  ExpectOnly(std::string(kSchemaHead) + Feature("aggregation: count, where: \"amount > '12.5'\""), 11, 52,
+             {"'amount' is declared number in 'schema' (line 8), but '12.5' is text, so the comparison is "
+              "never true; write the number without quotes: amount > 12.5"});
+  // The literal on the left, and in a list.
+  ExpectOnly(std::string(kSchemaHead) + Feature("aggregation: count, where: \"10 < type\""), 11, 43,
+             {"'type' is declared string", "quote it: '10' < type"});
+  ExpectOnly(std::string(kSchemaHead) + Feature("aggregation: count, where: \"type in ['a', 7]\""), 11, 57,
+             {"'type' is declared string", "but 7 is a number"});
+  // Two fields of different types.
+  ExpectOnly(std::string(kSchemaHead) + Feature("aggregation: count, where: \"type == amount\""), 11, 51,
+             {"'type' is declared string in 'schema' (line 7) and 'amount' is declared number in 'schema' (line 8), "
+              "so the comparison is never true"});
+  // Booleans: no order; a bare field must be a bool.
+  ExpectOnly(std::string(kSchemaHead) + Feature("aggregation: count, where: \"flag > false\""), 11, 43,
+             {"'>' orders values, but 'flag' is declared bool", "use == or !="});
+  ExpectOnly(std::string(kSchemaHead) + Feature("aggregation: count, where: \"type\""), 11, 43,
+             {"a field alone is a condition that holds only when it is the boolean true, but 'type' is declared "
+              "string in 'schema' (line 7), so it is never true; compare it, such as type == 'yes'"});
+  // null fits every type, numbers of either kind fit number.
+  Result<Spec> ok = ParseSpec(std::string(kSchemaHead) +
+                                  Feature("aggregation: count, where: \"type != null and amount >= 1.5 and amount < 3 "
+                                          "and flag == true and type in ['a', 'b']\""),
+                              "t.yaml");
+  EXPECT_TRUE(ok.ok()) << ok.status().message();
+}
+
+TEST(SchemaTest, FieldTypesMustFitWhatReadsThem) {
+  ExpectOnly(std::string(kSchemaHead) + Feature("aggregation: mean, field: type"), 11, 41,
+             {"mean needs a numeric field, but 'type' is declared string in 'schema' (line 7); aggregate a field "
+              "declared number or int, or count its values with count_distinct"});
+  std::string yaml = std::string(kSchemaHead) + Feature("aggregation: count");
+  yaml.replace(yaml.find("user_id: string"), 15, "user_id: number");
+  ExpectOnly(yaml, 2, 9, {"the entity field 'user_id' is declared number in 'schema' (line 5), but an entity is a "
+                          "non-empty string or an integer; declare it string or int"});
+  yaml = std::string(kSchemaHead) + Feature("aggregation: count");
+  yaml.replace(yaml.find("ts: timestamp"), 13, "ts: int");
+  ExpectOnly(yaml, 3, 12, {"the timestamp field 'ts' is declared int in 'schema' (line 6); declare it timestamp"});
+  yaml = std::string(kSchemaHead) + Feature("aggregation: count");
+  yaml.replace(yaml.find("flag: bool"), 10, "flag: timestamp");
+  ExpectOnly(yaml, 9, 9, {"'flag' is declared timestamp, the type of the spec's timestamp field ('ts') and of no "
+                          "other; declare it string or int"});
+}
+
+TEST(SchemaTest, SchemaEntriesAreChecked) {
+  const std::string tail = "features:\n" + Feature("aggregation: count");
+  const std::string head = "name: t\nentity: user_id\ntimestamp: ts\nschema:\n  user_id: string\n  ts: timestamp\n";
+  ExpectOnly(head + "  amount: double\n" + tail, 7, 11,
+             {"unknown type 'double' for field 'amount'; write number; the types are string, number (an integer or "
+              "a fraction), int, bool and timestamp"});
+  ExpectOnly(head + "  amount: nubmer\n" + tail, 7, 11, {"did you mean 'number'?"});
+  ExpectOnly(head + "  amount:\n" + tail, 7, 3, {"field 'amount' in 'schema' has no type"});
+  ExpectOnly(head + "  amount: {type: string, from_string: true}\n" + tail, 7, 26,
+             {"from_string applies only to type number or int; remove it"});
+  ExpectOnly(head + "  amount: {type: number, from_strings: true}\n" + tail, 7, 26,
+             {"unknown key 'from_strings'; did you mean 'from_string'?"});
+  ExpectOnly(head + "  amount: {from_string: true}\n" + tail, 7, 11, {"missing required key 'type'"});
+  ExpectOnly(head + "  device: string\n  device.os: string\n" + tail, 8, 3,
+             {"'device.os' is a field inside 'device', which line 7 declares string"});
+  ExpectOnly(head + "  user_id: int\n" + tail, 7, 3, {"field 'user_id' is declared twice in 'schema'; the first is at "
+                                                      "line 5"});
+  ExpectOnly(head + "  amount bad: number\n" + tail, 7, 3, {"invalid field path 'amount bad' in 'schema'"});
+  ExpectOnly("name: t\nentity: user_id\ntimestamp: ts\nschema: {}\n" + tail, 4, 9, {"'schema' is empty"});
+}
+
+TEST(SchemaTest, WithoutSchemaAnUnquotedWordNamedNowhereElseIsAWarning) {
+  std::vector<SpecDiagnostic> diagnostics;
+  const std::string yaml = std::string(kHead) + Feature("aggregation: count, where: \"type == purchase\"");
+  Result<Spec> spec = ParseSpec(yaml, "t.yaml", &diagnostics);
+  ASSERT_TRUE(spec.ok()) << spec.status().message();
+  ASSERT_EQ(spec->warnings.size(), 1u);
+  EXPECT_EQ(spec->warnings[0].line, 5);
+  EXPECT_EQ(spec->warnings[0].column, 51);
+  EXPECT_EQ(SpecWarningsText(*spec),
+            "t.yaml:5:51: warning: in 'where' of feature 'f': purchase (without quotes) is a field name, and nothing "
+            "else in the spec reads a field 'purchase', so this compares with a field that events most likely lack "
+            "(always false); to compare with the text, quote it: type == 'purchase'\n");
+  // No warning when the other field is read elsewhere (two fields compared on purpose), or for quoted text.
+  for (const std::string& features :
+       {Feature("aggregation: count, where: \"price > cost\"") +
+            "  - {name: g, aggregation: sum, field: cost, window: {type: lifetime}}\n",
+        Feature("aggregation: count, where: \"type == 'purchase'\""),
+        Feature("aggregation: count, where: \"a == b and b == 'x'\"")}) {
+    Result<Spec> quiet = ParseSpec(std::string(kHead) + features, "t.yaml");
+    ASSERT_TRUE(quiet.ok()) << quiet.status().message();
+    EXPECT_TRUE(quiet->warnings.empty()) << features << SpecWarningsText(*quiet);
+  }
+}
+
+TEST(SchemaTest, MutatedSpecsWithSchemaNeverCrash) {
+  std::mt19937 rng(20261207);
+  const std::string base = std::string(kSchemaHead) +
+                           Feature("aggregation: sum, field: amount, where: \"type == purchase or amount > '5'\"") +
+                           "  - {name: g, aggregation: count, where: 'flag and type in [\"a\", 3]', window: "
+                           "{type: lifetime}}\n";
+  for (int round = 0; round < 2000; ++round) {
+    std::string text = base;
+    const int edits = 1 + static_cast<int>(rng() % 4);
+    for (int e = 0; e < edits && !text.empty(); ++e) {
+      const size_t at = rng() % text.size();
+      switch (rng() % 3) {
+        case 0: text.erase(at, 1); break;
+        case 1: text.insert(at, 1, text[at]); break;
+        case 2: std::swap(text[at], text[rng() % text.size()]); break;
+      }
+    }
+    std::vector<SpecDiagnostic> diagnostics;
+    Result<Spec> spec = ParseSpec(text, "fuzz.yaml", &diagnostics);
+    for (const auto& d : diagnostics) {
+      EXPECT_GE(d.line, 1) << text;
+      EXPECT_GE(d.column, 1) << text;
+    }
+  }
 }
 
 TEST(SpecOptionsTest, TableMatchesTheTypes) {

@@ -22,6 +22,7 @@ struct ValueNode {
   Value literal;              // kLiteral (strings point into `text`).
   std::string text;           // kLiteral string storage; kField, kTime: the path (for ToString).
   int slot = -1;              // kField.
+  size_t offset = 0;          // kField: where the text names it.
   StaticType type = StaticType::kAny;
   std::vector<std::unique_ptr<ValueNode>> args;
 };
@@ -281,6 +282,7 @@ class Parser {
     const int slot = fields_.Intern(path);
     auto node = Node(slot == kTimestampSlot ? Op::kTime : Op::kField, StaticType::kAny);
     node->slot = slot;
+    node->offset = at;
     node->text = path;
     return node;
   }
@@ -670,6 +672,19 @@ Value ValueExpr::Eval(std::span<const Value> slots, int64_t time_ms, OwnedString
 std::string ValueExpr::ToString() const {
   std::string out;
   Render(*root_, out);
+  return out;
+}
+
+namespace {
+void CollectFields(const ValueNode& n, std::vector<ValueExpr::FieldReference>* out) {
+  if (n.op == Op::kField) out->push_back({n.text, n.offset});
+  for (const auto& a : n.args) CollectFields(*a, out);
+}
+}  // namespace
+
+std::vector<ValueExpr::FieldReference> ValueExpr::FieldReferences() const {
+  std::vector<FieldReference> out;
+  CollectFields(*root_, &out);
   return out;
 }
 

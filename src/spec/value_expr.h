@@ -62,6 +62,13 @@ class ValueExpr {
   // The expression in canonical form, fully parenthesized (for tests and error messages).
   std::string ToString() const;
 
+  // The fields it reads (the timestamp field excluded), each with the byte offset in the text where it is named.
+  struct FieldReference {
+    std::string path;
+    size_t offset;
+  };
+  std::vector<FieldReference> FieldReferences() const;
+
   ValueExpr(ValueExpr&&) noexcept;
   ValueExpr& operator=(ValueExpr&&) noexcept;
   ~ValueExpr();
