@@ -136,6 +136,7 @@ TEST_F(OfflineTableTest, OtherColumnsAreRefusedUnlessOverwriting) {
   Result<std::vector<std::string>> files = DeltaTableFiles(changed.table_dir);
   ASSERT_TRUE(files.ok());
   EXPECT_TRUE(files->empty());
+  table->reset();  // Its writer lock goes with it.
   EXPECT_TRUE(OfflineTable::Open(changed).ok());
 }
 
