@@ -206,7 +206,7 @@ def test_a_changed_spec_is_backfilled_and_the_stream_continues(tmp_path: Path) -
     continued = _features(tmp_path / "data" / "offline" / "features")
     assert "views_1h" in continued.column_names
     # The feature log keeps its history and gains the new column.
-    log_schema = deltalake.DeltaTable(str(tmp_path / "data" / "offline" / "feature_log")).schema().to_pyarrow()
+    log_schema = deltalake.DeltaTable(str(tmp_path / "data" / "offline" / "feature_log")).schema().to_arrow()
     assert "views_1h" in log_schema.names and "purchases_30m" in log_schema.names
 
     fresh = tmp_path / "fresh"

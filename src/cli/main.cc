@@ -91,6 +91,8 @@ int main(int argc, char** argv) {
   freshet::cli::RegisterServe(app, &exit_code);
   freshet::cli::RegisterSkew(app, &exit_code);
   freshet::cli::RegisterBackfill(app, &exit_code);
+  freshet::cli::RegisterCompact(app, &exit_code);
+  freshet::cli::RegisterVacuum(app, &exit_code);
   if (freshet::cli::ReportUnknownCommand(app, argc, argv)) return 2;
   try {
     app.parse(argc, argv);

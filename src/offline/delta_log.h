@@ -8,9 +8,11 @@
 // file, fsynced and renamed into place without replacing an existing version, so a reader sees it whole or
 // not at all and two writers cannot both win a version.
 //
-// What is not written: Delta checkpoints (Parquet summaries of the log every N commits) and column
-// statistics other than numRecords. Readers replay the JSON commits, which stays fast for thousands of
-// commits; compacting many small commits is left to `OPTIMIZE`-style tools.
+// Every `add` carries statistics (numRecords, and per column minValues, maxValues, nullCount) so readers can
+// skip files, and tags naming the Freshet writer and its txn version. Every kCheckpointInterval commits the
+// log is summarized in a classic single-file Parquet checkpoint (`<version>.checkpoint.parquet`, pointed to by
+// `_delta_log/_last_checkpoint`); replay (here and in other readers) starts from the newest one. Removed files
+// are only dropped from the table's content: the files stay (for time travel) until `freshet vacuum`.
 //
 //   FRESHET_ASSIGN_OR_RETURN(DeltaLog log, DeltaLog::Open(dir, schema, {"event_date"}));
 //   bool existed = false;
@@ -42,8 +44,24 @@ struct DeltaFile {
   uint64_t size_bytes = 0;
   int64_t modification_ms = 0;
   uint64_t num_records = 0;
-  int64_t version = 0;       // The commit that added it (filled by ActiveFiles).
-  int64_t txn_version = -1;  // That commit's txn version, -1 when it has none (filled by ActiveFiles).
+  // The stats JSON of the file (numRecords, minValues, maxValues, nullCount), as FileStatsJson makes it;
+  // empty: numRecords alone.
+  std::string stats;
+  std::map<std::string, std::string> tags;
+  int64_t version = 0;       // The commit that added it (filled by ActiveFiles; a checkpoint's version for
+                             // files replayed from one).
+  int64_t txn_version = -1;  // That commit's txn version (or the `freshet.txn` tag), -1 when it has none
+                             // (filled by ActiveFiles).
+  // Filled by ActiveFiles: added with dataChange by a commit that is not Freshet's (another writer appended
+  // to the table); `engine` is that commit's commitInfo.engineInfo.
+  bool external = false;
+  std::string engine;
+};
+
+// A file removed from the table's content whose bytes may still be on disk (a Delta tombstone).
+struct RemovedFile {
+  std::string path;
+  int64_t deletion_ms = 0;  // remove.deletionTimestamp.
 };
 
 struct DeltaCommit {
@@ -54,6 +72,7 @@ struct DeltaCommit {
   std::optional<int64_t> txn_version;     // which of its transactions are in the table.
   bool replace_metadata = false;          // Write the schema again (a backfill that changes features).
   std::string operation = "WRITE";        // commitInfo.operation.
+  bool data_change = true;                // false: a rewrite (compaction) of rows already in the table.
 };
 
 class DeltaLog {
@@ -72,8 +91,19 @@ class DeltaLog {
   // column whose type changed is an error. Afterwards the table's schema is the union.
   Status EvolveSchema();
 
+  // Commits are summarized in a Parquet checkpoint every this many versions.
+  static constexpr int64_t kCheckpointInterval = 10;
+
   // The files of the table as of the newest commit, in the order they were added.
   Result<std::vector<DeltaFile>> ActiveFiles() const;
+  // The files removed and not added again as of the newest commit (as far back as the log's replay sees:
+  // a checkpoint keeps only the tombstones younger than the retention).
+  Result<std::vector<RemovedFile>> RemovedFiles() const;
+  // Writes the checkpoint of the newest version and points `_last_checkpoint` at it. Commit does this by
+  // itself every kCheckpointInterval versions.
+  Status WriteCheckpoint();
+  // How long removed files are kept (tombstones younger than this stay in checkpoints). Default 7 days.
+  void set_retention_ms(int64_t ms) { retention_ms_ = ms; }
   // The same for a table that is only read: one pass over its log, nothing created or written.
   static Result<std::vector<DeltaFile>> ReadActiveFiles(const std::string& table_dir);
   // The txn version of the newest commit that recorded one for `app_id`, if any.
@@ -88,19 +118,21 @@ class DeltaLog {
   std::string SchemaString() const;
 
  private:
-  static Result<std::vector<DeltaFile>> ReadActiveFiles(const std::string& table_dir, int64_t latest);
   Status ReadVersions();
+  int64_t retention_ms_ = int64_t{7} * 86'400'000;
   std::string table_dir_;
   std::vector<DeltaColumn> schema_;
   std::vector<std::string> partition_columns_;
   int64_t latest_version_ = -1;
   bool schema_matches_ = true;
   std::string stored_schema_;
-  std::map<std::string, int64_t> txn_versions_;
-  std::string table_id_;  // metaData.id, kept across schema changes.  // app id -> txn version of its newest commit with one.
+  std::map<std::string, int64_t> txn_versions_;  // app id -> txn version of its newest commit with one.
+  std::string table_id_;  // metaData.id, kept across schema changes.
 };
 
 // The file name of commit `version` in `_delta_log/`: 20 digits and ".json".
 std::string DeltaCommitFileName(int64_t version);
+// The file name of the classic checkpoint of `version`: 20 digits and ".checkpoint.parquet".
+std::string DeltaCheckpointFileName(int64_t version);
 
 }  // namespace freshet

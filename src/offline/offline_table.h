@@ -53,7 +53,45 @@ struct OfflineTableOptions {
   // A stored schema that differs is widened to hold the new columns too (DeltaLog::EvolveSchema) instead
   // of refused: for tables whose old rows stay valid history under a new spec (the feature log).
   bool evolve_schema = false;
+  // Removed files stay on disk this long (for time travel) before `freshet vacuum` may delete them.
+  int64_t retention_ms = int64_t{7} * 86'400'000;
+  // After every this many published commits the table's small files are compacted (CompactTable); 0: never.
+  int compact_every = 0;
 };
+
+// What compaction rewrites: per partition, runs of files smaller than `small_file_bytes`, each run of two or
+// more files (up to `target_file_bytes` of input) into one file, in seq order.
+struct CompactionOptions {
+  std::string staging_dir;  // Where the new files are written before they move into the table.
+  std::string app_id;       // Tags the new files (as Publish tags its own).
+  int64_t small_file_bytes = int64_t{32} << 20;
+  int64_t target_file_bytes = int64_t{128} << 20;
+  int64_t retention_ms = int64_t{7} * 86'400'000;
+};
+
+struct CompactionResult {
+  size_t files_removed = 0;
+  size_t files_added = 0;
+  uint64_t rows = 0;
+  int64_t version = -1;  // The commit, -1 when there was nothing to compact.
+};
+
+// Rewrites small files of the table at `table_dir` into larger ones and commits a `dataChange: false`
+// rewrite (OPTIMIZE: remove + add). The removed files stay until VacuumTable. Refuses (kInvalidArgument)
+// while another process has the table open for writing (a running `freshet run`).
+Result<CompactionResult> CompactTable(const std::string& table_dir, const CompactionOptions& options);
+
+struct VacuumResult {
+  std::vector<std::string> deleted;  // Relative paths (would be deleted, with dry_run).
+  uint64_t deleted_bytes = 0;
+  size_t kept = 0;  // Files out of the table but still within the retention.
+};
+
+// Deletes the Parquet files in the table's folder that its newest version does not reference and that were
+// removed (or, never referenced, written) more than `retention_ms` ago. With `dry_run` only lists them.
+// Refuses (kInvalidArgument) while another process has the table open for writing.
+Result<VacuumResult> VacuumTable(const std::string& table_dir, int64_t retention_ms, bool dry_run);
+
 
 // The files of one Stage and the Delta commit that publishes them; serializable into a checkpoint. The
 // commit's version is chosen when it is published (the next free one); `txn_version` (the checkpoint
@@ -74,8 +112,11 @@ struct StagedCommit {
 
 class OfflineTable {
  public:
-  // Opens (creating when absent) the table. A table whose stored schema differs from `columns` is an
-  // error unless `overwrite` is set, in which case the first Stage replaces the table's content and schema.
+  // Opens (creating when absent) the table for writing, holding an exclusive lock on its folder until
+  // destroyed (a second writer, in any process, is refused). A table whose stored schema differs from
+  // `columns` is an error unless `overwrite` is set, in which case the first Stage replaces the table's
+  // content and schema. So is, unless `overwrite`, a table another writer appended files to. A new table gets
+  // a zero-row file, so that readers of plain Parquet see its columns before any row.
   static Result<std::unique_ptr<OfflineTable>> Open(OfflineTableOptions options, bool overwrite = false);
   ~OfflineTable();
 
@@ -111,15 +152,16 @@ class OfflineTable {
   // interrupted: when the table's newest txn version for this writer is at or past the commit's, the
   // commit is in already and nothing is done.
   Status Publish(const StagedCommit& commit);
-  // Deletes staged files (left by a crash before their checkpoint), and files in the table folder that the
-  // table does not reference (removed by an overwrite or roll-back, or moved in by a publish a crash cut
-  // short), so that plain Parquet readers globbing the folder see the table. Call after publishing the
-  // restored checkpoint's commit. Delta time travel to versions whose files are gone is lost.
+  // Deletes staged files (left by a crash before their checkpoint), and files in the table folder that no
+  // version of the table references (moved in by a publish a crash cut short). Files removed by a commit stay
+  // for time travel until `freshet vacuum`. Call after publishing the restored checkpoint's commit.
   Status DropStaging();
   // Removes from the table, in one commit, every file whose commit's txn version is above `txn_version`
   // (every file with a txn version when nullopt): what a checkpoint older than the newest commit does not
   // cover, because its events will be read again. Returns how many files were removed.
   Result<size_t> RollBackAfter(std::optional<int64_t> txn_version);
+  // CompactTable on this open table (it holds the table's lock).
+  Result<CompactionResult> Compact();
 
   const DeltaLog& log() const;
   const OfflineTableOptions& options() const;

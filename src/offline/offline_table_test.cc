@@ -81,7 +81,7 @@ TEST_F(OfflineTableTest, StagedRowsAppearOnlyOncePublishedAndPartitionByUtcDate)
   ASSERT_TRUE(decoded.ok());
   ASSERT_TRUE((*table)->Publish(*decoded).ok());
   ASSERT_TRUE((*table)->Publish(*decoded).ok());  // Again, as recovery would: no second commit.
-  EXPECT_EQ((*table)->log().latest_version(), 1);
+  EXPECT_EQ((*table)->log().latest_version(), 2);  // 0 creates the table, 1 adds its zero-row file.
   auto rows = ReadAll();
   ASSERT_EQ(rows.size(), 3u);
   EXPECT_EQ(rows[0], std::make_tuple(int64_t{1}, kT0, std::string("u1"), 2.5));
@@ -131,11 +131,12 @@ TEST_F(OfflineTableTest, OtherColumnsAreRefusedUnlessOverwriting) {
   ASSERT_TRUE(table.ok()) << table.status().message();
   auto staged = (*table)->Stage(2);  // No rows: still a commit, emptying the table under the new schema.
   ASSERT_TRUE(staged.ok() && staged->has_value());
-  EXPECT_EQ((*staged)->removes.size(), 1u);
+  EXPECT_EQ((*staged)->removes.size(), 2u);  // The zero-row file of the new table and the one with a row.
   ASSERT_TRUE((*table)->Publish(**staged).ok());
   Result<std::vector<std::string>> files = DeltaTableFiles(changed.table_dir);
   ASSERT_TRUE(files.ok());
   EXPECT_TRUE(files->empty());
+  table->reset();  // Its writer lock goes with it.
   EXPECT_TRUE(OfflineTable::Open(changed).ok());
 }
 
@@ -151,6 +152,36 @@ TEST_F(OfflineTableTest, ScannerNamesAMissingColumn) {
   ASSERT_FALSE(scanner.ok());
   EXPECT_NE(scanner.status().message().find("no column 'nope'"), std::string::npos);
   EXPECT_FALSE(DeltaTableFiles((dir_ / "missing").string()).ok());
+}
+
+// Freshet's replay starts from the newest Parquet checkpoint: with the JSON commits it summarizes deleted, the
+// table reads the same, and a writer opening it again knows its txn version.
+TEST_F(OfflineTableTest, ReplayStartsFromTheNewestCheckpoint) {
+  {
+    auto table = OfflineTable::Open(Options());
+    ASSERT_TRUE(table.ok()) << table.status().message();
+    for (int64_t k = 0; k < 25; ++k) {
+      AddRow(**table, k, kT0 + k, "u" + std::to_string(k % 3), static_cast<double>(k));
+      auto staged = (*table)->Stage(k + 1);
+      ASSERT_TRUE(staged.ok() && staged->has_value());
+      ASSERT_TRUE((*table)->Publish(**staged).ok());
+    }
+    EXPECT_EQ((*table)->log().latest_version(), 26);
+  }
+  const std::filesystem::path log = dir_ / "events" / "_delta_log";
+  ASSERT_TRUE(std::filesystem::exists(log / "00000000000000000010.checkpoint.parquet"));
+  ASSERT_TRUE(std::filesystem::exists(log / "00000000000000000020.checkpoint.parquet"));
+  for (int64_t v = 0; v <= 20; ++v) std::filesystem::remove(log / DeltaCommitFileName(v));
+  auto rows = ReadAll();
+  ASSERT_EQ(rows.size(), 25u);
+  for (int64_t k = 0; k < 25; ++k) EXPECT_EQ(std::get<0>(rows[k]), k);
+  auto table = OfflineTable::Open(Options());
+  ASSERT_TRUE(table.ok()) << table.status().message();
+  EXPECT_EQ((*table)->log().TxnVersion("freshet").value_or(-1), 25);
+  // A second writer is refused while this one holds the table.
+  auto second = OfflineTable::Open(Options());
+  ASSERT_FALSE(second.ok());
+  EXPECT_NE(second.status().message().find("open for writing by another Freshet process"), std::string::npos);
 }
 
 // Listing a table's files only reads: a log folder without commits lists nothing and stays without any.

@@ -17,6 +17,8 @@ OfflinePaths OfflinePathsFor(const Spec& spec, const std::string& data_dir) {
   p.events = p.root + "/events";
   p.features = p.root + "/features";
   p.feature_log = p.root + "/feature_log";
+  p.retention_ms = spec.offline.retention_ms;
+  p.compact_every = spec.offline.compact_every;
   return p;
 }
 
@@ -111,6 +113,8 @@ OfflineTableOptions TableOptions(const OfflinePaths& paths, const std::string& n
   o.partition_column = name == "feature_log" ? "served_date" : "event_date";
   o.app_id = "freshet-" + name;
   o.evolve_schema = name == "feature_log";
+  o.retention_ms = paths.retention_ms;
+  o.compact_every = paths.compact_every;
   return o;
 }
 

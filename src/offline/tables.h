@@ -33,6 +33,8 @@ struct OfflinePaths {
   std::string features;
   std::string feature_log;
   std::string staging_override;  // When set, the staging folder of every table (an output outside root).
+  int64_t retention_ms = int64_t{7} * 86'400'000;  // offline.retention.
+  int compact_every = 0;                            // offline.compact_every.
   std::string Staging(const std::string& table) const {
     return staging_override.empty() ? root + "/_staging/" + table : staging_override;
   }

@@ -932,6 +932,8 @@ void SpecParser::ParseOffline(const Entry& entry, Spec* spec) {
     if (resolved.is_relative()) resolved = (std::filesystem::path(file_).parent_path() / resolved).lexically_normal();
     spec->offline.path = resolved.string();
   }
+  if (auto retention = ReadDuration(*map, "retention")) spec->offline.retention_ms = *retention;
+  if (auto every = ReadInt(*map, "compact_every")) spec->offline.compact_every = *every;
 }
 
 void SpecParser::ParseFeatureLog(const Entry& entry, Spec* spec) {

@@ -121,6 +121,8 @@ struct OfflineSpec {
   bool enabled = true;
   std::string path;      // Resolved against the spec's folder; empty: "offline" in the data directory.
   bool features = true;  // Write the features table; only with a watermark (the parser sets the default).
+  int64_t retention_ms = int64_t{7} * 86'400'000;  // Removed files kept for time travel until vacuum.
+  int compact_every = 0;                            // Commits between automatic compactions; 0: never.
 };
 
 struct FeatureLogSpec {

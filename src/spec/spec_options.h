@@ -289,6 +289,14 @@ inline constexpr SpecOption kSpecOptions[] = {
                "Write the features table: after each accepted event, its entity's features as of the event's time, "
                "exact over the events accepted up to it. Needs a watermark (without one, out-of-order events could "
                "not be answered exactly). Default: true with a watermark, false without one."),
+    SpecOption("offline", "retention", SpecValueType::kDuration,
+               "How long files removed from a table (by compaction, backfill or recovery) stay on disk, so that Delta "
+               "time travel to older versions works, before `freshet vacuum` may delete them.")
+        .Default("7d").ZeroAllowed(),
+    SpecOption("offline", "compact_every", SpecValueType::kInt,
+               "Compact each table's small files (as `freshet compact` does) after every this many of its commits, "
+               "inside `freshet run`; 0 never.")
+        .Range(0, 1000000).Default("0"),
 
     // feature_log
     SpecOption("feature_log", "enabled", SpecValueType::kBool, "Log the serving API's answers.").Default("true"),
