@@ -20,6 +20,7 @@ void RegisterRun(CLI::App& app, int* exit_code);
 void RegisterServe(CLI::App& app, int* exit_code);
 void RegisterSkew(CLI::App& app, int* exit_code);
 void RegisterBackfill(CLI::App& app, int* exit_code);
+void RegisterExplain(CLI::App& app, int* exit_code);
 
 // On failure prints "freshet COMMAND: MESSAGE" to stderr, sets *exit_code (2 for what the invocation can fix:
 // invalid arguments or missing inputs; 1 otherwise) and returns true; returns false when `status` is ok.

@@ -91,6 +91,7 @@ int main(int argc, char** argv) {
   freshet::cli::RegisterServe(app, &exit_code);
   freshet::cli::RegisterSkew(app, &exit_code);
   freshet::cli::RegisterBackfill(app, &exit_code);
+  freshet::cli::RegisterExplain(app, &exit_code);
   if (freshet::cli::ReportUnknownCommand(app, argc, argv)) return 2;
   try {
     app.parse(argc, argv);
