@@ -50,13 +50,14 @@ void RegisterExplain(CLI::App& app, int* exit_code) {
       if (spec->features[k].name == args->feature) feature = static_cast<int>(k);
     }
     if (feature < 0) {
-      std::string message = "--feature " + QuotedForMessage(args->feature) + " is not a feature of " + args->spec;
+      std::string all;
+      for (std::string_view n : names) all += (all.empty() ? "" : ", ") + std::string(n);
+      std::string message = "--feature " + QuotedForMessage(args->feature) + " is not a feature of " + args->spec +
+                            " (its features: " + all + ")";
       if (std::optional<std::string_view> close = ClosestMatch(args->feature, names)) {
         message += "; did you mean '" + std::string(*close) + "'?";
       }
-      std::string all;
-      for (std::string_view n : names) all += (all.empty() ? "" : ", ") + std::string(n);
-      ReportFailure("explain", Status::Invalid(message + " Features: " + all), exit_code);
+      ReportFailure("explain", Status::Invalid(message), exit_code);
       return;
     }
     Result<int64_t> at = ParseTimeText(args->at);
