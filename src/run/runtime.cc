@@ -1183,7 +1183,8 @@ std::string Runtime::Impl::ConsoleFeaturesJson() const {
           const Value& v = values[f];
           const bool empty = v.is_missing() || v.is_null() ||
                              (v.type == ValueType::kInt && v.i == 0 &&
-                              (spec_.features[f].agg == AggKind::kCount || spec_.features[f].agg == AggKind::kCountDistinct ||
+                              (spec_.features[f].agg == AggKind::kCount || spec_.features[f].agg == AggKind::kSum ||
+                               spec_.features[f].agg == AggKind::kCountDistinct ||
                                spec_.features[f].agg == AggKind::kApproxCountDistinct));
           if (!empty) ++with_value[f];
           if (v.is_number()) numbers[f].push_back(v.as_double());
