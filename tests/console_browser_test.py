@@ -66,7 +66,8 @@ def pipeline(tmp_path_factory):
                     "--late-share", "0.03", "--malformed-share", "0.02", "--event-ids", "--duplicate-share", "0.03",
                     "--output", str(d / "events.jsonl")], check=True, capture_output=True)
     (d / "spec.yaml").write_text(explain_test.SPEC.replace(
-        "checkpoint: {interval: 1s}", "checkpoint: {interval: 1s}\nfreshness_slo: {p99: 1s, window: 1m}"))
+        "checkpoint: {interval: 1s}",
+        "checkpoint: {interval: 1s}\nfreshness_slo: {p99: 1s, window: 1m}\nskew: {interval: 1s}"))
     spec = ref.load_spec(str(d / "spec.yaml"))
     data = (d / "events.jsonl").read_bytes()
     events, dead = ref.read_events(data, spec)
@@ -80,6 +81,13 @@ def pipeline(tmp_path_factory):
         written = get(base, "/v1/ui/pipeline")["checkpoint"]["written"]
         explain_test.wait_for(lambda: get(base, "/v1/ui/pipeline")["checkpoint"]["written"] >= written + 2, 30,
                               "a checkpoint begun after the last event (one may have been under way)")
+        # Lookups (logged by the feature log) for the in-process skew check to compare, once they are committed.
+        for entity in sorted({e.entity for e in events})[:10]:
+            at = max(e.time_ms for e in events if e.entity == entity)
+            get(base, f"/v1/features/{urllib.parse.quote(entity)}?at={at}")
+        explain_test.wait_for(lambda: any(f["skew"] and f["skew"][-1]["compared"] == 10
+                                          for f in get(base, "/v1/ui/features")["features"]), 30,
+                              "a skew check over the logged lookups")
         yield base, spec, events, dead, lines
     finally:
         proc.terminate()
@@ -162,6 +170,12 @@ def test_features_page(pipeline, browser):
         assert text(browser, row + ' td[data-col="skipped"]') == str(feature["skipped_fields"])
         shown = text(browser, row + ' td[data-col="share"]')
         assert shown.endswith(" %") and abs(float(shown[:-2]) - 100 * feature["share_with_value"]) <= 0.05001, shown
+    for feature in api["features"]:
+        latest = feature["skew"][-1]
+        row = f'#features-table tr[data-feature="{feature["name"]}"]'
+        assert latest["compared"] == 10, latest
+        assert text(browser, row + ' [data-skew="mismatch"]') == f'{100 * latest["mismatch_rate"]:.2f} %'
+        assert text(browser, row + ' [data-skew="psi"]') == ("–" if latest["psi"] is None else f'{latest["psi"]:.4f}')
     # Skipped fields: the feature over every event's amount skips the events without one.
     assert next(f for f in api["features"] if f["name"] == "avg_amount_1h")["skipped_fields"] > 0
     browser.save_screenshot(str(screenshot_dir() / "features.png"))

@@ -39,7 +39,7 @@ async function fetchJson(path) {
 
 // A line chart: series [{name, color, points: [[x, y], ...], dashed}], x in ms.
 function lineChart(container, series, options) {
-  const width = (options && options.width) || 460, height = 160, pad = 34;
+  const width = (options && options.width) || 460, height = (options && options.height) || 160, pad = 34;
   const xs = series.flatMap(s => s.points.map(p => p[0]));
   const ys = series.flatMap(s => s.points.map(p => p[1])).filter(y => y !== null && isFinite(y));
   const svgNs = "http://www.w3.org/2000/svg";
@@ -83,6 +83,7 @@ function lineChart(container, series, options) {
     }
     svg.append(path);
   }
+  if (options && options.noLegend) return;
   const legend = el("div", {class: "legend"});
   for (const s of series) legend.append(el("span", {style: `color:${s.color}`}, "— " + s.name));
   container.append(legend);
@@ -156,6 +157,23 @@ function histogramSvg(bins) {
   return svg;
 }
 
+// The latest skew check (mismatch rate, PSI) and the mismatch rate over the checks kept.
+function skewCell(checks, intervalMs) {
+  if (checks.length === 0) {
+    return el("td", {"data-col": "skew"}, intervalMs > 0 ? "no check yet" : "– (skew.interval not set)");
+  }
+  const last = checks[checks.length - 1];
+  const cell = el("td", {"data-col": "skew", class: last.breached ? "disagree" : ""},
+                  el("span", {"data-skew": "mismatch"}, (100 * last.mismatch_rate).toFixed(2) + " %"),
+                  " of " + last.compared + ", PSI ",
+                  el("span", {"data-skew": "psi"}, last.psi === null ? "–" : last.psi.toFixed(4)));
+  const chart = el("div", {class: "chart"});
+  cell.append(chart);
+  lineChart(chart, [{name: "mismatch rate", color: "#c33", points: checks.map(c => [c.t_ms, c.mismatch_rate])}],
+            {width: 200, height: 56, noLegend: true});
+  return cell;
+}
+
 async function showFeatures() {
   const f = await fetchJson("/v1/ui/features");
   $("#features-summary").textContent =
@@ -168,6 +186,7 @@ async function showFeatures() {
       el("td", {}, x.window),
       el("td", {"data-col": "share"}, (100 * x.share_with_value).toFixed(1) + " %"),
       el("td", {"data-col": "skipped"}, x.skipped_fields),
+      skewCell(x.skew, f.skew_interval_ms),
       el("td", {}, histogramSvg(x.histogram))));
   }
 }

@@ -1194,10 +1194,13 @@ std::string Runtime::Impl::ConsoleFeaturesJson() const {
       }
     }
   }
+  const std::vector<SkewMonitor::Check> skew_history =
+      skew_monitor_ != nullptr ? skew_monitor_->History() : std::vector<SkewMonitor::Check>();
   std::string body;
   JsonWriter json(&body);
   json.BeginObject();
   json.Key("as_of_ms").Int(now);
+  json.Key("skew_interval_ms").Int(spec_.skew.interval_ms);
   json.Key("entities").Uint(total).Key("sampled").Uint(sampled);
   json.Key("features").BeginArray();
   for (size_t f = 0; f < features; ++f) {
@@ -1214,6 +1217,17 @@ std::string Runtime::Impl::ConsoleFeaturesJson() const {
     json.Key("skipped_fields").Uint(skipped_fields_[f]->value());
     json.Key("with_value").Uint(with_value[f]);
     json.Key("share_with_value").Double(sampled == 0 ? 0.0 : static_cast<double>(with_value[f]) / static_cast<double>(sampled));
+    // The skew checks of `skew.interval` (run/skew_monitor.h): the latest, and the mismatch rate over time.
+    json.Key("skew").BeginArray();
+    for (const SkewMonitor::Check& check : skew_history) {
+      if (f >= check.features.size()) continue;
+      const FeatureSkew& skew = check.features[f];
+      json.BeginObject().Key("t_ms").Int(check.wall_ms).Key("compared").Uint(skew.compared);
+      json.Key("mismatch_rate").Double(skew.mismatch_rate());
+      OptionalDouble(json, "psi", skew.psi);
+      json.Key("breached").Bool(skew.breached).EndObject();
+    }
+    json.EndArray();
     json.Key("histogram").BeginArray();
     if (!numbers[f].empty()) {
       const auto [lo, hi] = std::minmax_element(numbers[f].begin(), numbers[f].end());
