@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -225,3 +226,39 @@ def test_dead_letters_page(pipeline, browser):
     assert rows[0].find_elements(By.TAG_NAME, "td")[1].text == api["latest"][-1]["reason"]
     assert sum(api["recent_by_reason"].values()) == len(dead)
     browser.save_screenshot(str(screenshot_dir() / "dead-letters.png"))
+
+
+def test_degraded_health_is_shown_with_its_reasons(browser, tmp_path):
+    """/health's reasons are the pipeline page's banner: here an online store (Redis) that cannot be reached."""
+    with socket.socket() as s:  # A loopback port nobody listens on.
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    subprocess.run([FRESHET_BIN, "generate", "--users", "5", "--events", "100", "--output", str(tmp_path / "events.jsonl")],
+                   check=True, capture_output=True)
+    (tmp_path / "spec.yaml").write_text(f"""\
+name: unreachable_redis
+entity: user_id
+timestamp: ts
+source: {{type: file, path: events.jsonl}}
+online: {{type: redis, host: 127.0.0.1, port: {closed_port}}}
+features:
+  - {{name: n, aggregation: count, window: {{type: lifetime}}}}
+""")
+    proc, port = start_run([FRESHET_BIN, "run", "--spec", str(tmp_path / "spec.yaml"), "--data-dir", str(tmp_path / "data"),
+                            "--port", "0"], tmp_path / "run.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        explain_test.wait_for(lambda: get(base, "/v1/ui/pipeline")["totals"]["accepted"] == 100, 30, "the events")
+        browser.get(base + "/ui#pipeline")
+        wait_until(browser, lambda d: d.find_element(By.ID, "health").get_attribute("data-status") == "degraded",
+                   "the degraded banner")
+        health = get(base, "/health")
+        assert health["status"] == "degraded" and f"redis://127.0.0.1:{closed_port} unreachable" in health["reasons"][0]
+        shown = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#health li")]
+        assert shown == health["reasons"]
+        assert text(browser, '[data-figure="online.type"]') == "redis"
+        assert text(browser, '[data-figure="online.connected"]') == "no"
+        browser.save_screenshot(str(screenshot_dir() / "pipeline-degraded.png"))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -1085,7 +1085,12 @@ std::string Runtime::Impl::ConsolePipelineJson() const {
   json.Key("rejected").Uint(rejected_total_->value()).Key("late").Uint(late_->value());
   json.Key("duplicates").Uint(duplicate_->value());
   json.EndObject();
-  json.Key("watermark_ms").Double(watermark_->value());
+  json.Key("watermark_ms");
+  if (spec_.watermark && lanes_.low_watermark_ms() != std::numeric_limits<int64_t>::min()) {
+    json.Double(watermark_->value());
+  } else {
+    json.Null();  // No watermark (or no event yet): nothing is settled.
+  }
   json.Key("watermark_lag_seconds").Double(watermark_lag_->value());
   json.Key("freshness").BeginObject();
   OptionalDouble(json, "p50_seconds", slo_window_->Quantile(0.5, now / 1000));
