@@ -427,6 +427,8 @@ struct Runtime::Impl final : public FeatureService {
   mutable std::mutex console_mutex_;
   std::deque<ConsoleSample> console_history_;  // The last kConsoleHistorySeconds samples, oldest first.
   std::optional<OfflinePaths> console_offline_paths_;  // Where explanations read events; none without offline.
+  // The last checkpoint's duration, for the console (the metric may be a histogram).
+  std::atomic<double> console_checkpoint_seconds_{0};
   static constexpr int kMaxExplainsAtOnce = 2;
   mutable std::atomic<int> explains_running_{0};
 
@@ -749,6 +751,7 @@ Status Runtime::Impl::Checkpoint(bool wait) {
   auto write = [this, checkpoint, rows, start]() {
     Status status = WriteCheckpoint(*checkpoint, std::move(*rows));
     if (status.ok()) {
+      console_checkpoint_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       checkpoints_total_->Increment();
       checkpoint_seconds_->Set(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
       checkpoint_bytes_->Set(static_cast<double>(checkpoints_->last_size_bytes()));
@@ -1085,9 +1088,14 @@ std::string Runtime::Impl::ConsolePipelineJson() const {
   json.Key("rejected").Uint(rejected_total_->value()).Key("late").Uint(late_->value());
   json.Key("duplicates").Uint(duplicate_->value());
   json.EndObject();
+  int64_t low_watermark_ms = std::numeric_limits<int64_t>::min();
+  {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    low_watermark_ms = lanes_.low_watermark_ms();
+  }
   json.Key("watermark_ms");
-  if (spec_.watermark && lanes_.low_watermark_ms() != std::numeric_limits<int64_t>::min()) {
-    json.Double(watermark_->value());
+  if (spec_.watermark && low_watermark_ms != std::numeric_limits<int64_t>::min()) {
+    json.Int(low_watermark_ms);
   } else {
     json.Null();  // No watermark (or no event yet): nothing is settled.
   }
@@ -1101,7 +1109,7 @@ std::string Runtime::Impl::ConsolePipelineJson() const {
   json.EndObject();
   json.Key("checkpoint").BeginObject();
   json.Key("age_seconds").Double(static_cast<double>(now - last_checkpoint_ms_) / 1000.0);
-  json.Key("duration_seconds").Double(checkpoint_seconds_->value());
+  json.Key("duration_seconds").Double(console_checkpoint_seconds_.load());
   json.Key("size_bytes").Double(checkpoint_bytes_->value());
   json.Key("written").Uint(checkpoints_total_->value());
   json.Key("failures").Uint(checkpoint_failures_->value());
