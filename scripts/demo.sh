@@ -30,6 +30,7 @@ trap 'kill $run_pid 2>/dev/null || true; kill ${feed_pid:-0} 2>/dev/null || true
 for _ in $(seq 1 100); do grep -q "serving" "$work/run.log" 2>/dev/null && break; sleep 0.1; done
 url=$(grep -o 'http://[0-9.]*:[0-9]*' "$work/run.log" | head -n 1)
 echo "serving on $url"
+echo "   the web console: open $url/ui in a browser (pipeline, features, an entity's values explained, dead letters)"
 
 echo
 echo "== 3. push the events over HTTP as they become due, and watch three users' features change"
@@ -61,6 +62,11 @@ echo "   curl -s '$url/v1/features/$first?features=purchase_count_30m,max_purcha
 curl -s "$url/v1/features/$first?features=purchase_count_30m,max_purchase_24h"; echo
 echo "   curl -s -X POST $url/v1/features -d '{\"entities\": [\"$first\", \"nobody\"]}'"
 curl -s -X POST "$url/v1/features" -d "{\"entities\": [\"$first\", \"nobody\"]}"; echo
+echo "   curl -s '$url/v1/explain/$first?feature=purchase_count_30m'   # the events behind a value (also at $url/ui#entity)"
+curl -s "$url/v1/explain/$first?feature=purchase_count_30m" | "$here/.venv/bin/python" -c '
+import json, sys
+x = json.load(sys.stdin)
+print("   %s = %s: %s (%d counted, %d excluded)" % (x.get("feature"), x.get("value"), x.get("arithmetic"), x.get("counted", 0), x.get("excluded", 0)) if "error" not in x else "   " + x["error"])' || true
 echo "   curl -s $url/health; curl -s $url/metrics | grep -E '^freshet_(freshness_p99|events_(accepted|rejected|late))'"
 curl -s "$url/health"; echo
 curl -s "$url/metrics" | grep -E '^freshet_(freshness_p99|events_(accepted|rejected|late))' || true

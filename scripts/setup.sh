@@ -12,7 +12,10 @@ apt_packages=(
   libcpp-httplib-dev libhiredis-dev redis-server curl wrk
   librdkafka-dev kcat maven
   python3-venv
+  chromium chromium-driver
 )
+# chromium and chromium-driver: the web console's browser test (tests/console_browser_test.py, headless, through
+# Selenium) and scripts/ui_screenshots.sh.
 # The Kafka broker (scripts/kafka.sh) needs a Java runtime, 17 or newer: Debian's unless one is on the PATH.
 java -version 2>&1 | grep -qE 'version "(1[7-9]|[2-9][0-9])' || apt_packages+=(default-jre-headless)
 

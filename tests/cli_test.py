@@ -11,7 +11,7 @@ import pytest
 FRESHET = os.environ.get("FRESHET_BIN")
 pytestmark = pytest.mark.skipif(not FRESHET, reason="set FRESHET_BIN to the freshet binary")
 
-COMMANDS = ["validate", "historical", "generate", "run", "serve", "skew", "backfill"]
+COMMANDS = ["validate", "historical", "generate", "run", "serve", "skew", "backfill", "explain"]
 
 
 def freshet(*args):

@@ -22,6 +22,7 @@ void RegisterSkew(CLI::App& app, int* exit_code);
 void RegisterBackfill(CLI::App& app, int* exit_code);
 void RegisterCompact(CLI::App& app, int* exit_code);
 void RegisterVacuum(CLI::App& app, int* exit_code);
+void RegisterExplain(CLI::App& app, int* exit_code);
 
 // On failure prints "freshet COMMAND: MESSAGE" to stderr, sets *exit_code (2 for what the invocation can fix:
 // invalid arguments or missing inputs; 1 otherwise) and returns true; returns false when `status` is ok.

@@ -93,6 +93,7 @@ int main(int argc, char** argv) {
   freshet::cli::RegisterBackfill(app, &exit_code);
   freshet::cli::RegisterCompact(app, &exit_code);
   freshet::cli::RegisterVacuum(app, &exit_code);
+  freshet::cli::RegisterExplain(app, &exit_code);
   if (freshet::cli::ReportUnknownCommand(app, argc, argv)) return 2;
   try {
     app.parse(argc, argv);

@@ -60,8 +60,9 @@ class ReorderBuffer {
 class PointInTimeJoin {
  public:
   PointInTimeJoin(const Spec& spec, const std::vector<EntityTime>& rows, const RowAnswerFn& answer,
-                  DeadLetterWriter* dead_letters, HistoricalStats* stats)
-      : engine_(spec, FeatureEngine::Options{.keep_recent = false}), parser_(spec.fields), rows_(rows), answer_(answer), dead_letters_(dead_letters), stats_(stats) {
+                  DeadLetterWriter* dead_letters, HistoricalStats* stats, const EventObserverFn* observer)
+      : engine_(spec, FeatureEngine::Options{.keep_recent = false}), parser_(spec.fields), rows_(rows), answer_(answer), dead_letters_(dead_letters), stats_(stats),
+        observer_(observer != nullptr && *observer ? observer : nullptr) {
     if (spec.dedup) dedup_.emplace(spec);
     if (spec.watermark) delay_ms_ = spec.watermark->max_out_of_orderness_ms + spec.watermark->allowed_lateness_ms;
     order_.resize(rows.size());
@@ -101,11 +102,13 @@ class PointInTimeJoin {
         !dedup_->Admit(event_.entity, event_.slots[engine_.spec().dedup->field_slot], event_.time_ms)) {
       ++stats_->duplicates;
       dead_letters_->Write(number, "duplicate", text);
+      if (observer_ != nullptr) (*observer_)(event_, text, number, EventFate::kDuplicate);
       return;
     }
     if (late || (partition_max == nullptr && !engine_.Admit(event_.time_ms))) {
       ++stats_->late;
       dead_letters_->Write(number, "late", text);
+      if (observer_ != nullptr) (*observer_)(event_, text, number, EventFate::kLate);
       return;
     }
     if (partition_max != nullptr) {
@@ -114,6 +117,7 @@ class PointInTimeJoin {
     }
     if (!stats_->has_events || event_.time_ms > stats_->max_event_time_ms) stats_->max_event_time_ms = event_.time_ms;
     stats_->has_events = true;
+    if (observer_ != nullptr) (*observer_)(event_, text, number, EventFate::kAccepted);
     PendingEvent* pending = buffer_.Acquire();
     engine_.Extract(event_, seq_++, pending);
     buffer_.Push(pending);
@@ -171,6 +175,7 @@ class PointInTimeJoin {
   const RowAnswerFn& answer_;
   DeadLetterWriter* dead_letters_;
   HistoricalStats* stats_;
+  const EventObserverFn* observer_;  // Null when nobody observes.
   std::vector<uint32_t> order_;  // Row indices by time (stable).
   size_t next_row_ = 0;
   ParsedEvent event_;
@@ -219,7 +224,7 @@ Status ComputePointInTime(const Spec& spec, const EventInput& input, const std::
   *stats = HistoricalStats();
   DeadLetterWriter dead_letters;
   FRESHET_RETURN_IF_ERROR(dead_letters.Open(options.dead_letters_path, input.path));
-  PointInTimeJoin join(spec, rows, answer, &dead_letters, stats);
+  PointInTimeJoin join(spec, rows, answer, &dead_letters, stats, &options.observer);
   ProgressLine progress("historical", options.progress);
   Status fed = input.kind == EventInput::Kind::kJsonLines ? FeedJsonLines(input.path, join, progress, *stats)
                                                           : FeedEventsTable(input.path, join, progress, *stats);

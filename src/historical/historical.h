@@ -30,6 +30,7 @@
 #include "common/value.h"
 #include "common/time.h"
 #include "engine/feature_engine.h"
+#include "event/event_parser.h"
 #include "offline/tables.h"
 #include "spec/spec.h"
 
@@ -72,9 +73,20 @@ struct HistoricalStats {
   double seconds = 0;
 };
 
+// What the lateness and deduplication rules made of one parsed event.
+enum class EventFate { kAccepted, kLate, kDuplicate };
+
+// Sees every parsed event (lines the parser rejects are not shown), in input order, with its fate: how
+// explanations (historical/explain.h) learn which events counted, by the very rules that computed the values.
+// `raw` is the line (or the events table's stored line); `number` its line number, or its seq in the events
+// table. The event's strings are valid only during the call.
+using EventObserverFn =
+    std::function<void(const ParsedEvent& event, std::string_view raw, uint64_t number, EventFate fate)>;
+
 struct PointInTimeOptions {
   std::string dead_letters_path;  // Empty: dead letters are counted, not written.
   bool progress = false;          // Progress line on stderr.
+  EventObserverFn observer;       // Empty: nothing is told.
 };
 
 // Called once per row, in time order (not row order), with every feature's value as of the row's time in

@@ -35,6 +35,8 @@
 #include "state/checkpoint.h"
 #include "store/redis_store.h"
 #include "run/redis_serving.h"
+#include "historical/explain.h"
+#include "serve/json.h"
 
 namespace freshet {
 namespace {
@@ -62,7 +64,10 @@ class SloWindow {
   }
 
   // The p99 over the window (the upper bound of the bucket holding it), or nullopt without events.
-  std::optional<double> P99(int64_t now_s) const {
+  std::optional<double> P99(int64_t now_s) const { return Quantile(0.99, now_s); }
+
+  // The q-quantile over the window (0 < q <= 1), as P99.
+  std::optional<double> Quantile(double q, int64_t now_s) const {
     std::lock_guard<std::mutex> lock(mutex_);
     std::vector<uint64_t> merged(std::size(kFreshnessBuckets) + 1, 0);
     uint64_t total = 0;
@@ -74,7 +79,7 @@ class SloWindow {
       }
     }
     if (total == 0) return std::nullopt;
-    const uint64_t rank = static_cast<uint64_t>(std::ceil(0.99 * static_cast<double>(total)));
+    const uint64_t rank = static_cast<uint64_t>(std::ceil(q * static_cast<double>(total)));
     uint64_t seen = 0;
     for (size_t b = 0; b < merged.size(); ++b) {
       seen += merged[b];
@@ -365,6 +370,29 @@ struct Runtime::Impl final : public FeatureService {
   // RegisterRedisMetrics).
   void AppendMetrics(std::string*) const override {}
 
+  // ---- The web console: GET /v1/ui/{view} and /v1/explain/{entity} (serve/feature_service.h) ----
+  Result<std::string> ConsoleJson(std::string_view view) const override;
+  Result<std::string> ExplainJson(std::string_view entity, int feature, int64_t at_ms) const override;
+  // Called by Run every turn: once a second, the pipeline's totals go into console_history_.
+  void SampleConsole();
+  std::string ConsolePipelineJson() const;
+  std::string ConsoleFeaturesJson() const;
+  std::string ConsoleDeadLettersJson() const;
+  struct ConsoleSample {
+    int64_t wall_ms = 0;
+    uint64_t in = 0, accepted = 0, rejected = 0, late = 0, duplicates = 0;  // Totals so far.
+    double watermark_lag_seconds = 0;
+    std::optional<double> freshness_p50_seconds, freshness_p99_seconds;  // Over the SLO window (default 1m).
+  };
+  static constexpr size_t kConsoleHistorySeconds = 300;
+  mutable std::mutex console_mutex_;
+  std::deque<ConsoleSample> console_history_;  // The last kConsoleHistorySeconds samples, oldest first.
+  std::optional<OfflinePaths> console_offline_paths_;  // Where explanations read events; none without offline.
+  // The last checkpoint's duration, for the console (the metric may be a histogram).
+  std::atomic<double> console_checkpoint_seconds_{0};
+  static constexpr int kMaxExplainsAtOnce = 2;
+  mutable std::atomic<int> explains_running_{0};
+
   // ---- Set-up ----
   Status Open();
   Status Restore();
@@ -594,6 +622,7 @@ Status Runtime::Impl::Open() {
                            "`freshet historical`. Add a watermark to write features rows.\n");
     }
     offline_paths = OfflinePathsFor(spec_, dir);
+    console_offline_paths_ = offline_paths;
     FRESHET_ASSIGN_OR_RETURN(offline_, OfflineSink::Open(spec_, *offline_paths,
                                                          OfflineSinkOptions{.events = true, .features = spec_.offline.features}));
     lanes_.SetOfflineSink(offline_.get());
@@ -711,6 +740,7 @@ Status Runtime::Impl::Checkpoint(bool wait) {
   auto write = [this, checkpoint, rows, start]() {
     Status status = WriteCheckpoint(*checkpoint, std::move(*rows));
     if (status.ok()) {
+      console_checkpoint_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       checkpoints_total_->Increment();
       checkpoint_seconds_->Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
       checkpoint_bytes_->Set(static_cast<double>(checkpoints_->last_size_bytes()));
@@ -1008,6 +1038,381 @@ void Runtime::Impl::CheckSlo() {
   slo_breach_logged_ = breached;
 }
 
+// ---- The web console ----
+// Figures come from the runtime's own counters and gauges (not from /metrics text, whose names may change).
+
+namespace {
+
+std::string ValueJsonText(const Value& value) {
+  std::string out;
+  JsonWriter json(&out);
+  json.FeatureValue(value);
+  return out;
+}
+
+void OptionalDouble(JsonWriter& json, std::string_view key, std::optional<double> value) {
+  json.Key(key);
+  if (value && std::isfinite(*value)) json.Double(*value);
+  else json.Null();
+}
+
+// The upper bound of the bucket holding the q-quantile of a latency histogram, in seconds; nullopt when empty.
+std::optional<double> HistogramQuantile(const LatencyHistogram& h, double q) {
+  if (h.count == 0) return std::nullopt;
+  const uint64_t rank = static_cast<uint64_t>(std::ceil(q * static_cast<double>(h.count)));
+  for (size_t b = 0; b < h.cumulative_counts.size(); ++b) {
+    if (h.cumulative_counts[b] >= rank) return h.upper_bounds_seconds[b];
+  }
+  return std::nullopt;
+}
+
+std::string WindowShortText(const WindowSpec& w) {
+  switch (w.kind) {
+    case WindowKind::kLifetime: return "lifetime";
+    case WindowKind::kSliding:
+      return "sliding " + FormatDuration(w.size_ms) + (w.slide_ms != 0 ? " every " + FormatDuration(w.slide_ms) : "");
+    case WindowKind::kTumbling: return "tumbling " + FormatDuration(w.size_ms);
+    case WindowKind::kSession: return "session, gap " + FormatDuration(w.gap_ms);
+  }
+  return "";
+}
+
+}  // namespace
+
+void Runtime::Impl::SampleConsole() {
+  const int64_t now = WallClockMs();
+  std::lock_guard<std::mutex> lock(console_mutex_);
+  if (!console_history_.empty() && now / 1000 == console_history_.back().wall_ms / 1000) return;
+  ConsoleSample sample;
+  sample.wall_ms = now;
+  sample.in = lines_in_->value();
+  sample.accepted = accepted_->value();
+  sample.rejected = rejected_total_->value();
+  sample.late = late_->value();
+  sample.duplicates = duplicate_->value();
+  sample.watermark_lag_seconds = watermark_lag_->value();
+  sample.freshness_p50_seconds = slo_window_->Quantile(0.5, now / 1000);
+  sample.freshness_p99_seconds = slo_window_->Quantile(0.99, now / 1000);
+  console_history_.push_back(sample);
+  while (console_history_.size() > kConsoleHistorySeconds) console_history_.pop_front();
+}
+
+Result<std::string> Runtime::Impl::ConsoleJson(std::string_view view) const {
+  if (view == "pipeline") return ConsolePipelineJson();
+  if (view == "features") return ConsoleFeaturesJson();
+  if (view == "dead-letters") return ConsoleDeadLettersJson();
+  return Status::NotFound("no console view '" + std::string(view) + "'");
+}
+
+std::string Runtime::Impl::ConsolePipelineJson() const {
+  const int64_t now = WallClockMs();
+  std::string body;
+  JsonWriter json(&body);
+  json.BeginObject();
+  json.Key("spec").String(spec_.name);
+  json.Key("source").String(spec_.source ? spec_.source->type : "none");
+  json.Key("now_ms").Int(now);
+  const HealthReport health = Health();
+  json.Key("health").BeginObject().Key("ok").Bool(health.ok).Key("reasons").BeginArray();
+  for (const std::string& reason : health.reasons) json.String(reason);
+  json.EndArray().EndObject();
+  json.Key("totals").BeginObject();
+  json.Key("in").Uint(lines_in_->value()).Key("accepted").Uint(accepted_->value());
+  json.Key("rejected").Uint(rejected_total_->value()).Key("late").Uint(late_->value());
+  json.Key("duplicates").Uint(duplicate_->value());
+  json.EndObject();
+  int64_t low_watermark_ms = std::numeric_limits<int64_t>::min();
+  {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    low_watermark_ms = lanes_.low_watermark_ms();
+  }
+  json.Key("watermark_ms");
+  if (spec_.watermark && low_watermark_ms != std::numeric_limits<int64_t>::min()) {
+    json.Int(low_watermark_ms);
+  } else {
+    json.Null();  // No watermark (or no event yet): nothing is settled.
+  }
+  json.Key("watermark_lag_seconds").Double(watermark_lag_->value());
+  json.Key("freshness").BeginObject();
+  OptionalDouble(json, "p50_seconds", slo_window_->Quantile(0.5, now / 1000));
+  OptionalDouble(json, "p99_seconds", slo_window_->Quantile(0.99, now / 1000));
+  OptionalDouble(json, "slo_p99_seconds",
+                 spec_.freshness_slo ? std::optional<double>(spec_.freshness_slo->p99_ms / 1000.0) : std::nullopt);
+  json.Key("window").String(FormatDuration(spec_.freshness_slo ? spec_.freshness_slo->window_ms : 60000));
+  json.EndObject();
+  json.Key("checkpoint").BeginObject();
+  json.Key("age_seconds").Double(static_cast<double>(now - last_checkpoint_ms_) / 1000.0);
+  json.Key("duration_seconds").Double(console_checkpoint_seconds_.load());
+  json.Key("size_bytes").Double(checkpoint_bytes_->value());
+  json.Key("written").Uint(checkpoints_total_->value());
+  json.Key("failures").Uint(checkpoint_failures_->value());
+  json.Key("interval_seconds").Double(spec_.checkpoint.interval_ms / 1000.0);
+  json.EndObject();
+  json.Key("state").BeginObject();
+  json.Key("entities").Double(entities_->value()).Key("bytes").Double(state_bytes_->value());
+  json.Key("recent_events").Double(recent_events_->value()).Key("dedup_ids").Double(dedup_ids_->value());
+  json.EndObject();
+  json.Key("online").BeginObject().Key("type").String(spec_.online.type);
+  if (redis_ != nullptr) {
+    const RedisWriterHealth h = redis_->Health();
+    const RedisWriterMetrics m = redis_->Metrics();
+    json.Key("address").String(spec_.online.host + ":" + std::to_string(spec_.online.port));
+    json.Key("connected").Bool(h.connected).Key("in_sync").Bool(h.in_sync);
+    json.Key("pending_entities").Uint(h.pending_entities).Key("last_error").String(h.last_error);
+    json.Key("entities_written").Uint(m.entities_written).Key("write_errors").Uint(m.write_errors);
+    OptionalDouble(json, "write_mean_seconds",
+                   m.batch_latency.count > 0
+                       ? std::optional<double>(m.batch_latency.sum_seconds / static_cast<double>(m.batch_latency.count))
+                       : std::nullopt);
+    OptionalDouble(json, "write_p99_seconds", HistogramQuantile(m.batch_latency, 0.99));
+  }
+  json.EndObject();
+  json.Key("kafka").BeginArray();
+  if (kafka_ != nullptr) {
+    for (const KafkaPartitionStatus& p : kafka_->partitions()) {
+      json.BeginObject().Key("partition").Int(p.partition).Key("consumed").Int(p.next_offset);
+      json.Key("committed").Int(p.committed).Key("lag");
+      if (p.high_watermark >= 0 && p.next_offset >= 0) json.Int(std::max<int64_t>(0, p.high_watermark - p.next_offset));
+      else json.Null();
+      json.EndObject();
+    }
+  }
+  json.EndArray();
+  // Per second: the events of each kind over the second before each sample, and the lag and freshness then.
+  json.Key("history").BeginArray();
+  {
+    std::lock_guard<std::mutex> lock(console_mutex_);
+    for (size_t k = 1; k < console_history_.size(); ++k) {
+      const ConsoleSample& a = console_history_[k - 1];
+      const ConsoleSample& b = console_history_[k];
+      const double seconds = std::max(0.001, static_cast<double>(b.wall_ms - a.wall_ms) / 1000.0);
+      json.BeginObject().Key("t_ms").Int(b.wall_ms);
+      json.Key("in").Double(static_cast<double>(b.in - a.in) / seconds);
+      json.Key("accepted").Double(static_cast<double>(b.accepted - a.accepted) / seconds);
+      json.Key("rejected").Double(static_cast<double>(b.rejected - a.rejected) / seconds);
+      json.Key("late").Double(static_cast<double>(b.late - a.late) / seconds);
+      json.Key("duplicates").Double(static_cast<double>(b.duplicates - a.duplicates) / seconds);
+      json.Key("watermark_lag_seconds").Double(b.watermark_lag_seconds);
+      OptionalDouble(json, "freshness_p50_seconds", b.freshness_p50_seconds);
+      OptionalDouble(json, "freshness_p99_seconds", b.freshness_p99_seconds);
+      json.EndObject();
+    }
+  }
+  json.EndArray();
+  json.EndObject();
+  return body;
+}
+
+std::string Runtime::Impl::ConsoleFeaturesJson() const {
+  constexpr size_t kSample = 2000;  // Entities whose current values make the histograms.
+  constexpr size_t kBins = 10;
+  const int64_t now = WallClockMs();
+  const size_t features = spec_.features.size();
+  std::vector<std::vector<double>> numbers(features);
+  std::vector<std::map<std::string, uint64_t>> texts(features);
+  std::vector<uint64_t> with_value(features, 0);
+  size_t sampled = 0;
+  size_t total = 0;
+  {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    total = lanes_.entity_count();
+    const size_t step = std::max<size_t>(1, total / kSample);
+    std::vector<Value> values;
+    size_t seen = 0;
+    for (size_t l = 0; l < lanes_.size(); ++l) {
+      const FeatureEngine& engine = lanes_.at(l).engine;
+      for (uint32_t e = 0; e < engine.entity_count(); ++e, ++seen) {
+        if (seen % step != 0 || sampled >= kSample) continue;
+        ++sampled;
+        engine.QueryIndex(e, now, &values);
+        for (size_t f = 0; f < features; ++f) {
+          const Value& v = values[f];
+          const bool empty = v.is_missing() || v.is_null() ||
+                             (v.type == ValueType::kInt && v.i == 0 &&
+                              (spec_.features[f].agg == AggKind::kCount || spec_.features[f].agg == AggKind::kSum ||
+                               spec_.features[f].agg == AggKind::kCountDistinct ||
+                               spec_.features[f].agg == AggKind::kApproxCountDistinct));
+          if (!empty) ++with_value[f];
+          if (v.is_number()) numbers[f].push_back(v.as_double());
+          else if (v.type == ValueType::kString) ++texts[f][std::string(v.s)];
+          else if (v.type == ValueType::kBool) ++texts[f][v.b ? "true" : "false"];
+        }
+      }
+    }
+  }
+  const std::vector<SkewMonitor::Check> skew_history =
+      skew_monitor_ != nullptr ? skew_monitor_->History() : std::vector<SkewMonitor::Check>();
+  std::string body;
+  JsonWriter json(&body);
+  json.BeginObject();
+  json.Key("as_of_ms").Int(now);
+  json.Key("skew_interval_ms").Int(spec_.skew.interval_ms);
+  json.Key("entities").Uint(total).Key("sampled").Uint(sampled);
+  json.Key("features").BeginArray();
+  for (size_t f = 0; f < features; ++f) {
+    const FeatureSpec& spec = spec_.features[f];
+    json.BeginObject();
+    json.Key("name").String(spec.name).Key("aggregation").String(AggKindName(spec.agg));
+    json.Key("field");
+    if (spec.field.empty()) json.Null();
+    else json.String(spec.field);
+    json.Key("where");
+    if (spec.where_text.empty()) json.Null();
+    else json.String(spec.where_text);
+    json.Key("window").String(WindowShortText(spec.window));
+    uint64_t skipped = 0;  // Over every reason.
+    for (const SkipCounter& c : skipped_) {
+      if (c.feature == f) skipped += c.counter->value();
+    }
+    json.Key("skipped_fields").Uint(skipped);
+    json.Key("with_value").Uint(with_value[f]);
+    json.Key("share_with_value").Double(sampled == 0 ? 0.0 : static_cast<double>(with_value[f]) / static_cast<double>(sampled));
+    // The skew checks of `skew.interval` (run/skew_monitor.h): the latest, and the mismatch rate over time.
+    json.Key("skew").BeginArray();
+    for (const SkewMonitor::Check& check : skew_history) {
+      if (f >= check.features.size()) continue;
+      const FeatureSkew& skew = check.features[f];
+      json.BeginObject().Key("t_ms").Int(check.wall_ms).Key("compared").Uint(skew.compared);
+      json.Key("mismatch_rate").Double(skew.mismatch_rate());
+      OptionalDouble(json, "psi", skew.psi);
+      json.Key("breached").Bool(skew.breached).EndObject();
+    }
+    json.EndArray();
+    json.Key("histogram").BeginArray();
+    if (!numbers[f].empty()) {
+      const auto [lo, hi] = std::minmax_element(numbers[f].begin(), numbers[f].end());
+      const double low = *lo, high = *hi;
+      const double width = high > low ? (high - low) / kBins : 1.0;
+      std::vector<uint64_t> counts(high > low ? kBins : 1, 0);
+      for (double x : numbers[f]) counts[std::min(counts.size() - 1, static_cast<size_t>((x - low) / width))]++;
+      for (size_t b = 0; b < counts.size(); ++b) {
+        json.BeginObject().Key("from").Double(low + width * static_cast<double>(b));
+        json.Key("to").Double(high > low ? low + width * static_cast<double>(b + 1) : high);
+        json.Key("count").Uint(counts[b]).EndObject();
+      }
+    } else {
+      std::vector<std::pair<uint64_t, std::string>> top;
+      for (const auto& [text, count] : texts[f]) top.emplace_back(count, text);
+      std::sort(top.begin(), top.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+      if (top.size() > kBins) top.resize(kBins);
+      for (const auto& [count, text] : top) json.BeginObject().Key("value").String(text).Key("count").Uint(count).EndObject();
+    }
+    json.EndArray();
+    json.EndObject();
+  }
+  json.EndArray();
+  json.EndObject();
+  return body;
+}
+
+std::string Runtime::Impl::ConsoleDeadLettersJson() const {
+  constexpr size_t kTailBytes = 256 << 10;  // The latest letters are read from the end of the file.
+  constexpr size_t kLatest = 50;
+  std::vector<std::string> lines;
+  if (std::FILE* file = std::fopen(dead_letter_path_.c_str(), "rb")) {
+    std::fseek(file, 0, SEEK_END);
+    const long size = std::ftell(file);
+    const long from = std::max<long>(0, size - static_cast<long>(kTailBytes));
+    std::fseek(file, from, SEEK_SET);
+    std::string tail(static_cast<size_t>(size - from), '\0');
+    tail.resize(std::fread(tail.data(), 1, tail.size(), file));
+    std::fclose(file);
+    size_t start = from > 0 ? tail.find('\n') + 1 : 0;  // A cut first line is not shown.
+    while (start < tail.size()) {
+      size_t end = tail.find('\n', start);
+      if (end == std::string::npos) break;  // Not yet complete.
+      lines.push_back(tail.substr(start, end - start));
+      start = end + 1;
+    }
+  }
+  std::map<std::string, uint64_t> recent_reasons;
+  simdjson::dom::parser parser;
+  std::string body;
+  JsonWriter json(&body);
+  json.BeginObject();
+  json.Key("file").String(dead_letter_path_);
+  json.Key("totals").BeginObject();
+  json.Key("rejected").Uint(rejected_total_->value()).Key("late").Uint(late_->value());
+  json.Key("duplicates").Uint(duplicate_->value());
+  json.EndObject();
+  json.Key("latest").BeginArray();
+  const size_t first = lines.size() > kLatest ? lines.size() - kLatest : 0;
+  for (size_t k = 0; k < lines.size(); ++k) {
+    simdjson::dom::element letter;
+    if (parser.parse(lines[k]).get(letter) != simdjson::SUCCESS) continue;
+    std::string_view reason, raw;
+    if (letter["reason"].get_string().get(reason) != simdjson::SUCCESS) continue;
+    ++recent_reasons[std::string(reason)];
+    if (k < first) continue;
+    json.BeginObject().Key("reason").String(reason);
+    uint64_t line = 0;
+    json.Key("line");
+    if (letter["line"].get_uint64().get(line) == simdjson::SUCCESS) json.Uint(line);
+    else json.Null();
+    json.Key("raw").String(letter["raw"].get_string().get(raw) == simdjson::SUCCESS ? raw : std::string_view());
+    json.EndObject();
+  }
+  json.EndArray();
+  json.Key("recent_by_reason").BeginObject();
+  for (const auto& [reason, count] : recent_reasons) json.Key(reason).Uint(count);
+  json.EndObject();
+  json.Key("history").BeginArray();
+  {
+    std::lock_guard<std::mutex> lock(console_mutex_);
+    for (size_t k = 1; k < console_history_.size(); ++k) {
+      const ConsoleSample& a = console_history_[k - 1];
+      const ConsoleSample& b = console_history_[k];
+      json.BeginObject().Key("t_ms").Int(b.wall_ms);
+      json.Key("rejected").Uint(b.rejected - a.rejected).Key("late").Uint(b.late - a.late);
+      json.Key("duplicates").Uint(b.duplicates - a.duplicates).EndObject();
+    }
+  }
+  json.EndArray();
+  json.EndObject();
+  return body;
+}
+
+Result<std::string> Runtime::Impl::ExplainJson(std::string_view entity, int feature, int64_t at_ms) const {
+  if (!console_offline_paths_) {
+    return Status::NotFound("explanations read the offline store, which this spec turns off (offline: {enabled: "
+                            "false}); enable it, or run `freshet explain --events FILE`");
+  }
+  // Each explanation replays the events table: a few at a time, so that clicks (or a script) cannot take every
+  // blocking thread and the disk from ingest and lookups.
+  if (explains_running_.fetch_add(1) >= kMaxExplainsAtOnce) {
+    explains_running_.fetch_sub(1);
+    return Status::IoError("the server is busy explaining other values (" + std::to_string(kMaxExplainsAtOnce) +
+                           " at a time); retry in a moment");
+  }
+  struct Release {
+    std::atomic<int>& running;
+    ~Release() { running.fetch_sub(1); }
+  } release{explains_running_};
+  ExplainInput input;
+  input.events = EventInput::EventsTable(console_offline_paths_->events);
+  input.dead_letter_files = {dead_letter_path_};
+  input.series = true;
+  FRESHET_ASSIGN_OR_RETURN(Explanation explanation, Explain(spec_, input, std::string(entity), feature, at_ms));
+  // What a lookup serves as of the same time, to show beside it: the explanation covers the events committed
+  // at the last checkpoint, the state also those processed since.
+  std::string served = "null";
+  bool exact = true;
+  const std::string_view entities[1] = {entity};
+  const int features[1] = {feature};
+  Status looked_up = Lookup(entities, at_ms, features, [&](std::span<const FeatureLookup> lookups) {
+    served = ValueJsonText(lookups[0].values[0]);
+    exact = lookups[0].exact;
+  });
+  FRESHET_RETURN_IF_ERROR(looked_up);
+  std::string extra = "\"served\":" + served + ",\"served_exact\":" + (exact ? "true" : "false") +
+                      ",\"agrees\":" + (served == explanation.value_json ? "true" : "false") +
+                      ",\"covers\":\"the events committed to the offline store at the last checkpoint (every " +
+                      FormatDuration(spec_.checkpoint.interval_ms) +
+                      "), with the late and duplicate ones from the dead-letter file; events processed since are "
+                      "served but not yet explained\"";
+  return ExplanationJson(spec_, explanation, extra);
+}
+
 Runtime::Runtime(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Runtime::~Runtime() {
   if (impl_ && impl_->server_) impl_->server_->Stop();
@@ -1050,6 +1455,7 @@ Status Runtime::Run(const std::atomic<bool>& stop) {
     const int64_t low = s.lanes_.low_watermark_ms();
     s.watermark_lag_->Set(low == std::numeric_limits<int64_t>::min() ? 0.0 : (WallClockMs() - low) / 1000.0);
     s.CheckSlo();
+    s.SampleConsole();
     if (s.redis_ != nullptr) {
       // The writer asks for a full rewrite after a reconnect (Redis may have restarted without persistence)
       // and when its periodic check finds the sync marker gone (FLUSHALL, or a restart it did not see), even

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "common/time.h"
 #include "skew/skew.h"
 
 namespace freshet {
@@ -59,6 +60,11 @@ void SkewMonitor::CheckOnce() {
   }
   checks_->Increment();
   compared_->Increment(report->answers);
+  {
+    std::lock_guard<std::mutex> lock(history_mutex_);
+    history_.push_back(Check{WallClockMs(), report->answers, report->features});
+    if (history_.size() > kHistory) history_.erase(history_.begin());
+  }
   for (const FeatureSkew& f : report->features) {
     metrics_.GetGauge("freshet_skew_mismatch_ratio", "Share of logged answers that differ from the recomputation.",
                       {{"feature", f.feature}})
@@ -77,6 +83,11 @@ void SkewMonitor::CheckOnce() {
     std::fprintf(stderr, "freshet run: warning: training/serving skew above skew.max_mismatch_rate %g: %s\n",
                  spec_.skew.max_mismatch_rate, names.c_str());
   }
+}
+
+std::vector<SkewMonitor::Check> SkewMonitor::History() const {
+  std::lock_guard<std::mutex> lock(history_mutex_);
+  return history_;
 }
 
 }  // namespace freshet

@@ -13,9 +13,11 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <vector>
 
 #include "offline/tables.h"
 #include "serve/metrics.h"
+#include "skew/skew.h"
 #include "spec/spec.h"
 
 namespace freshet {
@@ -24,6 +26,16 @@ class SkewMonitor {
  public:
   SkewMonitor(const Spec& spec, OfflinePaths paths, MetricsRegistry& metrics);
   ~SkewMonitor();  // Stops the thread (waiting for a check in progress).
+
+  // One check's result, for the web console's features page.
+  struct Check {
+    int64_t wall_ms = 0;  // When it finished.
+    uint64_t answers = 0;
+    std::vector<FeatureSkew> features;  // Spec order.
+  };
+  // The last kHistory checks, oldest first. Thread-safe.
+  static constexpr size_t kHistory = 60;
+  std::vector<Check> History() const;
 
  private:
   void Loop();
@@ -34,6 +46,8 @@ class SkewMonitor {
   MetricsRegistry& metrics_;
   std::mutex mutex_;
   std::condition_variable wake_;
+  mutable std::mutex history_mutex_;
+  std::vector<Check> history_;
   bool stopping_ = false;
   std::thread thread_;
   Counter* checks_ = nullptr;

@@ -131,6 +131,25 @@ class FeatureService {
   // The runtime's health right now; cheap (called by load balancers every few seconds).
   virtual HealthReport Health() const = 0;
 
+  // The web console's data (GET /v1/ui/{view}, read by the pages under /ui): a JSON body for `view` "pipeline"
+  // (the pipeline's figures with a history of the last minutes), "features" (per feature: skipped fields, the
+  // share of entities with a value, a histogram over a sample of entities) or "dead-letters" (counts by
+  // reason, the latest rejected lines). Default: kNotFound, for a service that runs no pipeline (`freshet
+  // serve`). Cheap enough for a page that polls every second or two.
+  virtual Result<std::string> ConsoleJson(std::string_view view) const {
+    return Status::NotFound("this server runs no pipeline, so it has no " + std::string(view) +
+                            " figures; the console's pipeline pages need `freshet run`");
+  }
+
+  // Explains feature `feature` (an index into spec().features) of `entity` as of `at_ms`: the JSON body of
+  // GET /v1/explain/{entity} (historical/explain.h's ExplanationJson, with the served value). May block: it
+  // replays the offline store. Default: kNotFound.
+  virtual Result<std::string> ExplainJson(std::string_view entity, int feature, int64_t at_ms) const {
+    (void)entity, (void)feature, (void)at_ms;
+    return Status::NotFound("this server keeps no events to explain values with; use `freshet explain --spec S "
+                            "--entity E --feature F --at T` over the pipeline's data directory");
+  }
+
   // Appends the service's own metrics, those not in the registry the HTTP server was given, to *out in the
   // Prometheus text format: write them with a MetricsRegistry's AppendText (serve/metrics.h) so that every
   // number is formatted one way. Family names must not collide with the HTTP server's (freshet_http_*,

@@ -23,6 +23,7 @@
 #include "serve/http_loop.h"
 #include "serve/json.h"
 #include "serve/process_metrics.h"
+#include "serve/ui_assets.h"
 
 namespace freshet {
 namespace {
@@ -36,6 +37,9 @@ enum Route : int {
   kRouteMetrics,
   kRouteSpec,
   kRouteAdmin,
+  kRouteExplain,
+  kRouteConsoleData,
+  kRouteConsole,
   kRouteUnmatched,
   kRouteCount,
 };
@@ -54,6 +58,9 @@ constexpr RouteInfo kRoutes[kRouteCount] = {
     {"/metrics", "GET, HEAD", false},
     {"/v1/spec", "GET, HEAD", false},
     {"/v1/admin", "", true},
+    {"/v1/explain/{entity}", "GET, HEAD", false},
+    {"/v1/ui/{view}", "GET, HEAD", false},
+    {"/ui", "GET, HEAD", false},
     {"unmatched", "", false},
 };
 
@@ -65,9 +72,14 @@ constexpr const char* kEndpoints[] = {
     "GET /health",
     "GET /metrics",
     "GET /v1/spec",
+    "GET /v1/explain/{entity}?feature=F&at=T",
+    "GET /v1/ui/pipeline, /v1/ui/features, /v1/ui/dead-letters",
+    "GET /ui (the web console)",
 };
 
 constexpr std::string_view kEntityPrefix = "/v1/features/";
+constexpr std::string_view kExplainPrefix = "/v1/explain/";
+constexpr std::string_view kConsoleDataPrefix = "/v1/ui/";
 constexpr const char* kJsonType = "application/json";
 constexpr int kMaxStatus = 600;
 
@@ -81,6 +93,11 @@ Route MatchRoute(std::string_view path) {
   if (path == "/health") return kRouteHealth;
   if (path == "/metrics") return kRouteMetrics;
   if (path == "/v1/spec") return kRouteSpec;
+  if (path.starts_with(kExplainPrefix)) {
+    return path.find('/', kExplainPrefix.size()) == std::string_view::npos ? kRouteExplain : kRouteUnmatched;
+  }
+  if (path.starts_with(kConsoleDataPrefix)) return kRouteConsoleData;
+  if (path == "/ui" || path.starts_with("/ui/")) return kRouteConsole;
   if (path == "/v1/admin" || path.starts_with("/v1/admin/")) return kRouteAdmin;
   return kRouteUnmatched;
 }
@@ -281,6 +298,10 @@ struct HttpServer::Impl final : HttpHandler {
   void HandleIngest(const HttpRequest& req, HttpResponse& res);
   void HandleHealth(HttpResponse& res);
   void HandleMetrics(HttpResponse& res);
+  // The web console: its pages (serve/ui_assets.h), its data, and explanations.
+  void HandleConsole(std::string_view path, HttpResponse& res);
+  void HandleConsoleData(std::string_view path, HttpResponse& res);
+  void HandleExplain(std::string_view path, std::string_view query, HttpResponse& res);
   // Counts the answer to `req` on `route`, and its service time when its headers were complete.
   void RecordRequest(const HttpRequest& req, Route route, int status);
 
@@ -404,7 +425,7 @@ Route RouteOf(const HttpRequest& req) {
 
 bool HttpServer::Impl::MayBlock(const HttpRequest& req) const {
   const Route route = RouteOf(req);
-  return route == kRouteIngest ||
+  return route == kRouteIngest || route == kRouteExplain ||
          ((route == kRouteEntityFeatures || route == kRouteBatchFeatures) && service.LookupBlocks());
 }
 
@@ -483,6 +504,9 @@ void HttpServer::Impl::Serve(const HttpRequest& req, Route route, HttpResponse& 
     case kRouteHealth: HandleHealth(res); return;
     case kRouteMetrics: HandleMetrics(res); return;
     case kRouteSpec: SetBody(res, 200, spec_json, kJsonType); return;
+    case kRouteExplain: HandleExplain(path, query, res); return;
+    case kRouteConsoleData: HandleConsoleData(path, res); return;
+    case kRouteConsole: HandleConsole(path, res); return;
     case kRouteAdmin:
     case kRouteUnmatched:
     case kRouteCount: break;
@@ -909,6 +933,86 @@ void HttpServer::Impl::HandleMetrics(HttpResponse& res) {
   metrics.AppendText(&text);
   service.AppendMetrics(&text);
   SetBody(res, 200, std::move(text), "text/plain; version=0.0.4; charset=utf-8");
+}
+
+void HttpServer::Impl::HandleConsole(std::string_view path, HttpResponse& res) {
+  std::string_view name = path.substr(std::min(path.size(), std::string_view("/ui/").size()));
+  if (name.empty()) name = "index.html";
+  const UiAsset* asset = FindUiAsset(name);
+  if (asset == nullptr) {
+    SetError(res, 404, "no console file " + QuotedForMessage(name) + "; the console is at /ui");
+    return;
+  }
+  res.SetHeader("Cache-Control", "no-cache");
+  SetBody(res, 200, std::string(asset->body), std::string(asset->content_type).c_str());
+}
+
+void HttpServer::Impl::HandleConsoleData(std::string_view path, HttpResponse& res) {
+  const std::string_view view = path.substr(kConsoleDataPrefix.size());
+  if (view != "pipeline" && view != "features" && view != "dead-letters") {
+    SetError(res, 404, "no console data " + QuotedForMessage(view) + "; valid: /v1/ui/pipeline, /v1/ui/features, "
+                       "/v1/ui/dead-letters");
+    return;
+  }
+  Result<std::string> body = service.ConsoleJson(view);
+  if (!body.ok()) {
+    SetServiceError(res, body.status());
+    return;
+  }
+  SetBody(res, 200, std::move(*body), kJsonType);
+}
+
+void HttpServer::Impl::HandleExplain(std::string_view path, std::string_view query, HttpResponse& res) {
+  std::string entity;
+  if (!PercentDecode(path.substr(kExplainPrefix.size()), &entity) || entity.empty()) {
+    SetError(res, 400, "the entity in the path is empty or not valid percent-encoding; use "
+                       "/v1/explain/{entity}?feature=F&at=T, e.g. /v1/explain/u123?feature=purchase_count_30m");
+    return;
+  }
+  std::optional<std::string> feature_name, at_text;
+  for (std::string_view rest = query; !rest.empty();) {
+    const size_t ampersand = rest.find('&');
+    const std::string_view pair = rest.substr(0, ampersand);
+    rest = ampersand == std::string_view::npos ? std::string_view() : rest.substr(ampersand + 1);
+    if (pair.empty()) continue;
+    const size_t equals = pair.find('=');
+    std::string key, value;
+    if (!PercentDecode(pair.substr(0, equals), &key) ||
+        !PercentDecode(equals == std::string_view::npos ? std::string_view() : pair.substr(equals + 1), &value)) {
+      SetError(res, 400, "query parameter " + QuotedForMessage(pair) + " is not valid percent-encoding");
+      return;
+    }
+    if (key == "feature" && !feature_name) {
+      feature_name = std::move(value);
+    } else if (key == "at" && !at_text) {
+      at_text = std::move(value);
+    } else {
+      SetError(res, 400, "query parameter " + QuotedForMessage(key) + " is unknown or repeated; valid: feature (one "
+                         "feature name), at (epoch milliseconds or RFC 3339)");
+      return;
+    }
+  }
+  if (!feature_name) {
+    SetError(res, 400, "name the feature to explain: /v1/explain/{entity}?feature=F", "valid_features", feature_names);
+    return;
+  }
+  std::vector<int> features;
+  if (!ResolveFeatures(std::vector<std::string_view>{*feature_name}, &features, res)) return;
+  int64_t at_ms = WallClockMs();
+  if (at_text) {
+    Result<int64_t> at = ParseAt(*at_text);
+    if (!at.ok()) {
+      SetError(res, 400, at.status().message());
+      return;
+    }
+    at_ms = *at;
+  }
+  Result<std::string> body = service.ExplainJson(entity, features[0], at_ms);
+  if (!body.ok()) {
+    SetServiceError(res, body.status());
+    return;
+  }
+  SetBody(res, 200, std::move(*body), kJsonType);
 }
 
 void ApplyServeSpec(const ServeSpec& serve, HttpServerOptions* options) {

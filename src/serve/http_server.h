@@ -8,6 +8,9 @@
 //   GET  /health        200 {"status":"ok"} or 503 {"status":"degraded","reasons":[...]}
 //   GET  /metrics       Prometheus text: the server's metrics, then the service's
 //   GET  /v1/spec       the spec being served: name, entity, timestamp, watermark, features
+//   GET  /v1/explain/{entity}?feature=F&at=T   why F has its value: FeatureService::ExplainJson (may block)
+//   GET  /v1/ui/{view}  the web console's data: FeatureService::ConsoleJson ("pipeline", "features", "dead-letters")
+//   GET  /ui[/file]     the web console's pages, embedded in the binary (serve/ui_assets.h); read-only, open
 //   /v1/admin/...       reserved for admin operations (none yet: 404 once authorised)
 //
 // Requests:
@@ -40,7 +43,8 @@
 // `Authorization: Bearer <token>`, compared in constant time; a missing or wrong token is a 401 counted in
 // freshet_http_unauthorized_total. It is checked before 404 and 405, so what exists under /v1/admin is not
 // revealed; only a body over the limit (413) is refused before it.
-// Feature reads, /v1/spec, /health and /metrics stay open: they change nothing, and the typical deployment
+// Feature reads, /v1/spec, /health, /metrics, explanations (two at a time, then 503) and the console stay open:
+// they change nothing, and the typical deployment
 // has model servers and scrapers on a private network reading features at high rate, where a token per read
 // adds cost and secret distribution for little gain. Put the server behind a proxy that authenticates if
 // reads must be private. The token travels in clear text: there is no TLS here.

@@ -656,6 +656,48 @@ TEST_F(HttpServerTest, UnknownFeatureIs400ListingTheValidNames) {
   }
 }
 
+// The web console: its pages come from the binary (no file or network needed), its data and explanations from
+// the service, which here (like `freshet serve`) has none and says so.
+TEST_F(HttpServerTest, ConsolePagesAreEmbeddedAndItsDataRoutesToTheService) {
+  StartServer();
+  for (const char* path : {"/ui", "/ui/", "/ui/index.html"}) {
+    httplib::Result page = client_->Get(path);
+    ASSERT_TRUE(page) << path;
+    EXPECT_EQ(page->status, 200) << path;
+    EXPECT_EQ(page->get_header_value("Content-Type"), "text/html; charset=utf-8") << path;
+    EXPECT_NE(page->body.find("<title>Freshet console</title>"), std::string::npos) << path;
+    EXPECT_NE(page->body.find("/ui/console.js"), std::string::npos) << path;
+  }
+  httplib::Result script = client_->Get("/ui/console.js");
+  ASSERT_TRUE(script);
+  EXPECT_EQ(script->status, 200);
+  EXPECT_EQ(script->get_header_value("Content-Type"), "text/javascript; charset=utf-8");
+  EXPECT_NE(script->body.find("/v1/explain/"), std::string::npos);
+  EXPECT_EQ(client_->Get("/ui/nope.js")->status, 404);
+  EXPECT_EQ(client_->Post("/ui", "x", "text/plain")->status, 405);
+
+  httplib::Result data = client_->Get("/v1/ui/pipeline");
+  ASSERT_TRUE(data);
+  EXPECT_EQ(data->status, 404);
+  EXPECT_NE(GetString(At(ParseJson(data)->root, "error")).find("runs no pipeline"), std::string::npos);
+  EXPECT_EQ(client_->Get("/v1/ui/other")->status, 404);
+
+  httplib::Result explain = client_->Get("/v1/explain/u1");
+  ASSERT_TRUE(explain);
+  EXPECT_EQ(explain->status, 400);
+  EXPECT_EQ(Strings(At(ParseJson(explain)->root, "valid_features")), kFeatureNames);
+  explain = client_->Get("/v1/explain/u1?feature=purchase_count_30");
+  ASSERT_TRUE(explain);
+  EXPECT_EQ(explain->status, 400);
+  EXPECT_NE(GetString(At(ParseJson(explain)->root, "error")).find("did you mean 'purchase_count_30m'"),
+            std::string::npos);
+  EXPECT_EQ(client_->Get("/v1/explain/u1?feature=purchase_count_30m&at=soon")->status, 400);
+  explain = client_->Get("/v1/explain/u1?feature=purchase_count_30m");
+  ASSERT_TRUE(explain);
+  EXPECT_EQ(explain->status, 404);
+  EXPECT_NE(GetString(At(ParseJson(explain)->root, "error")).find("freshet explain"), std::string::npos);
+}
+
 // An unknown feature name of megabytes is refused with a short answer that echoes at most a prefix of it,
 // and without comparing it to every feature name (which took seconds of an event-loop thread). Names close
 // to a valid one still get their suggestion, and an unknown name far from every valid one gets none.
@@ -803,7 +845,7 @@ TEST_F(HttpServerTest, MalformedRequestsAre4xxWithAnExplanation) {
     EXPECT_NE(error.find(c.error_contains), std::string::npos)
         << c.method << " " << c.path << " " << c.body << ": " << error;
     if (c.status == 404) {
-      EXPECT_EQ(Strings(At(json->root, "endpoints")).size(), 6u);
+      EXPECT_EQ(Strings(At(json->root, "endpoints")).size(), 9u);
     }
     if (c.status == 405) {
       EXPECT_FALSE(result->get_header_value("Allow").empty());

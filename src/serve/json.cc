@@ -116,6 +116,12 @@ JsonWriter& JsonWriter::Null() {
   return *this;
 }
 
+JsonWriter& JsonWriter::Raw(std::string_view json) {
+  BeforeValue();
+  out_->append(json);
+  return *this;
+}
+
 JsonWriter& JsonWriter::FeatureValue(const Value& value) {
   switch (value.type) {
     case ValueType::kInt: return Int(value.i);

@@ -38,6 +38,8 @@ class JsonWriter {
   JsonWriter& Double(double value);
   JsonWriter& Bool(bool value);
   JsonWriter& Null();
+  // A value that is JSON text already (one value, written by another JsonWriter), appended as it is.
+  JsonWriter& Raw(std::string_view json);
   // A feature value: integers, doubles, booleans and strings as such; null, missing and composite as null.
   JsonWriter& FeatureValue(const Value& value);
 

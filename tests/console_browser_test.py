@@ -1,0 +1,264 @@
+"""The web console at /ui (issue 14), in a real headless browser: Debian's chromium through chromedriver and
+Selenium.
+
+Against a running `freshet run` on a generated workload (late, malformed and duplicate lines, all processed and
+checkpointed), each page is loaded, waited on (with deadlines) until its data shows, and the numbers it shows
+are compared with the JSON endpoints it reads; the entity page explains an entity with late and filtered
+events. Screenshots are kept under the build folder (FRESHET_BIN's folder/ui-screenshots), or in
+$FRESHET_UI_SCREENSHOT_DIR (scripts/ui_screenshots.sh points it at docs/ui for the README).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import explain_test  # noqa: E402
+import reference as ref  # noqa: E402
+from run_process import start_run  # noqa: E402
+
+FRESHET_BIN = explain_test.FRESHET_BIN
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+
+
+def js_json(value) -> str:
+    """JSON.stringify of a parsed feature value, as the page shows it (a double with no fraction loses its '.0')."""
+    if isinstance(value, float):
+        text = str(int(value)) if value.is_integer() and abs(value) < 1e21 else repr(value)
+        return re.sub(r"e([+-])0*(\d)", r"e\1\2", text)
+    return json.dumps(value)
+
+
+def fmt(value, unit=None) -> str:
+    """The console's format() (ui/console.js) for the figures compared here."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, str):
+        return value
+    if unit == "s":
+        return f"{value:.3f} s" if abs(value) < 10 else f"{value:.1f} s"
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:.3f}"
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    d = tmp_path_factory.mktemp("console")
+    subprocess.run([FRESHET_BIN, "generate", "--users", "30", "--events", "2000", "--seed", "3", "--disorder", "2m",
+                    "--late-share", "0.03", "--malformed-share", "0.02", "--event-ids", "--duplicate-share", "0.03",
+                    "--output", str(d / "events.jsonl")], check=True, capture_output=True)
+    (d / "spec.yaml").write_text(explain_test.SPEC.replace(
+        "checkpoint: {interval: 1s}",
+        "checkpoint: {interval: 1s}\nfreshness_slo: {p99: 1s, window: 1m}\nskew: {interval: 1s}"))
+    spec = ref.load_spec(str(d / "spec.yaml"))
+    data = (d / "events.jsonl").read_bytes()
+    events, dead = ref.read_events(data, spec)
+    lines = ref.split_lines(data)
+    proc, port = start_run([FRESHET_BIN, "run", "--spec", str(d / "spec.yaml"), "--data-dir", str(d / "data"),
+                            "--port", "0"], d / "run.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        explain_test.wait_for(lambda: get(base, "/v1/ui/pipeline")["totals"]["accepted"] == len(events), 30,
+                              "all events accepted")
+        written = get(base, "/v1/ui/pipeline")["checkpoint"]["written"]
+        explain_test.wait_for(lambda: get(base, "/v1/ui/pipeline")["checkpoint"]["written"] >= written + 2, 30,
+                              "a checkpoint begun after the last event (one may have been under way)")
+        # Lookups (logged by the feature log) for the in-process skew check to compare, once they are committed.
+        for entity in sorted({e.entity for e in events})[:10]:
+            at = max(e.time_ms for e in events if e.entity == entity)
+            get(base, f"/v1/features/{urllib.parse.quote(entity)}?at={at}")
+        explain_test.wait_for(lambda: any(f["skew"] and f["skew"][-1]["compared"] == 10
+                                          for f in get(base, "/v1/ui/features")["features"]), 30,
+                              "a skew check over the logged lookups")
+        yield base, spec, events, dead, lines
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def get(base: str, path: str):
+    return explain_test.get_json(base + path)[1]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        pytest.fail("chromium and chromium-driver are not installed; scripts/setup.sh installs them")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def screenshot_dir() -> Path:
+    folder = Path(os.environ.get("FRESHET_UI_SCREENSHOT_DIR") or Path(FRESHET_BIN).resolve().parent / "ui-screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def wait_until(driver, condition, what: str, seconds: float = 15):
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            value = condition(driver)
+        except Exception:  # The page may be re-rendering the element being read.
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; page error: "
+                                 f"{driver.find_element(By.ID, 'updated').text!r}")
+        time.sleep(0.05)
+
+
+def text(driver, css: str) -> str:
+    return driver.find_element(By.CSS_SELECTOR, css).text
+
+
+def test_pipeline_page(pipeline, browser):
+    base, spec, events, dead, lines = pipeline
+    browser.get(base + "/ui#pipeline")
+    wait_until(browser, lambda d: text(d, '[data-figure="totals.accepted"]') == str(len(events)), "accepted total")
+    api = get(base, "/v1/ui/pipeline")
+    late = sum(1 for x in dead if x.reason == "late")
+    duplicates = sum(1 for x in dead if x.reason == "duplicate")
+    assert api["totals"] == {"in": len(lines), "accepted": len(events), "rejected": len(dead) - late - duplicates,
+                             "late": late, "duplicates": duplicates}
+    for key in ("in", "accepted", "rejected", "late", "duplicates"):
+        assert text(browser, f'[data-figure="totals.{key}"]') == fmt(api["totals"][key]), key
+    assert text(browser, '[data-figure="state.entities"]') == fmt(api["state"]["entities"])
+    assert text(browser, '[data-figure="online.type"]') == "embedded"
+    assert text(browser, '[data-figure="freshness.slo_p99_seconds"]') == fmt(1.0, "s")
+    assert text(browser, '[data-figure="checkpoint.written"]') != ""
+    health = browser.find_element(By.ID, "health")
+    assert health.get_attribute("data-status") == ("ok" if api["health"]["ok"] else "degraded")
+    # The charts draw the history once there are two samples.
+    wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-rates svg path[stroke='#1a7']"),
+               "the events chart")
+    browser.save_screenshot(str(screenshot_dir() / "pipeline.png"))
+
+
+def test_features_page(pipeline, browser):
+    base, spec, events, dead, lines = pipeline
+    browser.get(base + "/ui#features")
+    wait_until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#features-table tbody tr")) == len(spec.features),
+               "the features table")
+    api = get(base, "/v1/ui/features")
+    for feature in api["features"]:
+        row = f'#features-table tr[data-feature="{feature["name"]}"]'
+        assert text(browser, row + ' td[data-col="skipped"]') == str(feature["skipped_fields"])
+        shown = text(browser, row + ' td[data-col="share"]')
+        assert shown.endswith(" %") and abs(float(shown[:-2]) - 100 * feature["share_with_value"]) <= 0.05001, shown
+    for feature in api["features"]:
+        latest = feature["skew"][-1]
+        row = f'#features-table tr[data-feature="{feature["name"]}"]'
+        assert latest["compared"] == 10, latest
+        assert text(browser, row + ' [data-skew="mismatch"]') == f'{100 * latest["mismatch_rate"]:.2f} %'
+        assert text(browser, row + ' [data-skew="psi"]') == ("–" if latest["psi"] is None else f'{latest["psi"]:.4f}')
+    # Skipped fields: the feature over every event's amount skips the events without one.
+    assert next(f for f in api["features"] if f["name"] == "avg_amount_1h")["skipped_fields"] > 0
+    browser.save_screenshot(str(screenshot_dir() / "features.png"))
+
+
+def test_entity_page_explains_late_and_filtered_events(pipeline, browser):
+    base, spec, events, dead, lines = pipeline
+    late_entities = {}
+    for letter in dead:
+        parsed = ref.parse_event(lines[letter.line - 1], letter.line, spec)
+        if not isinstance(parsed, str) and letter.reason == "late":
+            late_entities[parsed.entity] = late_entities.get(parsed.entity, 0) + 1
+    # An entity with late events, and a feature with a `where` for which some of its events count.
+    def candidates():
+        for entity in sorted(late_entities, key=lambda e: -late_entities[e]):
+            at = max(e.time_ms for e in events if e.entity == entity)
+            for feature in ("categories_session", "purchase_amount_30m", "failed_logins_10m"):
+                x = get(base, f"/v1/explain/{urllib.parse.quote(entity)}?feature={feature}&at={at}")
+                if {"late", "where_false", "counted"} <= {e["verdict"] for e in x["events"]}:
+                    yield entity, feature, at
+    entity, feature, at = next(candidates())
+    browser.get(f"{base}/ui#entity/{urllib.parse.quote(entity)}/{feature}/{at}")
+    wait_until(browser, lambda d: d.find_element(By.ID, "explain").get_attribute("data-loaded") == "true",
+               "the explanation", seconds=30)
+    api = get(base, f"/v1/explain/{urllib.parse.quote(entity)}?feature={feature}&at={at}")
+    assert text(browser, "#explained-value") == js_json(api["value"])
+    assert text(browser, "#arithmetic") == api["arithmetic"]
+    verdicts = [r.get_attribute("data-verdict") for r in browser.find_elements(By.CSS_SELECTOR, "#explain-events tr[data-verdict]")]
+    assert verdicts == [e["verdict"] for e in api["events"]]
+    assert "late" in verdicts and "where_false" in verdicts and "counted" in verdicts, verdicts
+    assert api["agrees"] is True
+    served = get(base, f"/v1/features/{urllib.parse.quote(entity)}?at={at}")
+    for name, value in served["features"].items():
+        assert text(browser, f'#current-values tr[data-feature="{name}"] td.v') == js_json(value), name
+    browser.save_screenshot(str(screenshot_dir() / "entity.png"))
+
+
+def test_dead_letters_page(pipeline, browser):
+    base, spec, events, dead, lines = pipeline
+    browser.get(base + "/ui#dead-letters")
+    api = get(base, "/v1/ui/dead-letters")
+    wait_until(browser, lambda d: text(d, '[data-dl="totals.late"]') == str(api["totals"]["late"]), "the totals")
+    for key in ("rejected", "late", "duplicates"):
+        assert text(browser, f'[data-dl="totals.{key}"]') == str(api["totals"][key])
+    rows = browser.find_elements(By.CSS_SELECTOR, "#dl-latest tbody tr")
+    assert len(rows) == len(api["latest"]) == min(50, len(dead))
+    assert rows[0].find_elements(By.TAG_NAME, "td")[1].text == api["latest"][-1]["reason"]
+    assert sum(api["recent_by_reason"].values()) == len(dead)
+    browser.save_screenshot(str(screenshot_dir() / "dead-letters.png"))
+
+
+def test_degraded_health_is_shown_with_its_reasons(browser, tmp_path):
+    """/health's reasons are the pipeline page's banner: here an online store (Redis) that cannot be reached."""
+    with socket.socket() as s:  # A loopback port nobody listens on.
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    subprocess.run([FRESHET_BIN, "generate", "--users", "5", "--events", "100", "--output", str(tmp_path / "events.jsonl")],
+                   check=True, capture_output=True)
+    (tmp_path / "spec.yaml").write_text(f"""\
+name: unreachable_redis
+entity: user_id
+timestamp: ts
+source: {{type: file, path: events.jsonl}}
+online: {{type: redis, host: 127.0.0.1, port: {closed_port}}}
+features:
+  - {{name: n, aggregation: count, window: {{type: lifetime}}}}
+""")
+    proc, port = start_run([FRESHET_BIN, "run", "--spec", str(tmp_path / "spec.yaml"), "--data-dir", str(tmp_path / "data"),
+                            "--port", "0"], tmp_path / "run.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        explain_test.wait_for(lambda: get(base, "/v1/ui/pipeline")["totals"]["accepted"] == 100, 30, "the events")
+        browser.get(base + "/ui#pipeline")
+        wait_until(browser, lambda d: d.find_element(By.ID, "health").get_attribute("data-status") == "degraded",
+                   "the degraded banner")
+        health = get(base, "/health")
+        assert health["status"] == "degraded" and f"redis://127.0.0.1:{closed_port} unreachable" in health["reasons"][0]
+        shown = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#health li")]
+        assert shown == health["reasons"]
+        assert text(browser, '[data-figure="online.type"]') == "redis"
+        assert text(browser, '[data-figure="online.connected"]') == "no"
+        browser.save_screenshot(str(screenshot_dir() / "pipeline-degraded.png"))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
