@@ -161,8 +161,13 @@ def _run(block: Block, folder: Path, env: Dict[str, str], port: int) -> subproce
         script.write_text(code)
         command = [sys.executable, str(script)]
     else:  # sql
-        command = [sys.executable, "-c", "import duckdb, sys; rows = duckdb.sql(sys.argv[1]).fetchall(); "
-                                         "print(rows); sys.exit(0 if rows else 3)", code]
+        # DuckDB loads the delta extension (delta_scan) from the duckdb-ext-delta package's folder, as the README
+        # says, never from the network.
+        command = [sys.executable, "-c",
+                   "import duckdb, os, sys, sysconfig; "
+                   "ext = os.path.join(sysconfig.get_paths()['purelib'], 'duckdb_ext', 'extensions'); "
+                   "con = duckdb.connect(config={'extension_directory': ext, 'autoinstall_known_extensions': False}); "
+                   "rows = con.sql(sys.argv[1]).fetchall(); print(rows); sys.exit(0 if rows else 3)", code]
     try:
         done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=BLOCK_SECONDS)
     except subprocess.TimeoutExpired as e:
