@@ -47,7 +47,7 @@ MAX_DETAILED_MISMATCHES = 8
 # ------------------------------------------------------------------------------------------------
 
 WINDOW_SHAPES = ("lifetime", "continuous", "hopping", "tumbling", "session")
-# Each (aggregation, window shape) pair is given to one seed, so 30 seeds cover all 45.
+# Each (aggregation, window shape) pair is given to one seed, so 30 seeds cover all 55.
 COVERAGE = [(agg, shape) for agg in ref.AGGREGATIONS for shape in WINDOW_SHAPES]
 
 FIELDS_FOR = {
@@ -60,6 +60,8 @@ FIELDS_FOR = {
     "last": ["amount", "category", "type", "device.os", "success"],
     "count_distinct": ["category", "category", "amount", "device.os", "big", "item"],
     "approx_count_distinct": ["item", "item", "category", "amount"],
+    "first": ["amount", "category", "type", "device.os", "success"],
+    "approx_percentile": ["amount", "amount", "device.ver", "big", "score"],
 }
 
 WHERE_ATOMS = [
@@ -177,6 +179,8 @@ def draw_spec(rng: random.Random, seed: int) -> dict:
         feature["window"] = draw_window(rng, shape)
         if agg == "approx_count_distinct" and rng.random() < 0.8:
             feature["precision"] = rng.choice([4, 6, 8, 10, 12, 14])
+        if agg == "approx_percentile":
+            feature["percentiles"] = rng.sample([0, 0.001, 0.07, 0.25, 0.5, 0.9, 0.95, 0.999, 1], rng.randint(1, 3))
         features.append(feature)
     spec = {"name": f"diff_{seed}", "entity": "user", "timestamp": "ts"}
     if rng.random() < 0.6:
@@ -464,6 +468,10 @@ def cell_matches(feature: ref.Feature, expected, got: str, window_values: list) 
     if agg == "approx_count_distinct":
         estimate = parse_number(got)
         return estimate is not None and ref.approx_count_distinct_ok(expected, estimate, feature.precision)
+    if agg == "approx_percentile":
+        number = None if got == "" else parse_number(got)
+        return (got == "" or number is not None) and ref.approx_percentile_ok(window_values, feature.percentile,
+                                                                               None if number is None else float(number))
     if expected is None:
         return got == ""
     if isinstance(expected, bool):

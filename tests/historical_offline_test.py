@@ -131,7 +131,7 @@ def test_events_table_gives_what_the_events_file_gives(seed, tmp_path):
 
 FEATURE_TYPES = {"count": pa.int64(), "count_distinct": pa.int64(), "approx_count_distinct": pa.int64(),
                  "sum": pa.float64(), "mean": pa.float64(), "min": pa.float64(), "max": pa.float64(),
-                 "stddev": pa.float64(), "last": pa.string()}
+                 "stddev": pa.float64(), "last": pa.string(), "first": pa.string(), "approx_percentile": pa.float64()}
 
 
 def check_parquet_matches_csv(paths: dict, csv_path: str, parquet_path: str) -> None:
@@ -157,7 +157,7 @@ def check_parquet_matches_csv(paths: dict, csv_path: str, parquet_path: str) -> 
         for j, feature in enumerate(spec.features):
             got, text = data[feature.name][r], csv_row[len(rows.header) + j]
             where = f"row {r} feature {feature.name}: parquet {got!r}, csv {text!r}"
-            if feature.aggregation == "last":
+            if feature.aggregation in ("last", "first"):
                 assert (got or "") == text, where
             elif text == "":
                 assert got is None, where

@@ -12,9 +12,11 @@ Usage, writing the same CSV as the engine:
     python tests/reference.py --spec SPEC --events EVENTS.jsonl --entities ROWS.csv --output OUT.csv \
         [--dead-letters DEAD.jsonl]
 
-One difference from the engine: approx_count_distinct is written as the exact distinct count, since that is
+Differences from the engine: approx_count_distinct is written as the exact distinct count, since that is
 what the engine's HyperLogLog estimate is judged against (exact up to 2**p / 32 distinct values, otherwise
-within a relative error of 4 * 1.04 / sqrt(2**p); see `approx_count_distinct_ok`).
+within a relative error of 4 * 1.04 / sqrt(2**p); see `approx_count_distinct_ok`). approx_percentile is
+written as the exact nearest-rank percentile; the engine's sketch is exact up to 256 values and otherwise
+judged by the rank bound in `approx_percentile_ok`.
 
 Standard library plus PyYAML only; it never calls Freshet's C++ code.
 """
@@ -22,6 +24,7 @@ Standard library plus PyYAML only; it never calls Freshet's C++ code.
 from __future__ import annotations
 
 import argparse
+import bisect
 import calendar
 import csv
 import datetime
@@ -54,8 +57,13 @@ AGGREGATIONS = (
     "last",
     "count_distinct",
     "approx_count_distinct",
+    "first",
+    "approx_percentile",
 )
-NUMERIC_AGGREGATIONS = ("sum", "mean", "min", "max", "stddev")
+NUMERIC_AGGREGATIONS = ("sum", "mean", "min", "max", "stddev", "approx_percentile")
+# approx_percentile: the sketch keeps every value up to this many, then compacts (QUANTILE_LEVEL_CAPACITY in
+# the rank bound of approx_percentile_ok).
+QUANTILE_LEVEL_CAPACITY = 256
 WINDOW_TYPES = ("lifetime", "sliding", "tumbling", "session")
 
 
@@ -687,6 +695,7 @@ class Feature:
     where: tuple | None
     window: Window
     precision: int = 14
+    percentile: Fraction | None = None  # approx_percentile: one of the spec's `percentiles`, exactly
 
 
 @dataclass
@@ -751,8 +760,18 @@ def parse_spec(doc: Any) -> Spec:
         where_text = str(f["where"]) if f.get("where") is not None else None
         where = parse_where(where_text) if where_text is not None else None
         precision = int(f.get("precision", 14))
-        features.append(Feature(name, aggregation, field, where_text, where, _parse_window(f.get("window"), name),
-                                precision))
+        window = _parse_window(f.get("window"), name)
+        if aggregation == "approx_percentile":
+            # One output column per percentile, named <name>_p<percent>: 0.5 -> _p50, 0.999 -> _p99_9.
+            for p in f["percentiles"]:
+                exact = Fraction(str(p))
+                percent = exact * 100
+                whole = int(percent)
+                decimals = _percent_decimals(percent - whole)
+                column = f"{name}_p{whole}" + (f"_{decimals}" if decimals else "")
+                features.append(Feature(column, aggregation, field, where_text, where, window, precision, exact))
+            continue
+        features.append(Feature(name, aggregation, field, where_text, where, window, precision))
     schema = None
     if doc.get("schema") is not None:
         schema = {}
@@ -768,6 +787,16 @@ def parse_spec(doc: Any) -> Spec:
                for d in doc.get("derive") or []]
     return Spec(str(doc.get("name", "")), str(doc["entity"]), str(doc["timestamp"]), watermark, features, dedup,
                 schema, derived)
+
+
+def _percent_decimals(fraction: Fraction) -> str:
+    """The decimal digits of a fraction in [0, 1) with a finite decimal expansion, without trailing zeros."""
+    digits = ""
+    while fraction:
+        fraction *= 10
+        digits += str(int(fraction))
+        fraction -= int(fraction)
+    return digits
 
 
 def load_spec(path: str) -> Spec:
@@ -1080,6 +1109,12 @@ def aggregate(feature: Feature, window_events: list[Event]) -> Any:
     if agg == "last":
         latest = max(window_events, key=lambda e: (e.time_ms, e.line))
         return resolve(latest.record, feature.field)
+    if agg == "first":
+        earliest = min(window_events, key=lambda e: (e.time_ms, e.line))
+        return resolve(earliest.record, feature.field)
+    if agg == "approx_percentile":
+        ordered = sorted(values, key=Fraction)
+        return float(ordered[percentile_rank(feature.percentile, len(ordered)) - 1])
     raise AssertionError(f"unknown aggregation {agg}")
 
 
@@ -1114,6 +1149,42 @@ class Evaluator:
         if key not in self.qualifying:
             self.qualifying[key] = [e for e in self.by_entity.get(entity, []) if qualifies(feature, e, self.spec)]
         return value_from_qualifying(feature, self.qualifying[key], t)
+
+
+def percentile_rank(p: Fraction, n: int) -> int:
+    """The 1-based nearest rank of percentile p among n values: max(1, ceil(p * n))."""
+    return max(1, math.ceil(p * n))
+
+
+def percentile_rank_error_bound(n: int) -> Fraction:
+    """The largest rank error the engine's sketch may make over n values: 0 up to the level capacity k,
+    else L * n / k with L = floor(log2(n / k)) + 1."""
+    k = QUANTILE_LEVEL_CAPACITY
+    if n <= k:
+        return Fraction(0)
+    levels = 0
+    while k << levels <= n:
+        levels += 1
+    return Fraction(levels * n, k)
+
+
+def approx_percentile_ok(values: list, p: Fraction, got: float | None) -> bool:
+    """Whether `got` is an acceptable approx_percentile p of `values`: the exact nearest-rank value up to
+    the level capacity, else a value of the window whose rank is within the bound: fewer than r + E values
+    below it and at least r - E at or below it. Compared as doubles, which the engine keeps (doubles compare
+    exactly)."""
+    if not values:
+        return got is None
+    if got is None:
+        return False
+    ordered = sorted(float(v) for v in values)
+    r = percentile_rank(p, len(ordered))
+    bound = percentile_rank_error_bound(len(ordered))
+    if bound == 0:
+        return got == ordered[r - 1]
+    below = bisect.bisect_left(ordered, got)
+    at_or_below = bisect.bisect_right(ordered, got)
+    return at_or_below > below and below < r + bound and at_or_below >= r - bound
 
 
 def approx_count_distinct_ok(exact: int, estimate: float, precision: int) -> bool:

@@ -626,3 +626,24 @@ def test_cli_output(tmp_path):
     )
     dead = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
     assert [(d["line"], d["reason"] == "late") for d in dead] == [(3, False), (4, True)]
+
+
+def test_percentile_features_are_named_and_ranked_exactly() -> None:
+    spec = ref.parse_spec({"name": "p", "entity": "u", "timestamp": "ts", "features": [
+        {"name": "amt", "aggregation": "approx_percentile", "field": "x", "percentiles": [0.5, 0.999, 0, 1, 0.07],
+         "window": {"type": "lifetime"}}]})
+    assert [f.name for f in spec.features] == ["amt_p50", "amt_p99_9", "amt_p0", "amt_p100", "amt_p7"]
+    assert ref.percentile_rank(spec.features[4].percentile, 100) == 7  # 0.07 * 100 is 7.000000000000001 in doubles
+    assert ref.percentile_rank(ref.Fraction(0), 5) == 1 and ref.percentile_rank(ref.Fraction(1), 5) == 5
+
+
+def test_approx_percentile_ok_is_exact_up_to_the_capacity_and_bounded_beyond() -> None:
+    half = ref.Fraction(1, 2)
+    assert ref.approx_percentile_ok([3, 1, 2], half, 2.0)
+    assert not ref.approx_percentile_ok([3, 1, 2], half, 3.0)
+    assert ref.approx_percentile_ok([], half, None) and not ref.approx_percentile_ok([1], half, None)
+    values = list(range(1, 1001))  # n = 1000: L = 2 levels, E = 2 * 1000 / 256 = 7.8 ranks
+    assert ref.percentile_rank_error_bound(1000) == ref.Fraction(2000, 256)
+    assert ref.approx_percentile_ok(values, half, 507.0) and ref.approx_percentile_ok(values, half, 493.0)
+    assert not ref.approx_percentile_ok(values, half, 509.0) and not ref.approx_percentile_ok(values, half, 491.0)
+    assert not ref.approx_percentile_ok(values, half, 500.5)  # not a value of the window

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import numpy as np
 import pandas as pd
 
-from freshet.spec import COUNT_AGGREGATIONS, NUMBER_AGGREGATIONS
+from freshet.spec import COUNT_AGGREGATIONS, NUMBER_AGGREGATIONS, TEXT_AGGREGATIONS
 
 #: A point in time as the SDK accepts it: epoch milliseconds, RFC 3339 text, or a datetime (naive = UTC).
 TimeLike = Union[int, str, dt.datetime, pd.Timestamp, np.datetime64]
@@ -289,7 +289,7 @@ def typed_frame(keys: List[Any], rows: List[Mapping[str, Any]], features: List[s
             columns[name] = np.array(raw, dtype=np.int64)
         elif aggregation in NUMBER_AGGREGATIONS:
             columns[name] = np.array([math.nan if v is None else float(v) for v in raw], dtype=np.float64)
-        elif aggregation == "last":
+        elif aggregation in TEXT_AGGREGATIONS:
             columns[name] = np.array([json_value_text(v) for v in raw], dtype=object)
         else:
             columns[name] = np.array(raw, dtype=object)

@@ -64,7 +64,8 @@ def get_historical_features(
     Returns:
         A new DataFrame: ``entity_df``'s columns, index, row order and dtypes unchanged, then one column per
         selected feature (all in spec order by default): int64 for counts (count, count_distinct, approx_count_distinct), float64 with
-        NaN for null for sum, mean, min, max, stddev, and object (str or None) for ``last``.
+        NaN for null for sum, mean, min, max, stddev, approx_percentile, and object (str or None) for ``last`` and
+        ``first``.
 
     Raises:
         ValueError: ``entity_df`` lacks the entity or timestamp column, already has a column named like a

@@ -21,9 +21,9 @@ from freshet.errors import FreshetError
 #: Aggregations whose value is a count: never null, an integer (int64 columns).
 COUNT_AGGREGATIONS = frozenset({"count", "count_distinct", "approx_count_distinct"})
 #: Aggregations whose value is a number that may be null (float64 columns, NaN for null).
-NUMBER_AGGREGATIONS = frozenset({"sum", "mean", "min", "max", "stddev"})
+NUMBER_AGGREGATIONS = frozenset({"sum", "mean", "min", "max", "stddev", "approx_percentile"})
 #: Aggregations whose value is the text of an event field (object columns of str, None for null).
-TEXT_AGGREGATIONS = frozenset({"last"})
+TEXT_AGGREGATIONS = frozenset({"last", "first"})
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@
 // integer and the total fits int64, else a double; mean [null]; min/max [null] by numeric value, keeping
 // the winner's type (an integer wins a tie with an equal double); stddev [null] population; last [null] the value of the latest event, ties broken by
 // input order; count_distinct [0] exact (strings by text, numbers by value, booleans);
-// approx_count_distinct [0] HyperLogLog (see hyperloglog.h).
+// approx_count_distinct [0] HyperLogLog (see hyperloglog.h); first [null] the value of the earliest event,
+// ties broken by input order; approx_percentile [null] the nearest-rank percentile (see quantile_sketch.h).
 #pragma once
 
 #include <algorithm>
@@ -33,6 +34,7 @@
 #include <vector>
 
 #include "aggregate/hyperloglog.h"
+#include "aggregate/quantile_sketch.h"
 #include "aggregate/small_vector.h"
 #include "aggregate/string_pool.h"
 #include "common/bytes.h"
@@ -44,6 +46,7 @@ namespace freshet {
 struct AggContext {
   StringPool strings;  // last, count_distinct: string values by id.
   int precision = 14;  // approx_count_distinct.
+  int64_t percentile_ppm = 500000;  // approx_percentile: the percentile in millionths (0.95 is 950000).
 };
 
 // A number as it appeared in the event: an int64 or a double.
@@ -411,6 +414,63 @@ struct LastAgg {
   }
   static void SerializeInput(const Input& x, ByteWriter& w, const AggContext& c) { SerializeScalar(x, w, c); }
   static bool DeserializeInput(Input& x, ByteReader& r, AggContext& c) { return DeserializeScalar(&x, r, c); }
+};
+
+// The value of the earliest event; ties in time go to the earlier one in input order. LastAgg's mirror.
+struct FirstAgg {
+  using Input = Scalar;
+  using State = LastAgg::State;
+  static bool MakeInput(const Value& v, AggContext& c, Input* out) { return MakeScalar(v, c, out); }
+  static void Add(State& s, const Input& x, int64_t time_ms, uint64_t seq, const AggContext&) {
+    if (!s.has || time_ms < s.time_ms || (time_ms == s.time_ms && seq < s.seq)) {
+      s.has = true;
+      s.time_ms = time_ms;
+      s.seq = seq;
+      s.value = x;
+    }
+  }
+  static void Merge(State& s, const State& o, const AggContext& c) {
+    if (o.has) Add(s, o.value, o.time_ms, o.seq, c);
+  }
+  static Value Finalize(const State& s, const AggContext& c) { return LastAgg::Finalize(s, c); }
+  static size_t MemoryBytes(const State&) { return 0; }
+  static void Serialize(const State& s, ByteWriter& w, const AggContext& c) { LastAgg::Serialize(s, w, c); }
+  static bool Deserialize(State& s, ByteReader& r, AggContext& c) { return LastAgg::Deserialize(s, r, c); }
+  static void SerializeInput(const Input& x, ByteWriter& w, const AggContext& c) { SerializeScalar(x, w, c); }
+  static bool DeserializeInput(Input& x, ByteReader& r, AggContext& c) { return DeserializeScalar(&x, r, c); }
+};
+
+// The nearest-rank percentile p of the numeric values: with n values sorted ascending, the one at rank
+// max(1, ceil(p * n)) (p = 0 is the minimum, p = 1 the maximum), as a double; null for no values. Exact up
+// to QuantileSketch::kLevelCapacity values in the window, then within the rank bound of quantile_sketch.h.
+// p comes from AggContext::percentile_ppm, so the rank is computed in integers, without rounding.
+struct ApproxPercentileAgg {
+  using Input = double;
+  struct State {
+    QuantileSketch sketch;
+  };
+  static bool MakeInput(const Value& v, AggContext&, Input* out) {
+    if (!v.is_number()) return false;
+    *out = v.as_double();
+    return true;
+  }
+  static void Add(State& s, const Input& x, int64_t, uint64_t, const AggContext&) { s.sketch.Add(x); }
+  static void Merge(State& s, const State& o, const AggContext&) { s.sketch.Merge(o.sketch); }
+  // The rank of percentile `ppm` (millionths) among n values: max(1, ceil(ppm * n / 10^6)).
+  static uint64_t Rank(int64_t ppm, uint64_t n) {
+    const unsigned __int128 scaled = static_cast<unsigned __int128>(ppm) * n;
+    const uint64_t rank = static_cast<uint64_t>((scaled + 999999) / 1000000);
+    return std::max<uint64_t>(rank, 1);
+  }
+  static Value Finalize(const State& s, const AggContext& c) {
+    if (s.sketch.count() == 0) return Value::Null();
+    return Value::Double(s.sketch.ValueAtRank(Rank(c.percentile_ppm, s.sketch.count())));
+  }
+  static size_t MemoryBytes(const State& s) { return s.sketch.memory_bytes(); }
+  static void Serialize(const State& s, ByteWriter& w, const AggContext&) { s.sketch.Serialize(w); }
+  static bool Deserialize(State& s, ByteReader& r, AggContext&) { return s.sketch.Deserialize(r); }
+  static void SerializeInput(const Input& x, ByteWriter& w, const AggContext&) { w.PutDouble(x); }
+  static bool DeserializeInput(Input& x, ByteReader& r, AggContext&) { return r.ReadDouble(&x); }
 };
 
 // Exact distinct count over a sorted set of normalized keys; the first few live inline in the state.

@@ -58,9 +58,10 @@ class WindowedOperator final : public FeatureOperator {
   static_assert(sizeof(Input) <= sizeof(InputCell::bytes), "an aggregation input must fit an InputCell");
   static_assert(std::is_trivially_copyable_v<Input>);
 
-  WindowedOperator(Window<Agg> window, int precision, bool buffered)
+  WindowedOperator(Window<Agg> window, const FeatureSpec& feature, bool buffered)
       : window_(std::move(window)), buffered_(buffered) {
-    ctx_.precision = precision;
+    ctx_.precision = feature.precision;
+    ctx_.percentile_ppm = feature.percentile_ppm;
   }
 
   bool Extract(const Value& field, InputCell* cell) override {
@@ -273,21 +274,19 @@ std::unique_ptr<FeatureOperator> MakeWindowed(const FeatureSpec& f, bool buffere
   const WindowSpec& w = f.window;
   switch (w.kind) {
     case WindowKind::kLifetime:
-      return std::make_unique<WindowedOperator<Agg, LifetimeWindow>>(LifetimeWindow<Agg>(), f.precision,
-                                                                       buffered);
+      return std::make_unique<WindowedOperator<Agg, LifetimeWindow>>(LifetimeWindow<Agg>(), f, buffered);
     case WindowKind::kSliding:
     case WindowKind::kTumbling: {
       const int64_t slide = w.kind == WindowKind::kTumbling ? w.size_ms : w.slide_ms;
       if (slide == 0) {
-        return std::make_unique<WindowedOperator<Agg, ContinuousWindow>>(ContinuousWindow<Agg>(w.size_ms),
-                                                                         f.precision, buffered);
+        return std::make_unique<WindowedOperator<Agg, ContinuousWindow>>(ContinuousWindow<Agg>(w.size_ms), f,
+                                                                         buffered);
       }
-      return std::make_unique<WindowedOperator<Agg, TiledWindow>>(TiledWindow<Agg>(slide, w.size_ms / slide),
-                                                                  f.precision, buffered);
+      return std::make_unique<WindowedOperator<Agg, TiledWindow>>(TiledWindow<Agg>(slide, w.size_ms / slide), f,
+                                                                  buffered);
     }
     case WindowKind::kSession:
-      return std::make_unique<WindowedOperator<Agg, SessionWindow>>(SessionWindow<Agg>(w.gap_ms), f.precision,
-                                                                      buffered);
+      return std::make_unique<WindowedOperator<Agg, SessionWindow>>(SessionWindow<Agg>(w.gap_ms), f, buffered);
   }
   return nullptr;
 }
@@ -365,7 +364,10 @@ std::string SpecStateDescription(const Spec& spec) {
     out += "feature " + Quoted(f.name) + " aggregation=" + AggKindName(f.agg) + " field=" + Quoted(f.field) +
            " where=" + Quoted(f.where ? f.where->ToString() : f.where_text) + " window=" + WindowKindName(w.kind) +
            " size_ms=" + std::to_string(w.size_ms) + " slide_ms=" + std::to_string(w.slide_ms) +
-           " gap_ms=" + std::to_string(w.gap_ms) + " precision=" + std::to_string(f.precision) + "\n";
+           " gap_ms=" + std::to_string(w.gap_ms) + " precision=" + std::to_string(f.precision);
+    // Only the keys of the newer aggregations' own options, so that older specs keep their fingerprints.
+    if (f.agg == AggKind::kApproxPercentile) out += " percentile_ppm=" + std::to_string(f.percentile_ppm);
+    out += "\n";
   }
   // What the schema declares changes which events count (and how a number in a string reads); a spec without one
   // describes as it did before schemas.
@@ -399,6 +401,8 @@ std::unique_ptr<FeatureOperator> MakeFeatureOperator(const FeatureSpec& feature,
     case AggKind::kLast: return MakeWindowed<LastAgg>(feature, buffered);
     case AggKind::kCountDistinct: return MakeWindowed<CountDistinctAgg>(feature, buffered);
     case AggKind::kApproxCountDistinct: return MakeWindowed<ApproxCountDistinctAgg>(feature, buffered);
+    case AggKind::kFirst: return MakeWindowed<FirstAgg>(feature, buffered);
+    case AggKind::kApproxPercentile: return MakeWindowed<ApproxPercentileAgg>(feature, buffered);
   }
   return nullptr;
 }

@@ -374,6 +374,7 @@ struct RefFeature {
       case AggKind::kApproxCountDistinct:
         return !e.item.empty();
       case AggKind::kLast:
+      case AggKind::kFirst:
         return e.amount_is_number() || e.amount_type == GenEvent::kString;
       default:
         return e.amount_is_number();
@@ -504,6 +505,40 @@ struct RefFeature {
         }
         return fail("the amount of the event at " + std::to_string(best->ts));
       }
+      case AggKind::kFirst: {
+        if (w.empty()) {
+          if (got.type == ValueType::kNull) break;
+          return fail("null");
+        }
+        const GenEvent* best = w[0];
+        for (const GenEvent* e : w) {
+          if (e->ts < best->ts || (e->ts == best->ts && e->seq < best->seq)) best = e;
+        }
+        if (best->amount_type == GenEvent::kString && got.type == ValueType::kString && got.s == "n/a") break;
+        if (best->amount_type == GenEvent::kInt && got.type == ValueType::kInt && got.i == best->amount_int)
+          break;
+        if (best->amount_type == GenEvent::kDouble && got.type == ValueType::kDouble &&
+            got.d == best->amount_double) {
+          break;
+        }
+        return fail("the amount of the event at " + std::to_string(best->ts));
+      }
+      case AggKind::kApproxPercentile: {  // The median (percentile_ppm 500000), by nearest rank.
+        if (w.empty()) {
+          if (got.type == ValueType::kNull) break;
+          return fail("null");
+        }
+        std::vector<double> sorted;
+        for (const GenEvent* e : w) sorted.push_back(static_cast<double>(e->amount()));
+        std::sort(sorted.begin(), sorted.end());
+        const size_t rank = std::max<size_t>(1, (sorted.size() + 1) / 2);  // ceil(n / 2)
+        if (sorted.size() <= 256) {  // Exact up to the sketch's level capacity.
+          if (got.type == ValueType::kDouble && got.d == sorted[rank - 1]) break;
+          return fail(std::to_string(sorted[rank - 1]));
+        }
+        if (got.type == ValueType::kDouble && std::binary_search(sorted.begin(), sorted.end(), got.d)) break;
+        return fail("a value of the window");
+      }
       case AggKind::kCountDistinct:
       case AggKind::kApproxCountDistinct: {  // Approx is exact here: few distinct items, sparse sketch.
         std::set<std::string> items;
@@ -537,6 +572,10 @@ TEST(FeatureEngineTest, EndToEndMatchesBruteForce) {
         {"latest_session", AggKind::kLast, SessionSpec(150), false},
         {"items_session", AggKind::kCountDistinct, SessionSpec(300), false},
         {"items_approx", AggKind::kApproxCountDistinct, LifetimeWindowSpec(), false},
+        {"earliest_hop", AggKind::kFirst, SlidingSpec(1000, 250), false},
+        {"earliest_session", AggKind::kFirst, SessionSpec(150), false},
+        {"median_1s", AggKind::kApproxPercentile, SlidingSpec(1000), false},
+        {"median_buys_tumble", AggKind::kApproxPercentile, TumblingSpec(500), true},
     };
     for (const RefFeature& r : refs) {
       std::string field;
@@ -546,6 +585,7 @@ TEST(FeatureEngineTest, EndToEndMatchesBruteForce) {
         field = "amount";
       }
       AddFeature(spec, r.name, r.agg, field, r.window, r.buys_only ? "kind == 'buy'" : "", 10);
+      if (r.agg == AggKind::kApproxPercentile) spec.features.back().percentile_ppm = 500000;
     }
     auto engine_ptr = std::make_unique<FeatureEngine>(spec);
     EventParser parser(spec.fields);

@@ -150,6 +150,21 @@ std::string Arithmetic(const FeatureSpec& f, const std::vector<const ExplainedEv
       return "the field of the latest counted event (" + FormatRfc3339(latest->time_ms) + ", #" +
              std::to_string(latest->number) + ") = " + value;
     }
+    case AggKind::kFirst: {
+      const ExplainedEvent* earliest = counted.front();
+      for (const ExplainedEvent* e : counted) {
+        if (e->time_ms < earliest->time_ms) earliest = e;
+      }
+      return "the field of the earliest counted event (" + FormatRfc3339(earliest->time_ms) + ", #" +
+             std::to_string(earliest->number) + ") = " + value;
+    }
+    case AggKind::kApproxPercentile: {
+      const double p = static_cast<double>(f.percentile_ppm) / 1e6;
+      char text[32];
+      std::snprintf(text, sizeof(text), "%g", p);
+      return "percentile " + std::string(text) + " (nearest rank; exact up to 256 values, then within the sketch's "
+             "rank error) of [" + Joined(fields, ", ") + "] (" + n + " values) = " + value;
+    }
     case AggKind::kCountDistinct: return "distinct values among [" + Joined(fields, ", ") + "] = " + value;
     case AggKind::kApproxCountDistinct:
       return "HyperLogLog estimate of the distinct values among [" + Joined(fields, ", ") + "] = " + value;

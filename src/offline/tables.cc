@@ -59,7 +59,8 @@ OfflineType FeatureColumnType(const FeatureSpec& feature) {
     case AggKind::kCount:
     case AggKind::kCountDistinct:
     case AggKind::kApproxCountDistinct: return OfflineType::kInt64;
-    case AggKind::kLast: return OfflineType::kString;
+    case AggKind::kLast:
+    case AggKind::kFirst: return OfflineType::kString;
     default: return OfflineType::kDouble;
   }
 }

@@ -12,8 +12,8 @@
 // <offline>/_staging/     files waiting for the checkpoint that commits them (not part of any table)
 //
 // Feature columns are typed by aggregation: count, count_distinct and approx_count_distinct are long; sum,
-// mean, min, max and stddev are double (an integer sum is exact up to 2^53); last is string (a number as its
-// shortest decimal text, a boolean as true/false). A feature with no value (mean of an empty window) is null.
+// mean, min, max, stddev and approx_percentile are double (an integer sum is exact up to 2^53); last and first are
+// string (a number as its shortest decimal text, a boolean as true/false). A feature with no value (mean of an empty window) is null.
 #pragma once
 
 #include <functional>

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -39,6 +40,8 @@ constexpr std::pair<AggKind, const char*> kAggNames[] = {
     {AggKind::kLast, "last"},
     {AggKind::kCountDistinct, "count_distinct"},
     {AggKind::kApproxCountDistinct, "approx_count_distinct"},
+    {AggKind::kFirst, "first"},
+    {AggKind::kApproxPercentile, "approx_percentile"},
 };
 
 constexpr std::pair<WindowKind, const char*> kWindowNames[] = {
@@ -64,10 +67,20 @@ bool AggNeedsNumber(AggKind kind) {
     case AggKind::kMin:
     case AggKind::kMax:
     case AggKind::kStddev:
+    case AggKind::kApproxPercentile:
       return true;
     default:
       return false;
   }
+}
+
+std::string PercentileFeatureName(std::string_view name, int64_t ppm) {
+  // The percent, ppm / 10^4, without trailing zeros, '.' written as '_'.
+  std::string out = std::string(name) + "_p" + std::to_string(ppm / 10000);
+  std::string decimals = std::to_string(10000 + ppm % 10000).substr(1);
+  while (!decimals.empty() && decimals.back() == '0') decimals.pop_back();
+  if (!decimals.empty()) out += "_" + decimals;
+  return out;
 }
 
 const char* WindowKindName(WindowKind kind) {
@@ -242,6 +255,7 @@ std::string ExpectedValue(const SpecOption& o) {
     case SpecValueType::kExpression: what = "an expression"; break;
     case SpecValueType::kMap: what = "a map of keys"; break;
     case SpecValueType::kList: what = "a list"; break;
+    case SpecValueType::kFractionList: what = "a list of numbers from 0 to 1"; break;
   }
   if (!o.example.empty()) what += ", e.g. " + std::string(o.key) + ": " + std::string(o.example);
   return what;
@@ -318,6 +332,7 @@ class SpecParser {
   std::optional<bool> ReadBool(const MapView& map, std::string_view key);
   std::optional<int> ReadInt(const MapView& map, std::string_view key);
   std::optional<double> ReadFraction(const MapView& map, std::string_view key);
+  std::optional<std::vector<int64_t>> ReadPercentiles(const MapView& map);
 
   void ParseTop(const YAML::Node& root, Spec* spec);
   void ParseWatermark(const Entry& entry, Spec* spec);
@@ -602,6 +617,49 @@ std::optional<double> SpecParser::ReadFraction(const MapView& map, std::string_v
   return x;
 }
 
+// approx_percentile's `percentiles`: each a number from 0 to 1 with at most 6 decimals, in millionths, no
+// two equal.
+std::optional<std::vector<int64_t>> SpecParser::ReadPercentiles(const MapView& map) {
+  const Entry* e = map.Find("percentiles");
+  if (e == nullptr) return std::nullopt;  // Reported as missing by CheckCondition.
+  if (!e->value.IsSequence() || e->value.size() == 0) {
+    Error(ValueMark(*e), std::string("'percentiles' is ") + (e->value.IsSequence() ? "an empty list" : NodeKindName(e->value)) +
+                             "; expected " + ExpectedValue(*e->option));
+    return std::nullopt;
+  }
+  std::vector<int64_t> out;
+  bool ok = true;
+  for (const YAML::Node& item : e->value) {
+    const std::string text = item.IsScalar() ? item.Scalar() : "";
+    double x = -1;
+    if (item.IsScalar()) {
+      auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), x);
+      if (ec != std::errc() || ptr != text.data() + text.size()) x = -1;
+    }
+    if (!(x >= 0 && x <= 1)) {
+      Error(item.Mark(), "each percentile must be a number from 0 to 1 (0.95 for the 95th percentile), got " +
+                             (item.IsScalar() ? "'" + text + "'" : std::string(NodeKindName(item))));
+      ok = false;
+      continue;
+    }
+    const int64_t ppm = std::llround(x * 1e6);
+    if (std::fabs(x * 1e6 - static_cast<double>(ppm)) > 1e-6) {
+      Error(item.Mark(), "percentile '" + text + "' has more than 6 decimals; round it, e.g. to " +
+                             std::to_string(static_cast<double>(ppm) / 1e6).substr(0, 8));
+      ok = false;
+      continue;
+    }
+    if (std::find(out.begin(), out.end(), ppm) != out.end()) {
+      Error(item.Mark(), "percentile '" + text + "' is listed twice; each becomes a feature of its own, so list it once");
+      ok = false;
+      continue;
+    }
+    out.push_back(ppm);
+  }
+  if (!ok) return std::nullopt;
+  return out;
+}
+
 // For a slide that does not divide size: the nearest slides that do, in the slide's own unit where
 // possible ("6m or 10m" for a 7m slide of a 1h window).
 std::string NearestDivisors(int64_t size_ms, int64_t slide_ms) {
@@ -762,6 +820,36 @@ void SpecParser::ParseFeature(const YAML::Node& item, const SpecOption& list_opt
 
   if (feature.agg == AggKind::kApproxCountDistinct) {
     if (std::optional<int> precision = ReadInt(*map, "precision")) feature.precision = *precision;
+  }
+  if (agg_name && feature.agg == AggKind::kApproxPercentile) {
+    // One feature per percentile, each an output column of its own.
+    std::optional<std::vector<int64_t>> percentiles = ReadPercentiles(*map);
+    if (!percentiles) return;
+    for (int64_t ppm : *percentiles) {
+      FeatureSpec one;
+      one.agg = feature.agg;
+      one.field = feature.field;
+      one.field_slot = feature.field_slot;
+      one.where_text = feature.where_text;
+      if (feature.where) {  // Expr is move-only: parse the text again (it parsed above).
+        size_t offset = 0;
+        Result<Expr> again = Expr::Parse(feature.where_text, spec->fields, &offset);
+        FRESHET_CHECK(again.ok());
+        one.where = std::move(again).value();
+      }
+      one.window = feature.window;
+      one.line = feature.line;
+      one.name = PercentileFeatureName(feature.name, ppm);
+      one.percentile_ppm = ppm;
+      auto [it, inserted] = first_line_by_name->emplace(one.name, feature.line);
+      if (!inserted && !feature.name.empty()) {
+        Error(map->Find("percentiles")->value.Mark(),
+              "percentile feature '" + one.name + "' has the name of the feature at line " + std::to_string(it->second) +
+                  "; rename one of them");
+      }
+      spec->features.push_back(std::move(one));
+    }
+    return;
   }
   spec->features.push_back(std::move(feature));
 }
@@ -1591,6 +1679,7 @@ std::string ReferenceType(const SpecOption& o) {
     case SpecValueType::kExpression: out = "expression"; break;
     case SpecValueType::kMap: out = "map"; break;
     case SpecValueType::kList: out = "list of maps"; break;
+    case SpecValueType::kFractionList: out = "list of numbers 0..1"; break;
   }
   std::string condition;
   if (!o.when_key.empty()) {

@@ -25,6 +25,8 @@ enum class AggKind {
   kLast,
   kCountDistinct,
   kApproxCountDistinct,  // HyperLogLog; `precision` 4..18.
+  kFirst,                // The value of the earliest event.
+  kApproxPercentile,     // Quantile sketch; one feature per entry of `percentiles` (FeatureSpec::percentile_ppm).
 };
 
 // The spec name of an aggregation ("count_distinct").
@@ -33,8 +35,12 @@ const char* AggKindName(AggKind kind);
 // True when the aggregation reads a `field` (every aggregation but count).
 inline bool AggNeedsField(AggKind kind) { return kind != AggKind::kCount; }
 
-// True when the aggregation needs a numeric field (sum, mean, min, max, stddev).
+// True when the aggregation needs a numeric field (sum, mean, min, max, stddev, approx_percentile).
 bool AggNeedsNumber(AggKind kind);
+
+// The output name of percentile `ppm` (millionths) of approx_percentile feature `name`: name_p50 for 0.5,
+// name_p95 for 0.95, name_p99_9 for 0.999, name_p0 and name_p100 for 0 and 1.
+std::string PercentileFeatureName(std::string_view name, int64_t ppm);
 
 enum class WindowKind { kLifetime, kSliding, kTumbling, kSession };
 
@@ -56,6 +62,10 @@ struct FeatureSpec {
   std::optional<Expr> where;  // Absent: every event qualifies.
   WindowSpec window;
   int precision = 14;    // approx_count_distinct only.
+  // approx_percentile only: the percentile in millionths (0.95 is 950000). A spec feature with
+  // `percentiles: [p1, p2, ...]` becomes one FeatureSpec per percentile, named <name>_p<percent>
+  // (PercentileFeatureName), each with its own state.
+  int64_t percentile_ppm = 0;
   int line = 0;          // Where the feature is declared in the spec file (1-based), for messages.
 };
 

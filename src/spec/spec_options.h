@@ -27,6 +27,7 @@ enum class SpecValueType {
   kExpression,  // A `where` expression (grammar in spec/expr.h).
   kMap,         // Nested keys, whose rows have section "<this row's path>".
   kList,        // A list of maps, whose rows have section "<this row's path>[]".
+  kFractionList,  // A non-empty list of numbers from 0 to 1 with at most 6 decimals: [0.5, 0.95].
 };
 
 // One key of the spec. Built with chained setters so the table reads as a list:
@@ -353,11 +354,13 @@ inline constexpr SpecOption kSpecOptions[] = {
         .Required().Example("purchase_count_30m"),
     SpecOption("features[]", "aggregation", SpecValueType::kChoice,
                "What to compute over the events in the window: count (events), sum, mean, min, max, "
-               "stddev (population), last (value of the latest event by event time), count_distinct "
-               "(exact), approx_count_distinct (HyperLogLog). sum, mean, min, max and stddev need a "
-               "numeric field.")
+               "stddev (population), last (value of the latest event by event time), first (value of the "
+               "earliest event by event time), count_distinct (exact), approx_count_distinct (HyperLogLog), "
+               "approx_percentile (quantile sketch; see percentiles). sum, mean, min, max, stddev and "
+               "approx_percentile need a numeric field.")
         .Required()
-        .Choices("count, sum, mean, min, max, stddev, last, count_distinct, approx_count_distinct"),
+        .Choices("count, sum, mean, min, max, stddev, last, first, count_distinct, approx_count_distinct, "
+                 "approx_percentile"),
     SpecOption("features[]", "field", SpecValueType::kFieldPath,
                "The event field to aggregate (dotted path for nested objects). Every aggregation but count "
                "needs one.")
@@ -376,6 +379,15 @@ inline constexpr SpecOption kSpecOptions[] = {
                "HyperLogLog precision p (4..18): 2^p registers, relative error about 1.04/sqrt(2^p).")
         .Range(4, 18).Default("14").When("aggregation", "approx_count_distinct")
         .MisuseHint("only approx_count_distinct takes a precision; remove it"),
+    SpecOption("features[]", "percentiles", SpecValueType::kFractionList,
+               "The percentiles approx_percentile computes, each a number from 0 to 1 with at most 6 decimals. "
+               "Each is a feature (an output column, a double) of its own, named <name>_p<percent>: "
+               "name_p50 for 0.5, name_p99_9 for 0.999. The nearest-rank percentile p of n values is the one "
+               "at rank max(1, ceil(p n)) in ascending order; exact while the window holds at most 256 values, "
+               "then within a rank error of L n / 256, L = floor(log2(n / 256)) + 1.")
+        .Required().When("aggregation", "approx_percentile")
+        .MisuseHint("only approx_percentile takes percentiles; remove it")
+        .Example("[0.5, 0.95]"),
 
     // features[].window
     SpecOption("features[].window", "type", SpecValueType::kChoice,

@@ -281,6 +281,47 @@ TEST(SpecTest, Precision) {
              8, 16, {"'precision' must be an integer from 4 to 18, got '20'"});
 }
 
+TEST(SpecTest, PercentilesBecomeOneFeatureEach) {
+  Result<Spec> spec = ParseSpec(std::string(kHead) +
+                                    "  - name: amt\n    aggregation: approx_percentile\n    field: amount\n"
+                                    "    where: \"type == 'purchase'\"\n"
+                                    "    percentiles: [0.5, 0.95, 0.999, 0, 1, 0.07]\n    window: {type: lifetime}\n"
+                                    "  - {name: f, aggregation: first, field: category, window: {type: lifetime}}\n",
+                                "t.yaml");
+  ASSERT_TRUE(spec.ok()) << spec.status().message();
+  std::vector<std::string> names;
+  for (const FeatureSpec& f : spec->features) names.push_back(f.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"amt_p50", "amt_p95", "amt_p99_9", "amt_p0", "amt_p100", "amt_p7", "f"}));
+  EXPECT_EQ(spec->features[1].percentile_ppm, 950000);
+  EXPECT_EQ(spec->features[5].percentile_ppm, 70000);
+  EXPECT_EQ(spec->features[2].agg, AggKind::kApproxPercentile);
+  EXPECT_TRUE(spec->features[4].where.has_value());
+  EXPECT_EQ(spec->features[4].where_text, "type == 'purchase'");
+  EXPECT_EQ(spec->features[6].agg, AggKind::kFirst);
+  EXPECT_EQ(PercentileFeatureName("x", 999999), "x_p99_9999");
+  EXPECT_EQ(PercentileFeatureName("x", 5), "x_p0_0005");
+}
+
+TEST(SpecTest, PercentileMistakesSayWhatToWrite) {
+  const std::string head = std::string(kHead) + "  - name: n\n    aggregation: approx_percentile\n    field: x\n";
+  ExpectOnly(head + "    window: {type: lifetime}\n", 5, 5,
+             {"missing required key 'percentiles'", "[0.5, 0.95]"});
+  ExpectOnly(head + "    percentiles: [0.5, 1.5]\n    window: {type: lifetime}\n", 8, 24,
+             {"each percentile must be a number from 0 to 1", "'1.5'"});
+  ExpectOnly(head + "    percentiles: [0.1234567]\n    window: {type: lifetime}\n", 8, 19,
+             {"more than 6 decimals"});
+  ExpectOnly(head + "    percentiles: [0.5, 0.50]\n    window: {type: lifetime}\n", 8, 24, {"listed twice"});
+  ExpectOnly(head + "    percentiles: []\n    window: {type: lifetime}\n", 8, 18, {"an empty list"});
+  ExpectOnly(head + "    percentiles: 0.5\n    window: {type: lifetime}\n", 8, 18, {"a list of numbers"});
+  ExpectOnly(std::string(kHead) + "  - name: n\n    aggregation: max\n    field: x\n    percentiles: [0.5]\n"
+                                  "    window: {type: lifetime}\n",
+             8, 5, {"only approx_percentile takes percentiles"});
+  ExpectOnly(std::string(kHead) + "  - {name: n_p50, aggregation: count, window: {type: lifetime}}\n" +
+                 "  - name: n\n    aggregation: approx_percentile\n    field: x\n"
+                 "    percentiles: [0.5]\n    window: {type: lifetime}\n",
+             9, 18, {"percentile feature 'n_p50' has the name of the feature at line 5"});
+}
+
 TEST(SpecTest, WindowRules) {
   // A key of another window type.
   ExpectOnly(std::string(kHead) + "  - name: n\n    aggregation: count\n    window: {type: sliding, size: 1h, gap: 5m}\n",
@@ -794,7 +835,8 @@ TEST(SpecOptionsTest, TableMatchesTheTypes) {
   ASSERT_NE(window_type, nullptr);
   std::string agg_choices;
   for (AggKind k : {AggKind::kCount, AggKind::kSum, AggKind::kMean, AggKind::kMin, AggKind::kMax, AggKind::kStddev,
-                    AggKind::kLast, AggKind::kCountDistinct, AggKind::kApproxCountDistinct}) {
+                    AggKind::kLast, AggKind::kFirst, AggKind::kCountDistinct, AggKind::kApproxCountDistinct,
+                    AggKind::kApproxPercentile}) {
     agg_choices += std::string(agg_choices.empty() ? "" : ", ") + AggKindName(k);
   }
   EXPECT_EQ(aggregation->choices, agg_choices);

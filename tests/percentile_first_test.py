@@ -1,0 +1,239 @@
+"""approx_percentile and first in every window type, through every path that computes features (issue 15).
+
+A workload of a few busy users (so that windows hold well over the sketch's 256 exact values) with 20 s of
+disorder within the watermark runs through `freshet run`; every row of the features table is checked against
+the brute-force reference (tests/reference.py) over the events accepted up to it: `first` equal, each
+percentile within the sketch's rank bound (equal while the window holds at most 256 values). Then: a backfill
+rewrites the table bit for bit; a run stopped half way and resumed from its checkpoint writes the same table
+as one run; lookups at or after the horizon are within the bound of the reference over all events; and
+`freshet historical` answers rows at arbitrary times within it too.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import random
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+import reference
+from asof_exact_test import BIN, Server, _features_table, _require_binary, _stop, _wait_until_read
+
+MAX_OUT_OF_ORDERNESS_MS = 10_000
+ALLOWED_LATENESS_MS = 30_000
+
+SPEC = """name: percentiles
+entity: user_id
+timestamp: ts
+watermark: {{max_out_of_orderness: 10s, allowed_lateness: 30s}}
+source: {{type: file, path: {events}, follow: false}}
+serve: {{port: 0}}
+features:
+  - {{name: ts_life, aggregation: approx_percentile, field: ts, percentiles: [0.5, 0.95, 0.07], window: {{type: lifetime}}}}
+  - {{name: amount_life, aggregation: approx_percentile, field: amount, percentiles: [0.5], where: "type == 'purchase'", window: {{type: lifetime}}}}
+  - {{name: ts_10m, aggregation: approx_percentile, field: ts, percentiles: [0.5, 0.95], window: {{type: sliding, size: 10m, slide: 1m}}}}
+  - {{name: ts_5m, aggregation: approx_percentile, field: ts, percentiles: [0.95], window: {{type: sliding, size: 5m}}}}
+  - {{name: ts_15m, aggregation: approx_percentile, field: ts, percentiles: [0, 1, 0.5], window: {{type: tumbling, size: 15m}}}}
+  - {{name: ts_session, aggregation: approx_percentile, field: ts, percentiles: [0.5, 0.999], window: {{type: session, gap: 1m}}}}
+  - {{name: first_category, aggregation: first, field: category, window: {{type: lifetime}}}}
+  - {{name: first_amount_10m, aggregation: first, field: amount, window: {{type: sliding, size: 10m, slide: 1m}}}}
+  - {{name: first_type_5m, aggregation: first, field: type, window: {{type: sliding, size: 5m}}}}
+  - {{name: first_ts_15m, aggregation: first, field: ts, window: {{type: tumbling, size: 15m}}}}
+  - {{name: first_category_session, aggregation: first, field: category, window: {{type: session, gap: 1m}}}}
+"""
+
+
+@dataclass
+class Workload:
+    events_path: Path
+    spec_path: Path
+    spec: reference.Spec
+    lines: list[bytes]
+    accepted: list[reference.Event]
+
+
+@pytest.fixture(scope="module")
+def workload(tmp_path_factory: pytest.TempPathFactory) -> Workload:
+    _require_binary()
+    tmp = tmp_path_factory.mktemp("percentiles")
+    events = tmp / "events.jsonl"
+    subprocess.run([BIN, "generate", "--users", "8", "--events", "4000", "--seed", "15", "--duration", "30m",
+                    "--disorder", "20s", "--late-share", "0.01", "--no-progress", "--output", str(events)],
+                   check=True, timeout=60)
+    spec_path = tmp / "spec.yaml"
+    spec_path.write_text(SPEC.format(events=events))
+    spec = reference.load_spec(str(spec_path))
+    data = events.read_bytes()
+    accepted, _ = reference.read_events(data, spec)
+    return Workload(events, spec_path, spec, reference.split_lines(data), accepted)
+
+
+@pytest.fixture(scope="module")
+def streamed(workload: Workload, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pa.Table]:
+    data_dir = tmp_path_factory.mktemp("percentiles-run") / "data"
+    subprocess.run([BIN, "run", "--spec", str(workload.spec_path), "--data-dir", str(data_dir), "--exit-at-end"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    return data_dir, _features_table(data_dir)
+
+
+def _ok(feature: reference.Feature, window: list[reference.Event], expected: Any, got: Any) -> bool:
+    """The engine's value against the reference's window: first equal (as text, the column's type),
+    approx_percentile within the rank bound."""
+    if isinstance(got, float) and got != got:
+        got = None
+    if feature.aggregation == "approx_percentile":
+        values = [reference.resolve(e.record, feature.field) for e in window]
+        return reference.approx_percentile_ok(values, feature.percentile, got)
+    if expected is None:
+        return got is None
+    return got is not None and reference.format_value(got) == reference.format_value(expected)
+
+
+def test_the_workload_reaches_the_sketch_and_disorder_in_every_window(workload: Workload) -> None:
+    """Each window type has rows whose window holds more than 256 values (the sketch compacts) and rows of
+    out-of-order events that must leave out later events accepted before them."""
+    spec = workload.spec
+    newest: dict[str, int] = {}
+    overtaken = 0
+    big: dict[str, int] = {}
+    qualifying: dict[tuple[int, str], list[reference.Event]] = {}
+    for event in workload.accepted:
+        if event.time_ms < newest.get(event.entity, event.time_ms):
+            overtaken += 1
+        newest[event.entity] = max(newest.get(event.entity, event.time_ms), event.time_ms)
+        for j, feature in enumerate(spec.features):
+            if feature.aggregation != "approx_percentile":
+                continue
+            prefix = qualifying.setdefault((j, event.entity), [])
+            if reference.qualifies(feature, event):
+                prefix.append(event)
+            _, window = reference.value_from_qualifying(feature, prefix, event.time_ms)
+            kind = feature.window.kind + ("-tiled" if feature.window.slide_ms else "")
+            if len(window) > reference.QUANTILE_LEVEL_CAPACITY:
+                big[kind] = big.get(kind, 0) + 1
+    assert overtaken > 0.1 * len(workload.accepted), overtaken
+    for kind in ("lifetime", "sliding-tiled", "sliding", "tumbling", "session"):
+        assert big.get(kind, 0) > 100, (kind, big)
+
+
+def test_features_rows_are_within_the_bounds_of_the_reference(workload: Workload,
+                                                               streamed: tuple[Path, pa.Table]) -> None:
+    spec = workload.spec
+    table = streamed[1].to_pylist()
+    assert [r["seq"] for r in table] == list(range(len(workload.accepted)))
+    qualifying: dict[tuple[int, str], list[reference.Event]] = {}
+    mismatches = []
+    for row, event in zip(table, workload.accepted):
+        assert row["entity"] == event.entity
+        for j, feature in enumerate(spec.features):
+            prefix = qualifying.setdefault((j, event.entity), [])
+            if reference.qualifies(feature, event):
+                prefix.append(event)
+            expected, window = reference.value_from_qualifying(feature, prefix, event.time_ms)
+            if not _ok(feature, window, expected, row[feature.name]):
+                mismatches.append(f"seq {row['seq']} (line {event.line}, {event.entity}, t {event.time_ms}) "
+                                  f"{feature.name}: reference {expected!r} over {len(window)} values, "
+                                  f"table {row[feature.name]!r}")
+    assert not mismatches, f"{len(mismatches)} mismatches\n" + "\n".join(mismatches[:20])
+
+
+def test_percentile_columns_are_doubles_and_first_strings(streamed: tuple[Path, pa.Table]) -> None:
+    schema = streamed[1].schema
+    for name in ("ts_life_p50", "ts_life_p95", "ts_life_p7", "amount_life_p50", "ts_10m_p95", "ts_5m_p95", "ts_15m_p0",
+                 "ts_15m_p100", "ts_session_p99_9"):
+        assert schema.field(name).type == pa.float64(), (name, schema)
+    for name in ("first_category", "first_amount_10m", "first_ts_15m"):
+        assert schema.field(name).type == pa.string(), (name, schema)
+
+
+def test_backfill_rewrites_the_streamed_table_bit_for_bit(workload: Workload,
+                                                           streamed: tuple[Path, pa.Table]) -> None:
+    data_dir, table = streamed
+    subprocess.run([BIN, "backfill", "--spec", str(workload.spec_path), "--data-dir", str(data_dir),
+                    "--no-progress"], check=True, timeout=300, stderr=subprocess.DEVNULL)
+    assert _features_table(data_dir).equals(table)
+
+
+def test_a_run_resumed_from_its_checkpoint_writes_the_same_rows(workload: Workload, tmp_path: Path,
+                                                                streamed: tuple[Path, pa.Table]) -> None:
+    """The sketches, first values and recent events with their marks go through a checkpoint half way."""
+    events = tmp_path / "events.jsonl"
+    half = len(workload.lines) // 2
+    events.write_bytes(b"".join(line + b"\n" for line in workload.lines[:half]))
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(workload.spec_path.read_text().replace(str(workload.events_path), str(events)))
+    data_dir = tmp_path / "data"
+    for _ in range(2):
+        subprocess.run([BIN, "run", "--spec", str(spec_path), "--data-dir", str(data_dir), "--exit-at-end"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+        with open(events, "ab") as f:
+            f.write(b"".join(line + b"\n" for line in workload.lines[half:]))
+        half = len(workload.lines)
+    resumed = _features_table(data_dir)
+    assert resumed.equals(streamed[1]), "the resumed run's features table differs from the single run's"
+
+
+def test_lookups_at_or_after_the_horizon_are_within_the_bounds(workload: Workload, tmp_path: Path) -> None:
+    spec = workload.spec
+    evaluator = reference.Evaluator(spec, workload.accepted)
+    newest: dict[str, int] = {}
+    for event in workload.accepted:
+        newest[event.entity] = max(newest.get(event.entity, event.time_ms), event.time_ms)
+    horizon = max(newest.values()) - MAX_OUT_OF_ORDERNESS_MS - ALLOWED_LATENESS_MS
+    rng = random.Random(3)
+    points = [(e, rng.randint(min(horizon, newest[e]), newest[e] + 120_000)) for e in sorted(newest) for _ in range(10)]
+    server = Server(workload.spec_path, tmp_path / "data", tmp_path / "run.log")
+    mismatches = []
+    try:
+        _wait_until_read(server, len(workload.lines))
+        for entity, at in points:
+            answer = json.loads(server.get(f"/v1/features/{entity}?at={at}"))
+            assert answer["exact"] is True, answer
+            for j, feature in enumerate(spec.features):
+                expected, window = evaluator.value(j, entity, at)
+                if not _ok(feature, window, expected, answer["features"][feature.name]):
+                    mismatches.append(f"{entity} at {at} {feature.name}: reference {expected!r} over {len(window)} "
+                                      f"values, served {answer['features'][feature.name]!r}")
+    finally:
+        _stop(server)
+    assert not mismatches, f"{len(mismatches)} mismatches\n" + "\n".join(mismatches[:20])
+
+
+def test_historical_rows_are_within_the_bounds(workload: Workload, tmp_path: Path) -> None:
+    spec = workload.spec
+    evaluator = reference.Evaluator(spec, workload.accepted)
+    times = [e.time_ms for e in workload.accepted]
+    rng = random.Random(4)
+    entities = sorted({e.entity for e in workload.accepted})
+    rows = [(rng.choice(entities), rng.randint(min(times) - 60_000, max(times) + 600_000)) for _ in range(300)]
+    rows += [(e.entity, e.time_ms) for e in rng.sample(workload.accepted, 100)]
+    entities_csv = tmp_path / "entities.csv"
+    with open(entities_csv, "w", newline="") as f:
+        csv.writer(f).writerows([["user_id", "ts"]] + [[e, t] for e, t in rows])
+    out = tmp_path / "out.csv"
+    subprocess.run([BIN, "historical", "--spec", str(workload.spec_path), "--events", str(workload.events_path),
+                    "--entities", str(entities_csv), "--output", str(out), "--no-progress"], check=True, timeout=300,
+                   stderr=subprocess.DEVNULL)
+    with open(out, newline="") as f:
+        answers = list(csv.DictReader(f))
+    mismatches = []
+    for (entity, t), answer in zip(rows, answers, strict=True):
+        for j, feature in enumerate(spec.features):
+            expected, window = evaluator.value(j, entity, t)
+            cell = answer[feature.name]
+            got: Any = None
+            if cell != "":
+                got = float(cell) if feature.aggregation == "approx_percentile" else cell
+            if feature.aggregation == "first" and expected is not None:
+                ok = cell == reference.format_value(expected)
+            else:
+                ok = _ok(feature, window, expected, got)
+            if not ok:
+                mismatches.append(f"{entity} at {t} {feature.name}: reference {expected!r} over {len(window)} values, "
+                                  f"historical {cell!r}")
+    assert not mismatches, f"{len(mismatches)} mismatches\n" + "\n".join(mismatches[:20])
