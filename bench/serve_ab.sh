@@ -26,15 +26,8 @@ source "$here/bench/release_build.sh"
 release_build loadgen
 data="$here/bench/data/serve_ab"
 rm -rf "$data" && mkdir -p "$data"
-awk -v n="$entities" 'BEGIN {
-  base = 1767268800000 - 3600000;
-  for (i = 1; i <= n; i++) {
-    t = base + (i * 37) % 3600000;
-    printf "{\"user_id\":\"u%d\",\"ts\":%d,\"type\":\"view\",\"category\":\"c%d\"}\n", i, t, i % 12;
-    printf "{\"user_id\":\"u%d\",\"ts\":%d,\"type\":\"purchase\",\"amount\":%d.5,\"category\":\"c%d\"}\n", i, t + 1, i % 500, i % 12;
-    printf "{\"user_id\":\"u%d\",\"ts\":%d,\"type\":\"login\",\"success\":false}\n", i, t + 2;
-  }
-}' | sort -t, -k2,2 > "$data/events.jsonl"
+source "$here/bench/serve_workload.sh"
+serve_workload "$entities" "$data/events.jsonl"
 
 pid=""
 trap '[ -z "$pid" ] || kill "$pid" 2>/dev/null || true' EXIT

@@ -44,16 +44,9 @@ source "$here/bench/release_build.sh"
 release_build freshet loadgen
 data="$here/bench/data/serve"
 rm -rf "$data" && mkdir -p "$data"
-# Every entity gets 3 events (a view, a purchase, a login) in the hour before noon.
-awk -v n="$entities" 'BEGIN {
-  base = 1767268800000 - 3600000;
-  for (i = 1; i <= n; i++) {
-    t = base + (i * 37) % 3600000;
-    printf "{\"user_id\":\"u%d\",\"ts\":%d,\"type\":\"view\",\"category\":\"c%d\"}\n", i, t, i % 12;
-    printf "{\"user_id\":\"u%d\",\"ts\":%d,\"type\":\"purchase\",\"amount\":%d.5,\"category\":\"c%d\"}\n", i, t + 1, i % 500, i % 12;
-    printf "{\"user_id\":\"u%d\",\"ts\":%d,\"type\":\"login\",\"success\":false}\n", i, t + 2;
-  }
-}' | sort -t, -k2,2 > "$data/events.jsonl"
+# Every entity gets 3 events (a view, a purchase, a login) in the hour before noon, 2026-01-01 (UTC).
+source "$here/bench/serve_workload.sh"
+serve_workload "$entities" "$data/events.jsonl"
 sed -e 's|source: {type: file, path: events.jsonl}|source: {type: file, path: events.jsonl}\nserve: {port: 0}\ncheckpoint: {interval: 1h}|' \
   "$here/examples/fraud/fraud.yaml" > "$data/spec.yaml"
 

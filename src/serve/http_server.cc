@@ -10,6 +10,7 @@
 #include <charconv>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -173,6 +174,27 @@ void SetError(HttpResponse& res, int status, std::string_view message, std::stri
   }
   json.EndObject();
   SetBody(res, status, std::move(body), kJsonType);
+}
+
+// Calls take(key, value) for each parameter of `query` (a=1&b=2), percent-decoded, in order. False after a 400:
+// a parameter that is not valid percent-encoding, or one that take refused (it wrote the error).
+bool ForEachQueryParameter(std::string_view query, HttpResponse& res,
+                           const std::function<bool(std::string& key, std::string& value)>& take) {
+  for (std::string_view rest = query; !rest.empty();) {
+    const size_t ampersand = rest.find('&');
+    const std::string_view pair = rest.substr(0, ampersand);
+    rest = ampersand == std::string_view::npos ? std::string_view() : rest.substr(ampersand + 1);
+    if (pair.empty()) continue;
+    const size_t equals = pair.find('=');
+    std::string key, value;
+    if (!PercentDecode(pair.substr(0, equals), &key) ||
+        !PercentDecode(equals == std::string_view::npos ? std::string_view() : pair.substr(equals + 1), &value)) {
+      SetError(res, 400, "query parameter " + QuotedForMessage(pair) + " is not valid percent-encoding");
+      return false;
+    }
+    if (!take(key, value)) return false;
+  }
+  return true;
 }
 
 // The HTTP status for a service error (see feature_service.h).
@@ -577,18 +599,7 @@ void HttpServer::Impl::HandleEntityFeatures(std::string_view path, std::string_v
   }
   std::optional<std::string> features_text;
   std::optional<std::string> at_text;
-  for (std::string_view rest = query; !rest.empty();) {
-    const size_t ampersand = rest.find('&');
-    const std::string_view pair = rest.substr(0, ampersand);
-    rest = ampersand == std::string_view::npos ? std::string_view() : rest.substr(ampersand + 1);
-    if (pair.empty()) continue;
-    const size_t equals = pair.find('=');
-    std::string key, value;
-    if (!PercentDecode(pair.substr(0, equals), &key) ||
-        !PercentDecode(equals == std::string_view::npos ? std::string_view() : pair.substr(equals + 1), &value)) {
-      SetError(res, 400, "query parameter " + QuotedForMessage(pair) + " is not valid percent-encoding");
-      return;
-    }
+  const bool parameters_ok = ForEachQueryParameter(query, res, [&](std::string& key, std::string& value) {
     if (key == "features") {
       if (features_text) features_text->push_back(',');
       else features_text.emplace();
@@ -596,15 +607,17 @@ void HttpServer::Impl::HandleEntityFeatures(std::string_view path, std::string_v
     } else if (key == "at") {
       if (at_text) {
         SetError(res, 400, "'at' is given more than once; give one time");
-        return;
+        return false;
       }
       at_text = std::move(value);
     } else {
       SetError(res, 400, "unknown query parameter " + QuotedForMessage(key) + "; valid: features (comma-separated names), "
                          "at (epoch milliseconds or RFC 3339)");
-      return;
+      return false;
     }
-  }
+    return true;
+  });
+  if (!parameters_ok) return;
 
   std::optional<std::vector<std::string_view>> names;
   if (features_text) {
@@ -970,18 +983,7 @@ void HttpServer::Impl::HandleExplain(std::string_view path, std::string_view que
     return;
   }
   std::optional<std::string> feature_name, at_text;
-  for (std::string_view rest = query; !rest.empty();) {
-    const size_t ampersand = rest.find('&');
-    const std::string_view pair = rest.substr(0, ampersand);
-    rest = ampersand == std::string_view::npos ? std::string_view() : rest.substr(ampersand + 1);
-    if (pair.empty()) continue;
-    const size_t equals = pair.find('=');
-    std::string key, value;
-    if (!PercentDecode(pair.substr(0, equals), &key) ||
-        !PercentDecode(equals == std::string_view::npos ? std::string_view() : pair.substr(equals + 1), &value)) {
-      SetError(res, 400, "query parameter " + QuotedForMessage(pair) + " is not valid percent-encoding");
-      return;
-    }
+  const bool parameters_ok = ForEachQueryParameter(query, res, [&](std::string& key, std::string& value) {
     if (key == "feature" && !feature_name) {
       feature_name = std::move(value);
     } else if (key == "at" && !at_text) {
@@ -989,9 +991,11 @@ void HttpServer::Impl::HandleExplain(std::string_view path, std::string_view que
     } else {
       SetError(res, 400, "query parameter " + QuotedForMessage(key) + " is unknown or repeated; valid: feature (one "
                          "feature name), at (epoch milliseconds or RFC 3339)");
-      return;
+      return false;
     }
-  }
+    return true;
+  });
+  if (!parameters_ok) return;
   if (!feature_name) {
     SetError(res, 400, "name the feature to explain: /v1/explain/{entity}?feature=F", "valid_features", feature_names);
     return;
