@@ -48,6 +48,9 @@ def _spec(tmp: Path, dedup: bool = False, follow: bool = False) -> Path:
     assert "checkpoint:" not in text
     if dedup:
         text = text.replace("timestamp: ts\n", "timestamp: ts\ndedup: {field: event_id, within: 1h}\n")
+        # The example declares its event fields in `schema:`; the dedup id must be declared too.
+        assert "\nschema:\n" in text
+        text = text.replace("\nschema:\n", "\nschema:\n  event_id: string\n")
     if follow:
         text = text.replace("source: {type: file, path: events.jsonl}",
                             "source: {type: file, path: events.jsonl, follow: true}\ncheckpoint: {interval: 200ms}")
