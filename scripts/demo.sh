@@ -67,9 +67,9 @@ curl -s "$url/v1/explain/$first?feature=purchase_count_30m" | "$here/.venv/bin/p
 import json, sys
 x = json.load(sys.stdin)
 print("   %s = %s: %s (%d counted, %d excluded)" % (x.get("feature"), x.get("value"), x.get("arithmetic"), x.get("counted", 0), x.get("excluded", 0)) if "error" not in x else "   " + x["error"])' || true
-echo "   curl -s $url/health; curl -s $url/metrics | grep -E '^freshet_(freshness_p99|events_(accepted|rejected|late))'"
+echo "   curl -s $url/health; curl -s $url/metrics | grep -E '^freshet_(freshness_slo_breached|events_(accepted|rejected|late)_total)'"
 curl -s "$url/health"; echo
-curl -s "$url/metrics" | grep -E '^freshet_(freshness_p99|events_(accepted|rejected|late))' || true
+curl -s "$url/metrics" | grep -E '^freshet_(freshness_slo_breached|events_(accepted|rejected|late)_total)' || true
 
 kill -TERM $run_pid && wait $run_pid || true
 echo
