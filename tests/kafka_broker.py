@@ -235,7 +235,10 @@ class KafkaBroker(ChildServer):
         acknowledged. partition: all to this one; None: by key (librdkafka's partitioner). Returns the
         (partition, offset) of each message; raises if any delivery failed."""
         from confluent_kafka import KafkaException, Producer
-        producer = Producer(self.config({"acks": "all", "linger.ms": 5, **(producer_config or {})}))
+        # Idempotent: a batch retried under load (a slow broker) cannot land after later ones or twice, so each
+        # partition holds the messages in the order given, which tests' references assume.
+        producer = Producer(self.config({"acks": "all", "linger.ms": 5, "enable.idempotence": True,
+                                         **(producer_config or {})}))
         results: list[tuple[int, int] | None] = []
         errors = []
 
