@@ -252,10 +252,19 @@ features:
         browser.get(base + "/ui#pipeline")
         wait_until(browser, lambda d: d.find_element(By.ID, "health").get_attribute("data-status") == "degraded",
                    "the degraded banner")
-        health = get(base, "/health")
-        assert health["status"] == "degraded" and f"redis://127.0.0.1:{closed_port} unreachable" in health["reasons"][0]
-        shown = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#health li")]
-        assert shown == health["reasons"]
+        # The Redis writer's reason changes as it retries ("unreachable", then "out of sync: starting" between two
+        # connect attempts), and the page polls every 2 s: wait until the banner shows what /health says now.
+        unreachable = f"redis://127.0.0.1:{closed_port} unreachable"
+        last = {}
+
+        def banner_matches_health(_driver) -> bool:
+            health = get(base, "/health")
+            shown = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#health li")]
+            last.update(health=health, shown=shown)
+            return (health["status"] == "degraded" and unreachable in health["reasons"][0] and
+                    shown == health["reasons"])
+
+        wait_until(browser, banner_matches_health, f"the banner to show /health's reasons (last: {last})")
         assert text(browser, '[data-figure="online.type"]') == "redis"
         assert text(browser, '[data-figure="online.connected"]') == "no"
         browser.save_screenshot(str(screenshot_dir() / "pipeline-degraded.png"))
