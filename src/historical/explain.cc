@@ -15,6 +15,7 @@
 #include "engine/feature_engine.h"
 #include "event/event_parser.h"
 #include "serve/json.h"
+#include "serve/spec_json.h"
 
 namespace freshet {
 namespace {
@@ -345,13 +346,7 @@ std::string ExplanationJson(const Spec& spec, const Explanation& e, const std::s
   json.BeginObject();
   json.Key("entity").String(e.entity);
   json.Key("feature").String(f.name);
-  json.Key("aggregation").String(AggKindName(f.agg));
-  json.Key("field");
-  if (f.field.empty()) json.Null();
-  else json.String(f.field);
-  json.Key("where");
-  if (f.where_text.empty()) json.Null();
-  else json.String(f.where_text);
+  FeatureDefinitionMembers(json, f);
   json.Key("window").String(e.window_text);
   json.Key("at").String(FormatRfc3339(e.at_ms));
   json.Key("at_ms").Int(e.at_ms);
