@@ -68,15 +68,18 @@ def pipeline(tmp_path_factory):
                     "--output", str(d / "events.jsonl")], check=True, capture_output=True)
     (d / "spec.yaml").write_text(explain_test.SPEC.replace(
         "checkpoint: {interval: 1s}",
-        "checkpoint: {interval: 1s}\nfreshness_slo: {p99: 1s, window: 1m}\nskew: {interval: 1s}"))
+        "checkpoint: {interval: 1s}\nfreshness_slo: {p99: 1s, window: 1m}\nskew: {interval: 1s}").replace(
+        "path: events.jsonl}", "path: feed.jsonl, follow: true}"))
     spec = ref.load_spec(str(d / "spec.yaml"))
     data = (d / "events.jsonl").read_bytes()
     events, dead = ref.read_events(data, spec)
     lines = ref.split_lines(data)
+    (d / "feed.jsonl").write_bytes(b"")
     proc, port = start_run([FRESHET_BIN, "run", "--spec", str(d / "spec.yaml"), "--data-dir", str(d / "data"),
                             "--port", "0"], d / "run.log")
     base = f"http://127.0.0.1:{port}"
     try:
+        feed(d / "feed.jsonl", lines)
         explain_test.wait_for(lambda: get(base, "/v1/ui/pipeline")["totals"]["accepted"] == len(events), 30,
                               "all events accepted")
         written = get(base, "/v1/ui/pipeline")["checkpoint"]["written"]
@@ -93,6 +96,19 @@ def pipeline(tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def feed(path: Path, lines: list[bytes]) -> None:
+    """Appends the events to the file the pipeline follows, in 40 chunks. With FRESHET_UI_LIVE_FEED (set by
+    scripts/ui_screenshots.sh) the chunks are paced half a second apart, so that the screenshots' charts show
+    events arriving over time; the tests themselves wait for conditions only."""
+    pace = 0.5 if os.environ.get("FRESHET_UI_LIVE_FEED") else 0.0
+    chunk = max(1, len(lines) // 40 + 1)
+    for start in range(0, len(lines), chunk):
+        with open(path, "ab") as f:
+            f.write(b"".join(line + b"\n" for line in lines[start:start + chunk]))
+        if pace:
+            time.sleep(pace)  # Pacing the feed (screenshots only), not waiting for anything.
 
 
 def get(base: str, path: str):
