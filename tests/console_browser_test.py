@@ -63,9 +63,12 @@ def fmt(value, unit=None) -> str:
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     d = tmp_path_factory.mktemp("console")
+    # A live feed (screenshots) carries the last day's events, so that the watermark lag reads as live.
+    recent = (["--start", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 86400)), "--duration", "1d"]
+              if os.environ.get("FRESHET_UI_LIVE_FEED") else [])
     subprocess.run([FRESHET_BIN, "generate", "--users", "30", "--events", "2000", "--seed", "3", "--disorder", "2m",
                     "--late-share", "0.03", "--malformed-share", "0.02", "--event-ids", "--duplicate-share", "0.03",
-                    "--output", str(d / "events.jsonl")], check=True, capture_output=True)
+                    *recent, "--output", str(d / "events.jsonl")], check=True, capture_output=True)
     (d / "spec.yaml").write_text(explain_test.SPEC.replace(
         "checkpoint: {interval: 1s}",
         "checkpoint: {interval: 1s}\nfreshness_slo: {p99: 1s, window: 1m}\nskew: {interval: 1s}").replace(
@@ -227,7 +230,11 @@ def test_entity_page_explains_late_and_filtered_events(pipeline, browser):
     served = get(base, f"/v1/features/{urllib.parse.quote(entity)}?at={at}")
     for name, value in served["features"].items():
         assert text(browser, f'#current-values tr[data-feature="{name}"] td.v') == js_json(value), name
+    # Tall enough to show the events with their verdicts below the charts (at most 2,600 pixels).
+    height = browser.execute_script("return document.body.scrollHeight")
+    browser.set_window_size(1400, min(max(1000, height + 100), 2600))
     browser.save_screenshot(str(screenshot_dir() / "entity.png"))
+    browser.set_window_size(1400, 1000)
 
 
 def test_dead_letters_page(pipeline, browser):
