@@ -7,7 +7,7 @@
 namespace freshet {
 namespace {
 
-constexpr std::string_view kSpec = R"(name: t
+constexpr std::string_view kSpec = R"yaml(name: t
 entity: user_id
 timestamp: ts
 features:
@@ -19,7 +19,7 @@ request_features:
   - {name: who, expr: "upper(user_id)"}
   - {name: hour, expr: "hour_of_day(ts)"}
   - {name: per, expr: "param.amount / n"}
-)";
+)yaml";
 
 TEST(RequestFeatures, ReadFeaturesParamsEntityTimeAndEarlierItems) {
   Result<Spec> spec = ParseSpec(kSpec, "t.yaml");
@@ -40,7 +40,7 @@ TEST(RequestFeatures, ReadFeaturesParamsEntityTimeAndEarlierItems) {
   EXPECT_DOUBLE_EQ(out[1].d, 5.0);
   EXPECT_EQ(out[2].s, "U7");
   EXPECT_EQ(out[3].type, ValueType::kInt);
-  EXPECT_EQ(out[3].i, 3);
+  EXPECT_EQ(out[3].i, 15);  // 2026-01-01T12:00Z plus 3 h.
   EXPECT_TRUE(out[4].is_null());  // A division by zero.
   // Without the parameter, what reads it is null; the rest is computed.
   EvaluateRequestFeatures(r, "u7", 0, [&](int k) { return features[k]; }, {}, &out, &owned);
