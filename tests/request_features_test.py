@@ -293,3 +293,34 @@ def test_freshet_serve_from_redis_computes_request_features(workload, tmp_path):
             proc.wait(timeout=30)
     finally:
         redis.stop()
+
+
+def test_sdk_training_set_has_request_features(workload):
+    """get_historical_features hands entity_df's parameter columns to `freshet historical` and returns the
+    request features after the features, equal to the reference."""
+    import pandas as pd
+
+    import freshet
+
+    d, spec, parsed, events = workload
+    evaluator = ref.Evaluator(spec, events)
+    pairs = cases(events, 5)
+    rows = pd.DataFrame({"user_id": [e for e, _ in pairs], "ts": [t for _, t in pairs],
+                         "amount": [12.5 if k % 2 else float("nan") for k in range(len(pairs))],
+                         "user": [e if k % 3 else "x" for k, (e, _) in enumerate(pairs)]})
+    train = freshet.get_historical_features(str(d / "spec.yaml"), rows, events=str(d / "events.jsonl"),
+                                            binary=FRESHET_BIN)
+    assert list(train.columns)[-len(REQUEST_NAMES):] == REQUEST_NAMES
+    for k, (entity, t) in enumerate(pairs):
+        params = {"user": rows["user"][k]}
+        if k % 2:
+            params["amount"] = 12.5
+        _, request = expected(spec, parsed, evaluator, entity, t, params)
+        for name in REQUEST_NAMES:
+            got = train[name][k]
+            got = None if got is None or (isinstance(got, float) and math.isnan(got)) else got
+            if isinstance(got, (bool,)) or hasattr(got, "dtype") and got.dtype == bool:
+                got = bool(got)
+            elif hasattr(got, "item"):
+                got = got.item()
+            assert close(got, request[name]), (name, entity, t, got, request[name])
