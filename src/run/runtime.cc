@@ -405,6 +405,7 @@ struct Runtime::Impl final : public FeatureService {
     std::string served_json = "null";
     bool served_exact = true;
     int64_t seq_below = 0;  // The events table's events accepted before the cut.
+    uint64_t dead_letter_bytes = 0;  // The dead-letter file's length at the cut.
     // Set once the checkpoint holding the cut's events is published (or failed).
     bool done = false;
     Status status;
@@ -1428,14 +1429,15 @@ Result<std::string> Runtime::Impl::ExplainJson(std::string_view entity, int feat
   input.events = EventInput::EventsTable(console_offline_paths_->events);
   input.events.seq_below = cut->seq_below;
   input.dead_letter_files = {dead_letter_path_};
+  input.dead_letter_bytes = cut->dead_letter_bytes;
   input.series = true;
   FRESHET_ASSIGN_OR_RETURN(Explanation explanation, Explain(spec_, input, std::string(entity), feature, at_ms));
   std::string extra = "\"served\":" + cut->served_json + ",\"served_exact\":" +
                       (cut->served_exact ? "true" : "false") +
                       ",\"agrees\":" + (cut->served_json == explanation.value_json ? "true" : "false") +
                       ",\"covers\":\"every event accepted before this request (a checkpoint taken for it commits them "
-                      "to the offline store), with the late and duplicate ones from the dead-letter file; served is "
-                      "what a lookup answered at that same moment\"";
+                      "to the offline store), with the late and duplicate ones dead-lettered before it; served is what "
+                      "a lookup answered at that same moment\"";
   return ExplanationJson(spec_, explanation, extra);
 }
 
@@ -1470,8 +1472,12 @@ std::vector<std::shared_ptr<Runtime::Impl::ExplainCut>> Runtime::Impl::CutExplai
     cuts.swap(explains_waiting_);
   }
   const int64_t seq_below = static_cast<int64_t>(lanes_.next_offline_seq());
+  // Every batch ends with its dead letters handed to the file, so its length now covers the cut's.
+  std::error_code error;
+  const uint64_t dead_letter_bytes = std::filesystem::file_size(dead_letter_path_, error);
   for (const std::shared_ptr<ExplainCut>& cut : cuts) {
     cut->seq_below = seq_below;
+    cut->dead_letter_bytes = error ? std::numeric_limits<uint64_t>::max() : dead_letter_bytes;
     const std::string_view entities[1] = {cut->entity};
     const int features[1] = {cut->feature};
     cut->status = Lookup(entities, cut->at_ms, features, [&](std::span<const FeatureLookup> lookups) {
