@@ -41,6 +41,10 @@ void PipelineLanes::SetOfflineSink(OfflineSink* offline) {
   for (auto& lane : lanes_) lane->path.SetOfflineSink(offline);
 }
 
+uint64_t PipelineLanes::next_offline_seq() const {
+  return partitioned_ ? offline_seq_.next : lanes_[0]->counters.seq;
+}
+
 std::string PipelineLanes::Encode() const {
   auto encode = [](const Lane& lane) {
     return EncodePipelineState(lane.engine, lane.counters, lane.dedup ? &*lane.dedup : nullptr);
