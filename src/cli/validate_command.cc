@@ -46,7 +46,12 @@ std::string DescribeWindow(const WindowSpec& w) {
 void PrintSummary(const Spec& spec) {
   fmt::print("{}: ok\n", spec.file);
   fmt::print("spec:      {}\n", spec.name);
-  fmt::print("entity:    {}\n", spec.entity_field);
+  if (spec.entity_fields.size() > 1) {
+    fmt::print("entity:    [{}] (a composite key)\n", fmt::join(spec.entity_fields, ", "));
+  } else {
+    fmt::print("entity:    {}\n", spec.entity_field);
+  }
+  if (spec.ttl_ms) fmt::print("ttl:       {}\n", FormatDuration(*spec.ttl_ms));
   fmt::print("timestamp: {}\n", spec.timestamp_field);
   if (spec.watermark) {
     fmt::print("watermark: max_out_of_orderness {}, allowed_lateness {}\n",

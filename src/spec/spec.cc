@@ -1590,6 +1590,14 @@ class DocumentProbe : public YAML::EventHandler {
     Saw(mark, false);
   }
   void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+  if (auto ttl = ReadDuration(*map, "ttl")) {
+    spec->ttl_ms = *ttl;
+    if (!spec->watermark) {
+      Error(map->Find("ttl")->value.Mark(),
+            "ttl needs a watermark: expiry is measured against the low watermark so that replays expire the same "
+            "entities; add watermark: {max_out_of_orderness: 5s, allowed_lateness: 0s} or remove ttl");
+    }
+  }
                        YAML::EmitterStyle::value) override {
     Saw(mark, false);
   }

@@ -179,6 +179,8 @@ struct Spec {
   std::optional<DedupSpec> dedup;          // Absent: no event is a duplicate.
   std::optional<SourceSpec> source;
   int parallelism = 0;  // Processing threads; 0: one per core.
+  // State expiry (`ttl`), in ms; absent: entities never expire. Only with a watermark (the parser checks).
+  std::optional<int64_t> ttl_ms;
   OnlineSpec online;
   ServeSpec serve;
   CheckpointSpec checkpoint;

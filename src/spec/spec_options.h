@@ -112,6 +112,16 @@ inline constexpr SpecOption kSpecOptions[] = {
                "on it; file and HTTP sources are processed on one thread for now.")
         .Range(0, 256).Default("0"),
     SpecOption("", "source", SpecValueType::kMap, "Where events are read from.")
+    SpecOption("", "ttl", SpecValueType::kDuration,
+               "State expiry: an entity with no event for longer than `ttl` is dropped from the state, counted in "
+               "freshet_state_entities_expired_total, its memory returned and its Redis keys left to expire (each "
+               "write sets PEXPIRE ttl). Measured in event time against the low watermark, so that a replay "
+               "(backfill, `freshet historical`) expires exactly what the live run did: the entity expires once the "
+               "low watermark (largest event time - max_out_of_orderness - allowed_lateness) passes its newest "
+               "event + ttl, and its next event starts from empty windows. An answer as of t more than ttl after the "
+               "entity's newest event is the empty-window value (count 0, sum 0, others null), lifetime features "
+               "included. Needs a `watermark`. Without it, state never expires.")
+        .Example("30d"),
         .Example("{type: file, path: events.jsonl}"),
     SpecOption("", "features", SpecValueType::kList, "The features to compute, at least one.")
         .Required().Example("[{name: n_events, aggregation: count, window: {type: lifetime}}]"),
