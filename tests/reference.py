@@ -710,7 +710,7 @@ SCHEMA_TYPES = ("string", "number", "int", "bool", "timestamp")
 @dataclass
 class Spec:
     name: str
-    entity_field: str
+    entity_field: str  # the first key field
     timestamp_field: str
     watermark: tuple[int, int] | None  # (max_out_of_orderness_ms, allowed_lateness_ms)
     features: list[Feature]
@@ -818,7 +818,7 @@ def load_spec(path: str) -> Spec:
 @dataclass
 class Event:
     line: int  # physical line in the events file, 1-based
-    entity: str
+    entity: str | tuple  # a tuple of the key fields' values with a composite key
     time_ms: int
     record: dict
     life: int = 0  # with a ttl: which life of its entity the event belongs to (assign_lives)
@@ -892,7 +892,14 @@ def parse_event(raw: bytes, line: int, spec: Spec) -> Event | str:
     if not isinstance(record, dict):
         return "not a JSON object"
     convert_numbers_in_strings(record, spec)
-    entity = entity_key(resolve(record, spec.entity_field))
+    if spec.key_fields:
+        parts = [entity_key(resolve(record, f)) for f in spec.key_fields]
+        missing = [f for f, part in zip(spec.key_fields, parts) if part is None]
+        if missing:
+            return f"key field '{missing[0]}' missing or not a non-empty string or integer"
+        entity: str | tuple | None = tuple(parts)
+    else:
+        entity = entity_key(resolve(record, spec.entity_field))
     if entity is None:
         return f"entity field '{spec.entity_field}' missing or not a non-empty string or integer"
     time_ms = event_time_ms(resolve(record, spec.timestamp_field))
@@ -975,13 +982,6 @@ def read_events(data: bytes, spec: Spec) -> tuple[list[Event], list[DeadLetter]]
     return events, dead
 
 
-def group_by_entity(events: list[Event]) -> dict[str, list[Event]]:
-    groups: dict[str, list[Event]] = {}
-    for event in events:
-        groups.setdefault(event.entity, []).append(event)
-    return groups
-
-
 def assign_lives(events: list[Event], spec: Spec) -> None:
     """State expiry (`ttl`): sets each accepted event's `life`, in input order.
 
@@ -1019,6 +1019,13 @@ def life_as_of(spec: Spec, entity_events: list[Event], t: int) -> int | None:
         return None
     latest = max(before, key=lambda e: e.time_ms)
     return EXPIRED if t - latest.time_ms > spec.ttl_ms else latest.life
+
+
+def group_by_entity(events: list[Event]) -> dict[str, list[Event]]:
+    groups: dict[str, list[Event]] = {}
+    for event in events:
+        groups.setdefault(event.entity, []).append(event)
+    return groups
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1186,6 +1193,7 @@ class Evaluator:
 
     def __init__(self, spec: Spec, events: list[Event]):
         self.spec = spec
+        assign_lives(events, spec)
         self.by_entity = group_by_entity(events)
         self.qualifying: dict[tuple[int, str], list[Event]] = {}
 
@@ -1193,7 +1201,6 @@ class Evaluator:
         feature = self.spec.features[feature_index]
         key = (feature_index, entity)
         if key not in self.qualifying:
-        assign_lives(events, spec)
             self.qualifying[key] = [e for e in self.by_entity.get(entity, []) if qualifies(feature, e, self.spec)]
         qualifying = self.qualifying[key]
         life = life_as_of(self.spec, self.by_entity.get(entity, []), t)
@@ -1254,7 +1261,7 @@ def approx_count_distinct_ok(exact: int, estimate: float, precision: int) -> boo
 class EntityRows:
     header: list[str]
     rows: list[list[str]]  # the cells as read
-    keys: list[tuple[str, int]]  # (entity, time ms) per row
+    keys: list[tuple[str | tuple, int]]  # (entity, time ms) per row
 
 
 def read_entity_rows(path: str, spec: Spec) -> EntityRows:
@@ -1263,10 +1270,11 @@ def read_entity_rows(path: str, spec: Spec) -> EntityRows:
     if not table:
         raise ReferenceError(f"{path}: no header row")
     header = table[0]
-    for column in (spec.entity_field, spec.timestamp_field):
+    key_fields = spec.key_fields or [spec.entity_field]
+    for column in (*key_fields, spec.timestamp_field):
         if column not in header:
             raise ReferenceError(f"{path}: no column named {column!r}")
-    entity_col, time_col = header.index(spec.entity_field), header.index(spec.timestamp_field)
+    key_cols, time_col = [header.index(f) for f in key_fields], header.index(spec.timestamp_field)
     rows, keys = [], []
     for number, row in enumerate(table[1:], start=2):
         if len(row) != len(header):
@@ -1275,7 +1283,7 @@ def read_entity_rows(path: str, spec: Spec) -> EntityRows:
         if t is None:
             raise ReferenceError(f"{path}:{number}: bad timestamp {row[time_col]!r}")
         rows.append(row)
-        keys.append((row[entity_col], t))
+        keys.append((tuple(row[c] for c in key_cols) if spec.key_fields else row[key_cols[0]], t))
     return EntityRows(header, rows, keys)
 
 

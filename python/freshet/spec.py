@@ -50,10 +50,13 @@ class SpecInfo:
     Attributes:
         path: The spec file.
         name: The spec's ``name``.
-        entity: The ``entity`` field: the column of entity ids in an entity DataFrame.
+        entity: The ``entity`` field: the column of entity ids in an entity DataFrame (with a composite key, the
+            first key field).
         timestamp: The ``timestamp`` field: the column of the times features are asked "as of".
         features: The features, in spec order (the order of output columns).
         offline_path: The spec's ``offline.path``, resolved; None when it sets none (``<data dir>/offline``).
+        key_fields: With a composite key (``entity: [user_id, merchant_id]``), every key field in order, each a
+            column of an entity DataFrame; empty for a key of one field.
     """
 
     path: Path
@@ -62,6 +65,12 @@ class SpecInfo:
     timestamp: str
     features: Tuple[FeatureInfo, ...]
     offline_path: Optional[Path] = None
+    key_fields: Tuple[str, ...] = ()
+
+    @property
+    def key_columns(self) -> Tuple[str, ...]:
+        """The entity DataFrame columns that hold the key: every key field, or the entity field alone."""
+        return self.key_fields or (self.entity,)
 
     @property
     def feature_names(self) -> List[str]:
@@ -149,8 +158,11 @@ def parse_validate_json(text: str, path: Path) -> SpecInfo:
         doc = json.loads(text)
         features = tuple(FeatureInfo(f["name"], f["aggregation"]) for f in doc["features"])
         offline = doc.get("offline_path")
-        return SpecInfo(path=path, name=doc["spec"], entity=doc["entity"], timestamp=doc["timestamp"],
-                        features=features, offline_path=Path(offline) if offline else None)
+        entity = doc["entity"]
+        key_fields = tuple(str(f) for f in entity) if isinstance(entity, list) else ()
+        return SpecInfo(path=path, name=doc["spec"], entity=key_fields[0] if key_fields else entity,
+                        timestamp=doc["timestamp"], features=features, offline_path=Path(offline) if offline else None,
+                        key_fields=key_fields)
     except (ValueError, KeyError, TypeError) as e:
         raise FreshetError(f"cannot read the output of `freshet validate --spec {path} --json` ({e}); is the "
                            f"binary older than this SDK?\n{text}") from e

@@ -5,6 +5,7 @@
 //   freshet validate --spec fraud.yaml --json   the same as one JSON object (for tools such as the Python SDK)
 //   freshet validate --reference          the spec reference (every key) as Markdown
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -95,7 +96,14 @@ void PrintSummary(const Spec& spec) {
 void PrintJson(const Spec& spec) {
   std::string out;
   JsonWriter json(&out);
-  json.BeginObject().Key("spec").String(spec.name).Key("entity").String(spec.entity_field);
+  json.BeginObject().Key("spec").String(spec.name).Key("entity");
+  if (spec.entity_fields.size() > 1) {
+    json.BeginArray();
+    for (const std::string& field : spec.entity_fields) json.String(field);
+    json.EndArray();
+  } else {
+    json.String(spec.entity_field);
+  }
   json.Key("timestamp").String(spec.timestamp_field).Key("offline_path");
   if (spec.offline.path.empty()) json.Null();
   else json.String(spec.offline.path);
