@@ -112,16 +112,6 @@ inline constexpr SpecOption kSpecOptions[] = {
                "duplicate: dropped, counted, and written to the dead letters with reason \"duplicate\". Without "
                "it, no event is a duplicate.")
         .Example("{field: event_id, within: 24h}"),
-    SpecOption("", "ttl", SpecValueType::kDuration,
-               "State expiry: an entity with no event for longer than `ttl` is dropped from the state, counted in "
-               "freshet_state_entities_expired_total, its memory returned and its Redis keys left to expire (each "
-               "write sets PEXPIRE ttl). Measured in event time against the low watermark, so that a replay "
-               "(backfill, `freshet historical`) expires exactly what the live run did: the entity expires once the "
-               "low watermark (largest event time - max_out_of_orderness - allowed_lateness) passes its newest "
-               "event + ttl, and its next event starts from empty windows. An answer as of t more than ttl after the "
-               "entity's newest event is the empty-window value (count 0, sum 0, others null), lifetime features "
-               "included. Needs a `watermark`. Without it, state never expires.")
-        .Example("30d"),
     SpecOption("", "parallelism", SpecValueType::kInt,
                "Processing threads of `freshet run` (0: one per core). With a Kafka source the partitions are shared "
                "among them (partition k on thread k mod parallelism), each with its own state, so no value depends "
@@ -164,6 +154,16 @@ inline constexpr SpecOption kSpecOptions[] = {
                "The threshold of `freshet skew` (training/serving skew between logged answers and the offline "
                "recomputation), and the schedule of the same check inside `freshet run`.")
         .Example("{max_mismatch_rate: 0.001, interval: 10m}"),
+    SpecOption("", "ttl", SpecValueType::kDuration,
+               "State expiry: an entity with no event for longer than `ttl` is dropped from the state, counted in "
+               "freshet_state_entities_expired_total, its memory returned and its Redis keys left to expire (each "
+               "write sets PEXPIRE ttl). Measured in event time against the low watermark, so that a replay "
+               "(backfill, `freshet historical`) expires exactly what the live run did: the entity expires once the "
+               "low watermark (largest event time - max_out_of_orderness - allowed_lateness) passes its newest "
+               "event + ttl, and its next event starts from empty windows. An answer as of t more than ttl after the "
+               "entity's newest event is the empty-window value (count 0, sum 0, others null), lifetime features "
+               "included. Needs a `watermark`. Without it, state never expires.")
+        .Example("30d"),
 
     // schema.<field>: the map form of a schema entry (spec.cc, ParseSchema).
     SpecOption("schema.<field>", "type", SpecValueType::kChoice, "The field's type.")
