@@ -14,8 +14,10 @@ from __future__ import annotations
 import csv
 import json
 import random
+import signal
 import subprocess
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -340,7 +342,42 @@ def test_redis_keys_expire_with_the_ttl(workload: Workload, tmp_path: Path) -> N
                     assert 0 < ttl <= TTL_MS, (key, ttl)
                 # The marker is not an entity's: it never expires.
                 assert client.command("PTTL", "freshet:expiry:marker") == -1
+            _expect_served_from_redis(workload, spec_path)
         finally:
             assert server.terminate() == 0
     finally:
         redis.stop()
+
+
+def _expect_served_from_redis(workload: Workload, spec_path: Path) -> None:
+    """`freshet serve` answers from the Redis states (which carry each entity's newest event) with the same expiry:
+    empty windows more than ttl after an entity's newest event, the reference's values before."""
+    spec = workload.spec
+    evaluator = reference.Evaluator(spec, workload.accepted)
+    newest: dict[str, int] = {}
+    for e in workload.accepted:
+        newest[e.entity] = max(newest.get(e.entity, e.time_ms), e.time_ms)
+    serve = subprocess.Popen([BIN, "serve", "--spec", str(spec_path), "--port", "0"], stderr=subprocess.PIPE)
+    try:
+        port = int(serve.stderr.readline().decode().rsplit(":", 1)[1])
+        held = [entity for entity in sorted(newest) if client_known(port, entity)]
+        assert held, "no entity is in Redis"
+        mismatches = []
+        for entity in held:
+            for at in (newest[entity], newest[entity] + TTL_MS, newest[entity] + TTL_MS + 1):
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/features/{entity}?at={at}", timeout=30) as r:
+                    answer = json.loads(r.read())
+                for j, feature in enumerate(spec.features):
+                    expected, _ = evaluator.value(j, entity, at)
+                    if not _same(feature, expected, answer["features"][feature.name]):
+                        mismatches.append(f"{entity} at {at}: {feature.name} reference {expected!r}, served "
+                                          f"{answer['features'][feature.name]!r}")
+        assert not mismatches, "\n".join(mismatches[:20])
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=30) == 0
+
+
+def client_known(port: int, entity: str) -> bool:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/features/{entity}", timeout=30) as r:
+        return bool(json.loads(r.read())["known"])
