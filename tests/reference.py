@@ -710,13 +710,16 @@ SCHEMA_TYPES = ("string", "number", "int", "bool", "timestamp")
 @dataclass
 class Spec:
     name: str
-    entity_field: str
+    entity_field: str  # the first key field
     timestamp_field: str
     watermark: tuple[int, int] | None  # (max_out_of_orderness_ms, allowed_lateness_ms)
     features: list[Feature]
     dedup: tuple[str, int] | None = None  # (id field, within_ms)
     schema: dict[str, SchemaField] | None = None  # field path -> declared type; None without `schema:`
     derived: list[tuple[str, tuple]] = dataclass_field(default_factory=list)  # (name, parsed expression), in order
+    ttl_ms: int | None = None  # state expiry (`ttl`); see assign_lives
+    # A composite key (`entity: [user_id, merchant_id]`): its fields; an entity is then the tuple of their values.
+    key_fields: list[str] | None = None
 
 
 def _parse_window(doc: Any, feature_name: str) -> Window:
@@ -785,8 +788,11 @@ def parse_spec(doc: Any) -> Spec:
             schema[str(path)] = entry
     derived = [(str(d["name"]), _DeriveParser(str(d["expr"]), str(doc["timestamp"])).parse())
                for d in doc.get("derive") or []]
-    return Spec(str(doc.get("name", "")), str(doc["entity"]), str(doc["timestamp"]), watermark, features, dedup,
-                schema, derived)
+    ttl_ms = parse_duration_ms(doc["ttl"]) if doc.get("ttl") is not None else None
+    key_fields = [str(f) for f in doc["entity"]] if isinstance(doc["entity"], list) else None
+    entity_field = key_fields[0] if key_fields else str(doc["entity"])
+    return Spec(str(doc.get("name", "")), entity_field, str(doc["timestamp"]), watermark, features, dedup,
+                schema, derived, ttl_ms, key_fields)
 
 
 def _percent_decimals(fraction: Fraction) -> str:
@@ -812,9 +818,10 @@ def load_spec(path: str) -> Spec:
 @dataclass
 class Event:
     line: int  # physical line in the events file, 1-based
-    entity: str
+    entity: str | tuple  # a tuple of the key fields' values with a composite key
     time_ms: int
     record: dict
+    life: int = 0  # with a ttl: which life of its entity the event belongs to (assign_lives)
 
 
 @dataclass
@@ -885,7 +892,14 @@ def parse_event(raw: bytes, line: int, spec: Spec) -> Event | str:
     if not isinstance(record, dict):
         return "not a JSON object"
     convert_numbers_in_strings(record, spec)
-    entity = entity_key(resolve(record, spec.entity_field))
+    if spec.key_fields:
+        parts = [entity_key(resolve(record, f)) for f in spec.key_fields]
+        missing = [f for f, part in zip(spec.key_fields, parts) if part is None]
+        if missing:
+            return f"key field '{missing[0]}' missing or not a non-empty string or integer"
+        entity: str | tuple | None = tuple(parts)
+    else:
+        entity = entity_key(resolve(record, spec.entity_field))
     if entity is None:
         return f"entity field '{spec.entity_field}' missing or not a non-empty string or integer"
     time_ms = event_time_ms(resolve(record, spec.timestamp_field))
@@ -966,6 +980,45 @@ def read_events(data: bytes, spec: Spec) -> tuple[list[Event], list[DeadLetter]]
         events.append(parsed)
         max_time = parsed.time_ms if max_time is None else max(max_time, parsed.time_ms)
     return events, dead
+
+
+def assign_lives(events: list[Event], spec: Spec) -> None:
+    """State expiry (`ttl`): sets each accepted event's `life`, in input order.
+
+    L is the low watermark right after the event's admission: the largest accepted event time so far (this one
+    included) minus max_out_of_orderness + allowed_lateness. When L is more than ttl after the newest event of the
+    entity's current life, the entity has expired and this event starts its next life. A value as of t then reads
+    only the life of the entity's latest event at or before t, and is the empty-window value when t is more than
+    ttl after that event (see `life_as_of`).
+    """
+    if spec.ttl_ms is None:
+        return
+    delay = spec.watermark[0] + spec.watermark[1] if spec.watermark is not None else 0
+    max_time: int | None = None
+    current: dict[str, tuple[int, int]] = {}  # entity -> (life, newest event time of that life)
+    for event in events:
+        max_time = event.time_ms if max_time is None else max(max_time, event.time_ms)
+        low = max_time - delay
+        life, newest = current.get(event.entity, (0, None))
+        if newest is not None and low - newest > spec.ttl_ms:
+            life, newest = life + 1, None
+        event.life = life
+        current[event.entity] = (life, event.time_ms if newest is None else max(newest, event.time_ms))
+
+
+EXPIRED = -1  # life_as_of: the entity has expired at t
+
+
+def life_as_of(spec: Spec, entity_events: list[Event], t: int) -> int | None:
+    """With a ttl: the life whose events a value as of t reads (that of the latest event at or before t), or
+    EXPIRED when t is more than ttl after that event; None without a ttl or without an event at or before t."""
+    if spec.ttl_ms is None:
+        return None
+    before = [e for e in entity_events if e.time_ms <= t]
+    if not before:
+        return None
+    latest = max(before, key=lambda e: e.time_ms)
+    return EXPIRED if t - latest.time_ms > spec.ttl_ms else latest.life
 
 
 def group_by_entity(events: list[Event]) -> dict[str, list[Event]]:
@@ -1140,6 +1193,7 @@ class Evaluator:
 
     def __init__(self, spec: Spec, events: list[Event]):
         self.spec = spec
+        assign_lives(events, spec)
         self.by_entity = group_by_entity(events)
         self.qualifying: dict[tuple[int, str], list[Event]] = {}
 
@@ -1148,7 +1202,11 @@ class Evaluator:
         key = (feature_index, entity)
         if key not in self.qualifying:
             self.qualifying[key] = [e for e in self.by_entity.get(entity, []) if qualifies(feature, e, self.spec)]
-        return value_from_qualifying(feature, self.qualifying[key], t)
+        qualifying = self.qualifying[key]
+        life = life_as_of(self.spec, self.by_entity.get(entity, []), t)
+        if life is not None:
+            qualifying = [e for e in qualifying if e.life == life]  # EXPIRED matches no event
+        return value_from_qualifying(feature, qualifying, t)
 
 
 def percentile_rank(p: Fraction, n: int) -> int:
@@ -1203,7 +1261,7 @@ def approx_count_distinct_ok(exact: int, estimate: float, precision: int) -> boo
 class EntityRows:
     header: list[str]
     rows: list[list[str]]  # the cells as read
-    keys: list[tuple[str, int]]  # (entity, time ms) per row
+    keys: list[tuple[str | tuple, int]]  # (entity, time ms) per row
 
 
 def read_entity_rows(path: str, spec: Spec) -> EntityRows:
@@ -1212,10 +1270,11 @@ def read_entity_rows(path: str, spec: Spec) -> EntityRows:
     if not table:
         raise ReferenceError(f"{path}: no header row")
     header = table[0]
-    for column in (spec.entity_field, spec.timestamp_field):
+    key_fields = spec.key_fields or [spec.entity_field]
+    for column in (*key_fields, spec.timestamp_field):
         if column not in header:
             raise ReferenceError(f"{path}: no column named {column!r}")
-    entity_col, time_col = header.index(spec.entity_field), header.index(spec.timestamp_field)
+    key_cols, time_col = [header.index(f) for f in key_fields], header.index(spec.timestamp_field)
     rows, keys = [], []
     for number, row in enumerate(table[1:], start=2):
         if len(row) != len(header):
@@ -1224,7 +1283,7 @@ def read_entity_rows(path: str, spec: Spec) -> EntityRows:
         if t is None:
             raise ReferenceError(f"{path}:{number}: bad timestamp {row[time_col]!r}")
         rows.append(row)
-        keys.append((row[entity_col], t))
+        keys.append((tuple(row[c] for c in key_cols) if spec.key_fields else row[key_cols[0]], t))
     return EntityRows(header, rows, keys)
 
 

@@ -276,10 +276,11 @@ def json_value_text(value: Any) -> Optional[str]:
 
 
 def typed_frame(keys: List[Any], rows: List[Mapping[str, Any]], features: List[str], aggregations: Dict[str, str],
-                index_name: str) -> pd.DataFrame:
+                index_name: Union[str, List[str]]) -> pd.DataFrame:
     """A frame of online feature values with the same column dtypes as ``get_historical_features``.
 
-    One row per key, in the order given (a key may repeat); ``rows[i]`` holds the values of ``keys[i]``.
+    One row per key, in the order given (a key may repeat); ``rows[i]`` holds the values of ``keys[i]``. With a
+    list of index names (a composite entity key) the keys are tuples and the index a MultiIndex.
     """
     columns: Dict[str, Any] = {}
     for name in features:
@@ -293,5 +294,9 @@ def typed_frame(keys: List[Any], rows: List[Mapping[str, Any]], features: List[s
             columns[name] = np.array([json_value_text(v) for v in raw], dtype=object)
         else:
             columns[name] = np.array(raw, dtype=object)
-    frame = pd.DataFrame(columns, index=pd.Index(keys, name=index_name, dtype=object))
-    return frame
+    if isinstance(index_name, list):
+        index: pd.Index = pd.MultiIndex.from_tuples(keys, names=index_name) if keys else pd.MultiIndex.from_tuples(
+            [], names=index_name)
+    else:
+        index = pd.Index(keys, name=index_name, dtype=object)
+    return pd.DataFrame(columns, index=index)

@@ -12,7 +12,7 @@ import time
 import urllib.parse
 import uuid
 import weakref
-from typing import Any, Dict, Iterable, List, Literal, Mapping, Optional, Sequence, Union, overload
+from typing import Any, Dict, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
 import pandas as pd
@@ -161,7 +161,9 @@ class Client:
             as_frame: Return a DataFrame instead of a dict.
             entity_rows: Instead of ``entities``, Feast style: one mapping per row with the spec's entity
                 field as its only key, e.g. ``[{"user_id": "u1"}, {"user_id": "u2"}]``. Another key is
-                a ValueError naming the entity field.
+                a ValueError naming the entity field. With a composite key (``entity: [user_id,
+                merchant_id]``) each row has every key field, ``[{"user_id": "u1", "merchant_id": "m7"}]``;
+                the result is then keyed by ``(user_id, merchant_id)`` tuples (a MultiIndex in a frame).
             params: Request parameters for the spec's ``request_features`` (``param.NAME`` in their
                 expressions), e.g. ``{"amount": 12.5}``; the request features are returned with the features.
 
@@ -187,9 +189,10 @@ class Client:
         if entity_rows is not None:
             if entities is not None:
                 raise ValueError("give the entities either as entities= or as entity_rows=, not both")
-            field = str(self._spec_json().get("entity", ""))
-            requested = _entity_row_ids(entity_rows, field)
-            index_name = field or index_name
+            entity = self._spec_json().get("entity", "")
+            fields = [str(f) for f in entity] if isinstance(entity, list) else [str(entity)]
+            requested = _entity_row_ids(entity_rows, fields)
+            index_name = fields if len(fields) > 1 else (fields[0] or index_name)
         elif entities is None:
             raise ValueError("give the entities: get_online_features(['u1', 'u2']) or, Feast style, "
                              "get_online_features(features=[...], entity_rows=[{'<entity field>': 'u1'}, ...])")
@@ -205,7 +208,7 @@ class Client:
         as_of_ms: Optional[int] = None
         for start in range(0, max(len(keys), 1), MAX_ENTITIES_PER_REQUEST):
             chunk = keys[start:start + MAX_ENTITIES_PER_REQUEST]
-            body: Dict[str, Any] = {"entities": [distinct[k] for k in chunk]}
+            body: Dict[str, Any] = {"entities": [_request_entity(distinct[k], index_name) for k in chunk]}
             if names is not None:
                 body["features"] = names
             if params:
@@ -544,8 +547,12 @@ def _entity_ids(entities: Union[EntityId, Iterable[EntityId]]) -> List[EntityId]
     return ids
 
 
-def _entity_row_ids(entity_rows: Iterable[Mapping[str, Any]], field: str) -> List[EntityId]:
-    """The ids of Feast-style entity rows ``[{field: id}, ...]``, in order, duplicates kept."""
+def _entity_row_ids(entity_rows: Iterable[Mapping[str, Any]], fields: List[str]) -> List[Any]:
+    """The ids of Feast-style entity rows ``[{field: id}, ...]``, in order, duplicates kept; with a composite key
+    (several fields) each id is the tuple of the row's key values, in key order."""
+    if len(fields) > 1:
+        return [_composite_row_id(position, row, fields) for position, row in enumerate(_rows(entity_rows, fields))]
+    field = fields[0]
     if isinstance(entity_rows, Mapping):
         raise ValueError(f"entity_rows is a list of mappings, e.g. [{{{field!r}: 'u1'}}], not one mapping")
     ids: List[EntityId] = []
@@ -565,7 +572,41 @@ def _entity_row_ids(entity_rows: Iterable[Mapping[str, Any]], field: str) -> Lis
     return ids
 
 
-def _key(entity: EntityId) -> str:
+def _rows(entity_rows: Iterable[Mapping[str, Any]], fields: List[str]) -> Iterable[Mapping[str, Any]]:
+    if isinstance(entity_rows, Mapping):
+        raise ValueError(f"entity_rows is a list of mappings, e.g. [{_row_example(fields)}], not one mapping")
+    return entity_rows
+
+
+def _row_example(fields: List[str]) -> str:
+    return "{" + ", ".join(f"{f!r}: '{chr(ord('a') + k)}1'" for k, f in enumerate(fields)) + "}"
+
+
+def _composite_row_id(position: int, row: Mapping[str, Any], fields: List[str]) -> Tuple[EntityId, ...]:
+    """A composite key's row as the tuple of its key values."""
+    if not isinstance(row, Mapping) or set(row) != set(fields):
+        keys = list(row) if isinstance(row, Mapping) else row
+        raise ValueError(f"entity_rows[{position}] is {keys!r}, but the served spec's entity key is {fields}: each row "
+                         f"must have exactly these keys, e.g. {_row_example(fields)}")
+    parts: List[EntityId] = []
+    for field in fields:
+        value = row[field]
+        text = _convert.entity_text(value)
+        if text is None:
+            raise ValueError(f"entity_rows[{position}][{field!r}] is {value!r}; key values are non-empty strings or "
+                             "integers")
+        parts.append(value if isinstance(value, str) else int(text))
+    return tuple(parts)
+
+
+def _request_entity(entity: Any, index_name: Union[str, List[str]]) -> Any:
+    """An entity as POST /v1/features takes it: the id, or for a composite key an object of its fields."""
+    return dict(zip(index_name, entity)) if isinstance(entity, tuple) else entity
+
+
+def _key(entity: Any) -> str:
+    if isinstance(entity, tuple):  # A composite key: unambiguous text of its parts.
+        return json.dumps([_key(part) for part in entity])
     return entity if isinstance(entity, str) else str(entity)
 
 

@@ -95,7 +95,7 @@ def get_historical_features(
         for feature in selected:
             result[feature.name] = pd.Series([], index=entity_df.index, dtype=feature.dtype)
         return result
-    entities = _convert.entities_to_text(entity_df[info.entity])
+    keys = [_convert.entities_to_text(entity_df[column]) for column in info.key_columns]
     times = _convert.times_to_epoch_ms(entity_df[info.timestamp])
     row_id = _row_id_column(info)
 
@@ -103,12 +103,13 @@ def get_historical_features(
         folder = Path(tmp)
         rows_path = folder / "entities.csv"
         # The request features' parameters (param.NAME) are the entity rows' columns NAME, when entity_df has them.
-        params = [p for p in info.request_params if p in entity_df.columns and p not in (info.entity, info.timestamp)]
+        params = [p for p in info.request_params
+                  if p in entity_df.columns and p not in (*info.key_columns, info.timestamp)]
         param_texts = [[_param_text(v) for v in entity_df[p].tolist()] for p in params]
         with open(rows_path, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f, lineterminator="\n")
-            writer.writerow([info.entity, info.timestamp, row_id, *params])
-            writer.writerows(zip(entities, times.tolist(), range(len(entities)), *param_texts))
+            writer.writerow([*info.key_columns, info.timestamp, row_id, *params])
+            writer.writerows(zip(*keys, times.tolist(), range(len(entity_df)), *param_texts))
         use_parquet = output_format == "parquet" or (
             output_format == "auto" and "parquet" in _cli.help_text(exe, "historical").lower())
         output_path = folder / ("features.parquet" if use_parquet else "features.csv")
@@ -117,9 +118,9 @@ def get_historical_features(
         args += _events_args(exe, events, data_dir, folder, info)
         _cli.run(exe, args)
         if use_parquet:
-            values = _read_parquet(output_path, info, row_id, len(entities))
+            values = _read_parquet(output_path, info, row_id, len(entity_df))
         else:
-            values = _read_csv(output_path, info, row_id, len(entities))
+            values = _read_csv(output_path, info, row_id, len(entity_df))
     for feature in selected:
         result[feature.name] = values[feature.name].to_numpy()
     if features is None:
@@ -144,7 +145,8 @@ def _param_text(value: Any) -> str:
 def _check_entity_frame(entity_df: pd.DataFrame, info: SpecInfo, selected: Tuple[FeatureInfo, ...]) -> None:
     if not isinstance(entity_df, pd.DataFrame):
         raise ValueError(f"entity_df must be a pandas DataFrame, not {type(entity_df).__name__}")
-    for column, role in ((info.entity, "entity"), (info.timestamp, "timestamp")):
+    roles = [(column, "entity key" if info.key_fields else "entity") for column in info.key_columns]
+    for column, role in (*roles, (info.timestamp, "timestamp")):
         matches = int((entity_df.columns == column).sum())
         if matches == 0:
             raise ValueError(
@@ -159,7 +161,7 @@ def _check_entity_frame(entity_df: pd.DataFrame, info: SpecInfo, selected: Tuple
 
 
 def _row_id_column(info: SpecInfo) -> str:
-    taken = {info.entity, info.timestamp, *info.feature_names}
+    taken = {*info.key_columns, info.timestamp, *info.feature_names}
     name = _ROW_ID
     while name in taken:
         name += "_"

@@ -50,13 +50,16 @@ class SpecInfo:
     Attributes:
         path: The spec file.
         name: The spec's ``name``.
-        entity: The ``entity`` field: the column of entity ids in an entity DataFrame.
+        entity: The ``entity`` field: the column of entity ids in an entity DataFrame (with a composite key, the
+            first key field).
         timestamp: The ``timestamp`` field: the column of the times features are asked "as of".
         features: The features, in spec order (the order of output columns).
         offline_path: The spec's ``offline.path``, resolved; None when it sets none (``<data dir>/offline``).
         request_features: The names of its ``request_features`` (computed per row after the features).
         request_params: The request parameters they read (``param.NAME``): entity-frame columns of those names
             are handed to ``freshet historical`` as the rows' parameters.
+        key_fields: With a composite key (``entity: [user_id, merchant_id]``), every key field in order, each a
+            column of an entity DataFrame; empty for a key of one field.
     """
 
     path: Path
@@ -67,6 +70,12 @@ class SpecInfo:
     offline_path: Optional[Path] = None
     request_features: Tuple[str, ...] = ()
     request_params: Tuple[str, ...] = ()
+    key_fields: Tuple[str, ...] = ()
+
+    @property
+    def key_columns(self) -> Tuple[str, ...]:
+        """The entity DataFrame columns that hold the key: every key field, or the entity field alone."""
+        return self.key_fields or (self.entity,)
 
     @property
     def feature_names(self) -> List[str]:
@@ -154,8 +163,11 @@ def parse_validate_json(text: str, path: Path) -> SpecInfo:
         doc = json.loads(text)
         features = tuple(FeatureInfo(f["name"], f["aggregation"]) for f in doc["features"])
         offline = doc.get("offline_path")
-        return SpecInfo(path=path, name=doc["spec"], entity=doc["entity"], timestamp=doc["timestamp"],
-                        features=features, offline_path=Path(offline) if offline else None,
+        entity = doc["entity"]
+        key_fields = tuple(str(f) for f in entity) if isinstance(entity, list) else ()
+        return SpecInfo(path=path, name=doc["spec"], entity=key_fields[0] if key_fields else entity,
+                        timestamp=doc["timestamp"], features=features, offline_path=Path(offline) if offline else None,
+                        key_fields=key_fields,
                         request_features=tuple(r["name"] for r in doc.get("request_features", [])),
                         request_params=tuple(doc.get("request_params", [])))
     except (ValueError, KeyError, TypeError) as e:

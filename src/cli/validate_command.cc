@@ -5,6 +5,7 @@
 //   freshet validate --spec fraud.yaml --json   the same as one JSON object (for tools such as the Python SDK)
 //   freshet validate --reference          the spec reference (every key) as Markdown
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -46,7 +47,12 @@ std::string DescribeWindow(const WindowSpec& w) {
 void PrintSummary(const Spec& spec) {
   fmt::print("{}: ok\n", spec.file);
   fmt::print("spec:      {}\n", spec.name);
-  fmt::print("entity:    {}\n", spec.entity_field);
+  if (spec.entity_fields.size() > 1) {
+    fmt::print("entity:    [{}] (a composite key)\n", fmt::join(spec.entity_fields, ", "));
+  } else {
+    fmt::print("entity:    {}\n", spec.entity_field);
+  }
+  if (spec.ttl_ms) fmt::print("ttl:       {}\n", FormatDuration(*spec.ttl_ms));
   fmt::print("timestamp: {}\n", spec.timestamp_field);
   if (spec.watermark) {
     fmt::print("watermark: max_out_of_orderness {}, allowed_lateness {}\n",
@@ -90,7 +96,14 @@ void PrintSummary(const Spec& spec) {
 void PrintJson(const Spec& spec) {
   std::string out;
   JsonWriter json(&out);
-  json.BeginObject().Key("spec").String(spec.name).Key("entity").String(spec.entity_field);
+  json.BeginObject().Key("spec").String(spec.name).Key("entity");
+  if (spec.entity_fields.size() > 1) {
+    json.BeginArray();
+    for (const std::string& field : spec.entity_fields) json.String(field);
+    json.EndArray();
+  } else {
+    json.String(spec.entity_field);
+  }
   json.Key("timestamp").String(spec.timestamp_field).Key("offline_path");
   if (spec.offline.path.empty()) json.Null();
   else json.String(spec.offline.path);

@@ -369,6 +369,8 @@ std::string SpecStateDescription(const Spec& spec) {
     if (f.agg == AggKind::kApproxPercentile) out += " percentile_ppm=" + std::to_string(f.percentile_ppm);
     out += "\n";
   }
+  // Expiry changes what the state holds (specs without a ttl keep their fingerprint).
+  if (spec.ttl_ms) out += "ttl_ms=" + std::to_string(*spec.ttl_ms) + "\n";
   // What the schema declares changes which events count (and how a number in a string reads); a spec without one
   // describes as it did before schemas.
   if (spec.has_schema) {
@@ -436,6 +438,7 @@ FeatureEngine::FeatureEngine(const Spec& spec, Options options) : spec_(spec) {
     delay_ms_ = spec.watermark->max_out_of_orderness_ms + spec.watermark->allowed_lateness_ms;
   }
   fingerprint_ = SpecFingerprint(spec);
+  ttl_ms_ = spec.ttl_ms;
 }
 
 bool FeatureEngine::Admit(int64_t time_ms) {
@@ -461,19 +464,69 @@ FeatureEngine::~FeatureEngine() {
   }
 }
 
+uint32_t FeatureEngine::AppendRow(std::string_view entity) {
+  const uint32_t index = static_cast<uint32_t>(entity_names_.size());
+  if ((index >> kRowChunkShift) >= row_chunks_.size()) {
+    row_chunks_.push_back(std::make_unique_for_overwrite<unsigned char[]>(row_bytes_ * kRowsPerChunk));
+  }
+  unsigned char* row = Row(index);
+  for (size_t k = 0; k < operators_.size(); ++k) operators_[k]->Construct(row + offsets_[k]);
+  entity_names_.emplace_back(entity);
+  return index;
+}
+
+uint32_t FeatureEngine::AddFreeIndex() {
+  const uint32_t index = AppendRow("");
+  ResetLife(index);
+  lives_[index].free = true;
+  return index;
+}
+
 uint32_t FeatureEngine::FindOrAddEntity(std::string_view entity) {
-  auto [it, inserted] = entities_.try_emplace(absl::string_view(entity.data(), entity.size()),
-                                             static_cast<uint32_t>(entity_names_.size()));
+  const uint32_t next = free_indices_.empty() ? static_cast<uint32_t>(entity_names_.size()) : free_indices_.back();
+  auto [it, inserted] = entities_.try_emplace(absl::string_view(entity.data(), entity.size()), next);
   if (inserted) {
     const uint32_t index = it->second;
-    if ((index >> kRowChunkShift) >= row_chunks_.size()) {
-      row_chunks_.push_back(std::make_unique_for_overwrite<unsigned char[]>(row_bytes_ * kRowsPerChunk));
+    if (index < entity_names_.size()) {  // A free index: its row holds fresh states already (ClearRow).
+      free_indices_.pop_back();
+      entity_names_[index] = std::string(entity);
+    } else {
+      AppendRow(entity);
     }
-    unsigned char* row = Row(index);
-    for (size_t k = 0; k < operators_.size(); ++k) operators_[k]->Construct(row + offsets_[k]);
-    entity_names_.emplace_back(entity);
+    if (ttl_ms_) ResetLife(index);
   }
   return it->second;
+}
+
+void FeatureEngine::ResetLife(uint32_t index) {
+  if (index >= lives_.size()) lives_.resize(index + 1);
+  lives_[index] = Life();
+}
+
+void FeatureEngine::ClearRow(uint32_t index) {
+  unsigned char* row = Row(index);
+  for (size_t k = 0; k < operators_.size(); ++k) {
+    operators_[k]->Destroy(row + offsets_[k]);
+    operators_[k]->Construct(row + offsets_[k]);
+  }
+}
+
+size_t FeatureEngine::ExpireIdle(std::vector<uint32_t>* dropped_indices) {
+  if (!ttl_ms_) return 0;
+  size_t dropped = 0;
+  for (uint32_t e = 0; e < entity_names_.size(); ++e) {
+    if (!entity_live(e) || !IdleTooLong(lives_[e].seen_newest_ms, low_ms_)) continue;
+    ClearRow(e);
+    entities_.erase(entity_names_[e]);
+    std::string().swap(entity_names_[e]);  // Returns a long name's memory too.
+    ResetLife(e);
+    lives_[e].free = true;
+    free_indices_.push_back(e);
+    if (dropped_indices != nullptr) dropped_indices->push_back(e);
+    ++dropped;
+  }
+  counters_.expired += dropped;
+  return dropped;
 }
 
 std::optional<uint32_t> FeatureEngine::FindEntity(std::string_view entity) const {
@@ -486,6 +539,17 @@ void FeatureEngine::Extract(const ParsedEvent& event, uint64_t seq, PendingEvent
   out->time_ms = event.time_ms;
   out->seq = seq;
   out->entity = FindOrAddEntity(event.entity);
+  if (ttl_ms_) {
+    // The expiry decision, in input order with the L of this event's admission (see State expiry).
+    Life& life = lives_[out->entity];
+    if (IdleTooLong(life.seen_newest_ms, expiry_low_ms_.value_or(low_ms_))) {
+      ++life.seen;
+      life.seen_newest_ms = kNoTime;
+      ++counters_.expired;
+    }
+    life.seen_newest_ms = std::max(life.seen_newest_ms, event.time_ms);
+    out->life = life.seen;
+  }
   out->cells.resize(operators_.size());
   where_results_.resize(where_exprs_.size());
   for (size_t g = 0; g < where_exprs_.size(); ++g) where_results_[g] = where_exprs_[g]->Eval(event.slots);
@@ -515,6 +579,16 @@ void FeatureEngine::Extract(const ParsedEvent& event, uint64_t seq, PendingEvent
 
 void FeatureEngine::Apply(const PendingEvent& event, int64_t low_ms) {
   unsigned char* row = Row(event.entity);
+  if (ttl_ms_) {
+    Life& life = lives_[event.entity];
+    if (event.life != life.applied) {  // The first event of a new life: the old one's state goes.
+      ClearRow(event.entity);
+      life.applied = event.life;
+      life.applied_newest_ms = kNoTime;
+    }
+    if (IdleTooLong(life.applied_newest_ms, event.time_ms)) life.gap_end_ms = event.time_ms;
+    life.applied_newest_ms = std::max(life.applied_newest_ms, event.time_ms);
+  }
   for (size_t k = 0; k < operators_.size(); ++k) {
     if (event.cells[k].present) {
       operators_[k]->Apply(row + offsets_[k], event.cells[k], event.time_ms, event.seq, low_ms);
@@ -552,8 +626,10 @@ size_t FeatureEngine::ProcessBatch(const ParsedEvent* events, size_t count, uint
 
 void FeatureEngine::QueryIndex(std::optional<uint32_t> entity, int64_t t, std::vector<Value>* out) const {
   out->resize(operators_.size());
+  // An entity idle for longer than the ttl at t answers what an expired (unknown) one does.
+  const bool held = entity && !(ttl_ms_ && IdleTooLong(lives_[*entity].applied_newest_ms, t));
   for (size_t k = 0; k < operators_.size(); ++k) {
-    (*out)[k] = entity ? operators_[k]->Query(Row(*entity) + offsets_[k], t) : operators_[k]->EmptyValue();
+    (*out)[k] = held ? operators_[k]->Query(Row(*entity) + offsets_[k], t) : operators_[k]->EmptyValue();
   }
 }
 
@@ -571,6 +647,7 @@ size_t FeatureEngine::MemoryBytes() const {
   size_t bytes = entity_names_.capacity() * sizeof(std::string) + entities_.capacity() * (sizeof(std::string) + 8);
   for (const std::string& name : entity_names_) bytes += name.capacity() > 15 ? name.capacity() + 1 : 0;
   bytes += row_chunks_.size() * row_bytes_ * kRowsPerChunk;
+  bytes += lives_.capacity() * sizeof(Life) + free_indices_.capacity() * sizeof(uint32_t);
   for (const auto& op : operators_) bytes += op->MemoryBytes();
   for (uint32_t e = 0; e < entity_names_.size(); ++e) {
     for (size_t k = 0; k < operators_.size(); ++k) bytes += operators_[k]->StateMemoryBytes(Row(e) + offsets_[k]);
@@ -589,6 +666,9 @@ void FeatureEngine::Reset() {
   entity_names_.clear();
   entities_.clear();
   row_chunks_.clear();
+  lives_.clear();
+  free_indices_.clear();
+  counters_.expired = 0;
   max_time_ms_ = std::numeric_limits<int64_t>::min();
   low_ms_ = std::numeric_limits<int64_t>::min();
   counters_.admitted = 0;
@@ -608,12 +688,38 @@ void FeatureEngine::SaveState(ByteWriter& out) const {
   for (const SkipCounts& skipped : counters_.skipped) {
     for (SkipReason reason : kSkipReasons) out.PutVarint(skipped[reason]);
   }
+  // With a ttl (which the fingerprint records, so older states never meet this): the expiry counter; per index
+  // whether it holds an entity (1) or is free (0, nothing follows), and an entity's newest event after its
+  // name; at the end the free indices in the order they are reused, so that a restored engine numbers new
+  // entities as the saved one would.
+  if (ttl_ms_) out.PutVarint(counters_.expired);
   out.PutVarint(entity_names_.size());
   for (uint32_t e = 0; e < entity_names_.size(); ++e) {
+    if (ttl_ms_) {
+      out.PutU8(entity_live(e) ? 1 : 0);
+      if (!entity_live(e)) continue;
+    }
     out.PutString(entity_names_[e]);
+    if (ttl_ms_) SaveLife(e, out);
     const unsigned char* row = Row(e);
     for (size_t k = 0; k < operators_.size(); ++k) operators_[k]->SaveState(row + offsets_[k], out);
   }
+  if (ttl_ms_) {
+    out.PutVarint(free_indices_.size());
+    for (uint32_t index : free_indices_) out.PutVarint(index);
+  }
+}
+
+void FeatureEngine::SaveLife(uint32_t index, ByteWriter& out) const {
+  out.PutSignedVarint(lives_[index].applied_newest_ms);
+  out.PutSignedVarint(lives_[index].gap_end_ms);
+}
+
+bool FeatureEngine::ReadLife(ByteReader& in, Life* life) {
+  *life = Life();
+  if (!in.ReadSignedVarint(&life->applied_newest_ms) || !in.ReadSignedVarint(&life->gap_end_ms)) return false;
+  life->seen_newest_ms = life->applied_newest_ms;  // Saved between events: everything extracted was applied.
+  return true;
 }
 
 Status FeatureEngine::LoadState(ByteReader& in) {
@@ -665,8 +771,16 @@ Status FeatureEngine::LoadState(ByteReader& in) {
       if (!in.ReadVarint(&skipped[reason])) return malformed(" (skip counters)");
     }
   }
+  if (ttl_ms_ && !in.ReadVarint(&counters_.expired)) return malformed(" (expiry counter)");
   if (!in.ReadCount(&entities)) return malformed(" (entity count)");
+  std::vector<uint32_t> free_indices;  // Set aside until the end, so that FindOrAddEntity appends every entity.
   for (uint64_t e = 0; e < entities; ++e) {
+    uint8_t held = 1;
+    if (ttl_ms_ && !in.ReadU8(&held)) return malformed(" (index #" + std::to_string(e) + ")");
+    if (held == 0) {
+      free_indices.push_back(AddFreeIndex());
+      continue;
+    }
     std::string_view name;
     if (!in.ReadString(&name)) return malformed(" (name of entity #" + std::to_string(e) + ")");
     const uint32_t index = FindOrAddEntity(name);
@@ -674,11 +788,25 @@ Status FeatureEngine::LoadState(ByteReader& in) {
       in.Fail();
       return malformed(" (entity '" + std::string(name) + "' appears twice)");
     }
+    if (ttl_ms_ && !ReadLife(in, &lives_[index])) return malformed(" (expiry state of entity '" + std::string(name) + "')");
     unsigned char* row = Row(index);
     for (size_t k = 0; k < operators_.size(); ++k) {
       if (!operators_[k]->LoadState(row + offsets_[k], in, version >= 2)) {
         return malformed(" (entity '" + std::string(name) + "', feature '" + spec_.features[k].name + "')");
       }
+    }
+  }
+  if (ttl_ms_) {
+    // The free indices in reuse order: the same set AddFreeIndex collected, reordered.
+    uint64_t count = 0;
+    if (!in.ReadCount(&count) || count != free_indices.size()) return malformed(" (free indices)");
+    free_indices_ = std::move(free_indices);
+    for (uint32_t& index : free_indices_) {
+      uint64_t at = 0;
+      if (!in.ReadVarint(&at) || at >= entity_names_.size() || entity_live(static_cast<uint32_t>(at))) {
+        return malformed(" (free indices)");
+      }
+      index = static_cast<uint32_t>(at);
     }
   }
   return Status::Ok();
@@ -688,6 +816,7 @@ void FeatureEngine::SaveEntity(uint32_t entity, ByteWriter& out) const {
   FRESHET_CHECK(entity < entity_names_.size());
   out.PutU8(kEntityStateVersion);
   out.PutU64(fingerprint_);
+  if (ttl_ms_) SaveLife(entity, out);  // For Query's expiry (the fingerprint records the ttl).
   const unsigned char* row = Row(entity);
   for (size_t k = 0; k < operators_.size(); ++k) operators_[k]->SaveState(row + offsets_[k], out);
 }
@@ -710,6 +839,11 @@ Status FeatureEngine::LoadEntity(std::string_view entity, ByteReader& in) {
                            "fingerprint " + FingerprintText(fingerprint_) +
                            "; clear the store or run with the spec that wrote it");
   }
+  Life loaded_life;  // Read now, kept once the feature states load too (ttl only).
+  if (ttl_ms_ && !ReadLife(in, &loaded_life)) {
+    return Status::Invalid("saved state of entity '" + std::string(entity) + "' is truncated at byte " +
+                           std::to_string(in.failed_at()) + " (expiry state); it cannot be loaded");
+  }
   // Decode into a scratch row first, so that a malformed state leaves the entity as it was.
   auto scratch = std::make_unique_for_overwrite<unsigned char[]>(row_bytes_);
   for (size_t k = 0; k < operators_.size(); ++k) operators_[k]->Construct(scratch.get() + offsets_[k]);
@@ -718,8 +852,10 @@ Status FeatureEngine::LoadEntity(std::string_view entity, ByteReader& in) {
     if (!operators_[k]->LoadState(scratch.get() + offsets_[k], in, version >= 2)) failed_feature = k;
   }
   if (failed_feature == operators_.size()) {
-    unsigned char* row = Row(FindOrAddEntity(entity));
+    const uint32_t index = FindOrAddEntity(entity);
+    unsigned char* row = Row(index);
     for (size_t k = 0; k < operators_.size(); ++k) operators_[k]->MoveState(row + offsets_[k], scratch.get() + offsets_[k]);
+    if (ttl_ms_) lives_[index] = loaded_life;
   }
   for (size_t k = 0; k < operators_.size(); ++k) operators_[k]->Destroy(scratch.get() + offsets_[k]);
   if (failed_feature != operators_.size()) {

@@ -23,6 +23,16 @@
 // continue exactly (entities, every feature state, the lateness state, counters); SaveEntity/LoadEntity do
 // the same for one entity's feature states. Both carry the spec fingerprint and refuse another spec's state.
 //
+// State expiry (spec `ttl`, which needs a watermark). An entity expires once the low watermark L passes its
+// newest event + ttl. Extract decides it, in input order, with L right after the event's admission: an event
+// of an entity that has expired starts a new life of it (PendingEvent::life), and Apply clears the entity's
+// feature states before it applies the first event of a new life. Since every event is at or after the L of
+// its admission, a new life's events all come more than ttl after the old life's, so a caller that applies
+// events in time order (point-in-time queries) sees the lives one after the other, as the stream does. Query
+// as of t more than ttl after the entity's newest applied event answers the empty-window values. ExpireIdle
+// drops expired entities from the state (their index is reused), returning their memory; their next event
+// then finds no state at all, which is the same as a new life.
+//
 // Not thread-safe: one engine per thread or partition.
 #pragma once
 
@@ -56,6 +66,7 @@ struct PendingEvent {
   int64_t time_ms = 0;
   uint64_t seq = 0;       // Input order among admitted events.
   uint32_t entity = 0;    // Dense entity index (FeatureEngine::entity_name).
+  uint32_t life = 0;      // With a ttl: which life of the entity (see FeatureEngine, State expiry) it belongs to.
   std::vector<InputCell> cells;
 };
 
@@ -130,6 +141,7 @@ struct SkipCounts {
 struct EngineCounters {
   uint64_t admitted = 0;
   uint64_t late = 0;
+  uint64_t expired = 0;  // Entity lives ended by the ttl (freshet_state_entities_expired_total).
   std::vector<SkipCounts> skipped;  // Per feature, in spec order.
 };
 
@@ -152,6 +164,11 @@ class FeatureEngine {
   // `freshet historical`): counts it and moves M, without the late check.
   void AdmitJudged(int64_t time_ms);
 
+  // For a caller that judges lateness by clocks of its own (AdmitJudged: a Kafka partition's M in `freshet
+  // historical`): the low watermark that decides expiry (see State expiry) in the following Extracts, instead of
+  // the engine's own, so that it matches the partition's lane in `freshet run`.
+  void SetExpiryLowMs(int64_t low_ms) { expiry_low_ms_ = low_ms; }
+
   // Whether Admit would call an event at this time late; changes nothing. For rules checked between the
   // lateness rule and admission (deduplication), which must not move M.
   bool IsLate(int64_t time_ms) const {
@@ -170,6 +187,18 @@ class FeatureEngine {
     return !newest_ms || t >= *newest_ms || (keeps_recent_ && t >= low_ms_);
   }
   bool keeps_recent() const { return keeps_recent_; }
+
+  // With a ttl, Query as of t before the entity's newest event (exact by IsExactAsOf through the recent events)
+  // must also know whether t falls in a gap of more than ttl between two of its events, which expires it at t.
+  // The engine remembers where the last such gap (of events applied in time order) ended; true when t is at or
+  // after that, or at or after the newest event, or without a ttl. An entity the engine does not hold may have
+  // expired (and been dropped): exact as of the low watermark or later only.
+  bool ExpiryExactAsOf(std::optional<uint32_t> entity, int64_t t) const {
+    if (!ttl_ms_) return true;
+    if (!entity) return t >= low_ms_;
+    const Life& life = lives_[*entity];
+    return t >= life.applied_newest_ms || t >= life.gap_end_ms;
+  }
 
   // Drops the recent events that the low watermark has passed (Apply does this as it goes; this also after
   // the last event). Returns the recent events still held, over all features.
@@ -194,8 +223,19 @@ class FeatureEngine {
 
   std::optional<uint32_t> FindEntity(std::string_view entity) const;
   uint32_t FindOrAddEntity(std::string_view entity);
+  // Entity indices in use or free: indices run from 0 to entity_count() - 1, and with a ttl some of them are
+  // free (entity_live false, entity_name empty) until a new entity takes them.
   size_t entity_count() const { return entity_names_.size(); }
+  bool entity_live(uint32_t index) const { return lives_.empty() || !lives_[index].free; }
+  // Entities held now (entity_count() minus the free indices).
+  size_t live_entity_count() const { return entities_.size(); }
   const std::string& entity_name(uint32_t index) const { return entity_names_[index]; }
+
+  // With a ttl: drops every entity whose newest event + ttl the low watermark has passed (see State expiry
+  // above), counting them in counters().expired; appends their indices to *dropped (if given) and returns how
+  // many it dropped. Call it between batches, never while extracted events wait to be applied (their indices
+  // could be reused).
+  size_t ExpireIdle(std::vector<uint32_t>* dropped = nullptr);
 
   const Spec& spec() const { return spec_; }
   const EngineCounters& counters() const { return counters_; }
@@ -212,7 +252,8 @@ class FeatureEngine {
 
   // Restores what SaveState wrote into this engine, which must be fresh (constructed, nothing processed):
   // afterwards it answers every query and processes every further event exactly as the saved engine
-  // would, with the same entity indices. Fails with a message naming both fingerprints (and the first
+  // would, with the same entity indices (with a ttl: expired entities are not saved, and the others load with
+  // dense indices in the same order). Fails with a message naming both fingerprints (and the first
   // difference between the specs) when the state is from another spec, or naming the byte offset, entity
   // and feature when it is malformed; on failure the engine is fresh again.
   Status LoadState(ByteReader& in);
@@ -227,8 +268,37 @@ class FeatureEngine {
   Status LoadEntity(std::string_view entity, ByteReader& in);
 
  private:
+  static constexpr int64_t kNoTime = std::numeric_limits<int64_t>::min();
+  // One entity's expiry bookkeeping (see State expiry); only with a ttl.
+  struct Life {
+    int64_t seen_newest_ms = kNoTime;     // Newest event extracted in this life.
+    int64_t applied_newest_ms = kNoTime;  // Newest event applied in the life the state holds.
+    int64_t gap_end_ms = kNoTime;         // The newest event applied more than ttl after the one before it.
+    uint32_t seen = 0;     // The life of the newest extracted event.
+    uint32_t applied = 0;  // The life the feature states hold.
+    bool free = false;     // The index holds no entity (expired); its row holds fresh states.
+  };
+
   // Destroys every entity and resets the lateness state and counters: the engine is fresh again.
   void Reset();
+
+  // Whether an entity whose newest event is at newest_ms is expired at time `at_ms` (ttl only).
+  bool IdleTooLong(int64_t newest_ms, int64_t at_ms) const {
+    // Unsigned, so that no pair of times overflows (at > newest: the difference fits).
+    return ttl_ms_ && newest_ms != kNoTime && at_ms != kNoTime && at_ms > newest_ms &&
+           static_cast<uint64_t>(at_ms) - static_cast<uint64_t>(newest_ms) > static_cast<uint64_t>(*ttl_ms_);
+  }
+  // Replaces entity `index`'s feature states by fresh ones (their memory is returned).
+  void ClearRow(uint32_t index);
+  // Per-entity expiry bookkeeping (ttl only) for a newly added or reused index.
+  void ResetLife(uint32_t index);
+  // Appends a row of fresh states for `entity` (no map entry) and returns its index.
+  uint32_t AppendRow(std::string_view entity);
+  // Appends an index that holds no entity (ttl only), for LoadState, and returns it.
+  uint32_t AddFreeIndex();
+  // Appends / reads one entity's expiry bookkeeping (ttl only) in saved state.
+  void SaveLife(uint32_t index, ByteWriter& out) const;
+  static bool ReadLife(ByteReader& in, Life* life);
 
   // The row of entity `index`: every feature's state at its offset.
   unsigned char* Row(uint32_t index) const {
@@ -255,6 +325,12 @@ class FeatureEngine {
   std::vector<std::unique_ptr<unsigned char[]>> row_chunks_;
   absl::flat_hash_map<std::string, uint32_t> entities_;
   std::vector<std::string> entity_names_;
+  // State expiry (empty without a ttl), per entity index: the newest event extracted and its life (input
+  // order, for the expiry decision), and the newest event applied and the life its state belongs to.
+  std::optional<int64_t> ttl_ms_;
+  std::vector<Life> lives_;
+  std::vector<uint32_t> free_indices_;  // Indices of expired entities, for reuse.
+  std::optional<int64_t> expiry_low_ms_;  // SetExpiryLowMs; unset: low_ms_.
   bool has_watermark_ = false;
   bool keeps_recent_ = false;
   int64_t delay_ms_ = 0;  // max_out_of_orderness + allowed_lateness.

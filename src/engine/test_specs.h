@@ -15,6 +15,7 @@ inline Spec BaseSpec(std::optional<WatermarkSpec> watermark = std::nullopt, std:
   Spec spec;
   spec.name = std::move(name);
   spec.entity_field = "user";
+  spec.entity_fields = {"user"};
   spec.timestamp_field = "ts";
   spec.watermark = watermark;
   EXPECT_EQ(spec.fields.Intern("user"), kEntitySlot);

@@ -5,6 +5,7 @@
 #include <charconv>
 #include <cstring>
 
+#include "common/entity_key.h"
 #include "common/time.h"
 
 static_assert(freshet::kParsePaddingBytes >= simdjson::SIMDJSON_PADDING, "padding must cover simdjson read-ahead");
@@ -72,12 +73,16 @@ struct EventParser::Impl {
   PathNode root;
   std::vector<std::string> paths;
   char entity_digits[24];
+  std::vector<int> key_slots;   // A composite key's slots (FieldRegistry::key_slots); empty for one field.
+  std::string entity_key;       // A composite key, encoded (common/entity_key.h).
+  std::string key_digits;       // The integer parts of a composite key, as text.
   std::string padded;  // For ParseCopy.
   std::vector<FieldRegistry::Derived> derived;
 };
 
 EventParser::EventParser(const FieldRegistry& fields) : impl_(std::make_unique<Impl>()) {
   impl_->paths = fields.paths();
+  impl_->key_slots = fields.key_slots();
   impl_->derived = fields.derived();
   for (size_t slot = 0; slot < fields.paths().size(); ++slot) {
     if (fields.is_derived(static_cast<int>(slot))) continue;  // Computed, not read.
@@ -104,6 +109,42 @@ EventParser::EventParser(const FieldRegistry& fields) : impl_(std::make_unique<I
 }
 
 EventParser::~EventParser() = default;
+
+bool EventParser::EncodeCompositeKey(ParsedEvent* event, std::string* reason) {
+  Impl& impl = *impl_;
+  std::string_view parts[kMaxKeyFields];
+  // Integer parts as text, each in its own stretch of key_digits (reserved first, so the views stay valid).
+  impl.key_digits.resize(impl.key_slots.size() * 24);
+  for (size_t k = 0; k < impl.key_slots.size(); ++k) {
+    const Value& part = event->slots[impl.key_slots[k]];
+    if (part.type == ValueType::kString && !part.s.empty()) {
+      parts[k] = part.s;
+    } else if (part.type == ValueType::kInt) {
+      char* begin = impl.key_digits.data() + k * 24;
+      auto [end, ec] = std::to_chars(begin, begin + 24, part.i);
+      (void)ec;
+      parts[k] = std::string_view(begin, end - begin);
+    } else {
+      const std::string& name = impl.paths[impl.key_slots[k]];
+      *reason = "field '" + name + "' (part of the entity key [" + KeyFieldList() + "]) " +
+                (part.is_missing() ? std::string("is missing")
+                                   : "must be a non-empty string or an integer, got " +
+                                         (part.type == ValueType::kString ? std::string("an empty string")
+                                                                          : ValueTypeName(part.type)));
+      return false;
+    }
+  }
+  impl.entity_key.clear();
+  AppendEntityKey(std::span<const std::string_view>(parts, impl.key_slots.size()), &impl.entity_key);
+  event->entity = impl.entity_key;
+  return true;
+}
+
+std::string EventParser::KeyFieldList() const {
+  std::string out;
+  for (int slot : impl_->key_slots) out += (out.empty() ? "" : ", ") + impl_->paths[slot];
+  return out;
+}
 
 bool EventParser::Parse(std::string_view line, size_t capacity, ParsedEvent* event, std::string* reason) {
   Impl& impl = *impl_;
@@ -133,7 +174,9 @@ bool EventParser::Parse(std::string_view line, size_t capacity, ParsedEvent* eve
 
   const Value& entity = event->slots[kEntitySlot];
   const std::string& entity_name = impl.paths[kEntitySlot];
-  if (entity.type == ValueType::kString && !entity.s.empty()) {
+  if (!impl.key_slots.empty()) {
+    if (!EncodeCompositeKey(event, reason)) return false;
+  } else if (entity.type == ValueType::kString && !entity.s.empty()) {
     event->entity = entity.s;
   } else if (entity.type == ValueType::kInt) {
     auto [end, ec] = std::to_chars(impl.entity_digits, impl.entity_digits + sizeof(impl.entity_digits), entity.i);

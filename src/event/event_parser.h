@@ -32,7 +32,9 @@ inline constexpr size_t kMaxLineBytes = 1 << 20;
 
 struct ParsedEvent {
   int64_t time_ms = 0;
-  std::string_view entity;   // Integer entities are rendered as their decimal text.
+  // Integer entities are rendered as their decimal text; a composite key is encoded (common/entity_key.h). May
+  // point into the parser: valid until its next Parse.
+  std::string_view entity;
   std::vector<Value> slots;  // Indexed like the FieldRegistry the parser was built with.
   OwnedStrings owned;        // Strings that derived fields made (the slots' views point into them).
 };
@@ -54,6 +56,10 @@ class EventParser {
   bool ParseCopy(std::string_view line, ParsedEvent* event, std::string* reason);
 
  private:
+  // A composite key: its parts (strings or integers as text) encoded into event->entity, or false with the
+  // reason naming the part that is missing or not a key.
+  bool EncodeCompositeKey(ParsedEvent* event, std::string* reason);
+  std::string KeyFieldList() const;  // "user_id, merchant_id"
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

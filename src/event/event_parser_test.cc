@@ -179,6 +179,25 @@ TEST_F(EventParserTest, RandomBytesNeverCrash) {
   }
 }
 
+TEST(EventParserCompositeKey, EncodesThePartsAndNamesAMissingOne) {
+  FieldRegistry fields;
+  fields.Intern("user_id");
+  fields.Intern("ts");
+  fields.SetKeySlots({0, fields.Intern("merchant_id")});
+  EventParser parser(fields);
+  ParsedEvent event;
+  std::string reason;
+  ASSERT_TRUE(parser.ParseCopy(R"({"user_id":"a\u001f","merchant_id":"b","ts":1})", &event, &reason)) << reason;
+  EXPECT_EQ(event.entity, "a\x1E\x1F\x1F" "b");
+  ASSERT_TRUE(parser.ParseCopy(R"({"user_id":7,"merchant_id":"m","ts":1})", &event, &reason)) << reason;
+  EXPECT_EQ(event.entity, "7\x1Fm");
+  EXPECT_FALSE(parser.ParseCopy(R"({"user_id":"u1","ts":1})", &event, &reason));
+  EXPECT_EQ(reason, "field 'merchant_id' (part of the entity key [user_id, merchant_id]) is missing");
+  EXPECT_FALSE(parser.ParseCopy(R"({"user_id":"","merchant_id":"m","ts":1})", &event, &reason));
+  EXPECT_EQ(reason, "field 'user_id' (part of the entity key [user_id, merchant_id]) must be a non-empty string or "
+                    "an integer, got an empty string");
+}
+
 TEST(LineReader, NumbersLinesStripsCarriageReturnsAndHandlesNoFinalNewline) {
   char path[] = "/tmp/freshet_line_reader_XXXXXX";
   const int fd = mkstemp(path);

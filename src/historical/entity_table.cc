@@ -13,8 +13,10 @@
 #include <deque>
 #include <fstream>
 #include <limits>
+#include <span>
 #include <sstream>
 
+#include "common/entity_key.h"
 #include "common/time.h"
 #include "historical/csv.h"
 #include "offline/tables.h"
@@ -199,6 +201,17 @@ std::string Joined(const std::vector<std::string>& names) {
   return text;
 }
 
+// The spec's key fields (a hand-built spec may set entity_field alone).
+std::vector<std::string> KeyFields(const Spec& spec) {
+  return spec.entity_fields.empty() ? std::vector<std::string>{spec.entity_field} : spec.entity_fields;
+}
+
+// The entity of a row from its key fields' cells (spec order): the cell itself for one key field, the
+// encoding of the parts for a composite key (common/entity_key.h).
+std::string RowEntity(std::span<const std::string_view> parts) {
+  return parts.size() == 1 ? std::string(parts[0]) : EncodeEntityKey(parts);
+}
+
 Status ReadCsvRows(const Spec& spec, EntityTable::Impl* m) {
   const std::string& path = m->path;
   FRESHET_ASSIGN_OR_RETURN(m->csv_text, ReadFile(path, "entities file"));
@@ -215,12 +228,22 @@ Status ReadCsvRows(const Spec& spec, EntityTable::Impl* m) {
     }
     return -1;
   };
-  const int entity_col = column(spec.entity_field);
+  const std::vector<std::string> key_fields = KeyFields(spec);
+  std::vector<int> key_cols;
+  for (const std::string& field : key_fields) {
+    key_cols.push_back(column(field));
+    if (key_cols.back() < 0) {
+      return Status::Invalid(path + ":" + std::to_string(header.line) + ": the header needs the column '" + field +
+                             "' (" + (key_fields.size() > 1 ? "a key field of the spec's entity" :
+                                                                       "the spec's entity field") +
+                             "); it has: " + Joined(header.fields));
+    }
+  }
+  const int last_key_col = *std::max_element(key_cols.begin(), key_cols.end());
   const int time_col = column(spec.timestamp_field);
-  if (entity_col < 0 || time_col < 0) {
+  if (time_col < 0) {
     return Status::Invalid(path + ":" + std::to_string(header.line) + ": the header needs the column '" +
-                           (entity_col < 0 ? spec.entity_field : spec.timestamp_field) + "' (the spec's " +
-                           (entity_col < 0 ? "entity" : "timestamp") + " field); it has: " + Joined(header.fields));
+                           spec.timestamp_field + "' (the spec's timestamp field); it has: " + Joined(header.fields));
   }
   m->time_column = time_col;
   FRESHET_RETURN_IF_ERROR(CheckNoFeatureColumn(header.fields, spec, path));
@@ -228,14 +251,45 @@ Status ReadCsvRows(const Spec& spec, EntityTable::Impl* m) {
   for (size_t r = 1; r < m->records.size(); ++r) {
     const CsvRecord& rec = m->records[r];
     const std::string where = path + ":" + std::to_string(rec.line) + ": ";
-    if (static_cast<int>(rec.fields.size()) <= std::max(entity_col, time_col)) {
+    if (static_cast<int>(rec.fields.size()) <= std::max(last_key_col, time_col)) {
       return Status::Invalid(where + "the row has " + std::to_string(rec.fields.size()) + " fields, the header " +
                              std::to_string(header.fields.size()));
     }
-    if (rec.fields[entity_col].empty()) return Status::Invalid(where + "column '" + spec.entity_field + "' is empty");
+    std::string_view parts[kMaxKeyFields];
+    for (size_t k = 0; k < key_cols.size(); ++k) {
+      parts[k] = rec.fields[key_cols[k]];
+      if (parts[k].empty()) return Status::Invalid(where + "column '" + key_fields[k] + "' is empty");
+    }
     Result<int64_t> t = ParseTimeText(rec.fields[time_col]);
     if (!t.ok()) return Status::Invalid(where + "column '" + spec.timestamp_field + "': " + t.status().message());
-    m->keys.push_back(EntityTime{rec.fields[entity_col], *t});
+    m->keys.push_back(EntityTime{RowEntity(std::span<const std::string_view>(parts, key_cols.size())), *t});
+  }
+  return Status::Ok();
+}
+
+// One key field's cells of a Parquet entities file, as text: a string or integer column, no nulls or empty cells.
+Status ReadParquetKeyColumn(const EntityTable::Impl& table, const std::string& field, std::vector<std::string>* cells) {
+  const std::string& path = table.path;
+  const int col = table.table->schema()->GetFieldIndex(field);
+  const arrow::DataType& type = *table.table->schema()->field(col)->type();
+  if (!IsString(type) && !IsInteger(type)) {
+    return Status::Invalid(path + ": column '" + field + "' has type " + type.ToString() +
+                           "; an entity (key) column must be a string or an integer");
+  }
+  cells->clear();
+  cells->reserve(static_cast<size_t>(table.table->num_rows()));
+  for (const auto& chunk : table.table->column(col)->chunks()) {
+    for (int64_t i = 0; i < chunk->length(); ++i) {
+      const std::string where = path + ": row " + std::to_string(cells->size() + 1) + ": column '" + field + "' ";
+      if (chunk->IsNull(i)) return Status::Invalid(where + "is null");
+      std::string& cell = cells->emplace_back();
+      if (IsString(type)) {
+        cell = std::string(StringAt(*chunk, i));
+      } else {
+        AppendCellText(*chunk, i, &cell);
+      }
+      if (cell.empty()) return Status::Invalid(where + "is empty");
+    }
   }
   return Status::Ok();
 }
@@ -249,21 +303,23 @@ Status ReadParquetRows(const Spec& spec, EntityTable::Impl* m) {
                                     "cannot read Parquet entities file '" + path + "'"));
   FRESHET_RETURN_IF_ERROR(FromArrow(reader->ReadTable(&m->table), "cannot read Parquet entities file '" + path + "'"));
   m->column_names = m->table->schema()->field_names();
-  const int entity_col = m->table->schema()->GetFieldIndex(spec.entity_field);
+  const std::vector<std::string> key_fields = KeyFields(spec);
+  for (const std::string& field : key_fields) {
+    if (m->table->schema()->GetFieldIndex(field) < 0) {
+      return Status::Invalid(path + ": the Parquet file needs the column '" + field + "' (" +
+                             (key_fields.size() > 1 ? "a key field of the spec's entity" :
+                                                               "the spec's entity field") +
+                             "); it has: " + Joined(m->column_names));
+    }
+  }
   const int time_col = m->table->schema()->GetFieldIndex(spec.timestamp_field);
-  if (entity_col < 0 || time_col < 0) {
-    return Status::Invalid(path + ": the Parquet file needs the column '" +
-                           (entity_col < 0 ? spec.entity_field : spec.timestamp_field) + "' (the spec's " +
-                           (entity_col < 0 ? "entity" : "timestamp") + " field); it has: " + Joined(m->column_names));
+  if (time_col < 0) {
+    return Status::Invalid(path + ": the Parquet file needs the column '" + spec.timestamp_field +
+                           "' (the spec's timestamp field); it has: " + Joined(m->column_names));
   }
   m->time_column = time_col;
   FRESHET_RETURN_IF_ERROR(CheckNoFeatureColumn(m->column_names, spec, path));
-  const arrow::DataType& entity_type = *m->table->schema()->field(entity_col)->type();
   const arrow::DataType& time_type = *m->table->schema()->field(time_col)->type();
-  if (!IsString(entity_type) && !IsInteger(entity_type)) {
-    return Status::Invalid(path + ": column '" + spec.entity_field + "' has type " + entity_type.ToString() +
-                           "; the entity column must be a string or an integer");
-  }
   if (!IsString(time_type) && !IsInteger(time_type) && time_type.id() != arrow::Type::TIMESTAMP) {
     return Status::Invalid(path + ": column '" + spec.timestamp_field + "' has type " + time_type.ToString() +
                            "; the timestamp column must be a timestamp, an integer (epoch milliseconds) or an "
@@ -271,25 +327,17 @@ Status ReadParquetRows(const Spec& spec, EntityTable::Impl* m) {
   }
   const int64_t rows = m->table->num_rows();
   m->keys.resize(static_cast<size_t>(rows));
-  std::string text;
-  int64_t base = 0;
-  for (const auto& chunk : m->table->column(entity_col)->chunks()) {
-    for (int64_t i = 0; i < chunk->length(); ++i) {
-      const std::string where = path + ": row " + std::to_string(base + i + 1) + ": column '" + spec.entity_field + "' ";
-      if (chunk->IsNull(i)) return Status::Invalid(where + "is null");
-      std::string& entity = m->keys[static_cast<size_t>(base + i)].entity;
-      if (IsString(entity_type)) {
-        entity = std::string(StringAt(*chunk, i));
-      } else {
-        text.clear();
-        AppendCellText(*chunk, i, &text);
-        entity = text;
-      }
-      if (entity.empty()) return Status::Invalid(where + "is empty");
-    }
-    base += chunk->length();
+  // Each key field's cells, then each row's entity from them.
+  std::vector<std::vector<std::string>> key_cells(key_fields.size());
+  for (size_t k = 0; k < key_fields.size(); ++k) {
+    FRESHET_RETURN_IF_ERROR(ReadParquetKeyColumn(*m, key_fields[k], &key_cells[k]));
   }
-  base = 0;
+  for (size_t r = 0; r < m->keys.size(); ++r) {
+    std::string_view parts[kMaxKeyFields];
+    for (size_t k = 0; k < key_cells.size(); ++k) parts[k] = key_cells[k][r];
+    m->keys[r].entity = RowEntity(std::span<const std::string_view>(parts, key_cells.size()));
+  }
+  int64_t base = 0;
   for (const auto& chunk : m->table->column(time_col)->chunks()) {
     for (int64_t i = 0; i < chunk->length(); ++i) {
       const std::string where = path + ": row " + std::to_string(base + i + 1) + ": column '" + spec.timestamp_field + "' ";

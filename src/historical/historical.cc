@@ -114,6 +114,7 @@ class PointInTimeJoin {
     if (partition_max != nullptr) {
       engine_.AdmitJudged(event_.time_ms);
       *partition_max = std::max(*partition_max, event_.time_ms);
+      if (engine_.spec().watermark) engine_.SetExpiryLowMs(*partition_max - delay_ms_);  // The lane's L.
     }
     if (!stats_->has_events || event_.time_ms > stats_->max_event_time_ms) stats_->max_event_time_ms = event_.time_ms;
     stats_->has_events = true;

@@ -99,7 +99,7 @@ Status PipelineLanes::Decode(std::string_view bytes, std::vector<std::string>* n
 
 size_t PipelineLanes::entity_count() const {
   size_t n = 0;
-  for (const auto& lane : lanes_) n += lane->engine.entity_count();
+  for (const auto& lane : lanes_) n += lane->engine.live_entity_count();
   return n;
 }
 

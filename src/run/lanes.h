@@ -65,7 +65,7 @@ class PipelineLanes {
   // refused with a message saying so. `notes` as for DecodePipelineState.
   Status Decode(std::string_view bytes, std::vector<std::string>* notes);
 
-  // Over all lanes.
+  // Over all lanes; entity_count counts the entities held (not expired ones).
   size_t entity_count() const;
   int64_t low_watermark_ms() const;  // The lowest lane's (the one furthest behind); min() with no lane.
   size_t MemoryBytes() const;

@@ -58,7 +58,8 @@ class RedisFeatureService final : public FeatureService {
         out.known = true;
         out.newest_event_ms = newest;
         // Exact at or after the newest event, or at or after the low watermark when the state was written.
-        out.exact = as_of_ms >= newest || (scratch.keeps_recent() && as_of_ms >= low);
+        out.exact = as_of_ms >= newest || (scratch.keeps_recent() && as_of_ms >= low &&
+                                           scratch.ExpiryExactAsOf(index, as_of_ms));
       }
       scratch.QueryIndex(index, as_of_ms, &values);
       out.values.resize(features.size());

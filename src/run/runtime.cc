@@ -199,7 +199,7 @@ struct Runtime::Impl final : public FeatureService {
       if (lane != nullptr && *index < lane->counters.newest_event_ms.size()) {
         out.newest_event_ms = lane->counters.newest_event_ms[*index];
       }
-      out.exact = engine.IsExactAsOf(out.newest_event_ms, as_of_ms);
+      out.exact = engine.IsExactAsOf(out.newest_event_ms, as_of_ms) && engine.ExpiryExactAsOf(index, as_of_ms);
       engine.QueryIndex(index, as_of_ms, &values);
       out.values.resize(features.size());
       for (size_t f = 0; f < features.size(); ++f) out.values[f] = values[features[f]];
@@ -496,6 +496,11 @@ struct Runtime::Impl final : public FeatureService {
   Gauge* watermark_ = nullptr;
   Gauge* watermark_lag_ = nullptr;
   Gauge* entities_ = nullptr;
+  Counter* expired_ = nullptr;
+  // With a ttl: per lane, the low watermark at which to look for expired entities next (a sweep visits every
+  // entity, so it runs each time the watermark has moved by an eighth of the ttl, not per batch).
+  std::vector<int64_t> next_expiry_sweep_ms_;
+  void ExpireIdle();
   Gauge* dedup_ids_ = nullptr;
   Gauge* recent_events_ = nullptr;
   Gauge* state_bytes_ = nullptr;
@@ -533,7 +538,10 @@ struct Runtime::Impl final : public FeatureService {
   std::vector<std::pair<uint64_t, int64_t>> changed_;
   void ChangeAll() {
     for (size_t l = 0; l < lanes_.size(); ++l) {
-      for (uint32_t e = 0; e < lanes_.at(l).engine.entity_count(); ++e) changed_.emplace_back(uint64_t{l} << 32 | e, 0);
+      const FeatureEngine& engine = lanes_.at(l).engine;
+      for (uint32_t e = 0; e < engine.entity_count(); ++e) {
+        if (engine.entity_live(e)) changed_.emplace_back(uint64_t{l} << 32 | e, 0);
+      }
     }
   }
   std::vector<Value> values_;
@@ -582,6 +590,9 @@ Status Runtime::Impl::Open() {
   watermark_lag_ = &metrics_.GetGauge("freshet_watermark_lag_seconds",
                                       "Wall clock minus the low watermark (0 without a watermark).");
   entities_ = &metrics_.GetGauge("freshet_state_entities", "Entities with state.");
+  expired_ = &metrics_.GetCounter("freshet_state_entities_expired_total",
+                                  "Entities dropped from the state by the spec's ttl (no event for longer than ttl, "
+                                  "measured against the low watermark); 0 without a ttl.");
   dedup_ids_ = &metrics_.GetGauge("freshet_dedup_ids", "Event ids remembered for deduplication (0 without dedup).");
   recent_events_ = &metrics_.GetGauge("freshet_state_recent_events",
                                       "Recent events kept (per feature with a lifetime, tiled or session window) so "
@@ -674,6 +685,7 @@ Status Runtime::Impl::Open() {
     if (const char* password = std::getenv("FRESHET_REDIS_PASSWORD")) redis.connection.password = password;
     redis.spec_name = spec_.name;
     redis.flush_interval_ms = spec_.online.flush_interval_ms;
+    redis.key_ttl_ms = spec_.ttl_ms.value_or(0);
     FRESHET_ASSIGN_OR_RETURN(redis_, RedisWriter::Start(redis));
     RegisterRedisMetrics();
     // After a restart the restored state is written again: Redis may have missed the last writes.
@@ -891,6 +903,7 @@ Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch) {
     }
     if (redis_ != nullptr) UpsertChanged();
   }
+  ExpireIdle();
   // Dead letters become readable with the batch that produced them, not at the next checkpoint.
   if (rejected + late + duplicates > 0) dead_letters_.Flush();
   // Visible now: every lookup from here on sees these events.
@@ -1014,9 +1027,32 @@ void Runtime::Impl::SetStateGauges() {
     if (skipped > c.counter->value()) c.counter->Increment(skipped - c.counter->value());
   }
   entities_->Set(static_cast<double>(lanes_.entity_count()));
+  uint64_t expired = 0;
+  for (size_t l = 0; l < lanes_.size(); ++l) expired += lanes_.at(l).engine.counters().expired;
+  if (expired > expired_->value()) expired_->Increment(expired - expired_->value());
   const int64_t low_ms = lanes_.low_watermark_ms();
   watermark_->Set(low_ms == std::numeric_limits<int64_t>::min() ? 0.0 : static_cast<double>(low_ms) / 1000.0);
   dedup_ids_->Set(static_cast<double>(ids));
+}
+
+void Runtime::Impl::ExpireIdle() {
+  if (!spec_.ttl_ms) return;
+  const int64_t step_ms = std::max<int64_t>(1, *spec_.ttl_ms / 8);
+  std::vector<uint32_t> dropped;
+  std::unique_lock<std::shared_mutex> lock(mutex_);
+  next_expiry_sweep_ms_.resize(lanes_.size(), std::numeric_limits<int64_t>::min());
+  for (size_t l = 0; l < lanes_.size(); ++l) {
+    PipelineLanes::Lane& lane = lanes_.at(l);
+    const int64_t low_ms = lane.engine.low_watermark_ms();
+    if (low_ms == std::numeric_limits<int64_t>::min() || low_ms < next_expiry_sweep_ms_[l]) continue;
+    next_expiry_sweep_ms_[l] = low_ms + step_ms;
+    dropped.clear();
+    lane.engine.ExpireIdle(&dropped);
+    // A freed index starts again from no event (the next entity that takes it).
+    for (uint32_t e : dropped) {
+      if (e < lane.counters.newest_event_ms.size()) lane.counters.newest_event_ms[e] = std::numeric_limits<int64_t>::min();
+    }
+  }
 }
 
 // Hands every entity in changed_ to the Redis writer: its state blob and its features as of its newest
@@ -1030,6 +1066,7 @@ void Runtime::Impl::UpsertChanged() {
     const FeatureEngine& engine = lane.engine;
     const std::vector<int64_t>& newest = lane.counters.newest_event_ms;
     const uint32_t entity = static_cast<uint32_t>(changed_[k].first);
+    if (!engine.entity_live(entity)) continue;  // Expired since: Redis lets its keys expire (PEXPIRE ttl).
     blob.clear();
     ByteWriter out(&blob);
     std::vector<std::pair<std::string, std::string>> fields;
@@ -1257,8 +1294,8 @@ std::string Runtime::Impl::ConsoleFeaturesJson() const {
     size_t seen = 0;
     for (size_t l = 0; l < lanes_.size(); ++l) {
       const FeatureEngine& engine = lanes_.at(l).engine;
-      for (uint32_t e = 0; e < engine.entity_count(); ++e, ++seen) {
-        if (seen % step != 0 || sampled >= kSample) continue;
+      for (uint32_t e = 0; e < engine.entity_count(); ++e) {
+        if (!engine.entity_live(e) || seen++ % step != 0 || sampled >= kSample) continue;
         ++sampled;
         engine.QueryIndex(e, now, &values);
         for (size_t f = 0; f < features; ++f) {

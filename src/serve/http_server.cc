@@ -20,6 +20,7 @@
 
 #include <absl/container/flat_hash_map.h>
 
+#include "common/entity_key.h"
 #include "common/text.h"
 #include "common/time.h"
 #include "serve/http_loop.h"
@@ -86,11 +87,13 @@ constexpr std::string_view kConsoleDataPrefix = "/v1/ui/";
 constexpr const char* kJsonType = "application/json";
 constexpr int kMaxStatus = 600;
 
-Route MatchRoute(std::string_view path) {
+// `key_fields`: how many fields the spec's entity key has, each one path segment of /v1/features/{...}.
+Route MatchRoute(std::string_view path, size_t key_fields) {
   if (path == "/v1/features") return kRouteBatchFeatures;
   if (path.starts_with(kEntityPrefix)) {
-    // The entity is one segment; a raw '/' in it means a path we do not serve.
-    return path.find('/', kEntityPrefix.size()) == std::string_view::npos ? kRouteEntityFeatures : kRouteUnmatched;
+    // One segment per key field; a raw '/' in a part means a path we do not serve.
+    const size_t slashes = static_cast<size_t>(std::count(path.begin() + kEntityPrefix.size(), path.end(), '/'));
+    return slashes + 1 == key_fields ? kRouteEntityFeatures : kRouteUnmatched;
   }
   if (path == "/v1/ingest") return kRouteIngest;
   if (path == "/health") return kRouteHealth;
@@ -298,6 +301,40 @@ struct HttpServer::Impl final : HttpHandler {
 
   absl::flat_hash_map<std::string, int> feature_index;
   std::vector<std::string> feature_names;  // Spec order, for error messages.
+  std::vector<std::string> key_fields;     // The spec's entity key fields (one, or a composite key's).
+  std::string JoinKeyFields(std::string_view separator) const {
+    std::string out;
+    for (size_t k = 0; k < key_fields.size(); ++k) out += (k > 0 ? std::string(separator) : "") + key_fields[k];
+    return out;
+  }
+  // "\"user_id\": \"u1\", \"merchant_id\": \"u2\"" for messages.
+  std::string KeyFieldsExample() const {
+    std::string out;
+    for (size_t k = 0; k < key_fields.size(); ++k) {
+      out += (k > 0 ? ", \"" : "\"") + key_fields[k] + "\": \"" + std::string(1, 'a' + static_cast<char>(k)) + "1\"";
+    }
+    return out;
+  }
+  // An entity of the request: a composite key's parts (key field order) encoded into one string
+  // (common/entity_key.h), or the one part as it is.
+  std::string EntityOf(std::span<const std::string_view> parts) const {
+    return parts.size() == 1 ? std::string(parts[0]) : EncodeEntityKey(parts);
+  }
+  // "entity": the id, or for a composite key an object of its parts ({"user_id": "u1", "merchant_id": "m7"}).
+  void WriteEntity(JsonWriter& json, std::string_view entity) const {
+    json.Key("entity");
+    std::vector<std::string> parts;
+    if (key_fields.size() == 1 || !DecodeEntityKey(entity, &parts) || parts.size() != key_fields.size()) {
+      json.String(entity);
+      return;
+    }
+    json.BeginObject();
+    for (size_t k = 0; k < parts.size(); ++k) json.Key(key_fields[k]).String(parts[k]);
+    json.EndObject();
+  }
+  // Reads entities[index] of a POST body: a string or integer id, or, for any key, an object of the key
+  // fields. Appends the entity to *out; false after writing a 400.
+  bool ReadBatchEntity(simdjson::dom::element item, size_t index, std::vector<std::string>* out, HttpResponse& res) const;
   // The longest name an unknown feature may have and still be compared with the valid ones for a "did you
   // mean": the longest feature name plus the edit distance a suggestion allows for it. Longer names are
   // refused without that comparison, whose cost grows with the name's length.
@@ -332,6 +369,7 @@ HttpServer::Impl::Impl(FeatureService& service_in, MetricsRegistry& metrics_in, 
   while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.remove_suffix(1);
   bearer_token = std::string(token);
   const Spec& spec = service.spec();
+  key_fields = spec.entity_fields.empty() ? std::vector<std::string>{spec.entity_field} : spec.entity_fields;
   for (size_t k = 0; k < spec.features.size(); ++k) {
     feature_index.emplace(spec.features[k].name, static_cast<int>(k));
     feature_names.push_back(spec.features[k].name);
@@ -401,25 +439,25 @@ void HttpServer::Impl::RecordRequest(const HttpRequest& req, Route route, int st
   }
 }
 
-Route RouteOf(const HttpRequest& req) {
-  return req.target.empty() ? kRouteUnmatched : MatchRoute(req.target.substr(0, req.target.find('?')));
+Route RouteOf(const HttpRequest& req, size_t key_fields) {
+  return req.target.empty() ? kRouteUnmatched : MatchRoute(req.target.substr(0, req.target.find('?')), key_fields);
 }
 
 bool HttpServer::Impl::MayBlock(const HttpRequest& req) const {
-  const Route route = RouteOf(req);
+  const Route route = RouteOf(req, key_fields.size());
   return route == kRouteIngest || route == kRouteExplain ||
          ((route == kRouteEntityFeatures || route == kRouteBatchFeatures) && service.LookupBlocks());
 }
 
 void HttpServer::Impl::Handle(const HttpRequest& req, HttpResponse* res) {
-  const Route route = RouteOf(req);
+  const Route route = RouteOf(req, key_fields.size());
   Serve(req, route, *res);
   RecordRequest(req, route, res->status);
 }
 
 void HttpServer::Impl::Refuse(const HttpRequest& req, int status, std::string_view message, HttpResponse* res) {
   SetError(*res, status, message);
-  RecordRequest(req, RouteOf(req), status);
+  RecordRequest(req, RouteOf(req, key_fields.size()), status);
 }
 
 bool HttpServer::Impl::Authorized(const HttpRequest& req, std::string* why) const {
@@ -547,16 +585,28 @@ bool HttpServer::Impl::ResolveFeatures(const std::optional<std::vector<std::stri
 
 void HttpServer::Impl::HandleEntityFeatures(std::string_view path, std::string_view query, const std::string& request_id,
                                             HttpResponse& res) {
-  std::string entity;
-  if (!PercentDecode(path.substr(kEntityPrefix.size()), &entity)) {
-    SetError(res, 400, "the entity in the path is not valid percent-encoding ('%' must be followed by two hex "
-                       "digits); encode '%' as %25");
-    return;
+  // One segment per key field (MatchRoute counted them).
+  std::vector<std::string> parts;
+  std::string_view rest = path.substr(kEntityPrefix.size());
+  for (size_t k = 0; k < key_fields.size(); ++k) {
+    const size_t slash = rest.find('/');
+    std::string& part = parts.emplace_back();
+    if (!PercentDecode(rest.substr(0, slash), &part)) {
+      SetError(res, 400, "the entity in the path is not valid percent-encoding ('%' must be followed by two hex "
+                         "digits); encode '%' as %25");
+      return;
+    }
+    if (part.empty()) {
+      SetError(res, 400, key_fields.size() == 1
+                             ? "the entity is empty; use /v1/features/{entity}, e.g. /v1/features/u123"
+                             : "the key field '" + key_fields[k] + "' is empty in the path; use /v1/features/{" +
+                                   JoinKeyFields("}/{") + "}, e.g. /v1/features/u123/m7");
+      return;
+    }
+    rest.remove_prefix(slash == std::string_view::npos ? rest.size() : slash + 1);
   }
-  if (entity.empty()) {
-    SetError(res, 400, "the entity is empty; use /v1/features/{entity}, e.g. /v1/features/u123");
-    return;
-  }
+  std::vector<std::string_view> views(parts.begin(), parts.end());
+  const std::string entity = EntityOf(views);
   std::optional<std::string> features_text;
   std::optional<std::string> at_text;
   std::deque<std::pair<std::string, std::string>> param_texts;  // A deque: the params' values point into it.
@@ -725,35 +775,75 @@ void HttpServer::Impl::HandleBatchFeatures(std::string_view body, const std::str
                            std::to_string(options.max_entities_per_request) + "; split them into several requests");
     return;
   }
-  std::vector<std::string> integer_texts;  // Owns integer entities rendered as text; reserved, so never moves.
-  integer_texts.reserve(count);
-  std::vector<std::string_view> entities;
-  entities.reserve(count);
+  std::vector<std::string> owned;  // Each request entity (a composite key encoded); reserved, so never moves.
+  owned.reserve(count);
   size_t index = 0;
   for (simdjson::dom::element item : *entity_array) {
-    std::string_view text;
-    int64_t signed_id = 0;
-    uint64_t unsigned_id = 0;
-    if (!item.get_string().get(text)) {
-      if (text.empty()) {
-        SetError(res, 400, "entities[" + std::to_string(index) + "] is an empty string; entity ids are not empty");
-        return;
-      }
-      entities.push_back(text);
-    } else if (!item.get_int64().get(signed_id)) {
-      entities.push_back(integer_texts.emplace_back(std::to_string(signed_id)));
-    } else if (!item.get_uint64().get(unsigned_id)) {
-      entities.push_back(integer_texts.emplace_back(std::to_string(unsigned_id)));
-    } else {
-      SetError(res, 400, "entities[" + std::to_string(index) + "] must be a string or an integer entity id");
-      return;
-    }
-    ++index;
+    if (!ReadBatchEntity(item, index++, &owned, res)) return;
   }
+  const std::vector<std::string_view> entities(owned.begin(), owned.end());
   std::vector<int> features;
   if (!ResolveFeatures(names, &features, res)) return;
   if (!CheckParams(params, res)) return;
   Answer(request_id, entities, at_given ? at_ms : WallClockMs(), features, params, /*single=*/false, res);
+}
+
+// A string or integer id as text; false when the element is neither (or an empty string: *text is then empty).
+bool ReadIdText(simdjson::dom::element item, std::string* text) {
+  std::string_view view;
+  int64_t signed_id = 0;
+  uint64_t unsigned_id = 0;
+  if (!item.get_string().get(view)) {
+    *text = std::string(view);
+    return !view.empty();
+  }
+  if (!item.get_int64().get(signed_id)) {
+    *text = std::to_string(signed_id);
+  } else if (!item.get_uint64().get(unsigned_id)) {
+    *text = std::to_string(unsigned_id);
+  } else {
+    return false;
+  }
+  return true;
+}
+
+bool HttpServer::Impl::ReadBatchEntity(simdjson::dom::element item, size_t index, std::vector<std::string>* out,
+                                       HttpResponse& res) const {
+  const std::string where = "entities[" + std::to_string(index) + "]";
+  simdjson::dom::object object;
+  if (item.get_object().get(object)) {  // An id: the whole key when it has one field.
+    std::string text;
+    if (key_fields.size() > 1) {
+      SetError(res, 400, where + " must be an object of the key fields, e.g. {" + KeyFieldsExample() +
+                             "}: the entity key is [" + JoinKeyFields(", ") + "]");
+      return false;
+    }
+    if (!ReadIdText(item, &text)) {
+      SetError(res, 400, where + (item.is_string() ? " is an empty string; entity ids are not empty"
+                                                   : " must be a string or an integer entity id"));
+      return false;
+    }
+    out->push_back(std::move(text));
+    return true;
+  }
+  std::string parts[kMaxKeyFields];
+  for (size_t k = 0; k < key_fields.size(); ++k) {
+    simdjson::dom::element part;
+    if (object.at_key(key_fields[k]).get(part) || !ReadIdText(part, &parts[k])) {
+      SetError(res, 400, where + " needs '" + key_fields[k] + "' as a non-empty string or an integer, e.g. {" +
+                             KeyFieldsExample() + "}");
+      return false;
+    }
+  }
+  if (object.size() != key_fields.size()) {
+    SetError(res, 400, where + " has keys other than the key fields " + JoinKeyFields(", ") + "; e.g. {" +
+                           KeyFieldsExample() + "}");
+    return false;
+  }
+  std::string_view views[kMaxKeyFields];
+  for (size_t k = 0; k < key_fields.size(); ++k) views[k] = parts[k];
+  out->push_back(EntityOf(std::span<const std::string_view>(views, key_fields.size())));
+  return true;
 }
 
 // The client's X-Request-Id when it is a sensible token (printable, at most 128 bytes), else a new one:
@@ -821,7 +911,7 @@ void HttpServer::Impl::Answer(const std::string& request_id, std::span<const std
         JsonWriter json(&body);
         json.BeginObject();
         json.Key("request_id").String(request_id);
-        if (single) json.Key("entity").String(entities[0]);
+        if (single) WriteEntity(json, entities[0]);
         json.Key("as_of").String(FormatRfc3339(as_of_ms));
         json.Key("as_of_ms").Int(as_of_ms);
         if (!single) json.Key("results").BeginArray();
@@ -832,7 +922,7 @@ void HttpServer::Impl::Answer(const std::string& request_id, std::span<const std
                           " values for " + std::to_string(features.size()) + " features";
             return;
           }
-          if (!single) json.BeginObject().Key("entity").String(entities[e]);
+          if (!single) WriteEntity(json.BeginObject(), entities[e]);
           json.Key("known").Bool(lookup.known);
           json.Key("exact").Bool(lookup.exact);
           json.Key("newest_event_age_ms");

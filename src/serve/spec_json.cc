@@ -23,7 +23,14 @@ std::string SpecJson(const Spec& spec) {
   };
   json.BeginObject();
   json.Key("name").String(spec.name);
-  json.Key("entity").String(spec.entity_field);
+  json.Key("entity");
+  if (spec.entity_fields.size() > 1) {  // A composite key: its fields, in order.
+    json.BeginArray();
+    for (const std::string& field : spec.entity_fields) json.String(field);
+    json.EndArray();
+  } else {
+    json.String(spec.entity_field);
+  }
   json.Key("timestamp").String(spec.timestamp_field);
   json.Key("watermark");
   if (spec.watermark) {

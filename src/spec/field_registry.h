@@ -100,6 +100,11 @@ class FieldRegistry {
     return std::any_of(derived_.begin(), derived_.end(), [slot](const Derived& d) { return d.slot == slot; });
   }
 
+  // A composite entity key: the slots of its fields, in key order (the first is kEntitySlot); empty for a
+  // key of one field. The parser then encodes them into one entity string (common/entity_key.h).
+  void SetKeySlots(std::vector<int> slots) { key_slots_ = std::move(slots); }
+  const std::vector<int>& key_slots() const { return key_slots_; }
+
   // What the schema declares for `slot` (kAny and no conversion when nothing).
   const FieldSchema& schema(size_t slot) const { return schemas_[slot]; }
   void SetSchema(size_t slot, FieldSchema schema) { schemas_[slot] = schema; }
@@ -108,6 +113,7 @@ class FieldRegistry {
   std::vector<std::string> paths_;
   std::vector<FieldSchema> schemas_;  // Parallel to paths_.
   std::vector<Derived> derived_;
+  std::vector<int> key_slots_;
 };
 
 }  // namespace freshet

@@ -256,6 +256,7 @@ std::string ExpectedValue(const SpecOption& o) {
     case SpecValueType::kMap: what = "a map of keys"; break;
     case SpecValueType::kList: what = "a list"; break;
     case SpecValueType::kFractionList: what = "a list of numbers from 0 to 1"; break;
+    case SpecValueType::kFieldPaths: what = "a field path, or a list of field paths"; break;
   }
   if (!o.example.empty()) what += ", e.g. " + std::string(o.key) + ": " + std::string(o.example);
   return what;
@@ -327,6 +328,7 @@ class SpecParser {
   std::optional<std::string> ReadString(const MapView& map, std::string_view key);
   std::optional<std::string> ReadName(const MapView& map, std::string_view key);
   std::optional<std::string> ReadFieldPath(const MapView& map, std::string_view key);
+  void ReadEntity(const MapView& map, Spec* spec);
   std::optional<std::string> ReadChoice(const MapView& map, std::string_view key);
   std::optional<int64_t> ReadDuration(const MapView& map, std::string_view key);
   std::optional<bool> ReadBool(const MapView& map, std::string_view key);
@@ -549,6 +551,34 @@ std::optional<std::string> SpecParser::ReadFieldPath(const MapView& map, std::st
     return std::nullopt;
   }
   return v->text;
+}
+
+// `entity`: one field path, or a list of distinct ones (a composite key). Sets entity_fields, and entity_field
+// to the first.
+void SpecParser::ReadEntity(const MapView& map, Spec* spec) {
+  const Entry* e = map.Find("entity");
+  if (e == nullptr) return;  // Reported as missing.
+  if (!e->value.IsSequence()) {
+    if (auto entity = ReadFieldPath(map, "entity")) spec->entity_fields = {*entity};
+  } else if (e->value.size() < 2 || e->value.size() > kMaxKeyFields) {
+    Error(ValueMark(*e), "a composite 'entity' lists 2 to " + std::to_string(kMaxKeyFields) + " fields, got " +
+                             std::to_string(e->value.size()) + "; for one field write entity: user_id");
+  } else {
+    std::vector<std::string> fields;
+    for (const YAML::Node& item : e->value) {
+      const std::string text = item.IsScalar() ? item.Scalar() : "";
+      if (!IsFieldPath(text)) {
+        Error(item.Mark(), "invalid key field '" + text + "' in 'entity': write field names (letters, digits, "
+                           "underscores) separated by dots, e.g. entity: [user_id, merchant_id]");
+      } else if (std::find(fields.begin(), fields.end(), text) != fields.end()) {
+        Error(item.Mark(), "key field '" + text + "' is listed twice in 'entity'; list each field once");
+      } else {
+        fields.push_back(text);
+      }
+    }
+    if (fields.size() == e->value.size()) spec->entity_fields = std::move(fields);
+  }
+  if (!spec->entity_fields.empty()) spec->entity_field = spec->entity_fields.front();
 }
 
 std::optional<std::string> SpecParser::ReadChoice(const MapView& map, std::string_view key) {
@@ -1636,22 +1666,44 @@ void SpecParser::ParseTop(const YAML::Node& root, Spec* spec) {
   std::optional<MapView> map = ReadMap(root, start, kRoot, "", "the spec");
   if (!map) return;
   if (auto name = ReadString(*map, "name")) spec->name = *name;
-  if (auto entity = ReadFieldPath(*map, "entity")) spec->entity_field = *entity;
+  ReadEntity(*map, spec);
   if (auto timestamp = ReadFieldPath(*map, "timestamp")) spec->timestamp_field = *timestamp;
   if (!spec->entity_field.empty() && spec->entity_field == spec->timestamp_field) {
     Error(map->Find("timestamp")->value.Mark(),
           "entity and timestamp are both '" + spec->entity_field + "'; they must be different fields");
   }
-  // Slots 0 and 1 are the entity and timestamp fields, before any field a feature reads.
+  // Slots 0 and 1 are the entity and timestamp fields, then a composite key's other fields, before any field a
+  // feature reads.
   spec->fields.Intern(spec->entity_field);
   spec->fields.Intern(spec->timestamp_field);
-  if (!spec->entity_field.empty()) NoteFieldUse(spec->entity_field, FieldRole::kEntity, 0, map->Find("entity")->value.Mark());
+  if (spec->entity_fields.size() > 1) {
+    std::vector<int> key_slots;
+    for (const std::string& field : spec->entity_fields) {
+      if (field == spec->timestamp_field) {
+        Error(map->Find("entity")->value.Mark(), "'" + field + "' is both a key field and the timestamp; they must "
+                                                 "be different fields");
+      }
+      key_slots.push_back(spec->fields.Intern(field));
+    }
+    spec->fields.SetKeySlots(std::move(key_slots));
+  }
+  for (const std::string& field : spec->entity_fields) {
+    NoteFieldUse(field, FieldRole::kEntity, 0, map->Find("entity")->value.Mark());
+  }
   if (!spec->timestamp_field.empty()) {
     NoteFieldUse(spec->timestamp_field, FieldRole::kTimestamp, 0, map->Find("timestamp")->value.Mark());
   }
   if (const Entry* e = map->Find("schema")) ParseSchema(*e, spec);
 
   if (const Entry* e = map->Find("watermark")) ParseWatermark(*e, spec);
+  if (auto ttl = ReadDuration(*map, "ttl")) {
+    spec->ttl_ms = *ttl;
+    if (!spec->watermark) {
+      Error(map->Find("ttl")->value.Mark(),
+            "ttl needs a watermark: expiry is measured against the low watermark so that replays expire the same "
+            "entities; add watermark: {max_out_of_orderness: 5s, allowed_lateness: 0s} or remove ttl");
+    }
+  }
   if (const Entry* e = map->Find("source")) ParseSource(*e, spec);
   if (auto parallelism = ReadInt(*map, "parallelism")) spec->parallelism = *parallelism;
   if (const Entry* e = map->Find("online")) ParseOnline(*e, spec);
@@ -1787,6 +1839,7 @@ std::string ReferenceType(const SpecOption& o) {
     case SpecValueType::kMap: out = "map"; break;
     case SpecValueType::kList: out = "list of maps"; break;
     case SpecValueType::kFractionList: out = "list of numbers 0..1"; break;
+    case SpecValueType::kFieldPaths: out = "field path, or a list of them"; break;
   }
   std::string condition;
   if (!o.when_key.empty()) {

@@ -9,6 +9,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/entity_key.h"
 #include "common/status.h"
 #include "spec/expr.h"
 #include "spec/field_registry.h"
@@ -174,10 +175,13 @@ struct SchemaFieldSpec {
 
 struct Spec {
   std::string name;
-  std::string entity_field;
+  std::string entity_field;                 // The (first) key field.
+  std::vector<std::string> entity_fields;   // Every key field: one, or 2..kMaxKeyFields for a composite key.
   std::string timestamp_field;
   std::optional<WatermarkSpec> watermark;  // Absent: no event is ever dropped as late.
   std::optional<DedupSpec> dedup;          // Absent: no event is a duplicate.
+  // State expiry (`ttl`), in ms; absent: entities never expire. Only with a watermark (the parser checks).
+  std::optional<int64_t> ttl_ms;
   std::optional<SourceSpec> source;
   int parallelism = 0;  // Processing threads; 0: one per core.
   OnlineSpec online;

@@ -28,6 +28,7 @@ enum class SpecValueType {
   kMap,         // Nested keys, whose rows have section "<this row's path>".
   kList,        // A list of maps, whose rows have section "<this row's path>[]".
   kFractionList,  // A non-empty list of numbers from 0 to 1 with at most 6 decimals: [0.5, 0.95].
+  kFieldPaths,    // A field path, or a list of 2 to 8 distinct field paths: user_id, [user_id, merchant_id].
 };
 
 // One key of the spec. Built with chained setters so the table reads as a list:
@@ -80,8 +81,13 @@ inline constexpr SpecOption kSpecOptions[] = {
     // Top level.
     SpecOption("", "name", SpecValueType::kString,
                "Name of the feature set; identifies it in output and logs.").Required().Example("fraud"),
-    SpecOption("", "entity", SpecValueType::kFieldPath,
-               "The event field that keys every feature (one result row per distinct value), e.g. user_id.")
+    SpecOption("", "entity", SpecValueType::kFieldPaths,
+               "The event field that keys every feature (one state and result row per distinct value), e.g. "
+               "user_id; or a list of fields, a composite key with one state per distinct combination, e.g. "
+               "[user_id, merchant_id]. Each key field must be a non-empty string or an integer in every event, "
+               "or the event is a dead letter naming the field. Lookups name every part: GET "
+               "/v1/features/{user_id}/{merchant_id}, or POST {\"entities\": [{\"user_id\": \"u1\", "
+               "\"merchant_id\": \"m7\"}]}; `freshet historical` entity rows have a column per key field.")
         .Required().Example("user_id"),
     SpecOption("", "timestamp", SpecValueType::kFieldPath,
                "The event-time field: RFC 3339 text with an offset or Z, or epoch milliseconds as an integer.")
@@ -154,6 +160,16 @@ inline constexpr SpecOption kSpecOptions[] = {
                "The threshold of `freshet skew` (training/serving skew between logged answers and the offline "
                "recomputation), and the schedule of the same check inside `freshet run`.")
         .Example("{max_mismatch_rate: 0.001, interval: 10m}"),
+    SpecOption("", "ttl", SpecValueType::kDuration,
+               "State expiry: an entity with no event for longer than `ttl` is dropped from the state, counted in "
+               "freshet_state_entities_expired_total, its memory returned and its Redis keys left to expire (each "
+               "write sets PEXPIRE ttl). Measured in event time against the low watermark, so that a replay "
+               "(backfill, `freshet historical`) expires exactly what the live run did: the entity expires once the "
+               "low watermark (largest event time - max_out_of_orderness - allowed_lateness) passes its newest "
+               "event + ttl, and its next event starts from empty windows. An answer as of t more than ttl after the "
+               "entity's newest event is the empty-window value (count 0, sum 0, others null), lifetime features "
+               "included. Needs a `watermark`. Without it, state never expires.")
+        .Example("30d"),
 
     // schema.<field>: the map form of a schema entry (spec.cc, ParseSchema).
     SpecOption("schema.<field>", "type", SpecValueType::kChoice, "The field's type.")

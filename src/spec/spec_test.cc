@@ -380,7 +380,7 @@ TEST(SpecTest, WrongTypes) {
   ExpectOnly("name: t\nentity: u\ntimestamp: ts\nfeatures: []\n", 4, 11, {"at least one feature"});
   ExpectOnly("name: t\nentity: [u]\ntimestamp: ts\n"
              "features: [{name: n, aggregation: count, window: {type: lifetime}}]\n",
-             2, 9, {"'entity' is a list; expected a field path"});
+             2, 9, {"a composite 'entity' lists 2 to 8 fields, got 1"});
   ExpectOnly("name:\nentity: u\ntimestamp: ts\n"
              "features: [{name: n, aggregation: count, window: {type: lifetime}}]\n",
              1, 1, {"'name' has no value"});

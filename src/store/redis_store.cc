@@ -695,6 +695,8 @@ Status RedisWriter::Impl::WriteBatch(const WriteQueue& batch, std::string_view m
   std::string state_key;
   std::string features_key;
   std::string event_time;
+  std::string ttl_ms;  // With a key ttl, both keys of an entity expire that long after its last write.
+  if (options.key_ttl_ms > 0) AppendInt(options.key_ttl_ms, &ttl_ms);
   add("MULTI");
   append();
   for (const PendingWrite& write : batch) {
@@ -703,6 +705,10 @@ Status RedisWriter::Impl::WriteBatch(const WriteQueue& batch, std::string_view m
     add("SET");
     add(state_key);
     add(write.state_blob);
+    if (!ttl_ms.empty()) {
+      add("PX");
+      add(ttl_ms);
+    }
     append();
     add("DEL");
     add(features_key);
@@ -720,6 +726,12 @@ Status RedisWriter::Impl::WriteBatch(const WriteQueue& batch, std::string_view m
     add(kRedisUpdatedField);
     add(updated_ms);
     append();
+    if (!ttl_ms.empty()) {
+      add("PEXPIRE");
+      add(features_key);
+      add(ttl_ms);
+      append();
+    }
   }
   if (!marker.empty()) {
     add("SET");
@@ -736,7 +748,8 @@ Status RedisWriter::Impl::WriteBatch(const WriteQueue& batch, std::string_view m
 
   // Replies: +OK for MULTI, +QUEUED (or an error) per command, then EXEC's array (or EXECABORT).
   // Every reply is read, even after an error, although the connection is dropped on failure anyway.
-  const size_t replies = 3 * batch.size() + 2 + (marker.empty() ? 0 : 1);
+  const size_t per_entity = ttl_ms.empty() ? 3 : 4;
+  const size_t replies = per_entity * batch.size() + 2 + (marker.empty() ? 0 : 1);
   std::string first_error;
   for (size_t i = 0; i < replies; ++i) {
     void* raw = nullptr;

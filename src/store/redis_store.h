@@ -21,7 +21,9 @@
 // length-prefixed arguments (redisAppendCommandArgv), never interpolated into a command text, so every
 // byte is kept. Each flush rewrites an entity's pair of keys as SET state; DEL features; HSET features
 // ... inside one MULTI/EXEC per batch, so a reader never sees a state without its matching features or a
-// half-written batch. Keys have no TTL. Needs Redis >= 4.0 (HSET with several fields).
+// half-written batch. Keys have no TTL unless RedisWriterOptions::key_ttl_ms is set (the spec's `ttl`): then
+// both keys of an entity expire that long after its last write (SET ... PX, PEXPIRE), so an entity that the
+// engine expires leaves Redis too. Needs Redis >= 4.0 (HSET with several fields).
 //
 // Usage (the writer is shared by the engine thread and a background flush thread):
 //
@@ -110,6 +112,8 @@ struct RedisWriterOptions {
   int max_backoff_ms = 5000;    // doubling after each further failure up to this; reset on success.
   int check_interval_ms = 1000;  // Once MarkFullSync was called: how often the writer checks, busy or idle,
                                  // that the connection works and the sync marker is still there; > 0.
+  int64_t key_ttl_ms = 0;        // > 0: every write sets both keys of the entity to expire after this long
+                                 // (wall clock, refreshed on each write); 0: keys never expire.
 
   Status Validate() const;
 };
