@@ -9,12 +9,41 @@ namespace freshet {
 namespace {
 
 constexpr uint8_t kLanesStateMarker = 0xF1;
+constexpr uint8_t kShardsStateMarker = 0xF2;
+
+// FNV-1a, 64 bits: stable across runs, builds and machines, since a restored shard must get its entities' events.
+uint64_t StableHash(std::string_view text) {
+  uint64_t h = 14695981039346656037ull;
+  for (unsigned char c : text) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+std::string EncodeLane(const PipelineLanes::Lane& lane) {
+  return EncodePipelineState(lane.engine, lane.counters, lane.dedup ? &*lane.dedup : nullptr);
+}
+
+std::string ParallelismText(size_t shards) {
+  return shards > 1 ? "parallelism " + std::to_string(shards) : "parallelism 1";
+}
 
 }  // namespace
 
-PipelineLanes::PipelineLanes(const Spec& spec, bool partitioned)
+PipelineLanes::PipelineLanes(const Spec& spec, bool partitioned, size_t shards)
     : spec_(spec), partitioned_(partitioned), blank_(spec) {
-  if (!partitioned_) lanes_.push_back(std::make_unique<Lane>(spec, 0));
+  if (partitioned_) return;
+  for (size_t k = 0; k < std::max<size_t>(shards, 1); ++k) lanes_.push_back(std::make_unique<Lane>(spec, 0));
+  if (shards > 1) judge_ = std::make_unique<Lane>(spec, 0);
+}
+
+std::vector<const PipelineLanes::Lane*> PipelineLanes::counting_lanes() const {
+  std::vector<const Lane*> out;
+  for (const auto& lane : lanes_) out.push_back(lane.get());
+  if (judge_) out.push_back(judge_.get());
+  return out;
+}
+
+uint32_t PipelineLanes::ShardOf(std::string_view entity) const {
+  return static_cast<uint32_t>(StableHash(entity) % lanes_.size());
 }
 
 uint32_t PipelineLanes::IndexOf(uint32_t stream) {
@@ -41,13 +70,25 @@ void PipelineLanes::SetOfflineSink(OfflineSink* offline) {
   for (auto& lane : lanes_) lane->path.SetOfflineSink(offline);
 }
 
-std::string PipelineLanes::Encode() const {
-  auto encode = [](const Lane& lane) {
-    return EncodePipelineState(lane.engine, lane.counters, lane.dedup ? &*lane.dedup : nullptr);
-  };
-  if (!partitioned_) return encode(*lanes_[0]);
+std::string PipelineLanes::Encode(const RunPerLane* run) const {
+  const auto& encode = EncodeLane;
   std::string out;
   ByteWriter w(&out);
+  if (judge_) {
+    std::vector<std::string> shards(lanes_.size());
+    const std::function<void(size_t)> work = [&](size_t k) { shards[k] = encode(*lanes_[k]); };
+    if (run != nullptr) {
+      (*run)(work);
+    } else {
+      for (size_t k = 0; k < lanes_.size(); ++k) work(k);
+    }
+    w.PutU8(kShardsStateMarker);
+    w.PutVarint(lanes_.size());
+    w.PutBytes(encode(*judge_));
+    for (const std::string& shard : shards) w.PutBytes(shard);
+    return out;
+  }
+  if (!partitioned_) return encode(*lanes_[0]);
   w.PutU8(kLanesStateMarker);
   w.PutU64(offline_seq_.next);
   w.PutVarint(lanes_.size());
@@ -60,9 +101,32 @@ std::string PipelineLanes::Encode() const {
 
 Status PipelineLanes::Decode(std::string_view bytes, std::vector<std::string>* notes) {
   const bool lanes_format = !bytes.empty() && static_cast<uint8_t>(bytes[0]) == kLanesStateMarker;
+  const bool shards_format = !bytes.empty() && static_cast<uint8_t>(bytes[0]) == kShardsStateMarker;
   auto decode = [&](std::string_view state, Lane& lane) {
     return DecodePipelineState(state, &lane.engine, &lane.counters, lane.dedup ? &*lane.dedup : nullptr, notes);
   };
+  if (!partitioned_ && !lanes_format && (shards_format || judge_)) {
+    // The state of an entity lives in the shard its name hashes to: another shard count would need moving it.
+    uint64_t count = 1;
+    ByteReader in(bytes);
+    uint8_t marker;
+    if (shards_format && (!in.ReadU8(&marker) || !in.ReadCount(&count))) return Status::Invalid("it is incomplete");
+    if (count != lanes_.size()) {
+      return Status::Invalid("it was written with " + ParallelismText(count) + " and this run has " +
+                             ParallelismText(lanes_.size()) + "; a file or HTTP pipeline keeps the parallelism of its "
+                             "checkpoints: set `parallelism: " + std::to_string(count) + "` in the spec, or start "
+                             "fresh with `freshet run --reset` (it moves the old checkpoints aside)");
+    }
+    std::string_view state;
+    if (!in.ReadBytes(&state)) return Status::Invalid("it is incomplete");
+    FRESHET_RETURN_IF_ERROR(decode(state, *judge_));
+    for (size_t k = 0; k < lanes_.size(); ++k) {
+      if (!in.ReadBytes(&state)) return Status::Invalid("it is incomplete");
+      Status decoded = decode(state, *lanes_[k]);
+      if (!decoded.ok()) return Status::Invalid("shard " + std::to_string(k) + ": " + decoded.message());
+    }
+    return Status::Ok();
+  }
   if (!partitioned_) {
     if (lanes_format) {
       return Status::Invalid("it was written by a pipeline reading Kafka partitions, and this spec's source is not "
@@ -108,7 +172,9 @@ int64_t PipelineLanes::low_watermark_ms() const {
 
 size_t PipelineLanes::MemoryBytes() const {
   size_t bytes = 0;
-  for (const auto& lane : lanes_) bytes += lane->engine.MemoryBytes() + (lane->dedup ? lane->dedup->MemoryBytes() : 0);
+  for (const Lane* lane : counting_lanes()) {
+    bytes += lane->engine.MemoryBytes() + (lane->dedup ? lane->dedup->MemoryBytes() : 0);
+  }
   return bytes;
 }
 
