@@ -1,26 +1,31 @@
 #!/usr/bin/env bash
 # The file source on several threads (issue 10): `freshet run --exit-at-end` over one generated file with
 # `parallelism: 1` and `parallelism: 2`, alternating in one run (release build, examples/fraud/fraud.yaml).
-#   bench/file_parallel_bench.sh [--events N] [--users N] [--repeat N] [--offline]
+#   bench/file_parallel_bench.sh [--events N] [--users N] [--repeat N] [--offline] [--bin FRESHET]
 # A run's time is the process's wall time, start to exit (start-up and the final checkpoint included); the rate is
-# lines / that time. Offline tables are off unless --offline (then the events and features tables are written).
-# Prints each run, the medians and their ratio. See bench/README.md.
+# lines / that time. Each run also prints its CPU time and the load average before it (the machine is shared). Offline tables are off unless --offline (then the events and features tables are written).
+# Prints each run, the medians and their ratio. See bench/README.md. --bin: that binary instead of a release build
+# (bench/release_build.sh, which runs scripts/setup.sh first).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-events=2000000 users=200000 repeat=5 offline=false
+events=2000000 users=200000 repeat=5 offline=false bin=
 while [ $# -gt 0 ]; do
   case "$1" in
     --events) events=$2; shift 2 ;;
     --users) users=$2; shift 2 ;;
     --repeat) repeat=$2; shift 2 ;;
     --offline) offline=true; shift ;;
-    *) echo "usage: bench/file_parallel_bench.sh [--events N] [--users N] [--repeat N] [--offline]" >&2; exit 2 ;;
+    --bin) bin=$(realpath "$2"); shift 2 ;;
+    *) echo "usage: bench/file_parallel_bench.sh [--events N] [--users N] [--repeat N] [--offline] [--bin F]" >&2
+       exit 2 ;;
   esac
 done
 
-source "$here/bench/release_build.sh"
-release_build freshet
-bin="$build/freshet"
+if [ -z "$bin" ]; then
+  source "$here/bench/release_build.sh"
+  release_build freshet
+  bin="$build/freshet"
+fi
 data="$here/bench/data/file_parallel"
 rm -rf "$data"
 mkdir -p "$data"
@@ -39,13 +44,13 @@ results="$data/results.txt"
 for k in $(seq 1 "$repeat"); do
   for p in 1 2; do
     dir="$data/run-p$p-$k"
-    start=$(date +%s.%N)
-    "$bin" run --spec "$data/p$p.yaml" --data-dir "$dir" --exit-at-end 2> "$dir.log" || { cat "$dir.log" >&2; exit 1; }
-    end=$(date +%s.%N)
+    /usr/bin/time -f "%e %U %S" -o "$dir.time" "$bin" run --spec "$data/p$p.yaml" --data-dir "$dir" --exit-at-end \
+      2> "$dir.log" || { cat "$dir.log" >&2; exit 1; }
     rm -rf "$dir"
-    awk -v l="p$p" -v k="$k" -v s="$start" -v e="$end" -v n="$lines" \
-      'BEGIN {printf "%s run %d: %d lines in %.2f s = %.3f M events/s\n", l, k, n, e - s, n / (e - s) / 1e6}' |
-      tee -a "$results"
+    # The CPU time (user + system) shows what the threads cost besides what they gain.
+    awk -v l="p$p" -v k="$k" -v n="$lines" -v load="$(cut -d' ' -f1 /proc/loadavg)" \
+      '{printf "%s run %d: %d lines in %.2f s, %.2f s CPU, load %s = %.3f M events/s\n", l, k, n, $1, $2 + $3, load,
+        n / $1 / 1e6}' "$dir.time" | tee -a "$results"
   done
 done
 for p in 1 2; do
