@@ -10,23 +10,44 @@ namespace freshet {
 
 struct ShardedInput::Parsed {
   bool ok = false;
-  int64_t time_ms = 0;
   uint32_t shard = 0;
   std::string reason;  // When not ok.
-  // With `dedup` only: copies, since the parser's strings do not outlive its next parse.
-  std::string entity, id_text;
-  Value id;  // Its string, if any, is id_text.
+  // When ok: the parsed event, its strings copied into `text` (the parser's own do not outlive its next parse).
+  ParsedEvent event;
+  std::string text;
   // After the judge, for accepted records: the seq, and M as of the event.
   uint64_t seq = 0;
   int64_t clock_ms = 0;
 };
+
+namespace {
+
+// *to = from, with every string (the entity's, the slots') copied into *text.
+void CopyEvent(const ParsedEvent& from, ParsedEvent* to, std::string* text) {
+  size_t bytes = from.entity.size();
+  for (const Value& v : from.slots) bytes += v.s.size();
+  text->clear();
+  text->reserve(bytes);  // No reallocation below: the views stay valid.
+  auto keep = [&](std::string_view s) {
+    const size_t at = text->size();
+    text->append(s);
+    return std::string_view(text->data() + at, s.size());
+  };
+  to->time_ms = from.time_ms;
+  to->entity = keep(from.entity);
+  to->slots.assign(from.slots.begin(), from.slots.end());
+  for (Value& v : to->slots) {
+    if (!v.s.empty()) v.s = keep(v.s);
+  }
+}
+
+}  // namespace
 
 struct ShardedInput::Shard {
   explicit Shard(const Spec& spec) : parser(spec.fields) {}
   EventParser parser;
   ParsedEvent event;
   PendingEvent pending;
-  std::string reason;
   std::vector<uint32_t> work;  // Indices of the chunk's accepted records of this shard, in input order.
   // Offline rows, in seq order: the event's row needs the entity's name and the raw text (the record stays
   // valid during the chunk); the features row the values as of the event, strings copied (they point into
@@ -80,28 +101,21 @@ void ShardedInput::Parse(size_t shard, std::span<const SourceRecord> records) {
   Shard& s = *shards_[shard];
   const size_t begin = records.size() * shard / shards_.size();
   const size_t end = records.size() * (shard + 1) / shards_.size();
-  const int id_slot = spec_.dedup ? spec_.dedup->field_slot : -1;
   for (size_t k = begin; k < end; ++k) {
     Parsed& p = parsed_[k];
     const SourceRecord& record = records[k];
     p.ok = !record.too_long && s.parser.Parse(record.text, record.capacity, &s.event, &p.reason);
     if (record.too_long) p.reason = "line is longer than " + std::to_string(kMaxLineBytes) + " bytes";
     if (!p.ok) continue;
-    p.time_ms = s.event.time_ms;
-    p.shard = lanes_.ShardOf(s.event.entity);
-    if (id_slot < 0) continue;
-    p.entity.assign(s.event.entity);
-    p.id = s.event.slots[static_cast<size_t>(id_slot)];
-    if (p.id.type == ValueType::kString) {
-      p.id_text.assign(p.id.s);
-      p.id.s = p.id_text;
-    }
+    CopyEvent(s.event, &p.event, &p.text);
+    p.shard = lanes_.ShardOf(p.event.entity);
   }
 }
 
 void ShardedInput::Judge(std::span<const SourceRecord> records, const DeadLetter& dead_letter, Output* out) {
   PipelineLanes::Lane& judge = *lanes_.judge();
   Deduplicator* dedup = judge.dedup ? &*judge.dedup : nullptr;
+  const int id_slot = spec_.dedup ? spec_.dedup->field_slot : -1;
   first_seq_ = judge.counters.seq;
   for (size_t k = 0; k < records.size(); ++k) {
     Parsed& p = parsed_[k];
@@ -112,7 +126,8 @@ void ShardedInput::Judge(std::span<const SourceRecord> records, const DeadLetter
       dead_letter(records[k], p.reason);
       continue;
     }
-    switch (EventPath::Judge(judge.engine, dedup, judge.counters, p.entity, &p.id, p.time_ms)) {
+    const Value* id = id_slot >= 0 ? &p.event.slots[static_cast<size_t>(id_slot)] : nullptr;
+    switch (EventPath::Judge(judge.engine, dedup, judge.counters, p.event.entity, id, p.event.time_ms)) {
       case EventPath::Outcome::kRejected: break;  // Not an outcome of the judge.
       case EventPath::Outcome::kLate:
         ++out->late;
@@ -140,14 +155,13 @@ void ShardedInput::Apply(size_t shard, std::span<const SourceRecord> records, bo
   for (uint32_t k : s.work) {
     const SourceRecord& record = records[k];
     const Parsed& p = parsed_[k];
-    // The judge accepted what this parser (of the same spec) parsed before: it parses again.
-    FRESHET_CHECK(s.parser.Parse(record.text, record.capacity, &s.event, &s.reason));
+    const int64_t time_ms = p.event.time_ms;
     engine.FollowClock(p.clock_ms);
-    EventPath::ApplyAdmitted(engine, lane.counters, s.event, p.seq, &s.pending);
+    EventPath::ApplyAdmitted(engine, lane.counters, p.event, p.seq, &s.pending);
     if (rows) {
-      s.rows.push_back(Shard::Row{p.seq, p.time_ms, s.pending.entity, k, s.row_values.size(), 0});
+      s.rows.push_back(Shard::Row{p.seq, time_ms, s.pending.entity, k, s.row_values.size(), 0});
       if (features) {
-        engine.QueryIndex(s.pending.entity, p.time_ms, &s.values);
+        engine.QueryIndex(s.pending.entity, time_ms, &s.values);
         s.rows.back().values_count = s.values.size();
         for (Value v : s.values) {
           if (v.type == ValueType::kString) v.s = s.strings.emplace_back(v.s);

@@ -4,19 +4,19 @@
 // numbering (README, Semantics). So the rules that depend on that order run in it, before events are handed to
 // shards, and a chunk of records goes through three steps:
 //
-//   parse   in parallel, each thread a slice of the chunk: the parser's verdict, the event's time, its
-//           entity's shard (PipelineLanes::ShardOf) and, with `dedup`, its entity and id are kept;
+//   parse   in parallel, each thread a slice of the chunk: the parser's verdict, and the parsed event with its
+//           strings copied (the parser's own live until its next parse) and its entity's shard
+//           (PipelineLanes::ShardOf);
 //   judge   on the calling thread, in input order: rejections, the lateness rule by the input's M, deduplication
 //           and admission (EventPath::Judge, on the lanes' judge), dead letters (so their file is as on one
 //           thread), and the seq of each accepted event;
-//   apply   in parallel, each thread its shard's accepted events in input order: parsed again, the shard's
-//           engine raised to the input's M as of the event (FeatureEngine::FollowClock: its recent-event buffers
-//           fold as one engine's would), applied, and the features row as of the event's time taken.
+//   apply   in parallel, each thread its shard's accepted events in input order: the shard's engine raised to the
+//           input's M as of the event (FeatureEngine::FollowClock: its recent-event buffers fold as one engine's
+//           would), the event applied, and its features row as of the event's time taken.
 //
 // Then the shards' offline rows are added in seq order (each table file must be in seq order), and every shard
 // follows the input's M at the chunk's end, so that lookups (IsExactAsOf) and settling use the same low
-// watermark as one engine. Each event is parsed twice (the parser's strings live until its next parse, so
-// parsed events cannot wait for the judge): the price of parallel parsing, paid on the shard threads.
+// watermark as one engine.
 //
 // Not thread-safe: the runtime calls Process under its exclusive lock; `run` runs the shard threads.
 #pragma once
