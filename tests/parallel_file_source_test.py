@@ -9,7 +9,8 @@ its entities' state (run/sharded_input.h). So with `parallelism` 1, 2 and 4 over
     dropped);
   - the dead-letter file, byte for byte (but for the path of the file read);
 are identical, and agree with the brute-force reference (tests/reference.py): the accepted lines in order, the
-dead letters' lines and reasons, every features row, and the lookups of a sample of entities.
+dead letters' lines and reasons, every features row, and the lookups of a sample of entities; and a backfill
+(one thread) rewrites the features table of 4 shards as it was.
 The same for the HTTP source (POST /v1/ingest), smaller. Then kill -9 mid-run with parallelism 2 and a restart:
 every event in the events table exactly once (seq unique and complete, the reference's lines); and a restart with
 another parallelism is refused with a message saying what to do.
@@ -176,6 +177,10 @@ def test_file_source_values_do_not_depend_on_parallelism(tmp_path: Path) -> None
             assert outcomes[p]["tables"][name] == outcomes[1]["tables"][name], (p, name)
         assert outcomes[p]["lookups"] == outcomes[1]["lookups"], p
     _check_against_reference(spec, events, dead, data, outcomes[4], users, times)
+    # A backfill (one thread, from the events table) rewrites the features table of 4 shards as it was.
+    subprocess.run([BIN, "backfill", "--spec", str(tmp_path / "p4" / "spec.yaml"), "--data-dir",
+                    str(tmp_path / "p4" / "data"), "--no-progress"], check=True, timeout=SECONDS, capture_output=True)
+    assert _tables(tmp_path / "p4" / "data")["features"] == outcomes[1]["tables"]["features"]
 
 
 def test_http_source_values_do_not_depend_on_parallelism(tmp_path: Path) -> None:
