@@ -11,6 +11,7 @@
 #include <limits>
 #include <map>
 #include <mutex>
+#include <numeric>
 #include <shared_mutex>
 #include <condition_variable>
 #include <functional>
@@ -741,10 +742,15 @@ Status Runtime::Impl::Checkpoint(bool wait) {
   checkpoint->sequence = checkpoints_->next_sequence();
   checkpoint->spec_fingerprint = lanes_.blank().spec_fingerprint();
   checkpoint->positions = {{"source", source_->position()}, {"dead_letters", std::to_string(dead_letter_bytes)}};
-  size_t recent = 0;
-  for (size_t l = 0; l < lanes_.size(); ++l) recent += lanes_.at(l).engine.SettleRecent();
-  recent_events_->Set(static_cast<double>(recent));
-  // Sharded, each shard's state is encoded on its own thread.
+  // Sharded, each shard's state is settled and encoded on its own thread.
+  std::vector<size_t> recent(lanes_.size(), 0);
+  const auto settle = [&](size_t l) { recent[l] = lanes_.at(l).engine.SettleRecent(); };
+  if (sharded_input_) {
+    RunShards(settle);
+  } else {
+    for (size_t l = 0; l < lanes_.size(); ++l) settle(l);
+  }
+  recent_events_->Set(static_cast<double>(std::accumulate(recent.begin(), recent.end(), size_t{0})));
   const PipelineLanes::RunPerLane run = RunShardsFunction();
   checkpoint->engine_state = lanes_.Encode(sharded_input_ ? &run : nullptr);
   auto rows = std::make_shared<OfflineSink::TakenRows>();
