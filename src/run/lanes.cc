@@ -22,9 +22,7 @@ std::string EncodeLane(const PipelineLanes::Lane& lane) {
   return EncodePipelineState(lane.engine, lane.counters, lane.dedup ? &*lane.dedup : nullptr);
 }
 
-std::string ParallelismText(size_t shards) {
-  return shards > 1 ? "parallelism " + std::to_string(shards) : "parallelism 1";
-}
+std::string ParallelismText(uint64_t shards) { return "parallelism " + std::to_string(shards); }
 
 }  // namespace
 
@@ -70,25 +68,29 @@ void PipelineLanes::SetOfflineSink(OfflineSink* offline) {
   for (auto& lane : lanes_) lane->path.SetOfflineSink(offline);
 }
 
-std::string PipelineLanes::Encode(const RunPerLane* run) const {
-  const auto& encode = EncodeLane;
+std::string PipelineLanes::EncodeShards(const RunPerLane* run) const {
+  std::vector<std::string> shards(lanes_.size());
+  const std::function<void(size_t)> work = [&](size_t k) { shards[k] = EncodeLane(*lanes_[k]); };
+  if (run != nullptr) {
+    (*run)(work);
+  } else {
+    for (size_t k = 0; k < lanes_.size(); ++k) work(k);
+  }
   std::string out;
   ByteWriter w(&out);
-  if (judge_) {
-    std::vector<std::string> shards(lanes_.size());
-    const std::function<void(size_t)> work = [&](size_t k) { shards[k] = encode(*lanes_[k]); };
-    if (run != nullptr) {
-      (*run)(work);
-    } else {
-      for (size_t k = 0; k < lanes_.size(); ++k) work(k);
-    }
-    w.PutU8(kShardsStateMarker);
-    w.PutVarint(lanes_.size());
-    w.PutBytes(encode(*judge_));
-    for (const std::string& shard : shards) w.PutBytes(shard);
-    return out;
-  }
+  w.PutU8(kShardsStateMarker);
+  w.PutVarint(lanes_.size());
+  w.PutBytes(EncodeLane(*judge_));
+  for (const std::string& shard : shards) w.PutBytes(shard);
+  return out;
+}
+
+std::string PipelineLanes::Encode(const RunPerLane* run) const {
+  if (judge_) return EncodeShards(run);
+  const auto& encode = EncodeLane;
   if (!partitioned_) return encode(*lanes_[0]);
+  std::string out;
+  ByteWriter w(&out);
   w.PutU8(kLanesStateMarker);
   w.PutU64(offline_seq_.next);
   w.PutVarint(lanes_.size());
@@ -105,28 +107,7 @@ Status PipelineLanes::Decode(std::string_view bytes, std::vector<std::string>* n
   auto decode = [&](std::string_view state, Lane& lane) {
     return DecodePipelineState(state, &lane.engine, &lane.counters, lane.dedup ? &*lane.dedup : nullptr, notes);
   };
-  if (!partitioned_ && !lanes_format && (shards_format || judge_)) {
-    // The state of an entity lives in the shard its name hashes to: another shard count would need moving it.
-    uint64_t count = 1;
-    ByteReader in(bytes);
-    uint8_t marker;
-    if (shards_format && (!in.ReadU8(&marker) || !in.ReadCount(&count))) return Status::Invalid("it is incomplete");
-    if (count != lanes_.size()) {
-      return Status::Invalid("it was written with " + ParallelismText(count) + " and this run has " +
-                             ParallelismText(lanes_.size()) + "; a file or HTTP pipeline keeps the parallelism of its "
-                             "checkpoints: set `parallelism: " + std::to_string(count) + "` in the spec, or start "
-                             "fresh with `freshet run --reset` (it moves the old checkpoints aside)");
-    }
-    std::string_view state;
-    if (!in.ReadBytes(&state)) return Status::Invalid("it is incomplete");
-    FRESHET_RETURN_IF_ERROR(decode(state, *judge_));
-    for (size_t k = 0; k < lanes_.size(); ++k) {
-      if (!in.ReadBytes(&state)) return Status::Invalid("it is incomplete");
-      Status decoded = decode(state, *lanes_[k]);
-      if (!decoded.ok()) return Status::Invalid("shard " + std::to_string(k) + ": " + decoded.message());
-    }
-    return Status::Ok();
-  }
+  if (!partitioned_ && !lanes_format && (shards_format || judge_)) return DecodeShards(bytes, shards_format, notes);
   if (!partitioned_) {
     if (lanes_format) {
       return Status::Invalid("it was written by a pipeline reading Kafka partitions, and this spec's source is not "
@@ -153,6 +134,34 @@ Status PipelineLanes::Decode(std::string_view bytes, std::vector<std::string>* n
     }
     Status decoded = decode(state, For(static_cast<uint32_t>(stream)));
     if (!decoded.ok()) return Status::Invalid("partition " + std::to_string(stream) + ": " + decoded.message());
+  }
+  return Status::Ok();
+}
+
+Status PipelineLanes::DecodeShards(std::string_view bytes, bool shards_format, std::vector<std::string>* notes) {
+  auto decode = [&](std::string_view state, Lane& lane) {
+    return DecodePipelineState(state, &lane.engine, &lane.counters, lane.dedup ? &*lane.dedup : nullptr, notes);
+  };
+  // The state of an entity lives in the shard its name hashes to: another shard count would need moving it. A
+  // state of one lane (of parallelism 1, or of a version before sharding) counts as one shard.
+  uint64_t count = 1;
+  ByteReader in(bytes);
+  uint8_t marker;
+  if (shards_format && (!in.ReadU8(&marker) || !in.ReadCount(&count))) return Status::Invalid("it is incomplete");
+  if (count != lanes_.size()) {
+    return Status::Invalid("it was written with " + ParallelismText(count) + " and this run has " +
+                           ParallelismText(lanes_.size()) + "; a file or HTTP pipeline keeps the parallelism of its "
+                           "checkpoints: set `parallelism: " + std::to_string(count) + "` in the spec, or start "
+                           "fresh with `freshet run --reset` (it moves the old checkpoints aside)");
+  }
+  if (judge_ == nullptr) return Status::Invalid("it is malformed (a sharded state of one shard)");
+  std::string_view state;
+  if (!in.ReadBytes(&state)) return Status::Invalid("it is incomplete");
+  FRESHET_RETURN_IF_ERROR(decode(state, *judge_));
+  for (size_t k = 0; k < lanes_.size(); ++k) {
+    if (!in.ReadBytes(&state)) return Status::Invalid("it is incomplete");
+    Status decoded = decode(state, *lanes_[k]);
+    if (!decoded.ok()) return Status::Invalid("shard " + std::to_string(k) + ": " + decoded.message());
   }
   return Status::Ok();
 }

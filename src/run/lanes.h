@@ -92,6 +92,10 @@ class PipelineLanes {
   std::vector<std::unique_ptr<Lane>> lanes_;
   std::map<uint32_t, uint32_t> index_of_stream_;
   OfflineSink* offline_ = nullptr;
+  std::string EncodeShards(const RunPerLane* run) const;
+  // `shards_format`: written by EncodeShards; otherwise the state of one lane, refused unless this has one shard.
+  Status DecodeShards(std::string_view bytes, bool shards_format, std::vector<std::string>* notes);
+
   EventPath::SharedSequence offline_seq_;  // Partitioned: the next offline row's seq (shared by threads).
   std::unique_ptr<Lane> judge_;            // Sharded only.
 };
