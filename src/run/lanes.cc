@@ -68,6 +68,11 @@ void PipelineLanes::SetOfflineSink(OfflineSink* offline) {
   for (auto& lane : lanes_) lane->path.SetOfflineSink(offline);
 }
 
+uint64_t PipelineLanes::next_offline_seq() const {
+  if (judge_) return judge_->counters.seq;  // Sharded: the judge numbers the input's accepted events.
+  return partitioned_ ? offline_seq_.next : lanes_[0]->counters.seq;
+}
+
 std::string PipelineLanes::EncodeShards(const RunPerLane* run) const {
   std::vector<std::string> shards(lanes_.size());
   const std::function<void(size_t)> work = [&](size_t k) { shards[k] = EncodeLane(*lanes_[k]); };

@@ -84,6 +84,9 @@ class PipelineLanes {
   size_t entity_count() const;
   int64_t low_watermark_ms() const;  // The lowest lane's (the one furthest behind); min() with no lane.
   size_t MemoryBytes() const;
+  // The seq the next accepted event's offline rows get: every event accepted so far has a lower one (what a
+  // live explanation's replay of the events table stops before).
+  uint64_t next_offline_seq() const;
 
  private:
   const Spec& spec_;
