@@ -32,6 +32,7 @@ source: {{type: file, path: events.jsonl, follow: true}}
 online: {{type: redis, port: {port}, flush_interval: 50ms}}
 serve: {{port: 0}}
 checkpoint: {{interval: 500ms}}
+parallelism: {parallelism}
 features:
   - {{name: purchases_30m, aggregation: count, where: "type == 'purchase'", window: {{type: sliding, size: 30m, slide: 1m}}}}
   - {{name: max_amount_24h, aggregation: max, field: amount, where: "type == 'purchase'", window: {{type: sliding, size: 24h}}}}
@@ -61,12 +62,14 @@ def _expected_at_newest(tmp: Path, spec: Path, events: Path, newest: dict[str, i
         return {row["user_id"]: row for row in csv.DictReader(f)}
 
 
-def test_redis_holds_features_and_survives_an_outage(tmp_path: Path) -> None:
+# With parallelism 2 the file source's entities live in two shards, each handing its changed entities to Redis.
+@pytest.mark.parametrize("parallelism", [1, 2])
+def test_redis_holds_features_and_survives_an_outage(tmp_path: Path, parallelism: int) -> None:
     _require_binary()
     redis = RedisServer().start()
     try:
         spec = tmp_path / "spec.yaml"
-        spec.write_text(SPEC.format(port=redis.port))
+        spec.write_text(SPEC.format(port=redis.port, parallelism=parallelism))
         all_events = tmp_path / "all.jsonl"
         subprocess.run([BIN, "generate", "--users", "200", "--events", "20000", "--seed", "9", "--disorder", "1s",
                         "--output", str(all_events)], check=True)
@@ -191,7 +194,7 @@ def test_redis_that_lost_its_data_is_resynced_while_ingest_is_quiet(tmp_path: Pa
     redis = RedisServer().start()
     try:
         spec = tmp_path / "spec.yaml"
-        spec.write_text(SPEC.format(port=redis.port))
+        spec.write_text(SPEC.format(port=redis.port, parallelism=1))
         events = tmp_path / "events.jsonl"
         subprocess.run([BIN, "generate", "--users", "100", "--events", "3000", "--seed", "5", "--disorder", "1s",
                         "--output", str(events)], check=True)

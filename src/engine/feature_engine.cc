@@ -452,8 +452,12 @@ bool FeatureEngine::Admit(int64_t time_ms) {
 
 void FeatureEngine::AdmitJudged(int64_t time_ms) {
   ++counters_.admitted;
-  if (time_ms > max_time_ms_) {
-    max_time_ms_ = time_ms;
+  FollowClock(time_ms);
+}
+
+void FeatureEngine::FollowClock(int64_t max_time_ms) {
+  if (max_time_ms > max_time_ms_) {
+    max_time_ms_ = max_time_ms;
     if (has_watermark_) low_ms_ = max_time_ms_ - delay_ms_;
   }
 }

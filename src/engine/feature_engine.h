@@ -163,6 +163,10 @@ class FeatureEngine {
   // Admits an event whose lateness the caller judged by a clock of its own (a Kafka partition's M, in
   // `freshet historical`): counts it and moves M, without the late check.
   void AdmitJudged(int64_t time_ms);
+  // Raises M (and the low watermark) to at least `max_time_ms` without admitting an event: the engine of one
+  // shard of a file or HTTP input follows the whole input's clock, which decides lateness before events are
+  // handed to shards (run/sharded_input.h), so that its recent-event buffers fold as one engine's would.
+  void FollowClock(int64_t max_time_ms);
 
   // For a caller that judges lateness by clocks of its own (AdmitJudged: a Kafka partition's M in `freshet
   // historical`): the low watermark that decides expiry (see State expiry) in the following Extracts, instead of

@@ -94,25 +94,36 @@ EventPath::EventPath(FeatureEngine& engine, PipelineCounters& counters, Deduplic
   if (dedup != nullptr) dedup_slot_ = engine.spec().dedup->field_slot;
 }
 
+EventPath::Outcome EventPath::Judge(FeatureEngine& clock, Deduplicator* dedup, PipelineCounters& counters,
+                                    std::string_view entity, const Value* id, int64_t time_ms) {
+  // Lateness first (a late event is late, duplicate or not), then deduplication, then admission.
+  if (dedup != nullptr && !clock.IsLate(time_ms) && !dedup->Admit(entity, *id, time_ms)) {
+    ++counters.duplicates;
+    return Outcome::kDuplicate;
+  }
+  return clock.Admit(time_ms) ? Outcome::kAccepted : Outcome::kLate;
+}
+
+void EventPath::ApplyAdmitted(FeatureEngine& engine, PipelineCounters& counters, const ParsedEvent& event,
+                              uint64_t seq, PendingEvent* pending) {
+  engine.Extract(event, seq, pending);
+  engine.Apply(*pending, engine.low_watermark_ms());
+  std::vector<int64_t>& newest = counters.newest_event_ms;
+  if (pending->entity >= newest.size()) newest.resize(pending->entity + 1, std::numeric_limits<int64_t>::min());
+  newest[pending->entity] = std::max(newest[pending->entity], event.time_ms);
+}
+
 EventPath::Outcome EventPath::Process(std::string_view text, size_t capacity, int64_t wall_ms, const RecordPlace* place) {
   ++counters_.lines_read;
   if (!parser_.Parse(text, capacity, &event_, &reason_)) {
     ++counters_.rejected;
     return Outcome::kRejected;
   }
-  // Lateness first (a late event is late, duplicate or not), then deduplication, then admission.
-  if (dedup_ != nullptr && !engine_.IsLate(event_.time_ms) &&
-      !dedup_->Admit(event_.entity, event_.slots[dedup_slot_], event_.time_ms)) {
-    ++counters_.duplicates;
-    return Outcome::kDuplicate;
-  }
-  if (!engine_.Admit(event_.time_ms)) return Outcome::kLate;
+  const Outcome judged = Judge(engine_, dedup_, counters_, event_.entity,
+                               dedup_ != nullptr ? &event_.slots[dedup_slot_] : nullptr, event_.time_ms);
+  if (judged != Outcome::kAccepted) return judged;
   const uint64_t seq = counters_.seq++;
-  engine_.Extract(event_, seq, &pending_);
-  engine_.Apply(pending_, engine_.low_watermark_ms());
-  std::vector<int64_t>& newest = counters_.newest_event_ms;
-  if (pending_.entity >= newest.size()) newest.resize(pending_.entity + 1, std::numeric_limits<int64_t>::min());
-  newest[pending_.entity] = std::max(newest[pending_.entity], event_.time_ms);
+  ApplyAdmitted(engine_, counters_, event_, seq, &pending_);
   if (offline_ != nullptr) {
     const std::string& entity = engine_.entity_name(pending_.entity);
     if (offline_->writes_features()) engine_.QueryIndex(pending_.entity, event_.time_ms, &values_);

@@ -75,6 +75,16 @@ class EventPath {
   };
   void SetOfflineSequence(SharedSequence* seq) { offline_seq_ = seq; }
 
+  // The rules between parsing and applying, in input order (the ones Process applies): the lateness rule by
+  // `clock`'s M, then deduplication (`dedup` may be null; `id` is the event's id field, read only with
+  // `dedup`), then admission, which moves M. Counts duplicates in *counters (the clock counts late events).
+  static Outcome Judge(FeatureEngine& clock, Deduplicator* dedup, PipelineCounters& counters, std::string_view entity,
+                       const Value* id, int64_t time_ms);
+  // Folds an admitted event into `engine` as input number `seq` and notes its entity's newest time in
+  // *counters; *pending receives the extracted event (its entity index).
+  static void ApplyAdmitted(FeatureEngine& engine, PipelineCounters& counters, const ParsedEvent& event, uint64_t seq,
+                            PendingEvent* pending);
+
   // After kRejected: why (for the dead letter).
   const std::string& reason() const { return reason_; }
   // After kAccepted: the event's entity index and time.

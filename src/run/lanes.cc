@@ -9,12 +9,39 @@ namespace freshet {
 namespace {
 
 constexpr uint8_t kLanesStateMarker = 0xF1;
+constexpr uint8_t kShardsStateMarker = 0xF2;
+
+// FNV-1a, 64 bits: stable across runs, builds and machines, since a restored shard must get its entities' events.
+uint64_t StableHash(std::string_view text) {
+  uint64_t h = 14695981039346656037ull;
+  for (unsigned char c : text) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+std::string EncodeLane(const PipelineLanes::Lane& lane) {
+  return EncodePipelineState(lane.engine, lane.counters, lane.dedup ? &*lane.dedup : nullptr);
+}
+
+std::string ParallelismText(uint64_t shards) { return "parallelism " + std::to_string(shards); }
 
 }  // namespace
 
-PipelineLanes::PipelineLanes(const Spec& spec, bool partitioned)
+PipelineLanes::PipelineLanes(const Spec& spec, bool partitioned, size_t shards)
     : spec_(spec), partitioned_(partitioned), blank_(spec) {
-  if (!partitioned_) lanes_.push_back(std::make_unique<Lane>(spec, 0));
+  if (partitioned_) return;
+  for (size_t k = 0; k < std::max<size_t>(shards, 1); ++k) lanes_.push_back(std::make_unique<Lane>(spec, 0));
+  if (shards > 1) judge_ = std::make_unique<Lane>(spec, 0);
+}
+
+std::vector<const PipelineLanes::Lane*> PipelineLanes::counting_lanes() const {
+  std::vector<const Lane*> out;
+  for (const auto& lane : lanes_) out.push_back(lane.get());
+  if (judge_) out.push_back(judge_.get());
+  return out;
+}
+
+uint32_t PipelineLanes::ShardOf(std::string_view entity) const {
+  return static_cast<uint32_t>(StableHash(entity) % lanes_.size());
 }
 
 uint32_t PipelineLanes::IndexOf(uint32_t stream) {
@@ -42,13 +69,30 @@ void PipelineLanes::SetOfflineSink(OfflineSink* offline) {
 }
 
 uint64_t PipelineLanes::next_offline_seq() const {
+  if (judge_) return judge_->counters.seq;  // Sharded: the judge numbers the input's accepted events.
   return partitioned_ ? offline_seq_.next : lanes_[0]->counters.seq;
 }
 
-std::string PipelineLanes::Encode() const {
-  auto encode = [](const Lane& lane) {
-    return EncodePipelineState(lane.engine, lane.counters, lane.dedup ? &*lane.dedup : nullptr);
-  };
+std::string PipelineLanes::EncodeShards(const RunPerLane* run) const {
+  std::vector<std::string> shards(lanes_.size());
+  const std::function<void(size_t)> work = [&](size_t k) { shards[k] = EncodeLane(*lanes_[k]); };
+  if (run != nullptr) {
+    (*run)(work);
+  } else {
+    for (size_t k = 0; k < lanes_.size(); ++k) work(k);
+  }
+  std::string out;
+  ByteWriter w(&out);
+  w.PutU8(kShardsStateMarker);
+  w.PutVarint(lanes_.size());
+  w.PutBytes(EncodeLane(*judge_));
+  for (const std::string& shard : shards) w.PutBytes(shard);
+  return out;
+}
+
+std::string PipelineLanes::Encode(const RunPerLane* run) const {
+  if (judge_) return EncodeShards(run);
+  const auto& encode = EncodeLane;
   if (!partitioned_) return encode(*lanes_[0]);
   std::string out;
   ByteWriter w(&out);
@@ -64,9 +108,11 @@ std::string PipelineLanes::Encode() const {
 
 Status PipelineLanes::Decode(std::string_view bytes, std::vector<std::string>* notes) {
   const bool lanes_format = !bytes.empty() && static_cast<uint8_t>(bytes[0]) == kLanesStateMarker;
+  const bool shards_format = !bytes.empty() && static_cast<uint8_t>(bytes[0]) == kShardsStateMarker;
   auto decode = [&](std::string_view state, Lane& lane) {
     return DecodePipelineState(state, &lane.engine, &lane.counters, lane.dedup ? &*lane.dedup : nullptr, notes);
   };
+  if (!partitioned_ && !lanes_format && (shards_format || judge_)) return DecodeShards(bytes, shards_format, notes);
   if (!partitioned_) {
     if (lanes_format) {
       return Status::Invalid("it was written by a pipeline reading Kafka partitions, and this spec's source is not "
@@ -97,6 +143,34 @@ Status PipelineLanes::Decode(std::string_view bytes, std::vector<std::string>* n
   return Status::Ok();
 }
 
+Status PipelineLanes::DecodeShards(std::string_view bytes, bool shards_format, std::vector<std::string>* notes) {
+  auto decode = [&](std::string_view state, Lane& lane) {
+    return DecodePipelineState(state, &lane.engine, &lane.counters, lane.dedup ? &*lane.dedup : nullptr, notes);
+  };
+  // The state of an entity lives in the shard its name hashes to: another shard count would need moving it. A
+  // state of one lane (of parallelism 1, or of a version before sharding) counts as one shard.
+  uint64_t count = 1;
+  ByteReader in(bytes);
+  uint8_t marker;
+  if (shards_format && (!in.ReadU8(&marker) || !in.ReadCount(&count))) return Status::Invalid("it is incomplete");
+  if (count != lanes_.size()) {
+    return Status::Invalid("it was written with " + ParallelismText(count) + " and this run has " +
+                           ParallelismText(lanes_.size()) + "; a file or HTTP pipeline keeps the parallelism of its "
+                           "checkpoints: set `parallelism: " + std::to_string(count) + "` in the spec, or start "
+                           "fresh with `freshet run --reset` (it moves the old checkpoints aside)");
+  }
+  if (judge_ == nullptr) return Status::Invalid("it is malformed (a sharded state of one shard)");
+  std::string_view state;
+  if (!in.ReadBytes(&state)) return Status::Invalid("it is incomplete");
+  FRESHET_RETURN_IF_ERROR(decode(state, *judge_));
+  for (size_t k = 0; k < lanes_.size(); ++k) {
+    if (!in.ReadBytes(&state)) return Status::Invalid("it is incomplete");
+    Status decoded = decode(state, *lanes_[k]);
+    if (!decoded.ok()) return Status::Invalid("shard " + std::to_string(k) + ": " + decoded.message());
+  }
+  return Status::Ok();
+}
+
 size_t PipelineLanes::entity_count() const {
   size_t n = 0;
   for (const auto& lane : lanes_) n += lane->engine.live_entity_count();
@@ -112,7 +186,9 @@ int64_t PipelineLanes::low_watermark_ms() const {
 
 size_t PipelineLanes::MemoryBytes() const {
   size_t bytes = 0;
-  for (const auto& lane : lanes_) bytes += lane->engine.MemoryBytes() + (lane->dedup ? lane->dedup->MemoryBytes() : 0);
+  for (const Lane* lane : counting_lanes()) {
+    bytes += lane->engine.MemoryBytes() + (lane->dedup ? lane->dedup->MemoryBytes() : 0);
+  }
   return bytes;
 }
 

@@ -2,14 +2,18 @@
 //
 // A Kafka source's partitions are inputs of their own: each has its own lateness clock (M), feature state,
 // deduplication ids and input order (its offsets), so that no value depends on how the partitions' messages
-// interleave (see the README's Semantics). A file or HTTP source is one input: one lane. Offline rows of all
-// lanes share one `seq` numbering, so that seq stays unique in the tables and orders a replay that routes each
-// event back to its partition's lane.
+// interleave (see the README's Semantics). A file or HTTP source is one input: one lane, or, with
+// `parallelism` N > 1, N shard lanes and a judge (run/sharded_input.h): the judge holds the input's lateness
+// clock, deduplication ids and counters (its engine has no entity); shard k holds the state of the entities
+// whose name hashes to k (ShardOf), and follows the judge's clock. Offline rows of all lanes share one `seq`
+// numbering, so that seq stays unique in the tables and orders a replay that routes each event back to its
+// partition's lane.
 //
 // Not thread-safe: the caller locks (the runtime: lanes are made under its exclusive lock).
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -39,10 +43,18 @@ class PipelineLanes {
     EventPath path;
   };
 
-  // `partitioned`: a lane per stream (Kafka partitions); otherwise one lane for every stream.
-  PipelineLanes(const Spec& spec, bool partitioned);
+  // `partitioned`: a lane per stream (Kafka partitions); otherwise one lane for every stream, or with `shards`
+  // > 1 that many shard lanes and a judge.
+  PipelineLanes(const Spec& spec, bool partitioned, size_t shards = 1);
 
   bool partitioned() const { return partitioned_; }
+  bool sharded() const { return judge_ != nullptr; }
+  // Sharded: the judge (lateness, deduplication and the input's counters), else null.
+  Lane* judge() { return judge_.get(); }
+  // Every lane whose counters count events: the lanes, and the judge when sharded.
+  std::vector<const Lane*> counting_lanes() const;
+  // Sharded: the shard lane that holds an entity (a hash of its name, the same in every run).
+  uint32_t ShardOf(std::string_view entity) const;
   // The index of a stream's lane, made on first use.
   uint32_t IndexOf(uint32_t stream);
   Lane& For(uint32_t stream) { return *lanes_[IndexOf(stream)]; }
@@ -59,8 +71,11 @@ class PipelineLanes {
 
   // The state of every lane for a checkpoint. Unpartitioned: the one lane's EncodePipelineState bytes (what
   // checkpoints always held). Partitioned: a marker byte, the shared offline seq, then each lane's stream and
-  // pipeline state.
-  std::string Encode() const;
+  // pipeline state. Sharded: another marker byte, the shard count, the judge's then each shard's pipeline
+  // state. `run`, if given, runs work(k) for every lane k at once (the runtime's shard threads): each shard's
+  // state is encoded on its own thread.
+  using RunPerLane = std::function<void(const std::function<void(size_t)>&)>;
+  std::string Encode(const RunPerLane* run = nullptr) const;
   // Restores what Encode wrote into fresh lanes; a partitioned state into unpartitioned lanes (or the reverse) is
   // refused with a message saying so. `notes` as for DecodePipelineState.
   Status Decode(std::string_view bytes, std::vector<std::string>* notes);
@@ -80,7 +95,12 @@ class PipelineLanes {
   std::vector<std::unique_ptr<Lane>> lanes_;
   std::map<uint32_t, uint32_t> index_of_stream_;
   OfflineSink* offline_ = nullptr;
+  std::string EncodeShards(const RunPerLane* run) const;
+  // `shards_format`: written by EncodeShards; otherwise the state of one lane, refused unless this has one shard.
+  Status DecodeShards(std::string_view bytes, bool shards_format, std::vector<std::string>* notes);
+
   EventPath::SharedSequence offline_seq_;  // Partitioned: the next offline row's seq (shared by threads).
+  std::unique_ptr<Lane> judge_;            // Sharded only.
 };
 
 }  // namespace freshet

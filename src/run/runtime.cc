@@ -11,6 +11,7 @@
 #include <limits>
 #include <map>
 #include <mutex>
+#include <numeric>
 #include <shared_mutex>
 #include <condition_variable>
 #include <functional>
@@ -35,6 +36,7 @@
 #include "state/checkpoint.h"
 #include "store/redis_store.h"
 #include "run/redis_serving.h"
+#include "run/sharded_input.h"
 #include "historical/explain.h"
 #include "serve/json.h"
 
@@ -164,13 +166,28 @@ class ShardPool {
   std::vector<std::thread> threads_;
 };
 
+bool IsKafka(const Spec& spec) { return spec.source && spec.source->type == "kafka"; }
+
+// The processing threads: `parallelism`, 0 meaning one per core.
+size_t Parallelism(const Spec& spec) {
+  const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  return static_cast<size_t>(spec.parallelism > 0 ? spec.parallelism : cores);
+}
+
+// Shards of a file or HTTP source: `parallelism` when set above 1. Left at 0 (one per core) it stays one, as
+// before sources other than Kafka were sharded: its checkpoints restore only with the shard count they were
+// written with (PipelineLanes::Decode), and those of earlier versions have one.
+size_t InputShards(const Spec& spec) {
+  return !IsKafka(spec) && spec.parallelism > 1 ? static_cast<size_t>(spec.parallelism) : 1;
+}
+
 }  // namespace
 
 struct Runtime::Impl final : public FeatureService {
   Impl(const Spec& spec, RuntimeOptions options)
       : spec_(spec),
         options_(std::move(options)),
-        lanes_(spec, spec.source && spec.source->type == "kafka") {}
+        lanes_(spec, IsKafka(spec), InputShards(spec)) {}
   ~Impl() {
     if (checkpoint_thread_.joinable()) checkpoint_thread_.join();
   }
@@ -444,11 +461,7 @@ struct Runtime::Impl final : public FeatureService {
   void UpdateKafkaStatus();  // Partition gauges and the source's health, every half second.
 
   // What one shard's processing of a chunk produced, merged by ProcessBatch.
-  struct ShardOutput {
-    uint64_t accepted = 0, rejected = 0, late = 0, duplicates = 0;
-    std::vector<int64_t> arrivals;
-    std::vector<std::pair<uint64_t, int64_t>> changed;
-  };
+  using ShardOutput = ShardedInput::Output;
   void ProcessShard(size_t shard, std::span<const SourceRecord> records, std::span<const uint32_t> lane_of,
                     int64_t wall_ms, ShardOutput& out);
   void RunShards(const std::function<void(size_t)>& work) {
@@ -460,6 +473,10 @@ struct Runtime::Impl final : public FeatureService {
   }
   std::vector<ShardOutput> shards_{1};  // One per processing thread (lane k goes to shard k % size).
   std::unique_ptr<ShardPool> pool_;     // With more than one shard.
+  std::unique_ptr<ShardedInput> sharded_input_;  // A file or HTTP source on several shards.
+  PipelineLanes::RunPerLane RunShardsFunction() {
+    return [this](const std::function<void(size_t)>& work) { RunShards(work); };
+  }
   std::mutex dead_letters_mutex_;       // Shards write dead letters concurrently.
 
   const Spec& spec_;
@@ -620,16 +637,12 @@ Status Runtime::Impl::Open() {
     return Status::Invalid(spec_.file + ": `freshet run` needs a `source` section: {type: file, path: ...}, "
                            "{type: http} or {type: kafka, ...}");
   }
-  const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-  const int parallelism = spec_.parallelism > 0 ? spec_.parallelism : cores;
-  if (spec_.source->type == "kafka") {
-    // Partitions are the unit of parallelism: lane k (a partition) is processed by shard k % parallelism.
-    shards_.resize(static_cast<size_t>(parallelism));
-    if (parallelism > 1) pool_ = std::make_unique<ShardPool>(static_cast<size_t>(parallelism));
-  } else if (spec_.parallelism > 1) {
-    std::fprintf(stderr, "freshet run: note: parallelism %d applies to Kafka sources for now; the %s source is "
-                         "processed on one thread\n", spec_.parallelism, spec_.source->type.c_str());
-  }
+  // Kafka: partitions are the unit of parallelism, lane k (a partition) is processed by shard k % parallelism.
+  // A file or HTTP source: lane k is shard k (run/sharded_input.h).
+  const size_t parallelism = IsKafka(spec_) ? Parallelism(spec_) : lanes_.size();
+  shards_.resize(parallelism);
+  if (parallelism > 1) pool_ = std::make_unique<ShardPool>(parallelism);
+  if (lanes_.sharded()) sharded_input_ = std::make_unique<ShardedInput>(spec_, lanes_, RunShardsFunction());
   if (spec_.source->type == "kafka") {
     const SourceSpec& k = *spec_.source;
     auto kafka = std::make_unique<KafkaSource>(
@@ -670,6 +683,7 @@ Status Runtime::Impl::Open() {
     FRESHET_ASSIGN_OR_RETURN(offline_, OfflineSink::Open(spec_, *offline_paths,
                                                          OfflineSinkOptions{.events = true, .features = spec_.offline.features}));
     lanes_.SetOfflineSink(offline_.get());
+    if (sharded_input_) sharded_input_->SetOfflineSink(offline_.get());
   }
   FRESHET_RETURN_IF_ERROR(Restore());
   if (offline_paths && spec_.feature_log.enabled) {
@@ -727,8 +741,8 @@ Status Runtime::Impl::Restore() {
     }
     FRESHET_RETURN_IF_ERROR(RecoverOffline(offline_position, checkpoint->sequence));
     uint64_t admitted = 0;
-    for (size_t l = 0; l < lanes_.size(); ++l) {
-      const PipelineLanes::Lane& lane = lanes_.at(l);
+    for (const PipelineLanes::Lane* counting : lanes_.counting_lanes()) {
+      const PipelineLanes::Lane& lane = *counting;
       lines_in_->Increment(lane.counters.lines_read);
       accepted_->Increment(lane.engine.counters().admitted);
       late_->Increment(lane.engine.counters().late);
@@ -774,10 +788,17 @@ Status Runtime::Impl::Checkpoint(bool wait) {
   checkpoint->sequence = checkpoints_->next_sequence();
   checkpoint->spec_fingerprint = lanes_.blank().spec_fingerprint();
   checkpoint->positions = {{"source", source_->position()}, {"dead_letters", std::to_string(dead_letter_bytes)}};
-  size_t recent = 0;
-  for (size_t l = 0; l < lanes_.size(); ++l) recent += lanes_.at(l).engine.SettleRecent();
-  recent_events_->Set(static_cast<double>(recent));
-  checkpoint->engine_state = lanes_.Encode();
+  // Sharded, each shard's state is settled and encoded on its own thread.
+  std::vector<size_t> recent(lanes_.size(), 0);
+  const auto settle = [&](size_t l) { recent[l] = lanes_.at(l).engine.SettleRecent(); };
+  if (sharded_input_) {
+    RunShards(settle);
+  } else {
+    for (size_t l = 0; l < lanes_.size(); ++l) settle(l);
+  }
+  recent_events_->Set(static_cast<double>(std::accumulate(recent.begin(), recent.end(), size_t{0})));
+  const PipelineLanes::RunPerLane run = RunShardsFunction();
+  checkpoint->engine_state = lanes_.Encode(sharded_input_ ? &run : nullptr);
   auto rows = std::make_shared<OfflineSink::TakenRows>();
   if (offline_ != nullptr) *rows = offline_->TakeRows();
   state_bytes_->Set(static_cast<double>(lanes_.MemoryBytes()));
@@ -886,11 +907,18 @@ Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch) {
     const size_t end = std::min(batch.size(), k + kRecordsPerLock * shards_.size());
     {
       std::unique_lock<std::shared_mutex> lock(mutex_);
-      lane_of.resize(end - k);
-      for (size_t r = k; r < end; ++r) lane_of[r - k] = lanes_.IndexOf(static_cast<uint32_t>(batch[r].end.stream));
       const std::span<const SourceRecord> records(batch.data() + k, end - k);
       for (ShardOutput& out : shards_) out = ShardOutput{};
-      RunShards([&](size_t shard) { ProcessShard(shard, records, lane_of, batch_wall_ms, shards_[shard]); });
+      if (sharded_input_) {
+        sharded_input_->Process(records, batch_wall_ms, redis_ != nullptr,
+                                [&](const SourceRecord& record, std::string_view reason) {
+                                  dead_letters_.Write(record.line_number, reason, record.text);
+                                }, &shards_[0]);
+      } else {
+        lane_of.resize(end - k);
+        for (size_t r = k; r < end; ++r) lane_of[r - k] = lanes_.IndexOf(static_cast<uint32_t>(batch[r].end.stream));
+        RunShards([&](size_t shard) { ProcessShard(shard, records, lane_of, batch_wall_ms, shards_[shard]); });
+      }
       for (ShardOutput& out : shards_) {
         accepted += out.accepted;
         rejected += out.rejected;
@@ -1019,7 +1047,7 @@ void Runtime::Impl::UpdateKafkaStatus() {
 
 void Runtime::Impl::SetStateGauges() {
   size_t ids = 0;
-  for (size_t l = 0; l < lanes_.size(); ++l) ids += lanes_.at(l).dedup ? lanes_.at(l).dedup->size() : 0;
+  for (const PipelineLanes::Lane* lane : lanes_.counting_lanes()) ids += lane->dedup ? lane->dedup->size() : 0;
   // The engines count skips (restored with the checkpoint); the counters follow their sum over the lanes.
   for (const SkipCounter& c : skipped_) {
     uint64_t skipped = 0;

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The file source on several threads (issue 10): `freshet run --exit-at-end` over one generated file with
+# `parallelism: 1` and `parallelism: 2`, alternating in one run (release build, examples/fraud/fraud.yaml).
+#   bench/file_parallel_bench.sh [--events N] [--users N] [--repeat N] [--offline] [--bin FRESHET]
+# A run's time is the process's wall time, start to exit (start-up and the final checkpoint included); the rate is
+# lines / that time. Each run also prints its CPU time and the load average before it (the machine is shared). Offline tables are off unless --offline (then the events and features tables are written).
+# Prints each run, the medians and their ratio. See bench/README.md. --bin: that binary instead of a release build
+# (bench/release_build.sh, which runs scripts/setup.sh first).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+events=2000000 users=200000 repeat=5 offline=false bin=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --events) events=$2; shift 2 ;;
+    --users) users=$2; shift 2 ;;
+    --repeat) repeat=$2; shift 2 ;;
+    --offline) offline=true; shift ;;
+    --bin) bin=$(realpath "$2"); shift 2 ;;
+    *) echo "usage: bench/file_parallel_bench.sh [--events N] [--users N] [--repeat N] [--offline] [--bin F]" >&2
+       exit 2 ;;
+  esac
+done
+
+if [ -z "$bin" ]; then
+  source "$here/bench/release_build.sh"
+  release_build freshet
+  bin="$build/freshet"
+fi
+data="$here/bench/data/file_parallel"
+rm -rf "$data"
+mkdir -p "$data"
+ev="$data/events.jsonl"
+echo "generating $events events for $users users" >&2
+"$bin" generate --users "$users" --events "$events" --duration 24h --seed 42 --disorder 2s --output "$ev"
+lines=$(wc -l < "$ev")
+
+for p in 1 2; do
+  sed -e "s|^source: .*|source: {type: file, path: $ev}|" "$here/examples/fraud/fraud.yaml" > "$data/p$p.yaml"
+  printf 'offline: {enabled: %s}\nserve: {port: 0}\nparallelism: %s\n' "$offline" "$p" >> "$data/p$p.yaml"
+done
+
+results="$data/results.txt"
+: > "$results"
+for k in $(seq 1 "$repeat"); do
+  for p in 1 2; do
+    dir="$data/run-p$p-$k"
+    /usr/bin/time -f "%e %U %S" -o "$dir.time" "$bin" run --spec "$data/p$p.yaml" --data-dir "$dir" --exit-at-end \
+      2> "$dir.log" || { cat "$dir.log" >&2; exit 1; }
+    rm -rf "$dir"
+    # The CPU time (user + system) shows what the threads cost besides what they gain.
+    awk -v l="p$p" -v k="$k" -v n="$lines" -v load="$(cut -d' ' -f1 /proc/loadavg)" \
+      '{printf "%s run %d: %d lines in %.2f s, %.2f s CPU, load %s = %.3f M events/s\n", l, k, n, $1, $2 + $3, load,
+        n / $1 / 1e6}' "$dir.time" | tee -a "$results"
+  done
+done
+for p in 1 2; do
+  grep "^p$p " "$results" | awk '{print $(NF-2)}' | sort -n |
+    awk -v p="$p" '{a[NR]=$1} END {printf "parallelism %s: median %.3f M events/s over %d runs\n", p, a[int((NR+1)/2)], NR}'
+done | tee "$data/medians.txt"
+awk '{m[NR]=$(NF-5)} END {printf "speed-up of parallelism 2 over 1: %.2fx\n", m[2] / m[1]}' "$data/medians.txt"
