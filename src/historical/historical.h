@@ -44,9 +44,13 @@ struct EventInput {
   };
   Kind kind = Kind::kJsonLines;
   std::string path;
+  // Reference tables (the spec's `tables`): of a JSON-lines input, files (name, path) whose rows are all known
+  // before the first event, so an event at t sees the version with the greatest valid_from <= t; of the events
+  // table, the history beside it (<offline>/table_<name>), replayed where each version arrived in the stream.
+  std::vector<std::pair<std::string, std::string>> table_files;
 
-  static EventInput JsonLines(std::string path) { return EventInput{Kind::kJsonLines, std::move(path)}; }
-  static EventInput EventsTable(std::string table_dir) { return EventInput{Kind::kEventsTable, std::move(table_dir)}; }
+  static EventInput JsonLines(std::string path) { return EventInput{Kind::kJsonLines, std::move(path), {}}; }
+  static EventInput EventsTable(std::string table_dir) { return EventInput{Kind::kEventsTable, std::move(table_dir), {}}; }
   // "events file 'x.jsonl'" or "events table 'dir'", for messages.
   std::string Describe() const;
 };

@@ -23,6 +23,7 @@
 #include "run/event_path.h"
 #include "run/offline_sink.h"
 #include "spec/spec.h"
+#include "table/table_set.h"
 
 namespace freshet {
 
@@ -56,6 +57,13 @@ class PipelineLanes {
 
   // For the lanes there are and those made later.
   void SetOfflineSink(OfflineSink* offline);
+  void SetTables(const TableSet* tables);
+
+  // The seq the next accepted event's offline rows get: where a reference-table version arriving now stands in
+  // the stream's order (table/table_history.h).
+  uint64_t next_offline_seq() const;
+  // The newest event time accepted by any lane (min() before any): a table version at or before it is late.
+  int64_t newest_event_ms() const;
 
   // The state of every lane for a checkpoint. Unpartitioned: the one lane's EncodePipelineState bytes (what
   // checkpoints always held). Partitioned: a marker byte, the shared offline seq, then each lane's stream and
@@ -77,6 +85,7 @@ class PipelineLanes {
   std::vector<std::unique_ptr<Lane>> lanes_;
   std::map<uint32_t, uint32_t> index_of_stream_;
   OfflineSink* offline_ = nullptr;
+  const TableSet* tables_ = nullptr;
   EventPath::SharedSequence offline_seq_;  // Partitioned: the next offline row's seq (shared by threads).
 };
 

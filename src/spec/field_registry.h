@@ -100,6 +100,21 @@ class FieldRegistry {
     return std::any_of(derived_.begin(), derived_.end(), [slot](const Derived& d) { return d.slot == slot; });
   }
 
+  // A joined field (the spec's `joins`): "profiles.segment" is column "segment" of the row that join `join`
+  // finds for the event; the parser fills it from the table (table/table_set.h) before the derived fields.
+  struct Joined {
+    int slot;
+    int join;            // Index in Spec::joins.
+    std::string column;  // Dotted path inside the row.
+  };
+  void AddJoined(int slot, int join, std::string column) { joined_.push_back({slot, join, std::move(column)}); }
+  const std::vector<Joined>& joined() const { return joined_; }
+  // Whether the parser computes `slot` (derived or joined) instead of reading it from the event.
+  bool is_computed(int slot) const {
+    return is_derived(slot) ||
+           std::any_of(joined_.begin(), joined_.end(), [slot](const Joined& j) { return j.slot == slot; });
+  }
+
   // What the schema declares for `slot` (kAny and no conversion when nothing).
   const FieldSchema& schema(size_t slot) const { return schemas_[slot]; }
   void SetSchema(size_t slot, FieldSchema schema) { schemas_[slot] = schema; }
@@ -108,6 +123,7 @@ class FieldRegistry {
   std::vector<std::string> paths_;
   std::vector<FieldSchema> schemas_;  // Parallel to paths_.
   std::vector<Derived> derived_;
+  std::vector<Joined> joined_;
 };
 
 }  // namespace freshet
