@@ -81,7 +81,7 @@ int TableFeed::IndexOf(std::string_view name) const {
 
 void TableFeed::Add(size_t table, const TableRow& row, PipelineLanes& lanes, OfflineSink* offline, int64_t wall_ms) {
   const uint64_t seq = lanes.next_offline_seq();
-  if (tables_.Add(table, row, seq, lanes.newest_event_ms())) late_[table]->Increment();
+  if (tables_.Add(table, row, lanes.newest_event_ms())) late_[table]->Increment();
   if (offline != nullptr) {
     offline->AddTableVersion(table, next_version_[table], static_cast<int64_t>(seq), row, wall_ms);
   }

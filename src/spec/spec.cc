@@ -1388,11 +1388,10 @@ void SpecParser::ParseTables(const Entry& entry, Spec* spec) {
     std::optional<std::string> name = ReadName(*map, "name");
     std::optional<std::string> key = ReadFieldPath(*map, "key");
     if (!name || !key) continue;
-    if (const Entry* valid_from = map->Find("valid_from")) {
+    if (map->Find("valid_from") != nullptr) {
       std::optional<std::string> path = ReadFieldPath(*map, "valid_from");
       if (!path) continue;
       table.valid_from = *path;
-      (void)valid_from;
     }
     for (const TableSpec& other : spec->tables) {
       if (other.name == *name) {

@@ -43,7 +43,7 @@ void PutTableVersion(OfflineTable& history, int64_t version, int64_t seq, const 
   history.PutString(row.json);
 }
 
-Result<std::vector<StoredVersion>> ReadTableHistory(const TableSpec& table, const std::string& table_dir) {
+Result<std::vector<StoredVersion>> ReadTableHistory(const std::string& table_dir) {
   std::vector<StoredVersion> versions;
   if (!std::filesystem::exists(std::filesystem::path(table_dir) / "_delta_log")) return versions;
   FRESHET_ASSIGN_OR_RETURN(std::vector<std::string> files, DeltaTableFiles(table_dir));
@@ -67,7 +67,6 @@ Result<std::vector<StoredVersion>> ReadTableHistory(const TableSpec& table, cons
       }
     }
   }
-  (void)table;
   std::stable_sort(versions.begin(), versions.end(),
                    [](const StoredVersion& a, const StoredVersion& b) { return a.version < b.version; });
   return versions;
@@ -77,7 +76,7 @@ Result<TableReplay> TableReplay::FromStore(const Spec& spec, const std::string& 
   TableReplay replay;
   for (size_t t = 0; t < spec.tables.size(); ++t) {
     FRESHET_ASSIGN_OR_RETURN(std::vector<StoredVersion> versions,
-                             ReadTableHistory(spec.tables[t], TableHistoryDir(offline_root, spec.tables[t].name)));
+                             ReadTableHistory(TableHistoryDir(offline_root, spec.tables[t].name)));
     for (StoredVersion& v : versions) replay.pending_.push_back(Pending{t, std::move(v)});
   }
   std::stable_sort(replay.pending_.begin(), replay.pending_.end(), [](const Pending& a, const Pending& b) {
@@ -117,8 +116,9 @@ Result<TableReplay> TableReplay::FromFiles(const Spec& spec,
 
 void TableReplay::AddUpTo(TableSet& tables, int64_t seq) {
   while (next_ < pending_.size() && pending_[next_].version.seq <= seq) {
-    const Pending& p = pending_[next_++];
-    tables.Add(p.table, p.version.row, static_cast<uint64_t>(p.version.seq), std::numeric_limits<int64_t>::min());
+    Pending& p = pending_[next_++];
+    tables.Add(p.table, p.version.row, std::numeric_limits<int64_t>::min());
+    std::string().swap(p.version.row.json);  // Added: the set keeps what it needs.
   }
 }
 

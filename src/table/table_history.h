@@ -35,9 +35,9 @@ struct StoredVersion {
   TableRow row;
 };
 
-// Every version in the history of `table` at `table_dir`, in arrival (version) order; none when the folder
-// holds no table yet.
-Result<std::vector<StoredVersion>> ReadTableHistory(const TableSpec& table, const std::string& table_dir);
+// Every version in the table history at `table_dir`, in arrival (version) order; none when the folder holds no
+// table yet.
+Result<std::vector<StoredVersion>> ReadTableHistory(const std::string& table_dir);
 
 // Feeds recorded versions to a TableSet in the stream's order while events are replayed: before the event
 // numbered `seq`, AddUpTo(seq) adds every version that arrived before it.

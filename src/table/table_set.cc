@@ -4,6 +4,8 @@
 #include <simdjson.h>
 
 #include <algorithm>
+#include <array>
+#include <bit>
 #include <charconv>
 
 #include "common/time.h"
@@ -17,16 +19,90 @@ constexpr uint32_t kTableSetVersion = 1;
 // A column value of a version; strings live in the version's `text`.
 struct StoredCell {
   ValueType type = ValueType::kMissing;
-  int64_t i = 0;
-  double d = 0;
-  uint32_t offset = 0;
+  uint32_t offset = 0;  // kString: its bytes in Version::text.
   uint32_t length = 0;
+  int64_t i = 0;  // kInt, kBool (0 or 1); kDouble: the double's bits.
+  double d() const { return std::bit_cast<double>(i); }
+};
+
+// The cells of a version: the first few inline, so that a lookup reads them from the map's slot (one cache miss
+// per event and join, not three).
+class CellList {
+ public:
+  void push_back(const StoredCell& cell) {
+    if (size_ < inline_.size()) {
+      inline_[size_] = cell;
+    } else {
+      more_.push_back(cell);
+    }
+    ++size_;
+  }
+  size_t size() const { return size_; }
+  const StoredCell& operator[](size_t k) const { return k < inline_.size() ? inline_[k] : more_[k - inline_.size()]; }
+  size_t heap_bytes() const { return more_.capacity() * sizeof(StoredCell); }
+
+ private:
+  std::array<StoredCell, 2> inline_;
+  std::vector<StoredCell> more_;
+  uint32_t size_ = 0;
 };
 
 struct Version {
   int64_t valid_from_ms = kAlwaysValidMs;
   std::string text;  // The bytes of the string cells.
-  std::vector<StoredCell> cells;  // One per joined column of the table (Table::columns order).
+  CellList cells;    // One per joined column of the table (Table::columns order).
+};
+
+// A key's versions: the one with the greatest valid_from inline (what almost every event reads), the older ones,
+// ascending by valid_from, beside it.
+class VersionList {
+ public:
+  // Adds `v`; one with the same valid_from is replaced (the later arrival wins). Returns whether it was new.
+  bool Insert(Version v) {
+    if (!has_newest_) {
+      newest_ = std::move(v);
+      has_newest_ = true;
+      return true;
+    }
+    if (v.valid_from_ms == newest_.valid_from_ms) {
+      newest_ = std::move(v);
+      return false;
+    }
+    if (v.valid_from_ms > newest_.valid_from_ms) {
+      older_.push_back(std::move(newest_));
+      newest_ = std::move(v);
+      return true;
+    }
+    auto at = std::lower_bound(older_.begin(), older_.end(), v.valid_from_ms,
+                               [](const Version& o, int64_t t) { return o.valid_from_ms < t; });
+    if (at != older_.end() && at->valid_from_ms == v.valid_from_ms) {
+      *at = std::move(v);
+      return false;
+    }
+    older_.insert(at, std::move(v));
+    return true;
+  }
+  // The version with the greatest valid_from <= t, or null.
+  const Version* Find(int64_t t) const {
+    if (has_newest_ && newest_.valid_from_ms <= t) return &newest_;
+    for (auto it = older_.rbegin(); it != older_.rend(); ++it) {
+      if (it->valid_from_ms <= t) return &*it;
+    }
+    return nullptr;
+  }
+  size_t size() const { return older_.size() + (has_newest_ ? 1 : 0); }
+  // Every version, ascending by valid_from.
+  template <typename Fn>
+  void ForEach(Fn fn) const {
+    for (const Version& v : older_) fn(v);
+    if (has_newest_) fn(newest_);
+  }
+  size_t heap_bytes() const { return older_.capacity() * sizeof(Version); }
+
+ private:
+  Version newest_;
+  bool has_newest_ = false;
+  std::vector<Version> older_;
 };
 
 // One joined column: the slot it fills and its path in the row.
@@ -38,7 +114,7 @@ struct Column {
 struct Table {
   int join_slot = -1;  // The event field holding the key; -1 when no join reads the table.
   std::vector<Column> columns;
-  absl::flat_hash_map<std::string, std::vector<Version>> versions;  // Per key, ordered by valid_from.
+  absl::flat_hash_map<std::string, VersionList> versions;
   size_t version_count = 0;
 };
 
@@ -67,8 +143,11 @@ StoredCell CellOf(simdjson::dom::element element, std::string* text) {
   StoredCell cell;
   switch (element.type()) {
     case element_type::INT64: cell.type = ValueType::kInt; cell.i = int64_t(element); break;
-    case element_type::UINT64: cell.type = ValueType::kDouble; cell.d = static_cast<double>(uint64_t(element)); break;
-    case element_type::DOUBLE: cell.type = ValueType::kDouble; cell.d = double(element); break;
+    case element_type::UINT64:
+      cell.type = ValueType::kDouble;
+      cell.i = std::bit_cast<int64_t>(static_cast<double>(uint64_t(element)));
+      break;
+    case element_type::DOUBLE: cell.type = ValueType::kDouble; cell.i = std::bit_cast<int64_t>(double(element)); break;
     case element_type::BOOL: cell.type = ValueType::kBool; cell.i = bool(element) ? 1 : 0; break;
     case element_type::NULL_VALUE: cell.type = ValueType::kNull; break;
     case element_type::STRING: {
@@ -88,7 +167,7 @@ StoredCell CellOf(simdjson::dom::element element, std::string* text) {
 Value ValueOf(const StoredCell& cell, const std::string& text) {
   switch (cell.type) {
     case ValueType::kInt: return Value::Int(cell.i);
-    case ValueType::kDouble: return Value::Double(cell.d);
+    case ValueType::kDouble: return Value::Double(cell.d());
     case ValueType::kBool: return Value::Bool(cell.i != 0);
     case ValueType::kString: return Value::String(std::string_view(text).substr(cell.offset, cell.length));
     case ValueType::kNull: return Value::Null();
@@ -186,8 +265,7 @@ TableSet::~TableSet() = default;
 
 bool TableSet::empty() const { return impl_->tables.empty(); }
 
-bool TableSet::Add(size_t table_index, const TableRow& row, uint64_t arrival_seq, int64_t newest_event_ms) {
-  (void)arrival_seq;  // Versions are added in arrival order; the offline history records the position.
+bool TableSet::Add(size_t table_index, const TableRow& row, int64_t newest_event_ms) {
   Table& table = impl_->tables[table_index];
   Version version;
   version.valid_from_ms = row.valid_from_ms;
@@ -202,15 +280,7 @@ bool TableSet::Add(size_t table_index, const TableRow& row, uint64_t arrival_seq
                                   : StoredCell{});
     }
   }
-  std::vector<Version>& list = table.versions[row.key];
-  auto at = std::lower_bound(list.begin(), list.end(), row.valid_from_ms,
-                             [](const Version& v, int64_t t) { return v.valid_from_ms < t; });
-  if (at != list.end() && at->valid_from_ms == row.valid_from_ms) {
-    *at = std::move(version);
-  } else {
-    list.insert(at, std::move(version));
-    ++table.version_count;
-  }
+  if (table.versions[row.key].Insert(std::move(version))) ++table.version_count;
   return row.valid_from_ms != kAlwaysValidMs && row.valid_from_ms <= newest_event_ms;
 }
 
@@ -222,10 +292,8 @@ void TableSet::Fill(std::vector<Value>& slots, int64_t time_ms) const {
     if (!key) continue;  // No key: the joined fields stay missing.
     auto found = table.versions.find(absl::string_view(key->data(), key->size()));
     if (found == table.versions.end()) continue;
-    const std::vector<Version>& list = found->second;
-    // The greatest valid_from <= t: versions are few per key, so scan from the newest.
-    auto it = std::find_if(list.rbegin(), list.rend(), [time_ms](const Version& v) { return v.valid_from_ms <= time_ms; });
-    if (it == list.rend()) continue;
+    const Version* it = found->second.Find(time_ms);
+    if (it == nullptr) continue;
     for (size_t c = 0; c < table.columns.size(); ++c) {
       slots[static_cast<size_t>(table.columns[c].slot)] = c < it->cells.size() ? ValueOf(it->cells[c], it->text)
                                                                                : Value::Missing();
@@ -239,10 +307,10 @@ size_t TableSet::keys(size_t table) const { return impl_->tables[table].versions
 size_t TableSet::MemoryBytes() const {
   size_t bytes = 0;
   for (const Table& table : impl_->tables) {
-    bytes += table.versions.capacity() * (sizeof(std::string) + sizeof(std::vector<Version>));
+    bytes += table.versions.capacity() * (sizeof(std::string) + sizeof(VersionList));
     for (const auto& [key, list] : table.versions) {
-      bytes += key.capacity() > 15 ? key.capacity() : 0;
-      for (const Version& v : list) bytes += sizeof(Version) + v.text.capacity() + v.cells.capacity() * sizeof(StoredCell);
+      bytes += (key.capacity() > 15 ? key.capacity() : 0) + list.heap_bytes();
+      list.ForEach([&](const Version& v) { bytes += (v.text.capacity() > 15 ? v.text.capacity() : 0) + v.cells.heap_bytes(); });
     }
   }
   return bytes;
@@ -257,18 +325,18 @@ void TableSet::Save(ByteWriter& out) const {
     for (const auto& [key, list] : table.versions) {
       out.PutString(key);
       out.PutVarint(list.size());
-      for (const Version& v : list) {
+      list.ForEach([&](const Version& v) {
         out.PutI64(v.valid_from_ms);
         out.PutString(v.text);
         out.PutVarint(v.cells.size());
-        for (const StoredCell& c : v.cells) {
+        for (size_t k = 0; k < v.cells.size(); ++k) {
+          const StoredCell& c = v.cells[k];
           out.PutU8(static_cast<uint8_t>(c.type));
           out.PutI64(c.i);
-          out.PutDouble(c.d);
           out.PutU32(c.offset);
           out.PutU32(c.length);
         }
-      }
+      });
     }
   }
 }
@@ -290,7 +358,7 @@ Status TableSet::Load(ByteReader& in) {
       std::string_view key;
       uint64_t count = 0;
       if (!in.ReadString(&key) || !in.ReadVarint(&count)) return damaged;
-      std::vector<Version>& list = table.versions[std::string(key)];
+      VersionList& list = table.versions[std::string(key)];
       for (uint64_t n = 0; n < count; ++n) {
         Version v;
         std::string_view text;
@@ -302,15 +370,14 @@ Status TableSet::Load(ByteReader& in) {
         for (uint64_t c = 0; c < cells; ++c) {
           StoredCell cell;
           uint8_t type = 0;
-          if (!in.ReadU8(&type) || !in.ReadI64(&cell.i) || !in.ReadDouble(&cell.d) || !in.ReadU32(&cell.offset) ||
+          if (!in.ReadU8(&type) || !in.ReadI64(&cell.i) || !in.ReadU32(&cell.offset) ||
               !in.ReadU32(&cell.length) || uint64_t{cell.offset} + cell.length > v.text.size()) {
             return damaged;
           }
           cell.type = static_cast<ValueType>(type);
           v.cells.push_back(cell);
         }
-        list.push_back(std::move(v));
-        ++table.version_count;
+        if (list.Insert(std::move(v))) ++table.version_count;
       }
     }
   }

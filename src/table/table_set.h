@@ -1,7 +1,7 @@
 // TableSet: the reference tables of a spec (`tables:`) as the event path joins them (`joins:`).
 //
 // Each table maps a key to its versions, ordered by valid_from. A version arrives at a point of the event stream
-// (before the event numbered `arrival_seq`) and from then on an event at time t whose join field holds the key
+// (Add, between two events) and from then on an event at time t whose join field holds the key
 // sees the version with the greatest valid_from <= t among those that arrived (a table without `valid_from`: the
 // latest that arrived). No such version: the event's joined fields stay missing. This is the time rule of the
 // README's Semantics; tests/reference.py implements it by brute force.
@@ -50,11 +50,11 @@ class TableSet {
 
   bool empty() const;
 
-  // Adds a version of table `table` arriving before the event numbered `arrival_seq`. A version with the
+  // Adds a version of table `table` arriving now, before the next event the caller parses. A version with the
   // valid_from of one the key already has replaces it (the later arrival wins). Returns true when the version is
   // late: it has a valid_from and the stream already accepted an event at or after it (`newest_event_ms`), which
   // saw an older version (or none).
-  bool Add(size_t table, const TableRow& row, uint64_t arrival_seq, int64_t newest_event_ms);
+  bool Add(size_t table, const TableRow& row, int64_t newest_event_ms);
 
   // Fills every joined slot of `slots` (parsed by EventParser, join fields set) for an event at `time_ms`.
   void Fill(std::vector<Value>& slots, int64_t time_ms) const;

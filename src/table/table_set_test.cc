@@ -65,8 +65,8 @@ TEST(TableSetTest, AnEventSeesTheGreatestValidFromAtOrBeforeItsTime) {
   const Spec spec = LoadTestSpec();
   TableSet tables(spec);
   const int64_t none = std::numeric_limits<int64_t>::min();
-  EXPECT_FALSE(tables.Add(0, Row(spec, 0, R"({"user_id":"a","updated_at":1000,"segment":"basic","created_ms":10})"), 0, none));
-  EXPECT_FALSE(tables.Add(0, Row(spec, 0, R"({"user_id":"a","updated_at":3000,"segment":"vip","created_ms":20})"), 0, none));
+  EXPECT_FALSE(tables.Add(0, Row(spec, 0, R"({"user_id":"a","updated_at":1000,"segment":"basic","created_ms":10})"), none));
+  EXPECT_FALSE(tables.Add(0, Row(spec, 0, R"({"user_id":"a","updated_at":3000,"segment":"vip","created_ms":20})"), none));
   std::string keep;
   EXPECT_TRUE(Field(spec, tables, R"({"user":"a","ts":500})", "profiles.segment", &keep).is_missing());
   EXPECT_EQ(Field(spec, tables, R"({"user":"a","ts":1000})", "profiles.segment", &keep).s, "basic");
@@ -80,7 +80,7 @@ TEST(TableSetTest, AnEventSeesTheGreatestValidFromAtOrBeforeItsTime) {
   EXPECT_TRUE(Field(spec, tables, R"({"user":"b","ts":3000,"profiles":{"segment":"x"}})", "profiles.segment", &keep)
                   .is_missing());
   // Same valid_from again: the later arrival replaces it. Late: at or before the newest event time.
-  EXPECT_TRUE(tables.Add(0, Row(spec, 0, R"({"user_id":"a","updated_at":1000,"segment":"new"})"), 5, 1000));
+  EXPECT_TRUE(tables.Add(0, Row(spec, 0, R"({"user_id":"a","updated_at":1000,"segment":"new"})"), 1000));
   EXPECT_EQ(Field(spec, tables, R"({"user":"a","ts":2000})", "profiles.segment", &keep).s, "new");
   EXPECT_EQ(tables.versions(0), 2u);
   EXPECT_EQ(tables.keys(0), 1u);
@@ -89,10 +89,10 @@ TEST(TableSetTest, AnEventSeesTheGreatestValidFromAtOrBeforeItsTime) {
 TEST(TableSetTest, WithoutValidFromTheLatestArrivalWinsAndIntegerKeysReadAsText) {
   const Spec spec = LoadTestSpec();
   TableSet tables(spec);
-  EXPECT_FALSE(tables.Add(1, Row(spec, 1, R"({"id":7,"price":10})"), 0, 5000));
+  EXPECT_FALSE(tables.Add(1, Row(spec, 1, R"({"id":7,"price":10})"), 5000));
   std::string keep;
   EXPECT_EQ(Field(spec, tables, R"({"user":"a","ts":1,"plan":"7"})", "plans.price", &keep).i, 10);
-  EXPECT_FALSE(tables.Add(1, Row(spec, 1, R"({"id":"7","price":12.5})"), 1, 5000));  // Never late.
+  EXPECT_FALSE(tables.Add(1, Row(spec, 1, R"({"id":"7","price":12.5})"), 5000));  // Never late.
   EXPECT_EQ(Field(spec, tables, R"({"user":"a","ts":1,"plan":7})", "plans.price", &keep).d, 12.5);
   EXPECT_EQ(tables.versions(1), 1u);
 }
@@ -101,9 +101,9 @@ TEST(TableSetTest, SaveAndLoadKeepEveryVersion) {
   const Spec spec = LoadTestSpec();
   TableSet tables(spec);
   const int64_t none = std::numeric_limits<int64_t>::min();
-  tables.Add(0, Row(spec, 0, R"({"user_id":"a","updated_at":1000,"segment":"basic"})"), 0, none);
-  tables.Add(0, Row(spec, 0, R"({"user_id":"a","updated_at":3000,"segment":"vip"})"), 0, none);
-  tables.Add(1, Row(spec, 1, R"({"id":"p","price":3})"), 0, none);
+  tables.Add(0, Row(spec, 0, R"({"user_id":"a","updated_at":1000,"segment":"basic"})"), none);
+  tables.Add(0, Row(spec, 0, R"({"user_id":"a","updated_at":3000,"segment":"vip"})"), none);
+  tables.Add(1, Row(spec, 1, R"({"id":"p","price":3})"), none);
   std::string bytes;
   ByteWriter out(&bytes);
   tables.Save(out);
