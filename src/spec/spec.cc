@@ -350,6 +350,7 @@ class SpecParser {
   void ParseTables(const Entry& entry, Spec* spec);
   void ParseJoins(const Entry& entry, Spec* spec);
   void ResolveJoinedFields(Spec* spec);
+  std::vector<YAML::Mark> join_marks_;  // Of each join's `on`, parallel to Spec::joins.
   void ParseFeature(const YAML::Node& item, const SpecOption& list_option, Spec* spec,
                     std::map<std::string, int>* first_line_by_name);
   std::optional<WindowSpec> ParseWindow(const Entry& entry);
@@ -1457,6 +1458,7 @@ void SpecParser::ParseJoins(const Entry& entry, Spec* spec) {
     join.table = *table;
     join.on = *on;
     spec->joins.push_back(std::move(join));
+    join_marks_.push_back(map->Find("on")->value.Mark());
   }
 }
 
@@ -1473,7 +1475,17 @@ void SpecParser::ResolveJoinedFields(Spec* spec) {
       }
     }
   }
-  for (JoinSpec& join : spec->joins) join.on_slot = spec->fields.Intern(join.on);
+  for (JoinSpec& join : spec->joins) {
+    // The key is read from the event before any field is derived or joined.
+    if (IsComputedField(*spec, join.on)) {
+      Error(join_marks_[static_cast<size_t>(&join - spec->joins.data())],
+            "join of '" + join.table + "' on '" + join.on + "', a " +
+                (IsDerivedField(*spec, join.on) ? "derived" : "joined") +
+                " field; `on` must be a field of the event itself, since joins are made before derived fields");
+      continue;
+    }
+    join.on_slot = spec->fields.Intern(join.on);
+  }
 }
 
 void SpecParser::CheckWhereAgainstSchema(const Spec& spec, const WhereUse& use) {

@@ -179,6 +179,12 @@ TEST(TableSpecTest, JoinsAreCheckedAtLoad) {
       ParseSpec(head + "joins:\n  - {table: profiles, on: user}\n  - {table: profiles, on: x}\n" + feature, "t.yaml");
   ASSERT_FALSE(twice.ok());
   EXPECT_NE(twice.status().message().find("joined twice"), std::string::npos);
+  Result<Spec> derived_on = ParseSpec(head + "joins:\n  - {table: profiles, on: k}\nderive:\n  - {name: k, expr: \"1\"}\n" +
+                                          feature, "t.yaml");
+  ASSERT_FALSE(derived_on.ok());
+  EXPECT_NE(derived_on.status().message().find("t.yaml:7:27: error: join of 'profiles' on 'k', a derived field"),
+            std::string::npos)
+      << derived_on.status().message();
   // With a schema, joined fields need no declaration; the event's own fields still do.
   Result<Spec> schema = ParseSpec(
       head + "schema: {user: string, ts: timestamp}\njoins:\n  - {table: profiles, on: user}\n"
