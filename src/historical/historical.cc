@@ -66,7 +66,7 @@ class PointInTimeJoin {
       : engine_(spec, FeatureEngine::Options{.keep_recent = false}), parser_(spec.fields), rows_(rows), answer_(answer), dead_letters_(dead_letters), stats_(stats),
         observer_(observer != nullptr && *observer ? observer : nullptr) {
     if (spec.dedup) dedup_.emplace(spec);
-    parser_.SetTables(&tables_);
+    if (!spec.joins.empty()) parser_.SetTables(&tables_);
     if (spec.watermark) delay_ms_ = spec.watermark->max_out_of_orderness_ms + spec.watermark->allowed_lateness_ms;
     order_.resize(rows.size());
     std::iota(order_.begin(), order_.end(), 0);

@@ -69,7 +69,7 @@ Status RunBackfill(const Spec& spec, const BackfillOptions& options, BackfillSta
   // Reference tables: from the events table, each version recorded in the history is added where it arrived in
   // the stream; from files, the --table files' rows all come first (greatest valid_from <= t).
   TableSet tables(spec);
-  lanes.SetTables(&tables);
+  if (!spec.joins.empty()) lanes.SetTables(&tables);
   TableReplay table_replay;
   if (!spec.tables.empty()) {
     if (options.events_files.empty()) {
