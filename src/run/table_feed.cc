@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -37,6 +38,32 @@ Status AppendDurably(const std::string& path, std::string_view text) {
   return Status::Ok();
 }
 
+// A put log ends in a newline unless a crash cut a write short: those rows were never acknowledged, and a later
+// append would run into them, so the unfinished last line is cut off.
+void DropUnfinishedLine(const std::string& path) {
+  std::error_code ec;
+  const uint64_t size = std::filesystem::file_size(path, ec);
+  if (ec || size == 0) return;
+  std::ifstream in(path, std::ios::binary);
+  // The tail holds the last newline unless a row is longer than it (then the whole file is read).
+  const uint64_t tail = size <= (uint64_t{1} << 20) ? size : (uint64_t{1} << 20);
+  in.seekg(static_cast<std::streamoff>(size - tail));
+  std::string content(tail, '\0');
+  in.read(content.data(), static_cast<std::streamsize>(tail));
+  if (content.back() == '\n') return;
+  uint64_t keep = 0;
+  if (const size_t newline = content.rfind('\n'); newline != std::string::npos) {
+    keep = size - tail + newline + 1;
+  } else if (tail < size) {
+    in.seekg(0);
+    std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    keep = all.rfind('\n') == std::string::npos ? 0 : all.rfind('\n') + 1;
+  }
+  std::filesystem::resize_file(path, keep, ec);
+  if (ec) std::fprintf(stderr, "freshet run: warning: cannot cut the unfinished last line of '%s': %s\n", path.c_str(),
+                       ec.message().c_str());
+}
+
 }  // namespace
 
 TableFeed::TableFeed(const Spec& spec, MetricsRegistry& metrics, const std::string& data_dir)
@@ -53,6 +80,7 @@ TableFeed::TableFeed(const Spec& spec, MetricsRegistry& metrics, const std::stri
     log->path = (std::filesystem::path(data_dir) / "tables" / (log->name + ".jsonl")).string();
     log->format = "jsonl";
     std::ofstream(log->path, std::ios::app);  // Present from the start, so that reading it never fails for lack.
+    DropUnfinishedLine(log->path);
     auto reader = std::make_unique<TableFileReader>(*log);
     readers_.push_back(Reader{t, std::move(log), std::move(reader)});
   }
