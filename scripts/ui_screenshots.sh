@@ -5,6 +5,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
-FRESHET_BIN="${FRESHET_BIN:-$here/build/freshet}" FRESHET_UI_SCREENSHOT_DIR="$here/docs/ui" \
-  "$here/.venv/bin/python" -m pytest -q tests/console_browser_test.py
+# FRESHET_UI_LIVE_FEED paces the events into the followed file over some 20 s, so the charts show a live feed.
+FRESHET_BIN="${FRESHET_BIN:-$here/build/freshet}" FRESHET_UI_SCREENSHOT_DIR="$here/docs/ui" FRESHET_UI_LIVE_FEED=1 \
+  "$here/.venv/bin/python" -m pytest -q tests/console_browser_test.py tests/console_kafka_test.py
 ls -l docs/ui/*.png

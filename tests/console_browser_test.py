@@ -63,20 +63,26 @@ def fmt(value, unit=None) -> str:
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     d = tmp_path_factory.mktemp("console")
+    # A live feed (screenshots) carries the last day's events, so that the watermark lag reads as live.
+    recent = (["--start", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 86400)), "--duration", "1d"]
+              if os.environ.get("FRESHET_UI_LIVE_FEED") else [])
     subprocess.run([FRESHET_BIN, "generate", "--users", "30", "--events", "2000", "--seed", "3", "--disorder", "2m",
                     "--late-share", "0.03", "--malformed-share", "0.02", "--event-ids", "--duplicate-share", "0.03",
-                    "--output", str(d / "events.jsonl")], check=True, capture_output=True)
+                    *recent, "--output", str(d / "events.jsonl")], check=True, capture_output=True)
     (d / "spec.yaml").write_text(explain_test.SPEC.replace(
         "checkpoint: {interval: 1s}",
-        "checkpoint: {interval: 1s}\nfreshness_slo: {p99: 1s, window: 1m}\nskew: {interval: 1s}"))
+        "checkpoint: {interval: 1s}\nfreshness_slo: {p99: 1s, window: 1m}\nskew: {interval: 1s}").replace(
+        "path: events.jsonl}", "path: feed.jsonl, follow: true}"))
     spec = ref.load_spec(str(d / "spec.yaml"))
     data = (d / "events.jsonl").read_bytes()
     events, dead = ref.read_events(data, spec)
     lines = ref.split_lines(data)
+    (d / "feed.jsonl").write_bytes(b"")
     proc, port = start_run([FRESHET_BIN, "run", "--spec", str(d / "spec.yaml"), "--data-dir", str(d / "data"),
                             "--port", "0"], d / "run.log")
     base = f"http://127.0.0.1:{port}"
     try:
+        feed(d / "feed.jsonl", lines)
         explain_test.wait_for(lambda: get(base, "/v1/ui/pipeline")["totals"]["accepted"] == len(events), 30,
                               "all events accepted")
         written = get(base, "/v1/ui/pipeline")["checkpoint"]["written"]
@@ -93,6 +99,19 @@ def pipeline(tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def feed(path: Path, lines: list[bytes]) -> None:
+    """Appends the events to the file the pipeline follows, in 40 chunks. With FRESHET_UI_LIVE_FEED (set by
+    scripts/ui_screenshots.sh) the chunks are paced half a second apart, so that the screenshots' charts show
+    events arriving over time; the tests themselves wait for conditions only."""
+    pace = 0.5 if os.environ.get("FRESHET_UI_LIVE_FEED") else 0.0
+    chunk = max(1, len(lines) // 40 + 1)
+    for start in range(0, len(lines), chunk):
+        with open(path, "ab") as f:
+            f.write(b"".join(line + b"\n" for line in lines[start:start + chunk]))
+        if pace:
+            time.sleep(pace)  # Pacing the feed (screenshots only), not waiting for anything.
 
 
 def get(base: str, path: str):
@@ -211,7 +230,11 @@ def test_entity_page_explains_late_and_filtered_events(pipeline, browser):
     served = get(base, f"/v1/features/{urllib.parse.quote(entity)}?at={at}")
     for name, value in served["features"].items():
         assert text(browser, f'#current-values tr[data-feature="{name}"] td.v') == js_json(value), name
+    # Tall enough to show the events with their verdicts below the charts (at most 2,600 pixels).
+    height = browser.execute_script("return document.body.scrollHeight")
+    browser.set_window_size(1400, min(max(1000, height + 100), 2600))
     browser.save_screenshot(str(screenshot_dir() / "entity.png"))
+    browser.set_window_size(1400, 1000)
 
 
 def test_dead_letters_page(pipeline, browser):

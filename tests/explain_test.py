@@ -240,3 +240,68 @@ def test_live_explain_agrees_with_served_value(workload, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def dropped_entities(data: bytes, spec, dead) -> dict:
+    lines = ref.split_lines(data)
+    dropped = {}
+    for letter in dead:
+        parsed = ref.parse_event(lines[letter.line - 1], letter.line, spec)
+        if not isinstance(parsed, str):
+            dropped.setdefault(parsed.entity, []).append((letter.line, letter.reason))
+    return dropped
+
+
+def test_live_explain_covers_events_since_the_last_checkpoint(workload, tmp_path):
+    """With no checkpoint due for an hour, every event accepted so far is explained: the request takes the
+    checkpoint that commits them, and the served value read at that same moment equals the replayed one. The
+    events file grows in two steps while the run follows it."""
+    d, spec, _, _, lines = workload
+    RAW_BY_LINE.update({k + 1: line.decode(errors="replace") for k, line in enumerate(lines)})
+    live = tmp_path / "live"
+    live.mkdir()
+    (live / "spec.yaml").write_text(SPEC.replace("checkpoint: {interval: 1s}", "checkpoint: {interval: 1h}")
+                                    .replace("source: {type: file, path: events.jsonl}",
+                                             "source: {type: file, path: events.jsonl, follow: true}"))
+    data = (d / "events.jsonl").read_bytes()
+    cut = data.index(b"\n", len(data) * 3 // 5) + 1
+    (live / "events.jsonl").write_bytes(data[:cut])
+    proc, port = start_run([FRESHET_BIN, "run", "--spec", str(live / "spec.yaml"), "--data-dir",
+                            str(tmp_path / "data"), "--port", "0"], tmp_path / "run.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for step, so_far in enumerate((data[:cut], data)):
+            if step == 1:
+                with open(live / "events.jsonl", "ab") as f:
+                    f.write(data[cut:])
+            events, dead = ref.read_events(so_far, spec)
+            dropped = dropped_entities(so_far, spec, dead)
+            wait_for(lambda: get_json(base + "/v1/ui/pipeline")[1]["totals"]["accepted"] == len(events), 60,
+                     f"the {len(events)} events of step {step} accepted")
+            # Step 0: no checkpoint was written since the start; the events are in memory only.
+            pipeline = get_json(base + "/v1/ui/pipeline")[1]
+            if step == 0:
+                assert pipeline["checkpoint"]["written"] == 0, pipeline["checkpoint"]
+            chosen = sorted(dropped, key=lambda e: -len(dropped[e]))[:2]
+            for entity in chosen:
+                at = max(e.time_ms for e in events if e.entity == entity)
+                for k, feature in enumerate(spec.features):
+                    q = urllib.parse.urlencode({"feature": feature.name, "at": at})
+                    status, x = get_json(f"{base}/v1/explain/{urllib.parse.quote(entity)}?{q}")
+                    assert status == 200, x
+                    _, served = get_json(f"{base}/v1/features/{urllib.parse.quote(entity)}?"
+                                         f"features={feature.name}&at={at}")
+                    assert x["agrees"] is True and x["served_exact"] is True, x
+                    assert close(x["served"], served["features"][feature.name]), (x, served)
+                    check_against_reference(x, spec, events, dropped, entity, k, at, number_is_line=False)
+                    listed = {(e["number"], e["verdict"]) for e in x["events"] if e["verdict"] in ("late", "duplicate")}
+                    assert listed == set(dropped.get(entity, []))
+            # Explanations took a checkpoint (the interval is an hour); asked again with nothing new, none more.
+            written = get_json(base + "/v1/ui/pipeline")[1]["checkpoint"]["written"]
+            assert written >= step + 1
+            status, _ = get_json(f"{base}/v1/explain/{urllib.parse.quote(chosen[0])}?feature={spec.features[0].name}")
+            assert status == 200
+            assert get_json(base + "/v1/ui/pipeline")[1]["checkpoint"]["written"] == written
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

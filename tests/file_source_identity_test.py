@@ -59,6 +59,17 @@ def _spec(tmp: Path, dedup: bool = False, follow: bool = False) -> Path:
     return spec
 
 
+def _first_run(tmp: Path, count: int | None = None, dedup: bool = False) -> tuple[List[str], Path, Path]:
+    """The generated lines, the spec, and events.jsonl holding the first `count` lines (all by default), read once to
+    its end."""
+    lines = _lines(tmp)
+    spec = _spec(tmp, dedup=dedup)
+    events = tmp / "events.jsonl"
+    _write(events, lines[:count])
+    _run_ok(spec)
+    return lines, spec, events
+
+
 def _run(spec: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([BIN, "run", "--spec", str(spec), "--data-dir", str(spec.parent / "data"), "--port", "0",
                            "--exit-at-end", *extra], capture_output=True, text=True, timeout=SECONDS)
@@ -98,11 +109,7 @@ def _replace_by_copy(events: Path, lines: List[str]) -> int:
 
 
 def test_a_copy_with_the_same_content_is_resumed_where_it_was(tmp_path: Path) -> None:
-    lines = _lines(tmp_path)
-    spec = _spec(tmp_path)
-    events = tmp_path / "events.jsonl"
-    _write(events, lines)
-    _run_ok(spec)
+    lines, spec, events = _first_run(tmp_path)
     shutil.copy(events, tmp_path / "x")
     os.rename(tmp_path / "x", events)
     stderr = _run_ok(spec)
@@ -111,11 +118,7 @@ def test_a_copy_with_the_same_content_is_resumed_where_it_was(tmp_path: Path) ->
 
 
 def test_a_copy_with_lines_appended_goes_on_with_the_new_lines(tmp_path: Path) -> None:
-    lines = _lines(tmp_path)
-    spec = _spec(tmp_path)
-    events = tmp_path / "events.jsonl"
-    _write(events, lines[:1500])
-    _run_ok(spec)
+    lines, spec, events = _first_run(tmp_path, 1500)
     _replace_by_copy(events, lines)
     stderr = _run_ok(spec)
     _assert_each_once(spec, lines)
@@ -123,11 +126,7 @@ def test_a_copy_with_lines_appended_goes_on_with_the_new_lines(tmp_path: Path) -
 
 
 def test_logrotate_while_stopped_finishes_the_rotated_file_then_reads_the_new_one(tmp_path: Path) -> None:
-    lines = _lines(tmp_path)
-    spec = _spec(tmp_path)
-    events = tmp_path / "events.jsonl"
-    _write(events, lines[:1500])
-    _run_ok(spec)
+    lines, spec, events = _first_run(tmp_path, 1500)
     os.rename(events, tmp_path / "events.jsonl.1")
     with open(tmp_path / "events.jsonl.1", "a") as rotated:  # The writer had appended to it before reopening.
         rotated.write("".join(lines[1500:1700]))
@@ -138,11 +137,7 @@ def test_logrotate_while_stopped_finishes_the_rotated_file_then_reads_the_new_on
 
 
 def test_a_different_file_is_refused_unless_said_to_be_new(tmp_path: Path) -> None:
-    lines = _lines(tmp_path)
-    spec = _spec(tmp_path)
-    events = tmp_path / "events.jsonl"
-    _write(events, lines[:1000])
-    _run_ok(spec)
+    lines, spec, events = _first_run(tmp_path, 1000)
     events.unlink()
     _write(events, lines[1000:])
 
@@ -158,11 +153,7 @@ def test_a_different_file_is_refused_unless_said_to_be_new(tmp_path: Path) -> No
 
 
 def test_a_rewritten_file_under_dedup_is_read_again_and_repeats_count_once(tmp_path: Path) -> None:
-    lines = _lines(tmp_path)
-    spec = _spec(tmp_path, dedup=True)
-    events = tmp_path / "events.jsonl"
-    _write(events, lines[:1500])
-    _run_ok(spec)
+    lines, spec, events = _first_run(tmp_path, 1500, dedup=True)
     # Rewritten: the first line dropped (other first bytes), the rest repeated, new lines after.
     _replace_by_copy(events, lines[1:])
     stderr = _run_ok(spec)

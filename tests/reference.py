@@ -1340,6 +1340,30 @@ def write_output(path: str, spec: Spec, entity_rows: EntityRows, values: list[li
             f.write(",".join(quote_csv(c) for c in cells) + "\n")
 
 
+# ---- Request-time features (issue 12): the `derive` language over an entity's feature values ----------------
+
+
+def parse_request_features(doc: Any) -> list[tuple[str, tuple]]:
+    """The spec's `request_features` as (name, parsed expression), in order (the same parser as `derive`)."""
+    return [(str(r["name"]), _DeriveParser(str(r["expr"]), str(doc["timestamp"])).parse())
+            for r in doc.get("request_features") or []]
+
+
+def request_feature_values(parsed: list[tuple[str, tuple]], entity_field: str, entity: str, t: int,
+                           feature_values: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """Each request feature as of t: its expression over the feature values (by name), the earlier request
+    features, `param.NAME` (the request's parameters; absent ones are null), the entity field (the entity key)
+    and the timestamp field (t)."""
+    record: dict[str, Any] = dict(feature_values)
+    record["param"] = dict(params)
+    record[entity_field] = entity
+    out: dict[str, Any] = {}
+    for name, node in parsed:
+        out[name] = eval_derive(node, record, t)
+        record[name] = out[name]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", required=True)

@@ -238,7 +238,10 @@ async function explainEntity() {
       el("td", {}, e.field === null ? "–" : JSON.stringify(e.field)), el("td", {}, e.detail), el("td", {class: "raw"}, e.raw)));
     const agreement = x.agrees
       ? el("span", {class: "agree"}, "agrees with the served value")
-      : el("span", {class: "disagree"}, `served value ${JSON.stringify(x.served)} differs: ${x.covers}`);
+      : el("span", {class: "disagree"}, `served value ${JSON.stringify(x.served)} differs: ` + (x.served_exact
+          ? `${x.covers}`
+          : "the lookup is not exact as of a time before the entity's newest event (its state holds later " +
+            "events); this explanation replays the events in time order and is exact"));
     const series = el("div", {class: "chart", id: "chart-series"});
     const timeline = el("div", {class: "chart", id: "chart-timeline"});
     out.replaceChildren(

@@ -111,24 +111,28 @@ class Client:
                             features: Optional[Sequence[str]] = ..., at: Optional[TimeLike] = ...,
                             as_frame: Literal[False] = ..., *,
                             entity_rows: Optional[Iterable[Mapping[str, Any]]] = ...,
+                            params: Optional[Mapping[str, Any]] = ...,
                             ) -> Dict[EntityId, Dict[str, Any]]: ...
 
     @overload
     def get_online_features(self, entities: Optional[Union[EntityId, Iterable[EntityId]]] = ...,
                             features: Optional[Sequence[str]] = ..., at: Optional[TimeLike] = ...,
                             *, as_frame: Literal[True],
-                            entity_rows: Optional[Iterable[Mapping[str, Any]]] = ...) -> pd.DataFrame: ...
+                            entity_rows: Optional[Iterable[Mapping[str, Any]]] = ...,
+                            params: Optional[Mapping[str, Any]] = ...) -> pd.DataFrame: ...
 
     @overload
     def get_online_features(self, entities: Optional[Union[EntityId, Iterable[EntityId]]],
                             features: Optional[Sequence[str]], at: Optional[TimeLike],
                             as_frame: Literal[True], *,
-                            entity_rows: Optional[Iterable[Mapping[str, Any]]] = ...) -> pd.DataFrame: ...
+                            entity_rows: Optional[Iterable[Mapping[str, Any]]] = ...,
+                            params: Optional[Mapping[str, Any]] = ...) -> pd.DataFrame: ...
 
     @overload
     def get_online_features(self, entities: Optional[Union[EntityId, Iterable[EntityId]]] = ...,
                             features: Optional[Sequence[str]] = ..., at: Optional[TimeLike] = ...,
                             as_frame: bool = ..., *, entity_rows: Optional[Iterable[Mapping[str, Any]]] = ...,
+                            params: Optional[Mapping[str, Any]] = ...,
                             ) -> Union[Dict[EntityId, Dict[str, Any]], pd.DataFrame]: ...
 
     def get_online_features(
@@ -139,6 +143,7 @@ class Client:
         as_frame: bool = False,
         *,
         entity_rows: Optional[Iterable[Mapping[str, Any]]] = None,
+        params: Optional[Mapping[str, Any]] = None,
     ) -> Union[Dict[EntityId, Dict[str, Any]], pd.DataFrame]:
         """Looks up the current (or ``at``) feature values of entities (``POST /v1/features``).
 
@@ -157,6 +162,8 @@ class Client:
             entity_rows: Instead of ``entities``, Feast style: one mapping per row with the spec's entity
                 field as its only key, e.g. ``[{"user_id": "u1"}, {"user_id": "u2"}]``. Another key is
                 a ValueError naming the entity field.
+            params: Request parameters for the spec's ``request_features`` (``param.NAME`` in their
+                expressions), e.g. ``{"amount": 12.5}``; the request features are returned with the features.
 
         Returns:
             Without ``as_frame``: ``{entity: {feature: value}}`` with the server's JSON values (int, float,
@@ -201,6 +208,8 @@ class Client:
             body: Dict[str, Any] = {"entities": [distinct[k] for k in chunk]}
             if names is not None:
                 body["features"] = names
+            if params:
+                body["params"] = dict(params)
             if at_value is not None:
                 body["at"] = at_value
             elif as_of_ms is not None:

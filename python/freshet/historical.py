@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -65,7 +66,9 @@ def get_historical_features(
         A new DataFrame: ``entity_df``'s columns, index, row order and dtypes unchanged, then one column per
         selected feature (all in spec order by default): int64 for counts (count, count_distinct, approx_count_distinct), float64 with
         NaN for null for sum, mean, min, max, stddev, approx_percentile, and object (str or None) for ``last`` and
-        ``first``.
+        ``first``. With the default ``features``, the spec's ``request_features`` follow, each computed from the
+        row's feature values and its ``param.NAME`` parameters, read from ``entity_df``'s column ``NAME``
+        (missing or NaN: null), typed by their values (int64, float64, bool or object).
 
     Raises:
         ValueError: ``entity_df`` lacks the entity or timestamp column, already has a column named like a
@@ -99,10 +102,13 @@ def get_historical_features(
     with tempfile.TemporaryDirectory(prefix="freshet-historical-") as tmp:
         folder = Path(tmp)
         rows_path = folder / "entities.csv"
+        # The request features' parameters (param.NAME) are the entity rows' columns NAME, when entity_df has them.
+        params = [p for p in info.request_params if p in entity_df.columns and p not in (info.entity, info.timestamp)]
+        param_texts = [[_param_text(v) for v in entity_df[p].tolist()] for p in params]
         with open(rows_path, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f, lineterminator="\n")
-            writer.writerow([info.entity, info.timestamp, row_id])
-            writer.writerows(zip(entities, times.tolist(), range(len(entities))))
+            writer.writerow([info.entity, info.timestamp, row_id, *params])
+            writer.writerows(zip(entities, times.tolist(), range(len(entities)), *param_texts))
         use_parquet = output_format == "parquet" or (
             output_format == "auto" and "parquet" in _cli.help_text(exe, "historical").lower())
         output_path = folder / ("features.parquet" if use_parquet else "features.csv")
@@ -116,7 +122,23 @@ def get_historical_features(
             values = _read_csv(output_path, info, row_id, len(entities))
     for feature in selected:
         result[feature.name] = values[feature.name].to_numpy()
+    if features is None:
+        for name in info.request_features:
+            result[name] = values[name].to_numpy()
     return result
+
+
+def _param_text(value: Any) -> str:
+    """A request parameter's cell as `freshet historical` reads it: JSON-like text, empty for null."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
 
 
 def _check_entity_frame(entity_df: pd.DataFrame, info: SpecInfo, selected: Tuple[FeatureInfo, ...]) -> None:
@@ -241,7 +263,21 @@ def _read_csv(path: Path, info: SpecInfo, row_id: str, count: int) -> pd.DataFra
     if missing:
         raise FreshetError(f"the output of freshet historical lacks the columns {missing}")
     _check_rows(text[row_id].astype(np.int64).to_numpy(), count, path)
-    return pd.DataFrame({f.name: _convert.feature_column(text[f.name], f.aggregation) for f in info.features})
+    frame = pd.DataFrame({f.name: _convert.feature_column(text[f.name], f.aggregation) for f in info.features})
+    for name in info.request_features:
+        frame[name] = _request_column_from_text(text[name])
+    return frame
+
+
+def _request_column_from_text(column: pd.Series) -> pd.Series:
+    """A request feature's CSV column: numbers when every non-empty cell is one, else text; empty is null."""
+    present = column[column != ""]
+    numbers = pd.to_numeric(present, errors="coerce")
+    if len(present) > 0 and not numbers.isna().any():
+        return pd.to_numeric(column.where(column != ""), errors="coerce")
+    if len(present) > 0 and present.isin(["true", "false"]).all():
+        return column.map({"true": True, "false": False, "": None}).astype(object)
+    return column.astype(object).where(column != "", None)
 
 
 def _read_parquet(path: Path, info: SpecInfo, row_id: str, count: int) -> pd.DataFrame:
@@ -262,4 +298,6 @@ def _read_parquet(path: Path, info: SpecInfo, row_id: str, count: int) -> pd.Dat
             columns[feature.name] = values.astype(np.float64)
         else:
             columns[feature.name] = values.astype(object).where(values.notna(), None)
+    for name in info.request_features:
+        columns[name] = table.column(name).to_pandas()
     return pd.DataFrame(columns)

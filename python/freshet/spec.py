@@ -54,6 +54,9 @@ class SpecInfo:
         timestamp: The ``timestamp`` field: the column of the times features are asked "as of".
         features: The features, in spec order (the order of output columns).
         offline_path: The spec's ``offline.path``, resolved; None when it sets none (``<data dir>/offline``).
+        request_features: The names of its ``request_features`` (computed per row after the features).
+        request_params: The request parameters they read (``param.NAME``): entity-frame columns of those names
+            are handed to ``freshet historical`` as the rows' parameters.
     """
 
     path: Path
@@ -62,6 +65,8 @@ class SpecInfo:
     timestamp: str
     features: Tuple[FeatureInfo, ...]
     offline_path: Optional[Path] = None
+    request_features: Tuple[str, ...] = ()
+    request_params: Tuple[str, ...] = ()
 
     @property
     def feature_names(self) -> List[str]:
@@ -150,7 +155,9 @@ def parse_validate_json(text: str, path: Path) -> SpecInfo:
         features = tuple(FeatureInfo(f["name"], f["aggregation"]) for f in doc["features"])
         offline = doc.get("offline_path")
         return SpecInfo(path=path, name=doc["spec"], entity=doc["entity"], timestamp=doc["timestamp"],
-                        features=features, offline_path=Path(offline) if offline else None)
+                        features=features, offline_path=Path(offline) if offline else None,
+                        request_features=tuple(r["name"] for r in doc.get("request_features", [])),
+                        request_params=tuple(doc.get("request_params", [])))
     except (ValueError, KeyError, TypeError) as e:
         raise FreshetError(f"cannot read the output of `freshet validate --spec {path} --json` ({e}); is the "
                            f"binary older than this SDK?\n{text}") from e

@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cli/commands.h"
@@ -32,9 +33,18 @@ void AddTableOptions(CLI::App* cmd, TableArgs* args) {
       ->check(CLI::IsMember({"events", "features", "feature_log"}));
 }
 
-// The tables to work on as (name, folder): the one asked for, or every one that exists.
-std::optional<std::vector<std::pair<std::string, std::string>>> Tables(const char* command, const TableArgs& args,
-                                                                       const OfflinePaths& paths, int* exit_code) {
+// What compact and vacuum work on: the spec, its offline paths, and the tables as (name, folder): the one asked
+// for, or every one that exists.
+struct Upkeep {
+  Spec spec;
+  OfflinePaths paths;
+  std::vector<std::pair<std::string, std::string>> tables;
+};
+
+std::optional<Upkeep> OpenUpkeep(const char* command, const TableArgs& args, int* exit_code) {
+  std::optional<Spec> spec = LoadSpecOrReport(args.spec, exit_code);
+  if (!spec) return std::nullopt;
+  const OfflinePaths paths = OfflinePathsFor(*spec, args.data_dir);
   std::vector<std::pair<std::string, std::string>> tables;
   for (const auto& [name, dir] : {std::pair{"events", paths.events}, std::pair{"features", paths.features},
                                   std::pair{"feature_log", paths.feature_log}}) {
@@ -56,7 +66,7 @@ std::optional<std::vector<std::pair<std::string, std::string>>> Tables(const cha
     *exit_code = 2;
     return std::nullopt;
   }
-  return tables;
+  return Upkeep{std::move(*spec), paths, std::move(tables)};
 }
 
 }  // namespace
@@ -70,16 +80,13 @@ void RegisterCompact(CLI::App& app, int* exit_code) {
       "Refused while a `freshet run` writes the table (set offline.compact_every to compact inside the run)");
   AddTableOptions(cmd, args.get());
   cmd->callback([args, exit_code] {
-    std::optional<Spec> spec = LoadSpecOrReport(args->spec, exit_code);
-    if (!spec) return;
-    const OfflinePaths paths = OfflinePathsFor(*spec, args->data_dir);
-    auto tables = Tables("compact", *args, paths, exit_code);
-    if (!tables) return;
-    for (const auto& [name, dir] : *tables) {
+    std::optional<Upkeep> upkeep = OpenUpkeep("compact", *args, exit_code);
+    if (!upkeep) return;
+    for (const auto& [name, dir] : upkeep->tables) {
       CompactionOptions options;
-      options.staging_dir = paths.Staging(name);
+      options.staging_dir = upkeep->paths.Staging(name);
       options.app_id = "freshet-" + name;
-      options.retention_ms = spec->offline.retention_ms;
+      options.retention_ms = upkeep->spec.offline.retention_ms;
       Result<CompactionResult> result = CompactTable(dir, options);
       if (ReportFailure("compact", result.status(), exit_code)) return;
       if (result->version < 0) {
@@ -106,13 +113,10 @@ void RegisterVacuum(CLI::App& app, int* exit_code) {
   AddTableOptions(cmd, args.get());
   cmd->add_flag("--dry-run", args->dry_run, "Print the files that would be deleted, and delete nothing");
   cmd->callback([args, exit_code] {
-    std::optional<Spec> spec = LoadSpecOrReport(args->spec, exit_code);
-    if (!spec) return;
-    const OfflinePaths paths = OfflinePathsFor(*spec, args->data_dir);
-    auto tables = Tables("vacuum", *args, paths, exit_code);
-    if (!tables) return;
-    for (const auto& [name, dir] : *tables) {
-      Result<VacuumResult> result = VacuumTable(dir, spec->offline.retention_ms, args->dry_run);
+    std::optional<Upkeep> upkeep = OpenUpkeep("vacuum", *args, exit_code);
+    if (!upkeep) return;
+    for (const auto& [name, dir] : upkeep->tables) {
+      Result<VacuumResult> result = VacuumTable(dir, upkeep->spec.offline.retention_ms, args->dry_run);
       if (ReportFailure("vacuum", result.status(), exit_code)) return;
       for (const std::string& path : result->deleted) std::printf("%s/%s\n", dir.c_str(), path.c_str());
       std::fprintf(stderr, "vacuum: %s: %s %zu files (%llu bytes); %zu removed files kept within the retention\n",

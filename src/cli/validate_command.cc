@@ -86,7 +86,7 @@ void PrintSummary(const Spec& spec) {
 }
 
 // {"spec", "entity", "timestamp", "offline_path" (resolved; null: <data dir>/offline), "features": [{"name",
-// "aggregation", "field", "window"}]}
+// "aggregation", "field", "window"}], "request_features": [{"name", "expr"}], "request_params": [names]}
 void PrintJson(const Spec& spec) {
   std::string out;
   JsonWriter json(&out);
@@ -99,6 +99,12 @@ void PrintJson(const Spec& spec) {
     json.BeginObject().Key("name").String(f.name).Key("aggregation").String(AggKindName(f.agg));
     json.Key("field").String(f.field).Key("window").String(DescribeWindow(f.window)).EndObject();
   }
+  json.EndArray().Key("request_features").BeginArray();
+  for (const RequestFeatureSpec& r : spec.request_features.items) {
+    json.BeginObject().Key("name").String(r.name).Key("expr").String(r.expr_text).EndObject();
+  }
+  json.EndArray().Key("request_params").BeginArray();
+  for (const std::string& param : spec.request_features.params) json.String(param);
   json.EndArray().EndObject();
   fmt::print("{}\n", out);
 }

@@ -10,6 +10,7 @@
 #include <charconv>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <limits>
 #include <sstream>
@@ -133,11 +134,60 @@ struct EntityTable::Impl {
 
 namespace {
 
+// The request parameters of entity row `row`: param.NAME reads its column NAME (absent: null), a cell's text
+// read as RequestParamFromText says, like a query string's parameter; an empty CSV cell or a Parquet null is
+// null. `texts` holds the strings.
+RequestParams RowParams(const Spec& spec, const EntityTable::Impl& input, size_t row, std::deque<std::string>* texts) {
+  RequestParams params;
+  for (const std::string& name : spec.request_features.params) {
+    const auto it = std::find(input.column_names.begin(), input.column_names.end(), name);
+    if (it == input.column_names.end()) continue;
+    const size_t column = static_cast<size_t>(it - input.column_names.begin());
+    std::string& text = texts->emplace_back();
+    if (input.parquet) {
+      const arrow::ChunkedArray& cells = *input.table->column(static_cast<int>(column));
+      int64_t offset = static_cast<int64_t>(row);
+      int chunk = 0;
+      while (offset >= cells.chunk(chunk)->length()) offset -= cells.chunk(chunk++)->length();
+      if (cells.chunk(chunk)->IsNull(offset)) {
+        params.emplace_back(name, Value::Null());
+        continue;
+      }
+      AppendCellText(*cells.chunk(chunk), offset, &text);
+    } else {
+      const std::vector<std::string>& fields = input.records[row + 1].fields;
+      if (column < fields.size()) text = fields[column];
+      if (text.empty()) {
+        params.emplace_back(name, Value::Null());
+        continue;
+      }
+    }
+    params.emplace_back(name, RequestParamFromText(text));
+  }
+  return params;
+}
+
+// Row `row`'s request features, from its feature values (spec order) and its parameters.
+void RowRequestFeatures(const Spec& spec, const EntityTable::Impl& input, size_t row, const std::vector<Value>& values,
+                        std::vector<Value>* out, OwnedStrings* owned) {
+  std::deque<std::string> texts;
+  const RequestParams params = RowParams(spec, input, row, &texts);
+  const EntityTime& key = input.keys[row];
+  EvaluateRequestFeatures(spec.request_features, key.entity, key.time_ms,
+                          [&](int k) { return values[static_cast<size_t>(k)]; }, params, out, owned);
+}
+
 Status CheckNoFeatureColumn(const std::vector<std::string>& names, const Spec& spec, const std::string& path) {
   for (const FeatureSpec& f : spec.features) {
     if (std::find(names.begin(), names.end(), f.name) != names.end()) {
       return Status::Invalid(path + ": the input already has a column named '" + f.name +
                              "', the name of a feature; rename or drop that column");
+    }
+  }
+  for (const RequestFeatureSpec& r : spec.request_features.items) {
+    if (std::find(names.begin(), names.end(), r.name) != names.end()) {
+      return Status::Invalid(path + ": the input already has a column named '" + r.name +
+                             "', the name of a request feature; rename or drop that column");
     }
   }
   return Status::Ok();
@@ -280,6 +330,13 @@ class CsvWriter final : public HistoricalWriter {
       out.push_back(',');
       AppendCsvValue(v, &out);
     }
+    if (spec_.request_features.empty()) return;
+    OwnedStrings owned;
+    RowRequestFeatures(spec_, input_, row, values, &request_values_, &owned);
+    for (const Value& v : request_values_) {
+      out.push_back(',');
+      AppendCsvValue(v, &out);
+    }
   }
 
   Status Finish() override {
@@ -297,6 +354,10 @@ class CsvWriter final : public HistoricalWriter {
     for (const FeatureSpec& f : spec_.features) {
       text.push_back(',');
       AppendCsvField(f.name, &text);
+    }
+    for (const RequestFeatureSpec& r : spec_.request_features.items) {
+      text.push_back(',');
+      AppendCsvField(r.name, &text);
     }
     text.push_back('\n');
     // Parquet input: a cursor per column over its chunks.
@@ -347,7 +408,57 @@ class CsvWriter final : public HistoricalWriter {
   std::FILE* out_ = nullptr;
   const Spec& spec_;
   const EntityTable::Impl& input_;
-  std::vector<std::string> answers_;  // Per row: ",v1,v2,..." for every feature.
+  std::vector<std::string> answers_;  // Per row: ",v1,v2,..." for every feature and request feature.
+  std::vector<Value> request_values_;
+};
+
+// A request feature's output column: its type is what its values have (null aside): int64 when all are
+// integers, double when all are numbers, bool when all are booleans, else text (AppendCsvValue's).
+struct RequestColumn {
+  std::vector<Value> cells;          // Strings point into `texts`.
+  std::deque<std::string> texts;
+
+  Status Build(std::shared_ptr<arrow::Array>* array, std::shared_ptr<arrow::DataType>* type) const {
+    bool ints = true, numbers = true, bools = true;
+    for (const Value& v : cells) {
+      if (!v.is_present_non_null()) continue;
+      ints = ints && v.type == ValueType::kInt;
+      numbers = numbers && v.is_number();
+      bools = bools && v.type == ValueType::kBool;
+    }
+    arrow::Status st;
+    const auto build = [&](auto& builder, auto append) {
+      for (const Value& v : cells) {
+        if (!st.ok()) break;
+        st = v.is_present_non_null() ? append(builder, v) : builder.AppendNull();
+      }
+      if (st.ok()) st = builder.Finish(array);
+    };
+    if (ints) {
+      arrow::Int64Builder b;
+      build(b, [](arrow::Int64Builder& x, const Value& v) { return x.Append(v.i); });
+      *type = arrow::int64();
+    } else if (numbers) {
+      arrow::DoubleBuilder b;
+      build(b, [](arrow::DoubleBuilder& x, const Value& v) { return x.Append(v.as_double()); });
+      *type = arrow::float64();
+    } else if (bools) {
+      arrow::BooleanBuilder b;
+      build(b, [](arrow::BooleanBuilder& x, const Value& v) { return x.Append(v.b); });
+      *type = arrow::boolean();
+    } else {
+      arrow::StringBuilder b;
+      std::string text;
+      build(b, [&text](arrow::StringBuilder& x, const Value& v) {
+        text.clear();
+        if (v.type == ValueType::kString) text.assign(v.s);
+        else AppendCsvValue(v, &text);
+        return x.Append(text);
+      });
+      *type = arrow::utf8();
+    }
+    return FromArrow(st, "cannot build a request feature's output column");
+  }
 };
 
 // One feature's output column, filled row by row in any order (FeatureCell semantics).
@@ -374,6 +485,8 @@ class ParquetWriter final : public HistoricalWriter {
       if (c.type == OfflineType::kDouble) c.doubles.assign(rows, 0);
       if (c.type == OfflineType::kString) c.strings.resize(rows);
     }
+    request_columns_.resize(spec.request_features.items.size());
+    for (RequestColumn& c : request_columns_) c.cells.assign(rows, Value::Null());
   }
 
   void Put(size_t row, const std::vector<Value>& values) override {
@@ -387,6 +500,14 @@ class ParquetWriter final : public HistoricalWriter {
         case OfflineType::kDouble: c.doubles[row] = cell.d; break;
         default: c.strings[row].assign(cell.s); break;
       }
+    }
+    if (request_columns_.empty()) return;
+    OwnedStrings owned;
+    RowRequestFeatures(spec_, input_, row, values, &request_values_, &owned);
+    for (size_t j = 0; j < request_columns_.size(); ++j) {
+      Value v = request_values_[j];
+      if (v.type == ValueType::kString) v.s = request_columns_[j].texts.emplace_back(v.s);
+      request_columns_[j].cells[row] = v;
     }
   }
 
@@ -454,6 +575,13 @@ class ParquetWriter final : public HistoricalWriter {
       FRESHET_RETURN_IF_ERROR(FromArrow(st, "cannot build output column '" + spec_.features[k].name + "'"));
       arrays.push_back(std::make_shared<arrow::ChunkedArray>(array));
     }
+    for (size_t j = 0; j < request_columns_.size(); ++j) {
+      std::shared_ptr<arrow::Array> array;
+      std::shared_ptr<arrow::DataType> type;
+      FRESHET_RETURN_IF_ERROR(request_columns_[j].Build(&array, &type));
+      fields.push_back(arrow::field(spec_.request_features.items[j].name, type, true));
+      arrays.push_back(std::make_shared<arrow::ChunkedArray>(array));
+    }
     std::shared_ptr<arrow::Table> table = arrow::Table::Make(arrow::schema(fields), arrays, rows);
     auto sink = arrow::io::FileOutputStream::Open(path_);
     if (!sink.ok()) return FromArrow(sink.status(), "cannot open output file '" + path_ + "'");
@@ -474,6 +602,8 @@ class ParquetWriter final : public HistoricalWriter {
   const Spec& spec_;
   const EntityTable::Impl& input_;
   std::vector<FeatureColumn> columns_;
+  std::vector<RequestColumn> request_columns_;
+  std::vector<Value> request_values_;
   std::string scratch_;
 };
 

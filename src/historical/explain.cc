@@ -15,6 +15,7 @@
 #include "engine/feature_engine.h"
 #include "event/event_parser.h"
 #include "serve/json.h"
+#include "serve/spec_json.h"
 
 namespace freshet {
 namespace {
@@ -173,7 +174,7 @@ std::string Arithmetic(const FeatureSpec& f, const std::vector<const ExplainedEv
 }
 
 // Adds the late and duplicate events of `entity` that a dead-letter file of `freshet run` holds.
-Status ReadDeadLetters(const Spec& spec, const std::string& path, const std::string& entity,
+Status ReadDeadLetters(const Spec& spec, const std::string& path, uint64_t max_bytes, const std::string& entity,
                        std::vector<Observed>* observed) {
   std::ifstream in(path);
   if (!in) return Status::Ok();
@@ -181,7 +182,11 @@ Status ReadDeadLetters(const Spec& spec, const std::string& path, const std::str
   simdjson::dom::parser json;
   ParsedEvent event;
   std::string line, reason_text;
+  uint64_t read = 0;
   while (std::getline(in, line)) {
+    read += line.size() + 1;
+    if (read > max_bytes) break;  // Written after the moment explained.
+
     simdjson::dom::element doc;
     if (json.parse(line).get(doc) != simdjson::SUCCESS) continue;  // A line cut by a crash: not an explanation.
     std::string_view reason, raw;
@@ -255,7 +260,7 @@ Result<Explanation> Explain(const Spec& spec, const ExplainInput& input, const s
   for (const std::string& path : input.dead_letter_files) {
     if (!std::filesystem::exists(path)) continue;
     const size_t before = observed.size();
-    FRESHET_RETURN_IF_ERROR(ReadDeadLetters(spec, path, entity, &observed));
+    FRESHET_RETURN_IF_ERROR(ReadDeadLetters(spec, path, input.dead_letter_bytes, entity, &observed));
     for (size_t k = before; k < observed.size(); ++k) observed[k].order = k;
     out.source += ", dead letters '" + path + "'";
   }
@@ -345,13 +350,7 @@ std::string ExplanationJson(const Spec& spec, const Explanation& e, const std::s
   json.BeginObject();
   json.Key("entity").String(e.entity);
   json.Key("feature").String(f.name);
-  json.Key("aggregation").String(AggKindName(f.agg));
-  json.Key("field");
-  if (f.field.empty()) json.Null();
-  else json.String(f.field);
-  json.Key("where");
-  if (f.where_text.empty()) json.Null();
-  else json.String(f.where_text);
+  FeatureDefinitionMembers(json, f);
   json.Key("window").String(e.window_text);
   json.Key("at").String(FormatRfc3339(e.at_ms));
   json.Key("at_ms").Int(e.at_ms);

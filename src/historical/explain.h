@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -35,6 +36,8 @@ namespace freshet {
 struct ExplainInput {
   EventInput events;
   std::vector<std::string> dead_letter_files;  // Read when present; a missing file is no error.
+  // Only the letters in the first this many bytes of each file (those written before a live explanation's cut).
+  uint64_t dead_letter_bytes = std::numeric_limits<uint64_t>::max();
   bool series = false;  // Also compute the value as of each of the entity's accepted events (a second replay).
 };
 

@@ -210,11 +210,13 @@ Status FeedJsonLines(const std::string& path, PointInTimeJoin& join, ProgressLin
 
 // Feeds the events table's raw lines in acceptance order, parsed in place (ReplayEventsTable pads them).
 // Dead letters name an event by its seq.
-Status FeedEventsTable(const std::string& table_dir, PointInTimeJoin& join, ProgressLine& progress,
+Status FeedEventsTable(const EventInput& input, PointInTimeJoin& join, ProgressLine& progress,
                        const HistoricalStats& stats) {
+  const std::string& table_dir = input.path;
   FRESHET_ASSIGN_OR_RETURN(std::vector<int64_t> partitions, EventsTablePartitions(table_dir));
   join.ExpectPartitions(partitions);
   return ReplayEventsTable(table_dir, [&](const StoredEvent& e) -> Status {
+    if (e.seq >= input.seq_below) return Status::Ok();
     join.AddTablesUpTo(e.seq);
     join.Feed(e.raw, e.raw_capacity, static_cast<uint64_t>(e.seq), e.raw.size() > kMaxLineBytes,
               e.has_place ? std::optional<int64_t>(e.partition) : std::nullopt);
@@ -246,7 +248,7 @@ Status ComputePointInTime(const Spec& spec, const EventInput& input, const std::
   }
   ProgressLine progress("historical", options.progress);
   Status fed = input.kind == EventInput::Kind::kJsonLines ? FeedJsonLines(input.path, join, progress, *stats)
-                                                          : FeedEventsTable(input.path, join, progress, *stats);
+                                                          : FeedEventsTable(input, join, progress, *stats);
   progress.Done();
   FRESHET_RETURN_IF_ERROR(fed);
   join.Finish();

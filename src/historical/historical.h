@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <limits>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -47,10 +48,17 @@ struct EventInput {
   // Reference tables (the spec's `tables`): of a JSON-lines input, files (name, path) whose rows are all known
   // before the first event, so an event at t sees the version with the greatest valid_from <= t; of the events
   // table, the history beside it (<offline>/table_<name>), replayed where each version arrived in the stream.
-  std::vector<std::pair<std::string, std::string>> table_files;
+  std::vector<std::pair<std::string, std::string>> table_files = {};
+  // kEventsTable: only the events with a smaller seq (those accepted before a moment of a live run, while the
+  // run goes on adding to the table); the default reads all.
+  int64_t seq_below = std::numeric_limits<int64_t>::max();
 
-  static EventInput JsonLines(std::string path) { return EventInput{Kind::kJsonLines, std::move(path), {}}; }
-  static EventInput EventsTable(std::string table_dir) { return EventInput{Kind::kEventsTable, std::move(table_dir), {}}; }
+  static EventInput JsonLines(std::string path) {
+    return EventInput{.kind = Kind::kJsonLines, .path = std::move(path)};
+  }
+  static EventInput EventsTable(std::string table_dir) {
+    return EventInput{.kind = Kind::kEventsTable, .path = std::move(table_dir)};
+  }
   // "events file 'x.jsonl'" or "events table 'dir'", for messages.
   std::string Describe() const;
 };

@@ -31,6 +31,19 @@ struct LogTable {
   Spec spec;
 };
 
+// One answer to log: feature 0 of entity "u1" reads 3.
+struct OneAnswer {
+  OneAnswer() {
+    FeatureLookup lookup;
+    lookup.known = true;
+    lookup.values = {Value::Int(3)};
+    lookups[0] = lookup;
+  }
+  const int features[1] = {0};
+  const std::string_view entities[1] = {"u1"};
+  FeatureLookup lookups[1];
+};
+
 // The writer runs in the idle scheduling class. On a machine with no idle CPU it must still commit (it is
 // raised to a normal thread once starved past two commit intervals), and Stop must not wait for idle CPU.
 TEST(FeatureLogWriterTest, CommitsAndStopsWhileEveryCoreIsBusy) {
@@ -50,24 +63,21 @@ TEST(FeatureLogWriterTest, CommitsAndStopsWhileEveryCoreIsBusy) {
     });
   }
 
-  const int features[] = {0};
-  const std::string_view entities[] = {"u1"};
-  FeatureLookup lookup;
-  lookup.known = true;
-  lookup.values = {Value::Int(3)};
-  const FeatureLookup lookups[] = {lookup};
+  const OneAnswer answer;
   Counter& committed = metrics.GetCounter("freshet_feature_log_committed_total", "");
   uint64_t logged = 0;
   // A backlog whose writing takes the writer tens of milliseconds of CPU: in the idle class, with every
   // core busy, it gets well under 1% of a core, so writing it there would take many seconds.
   auto log_burst = [&] {
-    for (int k = 0; k < 50000; ++k, ++logged) (*writer)->Log("r", 1000, features, entities, lookups);
+    for (int k = 0; k < 50000; ++k, ++logged) {
+      (*writer)->Log("r", 1000, answer.features, answer.entities, answer.lookups);
+    }
   };
   log_burst();
   // Answers keep coming, as they do on a busy server: one of them finds the writer starved and raises it.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   while (committed.value() < 50000 && std::chrono::steady_clock::now() < deadline) {
-    (*writer)->Log("r", 1000, features, entities, lookups);
+    (*writer)->Log("r", 1000, answer.features, answer.entities, answer.lookups);
     ++logged;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
@@ -104,18 +114,13 @@ TEST(FeatureLogWriterTest, LogNeverWaitsForAPausedWriter) {
     }
   });
 
-  const int features[] = {0};
-  const std::string_view entities[] = {"u1"};
-  FeatureLookup lookup;
-  lookup.known = true;
-  lookup.values = {Value::Int(3)};
-  const FeatureLookup lookups[] = {lookup};
-  for (int k = 0; k < 5000; ++k) (*writer)->Log("r", 1000, features, entities, lookups);
+  const OneAnswer answer;
+  for (int k = 0; k < 5000; ++k) (*writer)->Log("r", 1000, answer.features, answer.entities, answer.lookups);
   ASSERT_EQ(entered.get_future().wait_for(std::chrono::seconds(20)), std::future_status::ready)
       << "the writer did not take the answers within 20 s";
 
   auto logging = std::async(std::launch::async, [&] {
-    for (int k = 0; k < 20000; ++k) (*writer)->Log("r", 1000, features, entities, lookups);
+    for (int k = 0; k < 20000; ++k) (*writer)->Log("r", 1000, answer.features, answer.entities, answer.lookups);
   });
   const std::future_status logged = logging.wait_for(std::chrono::seconds(20));
   release.set_value();
@@ -139,11 +144,7 @@ TEST(FeatureLogWriterTest, BufferedRowsStayWithinTheByteBudget) {
   auto writer = FeatureLogWriter::Start(table.spec, paths, metrics, /*commit_interval_ms=*/3'600'000);
   ASSERT_TRUE(writer.ok()) << writer.status().message();
 
-  const int features[] = {0};
-  FeatureLookup lookup;
-  lookup.known = true;
-  lookup.values = {Value::Int(3)};
-  const FeatureLookup lookups[] = {lookup};
+  const OneAnswer answer;
   Counter& committed = metrics.GetCounter("freshet_feature_log_committed_total", "");
   Gauge& buffered = metrics.GetGauge("freshet_feature_log_buffered_bytes", "");
   // About 60 bytes a row: 20,000 answers are some 1.2 MB, many times the budget.
@@ -152,7 +153,7 @@ TEST(FeatureLogWriterTest, BufferedRowsStayWithinTheByteBudget) {
   for (uint64_t k = 0; k < kAnswers; ++k) {
     const std::string entity = "user-" + std::to_string(k);
     const std::string_view entities[] = {entity};
-    (*writer)->Log("request-" + std::to_string(k), 1000, features, entities, lookups);
+    (*writer)->Log("request-" + std::to_string(k), 1000, answer.features, entities, answer.lookups);
     if (k % 500 == 0) {
       std::this_thread::sleep_for(std::chrono::milliseconds(2));  // Lets the (idle-class) writer keep up.
       most_buffered = std::max(most_buffered, buffered.value());

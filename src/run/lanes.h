@@ -59,9 +59,6 @@ class PipelineLanes {
   void SetOfflineSink(OfflineSink* offline);
   void SetTables(const TableSet* tables);
 
-  // The seq the next accepted event's offline rows get: where a reference-table version arriving now stands in
-  // the stream's order (table/table_history.h).
-  uint64_t next_offline_seq() const;
   // The newest event time accepted by any lane (min() before any): a table version at or before it is late.
   int64_t newest_event_ms() const;
 
@@ -77,6 +74,10 @@ class PipelineLanes {
   size_t entity_count() const;
   int64_t low_watermark_ms() const;  // The lowest lane's (the one furthest behind); min() with no lane.
   size_t MemoryBytes() const;
+  // The seq the next accepted event's offline rows get: every event accepted so far has a lower one (what a
+  // live explanation's replay of the events table stops before, and where a reference-table version arriving now
+  // stands in the stream's order, table/table_history.h).
+  uint64_t next_offline_seq() const;
 
  private:
   const Spec& spec_;

@@ -400,6 +400,39 @@ struct Runtime::Impl final : public FeatureService {
   std::atomic<double> console_checkpoint_seconds_{0};
   static constexpr int kMaxExplainsAtOnce = 2;
   mutable std::atomic<int> explains_running_{0};
+  // A live explanation covers every event accepted before it was asked. The moment it covers (its cut) is taken
+  // on the processing thread between batches, where a checkpoint is taken too: there the value a lookup serves
+  // is read and the events-table seq noted; once the checkpoint that holds those events is published, the
+  // explanation replays the table up to that seq. So the value replayed and the value served cover the very
+  // same events.
+  struct ExplainCut {
+    std::string entity;
+    int feature = 0;
+    int64_t at_ms = 0;
+    // Set at the cut.
+    std::string served_json = "null";
+    bool served_exact = true;
+    int64_t seq_below = 0;  // The events table's events accepted before the cut.
+    uint64_t dead_letter_bytes = 0;  // The dead-letter file's length at the cut.
+    // Set once the checkpoint holding the cut's events is published (or failed).
+    bool done = false;
+    Status status;
+  };
+  static constexpr int64_t kExplainCutTimeoutMs = 60'000;
+  mutable std::mutex explain_mutex_;
+  mutable std::condition_variable explain_cv_;
+  mutable std::vector<std::shared_ptr<ExplainCut>> explains_waiting_;  // Asked, not cut yet.
+  bool explains_closed_ = false;  // After the last checkpoint: no cut will come.
+  uint64_t seq_at_checkpoint_ = 0;  // lanes_.next_offline_seq() when the last checkpoint was taken.
+  // Waits for the cut of an explanation of `entity` (called by ExplainJson).
+  Result<std::shared_ptr<ExplainCut>> AwaitExplainCut(std::string_view entity, int feature, int64_t at_ms) const;
+  // On the processing thread: cuts the explanations waiting (their lookups, the seq).
+  std::vector<std::shared_ptr<ExplainCut>> CutExplains();
+  void FinishExplains(const std::vector<std::shared_ptr<ExplainCut>>& cuts, const Status& status);
+  // On the processing thread, every turn: whether explanations wait for a checkpoint. When nothing was accepted
+  // since the last checkpoint and it is published, they are cut and answered at once, without one.
+  bool ExplainsWantCheckpoint();
+  void CloseExplains();
 
   // ---- Set-up ----
   Status Open();
@@ -719,6 +752,7 @@ Status Runtime::Impl::Restore() {
   FRESHET_RETURN_IF_ERROR(dead_letters_.OpenAt(dead_letter_path_, std::string(source_->name()), dead_letter_bytes));
   SetStateGauges();  // What was restored, not 0 until the next event.
   last_checkpoint_ms_ = WallClockMs();
+  seq_at_checkpoint_ = lanes_.next_offline_seq();
   return Status::Ok();
 }
 
@@ -756,8 +790,9 @@ Status Runtime::Impl::Checkpoint(bool wait) {
   if (offline_ != nullptr) *rows = offline_->TakeRows();
   state_bytes_->Set(static_cast<double>(lanes_.MemoryBytes()));
   last_checkpoint_ms_ = WallClockMs();
+  seq_at_checkpoint_ = lanes_.next_offline_seq();
   checkpoint_running_ = true;
-  auto write = [this, checkpoint, rows, start]() {
+  auto write = [this, checkpoint, rows, start, cuts = CutExplains()]() {
     Status status = WriteCheckpoint(*checkpoint, std::move(*rows));
     if (status.ok()) {
       console_checkpoint_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -772,6 +807,7 @@ Status Runtime::Impl::Checkpoint(bool wait) {
       checkpoint_failures_->Increment();
       checkpoint_failed_ms_ = WallClockMs();
     }
+    FinishExplains(cuts, status);  // After the metrics: an explanation's answer finds this checkpoint counted.
     checkpoint_running_ = false;
     return status;
   };
@@ -1420,29 +1456,103 @@ Result<std::string> Runtime::Impl::ExplainJson(std::string_view entity, int feat
     std::atomic<int>& running;
     ~Release() { running.fetch_sub(1); }
   } release{explains_running_};
+  FRESHET_ASSIGN_OR_RETURN(std::shared_ptr<ExplainCut> cut, AwaitExplainCut(entity, feature, at_ms));
   ExplainInput input;
   input.events = EventInput::EventsTable(console_offline_paths_->events);
+  input.events.seq_below = cut->seq_below;
   input.dead_letter_files = {dead_letter_path_};
+  input.dead_letter_bytes = cut->dead_letter_bytes;
   input.series = true;
   FRESHET_ASSIGN_OR_RETURN(Explanation explanation, Explain(spec_, input, std::string(entity), feature, at_ms));
-  // What a lookup serves as of the same time, to show beside it: the explanation covers the events committed
-  // at the last checkpoint, the state also those processed since.
-  std::string served = "null";
-  bool exact = true;
-  const std::string_view entities[1] = {entity};
-  const int features[1] = {feature};
-  Status looked_up = Lookup(entities, at_ms, features, [&](std::span<const FeatureLookup> lookups) {
-    served = ValueJsonText(lookups[0].values[0]);
-    exact = lookups[0].exact;
-  });
-  FRESHET_RETURN_IF_ERROR(looked_up);
-  std::string extra = "\"served\":" + served + ",\"served_exact\":" + (exact ? "true" : "false") +
-                      ",\"agrees\":" + (served == explanation.value_json ? "true" : "false") +
-                      ",\"covers\":\"the events committed to the offline store at the last checkpoint (every " +
-                      FormatDuration(spec_.checkpoint.interval_ms) +
-                      "), with the late and duplicate ones from the dead-letter file; events processed since are "
-                      "served but not yet explained\"";
+  std::string extra = "\"served\":" + cut->served_json + ",\"served_exact\":" +
+                      (cut->served_exact ? "true" : "false") +
+                      ",\"agrees\":" + (cut->served_json == explanation.value_json ? "true" : "false") +
+                      ",\"covers\":\"every event accepted before this request (a checkpoint taken for it commits them "
+                      "to the offline store), with the late and duplicate ones dead-lettered before it; served is what "
+                      "a lookup answered at that same moment\"";
   return ExplanationJson(spec_, explanation, extra);
+}
+
+Result<std::shared_ptr<Runtime::Impl::ExplainCut>> Runtime::Impl::AwaitExplainCut(std::string_view entity,
+                                                                                  int feature, int64_t at_ms) const {
+  auto cut = std::make_shared<ExplainCut>();
+  cut->entity = std::string(entity);
+  cut->feature = feature;
+  cut->at_ms = at_ms;
+  std::unique_lock<std::mutex> lock(explain_mutex_);
+  if (explains_closed_) return Status::IoError("the pipeline is stopping; explanations are no longer answered");
+  explains_waiting_.push_back(cut);
+  const bool cut_in_time = explain_cv_.wait_for(lock, std::chrono::milliseconds(kExplainCutTimeoutMs),
+                                                [&] { return cut->done; });
+  if (!cut_in_time) {
+    std::erase(explains_waiting_, cut);
+    return Status::IoError("no checkpoint could be taken within " + FormatDuration(kExplainCutTimeoutMs) +
+                           " to commit the events this explanation covers (a slow disk, or a long checkpoint under "
+                           "way); retry in a moment");
+  }
+  if (!cut->status.ok()) {
+    return Status::IoError("the checkpoint that commits the events this explanation covers failed (" +
+                           cut->status.message() + "); retry once /health is ok");
+  }
+  return cut;
+}
+
+std::vector<std::shared_ptr<Runtime::Impl::ExplainCut>> Runtime::Impl::CutExplains() {
+  std::vector<std::shared_ptr<ExplainCut>> cuts;
+  {
+    std::lock_guard<std::mutex> lock(explain_mutex_);
+    cuts.swap(explains_waiting_);
+  }
+  const int64_t seq_below = static_cast<int64_t>(lanes_.next_offline_seq());
+  // Every batch ends with its dead letters handed to the file, so its length now covers the cut's.
+  std::error_code error;
+  const uint64_t dead_letter_bytes = std::filesystem::file_size(dead_letter_path_, error);
+  for (const std::shared_ptr<ExplainCut>& cut : cuts) {
+    cut->seq_below = seq_below;
+    cut->dead_letter_bytes = error ? std::numeric_limits<uint64_t>::max() : dead_letter_bytes;
+    const std::string_view entities[1] = {cut->entity};
+    const int features[1] = {cut->feature};
+    cut->status = Lookup(entities, cut->at_ms, features, [&](std::span<const FeatureLookup> lookups) {
+      cut->served_json = ValueJsonText(lookups[0].values[0]);
+      cut->served_exact = lookups[0].exact;
+    });
+  }
+  return cuts;
+}
+
+void Runtime::Impl::FinishExplains(const std::vector<std::shared_ptr<ExplainCut>>& cuts, const Status& status) {
+  if (cuts.empty()) return;
+  {
+    std::lock_guard<std::mutex> lock(explain_mutex_);
+    for (const std::shared_ptr<ExplainCut>& cut : cuts) {
+      if (cut->status.ok()) cut->status = status;
+      cut->done = true;
+    }
+  }
+  explain_cv_.notify_all();
+}
+
+bool Runtime::Impl::ExplainsWantCheckpoint() {
+  {
+    std::lock_guard<std::mutex> lock(explain_mutex_);
+    if (explains_waiting_.empty()) return false;
+  }
+  if (checkpoint_running_.load()) return false;  // The next turn's checkpoint cuts them.
+  if (checkpoint_failed_ms_.load() == 0 && lanes_.next_offline_seq() == seq_at_checkpoint_) {
+    FinishExplains(CutExplains(), Status::Ok());
+    return false;
+  }
+  return true;
+}
+
+void Runtime::Impl::CloseExplains() {
+  std::vector<std::shared_ptr<ExplainCut>> left;
+  {
+    std::lock_guard<std::mutex> lock(explain_mutex_);
+    explains_closed_ = true;
+    left.swap(explains_waiting_);
+  }
+  FinishExplains(left, Status::IoError("the pipeline is stopping"));
 }
 
 Runtime::Runtime(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -1510,7 +1620,8 @@ Status Runtime::Run(const std::atomic<bool>& stop) {
     const bool offline_full = s.offline_ != nullptr && s.offline_->buffered_bytes() > kOfflineBufferBytes;
     const int64_t failed_ms = s.checkpoint_failed_ms_.load();
     const bool retry_due = failed_ms == 0 || WallClockMs() - failed_ms >= kCheckpointRetryMs;
-    if (retry_due && (offline_full || WallClockMs() - s.last_checkpoint_ms_ >= s.spec_.checkpoint.interval_ms)) {
+    if (retry_due && (offline_full || s.ExplainsWantCheckpoint() ||
+                      WallClockMs() - s.last_checkpoint_ms_ >= s.spec_.checkpoint.interval_ms)) {
       Status written = s.Checkpoint(/*wait=*/false);
       if (!written.ok()) {
         std::fprintf(stderr, "freshet run: checkpoint failed (retried; no event is lost): %s\n",
@@ -1523,6 +1634,7 @@ Status Runtime::Run(const std::atomic<bool>& stop) {
     if (s.options_.exit_when_exhausted && s.source_->exhausted()) break;
   }
   Status final_checkpoint = s.Checkpoint(/*wait=*/true);
+  s.CloseExplains();
   if (s.redis_ != nullptr) {
     Status flushed = s.redis_->Flush(5000);
     if (!flushed.ok()) std::fprintf(stderr, "freshet run: warning: %s\n", flushed.message().c_str());

@@ -10,6 +10,7 @@
 #include <charconv>
 #include <chrono>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <mutex>
 #include <optional>
@@ -24,6 +25,7 @@
 #include "serve/http_loop.h"
 #include "serve/json.h"
 #include "serve/process_metrics.h"
+#include "serve/spec_json.h"
 #include "serve/ui_assets.h"
 
 namespace freshet {
@@ -257,57 +259,6 @@ std::string MediaType(std::string_view content_type) {
   return AsciiLowered(TrimBlanks(content_type));
 }
 
-std::string SpecJson(const Spec& spec) {
-  std::string body;
-  JsonWriter json(&body);
-  auto duration = [&json](std::string_view key, int64_t ms) {
-    json.Key(key).String(FormatDuration(ms));
-    json.Key(std::string(key) + "_ms").Int(ms);
-  };
-  json.BeginObject();
-  json.Key("name").String(spec.name);
-  json.Key("entity").String(spec.entity_field);
-  json.Key("timestamp").String(spec.timestamp_field);
-  json.Key("watermark");
-  if (spec.watermark) {
-    json.BeginObject();
-    duration("max_out_of_orderness", spec.watermark->max_out_of_orderness_ms);
-    duration("allowed_lateness", spec.watermark->allowed_lateness_ms);
-    json.EndObject();
-  } else {
-    json.Null();
-  }
-  json.Key("features").BeginArray();
-  for (const FeatureSpec& f : spec.features) {
-    json.BeginObject();
-    json.Key("name").String(f.name);
-    json.Key("aggregation").String(AggKindName(f.agg));
-    json.Key("field");
-    if (f.field.empty()) json.Null();
-    else json.String(f.field);
-    json.Key("where");
-    if (f.where_text.empty()) json.Null();
-    else json.String(f.where_text);
-    json.Key("window").BeginObject();
-    json.Key("type").String(WindowKindName(f.window.kind));
-    switch (f.window.kind) {
-      case WindowKind::kLifetime: break;
-      case WindowKind::kSliding:
-        duration("size", f.window.size_ms);
-        if (f.window.slide_ms != 0) duration("slide", f.window.slide_ms);
-        break;
-      case WindowKind::kTumbling: duration("size", f.window.size_ms); break;
-      case WindowKind::kSession: duration("gap", f.window.gap_ms); break;
-    }
-    json.EndObject();
-    if (f.agg == AggKind::kApproxCountDistinct) json.Key("precision").Int(f.precision);
-    json.EndObject();
-  }
-  json.EndArray();
-  json.EndObject();
-  return body;
-}
-
 }  // namespace
 
 struct HttpServer::Impl final : HttpHandler {
@@ -339,10 +290,12 @@ struct HttpServer::Impl final : HttpHandler {
   // Feature names -> indices (spec order when `names` is absent); false after writing a 400.
   bool ResolveFeatures(const std::optional<std::vector<std::string_view>>& names, std::vector<int>* features,
                        HttpResponse& res) const;
-  // Looks up `entities` and writes the response; `single` selects the GET shape.
+  // Looks up `entities` and writes the response; `single` selects the GET shape. `outputs`: from
+  // ResolveFeatures (features, then request features, computed with `params`).
   void Answer(const std::string& request_id, std::span<const std::string_view> entities, int64_t as_of_ms,
-              const std::vector<int>& features,
-              bool single, HttpResponse& res);
+              const std::vector<int>& outputs, const RequestParams& params, bool single, HttpResponse& res);
+  // Checks that every parameter is one a request feature reads; false after writing a 400.
+  bool CheckParams(const RequestParams& params, HttpResponse& res) const;
   Counter& RequestCounter(Route route, int status);
 
   FeatureService& service;
@@ -393,6 +346,13 @@ HttpServer::Impl::Impl(FeatureService& service_in, MetricsRegistry& metrics_in, 
     const size_t size = spec.features[k].name.size();
     max_feature_name_bytes = std::max(max_feature_name_bytes, size);
     max_suggestable_name_bytes = std::max(max_suggestable_name_bytes, size + SuggestionDistance(size));
+  }
+  // Request features answer like features, after them: index features.size() + j.
+  for (const RequestFeatureSpec& r : spec.request_features.items) {
+    feature_index.emplace(r.name, static_cast<int>(feature_names.size()));
+    feature_names.push_back(r.name);
+    max_feature_name_bytes = std::max(max_feature_name_bytes, r.name.size());
+    max_suggestable_name_bytes = std::max(max_suggestable_name_bytes, r.name.size() + SuggestionDistance(r.name.size()));
   }
   spec_json = SpecJson(spec);
   for (int route = 0; route < kRouteCount; ++route) {
@@ -608,6 +568,7 @@ void HttpServer::Impl::HandleEntityFeatures(std::string_view path, std::string_v
   }
   std::optional<std::string> features_text;
   std::optional<std::string> at_text;
+  std::deque<std::pair<std::string, std::string>> param_texts;  // A deque: the params' values point into it.
   const bool parameters_ok = ForEachQueryParameter(query, res, [&](std::string& key, std::string& value) {
     if (key == "features") {
       if (features_text) features_text->push_back(',');
@@ -619,14 +580,19 @@ void HttpServer::Impl::HandleEntityFeatures(std::string_view path, std::string_v
         return false;
       }
       at_text = std::move(value);
+    } else if (key.starts_with("param.") && key.size() > 6) {
+      param_texts.emplace_back(key.substr(6), std::move(value));
     } else {
       SetError(res, 400, "unknown query parameter " + QuotedForMessage(key) + "; valid: features (comma-separated names), "
-                         "at (epoch milliseconds or RFC 3339)");
+                         "at (epoch milliseconds or RFC 3339), param.NAME (a request parameter)");
       return false;
     }
     return true;
   });
   if (!parameters_ok) return;
+  RequestParams params;
+  for (const auto& [name, text] : param_texts) params.emplace_back(name, RequestParamFromText(text));
+  if (!CheckParams(params, res)) return;
 
   std::optional<std::vector<std::string_view>> names;
   if (features_text) {
@@ -655,14 +621,14 @@ void HttpServer::Impl::HandleEntityFeatures(std::string_view path, std::string_v
     as_of_ms = WallClockMs();
   }
   const std::string_view entities[1] = {entity};
-  Answer(request_id, entities, as_of_ms, features, /*single=*/true, res);
+  Answer(request_id, entities, as_of_ms, features, params, /*single=*/true, res);
 }
 
 void HttpServer::Impl::HandleBatchFeatures(std::string_view body, const std::string& request_id,
                                            HttpResponse& res) {
   static constexpr std::string_view kShape =
       "; send {\"entities\": [\"u1\", \"u2\"], \"features\": [\"name\", ...] (optional), \"at\": "
-      "epoch ms or RFC 3339 (optional)}";
+      "epoch ms or RFC 3339 (optional), \"params\": {\"name\": value} (optional)}";
   simdjson::dom::parser parser;  // Per request: a parser keeps the capacity of its largest document.
   simdjson::dom::element doc;
   if (const auto error = parser.parse(body.data(), body.size()).get(doc); error) {
@@ -679,6 +645,7 @@ void HttpServer::Impl::HandleBatchFeatures(std::string_view body, const std::str
   std::optional<std::vector<std::string_view>> names;
   bool at_given = false;  // Not std::optional: gcc 12 then warns (wrongly) that it may be uninitialized.
   int64_t at_ms = 0;
+  RequestParams params;  // Their strings point into the parsed body.
   for (auto [key, value] : object) {
     if (key == "entities") {
       simdjson::dom::array array;
@@ -736,8 +703,24 @@ void HttpServer::Impl::HandleBatchFeatures(std::string_view body, const std::str
                            "\"2026-01-01T00:00:00Z\")");
         return;
       }
+    } else if (key == "params") {
+      simdjson::dom::object given;
+      if (value.get_object().get(given)) {
+        SetError(res, 400, "'params' must be an object of request parameters, e.g. {\"amount\": 12.5}");
+        return;
+      }
+      for (auto [name, v] : given) {
+        Value param = Value::Null();
+        if (v.is_int64()) param = Value::Int(v.get_int64().value_unsafe());
+        else if (v.is_number()) param = Value::Double(v.get_double().value_unsafe());
+        else if (v.is_bool()) param = Value::Bool(v.get_bool().value_unsafe());
+        else if (v.is_string()) param = Value::String(v.get_string().value_unsafe());
+        else if (!v.is_null()) param = Value::Composite();
+        params.emplace_back(std::string(name), param);
+      }
     } else {
-      SetError(res, 400, "unknown key " + QuotedForMessage(key) + " in the body; valid keys: entities, features, at");
+      SetError(res, 400, "unknown key " + QuotedForMessage(key) +
+                             " in the body; valid keys: entities, features, at, params");
       return;
     }
   }
@@ -778,7 +761,8 @@ void HttpServer::Impl::HandleBatchFeatures(std::string_view body, const std::str
   }
   std::vector<int> features;
   if (!ResolveFeatures(names, &features, res)) return;
-  Answer(request_id, entities, at_given ? at_ms : WallClockMs(), features, /*single=*/false, res);
+  if (!CheckParams(params, res)) return;
+  Answer(request_id, entities, at_given ? at_ms : WallClockMs(), features, params, /*single=*/false, res);
 }
 
 // The client's X-Request-Id when it is a sensible token (printable, at most 128 bytes), else a new one:
@@ -798,8 +782,42 @@ std::string HttpServer::Impl::RequestId(const HttpRequest& req) {
   return id;
 }
 
+bool HttpServer::Impl::CheckParams(const RequestParams& params, HttpResponse& res) const {
+  const std::vector<std::string>& valid = service.spec().request_features.params;
+  for (const auto& [name, value] : params) {
+    if (std::binary_search(valid.begin(), valid.end(), name)) continue;
+    std::string listed;
+    for (const std::string& v : valid) listed += (listed.empty() ? "" : ", ") + v;
+    SetError(res, 400, "unknown request parameter " + QuotedForMessage(name) + "; " +
+                           (valid.empty() ? std::string("this spec's request features read no parameters")
+                                          : "the request features read: " + listed));
+    return false;
+  }
+  return true;
+}
+
 void HttpServer::Impl::Answer(const std::string& request_id, std::span<const std::string_view> entities, int64_t as_of_ms,
-                              const std::vector<int>& features, bool single, HttpResponse& res) {
+                              const std::vector<int>& outputs, const RequestParams& params, bool single,
+                              HttpResponse& res) {
+  // The features to look up: those asked for, and with a request feature asked for, every feature the request
+  // features read. position[k]: where feature k is in the lookup.
+  const RequestFeatures& request = service.spec().request_features;
+  const int feature_count = static_cast<int>(service.spec().features.size());
+  std::vector<int> features;
+  std::vector<int> position(static_cast<size_t>(feature_count), -1);
+  bool wants_request_features = false;
+  const auto look_up = [&](int k) {
+    if (position[k] < 0) position[k] = static_cast<int>(features.size()), features.push_back(k);
+  };
+  for (int k : outputs) {
+    if (k < feature_count) look_up(k);
+    else wants_request_features = true;
+  }
+  if (wants_request_features) {
+    for (int k : request.feature_inputs) look_up(k);
+  }
+  std::vector<Value> request_values;
+  OwnedStrings owned;
   std::string body;
   std::string shape_error;
   const Status status =
@@ -829,9 +847,16 @@ void HttpServer::Impl::Answer(const std::string& request_id, std::span<const std
           json.Key("newest_event_age_ms");
           if (lookup.newest_event_ms) json.Int(as_of_ms - *lookup.newest_event_ms);
           else json.Null();
+          if (wants_request_features) {
+            EvaluateRequestFeatures(request, entities[e], as_of_ms,
+                                    [&](int k) { return lookup.values[static_cast<size_t>(position[k])]; }, params,
+                                    &request_values, &owned);
+          }
           json.Key("features").BeginObject();
-          for (size_t k = 0; k < features.size(); ++k) {
-            json.Key(feature_names[static_cast<size_t>(features[k])]).FeatureValue(lookup.values[k]);
+          for (int k : outputs) {
+            json.Key(feature_names[static_cast<size_t>(k)])
+                .FeatureValue(k < feature_count ? lookup.values[static_cast<size_t>(position[k])]
+                                                : request_values[static_cast<size_t>(k - feature_count)]);
           }
           json.EndObject();
           if (!single) json.EndObject();
@@ -1040,6 +1065,11 @@ void HttpServer::Impl::HandleExplain(std::string_view path, std::string_view que
   }
   std::vector<int> features;
   if (!ResolveFeatures(std::vector<std::string_view>{*feature_name}, &features, res)) return;
+  if (features[0] >= static_cast<int>(service.spec().features.size())) {
+    SetError(res, 400, QuotedForMessage(*feature_name) + " is a request feature, computed at lookup time from other "
+                       "features; explain the features its expression reads");
+    return;
+  }
   int64_t at_ms = WallClockMs();
   if (at_text) {
     Result<int64_t> at = ParseAt(*at_text);

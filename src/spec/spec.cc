@@ -342,6 +342,8 @@ class SpecParser {
   void ParseServe(const Entry& entry, Spec* spec);
   void ParseCheckpoint(const Entry& entry, Spec* spec);
   void ParseFreshnessSlo(const Entry& entry, Spec* spec);
+  void ParseRequestFeatures(const Entry& entry, Spec* spec);
+  void CheckColumnName(const YAML::Mark& mark, const std::string& what, const std::string& name, const Spec& spec);
   void ParseOffline(const Entry& entry, Spec* spec);
   void ParseFeatureLog(const Entry& entry, Spec* spec);
   void ParseSkew(const Entry& entry, Spec* spec);
@@ -745,6 +747,31 @@ std::optional<WindowSpec> SpecParser::ParseWindow(const Entry& entry) {
   return window;
 }
 
+// A name that becomes an output column (a feature, a request feature): not the entity or timestamp field,
+// not starting with '_', not a column of the offline tables. `what`: "feature name", "request feature name".
+void SpecParser::CheckColumnName(const YAML::Mark& mark, const std::string& what, const std::string& name,
+                                 const Spec& spec) {
+  for (const auto& [column, role] : {std::pair{spec.entity_field, "entity"},
+                                     std::pair{spec.timestamp_field, "timestamp"}}) {
+    if (!column.empty() && name == column) {
+      Error(mark, what + " '" + name + "' is the " + role +
+                      " field; both become output columns, side by side, so pick another name");
+    }
+  }
+  // The offline tables' own columns, and names the Redis feature hash uses for itself.
+  static constexpr std::string_view kReserved[] = {"seq",        "entity",     "event_time",      "processing_time",
+                                                   "request_id", "as_of",      "served_at",       "served_features",
+                                                   "event_date", "served_date", "ingest_time",    "raw"};
+  if (name.starts_with("_")) {
+    Error(mark, what + " '" + name + "' starts with '_', which is reserved for Freshet's own fields (the "
+                "Redis feature hash holds _event_time_ms and _updated_ms); drop the leading underscore");
+  } else if (std::find(std::begin(kReserved), std::end(kReserved), name) != std::end(kReserved)) {
+    Error(mark, what + " '" + name + "' is a column the offline tables already have (seq, entity, event_time, "
+                "processing_time, request_id, as_of, served_at, served_features, event_date, served_date, "
+                "ingest_time, raw); pick another name");
+  }
+}
+
 void SpecParser::ParseFeature(const YAML::Node& item, const SpecOption& list_option, Spec* spec,
                               std::map<std::string, int>* first_line_by_name) {
   std::optional<MapView> map =
@@ -762,25 +789,7 @@ void SpecParser::ParseFeature(const YAML::Node& item, const SpecOption& list_opt
       Error(mark, "duplicate feature name '" + *name + "'; the first one is at line " + std::to_string(it->second) +
                       "; feature names are output columns and must be unique");
     }
-    for (const auto& [column, role] : {std::pair{spec->entity_field, "entity"},
-                                       std::pair{spec->timestamp_field, "timestamp"}}) {
-      if (!column.empty() && *name == column) {
-        Error(mark, "feature name '" + *name + "' is the " + role +
-                        " field; both become output columns, side by side, so pick another name");
-      }
-    }
-    // The offline tables' own columns, and names the Redis feature hash uses for itself.
-    static constexpr std::string_view kReserved[] = {"seq",        "entity",     "event_time",      "processing_time",
-                                                     "request_id", "as_of",      "served_at",       "served_features",
-                                                     "event_date", "served_date", "ingest_time",    "raw"};
-    if (name->starts_with("_")) {
-      Error(mark, "feature name '" + *name + "' starts with '_', which is reserved for Freshet's own fields (the "
-                  "Redis feature hash holds _event_time_ms and _updated_ms); drop the leading underscore");
-    } else if (std::find(std::begin(kReserved), std::end(kReserved), *name) != std::end(kReserved)) {
-      Error(mark, "feature name '" + *name + "' is a column the offline tables already have (seq, entity, event_time, "
-                  "processing_time, request_id, as_of, served_at, served_features, event_date, served_date, "
-                  "ingest_time, raw); pick another name");
-    }
+    CheckColumnName(mark, "feature name", *name, *spec);
   }
 
   std::optional<std::string> agg_name = ReadChoice(*map, "aggregation");
@@ -1488,6 +1497,103 @@ void SpecParser::ResolveJoinedFields(Spec* spec) {
   }
 }
 
+void SpecParser::ParseRequestFeatures(const Entry& entry, Spec* spec) {
+  const SpecOption& option = *entry.option;
+  if (!entry.value.IsSequence()) {
+    Error(ValueMark(entry), std::string("'request_features' is ") + NodeKindName(entry.value) +
+                                "; expected a list, each item like - {name: ratio, expr: \"param.amount / avg_amount\"}");
+    return;
+  }
+  RequestFeatures& request = spec->request_features;
+  request.fields.Intern(spec->entity_field);
+  request.fields.Intern(spec->timestamp_field);
+  std::map<std::string, int> line_by_name;
+  for (const FeatureSpec& f : spec->features) line_by_name.emplace(f.name, f.line);
+  std::vector<bool> resolved;  // Per slot of request.fields: its input is known.
+  for (const auto& item : entry.value) {
+    std::optional<MapView> map =
+        ReadMap(item, item.Mark(), option, ChildSection(option), "each item of 'request_features'");
+    if (!map) continue;
+    RequestFeatureSpec feature;
+    feature.line = map->mark.line + 1;
+    std::optional<std::string> name = ReadName(*map, "name");
+    const Entry* expr_entry = map->Find("expr");
+    std::optional<ScalarValue> expr_text = expr_entry != nullptr ? Scalar(*map, "expr") : std::nullopt;
+    if (!name || !expr_text) continue;
+    const YAML::Mark& name_mark = map->Find("name")->value.Mark();
+    CheckColumnName(name_mark, "request feature name", *name, *spec);
+    if (auto [it, inserted] = line_by_name.emplace(*name, feature.line); !inserted) {
+      Error(name_mark, "request feature '" + *name + "' has the name of the feature or request feature at line " +
+                           std::to_string(it->second) + "; names are output columns and must be unique");
+      continue;
+    }
+    size_t offset = 0;
+    Result<ValueExpr> expr = ValueExpr::Parse(expr_text->text, request.fields, &offset);
+    if (!expr.ok()) {
+      Error(MarkInScalar(expr_entry->value, offset),
+            "in 'expr' of request feature '" + *name + "': " + expr.status().message());
+      continue;
+    }
+    // Every name it reads is a feature, an earlier request feature, a parameter, the entity or the time.
+    request.inputs.resize(request.fields.size());
+    resolved.resize(request.fields.size(), false);
+    for (const ValueExpr::FieldReference& ref : expr->FieldReferences()) {
+      const int slot = request.fields.Intern(ref.path);
+      if (resolved[slot]) continue;  // By an earlier reference.
+      resolved[slot] = true;
+      RequestInput input;
+      if (slot == kEntitySlot) {
+        input.kind = RequestInput::Kind::kEntity;
+      } else if (ref.path.starts_with("param.") && ref.path.find('.', 6) == std::string::npos) {
+        input.kind = RequestInput::Kind::kParam;
+        input.param = ref.path.substr(6);
+      } else {
+        auto by_name = [&](const auto& list) {
+          for (size_t k = 0; k < list.size(); ++k) {
+            if (list[k].name == ref.path) return static_cast<int>(k);
+          }
+          return -1;
+        };
+        input.index = by_name(spec->features);
+        input.kind = RequestInput::Kind::kFeature;
+        if (input.index < 0) {
+          input.index = by_name(request.items);
+          input.kind = RequestInput::Kind::kRequestFeature;
+        }
+        if (input.index < 0) {
+          std::string valid;
+          for (const FeatureSpec& f : spec->features) valid += (valid.empty() ? "" : ", ") + f.name;
+          for (const RequestFeatureSpec& r : request.items) valid += ", " + r.name;
+          Error(MarkInScalar(expr_entry->value, ref.offset),
+                "in 'expr' of request feature '" + *name + "': '" + ref.path + "' is " +
+                    (ref.path == *name ? std::string("this request feature itself")
+                                       : "neither a feature nor an earlier request feature") +
+                    "; an expression reads features (" + valid + "), param.NAME (a request parameter), '" +
+                    spec->entity_field + "' (the entity) and '" + spec->timestamp_field + "' (the as-of time)");
+          input.kind = RequestInput::Kind::kParam;  // Never evaluated: the spec is refused.
+        }
+      }
+      request.inputs[slot] = std::move(input);
+    }
+    feature.name = *name;
+    feature.expr_text = expr_text->text;
+    feature.expr = std::make_shared<const ValueExpr>(std::move(expr).value());
+    request.items.push_back(std::move(feature));
+  }
+  // Slots 0 and 1 (entity, time) get theirs even when no expression names them.
+  request.inputs.resize(request.fields.size());
+  request.inputs[kEntitySlot].kind = RequestInput::Kind::kEntity;
+  request.inputs[kTimestampSlot].kind = RequestInput::Kind::kTime;
+  for (const RequestInput& input : request.inputs) {
+    if (input.kind == RequestInput::Kind::kFeature) request.feature_inputs.push_back(input.index);
+    if (input.kind == RequestInput::Kind::kParam && !input.param.empty()) request.params.push_back(input.param);
+  }
+  std::sort(request.feature_inputs.begin(), request.feature_inputs.end());
+  request.feature_inputs.erase(std::unique(request.feature_inputs.begin(), request.feature_inputs.end()),
+                               request.feature_inputs.end());
+  std::sort(request.params.begin(), request.params.end());
+}
+
 void SpecParser::CheckWhereAgainstSchema(const Spec& spec, const WhereUse& use) {
   const FeatureSpec& feature = spec.features[use.feature];
   const std::string_view where = feature.where_text;
@@ -1694,6 +1800,7 @@ void SpecParser::ParseTop(const YAML::Node& root, Spec* spec) {
   if (const Entry* e = map->Find("features")) ParseFeatures(*e, spec);
   if (const Entry* e = map->Find("dedup")) ParseDedup(*e, spec);
   ResolveJoinedFields(spec);
+  if (const Entry* e = map->Find("request_features")) ParseRequestFeatures(*e, spec);  // They read features.
   CheckFieldUses(spec);
 }
 

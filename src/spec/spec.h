@@ -12,6 +12,7 @@
 #include "common/status.h"
 #include "spec/expr.h"
 #include "spec/field_registry.h"
+#include "spec/request_features.h"
 
 namespace freshet {
 
@@ -210,6 +211,7 @@ struct Spec {
   std::vector<DerivedFieldSpec> derived;  // In evaluation order.
   std::vector<TableSpec> tables;
   std::vector<JoinSpec> joins;  // At most one per table; its fields are the slots FieldRegistry::joined() names.
+  RequestFeatures request_features;       // Computed when features are asked for; not state.
   // Slot 0: entity, slot 1: timestamp, every field a feature reads, then the dedup field; each slot carries what
   // the schema declares for it.
   FieldRegistry fields;

@@ -130,6 +130,12 @@ inline constexpr SpecOption kSpecOptions[] = {
                "table's row for the event's `user_id` readable as `profiles.<column>` in `where`, `field` and "
                "`derive`, exact in time (see the README's Semantics).")
         .Example("[{table: profiles, on: user_id}]"),
+    SpecOption("", "request_features", SpecValueType::kList,
+               "Request-time features: each computes a value when features are asked for (GET and POST "
+               "/v1/features, `freshet serve`, `freshet historical`), from the entity's feature values as of the "
+               "request's time and the request's parameters, with the expression language of `derive`. See "
+               "\"Request-time features\" in the README.")
+        .Example("[{name: amount_over_avg_1h, expr: \"param.amount / avg_amount_1h\"}]"),
     SpecOption("", "online", SpecValueType::kMap,
                "Where `freshet run` keeps the values it serves: embedded (in the serving process, the default) "
                "or redis.")
@@ -389,6 +395,18 @@ inline constexpr SpecOption kSpecOptions[] = {
                "The event field holding the table's key (it need not be the entity). An event without it, or with "
                "a key the table lacks, has its joined fields missing.")
         .Required().Example("user_id"),
+
+    // request_features[]
+    SpecOption("request_features[]", "name", SpecValueType::kName,
+               "The request feature's name and output column: [A-Za-z_][A-Za-z0-9_]*, unique among features and "
+               "request features, with the same reserved names as a feature's.")
+        .Required().Example("amount_over_avg_1h"),
+    SpecOption("request_features[]", "expr", SpecValueType::kExpression,
+               "The value, in the language of derive[].expr, over feature names, earlier request features, "
+               "param.NAME (a request parameter: ?param.NAME=V in GET, \"params\" in POST, a column NAME of "
+               "the entity rows in historical; null when absent), the entity field (the entity key) and the "
+               "timestamp field (the as-of time in epoch ms). Null propagates; a division by zero is null.")
+        .Required().Example("\"param.amount / avg_amount_1h\""),
 
     // features[]
     SpecOption("features[]", "name", SpecValueType::kName,
