@@ -720,6 +720,9 @@ class Spec:
     ttl_ms: int | None = None  # state expiry (`ttl`); see assign_lives
     # A composite key (`entity: [user_id, merchant_id]`): its fields; an entity is then the tuple of their values.
     key_fields: list[str] | None = None
+    # Reference tables: name -> (key field, valid_from field or None); joins: (table, event field holding the key).
+    tables: dict[str, tuple[str, str | None]] = dataclass_field(default_factory=dict)
+    joins: list[tuple[str, str]] = dataclass_field(default_factory=list)
 
 
 def _parse_window(doc: Any, feature_name: str) -> Window:
@@ -791,8 +794,12 @@ def parse_spec(doc: Any) -> Spec:
     ttl_ms = parse_duration_ms(doc["ttl"]) if doc.get("ttl") is not None else None
     key_fields = [str(f) for f in doc["entity"]] if isinstance(doc["entity"], list) else None
     entity_field = key_fields[0] if key_fields else str(doc["entity"])
+    tables = {str(t["name"]): (str(t["key"]), str(t["valid_from"]) if t.get("valid_from") else None)
+              for t in doc.get("tables") or []}
+    # PyYAML reads the key `on` as YAML 1.1's boolean true; YAML 1.2 (the spec's parser) as the text "on".
+    joins = [(str(j["table"]), str(j["on"] if "on" in j else j[True])) for j in doc.get("joins") or []]
     return Spec(str(doc.get("name", "")), entity_field, str(doc["timestamp"]), watermark, features, dedup,
-                schema, derived, ttl_ms, key_fields)
+                schema, derived, ttl_ms, key_fields, tables, joins)
 
 
 def _percent_decimals(fraction: Fraction) -> str:
@@ -883,8 +890,71 @@ def split_lines(data: bytes) -> list[bytes]:
     return lines
 
 
-def parse_event(raw: bytes, line: int, spec: Spec) -> Event | str:
-    """An Event, or the reason the line is rejected."""
+# ---------------------------------------------------------------------------------------------------
+# Reference tables and joins (README: "Reference tables and joins", and the time rule in Semantics).
+
+
+@dataclass
+class TableVersion:
+    """One row of a reference table as it arrived: before input line `before_line` + 1 (0: before every line)."""
+    table: str
+    row: dict
+    before_line: int
+
+
+def table_versions(table: str, rows: list[dict], before_line: int) -> list[TableVersion]:
+    return [TableVersion(table, row, before_line) for row in rows]
+
+
+def joined_row(spec: Spec, table: str, key: str | None, time_ms: int, line: int,
+               versions: list[TableVersion]) -> dict | None:
+    """The row an event on input line `line` (1-based) at `time_ms` joins: among the versions of `table` for `key`
+    that arrived before the line, the one with the greatest valid_from <= time_ms, the later arrival on a tie
+    (without valid_from: the latest arrival). None when there is none."""
+    if key is None:
+        return None
+    key_field, valid_from_field = spec.tables[table]
+    best = None
+    for order, v in enumerate(versions):
+        if v.table != table or v.before_line > line - 1 or entity_key(resolve(v.row, key_field)) != key:
+            continue
+        valid_from = event_time_ms(resolve(v.row, valid_from_field)) if valid_from_field else None
+        if valid_from_field and (valid_from is None or valid_from > time_ms):
+            continue
+        rank = (valid_from if valid_from is not None else INT64_MIN, order)
+        if best is None or rank > best[0]:
+            best = (rank, v.row)
+    return best[1] if best else None
+
+
+def apply_joins(record: dict, time_ms: int, line: int, spec: Spec, versions: list[TableVersion]) -> None:
+    """Puts each joined table's row into the record under the table's name, where `table.column` paths find it;
+    without a row the name is absent, so the joined fields are missing (an event's own field of that name is
+    never read)."""
+    for table, on in spec.joins:
+        record.pop(table, None)
+        row = joined_row(spec, table, entity_key(resolve(record, on)), time_ms, line, versions)
+        if row is not None:
+            record[table] = row
+
+
+def late_versions(spec: Spec, data: bytes, versions: list[TableVersion]) -> dict[str, int]:
+    """Per table, the versions that arrived late: with a valid_from at or before the newest event time accepted
+    before their arrival."""
+    events, _ = read_events(data, spec, versions)
+    late: dict[str, int] = {}
+    for v in versions:
+        valid_from_field = spec.tables[v.table][1]
+        if valid_from_field is None:
+            continue
+        before = [e.time_ms for e in events if e.line <= v.before_line]
+        if before and event_time_ms(resolve(v.row, valid_from_field)) <= max(before):
+            late[v.table] = late.get(v.table, 0) + 1
+    return late
+
+
+def parse_event(raw: bytes, line: int, spec: Spec, versions: list[TableVersion] | None = None) -> Event | str:
+    """An Event, or the reason the line is rejected. `versions`: the reference tables' rows, for the joins."""
     try:
         record = parse_json_line(raw)
     except (ValueError, RecursionError):
@@ -905,6 +975,8 @@ def parse_event(raw: bytes, line: int, spec: Spec) -> Event | str:
     time_ms = event_time_ms(resolve(record, spec.timestamp_field))
     if time_ms is None:
         return f"timestamp field '{spec.timestamp_field}' missing or not epoch ms / RFC 3339"
+    if spec.joins:
+        apply_joins(record, time_ms, line, spec, versions or [])
     for name, expr in spec.derived:  # in order: each may read the ones before it; a null is stored as JSON null
         record[name] = eval_derive(expr, record, time_ms)
     return Event(line, entity, time_ms, record)
@@ -948,14 +1020,16 @@ def event_id(value: Any) -> str | None:
     return entity_key(value)
 
 
-def read_events(data: bytes, spec: Spec) -> tuple[list[Event], list[DeadLetter]]:
-    """The accepted events in input order, and one dead letter per rejected, late or duplicate line."""
+def read_events(data: bytes, spec: Spec,
+                versions: list[TableVersion] | None = None) -> tuple[list[Event], list[DeadLetter]]:
+    """The accepted events in input order, and one dead letter per rejected, late or duplicate line. `versions`:
+    the reference tables' rows with where they arrived among the lines (see joined_row)."""
     events: list[Event] = []
     dead: list[DeadLetter] = []
     max_time: int | None = None  # largest event time among events accepted so far
     accepted_times: dict[tuple[str, str], list[int]] = {}  # (entity, id) -> times of the accepted events
     for line, raw in enumerate(split_lines(data), start=1):
-        parsed = parse_event(raw, line, spec)
+        parsed = parse_event(raw, line, spec, versions)
         if isinstance(parsed, str):
             dead.append(DeadLetter(line, parsed))
             continue

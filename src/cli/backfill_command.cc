@@ -16,6 +16,7 @@ void RegisterBackfill(CLI::App& app, int* exit_code) {
     std::string spec;
     BackfillOptions options;
     std::string from, to;
+    std::vector<std::string> tables;
     bool no_checkpoint = false;
     bool no_progress = false;
   };
@@ -35,6 +36,9 @@ void RegisterBackfill(CLI::App& app, int* exit_code) {
   cmd->add_option("--to", args->to, "... up to, not including, T; every event is applied to the state regardless");
   cmd->add_option("--output", args->options.output_dir,
                   "The features table (a Delta table folder) to replace; default: the spec's offline features table");
+  cmd->add_option("--table", args->tables,
+                  "With --events: a reference table's rows, NAME=FILE, all known before the first event (repeatable); "
+                  "from the events table the tables' history is replayed where each version arrived");
   cmd->add_flag("--no-checkpoint", args->no_checkpoint, "Write no checkpoint (only the features table)");
   cmd->add_flag("--no-progress", args->no_progress, "Never show progress (shown by default on a terminal)");
   cmd->callback([args, exit_code] {
@@ -51,6 +55,9 @@ void RegisterBackfill(CLI::App& app, int* exit_code) {
       }
       *out = *t;
     }
+    Result<std::vector<std::pair<std::string, std::string>>> tables = ParseTableOptions(args->tables);
+    if (ReportFailure("backfill", tables.status(), exit_code)) return;
+    args->options.table_files = std::move(*tables);
     args->options.write_checkpoint = !args->no_checkpoint;
     args->options.progress = !args->no_progress && isatty(STDERR_FILENO);
     BackfillStats stats;

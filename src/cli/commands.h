@@ -46,6 +46,19 @@ inline std::optional<Spec> LoadSpecOrReport(const std::string& path, int* exit_c
   return std::move(*spec);
 }
 
+// The (name, path) pairs of `--table NAME=FILE` options; fails naming the option without '=' or a name.
+inline Result<std::vector<std::pair<std::string, std::string>>> ParseTableOptions(const std::vector<std::string>& args) {
+  std::vector<std::pair<std::string, std::string>> tables;
+  for (const std::string& arg : args) {
+    const size_t eq = arg.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == arg.size()) {
+      return Status::Invalid("--table " + arg + ": expected NAME=FILE, e.g. --table profiles=profiles.jsonl");
+    }
+    tables.emplace_back(arg.substr(0, eq), arg.substr(eq + 1));
+  }
+  return tables;
+}
+
 // The bearer token for ingest and admin endpoints, without surrounding whitespace: the first line of
 // `token_file` when given, else the FRESHET_TOKEN environment variable, else empty (no token required; an
 // empty FRESHET_TOKEN counts as unset). Never from the spec. Fails (kInvalidArgument, a message naming the

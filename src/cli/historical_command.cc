@@ -17,6 +17,7 @@ void RegisterHistorical(CLI::App& app, int* exit_code) {
     std::string spec;
     std::string events;
     std::string data_dir = "freshet-data";
+    std::vector<std::string> tables;
     HistoricalOptions options;
     bool no_progress = false;
   };
@@ -43,6 +44,10 @@ void RegisterHistorical(CLI::App& app, int* exit_code) {
   cmd->add_option("--dead-letters", args->options.dead_letters_path,
                   "Write rejected, late and duplicate events here (JSON lines with line number, or seq for the events "
                   "table, and reason)");
+  cmd->add_option("--table", args->tables,
+                  "With --events: a reference table's rows, NAME=FILE (JSON lines, or CSV when it ends in .csv), all "
+                  "known up front: an event at t joins the version with the greatest valid_from <= t. Repeatable. "
+                  "Without --events the tables' history in the offline store is replayed as the stream saw it");
   cmd->add_flag("--no-progress", args->no_progress, "Never show progress (shown by default on a terminal)");
   cmd->callback([args, exit_code] {
     std::optional<Spec> spec = LoadSpecOrReport(args->spec, exit_code);
@@ -50,6 +55,14 @@ void RegisterHistorical(CLI::App& app, int* exit_code) {
     args->options.events = args->events.empty()
                                ? EventInput::EventsTable(OfflinePathsFor(*spec, args->data_dir).events)
                                : EventInput::JsonLines(args->events);
+    Result<std::vector<std::pair<std::string, std::string>>> tables = ParseTableOptions(args->tables);
+    if (ReportFailure("historical", tables.status(), exit_code)) return;
+    if (!tables->empty() && args->events.empty()) {
+      ReportFailure("historical", Status::Invalid("--table goes with --events; without --events the tables' "
+                                                  "history in the offline store is used"), exit_code);
+      return;
+    }
+    args->options.events.table_files = std::move(*tables);
     args->options.progress = !args->no_progress && isatty(STDERR_FILENO);
     HistoricalStats stats;
     Status status = RunHistorical(*spec, args->options, &stats);

@@ -359,6 +359,12 @@ std::string SpecStateDescription(const Spec& spec) {
   }
   // Derived fields change what features see (specs without them keep their fingerprint).
   for (const DerivedFieldSpec& d : spec.derived) out += "derive " + Quoted(d.name) + " expr=" + Quoted(d.canonical) + "\n";
+  // Joins too (what a joined field holds depends on the table's key and valid_from); specs without them keep theirs.
+  for (const JoinSpec& j : spec.joins) {
+    const TableSpec& t = spec.tables[static_cast<size_t>(j.table_index)];
+    out += "join " + Quoted(j.table) + " on=" + Quoted(j.on) + " key=" + Quoted(t.key) + " valid_from=" +
+           Quoted(t.valid_from) + "\n";
+  }
   for (const FeatureSpec& f : spec.features) {
     const WindowSpec& w = f.window;
     out += "feature " + Quoted(f.name) + " aggregation=" + AggKindName(f.agg) + " field=" + Quoted(f.field) +

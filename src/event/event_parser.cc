@@ -7,6 +7,7 @@
 
 #include "common/entity_key.h"
 #include "common/time.h"
+#include "table/table_set.h"
 
 static_assert(freshet::kParsePaddingBytes >= simdjson::SIMDJSON_PADDING, "padding must cover simdjson read-ahead");
 
@@ -78,6 +79,7 @@ struct EventParser::Impl {
   std::string key_digits;       // The integer parts of a composite key, as text.
   std::string padded;  // For ParseCopy.
   std::vector<FieldRegistry::Derived> derived;
+  const TableSet* tables = nullptr;
 };
 
 EventParser::EventParser(const FieldRegistry& fields) : impl_(std::make_unique<Impl>()) {
@@ -85,7 +87,7 @@ EventParser::EventParser(const FieldRegistry& fields) : impl_(std::make_unique<I
   impl_->key_slots = fields.key_slots();
   impl_->derived = fields.derived();
   for (size_t slot = 0; slot < fields.paths().size(); ++slot) {
-    if (fields.is_derived(static_cast<int>(slot))) continue;  // Computed, not read.
+    if (fields.is_computed(static_cast<int>(slot))) continue;  // Derived or joined, not read.
     std::string_view path = fields.paths()[slot];
     PathNode* node = &impl_->root;
     while (true) {
@@ -216,11 +218,14 @@ bool EventParser::Parse(std::string_view line, size_t capacity, ParsedEvent* eve
     return false;
   }
   event->owned.clear();
+  if (impl.tables != nullptr) impl.tables->Fill(event->slots, event->time_ms);
   for (const FieldRegistry::Derived& d : impl.derived) {
     event->slots[static_cast<size_t>(d.slot)] = d.expr->Eval(event->slots, event->time_ms, &event->owned);
   }
   return true;
 }
+
+void EventParser::SetTables(const TableSet* tables) { impl_->tables = tables; }
 
 bool EventParser::ParseCopy(std::string_view line, ParsedEvent* event, std::string* reason) {
   impl_->padded.assign(line);

@@ -24,6 +24,8 @@
 
 namespace freshet {
 
+class TableSet;
+
 // Bytes that must be readable past the end of a line given to EventParser::Parse (simdjson reads ahead).
 inline constexpr size_t kParsePaddingBytes = 64;
 
@@ -51,6 +53,10 @@ class EventParser {
   // On success fills *event and returns true. On rejection returns false and sets *reason to a short
   // explanation naming the field at fault ("field 'ts': expected epoch milliseconds ... ").
   bool Parse(std::string_view line, size_t capacity, ParsedEvent* event, std::string* reason);
+
+  // The reference tables that fill the joined fields (FieldRegistry::joined) of each parsed event, before the
+  // derived fields are computed; null (the default): joined fields stay missing. Not owned.
+  void SetTables(const TableSet* tables);
 
   // Convenience for tests and small inputs: copies `line` into a padded buffer first.
   bool ParseCopy(std::string_view line, ParsedEvent* event, std::string* reason);

@@ -5,6 +5,7 @@
 #include <charconv>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <limits>
 #include <map>
 #include <optional>
@@ -20,6 +21,7 @@
 #include "event/line_reader.h"
 #include "historical/entity_table.h"
 #include "offline/tables.h"
+#include "table/table_history.h"
 
 namespace freshet {
 namespace {
@@ -64,6 +66,7 @@ class PointInTimeJoin {
       : engine_(spec, FeatureEngine::Options{.keep_recent = false}), parser_(spec.fields), rows_(rows), answer_(answer), dead_letters_(dead_letters), stats_(stats),
         observer_(observer != nullptr && *observer ? observer : nullptr) {
     if (spec.dedup) dedup_.emplace(spec);
+    if (!spec.joins.empty()) parser_.SetTables(&tables_);
     if (spec.watermark) delay_ms_ = spec.watermark->max_out_of_orderness_ms + spec.watermark->allowed_lateness_ms;
     order_.resize(rows.size());
     std::iota(order_.begin(), order_.end(), 0);
@@ -129,6 +132,10 @@ class PointInTimeJoin {
     }
   }
 
+  // Adds the reference-table versions that arrived before the event numbered `seq` (see TableReplay).
+  void AddTablesUpTo(int64_t seq) { replay_.AddUpTo(tables_, seq); }
+  void SetTableReplay(TableReplay replay) { replay_ = std::move(replay); }
+
   // End of input: every event is final.
   void Finish() {
     ReleaseBefore(std::numeric_limits<int64_t>::max());
@@ -172,6 +179,8 @@ class PointInTimeJoin {
   int64_t delay_ms_ = 0;  // max_out_of_orderness + allowed_lateness.
   std::optional<Deduplicator> dedup_;  // With `dedup` in the spec.
   EventParser parser_;
+  TableSet tables_{engine_.spec()};
+  TableReplay replay_;
   const std::vector<EntityTime>& rows_;
   const RowAnswerFn& answer_;
   DeadLetterWriter* dead_letters_;
@@ -193,6 +202,7 @@ Status FeedJsonLines(const std::string& path, PointInTimeJoin& join, ProgressLin
   FRESHET_RETURN_IF_ERROR(reader.Open(path));
   Line line;
   while (reader.Next(&line)) {
+    join.AddTablesUpTo(0);
     join.Feed(line.text, line.capacity, line.number, line.too_long);
     if ((stats.events_read & 0xFFFF) == 0) progress.Update(stats.events_read, reader.bytes_consumed(), reader.file_size());
   }
@@ -208,6 +218,7 @@ Status FeedEventsTable(const EventInput& input, PointInTimeJoin& join, ProgressL
   join.ExpectPartitions(partitions);
   return ReplayEventsTable(table_dir, [&](const StoredEvent& e) -> Status {
     if (e.seq >= input.seq_below) return Status::Ok();
+    join.AddTablesUpTo(e.seq);
     join.Feed(e.raw, e.raw_capacity, static_cast<uint64_t>(e.seq), e.raw.size() > kMaxLineBytes,
               e.has_place ? std::optional<int64_t>(e.partition) : std::nullopt);
     if ((stats.events_read & 0xFFFF) == 0) progress.Update(stats.events_read);
@@ -228,6 +239,14 @@ Status ComputePointInTime(const Spec& spec, const EventInput& input, const std::
   DeadLetterWriter dead_letters;
   FRESHET_RETURN_IF_ERROR(dead_letters.Open(options.dead_letters_path, input.path));
   PointInTimeJoin join(spec, rows, answer, &dead_letters, stats, &options.observer);
+  if (!spec.tables.empty()) {
+    Result<TableReplay> replay =
+        input.kind == EventInput::Kind::kJsonLines
+            ? TableReplay::FromFiles(spec, input.table_files)
+            : TableReplay::FromStore(spec, std::filesystem::path(input.path).parent_path().string());
+    FRESHET_RETURN_IF_ERROR(replay.status());
+    join.SetTableReplay(std::move(*replay));
+  }
   ProgressLine progress("historical", options.progress);
   Status fed = input.kind == EventInput::Kind::kJsonLines ? FeedJsonLines(input.path, join, progress, *stats)
                                                           : FeedEventsTable(input, join, progress, *stats);

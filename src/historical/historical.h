@@ -45,6 +45,10 @@ struct EventInput {
   };
   Kind kind = Kind::kJsonLines;
   std::string path;
+  // Reference tables (the spec's `tables`): of a JSON-lines input, files (name, path) whose rows are all known
+  // before the first event, so an event at t sees the version with the greatest valid_from <= t; of the events
+  // table, the history beside it (<offline>/table_<name>), replayed where each version arrived in the stream.
+  std::vector<std::pair<std::string, std::string>> table_files = {};
   // kEventsTable: only the events with a smaller seq (those accepted before a moment of a live run, while the
   // run goes on adding to the table); the default reads all.
   int64_t seq_below = std::numeric_limits<int64_t>::max();

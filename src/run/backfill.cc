@@ -11,6 +11,7 @@
 #include "offline/tables.h"
 #include "run/event_path.h"
 #include "run/lanes.h"
+#include "table/table_history.h"
 #include "run/offline_sink.h"
 #include "state/checkpoint.h"
 
@@ -54,7 +55,8 @@ Status RunBackfill(const Spec& spec, const BackfillOptions& options, BackfillSta
       for (const std::string& w : warnings) std::fprintf(stderr, "freshet backfill: warning: %s\n", w.c_str());
       if (newest) {
         for (const auto& [name, position] : newest->positions) {
-          if (name == "source" || name == "dead_letters") positions.emplace_back(name, position);
+          // The reference tables' state there is what replaying their history below rebuilds.
+          if (name == "source" || name == "dead_letters" || name == "tables") positions.emplace_back(name, position);
         }
       }
     }
@@ -64,6 +66,18 @@ Status RunBackfill(const Spec& spec, const BackfillOptions& options, BackfillSta
   // back to its partition's lane (its own lateness clock, state and order), in the shared seq order.
   PipelineLanes lanes(spec, spec.source && spec.source->type == "kafka" && options.events_files.empty());
   lanes.SetOfflineSink(sink.get());
+  // Reference tables: from the events table, each version recorded in the history is added where it arrived in
+  // the stream; from files, the --table files' rows all come first (greatest valid_from <= t).
+  TableSet tables(spec);
+  if (!spec.joins.empty()) lanes.SetTables(&tables);
+  TableReplay table_replay;
+  if (!spec.tables.empty()) {
+    if (options.events_files.empty()) {
+      FRESHET_ASSIGN_OR_RETURN(table_replay, TableReplay::FromStore(spec, paths.root));
+    } else {
+      FRESHET_ASSIGN_OR_RETURN(table_replay, TableReplay::FromFiles(spec, options.table_files));
+    }
+  }
   ProgressLine progress("backfill", options.progress);
   auto account = [&](EventPath::Outcome outcome) -> Status {
     switch (outcome) {
@@ -81,6 +95,7 @@ Status RunBackfill(const Spec& spec, const BackfillOptions& options, BackfillSta
     FRESHET_RETURN_IF_ERROR(ReplayEventsTable(paths.events, [&](const StoredEvent& e) -> Status {
       ++stats->lines;
       if ((stats->lines & 0xFFFF) == 0) progress.Update(stats->lines);
+      table_replay.AddUpTo(tables, e.seq);
       const RecordPlace place{e.partition, e.offset};
       PipelineLanes::Lane& lane = lanes.For(static_cast<uint32_t>(e.partition));
       return account(lane.path.Process(e.raw, e.raw_capacity, wall_ms, e.has_place ? &place : nullptr));
@@ -93,6 +108,7 @@ Status RunBackfill(const Spec& spec, const BackfillOptions& options, BackfillSta
       while (reader.Next(&line)) {
         ++stats->lines;
         PipelineLanes::Lane& lane = lanes.For(0);
+        table_replay.AddUpTo(tables, 0);
         if (line.too_long) {
           ++lane.counters.lines_read;
           ++lane.counters.rejected;

@@ -29,6 +29,8 @@ namespace freshet {
 struct BackfillOptions {
   std::string data_dir = "freshet-data";
   std::vector<std::string> events_files;  // Empty: the offline events table.
+  // With events_files: reference table files (name, path), every row known before the first event.
+  std::vector<std::pair<std::string, std::string>> table_files;
   std::optional<int64_t> from_ms;         // Features rows for event times in [from, to).
   std::optional<int64_t> to_ms;
   std::string output_dir;                 // The features table; empty: the spec's offline features table.

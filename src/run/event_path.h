@@ -66,6 +66,8 @@ class EventPath {
   Outcome Process(std::string_view text, size_t capacity, int64_t wall_ms, const RecordPlace* place = nullptr);
 
   void SetOfflineSink(OfflineSink* offline) { offline_ = offline; }
+  // The reference tables that joined fields are read from (see EventParser::SetTables).
+  void SetTables(const TableSet* tables) { parser_.SetTables(tables); }
   // Numbers the offline rows from seq->next (incremented per accepted event, under seq->mutex) instead of this
   // path's own input order: several paths (one per Kafka partition, on several threads) writing one table share
   // one numbering, so seq stays unique and each table file stays in seq order.

@@ -51,6 +51,7 @@ uint32_t PipelineLanes::IndexOf(uint32_t stream) {
   auto lane = std::make_unique<Lane>(spec_, stream);
   lane->path.SetOfflineSink(offline_);
   lane->path.SetOfflineSequence(&offline_seq_);
+  lane->path.SetTables(tables_);
   lanes_.push_back(std::move(lane));
   const uint32_t index = static_cast<uint32_t>(lanes_.size() - 1);
   index_of_stream_.emplace(stream, index);
@@ -68,9 +69,20 @@ void PipelineLanes::SetOfflineSink(OfflineSink* offline) {
   for (auto& lane : lanes_) lane->path.SetOfflineSink(offline);
 }
 
+void PipelineLanes::SetTables(const TableSet* tables) {
+  tables_ = tables;
+  for (auto& lane : lanes_) lane->path.SetTables(tables);
+}
+
 uint64_t PipelineLanes::next_offline_seq() const {
   if (judge_) return judge_->counters.seq;  // Sharded: the judge numbers the input's accepted events.
   return partitioned_ ? offline_seq_.next : lanes_[0]->counters.seq;
+}
+
+int64_t PipelineLanes::newest_event_ms() const {
+  int64_t newest = std::numeric_limits<int64_t>::min();
+  for (const auto& lane : lanes_) newest = std::max(newest, lane->engine.max_time_ms());
+  return newest;
 }
 
 std::string PipelineLanes::EncodeShards(const RunPerLane* run) const {

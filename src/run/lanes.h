@@ -27,6 +27,7 @@
 #include "run/event_path.h"
 #include "run/offline_sink.h"
 #include "spec/spec.h"
+#include "table/table_set.h"
 
 namespace freshet {
 
@@ -68,6 +69,10 @@ class PipelineLanes {
 
   // For the lanes there are and those made later.
   void SetOfflineSink(OfflineSink* offline);
+  void SetTables(const TableSet* tables);
+
+  // The newest event time accepted by any lane (min() before any): a table version at or before it is late.
+  int64_t newest_event_ms() const;
 
   // The state of every lane for a checkpoint. Unpartitioned: the one lane's EncodePipelineState bytes (what
   // checkpoints always held). Partitioned: a marker byte, the shared offline seq, then each lane's stream and
@@ -85,7 +90,8 @@ class PipelineLanes {
   int64_t low_watermark_ms() const;  // The lowest lane's (the one furthest behind); min() with no lane.
   size_t MemoryBytes() const;
   // The seq the next accepted event's offline rows get: every event accepted so far has a lower one (what a
-  // live explanation's replay of the events table stops before).
+  // live explanation's replay of the events table stops before, and where a reference-table version arriving now
+  // stands in the stream's order, table/table_history.h).
   uint64_t next_offline_seq() const;
 
  private:
@@ -95,6 +101,7 @@ class PipelineLanes {
   std::vector<std::unique_ptr<Lane>> lanes_;
   std::map<uint32_t, uint32_t> index_of_stream_;
   OfflineSink* offline_ = nullptr;
+  const TableSet* tables_ = nullptr;
   std::string EncodeShards(const RunPerLane* run) const;
   // `shards_format`: written by EncodeShards; otherwise the state of one lane, refused unless this has one shard.
   Status DecodeShards(std::string_view bytes, bool shards_format, std::vector<std::string>* notes);

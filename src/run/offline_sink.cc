@@ -3,30 +3,33 @@
 #include <tuple>
 
 #include "common/bytes.h"
+#include "table/table_history.h"
 
 namespace freshet {
 namespace {
 
-// The checkpoint position: for each table ("events", "features") its unpublished staged commit, if any.
-std::string EncodeStaged(const std::optional<StagedCommit>& events, const std::optional<StagedCommit>& features) {
+// The checkpoint position: for each table ("events", "features", then each reference table's history) its
+// unpublished staged commit, if any. Positions written before reference tables end after the features.
+std::string EncodeStaged(const std::vector<const std::optional<StagedCommit>*>& commits) {
   std::string bytes;
   ByteWriter out(&bytes);
-  for (const std::optional<StagedCommit>* c : {&events, &features}) {
+  for (const std::optional<StagedCommit>* c : commits) {
     out.PutU8(c->has_value() ? 1 : 0);
     if (c->has_value()) out.PutString((*c)->Encode());
   }
   return bytes;
 }
 
-Status DecodeStaged(std::string_view bytes, std::optional<StagedCommit>* events, std::optional<StagedCommit>* features) {
+Status DecodeStaged(std::string_view bytes, const std::vector<std::optional<StagedCommit>*>& commits) {
   ByteReader in(bytes);
-  for (std::optional<StagedCommit>* c : {events, features}) {
+  for (size_t k = 0; k < commits.size(); ++k) {
     uint8_t present = 0;
     std::string_view encoded;
+    if (k >= 2 && in.remaining() == 0) break;  // Written before this table's history existed.
     if (!in.ReadU8(&present)) return Status::Invalid("the checkpoint's offline position is damaged");
     if (present == 0) continue;
     if (!in.ReadString(&encoded)) return Status::Invalid("the checkpoint's offline position is damaged");
-    FRESHET_ASSIGN_OR_RETURN(*c, StagedCommit::Decode(encoded));
+    FRESHET_ASSIGN_OR_RETURN(*commits[k], StagedCommit::Decode(encoded));
   }
   return Status::Ok();
 }
@@ -56,19 +59,31 @@ Result<std::unique_ptr<OfflineSink>> OfflineSink::Open(const Spec& spec, const O
                              OfflineTable::Open(TableOptions(paths, "features", FeaturesTableColumns(spec)),
                                                 options.overwrite_features));
   }
+  if (options.events) {
+    for (const TableSpec& table : spec.tables) {
+      FRESHET_ASSIGN_OR_RETURN(std::unique_ptr<OfflineTable> history,
+                               OfflineTable::Open(TableHistoryOptions(paths, table.name)));
+      sink->histories_.push_back(History{std::move(history), std::nullopt});
+    }
+  }
   return sink;
 }
 
 Result<std::string> OfflineSink::Recover(std::optional<std::string_view> recorded, std::optional<uint64_t> sequence) {
-  std::optional<StagedCommit> events, features;
-  if (recorded) FRESHET_RETURN_IF_ERROR(DecodeStaged(*recorded, &events, &features));
+  std::vector<std::optional<StagedCommit>> staged(2 + histories_.size());
+  std::vector<std::optional<StagedCommit>*> slots;
+  for (auto& s : staged) slots.push_back(&s);
+  if (recorded) FRESHET_RETURN_IF_ERROR(DecodeStaged(*recorded, slots));
+  std::vector<OfflineTable*> tables = {events_.get(), features_.get()};
+  for (History& h : histories_) tables.push_back(h.table.get());
   std::string log;
   size_t removed = 0;
   std::optional<int64_t> keep_up_to;
   if (sequence) keep_up_to = static_cast<int64_t>(*sequence);
-  for (auto [table, staged] : {std::pair{events_.get(), &events}, std::pair{features_.get(), &features}}) {
+  for (size_t k = 0; k < tables.size(); ++k) {
+    OfflineTable* table = tables[k];
     if (table == nullptr) continue;
-    if (*staged) FRESHET_RETURN_IF_ERROR(table->Publish(**staged));
+    if (staged[k]) FRESHET_RETURN_IF_ERROR(table->Publish(*staged[k]));
     FRESHET_ASSIGN_OR_RETURN(size_t n, table->RollBackAfter(keep_up_to));
     removed += n;
     FRESHET_RETURN_IF_ERROR(table->DropStaging());
@@ -112,14 +127,30 @@ void OfflineSink::AddFeatures(int64_t seq, std::string_view entity, int64_t even
   for (size_t f = 0; f < values.size(); ++f) PutFeatureValue(t, spec_.features[f], values[f]);
 }
 
+void OfflineSink::AddTableVersion(size_t table, int64_t version, int64_t seq, const TableRow& row,
+                                  int64_t arrival_ms) {
+  if (table >= histories_.size()) return;
+  std::lock_guard<std::mutex> lock(add_mutex_);
+  PutTableVersion(*histories_[table].table, version, seq, row, arrival_ms);
+}
+
 uint64_t OfflineSink::buffered_bytes() const {
-  return (events_ ? events_->buffered_bytes() : 0) + (features_ ? features_->buffered_bytes() : 0);
+  uint64_t bytes = (events_ ? events_->buffered_bytes() : 0) + (features_ ? features_->buffered_bytes() : 0);
+  for (const History& h : histories_) bytes += h.table->buffered_bytes();
+  return bytes;
+}
+
+uint64_t OfflineSink::TakenRows::Bytes() const {
+  uint64_t bytes = OfflineTable::RowsBytes(events) + OfflineTable::RowsBytes(features);
+  for (const OfflineTable::RowsPtr& h : histories) bytes += OfflineTable::RowsBytes(h);
+  return bytes;
 }
 
 OfflineSink::TakenRows OfflineSink::TakeRows() {
   TakenRows rows;
   if (events_ != nullptr) rows.events = events_->TakeRows();
   if (features_ != nullptr) rows.features = features_->TakeRows();
+  for (History& h : histories_) rows.histories.push_back(h.table->TakeRows());
   return rows;
 }
 
@@ -130,6 +161,12 @@ Status OfflineSink::StageInto(TakenRows& rows, std::optional<int64_t> txn_versio
     FRESHET_ASSIGN_OR_RETURN(std::optional<StagedCommit> c, table->StageRows(*taken, txn_version));
     if (c) Fold(*staged, std::move(*c));
     if (*staged && txn_version) (*staged)->txn_version = txn_version;
+  }
+  for (size_t k = 0; k < histories_.size() && k < rows.histories.size(); ++k) {
+    History& h = histories_[k];
+    FRESHET_ASSIGN_OR_RETURN(std::optional<StagedCommit> c, h.table->StageRows(rows.histories[k], txn_version));
+    if (c) Fold(h.staged, std::move(*c));
+    if (h.staged && txn_version) h.staged->txn_version = txn_version;
   }
   return Status::Ok();
 }
@@ -144,18 +181,20 @@ Result<std::string> OfflineSink::Stage(uint64_t checkpoint_sequence) {
 }
 
 Result<std::string> OfflineSink::StageTaken(TakenRows rows, uint64_t checkpoint_sequence) {
-  unstaged_bytes_ += OfflineTable::RowsBytes(rows.events) + OfflineTable::RowsBytes(rows.features);
+  unstaged_bytes_ += rows.Bytes();
   unstaged_.push_back(std::move(rows));
   while (!unstaged_.empty()) {
     TakenRows& oldest = unstaged_.front();
-    const uint64_t bytes = OfflineTable::RowsBytes(oldest.events) + OfflineTable::RowsBytes(oldest.features);
+    const uint64_t bytes = oldest.Bytes();
     Status staged = StageInto(oldest, static_cast<int64_t>(checkpoint_sequence));
     // A table staged before the other failed gave up its rows: count only what is still held.
-    unstaged_bytes_ -= bytes - (OfflineTable::RowsBytes(oldest.events) + OfflineTable::RowsBytes(oldest.features));
+    unstaged_bytes_ -= bytes - oldest.Bytes();
     FRESHET_RETURN_IF_ERROR(staged);
     unstaged_.pop_front();
   }
-  return EncodeStaged(events_staged_, features_staged_);
+  std::vector<const std::optional<StagedCommit>*> commits = {&events_staged_, &features_staged_};
+  for (const History& h : histories_) commits.push_back(&h.staged);
+  return EncodeStaged(commits);
 }
 
 Status OfflineSink::Publish() {
@@ -163,6 +202,11 @@ Status OfflineSink::Publish() {
     if (table == nullptr || !*staged) continue;
     FRESHET_RETURN_IF_ERROR(table->Publish(**staged));
     staged->reset();
+  }
+  for (History& h : histories_) {
+    if (!h.staged) continue;
+    FRESHET_RETURN_IF_ERROR(h.table->Publish(*h.staged));
+    h.staged.reset();
   }
   return Status::Ok();
 }

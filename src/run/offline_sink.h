@@ -28,6 +28,7 @@
 #include "offline/offline_table.h"
 #include "offline/tables.h"
 #include "spec/spec.h"
+#include "table/table_set.h"
 
 namespace freshet {
 
@@ -57,6 +58,10 @@ class OfflineSink {
                 const RecordPlace* place = nullptr);
   void AddFeatures(int64_t seq, std::string_view entity, int64_t event_time_ms, int64_t processing_ms,
                    const std::vector<Value>& values);
+  // A version of reference table `table` (index in Spec::tables) into its history, table_<name>
+  // (table/table_history.h); committed with the events of the same checkpoint.
+  void AddTableVersion(size_t table, int64_t version, int64_t seq, const TableRow& row, int64_t arrival_ms);
+  bool writes_tables() const { return !histories_.empty(); }
   bool writes_features() const { return features_ != nullptr; }
   bool writes_events() const { return events_ != nullptr; }
   uint64_t buffered_bytes() const;
@@ -67,6 +72,8 @@ class OfflineSink {
   // (the Parquet writing) on another, one at a time; Stage(s) == StageTaken(TakeRows(), s).
   struct TakenRows {
     OfflineTable::RowsPtr events, features;
+    std::vector<OfflineTable::RowsPtr> histories;  // Per reference table.
+    uint64_t Bytes() const;
   };
   TakenRows TakeRows();
   // Rows that cannot be staged (a full disk) are kept, and staged ahead of newer rows by the next call, so a
@@ -95,6 +102,12 @@ class OfflineSink {
   uint64_t feature_rows_ = 0;
   std::unique_ptr<OfflineTable> events_;
   std::unique_ptr<OfflineTable> features_;
+  // The reference tables' histories (with the events table), each with its staged commit.
+  struct History {
+    std::unique_ptr<OfflineTable> table;
+    std::optional<StagedCommit> staged;
+  };
+  std::vector<History> histories_;
   // Staged and not yet published (a failed checkpoint leaves it for the next one), per table: at most one
   // commit, since every Stage folds its files into it.
   std::optional<StagedCommit> events_staged_;

@@ -25,6 +25,7 @@
 #include "event/dead_letters.h"
 #include "run/feature_log.h"
 #include "run/lanes.h"
+#include "run/table_feed.h"
 #include "run/event_path.h"
 #include "run/offline_sink.h"
 #include "run/skew_monitor.h"
@@ -46,7 +47,8 @@ namespace {
 constexpr size_t kPollRecords = 4096;
 constexpr uint64_t kOfflineBufferBytes = 256ull << 20;  // Checkpoint early beyond this many buffered offline bytes.
 constexpr int64_t kCheckpointRetryMs = 1000;             // After a failed checkpoint, the next try waits this long.
-constexpr size_t kRecordsPerLock = 256;  // Events applied per exclusive lock: bounds a lookup's wait.
+constexpr size_t kRecordsPerLock = 256;
+constexpr int64_t kTablePollMs = 200;  // How often `freshet run` looks for rows appended to table files.  // Events applied per exclusive lock: bounds a lookup's wait.
 
 // Freshness buckets, in seconds: fine below a second, where the targets are.
 constexpr double kFreshnessBuckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -228,6 +230,12 @@ struct Runtime::Impl final : public FeatureService {
   void LogAnswer(std::string_view request_id, int64_t as_of_ms, std::span<const int> features,
                  std::span<const std::string_view> entities, std::span<const FeatureLookup> lookups) override {
     if (feature_log_ != nullptr) feature_log_->Log(request_id, as_of_ms, features, entities, lookups);
+  }
+
+  Result<size_t> PutTableRows(std::string_view table, std::string_view body,
+                              std::vector<std::pair<size_t, std::string>>* errors) override {
+    if (table_feed_ == nullptr) return FeatureService::PutTableRows(table, body, errors);
+    return table_feed_->Put(table, body, errors);
   }
 
   Result<IngestAck> Ingest(std::string_view body, IngestFormat format) override {
@@ -533,6 +541,10 @@ struct Runtime::Impl final : public FeatureService {
   std::vector<std::pair<std::string, std::string>> health_by_key_;
 
   std::unique_ptr<OfflineSink> offline_;  // Null with `offline: {enabled: false}`.
+  std::unique_ptr<TableFeed> table_feed_;  // With `tables` in the spec.
+  int64_t last_table_poll_ms_ = 0;
+  // Reads what the table files gained, under the exclusive lock (between event batches).
+  Status PollTables();
   std::thread checkpoint_thread_;         // Writes the checkpoint prepared by Checkpoint(); one at a time.
   std::atomic<bool> checkpoint_running_{false};
   // When the last checkpoint failed (WallClockMs), 0 after a success: the next try waits kCheckpointRetryMs.
@@ -685,7 +697,14 @@ Status Runtime::Impl::Open() {
     lanes_.SetOfflineSink(offline_.get());
     if (sharded_input_) sharded_input_->SetOfflineSink(offline_.get());
   }
+  if (!spec_.tables.empty()) {
+    table_feed_ = std::make_unique<TableFeed>(spec_, metrics_, dir);
+    lanes_.SetTables(&table_feed_->tables());
+    if (sharded_input_) sharded_input_->SetTables(&table_feed_->tables());
+  }
   FRESHET_RETURN_IF_ERROR(Restore());
+  // The table files as they are now come before any event read from here on.
+  if (table_feed_ != nullptr) FRESHET_RETURN_IF_ERROR(PollTables());
   if (offline_paths && spec_.feature_log.enabled) {
     FRESHET_ASSIGN_OR_RETURN(feature_log_,
                              FeatureLogWriter::Start(spec_, *offline_paths, metrics_, spec_.checkpoint.interval_ms));
@@ -738,6 +757,7 @@ Status Runtime::Impl::Restore() {
       if (name == "source") FRESHET_RETURN_IF_ERROR(source_->Seek(position));
       if (name == "dead_letters") dead_letter_bytes = std::stoull(position);
       if (name == "offline") offline_position = position;
+      if (name == "tables" && table_feed_ != nullptr) FRESHET_RETURN_IF_ERROR(table_feed_->Restore(position));
     }
     FRESHET_RETURN_IF_ERROR(RecoverOffline(offline_position, checkpoint->sequence));
     uint64_t admitted = 0;
@@ -788,6 +808,7 @@ Status Runtime::Impl::Checkpoint(bool wait) {
   checkpoint->sequence = checkpoints_->next_sequence();
   checkpoint->spec_fingerprint = lanes_.blank().spec_fingerprint();
   checkpoint->positions = {{"source", source_->position()}, {"dead_letters", std::to_string(dead_letter_bytes)}};
+  if (table_feed_ != nullptr) checkpoint->positions.emplace_back("tables", table_feed_->Encode());
   // Sharded, each shard's state is settled and encoded on its own thread.
   std::vector<size_t> recent(lanes_.size(), 0);
   const auto settle = [&](size_t l) { recent[l] = lanes_.at(l).engine.SettleRecent(); };
@@ -893,6 +914,18 @@ void Runtime::Impl::ProcessShard(size_t shard, std::span<const SourceRecord> rec
     if (redis_ != nullptr) out.changed.emplace_back(uint64_t{lane_of[k]} << 32 | lane.path.entity(), record.arrival_ns);
     ++out.accepted;
   }
+}
+
+Status Runtime::Impl::PollTables() {
+  last_table_poll_ms_ = WallClockMs();
+  std::vector<std::string> warnings;
+  Status polled;
+  {
+    std::unique_lock<std::shared_mutex> lock(mutex_);
+    polled = table_feed_->Poll(lanes_, offline_.get(), last_table_poll_ms_, &warnings);
+  }
+  for (const std::string& w : warnings) std::fprintf(stderr, "freshet run: warning: %s\n", w.c_str());
+  return polled;
 }
 
 Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch) {
@@ -1624,6 +1657,14 @@ Status Runtime::Run(const std::atomic<bool>& stop) {
       s.SetHealthReason("source", "event source '" + std::string(s.source_->name()) + "': " + polled.message());
       failure = polled;
       break;
+    }
+    if (s.table_feed_ != nullptr && WallClockMs() - s.last_table_poll_ms_ >= kTablePollMs) {
+      Status tables = s.PollTables();
+      if (!tables.ok()) {
+        s.SetHealthReason("tables", tables.message());
+      } else {
+        s.SetHealthReason("tables", std::nullopt);
+      }
     }
     if (!batch.empty()) FRESHET_RETURN_IF_ERROR(s.ProcessBatch(batch));
     if (s.kafka_ != nullptr) s.UpdateKafkaStatus();

@@ -59,6 +59,10 @@ struct ShardedInput::Shard {
     uint32_t record;
     size_t values_begin, values_count;
   };
+
+void ShardedInput::SetTables(const TableSet* tables) {
+  for (auto& shard : shards_) shard->parser.SetTables(tables);
+}
   std::vector<Row> rows;
   std::vector<Value> values, row_values;
   std::deque<std::string> strings;

@@ -54,6 +54,8 @@ class ShardedInput {
   ~ShardedInput();
 
   void SetOfflineSink(OfflineSink* offline) { offline_ = offline; }
+  // The reference tables the parsers fill joined fields from; they change only between calls of Process.
+  void SetTables(const TableSet* tables);
 
   // Processes a chunk of records in input order. `wall_ms` stamps the offline rows; `track_changed` fills
   // out->changed (for the online store). Dead letters go to `dead_letter`, in input order, on this thread.

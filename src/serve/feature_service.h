@@ -120,6 +120,16 @@ class FeatureService {
                            "needs `freshet run` with `source: {type: http}`");
   }
 
+  // PUT /v1/tables/{name}: appends the rows (JSON lines) of reference table `table` that can be read, durably,
+  // and returns how many; every other row's 1-based line and reason go to *errors. May block (fsync).
+  // Default: kNotFound, for a service without reference tables.
+  virtual Result<size_t> PutTableRows(std::string_view table, std::string_view body,
+                                      std::vector<std::pair<size_t, std::string>>* errors) {
+    (void)body, (void)errors;
+    return Status::NotFound("no table '" + std::string(table) + "': this server has no reference tables (the "
+                            "spec's `tables`, with `freshet run`)");
+  }
+
   // Called by the HTTP layer with every successful answer, inside Lookup's `consume` (so the values are
   // still valid), to log what was served. Must not block: implementations queue and write elsewhere.
   // `request_id` is the client's X-Request-Id or one the server made up; it is also in the response.

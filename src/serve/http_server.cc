@@ -44,6 +44,7 @@ enum Route : int {
   kRouteExplain,
   kRouteConsoleData,
   kRouteConsole,
+  kRouteTable,
   kRouteUnmatched,
   kRouteCount,
 };
@@ -65,6 +66,7 @@ constexpr RouteInfo kRoutes[kRouteCount] = {
     {"/v1/explain/{entity}", "GET, HEAD", false},
     {"/v1/ui/{view}", "GET, HEAD", false},
     {"/ui", "GET, HEAD", false},
+    {"/v1/tables/{name}", "PUT", true},
     {"unmatched", "", false},
 };
 
@@ -79,11 +81,13 @@ constexpr const char* kEndpoints[] = {
     "GET /v1/explain/{entity}?feature=F&at=T",
     "GET /v1/ui/pipeline, /v1/ui/features, /v1/ui/dead-letters",
     "GET /ui (the web console)",
+    "PUT /v1/tables/{name} (JSON lines: rows of a reference table)",
 };
 
 constexpr std::string_view kEntityPrefix = "/v1/features/";
 constexpr std::string_view kExplainPrefix = "/v1/explain/";
 constexpr std::string_view kConsoleDataPrefix = "/v1/ui/";
+constexpr std::string_view kTablePrefix = "/v1/tables/";
 constexpr const char* kJsonType = "application/json";
 constexpr int kMaxStatus = 600;
 
@@ -103,6 +107,9 @@ Route MatchRoute(std::string_view path, size_t key_fields) {
     return path.find('/', kExplainPrefix.size()) == std::string_view::npos ? kRouteExplain : kRouteUnmatched;
   }
   if (path.starts_with(kConsoleDataPrefix)) return kRouteConsoleData;
+  if (path.starts_with(kTablePrefix)) {
+    return path.find('/', kTablePrefix.size()) == std::string_view::npos ? kRouteTable : kRouteUnmatched;
+  }
   if (path == "/ui" || path.starts_with("/ui/")) return kRouteConsole;
   if (path == "/v1/admin" || path.starts_with("/v1/admin/")) return kRouteAdmin;
   return kRouteUnmatched;
@@ -278,6 +285,7 @@ struct HttpServer::Impl final : HttpHandler {
   void HandleConsole(std::string_view path, HttpResponse& res);
   void HandleConsoleData(std::string_view path, HttpResponse& res);
   void HandleExplain(std::string_view path, std::string_view query, HttpResponse& res);
+  void HandleTable(std::string_view path, std::string_view body, HttpResponse& res);
   // Counts the answer to `req` on `route`, and its service time when its headers were complete.
   void RecordRequest(const HttpRequest& req, Route route, int status);
 
@@ -445,7 +453,7 @@ Route RouteOf(const HttpRequest& req, size_t key_fields) {
 
 bool HttpServer::Impl::MayBlock(const HttpRequest& req) const {
   const Route route = RouteOf(req, key_fields.size());
-  return route == kRouteIngest || route == kRouteExplain ||
+  return route == kRouteIngest || route == kRouteExplain || route == kRouteTable ||
          ((route == kRouteEntityFeatures || route == kRouteBatchFeatures) && service.LookupBlocks());
 }
 
@@ -509,7 +517,7 @@ void HttpServer::Impl::Serve(const HttpRequest& req, Route route, HttpResponse& 
                  kRoutes[route].allow);
     return;
   }
-  if ((route == kRouteBatchFeatures || route == kRouteIngest) && !query.empty()) {
+  if ((route == kRouteBatchFeatures || route == kRouteIngest || route == kRouteTable) && !query.empty()) {
     // A query string there is a misunderstanding (parameters of a POST go in its body): say so rather than
     // ignore it. GET /health, /metrics and /v1/spec ignore theirs (cache busters, probes).
     SetError(res, 400, "POST " + std::string(kRoutes[route].label) +
@@ -527,6 +535,7 @@ void HttpServer::Impl::Serve(const HttpRequest& req, Route route, HttpResponse& 
     case kRouteExplain: HandleExplain(path, query, res); return;
     case kRouteConsoleData: HandleConsoleData(path, res); return;
     case kRouteConsole: HandleConsole(path, res); return;
+    case kRouteTable: HandleTable(path, req.body, res); return;
     case kRouteAdmin:
     case kRouteUnmatched:
     case kRouteCount: break;
@@ -1088,6 +1097,35 @@ void HttpServer::Impl::HandleConsoleData(std::string_view path, HttpResponse& re
     return;
   }
   SetBody(res, 200, std::move(*body), kJsonType);
+}
+
+// PUT /v1/tables/{name}: rows of a reference table, acknowledged once durable; the answer has the shape of an
+// ingest's ({"accepted":N,"rejected":M,"errors":[{"line":L,"reason":R}]}).
+void HttpServer::Impl::HandleTable(std::string_view path, std::string_view body, HttpResponse& res) {
+  std::string table;
+  if (!PercentDecode(path.substr(kTablePrefix.size()), &table) || table.empty()) {
+    SetError(res, 400, "the table name in the path is empty or not valid percent-encoding; use "
+                       "/v1/tables/{name}, e.g. /v1/tables/profiles");
+    return;
+  }
+  std::vector<std::pair<size_t, std::string>> errors;
+  Result<size_t> accepted = service.PutTableRows(table, body, &errors);
+  if (!accepted.ok()) {
+    SetServiceError(res, accepted.status());
+    return;
+  }
+  std::string out;
+  JsonWriter json(&out);
+  json.BeginObject().Key("accepted").Uint(*accepted).Key("rejected").Uint(errors.size());
+  if (!errors.empty()) {
+    json.Key("errors").BeginArray();
+    for (size_t k = 0; k < errors.size() && k < kMaxIngestErrors; ++k) {
+      json.BeginObject().Key("line").Uint(errors[k].first).Key("reason").String(errors[k].second).EndObject();
+    }
+    json.EndArray();
+  }
+  json.EndObject();
+  SetBody(res, 200, std::move(out), kJsonType);
 }
 
 void HttpServer::Impl::HandleExplain(std::string_view path, std::string_view query, HttpResponse& res) {

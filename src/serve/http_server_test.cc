@@ -845,7 +845,7 @@ TEST_F(HttpServerTest, MalformedRequestsAre4xxWithAnExplanation) {
     EXPECT_NE(error.find(c.error_contains), std::string::npos)
         << c.method << " " << c.path << " " << c.body << ": " << error;
     if (c.status == 404) {
-      EXPECT_EQ(Strings(At(json->root, "endpoints")).size(), 9u);
+      EXPECT_EQ(Strings(At(json->root, "endpoints")).size(), 10u);
     }
     if (c.status == 405) {
       EXPECT_FALSE(result->get_header_value("Allow").empty());

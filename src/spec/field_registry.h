@@ -104,6 +104,20 @@ class FieldRegistry {
   // key of one field. The parser then encodes them into one entity string (common/entity_key.h).
   void SetKeySlots(std::vector<int> slots) { key_slots_ = std::move(slots); }
   const std::vector<int>& key_slots() const { return key_slots_; }
+  // A joined field (the spec's `joins`): "profiles.segment" is column "segment" of the row that join `join`
+  // finds for the event; the parser fills it from the table (table/table_set.h) before the derived fields.
+  struct Joined {
+    int slot;
+    int join;            // Index in Spec::joins.
+    std::string column;  // Dotted path inside the row.
+  };
+  void AddJoined(int slot, int join, std::string column) { joined_.push_back({slot, join, std::move(column)}); }
+  const std::vector<Joined>& joined() const { return joined_; }
+  // Whether the parser computes `slot` (derived or joined) instead of reading it from the event.
+  bool is_computed(int slot) const {
+    return is_derived(slot) ||
+           std::any_of(joined_.begin(), joined_.end(), [slot](const Joined& j) { return j.slot == slot; });
+  }
 
   // What the schema declares for `slot` (kAny and no conversion when nothing).
   const FieldSchema& schema(size_t slot) const { return schemas_[slot]; }
@@ -114,6 +128,7 @@ class FieldRegistry {
   std::vector<FieldSchema> schemas_;  // Parallel to paths_.
   std::vector<Derived> derived_;
   std::vector<int> key_slots_;
+  std::vector<Joined> joined_;
 };
 
 }  // namespace freshet

@@ -351,6 +351,10 @@ class SpecParser {
   void ParseSkew(const Entry& entry, Spec* spec);
   void ParseFeatures(const Entry& entry, Spec* spec);
   void ParseDerive(const Entry& entry, Spec* spec);
+  void ParseTables(const Entry& entry, Spec* spec);
+  void ParseJoins(const Entry& entry, Spec* spec);
+  void ResolveJoinedFields(Spec* spec);
+  std::vector<YAML::Mark> join_marks_;  // Of each join's `on`, parallel to Spec::joins.
   void ParseFeature(const YAML::Node& item, const SpecOption& list_option, Spec* spec,
                     std::map<std::string, int>* first_line_by_name);
   std::optional<WindowSpec> ParseWindow(const Entry& entry);
@@ -1120,6 +1124,18 @@ bool IsDerivedField(const Spec& spec, std::string_view path) {
   return std::any_of(spec.derived.begin(), spec.derived.end(), [&](const DerivedFieldSpec& d) { return d.name == path; });
 }
 
+// A field of a joined table ("profiles.segment" with a join of profiles): its value is the row's, not the event's.
+bool IsJoinedField(const Spec& spec, std::string_view path) {
+  return std::any_of(spec.joins.begin(), spec.joins.end(), [&](const JoinSpec& j) {
+    return path.size() > j.table.size() && path.starts_with(j.table) && path[j.table.size()] == '.';
+  });
+}
+
+// Derived or joined: not an event field, so the schema does not declare it.
+bool IsComputedField(const Spec& spec, std::string_view path) {
+  return IsDerivedField(spec, path) || IsJoinedField(spec, path);
+}
+
 std::string Declared(const SchemaFieldSpec& f) {
   return "'" + f.path + "' is declared " + FieldTypeName(f.schema.type) + " in 'schema' (line " +
          std::to_string(f.line) + ")";
@@ -1277,7 +1293,7 @@ void SpecParser::ParseSchema(const Entry& entry, Spec* spec) {
 
 void SpecParser::CheckFieldAgainstSchema(const Spec& spec, const FieldUse& use) {
   // A derived field's type is whatever its expression gives; the event fields it reads were checked.
-  if (use.role == FieldRole::kFeatureField && IsDerivedField(spec, use.path)) return;
+  if (use.role == FieldRole::kFeatureField && IsComputedField(spec, use.path)) return;
   const SchemaFieldSpec* f = FindSchemaField(spec, use.path);
   std::string role;       // What the spec reads the field as, for messages.
   std::string type_hint;  // The type to declare it with.
@@ -1373,6 +1389,7 @@ void SpecParser::ParseDerive(const Entry& entry, Spec* spec) {
     if (spec->has_schema) {
       for (const ValueExpr::FieldReference& ref : expr->FieldReferences()) {
         if (line_by_name.count(ref.path) > 0 || FindSchemaField(*spec, ref.path) != nullptr) continue;
+        if (IsJoinedField(*spec, ref.path)) continue;
         Error(MarkInScalar(expr_entry->value, ref.offset),
               "in 'expr' of derived field '" + *name + "': unknown field '" + ref.path +
                   "': 'schema' does not declare it" + DidYouMeanField(*spec, ref.path) +
@@ -1393,6 +1410,120 @@ void SpecParser::ParseDerive(const Entry& entry, Spec* spec) {
     derived.slot = spec->fields.Intern(*name);
     spec->fields.AddDerived(derived.slot, std::make_shared<const ValueExpr>(std::move(expr).value()));
     spec->derived.push_back(std::move(derived));
+  }
+}
+
+void SpecParser::ParseTables(const Entry& entry, Spec* spec) {
+  const SpecOption& option = *entry.option;
+  if (!entry.value.IsSequence()) {
+    Error(ValueMark(entry), std::string("'tables' is ") + NodeKindName(entry.value) +
+                                "; expected a list, each item like - {name: profiles, key: user_id}");
+    return;
+  }
+  for (const auto& item : entry.value) {
+    std::optional<MapView> map = ReadMap(item, item.Mark(), option, ChildSection(option), "each item of 'tables'");
+    if (!map) continue;
+    TableSpec table;
+    table.line = map->mark.line + 1;
+    std::optional<std::string> name = ReadName(*map, "name");
+    std::optional<std::string> key = ReadFieldPath(*map, "key");
+    if (!name || !key) continue;
+    if (map->Find("valid_from") != nullptr) {
+      std::optional<std::string> path = ReadFieldPath(*map, "valid_from");
+      if (!path) continue;
+      table.valid_from = *path;
+    }
+    for (const TableSpec& other : spec->tables) {
+      if (other.name == *name) {
+        Error(map->Find("name")->value.Mark(), "duplicate table '" + *name + "'; the first one is at line " +
+                                                   std::to_string(other.line));
+      }
+    }
+    table.name = *name;
+    table.key = *key;
+    if (const Entry* source = map->Find("source")) {
+      std::optional<MapView> source_map =
+          ReadMap(source->value, ValueMark(*source), *source->option, ChildSection(*source->option),
+                  "'tables[].source'");
+      if (!source_map) continue;
+      std::optional<std::string> type = ReadChoice(*source_map, "type");
+      std::optional<std::string> path = ReadString(*source_map, "path");
+      std::optional<std::string> format = ReadChoice(*source_map, "format");
+      if (!type || !path || !format) continue;
+      table.source_type = *type;
+      table.path = CanonicalEventsPath(file_, *path);
+      table.format = *format;
+    }
+    spec->tables.push_back(std::move(table));
+  }
+}
+
+void SpecParser::ParseJoins(const Entry& entry, Spec* spec) {
+  const SpecOption& option = *entry.option;
+  if (!entry.value.IsSequence()) {
+    Error(ValueMark(entry), std::string("'joins' is ") + NodeKindName(entry.value) +
+                                "; expected a list, each item like - {table: profiles, on: user_id}");
+    return;
+  }
+  for (const auto& item : entry.value) {
+    std::optional<MapView> map = ReadMap(item, item.Mark(), option, ChildSection(option), "each item of 'joins'");
+    if (!map) continue;
+    JoinSpec join;
+    join.line = map->mark.line + 1;
+    std::optional<std::string> table = ReadName(*map, "table");
+    std::optional<std::string> on = ReadFieldPath(*map, "on");
+    if (!table || !on) continue;
+    const YAML::Mark& table_mark = map->Find("table")->value.Mark();
+    for (size_t t = 0; t < spec->tables.size(); ++t) {
+      if (spec->tables[t].name == *table) join.table_index = static_cast<int>(t);
+    }
+    if (join.table_index < 0) {
+      std::vector<std::string_view> names;
+      for (const TableSpec& t : spec->tables) names.push_back(t.name);
+      const auto close = ClosestMatch(*table, names);
+      Error(table_mark, "join of unknown table '" + *table + "'" +
+                            (close ? "; did you mean '" + std::string(*close) + "'?"
+                                   : "; declare it in 'tables' (" + (names.empty() ? std::string("none is declared")
+                                                                                   : "declared: " + Join(names)) +
+                                         ")"));
+      continue;
+    }
+    for (const JoinSpec& other : spec->joins) {
+      if (other.table == *table) {
+        Error(table_mark, "table '" + *table + "' is joined twice (first at line " + std::to_string(other.line) +
+                              "); its fields are named " + *table + ".<column>, so one join per table");
+      }
+    }
+    join.table = *table;
+    join.on = *on;
+    spec->joins.push_back(std::move(join));
+    join_marks_.push_back(map->Find("on")->value.Mark());
+  }
+}
+
+// After every expression: the slots named <table>.<column> are filled from the joined row, and each join's `on`
+// field is read from the event (interned last, so that adding a join leaves the other fields' slots as they were).
+void SpecParser::ResolveJoinedFields(Spec* spec) {
+  const size_t read_slots = spec->fields.size();
+  for (size_t slot = 0; slot < read_slots; ++slot) {
+    const std::string path = spec->fields.paths()[slot];
+    for (size_t j = 0; j < spec->joins.size(); ++j) {
+      const std::string& table = spec->joins[j].table;
+      if (path.size() > table.size() && path.starts_with(table) && path[table.size()] == '.') {
+        spec->fields.AddJoined(static_cast<int>(slot), static_cast<int>(j), path.substr(table.size() + 1));
+      }
+    }
+  }
+  for (JoinSpec& join : spec->joins) {
+    // The key is read from the event before any field is derived or joined.
+    if (IsComputedField(*spec, join.on)) {
+      Error(join_marks_[static_cast<size_t>(&join - spec->joins.data())],
+            "join of '" + join.table + "' on '" + join.on + "', a " +
+                (IsDerivedField(*spec, join.on) ? "derived" : "joined") +
+                " field; `on` must be a field of the event itself, since joins are made before derived fields");
+      continue;
+    }
+    join.on_slot = spec->fields.Intern(join.on);
   }
 }
 
@@ -1502,7 +1633,7 @@ void SpecParser::CheckWhereAgainstSchema(const Spec& spec, const WhereUse& use) 
   const auto quoted = [&](std::string_view text) { return std::string(1, quote) + std::string(text) + quote; };
   // The schema entry of a field operand, or nullptr after reporting it unknown.
   const auto declared = [&](const ExprOperandInfo& o) -> const SchemaFieldSpec* {
-    if (IsDerivedField(spec, o.path)) return nullptr;  // Of the type its expression gives: not checked here.
+    if (IsComputedField(spec, o.path)) return nullptr;  // Of the type its expression or row gives: not checked.
     const SchemaFieldSpec* f = FindSchemaField(spec, o.path);
     if (f == nullptr) {
       std::string hint = DidYouMeanField(spec, o.path);
@@ -1715,9 +1846,12 @@ void SpecParser::ParseTop(const YAML::Node& root, Spec* spec) {
   if (const Entry* e = map->Find("offline")) ParseOffline(*e, spec);
   if (const Entry* e = map->Find("feature_log")) ParseFeatureLog(*e, spec);
   if (const Entry* e = map->Find("skew")) ParseSkew(*e, spec);
+  if (const Entry* e = map->Find("tables")) ParseTables(*e, spec);
+  if (const Entry* e = map->Find("joins")) ParseJoins(*e, spec);  // Before the expressions that read joined fields.
   if (const Entry* e = map->Find("derive")) ParseDerive(*e, spec);  // Before the features that read them.
   if (const Entry* e = map->Find("features")) ParseFeatures(*e, spec);
   if (const Entry* e = map->Find("dedup")) ParseDedup(*e, spec);
+  ResolveJoinedFields(spec);
   if (const Entry* e = map->Find("request_features")) ParseRequestFeatures(*e, spec);  // They read features.
   CheckFieldUses(spec);
 }

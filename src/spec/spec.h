@@ -159,6 +159,26 @@ struct DerivedFieldSpec {
   int line = 0;
 };
 
+// One `tables` item: a reference table whose rows events can join (src/table/, README "Reference tables").
+struct TableSpec {
+  std::string name;        // Also the prefix of its joined fields: profiles.segment.
+  std::string key;         // The row field that holds the key (read like an entity: text, or an integer's digits).
+  std::string valid_from;  // The row field from which a version applies (event time); empty: from its arrival.
+  std::string source_type = "http";  // "file": read (and followed) from `path`; "http": PUT /v1/tables/{name} only.
+  std::string path;                  // file: resolved against the spec's folder.
+  std::string format = "jsonl";      // file: "jsonl" or "csv" (a header row names the columns).
+  int line = 0;
+};
+
+// One `joins` item: events look up `table` by the value of their field `on`.
+struct JoinSpec {
+  std::string table;
+  int table_index = -1;  // In Spec::tables.
+  std::string on;        // Dotted path of the event field holding the table's key.
+  int on_slot = -1;      // Its slot in Spec::fields.
+  int line = 0;
+};
+
 // One problem found in a spec, with its 1-based position in the file.
 struct SpecDiagnostic {
   int line = 0;
@@ -193,6 +213,8 @@ struct Spec {
   SkewSpec skew;
   std::vector<FeatureSpec> features;
   std::vector<DerivedFieldSpec> derived;  // In evaluation order.
+  std::vector<TableSpec> tables;
+  std::vector<JoinSpec> joins;  // At most one per table; its fields are the slots FieldRegistry::joined() names.
   RequestFeatures request_features;       // Computed when features are asked for; not state.
   // Slot 0: entity, slot 1: timestamp, every field a feature reads, then the dedup field; each slot carries what
   // the schema declares for it.

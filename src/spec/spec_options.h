@@ -129,6 +129,16 @@ inline constexpr SpecOption kSpecOptions[] = {
                "expression, before any feature reads it; `where` and `field` then use it like an event field. "
                "See \"Derived fields\" in the README for the operators, functions, types and nulls.")
         .Example("[{name: amount_usd, expr: \"amount * coalesce(fx_rate, 1.0)\"}]"),
+    SpecOption("", "tables", SpecValueType::kList,
+               "Reference tables: rows keyed by a field (user profiles, merchants), each row a new version of its "
+               "key, read from a file and/or pushed with PUT /v1/tables/{name}. Every version is kept in the "
+               "offline store (table_<name>). See \"Reference tables and joins\" in the README.")
+        .Example("[{name: profiles, key: user_id, valid_from: updated_at, source: {type: file, path: profiles.jsonl}}]"),
+    SpecOption("", "joins", SpecValueType::kList,
+               "Joins of events with reference tables: `{table: profiles, on: user_id}` makes each column of the "
+               "table's row for the event's `user_id` readable as `profiles.<column>` in `where`, `field` and "
+               "`derive`, exact in time (see the README's Semantics).")
+        .Example("[{table: profiles, on: user_id}]"),
     SpecOption("", "request_features", SpecValueType::kList,
                "Request-time features: each computes a value when features are asked for (GET and POST "
                "/v1/features, `freshet serve`, `freshet historical`), from the entity's feature values as of the "
@@ -369,6 +379,41 @@ inline constexpr SpecOption kSpecOptions[] = {
                "log, round, lower, upper, length, hour_of_day, day_of_week; null when an input is missing, null or "
                "of the wrong type, and for a division by zero.")
         .Required().Example("\"(ts - signup_ms) / 86400000\""),
+
+    // tables[]
+    SpecOption("tables[]", "name", SpecValueType::kName,
+               "The table's name: [A-Za-z_][A-Za-z0-9_]*, unique among tables; joined fields are named "
+               "<name>.<column>, and its history in the offline store is table_<name>.")
+        .Required().Example("profiles"),
+    SpecOption("tables[]", "key", SpecValueType::kFieldPath,
+               "The row field that holds the key (a non-empty string or an integer, read like an entity). A row "
+               "without it is rejected with its line.")
+        .Required().Example("user_id"),
+    SpecOption("tables[]", "valid_from", SpecValueType::kFieldPath,
+               "The row field holding the event time from which the version applies (RFC 3339 text or epoch "
+               "milliseconds). Without it a version applies to the events that arrive after it.")
+        .Example("updated_at"),
+    SpecOption("tables[]", "source", SpecValueType::kMap,
+               "Where rows are read from besides PUT /v1/tables/{name}: a file, read when `freshet run` starts and "
+               "followed for appended lines (each new row is a new version).")
+        .Example("{type: file, path: profiles.jsonl, format: jsonl}"),
+    SpecOption("tables[].source", "type", SpecValueType::kChoice, "The kind of source.")
+        .Required().Choices("file").Example("file"),
+    SpecOption("tables[].source", "path", SpecValueType::kString,
+               "The table file; a relative path is resolved against the spec file's folder.")
+        .Required().Example("profiles.jsonl"),
+    SpecOption("tables[].source", "format", SpecValueType::kChoice,
+               "jsonl: one JSON object per line; csv: a header row naming the columns, then one row per line "
+               "(a cell in JSON number syntax is a number, an empty cell is missing, any other cell text).")
+        .Choices("jsonl, csv").Default("jsonl"),
+
+    // joins[]
+    SpecOption("joins[]", "table", SpecValueType::kName, "The name of a table in `tables`; one join per table.")
+        .Required().Example("profiles"),
+    SpecOption("joins[]", "on", SpecValueType::kFieldPath,
+               "The event field holding the table's key (it need not be the entity). An event without it, or with "
+               "a key the table lacks, has its joined fields missing.")
+        .Required().Example("user_id"),
 
     // request_features[]
     SpecOption("request_features[]", "name", SpecValueType::kName,

@@ -1,0 +1,217 @@
+#include "run/table_feed.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "common/bytes.h"
+
+namespace freshet {
+namespace {
+
+constexpr uint32_t kTableFeedVersion = 1;
+
+// Appends `text` to the file at `path` and fsyncs it: durable when this returns ok.
+Status AppendDurably(const std::string& path, std::string_view text) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return Status::IoError("cannot open the table log '" + path + "': " + std::strerror(errno));
+  size_t written = 0;
+  while (written < text.size()) {
+    const ssize_t n = ::write(fd, text.data() + written, text.size() - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const std::string why = std::strerror(errno);
+      ::close(fd);
+      return Status::IoError("cannot write the table log '" + path + "': " + why);
+    }
+    written += static_cast<size_t>(n);
+  }
+  const bool synced = ::fsync(fd) == 0;
+  const std::string why = synced ? "" : std::strerror(errno);
+  ::close(fd);
+  if (!synced) return Status::IoError("cannot sync the table log '" + path + "': " + why);
+  return Status::Ok();
+}
+
+// A put log ends in a newline unless a crash cut a write short: those rows were never acknowledged, and a later
+// append would run into them, so the unfinished last line is cut off.
+void DropUnfinishedLine(const std::string& path) {
+  std::error_code ec;
+  const uint64_t size = std::filesystem::file_size(path, ec);
+  if (ec || size == 0) return;
+  std::ifstream in(path, std::ios::binary);
+  // The tail holds the last newline unless a row is longer than it (then the whole file is read).
+  const uint64_t tail = size <= (uint64_t{1} << 20) ? size : (uint64_t{1} << 20);
+  in.seekg(static_cast<std::streamoff>(size - tail));
+  std::string content(tail, '\0');
+  in.read(content.data(), static_cast<std::streamsize>(tail));
+  if (content.back() == '\n') return;
+  uint64_t keep = 0;
+  if (const size_t newline = content.rfind('\n'); newline != std::string::npos) {
+    keep = size - tail + newline + 1;
+  } else if (tail < size) {
+    in.seekg(0);
+    std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    keep = all.rfind('\n') == std::string::npos ? 0 : all.rfind('\n') + 1;
+  }
+  std::filesystem::resize_file(path, keep, ec);
+  if (ec) std::fprintf(stderr, "freshet run: warning: cannot cut the unfinished last line of '%s': %s\n", path.c_str(),
+                       ec.message().c_str());
+}
+
+}  // namespace
+
+TableFeed::TableFeed(const Spec& spec, MetricsRegistry& metrics, const std::string& data_dir)
+    : spec_(spec), tables_(spec), next_version_(spec.tables.size(), 0) {
+  for (size_t t = 0; t < spec.tables.size(); ++t) {
+    if (spec.tables[t].source_type == "file") {
+      readers_.push_back(Reader{t, nullptr, std::make_unique<TableFileReader>(spec.tables[t])});
+    }
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(data_dir) / "tables", ec);
+  for (size_t t = 0; t < spec.tables.size(); ++t) {
+    auto log = std::make_unique<TableSpec>(spec.tables[t]);
+    log->path = (std::filesystem::path(data_dir) / "tables" / (log->name + ".jsonl")).string();
+    log->format = "jsonl";
+    std::ofstream(log->path, std::ios::app);  // Present from the start, so that reading it never fails for lack.
+    DropUnfinishedLine(log->path);
+    auto reader = std::make_unique<TableFileReader>(*log);
+    readers_.push_back(Reader{t, std::move(log), std::move(reader)});
+  }
+  for (const TableSpec& table : spec.tables) {
+    const MetricLabels labels = {{"table", table.name}};
+    versions_.push_back(&metrics.GetCounter("freshet_table_versions_total",
+                                            "Reference-table rows received (each a new version of its key).", labels));
+    late_.push_back(&metrics.GetCounter(
+        "freshet_table_late_versions_total",
+        "Reference-table versions that arrived late: their valid_from is at or before the newest accepted event "
+        "time, so events processed before them did not see them (see the README's Semantics).",
+        labels));
+    rejected_.push_back(&metrics.GetCounter("freshet_table_rejected_rows_total",
+                                            "Reference-table rows that could not be read (logged with file:line).",
+                                            labels));
+    keys_.push_back(&metrics.GetGauge("freshet_table_keys", "Keys held per reference table.", labels));
+  }
+}
+
+int TableFeed::IndexOf(std::string_view name) const {
+  for (size_t t = 0; t < spec_.tables.size(); ++t) {
+    if (spec_.tables[t].name == name) return static_cast<int>(t);
+  }
+  return -1;
+}
+
+void TableFeed::Add(size_t table, const TableRow& row, PipelineLanes& lanes, OfflineSink* offline, int64_t wall_ms) {
+  const uint64_t seq = lanes.next_offline_seq();
+  if (tables_.Add(table, row, lanes.newest_event_ms())) late_[table]->Increment();
+  if (offline != nullptr) {
+    offline->AddTableVersion(table, next_version_[table], static_cast<int64_t>(seq), row, wall_ms);
+  }
+  ++next_version_[table];
+  versions_[table]->Increment();
+  keys_[table]->Set(static_cast<double>(tables_.keys(table)));
+}
+
+Status TableFeed::Poll(PipelineLanes& lanes, OfflineSink* offline, int64_t wall_ms,
+                       std::vector<std::string>* warnings) {
+  for (Reader& r : readers_) {
+    std::vector<TableRow> rows;
+    std::vector<std::string> errors;
+    FRESHET_RETURN_IF_ERROR(r.reader->ReadNew(&rows, &errors));
+    for (const TableRow& row : rows) Add(r.table, row, lanes, offline, wall_ms);
+    rejected_[r.table]->Increment(errors.size());
+    for (std::string& e : errors) warnings->push_back("table '" + spec_.tables[r.table].name + "': " + std::move(e));
+  }
+  return Status::Ok();
+}
+
+Result<size_t> TableFeed::Put(std::string_view name, std::string_view body,
+                              std::vector<std::pair<size_t, std::string>>* errors) {
+  const int t = IndexOf(name);
+  if (t < 0) {
+    std::string names;
+    for (const TableSpec& table : spec_.tables) names += (names.empty() ? "" : ", ") + table.name;
+    return Status::NotFound("no table '" + std::string(name) + "' in the spec (its tables: " + names + ")");
+  }
+  const TableSpec& table = spec_.tables[static_cast<size_t>(t)];
+  std::string valid;
+  size_t accepted = 0, line = 0;
+  for (size_t start = 0; start < body.size();) {
+    size_t end = body.find('\n', start);
+    if (end == std::string_view::npos) end = body.size();
+    std::string_view text = body.substr(start, end - start);
+    start = end + 1;
+    ++line;
+    if (!text.empty() && text.back() == '\r') text.remove_suffix(1);
+    if (text.find_first_not_of(" \t") == std::string_view::npos) continue;
+    Result<TableRow> row = ParseTableRow(table, text);
+    if (!row.ok()) {
+      rejected_[static_cast<size_t>(t)]->Increment();
+      errors->emplace_back(line, row.status().message());
+      continue;
+    }
+    valid.append(text).push_back('\n');
+    ++accepted;
+  }
+  if (accepted == 0) return accepted;
+  std::lock_guard<std::mutex> lock(put_mutex_);
+  const std::string& path = readers_[readers_.size() - spec_.tables.size() + static_cast<size_t>(t)].spec->path;
+  FRESHET_RETURN_IF_ERROR(AppendDurably(path, valid));
+  return accepted;
+}
+
+std::string TableFeed::Encode() const {
+  std::string bytes;
+  ByteWriter out(&bytes);
+  out.PutU32(kTableFeedVersion);
+  out.PutVarint(readers_.size());
+  for (const Reader& r : readers_) {
+    out.PutString(r.reader->path());
+    out.PutU64(r.reader->offset());
+    out.PutU64(r.reader->lines());
+  }
+  for (size_t t = 0; t < next_version_.size(); ++t) {
+    out.PutI64(next_version_[t]);
+    out.PutU64(late_[t]->value());
+    out.PutU64(rejected_[t]->value());
+  }
+  tables_.Save(out);
+  return bytes;
+}
+
+Status TableFeed::Restore(std::string_view bytes) {
+  const Status damaged = Status::Invalid(
+      "the checkpoint's reference tables are damaged or of other tables; start fresh with `freshet run --reset`");
+  ByteReader in(bytes);
+  uint32_t version = 0;
+  uint64_t count = 0;
+  if (!in.ReadU32(&version) || version != kTableFeedVersion || !in.ReadVarint(&count) || count != readers_.size()) {
+    return damaged;
+  }
+  for (Reader& r : readers_) {
+    std::string_view path;
+    uint64_t offset = 0, lines = 0;
+    if (!in.ReadString(&path) || !in.ReadU64(&offset) || !in.ReadU64(&lines)) return damaged;
+    // A table file renamed in the spec is read from its start.
+    if (path == r.reader->path()) r.reader->Seek(offset, lines);
+  }
+  // The counters continue from the checkpoint's, as the event counters do.
+  for (size_t t = 0; t < next_version_.size(); ++t) {
+    uint64_t late = 0, rejected = 0;
+    if (!in.ReadI64(&next_version_[t]) || !in.ReadU64(&late) || !in.ReadU64(&rejected)) return damaged;
+    versions_[t]->Increment(static_cast<uint64_t>(next_version_[t]));
+    late_[t]->Increment(late);
+    rejected_[t]->Increment(rejected);
+  }
+  FRESHET_RETURN_IF_ERROR(tables_.Load(in));
+  for (size_t t = 0; t < keys_.size(); ++t) keys_[t]->Set(static_cast<double>(tables_.keys(t)));
+  return Status::Ok();
+}
+
+}  // namespace freshet

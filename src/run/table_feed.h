@@ -1,0 +1,76 @@
+// TableFeed: the reference tables of `freshet run` — their state (TableSet, read by every lane's parser), where
+// each table file was read up to, and the versions' numbering — fed between event batches, so that each version
+// has one place in the stream's order: before the event numbered PipelineLanes::next_offline_seq().
+//
+// Rows come from each table's file source and from PUT /v1/tables/{name}: Put appends the valid rows of a request
+// to the table's put log, <data_dir>/tables/<name>.jsonl, and fsyncs it before the request is acknowledged; the
+// log is then read like a table file. So an acknowledged row survives a crash (kill -9, power loss), and it takes
+// its place in the stream when Poll reads it.
+//
+// Every version goes to the offline store's table history (OfflineSink::AddTableVersion) with that place, and
+// the checkpoint holds the state (Encode/Restore, under the position name "tables"), so a restart (kill -9
+// included) resumes each file right after the rows the restored state holds, and the history holds each version
+// once.
+//
+// Metrics: freshet_table_versions_total{table}, freshet_table_late_versions_total{table} (a version whose
+// valid_from is at or before the newest accepted event time: events already processed did not see it),
+// freshet_table_rejected_rows_total{table}, freshet_table_keys{table}.
+//
+// Not thread-safe: the runtime calls Poll, Add, Encode and Restore under its exclusive lock.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+#include "run/lanes.h"
+#include "run/offline_sink.h"
+#include "serve/metrics.h"
+#include "spec/spec.h"
+#include "table/table_file.h"
+#include "table/table_set.h"
+
+namespace freshet {
+
+class TableFeed {
+ public:
+  TableFeed(const Spec& spec, MetricsRegistry& metrics, const std::string& data_dir);
+
+  TableSet& tables() { return tables_; }
+
+  // Reads what each table file gained since the last call and adds its rows as versions. Rows that cannot be
+  // read are counted and returned as "FILE:LINE: MESSAGE" warnings; a file that cannot be read fails.
+  Status Poll(PipelineLanes& lanes, OfflineSink* offline, int64_t wall_ms, std::vector<std::string>* warnings);
+
+  // PUT /v1/tables/{name}: appends the rows of `body` (JSON lines) that can be read to the table's put log,
+  // durably, and returns how many; each other row's 1-based line and reason go to *errors. NotFound for a table
+  // the spec lacks. Thread-safe (its own lock), so the HTTP threads call it without the runtime's lock.
+  Result<size_t> Put(std::string_view name, std::string_view body, std::vector<std::pair<size_t, std::string>>* errors);
+  // The index of table `name`, or -1.
+  int IndexOf(std::string_view name) const;
+
+  std::string Encode() const;
+  Status Restore(std::string_view bytes);
+
+ private:
+  void Add(size_t table, const TableRow& row, PipelineLanes& lanes, OfflineSink* offline, int64_t wall_ms);
+
+  const Spec& spec_;
+  TableSet tables_;
+  struct Reader {
+    size_t table;
+    std::unique_ptr<TableSpec> spec;  // Of the put log (a jsonl file); null for the table's own source.
+    std::unique_ptr<TableFileReader> reader;
+  };
+  std::vector<Reader> readers_;  // The tables' file sources, then one put log per table.
+  std::mutex put_mutex_;
+  std::vector<int64_t> next_version_;                      // Per table: the next version's number.
+  std::vector<Counter*> versions_, late_, rejected_;
+  std::vector<Gauge*> keys_;
+};
+
+}  // namespace freshet

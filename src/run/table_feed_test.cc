@@ -1,0 +1,53 @@
+#include "run/table_feed.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace freshet {
+namespace {
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+TEST(TableFeedTest, PutRowsAreLoggedDurablyAndAnUnfinishedLineIsCutAtStart) {
+  Result<Spec> spec = ParseSpec(
+      "name: t\nentity: user\ntimestamp: ts\ntables:\n  - {name: profiles, key: user_id}\n"
+      "joins:\n  - {table: profiles, on: user}\n"
+      "features:\n  - {name: s, aggregation: last, field: profiles.segment, window: {type: lifetime}}\n",
+      "t.yaml");
+  ASSERT_TRUE(spec.ok()) << spec.status().message();
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / "freshet_table_feed_test";
+  std::filesystem::remove_all(dir);
+  const std::string log = (dir / "tables" / "profiles.jsonl").string();
+  {
+    MetricsRegistry metrics;
+    TableFeed feed(*spec, metrics, dir.string());
+    std::vector<std::pair<size_t, std::string>> errors;
+    Result<size_t> put = feed.Put("profiles", "{\"user_id\":\"a\",\"segment\":\"vip\"}\n\n{\"segment\":\"x\"}\n", &errors);
+    ASSERT_TRUE(put.ok());
+    EXPECT_EQ(*put, 1u);
+    ASSERT_EQ(errors.size(), 1u);
+    EXPECT_EQ(errors[0].first, 3u);
+    EXPECT_FALSE(feed.Put("nope", "{}", &errors).ok());
+  }
+  EXPECT_EQ(ReadAll(log), "{\"user_id\":\"a\",\"segment\":\"vip\"}\n");
+  // A crash in the middle of a write leaves part of a row that was never acknowledged.
+  { std::ofstream(log, std::ios::app) << "{\"user_id\":\"b\",\"seg"; }
+  MetricsRegistry metrics;
+  TableFeed feed(*spec, metrics, dir.string());
+  EXPECT_EQ(ReadAll(log), "{\"user_id\":\"a\",\"segment\":\"vip\"}\n");
+  std::vector<std::pair<size_t, std::string>> errors;
+  ASSERT_TRUE(feed.Put("profiles", "{\"user_id\":\"c\"}", &errors).ok());
+  EXPECT_EQ(ReadAll(log), "{\"user_id\":\"a\",\"segment\":\"vip\"}\n{\"user_id\":\"c\"}\n");
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace freshet

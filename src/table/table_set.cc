@@ -1,0 +1,387 @@
+#include "table/table_set.h"
+
+#include <absl/container/flat_hash_map.h>
+#include <simdjson.h>
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <charconv>
+
+#include "common/time.h"
+
+namespace freshet {
+namespace {
+
+// State format of Save/Load.
+constexpr uint32_t kTableSetVersion = 1;
+
+// A column value of a version; strings live in the version's `text`.
+struct StoredCell {
+  ValueType type = ValueType::kMissing;
+  uint32_t offset = 0;  // kString: its bytes in Version::text.
+  uint32_t length = 0;
+  int64_t i = 0;  // kInt, kBool (0 or 1); kDouble: the double's bits.
+  double d() const { return std::bit_cast<double>(i); }
+};
+
+// The cells of a version: the first few inline, so that a lookup reads them from the map's slot (one cache miss
+// per event and join, not three).
+class CellList {
+ public:
+  void push_back(const StoredCell& cell) {
+    if (size_ < inline_.size()) {
+      inline_[size_] = cell;
+    } else {
+      more_.push_back(cell);
+    }
+    ++size_;
+  }
+  size_t size() const { return size_; }
+  const StoredCell& operator[](size_t k) const { return k < inline_.size() ? inline_[k] : more_[k - inline_.size()]; }
+  size_t heap_bytes() const { return more_.capacity() * sizeof(StoredCell); }
+
+ private:
+  std::array<StoredCell, 2> inline_;
+  std::vector<StoredCell> more_;
+  uint32_t size_ = 0;
+};
+
+struct Version {
+  int64_t valid_from_ms = kAlwaysValidMs;
+  std::string text;  // The bytes of the string cells.
+  CellList cells;    // One per joined column of the table (Table::columns order).
+};
+
+// A key's versions: the one with the greatest valid_from inline (what almost every event reads), the older ones,
+// ascending by valid_from, beside it.
+class VersionList {
+ public:
+  // Adds `v`; one with the same valid_from is replaced (the later arrival wins). Returns whether it was new.
+  bool Insert(Version v) {
+    if (!has_newest_) {
+      newest_ = std::move(v);
+      has_newest_ = true;
+      return true;
+    }
+    if (v.valid_from_ms == newest_.valid_from_ms) {
+      newest_ = std::move(v);
+      return false;
+    }
+    if (v.valid_from_ms > newest_.valid_from_ms) {
+      older_.push_back(std::move(newest_));
+      newest_ = std::move(v);
+      return true;
+    }
+    auto at = std::lower_bound(older_.begin(), older_.end(), v.valid_from_ms,
+                               [](const Version& o, int64_t t) { return o.valid_from_ms < t; });
+    if (at != older_.end() && at->valid_from_ms == v.valid_from_ms) {
+      *at = std::move(v);
+      return false;
+    }
+    older_.insert(at, std::move(v));
+    return true;
+  }
+  // The version with the greatest valid_from <= t, or null.
+  const Version* Find(int64_t t) const {
+    if (has_newest_ && newest_.valid_from_ms <= t) return &newest_;
+    for (auto it = older_.rbegin(); it != older_.rend(); ++it) {
+      if (it->valid_from_ms <= t) return &*it;
+    }
+    return nullptr;
+  }
+  size_t size() const { return older_.size() + (has_newest_ ? 1 : 0); }
+  // Every version, ascending by valid_from.
+  template <typename Fn>
+  void ForEach(Fn fn) const {
+    for (const Version& v : older_) fn(v);
+    if (has_newest_) fn(newest_);
+  }
+  size_t heap_bytes() const { return older_.capacity() * sizeof(Version); }
+
+ private:
+  Version newest_;
+  bool has_newest_ = false;
+  std::vector<Version> older_;
+};
+
+// One joined column: the slot it fills and its path in the row.
+struct Column {
+  int slot = -1;
+  std::vector<std::string> path;  // "address.city" -> {"address", "city"}.
+};
+
+struct Table {
+  int join_slot = -1;  // The event field holding the key; -1 when no join reads the table.
+  std::vector<Column> columns;
+  absl::flat_hash_map<std::string, VersionList> versions;
+  size_t version_count = 0;
+};
+
+std::vector<std::string> SplitPath(std::string_view dotted) {
+  std::vector<std::string> parts;
+  while (true) {
+    const size_t dot = dotted.find('.');
+    parts.emplace_back(dotted.substr(0, dot));
+    if (dot == std::string_view::npos) return parts;
+    dotted.remove_prefix(dot + 1);
+  }
+}
+
+// The element at `path` in `object`, or an error when some part is absent.
+simdjson::simdjson_result<simdjson::dom::element> At(simdjson::dom::object object, const std::vector<std::string>& path) {
+  simdjson::dom::element element;
+  for (size_t k = 0; k < path.size(); ++k) {
+    if (object.at_key(path[k]).get(element) != simdjson::SUCCESS) return simdjson::NO_SUCH_FIELD;
+    if (k + 1 < path.size() && element.get_object().get(object) != simdjson::SUCCESS) return simdjson::NO_SUCH_FIELD;
+  }
+  return element;
+}
+
+StoredCell CellOf(simdjson::dom::element element, std::string* text) {
+  using simdjson::dom::element_type;
+  StoredCell cell;
+  switch (element.type()) {
+    case element_type::INT64: cell.type = ValueType::kInt; cell.i = int64_t(element); break;
+    case element_type::UINT64:
+      cell.type = ValueType::kDouble;
+      cell.i = std::bit_cast<int64_t>(static_cast<double>(uint64_t(element)));
+      break;
+    case element_type::DOUBLE: cell.type = ValueType::kDouble; cell.i = std::bit_cast<int64_t>(double(element)); break;
+    case element_type::BOOL: cell.type = ValueType::kBool; cell.i = bool(element) ? 1 : 0; break;
+    case element_type::NULL_VALUE: cell.type = ValueType::kNull; break;
+    case element_type::STRING: {
+      const std::string_view s(element);
+      cell.type = ValueType::kString;
+      cell.offset = static_cast<uint32_t>(text->size());
+      cell.length = static_cast<uint32_t>(s.size());
+      text->append(s);
+      break;
+    }
+    case element_type::ARRAY:
+    case element_type::OBJECT: cell.type = ValueType::kComposite; break;
+  }
+  return cell;
+}
+
+Value ValueOf(const StoredCell& cell, const std::string& text) {
+  switch (cell.type) {
+    case ValueType::kInt: return Value::Int(cell.i);
+    case ValueType::kDouble: return Value::Double(cell.d());
+    case ValueType::kBool: return Value::Bool(cell.i != 0);
+    case ValueType::kString: return Value::String(std::string_view(text).substr(cell.offset, cell.length));
+    case ValueType::kNull: return Value::Null();
+    case ValueType::kComposite: return Value::Composite();
+    default: return Value::Missing();
+  }
+}
+
+// The text of a key: a non-empty string, or an integer's decimal digits (as entities read); nullopt otherwise.
+std::optional<std::string_view> KeyText(const Value& value, char (&digits)[24]) {
+  if (value.type == ValueType::kString && !value.s.empty()) return value.s;
+  if (value.type == ValueType::kInt) {
+    auto [end, ec] = std::to_chars(digits, digits + sizeof(digits), value.i);
+    (void)ec;
+    return std::string_view(digits, end - digits);
+  }
+  return std::nullopt;
+}
+
+simdjson::dom::parser& ThreadParser() {
+  thread_local simdjson::dom::parser parser;
+  return parser;
+}
+
+}  // namespace
+
+Result<TableRow> ParseTableRow(const TableSpec& table, std::string_view json) {
+  simdjson::dom::element root;
+  if (auto error = ThreadParser().parse(json.data(), json.size()).get(root)) {
+    return Status::Invalid(std::string("invalid JSON: ") + simdjson::error_message(error));
+  }
+  simdjson::dom::object object;
+  if (root.get_object().get(object) != simdjson::SUCCESS) {
+    return Status::Invalid("not a JSON object; each row must be one JSON object like {\"" + table.key + "\": ...}");
+  }
+  TableRow row;
+  row.json = std::string(json);
+  simdjson::dom::element key;
+  if (At(object, SplitPath(table.key)).get(key) != simdjson::SUCCESS) {
+    return Status::Invalid("field '" + table.key + "' (the key of table '" + table.name + "') is missing");
+  }
+  char digits[24];
+  Value key_value = key.type() == simdjson::dom::element_type::INT64 ? Value::Int(int64_t(key))
+                    : key.is_string()                               ? Value::String(std::string_view(key))
+                                                                    : Value::Null();
+  std::optional<std::string_view> key_text = KeyText(key_value, digits);
+  if (!key_text) {
+    return Status::Invalid("field '" + table.key + "' (the key of table '" + table.name +
+                           "') must be a non-empty string or an integer");
+  }
+  row.key = std::string(*key_text);
+  if (table.valid_from.empty()) return row;
+  simdjson::dom::element from;
+  if (At(object, SplitPath(table.valid_from)).get(from) != simdjson::SUCCESS) {
+    return Status::Invalid("field '" + table.valid_from + "' (valid_from of table '" + table.name +
+                           "') is missing; every row of a table with valid_from says from when it applies");
+  }
+  if (from.type() == simdjson::dom::element_type::INT64) {
+    row.valid_from_ms = int64_t(from);
+  } else if (from.is_string()) {
+    Result<int64_t> parsed = ParseRfc3339Ms(std::string_view(from));
+    if (!parsed.ok()) {
+      return Status::Invalid("field '" + table.valid_from + "' (valid_from): " + parsed.status().message());
+    }
+    row.valid_from_ms = *parsed;
+  } else {
+    return Status::Invalid("field '" + table.valid_from + "' (valid_from) must be epoch milliseconds as a JSON "
+                           "integer or RFC 3339 text");
+  }
+  if (row.valid_from_ms < kMinTimeMs || row.valid_from_ms > kMaxTimeMs) {
+    return Status::Invalid("field '" + table.valid_from + "' (valid_from) is outside years 0001-9999");
+  }
+  return row;
+}
+
+struct TableSet::Impl {
+  std::vector<Table> tables;
+  std::vector<int> filled_tables;  // The tables a join reads, in join order.
+};
+
+TableSet::TableSet(const Spec& spec) : impl_(std::make_unique<Impl>()) {
+  impl_->tables.resize(spec.tables.size());
+  for (const JoinSpec& join : spec.joins) {
+    Table& table = impl_->tables[static_cast<size_t>(join.table_index)];
+    table.join_slot = join.on_slot;
+    impl_->filled_tables.push_back(join.table_index);
+  }
+  for (const FieldRegistry::Joined& joined : spec.fields.joined()) {
+    Table& table = impl_->tables[static_cast<size_t>(spec.joins[static_cast<size_t>(joined.join)].table_index)];
+    table.columns.push_back(Column{joined.slot, SplitPath(joined.column)});
+  }
+}
+
+TableSet::~TableSet() = default;
+
+bool TableSet::empty() const { return impl_->tables.empty(); }
+
+bool TableSet::Add(size_t table_index, const TableRow& row, int64_t newest_event_ms) {
+  Table& table = impl_->tables[table_index];
+  Version version;
+  version.valid_from_ms = row.valid_from_ms;
+  simdjson::dom::element root;
+  simdjson::dom::object object;
+  if (!table.columns.empty() && ThreadParser().parse(row.json.data(), row.json.size()).get(root) == simdjson::SUCCESS &&
+      root.get_object().get(object) == simdjson::SUCCESS) {
+    for (const Column& column : table.columns) {
+      simdjson::dom::element element;
+      version.cells.push_back(At(object, column.path).get(element) == simdjson::SUCCESS
+                                  ? CellOf(element, &version.text)
+                                  : StoredCell{});
+    }
+  }
+  if (table.versions[row.key].Insert(std::move(version))) ++table.version_count;
+  return row.valid_from_ms != kAlwaysValidMs && row.valid_from_ms <= newest_event_ms;
+}
+
+void TableSet::Fill(std::vector<Value>& slots, int64_t time_ms) const {
+  for (int t : impl_->filled_tables) {
+    const Table& table = impl_->tables[static_cast<size_t>(t)];
+    char digits[24];
+    std::optional<std::string_view> key = KeyText(slots[static_cast<size_t>(table.join_slot)], digits);
+    if (!key) continue;  // No key: the joined fields stay missing.
+    auto found = table.versions.find(absl::string_view(key->data(), key->size()));
+    if (found == table.versions.end()) continue;
+    const Version* it = found->second.Find(time_ms);
+    if (it == nullptr) continue;
+    for (size_t c = 0; c < table.columns.size(); ++c) {
+      slots[static_cast<size_t>(table.columns[c].slot)] = c < it->cells.size() ? ValueOf(it->cells[c], it->text)
+                                                                               : Value::Missing();
+    }
+  }
+}
+
+size_t TableSet::versions(size_t table) const { return impl_->tables[table].version_count; }
+size_t TableSet::keys(size_t table) const { return impl_->tables[table].versions.size(); }
+
+size_t TableSet::MemoryBytes() const {
+  size_t bytes = 0;
+  for (const Table& table : impl_->tables) {
+    bytes += table.versions.capacity() * (sizeof(std::string) + sizeof(VersionList));
+    for (const auto& [key, list] : table.versions) {
+      bytes += (key.capacity() > 15 ? key.capacity() : 0) + list.heap_bytes();
+      list.ForEach([&](const Version& v) { bytes += (v.text.capacity() > 15 ? v.text.capacity() : 0) + v.cells.heap_bytes(); });
+    }
+  }
+  return bytes;
+}
+
+void TableSet::Save(ByteWriter& out) const {
+  out.PutU32(kTableSetVersion);
+  out.PutVarint(impl_->tables.size());
+  for (const Table& table : impl_->tables) {
+    out.PutVarint(table.columns.size());
+    out.PutVarint(table.versions.size());
+    for (const auto& [key, list] : table.versions) {
+      out.PutString(key);
+      out.PutVarint(list.size());
+      list.ForEach([&](const Version& v) {
+        out.PutI64(v.valid_from_ms);
+        out.PutString(v.text);
+        out.PutVarint(v.cells.size());
+        for (size_t k = 0; k < v.cells.size(); ++k) {
+          const StoredCell& c = v.cells[k];
+          out.PutU8(static_cast<uint8_t>(c.type));
+          out.PutI64(c.i);
+          out.PutU32(c.offset);
+          out.PutU32(c.length);
+        }
+      });
+    }
+  }
+}
+
+Status TableSet::Load(ByteReader& in) {
+  const Status damaged = Status::Invalid("the reference tables' state is damaged or of another spec");
+  uint32_t version = 0;
+  uint64_t tables = 0;
+  if (!in.ReadU32(&version) || version != kTableSetVersion || !in.ReadVarint(&tables) ||
+      tables != impl_->tables.size()) {
+    return damaged;
+  }
+  for (Table& table : impl_->tables) {
+    uint64_t columns = 0, keys = 0;
+    if (!in.ReadVarint(&columns) || columns != table.columns.size() || !in.ReadVarint(&keys)) return damaged;
+    table.versions.clear();
+    table.version_count = 0;
+    for (uint64_t k = 0; k < keys; ++k) {
+      std::string_view key;
+      uint64_t count = 0;
+      if (!in.ReadString(&key) || !in.ReadVarint(&count)) return damaged;
+      VersionList& list = table.versions[std::string(key)];
+      for (uint64_t n = 0; n < count; ++n) {
+        Version v;
+        std::string_view text;
+        uint64_t cells = 0;
+        if (!in.ReadI64(&v.valid_from_ms) || !in.ReadString(&text) || !in.ReadVarint(&cells) || cells != columns) {
+          return damaged;
+        }
+        v.text = std::string(text);
+        for (uint64_t c = 0; c < cells; ++c) {
+          StoredCell cell;
+          uint8_t type = 0;
+          if (!in.ReadU8(&type) || !in.ReadI64(&cell.i) || !in.ReadU32(&cell.offset) ||
+              !in.ReadU32(&cell.length) || uint64_t{cell.offset} + cell.length > v.text.size()) {
+            return damaged;
+          }
+          cell.type = static_cast<ValueType>(type);
+          v.cells.push_back(cell);
+        }
+        if (list.Insert(std::move(v))) ++table.version_count;
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace freshet

@@ -1,0 +1,76 @@
+// TableSet: the reference tables of a spec (`tables:`) as the event path joins them (`joins:`).
+//
+// Each table maps a key to its versions, ordered by valid_from. A version arrives at a point of the event stream
+// (Add, between two events) and from then on an event at time t whose join field holds the key
+// sees the version with the greatest valid_from <= t among those that arrived (a table without `valid_from`: the
+// latest that arrived). No such version: the event's joined fields stay missing. This is the time rule of the
+// README's Semantics; tests/reference.py implements it by brute force.
+//
+// Only the columns the spec reads (FieldRegistry::joined) are kept per version, so the lookup per event and join
+// is one hash probe and a short scan of that key's versions.
+//
+// Not thread-safe: Add and Load under the caller's exclusive lock; Fill (const) from any number of threads between
+// them. Strings that Fill puts into slots point into the set and are valid until the next Add or Load.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/bytes.h"
+#include "common/status.h"
+#include "common/value.h"
+#include "spec/spec.h"
+
+namespace freshet {
+
+// valid_from of a version of a table without `valid_from`: before every event.
+inline constexpr int64_t kAlwaysValidMs = std::numeric_limits<int64_t>::min();
+
+// One row of a reference table, as received: its key, valid_from, and the row as a JSON object text.
+struct TableRow {
+  std::string key;
+  int64_t valid_from_ms = kAlwaysValidMs;
+  std::string json;
+};
+
+// Reads a row (one JSON object) of `table`: its key and valid_from. On failure says which field is wrong and
+// how to fix it (the caller adds file:line).
+Result<TableRow> ParseTableRow(const TableSpec& table, std::string_view json);
+
+class TableSet {
+ public:
+  explicit TableSet(const Spec& spec);
+  ~TableSet();
+  TableSet(const TableSet&) = delete;
+  TableSet& operator=(const TableSet&) = delete;
+
+  bool empty() const;
+
+  // Adds a version of table `table` arriving now, before the next event the caller parses. A version with the
+  // valid_from of one the key already has replaces it (the later arrival wins). Returns true when the version is
+  // late: it has a valid_from and the stream already accepted an event at or after it (`newest_event_ms`), which
+  // saw an older version (or none).
+  bool Add(size_t table, const TableRow& row, int64_t newest_event_ms);
+
+  // Fills every joined slot of `slots` (parsed by EventParser, join fields set) for an event at `time_ms`.
+  void Fill(std::vector<Value>& slots, int64_t time_ms) const;
+
+  // Versions held in memory, and keys, of table `table`.
+  size_t versions(size_t table) const;
+  size_t keys(size_t table) const;
+  size_t MemoryBytes() const;
+
+  // The held versions (their joined columns), for a checkpoint; Load expects a fresh set of the same spec.
+  void Save(ByteWriter& out) const;
+  Status Load(ByteReader& in);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace freshet

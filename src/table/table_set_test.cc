@@ -1,0 +1,198 @@
+#include "table/table_set.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "event/event_parser.h"
+#include "table/table_file.h"
+
+namespace freshet {
+namespace {
+
+constexpr std::string_view kSpec = R"(name: t
+entity: user
+timestamp: ts
+tables:
+  - {name: profiles, key: user_id, valid_from: updated_at}
+  - {name: plans, key: id}
+joins:
+  - {table: profiles, on: user}
+  - {table: plans, on: plan}
+derive:
+  - {name: age, expr: "ts - profiles.created_ms"}
+features:
+  - {name: vip, aggregation: count, where: "profiles.segment == 'vip'", window: {type: lifetime}}
+  - {name: price, aggregation: sum, field: plans.price, window: {type: lifetime}}
+  - {name: age_max, aggregation: max, field: age, window: {type: lifetime}}
+)";
+
+Spec LoadTestSpec() {
+  Result<Spec> spec = ParseSpec(kSpec, "t.yaml");
+  EXPECT_TRUE(spec.ok()) << spec.status().message();
+  return std::move(spec).value();
+}
+
+TableRow Row(const Spec& spec, size_t table, std::string_view json) {
+  Result<TableRow> row = ParseTableRow(spec.tables[table], json);
+  EXPECT_TRUE(row.ok()) << json << ": " << row.status().message();
+  return row.ok() ? *row : TableRow{};
+}
+
+int Slot(const Spec& spec, std::string_view path) {
+  const auto& paths = spec.fields.paths();
+  return static_cast<int>(std::find(paths.begin(), paths.end(), path) - paths.begin());
+}
+
+// Parses an event through the parser with `tables`, returning the value of field `path`.
+Value Field(const Spec& spec, const TableSet& tables, std::string_view event, std::string_view path,
+            std::string* keep) {
+  EventParser parser(spec.fields);
+  parser.SetTables(&tables);
+  ParsedEvent parsed;
+  std::string reason;
+  EXPECT_TRUE(parser.ParseCopy(event, &parsed, &reason)) << reason;
+  Value v = parsed.slots[static_cast<size_t>(Slot(spec, path))];
+  if (v.type == ValueType::kString) {
+    *keep = std::string(v.s);
+    v.s = *keep;
+  }
+  return v;
+}
+
+TEST(TableSetTest, AnEventSeesTheGreatestValidFromAtOrBeforeItsTime) {
+  const Spec spec = LoadTestSpec();
+  TableSet tables(spec);
+  const int64_t none = std::numeric_limits<int64_t>::min();
+  EXPECT_FALSE(tables.Add(0, Row(spec, 0, R"({"user_id":"a","updated_at":1000,"segment":"basic","created_ms":10})"), none));
+  EXPECT_FALSE(tables.Add(0, Row(spec, 0, R"({"user_id":"a","updated_at":3000,"segment":"vip","created_ms":20})"), none));
+  std::string keep;
+  EXPECT_TRUE(Field(spec, tables, R"({"user":"a","ts":500})", "profiles.segment", &keep).is_missing());
+  EXPECT_EQ(Field(spec, tables, R"({"user":"a","ts":1000})", "profiles.segment", &keep).s, "basic");
+  EXPECT_EQ(Field(spec, tables, R"({"user":"a","ts":2999})", "profiles.segment", &keep).s, "basic");
+  EXPECT_EQ(Field(spec, tables, R"({"user":"a","ts":3000})", "profiles.segment", &keep).s, "vip");
+  // Derived fields read joined ones.
+  EXPECT_EQ(Field(spec, tables, R"({"user":"a","ts":3000})", "age", &keep).i, 2980);
+  // No key in the event, an unknown key: missing.
+  EXPECT_TRUE(Field(spec, tables, R"({"user":"b","ts":3000})", "profiles.segment", &keep).is_missing());
+  // An event's own field named like the table is not read.
+  EXPECT_TRUE(Field(spec, tables, R"({"user":"b","ts":3000,"profiles":{"segment":"x"}})", "profiles.segment", &keep)
+                  .is_missing());
+  // Same valid_from again: the later arrival replaces it. Late: at or before the newest event time.
+  EXPECT_TRUE(tables.Add(0, Row(spec, 0, R"({"user_id":"a","updated_at":1000,"segment":"new"})"), 1000));
+  EXPECT_EQ(Field(spec, tables, R"({"user":"a","ts":2000})", "profiles.segment", &keep).s, "new");
+  EXPECT_EQ(tables.versions(0), 2u);
+  EXPECT_EQ(tables.keys(0), 1u);
+}
+
+TEST(TableSetTest, WithoutValidFromTheLatestArrivalWinsAndIntegerKeysReadAsText) {
+  const Spec spec = LoadTestSpec();
+  TableSet tables(spec);
+  EXPECT_FALSE(tables.Add(1, Row(spec, 1, R"({"id":7,"price":10})"), 5000));
+  std::string keep;
+  EXPECT_EQ(Field(spec, tables, R"({"user":"a","ts":1,"plan":"7"})", "plans.price", &keep).i, 10);
+  EXPECT_FALSE(tables.Add(1, Row(spec, 1, R"({"id":"7","price":12.5})"), 5000));  // Never late.
+  EXPECT_EQ(Field(spec, tables, R"({"user":"a","ts":1,"plan":7})", "plans.price", &keep).d, 12.5);
+  EXPECT_EQ(tables.versions(1), 1u);
+}
+
+TEST(TableSetTest, SaveAndLoadKeepEveryVersion) {
+  const Spec spec = LoadTestSpec();
+  TableSet tables(spec);
+  const int64_t none = std::numeric_limits<int64_t>::min();
+  tables.Add(0, Row(spec, 0, R"({"user_id":"a","updated_at":1000,"segment":"basic"})"), none);
+  tables.Add(0, Row(spec, 0, R"({"user_id":"a","updated_at":3000,"segment":"vip"})"), none);
+  tables.Add(1, Row(spec, 1, R"({"id":"p","price":3})"), none);
+  std::string bytes;
+  ByteWriter out(&bytes);
+  tables.Save(out);
+  TableSet restored(spec);
+  ByteReader in(bytes);
+  ASSERT_TRUE(restored.Load(in).ok());
+  std::string keep;
+  EXPECT_EQ(Field(spec, restored, R"({"user":"a","ts":2000})", "profiles.segment", &keep).s, "basic");
+  EXPECT_EQ(Field(spec, restored, R"({"user":"a","ts":4000})", "profiles.segment", &keep).s, "vip");
+  EXPECT_EQ(Field(spec, restored, R"({"user":"a","ts":4000,"plan":"p"})", "plans.price", &keep).i, 3);
+  ByteReader truncated(std::string_view(bytes).substr(0, bytes.size() - 3));
+  TableSet damaged(spec);
+  EXPECT_FALSE(damaged.Load(truncated).ok());
+}
+
+TEST(TableSetTest, BadRowsSayWhatIsWrong) {
+  const Spec spec = LoadTestSpec();
+  EXPECT_NE(ParseTableRow(spec.tables[0], R"({"updated_at":1})").status().message().find("'user_id'"),
+            std::string::npos);
+  EXPECT_NE(ParseTableRow(spec.tables[0], R"({"user_id":"a"})").status().message().find("valid_from"),
+            std::string::npos);
+  EXPECT_NE(ParseTableRow(spec.tables[0], R"({"user_id":"a","updated_at":"yesterday"})").status().message().find(
+                "valid_from"),
+            std::string::npos);
+  EXPECT_NE(ParseTableRow(spec.tables[0], R"([1])").status().message().find("JSON object"), std::string::npos);
+  Result<TableRow> text_time = ParseTableRow(spec.tables[0], R"({"user_id":5,"updated_at":"1970-01-01T00:00:01Z"})");
+  ASSERT_TRUE(text_time.ok());
+  EXPECT_EQ(text_time->key, "5");
+  EXPECT_EQ(text_time->valid_from_ms, 1000);
+}
+
+TEST(TableFileTest, CsvRowsBecomeJsonAndAppendedLinesAreReadOnce) {
+  const Spec spec = LoadTestSpec();
+  TableSpec table = spec.tables[1];
+  table.format = "csv";
+  const std::string path = (std::filesystem::temp_directory_path() / "freshet_table_file_test.csv").string();
+  { std::ofstream(path) << "id,price,name\np1,10,\"a, \"\"b\"\"\"\np2,x"; }
+  TableFileReader reader(table, path);
+  std::vector<TableRow> rows;
+  std::vector<std::string> errors;
+  ASSERT_TRUE(reader.ReadNew(&rows, &errors).ok());
+  ASSERT_EQ(rows.size(), 1u);  // The last line has no newline yet.
+  EXPECT_EQ(rows[0].json, R"({"id":"p1","price":10,"name":"a, \"b\""})");
+  { std::ofstream(path, std::ios::app) << "\n,1\np3,1,2,3\n"; }
+  rows.clear();
+  ASSERT_TRUE(reader.ReadNew(&rows, &errors).ok());
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0].json, R"({"id":"p2","price":"x"})");
+  ASSERT_EQ(errors.size(), 2u);
+  EXPECT_EQ(errors[0], path + ":4: field 'id' (the key of table 'plans') is missing");
+  EXPECT_EQ(errors[1], path + ":5: the row has 4 cells, the header 3 columns");
+  // Restored at an offset, the header is read again.
+  TableFileReader resumed(table, path);
+  resumed.Seek(reader.offset(), reader.lines());
+  { std::ofstream(path, std::ios::app) << "p4,4\n"; }
+  rows.clear();
+  ASSERT_TRUE(resumed.ReadNew(&rows, &errors).ok());
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0].json, R"({"id":"p4","price":4})");
+  std::filesystem::remove(path);
+}
+
+TEST(TableSpecTest, JoinsAreCheckedAtLoad) {
+  const std::string head = "name: t\nentity: user\ntimestamp: ts\ntables:\n  - {name: profiles, key: user_id}\n";
+  const std::string feature = "features:\n  - {name: n, aggregation: count, window: {type: lifetime}}\n";
+  Result<Spec> unknown = ParseSpec(head + "joins:\n  - {table: profile, on: user}\n" + feature, "t.yaml");
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_NE(unknown.status().message().find("t.yaml:7:13: error: join of unknown table 'profile'; did you mean "
+                                            "'profiles'?"),
+            std::string::npos)
+      << unknown.status().message();
+  Result<Spec> twice =
+      ParseSpec(head + "joins:\n  - {table: profiles, on: user}\n  - {table: profiles, on: x}\n" + feature, "t.yaml");
+  ASSERT_FALSE(twice.ok());
+  EXPECT_NE(twice.status().message().find("joined twice"), std::string::npos);
+  Result<Spec> derived_on = ParseSpec(head + "joins:\n  - {table: profiles, on: k}\nderive:\n  - {name: k, expr: \"1\"}\n" +
+                                          feature, "t.yaml");
+  ASSERT_FALSE(derived_on.ok());
+  EXPECT_NE(derived_on.status().message().find("t.yaml:7:27: error: join of 'profiles' on 'k', a derived field"),
+            std::string::npos)
+      << derived_on.status().message();
+  // With a schema, joined fields need no declaration; the event's own fields still do.
+  Result<Spec> schema = ParseSpec(
+      head + "schema: {user: string, ts: timestamp}\njoins:\n  - {table: profiles, on: user}\n"
+             "features:\n  - {name: s, aggregation: last, field: profiles.segment, where: \"profiles.age > 3\", "
+             "window: {type: lifetime}}\n",
+      "t.yaml");
+  EXPECT_TRUE(schema.ok()) << schema.status().message();
+}
+
+}  // namespace
+}  // namespace freshet
