@@ -1043,10 +1043,10 @@ void Runtime::Impl::CheckSlo() {
 
 namespace {
 
-std::string ValueJsonText(const Value& value) {
+std::string ValueJsonText(const Value& value, bool json_list) {
   std::string out;
   JsonWriter json(&out);
-  json.FeatureValue(value);
+  json.FeatureValue(value, json_list);
   return out;
 }
 
@@ -1400,7 +1400,7 @@ Result<std::string> Runtime::Impl::ExplainJson(std::string_view entity, int feat
   const std::string_view entities[1] = {entity};
   const int features[1] = {feature};
   Status looked_up = Lookup(entities, at_ms, features, [&](std::span<const FeatureLookup> lookups) {
-    served = ValueJsonText(lookups[0].values[0]);
+    served = ValueJsonText(lookups[0].values[0], AggGivesJsonList(spec_.features[static_cast<size_t>(feature)].agg));
     exact = lookups[0].exact;
   });
   FRESHET_RETURN_IF_ERROR(looked_up);

@@ -294,6 +294,7 @@ std::string SpecJson(const Spec& spec) {
     }
     json.EndObject();
     if (f.agg == AggKind::kApproxCountDistinct) json.Key("precision").Int(f.precision);
+    if (AggGivesJsonList(f.agg)) json.Key("k").Int(f.k);
     json.EndObject();
   }
   json.EndArray();
@@ -345,6 +346,7 @@ struct HttpServer::Impl final : HttpHandler {
 
   absl::flat_hash_map<std::string, int> feature_index;
   std::vector<std::string> feature_names;  // Spec order, for error messages.
+  std::vector<bool> feature_lists;         // Spec order: the value is a JSON list (top_k, last_k).
   // The longest name an unknown feature may have and still be compared with the valid ones for a "did you
   // mean": the longest feature name plus the edit distance a suggestion allows for it. Longer names are
   // refused without that comparison, whose cost grows with the name's length.
@@ -382,6 +384,7 @@ HttpServer::Impl::Impl(FeatureService& service_in, MetricsRegistry& metrics_in, 
   for (size_t k = 0; k < spec.features.size(); ++k) {
     feature_index.emplace(spec.features[k].name, static_cast<int>(k));
     feature_names.push_back(spec.features[k].name);
+    feature_lists.push_back(AggGivesJsonList(spec.features[k].agg));
     const size_t size = spec.features[k].name.size();
     max_feature_name_bytes = std::max(max_feature_name_bytes, size);
     max_suggestable_name_bytes = std::max(max_suggestable_name_bytes, size + SuggestionDistance(size));
@@ -822,7 +825,8 @@ void HttpServer::Impl::Answer(const std::string& request_id, std::span<const std
           else json.Null();
           json.Key("features").BeginObject();
           for (size_t k = 0; k < features.size(); ++k) {
-            json.Key(feature_names[static_cast<size_t>(features[k])]).FeatureValue(lookup.values[k]);
+            const size_t f = static_cast<size_t>(features[k]);
+            json.Key(feature_names[f]).FeatureValue(lookup.values[k], feature_lists[f]);
           }
           json.EndObject();
           if (!single) json.EndObject();
