@@ -141,6 +141,7 @@ def test_features_rows_match_the_reference(workload: Workload, streamed: tuple[P
     assert [r["seq"] for r in table] == list(range(len(workload.accepted)))
     qualifying: dict[tuple[int, str], list[reference.Event]] = {}
     mismatches = []
+    by_feature: dict[str, int] = {}
     for row, event in zip(table, workload.accepted):
         assert row["entity"] == event.entity
         for j, feature in enumerate(spec.features):
@@ -150,9 +151,10 @@ def test_features_rows_match_the_reference(workload: Workload, streamed: tuple[P
             expected, window = reference.value_from_qualifying(feature, prefix, event.time_ms)
             got = _parsed(feature, row[feature.name])
             if not _ok(feature, window, expected, got):
+                by_feature[feature.name] = by_feature.get(feature.name, 0) + 1
                 mismatches.append(f"seq {row['seq']} (line {event.line}, {event.entity}, t {event.time_ms}) "
                                   f"{feature.name}: reference {expected!r} over {len(window)} values, table {got!r}")
-    assert not mismatches, f"{len(mismatches)} mismatches\n" + "\n".join(mismatches[:20])
+    assert not mismatches, f"{len(mismatches)} mismatches, by feature {by_feature}\n" + "\n".join(mismatches[:20])
 
 
 def test_list_columns_are_json_text_and_pair_counts_longs(streamed: tuple[Path, pa.Table]) -> None:

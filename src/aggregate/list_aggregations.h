@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <span>
 #include <functional>
 #include <string>
 #include <vector>
@@ -42,12 +43,18 @@ struct TopKAgg {
   static size_t Capacity(int k) { return std::max<size_t>(64, 4 * static_cast<size_t>(k)); }
 
   static bool MakeInput(const Value& v, AggContext& c, Input* out) { return CountDistinctAgg::MakeInput(v, c, out); }
+  // The counter of x, or end().
+  static std::vector<Counter>::iterator Find(State& s, const Input& x) {
+    return std::find_if(s.counters.begin(), s.counters.end(), [&](const Counter& m) { return m.key == x; });
+  }
+  static bool Holds(const State& s, const Input& x) {
+    return std::any_of(s.counters.begin(), s.counters.end(), [&](const Counter& m) { return m.key == x; });
+  }
   static void Add(State& s, const Input& x, int64_t, uint64_t, const AggContext& c) {
-    for (Counter& counter : s.counters) {
-      if (counter.key == x) {
-        ++counter.count;
-        return;
-      }
+    auto it = Find(s, x);
+    if (it != s.counters.end()) {
+      ++it->count;
+      return;
     }
     if (s.counters.size() < Capacity(c.k)) {
       s.counters.push_back(Counter{x, 1});
@@ -59,7 +66,7 @@ struct TopKAgg {
   }
   static void Merge(State& s, const State& o, const AggContext& c) {
     for (const Counter& theirs : o.counters) {
-      auto it = std::find_if(s.counters.begin(), s.counters.end(), [&](const Counter& m) { return m.key == theirs.key; });
+      auto it = Find(s, theirs.key);
       if (it != s.counters.end()) {
         it->count += theirs.count;
       } else {
@@ -160,6 +167,96 @@ struct LastKAgg {
   }
   static void SerializeInput(const Input& x, ByteWriter& w, const AggContext& c) { SerializeScalar(x, w, c); }
   static bool DeserializeInput(Input& x, ByteReader& r, AggContext& c) { return DeserializeScalar(&x, r, c); }
+};
+
+// Marks (see AggMarks in aggregations.h) that do not copy the list per recent event.
+//
+// top_k: most events add one to a counter or open one, which taking it back undoes; only an event that may meet
+// every counter taken (a Misra-Gries decrement: its value is not counted and at least 64 counters, the smallest
+// capacity, are) keeps a copy of the summary before it.
+template <>
+struct AggMarks<TopKAgg> {
+  using State = TopKAgg::State;
+  struct Mark {
+    bool copied = false;
+    State before;  // The summary before the event, when copied.
+  };
+  static Mark Before(const State& s, const TopKAgg::Input& x) {
+    if (s.counters.size() < TopKAgg::Capacity(1) || TopKAgg::Holds(s, x)) return Mark{};
+    return Mark{true, s};
+  }
+  // Undoes the events newest first: each one's copy, or its count taken back.
+  template <typename E>
+  static State Rewound(const State& s, std::span<const E* const> events) {
+    State out = s;
+    for (size_t k = events.size(); k-- > 0;) {
+      const Mark& m = events[k]->before.agg;
+      if (m.copied) {
+        out = m.before;
+        continue;
+      }
+      auto it = TopKAgg::Find(out, events[k]->input);
+      if (it != out.counters.end() && --it->count == 0) out.counters.erase(it);
+    }
+    return out;
+  }
+  static size_t MemoryBytes(const Mark& m) { return m.copied ? TopKAgg::MemoryBytes(m.before) : 0; }
+  static void Serialize(const Mark& m, ByteWriter& w, const AggContext& c) {
+    w.PutBool(m.copied);
+    if (m.copied) TopKAgg::Serialize(m.before, w, c);
+  }
+  static bool Deserialize(Mark& m, ByteReader& r, AggContext& c) {
+    Mark out;
+    if (!r.ReadBool(&out.copied) || (out.copied && !TopKAgg::Deserialize(out.before, r, c))) return false;
+    m = std::move(out);
+    return true;
+  }
+};
+
+// last_k: an event either changes nothing, or goes into the list and may push its oldest value out. The mark keeps
+// the list's length and oldest item before it; undoing removes the event's item (by input order) and puts the
+// pushed-out item back.
+template <>
+struct AggMarks<LastKAgg> {
+  using State = LastKAgg::State;
+  struct Mark {
+    uint32_t size = 0;
+    LastKAgg::Item oldest;  // When size > 0.
+  };
+  static Mark Before(const State& s, const LastKAgg::Input&) {
+    if (s.items.empty()) return Mark{};
+    return Mark{static_cast<uint32_t>(s.items.size()), s.items.back()};
+  }
+  template <typename E>
+  static State Rewound(const State& s, std::span<const E* const> events) {
+    State out = s;
+    for (size_t k = events.size(); k-- > 0;) {
+      const Mark& m = events[k]->before.agg;
+      std::erase_if(out.items, [&](const LastKAgg::Item& i) { return i.seq == events[k]->seq && i.time_ms == events[k]->time; });
+      if (out.items.size() < m.size) out.items.push_back(m.oldest);
+    }
+    return out;
+  }
+  static size_t MemoryBytes(const Mark&) { return 0; }
+  static void Serialize(const Mark& m, ByteWriter& w, const AggContext& c) {
+    w.PutVarint(m.size);
+    if (m.size == 0) return;
+    w.PutSignedVarint(m.oldest.time_ms);
+    w.PutVarint(m.oldest.seq);
+    SerializeScalar(m.oldest.value, w, c);
+  }
+  static bool Deserialize(Mark& m, ByteReader& r, AggContext& c) {
+    Mark out;
+    uint64_t size;
+    if (!r.ReadVarint(&size) || size > 100) return r.Fail();
+    out.size = static_cast<uint32_t>(size);
+    if (size > 0 && (!r.ReadSignedVarint(&out.oldest.time_ms) || !r.ReadVarint(&out.oldest.seq) ||
+                     !DeserializeScalar(&out.oldest.value, r, c))) {
+      return false;
+    }
+    m = out;
+    return true;
+  }
 };
 
 }  // namespace freshet
