@@ -64,6 +64,8 @@ NUMERIC_AGGREGATIONS = ("sum", "mean", "min", "max", "stddev", "approx_percentil
 # approx_percentile: the sketch keeps every value up to this many, then compacts (QUANTILE_LEVEL_CAPACITY in
 # the rank bound of approx_percentile_ok).
 QUANTILE_LEVEL_CAPACITY = 256
+# top_k and last_k: values that are lists (JSON text in CSV, Redis and Parquet); see the list aggregations section.
+LIST_AGGREGATIONS = ("top_k", "last_k")
 WINDOW_TYPES = ("lifetime", "sliding", "tumbling", "session")
 
 
@@ -696,6 +698,8 @@ class Feature:
     window: Window
     precision: int = 14
     percentile: Fraction | None = None  # approx_percentile: one of the spec's `percentiles`, exactly
+    k: int = 0  # top_k, last_k: the list's length
+    fields: tuple[str, ...] | None = None  # count_distinct over a list of fields (`field` is then the first)
 
 
 @dataclass
@@ -756,13 +760,14 @@ def parse_spec(doc: Any) -> Spec:
     for f in doc.get("features") or []:
         name = str(f["name"])
         aggregation = f.get("aggregation")
-        if aggregation not in AGGREGATIONS:
+        if aggregation not in AGGREGATIONS + LIST_AGGREGATIONS:
             raise ReferenceError(f"feature {name}: unknown aggregation {aggregation!r}")
         field = None
         if aggregation != "count":
             if not f.get("field"):
                 raise ReferenceError(f"feature {name}: {aggregation} needs a field")
-            field = str(f["field"])
+            field = str(f["field"]) if not isinstance(f["field"], list) else str(f["field"][0])
+        fields = tuple(str(x) for x in f["field"]) if isinstance(f.get("field"), list) else None
         where_text = str(f["where"]) if f.get("where") is not None else None
         where = parse_where(where_text) if where_text is not None else None
         precision = int(f.get("precision", 14))
@@ -777,7 +782,8 @@ def parse_spec(doc: Any) -> Spec:
                 column = f"{name}_p{whole}" + (f"_{decimals}" if decimals else "")
                 features.append(Feature(column, aggregation, field, where_text, where, window, precision, exact))
             continue
-        features.append(Feature(name, aggregation, field, where_text, where, window, precision))
+        features.append(Feature(name, aggregation, field, where_text, where, window, precision,
+                                k=int(f.get("k", 0)), fields=fields))
     schema = None
     if doc.get("schema") is not None:
         schema = {}
@@ -1153,8 +1159,7 @@ def qualifies(feature: Feature, event: Event, spec: Spec | None = None) -> bool:
     """Whether the event passes the feature's `where` and has a usable field (time aside)."""
     if feature.where is not None and not eval_where(feature.where, event.record):
         return False
-    value = resolve(event.record, feature.field) if feature.field else MISSING
-    return field_qualifies(feature.aggregation, value, declared_type(spec, feature.field))
+    return input_skip_reason(feature, event.record, spec) is None
 
 
 def skip_counts(spec: Spec, events: list[Event]) -> dict[str, dict[str, int]]:
@@ -1165,8 +1170,7 @@ def skip_counts(spec: Spec, events: list[Event]) -> dict[str, dict[str, int]]:
         for event in events:
             if feature.where is not None and not eval_where(feature.where, event.record):
                 continue
-            value = resolve(event.record, feature.field) if feature.field else MISSING
-            reason = skip_reason(feature.aggregation, value, declared_type(spec, feature.field))
+            reason = input_skip_reason(feature, event.record, spec)
             if reason is not None:
                 by_reason = counts.setdefault(feature.name, {})
                 by_reason[reason] = by_reason.get(reason, 0) + 1
@@ -1197,6 +1201,8 @@ def select_window(window: Window, events: list[Event], t: int) -> list[Event]:
 
 def distinct_key(value: Any) -> tuple:
     """Equal keys for equal values: numbers by value (1 == 1.0), strings by text, booleans apart."""
+    if isinstance(value, FieldTuple):
+        return ("tuple", tuple(distinct_key(v) for v in value))
     if isinstance(value, bool):
         return ("bool", value)
     if is_number(value):
@@ -1209,7 +1215,11 @@ def aggregate(feature: Feature, window_events: list[Event]) -> Any:
     agg = feature.aggregation
     if agg == "count":
         return len(window_events)
-    values = [resolve(e.record, feature.field) for e in window_events]
+    values = [input_value(feature, e.record) for e in window_events]
+    if agg == "top_k":
+        return top_k(values, feature.k)
+    if agg == "last_k":
+        return last_k(feature, window_events)
     if agg == "sum":
         if all(isinstance(v, int) for v in values):  # no bools here: they never qualify for sum
             total = sum(values)
@@ -1243,6 +1253,115 @@ def aggregate(feature: Feature, window_events: list[Event]) -> Any:
         ordered = sorted(values, key=Fraction)
         return float(ordered[percentile_rank(feature.percentile, len(ordered)) - 1])
     raise AssertionError(f"unknown aggregation {agg}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Lists of fields (count_distinct of combinations) and the list aggregations (top_k, last_k)
+# ---------------------------------------------------------------------------------------------------
+
+
+class FieldTuple(tuple):
+    """The values of a feature's list of fields in one event (count_distinct over `field: [a, b]`)."""
+
+
+def input_skip_reason(feature: Feature, record: Any, spec: Spec | None = None) -> str | None:
+    """Why the event's field(s) cannot contribute to the feature, or None. With a list of fields, the first field
+    that cannot gives the reason (each judged as a single field is)."""
+    if feature.fields is None:
+        value = resolve(record, feature.field) if feature.field else MISSING
+        return skip_reason(feature.aggregation, value, declared_type(spec, feature.field))
+    for path in feature.fields:
+        reason = skip_reason(feature.aggregation, resolve(record, path), declared_type(spec, path))
+        if reason is not None:
+            return reason
+    return None
+
+
+def input_value(feature: Feature, record: Any) -> Any:
+    """What the event contributes: its field's value, or a FieldTuple of its fields' values."""
+    if feature.fields is None:
+        return resolve(record, feature.field)
+    return FieldTuple(resolve(record, path) for path in feature.fields)
+
+
+def top_k_capacity(k: int) -> int:
+    """The counters of the engine's top_k summary: exact up to this many distinct values in the window."""
+    return max(64, 4 * k)
+
+
+def _canonical(key: tuple) -> Any:
+    """The value a distinct key is written as: an integral number within int64 as an integer (1.0 is 1)."""
+    kind, x = key
+    if kind == "number":
+        return int(x) if x.denominator == 1 and -2**63 <= x < 2**63 else float(x)
+    return x
+
+
+def _tie_order(key: tuple) -> tuple:
+    """Among equally frequent values: booleans (false first), numbers by value, strings by their UTF-8 bytes."""
+    kind, x = key
+    if kind == "bool":
+        return (0, x)
+    if kind == "number":
+        return (1, x)
+    return (2, x.encode("utf-8"))
+
+
+def value_counts(values: list) -> dict[tuple, int]:
+    counts: dict[tuple, int] = {}
+    for v in values:
+        key = distinct_key(v)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def top_k(values: list, k: int) -> list[dict]:
+    """The k most frequent values with their counts, exactly: [{"value": v, "count": n}, ...], count descending."""
+    counts = value_counts(values)
+    ranked = sorted(counts, key=lambda key: (-counts[key], _tie_order(key)))
+    return [{"value": _canonical(key), "count": counts[key]} for key in ranked[:k]]
+
+
+def last_k(feature: Feature, window_events: list[Event]) -> list:
+    """The field values of the k newest events, newest first (time, then input order)."""
+    newest = sorted(window_events, key=lambda e: (e.time_ms, e.line), reverse=True)[:feature.k]
+    return [resolve(e.record, feature.field) for e in newest]
+
+
+def typed(value: Any) -> Any:
+    """A JSON value with its type made explicit, so that True, 1 and 1.0 compare unequal: lists and dicts
+    recursively."""
+    if isinstance(value, list):
+        return [typed(v) for v in value]
+    if isinstance(value, dict):
+        return {key: typed(v) for key, v in value.items()}
+    return (type(value).__name__, value)
+
+
+def top_k_ok(values: list, k: int, got: list | None) -> bool:
+    """Whether the engine's top_k answer is right for the window's values: equal to the exact answer while the
+    window holds at most top_k_capacity(k) distinct values; beyond, at most k distinct values of the window in
+    the tie order, each count c of a value with true count f within f - n/(C+1) <= c <= f (Misra-Gries)."""
+    if got is None:
+        return False
+    capacity = top_k_capacity(k)
+    counts = value_counts(values)
+    if len(counts) <= capacity:
+        return typed(got) == typed(top_k(values, k))
+    if len(got) > k:
+        return False
+    slack = Fraction(len(values), capacity + 1)
+    keys = []
+    for item in got:
+        value = item["value"]
+        key = distinct_key(value)
+        if key not in counts or typed(value) != typed(_canonical(key)):
+            return False
+        f, c = counts[key], item["count"]
+        if not (isinstance(c, int) and 0 < c <= f and f - slack <= c):
+            return False
+        keys.append((-c, _tie_order(key)))
+    return keys == sorted(keys) and len(set(keys)) == len(keys)
 
 
 def value_from_qualifying(feature: Feature, qualifying: list[Event], t: int) -> tuple[Any, list[Event]]:
@@ -1380,6 +1499,8 @@ def format_value(value: Any) -> str:
         return str(value)
     if isinstance(value, float):
         return repr(value)
+    if isinstance(value, list):  # top_k, last_k: JSON text
+        return json.dumps(value, separators=(",", ":"))
     return str(value)
 
 

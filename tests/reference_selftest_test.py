@@ -647,3 +647,34 @@ def test_approx_percentile_ok_is_exact_up_to_the_capacity_and_bounded_beyond() -
     assert ref.approx_percentile_ok(values, half, 507.0) and ref.approx_percentile_ok(values, half, 493.0)
     assert not ref.approx_percentile_ok(values, half, 509.0) and not ref.approx_percentile_ok(values, half, 491.0)
     assert not ref.approx_percentile_ok(values, half, 500.5)  # not a value of the window
+
+
+def test_top_k_orders_ties_and_merges_equal_numbers() -> None:
+    values = ["b", "a", 2, 2.0, True, False, "a", "b", 1.5]
+    assert ref.top_k(values, 3) == [{"value": 2, "count": 2}, {"value": "a", "count": 2}, {"value": "b", "count": 2}]
+    assert ref.top_k(values, 9)[3:] == [{"value": False, "count": 1}, {"value": True, "count": 1},
+                                        {"value": 1.5, "count": 1}]
+    assert ref.top_k([], 3) == []
+
+
+def test_top_k_ok_is_exact_within_the_capacity_and_bounded_beyond() -> None:
+    few = ["x"] * 5 + ["y"] * 3
+    assert ref.top_k_ok(few, 1, [{"value": "x", "count": 5}])
+    assert not ref.top_k_ok(few, 1, [{"value": "x", "count": 4}])  # exact while few distinct values
+    assert not ref.top_k_ok([1, 1], 1, [{"value": True, "count": 2}])  # True is not 1
+    many = ["hot"] * 300 + [f"v{i}" for i in range(1000)]  # 1300 values, 1001 distinct: slack 1300/65 = 20
+    assert ref.top_k_ok(many, 1, [{"value": "hot", "count": 280}])
+    assert not ref.top_k_ok(many, 1, [{"value": "hot", "count": 279}])
+    assert not ref.top_k_ok(many, 1, [{"value": "hot", "count": 301}])
+    assert not ref.top_k_ok(many, 2, [{"value": "v1", "count": 1}, {"value": "hot", "count": 290}])  # order
+
+
+def test_a_list_of_fields_counts_combinations_and_skips_by_the_first_bad_field() -> None:
+    spec = ref.parse_spec({"name": "p", "entity": "u", "timestamp": "ts", "features": [
+        {"name": "pairs", "aggregation": "count_distinct", "field": ["a", "b"], "window": {"type": "lifetime"}}]})
+    feature = spec.features[0]
+    records = [{"a": "x,y", "b": "z"}, {"a": "x", "b": "y,z"}, {"a": 1, "b": "q"}, {"a": 1.0, "b": "q"}]
+    assert len({ref.distinct_key(ref.input_value(feature, r)) for r in records}) == 3
+    assert ref.input_skip_reason(feature, {"a": None}) == "null"
+    assert ref.input_skip_reason(feature, {"a": 1}) == "missing"
+    assert ref.input_skip_reason(feature, {"a": [1], "b": None}) == "wrong_type"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import numbers
 import warnings
@@ -10,7 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import numpy as np
 import pandas as pd
 
-from freshet.spec import COUNT_AGGREGATIONS, NUMBER_AGGREGATIONS, TEXT_AGGREGATIONS
+from freshet.spec import COUNT_AGGREGATIONS, LIST_AGGREGATIONS, NUMBER_AGGREGATIONS, TEXT_AGGREGATIONS
 
 #: A point in time as the SDK accepts it: epoch milliseconds, RFC 3339 text, or a datetime (naive = UTC).
 TimeLike = Union[int, str, dt.datetime, pd.Timestamp, np.datetime64]
@@ -245,6 +246,8 @@ def feature_column(texts: "pd.Series[Any]", aggregation: str) -> "pd.Series[Any]
     if aggregation in NUMBER_AGGREGATIONS:
         numbers_text = np.where(values == "", "nan", values).astype(str)
         return pd.Series(numbers_text.astype(np.float64), index=texts.index, name=texts.name)
+    if aggregation in LIST_AGGREGATIONS:  # The list's JSON text.
+        return pd.Series([json.loads(v) for v in values], index=texts.index, name=texts.name, dtype=object)
     return pd.Series([None if v == "" else v for v in values], index=texts.index, name=texts.name, dtype=object)
 
 

@@ -24,6 +24,9 @@ COUNT_AGGREGATIONS = frozenset({"count", "count_distinct", "approx_count_distinc
 NUMBER_AGGREGATIONS = frozenset({"sum", "mean", "min", "max", "stddev", "approx_percentile"})
 #: Aggregations whose value is the text of an event field (object columns of str, None for null).
 TEXT_AGGREGATIONS = frozenset({"last", "first"})
+#: Aggregations whose value is a list (object columns of Python lists): top_k gives [{"value": v, "count": n}, ...],
+#: last_k [v, ...]. Freshet writes them as JSON text in CSV, Redis and Parquet.
+LIST_AGGREGATIONS = frozenset({"top_k", "last_k"})
 
 
 @dataclass(frozen=True)

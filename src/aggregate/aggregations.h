@@ -31,10 +31,12 @@
 #include <cstdint>
 #include <cstring>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "aggregate/hyperloglog.h"
 #include "aggregate/quantile_sketch.h"
+#include "aggregate/rendered_texts.h"
 #include "aggregate/small_vector.h"
 #include "aggregate/string_pool.h"
 #include "common/bytes.h"
@@ -47,6 +49,9 @@ struct AggContext {
   StringPool strings;  // last, count_distinct: string values by id.
   int precision = 14;  // approx_count_distinct.
   int64_t percentile_ppm = 500000;  // approx_percentile: the percentile in millionths (0.95 is 950000).
+  int k = 1;  // top_k, last_k: the length of the list.
+  // top_k, last_k: the JSON text of the lists Finalize returned (see rendered_texts.h).
+  mutable RenderedTexts rendered;
 };
 
 // A number as it appeared in the event: an int64 or a double.
@@ -373,22 +378,26 @@ struct StddevAgg {
   static bool DeserializeInput(Input& x, ByteReader& r, AggContext&) { return DeserializeNumeric(&x, r); }
 };
 
-struct LastAgg {
+// The value of the latest (kLatest) or the earliest event by event time; a tie in time goes to the later
+// (kLatest) or the earlier event in input order. `last` and `first` are the two instances.
+template <bool kLatest>
+struct TimeExtremeAgg {
   using Input = Scalar;
   struct State {
     bool has = false;
     int64_t time_ms = 0;
-    uint64_t seq = 0;  // Input order: the later event wins a tie on time.
+    uint64_t seq = 0;  // Input order: breaks a tie on time.
     Scalar value;
   };
+  // Whether an event at (time_ms, seq) replaces the one the state holds.
+  static bool Wins(const State& s, int64_t time_ms, uint64_t seq) {
+    if (!s.has) return true;
+    if (time_ms != s.time_ms) return kLatest ? time_ms > s.time_ms : time_ms < s.time_ms;
+    return kLatest ? seq > s.seq : seq < s.seq;
+  }
   static bool MakeInput(const Value& v, AggContext& c, Input* out) { return MakeScalar(v, c, out); }
   static void Add(State& s, const Input& x, int64_t time_ms, uint64_t seq, const AggContext&) {
-    if (!s.has || time_ms > s.time_ms || (time_ms == s.time_ms && seq > s.seq)) {
-      s.has = true;
-      s.time_ms = time_ms;
-      s.seq = seq;
-      s.value = x;
-    }
+    if (Wins(s, time_ms, seq)) s = State{true, time_ms, seq, x};
   }
   static void Merge(State& s, const State& o, const AggContext& c) {
     if (o.has) Add(s, o.value, o.time_ms, o.seq, c);
@@ -415,30 +424,8 @@ struct LastAgg {
   static void SerializeInput(const Input& x, ByteWriter& w, const AggContext& c) { SerializeScalar(x, w, c); }
   static bool DeserializeInput(Input& x, ByteReader& r, AggContext& c) { return DeserializeScalar(&x, r, c); }
 };
-
-// The value of the earliest event; ties in time go to the earlier one in input order. LastAgg's mirror.
-struct FirstAgg {
-  using Input = Scalar;
-  using State = LastAgg::State;
-  static bool MakeInput(const Value& v, AggContext& c, Input* out) { return MakeScalar(v, c, out); }
-  static void Add(State& s, const Input& x, int64_t time_ms, uint64_t seq, const AggContext&) {
-    if (!s.has || time_ms < s.time_ms || (time_ms == s.time_ms && seq < s.seq)) {
-      s.has = true;
-      s.time_ms = time_ms;
-      s.seq = seq;
-      s.value = x;
-    }
-  }
-  static void Merge(State& s, const State& o, const AggContext& c) {
-    if (o.has) Add(s, o.value, o.time_ms, o.seq, c);
-  }
-  static Value Finalize(const State& s, const AggContext& c) { return LastAgg::Finalize(s, c); }
-  static size_t MemoryBytes(const State&) { return 0; }
-  static void Serialize(const State& s, ByteWriter& w, const AggContext& c) { LastAgg::Serialize(s, w, c); }
-  static bool Deserialize(State& s, ByteReader& r, AggContext& c) { return LastAgg::Deserialize(s, r, c); }
-  static void SerializeInput(const Input& x, ByteWriter& w, const AggContext& c) { SerializeScalar(x, w, c); }
-  static bool DeserializeInput(Input& x, ByteReader& r, AggContext& c) { return DeserializeScalar(&x, r, c); }
-};
+using LastAgg = TimeExtremeAgg<true>;
+using FirstAgg = TimeExtremeAgg<false>;
 
 // The nearest-rank percentile p of the numeric values: with n values sorted ascending, the one at rank
 // max(1, ceil(p * n)) (p = 0 is the minimum, p = 1 the maximum), as a double; null for no values. Exact up
@@ -484,6 +471,14 @@ struct CountDistinctAgg {
   };
   using State = SmallVector<Input, 3>;
   static bool MakeInput(const Value& v, AggContext& c, Input* out) {
+    if (v.type == ValueType::kString) {
+      *out = Input{3, c.strings.Intern(v.s)};
+      return true;
+    }
+    return MakeNonStringInput(v, out);
+  }
+  // The key of a boolean or number; false for anything else.
+  static bool MakeNonStringInput(const Value& v, Input* out) {
     switch (v.type) {
       case ValueType::kBool: *out = Input{0, v.b ? 1u : 0u}; return true;
       case ValueType::kInt: *out = Input{1, static_cast<uint64_t>(v.i)}; return true;
@@ -499,7 +494,6 @@ struct CountDistinctAgg {
         }
         return true;
       }
-      case ValueType::kString: *out = Input{3, c.strings.Intern(v.s)}; return true;
       default: return false;
     }
   }
@@ -591,6 +585,27 @@ struct CountDistinctAgg {
     return true;
   }
 };
+
+// The key of a combination of field values (count_distinct over a list of fields), as bytes that two
+// combinations share only when each of their values is equal as CountDistinctAgg compares them: per value its
+// kind byte, then 8 bytes of its normalized bits, or a string's length (Varint) and text. The length prefix
+// keeps ("a,b", "c") and ("a", "b,c") apart. False when a value is not a boolean, number or string.
+inline bool AppendTupleKey(const Value& v, std::string* out) {
+  CountDistinctAgg::Input key;
+  if (v.type == ValueType::kString) {
+    key.kind = 3;
+  } else if (!CountDistinctAgg::MakeNonStringInput(v, &key)) {
+    return false;
+  }
+  ByteWriter w(out);
+  w.PutU8(key.kind);
+  if (key.kind == 3) {
+    w.PutString(v.s);
+  } else {
+    w.PutU64(key.bits);
+  }
+  return true;
+}
 
 struct ApproxCountDistinctAgg {
   using Input = uint64_t;  // The value's 64-bit hash.

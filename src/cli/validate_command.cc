@@ -80,6 +80,7 @@ void PrintSummary(const Spec& spec) {
   for (const FeatureSpec& f : spec.features) {
     aggregations.push_back(fmt::format("{}({})", AggKindName(f.agg), f.field));
     if (f.agg == AggKind::kApproxCountDistinct) aggregations.back() += fmt::format(" p={}", f.precision);
+    if (AggGivesJsonList(f.agg)) aggregations.back() += fmt::format(" k={}", f.k);
     wheres.push_back(f.where ? "where " + f.where_text : "all events");
     name_width = std::max(name_width, f.name.size());
     agg_width = std::max(agg_width, aggregations.back().size());

@@ -48,7 +48,8 @@ WindowSpec Session(int64_t gap_ms) { return {WindowKind::kSession, 0, 0, gap_ms}
 
 // Every aggregation in every kind of window; approx_count_distinct at a precision that stays sparse (14),
 // one that is dense from the first value (4), and one that turns dense after two values (6); approx_percentile
-// at two percentiles (lifetime windows of the busier entities go beyond the sketch's 256 exact values).
+// at two percentiles (lifetime windows of the busier entities go beyond the sketch's 256 exact values); top_k,
+// last_k, and both distinct counts over a pair of fields.
 Spec AllFeaturesSpec(std::optional<WatermarkSpec> watermark, int64_t session_gap_ms = 15) {
   Spec spec = BaseSpec(watermark);
   const std::vector<std::pair<std::string, WindowSpec>> windows = {
@@ -73,6 +74,14 @@ Spec AllFeaturesSpec(std::optional<WatermarkSpec> watermark, int64_t session_gap
     spec.features.back().percentile_ppm = 500000;
     AddFeature(spec, "pct95_" + wname, AggKind::kApproxPercentile, "v", window, "kind != 'c'");
     spec.features.back().percentile_ppm = 950000;
+    AddFeature(spec, "top3_" + wname, AggKind::kTopK, "x", window);
+    spec.features.back().k = 3;
+    AddFeature(spec, "last4_" + wname, AggKind::kLastK, "x", window, "kind != 'a'");
+    spec.features.back().k = 4;
+    AddFeature(spec, "pairs_" + wname, AggKind::kCountDistinct, "x", window);
+    test_specs::SetFieldList(spec, {"x", "kind"});
+    AddFeature(spec, "approx_pairs_" + wname, AggKind::kApproxCountDistinct, "x", window, "", 6);
+    test_specs::SetFieldList(spec, {"kind", "x"});
   }
   return spec;
 }
@@ -300,6 +309,9 @@ TEST(EngineStateTest, TheCutTestSeesRealValues) {
   EXPECT_GT(value_of("approx4_life").i, 0);
   EXPECT_EQ(value_of("pct50_life").type, ValueType::kDouble);
   EXPECT_EQ(value_of("first_life").type != ValueType::kNull, true);
+  EXPECT_GT(value_of("top3_life").s.size(), 20u) << value_of("top3_life").s;
+  EXPECT_GT(value_of("last4_life").s.size(), 4u) << value_of("last4_life").s;
+  EXPECT_GT(value_of("pairs_life").i, value_of("distinct_life").i) << "pairs of x and kind";
   const size_t per_window = spec.features.size() / 5;  // The same features in each of the five windows.
   EXPECT_EQ(engine.counters().skipped[2], engine.counters().skipped[2 + per_window])
       << "sum skips the same events everywhere";

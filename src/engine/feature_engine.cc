@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "aggregate/aggregations.h"
+#include "aggregate/list_aggregations.h"
 #include "window/windows.h"
 
 namespace freshet {
@@ -62,6 +63,7 @@ class WindowedOperator final : public FeatureOperator {
       : window_(std::move(window)), buffered_(buffered) {
     ctx_.precision = feature.precision;
     ctx_.percentile_ppm = feature.percentile_ppm;
+    ctx_.k = feature.k;
   }
 
   bool Extract(const Value& field, InputCell* cell) override {
@@ -80,6 +82,7 @@ class WindowedOperator final : public FeatureOperator {
     Input input;
     std::memcpy(&input, cell.bytes, sizeof(Input));
     State& s = *static_cast<State*>(state);
+    if constexpr (RendersText<Agg>) ctx_.rendered.Clear();  // The engine changes: earlier answers may go.
     if constexpr (kKeepsRecent) {
       if (!buffered_) {
         window_.Add(s.full, input, time_ms, seq, low_ms, ctx_);
@@ -373,6 +376,7 @@ std::string SpecStateDescription(const Spec& spec) {
            " gap_ms=" + std::to_string(w.gap_ms) + " precision=" + std::to_string(f.precision);
     // Only the keys of the newer aggregations' own options, so that older specs keep their fingerprints.
     if (f.agg == AggKind::kApproxPercentile) out += " percentile_ppm=" + std::to_string(f.percentile_ppm);
+    if (AggGivesJsonList(f.agg)) out += " k=" + std::to_string(f.k);
     out += "\n";
   }
   // Expiry changes what the state holds (specs without a ttl keep their fingerprint).
@@ -411,6 +415,8 @@ std::unique_ptr<FeatureOperator> MakeFeatureOperator(const FeatureSpec& feature,
     case AggKind::kApproxCountDistinct: return MakeWindowed<ApproxCountDistinctAgg>(feature, buffered);
     case AggKind::kFirst: return MakeWindowed<FirstAgg>(feature, buffered);
     case AggKind::kApproxPercentile: return MakeWindowed<ApproxPercentileAgg>(feature, buffered);
+    case AggKind::kTopK: return MakeWindowed<TopKAgg>(feature, buffered);
+    case AggKind::kLastK: return MakeWindowed<LastKAgg>(feature, buffered);
   }
   return nullptr;
 }
@@ -568,6 +574,10 @@ void FeatureEngine::Extract(const ParsedEvent& event, uint64_t seq, PendingEvent
     InputCell& cell = out->cells[k];
     cell.present = false;
     if (where_group_[k] >= 0 && !where_results_[where_group_[k]]) continue;
+    if (!f.tuple_slots.empty()) {
+      if (ExtractTuple(event, k, &cell)) cell.present = true;
+      continue;
+    }
     const Value field = f.field_slot >= 0 ? event.slots[f.field_slot] : Value::Null();
     if (f.field_slot >= 0) {
       if (field.is_missing() || field.is_null()) {
@@ -585,6 +595,25 @@ void FeatureEngine::Extract(const ParsedEvent& event, uint64_t seq, PendingEvent
     }
     cell.present = true;
   }
+}
+
+bool FeatureEngine::ExtractTuple(const ParsedEvent& event, size_t k, InputCell* cell) {
+  const FeatureSpec& f = spec_.features[k];
+  tuple_key_.clear();
+  for (int slot : f.tuple_slots) {
+    const Value field = event.slots[slot];
+    if (field.is_missing() || field.is_null()) {
+      ++counters_.skipped[k][field.is_missing() ? SkipReason::kMissing : SkipReason::kNull];
+      return false;
+    }
+    if (!ValueFits(spec_.fields.schema(slot).type, field) || !AppendTupleKey(field, &tuple_key_)) {
+      ++counters_.skipped[k][SkipReason::kWrongType];
+      return false;
+    }
+  }
+  if (operators_[k]->Extract(Value::String(tuple_key_), cell)) return true;
+  ++counters_.skipped[k][SkipReason::kWrongType];
+  return false;
 }
 
 void FeatureEngine::Apply(const PendingEvent& event, int64_t low_ms) {

@@ -283,6 +283,10 @@ class FeatureEngine {
     bool free = false;     // The index holds no entity (expired); its row holds fresh states.
   };
 
+  // Extract for a feature over a list of fields: the encoded combination (AppendTupleKey) into *cell; false, with
+  // the skip counted, when a field is missing, null or of another type.
+  bool ExtractTuple(const ParsedEvent& event, size_t k, InputCell* cell);
+  std::string tuple_key_;  // ExtractTuple's scratch.
   // Destroys every entity and resets the lateness state and counters: the engine is fresh again.
   void Reset();
 

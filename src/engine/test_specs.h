@@ -6,6 +6,7 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "spec/spec.h"
 
@@ -39,6 +40,21 @@ inline void AddFeature(Spec& spec, const std::string& name, AggKind agg, const s
     if (expr.ok()) f.where = std::move(expr).value();
   }
   spec.features.push_back(std::move(f));
+}
+
+// Turns the last feature (count_distinct or approx_count_distinct) into one over a list of fields, as
+// `field: [a, b]` does.
+inline void SetFieldList(Spec& spec, const std::vector<std::string>& fields) {
+  FeatureSpec& f = spec.features.back();
+  f.tuple_fields = fields;
+  f.tuple_slots.clear();
+  std::string text;
+  for (const std::string& field : fields) {
+    f.tuple_slots.push_back(spec.fields.Intern(field));
+    text += (text.empty() ? "[" : ", ") + field;
+  }
+  f.field = text + "]";
+  f.field_slot = f.tuple_slots.front();
 }
 
 }  // namespace freshet::test_specs

@@ -11,6 +11,7 @@
 #include <numeric>
 #include <sstream>
 
+#include "aggregate/list_aggregations.h"
 #include "common/time.h"
 #include "engine/feature_engine.h"
 #include "event/event_parser.h"
@@ -58,10 +59,10 @@ class WindowProbe {
   InputCell cell_;
 };
 
-std::string ValueJson(const Value& value) {
+std::string ValueJson(const Value& value, bool json_list = false) {
   std::string out;
   JsonWriter json(&out);
-  json.FeatureValue(value);
+  json.FeatureValue(value, json_list);
   return out;
 }
 
@@ -169,6 +170,12 @@ std::string Arithmetic(const FeatureSpec& f, const std::vector<const ExplainedEv
     case AggKind::kCountDistinct: return "distinct values among [" + Joined(fields, ", ") + "] = " + value;
     case AggKind::kApproxCountDistinct:
       return "HyperLogLog estimate of the distinct values among [" + Joined(fields, ", ") + "] = " + value;
+    case AggKind::kTopK:
+      return "the " + std::to_string(f.k) + " most frequent of [" + Joined(fields, ", ") +
+             "] with their counts (exact up to " + std::to_string(TopKAgg::Capacity(f.k)) +
+             " distinct values, then Misra-Gries lower bounds) = " + value;
+    case AggKind::kLastK:
+      return "the fields of the " + std::to_string(f.k) + " latest counted events, newest first = " + value;
   }
   return value;
 }
@@ -253,7 +260,7 @@ Result<Explanation> Explain(const Spec& spec, const ExplainInput& input, const s
   };
   HistoricalStats stats;
   RowAnswerFn answer = [&](size_t, const std::vector<Value>& values) {
-    out.value_json = ValueJson(values[static_cast<size_t>(feature)]);
+    out.value_json = ValueJson(values[static_cast<size_t>(feature)], AggGivesJsonList(f.agg));
   };
   FRESHET_RETURN_IF_ERROR(ComputePointInTime(spec, input.events, {EntityTime{entity, at_ms}}, options, answer, &stats));
   out.events_read = stats.events_read;
@@ -334,7 +341,8 @@ Result<Explanation> Explain(const Spec& spec, const ExplainInput& input, const s
     rows.push_back(EntityTime{entity, at_ms});
     out.series.resize(rows.size());
     RowAnswerFn keep = [&](size_t row, const std::vector<Value>& values) {
-      out.series[row] = {rows[row].time_ms, ValueJson(values[static_cast<size_t>(feature)])};
+      out.series[row] = {rows[row].time_ms,
+                         ValueJson(values[static_cast<size_t>(feature)], AggGivesJsonList(f.agg))};
     };
     FRESHET_RETURN_IF_ERROR(ComputePointInTime(spec, input.events, rows, PointInTimeOptions(), keep, &stats));
     std::stable_sort(out.series.begin(), out.series.end(),

@@ -60,7 +60,9 @@ OfflineType FeatureColumnType(const FeatureSpec& feature) {
     case AggKind::kCountDistinct:
     case AggKind::kApproxCountDistinct: return OfflineType::kInt64;
     case AggKind::kLast:
-    case AggKind::kFirst: return OfflineType::kString;
+    case AggKind::kFirst:
+    case AggKind::kTopK:  // The list's JSON text.
+    case AggKind::kLastK: return OfflineType::kString;
     default: return OfflineType::kDouble;
   }
 }

@@ -13,7 +13,8 @@
 //
 // Feature columns are typed by aggregation: count, count_distinct and approx_count_distinct are long; sum,
 // mean, min, max, stddev and approx_percentile are double (an integer sum is exact up to 2^53); last and first are
-// string (a number as its shortest decimal text, a boolean as true/false). A feature with no value (mean of an empty window) is null.
+// string (a number as its shortest decimal text, a boolean as true/false); top_k and last_k are string, the
+// list's JSON text. A feature with no value (mean of an empty window) is null.
 #pragma once
 
 #include <functional>

@@ -1177,10 +1177,10 @@ void Runtime::Impl::CheckSlo() {
 
 namespace {
 
-std::string ValueJsonText(const Value& value) {
+std::string ValueJsonText(const Value& value, bool json_list) {
   std::string out;
   JsonWriter json(&out);
-  json.FeatureValue(value);
+  json.FeatureValue(value, json_list);
   return out;
 }
 
@@ -1579,7 +1579,8 @@ std::vector<std::shared_ptr<Runtime::Impl::ExplainCut>> Runtime::Impl::CutExplai
     const std::string_view entities[1] = {cut->entity};
     const int features[1] = {cut->feature};
     cut->status = Lookup(entities, cut->at_ms, features, [&](std::span<const FeatureLookup> lookups) {
-      cut->served_json = ValueJsonText(lookups[0].values[0]);
+      cut->served_json =
+          ValueJsonText(lookups[0].values[0], AggGivesJsonList(spec_.features[static_cast<size_t>(cut->feature)].agg));
       cut->served_exact = lookups[0].exact;
     });
   }

@@ -343,6 +343,7 @@ struct HttpServer::Impl final : HttpHandler {
   // Reads entities[index] of a POST body: a string or integer id, or, for any key, an object of the key
   // fields. Appends the entity to *out; false after writing a 400.
   bool ReadBatchEntity(simdjson::dom::element item, size_t index, std::vector<std::string>* out, HttpResponse& res) const;
+  std::vector<bool> feature_lists;         // Spec order: the value is a JSON list (top_k, last_k).
   // The longest name an unknown feature may have and still be compared with the valid ones for a "did you
   // mean": the longest feature name plus the edit distance a suggestion allows for it. Longer names are
   // refused without that comparison, whose cost grows with the name's length.
@@ -381,6 +382,7 @@ HttpServer::Impl::Impl(FeatureService& service_in, MetricsRegistry& metrics_in, 
   for (size_t k = 0; k < spec.features.size(); ++k) {
     feature_index.emplace(spec.features[k].name, static_cast<int>(k));
     feature_names.push_back(spec.features[k].name);
+    feature_lists.push_back(AggGivesJsonList(spec.features[k].agg));
     const size_t size = spec.features[k].name.size();
     max_feature_name_bytes = std::max(max_feature_name_bytes, size);
     max_suggestable_name_bytes = std::max(max_suggestable_name_bytes, size + SuggestionDistance(size));
@@ -944,9 +946,11 @@ void HttpServer::Impl::Answer(const std::string& request_id, std::span<const std
           }
           json.Key("features").BeginObject();
           for (int k : outputs) {
-            json.Key(feature_names[static_cast<size_t>(k)])
+            const auto feature = static_cast<size_t>(k);
+            json.Key(feature_names[feature])
                 .FeatureValue(k < feature_count ? lookup.values[static_cast<size_t>(position[k])]
-                                                : request_values[static_cast<size_t>(k - feature_count)]);
+                                                : request_values[static_cast<size_t>(k - feature_count)],
+                              k < feature_count && feature_lists[feature]);
           }
           json.EndObject();
           if (!single) json.EndObject();

@@ -42,6 +42,11 @@ class JsonWriter {
   JsonWriter& Raw(std::string_view json);
   // A feature value: integers, doubles, booleans and strings as such; null, missing and composite as null.
   JsonWriter& FeatureValue(const Value& value);
+  // The same for a feature whose value may be a list (AggGivesJsonList in spec/spec.h: top_k, last_k): its string
+  // is JSON text already and is written as the array it holds.
+  JsonWriter& FeatureValue(const Value& value, bool json_list) {
+    return json_list && value.type == ValueType::kString ? Raw(value.s) : FeatureValue(value);
+  }
 
  private:
   // Writes the comma that separates this value from the previous one at the same level, if any.

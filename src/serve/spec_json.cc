@@ -59,6 +59,7 @@ std::string SpecJson(const Spec& spec) {
     }
     json.EndObject();
     if (f.agg == AggKind::kApproxCountDistinct) json.Key("precision").Int(f.precision);
+    if (AggGivesJsonList(f.agg)) json.Key("k").Int(f.k);
     json.EndObject();
   }
   json.EndArray();

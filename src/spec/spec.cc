@@ -42,6 +42,8 @@ constexpr std::pair<AggKind, const char*> kAggNames[] = {
     {AggKind::kApproxCountDistinct, "approx_count_distinct"},
     {AggKind::kFirst, "first"},
     {AggKind::kApproxPercentile, "approx_percentile"},
+    {AggKind::kTopK, "top_k"},
+    {AggKind::kLastK, "last_k"},
 };
 
 constexpr std::pair<WindowKind, const char*> kWindowNames[] = {
@@ -335,6 +337,8 @@ class SpecParser {
   std::optional<int> ReadInt(const MapView& map, std::string_view key);
   std::optional<double> ReadFraction(const MapView& map, std::string_view key);
   std::optional<std::vector<int64_t>> ReadPercentiles(const MapView& map);
+  // `field: [a, b]` of count_distinct and approx_count_distinct: fills feature.tuple_fields and tuple_slots.
+  void ReadFieldList(const Entry& entry, Spec* spec, FeatureSpec* feature);
 
   void ParseTop(const YAML::Node& root, Spec* spec);
   void ParseWatermark(const Entry& entry, Spec* spec);
@@ -655,6 +659,44 @@ std::optional<double> SpecParser::ReadFraction(const MapView& map, std::string_v
 
 // approx_percentile's `percentiles`: each a number from 0 to 1 with at most 6 decimals, in millionths, no
 // two equal.
+void SpecParser::ReadFieldList(const Entry& entry, Spec* spec, FeatureSpec* feature) {
+  if (feature->agg != AggKind::kCountDistinct && feature->agg != AggKind::kApproxCountDistinct) {
+    Error(ValueMark(entry), std::string("only count_distinct and approx_count_distinct take a list of fields (to count "
+                                        "distinct combinations); ") + AggKindName(feature->agg) +
+                                " takes one field, e.g. field: amount");
+    return;
+  }
+  if (entry.value.size() < 2 || entry.value.size() > 8) {
+    Error(ValueMark(entry), "'field' lists " + std::to_string(entry.value.size()) +
+                                " fields; list 2 to 8 (or write one field without brackets)");
+    return;
+  }
+  std::vector<std::string> fields;
+  for (const YAML::Node& item : entry.value) {
+    const std::string text = item.IsScalar() ? item.Scalar() : "";
+    if (!IsFieldPath(text)) {
+      Error(item.Mark(), "invalid field path " + (item.IsScalar() ? "'" + text + "'" : std::string(NodeKindName(item))) +
+                             " in 'field': write field names separated by dots, e.g. [merchant_id, device.id]");
+      return;
+    }
+    if (std::find(fields.begin(), fields.end(), text) != fields.end()) {
+      Error(item.Mark(), "field '" + text + "' is listed twice in 'field'; list each field once");
+      return;
+    }
+    fields.push_back(text);
+  }
+  std::string joined;
+  for (const std::string& f : fields) joined += (joined.empty() ? "[" : ", ") + f;
+  feature->field = joined + "]";
+  feature->tuple_fields = fields;
+  size_t k = 0;
+  for (const YAML::Node& item : entry.value) {
+    feature->tuple_slots.push_back(spec->fields.Intern(fields[k]));
+    NoteFieldUse(fields[k++], FieldRole::kFeatureField, spec->features.size(), item.Mark());
+  }
+  feature->field_slot = feature->tuple_slots.front();
+}
+
 std::optional<std::vector<int64_t>> SpecParser::ReadPercentiles(const MapView& map) {
   const Entry* e = map.Find("percentiles");
   if (e == nullptr) return std::nullopt;  // Reported as missing by CheckCondition.
@@ -849,7 +891,10 @@ void SpecParser::ParseFeature(const YAML::Node& item, const SpecOption& list_opt
       }
     }
   }
-  if (agg_name && AggNeedsField(feature.agg)) {
+  const Entry* field_entry = map->Find("field");
+  if (agg_name && AggNeedsField(feature.agg) && field_entry != nullptr && field_entry->value.IsSequence()) {
+    ReadFieldList(*field_entry, spec, &feature);
+  } else if (agg_name && AggNeedsField(feature.agg)) {
     if (std::optional<std::string> field = ReadFieldPath(*map, "field")) {
       feature.field = *field;
       feature.field_slot = spec->fields.Intern(*field);
@@ -863,6 +908,9 @@ void SpecParser::ParseFeature(const YAML::Node& item, const SpecOption& list_opt
 
   if (feature.agg == AggKind::kApproxCountDistinct) {
     if (std::optional<int> precision = ReadInt(*map, "precision")) feature.precision = *precision;
+  }
+  if (AggGivesJsonList(feature.agg)) {
+    if (std::optional<int> k = ReadInt(*map, "k")) feature.k = *k;
   }
   if (agg_name && feature.agg == AggKind::kApproxPercentile) {
     // One feature per percentile, each an output column of its own.

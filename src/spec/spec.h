@@ -29,6 +29,8 @@ enum class AggKind {
   kApproxCountDistinct,  // HyperLogLog; `precision` 4..18.
   kFirst,                // The value of the earliest event.
   kApproxPercentile,     // Quantile sketch; one feature per entry of `percentiles` (FeatureSpec::percentile_ppm).
+  kTopK,                 // The k most frequent values with their counts (FeatureSpec::k); a JSON list.
+  kLastK,                // The values of the k newest events (FeatureSpec::k); a JSON list.
 };
 
 // The spec name of an aggregation ("count_distinct").
@@ -39,6 +41,10 @@ inline bool AggNeedsField(AggKind kind) { return kind != AggKind::kCount; }
 
 // True when the aggregation needs a numeric field (sum, mean, min, max, stddev, approx_percentile).
 bool AggNeedsNumber(AggKind kind);
+
+// True when the aggregation's value is a list, written as JSON text (top_k, last_k): a JSON array in HTTP answers,
+// its text in Redis, CSV and the offline store.
+inline bool AggGivesJsonList(AggKind kind) { return kind == AggKind::kTopK || kind == AggKind::kLastK; }
 
 // The output name of percentile `ppm` (millionths) of approx_percentile feature `name`: name_p50 for 0.5,
 // name_p95 for 0.95, name_p99_9 for 0.999, name_p0 and name_p100 for 0 and 1.
@@ -68,6 +74,12 @@ struct FeatureSpec {
   // `percentiles: [p1, p2, ...]` becomes one FeatureSpec per percentile, named <name>_p<percent>
   // (PercentileFeatureName), each with its own state.
   int64_t percentile_ppm = 0;
+  // count_distinct and approx_count_distinct over a list of fields (`field: [a, b]`): the fields and their
+  // slots, in order; the feature counts distinct tuples (EncodeTupleKey in aggregate/aggregations.h). Then
+  // `field` is the list's text ("[a, b]") and field_slot the first field's slot.
+  std::vector<std::string> tuple_fields;
+  std::vector<int> tuple_slots;
+  int k = 0;             // top_k, last_k only: how many values the list holds at most (1..100).
   int line = 0;          // Where the feature is declared in the spec file (1-based), for messages.
 };
 

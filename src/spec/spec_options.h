@@ -438,14 +438,17 @@ inline constexpr SpecOption kSpecOptions[] = {
                "What to compute over the events in the window: count (events), sum, mean, min, max, "
                "stddev (population), last (value of the latest event by event time), first (value of the "
                "earliest event by event time), count_distinct (exact), approx_count_distinct (HyperLogLog), "
-               "approx_percentile (quantile sketch; see percentiles). sum, mean, min, max, stddev and "
-               "approx_percentile need a numeric field.")
+               "approx_percentile (quantile sketch; see percentiles), top_k (the k most frequent values with "
+               "their counts; see k), last_k (the values of the k newest events; see k). sum, mean, min, max, "
+               "stddev and approx_percentile need a numeric field.")
         .Required()
         .Choices("count, sum, mean, min, max, stddev, last, first, count_distinct, approx_count_distinct, "
-                 "approx_percentile"),
+                 "approx_percentile, top_k, last_k"),
     SpecOption("features[]", "field", SpecValueType::kFieldPath,
                "The event field to aggregate (dotted path for nested objects). Every aggregation but count "
-               "needs one.")
+               "needs one. count_distinct and approx_count_distinct also take a list of 2 to 8 fields, "
+               "[merchant_id, device_id], and count distinct combinations (an event missing one of them, or "
+               "with it null, is skipped; values compare as for one field, so 1 and 1.0 are equal).")
         .Required().WhenNot("aggregation", "count").MisuseHint("count takes no field; remove it or use sum")
         .Example("amount"),
     SpecOption("features[]", "where", SpecValueType::kExpression,
@@ -470,6 +473,18 @@ inline constexpr SpecOption kSpecOptions[] = {
         .Required().When("aggregation", "approx_percentile")
         .MisuseHint("only approx_percentile takes percentiles; remove it")
         .Example("[0.5, 0.95]"),
+    SpecOption("features[]", "k", SpecValueType::kInt,
+               "How many values top_k and last_k give at most (1..100). top_k: a JSON list of "
+               "{\"value\": v, \"count\": n}, most frequent first; ties: booleans (false first), then numbers "
+               "by value, then strings bytewise; 1 and 1.0 are one value, written 1. Exact while the window holds "
+               "at most C = max(64, 4k) distinct values; beyond, a Misra-Gries summary of C counters, whose "
+               "counts are lower bounds: true - n/(C+1) <= count <= true for the n values of the window, and "
+               "every value with more than n/(C+1) of them is kept. last_k: a JSON list of the values of the k "
+               "newest events, newest first (event time, then input order). Both are stored as that JSON text "
+               "in Redis, CSV and the offline store (a string column).")
+        .Range(1, 100).When("aggregation", "top_k, last_k").Required()
+        .MisuseHint("only top_k and last_k take k; remove it")
+        .Example("3"),
 
     // features[].window
     SpecOption("features[].window", "type", SpecValueType::kChoice,

@@ -322,6 +322,42 @@ TEST(SpecTest, PercentileMistakesSayWhatToWrite) {
              9, 18, {"percentile feature 'n_p50' has the name of the feature at line 5"});
 }
 
+TEST(SpecTest, TopKLastKAndFieldLists) {
+  Result<Spec> spec = ParseSpec(std::string(kHead) +
+                                    "  - {name: t, aggregation: top_k, k: 3, field: category, window: {type: lifetime}}\n"
+                                    "  - {name: l, aggregation: last_k, k: 100, field: amount, window: {type: lifetime}}\n"
+                                    "  - {name: p, aggregation: count_distinct, field: [merchant_id, device.id],\n"
+                                    "     window: {type: lifetime}}\n",
+                                "t.yaml");
+  ASSERT_TRUE(spec.ok()) << spec.status().message();
+  EXPECT_EQ(spec->features[0].agg, AggKind::kTopK);
+  EXPECT_EQ(spec->features[0].k, 3);
+  EXPECT_EQ(spec->features[1].agg, AggKind::kLastK);
+  EXPECT_EQ(spec->features[1].k, 100);
+  EXPECT_EQ(spec->features[2].tuple_fields, (std::vector<std::string>{"merchant_id", "device.id"}));
+  EXPECT_EQ(spec->features[2].field, "[merchant_id, device.id]");
+  ASSERT_EQ(spec->features[2].tuple_slots.size(), 2u);
+  EXPECT_EQ(spec->features[2].field_slot, spec->features[2].tuple_slots[0]);
+}
+
+TEST(SpecTest, TopKAndFieldListMistakesSayWhatToWrite) {
+  const std::string head = std::string(kHead) + "  - name: n\n";
+  ExpectOnly(head + "    aggregation: top_k\n    field: x\n    window: {type: lifetime}\n", 5, 5,
+             {"missing required key 'k'"});
+  ExpectOnly(head + "    aggregation: last_k\n    field: x\n    k: 0\n    window: {type: lifetime}\n", 8, 8,
+             {"'k' must be an integer from 1 to 100"});
+  ExpectOnly(head + "    aggregation: max\n    field: x\n    k: 3\n    window: {type: lifetime}\n", 8, 5,
+             {"only top_k and last_k take k"});
+  ExpectOnly(head + "    aggregation: sum\n    field: [a, b]\n    window: {type: lifetime}\n", 7, 12,
+             {"only count_distinct and approx_count_distinct take a list of fields"});
+  ExpectOnly(head + "    aggregation: count_distinct\n    field: [a]\n    window: {type: lifetime}\n", 7, 12,
+             {"'field' lists 1 fields; list 2 to 8"});
+  ExpectOnly(head + "    aggregation: count_distinct\n    field: [a, a]\n    window: {type: lifetime}\n", 7, 16,
+             {"field 'a' is listed twice"});
+  ExpectOnly(head + "    aggregation: count_distinct\n    field: [a, 'b c']\n    window: {type: lifetime}\n", 7, 16,
+             {"invalid field path 'b c'"});
+}
+
 TEST(SpecTest, WindowRules) {
   // A key of another window type.
   ExpectOnly(std::string(kHead) + "  - name: n\n    aggregation: count\n    window: {type: sliding, size: 1h, gap: 5m}\n",
@@ -836,7 +872,7 @@ TEST(SpecOptionsTest, TableMatchesTheTypes) {
   std::string agg_choices;
   for (AggKind k : {AggKind::kCount, AggKind::kSum, AggKind::kMean, AggKind::kMin, AggKind::kMax, AggKind::kStddev,
                     AggKind::kLast, AggKind::kFirst, AggKind::kCountDistinct, AggKind::kApproxCountDistinct,
-                    AggKind::kApproxPercentile}) {
+                    AggKind::kApproxPercentile, AggKind::kTopK, AggKind::kLastK}) {
     agg_choices += std::string(agg_choices.empty() ? "" : ", ") + AggKindName(k);
   }
   EXPECT_EQ(aggregation->choices, agg_choices);
