@@ -667,6 +667,9 @@ struct ApproxCountDistinctAgg {
 //   Rewound(const State&, span<const E*> events) -> State
 //       `events` are the events added to the state from events[0] on, in order, each with `input` and its
 //       mark in `before.agg`; returns the state as it was before events[0].
+//   Rewind(State&, span<const E*> events)     optional: the same in place (RewindMarks below calls it when
+//       there is one), for rewinding a window's own state without copying it (count_distinct's set is copied
+//       to the heap once it holds more than a few values, and a busy key's late events rewind it often).
 template <typename Agg>
 struct AggMarks {
   using Mark = typename Agg::State;
@@ -690,13 +693,18 @@ struct AggMarks<CountDistinctAgg> {
   template <typename E>
   static State Rewound(const State& s, std::span<const E* const> events) {
     State out = s;
-    for (size_t k = 0; k < events.size(); ++k) {
-      const uint32_t after = k + 1 < events.size() ? events[k + 1]->before.agg : s.size();
-      if (after == events[k]->before.agg) continue;
-      CountDistinctAgg::Input* it = CountDistinctAgg::Place(out, events[k]->input);
-      if (it != out.end() && *it == events[k]->input) out.erase(it);
-    }
+    Rewind(out, events);
     return out;
+  }
+  template <typename E>
+  static void Rewind(State& s, std::span<const E* const> events) {
+    const uint32_t final_size = s.size();
+    for (size_t k = 0; k < events.size(); ++k) {
+      const uint32_t after = k + 1 < events.size() ? events[k + 1]->before.agg : final_size;
+      if (after == events[k]->before.agg) continue;
+      CountDistinctAgg::Input* it = CountDistinctAgg::Place(s, events[k]->input);
+      if (it != s.end() && *it == events[k]->input) s.erase(it);
+    }
   }
   static size_t MemoryBytes(const Mark&) { return 0; }
   static void Serialize(const Mark& m, ByteWriter& w, const AggContext&) { w.PutVarint(m); }
@@ -707,5 +715,16 @@ struct AggMarks<CountDistinctAgg> {
     return true;
   }
 };
+
+// Rewinds `s` in place to before events[0] (see AggMarks): with the aggregation's Rewind when it has one,
+// else by assigning what Rewound returns.
+template <typename Agg, typename E>
+void RewindMarks(typename Agg::State& s, std::span<const E* const> events) {
+  if constexpr (requires { AggMarks<Agg>::Rewind(s, events); }) {
+    AggMarks<Agg>::Rewind(s, events);
+  } else {
+    s = AggMarks<Agg>::Rewound(s, events);
+  }
+}
 
 }  // namespace freshet

@@ -68,7 +68,7 @@ class LifetimeWindow {
     return Mark{AggMarks<Agg>::Before(s, x)};
   }
   template <typename E>
-  void Rewind(State& s, std::span<const E* const> from) const { s = AggMarks<Agg>::Rewound(s, from); }
+  void Rewind(State& s, std::span<const E* const> from) const { RewindMarks<Agg>(s, from); }
   template <typename E>
   Value QueryAsOf(const State& s, int64_t, std::span<const E* const> after, const AggContext& c) const {
     return Agg::Finalize(AggMarks<Agg>::Rewound(s, after), c);
@@ -136,7 +136,7 @@ class TiledWindow {
       auto it = std::lower_bound(s.begin(), s.end(), index, [](const Tile& a, int64_t i) { return a.index < i; });
       if (it != s.end() && it->index == index) {  // Always: the tile of a recent event is kept.
         if (from[k]->before.existed) {
-          it->state = AggMarks<Agg>::Rewound(it->state, from.subspan(k, end - k));
+          RewindMarks<Agg>(it->state, from.subspan(k, end - k));
         } else {
           s.erase(it);
         }
@@ -530,17 +530,17 @@ class SessionWindow {
   void Rewind(State& s, std::span<const E* const> from) const {
     const E& e = *from.front();
     if (!s.has_newest) return;
+    if (e.before.joined && s.newest.start <= e.time) {
+      // It joined the newest session (the common case of a busy key's late event): only that one changes,
+      // as below, without moving sessions through `older`.
+      RewindSession(s.newest, from);
+      return;
+    }
     s.older.push_back(std::move(s.newest));
     std::vector<Session>& all = s.older;
     size_t keep = 0;
     while (keep < all.size() && (e.before.joined ? all[keep].start <= e.time : all[keep].start < e.time)) ++keep;
-    if (e.before.joined && keep > 0) {
-      Session& joined = all[keep - 1];
-      size_t in_session = 0;  // The events of `from` in that session: those up to its end.
-      while (in_session < from.size() && from[in_session]->time <= joined.end) ++in_session;
-      joined.end = e.before.end;
-      joined.state = AggMarks<Agg>::Rewound(joined.state, from.subspan(0, in_session));
-    }
+    if (e.before.joined && keep > 0) RewindSession(all[keep - 1], from);
     all.resize(keep);
     s.has_newest = !all.empty();
     if (s.has_newest) {
@@ -621,6 +621,16 @@ class SessionWindow {
   }
 
  private:
+  // The session that from[0] joined, back to before it: its end as from[0]'s mark says, and its aggregate
+  // without the events of `from` in it (those up to its end).
+  template <typename E>
+  static void RewindSession(Session& joined, std::span<const E* const> from) {
+    size_t in_session = 0;
+    while (in_session < from.size() && from[in_session]->time <= joined.end) ++in_session;
+    joined.end = from.front()->before.end;
+    RewindMarks<Agg>(joined.state, from.subspan(0, in_session));
+  }
+
   // An event before the newest session's start: it may join or bridge any sessions it is near.
   void AddOutOfOrder(State& st, const typename Agg::Input& x, int64_t time, uint64_t seq, const AggContext& c) const {
     std::vector<Session>& s = st.older;
