@@ -59,10 +59,6 @@ struct ShardedInput::Shard {
     uint32_t record;
     size_t values_begin, values_count;
   };
-
-void ShardedInput::SetTables(const TableSet* tables) {
-  for (auto& shard : shards_) shard->parser.SetTables(tables);
-}
   std::vector<Row> rows;
   std::vector<Value> values, row_values;
   std::deque<std::string> strings;
@@ -76,6 +72,10 @@ ShardedInput::ShardedInput(const Spec& spec, PipelineLanes& lanes, PipelineLanes
 }
 
 ShardedInput::~ShardedInput() = default;
+
+void ShardedInput::SetTables(const TableSet* tables) {
+  for (auto& shard : shards_) shard->parser.SetTables(tables);
+}
 
 void ShardedInput::Process(std::span<const SourceRecord> records, int64_t wall_ms, bool track_changed,
                            const DeadLetter& dead_letter, Output* out) {
