@@ -47,6 +47,7 @@ struct KafkaSource::Impl {
     const bool cooperative = std::strcmp(rd_kafka_rebalance_protocol(handle), "COOPERATIVE") == 0;
     source->rebalances_.fetch_add(1);
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+      if (source->listener_ != nullptr && !TakeUpRestored(list)) return;
       for (int k = 0; k < list->cnt; ++k) {
         auto it = source->next_.find(list->elems[k].partition);
         // Where the restored checkpoint (or this process's reading so far) stands; else the group's offset.
@@ -68,7 +69,9 @@ struct KafkaSource::Impl {
       // Revoked (or lost): another member may read these partitions now, without the state built here.
       std::string names;
       for (int k = 0; k < list->cnt; ++k) names += (names.empty() ? "" : ", ") + std::to_string(list->elems[k].partition);
-      if (!closing && list->cnt > 0) {
+      if (source->listener_ != nullptr) {
+        GiveUp(handle, list);
+      } else if (!closing && list->cnt > 0) {
         revoked_warning = "partitions " + names + " of topic '" + source->options_.topic +
                           "' were revoked from this process by a group rebalance (another process joined group '" +
                           source->options_.group + "', or this one missed its session timeout); one process per "
@@ -87,6 +90,37 @@ struct KafkaSource::Impl {
     }
   }
 
+  // Asks the listener to restore the gained partitions; on success their offsets are where it restored them
+  // to. On failure nothing is assigned: the group sees this member hold them without reading, and /health says
+  // why (the state could not be read; fix the shared folder and restart).
+  bool TakeUpRestored(rd_kafka_topic_partition_list_t* list) {
+    std::vector<int32_t> partitions;
+    for (int k = 0; k < list->cnt; ++k) partitions.push_back(list->elems[k].partition);
+    Result<std::map<int32_t, int64_t>> offsets = source->listener_->OnAssigned(partitions);
+    if (!offsets.ok()) {
+      SetProblem("partitions assigned by the group cannot be restored: " + offsets.status().message());
+      return false;
+    }
+    for (int32_t p : partitions) {
+      source->next_.erase(p);
+      source->batch_start_.erase(p);
+    }
+    for (const auto& [p, offset] : *offsets) source->next_[p] = source->batch_start_[p] = offset;
+    return true;
+  }
+
+  // Hands revoked partitions to the listener (it checkpoints them) and forgets where they stood: whoever gets
+  // them next (maybe this process again) reads on from their checkpoint.
+  void GiveUp(rd_kafka_t* handle, rd_kafka_topic_partition_list_t* list) {
+    std::vector<int32_t> partitions;
+    for (int k = 0; k < list->cnt; ++k) partitions.push_back(list->elems[k].partition);
+    if (!partitions.empty()) source->listener_->OnRevoked(partitions, rd_kafka_assignment_lost(handle) != 0);
+    for (int32_t p : partitions) {
+      source->next_.erase(p);
+      source->batch_start_.erase(p);
+    }
+  }
+
   void SetProblem(std::optional<std::string> text) {
     std::lock_guard<std::mutex> lock(mutex);
     problem = std::move(text);
@@ -102,6 +136,10 @@ struct KafkaSource::Impl {
   std::optional<std::string> problem;
   std::map<int32_t, int64_t> committed;
   std::map<int32_t, bool> assigned;
+  bool IsAssigned(int32_t partition) const {
+    std::lock_guard<std::mutex> lock(mutex);
+    return assigned.contains(partition);
+  }
   int64_t unassigned_since_ns = SteadyClockNs();  // When `assigned` last became empty (or the source was made).
 };
 
@@ -215,7 +253,10 @@ Status KafkaSource::Poll(std::vector<SourceRecord>* out, size_t max_records, int
     const int32_t partition = message->partition;
     const int64_t offset = message->offset;
     auto it = next_.find(partition);
-    if (it != next_.end() && offset < it->second) {  // Already handed out (a refetch after a seek).
+    // Fetched before the partition was revoked within this call: its checkpoint does not cover it, and the
+    // process that gains the partition reads it again.
+    const bool given_up = listener_ != nullptr && it == next_.end() && !impl_->IsAssigned(partition);
+    if (given_up || (it != next_.end() && offset < it->second)) {  // Or already handed out (a refetch after a seek).
       rd_kafka_message_destroy(message);
       continue;
     }
