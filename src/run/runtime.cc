@@ -693,8 +693,9 @@ Status Runtime::Impl::Restore() {
     // A new member: its partitions' state comes with their assignment (OnAssigned). Its dead letters follow
     // those of earlier runs in the data directory.
     std::error_code ec;
+    // No offline recovery either: the tables hold other members' commits, which are theirs to recover (a
+    // partition's new owner publishes what its checkpoint recorded; nothing is ever rolled back).
     const uintmax_t size = std::filesystem::exists(dead_letter_path_) ? std::filesystem::file_size(dead_letter_path_, ec) : 0;
-    FRESHET_RETURN_IF_ERROR(RecoverOffline(std::nullopt, std::nullopt));
     FRESHET_RETURN_IF_ERROR(dead_letters_.OpenAt(dead_letter_path_, std::string(source_->name()), ec ? 0 : size));
     last_checkpoint_ms_ = WallClockMs();
     return Status::Ok();
@@ -906,10 +907,17 @@ Status Runtime::Impl::RestorePartitions(const GroupCheckpoints::Found& found, co
 
 void Runtime::Impl::OnRevoked(const std::vector<int32_t>& partitions, bool lost) {
   const auto start = std::chrono::steady_clock::now();
-  if (lost) {
-    // The group gave them to another process already: writing their state could overwrite newer state.
-    std::fprintf(stderr, "freshet run: warning: partitions were lost (this process missed its session timeout); "
-                         "their events since the last checkpoint are read again by their new owner\n");
+  // Lost (librdkafka's word for a revocation after the group moved on without this member: a missed session
+  // timeout, or a failed commit): when no other process has claimed them yet, they are handed over like revoked
+  // ones; otherwise their state is not written again (the new owner's claim fences it).
+  const bool claimed_elsewhere = std::any_of(partitions.begin(), partitions.end(), [&](int32_t p) {
+    auto it = epochs_.find(p);
+    return it != epochs_.end() && !group_->StillOwns(p, it->second);
+  });
+  if (lost && claimed_elsewhere) {
+    std::fprintf(stderr, "freshet run: warning: partitions were lost (this process missed its session timeout) and "
+                         "another process claimed them; their events since the last checkpoint are read again by "
+                         "their new owner\n");
     for (int32_t p : partitions) epochs_.erase(p);
   } else {
     // Handed over in order: checkpointed (state, offline rows and offsets), then given up.

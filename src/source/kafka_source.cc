@@ -65,6 +65,7 @@ struct KafkaSource::Impl {
       }
       std::lock_guard<std::mutex> lock(mutex);
       for (int k = 0; k < list->cnt; ++k) assigned[list->elems[k].partition] = true;
+      rebalancing = false;  // A cooperative rebalance ends with an assignment (maybe of nothing).
     } else {
       // Revoked (or lost): another member may read these partitions now, without the state built here.
       std::string names;
@@ -112,6 +113,7 @@ struct KafkaSource::Impl {
   // Hands revoked partitions to the listener (it checkpoints them) and forgets where they stood: whoever gets
   // them next (maybe this process again) reads on from their checkpoint.
   void GiveUp(rd_kafka_t* handle, rd_kafka_topic_partition_list_t* list) {
+    rebalancing = true;
     std::vector<int32_t> partitions;
     for (int k = 0; k < list->cnt; ++k) partitions.push_back(list->elems[k].partition);
     if (!partitions.empty()) source->listener_->OnRevoked(partitions, rd_kafka_assignment_lost(handle) != 0);
@@ -136,6 +138,10 @@ struct KafkaSource::Impl {
   std::optional<std::string> problem;
   std::map<int32_t, int64_t> committed;
   std::map<int32_t, bool> assigned;
+  // From a revocation until the assignment that ends the rebalance: no offsets are committed then. librdkafka
+  // 2.0.2 loses the whole assignment when a commit made during a rebalance meets the generation the rejoin bumped
+  // (librdkafka issue 4059, fixed in 2.8); the next checkpoint after the rebalance commits them.
+  std::atomic<bool> rebalancing{false};
   bool IsAssigned(int32_t partition) const {
     std::lock_guard<std::mutex> lock(mutex);
     return assigned.contains(partition);
@@ -351,6 +357,12 @@ void KafkaSource::Commit(std::string_view position) {
 void KafkaSource::CommitOffsets(std::string_view position, bool wait) {
   std::optional<std::map<int32_t, int64_t>> offsets = ParsePosition(position, options_.topic);
   if (!offsets || offsets->empty()) return;
+  if (listener_ != nullptr) {
+    if (impl_->rebalancing.load()) return;
+    // Only partitions this process still holds: the new owner of one it gave up commits that one's offsets.
+    std::erase_if(*offsets, [&](const auto& entry) { return !impl_->IsAssigned(entry.first); });
+    if (offsets->empty()) return;
+  }
   rd_kafka_topic_partition_list_t* list = rd_kafka_topic_partition_list_new(static_cast<int>(offsets->size()));
   for (const auto& [partition, offset] : *offsets) {
     rd_kafka_topic_partition_list_add(list, options_.topic.c_str(), partition)->offset = offset;
