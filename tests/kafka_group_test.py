@@ -3,9 +3,11 @@
 
 8 partitions of generated events keyed by entity, with disorder, late and malformed messages. Scale: 40,000
 events by default, so that the test stays under 3 minutes on 2 cores in CI; the issue's ~1M is the same test run
-by hand with FRESHET_GROUP_EVENTS=1000000 (timeouts scale with it). Three processes start in one group (A, B, then C while A and B read); A is
-kill -9'd mid-stream, while the second half of the events is produced; D starts later. Partitions move between
-processes with their state at every step. At the end:
+by hand with FRESHET_GROUP_EVENTS=1000000 (deadlines scale with it). A fifth of the events is produced up front,
+the rest in chunks while the group changes, so that every change finds the processes mid-stream: processes A
+and B start in one group, then C joins (partitions move from A and B to C with their state), A is kill -9'd (its
+partitions move to B and C after the session timeout, from A's last checkpoints), and D starts later (partitions
+move again). At the end:
   - every entity's lookup, from Redis through `freshet serve`, equals tests/reference.py computed per partition
     (a partition's offset order is its input order);
   - the shared events table holds every accepted message exactly once (partition, offset unique and complete);
@@ -129,8 +131,21 @@ def test_three_processes_share_a_group_and_partitions_move_with_their_state(kafk
     spec_path.write_text(SPEC.format(brokers=broker.bootstrap, topic=TOPIC, group=GROUP, redis_port=redis.port,
                                      offline=tmp_path / "offline", checkpoints=tmp_path / "checkpoints",
                                      features=FEATURES_YAML))
-    half = len(lines) // 2
-    placed = _produce(broker, lines[:half])
+    # A fifth up front, the rest produced in chunks while processes join, die and start: every rebalance and the
+    # kill find the processes mid-stream, with events processed since their last checkpoint.
+    first = len(lines) // 5
+    placed = _produce(broker, lines[:first])
+    producer_failed: list[BaseException] = []
+
+    def produce_rest() -> None:
+        try:
+            for k in range(first, len(lines), 500):
+                placed.update(_produce(broker, lines[k:k + 500]))
+                time.sleep(0.1)
+        except BaseException as e:  # noqa: BLE001  (reported by the test)
+            producer_failed.append(e)
+
+    producer = threading.Thread(target=produce_rest)
 
     def start(name: str) -> Member:
         return Member(spec_path, tmp_path / f"data-{name}", tmp_path / f"run-{name}.log")
@@ -139,20 +154,25 @@ def test_three_processes_share_a_group_and_partitions_move_with_their_state(kafk
     servers = {"b": b}
     try:
         _wait(lambda: _assigned(a) > 0 and _assigned(b) > 0, 60, "A and B to share the partitions")
-        _wait(lambda: _read(a) > 2_000, 60, "A to process messages")
+        _wait(lambda: _read(a) > 1_000, 60, "A to process messages")
+        producer.start()
         servers["c"] = start("c")
         _wait(lambda: _assigned(servers["c"]) > 0, 60, "C to get partitions from A and B")
         _wait(lambda: _read(a) > 0 and _assigned(a) > 0, 60, "A to read on after C joined")
         a.kill()  # Mid-stream: A's partitions move after the session timeout, from A's last checkpoints.
-        placed.update(_produce(broker, lines[half:]))
         _wait(lambda: _assigned(b) + _assigned(servers["c"]) == PARTITIONS, 60, "A's partitions to move to B and C")
         servers["d"] = start("d")
         _wait(lambda: _assigned(servers["d"]) > 0, 60, "D to get partitions")
+        producer.join()
+        assert not producer_failed, producer_failed
+        assert len(placed) == len(lines)
         ends = broker.end_offsets(TOPIC)
         _wait(lambda: broker.committed(GROUP, TOPIC) == ends, 120 * SLOWER, f"committed offsets to reach {ends}")
         _wait(lambda: all(s.metric("freshet_redis_pending_entities") == 0 for s in servers.values()), 30,
               "Redis to hold every change")
     finally:
+        if producer.is_alive():
+            producer.join()
         if a.proc.poll() is None:
             a.kill()
         for name, server in servers.items():
