@@ -835,7 +835,11 @@ Status Runtime::Impl::WriteCheckpoint(freshet::Checkpoint& checkpoint, OfflineSi
 // Called by the Kafka source inside Poll, on the processing thread: no batch is being processed meanwhile.
 
 Result<std::map<int32_t, int64_t>> Runtime::Impl::OnAssigned(const std::vector<int32_t>& partitions) {
+  if (partitions.empty()) return std::map<int32_t, int64_t>();  // The end of a rebalance that gave this one nothing.
   const auto start = std::chrono::steady_clock::now();
+  // A checkpoint being written publishes to the offline tables, as the restore may (PublishFrom): one at a time,
+  // since a table's Delta log is not thread-safe.
+  if (checkpoint_thread_.joinable()) checkpoint_thread_.join();
   std::map<int32_t, uint64_t> claimed;
   for (int32_t p : partitions) {
     // Claimed before reading: a process still writing p under an older claim is never restored over this one.
