@@ -42,9 +42,9 @@ features:
 {features}"""
 
 
-def _generate(tmp: Path, events: int, seed: int) -> list[bytes]:
+def _generate(tmp: Path, events: int, seed: int, users: int = 300) -> list[bytes]:
     path = tmp / "all.jsonl"
-    subprocess.run([BIN, "generate", "--users", "300", "--events", str(events), "--seed", str(seed),
+    subprocess.run([BIN, "generate", "--users", str(users), "--events", str(events), "--seed", str(seed),
                     "--disorder", "2s", "--late-share", "0.01", "--malformed-share", "0.01",
                     "--output", str(path)], check=True)
     return path.read_bytes().splitlines()

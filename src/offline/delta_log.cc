@@ -505,7 +505,9 @@ Status DeltaLog::Commit(const DeltaCommit& commit, bool* existed) {
   }
   const std::filesystem::path folder = std::filesystem::path(table_dir_) / kLogFolder;
   const std::string path = (folder / DeltaCommitFileName(commit.version)).string();
-  const std::string temporary = (folder / ("." + DeltaCommitFileName(commit.version) + ".tmp")).string();
+  // Named uniquely: writers in other processes may be writing the same version (the loser retries the next).
+  const std::string temporary =
+      (folder / ("." + DeltaCommitFileName(commit.version) + "." + NewUuid() + ".tmp")).string();
   FRESHET_RETURN_IF_ERROR(WriteFileDurably(temporary, {text}, "Delta commit"));
   Status status = RenameNoReplace(temporary, path, existed);
   if (!status.ok()) {
@@ -686,7 +688,7 @@ Status DeltaLog::WriteCheckpoint() {
 
   const std::filesystem::path folder = std::filesystem::path(table_dir_) / kLogFolder;
   const std::string path = (folder / DeltaCheckpointFileName(version)).string();
-  const std::string temporary = (folder / ("." + DeltaCheckpointFileName(version) + ".tmp")).string();
+  const std::string temporary = (folder / ("." + DeltaCheckpointFileName(version) + "." + NewUuid() + ".tmp")).string();
   {
     auto sink = arrow::io::FileOutputStream::Open(temporary);
     if (!sink.ok()) return Status::IoError("cannot create '" + temporary + "': " + sink.status().ToString());
@@ -711,9 +713,11 @@ Status DeltaLog::WriteCheckpoint() {
   json.BeginObject().Key("version").Int(version).Key("size").Int(b.rows()).Key("sizeInBytes").Uint(bytes.size());
   json.Key("numOfAddFiles").Uint(files.size()).EndObject();
   const std::string last_path = (folder / "_last_checkpoint").string();
-  FRESHET_RETURN_IF_ERROR(WriteFileDurably(last_path + ".tmp", {last}, "Delta _last_checkpoint"));
-  if (::rename((last_path + ".tmp").c_str(), last_path.c_str()) != 0) {
-    return Status::IoError("cannot rename '" + last_path + ".tmp': " + std::strerror(errno));
+  const std::string last_temporary = last_path + "." + NewUuid() + ".tmp";
+  FRESHET_RETURN_IF_ERROR(WriteFileDurably(last_temporary, {last}, "Delta _last_checkpoint"));
+  if (::rename(last_temporary.c_str(), last_path.c_str()) != 0) {
+    ::remove(last_temporary.c_str());
+    return Status::IoError("cannot rename '" + last_temporary + "': " + std::strerror(errno));
   }
   return SyncDirectory(folder.string());
 }

@@ -5,8 +5,10 @@
 // 00000000000000000001.json, ...; each commit is JSON lines of actions. The table's content is every file
 // `add`ed and not later `remove`d. Version 0 holds `protocol` (reader 1, writer 2) and `metaData` (schema
 // as Spark's JSON schema, partition columns). A commit appears atomically: it is written to a temporary
-// file, fsynced and renamed into place without replacing an existing version, so a reader sees it whole or
-// not at all and two writers cannot both win a version.
+// file (named uniquely), fsynced and renamed into place without replacing an existing version, so a reader sees
+// it whole or not at all and two writers, also in different processes, cannot both win a version: the loser
+// learns it (Commit's *existed), Refresh()es and tries the next version (optimistic concurrency; appends do not
+// conflict).
 //
 // Every `add` carries statistics (numRecords, and per column minValues, maxValues, nullCount) so readers can
 // skip files, and tags naming the Freshet writer and its txn version. Every kCheckpointInterval commits the
@@ -108,6 +110,9 @@ class DeltaLog {
   static Result<std::vector<DeltaFile>> ReadActiveFiles(const std::string& table_dir);
   // The txn version of the newest commit that recorded one for `app_id`, if any.
   std::optional<int64_t> TxnVersion(const std::string& app_id) const;
+
+  // Reads the log again: the commits other writers (other processes of a consumer group) made since.
+  Status Refresh() { return ReadVersions(); }
 
   int64_t latest_version() const { return latest_version_; }
   bool schema_matches() const { return schema_matches_; }

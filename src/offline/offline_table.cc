@@ -211,11 +211,12 @@ Result<std::shared_ptr<arrow::Table>> ReadParquet(const std::string& path) {
 // backfill, compact and vacuum.
 class TableLock {
  public:
-  static Result<TableLock> Acquire(const std::string& table_dir) {
+  // `shared`: one of several writers of a consumer group (see OfflineTableOptions::shared_writers).
+  static Result<TableLock> Acquire(const std::string& table_dir, bool shared = false) {
     TableLock lock;
     lock.fd_ = ::open(table_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (lock.fd_ < 0) return Status::IoError("cannot open offline table folder '" + table_dir + "': " + std::strerror(errno));
-    if (::flock(lock.fd_, LOCK_EX | LOCK_NB) != 0) {
+    if (::flock(lock.fd_, (shared ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
       return Status::Invalid("the offline table '" + table_dir + "' is open for writing by another Freshet process (a "
                              "running `freshet run`, backfill, compact or vacuum); stop it first, or let the run "
                              "compact by itself with `offline.compact_every`");
@@ -357,6 +358,23 @@ struct OfflineTable::Impl {
   Result<StagedCommit::File> WriteFile(const Rows& rows, const std::vector<uint32_t>& rows_in_file,
                                        std::optional<int32_t> day);
   Status AddEmptyFile();
+  // Commits `delta` at the next free version. With shared writers a version another process won is not an
+  // error: the log is read again and the commit tried at the next version, unless the other commit was this
+  // one's own transaction (same app id, txn version at or past it: published by a process that restored the
+  // same checkpoint). Appends never conflict, so the retries end.
+  Status CommitRetrying(DeltaCommit& delta) {
+    for (;;) {
+      bool existed = false;
+      Status status = log.Commit(delta, &existed);
+      if (!existed || !options.shared_writers) return status;
+      FRESHET_RETURN_IF_ERROR(log.Refresh());
+      if (delta.txn_version && !delta.app_id.empty()) {
+        std::optional<int64_t> newest = log.TxnVersion(delta.app_id);
+        if (newest && *newest >= *delta.txn_version) return Status::Ok();
+      }
+      delta.version = log.latest_version() + 1;
+    }
+  }
   CompactionOptions Compaction() const {
     return CompactionOptions{.staging_dir = options.staging_dir, .app_id = options.app_id,
                              .retention_ms = options.retention_ms};
@@ -428,7 +446,7 @@ Result<std::unique_ptr<OfflineTable>> OfflineTable::Open(OfflineTableOptions opt
     return Status::IoError("cannot create offline table folder '" + options.table_dir + "': " + ec.message() +
                            "; check the `offline.path` of the spec and its permissions");
   }
-  FRESHET_ASSIGN_OR_RETURN(TableLock lock, TableLock::Acquire(options.table_dir));
+  FRESHET_ASSIGN_OR_RETURN(TableLock lock, TableLock::Acquire(options.table_dir, options.shared_writers));
   FRESHET_ASSIGN_OR_RETURN(DeltaLog log, DeltaLog::Open(options.table_dir, std::move(schema), partitions));
   log.set_retention_ms(options.retention_ms);
   if (!overwrite) {
@@ -492,8 +510,7 @@ Status OfflineTable::Impl::AddEmptyFile() {
   DeltaCommit commit;
   commit.version = log.latest_version() + 1;
   commit.adds.push_back(f.file);
-  bool existed = false;
-  return log.Commit(commit, &existed);
+  return CommitRetrying(commit);
 }
 
 void OfflineTable::BeginRow(int64_t partition_time_ms) {
@@ -653,6 +670,12 @@ Result<std::optional<StagedCommit>> OfflineTable::StageRows(RowsPtr& taken, std:
   for (uint32_t r = 0; r < rows_taken.rows; ++r) {
     groups[rows_taken.row_days.empty() ? 0 : rows_taken.row_days[r]].push_back(r);
   }
+  if (m.options.sort_by_first_column && !rows_taken.columns.empty()) {
+    const std::vector<int64_t>& first = rows_taken.columns[0].ints;
+    for (auto& [day, rows] : groups) {
+      std::stable_sort(rows.begin(), rows.end(), [&](uint32_t a, uint32_t b) { return first[a] < first[b]; });
+    }
+  }
   // A failed attempt removes the files it wrote, so that a retry does not leave copies behind.
   auto fail = [&commit](Status status) -> Result<std::optional<StagedCommit>> {
     for (const StagedCommit::File& f : commit.files) ::unlink(f.staged_path.c_str());
@@ -670,10 +693,12 @@ Result<std::optional<StagedCommit>> OfflineTable::StageRows(RowsPtr& taken, std:
   return std::optional<StagedCommit>(std::move(commit));
 }
 
-Status OfflineTable::Publish(const StagedCommit& commit) {
+Status OfflineTable::Publish(const StagedCommit& commit, const std::string& app_id) {
   Impl& m = *impl_;
+  const std::string& writer = app_id.empty() ? m.options.app_id : app_id;
+  if (m.options.shared_writers) FRESHET_RETURN_IF_ERROR(m.log.Refresh());
   if (commit.txn_version) {
-    std::optional<int64_t> newest = m.log.TxnVersion(m.options.app_id);
+    std::optional<int64_t> newest = m.log.TxnVersion(writer);
     if (newest && *newest >= *commit.txn_version) return Status::Ok();  // Published before a crash.
   }
   std::vector<std::string> folders;
@@ -699,7 +724,7 @@ Status OfflineTable::Publish(const StagedCommit& commit) {
   for (const std::string& folder : folders) FRESHET_RETURN_IF_ERROR(SyncDirectory(folder));
   DeltaCommit delta;
   delta.version = m.log.latest_version() + 1;
-  delta.app_id = m.options.app_id;
+  delta.app_id = writer;
   delta.txn_version = commit.txn_version;
   delta.removes = commit.removes;
   delta.replace_metadata = commit.replace_metadata;
@@ -708,13 +733,12 @@ Status OfflineTable::Publish(const StagedCommit& commit) {
     delta.adds.push_back(f.file);
     // Tags mark Freshet's own files (another writer's appends are refused at Open) and keep each file's txn
     // version across checkpoints and compactions, for RollBackAfter.
-    delta.adds.back().tags["freshet.app"] = m.options.app_id;
+    delta.adds.back().tags["freshet.app"] = writer;
     if (commit.txn_version) delta.adds.back().tags["freshet.txn"] = std::to_string(*commit.txn_version);
   }
-  bool existed = false;
-  FRESHET_RETURN_IF_ERROR(m.log.Commit(delta, &existed));
+  FRESHET_RETURN_IF_ERROR(m.CommitRetrying(delta));
   if (commit.replace_metadata) m.overwrite_pending = false;
-  if (m.options.compact_every > 0 && ++m.publishes_since_compaction >= m.options.compact_every) {
+  if (m.options.compact_every > 0 && !m.options.shared_writers && ++m.publishes_since_compaction >= m.options.compact_every) {
     m.publishes_since_compaction = 0;
     // The rows are committed; a compaction that fails leaves the small files, to be compacted next time.
     if (Result<CompactionResult> compacted = Compact(); !compacted.ok()) {
@@ -752,6 +776,8 @@ Result<size_t> OfflineTable::RollBackAfter(std::optional<int64_t> txn_version) {
 }
 
 Status OfflineTable::DropStaging() {
+  // Shared: files staged by others may still be published by whoever restores their checkpoints.
+  if (impl_->options.shared_writers) return Status::Ok();
   std::error_code ec;
   for (std::filesystem::directory_iterator it(impl_->options.staging_dir, ec);
        !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {

@@ -56,7 +56,16 @@ struct OfflineTableOptions {
   // Removed files stay on disk this long (for time travel) before `freshet vacuum` may delete them.
   int64_t retention_ms = int64_t{7} * 86'400'000;
   // After every this many published commits the table's small files are compacted (CompactTable); 0: never.
+  // Not with shared_writers (compaction needs the table to itself).
   int compact_every = 0;
+  // Several processes write the table at once (the members of a Kafka consumer group): each holds a shared
+  // lock (compact and vacuum, which take it exclusively, wait until all stop), stages into a folder of its own,
+  // publishes with optimistic concurrency (a commit that loses the race for a version retries at the next)
+  // and never deletes files it did not write.
+  bool shared_writers = false;
+  // Each staged file's rows are sorted by their first column (seq), which the writer gives in another order
+  // than the rows arrive (seq made of a Kafka partition and offset).
+  bool sort_by_first_column = false;
 };
 
 // What compaction rewrites: per partition, runs of files smaller than `small_file_bytes`, each run of two or
@@ -151,7 +160,9 @@ class OfflineTable {
   // Moves the staged files into the table and writes the commit. Safe to call again for a commit a crash
   // interrupted: when the table's newest txn version for this writer is at or past the commit's, the
   // commit is in already and nothing is done.
-  Status Publish(const StagedCommit& commit);
+  // `app_id`: the writer the commit is from, when another process staged it (a partition's new owner
+  // publishes what its checkpoint recorded); empty: this writer's.
+  Status Publish(const StagedCommit& commit, const std::string& app_id = {});
   // Deletes staged files (left by a crash before their checkpoint), and files in the table folder that no
   // version of the table references (moved in by a publish a crash cut short). Files removed by a commit stay
   // for time travel until `freshet vacuum`. Call after publishing the restored checkpoint's commit.

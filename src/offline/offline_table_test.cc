@@ -184,6 +184,61 @@ TEST_F(OfflineTableTest, ReplayStartsFromTheNewestCheckpoint) {
   EXPECT_NE(second.status().message().find("open for writing by another Freshet process"), std::string::npos);
 }
 
+// Members of a consumer group write one table: each publishes with its own app id and staging folder; a writer
+// whose log is behind loses the race for a version, reads the log again and commits at the next one; rows are
+// sorted by seq in every file; a commit staged by one writer and published by another (the new owner of a dead
+// member's partitions), then by its writer too, lands once.
+TEST_F(OfflineTableTest, SharedWritersRetryALostVersionAndPublishEachCommitOnce) {
+  auto options_of = [&](const std::string& member) {
+    OfflineTableOptions o = Options();
+    o.staging_dir = (dir_ / "_staging" / member / "events").string();
+    o.app_id = "freshet-events-" + member;
+    o.shared_writers = true;
+    o.sort_by_first_column = true;
+    return o;
+  };
+  auto a = OfflineTable::Open(options_of("a"));
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  auto b = OfflineTable::Open(options_of("b"));  // Not refused: the lock is shared.
+  ASSERT_TRUE(b.ok()) << b.status().message();
+  AddRow(**a, 30, kT0, "u1", 1.0);
+  AddRow(**a, 10, kT0, "u2", 2.0);  // Out of seq order: sorted when staged.
+  auto staged_a = (*a)->Stage(1);
+  ASSERT_TRUE(staged_a.ok() && staged_a->has_value());
+  AddRow(**b, 20, kT0, "u3", 3.0);
+  auto staged_b = (*b)->Stage(1);
+  ASSERT_TRUE(staged_b.ok() && staged_b->has_value());
+  const int64_t before = (*b)->log().latest_version();
+  ASSERT_TRUE((*a)->Publish(**staged_a).ok());
+  // b's log still ends at `before`: its commit loses that version's race and goes in at the next.
+  EXPECT_EQ((*b)->log().latest_version(), before);
+  ASSERT_TRUE((*b)->Publish(**staged_b).ok());
+  // b publishes a's staged commit again (as a's partitions' new owner would): it is in already.
+  ASSERT_TRUE((*b)->Publish(**staged_a, "freshet-events-a").ok());
+  ASSERT_TRUE((*a)->Publish(**staged_a).ok());
+  auto rows = ReadAll();
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_EQ(std::get<0>(rows[0]), 10);
+  EXPECT_EQ(std::get<0>(rows[2]), 30);
+  // Within its file, a's rows are in seq order (replays need it).
+  Result<std::vector<std::string>> files = DeltaTableFiles((dir_ / "events").string());
+  ASSERT_TRUE(files.ok());
+  for (const std::string& f : *files) {
+    auto scanner = ParquetScanner::Open(f, {"seq"});
+    ASSERT_TRUE(scanner.ok());
+    ScanBatch batch;
+    int64_t last = -1;
+    while (*(*scanner)->Next(&batch)) {
+      for (size_t r = 0; r < batch.rows; ++r) {
+        EXPECT_GT(batch.columns[0].ints[r], last) << f;
+        last = batch.columns[0].ints[r];
+      }
+    }
+  }
+  // An exclusive writer (compact, vacuum, a run without a group) is refused while group members write.
+  EXPECT_FALSE(OfflineTable::Open(Options()).ok());
+}
+
 // Listing a table's files only reads: a log folder without commits lists nothing and stays without any.
 TEST_F(OfflineTableTest, ListingFilesWritesNothing) {
   const std::filesystem::path log = dir_ / "empty" / "_delta_log";

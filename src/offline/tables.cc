@@ -108,16 +108,25 @@ void PutFeatureValue(OfflineTable& table, const FeatureSpec& feature, const Valu
   }
 }
 
+std::string TableAppId(const std::string& name, const std::string& member) {
+  return member.empty() ? "freshet-" + name : "freshet-" + name + "-" + member;
+}
+
 OfflineTableOptions TableOptions(const OfflinePaths& paths, const std::string& name, std::vector<OfflineColumn> columns) {
   OfflineTableOptions o;
   o.table_dir = name == "events" ? paths.events : name == "features" ? paths.features : paths.feature_log;
   o.staging_dir = paths.Staging(name);
   o.columns = std::move(columns);
   o.partition_column = name == "feature_log" ? "served_date" : "event_date";
-  o.app_id = "freshet-" + name;
+  o.app_id = TableAppId(name, paths.group_member);
   o.evolve_schema = name == "feature_log";
   o.retention_ms = paths.retention_ms;
   o.compact_every = paths.compact_every;
+  if (!paths.group_member.empty()) {
+    o.shared_writers = true;
+    // Group members number rows by partition and offset (see EventPath::SharedSequence::from_place).
+    o.sort_by_first_column = name != "feature_log";
+  }
   return o;
 }
 

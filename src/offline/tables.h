@@ -36,8 +36,12 @@ struct OfflinePaths {
   std::string staging_override;  // When set, the staging folder of every table (an output outside root).
   int64_t retention_ms = int64_t{7} * 86'400'000;  // offline.retention.
   int compact_every = 0;                            // offline.compact_every.
+  // Set when this process is one of several members of a Kafka consumer group writing the tables (their
+  // shared `checkpoint.path`): names its staging folder and Delta app ids, and makes the tables shared.
+  std::string group_member;
   std::string Staging(const std::string& table) const {
-    return staging_override.empty() ? root + "/_staging/" + table : staging_override;
+    if (!staging_override.empty()) return staging_override;
+    return group_member.empty() ? root + "/_staging/" + table : root + "/_staging/" + group_member + "/" + table;
   }
 };
 
@@ -58,6 +62,9 @@ OfflineType FeatureColumnType(const FeatureSpec& feature);
 Value FeatureCell(const FeatureSpec& feature, const Value& value, std::string* scratch);
 // Appends FeatureCell(feature, value) to `table`.
 void PutFeatureValue(OfflineTable& table, const FeatureSpec& feature, const Value& value);
+
+// The Delta txn appId with which table `name` of group member `member` (empty: no group) commits.
+std::string TableAppId(const std::string& name, const std::string& member);
 
 // Options for opening table `name` ("events", "features", "feature_log") of `paths`.
 OfflineTableOptions TableOptions(const OfflinePaths& paths, const std::string& name, std::vector<OfflineColumn> columns);

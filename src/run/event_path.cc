@@ -131,7 +131,9 @@ EventPath::Outcome EventPath::Process(std::string_view text, size_t capacity, in
     // seq order (replays depend on it), also when several threads add rows.
     std::unique_lock<std::mutex> lock;
     if (offline_seq_ != nullptr) lock = std::unique_lock<std::mutex>(offline_seq_->mutex);
-    const int64_t row_seq = static_cast<int64_t>(offline_seq_ != nullptr ? offline_seq_->next++ : seq);
+    const int64_t row_seq = offline_seq_ != nullptr && offline_seq_->from_place && place != nullptr
+                                ? place->partition << 40 | place->offset
+                                : static_cast<int64_t>(offline_seq_ != nullptr ? offline_seq_->next++ : seq);
     offline_->AddEvent(row_seq, event_.time_ms, entity, wall_ms, text, place);
     if (offline_->writes_features()) offline_->AddFeatures(row_seq, entity, event_.time_ms, wall_ms, values_);
   }

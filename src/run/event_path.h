@@ -74,6 +74,10 @@ class EventPath {
   struct SharedSequence {
     std::mutex mutex;
     uint64_t next = 0;
+    // Members of a consumer group number rows by their place instead, partition << 40 | offset: unique across
+    // the processes that write one table, and in offset order within each partition whichever process wrote
+    // them (the table's files are sorted by seq when staged).
+    bool from_place = false;
   };
   void SetOfflineSequence(SharedSequence* seq) { offline_seq_ = seq; }
 

@@ -183,6 +183,37 @@ Status PipelineLanes::DecodeShards(std::string_view bytes, bool shards_format, s
   return Status::Ok();
 }
 
+void PipelineLanes::Remove(uint32_t stream) {
+  auto it = index_of_stream_.find(stream);
+  if (!partitioned_ || it == index_of_stream_.end()) return;
+  lanes_.erase(lanes_.begin() + it->second);
+  index_of_stream_.clear();
+  for (uint32_t k = 0; k < lanes_.size(); ++k) index_of_stream_.emplace(lanes_[k]->stream, k);
+}
+
+Status PipelineLanes::DecodeStreams(std::string_view bytes, const std::vector<uint32_t>& streams,
+                                    std::vector<std::string>* notes) {
+  if (!partitioned_ || bytes.empty() || static_cast<uint8_t>(bytes[0]) != kLanesStateMarker) {
+    return Status::Invalid("it does not hold Kafka partitions' state");
+  }
+  ByteReader in(bytes);
+  uint8_t marker;
+  uint64_t count = 0, offline_seq = 0;
+  if (!in.ReadU8(&marker) || !in.ReadU64(&offline_seq) || !in.ReadCount(&count)) return Status::Invalid("it is incomplete");
+  for (uint64_t k = 0; k < count; ++k) {
+    uint64_t stream;
+    std::string_view state;
+    if (!in.ReadVarint(&stream) || stream > UINT32_MAX || !in.ReadBytes(&state)) return Status::Invalid("it is incomplete");
+    if (std::find(streams.begin(), streams.end(), static_cast<uint32_t>(stream)) == streams.end()) continue;
+    Remove(static_cast<uint32_t>(stream));  // A fresh lane: decoding needs empty state.
+    Lane& lane = For(static_cast<uint32_t>(stream));
+    Status decoded =
+        DecodePipelineState(state, &lane.engine, &lane.counters, lane.dedup ? &*lane.dedup : nullptr, notes);
+    if (!decoded.ok()) return Status::Invalid("partition " + std::to_string(stream) + ": " + decoded.message());
+  }
+  return Status::Ok();
+}
+
 size_t PipelineLanes::entity_count() const {
   size_t n = 0;
   for (const auto& lane : lanes_) n += lane->engine.live_entity_count();

@@ -85,6 +85,15 @@ class PipelineLanes {
   // refused with a message saying so. `notes` as for DecodePipelineState.
   Status Decode(std::string_view bytes, std::vector<std::string>* notes);
 
+  // Consumer-group members (the runtime with a shared `checkpoint.path`): partitions come and go.
+  // Numbers offline rows by place (EventPath::SharedSequence::from_place).
+  void NumberRowsByPlace() { offline_seq_.from_place = true; }
+  // Forgets a stream's lane (a revoked partition, checkpointed first). Lane indices of the others may change.
+  void Remove(uint32_t stream);
+  // Restores the lanes of `streams` from bytes Encode wrote (partitioned), replacing lanes they have; the
+  // other lanes in `bytes` are skipped. A stream `bytes` does not hold is left as it is.
+  Status DecodeStreams(std::string_view bytes, const std::vector<uint32_t>& streams, std::vector<std::string>* notes);
+
   // Over all lanes; entity_count counts the entities held (not expired ones).
   size_t entity_count() const;
   int64_t low_watermark_ms() const;  // The lowest lane's (the one furthest behind); min() with no lane.

@@ -197,6 +197,16 @@ Result<std::string> OfflineSink::StageTaken(TakenRows rows, uint64_t checkpoint_
   return EncodeStaged(commits);
 }
 
+Status OfflineSink::PublishFrom(std::string_view recorded, const std::string& member) {
+  std::optional<StagedCommit> events, features;
+  FRESHET_RETURN_IF_ERROR(DecodeStaged(recorded, &events, &features));
+  for (auto [table, staged, name] : {std::tuple{events_.get(), &events, "events"},
+                                     std::tuple{features_.get(), &features, "features"}}) {
+    if (table != nullptr && *staged) FRESHET_RETURN_IF_ERROR(table->Publish(**staged, TableAppId(name, member)));
+  }
+  return Status::Ok();
+}
+
 Status OfflineSink::Publish() {
   for (auto [table, staged] : {std::pair{events_.get(), &events_staged_}, std::pair{features_.get(), &features_staged_}}) {
     if (table == nullptr || !*staged) continue;

@@ -85,6 +85,10 @@ class OfflineSink {
   // the next Stage folds them into its commit.
   Status Spill();
   Status Publish();
+  // Publishes what another member of the consumer group staged and recorded in its checkpoint (`recorded`: that
+  // checkpoint's "offline" position), unless it is in the tables already: a process that gains a partition
+  // does this for the checkpoint it restores the partition from, whose writer may have died before publishing.
+  Status PublishFrom(std::string_view recorded, const std::string& member);
   // Features rows are kept only for event times in [from, to) (backfill --from/--to).
   void SetFeatureRange(std::optional<int64_t> from_ms, std::optional<int64_t> to_ms) {
     from_ms_ = from_ms;

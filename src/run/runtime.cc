@@ -35,6 +35,7 @@
 #include "source/kafka_source.h"
 #include "source/ingest_log.h"
 #include "state/checkpoint.h"
+#include "state/group_checkpoints.h"
 #include "store/redis_store.h"
 #include "run/redis_serving.h"
 #include "run/sharded_input.h"
@@ -185,7 +186,7 @@ size_t InputShards(const Spec& spec) {
 
 }  // namespace
 
-struct Runtime::Impl final : public FeatureService {
+struct Runtime::Impl final : public FeatureService, public RebalanceListener {
   Impl(const Spec& spec, RuntimeOptions options)
       : spec_(spec),
         options_(std::move(options)),
@@ -451,6 +452,20 @@ struct Runtime::Impl final : public FeatureService {
   bool ExplainsWantCheckpoint();
   void CloseExplains();
 
+  // ---- A member of a Kafka consumer group (`checkpoint.path`): partitions move with their state ----
+  Result<std::map<int32_t, int64_t>> OnAssigned(const std::vector<int32_t>& partitions) override;
+  void OnRevoked(const std::vector<int32_t>& partitions, bool lost) override;
+  // Restores `partitions` from checkpoint `found` (their newest state); returns their offsets.
+  Status RestorePartitions(const GroupCheckpoints::Found& found, const std::vector<int32_t>& partitions,
+                           std::map<int32_t, int64_t>* offsets);
+  // Forgets partitions this process gave up (or lost) after their last checkpoint.
+  void DropPartitions(const std::vector<int32_t>& partitions);
+  // The claims of this process (partition -> epoch) that no other process has taken over since.
+  std::map<int32_t, uint64_t> CurrentClaims();
+  std::optional<GroupCheckpoints> group_;
+  std::map<int32_t, uint64_t> epochs_;  // Partitions this process owns, with the epoch of its claim.
+  CheckpointStore& Store() { return group_ ? group_->store() : *checkpoints_; }
+
   // ---- Set-up ----
   Status Open();
   Status Restore();
@@ -677,6 +692,20 @@ Status Runtime::Impl::Open() {
                                                ? FileSource::Replaced::kReadFromStart
                                                : FileSource::Replaced::kRefuse);
   }
+  if (!spec_.checkpoint.path.empty()) {
+    if (kafka_ == nullptr) {
+      return Status::Invalid(spec_.file + ": checkpoint.path (a checkpoint folder shared by the processes of a Kafka "
+                             "consumer group) needs `source: {type: kafka, ...}`; remove it to keep checkpoints in the "
+                             "data directory");
+    }
+    FRESHET_ASSIGN_OR_RETURN(GroupCheckpoints group, GroupCheckpoints::Open(spec_.checkpoint.path,
+                                                                            GroupCheckpoints::MemberName(),
+                                                                            spec_.checkpoint.keep));
+    group_.emplace(std::move(group));
+    lanes_.NumberRowsByPlace();
+    std::fprintf(stderr, "freshet run: member '%s' of consumer group '%s', checkpoints in '%s'\n",
+                 group_->member().c_str(), spec_.source->group.c_str(), spec_.checkpoint.path.c_str());
+  }
   std::filesystem::create_directories(std::filesystem::path(dir) / "dead_letters", ec);
   dead_letter_path_ = (std::filesystem::path(dir) / "dead_letters" / (spec_.source->type + ".jsonl")).string();
   FRESHET_ASSIGN_OR_RETURN(
@@ -691,6 +720,7 @@ Status Runtime::Impl::Open() {
                            "`freshet historical`. Add a watermark to write features rows.\n");
     }
     offline_paths = OfflinePathsFor(spec_, dir);
+    if (group_) offline_paths->group_member = group_->member();
     console_offline_paths_ = offline_paths;
     FRESHET_ASSIGN_OR_RETURN(offline_, OfflineSink::Open(spec_, *offline_paths,
                                                          OfflineSinkOptions{.events = true, .features = spec_.offline.features}));
@@ -731,10 +761,23 @@ Status Runtime::Impl::Open() {
   ApplyServeSpec(spec_.serve, &http);
   http.bearer_token = options_.bearer_token;
   server_ = std::make_unique<HttpServer>(*this, metrics_, http);
-  return server_->Start();
+  FRESHET_RETURN_IF_ERROR(server_->Start());
+  if (group_) kafka_->SetRebalanceListener(this);
+  return Status::Ok();
 }
 
 Status Runtime::Impl::Restore() {
+  if (group_) {
+    // A new member: its partitions' state comes with their assignment (OnAssigned). Its dead letters follow
+    // those of earlier runs in the data directory.
+    std::error_code ec;
+    // No offline recovery either: the tables hold other members' commits, which are theirs to recover (a
+    // partition's new owner publishes what its checkpoint recorded; nothing is ever rolled back).
+    const uintmax_t size = std::filesystem::exists(dead_letter_path_) ? std::filesystem::file_size(dead_letter_path_, ec) : 0;
+    FRESHET_RETURN_IF_ERROR(dead_letters_.OpenAt(dead_letter_path_, std::string(source_->name()), ec ? 0 : size));
+    last_checkpoint_ms_ = WallClockMs();
+    return Status::Ok();
+  }
   std::vector<std::string> warnings;
   FRESHET_ASSIGN_OR_RETURN(std::optional<freshet::Checkpoint> checkpoint, checkpoints_->LoadNewestValid(&warnings));
   for (const std::string& w : warnings) std::fprintf(stderr, "freshet run: warning: %s\n", w.c_str());
@@ -805,10 +848,11 @@ Status Runtime::Impl::Checkpoint(bool wait) {
   const auto start = std::chrono::steady_clock::now();
   FRESHET_ASSIGN_OR_RETURN(uint64_t dead_letter_bytes, dead_letters_.Sync());
   auto checkpoint = std::make_shared<freshet::Checkpoint>();
-  checkpoint->sequence = checkpoints_->next_sequence();
+  checkpoint->sequence = Store().next_sequence();
   checkpoint->spec_fingerprint = lanes_.blank().spec_fingerprint();
   checkpoint->positions = {{"source", source_->position()}, {"dead_letters", std::to_string(dead_letter_bytes)}};
   if (table_feed_ != nullptr) checkpoint->positions.emplace_back("tables", table_feed_->Encode());
+  if (group_) checkpoint->positions.emplace_back("epochs", GroupCheckpoints::EncodeEpochs(CurrentClaims()));
   // Sharded, each shard's state is settled and encoded on its own thread.
   std::vector<size_t> recent(lanes_.size(), 0);
   const auto settle = [&](size_t l) { recent[l] = lanes_.at(l).engine.SettleRecent(); };
@@ -832,7 +876,7 @@ Status Runtime::Impl::Checkpoint(bool wait) {
       console_checkpoint_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       checkpoints_total_->Increment();
       checkpoint_seconds_->Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-      checkpoint_bytes_->Set(static_cast<double>(checkpoints_->last_size_bytes()));
+      checkpoint_bytes_->Set(static_cast<double>(Store().last_size_bytes()));
       SetHealthReason("checkpoint", std::nullopt);
       checkpoint_failed_ms_ = 0;
     } else {
@@ -859,7 +903,14 @@ Status Runtime::Impl::WriteCheckpoint(freshet::Checkpoint& checkpoint, OfflineSi
     if (!staged.ok()) return Status::IoError("cannot write the offline store: " + staged.status().message());
     checkpoint.positions.emplace_back("offline", std::move(*staged));
   }
-  FRESHET_RETURN_IF_ERROR(checkpoints_->Write(checkpoint));
+  FRESHET_RETURN_IF_ERROR(Store().Write(checkpoint));
+  if (group_) {
+    for (const auto& [name, position] : checkpoint.positions) {
+      if (name != "epochs") continue;
+      Status pruned = group_->AfterWrite(checkpoint.sequence, *GroupCheckpoints::DecodeEpochs(position));
+      if (!pruned.ok()) std::fprintf(stderr, "freshet run: warning: %s\n", pruned.message().c_str());
+    }
+  }
   // The group learns the offsets only now that a checkpoint holds them (lag monitors; never ahead of it).
   if (kafka_ != nullptr) kafka_->Commit(checkpoint.positions[0].second);
   if (offline_ != nullptr) FRESHET_RETURN_IF_ERROR(offline_->Publish());
@@ -868,6 +919,135 @@ Status Runtime::Impl::WriteCheckpoint(freshet::Checkpoint& checkpoint, OfflineSi
     if (position.ok()) (void)ingest_log_->DeleteBefore(position->sequence);
   }
   return Status::Ok();
+}
+
+// ---- A member of a consumer group ----
+// Called by the Kafka source inside Poll, on the processing thread: no batch is being processed meanwhile.
+
+Result<std::map<int32_t, int64_t>> Runtime::Impl::OnAssigned(const std::vector<int32_t>& partitions) {
+  if (partitions.empty()) return std::map<int32_t, int64_t>();  // The end of a rebalance that gave this one nothing.
+  const auto start = std::chrono::steady_clock::now();
+  // A checkpoint being written publishes to the offline tables, as the restore may (PublishFrom): one at a time,
+  // since a table's Delta log is not thread-safe.
+  if (checkpoint_thread_.joinable()) checkpoint_thread_.join();
+  std::map<int32_t, uint64_t> claimed;
+  for (int32_t p : partitions) {
+    // Claimed before reading: a process still writing p under an older claim is never restored over this one.
+    FRESHET_ASSIGN_OR_RETURN(claimed[p], group_->Claim(p));
+  }
+  std::vector<std::string> warnings;
+  FRESHET_ASSIGN_OR_RETURN(auto found, group_->Newest(partitions, &warnings));
+  for (const std::string& w : warnings) std::fprintf(stderr, "freshet run: warning: %s\n", w.c_str());
+  // Partitions restored from the same checkpoint are restored together (one decode, one publish).
+  std::map<const freshet::Checkpoint*, std::vector<int32_t>> by_checkpoint;
+  for (const auto& [p, f] : found) by_checkpoint[f.checkpoint.get()].push_back(p);
+  std::map<int32_t, int64_t> offsets;
+  for (const auto& [checkpoint, group] : by_checkpoint) {
+    FRESHET_RETURN_IF_ERROR(RestorePartitions(found.at(group.front()), group, &offsets));
+  }
+  epochs_.insert(claimed.begin(), claimed.end());
+  std::string names;
+  for (int32_t p : partitions) {
+    names += (names.empty() ? "" : ", ") + std::to_string(p) +
+             (offsets.contains(p) ? " (from offset " + std::to_string(offsets[p]) + ")" : " (no checkpoint)");
+  }
+  std::fprintf(stderr, "freshet run: group assigned partitions %s; restored in %.3f s\n", names.c_str(),
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  return offsets;
+}
+
+Status Runtime::Impl::RestorePartitions(const GroupCheckpoints::Found& found, const std::vector<int32_t>& partitions,
+                                        std::map<int32_t, int64_t>* offsets) {
+  const freshet::Checkpoint& checkpoint = *found.checkpoint;
+  const std::string where = "checkpoint " + std::to_string(checkpoint.sequence) + " of member '" + found.member +
+                            "' in '" + group_->path() + "'";
+  if (checkpoint.spec_fingerprint != lanes_.blank().spec_fingerprint()) {
+    return Status::Invalid(where + " was written for a different spec (its features, windows or watermark "
+                           "changed); every process of a group must run the same spec; to start over, use a new "
+                           "checkpoint.path and group");
+  }
+  for (const auto& [name, position] : checkpoint.positions) {
+    if (name == "source") {
+      std::optional<std::map<int32_t, int64_t>> at = KafkaSource::ParsePosition(position, spec_.source->topic);
+      if (!at) return Status::Invalid(where + " holds no position in topic '" + spec_.source->topic + "'");
+      for (int32_t p : partitions) {
+        if (at->contains(p)) (*offsets)[p] = at->at(p);
+      }
+    }
+    // Its writer may have died between the checkpoint and the offline commit: the rows it covers go in now.
+    if (name == "offline" && offline_ != nullptr) FRESHET_RETURN_IF_ERROR(offline_->PublishFrom(position, found.member));
+  }
+  std::vector<std::string> notes;
+  std::vector<uint32_t> streams(partitions.begin(), partitions.end());
+  {
+    std::unique_lock<std::shared_mutex> lock(mutex_);
+    Status decoded = lanes_.DecodeStreams(checkpoint.engine_state, streams, &notes);
+    if (!decoded.ok()) return Status::Invalid(where + " cannot be restored: " + decoded.message());
+  }
+  for (const std::string& n : notes) std::fprintf(stderr, "freshet run: note: %s\n", n.c_str());
+  if (redis_ != nullptr) {
+    // Redis may lack the last writes of the process that had them.
+    for (uint32_t stream : streams) {
+      const PipelineLanes::Lane* lane = lanes_.Find(stream);
+      if (lane == nullptr) continue;
+      const uint64_t index = lanes_.IndexOf(stream);
+      for (uint32_t e = 0; e < lane->engine.entity_count(); ++e) changed_.emplace_back(index << 32 | e, 0);
+    }
+    UpsertChanged();
+  }
+  SetStateGauges();
+  return Status::Ok();
+}
+
+void Runtime::Impl::OnRevoked(const std::vector<int32_t>& partitions, bool lost) {
+  const auto start = std::chrono::steady_clock::now();
+  // Lost (librdkafka's word for a revocation after the group moved on without this member: a missed session
+  // timeout, or a failed commit): when no other process has claimed them yet, they are handed over like revoked
+  // ones; otherwise their state is not written again (the new owner's claim fences it).
+  const bool claimed_elsewhere = std::any_of(partitions.begin(), partitions.end(), [&](int32_t p) {
+    auto it = epochs_.find(p);
+    return it != epochs_.end() && !group_->StillOwns(p, it->second);
+  });
+  if (lost && claimed_elsewhere) {
+    std::fprintf(stderr, "freshet run: warning: partitions were lost (this process missed its session timeout) and "
+                         "another process claimed them; their events since the last checkpoint are read again by "
+                         "their new owner\n");
+    for (int32_t p : partitions) epochs_.erase(p);
+  } else {
+    // Handed over in order: checkpointed (state, offline rows and offsets), then given up.
+    Status written = Checkpoint(/*wait=*/true);
+    if (!written.ok()) {
+      std::fprintf(stderr, "freshet run: warning: the checkpoint of revoked partitions failed (%s); their new owner "
+                           "restores an older checkpoint and reads the events since again\n", written.message().c_str());
+    }
+    if (redis_ != nullptr) (void)redis_->Flush(5000);
+  }
+  DropPartitions(partitions);
+  std::fprintf(stderr, "freshet run: group revoked %zu partition(s); handed over in %.3f s\n", partitions.size(),
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+}
+
+void Runtime::Impl::DropPartitions(const std::vector<int32_t>& partitions) {
+  std::unique_lock<std::shared_mutex> lock(mutex_);
+  for (int32_t p : partitions) {
+    lanes_.Remove(static_cast<uint32_t>(p));
+    epochs_.erase(p);
+  }
+}
+
+std::map<int32_t, uint64_t> Runtime::Impl::CurrentClaims() {
+  for (auto it = epochs_.begin(); it != epochs_.end();) {
+    if (group_->StillOwns(it->first, it->second)) {
+      ++it;
+      continue;
+    }
+    // Fenced: another process claimed it. This checkpoint does not name it, so its state here is never restored.
+    SetHealthReason("fenced", "partition " + std::to_string(it->first) + " was claimed by another process of the "
+                              "group while this one still read it (a missed session timeout?); its state here is "
+                              "no longer checkpointed");
+    it = epochs_.erase(it);
+  }
+  return epochs_;
 }
 
 // One shard's share of a chunk of records: the records of its lanes, in order. Runs on the shard's thread, so
@@ -1702,6 +1882,8 @@ Status Runtime::Run(const std::atomic<bool>& stop) {
   }
   Status final_checkpoint = s.Checkpoint(/*wait=*/true);
   s.CloseExplains();
+  // The consumer's close revokes every partition: the final checkpoint above holds them already.
+  if (s.group_) s.kafka_->SetRebalanceListener(nullptr);
   if (s.redis_ != nullptr) {
     Status flushed = s.redis_->Flush(5000);
     if (!flushed.ok()) std::fprintf(stderr, "freshet run: warning: %s\n", flushed.message().c_str());

@@ -11,8 +11,10 @@
 // (never ahead of a checkpoint). On assignment a partition starts at the offset the restored position names;
 // one it does not name starts at the group's committed offset, else at `start` (earliest or latest).
 //
-// One process per group for now: a partition that moves to another process takes no state with it, so the
-// source refuses to run on after a revocation (see Poll).
+// Several processes per group: with a RebalanceListener (the runtime's, when `checkpoint.path` names a shared
+// folder) a partition moves with its state. The group uses cooperative-sticky assignment: only the partitions
+// that move are revoked (the listener checkpoints them first) and assigned (the listener restores them and names
+// the offset to read from). Without a listener a revocation is only warned about (one process per group).
 //
 // Not thread-safe: one thread polls, commits and reads health. The librdkafka handle runs its own threads.
 #pragma once
@@ -50,6 +52,21 @@ struct KafkaPartitionStatus {
   int64_t high_watermark = -1;   // The partition's end offset as of the last fetch (-1: unknown).
 };
 
+// What the runtime does when the group moves partitions. Called on the polling thread, inside Poll, before the
+// source takes up (assign) or gives up (revoke) the partitions; the source hands out no message of a partition
+// polled before its revocation.
+class RebalanceListener {
+ public:
+  virtual ~RebalanceListener() = default;
+  // Partitions gained: restores their state; returns the offset to read each one from (a partition left out
+  // starts at the group's committed offset, else at `start`). An error is reported as the source's problem
+  // and the partitions are not taken up.
+  virtual Result<std::map<int32_t, int64_t>> OnAssigned(const std::vector<int32_t>& partitions) = 0;
+  // Partitions about to be given up: checkpoints them, then forgets their state. `lost`: the session expired
+  // and another process may own them already (their state must not be written any more).
+  virtual void OnRevoked(const std::vector<int32_t>& partitions, bool lost) = 0;
+};
+
 class KafkaSource final : public Source {
  public:
   explicit KafkaSource(KafkaSourceOptions options);
@@ -79,6 +96,9 @@ class KafkaSource final : public Source {
   // Since when (steady clock, ns) no partition has been assigned to this process; nullopt while some are.
   std::optional<int64_t> unassigned_since_ns() const;
 
+  // Makes the group move partitions with their state (see RebalanceListener); set before the first Poll.
+  void SetRebalanceListener(RebalanceListener* listener) { listener_ = listener; }
+
   // Parses a position's text into partition -> next offset; nullopt when it is not one of this topic's.
   static std::optional<std::map<int32_t, int64_t>> ParsePosition(std::string_view text, std::string_view topic);
 
@@ -96,6 +116,7 @@ class KafkaSource final : public Source {
   static constexpr size_t kMaxBatch = 4096;
   std::vector<rd_kafka_message_s*> messages_;  // Poll scratch.
   std::atomic<uint64_t> rebalances_{0};
+  RebalanceListener* listener_ = nullptr;
 };
 
 }  // namespace freshet

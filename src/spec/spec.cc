@@ -347,6 +347,12 @@ class SpecParser {
   void ParseOnline(const Entry& entry, Spec* spec);
   void ParseServe(const Entry& entry, Spec* spec);
   void ParseCheckpoint(const Entry& entry, Spec* spec);
+  // A path of the spec, made absolute against the spec file's folder (as the user reads it).
+  std::string ResolveAgainstSpec(const std::string& path) const {
+    std::filesystem::path resolved(path);
+    if (resolved.is_relative()) resolved = (std::filesystem::path(file_).parent_path() / resolved).lexically_normal();
+    return resolved.string();
+  }
   void ParseFreshnessSlo(const Entry& entry, Spec* spec);
   void ParseRequestFeatures(const Entry& entry, Spec* spec);
   void CheckColumnName(const YAML::Mark& mark, const std::string& what, const std::string& name, const Spec& spec);
@@ -1090,6 +1096,7 @@ void SpecParser::ParseCheckpoint(const Entry& entry, Spec* spec) {
   if (!map) return;
   if (auto interval = ReadDuration(*map, "interval")) spec->checkpoint.interval_ms = *interval;
   if (auto keep = ReadInt(*map, "keep")) spec->checkpoint.keep = *keep;
+  if (auto path = ReadString(*map, "path")) spec->checkpoint.path = ResolveAgainstSpec(*path);
 }
 
 void SpecParser::ParseOffline(const Entry& entry, Spec* spec) {
@@ -1106,11 +1113,7 @@ void SpecParser::ParseOffline(const Entry& entry, Spec* spec) {
     }
     spec->offline.features = *features && spec->watermark;
   }
-  if (auto path = ReadString(*map, "path")) {
-    std::filesystem::path resolved(*path);
-    if (resolved.is_relative()) resolved = (std::filesystem::path(file_).parent_path() / resolved).lexically_normal();
-    spec->offline.path = resolved.string();
-  }
+  if (auto path = ReadString(*map, "path")) spec->offline.path = ResolveAgainstSpec(*path);
   if (auto retention = ReadDuration(*map, "retention")) spec->offline.retention_ms = *retention;
   if (auto every = ReadInt(*map, "compact_every")) spec->offline.compact_every = *every;
 }

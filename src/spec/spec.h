@@ -134,6 +134,9 @@ struct ServeSpec {
 struct CheckpointSpec {
   int64_t interval_ms = 10000;
   int keep = 3;
+  // A folder every process of a Kafka consumer group can reach (shared storage), resolved against the spec's
+  // folder; empty: checkpoints stay in the data directory and one process reads the group.
+  std::string path;
 };
 
 struct FreshnessSloSpec {

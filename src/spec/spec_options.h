@@ -314,6 +314,13 @@ inline constexpr SpecOption kSpecOptions[] = {
     SpecOption("checkpoint", "interval", SpecValueType::kDuration, "Time between checkpoints.").Default("10s"),
     SpecOption("checkpoint", "keep", SpecValueType::kInt, "How many of the newest checkpoints are kept.")
         .Range(1, 100).Default("3"),
+    SpecOption("checkpoint", "path", SpecValueType::kString,
+               "With a Kafka source: a folder that every process of the consumer group can reach (shared storage), "
+               "where each process writes its checkpoints and from which a process that gains a partition in a "
+               "rebalance restores that partition's state. Several `freshet run` processes then share the group "
+               "(see \"Scaling out with Kafka\"). A relative path is resolved against the folder of the spec file. "
+               "Default: checkpoints/ in the data directory, and one process per group.")
+        .Example("/mnt/shared/fraud-checkpoints"),
 
     // offline
     SpecOption("offline", "enabled", SpecValueType::kBool, "Write the offline tables.").Default("true"),
