@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <optional>
@@ -42,6 +43,9 @@ class PipelineLanes {
     PipelineCounters counters;
     std::optional<Deduplicator> dedup;  // With `dedup` in the spec.
     EventPath path;
+    // With a ttl: the low watermark at which this lane's idle entities are next swept (Runtime::ExpireIdle). Kept
+    // with the lane, since a Kafka lane moves index when another partition is revoked.
+    int64_t next_expiry_sweep_ms = std::numeric_limits<int64_t>::min();
   };
 
   // `partitioned`: a lane per stream (Kafka partitions); otherwise one lane for every stream, or with `shards`

@@ -198,8 +198,10 @@ Result<std::string> OfflineSink::StageTaken(TakenRows rows, uint64_t checkpoint_
 }
 
 Status OfflineSink::PublishFrom(std::string_view recorded, const std::string& member) {
+  // Group members have no reference-table histories (Runtime refuses `tables` with checkpoint.path), so a
+  // member's position holds the events and features commits only.
   std::optional<StagedCommit> events, features;
-  FRESHET_RETURN_IF_ERROR(DecodeStaged(recorded, &events, &features));
+  FRESHET_RETURN_IF_ERROR(DecodeStaged(recorded, {&events, &features}));
   for (auto [table, staged, name] : {std::tuple{events_.get(), &events, "events"},
                                      std::tuple{features_.get(), &features, "features"}}) {
     if (table != nullptr && *staged) FRESHET_RETURN_IF_ERROR(table->Publish(**staged, TableAppId(name, member)));

@@ -537,9 +537,8 @@ struct Runtime::Impl final : public FeatureService, public RebalanceListener {
   Gauge* watermark_lag_ = nullptr;
   Gauge* entities_ = nullptr;
   Counter* expired_ = nullptr;
-  // With a ttl: per lane, the low watermark at which to look for expired entities next (a sweep visits every
-  // entity, so it runs each time the watermark has moved by an eighth of the ttl, not per batch).
-  std::vector<int64_t> next_expiry_sweep_ms_;
+  // With a ttl: drops idle entities. A sweep visits every entity, so a lane is swept each time its low watermark
+  // has moved by an eighth of the ttl (Lane::next_expiry_sweep_ms), not per batch.
   void ExpireIdle();
   Gauge* dedup_ids_ = nullptr;
   Gauge* recent_events_ = nullptr;
@@ -697,6 +696,11 @@ Status Runtime::Impl::Open() {
       return Status::Invalid(spec_.file + ": checkpoint.path (a checkpoint folder shared by the processes of a Kafka "
                              "consumer group) needs `source: {type: kafka, ...}`; remove it to keep checkpoints in the "
                              "data directory");
+    }
+    if (!spec_.tables.empty()) {
+      return Status::Invalid(spec_.file + ": reference tables (`tables:`) do not work yet with checkpoint.path (several "
+                             "processes in one consumer group): each process would record its own copy of a table's "
+                             "history. Run one process per group without checkpoint.path, or drop the tables");
     }
     FRESHET_ASSIGN_OR_RETURN(GroupCheckpoints group, GroupCheckpoints::Open(spec_.checkpoint.path,
                                                                             GroupCheckpoints::MemberName(),
@@ -1281,12 +1285,11 @@ void Runtime::Impl::ExpireIdle() {
   const int64_t step_ms = std::max<int64_t>(1, *spec_.ttl_ms / 8);
   std::vector<uint32_t> dropped;
   std::unique_lock<std::shared_mutex> lock(mutex_);
-  next_expiry_sweep_ms_.resize(lanes_.size(), std::numeric_limits<int64_t>::min());
   for (size_t l = 0; l < lanes_.size(); ++l) {
     PipelineLanes::Lane& lane = lanes_.at(l);
     const int64_t low_ms = lane.engine.low_watermark_ms();
-    if (low_ms == std::numeric_limits<int64_t>::min() || low_ms < next_expiry_sweep_ms_[l]) continue;
-    next_expiry_sweep_ms_[l] = low_ms + step_ms;
+    if (low_ms == std::numeric_limits<int64_t>::min() || low_ms < lane.next_expiry_sweep_ms) continue;
+    lane.next_expiry_sweep_ms = low_ms + step_ms;
     dropped.clear();
     lane.engine.ExpireIdle(&dropped);
     // A freed index starts again from no event (the next entity that takes it).
