@@ -34,6 +34,7 @@ CHROMEDRIVER = shutil.which("chromedriver")
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
 
@@ -152,8 +153,17 @@ def wait_until(driver, condition, what: str, seconds: float = 15):
         time.sleep(0.05)
 
 
-def text(driver, css: str) -> str:
-    return driver.find_element(By.CSS_SELECTOR, css).text
+def text(driver, css: str, seconds: float = 15) -> str:
+    """The element's text; read again when the page re-rendered it between finding and reading (the console
+    refreshes its tables every few seconds, so a read can meet an element that was just replaced)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return driver.find_element(By.CSS_SELECTOR, css).text
+        except StaleElementReferenceException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def test_pipeline_page(pipeline, browser):

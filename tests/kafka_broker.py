@@ -96,7 +96,7 @@ class KafkaBroker(ChildServer):
 
     # Life cycle.
 
-    def start(self, timeout: float = 60.0) -> KafkaBroker:
+    def start(self, timeout: float = 180.0) -> KafkaBroker:
         """Starts the broker and waits until it answers a metadata request. At the first start a port taken by
         someone else in the meantime is replaced by other free ones (up to 5 tries); later starts keep it."""
         if self.running:

@@ -1,6 +1,7 @@
 #include "source/ingest_log.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/resource.h>
@@ -530,7 +531,11 @@ TEST(IngestLogTest, AcknowledgedRecordsSurviveKillNine) {
       ::_exit(0);
     }
     ::close(fds[1]);
-    std::this_thread::sleep_for(std::chrono::milliseconds(50 + rng() % 150));
+    // Killed at a random moment after the first acknowledgement (waited for: on a loaded machine the child may
+    // take long to start), so that every round has acknowledged records to look for.
+    pollfd first_ack{fds[0], POLLIN, 0};
+    ASSERT_EQ(::poll(&first_ack, 1, 60'000), 1) << "round " << round << ": no acknowledgement within 60 s";
+    std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 150));
     ASSERT_EQ(::kill(pid, SIGKILL), 0);
     int wstatus = 0;
     ASSERT_EQ(::waitpid(pid, &wstatus, 0), pid);
