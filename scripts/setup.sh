@@ -1,23 +1,34 @@
 #!/usr/bin/env bash
 # Takes a fresh Debian 12 machine to a working Freshet build environment.
 # Idempotent: installs only what is missing and prints nothing when there is nothing to do.
+#   scripts/setup.sh          everything: the build, the tests (GoogleTest, redis-server, the Kafka broker's jars,
+#                             chromium for the console's browser test) and the benchmarks
+#   scripts/setup.sh --demo   what scripts/demo.sh needs: the build of `freshet` and the Python SDK's packages
+#                             (a first demo on a fresh machine then does not wait for the test tools)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+demo_only=0
+case "${1:-}" in
+  "") ;;
+  --demo) demo_only=1 ;;
+  *) echo "setup: unknown option '$1' (use no option, or --demo for only what scripts/demo.sh needs)" >&2; exit 2 ;;
+esac
 
+# What `freshet` needs to build and run (the demo's part).
 apt_packages=(
   build-essential cmake ninja-build pkg-config
-  libgtest-dev libgmock-dev libbenchmark-dev
   libsimdjson-dev libyaml-cpp-dev libcli11-dev libfmt-dev libabsl-dev
-  libcpp-httplib-dev libhiredis-dev redis-server curl wrk
-  librdkafka-dev kcat maven
+  libcpp-httplib-dev libhiredis-dev librdkafka-dev curl
   python3-venv
-  chromium chromium-driver
 )
-# chromium and chromium-driver: the web console's browser test (tests/console_browser_test.py, headless, through
-# Selenium) and scripts/ui_screenshots.sh.
-# The Kafka broker (scripts/kafka.sh) needs a Java runtime, 17 or newer: Debian's unless one is on the PATH.
-java -version 2>&1 | grep -qE 'version "(1[7-9]|[2-9][0-9])' || apt_packages+=(default-jre-headless)
+if [ "$demo_only" -eq 0 ]; then
+  # The tests and benchmarks. chromium and chromium-driver: the web console's browser test
+  # (tests/console_browser_test.py, headless, through Selenium) and scripts/ui_screenshots.sh.
+  apt_packages+=(libgtest-dev libgmock-dev libbenchmark-dev redis-server wrk kcat maven chromium chromium-driver)
+  # The Kafka broker (scripts/kafka.sh) needs a Java runtime, 17 or newer: Debian's unless one is on the PATH.
+  java -version 2>&1 | grep -qE 'version "(1[7-9]|[2-9][0-9])' || apt_packages+=(default-jre-headless)
+fi
 
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -46,7 +57,7 @@ kafka_jars_present() {
     [ -f "$jar" ] || return 1
   done < "$kafka_cache/classpath"
 }
-if [ ! -f "$kafka_stamp" ] || [ "$(cat "$kafka_stamp")" != "$kafka_want" ] || ! kafka_jars_present; then
+if [ "$demo_only" -eq 0 ] && { [ ! -f "$kafka_stamp" ] || [ "$(cat "$kafka_stamp")" != "$kafka_want" ] || ! kafka_jars_present; }; then
   echo "setup: resolving the Kafka broker's jars (scripts/kafka/pom.xml) into $kafka_cache" >&2
   mkdir -p "$kafka_cache"
   if ! mvn -q -B -f "$kafka_pom" -Dmaven.repo.local="$kafka_cache/m2" dependency:build-classpath \
@@ -65,9 +76,14 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "setup: creating $venv" >&2
   python3 -m venv "$venv"
 fi
+# The demo's part (scripts/requirements-demo.txt) is a subset of the whole (requirements.txt includes it).
 req="$here/scripts/requirements.txt"
 stamp="$venv/.requirements.sha256"
-want="$(sha256sum "$req" | cut -d' ' -f1)"
+if [ "$demo_only" -eq 1 ]; then
+  req="$here/scripts/requirements-demo.txt"
+  stamp="$venv/.requirements-demo.sha256"
+fi
+want="$(cat "$req" "$here/scripts/requirements-demo.txt" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing Python requirements into $venv" >&2
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"

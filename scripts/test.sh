@@ -5,6 +5,8 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 bash scripts/setup.sh
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFRESHET_WERROR=ON -DFRESHET_BUILD_BENCH=ON >/dev/null
+# Every setting that scripts/demo.sh may have changed in the same folder is set back here.
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFRESHET_WERROR=ON -DFRESHET_BUILD_TESTS=ON \
+  -DFRESHET_BUILD_BENCH=ON >/dev/null
 ninja -C build -j"$(nproc)"
 ctest --test-dir build --output-on-failure -j"$(nproc)" --timeout 600
