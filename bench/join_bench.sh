@@ -58,7 +58,7 @@ Y
 } > "$joined"
 cpu() {  # prints user+sys seconds of one historical run of binary $bin
   /usr/bin/time -f '%U %S' -o "$data/time" "$bin" historical --no-progress --spec "$@" --entities "$data/entities.csv" \
-    --output "$data/out.parquet" > /dev/null
+    --output "$data/out.parquet" > /dev/null || { echo "freshet historical failed: $bin $*" >&2; exit 1; }
   awk '{printf "%.2f\n", $1 + $2}' "$data/time"
 }
 declare -A P L J
