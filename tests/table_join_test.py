@@ -351,11 +351,12 @@ def _wait_metric_equal(port: int, name: str, value: float, seconds: float = 30) 
         time.sleep(0.05)
 
 
-def test_versions_the_watermark_passed_are_pruned_and_values_stay_exact(tmp_path: Path) -> None:
+@pytest.mark.parametrize("parallelism", [0, 2])
+def test_versions_the_watermark_passed_are_pruned_and_values_stay_exact(tmp_path: Path, parallelism: int) -> None:
     """Each key has a version every minute; as the low watermark (M - 1s - 1s) passes them, the live table drops
     the versions no future event can see: the versions held equal the reference's count of visible ones, stay far
     below the versions received, and every feature still equals the reference (which never prunes). The offline
-    history keeps every version."""
+    history keeps every version. With `parallelism: 2` (the sharded file source) the input's clock decides."""
     _require_binary()
     rng = random.Random(7)
     users, minutes = 12, 40
@@ -371,7 +372,7 @@ def test_versions_the_watermark_passed_are_pruned_and_values_stay_exact(tmp_path
         batches.append(batch)
     assert T0 + minutes * 60000 / 2 < t < T0 + minutes * 60000
     spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC)
+    spec.write_text(SPEC + f"parallelism: {parallelism}\n")
     (tmp_path / "profiles.jsonl").write_bytes(_lines(rows))
     (tmp_path / "events.jsonl").write_bytes(b"")
     proc, port = start_run([BIN, "run", "--spec", str(spec), "--data-dir", str(tmp_path / "data")],
@@ -414,7 +415,8 @@ def test_versions_the_watermark_passed_are_pruned_and_values_stay_exact(tmp_path
         for feature in ref_spec.features:
             expected, _ = reference.feature_value(feature, prefix[event.entity], event.time_ms, ref_spec)
             if not _same(expected, row[feature.name]):
-                mismatches.append(f"seq {row['seq']} {feature.name}: reference {expected!r}, table {row[feature.name]!r}")
+                mismatches.append(f"seq {row['seq']} {feature.name}: reference {expected!r}, "
+                                  f"table {row[feature.name]!r}")
     assert not mismatches, "\n".join(mismatches[:20])
     history = deltalake.DeltaTable(str(offline / "table_profiles")).to_pyarrow_table()
     assert history.num_rows == len(rows)
@@ -503,3 +505,28 @@ def test_parquet_table_file_is_read_again_when_replaced(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+
+    # `freshet historical --table profiles=FILE.parquet`: the file's rows, all known up front.
+    import csv
+    rows_csv = tmp_path / "rows.csv"
+    keys = [(f"u{u}", batches[k][-1]["ts"] + 1) for u in range(10) for k in range(2)]
+    rows_csv.write_text("user,ts\n" + "".join(f"{u},{t}\n" for u, t in keys))
+    out = tmp_path / "h.csv"
+    subprocess.run([BIN, "historical", "--spec", str(spec), "--entities", str(rows_csv), "--output", str(out),
+                    "--no-progress", "--events", str(tmp_path / "events.jsonl"), "--table",
+                    f"profiles={tmp_path / 'profiles.parquet'}"], check=True)
+    with open(out, newline="") as f:
+        got = list(csv.DictReader(f))
+    _, up_front = _reference(spec, b"".join(_lines(b) for b in batches),
+                             reference.table_versions("profiles", second, 0))
+    expected = reference.compute(ref_spec, up_front, reference.read_entity_rows(str(rows_csv), ref_spec))
+    assert len(got) == len(expected) == len(keys)
+    for row, values in zip(got, expected):
+        for feature, value in zip(ref_spec.features, values):
+            want, cell = reference.format_value(value), row[feature.name]
+            exact = feature.aggregation == "last" or want == "" or cell == ""
+            ok = cell == want if exact else math.isclose(float(cell), float(want), rel_tol=1e-9)
+            if not ok:
+                mismatches.append(f"historical {row['user']}@{row['ts']} {feature.name}: reference {want!r}, "
+                                  f"got {cell!r}")
+    assert not mismatches, "\n".join(mismatches[:20])

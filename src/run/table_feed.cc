@@ -137,10 +137,15 @@ Status TableFeed::Poll(PipelineLanes& lanes, OfflineSink* offline, int64_t wall_
   return Status::Ok();
 }
 
-void TableFeed::Prune(const PipelineLanes& lanes) {
+void TableFeed::Prune(PipelineLanes& lanes) {
   // Kafka lanes come with a partition's first message, and a partition not seen yet may bring events older than
-  // every lane's low watermark: with partitions nothing is pruned (README, Semantics).
-  if (!lanes.partitioned()) tables_.Prune(lanes.low_watermark_ms());
+  // every lane's low watermark: with partitions nothing is pruned (README, Semantics). Sharded, the judge holds the
+  // input's clock (a shard's lags until an event of its entities comes).
+  if (lanes.sharded()) {
+    tables_.Prune(lanes.judge()->engine.low_watermark_ms());
+  } else if (!lanes.partitioned()) {
+    tables_.Prune(lanes.low_watermark_ms());
+  }
   for (size_t t = 0; t < held_.size(); ++t) held_[t]->Set(static_cast<double>(tables_.versions(t)));
 }
 

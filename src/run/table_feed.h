@@ -60,7 +60,7 @@ class TableFeed {
  private:
   void Add(size_t table, const TableRow& row, PipelineLanes& lanes, OfflineSink* offline, int64_t wall_ms);
   // Drops the versions no event to come can see (TableSet::Prune) and updates the versions-held gauge.
-  void Prune(const PipelineLanes& lanes);
+  void Prune(PipelineLanes& lanes);
 
   const Spec& spec_;
   TableSet tables_;
