@@ -485,6 +485,15 @@ def test_parquet_table_file_is_read_again_when_replaced(tmp_path: Path) -> None:
         _wait_metric(port, "freshet_table_versions_total", len(first) + len(changed))
         _append(tmp_path / "events.jsonl", _lines(batches[1]))
         _wait_metric(port, "freshet_events_in_total", len(batches[0]) + len(batches[1]))
+        # A crash after a checkpoint: the restart finds the file it had read, learns its rows and adds none again.
+        _wait_checkpoint_after(port)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc, port = start_run([BIN, "run", "--spec", str(spec), "--data-dir", str(tmp_path / "data")],
+                               tmp_path / "run2.log")
+        _wait_metric(port, "freshet_events_in_total", len(batches[0]) + len(batches[1]))
+        _wait_checkpoint_after(port)  # Table polls have run since the restart.
+        assert _metric(port, "freshet_table_versions_total") == len(first) + len(changed)
         versions = (reference.table_versions("profiles", first, 0)
                     + reference.table_versions("profiles", changed, len(batches[0])))
         ref_spec, events = _reference(spec, b"".join(_lines(b) for b in batches), versions)
