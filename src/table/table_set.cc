@@ -9,6 +9,7 @@
 #include <array>
 #include <bit>
 #include <charconv>
+#include <utility>
 
 #include "common/time.h"
 
@@ -146,6 +147,9 @@ class KeyMap {
       if (slot.hash == 0) return nullptr;
       if (slot.hash == hash && slot.key == key) return &slot.list;
     }
+  }
+  VersionList* Find(std::string_view key, uint64_t hash) {
+    return const_cast<VersionList*>(std::as_const(*this).Find(key, hash));
   }
   VersionList& FindOrInsert(std::string_view key) {
     if ((size_ + 1) * 2 > slots_.size()) Grow();
@@ -438,7 +442,7 @@ size_t TableSet::Prune(int64_t horizon_ms) {
   size_t dropped = 0;
   for (Table& table : impl_->tables) {
     for (auto it = table.several.begin(); it != table.several.end();) {
-      VersionList& list = table.versions.FindOrInsert(*it);
+      VersionList& list = *table.versions.Find(*it, KeyMap::Hash(*it));  // `several` holds keys of the map.
       const size_t n = list.Prune(horizon_ms);
       table.version_count -= n;
       dropped += n;
