@@ -128,8 +128,8 @@ class VersionList {
 // Keys to their versions: open addressing with linear probing over a power-of-two array kept at most half full,
 // so that a key almost always sits in its home slot (hash & mask). Prefetch can then fetch that slot from memory
 // while the event is still being parsed, and the lookup in Fill finds it in the cache. Each slot holds the key's
-// hash, the key and its versions, the fields a lookup reads first. Keys are never removed (a deleted row is a
-// version too).
+// hash, the key and its versions, the fields a lookup reads first. Keys are never removed (no source deletes a
+// key yet; pruning empties no key's list, since it keeps each key's version at the horizon).
 class KeyMap {
  public:
   struct Slot {
