@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The fraud example on the embedded default, live: `freshet run` serves the five features over HTTP while
+# The fraud example on the embedded default, live: `freshet run` serves the fraud features (one joined with a
+# profile table, examples/fraud/profiles.jsonl) over HTTP while
 # generated events are pushed to it at their event-time pace; a few users' features change on screen.
 # Then the same events become a point-in-time training set with `freshet historical`.
 set -euo pipefail
@@ -79,8 +80,8 @@ kill -TERM $run_pid && wait $run_pid || true
 echo
 echo "== 5. the same events as a point-in-time training set (freshet historical), as of now, for those users"
 { echo "user_id,ts"; for u in $top_users; do echo "$u,$(date -u +%Y-%m-%dT%H:%M:%SZ)"; done; } > "$work/entities.csv"
-"$bin" historical --spec "$ex/live.yaml" --events "$work/events.jsonl" --entities "$work/entities.csv" \
-  --output "$work/features.csv" --dead-letters "$work/dead_letters.jsonl"
+"$bin" historical --spec "$ex/live.yaml" --events "$work/events.jsonl" --table "profiles=$ex/profiles.jsonl" \
+  --entities "$work/entities.csv" --output "$work/features.csv" --dead-letters "$work/dead_letters.jsonl"
 column -s, -t < "$work/features.csv"
 echo
 echo "== 6. the offline store that freshet run wrote (Delta Lake tables; here read with pandas through the Python SDK)"

@@ -959,6 +959,17 @@ def late_versions(spec: Spec, data: bytes, versions: list[TableVersion]) -> dict
     return late
 
 
+def visible_versions(spec: Spec, table: str, versions: list[TableVersion], horizon_ms: int) -> int:
+    """How many distinct versions (key, valid_from) of `table` some event at `horizon_ms` or later can still see:
+    those with no other version of their key valid from after them and at or before the horizon (README,
+    Semantics: pruning). By brute force over every pair."""
+    key_field, valid_from_field = spec.tables[table]
+    distinct = {(entity_key(resolve(v.row, key_field)), event_time_ms(resolve(v.row, valid_from_field)))
+                for v in versions if v.table == table}
+    return sum(1 for key, vf in distinct
+               if not any(k == key and vf < other <= horizon_ms for k, other in distinct))
+
+
 def parse_event(raw: bytes, line: int, spec: Spec, versions: list[TableVersion] | None = None) -> Event | str:
     """An Event, or the reason the line is rejected. `versions`: the reference tables' rows, for the joins."""
     try:

@@ -86,6 +86,7 @@ def _max_purchase_24h(events: List[Dict[str, Any]], user: str, at_ms: int) -> fl
 
 def _folder(tmp: Path) -> Path:
     shutil.copy(ROOT / "examples" / "fraud" / "fraud.yaml", tmp / "fraud.yaml")
+    shutil.copy(ROOT / "examples" / "fraud" / "profiles.jsonl", tmp / "profiles.jsonl")  # live.yaml's table.
     live = (ROOT / "examples" / "fraud" / "live.yaml").read_text()
     assert "checkpoint: {interval: 10s}" in live
     (tmp / "live.yaml").write_text(live.replace("checkpoint: {interval: 10s}", "checkpoint: {interval: 200ms}"))

@@ -342,3 +342,200 @@ def test_put_rows_are_durable_and_joined(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+
+
+def _wait_metric_equal(port: int, name: str, value: float, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while (got := _metric(port, name)) != value:
+        assert time.monotonic() < deadline, f"{name} stayed at {got}, waiting for {value}"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("parallelism", [0, 2])
+def test_versions_the_watermark_passed_are_pruned_and_values_stay_exact(tmp_path: Path, parallelism: int) -> None:
+    """Each key has a version every minute; as the low watermark (M - 1s - 1s) passes them, the live table drops
+    the versions no future event can see: the versions held equal the reference's count of visible ones, stay far
+    below the versions received, and every feature still equals the reference (which never prunes). The offline
+    history keeps every version. With `parallelism: 2` (the sharded file source) the input's clock decides."""
+    _require_binary()
+    rng = random.Random(7)
+    users, minutes = 12, 40
+    rows = [{"user_id": f"u{u}", "updated_at": T0 + m * 60000, "segment": rng.choice(SEGMENTS),
+             "created_ms": T0 - rng.randint(0, 90) * DAY} for m in range(minutes) for u in range(users)]
+    rng.shuffle(rows)
+    batches, t = [], T0
+    for _ in range(3):
+        batch = []
+        for _ in range(200):
+            t += rng.randint(1, 5000)
+            batch.append({"user": f"u{rng.randrange(users)}", "ts": t, "amount": rng.randint(1, 100)})
+        batches.append(batch)
+    assert T0 + minutes * 60000 / 2 < t < T0 + minutes * 60000
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC + f"parallelism: {parallelism}\n")
+    (tmp_path / "profiles.jsonl").write_bytes(_lines(rows))
+    (tmp_path / "events.jsonl").write_bytes(b"")
+    proc, port = start_run([BIN, "run", "--spec", str(spec), "--data-dir", str(tmp_path / "data")],
+                           tmp_path / "run.log")
+    try:
+        versions = reference.table_versions("profiles", rows, 0)
+        ref_spec = reference.load_spec(str(spec))
+        _wait_metric(port, "freshet_table_versions_total", len(rows))
+        _wait_metric_equal(port, "freshet_table_versions_held", len(rows))  # No event yet: nothing pruned.
+        lines = 0
+        for batch in batches:
+            _append(tmp_path / "events.jsonl", _lines(batch))
+            lines += len(batch)
+            _wait_metric(port, "freshet_events_in_total", lines)
+            horizon = max(e["ts"] for e in [x for b in batches for x in b][:lines]) - 2000  # M - 1s - 1s
+            held = reference.visible_versions(ref_spec, "profiles", versions, horizon)
+            _wait_metric_equal(port, "freshet_table_versions_held", held)
+        assert held < len(rows) / 2
+        _, events = _reference(spec, b"".join(_lines(b) for b in batches), versions)
+        t_end = events[-1].time_ms
+        mismatches = []
+        for user, user_events in sorted(reference.group_by_entity(events).items()):
+            answer = json.loads(_get(port, f"/v1/features/{user}?at={t_end}"))
+            for feature in ref_spec.features:
+                expected, _ = reference.feature_value(feature, user_events, t_end, ref_spec)
+                got = answer["features"][feature.name]
+                if not _same(expected, got):
+                    mismatches.append(f"lookup {user} {feature.name}: reference {expected!r}, stream {got!r}")
+        assert not mismatches, "\n".join(mismatches[:20])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    # The features table, row by row, against the reference (each event's values as of its time).
+    offline = tmp_path / "data" / "offline"
+    table = deltalake.DeltaTable(str(offline / "features")).to_pyarrow_table().sort_by("seq").to_pylist()
+    assert len(table) == len(events)
+    prefix: dict[str, list[reference.Event]] = {}
+    for row, event in zip(table, events):
+        prefix.setdefault(event.entity, []).append(event)
+        for feature in ref_spec.features:
+            expected, _ = reference.feature_value(feature, prefix[event.entity], event.time_ms, ref_spec)
+            if not _same(expected, row[feature.name]):
+                mismatches.append(f"seq {row['seq']} {feature.name}: reference {expected!r}, "
+                                  f"table {row[feature.name]!r}")
+    assert not mismatches, "\n".join(mismatches[:20])
+    history = deltalake.DeltaTable(str(offline / "table_profiles")).to_pyarrow_table()
+    assert history.num_rows == len(rows)
+
+
+def _write_parquet(path: Path, rows: list[dict]) -> None:
+    """Writes `rows` as a Parquet file (updated_at a timestamp column, active a boolean one; a key absent from a
+    row is a null cell) beside `path`, then renames it over `path`, as the README says to replace a table file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    columns = {
+        "user_id": pa.array([r["user_id"] for r in rows], pa.string()),
+        "updated_at": pa.array([r["updated_at"] for r in rows], pa.timestamp("ms")),
+        "segment": pa.array([r.get("segment") for r in rows], pa.string()),
+        "created_ms": pa.array([r["created_ms"] for r in rows], pa.int64()),
+        "active": pa.array([r["active"] for r in rows], pa.bool_()),
+    }
+    temporary = path.with_suffix(".tmp")
+    pq.write_table(pa.table(columns), temporary)
+    os.replace(temporary, path)
+
+
+def test_parquet_table_file_is_read_again_when_replaced(tmp_path: Path) -> None:
+    """A Parquet table file replaced while events stream: changed and new rows become versions where the new file
+    was read, unchanged rows do not, a key left out keeps its last version; lookups equal the reference."""
+    _require_binary()
+    rng = random.Random(5)
+
+    def row(u: int, valid_from: int) -> dict:
+        r = {"user_id": f"u{u}", "updated_at": valid_from, "segment": rng.choice(SEGMENTS),
+             "created_ms": T0 - rng.randint(0, 90) * DAY, "active": rng.random() < 0.5}
+        return r
+
+    first = [row(u, T0 - DAY) for u in range(8)] + [row(u, T0 + 30000) for u in range(0, 8, 3)]
+    del first[4]["segment"]  # A null cell: the joined segment is missing.
+    batches, t = [], T0
+    for _ in range(2):
+        batch = []
+        for _ in range(80):
+            t += rng.randint(1, 1500)
+            batch.append({"user": f"u{rng.randrange(10)}", "ts": t, "amount": rng.randint(1, 100)})
+        batches.append(batch)
+    # The replacement: u1 left out, u0 and u5 changed (u5 late: valid from inside batch 1), u8 and u9 new, the
+    # rest unchanged.
+    second = [r for r in first if r["user_id"] != "u1"]
+    second[0] = row(0, batches[0][-1]["ts"] + 1)
+    second = [r if r["user_id"] != "u5" else row(5, batches[0][10]["ts"]) for r in second]
+    second += [row(8, T0), row(9, batches[1][5]["ts"])]
+    changed = [r for r in second if r not in first]
+    assert len(changed) == 4
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.replace("source: {type: file, path: profiles.jsonl}",
+                                 "source: {type: file, path: profiles.parquet, format: parquet}")
+                    + '  - {name: n_active, aggregation: count, where: "profiles.active == true", '
+                      'window: {type: lifetime}}\n')
+    _write_parquet(tmp_path / "profiles.parquet", first)
+    (tmp_path / "events.jsonl").write_bytes(b"")
+    proc, port = start_run([BIN, "run", "--spec", str(spec), "--data-dir", str(tmp_path / "data")],
+                           tmp_path / "run.log")
+    try:
+        _wait_metric(port, "freshet_table_versions_total", len(first))
+        _append(tmp_path / "events.jsonl", _lines(batches[0]))
+        _wait_metric(port, "freshet_events_in_total", len(batches[0]))
+        _write_parquet(tmp_path / "profiles.parquet", second)
+        _wait_metric(port, "freshet_table_versions_total", len(first) + len(changed))
+        _append(tmp_path / "events.jsonl", _lines(batches[1]))
+        _wait_metric(port, "freshet_events_in_total", len(batches[0]) + len(batches[1]))
+        # A crash after a checkpoint: the restart finds the file it had read, learns its rows and adds none again.
+        _wait_checkpoint_after(port)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc, port = start_run([BIN, "run", "--spec", str(spec), "--data-dir", str(tmp_path / "data")],
+                               tmp_path / "run2.log")
+        _wait_metric(port, "freshet_events_in_total", len(batches[0]) + len(batches[1]))
+        _wait_checkpoint_after(port)  # Table polls have run since the restart.
+        assert _metric(port, "freshet_table_versions_total") == len(first) + len(changed)
+        versions = (reference.table_versions("profiles", first, 0)
+                    + reference.table_versions("profiles", changed, len(batches[0])))
+        ref_spec, events = _reference(spec, b"".join(_lines(b) for b in batches), versions)
+        late = reference.late_versions(ref_spec, b"".join(_lines(b) for b in batches), versions)["profiles"]
+        assert late >= 1
+        assert _metric(port, "freshet_table_late_versions_total") == late
+        t_end = events[-1].time_ms
+        mismatches = []
+        for user, user_events in sorted(reference.group_by_entity(events).items()):
+            answer = json.loads(_get(port, f"/v1/features/{user}?at={t_end}"))
+            for feature in ref_spec.features:
+                expected, _ = reference.feature_value(feature, user_events, t_end, ref_spec)
+                got = answer["features"][feature.name]
+                if not _same(expected, got):
+                    mismatches.append(f"lookup {user} {feature.name}: reference {expected!r}, stream {got!r}")
+        assert not mismatches, "\n".join(mismatches[:20])
+        assert "u1" in {e.entity for e in events[len(batches[0]):]}, "the left-out key must be joined after"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+    # `freshet historical --table profiles=FILE.parquet`: the file's rows, all known up front.
+    import csv
+    rows_csv = tmp_path / "rows.csv"
+    keys = [(f"u{u}", batches[k][-1]["ts"] + 1) for u in range(10) for k in range(2)]
+    rows_csv.write_text("user,ts\n" + "".join(f"{u},{t}\n" for u, t in keys))
+    out = tmp_path / "h.csv"
+    subprocess.run([BIN, "historical", "--spec", str(spec), "--entities", str(rows_csv), "--output", str(out),
+                    "--no-progress", "--events", str(tmp_path / "events.jsonl"), "--table",
+                    f"profiles={tmp_path / 'profiles.parquet'}"], check=True)
+    with open(out, newline="") as f:
+        got = list(csv.DictReader(f))
+    _, up_front = _reference(spec, b"".join(_lines(b) for b in batches),
+                             reference.table_versions("profiles", second, 0))
+    expected = reference.compute(ref_spec, up_front, reference.read_entity_rows(str(rows_csv), ref_spec))
+    assert len(got) == len(expected) == len(keys)
+    for row, values in zip(got, expected):
+        for feature, value in zip(ref_spec.features, values):
+            want, cell = reference.format_value(value), row[feature.name]
+            exact = feature.aggregation == "last" or want == "" or cell == ""
+            ok = cell == want if exact else math.isclose(float(cell), float(want), rel_tol=1e-9)
+            if not ok:
+                mismatches.append(f"historical {row['user']}@{row['ts']} {feature.name}: reference {want!r}, "
+                                  f"got {cell!r}")
+    assert not mismatches, "\n".join(mismatches[:20])

@@ -45,9 +45,10 @@ void RegisterHistorical(CLI::App& app, int* exit_code) {
                   "Write rejected, late and duplicate events here (JSON lines with line number, or seq for the events "
                   "table, and reason)");
   cmd->add_option("--table", args->tables,
-                  "With --events: a reference table's rows, NAME=FILE (JSON lines, or CSV when it ends in .csv), all "
-                  "known up front: an event at t joins the version with the greatest valid_from <= t. Repeatable. "
-                  "Without --events the tables' history in the offline store is replayed as the stream saw it");
+                  "With --events: a reference table's rows, NAME=FILE (JSON lines; CSV or Parquet when it ends in "
+                  ".csv or .parquet), all known up front: an event at t joins the version with the greatest "
+                  "valid_from <= t. Repeatable. Without --events the tables' history in the offline store is replayed "
+                  "as the stream saw it");
   cmd->add_flag("--no-progress", args->no_progress, "Never show progress (shown by default on a terminal)");
   cmd->callback([args, exit_code] {
     std::optional<Spec> spec = LoadSpecOrReport(args->spec, exit_code);

@@ -97,6 +97,11 @@ TableFeed::TableFeed(const Spec& spec, MetricsRegistry& metrics, const std::stri
                                             "Reference-table rows that could not be read (logged with file:line).",
                                             labels));
     keys_.push_back(&metrics.GetGauge("freshet_table_keys", "Keys held per reference table.", labels));
+    held_.push_back(&metrics.GetGauge(
+        "freshet_table_versions_held",
+        "Reference-table versions held in memory: each key's versions that events to come can still see (older ones "
+        "are dropped once the low watermark has passed a newer one; the offline history keeps all).",
+        labels));
   }
 }
 
@@ -128,7 +133,20 @@ Status TableFeed::Poll(PipelineLanes& lanes, OfflineSink* offline, int64_t wall_
     rejected_[r.table]->Increment(errors.size());
     for (std::string& e : errors) warnings->push_back("table '" + spec_.tables[r.table].name + "': " + std::move(e));
   }
+  Prune(lanes);
   return Status::Ok();
+}
+
+void TableFeed::Prune(PipelineLanes& lanes) {
+  // Kafka lanes come with a partition's first message, and a partition not seen yet may bring events older than
+  // every lane's low watermark: with partitions nothing is pruned (README, Semantics). Sharded, the judge holds the
+  // input's clock (a shard's lags until an event of its entities comes).
+  if (lanes.sharded()) {
+    tables_.Prune(lanes.judge()->engine.low_watermark_ms());
+  } else if (!lanes.partitioned()) {
+    tables_.Prune(lanes.low_watermark_ms());
+  }
+  for (size_t t = 0; t < held_.size(); ++t) held_[t]->Set(static_cast<double>(tables_.versions(t)));
 }
 
 Result<size_t> TableFeed::Put(std::string_view name, std::string_view body,
@@ -211,6 +229,7 @@ Status TableFeed::Restore(std::string_view bytes) {
   }
   FRESHET_RETURN_IF_ERROR(tables_.Load(in));
   for (size_t t = 0; t < keys_.size(); ++t) keys_[t]->Set(static_cast<double>(tables_.keys(t)));
+  for (size_t t = 0; t < held_.size(); ++t) held_[t]->Set(static_cast<double>(tables_.versions(t)));
   return Status::Ok();
 }
 

@@ -14,7 +14,8 @@
 //
 // Metrics: freshet_table_versions_total{table}, freshet_table_late_versions_total{table} (a version whose
 // valid_from is at or before the newest accepted event time: events already processed did not see it),
-// freshet_table_rejected_rows_total{table}, freshet_table_keys{table}.
+// freshet_table_rejected_rows_total{table}, freshet_table_keys{table}, freshet_table_versions_held{table} (after
+// pruning: each Poll drops the versions the low watermark has passed, TableSet::Prune).
 //
 // Not thread-safe: the runtime calls Poll, Add, Encode and Restore under its exclusive lock.
 #pragma once
@@ -58,6 +59,8 @@ class TableFeed {
 
  private:
   void Add(size_t table, const TableRow& row, PipelineLanes& lanes, OfflineSink* offline, int64_t wall_ms);
+  // Drops the versions no event to come can see (TableSet::Prune) and updates the versions-held gauge.
+  void Prune(PipelineLanes& lanes);
 
   const Spec& spec_;
   TableSet tables_;
@@ -70,7 +73,7 @@ class TableFeed {
   std::mutex put_mutex_;
   std::vector<int64_t> next_version_;                      // Per table: the next version's number.
   std::vector<Counter*> versions_, late_, rejected_;
-  std::vector<Gauge*> keys_;
+  std::vector<Gauge*> keys_, held_;
 };
 
 }  // namespace freshet

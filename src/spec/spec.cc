@@ -1785,6 +1785,16 @@ void SpecParser::CheckWhereAgainstSchema(const Spec& spec, const WhereUse& use) 
   }
 }
 
+// Whether `path` is `<table>.<column>` of a table some join reads.
+bool IsJoinedColumn(const Spec& spec, std::string_view path) {
+  for (const JoinSpec& join : spec.joins) {
+    if (join.table_index < 0) continue;
+    const std::string& table = spec.tables[static_cast<size_t>(join.table_index)].name;
+    if (path.size() > table.size() + 1 && path.starts_with(table) && path[table.size()] == '.') return true;
+  }
+  return false;
+}
+
 // Without a schema: a comparison of a field with a field on its right that is named nowhere else in the spec is most
 // likely text without quotes (`type == purchase`, always false). A warning, not an error: the spec may mean it.
 void SpecParser::WarnUnquotedWords(Spec* spec) {
@@ -1805,8 +1815,9 @@ void SpecParser::WarnUnquotedWords(Spec* spec) {
     const FeatureSpec& feature = spec->features[use.feature];
     for (const ExprCondition& c : feature.where->Conditions()) {
       if (c.kind != ExprCondition::Kind::kCompare || !c.lhs.is_field || !c.rhs.is_field) continue;
-      // Only the right side: `price > cost` with cost read elsewhere compares two fields on purpose.
-      if (is_named(c.rhs.path)) continue;
+      // Only the right side: `price > cost` with cost read elsewhere compares two fields on purpose, as does a
+      // joined table's column (`amount > profiles.credit_limit`).
+      if (is_named(c.rhs.path) || IsJoinedColumn(*spec, c.rhs.path)) continue;
       const ExprOperandInfo* word = &c.rhs;
       const std::string quoted = std::string(1, QuoteFor(use.node)) + word->path + QuoteFor(use.node);
       const YAML::Mark mark = MarkInScalar(use.node, word->offset);

@@ -402,7 +402,7 @@ inline constexpr SpecOption kSpecOptions[] = {
         .Example("updated_at"),
     SpecOption("tables[]", "source", SpecValueType::kMap,
                "Where rows are read from besides PUT /v1/tables/{name}: a file, read when `freshet run` starts and "
-               "followed for appended lines (each new row is a new version).")
+               "followed for appended lines (each new row is a new version), or re-read when it changes (parquet).")
         .Example("{type: file, path: profiles.jsonl, format: jsonl}"),
     SpecOption("tables[].source", "type", SpecValueType::kChoice, "The kind of source.")
         .Required().Choices("file").Example("file"),
@@ -411,8 +411,10 @@ inline constexpr SpecOption kSpecOptions[] = {
         .Required().Example("profiles.jsonl"),
     SpecOption("tables[].source", "format", SpecValueType::kChoice,
                "jsonl: one JSON object per line; csv: a header row naming the columns, then one row per line "
-               "(a cell in JSON number syntax is a number, an empty cell is missing, any other cell text).")
-        .Choices("jsonl, csv").Default("jsonl"),
+               "(a cell in JSON number syntax is a number, an empty cell is missing, any other cell text); "
+               "parquet: the whole file is the table, read again when it changes (each changed or new row becomes a "
+               "version; a key left out keeps its versions).")
+        .Choices("jsonl, csv, parquet").Default("jsonl"),
 
     // joins[]
     SpecOption("joins[]", "table", SpecValueType::kName, "The name of a table in `tables`; one join per table.")

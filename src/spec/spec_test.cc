@@ -823,7 +823,10 @@ TEST(SchemaTest, WithoutSchemaAnUnquotedWordNamedNowhereElseIsAWarning) {
        {Feature("aggregation: count, where: \"price > cost\"") +
             "  - {name: g, aggregation: sum, field: cost, window: {type: lifetime}}\n",
         Feature("aggregation: count, where: \"type == 'purchase'\""),
-        Feature("aggregation: count, where: \"a == b and b == 'x'\"")}) {
+        Feature("aggregation: count, where: \"a == b and b == 'x'\""),
+        // A joined table's column compared with a field, read nowhere else: on purpose too.
+        Feature("aggregation: count, where: \"amount > profiles.credit_limit\"") +
+            "tables: [{name: profiles, key: user_id}]\njoins: [{table: profiles, on: user_id}]\n"}) {
     Result<Spec> quiet = ParseSpec(std::string(kHead) + features, "t.yaml");
     ASSERT_TRUE(quiet.ok()) << quiet.status().message();
     EXPECT_TRUE(quiet->warnings.empty()) << features << SpecWarningsText(*quiet);

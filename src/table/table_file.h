@@ -11,6 +11,8 @@
 // Not thread-safe.
 #pragma once
 
+#include <absl/container/flat_hash_set.h>
+
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -38,7 +40,8 @@ class TableFileReader {
   // skipped and described in *errors as "FILE:LINE: MESSAGE". Fails when the file cannot be read.
   Status ReadNew(std::vector<TableRow>* rows, std::vector<std::string>* errors);
 
-  // Where the next read starts (a checkpoint keeps it): the byte offset and the number of lines before it.
+  // Where the next read starts (a checkpoint keeps it): the byte offset and the number of lines before it
+  // (parquet: the size and modification time of the file as last read).
   uint64_t offset() const { return offset_; }
   uint64_t lines() const { return lines_; }
   void Seek(uint64_t offset, uint64_t lines) {
@@ -52,7 +55,11 @@ class TableFileReader {
   std::string path_;
   uint64_t offset_ = 0;
   uint64_t lines_ = 0;
+  Status ReadParquet(std::vector<TableRow>* rows, std::vector<std::string>* errors);
+
   std::vector<std::string> header_;  // csv
+  absl::flat_hash_set<uint64_t> seen_;  // parquet: the hashes of the rows of the last read.
+  bool primed_ = false;                 // parquet: seen_ holds the file at offset_/lines_.
 };
 
 }  // namespace freshet

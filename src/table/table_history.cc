@@ -97,7 +97,7 @@ Result<TableReplay> TableReplay::FromFiles(const Spec& spec,
                              (names.empty() ? std::string("it declares none") : "its tables: " + names) + ")");
     }
     TableSpec table = *it;
-    table.format = path.ends_with(".csv") ? "csv" : "jsonl";
+    table.format = path.ends_with(".csv") ? "csv" : path.ends_with(".parquet") ? "parquet" : "jsonl";
     TableFileReader reader(table, path);
     std::vector<TableRow> rows;
     std::vector<std::string> errors;

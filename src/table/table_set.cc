@@ -1,12 +1,15 @@
 #include "table/table_set.h"
 
 #include <absl/container/flat_hash_map.h>
+#include <absl/container/flat_hash_set.h>
+#include <absl/hash/hash.h>
 #include <simdjson.h>
 
 #include <algorithm>
 #include <array>
 #include <bit>
 #include <charconv>
+#include <utility>
 
 #include "common/time.h"
 
@@ -91,6 +94,23 @@ class VersionList {
     return nullptr;
   }
   size_t size() const { return older_.size() + (has_newest_ ? 1 : 0); }
+  bool has_older() const { return !older_.empty(); }
+  // Drops the versions no event at `horizon` or later can see: those older than the greatest valid_from <=
+  // horizon. Returns how many.
+  size_t Prune(int64_t horizon) {
+    if (has_newest_ && newest_.valid_from_ms <= horizon) {
+      const size_t dropped = older_.size();
+      older_.clear();
+      return dropped;
+    }
+    // The first version after the horizon; the one before it stays (it is what an event at the horizon sees).
+    auto after = std::upper_bound(older_.begin(), older_.end(), horizon,
+                                  [](int64_t t, const Version& o) { return t < o.valid_from_ms; });
+    if (after - older_.begin() <= 1) return 0;
+    const size_t dropped = static_cast<size_t>(after - older_.begin()) - 1;
+    older_.erase(older_.begin(), after - 1);
+    return dropped;
+  }
   // Every version, ascending by valid_from.
   template <typename Fn>
   void ForEach(Fn fn) const {
@@ -105,6 +125,86 @@ class VersionList {
   std::vector<Version> older_;
 };
 
+// Keys to their versions: open addressing with linear probing over a power-of-two array kept at most half full,
+// so that a key almost always sits in its home slot (hash & mask). Prefetch can then fetch that slot from memory
+// while the event is still being parsed, and the lookup in Fill finds it in the cache. Each slot holds the key's
+// hash, the key and its versions, the fields a lookup reads first. Keys are never removed (no source deletes a
+// key yet; pruning empties no key's list, since it keeps each key's version at the horizon).
+class KeyMap {
+ public:
+  struct Slot {
+    uint64_t hash = 0;  // 0: empty (Hash never returns 0).
+    std::string key;
+    VersionList list;
+  };
+
+  static uint64_t Hash(std::string_view key) { return absl::HashOf(key) | 1; }
+
+  const VersionList* Find(std::string_view key, uint64_t hash) const {
+    if (slots_.empty()) return nullptr;
+    for (size_t i = hash & mask_;; i = (i + 1) & mask_) {
+      const Slot& slot = slots_[i];
+      if (slot.hash == 0) return nullptr;
+      if (slot.hash == hash && slot.key == key) return &slot.list;
+    }
+  }
+  VersionList* Find(std::string_view key, uint64_t hash) {
+    return const_cast<VersionList*>(std::as_const(*this).Find(key, hash));
+  }
+  VersionList& FindOrInsert(std::string_view key) {
+    if ((size_ + 1) * 2 > slots_.size()) Grow();
+    const uint64_t hash = Hash(key);
+    for (size_t i = hash & mask_;; i = (i + 1) & mask_) {
+      Slot& slot = slots_[i];
+      if (slot.hash == hash && slot.key == key) return slot.list;
+      if (slot.hash == 0) {
+        slot.hash = hash;
+        slot.key = std::string(key);
+        ++size_;
+        return slot.list;
+      }
+    }
+  }
+  // Starts fetching the home slot of `hash` (the slot the key almost always has) into the cache.
+  void Prefetch(uint64_t hash) const {
+    if (slots_.empty()) return;
+    const char* at = reinterpret_cast<const char*>(&slots_[hash & mask_]);
+    // The hash, the key and the newest version's valid_from and first cells: the first 3 cache lines of the slot.
+    for (size_t line = 0; line < std::min<size_t>(sizeof(Slot), 192); line += 64) __builtin_prefetch(at + line);
+  }
+  size_t size() const { return size_; }
+  size_t capacity() const { return slots_.size(); }
+  void clear() {
+    slots_.clear();
+    mask_ = 0;
+    size_ = 0;
+  }
+  // Visits every (key, list) in slot order.
+  template <typename Fn>
+  void ForEach(Fn fn) const {
+    for (const Slot& slot : slots_) {
+      if (slot.hash != 0) fn(slot.key, slot.list);
+    }
+  }
+
+ private:
+  void Grow() {
+    std::vector<Slot> old = std::move(slots_);
+    slots_ = std::vector<Slot>(std::max<size_t>(16, old.size() * 2));
+    mask_ = slots_.size() - 1;
+    for (Slot& slot : old) {
+      if (slot.hash == 0) continue;
+      size_t i = slot.hash & mask_;
+      while (slots_[i].hash != 0) i = (i + 1) & mask_;
+      slots_[i] = std::move(slot);
+    }
+  }
+
+  std::vector<Slot> slots_;
+  size_t mask_ = 0;
+  size_t size_ = 0;
+};
+
 // One joined column: the slot it fills and its path in the row.
 struct Column {
   int slot = -1;
@@ -114,8 +214,12 @@ struct Column {
 struct Table {
   int join_slot = -1;  // The event field holding the key; -1 when no join reads the table.
   std::vector<Column> columns;
-  absl::flat_hash_map<std::string, VersionList> versions;
+  std::string on;  // The join's event field when it is a top-level name (Prefetch finds it in the raw line).
+  KeyMap versions;
   size_t version_count = 0;
+  // The keys with more than one version: only they can have versions to prune, so pruning does not visit every
+  // key of a large table.
+  absl::flat_hash_set<std::string> several;
 };
 
 std::vector<std::string> SplitPath(std::string_view dotted) {
@@ -187,6 +291,27 @@ std::optional<std::string_view> KeyText(const Value& value, char (&digits)[24]) 
   return std::nullopt;
 }
 
+// The key text of field `quoted_name` ("name" with its quotes) in a raw JSON line, found by text search: a
+// string without escapes or an integer's digits, what KeyText gives for the parsed value. A guess (the name could
+// appear inside a string value); only Prefetch uses it, so a wrong guess costs a wasted prefetch, never a value.
+std::optional<std::string_view> RawKey(std::string_view line, std::string_view quoted_name) {
+  const size_t at = line.find(quoted_name);
+  if (at == std::string_view::npos) return std::nullopt;
+  size_t k = at + quoted_name.size();
+  while (k < line.size() && (line[k] == ' ' || line[k] == ':')) ++k;
+  if (k >= line.size()) return std::nullopt;
+  if (line[k] == '"') {
+    const size_t end = line.find('"', k + 1);
+    if (end == std::string_view::npos) return std::nullopt;
+    std::string_view key = line.substr(k + 1, end - k - 1);
+    if (key.find('\\') != std::string_view::npos) return std::nullopt;
+    return key;
+  }
+  size_t end = k + (line[k] == '-' ? 1 : 0);
+  while (end < line.size() && line[end] >= '0' && line[end] <= '9') ++end;
+  return line.substr(k, end - k);
+}
+
 simdjson::dom::parser& ThreadParser() {
   thread_local simdjson::dom::parser parser;
   return parser;
@@ -253,6 +378,7 @@ TableSet::TableSet(const Spec& spec) : impl_(std::make_unique<Impl>()) {
   for (const JoinSpec& join : spec.joins) {
     Table& table = impl_->tables[static_cast<size_t>(join.table_index)];
     table.join_slot = join.on_slot;
+    if (join.on.find('.') == std::string::npos) table.on = "\"" + join.on + "\"";
     impl_->filled_tables.push_back(join.table_index);
   }
   for (const FieldRegistry::Joined& joined : spec.fields.joined()) {
@@ -280,7 +406,9 @@ bool TableSet::Add(size_t table_index, const TableRow& row, int64_t newest_event
                                   : StoredCell{});
     }
   }
-  if (table.versions[row.key].Insert(std::move(version))) ++table.version_count;
+  VersionList& list = table.versions.FindOrInsert(row.key);
+  if (list.Insert(std::move(version))) ++table.version_count;
+  if (list.has_older()) table.several.insert(row.key);
   return row.valid_from_ms != kAlwaysValidMs && row.valid_from_ms <= newest_event_ms;
 }
 
@@ -290,9 +418,9 @@ void TableSet::Fill(std::vector<Value>& slots, int64_t time_ms) const {
     char digits[24];
     std::optional<std::string_view> key = KeyText(slots[static_cast<size_t>(table.join_slot)], digits);
     if (!key) continue;  // No key: the joined fields stay missing.
-    auto found = table.versions.find(absl::string_view(key->data(), key->size()));
-    if (found == table.versions.end()) continue;
-    const Version* it = found->second.Find(time_ms);
+    const VersionList* list = table.versions.Find(*key, KeyMap::Hash(*key));
+    if (list == nullptr) continue;
+    const Version* it = list->Find(time_ms);
     if (it == nullptr) continue;
     for (size_t c = 0; c < table.columns.size(); ++c) {
       slots[static_cast<size_t>(table.columns[c].slot)] = c < it->cells.size() ? ValueOf(it->cells[c], it->text)
@@ -301,17 +429,44 @@ void TableSet::Fill(std::vector<Value>& slots, int64_t time_ms) const {
   }
 }
 
+void TableSet::Prefetch(std::string_view line) const {
+  for (int t : impl_->filled_tables) {
+    const Table& table = impl_->tables[static_cast<size_t>(t)];
+    if (table.on.empty()) continue;
+    if (std::optional<std::string_view> key = RawKey(line, table.on)) table.versions.Prefetch(KeyMap::Hash(*key));
+  }
+}
+
+size_t TableSet::Prune(int64_t horizon_ms) {
+  if (horizon_ms == std::numeric_limits<int64_t>::min()) return 0;
+  size_t dropped = 0;
+  for (Table& table : impl_->tables) {
+    for (auto it = table.several.begin(); it != table.several.end();) {
+      VersionList& list = *table.versions.Find(*it, KeyMap::Hash(*it));  // `several` holds keys of the map.
+      const size_t n = list.Prune(horizon_ms);
+      table.version_count -= n;
+      dropped += n;
+      if (list.has_older()) {
+        ++it;
+      } else {
+        table.several.erase(it++);
+      }
+    }
+  }
+  return dropped;
+}
+
 size_t TableSet::versions(size_t table) const { return impl_->tables[table].version_count; }
 size_t TableSet::keys(size_t table) const { return impl_->tables[table].versions.size(); }
 
 size_t TableSet::MemoryBytes() const {
   size_t bytes = 0;
   for (const Table& table : impl_->tables) {
-    bytes += table.versions.capacity() * (sizeof(std::string) + sizeof(VersionList));
-    for (const auto& [key, list] : table.versions) {
+    bytes += table.versions.capacity() * sizeof(KeyMap::Slot);
+    table.versions.ForEach([&](const std::string& key, const VersionList& list) {
       bytes += (key.capacity() > 15 ? key.capacity() : 0) + list.heap_bytes();
       list.ForEach([&](const Version& v) { bytes += (v.text.capacity() > 15 ? v.text.capacity() : 0) + v.cells.heap_bytes(); });
-    }
+    });
   }
   return bytes;
 }
@@ -322,7 +477,7 @@ void TableSet::Save(ByteWriter& out) const {
   for (const Table& table : impl_->tables) {
     out.PutVarint(table.columns.size());
     out.PutVarint(table.versions.size());
-    for (const auto& [key, list] : table.versions) {
+    table.versions.ForEach([&](const std::string& key, const VersionList& list) {
       out.PutString(key);
       out.PutVarint(list.size());
       list.ForEach([&](const Version& v) {
@@ -337,7 +492,7 @@ void TableSet::Save(ByteWriter& out) const {
           out.PutU32(c.length);
         }
       });
-    }
+    });
   }
 }
 
@@ -353,12 +508,13 @@ Status TableSet::Load(ByteReader& in) {
     uint64_t columns = 0, keys = 0;
     if (!in.ReadVarint(&columns) || columns != table.columns.size() || !in.ReadVarint(&keys)) return damaged;
     table.versions.clear();
+    table.several.clear();
     table.version_count = 0;
     for (uint64_t k = 0; k < keys; ++k) {
       std::string_view key;
       uint64_t count = 0;
       if (!in.ReadString(&key) || !in.ReadVarint(&count)) return damaged;
-      VersionList& list = table.versions[std::string(key)];
+      VersionList& list = table.versions.FindOrInsert(key);
       for (uint64_t n = 0; n < count; ++n) {
         Version v;
         std::string_view text;
@@ -379,6 +535,7 @@ Status TableSet::Load(ByteReader& in) {
         }
         if (list.Insert(std::move(v))) ++table.version_count;
       }
+      if (list.has_older()) table.several.insert(std::string(key));
     }
   }
   return Status::Ok();

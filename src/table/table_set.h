@@ -56,8 +56,18 @@ class TableSet {
   // saw an older version (or none).
   bool Add(size_t table, const TableRow& row, int64_t newest_event_ms);
 
+  // Starts fetching into the cache what Fill will read for the event in raw JSON `line`: called before the line
+  // is parsed, so that the memory access overlaps the parse (a large table's lookup misses the cache).
+  void Prefetch(std::string_view line) const;
+
   // Fills every joined slot of `slots` (parsed by EventParser, join fields set) for an event at `time_ms`.
   void Fill(std::vector<Value>& slots, int64_t time_ms) const;
+
+  // Drops the versions that no event at `horizon_ms` or later can see: for each key, those older than its
+  // version with the greatest valid_from <= horizon_ms. With horizon_ms the earliest time a future event can be
+  // accepted at (the low watermark, lateness included) the values events see stay exact; the offline history keeps
+  // every version. Returns how many were dropped. min() drops nothing.
+  size_t Prune(int64_t horizon_ms);
 
   // Versions held in memory, and keys, of table `table`.
   size_t versions(size_t table) const;

@@ -61,6 +61,36 @@ Value Field(const Spec& spec, const TableSet& tables, std::string_view event, st
   return v;
 }
 
+// Pruning at horizon H keeps, per key, the version an event at H sees and every newer one: events at H or
+// later see what they saw before.
+TEST(TableSetTest, PruningKeepsWhatEventsAtOrAfterTheHorizonSee) {
+  const Spec spec = LoadTestSpec();
+  TableSet tables(spec);
+  const int64_t none = std::numeric_limits<int64_t>::min();
+  for (int64_t from : {1000, 2000, 3000, 4000}) {
+    tables.Add(0, Row(spec, 0, R"({"user_id":"a","updated_at":)" + std::to_string(from) + R"(,"segment":"s)" +
+                                   std::to_string(from) + R"("})"), none);
+  }
+  tables.Add(0, Row(spec, 0, R"({"user_id":"b","updated_at":5000,"segment":"b5"})"), none);
+  EXPECT_EQ(tables.versions(0), 5u);
+  EXPECT_EQ(tables.Prune(none), 0u);
+  EXPECT_EQ(tables.Prune(999), 0u);
+  EXPECT_EQ(tables.Prune(2500), 1u);  // 1000 goes; 2000 is what an event at 2500 sees.
+  std::string keep;
+  EXPECT_EQ(Field(spec, tables, R"({"user":"a","ts":2500})", "profiles.segment", &keep).s, "s2000");
+  EXPECT_EQ(Field(spec, tables, R"({"user":"a","ts":3999})", "profiles.segment", &keep).s, "s3000");
+  EXPECT_EQ(tables.Prune(4000), 2u);  // The newest is at the horizon: only it stays.
+  EXPECT_EQ(tables.versions(0), 2u);
+  EXPECT_EQ(Field(spec, tables, R"({"user":"a","ts":4000})", "profiles.segment", &keep).s, "s4000");
+  EXPECT_EQ(Field(spec, tables, R"({"user":"b","ts":5000})", "profiles.segment", &keep).s, "b5");
+  // A version arriving after pruning still takes its place.
+  tables.Add(0, Row(spec, 0, R"({"user_id":"a","updated_at":6000,"segment":"s6000"})"), none);
+  EXPECT_EQ(tables.Prune(5000), 0u);
+  EXPECT_EQ(Field(spec, tables, R"({"user":"a","ts":5000})", "profiles.segment", &keep).s, "s4000");
+  EXPECT_EQ(Field(spec, tables, R"({"user":"a","ts":6000})", "profiles.segment", &keep).s, "s6000");
+  EXPECT_EQ(tables.versions(0), 3u);
+}
+
 TEST(TableSetTest, AnEventSeesTheGreatestValidFromAtOrBeforeItsTime) {
   const Spec spec = LoadTestSpec();
   TableSet tables(spec);

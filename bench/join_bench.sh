@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The cost of a joined reference table (issue 12): the fraud spec against the same spec plus a 1M-key profile
+# table and two derived fields reading it, through `freshet historical --events E [--table profiles=P]` (parse,
+# join, derive, lateness, state). Runs alternate: plain, joined with the table loaded and 1 event (the load
+# alone), joined over all events; each prints user+system CPU seconds; then the medians and the per-event cost
+# of the join: (joined - load - plain) / plain. CPU seconds, because wall time on the shared machine lies.
+#
+#   bench/join_bench.sh [--events N] [--keys N] [--repeat N] [--bin FRESHET]...
+# Several --bin: each round runs every binary in turn (an A/B on the same loaded machine); medians per binary.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+events=2000000 keys=1000000 repeat=3 bins=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --events) events="$2"; shift 2 ;;
+    --keys) keys="$2"; shift 2 ;;
+    --repeat) repeat="$2"; shift 2 ;;
+    --bin) bins+=("$2"); shift 2 ;;
+    *) echo "unknown option $1; see the comment at the top of $0" >&2; exit 2 ;;
+  esac
+done
+[[ ${#bins[@]} -gt 0 ]] || bins=("$here/build/freshet")
+source_events="$here/bench/data/events_10000000_1000000.jsonl"
+if [[ ! -s "$source_events" ]]; then  # The bench workload (bench/workload.sh's generate_workload, defaults).
+  source "$here/bench/workload.sh"; build="$(dirname "${bins[0]}")" events_wanted=$events
+  events=10000000 users=1000000 rows=1000000 generate_workload; events=$events_wanted
+fi
+data="$here/bench/data/join"
+mkdir -p "$data"
+ev="$data/events_$events.jsonl" one="$data/events_1.jsonl" prof="$data/profiles_$keys.jsonl"
+[[ -f "$ev" ]] || head -n "$events" "$source_events" > "$ev"
+head -n 1 "$ev" > "$one"
+[[ -f "$data/entities.csv" ]] || head -n 1001 "$here/bench/data/entities_1000000_1000000.csv" > "$data/entities.csv"
+if [[ ! -f "$prof" ]]; then
+  python3 - "$keys" "$prof" <<'PY'
+import json, random, sys
+keys, path = int(sys.argv[1]), sys.argv[2]
+rng = random.Random(12)
+t0 = 1767225600000
+with open(path, "w") as out:
+    for k in range(keys):
+        out.write(json.dumps({"user_id": f"u{k}", "updated_at": t0 - rng.randrange(1, 10**6) * 60000,
+                              "segment": rng.choice(["vip", "regular", "new", "dormant"]),
+                              "created_ms": t0 - rng.randrange(1, 2000) * 86400000}) + "\n")
+PY
+fi
+plain="$data/plain.yaml" joined="$data/joined.yaml"
+sed '/^source:/d' "$here/examples/fraud/fraud.yaml" > "$plain"
+{ cat "$plain"; cat <<'Y'
+tables:
+  - {name: profiles, key: user_id, valid_from: updated_at}
+joins:
+  - {table: profiles, on: user_id}
+derive:
+  - {name: account_age_d, expr: "(ts - profiles.created_ms) / 86400000"}
+  - {name: is_vip, expr: "profiles.segment == 'vip'"}
+Y
+} > "$joined"
+cpu() {  # prints user+sys seconds of one historical run of binary $bin
+  /usr/bin/time -f '%U %S' -o "$data/time" "$bin" historical --no-progress --spec "$@" --entities "$data/entities.csv" \
+    --output "$data/out.parquet" > /dev/null || { echo "freshet historical failed: $bin $*" >&2; exit 1; }
+  awk '{printf "%.2f\n", $1 + $2}' "$data/time"
+}
+declare -A P L J
+for ((b = 0; b < ${#bins[@]}; b++)); do P[$b]="" L[$b]="" J[$b]=""; done
+for ((r = 0; r < repeat; r++)); do
+  for ((b = 0; b < ${#bins[@]}; b++)); do
+    bin="${bins[b]}"
+    p=$(cpu "$plain" --events "$ev") l=$(cpu "$joined" --events "$one" --table "profiles=$prof")
+    j=$(cpu "$joined" --events "$ev" --table "profiles=$prof")
+    P[$b]+="$p " L[$b]+="$l " J[$b]+="$j "
+    echo "round $((r + 1)) $bin: plain $p s, table load $l s, joined $j s (load average $(cut -d' ' -f1 /proc/loadavg))"
+  done
+done
+median() { printf '%s\n' $@ | sort -g | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}'; }
+for ((b = 0; b < ${#bins[@]}; b++)); do
+  p=$(median ${P[$b]}) l=$(median ${L[$b]}) j=$(median ${J[$b]})
+  awk -v bin="${bins[b]}" -v p="$p" -v l="$l" -v j="$j" 'BEGIN {
+    printf "%s medians: plain %.2f, load %.2f, joined %.2f CPU s; join + derive per event: %.2f s, %+.0f%% of plain\n",
+           bin, p, l, j, j - l - p, 100 * (j - l - p) / p }'
+done
