@@ -24,6 +24,8 @@ import pyarrow as pa
 import pytest
 
 import reference
+import sdk_test  # noqa: F401 - puts this checkout's SDK on sys.path
+import freshet
 from asof_exact_test import BIN, _require_binary, _row_mismatches, _same
 from run_process import start_run
 
@@ -260,6 +262,23 @@ def test_lookups_per_set_and_kill_restart(workload: Workload, tmp_path: Path) ->
         rng = random.Random(5)
         mismatches = _lookup_mismatches(workload, port, "users", rng) + \
             _lookup_mismatches(workload, port, "merchants", rng)
+        # The SDK, one client per set: the set's spec (its entity field) and its values.
+        for name, entity_field in (("users", "user_id"), ("merchants", "merchant_id")):
+            client = freshet.Client(f"http://127.0.0.1:{port}", feature_set=name)
+            assert client.spec()["entity"] == entity_field
+            entity = workload.accepted[name][0].entity
+            at = max(e.time_ms for e in workload.accepted[name])
+            frame = client.get_online_features(entity_rows=[{entity_field: entity}], at=at, as_frame=True)
+            served = _get(port, f"/v1/features/{name}/{entity}?at={at}")["features"]
+            for feature, value in served.items():
+                got = frame.iloc[0][feature]
+                if value is None:
+                    assert got is None or got != got, (name, feature, got)  # null: None or NaN
+                elif isinstance(value, str):
+                    assert got == value, (name, feature, got, value)
+                else:
+                    assert float(got) == pytest.approx(float(value)), (name, feature, got, value)
+            client.close()
         status, body = _error(port, "/v1/features/u1")
         assert status == 404 and body["feature_sets"] == ["users", "merchants"], body
         status, body = _error(port, "/v1/features", {"entities": ["u1"]})

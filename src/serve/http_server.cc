@@ -574,6 +574,9 @@ bool HttpServer::Impl::HandleFeatureSet(const HttpRequest& req, HttpResponse& re
       return true;
     }
     rest = "/v1/features";
+  } else if (path == "/v1/spec" && query.starts_with("?feature_set=")) {
+    set = query.substr(std::string_view("?feature_set=").size());  // Else the first set's spec.
+    rest = "/v1/spec";
   } else if (path.starts_with(kEntityPrefix)) {
     const std::string_view tail = path.substr(kEntityPrefix.size());
     const size_t slash = tail.find('/');
@@ -591,7 +594,7 @@ bool HttpServer::Impl::HandleFeatureSet(const HttpRequest& req, HttpResponse& re
     return true;
   }
   HttpRequest routed = req;
-  rest += query;
+  if (rest != "/v1/spec") rest += query;
   routed.target = rest;
   it->second->Handle(routed, &res);
   return true;
