@@ -329,3 +329,30 @@ def test_a_crash_between_the_sets_checkpoints(workload: Workload, tmp_path: Path
         table = _features_table(data_dir, name).to_pylist()
         mismatches = _row_mismatches(workload.specs[name], table, workload.accepted[name])
         assert not mismatches, f"{name}: {len(mismatches)} mismatches\n" + "\n".join(mismatches[:20])
+
+
+def test_http_ingest_feeds_every_set(workload: Workload, tmp_path: Path) -> None:
+    """`source: {type: http}`: events posted once reach both sets (the first set's ingest log is the source)."""
+    paths = {}
+    for name, text in (("users", USERS), ("merchants", MERCHANTS)):
+        paths[name] = tmp_path / f"{name}.yaml"
+        paths[name].write_text(text.format(events="x", follow="false", interval="200ms").replace(
+            "{type: file, path: x, follow: false}", "{type: http}"))
+    proc, port = start_run([BIN, "run", *_spec_args(paths), "--data-dir", str(tmp_path / "data")],
+                           tmp_path / "run.log")
+    try:
+        for start in range(0, len(workload.lines), 500):
+            body = b"".join(line + b"\n" for line in workload.lines[start:start + 500])
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/ingest", data=body, method="POST",
+                                         headers={"Content-Type": "application/x-ndjson"})
+            urllib.request.urlopen(req, timeout=30).read()
+        _wait_lines(port, len(workload.lines))
+        rng = random.Random(9)
+        mismatches = _lookup_mismatches(workload, port, "users", rng) + \
+            _lookup_mismatches(workload, port, "merchants", rng)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not mismatches, f"{len(mismatches)} mismatches\n" + "\n".join(mismatches[:20])
