@@ -356,3 +356,19 @@ def test_http_ingest_feeds_every_set(workload: Workload, tmp_path: Path) -> None
         if proc.poll() is None:
             proc.kill()
     assert not mismatches, f"{len(mismatches)} mismatches\n" + "\n".join(mismatches[:20])
+
+
+@pytest.mark.parametrize("change, message", [
+    (("name: merchants", "name: users"), "feature set name 'users' is used by two --spec files"),
+    (("follow: false", "follow: true"), "its `source` differs from the first spec's"),
+    (("features:", "parallelism: 2\nfeatures:"), "parallelism: 2 is not supported with several feature sets"),
+])
+def test_sets_that_cannot_run_together_are_refused(workload: Workload, tmp_path: Path, change: tuple[str, str],
+                                                   message: str) -> None:
+    paths = _write_specs(tmp_path, workload.events_path)
+    paths["merchants"].write_text(paths["merchants"].read_text().replace(*change, 1))
+    done = subprocess.run([BIN, "run", *_spec_args(paths), "--data-dir", str(tmp_path / "data"), "--exit-at-end"],
+                          capture_output=True, timeout=60)
+    assert done.returncode == 2, done.stderr.decode()
+    assert message in done.stderr.decode() and str(paths["merchants"]) in done.stderr.decode(), done.stderr.decode()
+    assert not (tmp_path / "data" / "sets").exists()
