@@ -22,6 +22,7 @@ from pathlib import Path
 import deltalake
 import pyarrow as pa
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import reference
 import sdk_test  # noqa: F401 - puts this checkout's SDK on sys.path
@@ -279,6 +280,16 @@ def test_lookups_per_set_and_kill_restart(workload: Workload, tmp_path: Path) ->
                 else:
                     assert float(got) == pytest.approx(float(value)), (name, feature, got, value)
             client.close()
+        # Each set's counts, labelled by set, against the reference.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+        families = {f.name for f in text_string_to_metric_families(metrics)}  # Prometheus' own parser reads it
+        assert {"freshet_set_events_accepted", "freshet_set_state_entities"} <= families, families
+        for name in ("users", "merchants"):
+            late = sum(1 for d in workload.dead[name] if d.reason == "late")
+            assert f'freshet_set_events_accepted_total{{feature_set="{name}"}} {len(workload.accepted[name])}\n' \
+                in metrics, metrics
+            assert f'freshet_set_events_late_total{{feature_set="{name}"}} {late}\n' in metrics, metrics
         status, body = _error(port, "/v1/features/u1")
         assert status == 404 and body["feature_sets"] == ["users", "merchants"], body
         status, body = _error(port, "/v1/features", {"entities": ["u1"]})

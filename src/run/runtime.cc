@@ -425,8 +425,13 @@ struct Runtime::Impl final : public FeatureService, public RebalanceListener {
   }
 
   // Every metric is in metrics_, which the HTTP server writes (the Redis writer's through functions:
-  // RegisterRedisMetrics).
-  void AppendMetrics(std::string*) const override {}
+  // RegisterRedisMetrics). With several feature sets, metrics_ is the first set's, and the first set appends each
+  // set's event counts and entities, labelled by set (AppendSetMetrics).
+  void AppendMetrics(std::string* out) const override {
+    if (!sets_for_metrics_.empty()) AppendSetMetrics(out);
+  }
+  std::vector<const Impl*> sets_for_metrics_;  // The first of several sets: every set, itself included.
+  void AppendSetMetrics(std::string* out) const;
 
   // ---- The web console: GET /v1/ui/{view} and /v1/explain/{entity} (serve/feature_service.h) ----
   Result<std::string> ConsoleJson(std::string_view view) const override;
@@ -2026,9 +2031,39 @@ Result<std::unique_ptr<Runtime>> Runtime::StartSets(const std::vector<Spec>& spe
   ApplyServeSpec(first.serve, &http);
   http.bearer_token = options.bearer_token;
   auto server = std::make_unique<HttpServer>(*sets.front(), sets.front()->metrics_, http);
-  for (const std::unique_ptr<Impl>& set : sets) server->AddFeatureSet(set->spec_.name, *set);
+  for (const std::unique_ptr<Impl>& set : sets) {
+    server->AddFeatureSet(set->spec_.name, *set);
+    sets.front()->sets_for_metrics_.push_back(set.get());
+  }
   FRESHET_RETURN_IF_ERROR(server->Start());
   return std::unique_ptr<Runtime>(new Runtime(std::move(sets), std::move(server), options.data_dir));
+}
+
+void Runtime::Impl::AppendSetMetrics(std::string* out) const {
+  struct Family {
+    const char* name;
+    const char* type;
+    const char* help;
+    double (*read)(const Impl&);
+  };
+  static constexpr Family kFamilies[] = {
+      {"freshet_set_events_accepted_total", "counter", "Events a feature set accepted and applied.",
+       [](const Impl& s) { return static_cast<double>(s.accepted_->value()); }},
+      {"freshet_set_events_rejected_total", "counter", "Lines a feature set rejected and dead-lettered.",
+       [](const Impl& s) { return static_cast<double>(s.rejected_total_->value()); }},
+      {"freshet_set_events_late_total", "counter", "Events a feature set dropped as late.",
+       [](const Impl& s) { return static_cast<double>(s.late_->value()); }},
+      {"freshet_set_state_entities", "gauge", "Entities with state, per feature set.",
+       [](const Impl& s) { return s.entities_->value(); }},
+  };
+  for (const Family& family : kFamilies) {
+    *out += std::string("# HELP ") + family.name + " " + family.help + "\n# TYPE " + family.name + " " + family.type +
+            "\n";
+    for (const Impl* set : sets_for_metrics_) {
+      *out += std::string(family.name) + "{feature_set=\"" + set->spec_.name + "\"} " +
+              std::to_string(static_cast<int64_t>(family.read(*set))) + "\n";
+    }
+  }
 }
 
 Status Runtime::CheckpointSets() {
