@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -383,3 +384,29 @@ def test_sets_that_cannot_run_together_are_refused(workload: Workload, tmp_path:
     assert done.returncode == 2, done.stderr.decode()
     assert message in done.stderr.decode() and str(paths["merchants"]) in done.stderr.decode(), done.stderr.decode()
     assert not (tmp_path / "data" / "sets").exists()
+
+
+def test_health_names_the_set_whose_store_is_down(workload: Workload, tmp_path: Path) -> None:
+    """/health is the first set's server, but a later set's trouble (its Redis unreachable) degrades it, named."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    paths = _write_specs(tmp_path, workload.events_path, follow=True)
+    paths["merchants"].write_text(paths["merchants"].read_text().replace(
+        "features:", f"online: {{type: redis, port: {closed_port}}}\nfeatures:", 1))
+    proc, port = start_run([BIN, "run", *_spec_args(paths), "--data-dir", str(tmp_path / "data")], tmp_path / "run.log")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status, body = 200, _get(port, "/health")
+            except urllib.error.HTTPError as e:
+                status, body = e.code, json.loads(e.read())
+            if any(r.startswith("feature set 'merchants': online store redis://") for r in body.get("reasons", [])):
+                break
+            assert time.monotonic() < deadline, body
+            time.sleep(0.05)
+        assert status == 503, body
+    finally:
+        proc.kill()
+        proc.wait()

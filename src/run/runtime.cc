@@ -420,6 +420,14 @@ struct Runtime::Impl final : public FeatureService, public RebalanceListener {
                                  std::to_string(health.pending_entities) + " still to write");
       }
     }
+    // With several feature sets the server asks the first: the others' reasons (their Redis writer, offline store,
+    // checkpoints) count too, named by set.
+    for (const Impl* set : all_sets_) {
+      if (set == this) continue;
+      for (const std::string& reason : set->Health().reasons) {
+        report.reasons.push_back("feature set '" + set->spec_.name + "': " + reason);
+      }
+    }
     report.ok = report.reasons.empty();
     return report;
   }
@@ -428,9 +436,9 @@ struct Runtime::Impl final : public FeatureService, public RebalanceListener {
   // RegisterRedisMetrics). With several feature sets, metrics_ is the first set's, and the first set appends each
   // set's event counts and entities, labelled by set (AppendSetMetrics).
   void AppendMetrics(std::string* out) const override {
-    if (!sets_for_metrics_.empty()) AppendSetMetrics(out);
+    if (!all_sets_.empty()) AppendSetMetrics(out);
   }
-  std::vector<const Impl*> sets_for_metrics_;  // The first of several sets: every set, itself included.
+  std::vector<const Impl*> all_sets_;  // The first of several sets: every set, itself included (metrics, health).
   void AppendSetMetrics(std::string* out) const;
 
   // ---- The web console: GET /v1/ui/{view} and /v1/explain/{entity} (serve/feature_service.h) ----
@@ -2033,7 +2041,7 @@ Result<std::unique_ptr<Runtime>> Runtime::StartSets(const std::vector<Spec>& spe
   auto server = std::make_unique<HttpServer>(*sets.front(), sets.front()->metrics_, http);
   for (const std::unique_ptr<Impl>& set : sets) {
     server->AddFeatureSet(set->spec_.name, *set);
-    sets.front()->sets_for_metrics_.push_back(set.get());
+    sets.front()->all_sets_.push_back(set.get());
   }
   FRESHET_RETURN_IF_ERROR(server->Start());
   return std::unique_ptr<Runtime>(new Runtime(std::move(sets), std::move(server), options.data_dir));
@@ -2059,7 +2067,7 @@ void Runtime::Impl::AppendSetMetrics(std::string* out) const {
   for (const Family& family : kFamilies) {
     *out += std::string("# HELP ") + family.name + " " + family.help + "\n# TYPE " + family.name + " " + family.type +
             "\n";
-    for (const Impl* set : sets_for_metrics_) {
+    for (const Impl* set : all_sets_) {
       *out += std::string(family.name) + "{feature_set=\"" + set->spec_.name + "\"} " +
               std::to_string(static_cast<int64_t>(family.read(*set))) + "\n";
     }
