@@ -610,9 +610,6 @@ TEST(GeneratorTest, ReportsWriteErrors) {
   EXPECT_EQ(status.code(), StatusCode::kIoError);
 }
 
-}  // namespace
-}  // namespace freshet
-
 TEST(GeneratorTest, MerchantsNamePurchasesAndRefundsWithoutChangingAnythingElse) {
   GeneratorOptions options = Small();
   const std::vector<std::string> plain = Lines(Capture(options));
@@ -635,7 +632,10 @@ TEST(GeneratorTest, MerchantsNamePurchasesAndRefundsWithoutChangingAnythingElse)
     const uint64_t item = std::stoull(lines[k].substr(item_at, at - 1 - item_at));
     const size_t end = lines[k].find('"', at + 17);
     EXPECT_EQ(lines[k].substr(at + 17, end - at - 17), std::to_string(1 + item % 7)) << lines[k];
-    EXPECT_EQ(lines[k].substr(0, at) + lines[k].substr(end), plain[k]);
+    EXPECT_EQ(lines[k].substr(0, at) + lines[k].substr(end + 1), plain[k]);
   }
-  EXPECT_GT(named, lines.size() / 20);
+  EXPECT_GT(named, lines.size() / 100);  // Purchases and refunds: a few percent of the lines.
 }
+
+}  // namespace
+}  // namespace freshet
