@@ -291,6 +291,7 @@ def test_lookups_per_set_and_kill_restart(workload: Workload, tmp_path: Path) ->
             assert f'freshet_set_events_accepted_total{{feature_set="{name}"}} {len(workload.accepted[name])}\n' \
                 in metrics, metrics
             assert f'freshet_set_events_late_total{{feature_set="{name}"}} {late}\n' in metrics, metrics
+        assert _post(port, "/v1/features/merchants", {"entities": ["m1"]})["results"][0]["entity"] == "m1"
         status, body = _error(port, "/v1/features/u1")
         assert status == 404 and body["feature_sets"] == ["users", "merchants"], body
         status, body = _error(port, "/v1/features", {"entities": ["u1"]})

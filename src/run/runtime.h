@@ -49,8 +49,9 @@ class Runtime {
   // its own engine, lateness clock, deduplication ids, checkpoints and dead letters (under <data dir>/sets/<name>),
   // Redis keys (by its name) and features_<name> table; the first set writes the shared events table. The sets
   // checkpoint together, at one source position, and a manifest names each set's checkpoint of that moment. One
-  // HTTP server answers /v1/features/{set}/{entity} and POST /v1/features with "feature_set"; /health, /metrics,
-  // /v1/spec, ingest and the console are the first set's. `specs` must outlive the runtime.
+  // HTTP server answers /v1/features/{set}/{entity} and POST /v1/features with "feature_set"; /health gathers every
+  // set's reasons and /metrics adds each set's counts (freshet_set_*); /v1/spec (without ?feature_set=), ingest
+  // and the console are the first set's. `specs` must outlive the runtime.
   static Result<std::unique_ptr<Runtime>> StartSets(const std::vector<Spec>& specs, RuntimeOptions options);
   ~Runtime();
 
