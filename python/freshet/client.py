@@ -55,6 +55,10 @@ class Client:
             0: never retry. A keep-alive connection the server closed while idle is always replaced at once.
         backoff: The first retry's delay in seconds.
         max_backoff: The longest delay between two attempts, in seconds.
+        feature_set: With a server running several feature sets (``freshet run --spec users.yaml --spec
+            merchants.yaml``), the set to look up, by its spec's ``name``: lookups send ``"feature_set"`` and
+            ``spec()`` is that set's. Default: the server's only set (or, with several, lookups are refused
+            with the list of sets).
 
     Connections: each thread that uses the Client gets one keep-alive HTTP/1.1 connection, reused for its
     requests (no proxy from the environment is used). ``close()`` (or ``with freshet.Client(...) as c:``)
@@ -74,7 +78,7 @@ class Client:
 
     def __init__(self, url: str, token: Optional[str] = None, timeout: float = 5.0, *,
                  connect_timeout: Optional[float] = None, retries: int = 3, backoff: float = 0.1,
-                 max_backoff: float = 2.0) -> None:
+                 max_backoff: float = 2.0, feature_set: Optional[str] = None) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https://, e.g. http://127.0.0.1:8080; got {url!r}")
         if retries < 0 or backoff < 0 or max_backoff < 0:
@@ -90,8 +94,13 @@ class Client:
         self.max_backoff = max_backoff
         self._pool = _ConnectionPool(self.url)
         self._spec_doc: Optional[Dict[str, Any]] = None
+        # A server running several feature sets (`freshet run --spec a.yaml --spec b.yaml`): the set this client
+        # looks up and whose spec it reads; None: the server's only (or first) set.
+        self.feature_set = feature_set
 
     def __repr__(self) -> str:
+        if self.feature_set is not None:
+            return f"freshet.Client({self.url!r}, feature_set={self.feature_set!r})"
         return f"freshet.Client({self.url!r})"
 
     def close(self) -> None:
@@ -209,6 +218,8 @@ class Client:
         for start in range(0, max(len(keys), 1), MAX_ENTITIES_PER_REQUEST):
             chunk = keys[start:start + MAX_ENTITIES_PER_REQUEST]
             body: Dict[str, Any] = {"entities": [_request_entity(distinct[k], index_name) for k in chunk]}
+            if self.feature_set is not None:
+                body["feature_set"] = self.feature_set
             if names is not None:
                 body["features"] = names
             if params:
@@ -322,7 +333,9 @@ class Client:
     def spec(self) -> Dict[str, Any]:
         """The spec the server runs, as JSON (``GET /v1/spec``): name, entity, timestamp, features, ...
 
-        Feast's ``store.list_feature_views()``."""
+        Feast's ``store.list_feature_views()``. With ``feature_set``, that set's spec."""
+        if self.feature_set is not None:
+            return self._request_json("GET", "/v1/spec?feature_set=" + urllib.parse.quote(self.feature_set))
         return self._request_json("GET", "/v1/spec")
 
     def metrics(self) -> Dict[str, float]:

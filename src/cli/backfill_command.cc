@@ -3,6 +3,7 @@
 
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "cli/commands.h"
 #include "historical/historical.h"
@@ -13,7 +14,7 @@ namespace freshet::cli {
 
 void RegisterBackfill(CLI::App& app, int* exit_code) {
   struct Args {
-    std::string spec;
+    std::vector<std::string> specs;
     BackfillOptions options;
     std::string from, to;
     std::vector<std::string> tables;
@@ -25,7 +26,13 @@ void RegisterBackfill(CLI::App& app, int* exit_code) {
       "backfill",
       "Recompute the features table from the offline events table (or files) through the streaming operators, and "
       "write a checkpoint `freshet run` continues from");
-  cmd->add_option("--spec", args->spec, "Feature spec (YAML)")->required();
+  cmd->add_option("--spec", args->specs,
+                  "Feature spec (YAML); with a data directory of several feature sets, the --spec files of the run (or "
+                  "only the set's) and --set")
+      ->required();
+  cmd->add_option("--set", args->options.feature_set,
+                  "The feature set to rebuild, of a run with several (`freshet run --spec a.yaml --spec b.yaml`): its "
+                  "features_<set> table and checkpoint are replaced, the other sets' are not touched");
   cmd->add_option("--data-dir", args->options.data_dir,
                   "The data directory of `freshet run`: its offline events table is read, the checkpoint written there")
       ->capture_default_str();
@@ -42,8 +49,26 @@ void RegisterBackfill(CLI::App& app, int* exit_code) {
   cmd->add_flag("--no-checkpoint", args->no_checkpoint, "Write no checkpoint (only the features table)");
   cmd->add_flag("--no-progress", args->no_progress, "Never show progress (shown by default on a terminal)");
   cmd->callback([args, exit_code] {
-    std::optional<Spec> spec = LoadSpecOrReport(args->spec, exit_code);
-    if (!spec) return;
+    std::optional<Spec> spec;
+    std::string names;
+    for (const std::string& path : args->specs) {
+      std::optional<Spec> loaded = LoadSpecOrReport(path, exit_code);
+      if (!loaded) return;
+      names += (names.empty() ? "" : ", ") + loaded->name;
+      if (args->specs.size() == 1 || loaded->name == args->options.feature_set) spec = std::move(loaded);
+    }
+    if (args->specs.size() > 1 && args->options.feature_set.empty()) {
+      std::fprintf(stderr, "freshet backfill: several --spec files (%s): say which set to rebuild with --set NAME\n",
+                   names.c_str());
+      *exit_code = 2;
+      return;
+    }
+    if (!args->options.feature_set.empty() && (!spec || spec->name != args->options.feature_set)) {
+      std::fprintf(stderr, "freshet backfill: --set %s: no --spec file has that `name` (they have: %s)\n",
+                   args->options.feature_set.c_str(), names.c_str());
+      *exit_code = 2;
+      return;
+    }
     for (auto [text, out, name] : {std::tuple{&args->from, &args->options.from_ms, "--from"},
                                    std::tuple{&args->to, &args->options.to_ms, "--to"}}) {
       if (text->empty()) continue;

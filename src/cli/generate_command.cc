@@ -223,6 +223,10 @@ void RegisterGenerate(CLI::App& app, int* exit_code) {
   cmd->add_flag("--event-ids", o.event_ids,
                 "Give every line a unique \"event_id\" (e1, e2, ... in written order), for "
                 "`dedup: {field: event_id}`");
+  cmd->add_option("--merchants", o.merchants,
+                  "Purchases and refunds name the merchant selling the item, \"merchant_id\": \"m1\".. \"m<N>\" "
+                  "(1 + item number mod N), for merchant features; 0 (the default): no merchant_id")
+      ->capture_default_str();
   cmd->add_option("--duplicate-share", o.duplicate_share,
                   "Share of lines (0..1) written again, byte for byte, 1-50 lines later, as an at-least-once "
                   "producer resends; in addition to --events")

@@ -6,10 +6,12 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "cli/commands.h"
 #include "common/time.h"
 #include "run/data_dir_reset.h"
+#include "run/feature_sets.h"
 #include "run/runtime.h"
 #include "spec/spec.h"
 
@@ -24,7 +26,7 @@ void OnSignal(int) { g_stop.store(true); }
 
 void RegisterRun(CLI::App& app, int* exit_code) {
   struct Args {
-    std::string spec;
+    std::vector<std::string> specs;
     std::string data_dir = "freshet-data";
     std::string token_file;
     std::string host;
@@ -36,7 +38,10 @@ void RegisterRun(CLI::App& app, int* exit_code) {
   auto args = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand(
       "run", "Run the continuous pipeline: consume events, keep features up to date, serve them over HTTP");
-  cmd->add_option("--spec", args->spec, "Feature spec (YAML) with a `source` section")->required();
+  cmd->add_option("--spec", args->specs,
+                  "Feature spec (YAML) with a `source` section; give --spec several times to run several feature sets "
+                  "over one source (each spec one set, named by its `name`)")
+      ->required();
   cmd->add_option("--data-dir", args->data_dir, "Checkpoints, dead letters and the ingest log go here")
       ->capture_default_str();
   cmd->add_option("--token-file", args->token_file,
@@ -54,8 +59,14 @@ void RegisterRun(CLI::App& app, int* exit_code) {
                 "only events not read before (e.g. rotated while stopped, its predecessor deleted): read it from its "
                 "start. Without it such a file is refused unless the spec has dedup and a watermark");
   cmd->callback([args, exit_code] {
-    std::optional<Spec> spec = LoadSpecOrReport(args->spec, exit_code);
-    if (!spec) return;
+    std::vector<Spec> specs;
+    specs.reserve(args->specs.size());
+    for (const std::string& path : args->specs) {
+      std::optional<Spec> loaded = LoadSpecOrReport(path, exit_code);
+      if (!loaded) return;
+      specs.push_back(std::move(*loaded));
+    }
+    const Spec* spec = &specs.front();
     // Before anything is moved or started: a token that cannot be used is an error of the invocation.
     Result<std::string> token = ReadBearerToken(args->token_file);
     if (!token.ok()) {
@@ -80,13 +91,22 @@ void RegisterRun(CLI::App& app, int* exit_code) {
     // A file-size limit (ulimit -f) then fails a write with EFBIG, handled like a full disk (ingest refused,
     // checkpoint retried), instead of killing the process.
     std::signal(SIGXFSZ, SIG_IGN);
-    Result<std::unique_ptr<Runtime>> runtime = Runtime::Start(*spec, options);
+    const auto start = [&]() -> Result<std::unique_ptr<Runtime>> {
+      if (specs.size() > 1) return Runtime::StartSets(specs, options);
+      // A data directory of several sets is refused, not read as an empty one.
+      FRESHET_ASSIGN_OR_RETURN(std::optional<SetsManifest> manifest, ReadSetsManifest(args->data_dir));
+      FRESHET_RETURN_IF_ERROR(CheckDataDirSets(args->data_dir, {spec->name}, manifest));
+      return Runtime::Start(*spec, options);
+    };
+    Result<std::unique_ptr<Runtime>> runtime = start();
     if (!runtime.ok()) {
       std::fprintf(stderr, "freshet run: %s\n", runtime.status().message().c_str());
       *exit_code = runtime.status().code() == StatusCode::kInvalidArgument ? 2 : 1;
       return;
     }
-    std::fprintf(stderr, "freshet run: serving %s on http://%s:%d (data in %s)\n", spec->name.c_str(),
+    std::string names;
+    for (const Spec& s : specs) names += (names.empty() ? "" : ", ") + s.name;
+    std::fprintf(stderr, "freshet run: serving %s on http://%s:%d (data in %s)\n", names.c_str(),
                  (args->host.empty() ? spec->serve.host : args->host).c_str(), (*runtime)->port(),
                  args->data_dir.c_str());
     std::fflush(stderr);

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "run/feature_sets.h"
 #include "historical/historical.h"
 #include "offline/tables.h"
 #include "skew/skew.h"
@@ -21,6 +22,7 @@ void RegisterSkew(CLI::App& app, int* exit_code) {
     std::string since;
     std::string until;
     std::string events;
+    std::string feature_set;
     bool json = false;
   };
   auto args = std::make_shared<Args>();
@@ -42,12 +44,20 @@ void RegisterSkew(CLI::App& app, int* exit_code) {
                   "the events, since answers as of later times cannot be recomputed fully yet");
   cmd->add_option("--events", args->events,
                   "Recompute from this JSON-lines file instead of the offline events table");
+  cmd->add_option("--set", args->feature_set,
+                  "The spec is feature set NAME (its `name`) of a run with several: read its feature_log_<NAME> table");
   cmd->add_flag("--json", args->json, "Print the report as one JSON object on stdout (default: an aligned table)");
   cmd->callback([args, exit_code] {
     *exit_code = 2;
     std::optional<Spec> spec = LoadSpecOrReport(args->spec, exit_code);
     if (!spec) return;
-    const OfflinePaths paths = OfflinePathsFor(*spec, args->data_dir);
+    if (!args->feature_set.empty() && args->feature_set != spec->name) {
+      std::fprintf(stderr, "freshet skew: --set %s: the spec's `name` is '%s'; give that set's spec\n",
+                   args->feature_set.c_str(), spec->name.c_str());
+      return;
+    }
+    const OfflinePaths paths = args->feature_set.empty() ? OfflinePathsFor(*spec, args->data_dir)
+                                                         : FeatureSetOfflinePaths(*spec, args->data_dir);
     SkewOptions options;
     options.feature_log_dir = paths.feature_log;
     options.events = args->events.empty() ? EventInput::EventsTable(paths.events) : EventInput::JsonLines(args->events);

@@ -791,6 +791,7 @@ class LineWriter {
         format_(options.timestamp_format),
         malformed_share_(options.malformed_share),
         event_ids_(options.event_ids),
+        merchants_(options.merchants),
         duplicate_share_(options.duplicate_share),
         total_(options.events),
         on_progress_(options.on_progress),
@@ -1027,12 +1028,14 @@ class LineWriter {
         p = Put(p, kCategories[e.category].name);
         p = Put(p, "\",\"item_id\":\"i");
         p = PutInt(p, e.item);
+        p = PutMerchant(p, e.item);
         p = Put(p, "\",\"amount\":");
         p = PutAmount(p, e.amount_cents);
         break;
       case EventType::kRefund:
         p = Put(p, ",\"item_id\":\"i");
         p = PutInt(p, e.item);
+        p = PutMerchant(p, e.item);
         p = Put(p, "\",\"amount\":");
         p = PutAmount(p, e.amount_cents);
         break;
@@ -1046,12 +1049,20 @@ class LineWriter {
     return p;
   }
 
+  // With merchants: `","merchant_id":"m<k>` after an item id (whose closing quote the caller writes).
+  char* PutMerchant(char* p, uint32_t item) const {
+    if (merchants_ == 0) return p;
+    p = Put(p, "\",\"merchant_id\":\"m");
+    return PutInt(p, static_cast<int64_t>(1 + item % merchants_));
+  }
+
   static constexpr size_t kDateLength = 11;  // "YYYY-MM-DDT"
 
   FILE* out_;
   TimestampFormat format_;
   double malformed_share_;
   bool event_ids_;
+  uint32_t merchants_;
   double duplicate_share_;
   uint64_t total_;
   const GeneratorProgressFn& on_progress_;

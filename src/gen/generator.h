@@ -82,6 +82,10 @@ struct GeneratorOptions {
   // Give every line an "event_id" ("e1", "e2", ... in the order the lines are written; a resend keeps its id).
   bool event_ids = false;
 
+  // > 0: purchases and refunds name the merchant selling the item, "merchant_id":"m<k>" right after item_id, with
+  // k = 1 + item % merchants (no random draw, so the lines are otherwise those written without it).
+  uint32_t merchants = 0;
+
   // Share (0..1) of lines written again, byte for byte, 1 to kMaxResendDelayLines lines later, like a
   // producer that resends what it is not sure was delivered. Resends are written in addition to `events`.
   double duplicate_share = 0;

@@ -610,5 +610,32 @@ TEST(GeneratorTest, ReportsWriteErrors) {
   EXPECT_EQ(status.code(), StatusCode::kIoError);
 }
 
+TEST(GeneratorTest, MerchantsNamePurchasesAndRefundsWithoutChangingAnythingElse) {
+  GeneratorOptions options = Small();
+  const std::vector<std::string> plain = Lines(Capture(options));
+  options.merchants = 7;
+  const std::vector<std::string> lines = Lines(Capture(options));
+  ASSERT_EQ(lines.size(), plain.size());
+  size_t named = 0;
+  for (size_t k = 0; k < lines.size(); ++k) {
+    const size_t at = lines[k].find(",\"merchant_id\":\"m");
+    const bool sale = lines[k].find("\"type\":\"purchase\"") != std::string::npos ||
+                      lines[k].find("\"type\":\"refund\"") != std::string::npos;
+    if (at == std::string::npos) {
+      EXPECT_FALSE(sale) << lines[k];
+      EXPECT_EQ(lines[k], plain[k]);
+      continue;
+    }
+    ++named;
+    // Right after item_id "i<item>": merchant 1 + item % 7; without it the line is the plain one.
+    const size_t item_at = lines[k].rfind("\"item_id\":\"i", at) + 12;
+    const uint64_t item = std::stoull(lines[k].substr(item_at, at - 1 - item_at));
+    const size_t end = lines[k].find('"', at + 17);
+    EXPECT_EQ(lines[k].substr(at + 17, end - at - 17), std::to_string(1 + item % 7)) << lines[k];
+    EXPECT_EQ(lines[k].substr(0, at) + lines[k].substr(end + 1), plain[k]);
+  }
+  EXPECT_GT(named, lines.size() / 100);  // Purchases and refunds: a few percent of the lines.
+}
+
 }  // namespace
 }  // namespace freshet

@@ -10,6 +10,7 @@
 #include "event/line_reader.h"
 #include "offline/tables.h"
 #include "run/event_path.h"
+#include "run/feature_sets.h"
 #include "run/lanes.h"
 #include "table/table_history.h"
 #include "run/offline_sink.h"
@@ -30,7 +31,19 @@ Status RunBackfill(const Spec& spec, const BackfillOptions& options, BackfillSta
   }
   const auto started = std::chrono::steady_clock::now();
   *stats = BackfillStats();
-  OfflinePaths paths = OfflinePathsFor(spec, options.data_dir);
+  const bool one_of_sets = !options.feature_set.empty();
+  std::optional<SetsManifest> manifest;
+  if (one_of_sets) {
+    FRESHET_ASSIGN_OR_RETURN(manifest, ReadSetsManifest(options.data_dir));
+    if (options.write_checkpoint && (!manifest || !manifest->checkpoints.contains(options.feature_set))) {
+      return Status::Invalid("the data directory '" + options.data_dir + "' has no checkpoint of feature set '" +
+                             options.feature_set + "' (" + SetsManifestPath(options.data_dir) + "); run the sets with "
+                             "`freshet run --spec ... --spec ...` first, or backfill with --no-checkpoint");
+    }
+  }
+  const OfflinePaths paths = one_of_sets ? FeatureSetOfflinePaths(spec, options.data_dir)
+                                         : OfflinePathsFor(spec, options.data_dir);
+  const std::string run_dir = one_of_sets ? FeatureSetDir(options.data_dir, options.feature_set) : options.data_dir;
   OfflinePaths output = paths;
   if (!options.output_dir.empty()) {
     output.features = options.output_dir;
@@ -46,12 +59,15 @@ Status RunBackfill(const Spec& spec, const BackfillOptions& options, BackfillSta
   std::vector<std::pair<std::string, std::string>> positions;
   if (options.write_checkpoint) {
     FRESHET_ASSIGN_OR_RETURN(CheckpointStore opened,
-                             CheckpointStore::Open((std::filesystem::path(options.data_dir) / "checkpoints").string(),
+                             CheckpointStore::Open((std::filesystem::path(run_dir) / "checkpoints").string(),
                                                    spec.checkpoint.keep));
     store.emplace(std::move(opened));
     if (options.events_files.empty()) {
       std::vector<std::string> warnings;
-      FRESHET_ASSIGN_OR_RETURN(std::optional<Checkpoint> newest, store->LoadNewestValid(&warnings));
+      // One of several sets: the checkpoint of the moment the manifest names, where the other sets stand.
+      FRESHET_ASSIGN_OR_RETURN(std::optional<Checkpoint> newest,
+                               store->LoadNewestValid(&warnings, one_of_sets ? manifest->checkpoints.at(options.feature_set)
+                                                                             : UINT64_MAX));
       for (const std::string& w : warnings) std::fprintf(stderr, "freshet backfill: warning: %s\n", w.c_str());
       if (newest) {
         for (const auto& [name, position] : newest->positions) {
@@ -66,6 +82,7 @@ Status RunBackfill(const Spec& spec, const BackfillOptions& options, BackfillSta
   // back to its partition's lane (its own lateness clock, state and order), in the shared seq order.
   PipelineLanes lanes(spec, spec.source && spec.source->type == "kafka" && options.events_files.empty());
   lanes.SetOfflineSink(sink.get());
+  if (one_of_sets) lanes.SkipLinesWithoutEntity();
   // Reference tables: from the events table, each version recorded in the history is added where it arrived in
   // the stream; from files, the --table files' rows all come first (greatest valid_from <= t).
   TableSet tables(spec);
@@ -85,6 +102,7 @@ Status RunBackfill(const Spec& spec, const BackfillOptions& options, BackfillSta
       case EventPath::Outcome::kRejected: ++stats->rejected; break;
       case EventPath::Outcome::kLate: ++stats->late; break;
       case EventPath::Outcome::kDuplicate: ++stats->duplicates; break;
+      case EventPath::Outcome::kNotForSet: break;
     }
     if (sink->buffered_bytes() > kSpillBytes) FRESHET_RETURN_IF_ERROR(sink->Spill());
     return Status::Ok();
@@ -137,6 +155,10 @@ Status RunBackfill(const Spec& spec, const BackfillOptions& options, BackfillSta
     checkpoint.engine_state = lanes.Encode();
     FRESHET_RETURN_IF_ERROR(store->Write(checkpoint));
     stats->checkpoint_sequence = sequence;
+    if (one_of_sets) {
+      manifest->checkpoints[options.feature_set] = sequence;
+      FRESHET_RETURN_IF_ERROR(WriteSetsManifest(options.data_dir, *manifest));
+    }
   }
   FRESHET_RETURN_IF_ERROR(sink->Publish());
   stats->feature_rows = sink->feature_rows_written();

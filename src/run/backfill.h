@@ -36,6 +36,10 @@ struct BackfillOptions {
   std::string output_dir;                 // The features table; empty: the spec's offline features table.
   bool write_checkpoint = true;
   bool progress = false;
+  // Not empty: the spec is this feature set of a run with several (run/feature_sets.h): the shared events table is
+  // read, features_<set> replaced, the checkpoint written under sets/<set>/ and named in the sets' manifest; the
+  // other sets' tables and checkpoints are not touched.
+  std::string feature_set;
 };
 
 struct BackfillStats {

@@ -54,7 +54,8 @@ Result<DataDirReset> MoveRunStateAside(const Spec& spec, const std::string& data
         spec.offline.path + "' '" + spec.offline.path + ".reset-" + CompactUtc(now_ms) +
         "'), then run again with --reset; nothing was moved");
   }
-  std::vector<std::string> names = {"checkpoints", "dead_letters"};
+  // sets/: the checkpoints and dead letters of a run with several feature sets (run/runtime.h).
+  std::vector<std::string> names = {"checkpoints", "dead_letters", "sets"};
   if (offline_is_default) names.push_back("offline");
   std::vector<std::string> present;
   for (const std::string& name : names) {

@@ -15,11 +15,12 @@ namespace freshet {
 
 struct DataDirReset {
   std::string folder;                // Where things were moved: <data dir>/reset-<UTC time>; empty if nothing was.
-  std::vector<std::string> moved;    // The names moved ("checkpoints", "dead_letters", "offline"), in that order.
+  std::vector<std::string> moved;    // The names moved ("checkpoints", "dead_letters", "sets", "offline"), in that order.
   std::vector<std::string> report;   // One line each for the user: what moved where, what was kept and why.
 };
 
-// Moves, from `data_dir`, the folders a run restores from or appends to: checkpoints/ and dead_letters/, and
+// Moves, from `data_dir`, the folders a run restores from or appends to: checkpoints/, dead_letters/ and sets/
+// (those of a run with several feature sets), and
 // offline/ when it is the spec's offline store (offline.path not set, or naming that folder), into a new
 // folder <data_dir>/reset-<UTC time as YYYYMMDDTHHMMSSZ> (with -2, -3, ... added if that name is taken). The
 // next run then starts with no checkpoint, as on an empty data directory. The HTTP ingest log (ingest/) is

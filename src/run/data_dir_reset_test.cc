@@ -42,6 +42,17 @@ class DataDirResetTest : public ::testing::Test {
   Spec spec_;
 };
 
+TEST_F(DataDirResetTest, MovesTheFeatureSetsStateToo) {
+  // A run with several feature sets keeps each set's checkpoints and dead letters, and their manifest, in sets/.
+  Put("sets/manifest", "manifest");
+  Put("sets/users/checkpoints/checkpoint-3.ckpt", "ckpt");
+  Result<DataDirReset> reset = MoveRunStateAside(spec_, data_.string(), kNoon);
+  ASSERT_TRUE(reset.ok()) << reset.status().message();
+  EXPECT_EQ(reset->moved, (std::vector<std::string>{"sets"}));
+  EXPECT_EQ(Read(fs::path(reset->folder) / "sets" / "users" / "checkpoints" / "checkpoint-3.ckpt"), "ckpt");
+  EXPECT_FALSE(fs::exists(data_ / "sets"));
+}
+
 TEST_F(DataDirResetTest, MovesTheRunStateAsideAndDeletesNothing) {
   Put("checkpoints/checkpoint-7.ckpt", "ckpt");
   Put("dead_letters/file.jsonl", "dead");

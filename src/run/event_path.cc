@@ -115,7 +115,12 @@ void EventPath::ApplyAdmitted(FeatureEngine& engine, PipelineCounters& counters,
 
 EventPath::Outcome EventPath::Process(std::string_view text, size_t capacity, int64_t wall_ms, const RecordPlace* place) {
   ++counters_.lines_read;
+  // Parse fills the slots only once the line is a JSON object: cleared, an unfilled entity slot is not stale.
+  if (skip_without_entity_) event_.slots.clear();
   if (!parser_.Parse(text, capacity, &event_, &reason_)) {
+    if (skip_without_entity_ && event_.slots.size() > kEntitySlot && event_.slots[kEntitySlot].is_missing()) {
+      return Outcome::kNotForSet;
+    }
     ++counters_.rejected;
     return Outcome::kRejected;
   }

@@ -55,7 +55,8 @@ Status DecodePipelineState(std::string_view bytes, FeatureEngine* engine, Pipeli
 
 class EventPath {
  public:
-  enum class Outcome { kAccepted, kRejected, kLate, kDuplicate };
+  // kNotForSet: with SkipLinesWithoutEntity, a line without the entity field (another feature set's event).
+  enum class Outcome { kAccepted, kRejected, kLate, kDuplicate, kNotForSet };
 
   // `dedup` must be given exactly when the spec has a `dedup` section; `offline` may be null (no offline store).
   EventPath(FeatureEngine& engine, PipelineCounters& counters, Deduplicator* dedup, OfflineSink* offline);
@@ -66,6 +67,9 @@ class EventPath {
   Outcome Process(std::string_view text, size_t capacity, int64_t wall_ms, const RecordPlace* place = nullptr);
 
   void SetOfflineSink(OfflineSink* offline) { offline_ = offline; }
+  // One feature set of several after the first (run/feature_sets.h): a line that parses but has no entity field
+  // is another set's event, neither applied nor rejected (kNotForSet). Single-field keys only.
+  void SkipLinesWithoutEntity() { skip_without_entity_ = true; }
   // The reference tables that joined fields are read from (see EventParser::SetTables).
   void SetTables(const TableSet* tables) { parser_.SetTables(tables); }
   // Numbers the offline rows from seq->next (incremented per accepted event, under seq->mutex) instead of this
@@ -104,6 +108,7 @@ class EventPath {
   int dedup_slot_ = -1;  // The id field's slot in parsed events.
   OfflineSink* offline_;
   SharedSequence* offline_seq_ = nullptr;
+  bool skip_without_entity_ = false;
   EventParser parser_;
   ParsedEvent event_;
   PendingEvent pending_;

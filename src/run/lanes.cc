@@ -52,6 +52,7 @@ uint32_t PipelineLanes::IndexOf(uint32_t stream) {
   lane->path.SetOfflineSink(offline_);
   lane->path.SetOfflineSequence(&offline_seq_);
   lane->path.SetTables(tables_);
+  if (skip_without_entity_) lane->path.SkipLinesWithoutEntity();
   lanes_.push_back(std::move(lane));
   const uint32_t index = static_cast<uint32_t>(lanes_.size() - 1);
   index_of_stream_.emplace(stream, index);
@@ -72,6 +73,11 @@ void PipelineLanes::SetOfflineSink(OfflineSink* offline) {
 void PipelineLanes::SetTables(const TableSet* tables) {
   tables_ = tables;
   for (auto& lane : lanes_) lane->path.SetTables(tables);
+}
+
+void PipelineLanes::SkipLinesWithoutEntity() {
+  skip_without_entity_ = true;
+  for (auto& lane : lanes_) lane->path.SkipLinesWithoutEntity();
 }
 
 uint64_t PipelineLanes::next_offline_seq() const {

@@ -74,6 +74,7 @@ class PipelineLanes {
   // For the lanes there are and those made later.
   void SetOfflineSink(OfflineSink* offline);
   void SetTables(const TableSet* tables);
+  void SkipLinesWithoutEntity();  // EventPath::SkipLinesWithoutEntity.
 
   // The newest event time accepted by any lane (min() before any): a table version at or before it is late.
   int64_t newest_event_ms() const;
@@ -115,6 +116,7 @@ class PipelineLanes {
   std::map<uint32_t, uint32_t> index_of_stream_;
   OfflineSink* offline_ = nullptr;
   const TableSet* tables_ = nullptr;
+  bool skip_without_entity_ = false;
   std::string EncodeShards(const RunPerLane* run) const;
   // `shards_format`: written by EncodeShards; otherwise the state of one lane, refused unless this has one shard.
   Status DecodeShards(std::string_view bytes, bool shards_format, std::vector<std::string>* notes);

@@ -24,7 +24,9 @@
 #include "engine/feature_engine.h"
 #include "event/dead_letters.h"
 #include "run/feature_log.h"
+#include "run/feature_sets.h"
 #include "run/lanes.h"
+#include "offline/tables.h"
 #include "run/table_feed.h"
 #include "run/event_path.h"
 #include "run/offline_sink.h"
@@ -184,12 +186,42 @@ size_t InputShards(const Spec& spec) {
   return !IsKafka(spec) && spec.parallelism > 1 ? static_cast<size_t>(spec.parallelism) : 1;
 }
 
+// The source as the second and later feature sets of a run see it (Runtime::StartSets): the first set's, read
+// once. The sets are handed each batch by the run loop, not by Poll, and checkpoint together, so each records the
+// same position; the first set seeks the source on restore.
+class SharedSourceView final : public Source {
+ public:
+  explicit SharedSourceView(Source& source) : source_(source) {}
+  std::string_view name() const override { return source_.name(); }
+  Status Poll(std::vector<SourceRecord>*, size_t, int) override {
+    return Status::Internal("a feature set's view of the shared source is handed batches, not polled");
+  }
+  std::string position() const override { return source_.position(); }
+  std::string PositionAfter(std::span<const SourceRecord> batch, size_t count) const override {
+    return source_.PositionAfter(batch, count);
+  }
+  Status Seek(std::string_view) override { return Status::Ok(); }
+  bool exhausted() const override { return source_.exhausted(); }
+
+ private:
+  Source& source_;
+};
+
+// What makes a runtime one feature set of several in one process (Runtime::StartSets).
+struct SetMember {
+  bool active = false;
+  Source* shared_source = nullptr;  // The first set's source; null for the first set itself.
+  std::string data_dir;             // The run's (each set's own is a folder in it, FeatureSetDir).
+  uint64_t restore_at_most = 0;     // The set's checkpoint sequence in the manifest; 0: start fresh.
+};
+
 }  // namespace
 
 struct Runtime::Impl final : public FeatureService, public RebalanceListener {
-  Impl(const Spec& spec, RuntimeOptions options)
+  Impl(const Spec& spec, RuntimeOptions options, SetMember member = {})
       : spec_(spec),
         options_(std::move(options)),
+        member_(std::move(member)),
         lanes_(spec, IsKafka(spec), InputShards(spec)) {}
   ~Impl() {
     if (checkpoint_thread_.joinable()) checkpoint_thread_.join();
@@ -388,13 +420,26 @@ struct Runtime::Impl final : public FeatureService, public RebalanceListener {
                                  std::to_string(health.pending_entities) + " still to write");
       }
     }
+    // With several feature sets the server asks the first: the others' reasons (their Redis writer, offline store,
+    // checkpoints) count too, named by set.
+    for (const Impl* set : all_sets_) {
+      if (set == this) continue;
+      for (const std::string& reason : set->Health().reasons) {
+        report.reasons.push_back("feature set '" + set->spec_.name + "': " + reason);
+      }
+    }
     report.ok = report.reasons.empty();
     return report;
   }
 
   // Every metric is in metrics_, which the HTTP server writes (the Redis writer's through functions:
-  // RegisterRedisMetrics).
-  void AppendMetrics(std::string*) const override {}
+  // RegisterRedisMetrics). With several feature sets, metrics_ is the first set's, and the first set appends each
+  // set's event counts and entities, labelled by set (AppendSetMetrics).
+  void AppendMetrics(std::string* out) const override {
+    if (!all_sets_.empty()) AppendSetMetrics(out);
+  }
+  std::vector<const Impl*> all_sets_;  // The first of several sets: every set, itself included (metrics, health).
+  void AppendSetMetrics(std::string* out) const;
 
   // ---- The web console: GET /v1/ui/{view} and /v1/explain/{entity} (serve/feature_service.h) ----
   Result<std::string> ConsoleJson(std::string_view view) const override;
@@ -504,6 +549,18 @@ struct Runtime::Impl final : public FeatureService, public RebalanceListener {
 
   const Spec& spec_;
   RuntimeOptions options_;
+  SetMember member_;
+  std::string restored_source_position_;  // The restored checkpoint's, empty without one (sets compare them).
+  uint64_t last_written_sequence_ = 0;    // Of the last checkpoint written (the sets' manifest records it).
+  // The run loop's steps, for one runtime and for several feature sets over one source (Runtime::Run).
+  bool OfflineHeld();                       // Reading waits while offline rows wait for a checkpoint.
+  bool offline_held_ = false;
+  Status AfterPoll(std::vector<SourceRecord>& batch);  // Applies a polled batch and does the turn's chores.
+  bool CheckpointDue();
+  void NoteCheckpointFailure(const Status& status);
+  Status Finish(Status final_checkpoint);   // After the loop: flushes and stops the writers.
+  // Deletes the ingest log's segments before a checkpointed source position (an HTTP source).
+  void ReleaseIngestLog(const std::string& source_position);
   mutable std::shared_mutex mutex_;  // Exclusive: processing (and making lanes); shared: lookups.
   PipelineLanes lanes_;  // A lane per Kafka partition, else one.
   KafkaSource* kafka_ = nullptr;  // source_ when it is Kafka.
@@ -669,7 +726,10 @@ Status Runtime::Impl::Open() {
   shards_.resize(parallelism);
   if (parallelism > 1) pool_ = std::make_unique<ShardPool>(parallelism);
   if (lanes_.sharded()) sharded_input_ = std::make_unique<ShardedInput>(spec_, lanes_, RunShardsFunction());
-  if (spec_.source->type == "kafka") {
+  if (member_.shared_source != nullptr) {
+    source_ = std::make_unique<SharedSourceView>(*member_.shared_source);
+    lanes_.SkipLinesWithoutEntity();  // Events of the other sets.
+  } else if (spec_.source->type == "kafka") {
     const SourceSpec& k = *spec_.source;
     auto kafka = std::make_unique<KafkaSource>(
         KafkaSourceOptions{k.brokers, k.topic, k.group, k.start, k.session_timeout_ms, k.properties});
@@ -723,11 +783,15 @@ Status Runtime::Impl::Open() {
                            "written (its rows of out-of-order events could not be exact); the events table is, for "
                            "`freshet historical`. Add a watermark to write features rows.\n");
     }
-    offline_paths = OfflinePathsFor(spec_, dir);
+    // Several feature sets share one offline store: one events table (the first set writes it), and a
+    // features_<set> table and feature log per set.
+    offline_paths = member_.active ? FeatureSetOfflinePaths(spec_, member_.data_dir) : OfflinePathsFor(spec_, dir);
     if (group_) offline_paths->group_member = group_->member();
     console_offline_paths_ = offline_paths;
+    const bool write_events = !member_.active || member_.shared_source == nullptr;
     FRESHET_ASSIGN_OR_RETURN(offline_, OfflineSink::Open(spec_, *offline_paths,
-                                                         OfflineSinkOptions{.events = true, .features = spec_.offline.features}));
+                                                         OfflineSinkOptions{.events = write_events,
+                                                                            .features = spec_.offline.features}));
     lanes_.SetOfflineSink(offline_.get());
     if (sharded_input_) sharded_input_->SetOfflineSink(offline_.get());
   }
@@ -759,6 +823,7 @@ Status Runtime::Impl::Open() {
     ResyncRedis(/*resyncs_seen=*/0);
   }
 
+  if (member_.active) return Status::Ok();  // Runtime::StartSets serves every set from one server.
   HttpServerOptions http;
   http.host = options_.host.empty() ? spec_.serve.host : options_.host;
   http.port = options_.port >= 0 ? options_.port : spec_.serve.port;
@@ -783,13 +848,22 @@ Status Runtime::Impl::Restore() {
     return Status::Ok();
   }
   std::vector<std::string> warnings;
-  FRESHET_ASSIGN_OR_RETURN(std::optional<freshet::Checkpoint> checkpoint, checkpoints_->LoadNewestValid(&warnings));
+  FRESHET_ASSIGN_OR_RETURN(
+      std::optional<freshet::Checkpoint> checkpoint,
+      checkpoints_->LoadNewestValid(&warnings, member_.active ? member_.restore_at_most : UINT64_MAX));
   for (const std::string& w : warnings) std::fprintf(stderr, "freshet run: warning: %s\n", w.c_str());
   uint64_t dead_letter_bytes = 0;
   if (checkpoint && checkpoint->spec_fingerprint != lanes_.blank().spec_fingerprint()) {
     return Status::Invalid("the newest checkpoint in '" + checkpoints_->directory() +
                            "' was written for a different spec (its features, windows or watermark changed); "
                            "start fresh with `freshet run --reset` (it moves the old checkpoints aside), or backfill the new spec");
+  }
+  if (member_.active && member_.restore_at_most > 0 &&
+      (!checkpoint || checkpoint->sequence != member_.restore_at_most)) {
+    return Status::Invalid("feature set '" + spec_.name + "': checkpoint " + std::to_string(member_.restore_at_most) +
+                           ", the one the sets' manifest names, is missing or damaged in '" +
+                           checkpoints_->directory() + "', so the sets cannot restore at one source position; start "
+                           "fresh with `freshet run --reset` (it moves the old state aside)");
   }
   if (checkpoint) {
     std::vector<std::string> notes;
@@ -801,7 +875,10 @@ Status Runtime::Impl::Restore() {
     }
     std::optional<std::string_view> offline_position;
     for (const auto& [name, position] : checkpoint->positions) {
-      if (name == "source") FRESHET_RETURN_IF_ERROR(source_->Seek(position));
+      if (name == "source") {
+        FRESHET_RETURN_IF_ERROR(source_->Seek(position));
+        restored_source_position_ = position;
+      }
       if (name == "dead_letters") dead_letter_bytes = std::stoull(position);
       if (name == "offline") offline_position = position;
       if (name == "tables" && table_feed_ != nullptr) FRESHET_RETURN_IF_ERROR(table_feed_->Restore(position));
@@ -918,11 +995,17 @@ Status Runtime::Impl::WriteCheckpoint(freshet::Checkpoint& checkpoint, OfflineSi
   // The group learns the offsets only now that a checkpoint holds them (lag monitors; never ahead of it).
   if (kafka_ != nullptr) kafka_->Commit(checkpoint.positions[0].second);
   if (offline_ != nullptr) FRESHET_RETURN_IF_ERROR(offline_->Publish());
-  if (ingest_log_ != nullptr) {
-    Result<IngestLogPosition> position = IngestLogPosition::Parse(checkpoint.positions[0].second);
-    if (position.ok()) (void)ingest_log_->DeleteBefore(position->sequence);
-  }
+  last_written_sequence_ = checkpoint.sequence;
+  // Several sets: the log is cut once every set's checkpoint is in the manifest (Runtime::Run), since until then
+  // a restart restores the previous ones.
+  if (!member_.active) ReleaseIngestLog(checkpoint.positions[0].second);
   return Status::Ok();
+}
+
+void Runtime::Impl::ReleaseIngestLog(const std::string& source_position) {
+  if (ingest_log_ == nullptr) return;
+  Result<IngestLogPosition> position = IngestLogPosition::Parse(source_position);
+  if (position.ok()) (void)ingest_log_->DeleteBefore(position->sequence);
 }
 
 // ---- A member of a consumer group ----
@@ -1092,6 +1175,7 @@ void Runtime::Impl::ProcessShard(size_t shard, std::span<const SourceRecord> rec
         ++out.duplicates;
         dead_letter("duplicate", record.text);
         continue;
+      case EventPath::Outcome::kNotForSet: continue;
       case EventPath::Outcome::kAccepted: break;
     }
     out.arrivals.push_back(record.arrival_ns);
@@ -1805,12 +1889,92 @@ void Runtime::Impl::CloseExplains() {
   FinishExplains(left, Status::IoError("the pipeline is stopping"));
 }
 
+bool Runtime::Impl::OfflineHeld() {
+  // Rows that failed to reach the offline store wait in memory; past a bound, events wait in the source
+  // instead (a file, the ingest log, Kafka) until a checkpoint writes the rows.
+  const bool held = offline_ != nullptr && offline_->unstaged_bytes() > kOfflineBufferBytes;
+  if (held != offline_held_) {
+    SetHealthReason("offline_hold", held ? std::optional<std::string>("reading paused: offline rows wait for "
+                                                                      "a checkpoint that can write them")
+                                         : std::nullopt);
+    offline_held_ = held;
+  }
+  return held;
+}
+
+Status Runtime::Impl::AfterPoll(std::vector<SourceRecord>& batch) {
+  if (table_feed_ != nullptr && WallClockMs() - last_table_poll_ms_ >= kTablePollMs) {
+    Status tables = PollTables();
+    if (!tables.ok()) {
+      SetHealthReason("tables", tables.message());
+    } else {
+      SetHealthReason("tables", std::nullopt);
+    }
+  }
+  if (!batch.empty()) FRESHET_RETURN_IF_ERROR(ProcessBatch(batch));
+  if (kafka_ != nullptr) UpdateKafkaStatus();
+  const int64_t low = lanes_.low_watermark_ms();
+  watermark_lag_->Set(low == std::numeric_limits<int64_t>::min() ? 0.0 : (WallClockMs() - low) / 1000.0);
+  CheckSlo();
+  SampleConsole();
+  if (redis_ != nullptr) {
+    // The writer asks for a full rewrite after a reconnect (Redis may have restarted without persistence)
+    // and when its periodic check finds the sync marker gone (FLUSHALL, or a restart it did not see), even
+    // while no event arrives.
+    const uint64_t resyncs = redis_->Metrics().resyncs_requested;
+    if (resyncs > redis_resyncs_seen_) {
+      ResyncRedis(resyncs);
+      redis_resyncs_seen_ = resyncs;
+    }
+  }
+  return Status::Ok();
+}
+
+bool Runtime::Impl::CheckpointDue() {
+  // Offline rows wait in memory for the checkpoint that commits them; a burst checkpoints early.
+  const bool offline_full = offline_ != nullptr && offline_->buffered_bytes() > kOfflineBufferBytes;
+  const int64_t failed_ms = checkpoint_failed_ms_.load();
+  const bool retry_due = failed_ms == 0 || WallClockMs() - failed_ms >= kCheckpointRetryMs;
+  return retry_due && (offline_full || ExplainsWantCheckpoint() ||
+                       WallClockMs() - last_checkpoint_ms_ >= spec_.checkpoint.interval_ms);
+}
+
+void Runtime::Impl::NoteCheckpointFailure(const Status& status) {
+  std::fprintf(stderr, "freshet run: checkpoint failed (retried; no event is lost): %s\n", status.message().c_str());
+  SetHealthReason("checkpoint", "the last checkpoint failed: " + status.message());
+  checkpoint_failures_->Increment();
+  checkpoint_failed_ms_ = WallClockMs();
+}
+
+Status Runtime::Impl::Finish(Status final_checkpoint) {
+  CloseExplains();
+  // The consumer's close revokes every partition: the final checkpoint holds them already.
+  if (group_) kafka_->SetRebalanceListener(nullptr);
+  if (redis_ != nullptr) {
+    Status flushed = redis_->Flush(5000);
+    if (!flushed.ok()) std::fprintf(stderr, "freshet run: warning: %s\n", flushed.message().c_str());
+  }
+  if (server_) server_->Stop();
+  skew_monitor_.reset();
+  if (feature_log_ != nullptr) {
+    Status logged = feature_log_->Stop();
+    if (!logged.ok()) std::fprintf(stderr, "freshet run: warning: feature log: %s\n", logged.message().c_str());
+  }
+  return final_checkpoint;
+}
+
 Runtime::Runtime(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Runtime::Runtime(std::vector<std::unique_ptr<Impl>> sets, std::unique_ptr<HttpServer> server, std::string data_dir)
+    : sets_(std::move(sets)), server_(std::move(server)), data_dir_(std::move(data_dir)) {}
 Runtime::~Runtime() {
+  if (server_) server_->Stop();
   if (impl_ && impl_->server_) impl_->server_->Stop();
 }
 
-int Runtime::port() const { return impl_->server_ ? impl_->server_->port() : 0; }
+int Runtime::port() const {
+  if (server_) return server_->port();
+  return impl_->server_ ? impl_->server_->port() : 0;
+}
 
 Result<std::unique_ptr<Runtime>> Runtime::Start(const Spec& spec, RuntimeOptions options) {
   auto impl = std::make_unique<Impl>(spec, std::move(options));
@@ -1819,20 +1983,12 @@ Result<std::unique_ptr<Runtime>> Runtime::Start(const Spec& spec, RuntimeOptions
 }
 
 Status Runtime::Run(const std::atomic<bool>& stop) {
+  if (!sets_.empty()) return RunSets(stop);
   Impl& s = *impl_;
   std::vector<SourceRecord> batch;
   Status failure;
-  bool was_held = false;
   while (!stop.load()) {
-    // Rows that failed to reach the offline store wait in memory; past a bound, events wait in the source
-    // instead (a file, the ingest log, Kafka) until a checkpoint writes the rows.
-    const bool held = s.offline_ != nullptr && s.offline_->unstaged_bytes() > kOfflineBufferBytes;
-    if (held != was_held) {
-      s.SetHealthReason("offline_hold", held ? std::optional<std::string>("reading paused: offline rows wait for "
-                                                                          "a checkpoint that can write them")
-                                             : std::nullopt);
-      was_held = held;
-    }
+    const bool held = s.OfflineHeld();
     batch.clear();
     Status polled = held ? Status::Ok() : s.source_->Poll(&batch, kPollRecords, 50);
     if (held) std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -1842,62 +1998,134 @@ Status Runtime::Run(const std::atomic<bool>& stop) {
       failure = polled;
       break;
     }
-    if (s.table_feed_ != nullptr && WallClockMs() - s.last_table_poll_ms_ >= kTablePollMs) {
-      Status tables = s.PollTables();
-      if (!tables.ok()) {
-        s.SetHealthReason("tables", tables.message());
-      } else {
-        s.SetHealthReason("tables", std::nullopt);
-      }
-    }
-    if (!batch.empty()) FRESHET_RETURN_IF_ERROR(s.ProcessBatch(batch));
-    if (s.kafka_ != nullptr) s.UpdateKafkaStatus();
-    const int64_t low = s.lanes_.low_watermark_ms();
-    s.watermark_lag_->Set(low == std::numeric_limits<int64_t>::min() ? 0.0 : (WallClockMs() - low) / 1000.0);
-    s.CheckSlo();
-    s.SampleConsole();
-    if (s.redis_ != nullptr) {
-      // The writer asks for a full rewrite after a reconnect (Redis may have restarted without persistence)
-      // and when its periodic check finds the sync marker gone (FLUSHALL, or a restart it did not see), even
-      // while no event arrives.
-      const uint64_t resyncs = s.redis_->Metrics().resyncs_requested;
-      if (resyncs > s.redis_resyncs_seen_) {
-        s.ResyncRedis(resyncs);
-        s.redis_resyncs_seen_ = resyncs;
-      }
-    }
-    // Offline rows wait in memory for the checkpoint that commits them; a burst checkpoints early.
-    const bool offline_full = s.offline_ != nullptr && s.offline_->buffered_bytes() > kOfflineBufferBytes;
-    const int64_t failed_ms = s.checkpoint_failed_ms_.load();
-    const bool retry_due = failed_ms == 0 || WallClockMs() - failed_ms >= kCheckpointRetryMs;
-    if (retry_due && (offline_full || s.ExplainsWantCheckpoint() ||
-                      WallClockMs() - s.last_checkpoint_ms_ >= s.spec_.checkpoint.interval_ms)) {
+    FRESHET_RETURN_IF_ERROR(s.AfterPoll(batch));
+    if (s.CheckpointDue()) {
       Status written = s.Checkpoint(/*wait=*/false);
-      if (!written.ok()) {
-        std::fprintf(stderr, "freshet run: checkpoint failed (retried; no event is lost): %s\n",
-                     written.message().c_str());
-        s.SetHealthReason("checkpoint", "the last checkpoint failed: " + written.message());
-        s.checkpoint_failures_->Increment();
-        s.checkpoint_failed_ms_ = WallClockMs();
-      }
+      if (!written.ok()) s.NoteCheckpointFailure(written);
     }
     if (s.options_.exit_when_exhausted && s.source_->exhausted()) break;
   }
-  Status final_checkpoint = s.Checkpoint(/*wait=*/true);
-  s.CloseExplains();
-  // The consumer's close revokes every partition: the final checkpoint above holds them already.
-  if (s.group_) s.kafka_->SetRebalanceListener(nullptr);
-  if (s.redis_ != nullptr) {
-    Status flushed = s.redis_->Flush(5000);
-    if (!flushed.ok()) std::fprintf(stderr, "freshet run: warning: %s\n", flushed.message().c_str());
+  FRESHET_RETURN_IF_ERROR(s.Finish(s.Checkpoint(/*wait=*/true)));
+  return failure;
+}
+
+Result<std::unique_ptr<Runtime>> Runtime::StartSets(const std::vector<Spec>& specs, RuntimeOptions options) {
+  FRESHET_RETURN_IF_ERROR(CheckFeatureSets(specs));
+  std::vector<std::string> names;
+  for (const Spec& spec : specs) names.push_back(spec.name);
+  FRESHET_ASSIGN_OR_RETURN(std::optional<SetsManifest> manifest, ReadSetsManifest(options.data_dir));
+  FRESHET_RETURN_IF_ERROR(CheckDataDirSets(options.data_dir, names, manifest));
+  std::vector<std::unique_ptr<Impl>> sets;
+  for (const Spec& spec : specs) {
+    RuntimeOptions set_options = options;
+    set_options.data_dir = FeatureSetDir(options.data_dir, spec.name);
+    SetMember member{.active = true,
+                     .shared_source = sets.empty() ? nullptr : sets.front()->source_.get(),
+                     .data_dir = options.data_dir,
+                     .restore_at_most = manifest ? manifest->checkpoints.at(spec.name) : 0};
+    auto impl = std::make_unique<Impl>(spec, std::move(set_options), std::move(member));
+    FRESHET_RETURN_IF_ERROR(impl->Open());
+    if (!sets.empty() && impl->restored_source_position_ != sets.front()->restored_source_position_) {
+      return Status::Invalid("feature set '" + spec.name + "' restored a checkpoint at another source position than '" +
+                             specs.front().name + "' (the manifest names checkpoints of different moments); start "
+                             "fresh with `freshet run --reset`");
+    }
+    sets.push_back(std::move(impl));
   }
-  if (s.server_) s.server_->Stop();
-  s.skew_monitor_.reset();
-  if (s.feature_log_ != nullptr) {
-    Status logged = s.feature_log_->Stop();
-    if (!logged.ok()) std::fprintf(stderr, "freshet run: warning: feature log: %s\n", logged.message().c_str());
+  const Spec& first = specs.front();
+  HttpServerOptions http;
+  http.host = options.host.empty() ? first.serve.host : options.host;
+  http.port = options.port >= 0 ? options.port : first.serve.port;
+  ApplyServeSpec(first.serve, &http);
+  http.bearer_token = options.bearer_token;
+  auto server = std::make_unique<HttpServer>(*sets.front(), sets.front()->metrics_, http);
+  for (const std::unique_ptr<Impl>& set : sets) {
+    server->AddFeatureSet(set->spec_.name, *set);
+    sets.front()->all_sets_.push_back(set.get());
   }
-  FRESHET_RETURN_IF_ERROR(final_checkpoint);
+  FRESHET_RETURN_IF_ERROR(server->Start());
+  return std::unique_ptr<Runtime>(new Runtime(std::move(sets), std::move(server), options.data_dir));
+}
+
+void Runtime::Impl::AppendSetMetrics(std::string* out) const {
+  struct Family {
+    const char* name;
+    const char* type;
+    const char* help;
+    double (*read)(const Impl&);
+  };
+  static constexpr Family kFamilies[] = {
+      {"freshet_set_events_accepted_total", "counter", "Events a feature set accepted and applied.",
+       [](const Impl& s) { return static_cast<double>(s.accepted_->value()); }},
+      {"freshet_set_events_rejected_total", "counter", "Lines a feature set rejected and dead-lettered.",
+       [](const Impl& s) { return static_cast<double>(s.rejected_total_->value()); }},
+      {"freshet_set_events_late_total", "counter", "Events a feature set dropped as late.",
+       [](const Impl& s) { return static_cast<double>(s.late_->value()); }},
+      {"freshet_set_state_entities", "gauge", "Entities with state, per feature set.",
+       [](const Impl& s) { return s.entities_->value(); }},
+  };
+  for (const Family& family : kFamilies) {
+    *out += std::string("# HELP ") + family.name + " " + family.help + "\n# TYPE " + family.name + " " + family.type +
+            "\n";
+    for (const Impl* set : all_sets_) {
+      *out += std::string(family.name) + "{feature_set=\"" + set->spec_.name + "\"} " +
+              std::to_string(static_cast<int64_t>(family.read(*set))) + "\n";
+    }
+  }
+}
+
+Status Runtime::CheckpointSets() {
+  SetsManifest manifest;
+  for (const std::unique_ptr<Impl>& set : sets_) {
+    Status written = set->Checkpoint(/*wait=*/true);
+    if (!written.ok()) {
+      set->NoteCheckpointFailure(written);
+      return written;
+    }
+    manifest.names.push_back(set->spec_.name);
+    manifest.checkpoints[set->spec_.name] = set->last_written_sequence_;
+  }
+  Status recorded = WriteSetsManifest(data_dir_, manifest);
+  if (!recorded.ok()) {
+    sets_.front()->NoteCheckpointFailure(recorded);
+    return recorded;
+  }
+  sets_.front()->ReleaseIngestLog(sets_.front()->source_->position());
+  return Status::Ok();
+}
+
+// Like Run for one spec: the first set's source is polled, and each batch goes to every set in turn. The sets
+// checkpoint together (synchronously, so that each records the same source position).
+Status Runtime::RunSets(const std::atomic<bool>& stop) {
+  Impl& first = *sets_.front();
+  std::vector<SourceRecord> batch;
+  Status failure;
+  while (!stop.load()) {
+    bool held = false;
+    for (const std::unique_ptr<Impl>& set : sets_) held = set->OfflineHeld() || held;
+    batch.clear();
+    Status polled = held ? Status::Ok() : first.source_->Poll(&batch, kPollRecords, 50);
+    if (held) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    for (const std::string& w : first.source_->TakeWarnings()) std::fprintf(stderr, "freshet run: warning: %s\n", w.c_str());
+    if (!polled.ok()) {
+      first.SetHealthReason("source", "event source '" + std::string(first.source_->name()) + "': " + polled.message());
+      failure = polled;
+      break;
+    }
+    bool due = false;
+    for (const std::unique_ptr<Impl>& set : sets_) {
+      FRESHET_RETURN_IF_ERROR(set->AfterPoll(batch));
+      due = set->CheckpointDue() || due;
+    }
+    if (due) (void)CheckpointSets();  // A failure is noted and retried.
+    if (first.options_.exit_when_exhausted && first.source_->exhausted()) break;
+  }
+  Status final_checkpoint = CheckpointSets();
+  server_->Stop();
+  for (const std::unique_ptr<Impl>& set : sets_) {
+    Status finished = set->Finish(final_checkpoint);
+    if (!finished.ok()) return finished;
+  }
   return failure;
 }
 

@@ -18,6 +18,7 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 #include "serve/feature_service.h"
@@ -25,6 +26,8 @@
 #include "spec/spec.h"
 
 namespace freshet {
+
+class HttpServer;
 
 struct RuntimeOptions {
   std::string data_dir;      // Checkpoints, dead letters and the ingest log live here. Created if missing.
@@ -41,6 +44,15 @@ class Runtime {
  public:
   // Opens the data directory, restores the newest valid checkpoint, and starts the HTTP server.
   static Result<std::unique_ptr<Runtime>> Start(const Spec& spec, RuntimeOptions options);
+  // Several feature sets over one source (`freshet run --spec a.yaml --spec b.yaml`, run/feature_sets.h): the
+  // first spec's source is read once and every batch is applied to each set in turn, by one thread; each set has
+  // its own engine, lateness clock, deduplication ids, checkpoints and dead letters (under <data dir>/sets/<name>),
+  // Redis keys (by its name) and features_<name> table; the first set writes the shared events table. The sets
+  // checkpoint together, at one source position, and a manifest names each set's checkpoint of that moment. One
+  // HTTP server answers /v1/features/{set}/{entity} and POST /v1/features with "feature_set"; /health gathers every
+  // set's reasons and /metrics adds each set's counts (freshet_set_*); /v1/spec (without ?feature_set=), ingest
+  // and the console are the first set's. `specs` must outlive the runtime.
+  static Result<std::unique_ptr<Runtime>> StartSets(const std::vector<Spec>& specs, RuntimeOptions options);
   ~Runtime();
 
   // Processes events until `stop` becomes true (or the source is exhausted with exit_when_exhausted), then
@@ -52,7 +64,14 @@ class Runtime {
  private:
   struct Impl;
   explicit Runtime(std::unique_ptr<Impl> impl);
+  Runtime(std::vector<std::unique_ptr<Impl>> sets, std::unique_ptr<HttpServer> server, std::string data_dir);
+  Status RunSets(const std::atomic<bool>& stop);
+  Status CheckpointSets();  // Every set at once, then the manifest.
   std::unique_ptr<Impl> impl_;
+  // Several feature sets: one runtime each (the first reads the source), and the server in front of them.
+  std::vector<std::unique_ptr<Impl>> sets_;
+  std::unique_ptr<HttpServer> server_;
+  std::string data_dir_;
 };
 
 }  // namespace freshet

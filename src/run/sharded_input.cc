@@ -132,7 +132,8 @@ void ShardedInput::Judge(std::span<const SourceRecord> records, const DeadLetter
     }
     const Value* id = id_slot >= 0 ? &p.event.slots[static_cast<size_t>(id_slot)] : nullptr;
     switch (EventPath::Judge(judge.engine, dedup, judge.counters, p.event.entity, id, p.event.time_ms)) {
-      case EventPath::Outcome::kRejected: break;  // Not an outcome of the judge.
+      case EventPath::Outcome::kRejected:
+      case EventPath::Outcome::kNotForSet: break;  // Not outcomes of the judge.
       case EventPath::Outcome::kLate:
         ++out->late;
         dead_letter(records[k], "late");

@@ -97,6 +97,7 @@ class ShardedInputTest : public ::testing::Test {
         case EventPath::Outcome::kRejected: letters.push_back({k + 1, "rejected"}); break;
         case EventPath::Outcome::kLate: letters.push_back({k + 1, "late"}); break;
         case EventPath::Outcome::kDuplicate: letters.push_back({k + 1, "duplicate"}); break;
+        case EventPath::Outcome::kNotForSet: break;  // Only with SkipLinesWithoutEntity.
       }
     }
     return letters;

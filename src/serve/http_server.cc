@@ -12,7 +12,9 @@
 #include <cstring>
 #include <deque>
 #include <functional>
+#include <map>
 #include <mutex>
+#include <string>
 #include <optional>
 #include <thread>
 #include <utility>
@@ -274,6 +276,11 @@ struct HttpServer::Impl final : HttpHandler {
 
   // Answers a request on `route` (MatchRoute of its path).
   void Serve(const HttpRequest& req, Route route, HttpResponse& res);
+  // Several feature sets (AddFeatureSet): a feature request naming a set goes to that set's handler. False when
+  // `req` is not a feature request (the first set's handler answers it).
+  bool HandleFeatureSet(const HttpRequest& req, HttpResponse& res);
+  std::map<std::string, std::unique_ptr<Impl>, std::less<>> sets;
+  std::vector<std::string> set_names;  // In the order they were added.
   void HandleEntityFeatures(std::string_view path, std::string_view query, const std::string& request_id,
                             HttpResponse& res);
   void HandleBatchFeatures(std::string_view body, const std::string& request_id, HttpResponse& res);
@@ -460,6 +467,7 @@ bool HttpServer::Impl::MayBlock(const HttpRequest& req) const {
 }
 
 void HttpServer::Impl::Handle(const HttpRequest& req, HttpResponse* res) {
+  if (!sets.empty() && HandleFeatureSet(req, *res)) return;
   const Route route = RouteOf(req, key_fields.size());
   Serve(req, route, *res);
   RecordRequest(req, route, res->status);
@@ -543,6 +551,53 @@ void HttpServer::Impl::Serve(const HttpRequest& req, Route route, HttpResponse& 
     case kRouteCount: break;
   }
   SetError(res, 500, "internal error: unrouted request");
+}
+
+bool HttpServer::Impl::HandleFeatureSet(const HttpRequest& req, HttpResponse& res) {
+  const std::string_view target = req.target;
+  const size_t question = target.find('?');
+  const std::string_view path = target.substr(0, question);
+  const std::string_view query = question == std::string_view::npos ? std::string_view() : target.substr(question);
+  std::string_view set;
+  std::string rest;  // The path the set's handler sees.
+  if (path == "/v1/features") {
+    simdjson::dom::parser parser;
+    simdjson::dom::element doc;
+    if (!parser.parse(req.body.data(), req.body.size()).get(doc) && doc["feature_set"].get_string().get(set)) {
+      set = std::string_view();  // Absent or not a string.
+    }
+    if (set.empty()) {
+      SetError(res, 400, "several feature sets are served here; name one with \"feature_set\": \"<set>\" in the "
+                         "body, or POST /v1/features/{set}",
+               "feature_sets", set_names);
+      RecordRequest(req, kRouteBatchFeatures, res.status);
+      return true;
+    }
+    rest = "/v1/features";
+  } else if (path == "/v1/spec" && query.starts_with("?feature_set=")) {
+    set = query.substr(std::string_view("?feature_set=").size());  // Else the first set's spec.
+    rest = "/v1/spec";
+  } else if (path.starts_with(kEntityPrefix)) {
+    const std::string_view tail = path.substr(kEntityPrefix.size());
+    const size_t slash = tail.find('/');
+    set = tail.substr(0, slash);
+    rest = slash == std::string_view::npos ? "/v1/features" : "/v1/features/" + std::string(tail.substr(slash + 1));
+  } else {
+    return false;
+  }
+  auto it = sets.find(set);
+  if (it == sets.end()) {
+    SetError(res, 404, "no feature set " + QuotedForMessage(set) + "; several are served here: use "
+                       "/v1/features/{set}/{entity} (or POST /v1/features with \"feature_set\")",
+             "feature_sets", set_names);
+    RecordRequest(req, kRouteEntityFeatures, res.status);
+    return true;
+  }
+  HttpRequest routed = req;
+  if (rest != "/v1/spec") rest += query;
+  routed.target = rest;
+  it->second->Handle(routed, &res);
+  return true;
 }
 
 bool HttpServer::Impl::ResolveFeatures(const std::optional<std::vector<std::string_view>>& names,
@@ -770,9 +825,17 @@ void HttpServer::Impl::HandleBatchFeatures(std::string_view body, const std::str
         else if (!v.is_null()) param = Value::Composite();
         params.emplace_back(std::string(name), param);
       }
+    } else if (key == "feature_set") {
+      // The set a request with several feature sets names (routed by HandleFeatureSet); with one, its name.
+      std::string_view set;
+      if (value.get_string().get(set) || set != service.spec().name) {
+        SetError(res, 400, "'feature_set' must be the name of the feature set served here, \"" +
+                               service.spec().name + "\"" + std::string(kShape));
+        return;
+      }
     } else {
       SetError(res, 400, "unknown key " + QuotedForMessage(key) +
-                             " in the body; valid keys: entities, features, at, params");
+                             " in the body; valid keys: entities, features, at, params, feature_set");
       return;
     }
   }
@@ -1195,6 +1258,12 @@ HttpServer::HttpServer(FeatureService& service, MetricsRegistry& metrics, HttpSe
     : impl_(std::make_unique<Impl>(service, metrics, std::move(options))) {}
 
 HttpServer::~HttpServer() { Stop(); }
+
+void HttpServer::AddFeatureSet(std::string name, FeatureService& service) {
+  auto handler = std::make_unique<Impl>(service, impl_->metrics, impl_->options);
+  impl_->set_names.push_back(name);
+  impl_->sets.emplace(std::move(name), std::move(handler));
+}
 
 int HttpServer::port() const { return impl_->loop ? impl_->loop->port() : 0; }
 

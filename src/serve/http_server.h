@@ -121,6 +121,11 @@ class HttpServer {
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
 
+  // Several feature sets in one process: /v1/features/{name}/{entity...} and POST /v1/features with
+  // "feature_set": name (or POST /v1/features/{name}) are answered by `service`; other feature paths are refused
+  // with the list of sets. Call before Start; `service` must outlive the server.
+  void AddFeatureSet(std::string name, FeatureService& service);
+
   // Binds host:port and starts serving on background threads; returns once the socket listens (requests
   // may be sent as soon as it returns). Fails when the address cannot be bound (port in use, bad host,
   // invalid options). Call at most once.

@@ -258,7 +258,8 @@ Status CheckpointStore::Write(const Checkpoint& checkpoint) {
   return Status::Ok();
 }
 
-Result<std::optional<Checkpoint>> CheckpointStore::LoadNewestValid(std::vector<std::string>* warnings) {
+Result<std::optional<Checkpoint>> CheckpointStore::LoadNewestValid(std::vector<std::string>* warnings,
+                                                                  uint64_t at_most) {
   FRESHET_ASSIGN_OR_RETURN(std::vector<DirectoryEntry> entries, ListCheckpointFiles(directory_));
   auto warn = [&](std::string message) {
     if (warnings != nullptr) warnings->push_back(std::move(message));
@@ -280,6 +281,7 @@ Result<std::optional<Checkpoint>> CheckpointStore::LoadNewestValid(std::vector<s
   std::sort(checkpoints.begin(), checkpoints.end(),
             [](const DirectoryEntry& a, const DirectoryEntry& b) { return a.sequence > b.sequence; });
   for (const DirectoryEntry& e : checkpoints) {
+    if (e.sequence > at_most) continue;
     Result<std::string> bytes = ReadWholeFile(e.path);
     if (!bytes.ok()) {
       warn(e.path + ": skipped, " + bytes.status().message());

@@ -70,8 +70,11 @@ class CheckpointStore {
   // The newest checkpoint that is intact, or nullopt when there is none (an empty directory, or every
   // file damaged). Each damaged file skipped adds a warning naming it and why ("checksum mismatch",
   // "truncated at byte N", "wrong magic"), and each temporary file left by an interrupted write is
-  // removed with a note. Fails only when the directory cannot be read.
-  Result<std::optional<Checkpoint>> LoadNewestValid(std::vector<std::string>* warnings);
+  // removed with a note. Fails only when the directory cannot be read. `at_most`: only checkpoints of that
+  // sequence or lower count (several feature sets restore the sequences their manifest names, even when a crash
+  // left a newer checkpoint of one set).
+  Result<std::optional<Checkpoint>> LoadNewestValid(std::vector<std::string>* warnings,
+                                                    uint64_t at_most = UINT64_MAX);
 
   // One more than the largest sequence of any checkpoint file seen in the directory or written (1 when
   // there is none): the sequence to give the next checkpoint.
