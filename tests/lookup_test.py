@@ -21,6 +21,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -370,3 +371,30 @@ def test_http_lookups_keep_input_order_and_count_timeouts(tmp_path: Path, on_tim
     stored = deltalake.DeltaTable(str(offline / "events")).to_pyarrow_table().sort_by("seq").to_pylist()
     assert [json.loads(r["raw"])["n"] for r in stored] == [e.record["n"] for e in events]
     assert set(server.requests[:5]) & {"u0", "u1", "u2", "u3", "u4"}
+
+
+def test_health_is_degraded_while_the_store_fails(tmp_path: Path) -> None:
+    """No Redis on the lookup's port: every request fails, the errors are counted, `/health` says why, and the
+    events go on with their looked-up fields missing (on_timeout: missing)."""
+    _require_binary()
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(REDIS_SPEC.format(port=free_port()))
+    batch = _events(1, 40, seed=3)[0]
+    (tmp_path / "events.jsonl").write_bytes(_lines(batch))
+    proc, port = start_run([BIN, "run", "--spec", str(spec_path), "--data-dir", str(tmp_path / "data")],
+                           tmp_path / "run.log")
+    try:
+        _wait(lambda: _metric(port, "freshet_events_in_total") >= len(batch), "the events read")
+        assert _metric(port, "freshet_lookup_errors_total") >= 10
+        assert _metric(port, "freshet_events_accepted_total") == len(batch)
+        try:
+            _get(port, "/health")
+            raise AssertionError("/health answered 200 while every lookup failed")
+        except urllib.error.HTTPError as e:
+            assert e.code == 503
+            health = json.loads(e.read())
+        assert health["status"] == "degraded"
+        assert any("lookup 'credit'" in r and "timed out or failed" in r for r in health["reasons"]), health
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
