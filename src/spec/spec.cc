@@ -1683,6 +1683,12 @@ void SpecParser::ResolveJoinedFields(Spec* spec) {
                   " field; its key must be made of fields of the event itself");
         continue;
       }
+      if (spec->has_schema && FindSchemaField(*spec, field) == nullptr) {
+        Error(lookup_marks_[static_cast<size_t>(&lookup - spec->lookups.data())],
+              "lookup '" + lookup.name + "' reads '{" + field + "}', which 'schema' does not declare" +
+                  DidYouMeanField(*spec, field));
+        continue;
+      }
       lookup.template_slots.push_back(spec->fields.Intern(field));
     }
   }
