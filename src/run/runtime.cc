@@ -1133,7 +1133,6 @@ void Runtime::Impl::ResolveLookups(const std::vector<SourceRecord>& batch) {
     if (!batch[k].too_long) lines[k] = {batch[k].text, batch[k].capacity};
   }
   lookup_stage_->Resolve(lines, &batch_lookups_);
-  SetHealthReason("lookups", lookup_stage_->Health());
 }
 
 Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch) {
@@ -1878,6 +1877,8 @@ Status Runtime::Run(const std::atomic<bool>& stop) {
       }
     }
     if (!batch.empty()) FRESHET_RETURN_IF_ERROR(s.ProcessBatch(batch));
+    // Also without events, so that the degraded state ends once the failures leave the window.
+    if (s.lookup_stage_) s.SetHealthReason("lookups", s.lookup_stage_->Health());
     if (s.kafka_ != nullptr) s.UpdateKafkaStatus();
     const int64_t low = s.lanes_.low_watermark_ms();
     s.watermark_lag_->Set(low == std::numeric_limits<int64_t>::min() ? 0.0 : (WallClockMs() - low) / 1000.0);
