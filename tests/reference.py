@@ -32,6 +32,7 @@ import json
 import math
 import re
 import sys
+import urllib.parse
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from decimal import ROUND_HALF_UP, Decimal
@@ -727,6 +728,8 @@ class Spec:
     # Reference tables: name -> (key field, valid_from field or None); joins: (table, event field holding the key).
     tables: dict[str, tuple[str, str | None]] = dataclass_field(default_factory=dict)
     joins: list[tuple[str, str]] = dataclass_field(default_factory=list)
+    # Async lookups (`lookups:`), in spec order; see the "Async lookups" section below.
+    lookups: list["Lookup"] = dataclass_field(default_factory=list)
 
 
 def _parse_window(doc: Any, feature_name: str) -> Window:
@@ -804,8 +807,12 @@ def parse_spec(doc: Any) -> Spec:
               for t in doc.get("tables") or []}
     # PyYAML reads the key `on` as YAML 1.1's boolean true; YAML 1.2 (the spec's parser) as the text "on".
     joins = [(str(j["table"]), str(j["on"] if "on" in j else j[True])) for j in doc.get("joins") or []]
+    lookups = [Lookup(str(item["name"]), str(item["type"]),
+                      str(item["key"] if item["type"] == "redis" else item["url"]),
+                      str(item.get("on_timeout", "missing")))
+               for item in doc.get("lookups") or []]
     return Spec(str(doc.get("name", "")), entity_field, str(doc["timestamp"]), watermark, features, dedup,
-                schema, derived, ttl_ms, key_fields, tables, joins)
+                schema, derived, ttl_ms, key_fields, tables, joins, lookups)
 
 
 def _percent_decimals(fraction: Fraction) -> str:
@@ -897,6 +904,68 @@ def split_lines(data: bytes) -> list[bytes]:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Async lookups (README: "Async lookups" in Semantics). The reference does not call a store: the test gives it
+# what the store served, as a function (lookup name, rendered key or url) -> the answer as a dict, None for no
+# answer, or TIMEOUT for a request that got no answer in time (or failed).
+
+TIMEOUT = "timeout"
+
+
+@dataclass
+class Lookup:
+    name: str
+    type: str      # redis | http
+    template: str  # the key (redis) or url (http), with {field} placeholders
+    on_timeout: str  # missing | dead_letter
+
+
+_PLACEHOLDER_RE = re.compile(r"\{([A-Za-z0-9_.]+)\}")
+
+
+def render_lookup_target(lookup: Lookup, record: dict) -> str | None:
+    """The key or url of `lookup` for an event: each {field} replaced by the event's field (text as it is, an
+    integer as its digits; in a url percent-encoded, only A-Z a-z 0-9 - _ . ~ kept). None when a field is absent
+    or of another type: the event is not looked up."""
+    parts: list[str] = []
+    at = 0
+    for match in _PLACEHOLDER_RE.finditer(lookup.template):
+        value = resolve(record, match.group(1))
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            return None
+        text = value if isinstance(value, str) else str(value)
+        if lookup.type == "http":
+            text = urllib.parse.quote(text, safe="-_.~")
+        parts.append(lookup.template[at:match.start()])
+        parts.append(text)
+        at = match.end()
+    parts.append(lookup.template[at:])
+    return "".join(parts)
+
+
+def redis_hash_row(fields: dict[str, str]) -> dict | None:
+    """A Redis hash as the answer a lookup sees: a value in JSON number syntax is that number, any other text;
+    an empty (or absent) hash is no answer."""
+    if not fields:
+        return None
+    return {k: (json.loads(v) if _JSON_NUMBER_RE.fullmatch(v) else v) for k, v in fields.items()}
+
+
+def apply_lookups(record: dict, spec: Spec, answer_of) -> str | None:
+    """Puts each lookup's answer into the record under the lookup's name (absent without one), from
+    `answer_of(name, target)`. Returns the dead-letter reason when a lookup with on_timeout: dead_letter timed out."""
+    answers = {}
+    for lookup in spec.lookups:
+        target = render_lookup_target(lookup, record)
+        answers[lookup.name] = None if target is None else answer_of(lookup.name, target)
+        if answers[lookup.name] == TIMEOUT and lookup.on_timeout == "dead_letter":
+            return "lookup_timeout"
+    for lookup in spec.lookups:
+        record.pop(lookup.name, None)
+        if isinstance(answers[lookup.name], dict):
+            record[lookup.name] = answers[lookup.name]
+    return None
+
+
 # Reference tables and joins (README: "Reference tables and joins", and the time rule in Semantics).
 
 
@@ -970,8 +1039,10 @@ def visible_versions(spec: Spec, table: str, versions: list[TableVersion], horiz
                if not any(k == key and vf < other <= horizon_ms for k, other in distinct))
 
 
-def parse_event(raw: bytes, line: int, spec: Spec, versions: list[TableVersion] | None = None) -> Event | str:
-    """An Event, or the reason the line is rejected. `versions`: the reference tables' rows, for the joins."""
+def parse_event(raw: bytes, line: int, spec: Spec, versions: list[TableVersion] | None = None,
+                lookup_answers=None) -> Event | str:
+    """An Event, or the reason the line is rejected. `versions`: the reference tables' rows, for the joins;
+    `lookup_answers`: what the store served, for the lookups (see apply_lookups)."""
     try:
         record = parse_json_line(raw)
     except (ValueError, RecursionError):
@@ -994,6 +1065,10 @@ def parse_event(raw: bytes, line: int, spec: Spec, versions: list[TableVersion] 
         return f"timestamp field '{spec.timestamp_field}' missing or not epoch ms / RFC 3339"
     if spec.joins:
         apply_joins(record, time_ms, line, spec, versions or [])
+    if spec.lookups:
+        failed = apply_lookups(record, spec, lookup_answers or (lambda name, target: None))
+        if failed is not None:
+            return failed
     for name, expr in spec.derived:  # in order: each may read the ones before it; a null is stored as JSON null
         record[name] = eval_derive(expr, record, time_ms)
     return Event(line, entity, time_ms, record)
@@ -1037,8 +1112,8 @@ def event_id(value: Any) -> str | None:
     return entity_key(value)
 
 
-def read_events(data: bytes, spec: Spec,
-                versions: list[TableVersion] | None = None) -> tuple[list[Event], list[DeadLetter]]:
+def read_events(data: bytes, spec: Spec, versions: list[TableVersion] | None = None,
+                lookup_answers=None) -> tuple[list[Event], list[DeadLetter]]:
     """The accepted events in input order, and one dead letter per rejected, late or duplicate line. `versions`:
     the reference tables' rows with where they arrived among the lines (see joined_row)."""
     events: list[Event] = []
@@ -1046,7 +1121,7 @@ def read_events(data: bytes, spec: Spec,
     max_time: int | None = None  # largest event time among events accepted so far
     accepted_times: dict[tuple[str, str], list[int]] = {}  # (entity, id) -> times of the accepted events
     for line, raw in enumerate(split_lines(data), start=1):
-        parsed = parse_event(raw, line, spec, versions)
+        parsed = parse_event(raw, line, spec, versions, lookup_answers)
         if isinstance(parsed, str):
             dead.append(DeadLetter(line, parsed))
             continue

@@ -368,6 +368,10 @@ std::string SpecStateDescription(const Spec& spec) {
     out += "join " + Quoted(j.table) + " on=" + Quoted(j.on) + " key=" + Quoted(t.key) + " valid_from=" +
            Quoted(t.valid_from) + "\n";
   }
+  // Lookups likewise (what a looked-up field holds depends on the store and key); specs without them keep theirs.
+  for (const LookupSpec& l : spec.lookups) {
+    out += "lookup " + Quoted(l.name) + " type=" + Quoted(l.type) + " key=" + Quoted(l.key_template()) + "\n";
+  }
   for (const FeatureSpec& f : spec.features) {
     const WindowSpec& w = f.window;
     out += "feature " + Quoted(f.name) + " aggregation=" + AggKindName(f.agg) + " field=" + Quoted(f.field) +

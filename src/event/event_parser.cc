@@ -7,6 +7,7 @@
 
 #include "common/entity_key.h"
 #include "common/time.h"
+#include "lookup/lookup_row.h"
 #include "table/table_set.h"
 
 static_assert(freshet::kParsePaddingBytes >= simdjson::SIMDJSON_PADDING, "padding must cover simdjson read-ahead");
@@ -80,12 +81,15 @@ struct EventParser::Impl {
   std::string padded;  // For ParseCopy.
   std::vector<FieldRegistry::Derived> derived;
   const TableSet* tables = nullptr;
+  const FieldRegistry* fields = nullptr;
+  const EventLookups* lookups = nullptr;
 };
 
 EventParser::EventParser(const FieldRegistry& fields) : impl_(std::make_unique<Impl>()) {
   impl_->paths = fields.paths();
   impl_->key_slots = fields.key_slots();
   impl_->derived = fields.derived();
+  impl_->fields = &fields;
   for (size_t slot = 0; slot < fields.paths().size(); ++slot) {
     if (fields.is_computed(static_cast<int>(slot))) continue;  // Derived or joined, not read.
     std::string_view path = fields.paths()[slot];
@@ -220,6 +224,7 @@ bool EventParser::Parse(std::string_view line, size_t capacity, ParsedEvent* eve
   }
   event->owned.clear();
   if (impl.tables != nullptr) impl.tables->Fill(event->slots, event->time_ms);
+  if (impl.lookups != nullptr) impl.lookups->Fill(*impl.fields, event->slots);
   for (const FieldRegistry::Derived& d : impl.derived) {
     event->slots[static_cast<size_t>(d.slot)] = d.expr->Eval(event->slots, event->time_ms, &event->owned);
   }
@@ -227,6 +232,7 @@ bool EventParser::Parse(std::string_view line, size_t capacity, ParsedEvent* eve
 }
 
 void EventParser::SetTables(const TableSet* tables) { impl_->tables = tables; }
+void EventParser::SetLookups(const EventLookups* lookups) { impl_->lookups = lookups; }
 
 bool EventParser::ParseCopy(std::string_view line, ParsedEvent* event, std::string* reason) {
   impl_->padded.assign(line);

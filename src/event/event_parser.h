@@ -25,6 +25,7 @@
 namespace freshet {
 
 class TableSet;
+struct EventLookups;
 
 // Bytes that must be readable past the end of a line given to EventParser::Parse (simdjson reads ahead).
 inline constexpr size_t kParsePaddingBytes = 64;
@@ -57,6 +58,9 @@ class EventParser {
   // The reference tables that fill the joined fields (FieldRegistry::joined) of each parsed event, before the
   // derived fields are computed; null (the default): joined fields stay missing. Not owned.
   void SetTables(const TableSet* tables);
+  // The answers of the spec's lookups for the next events parsed (FieldRegistry::looked_up() slots), set before
+  // each Parse; null: looked-up fields stay missing. Not owned; must outlive the Parse.
+  void SetLookups(const EventLookups* lookups);
 
   // Convenience for tests and small inputs: copies `line` into a padded buffer first.
   bool ParseCopy(std::string_view line, ParsedEvent* event, std::string* reason);

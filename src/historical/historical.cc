@@ -20,6 +20,7 @@
 #include "event/event_parser.h"
 #include "event/line_reader.h"
 #include "historical/entity_table.h"
+#include "lookup/lookup_row.h"
 #include "offline/tables.h"
 #include "table/table_history.h"
 
@@ -132,9 +133,13 @@ class PointInTimeJoin {
     }
   }
 
+  // The recorded lookup answers of the next event fed (lookup/lookup_row.h); null: looked-up fields missing.
+  void SetLookups(const EventLookups* lookups) { parser_.SetLookups(lookups); }
+
   // Adds the reference-table versions that arrived before the event numbered `seq` (see TableReplay).
   void AddTablesUpTo(int64_t seq) { replay_.AddUpTo(tables_, seq); }
   void SetTableReplay(TableReplay replay) { replay_ = std::move(replay); }
+  const Spec& spec() const { return engine_.spec(); }
 
   // End of input: every event is final.
   void Finish() {
@@ -216,8 +221,12 @@ Status FeedEventsTable(const EventInput& input, PointInTimeJoin& join, ProgressL
   const std::string& table_dir = input.path;
   FRESHET_ASSIGN_OR_RETURN(std::vector<int64_t> partitions, EventsTablePartitions(table_dir));
   join.ExpectPartitions(partitions);
+  const Spec& spec = join.spec();
+  EventLookups lookups;  // The answers the stream recorded with each event, used instead of the store.
+  if (!spec.lookups.empty()) join.SetLookups(&lookups);
   return ReplayEventsTable(table_dir, [&](const StoredEvent& e) -> Status {
     if (e.seq >= input.seq_below) return Status::Ok();
+    if (!spec.lookups.empty()) FRESHET_RETURN_IF_ERROR(DecodeRecordedLookups(spec, e.lookups, &lookups));
     join.AddTablesUpTo(e.seq);
     join.Feed(e.raw, e.raw_capacity, static_cast<uint64_t>(e.seq), e.raw.size() > kMaxLineBytes,
               e.has_place ? std::optional<int64_t>(e.partition) : std::nullopt);
@@ -238,6 +247,11 @@ Status ComputePointInTime(const Spec& spec, const EventInput& input, const std::
   *stats = HistoricalStats();
   DeadLetterWriter dead_letters;
   FRESHET_RETURN_IF_ERROR(dead_letters.Open(options.dead_letters_path, input.path));
+  if (!spec.lookups.empty() && input.kind == EventInput::Kind::kJsonLines) {
+    return Status::Invalid("the spec has `lookups`, whose answers only the offline events table records (column "
+                           "lookups); `freshet historical` does not call the store, so it reads events from the "
+                           "offline store (leave out --events) to use the values the stream used");
+  }
   PointInTimeJoin join(spec, rows, answer, &dead_letters, stats, &options.observer);
   if (!spec.tables.empty()) {
     Result<TableReplay> replay =

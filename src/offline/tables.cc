@@ -22,7 +22,7 @@ OfflinePaths OfflinePathsFor(const Spec& spec, const std::string& data_dir) {
   return p;
 }
 
-std::vector<OfflineColumn> EventsTableColumns(bool partitioned) {
+std::vector<OfflineColumn> EventsTableColumns(bool partitioned, bool lookups) {
   std::vector<OfflineColumn> columns = {{"seq", OfflineType::kInt64, false},
                                         {"event_time", OfflineType::kTimestamp, false},
                                         {"entity", OfflineType::kString, false},
@@ -32,6 +32,7 @@ std::vector<OfflineColumn> EventsTableColumns(bool partitioned) {
     columns.push_back({"partition", OfflineType::kInt64, false});
     columns.push_back({"offset", OfflineType::kInt64, false});
   }
+  if (lookups) columns.push_back({"lookups", OfflineType::kString, true});
   return columns;
 }
 
@@ -138,6 +139,8 @@ Status ReplayEventsTable(const std::string& table_dir, const std::function<Statu
     ScanBatch batch;
     size_t row = 0;
     int64_t last_seq = std::numeric_limits<int64_t>::min();
+    bool has_place = false;
+    bool has_lookups = false;
   };
   std::vector<Cursor> cursors(files.size());
   auto advance = [&](Cursor& c) -> Result<bool> {
@@ -155,9 +158,16 @@ Status ReplayEventsTable(const std::string& table_dir, const std::function<Statu
   for (size_t k = 0; k < files.size(); ++k) {
     FRESHET_ASSIGN_OR_RETURN(cursors[k].scanner, ParquetScanner::Open(files[k], {"seq", "raw"}));
     const std::vector<std::string>& names = cursors[k].scanner->column_names();
-    if (std::find(names.begin(), names.end(), "partition") != names.end()) {
-      FRESHET_ASSIGN_OR_RETURN(cursors[k].scanner, ParquetScanner::Open(files[k], {"seq", "raw", "partition", "offset"}));
+    const bool has_place = std::find(names.begin(), names.end(), "partition") != names.end();
+    const bool has_lookups = std::find(names.begin(), names.end(), "lookups") != names.end();
+    if (has_place || has_lookups) {
+      std::vector<std::string> wanted = {"seq", "raw", "partition", "offset"};
+      if (!has_place) wanted.resize(2);
+      if (has_lookups) wanted.push_back("lookups");
+      FRESHET_ASSIGN_OR_RETURN(cursors[k].scanner, ParquetScanner::Open(files[k], wanted));
     }
+    cursors[k].has_place = has_place;
+    cursors[k].has_lookups = has_lookups;
     cursors[k].row = static_cast<size_t>(-1);
     cursors[k].batch.rows = 0;
     FRESHET_ASSIGN_OR_RETURN(bool has, advance(cursors[k]));
@@ -172,11 +182,12 @@ Status ReplayEventsTable(const std::string& table_dir, const std::function<Statu
     const auto& cols = c.batch.columns;
     e.seq = cols[0].ints[c.row];
     e.raw = cols[1].strings[c.row];
-    e.has_place = cols.size() == 4;
+    e.has_place = c.has_place;
     if (e.has_place) {
       e.partition = cols[2].ints[c.row];
       e.offset = cols[3].ints[c.row];
     }
+    e.lookups = c.has_lookups ? cols.back().strings[c.row] : std::string_view();
     const char* end = cols[1].readable_end;
     if (end != nullptr && end >= e.raw.data() && static_cast<size_t>(end - e.raw.data()) >= e.raw.size() + kParsePaddingBytes) {
       e.raw_capacity = static_cast<size_t>(end - e.raw.data());

@@ -2,7 +2,8 @@
 //
 // <offline>/events        every accepted event, partitioned by event_date:
 //                         seq (long: order of acceptance), event_time (timestamp), entity (string),
-//                         ingest_time (timestamp: when Freshet accepted it), raw (string: the JSON line as received)
+//                         ingest_time (timestamp: when Freshet accepted it), raw (string: the JSON line as received),
+//                         with `lookups` in the spec also lookups (string: what each lookup answered, as JSON text)
 // <offline>/features      after each accepted event, its entity's features as of the event's time, partitioned by
 //                         event_date: seq, entity, event_time, processing_time (timestamp), then one column per feature
 // <offline>/feature_log   what the serving API answered, partitioned by served_date: request_id (string),
@@ -50,7 +51,9 @@ OfflinePaths OfflinePathsFor(const Spec& spec, const std::string& data_dir);
 
 // With `partitioned` (a Kafka source) the events table also has `partition` and `offset`: each event's place
 // in its partition, which orders the per-partition replay of backfill and historical.
-std::vector<OfflineColumn> EventsTableColumns(bool partitioned = false);
+// With `lookups` (the spec has lookups) it also has `lookups`: the answers the event was processed with
+// (lookup/lookup_row.h), which replays use instead of asking the store again.
+std::vector<OfflineColumn> EventsTableColumns(bool partitioned = false, bool lookups = false);
 std::vector<OfflineColumn> FeaturesTableColumns(const Spec& spec);
 std::vector<OfflineColumn> FeatureLogColumns(const Spec& spec);
 
@@ -78,6 +81,7 @@ struct StoredEvent {
   int64_t partition = 0;
   int64_t offset = 0;
   std::string_view raw;
+  std::string_view lookups;  // The `lookups` cell; empty when the table has none.
   size_t raw_capacity = 0;  // Bytes readable from raw.data(): at least raw.size() + kParsePaddingBytes, so
                             // EventParser can parse it in place.
 };

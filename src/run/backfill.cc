@@ -1,5 +1,7 @@
 #include "run/backfill.h"
 
+#include "lookup/lookup_row.h"
+
 #include <chrono>
 #include <filesystem>
 
@@ -8,6 +10,7 @@
 #include "engine/dedup.h"
 #include "engine/feature_engine.h"
 #include "event/line_reader.h"
+#include "lookup/lookup_row.h"
 #include "offline/tables.h"
 #include "run/event_path.h"
 #include "run/feature_sets.h"
@@ -28,6 +31,11 @@ Status RunBackfill(const Spec& spec, const BackfillOptions& options, BackfillSta
     return Status::Invalid(spec.file + ": backfill writes the features table, which needs a 'watermark' (without one "
                            "the rows of out-of-order events could not be exact as of their time); add watermark: "
                            "{max_out_of_orderness: 5s, allowed_lateness: 1m} with your own bounds");
+  }
+  if (!spec.lookups.empty() && !options.events_files.empty()) {
+    return Status::Invalid(spec.file + ": the spec has `lookups`, whose answers only the offline events table "
+                           "records; backfill does not call the store, so it replays the events table (leave out "
+                           "--events)");
   }
   const auto started = std::chrono::steady_clock::now();
   *stats = BackfillStats();
@@ -109,13 +117,16 @@ Status RunBackfill(const Spec& spec, const BackfillOptions& options, BackfillSta
   };
   const int64_t wall_ms = WallClockMs();
 
+  EventLookups lookups;  // The answers the stream recorded with each event, used instead of the store.
   if (options.events_files.empty()) {
     FRESHET_RETURN_IF_ERROR(ReplayEventsTable(paths.events, [&](const StoredEvent& e) -> Status {
       ++stats->lines;
+      if (!spec.lookups.empty()) FRESHET_RETURN_IF_ERROR(DecodeRecordedLookups(spec, e.lookups, &lookups));
       if ((stats->lines & 0xFFFF) == 0) progress.Update(stats->lines);
       table_replay.AddUpTo(tables, e.seq);
       const RecordPlace place{e.partition, e.offset};
       PipelineLanes::Lane& lane = lanes.For(static_cast<uint32_t>(e.partition));
+      if (!spec.lookups.empty()) lane.path.SetLookups(&lookups);
       return account(lane.path.Process(e.raw, e.raw_capacity, wall_ms, e.has_place ? &place : nullptr));
     }));
   } else {

@@ -124,6 +124,13 @@ EventPath::Outcome EventPath::Process(std::string_view text, size_t capacity, in
     ++counters_.rejected;
     return Outcome::kRejected;
   }
+  if (lookups_ != nullptr) {
+    if (const int failed = lookups_->DeadLetterLookup(engine_.spec()); failed >= 0) {
+      reason_ = LookupFailureReason(*lookups_, failed);
+      ++counters_.rejected;
+      return Outcome::kRejected;
+    }
+  }
   const Outcome judged = Judge(engine_, dedup_, counters_, event_.entity,
                                dedup_ != nullptr ? &event_.slots[dedup_slot_] : nullptr, event_.time_ms);
   if (judged != Outcome::kAccepted) return judged;
@@ -139,7 +146,9 @@ EventPath::Outcome EventPath::Process(std::string_view text, size_t capacity, in
     const int64_t row_seq = offline_seq_ != nullptr && offline_seq_->from_place && place != nullptr
                                 ? place->partition << 40 | place->offset
                                 : static_cast<int64_t>(offline_seq_ != nullptr ? offline_seq_->next++ : seq);
-    offline_->AddEvent(row_seq, event_.time_ms, entity, wall_ms, text, place);
+    if (lookups_ != nullptr) lookups_record_ = lookups_->Record(engine_.spec());
+    offline_->AddEvent(row_seq, event_.time_ms, entity, wall_ms, text, place,
+                       lookups_ != nullptr ? std::string_view(lookups_record_) : std::string_view());
     if (offline_->writes_features()) offline_->AddFeatures(row_seq, entity, event_.time_ms, wall_ms, values_);
   }
   return Outcome::kAccepted;

@@ -24,6 +24,7 @@
 #include "engine/dedup.h"
 #include "engine/feature_engine.h"
 #include "event/event_parser.h"
+#include "lookup/lookup_row.h"
 #include "run/offline_sink.h"
 
 namespace freshet {
@@ -72,6 +73,14 @@ class EventPath {
   void SkipLinesWithoutEntity() { skip_without_entity_ = true; }
   // The reference tables that joined fields are read from (see EventParser::SetTables).
   void SetTables(const TableSet* tables) { parser_.SetTables(tables); }
+  // The lookups' answers for the next Process (lookup/lookup_row.h), set before each call when the spec has
+  // lookups: the looked-up fields are filled from them, an event that a lookup with on_timeout: dead_letter failed
+  // is rejected (reason lookup_timeout or lookup_error), and the offline events row records them. Null: the
+  // looked-up fields are missing. Not owned.
+  void SetLookups(const EventLookups* lookups) {
+    lookups_ = lookups;
+    parser_.SetLookups(lookups);
+  }
   // Numbers the offline rows from seq->next (incremented per accepted event, under seq->mutex) instead of this
   // path's own input order: several paths (one per Kafka partition, on several threads) writing one table share
   // one numbering, so seq stays unique and each table file stays in seq order.
@@ -114,6 +123,8 @@ class EventPath {
   PendingEvent pending_;
   std::string reason_;
   std::vector<Value> values_;
+  const EventLookups* lookups_ = nullptr;
+  std::string lookups_record_;
 };
 
 }  // namespace freshet

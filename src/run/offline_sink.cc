@@ -51,8 +51,9 @@ Result<std::unique_ptr<OfflineSink>> OfflineSink::Open(const Spec& spec, const O
                                                        OfflineSinkOptions options) {
   std::unique_ptr<OfflineSink> sink(new OfflineSink(spec));
   sink->partitioned_ = spec.source && spec.source->type == "kafka";
+  sink->lookups_ = !spec.lookups.empty();
   if (options.events) {
-    FRESHET_ASSIGN_OR_RETURN(sink->events_, OfflineTable::Open(TableOptions(paths, "events", EventsTableColumns(sink->partitioned_))));
+    FRESHET_ASSIGN_OR_RETURN(sink->events_, OfflineTable::Open(TableOptions(paths, "events", EventsTableColumns(sink->partitioned_, sink->lookups_))));
   }
   if (options.features) {
     FRESHET_ASSIGN_OR_RETURN(sink->features_,
@@ -96,7 +97,7 @@ Result<std::string> OfflineSink::Recover(std::optional<std::string_view> recorde
 }
 
 void OfflineSink::AddEvent(int64_t seq, int64_t event_time_ms, std::string_view entity, int64_t ingest_ms,
-                           std::string_view raw, const RecordPlace* place) {
+                           std::string_view raw, const RecordPlace* place, std::string_view lookups) {
   if (events_ == nullptr) return;
   std::lock_guard<std::mutex> lock(add_mutex_);
   OfflineTable& t = *events_;
@@ -109,6 +110,13 @@ void OfflineSink::AddEvent(int64_t seq, int64_t event_time_ms, std::string_view 
   if (partitioned_) {
     t.PutInt(place != nullptr ? place->partition : 0);
     t.PutInt(place != nullptr ? place->offset : 0);
+  }
+  if (lookups_) {
+    if (lookups.empty()) {
+      t.PutNull();
+    } else {
+      t.PutString(lookups);
+    }
   }
 }
 

@@ -54,8 +54,9 @@ class OfflineSink {
   Result<std::string> Recover(std::optional<std::string_view> recorded, std::optional<uint64_t> sequence);
 
   // `place`: the event's partition and offset, written when the events table has those columns (a Kafka source).
+  // `lookups`: the event's `lookups` cell (EventLookups::Record), written when the spec has lookups.
   void AddEvent(int64_t seq, int64_t event_time_ms, std::string_view entity, int64_t ingest_ms, std::string_view raw,
-                const RecordPlace* place = nullptr);
+                const RecordPlace* place = nullptr, std::string_view lookups = {});
   void AddFeatures(int64_t seq, std::string_view entity, int64_t event_time_ms, int64_t processing_ms,
                    const std::vector<Value>& values);
   // A version of reference table `table` (index in Spec::tables) into its history, table_<name>
@@ -102,6 +103,7 @@ class OfflineSink {
 
   std::optional<int64_t> from_ms_, to_ms_;
   bool partitioned_ = false;  // The events table has partition and offset columns.
+  bool lookups_ = false;      // The events table has the lookups column.
   std::mutex add_mutex_;      // AddEvent and AddFeatures may come from several processing threads at once.
   uint64_t feature_rows_ = 0;
   std::unique_ptr<OfflineTable> events_;

@@ -41,6 +41,7 @@
 #include "store/redis_store.h"
 #include "run/redis_serving.h"
 #include "run/sharded_input.h"
+#include "lookup/lookup_stage.h"
 #include "historical/explain.h"
 #include "serve/json.h"
 
@@ -546,6 +547,12 @@ struct Runtime::Impl final : public FeatureService, public RebalanceListener {
     return [this](const std::function<void(size_t)>& work) { RunShards(work); };
   }
   std::mutex dead_letters_mutex_;       // Shards write dead letters concurrently.
+  // With `lookups`: the stage that answers them per batch (before the lock), and the answers of the batch; the
+  // chunk being processed reads them from chunk_lookups_ (its first record's).
+  std::unique_ptr<LookupStage> lookup_stage_;
+  std::vector<EventLookups> batch_lookups_;
+  const EventLookups* chunk_lookups_ = nullptr;
+  void ResolveLookups(const std::vector<SourceRecord>& batch);
 
   const Spec& spec_;
   RuntimeOptions options_;
@@ -726,6 +733,13 @@ Status Runtime::Impl::Open() {
   shards_.resize(parallelism);
   if (parallelism > 1) pool_ = std::make_unique<ShardPool>(parallelism);
   if (lanes_.sharded()) sharded_input_ = std::make_unique<ShardedInput>(spec_, lanes_, RunShardsFunction());
+  if (!spec_.lookups.empty()) {
+    if (sharded_input_) {
+      return Status::Invalid(spec_.file + ": `lookups` do not work yet with a file or HTTP source on several threads "
+                             "(parallelism " + std::to_string(spec_.parallelism) + "); set parallelism: 1");
+    }
+    lookup_stage_ = std::make_unique<LookupStage>(spec_, metrics_);
+  }
   if (member_.shared_source != nullptr) {
     source_ = std::make_unique<SharedSourceView>(*member_.shared_source);
     lanes_.SkipLinesWithoutEntity();  // Events of the other sets.
@@ -1162,6 +1176,7 @@ void Runtime::Impl::ProcessShard(size_t shard, std::span<const SourceRecord> rec
       dead_letter("line is longer than " + std::to_string(kMaxLineBytes) + " bytes", "");
       continue;
     }
+    if (chunk_lookups_ != nullptr) lane.path.SetLookups(&chunk_lookups_[k]);
     switch (lane.path.Process(record.text, record.capacity, wall_ms, partitioned ? &place : nullptr)) {
       case EventPath::Outcome::kRejected:
         ++out.rejected;
@@ -1196,7 +1211,17 @@ Status Runtime::Impl::PollTables() {
   return polled;
 }
 
+void Runtime::Impl::ResolveLookups(const std::vector<SourceRecord>& batch) {
+  std::vector<LookupStage::Line> lines(batch.size());
+  for (size_t k = 0; k < batch.size(); ++k) {
+    if (!batch[k].too_long) lines[k] = {batch[k].text, batch[k].capacity};
+  }
+  lookup_stage_->Resolve(lines, &batch_lookups_);
+}
+
 Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch) {
+  // Lookups first, without the lock (lookups of features go on meanwhile); then the batch in input order.
+  if (lookup_stage_) ResolveLookups(batch);
   size_t k = 0;
   std::vector<int64_t> arrivals;
   arrivals.reserve(batch.size());
@@ -1218,6 +1243,7 @@ Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch) {
       } else {
         lane_of.resize(end - k);
         for (size_t r = k; r < end; ++r) lane_of[r - k] = lanes_.IndexOf(static_cast<uint32_t>(batch[r].end.stream));
+        if (lookup_stage_) chunk_lookups_ = batch_lookups_.data() + k;
         RunShards([&](size_t shard) { ProcessShard(shard, records, lane_of, batch_wall_ms, shards_[shard]); });
       }
       for (ShardOutput& out : shards_) {
@@ -1912,6 +1938,8 @@ Status Runtime::Impl::AfterPoll(std::vector<SourceRecord>& batch) {
     }
   }
   if (!batch.empty()) FRESHET_RETURN_IF_ERROR(ProcessBatch(batch));
+  // Also without events, so that the degraded state ends once the failures leave the window.
+  if (lookup_stage_) SetHealthReason("lookups", lookup_stage_->Health());
   if (kafka_ != nullptr) UpdateKafkaStatus();
   const int64_t low = lanes_.low_watermark_ms();
   watermark_lag_->Set(low == std::numeric_limits<int64_t>::min() ? 0.0 : (WallClockMs() - low) / 1000.0);

@@ -113,10 +113,16 @@ class FieldRegistry {
   };
   void AddJoined(int slot, int join, std::string column) { joined_.push_back({slot, join, std::move(column)}); }
   const std::vector<Joined>& joined() const { return joined_; }
-  // Whether the parser computes `slot` (derived or joined) instead of reading it from the event.
+  // A looked-up field (the spec's `lookups`): "credit.score" is field "score" of the answer of lookup `lookup`
+  // for the event; the parser fills it from the event's lookup answers (lookup/lookup_row.h) before the derived
+  // fields. `join` of Joined is the index in Spec::lookups here.
+  void AddLookedUp(int slot, int lookup, std::string column) { looked_up_.push_back({slot, lookup, std::move(column)}); }
+  const std::vector<Joined>& looked_up() const { return looked_up_; }
+  // Whether the parser computes `slot` (derived, joined or looked up) instead of reading it from the event.
   bool is_computed(int slot) const {
-    return is_derived(slot) ||
-           std::any_of(joined_.begin(), joined_.end(), [slot](const Joined& j) { return j.slot == slot; });
+    auto names = [slot](const Joined& j) { return j.slot == slot; };
+    return is_derived(slot) || std::any_of(joined_.begin(), joined_.end(), names) ||
+           std::any_of(looked_up_.begin(), looked_up_.end(), names);
   }
 
   // What the schema declares for `slot` (kAny and no conversion when nothing).
@@ -129,6 +135,7 @@ class FieldRegistry {
   std::vector<Derived> derived_;
   std::vector<int> key_slots_;
   std::vector<Joined> joined_;
+  std::vector<Joined> looked_up_;
 };
 
 }  // namespace freshet

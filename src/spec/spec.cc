@@ -363,8 +363,12 @@ class SpecParser {
   void ParseDerive(const Entry& entry, Spec* spec);
   void ParseTables(const Entry& entry, Spec* spec);
   void ParseJoins(const Entry& entry, Spec* spec);
+  void ParseLookups(const Entry& entry, Spec* spec);
+  // The {field} names of a lookup's key or url template, or an error at `mark`.
+  bool ReadTemplateFields(const std::string& text, const YAML::Mark& mark, LookupSpec* lookup);
   void ResolveJoinedFields(Spec* spec);
   std::vector<YAML::Mark> join_marks_;  // Of each join's `on`, parallel to Spec::joins.
+  std::vector<YAML::Mark> lookup_marks_;  // Of each lookup's key or url, parallel to Spec::lookups.
   void ParseFeature(const YAML::Node& item, const SpecOption& list_option, Spec* spec,
                     std::map<std::string, int>* first_line_by_name);
   std::optional<WindowSpec> ParseWindow(const Entry& entry);
@@ -1175,11 +1179,17 @@ bool IsDerivedField(const Spec& spec, std::string_view path) {
   return std::any_of(spec.derived.begin(), spec.derived.end(), [&](const DerivedFieldSpec& d) { return d.name == path; });
 }
 
-// A field of a joined table ("profiles.segment" with a join of profiles): its value is the row's, not the event's.
+// "credit.score" is under the prefix "credit".
+bool IsUnder(std::string_view path, std::string_view prefix) {
+  return path.size() > prefix.size() && path.starts_with(prefix) && path[prefix.size()] == '.';
+}
+
+// A field of a joined table ("profiles.segment" with a join of profiles) or of a lookup's answer ("credit.score"):
+// its value is the row's, not the event's.
 bool IsJoinedField(const Spec& spec, std::string_view path) {
-  return std::any_of(spec.joins.begin(), spec.joins.end(), [&](const JoinSpec& j) {
-    return path.size() > j.table.size() && path.starts_with(j.table) && path[j.table.size()] == '.';
-  });
+  return std::any_of(spec.joins.begin(), spec.joins.end(), [&](const JoinSpec& j) { return IsUnder(path, j.table); }) ||
+         std::any_of(spec.lookups.begin(), spec.lookups.end(),
+                     [&](const LookupSpec& l) { return IsUnder(path, l.name); });
 }
 
 // Derived or joined: not an event field, so the schema does not declare it.
@@ -1552,6 +1562,97 @@ void SpecParser::ParseJoins(const Entry& entry, Spec* spec) {
   }
 }
 
+bool SpecParser::ReadTemplateFields(const std::string& text, const YAML::Mark& mark, LookupSpec* lookup) {
+  size_t at = 0;
+  while ((at = text.find('{', at)) != std::string::npos) {
+    const size_t close = text.find('}', at);
+    const std::string field = close == std::string::npos ? "" : text.substr(at + 1, close - at - 1);
+    const bool valid = !field.empty() && std::all_of(field.begin(), field.end(), [](char c) {
+      return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.';
+    });
+    if (!valid) {
+      Error(mark, "'" + text + "': each {...} must name an event field, like {user_id} or {device.id}");
+      return false;
+    }
+    lookup->template_fields.push_back(field);
+    at = close + 1;
+  }
+  if (text.find('}') != std::string::npos && lookup->template_fields.empty()) {
+    Error(mark, "'" + text + "': a '}' without its '{'");
+    return false;
+  }
+  return true;
+}
+
+void SpecParser::ParseLookups(const Entry& entry, Spec* spec) {
+  const SpecOption& option = *entry.option;
+  if (!entry.value.IsSequence()) {
+    Error(ValueMark(entry), std::string("'lookups' is ") + NodeKindName(entry.value) +
+                                "; expected a list, each item like - {name: credit, type: redis, key: \"credit:{user_id}\"}");
+    return;
+  }
+  for (const auto& item : entry.value) {
+    std::optional<MapView> map = ReadMap(item, item.Mark(), option, ChildSection(option), "each item of 'lookups'");
+    if (!map) continue;
+    LookupSpec lookup;
+    lookup.line = map->mark.line + 1;
+    std::optional<std::string> name = ReadName(*map, "name");
+    std::optional<std::string> type = ReadChoice(*map, "type");
+    if (!name || !type) continue;
+    CheckCondition(*map, "type", *type);
+    for (const LookupSpec& other : spec->lookups) {
+      if (other.name == *name) {
+        Error(map->Find("name")->value.Mark(), "duplicate lookup '" + *name + "'; the first one is at line " +
+                                                   std::to_string(other.line));
+      }
+    }
+    for (const TableSpec& table : spec->tables) {
+      if (table.name == *name) {
+        Error(map->Find("name")->value.Mark(), "lookup '" + *name + "' has the name of the table at line " +
+                                                   std::to_string(table.line) + "; both name fields <name>.<field>");
+      }
+    }
+    lookup.name = *name;
+    lookup.type = *type;
+    const char* template_key = *type == "redis" ? "key" : "url";
+    std::optional<std::string> text = ReadString(*map, template_key);
+    if (!text) continue;
+    (*type == "redis" ? lookup.key : lookup.url) = *text;
+    if (!ReadTemplateFields(*text, map->Find(template_key)->value.Mark(), &lookup)) continue;
+    if (*type == "http" && !text->starts_with("http://")) {
+      Error(map->Find("url")->value.Mark(), "'" + *text + "': the url must start with http:// (https is not "
+                                            "supported; put a local proxy in front of a TLS service)");
+      continue;
+    }
+    if (*type == "redis") {
+      std::optional<std::string> host = ReadString(*map, "host");
+      std::optional<int> port = ReadInt(*map, "port");
+      if (!host || !port) continue;
+      lookup.host = *host;
+      lookup.port = *port;
+    }
+    std::optional<int64_t> timeout = ReadDuration(*map, "timeout");
+    std::optional<int> in_flight = ReadInt(*map, "max_in_flight");
+    std::optional<std::string> on_timeout = ReadChoice(*map, "on_timeout");
+    if (!timeout || !in_flight || !on_timeout) continue;
+    lookup.timeout_ms = *timeout;
+    lookup.max_in_flight = *in_flight;
+    lookup.dead_letter_on_timeout = *on_timeout == "dead_letter";
+    if (const Entry* cache = map->Find("cache")) {
+      std::optional<MapView> cache_map =
+          ReadMap(cache->value, ValueMark(*cache), *cache->option, ChildSection(*cache->option), "'lookups[].cache'");
+      if (!cache_map) continue;
+      std::optional<int64_t> ttl = ReadDuration(*cache_map, "ttl");
+      std::optional<int> entries = ReadInt(*cache_map, "max_entries");
+      if (!ttl || !entries) continue;
+      lookup.cache_ttl_ms = *ttl;
+      lookup.cache_max_entries = *entries;
+    }
+    spec->lookups.push_back(std::move(lookup));
+    lookup_marks_.push_back(map->Find(template_key)->value.Mark());
+  }
+}
+
 // After every expression: the slots named <table>.<column> are filled from the joined row, and each join's `on`
 // field is read from the event (interned last, so that adding a join leaves the other fields' slots as they were).
 void SpecParser::ResolveJoinedFields(Spec* spec) {
@@ -1563,6 +1664,32 @@ void SpecParser::ResolveJoinedFields(Spec* spec) {
       if (path.size() > table.size() && path.starts_with(table) && path[table.size()] == '.') {
         spec->fields.AddJoined(static_cast<int>(slot), static_cast<int>(j), path.substr(table.size() + 1));
       }
+    }
+  }
+  for (size_t slot = 0; slot < read_slots; ++slot) {
+    const std::string path = spec->fields.paths()[slot];
+    for (size_t l = 0; l < spec->lookups.size(); ++l) {
+      const std::string& name = spec->lookups[l].name;
+      if (IsUnder(path, name)) spec->fields.AddLookedUp(static_cast<int>(slot), static_cast<int>(l), path.substr(name.size() + 1));
+    }
+  }
+  for (LookupSpec& lookup : spec->lookups) {
+    // The template reads event fields, before anything is derived, joined or looked up.
+    for (const std::string& field : lookup.template_fields) {
+      if (IsComputedField(*spec, field)) {
+        Error(lookup_marks_[static_cast<size_t>(&lookup - spec->lookups.data())],
+              "lookup '" + lookup.name + "' reads '{" + field + "}', a " +
+                  (IsDerivedField(*spec, field) ? "derived" : "joined or looked-up") +
+                  " field; its key must be made of fields of the event itself");
+        continue;
+      }
+      if (spec->has_schema && FindSchemaField(*spec, field) == nullptr) {
+        Error(lookup_marks_[static_cast<size_t>(&lookup - spec->lookups.data())],
+              "lookup '" + lookup.name + "' reads '{" + field + "}', which 'schema' does not declare" +
+                  DidYouMeanField(*spec, field));
+        continue;
+      }
+      lookup.template_slots.push_back(spec->fields.Intern(field));
     }
   }
   for (JoinSpec& join : spec->joins) {
@@ -1910,6 +2037,7 @@ void SpecParser::ParseTop(const YAML::Node& root, Spec* spec) {
   if (const Entry* e = map->Find("skew")) ParseSkew(*e, spec);
   if (const Entry* e = map->Find("tables")) ParseTables(*e, spec);
   if (const Entry* e = map->Find("joins")) ParseJoins(*e, spec);  // Before the expressions that read joined fields.
+  if (const Entry* e = map->Find("lookups")) ParseLookups(*e, spec);  // Likewise.
   if (const Entry* e = map->Find("derive")) ParseDerive(*e, spec);  // Before the features that read them.
   if (const Entry* e = map->Find("features")) ParseFeatures(*e, spec);
   if (const Entry* e = map->Find("dedup")) ParseDedup(*e, spec);

@@ -194,6 +194,27 @@ struct JoinSpec {
   int line = 0;
 };
 
+// One `lookups` item: an asynchronous lookup per event into an external store (src/lookup/, README "Async
+// lookups"). Its answer's fields are the slots FieldRegistry::looked_up() names (credit.score).
+struct LookupSpec {
+  std::string name;
+  std::string type;      // "redis" or "http".
+  std::string key;       // redis: the key template, "credit:{user_id}".
+  std::string url;       // http: the URL template, "http://127.0.0.1:8081/credit/{user_id}".
+  std::string host = "127.0.0.1";  // redis.
+  int port = 6379;                 // redis.
+  int64_t timeout_ms = 1000;
+  int max_in_flight = 100;
+  bool dead_letter_on_timeout = false;  // on_timeout: dead_letter (else missing).
+  int64_t cache_ttl_ms = 0;             // 0: no cache.
+  int64_t cache_max_entries = 0;
+  // The event fields the template names, in order of appearance ({user_id} -> "user_id"), and their slots.
+  std::vector<std::string> template_fields;
+  std::vector<int> template_slots;
+  int line = 0;
+  const std::string& key_template() const { return type == "redis" ? key : url; }
+};
+
 // One problem found in a spec, with its 1-based position in the file.
 struct SpecDiagnostic {
   int line = 0;
@@ -230,6 +251,7 @@ struct Spec {
   std::vector<DerivedFieldSpec> derived;  // In evaluation order.
   std::vector<TableSpec> tables;
   std::vector<JoinSpec> joins;  // At most one per table; its fields are the slots FieldRegistry::joined() names.
+  std::vector<LookupSpec> lookups;  // Their fields are the slots FieldRegistry::looked_up() names.
   RequestFeatures request_features;       // Computed when features are asked for; not state.
   // Slot 0: entity, slot 1: timestamp, every field a feature reads, then the dedup field; each slot carries what
   // the schema declares for it.

@@ -139,6 +139,14 @@ inline constexpr SpecOption kSpecOptions[] = {
                "table's row for the event's `user_id` readable as `profiles.<column>` in `where`, `field` and "
                "`derive`, exact in time (see the README's Semantics).")
         .Example("[{table: profiles, on: user_id}]"),
+    SpecOption("", "lookups", SpecValueType::kList,
+               "Asynchronous lookups into an external store, per event: a Redis hash (HGETALL) or an HTTP GET "
+               "answering a JSON object; `{name: credit, ...}` makes each field of the answer readable as "
+               "`credit.<field>` in `where`, `field` and `derive`. Up to max_in_flight run at once; each event is "
+               "applied, in input order, once its lookups are done. The values used are recorded in the events "
+               "table (column `lookups`), so backfill and historical replay them without calling the store. See "
+               "\"Async lookups\" in the README's Semantics.")
+        .Example("[{name: credit, type: redis, key: \"credit:{user_id}\", timeout: 1s}]"),
     SpecOption("", "request_features", SpecValueType::kList,
                "Request-time features: each computes a value when features are asked for (GET and POST "
                "/v1/features, `freshet serve`, `freshet historical`), from the entity's feature values as of the "
@@ -423,6 +431,50 @@ inline constexpr SpecOption kSpecOptions[] = {
                "The event field holding the table's key (it need not be the entity). An event without it, or with "
                "a key the table lacks, has its joined fields missing.")
         .Required().Example("user_id"),
+
+    // lookups[]
+    SpecOption("lookups[]", "name", SpecValueType::kName,
+               "The lookup's name: [A-Za-z_][A-Za-z0-9_]*, unique among lookups and tables; the answer's fields "
+               "are named <name>.<field> (dotted for nested objects).")
+        .Required().Example("credit"),
+    SpecOption("lookups[]", "type", SpecValueType::kChoice,
+               "redis: HGETALL of the key, each hash field a field of the answer (a value in JSON number syntax "
+               "is a number, any other value text; an empty hash is no answer). http: GET of `url`; a 200 answer "
+               "must be a JSON object, a 404 is no answer, anything else an error.")
+        .Required().Choices("redis, http").Example("redis"),
+    SpecOption("lookups[]", "key", SpecValueType::kString,
+               "The Redis key, with {field} replaced by the event's field (a string, or an integer's digits; an "
+               "event without it is not looked up and its fields are missing).")
+        .When("type", "redis").Required().Example("\"credit:{user_id}\""),
+    SpecOption("lookups[]", "url", SpecValueType::kString,
+               "The URL to GET (http://host:port/path, no TLS), with {field} replaced by the event's field, "
+               "percent-encoded. Missing field: as for key.")
+        .When("type", "http").Required().Example("\"http://127.0.0.1:8081/credit/{user_id}\""),
+    SpecOption("lookups[]", "host", SpecValueType::kString, "The Redis server's host (an IPv4 address or a name).")
+        .When("type", "redis").Default("127.0.0.1"),
+    SpecOption("lookups[]", "port", SpecValueType::kInt, "The Redis server's port.")
+        .When("type", "redis").Range(1, 65535).Default("6379"),
+    SpecOption("lookups[]", "timeout", SpecValueType::kDuration,
+               "How long a request may take from when it is sent; then it counts as a timeout (see on_timeout).")
+        .Default("1s"),
+    SpecOption("lookups[]", "max_in_flight", SpecValueType::kInt,
+               "Requests sent and not yet answered, at most.")
+        .Range(1, 10000).Default("100"),
+    SpecOption("lookups[]", "on_timeout", SpecValueType::kChoice,
+               "What a timeout or an error (connection refused, an answer that is not a JSON object, an HTTP "
+               "status other than 200 and 404) does to the event: missing: its fields of this lookup are "
+               "missing (recorded as null); dead_letter: the event is not accepted and goes to the dead letters "
+               "with reason lookup_timeout (or lookup_error).")
+        .Choices("missing, dead_letter").Default("missing"),
+    SpecOption("lookups[]", "cache", SpecValueType::kMap,
+               "A cache of answers (no answer included; timeouts and errors are not cached), least recently used "
+               "out first. Without it every event is looked up.")
+        .Example("{ttl: 60s, max_entries: 100000}"),
+    SpecOption("lookups[].cache", "ttl", SpecValueType::kDuration,
+               "How long an answer is reused, in wall-clock time from when it came.")
+        .Required().Example("60s"),
+    SpecOption("lookups[].cache", "max_entries", SpecValueType::kInt, "Answers kept at most.")
+        .Range(1, 100000000).Default("100000"),
 
     // request_features[]
     SpecOption("request_features[]", "name", SpecValueType::kName,
