@@ -44,6 +44,10 @@ Status CheckFeatureSets(const std::vector<Spec>& specs) {
       return Status::Invalid(spec.file + ": reference tables (`tables:`) are not supported with several feature sets "
                              "yet (each set would record the table's history); run that set alone");
     }
+    if (!spec.lookups.empty()) {
+      return Status::Invalid(spec.file + ": `lookups` are not supported with several feature sets yet (the shared "
+                             "events table records the answers of one set's lookups only); run that set alone");
+    }
     if (!spec.checkpoint.path.empty()) {
       return Status::Invalid(spec.file + ": checkpoint.path (a Kafka consumer group's shared checkpoints) is not "
                              "supported with several feature sets; remove it");
