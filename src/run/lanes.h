@@ -18,6 +18,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -86,7 +87,8 @@ class PipelineLanes {
   using RunPerLane = std::function<void(const std::function<void(size_t)>&)>;
   std::string Encode(const RunPerLane* run = nullptr) const;
   // Restores what Encode wrote into fresh lanes; a partitioned state into unpartitioned lanes (or the reverse) is
-  // refused with a message saying so. `notes` as for DecodePipelineState.
+  // refused with a message saying so. A file or HTTP state of another shard count is re-sharded (Reshard), and a
+  // note says so. `notes` as for DecodePipelineState.
   Status Decode(std::string_view bytes, std::vector<std::string>* notes);
 
   // Consumer-group members (the runtime with a shared `checkpoint.path`): partitions come and go.
@@ -118,6 +120,9 @@ class PipelineLanes {
   std::string EncodeShards(const RunPerLane* run) const;
   // `shards_format`: written by EncodeShards; otherwise the state of one lane, refused unless this has one shard.
   Status DecodeShards(std::string_view bytes, bool shards_format, std::vector<std::string>* notes);
+  Status Reshard(std::optional<std::string_view> judge, std::span<const std::string_view> shards,
+                 std::vector<std::string>* notes);
+  Status MoveEntities(const Lane& from);
 
   EventPath::SharedSequence offline_seq_;  // Partitioned: the next offline row's seq (shared by threads).
   std::unique_ptr<Lane> judge_;            // Sharded only.

@@ -177,12 +177,9 @@ size_t Parallelism(const Spec& spec) {
   return static_cast<size_t>(spec.parallelism > 0 ? spec.parallelism : cores);
 }
 
-// Shards of a file or HTTP source: `parallelism` when set above 1. Left at 0 (one per core) it stays one, as
-// before sources other than Kafka were sharded: its checkpoints restore only with the shard count they were
-// written with (PipelineLanes::Decode), and those of earlier versions have one.
-size_t InputShards(const Spec& spec) {
-  return !IsKafka(spec) && spec.parallelism > 1 ? static_cast<size_t>(spec.parallelism) : 1;
-}
+// Shards of a file or HTTP source: `parallelism`, 0 meaning one per core. A checkpoint written with another
+// count (or by a version before sharding: one) is re-sharded on restore (PipelineLanes::Decode).
+size_t InputShards(const Spec& spec) { return IsKafka(spec) ? 1 : Parallelism(spec); }
 
 }  // namespace
 
