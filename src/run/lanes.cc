@@ -86,7 +86,7 @@ int64_t PipelineLanes::newest_event_ms() const {
   return newest;
 }
 
-std::string PipelineLanes::EncodeShards(const RunPerLane* run) const {
+std::string PipelineLanes::EncodeShards(const RunPerLane* run, std::vector<size_t>* part_bytes) const {
   std::vector<std::string> shards(lanes_.size());
   const std::function<void(size_t)> work = [&](size_t k) { shards[k] = EncodeLane(*lanes_[k]); };
   if (run != nullptr) {
@@ -100,11 +100,14 @@ std::string PipelineLanes::EncodeShards(const RunPerLane* run) const {
   w.PutVarint(lanes_.size());
   w.PutBytes(EncodeLane(*judge_));
   for (const std::string& shard : shards) w.PutBytes(shard);
+  if (part_bytes != nullptr) {
+    for (const std::string& shard : shards) part_bytes->push_back(shard.size());
+  }
   return out;
 }
 
-std::string PipelineLanes::Encode(const RunPerLane* run) const {
-  if (judge_) return EncodeShards(run);
+std::string PipelineLanes::Encode(const RunPerLane* run, std::vector<size_t>* part_bytes) const {
+  if (judge_) return EncodeShards(run, part_bytes);
   const auto& encode = EncodeLane;
   if (!partitioned_) return encode(*lanes_[0]);
   std::string out;

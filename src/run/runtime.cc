@@ -542,6 +542,7 @@ struct Runtime::Impl final : public FeatureService, public RebalanceListener {
   Gauge* state_bytes_ = nullptr;
   Histogram* checkpoint_seconds_ = nullptr;
   Gauge* checkpoint_bytes_ = nullptr;
+  Gauge* checkpoint_pause_ = nullptr;  // How long the last checkpoint stopped processing (settle, encode).
   Gauge* slo_breached_ = nullptr;
   Histogram* freshness_ = nullptr;
   std::unique_ptr<SloWindow> slo_window_;
@@ -644,6 +645,9 @@ Status Runtime::Impl::Open() {
                                                "Time to take and write a checkpoint, of those written.",
                                                kDurationBucketsSeconds);
   checkpoint_bytes_ = &metrics_.GetGauge("freshet_checkpoint_size_bytes", "Size of the last checkpoint.");
+  checkpoint_pause_ = &metrics_.GetGauge("freshet_checkpoint_pause_seconds",
+                                         "How long the last checkpoint stopped processing (its state settled and "
+                                         "encoded; the rest is written meanwhile).");
   slo_breached_ = &metrics_.GetGauge("freshet_freshness_slo_breached", "1 while the freshness SLO is breached.");
   if (spec_.freshness_slo) {
     // The p99 the SLO compares with it is computed inside (SloWindow) for /health; dashboards take it from
@@ -864,12 +868,18 @@ Status Runtime::Impl::Checkpoint(bool wait) {
   }
   recent_events_->Set(static_cast<double>(std::accumulate(recent.begin(), recent.end(), size_t{0})));
   const PipelineLanes::RunPerLane run = RunShardsFunction();
-  checkpoint->engine_state = lanes_.Encode(sharded_input_ ? &run : nullptr);
+  std::vector<size_t> part_bytes;
+  checkpoint->engine_state = lanes_.Encode(sharded_input_ ? &run : nullptr, &part_bytes);
+  for (size_t k = 0; k < part_bytes.size() && sharded_input_; ++k) {
+    metrics_.GetGauge("freshet_checkpoint_shard_bytes", "Size of each shard's state in the last checkpoint.",
+                      {{"shard", std::to_string(k)}}).Set(static_cast<double>(part_bytes[k]));
+  }
   auto rows = std::make_shared<OfflineSink::TakenRows>();
   if (offline_ != nullptr) *rows = offline_->TakeRows();
   state_bytes_->Set(static_cast<double>(lanes_.MemoryBytes()));
   last_checkpoint_ms_ = WallClockMs();
   seq_at_checkpoint_ = lanes_.next_offline_seq();
+  checkpoint_pause_->Set(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   checkpoint_running_ = true;
   auto write = [this, checkpoint, rows, start, cuts = CutExplains()]() {
     Status status = WriteCheckpoint(*checkpoint, std::move(*rows));
