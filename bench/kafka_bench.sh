@@ -2,25 +2,32 @@
 # Kafka source throughput: `freshet run` (release build, the fraud spec, offline tables off) reading a keyed topic
 # from a local Kafka 3.9.1 broker (scripts/kafka.sh) with parallelism 1 and 2, against the same events read from
 # a file (one thread), alternating in one run.
-#   bench/kafka_bench.sh [--events N] [--users N] [--partitions N] [--repeat N]
+#   bench/kafka_bench.sh [--events N] [--users N] [--partitions N] [--repeat N] [--bin FRESHET]
+# --bin: that binary instead of a release build (bench/release_build.sh, which runs scripts/setup.sh first).
+# Each run also prints the CPU seconds of freshet's threads (processing, librdkafka's broker thread) and of the
+# broker's JVM while it ran, and the load average: on a shared 2-core machine these say more than the wall time.
 # A run's time is from the process's start until /metrics counts every message read (freshet_events_in_total),
 # polled every 50 ms; the rate is events / that time. Prints each run and the medians. See bench/README.md.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-events=2000000 users=200000 partitions=8 repeat=3
+events=2000000 users=200000 partitions=8 repeat=3 bin=
 while [ $# -gt 0 ]; do
   case "$1" in
     --events) events=$2; shift 2 ;;
     --users) users=$2; shift 2 ;;
     --partitions) partitions=$2; shift 2 ;;
     --repeat) repeat=$2; shift 2 ;;
-    *) echo "usage: bench/kafka_bench.sh [--events N] [--users N] [--partitions N] [--repeat N]" >&2; exit 2 ;;
+    --bin) bin=$(realpath "$2"); shift 2 ;;
+    *) echo "usage: bench/kafka_bench.sh [--events N] [--users N] [--partitions N] [--repeat N] [--bin F]" >&2
+       exit 2 ;;
   esac
 done
 
-source "$here/bench/release_build.sh"
-release_build freshet
-bin="$build/freshet"
+if [ -z "$bin" ]; then
+  source "$here/bench/release_build.sh"
+  release_build freshet
+  bin="$build/freshet"
+fi
 data="$here/bench/data/kafka"
 rm -rf "$data"
 mkdir -p "$data"
@@ -43,7 +50,10 @@ spec_for() {
 # timed_run LABEL SPEC: starts `freshet run`, waits until every event is read, stops it; prints the run's time.
 timed_run() {
   local label=$1 spec=$2 dir="$data/run-$RANDOM"
-  local start end port="" n=0
+  local start end port="" n=0 jvm0 jvm1 threads
+  local jvm_pid
+  jvm_pid=$(cat "$broker_dir/pid")
+  jvm0=$(awk '{print $14 + $15}' "/proc/$jvm_pid/stat")
   start=$(date +%s.%N)
   "$bin" run --spec "$spec" --data-dir "$dir" 2> "$dir.log" &
   local pid=$!
@@ -57,10 +67,17 @@ timed_run() {
     sleep 0.05
   done
   end=$(date +%s.%N)
+  jvm1=$(awk '{print $14 + $15}' "/proc/$jvm_pid/stat")
+  # CPU seconds per thread name (librdkafka's rdk:*, freshet's processing threads), in clock ticks of 1/100 s.
+  threads=$(for t in /proc/"$pid"/task/*; do printf '%s %s\n' "$(tr ' ' _ < "$t/comm")" \
+    "$(awk '{print $14 + $15}' "$t/stat")"; done |
+    awk '{a[$1] += $2} END {for (k in a) if (a[k] > 0) printf "%s %.2f s, ", k, a[k] / 100}')
   kill "$pid"; wait "$pid" || true
   rm -rf "$dir"
-  awk -v l="$label" -v s="$start" -v e="$end" -v n="$events" \
-    'BEGIN {printf "%s: %d events in %.2f s = %.2f M events/s\n", l, n, e - s, n / (e - s) / 1e6}'
+  awk -v l="$label" -v s="$start" -v e="$end" -v n="$events" -v j=$((jvm1 - jvm0)) -v th="$threads" \
+    -v load="$(cut -d' ' -f1 /proc/loadavg)" \
+    'BEGIN {printf "%s: %d events in %.2f s = %.2f M events/s (CPU: %sbroker JVM %.2f s; load %s)\n", l, n, e - s,
+            n / (e - s) / 1e6, th, j / 100, load}'
 }
 
 for p in 1 2; do
@@ -77,6 +94,6 @@ for k in $(seq 1 "$repeat"); do
   timed_run "file run $k" "$data/file.yaml" | tee -a "$results"
 done
 for kind in kafka-p1 kafka-p2 file; do
-  grep "^$kind" "$results" | awk '{print $(NF-2)}' | sort -n |
+  grep "^$kind" "$results" | sed 's/ M events\/s.*//' | awk '{print $NF}' | sort -n |
     awk -v k="$kind" '{a[NR]=$1} END {printf "%s: median %.2f M events/s over %d runs\n", k, a[int((NR+1)/2)], NR}'
 done

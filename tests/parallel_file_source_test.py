@@ -12,8 +12,9 @@ are identical, and agree with the brute-force reference (tests/reference.py): th
 dead letters' lines and reasons, every features row, and the lookups of a sample of entities; and a backfill
 (one thread) rewrites the features table of 4 shards as it was.
 The same for the HTTP source (POST /v1/ingest), smaller. Then kill -9 mid-run with parallelism 2 and a restart:
-every event in the events table exactly once (seq unique and complete, the reference's lines); and a restart with
-another parallelism is refused with a message saying what to do.
+every event in the events table exactly once (seq unique and complete, the reference's lines), the last restart
+with parallelism 4 (the checkpoint's state re-sharded). And a file read in three parts by parallelism 1, then 2,
+then 1 again (each restart re-shards the checkpoint's state): lookups, tables and dead letters as the reference's.
 """
 from __future__ import annotations
 
@@ -220,17 +221,12 @@ def test_kill_and_restart_with_parallelism_2(tmp_path: Path) -> None:
         _wait(lambda: server.metric("freshet_events_in_total") >= kill_at * len(lines)
               and server.metric("freshet_checkpoints_total") > 0, f"{kill_at} of the lines to be read")
         server.kill()
-    # Another parallelism cannot take over the shards' state: refused, saying what to do.
-    other = _spec(tmp_path / "other", 4, "{type: file, path: events.jsonl}")
-    refused = subprocess.run([BIN, "run", "--spec", str(other), "--data-dir", str(tmp_path / "run" / "data"),
-                              "--port", "0", "--exit-at-end"], capture_output=True, text=True, timeout=SECONDS)
-    assert refused.returncode != 0
-    assert "written with parallelism 2 and this run has parallelism 4" in refused.stderr, refused.stderr
-    assert "`parallelism: 2`" in refused.stderr and "--reset" in refused.stderr, refused.stderr
-
+    # Another parallelism takes over the shards' state: re-sharded.
+    spec = _spec(tmp_path / "run", 4, "{type: file, path: events.jsonl, follow: true}")
     server = Server(spec, tmp_path / "run" / "data", log)
     try:
         assert log.read_text(errors="replace").count("restored checkpoint") == 2
+        assert "written with parallelism 2 and is re-sharded to parallelism 4" in log.read_text(errors="replace")
         with open(events_file, "ab") as out:
             out.write(b"".join(lines[done:]))
         _read_all(server, len(lines))
@@ -241,3 +237,36 @@ def test_kill_and_restart_with_parallelism_2(tmp_path: Path) -> None:
     assert stored.column("seq").to_pylist() == list(range(len(events))), "an event lost or doubled"
     assert [raw.encode() for raw in stored.column("raw").to_pylist()] == \
            [lines[e.line - 1].rstrip(b"\n").rstrip(b"\r") for e in events]
+
+
+def test_restore_with_another_parallelism(tmp_path: Path) -> None:
+    """Parallelism 1, then 2, then 1 over one growing file: each restart moves every entity to the shard its name
+    hashes to now; the values are the reference's, as if one run had read it all."""
+    _require_binary()
+    data = _generate(tmp_path / "generated.jsonl", 20000, seed=24)
+    spec, events, dead = _reference(tmp_path, data)
+    users, times = _users(events), _times(events)
+    lines = _lines_with_ends(data)
+    folder = tmp_path / "run"
+    source = "{type: file, path: events.jsonl, follow: true}"
+    _spec(folder, 1, source)
+    (folder / "events.jsonl").write_bytes(b"")
+    log = folder / "run.log"
+    done = 0
+    for part, parallelism in ((1, 1), (2, 2), (3, 1)):
+        server = Server(_spec(folder, parallelism, source), folder / "data", log)
+        try:
+            with open(folder / "events.jsonl", "ab") as out:
+                out.write(b"".join(lines[done:len(lines) * part // 3]))
+            done = len(lines) * part // 3
+            _read_all(server, done)
+            if part == 3:
+                lookups = _lookups(server, users, times)
+        finally:
+            assert server.terminate() == 0, log.read_text(errors="replace")
+    text = log.read_text(errors="replace")
+    assert "written with parallelism 1 and is re-sharded to parallelism 2" in text, text
+    assert "written with parallelism 2 and is re-sharded to parallelism 1" in text, text
+    dead_letters = b"".join(p.read_bytes() for p in sorted((folder / "data" / "dead_letters").glob("*.jsonl")))
+    outcome = {"lookups": lookups, "tables": _tables(folder / "data"), "dead_letters": dead_letters}
+    _check_against_reference(spec, events, dead, data, outcome, users, times)

@@ -753,6 +753,17 @@ void FeatureEngine::SaveState(ByteWriter& out) const {
   }
 }
 
+void FeatureEngine::AddCounters(const EngineCounters& more) {
+  counters_.admitted += more.admitted;
+  counters_.late += more.late;
+  counters_.expired += more.expired;
+  for (size_t k = 0; k < more.skipped.size() && k < counters_.skipped.size(); ++k) {
+    for (size_t r = 0; r < counters_.skipped[k].by_reason.size(); ++r) {
+      counters_.skipped[k].by_reason[r] += more.skipped[k].by_reason[r];
+    }
+  }
+}
+
 void FeatureEngine::SaveLife(uint32_t index, ByteWriter& out) const {
   out.PutSignedVarint(lives_[index].applied_newest_ms);
   out.PutSignedVarint(lives_[index].gap_end_ms);

@@ -243,6 +243,8 @@ class FeatureEngine {
 
   const Spec& spec() const { return spec_; }
   const EngineCounters& counters() const { return counters_; }
+  // Adds `more` to the counters: a checkpoint's state re-sharded (run/lanes.cc) keeps the sums.
+  void AddCounters(const EngineCounters& more);
   size_t MemoryBytes() const;
 
   // SpecFingerprint(spec()), computed once.

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <span>
 
 #include "common/bytes.h"
 
@@ -91,7 +92,7 @@ int64_t PipelineLanes::newest_event_ms() const {
   return newest;
 }
 
-std::string PipelineLanes::EncodeShards(const RunPerLane* run) const {
+std::string PipelineLanes::EncodeShards(const RunPerLane* run, std::vector<size_t>* part_bytes) const {
   std::vector<std::string> shards(lanes_.size());
   const std::function<void(size_t)> work = [&](size_t k) { shards[k] = EncodeLane(*lanes_[k]); };
   if (run != nullptr) {
@@ -105,11 +106,14 @@ std::string PipelineLanes::EncodeShards(const RunPerLane* run) const {
   w.PutVarint(lanes_.size());
   w.PutBytes(EncodeLane(*judge_));
   for (const std::string& shard : shards) w.PutBytes(shard);
+  if (part_bytes != nullptr) {
+    for (const std::string& shard : shards) part_bytes->push_back(shard.size());
+  }
   return out;
 }
 
-std::string PipelineLanes::Encode(const RunPerLane* run) const {
-  if (judge_) return EncodeShards(run);
+std::string PipelineLanes::Encode(const RunPerLane* run, std::vector<size_t>* part_bytes) const {
+  if (judge_) return EncodeShards(run, part_bytes);
   const auto& encode = EncodeLane;
   if (!partitioned_) return encode(*lanes_[0]);
   std::string out;
@@ -165,26 +169,101 @@ Status PipelineLanes::DecodeShards(std::string_view bytes, bool shards_format, s
   auto decode = [&](std::string_view state, Lane& lane) {
     return DecodePipelineState(state, &lane.engine, &lane.counters, lane.dedup ? &*lane.dedup : nullptr, notes);
   };
-  // The state of an entity lives in the shard its name hashes to: another shard count would need moving it. A
-  // state of one lane (of parallelism 1, or of a version before sharding) counts as one shard.
+  // A state of one lane (of parallelism 1, or of a version before sharding) counts as one shard.
   uint64_t count = 1;
   ByteReader in(bytes);
   uint8_t marker;
   if (shards_format && (!in.ReadU8(&marker) || !in.ReadCount(&count))) return Status::Invalid("it is incomplete");
-  if (count != lanes_.size()) {
-    return Status::Invalid("it was written with " + ParallelismText(count) + " and this run has " +
-                           ParallelismText(lanes_.size()) + "; a file or HTTP pipeline keeps the parallelism of its "
-                           "checkpoints: set `parallelism: " + std::to_string(count) + "` in the spec, or start "
-                           "fresh with `freshet run --reset` (it moves the old checkpoints aside)");
+  std::optional<std::string_view> judge;  // Sharded: the judge's state, then each shard's.
+  std::vector<std::string_view> shards;
+  if (shards_format) {
+    std::string_view state;
+    for (uint64_t k = 0; k <= count; ++k) {
+      if (!in.ReadBytes(&state)) return Status::Invalid("it is incomplete");
+      if (k == 0) {
+        judge = state;
+      } else {
+        shards.push_back(state);
+      }
+    }
+    if (count < 2) return Status::Invalid("it is malformed (a sharded state of " + std::to_string(count) + " shard)");
+  } else {
+    shards.push_back(bytes);
   }
-  if (judge_ == nullptr) return Status::Invalid("it is malformed (a sharded state of one shard)");
-  std::string_view state;
-  if (!in.ReadBytes(&state)) return Status::Invalid("it is incomplete");
-  FRESHET_RETURN_IF_ERROR(decode(state, *judge_));
+  if (count != lanes_.size()) return Reshard(judge, shards, notes);
+  if (judge_ == nullptr) return decode(shards[0], *lanes_[0]);
+  FRESHET_RETURN_IF_ERROR(decode(*judge, *judge_));
   for (size_t k = 0; k < lanes_.size(); ++k) {
-    if (!in.ReadBytes(&state)) return Status::Invalid("it is incomplete");
-    Status decoded = decode(state, *lanes_[k]);
+    Status decoded = decode(shards[k], *lanes_[k]);
     if (!decoded.ok()) return Status::Invalid("shard " + std::to_string(k) + ": " + decoded.message());
+  }
+  return Status::Ok();
+}
+
+// Another shard count than the checkpoint's. The input's state (lateness clock M, deduplication ids, seq and
+// the input's counters) is the old judge's, or the one lane's; every entity moves, with its feature states, its
+// expiry bookkeeping and its newest event time, to the shard its name hashes to now (ShardOf). A checkpoint is
+// taken between chunks, when every shard follows the input's M (run/sharded_input.h), so each new shard starts
+// at that M: every value is as it would have been with the new count from the start (README, Semantics).
+Status PipelineLanes::Reshard(std::optional<std::string_view> judge, std::span<const std::string_view> shards,
+                              std::vector<std::string>* notes) {
+  auto decode = [&](std::string_view state, Lane& lane) {
+    return DecodePipelineState(state, &lane.engine, &lane.counters, lane.dedup ? &*lane.dedup : nullptr, notes);
+  };
+  std::vector<std::unique_ptr<Lane>> old;
+  for (size_t k = 0; k < shards.size(); ++k) {
+    old.push_back(std::make_unique<Lane>(spec_, 0));
+    Status decoded = decode(shards[k], *old.back());
+    if (!decoded.ok()) return Status::Invalid("shard " + std::to_string(k) + ": " + decoded.message());
+  }
+  // The input's state without entities: the old judge's as it is, or the one lane's clock, counters and ids.
+  std::string input_state;
+  if (judge) {
+    input_state = std::string(*judge);
+  } else {
+    const Lane& one = *old[0];
+    FeatureEngine clock(spec_);
+    clock.FollowClock(one.engine.max_time_ms());
+    clock.AddCounters(EngineCounters{.admitted = one.engine.counters().admitted,
+                                     .late = one.engine.counters().late, .expired = 0, .skipped = {}});
+    PipelineCounters counters = one.counters;
+    counters.newest_event_ms.clear();
+    input_state = EncodePipelineState(clock, counters, one.dedup ? &*one.dedup : nullptr);
+  }
+  Lane& input = judge_ ? *judge_ : *lanes_[0];
+  FRESHET_RETURN_IF_ERROR(decode(input_state, input));
+  for (auto& lane : lanes_) lane->engine.FollowClock(input.engine.max_time_ms());
+  for (const auto& from : old) {
+    EngineCounters entity_counters = from->engine.counters();  // Of the entities' features (sharded: no admissions).
+    if (!judge) entity_counters.admitted = entity_counters.late = 0;  // Counted by the input's state above.
+    lanes_[0]->engine.AddCounters(entity_counters);
+    FRESHET_RETURN_IF_ERROR(MoveEntities(*from));
+  }
+  if (notes != nullptr) {
+    notes->push_back("the checkpoint's state was written with " + ParallelismText(shards.size()) +
+                     " and is re-sharded to " + ParallelismText(lanes_.size()) +
+                     " (each entity moved to the shard its name hashes to)");
+  }
+  return Status::Ok();
+}
+
+// Every entity of `from` into the lane its name hashes to (through its saved bytes, as the online store keeps
+// them), with its newest event time.
+Status PipelineLanes::MoveEntities(const Lane& from) {
+  std::string bytes;
+  for (uint32_t e = 0; e < from.engine.entity_count(); ++e) {
+    if (!from.engine.entity_live(e)) continue;
+    const std::string& name = from.engine.entity_name(e);
+    Lane& to = *lanes_[ShardOf(name)];
+    bytes.clear();
+    ByteWriter w(&bytes);
+    from.engine.SaveEntity(e, w);
+    ByteReader r(bytes);
+    FRESHET_RETURN_IF_ERROR(to.engine.LoadEntity(name, r));
+    const uint32_t index = *to.engine.FindEntity(name);
+    std::vector<int64_t>& newest = to.counters.newest_event_ms;
+    if (index >= newest.size()) newest.resize(index + 1, std::numeric_limits<int64_t>::min());
+    if (e < from.counters.newest_event_ms.size()) newest[index] = from.counters.newest_event_ms[e];
   }
   return Status::Ok();
 }

@@ -18,6 +18,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -85,9 +86,11 @@ class PipelineLanes {
   // state. `run`, if given, runs work(k) for every lane k at once (the runtime's shard threads): each shard's
   // state is encoded on its own thread.
   using RunPerLane = std::function<void(const std::function<void(size_t)>&)>;
-  std::string Encode(const RunPerLane* run = nullptr) const;
+  // `part_bytes`, if given, gets each shard's state size (sharded only).
+  std::string Encode(const RunPerLane* run = nullptr, std::vector<size_t>* part_bytes = nullptr) const;
   // Restores what Encode wrote into fresh lanes; a partitioned state into unpartitioned lanes (or the reverse) is
-  // refused with a message saying so. `notes` as for DecodePipelineState.
+  // refused with a message saying so. A file or HTTP state of another shard count is re-sharded (Reshard), and a
+  // note says so. `notes` as for DecodePipelineState.
   Status Decode(std::string_view bytes, std::vector<std::string>* notes);
 
   // Consumer-group members (the runtime with a shared `checkpoint.path`): partitions come and go.
@@ -117,9 +120,12 @@ class PipelineLanes {
   OfflineSink* offline_ = nullptr;
   const TableSet* tables_ = nullptr;
   bool skip_without_entity_ = false;
-  std::string EncodeShards(const RunPerLane* run) const;
+  std::string EncodeShards(const RunPerLane* run, std::vector<size_t>* part_bytes) const;
   // `shards_format`: written by EncodeShards; otherwise the state of one lane, refused unless this has one shard.
   Status DecodeShards(std::string_view bytes, bool shards_format, std::vector<std::string>* notes);
+  Status Reshard(std::optional<std::string_view> judge, std::span<const std::string_view> shards,
+                 std::vector<std::string>* notes);
+  Status MoveEntities(const Lane& from);
 
   EventPath::SharedSequence offline_seq_;  // Partitioned: the next offline row's seq (shared by threads).
   std::unique_ptr<Lane> judge_;            // Sharded only.

@@ -180,11 +180,14 @@ size_t Parallelism(const Spec& spec) {
   return static_cast<size_t>(spec.parallelism > 0 ? spec.parallelism : cores);
 }
 
-// Shards of a file or HTTP source: `parallelism` when set above 1. Left at 0 (one per core) it stays one, as
-// before sources other than Kafka were sharded: its checkpoints restore only with the shard count they were
-// written with (PipelineLanes::Decode), and those of earlier versions have one.
-size_t InputShards(const Spec& spec) {
-  return !IsKafka(spec) && spec.parallelism > 1 ? static_cast<size_t>(spec.parallelism) : 1;
+// Shards of a file or HTTP source: `parallelism`, 0 meaning one per core, except where several threads do not work
+// yet: one feature set of several (`in_set`) and async lookups take one thread unless `parallelism` says more (which
+// they refuse). A checkpoint written with another count (or by a version before sharding: one) is re-sharded on
+// restore (PipelineLanes::Decode).
+size_t InputShards(const Spec& spec, bool in_set) {
+  if (IsKafka(spec)) return 1;
+  if (spec.parallelism == 0 && (in_set || !spec.lookups.empty())) return 1;
+  return Parallelism(spec);
 }
 
 // The source as the second and later feature sets of a run see it (Runtime::StartSets): the first set's, read
@@ -223,7 +226,7 @@ struct Runtime::Impl final : public FeatureService, public RebalanceListener {
       : spec_(spec),
         options_(std::move(options)),
         member_(std::move(member)),
-        lanes_(spec, IsKafka(spec), InputShards(spec)) {}
+        lanes_(spec, IsKafka(spec), InputShards(spec, member_.active)) {}
   ~Impl() {
     if (checkpoint_thread_.joinable()) checkpoint_thread_.join();
   }
@@ -609,6 +612,7 @@ struct Runtime::Impl final : public FeatureService, public RebalanceListener {
   Gauge* state_bytes_ = nullptr;
   Histogram* checkpoint_seconds_ = nullptr;
   Gauge* checkpoint_bytes_ = nullptr;
+  Gauge* checkpoint_pause_ = nullptr;  // How long the last checkpoint stopped processing (settle, encode).
   Gauge* slo_breached_ = nullptr;
   Histogram* freshness_ = nullptr;
   std::unique_ptr<SloWindow> slo_window_;
@@ -711,6 +715,9 @@ Status Runtime::Impl::Open() {
                                                "Time to take and write a checkpoint, of those written.",
                                                kDurationBucketsSeconds);
   checkpoint_bytes_ = &metrics_.GetGauge("freshet_checkpoint_size_bytes", "Size of the last checkpoint.");
+  checkpoint_pause_ = &metrics_.GetGauge("freshet_checkpoint_pause_seconds",
+                                         "How long the last checkpoint stopped processing (its state settled and "
+                                         "encoded; the rest is written meanwhile).");
   slo_breached_ = &metrics_.GetGauge("freshet_freshness_slo_breached", "1 while the freshness SLO is breached.");
   if (spec_.freshness_slo) {
     // The p99 the SLO compares with it is computed inside (SloWindow) for /health; dashboards take it from
@@ -958,12 +965,18 @@ Status Runtime::Impl::Checkpoint(bool wait) {
   }
   recent_events_->Set(static_cast<double>(std::accumulate(recent.begin(), recent.end(), size_t{0})));
   const PipelineLanes::RunPerLane run = RunShardsFunction();
-  checkpoint->engine_state = lanes_.Encode(sharded_input_ ? &run : nullptr);
+  std::vector<size_t> part_bytes;
+  checkpoint->engine_state = lanes_.Encode(sharded_input_ ? &run : nullptr, &part_bytes);
+  for (size_t k = 0; k < part_bytes.size() && sharded_input_; ++k) {
+    metrics_.GetGauge("freshet_checkpoint_shard_bytes", "Size of each shard's state in the last checkpoint.",
+                      {{"shard", std::to_string(k)}}).Set(static_cast<double>(part_bytes[k]));
+  }
   auto rows = std::make_shared<OfflineSink::TakenRows>();
   if (offline_ != nullptr) *rows = offline_->TakeRows();
   state_bytes_->Set(static_cast<double>(lanes_.MemoryBytes()));
   last_checkpoint_ms_ = WallClockMs();
   seq_at_checkpoint_ = lanes_.next_offline_seq();
+  checkpoint_pause_->Set(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   checkpoint_running_ = true;
   auto write = [this, checkpoint, rows, start, cuts = CutExplains()]() {
     Status status = WriteCheckpoint(*checkpoint, std::move(*rows));

@@ -86,11 +86,11 @@ class ShardedInputTest : public ::testing::Test {
     return r;
   }
 
-  // The lines through one lane's EventPath, as a one-thread run does.
-  std::vector<Letter> RunOne(PipelineLanes& lanes) {
+  // The lines (`from` to `to`, default all) through one lane's EventPath, as a one-thread run does.
+  std::vector<Letter> RunOne(PipelineLanes& lanes, size_t from = 0, size_t to = SIZE_MAX) {
     std::vector<Letter> letters;
     PipelineLanes::Lane& lane = lanes.at(0);
-    for (size_t k = 0; k < lines_.size(); ++k) {
+    for (size_t k = from; k < std::min(to, lines_.size()); ++k) {
       const SourceRecord r = Record(k);
       switch (lane.path.Process(r.text, r.capacity, 0)) {
         case EventPath::Outcome::kAccepted: break;
@@ -181,7 +181,7 @@ TEST_F(ShardedInputTest, EveryValueAndDeadLetterAsOnOneThread) {
   }
 }
 
-TEST_F(ShardedInputTest, ContinuesExactlyFromItsEncodedStateAndRefusesAnotherShardCount) {
+TEST_F(ShardedInputTest, ContinuesExactlyFromItsEncodedStateWithAnyShardCount) {
   PipelineLanes one(spec_, false);
   RunOne(one);
   const std::vector<std::string> want = Answers(one);
@@ -196,25 +196,40 @@ TEST_F(ShardedInputTest, ContinuesExactlyFromItsEncodedStateAndRefusesAnotherSha
   const std::string state = first.Encode(&run);
   EXPECT_EQ(state, first.Encode());  // Encoded on the shards' threads or not, the same bytes.
 
-  PipelineLanes restored(spec_, false, 3);
-  ASSERT_TRUE(restored.Decode(state, nullptr).ok());
-  ShardedInput input(spec_, restored, Threads(3));
-  RunSharded(input, 1700, lines_.size(), &letters);
-  EXPECT_EQ(Answers(restored), want);
-
-  PipelineLanes two(spec_, false, 2);
-  Status refused = two.Decode(state, nullptr);
-  ASSERT_FALSE(refused.ok());
-  EXPECT_NE(refused.message().find("written with parallelism 3 and this run has parallelism 2"), std::string::npos)
-      << refused.message();
+  // The same count, and other counts (re-sharded: every entity moved to the shard its name hashes to now).
+  for (size_t shards : {3u, 2u, 4u}) {
+    PipelineLanes restored(spec_, false, shards);
+    std::vector<std::string> notes;
+    ASSERT_TRUE(restored.Decode(state, &notes).ok()) << shards;
+    EXPECT_EQ(notes.size(), shards == 3 ? 0u : 1u) << shards;
+    EXPECT_EQ(restored.entity_count(), first.entity_count()) << shards;
+    EXPECT_EQ(restored.next_offline_seq(), first.next_offline_seq()) << shards;
+    ShardedInput input(spec_, restored, Threads(shards));
+    std::vector<Letter> rest = letters;
+    RunSharded(input, 1700, lines_.size(), &rest);
+    EXPECT_EQ(Answers(restored), want) << shards;
+    EXPECT_EQ(restored.entity_count(), one.entity_count()) << shards;
+    EXPECT_EQ(restored.next_offline_seq(), one.next_offline_seq()) << shards;
+  }
+  // Shards into one lane.
   PipelineLanes single(spec_, false);
-  refused = single.Decode(state, nullptr);
-  ASSERT_FALSE(refused.ok());
-  EXPECT_NE(refused.message().find("`parallelism: 3`"), std::string::npos) << refused.message();
-  // A one-thread checkpoint (every earlier version's) into shards: refused too.
-  refused = PipelineLanes(spec_, false, 2).Decode(one.Encode(), nullptr);
-  ASSERT_FALSE(refused.ok());
-  EXPECT_NE(refused.message().find("written with parallelism 1"), std::string::npos) << refused.message();
+  std::vector<std::string> notes;
+  ASSERT_TRUE(single.Decode(state, &notes).ok());
+  ASSERT_EQ(notes.size(), 1u);
+  EXPECT_NE(notes[0].find("written with parallelism 3 and is re-sharded to parallelism 1"), std::string::npos)
+      << notes[0];
+  RunOne(single, 1700);
+  EXPECT_EQ(Answers(single), want);
+  EXPECT_EQ(single.next_offline_seq(), one.next_offline_seq());
+  // One lane (parallelism 1, or any earlier version's checkpoint) into shards.
+  PipelineLanes part(spec_, false);
+  RunOne(part, 0, 1700);
+  PipelineLanes two(spec_, false, 2);
+  ASSERT_TRUE(two.Decode(part.Encode(), nullptr).ok());
+  ShardedInput input(spec_, two, Threads(2));
+  RunSharded(input, 1700, lines_.size(), &letters);
+  EXPECT_EQ(Answers(two), want);
+  EXPECT_EQ(two.next_offline_seq(), one.next_offline_seq());
 }
 
 }  // namespace

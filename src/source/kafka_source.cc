@@ -3,6 +3,8 @@
 #include <librdkafka/rdkafka.h>
 
 #include <charconv>
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
 #include <set>
@@ -15,6 +17,7 @@ namespace freshet {
 struct KafkaSource::Impl {
   explicit Impl(KafkaSource* owner) : source(owner) {}
   ~Impl() {
+    DetachAll();
     if (queue != nullptr) rd_kafka_queue_destroy(queue);
     if (rk != nullptr) {
       rd_kafka_consumer_close(rk);
@@ -64,6 +67,8 @@ struct KafkaSource::Impl {
         SetProblem(std::string("assigning partitions failed: ") + rd_kafka_error_string(error));
         rd_kafka_error_destroy(error);
       }
+      if (!cooperative) DetachAll();  // An eager assignment replaces the whole one.
+      for (int k = 0; k < list->cnt; ++k) Detach(handle, list->elems[k].partition);
       for (int k = 0; k < list->cnt; ++k) assigned_in_poll.insert(list->elems[k].partition);
       std::lock_guard<std::mutex> lock(mutex);
       for (int k = 0; k < list->cnt; ++k) assigned[list->elems[k].partition] = true;
@@ -84,8 +89,10 @@ struct KafkaSource::Impl {
       if (cooperative) {
         rd_kafka_error_t* error = rd_kafka_incremental_unassign(handle, list);
         if (error != nullptr) rd_kafka_error_destroy(error);
+        for (int k = 0; k < list->cnt; ++k) DropQueue(list->elems[k].partition);
       } else {
         rd_kafka_assign(handle, nullptr);
+        DetachAll();
       }
       std::lock_guard<std::mutex> lock(mutex);
       for (int k = 0; k < list->cnt; ++k) assigned.erase(list->elems[k].partition);
@@ -125,6 +132,48 @@ struct KafkaSource::Impl {
     }
   }
 
+  // Each assigned partition's messages go to a queue of its own instead of the consumer queue, so that Poll can
+  // take them round-robin: a fetch brings tens of thousands of one partition's messages in a row (a whole
+  // producer batch per partition per fetch), and a batch of one partition would keep one processing shard busy
+  // while the others wait (bench/README.md, Kafka source). Messages fetched before the detach are still in the
+  // consumer queue; Poll hands those out first. A partition whose queue cannot be had stays on the consumer queue.
+  void Detach(rd_kafka_t* handle, int32_t partition) {
+    if (partition_queues.contains(partition)) return;
+    rd_kafka_queue_t* q = rd_kafka_queue_get_partition(handle, source->options_.topic.c_str(), partition);
+    if (q == nullptr) return;
+    rd_kafka_queue_forward(q, nullptr);
+    rd_kafka_queue_cb_event_enable(q, &Impl::OnEnqueued, this);
+    partition_queues[partition] = q;
+  }
+  void DropQueue(int32_t partition) {
+    auto it = partition_queues.find(partition);
+    if (it == partition_queues.end()) return;
+    rd_kafka_queue_cb_event_enable(it->second, nullptr, nullptr);
+    rd_kafka_queue_destroy(it->second);
+    partition_queues.erase(it);
+  }
+  void DetachAll() {
+    while (!partition_queues.empty()) DropQueue(partition_queues.begin()->first);
+  }
+  // From librdkafka's threads when a queue Poll reads gets an element while empty: wakes a waiting Poll.
+  static void OnEnqueued(rd_kafka_t*, void* opaque) {
+    Impl* self = static_cast<Impl*>(opaque);
+    {
+      std::lock_guard<std::mutex> lock(self->wake_mutex);
+      self->woken = true;
+    }
+    self->wake.notify_one();
+  }
+  // Waits until a queue got something since the last ClearWake, or for timeout_ms.
+  void ClearWake() {
+    std::lock_guard<std::mutex> lock(wake_mutex);
+    woken = false;
+  }
+  void WaitWake(int timeout_ms) {
+    std::unique_lock<std::mutex> lock(wake_mutex);
+    wake.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] { return woken; });
+  }
+
   void SetProblem(std::optional<std::string> text) {
     std::lock_guard<std::mutex> lock(mutex);
     problem = std::move(text);
@@ -132,7 +181,11 @@ struct KafkaSource::Impl {
 
   KafkaSource* source;
   rd_kafka_t* rk = nullptr;
-  rd_kafka_queue_t* queue = nullptr;  // The consumer queue: messages and callbacks.
+  rd_kafka_queue_t* queue = nullptr;  // The consumer queue: callbacks, and messages of partitions not detached.
+  std::map<int32_t, rd_kafka_queue_t*> partition_queues;  // Assigned partition -> its own message queue (Detach).
+  std::mutex wake_mutex;
+  std::condition_variable wake;
+  bool woken = false;
   bool closing = false;
   std::string revoked_warning;
   std::string last_commit;  // The newest position handed to Commit.
@@ -252,6 +305,7 @@ Status KafkaSource::Open() {
   }
   rd_kafka_poll_set_consumer(impl->rk);
   impl->queue = rd_kafka_queue_get_consumer(impl->rk);
+  rd_kafka_queue_cb_event_enable(impl->queue, &Impl::OnEnqueued, impl.get());
   rd_kafka_topic_partition_list_t* topics = rd_kafka_topic_partition_list_new(1);
   rd_kafka_topic_partition_list_add(topics, options_.topic.c_str(), RD_KAFKA_PARTITION_UA);
   const rd_kafka_resp_err_t err = rd_kafka_subscribe(impl->rk, topics);
@@ -268,20 +322,68 @@ Status KafkaSource::Poll(std::vector<SourceRecord>* out, size_t max_records, int
   FRESHET_RETURN_IF_ERROR(Open());
   batch_start_ = next_;
   arena_.clear();
-  struct Kept {
-    size_t at, size;
-    int32_t partition;
-    int64_t offset;
-    int64_t arrival_ns;
-  };
-  std::vector<Kept> kept;
-  // Messages come in batches from the consumer queue, which also serves the rebalance and error callbacks.
+  kept_.clear();
   messages_.resize(std::min<size_t>(max_records, kMaxBatch));
   impl_->assigned_in_poll.clear();
   const uint64_t rebalances_before = rebalances_.load();
-  const ssize_t got = rd_kafka_consume_batch_queue(impl_->queue, timeout_ms, messages_.data(), messages_.size());
+  impl_->ClearWake();
+  FRESHET_RETURN_IF_ERROR(Gather(rebalances_before));
+  if (kept_.empty() && timeout_ms > 0) {
+    impl_->WaitWake(timeout_ms);  // Woken by a message or a callback arriving in any queue read here.
+    FRESHET_RETURN_IF_ERROR(Gather(rebalances_before));
+  }
   const bool rebalanced = rebalances_.load() != rebalances_before;
   if (!impl_->revoked_warning.empty()) Warn(std::exchange(impl_->revoked_warning, {}));
+  if (!kept_.empty()) impl_->SetProblem(std::nullopt);
+  if (rebalanced) {
+    std::string warning;
+    impl_->RewindKept(batch_start_, options_.topic, &warning);
+    if (!warning.empty()) Warn(std::move(warning));
+  }
+  out->reserve(kept_.size());
+  for (const Kept& k : kept_) {
+    SourceRecord record;
+    record.text = std::string_view(arena_.data() + k.at, k.size);
+    record.capacity = k.size + kParsePaddingBytes;
+    record.line_number = static_cast<uint64_t>(k.offset);
+    record.arrival_ns = k.arrival_ns;
+    record.end = SourceOffset{static_cast<uint64_t>(k.partition), static_cast<uint64_t>(k.offset + 1)};
+    if (k.size > kMaxLineBytes) {
+      record.too_long = true;
+      record.text = {};
+    }
+    out->push_back(record);
+  }
+  return Status::Ok();
+}
+
+// Fills kept_ up to messages_.size(): first the consumer queue (it serves the rebalance and error callbacks, and
+// holds the messages fetched before their partition was detached, which come before the partition's queue's);
+// then, if it had no message and no rebalance ran in this Poll, the partitions' own queues round-robin, kSlice
+// messages of each at a time, so that a batch interleaves the partitions (and so the shards' work).
+Status KafkaSource::Gather(uint64_t rebalances_before) {
+  const size_t room = messages_.size() - kept_.size();
+  if (room == 0) return Status::Ok();
+  ssize_t got = rd_kafka_consume_batch_queue(impl_->queue, 0, messages_.data(), room);
+  FRESHET_RETURN_IF_ERROR(Keep(got, rebalances_before));
+  if (got > 0 || rebalances_.load() != rebalances_before) return Status::Ok();
+  bool more = true;
+  while (more && kept_.size() < messages_.size()) {
+    more = false;
+    for (const auto& [partition, queue] : impl_->partition_queues) {
+      const size_t want = std::min(kSlice, messages_.size() - kept_.size());
+      if (want == 0) break;
+      got = rd_kafka_consume_batch_queue(queue, 0, messages_.data(), want);
+      FRESHET_RETURN_IF_ERROR(Keep(got, rebalances_before));
+      more = more || got == static_cast<ssize_t>(want);
+    }
+  }
+  return Status::Ok();
+}
+
+// Copies the `got` messages in messages_ that are to be handed out into the arena (kept_), and frees them all.
+Status KafkaSource::Keep(ssize_t got, uint64_t rebalances_before) {
+  const bool rebalanced = rebalances_.load() != rebalances_before;
   const int64_t received_ns = SteadyClockNs();  // One clock read per batch: they arrived together.
   for (ssize_t m = 0; m < got; ++m) {
     rd_kafka_message_t* message = messages_[m];
@@ -304,7 +406,7 @@ Status KafkaSource::Poll(std::vector<SourceRecord>* out, size_t max_records, int
     // process that gains the partition reads it again.
     const bool given_up = listener_ != nullptr && it == next_.end() && !impl_->IsAssigned(partition);
     // Or already handed out (a refetch after a seek), or of a partition kept through a rebalance in this call
-    // (re-read after the seek below: the batch may lack some of its messages).
+    // (re-read after the seek in Poll: the batch may lack some of its messages).
     const bool reread = rebalanced && impl_->KeptThrough(partition, batch_start_);
     if (given_up || (it != next_.end() && offset < it->second) || reread) {
       rd_kafka_message_destroy(message);
@@ -313,29 +415,13 @@ Status KafkaSource::Poll(std::vector<SourceRecord>* out, size_t max_records, int
     const size_t at = arena_.size();
     arena_.resize(at + message->len + kParsePaddingBytes);
     if (message->len > 0) std::memcpy(arena_.data() + at, message->payload, message->len);
-    kept.push_back(Kept{at, message->len, partition, offset, received_ns});
-    next_[partition] = offset + 1;
-    rd_kafka_message_destroy(message);
-  }
-  if (!kept.empty()) impl_->SetProblem(std::nullopt);
-  if (rebalanced) {
-    std::string warning;
-    impl_->RewindKept(batch_start_, options_.topic, &warning);
-    if (!warning.empty()) Warn(std::move(warning));
-  }
-  out->reserve(kept.size());
-  for (const Kept& k : kept) {
-    SourceRecord record;
-    record.text = std::string_view(arena_.data() + k.at, k.size);
-    record.capacity = k.size + kParsePaddingBytes;
-    record.line_number = static_cast<uint64_t>(k.offset);
-    record.arrival_ns = k.arrival_ns;
-    record.end = SourceOffset{static_cast<uint64_t>(k.partition), static_cast<uint64_t>(k.offset + 1)};
-    if (k.size > kMaxLineBytes) {
-      record.too_long = true;
-      record.text = {};
+    kept_.push_back(Kept{at, message->len, partition, offset, received_ns});
+    if (it != next_.end()) {
+      it->second = offset + 1;
+    } else {
+      next_[partition] = offset + 1;
     }
-    out->push_back(record);
+    rd_kafka_message_destroy(message);
   }
   return Status::Ok();
 }

@@ -19,6 +19,8 @@
 // Not thread-safe: one thread polls, commits and reads health. The librdkafka handle runs its own threads.
 #pragma once
 
+#include <sys/types.h>
+
 #include <atomic>
 #include <cstdint>
 #include <map>
@@ -106,6 +108,8 @@ class KafkaSource final : public Source {
   struct Impl;
   friend struct Impl;
   std::string Format(const std::map<int32_t, int64_t>& offsets) const;
+  Status Gather(uint64_t rebalances_before);
+  Status Keep(ssize_t got, uint64_t rebalances_before);
   void CommitOffsets(std::string_view position, bool wait);
 
   KafkaSourceOptions options_;
@@ -113,7 +117,15 @@ class KafkaSource final : public Source {
   std::map<int32_t, int64_t> next_;       // Partition -> offset after the last record handed out (or restored).
   std::map<int32_t, int64_t> batch_start_;  // next_ before the latest Poll.
   std::vector<char> arena_;               // Texts of the latest batch, each followed by parse padding.
+  struct Kept {                           // A message of the latest batch, its text in arena_.
+    size_t at, size;
+    int32_t partition;
+    int64_t offset;
+    int64_t arrival_ns;
+  };
+  std::vector<Kept> kept_;
   static constexpr size_t kMaxBatch = 4096;
+  static constexpr size_t kSlice = 128;  // Messages taken from one partition's queue before the next one's.
   std::vector<rd_kafka_message_s*> messages_;  // Poll scratch.
   std::atomic<uint64_t> rebalances_{0};
   RebalanceListener* listener_ = nullptr;

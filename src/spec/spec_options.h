@@ -115,10 +115,11 @@ inline constexpr SpecOption kSpecOptions[] = {
     SpecOption("", "parallelism", SpecValueType::kInt,
                "Processing threads of `freshet run` (0: one per core). With a Kafka source the partitions are shared "
                "among them (partition k on thread k mod parallelism), each with its own state, so no value depends "
-               "on it. A file or HTTP source uses N threads when set to N > 1 (0 keeps it on one): lines are parsed "
-               "on all of them, lateness, deduplication and `seq` decided in input order, then each event is applied "
-               "by the shard of its entity (a hash of it), so no value depends on it either. Its checkpoints restore "
-               "only with the same value.")
+               "on it. A file or HTTP source uses as many threads too: lines are parsed on all of them, lateness, "
+               "deduplication and `seq` decided in input order, then each event is applied by the shard of its entity "
+               "(a hash of it), so no value depends on it either. A checkpoint written with another value is "
+               "re-sharded on restore. Not yet with async `lookups` or several feature sets: they run a file or HTTP "
+               "source on one thread (0 means 1 for them; more is refused).")
         .Range(0, 256).Default("0"),
     SpecOption("", "source", SpecValueType::kMap, "Where events are read from.")
         .Example("{type: file, path: events.jsonl}"),
