@@ -1,14 +1,16 @@
 """The steps that the end-to-end tests of aggregations, keys and expiry share: a workload (an events file, its spec
 and what tests/reference.py accepts of it), a `freshet run` to the end of the file, and the two replay checks
 (a backfill rewrites the features table bit for bit; a run stopped part way and resumed from its checkpoint writes
-the same table). The checks against the reference stay in each test file, since each aggregation has its own
+the same table), and `freshet historical` over entity rows. The checks against the reference stay in each test file, since each aggregation has its own
 notion of "right" (exact, within a rank bound, within a Misra-Gries bound)."""
 from __future__ import annotations
 
+import csv
+import random
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pyarrow as pa
 
@@ -99,3 +101,29 @@ def check_resumed_run_writes_the_same_rows(workload: Workload, tmp: Path, table:
         run_to_end(spec_path, data_dir)
     resumed = _features_table(data_dir)
     assert resumed.equals(table), "the resumed run's features table differs from the single run's"
+
+
+def historical_answers(workload: Workload, tmp: Path, header: list[str], rows: list[list[Any]]) -> list[dict]:
+    """`freshet historical` over the workload's events file for the entity rows (`header`: the key columns and the
+    time column): the output CSV's rows, one per entity row, in order."""
+    entities_csv = tmp / "entities.csv"
+    with open(entities_csv, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([header, *rows])
+    out = tmp / "out.csv"
+    subprocess.run([BIN, "historical", "--spec", str(workload.spec_path), "--events", str(workload.events_path),
+                    "--entities", str(entities_csv), "--output", str(out), "--no-progress"], check=True, timeout=300,
+                   stderr=subprocess.DEVNULL)
+    with open(out, newline="", encoding="utf-8") as f:
+        answers = list(csv.DictReader(f))
+    assert len(answers) == len(rows), (len(answers), len(rows))
+    return answers
+
+
+def sample_rows(workload: Workload, seed: int, count: int, after_ms: int, at_events: int = 0) -> list[tuple]:
+    """(entity, t) rows: `count` at random times from a minute before the first event to `after_ms` after the
+    last, then `at_events` at the times of random accepted events."""
+    rng = random.Random(seed)
+    times = [e.time_ms for e in workload.accepted]
+    entities = sorted({e.entity for e in workload.accepted}, key=repr)
+    rows = [(rng.choice(entities), rng.randint(min(times) - 60_000, max(times) + after_ms)) for _ in range(count)]
+    return rows + [(e.entity, e.time_ms) for e in rng.sample(workload.accepted, at_events)]

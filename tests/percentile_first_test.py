@@ -10,10 +10,8 @@ as one run; lookups at or after the horizon are within the bound of the referenc
 """
 from __future__ import annotations
 
-import csv
 import json
 import random
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +19,9 @@ import pyarrow as pa
 import pytest
 
 import reference
-from asof_exact_test import BIN, Server, _stop, _wait_until_read
+from asof_exact_test import Server, _stop, _wait_until_read
 from feature_runs import (Workload, check_backfill_rewrites_bit_for_bit, check_resumed_run_writes_the_same_rows,
-                          generated_events, make_workload, stream)
+                          generated_events, historical_answers, make_workload, sample_rows, stream)
 
 MAX_OUT_OF_ORDERNESS_MS = 10_000
 ALLOWED_LATENESS_MS = 30_000
@@ -170,20 +168,8 @@ def test_lookups_at_or_after_the_horizon_are_within_the_bounds(workload: Workloa
 def test_historical_rows_are_within_the_bounds(workload: Workload, tmp_path: Path) -> None:
     spec = workload.spec
     evaluator = reference.Evaluator(spec, workload.accepted)
-    times = [e.time_ms for e in workload.accepted]
-    rng = random.Random(4)
-    entities = sorted({e.entity for e in workload.accepted})
-    rows = [(rng.choice(entities), rng.randint(min(times) - 60_000, max(times) + 600_000)) for _ in range(300)]
-    rows += [(e.entity, e.time_ms) for e in rng.sample(workload.accepted, 100)]
-    entities_csv = tmp_path / "entities.csv"
-    with open(entities_csv, "w", newline="") as f:
-        csv.writer(f).writerows([["user_id", "ts"]] + [[e, t] for e, t in rows])
-    out = tmp_path / "out.csv"
-    subprocess.run([BIN, "historical", "--spec", str(workload.spec_path), "--events", str(workload.events_path),
-                    "--entities", str(entities_csv), "--output", str(out), "--no-progress"], check=True, timeout=300,
-                   stderr=subprocess.DEVNULL)
-    with open(out, newline="") as f:
-        answers = list(csv.DictReader(f))
+    rows = sample_rows(workload, seed=4, count=300, after_ms=600_000, at_events=100)
+    answers = historical_answers(workload, tmp_path, ["user_id", "ts"], [[e, t] for e, t in rows])
     mismatches = []
     for (entity, t), answer in zip(rows, answers, strict=True):
         for j, feature in enumerate(spec.features):

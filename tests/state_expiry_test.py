@@ -11,7 +11,6 @@ of an entity carry an expiry of the ttl, refreshed on write, checked on a real r
 """
 from __future__ import annotations
 
-import csv
 import json
 import random
 import signal
@@ -28,7 +27,7 @@ from asof_exact_test import BIN, _ms
 from asof_exact_test import _same as _same_number
 from asof_exact_test import _same_as_text as _same_number_text
 from feature_runs import (Workload, check_backfill_rewrites_bit_for_bit, check_resumed_run_writes_the_same_rows,
-                          make_workload, stream)
+                          historical_answers, make_workload, sample_rows, stream)
 from redis_server import RedisClient, RedisServer
 from run_recovery_test import Server
 
@@ -258,22 +257,11 @@ def test_lookups_count_and_restart_keep_the_expiry(workload: Workload, tmp_path:
 def test_historical_rows_equal_the_reference(workload: Workload, tmp_path: Path) -> None:
     spec = workload.spec
     evaluator = reference.Evaluator(spec, workload.accepted)
-    rng = random.Random(4)
-    entities = sorted({e.entity for e in workload.accepted})
-    times = [e.time_ms for e in workload.accepted]
-    rows = [(rng.choice(entities), rng.randint(min(times) - 60_000, max(times) + 2 * TTL_MS)) for _ in range(400)]
+    rows = sample_rows(workload, seed=4, count=400, after_ms=2 * TTL_MS)
     # At the edges of expiry: ttl and ttl + 1 ms after events.
-    for e in rng.sample(workload.accepted, 150):
+    for e in random.Random(5).sample(workload.accepted, 150):
         rows += [(e.entity, e.time_ms), (e.entity, e.time_ms + TTL_MS), (e.entity, e.time_ms + TTL_MS + 1)]
-    entities_csv = tmp_path / "entities.csv"
-    with open(entities_csv, "w", newline="") as f:
-        csv.writer(f).writerows([["user_id", "ts"]] + [[e, t] for e, t in rows])
-    out = tmp_path / "out.csv"
-    subprocess.run([BIN, "historical", "--spec", str(workload.spec_path), "--events", str(workload.events_path),
-                    "--entities", str(entities_csv), "--output", str(out), "--no-progress"], check=True, timeout=300,
-                   stderr=subprocess.DEVNULL)
-    with open(out, newline="") as f:
-        answers = list(csv.DictReader(f))
+    answers = historical_answers(workload, tmp_path, ["user_id", "ts"], [[e, t] for e, t in rows])
     mismatches = []
     expired_rows = 0
     for (entity, t), answer in zip(rows, answers, strict=True):
