@@ -52,7 +52,7 @@ Result<std::unique_ptr<OfflineSink>> OfflineSink::Open(const Spec& spec, const O
   std::unique_ptr<OfflineSink> sink(new OfflineSink(spec));
   sink->partitioned_ = spec.source && spec.source->type == "kafka";
   if (options.events) {
-    FRESHET_ASSIGN_OR_RETURN(sink->events_, OfflineTable::Open(TableOptions(paths, "events", EventsTableColumns(sink->partitioned_))));
+    FRESHET_ASSIGN_OR_RETURN(sink->events_, OfflineTable::Open(TableOptions(paths, "events", EventsTableColumns(sink->partitioned_, spec.entity_fields))));
   }
   if (options.features) {
     FRESHET_ASSIGN_OR_RETURN(sink->features_,
@@ -104,6 +104,7 @@ void OfflineSink::AddEvent(int64_t seq, int64_t event_time_ms, std::string_view 
   t.PutInt(seq);
   t.PutTimestampMs(event_time_ms);
   t.PutString(entity);
+  PutKeyParts(t, spec_.entity_fields, entity, &key_parts_);
   t.PutTimestampMs(ingest_ms);
   t.PutString(raw);
   if (partitioned_) {
@@ -122,6 +123,7 @@ void OfflineSink::AddFeatures(int64_t seq, std::string_view entity, int64_t even
   t.BeginRow(event_time_ms);
   t.PutInt(seq);
   t.PutString(entity);
+  PutKeyParts(t, spec_.entity_fields, entity, &key_parts_);
   t.PutTimestampMs(event_time_ms);
   t.PutTimestampMs(processing_ms);
   for (size_t f = 0; f < values.size(); ++f) PutFeatureValue(t, spec_.features[f], values[f]);
