@@ -58,6 +58,19 @@ struct ColumnBuffer {
   std::vector<uint8_t> valid;
 };
 
+// Appends the text cells `rows` of `c` (a kString column, or a list column's JSON text) to `builder`: an Arrow
+// StringBuilder or a JsonListBuilder.
+template <typename Builder>
+arrow::Status AppendTexts(const ColumnBuffer& c, const std::vector<uint32_t>& rows, Builder& builder) {
+  for (uint32_t r : rows) {
+    const uint64_t begin = r == 0 ? 0 : c.ends[r - 1];
+    arrow::Status st =
+        c.valid[r] ? builder.Append(std::string_view(c.chars.data() + begin, c.ends[r] - begin)) : builder.AppendNull();
+    if (!st.ok()) return st;
+  }
+  return arrow::Status::OK();
+}
+
 Status FsyncFile(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return Status::IoError("cannot open '" + path + "' to fsync it: " + std::strerror(errno));
@@ -603,22 +616,14 @@ Result<StagedCommit::File> OfflineTable::Impl::WriteFile(const Rows& rows, const
       case OfflineType::kString: {
         arrow::StringBuilder b;
         st = b.Reserve(rows_in_file.size());
-        for (uint32_t r : rows_in_file) {
-          if (!st.ok()) break;
-          const uint64_t begin = r == 0 ? 0 : c.ends[r - 1];
-          st = c.valid[r] ? b.Append(std::string_view(c.chars.data() + begin, c.ends[r] - begin)) : b.AppendNull();
-        }
+        if (st.ok()) st = AppendTexts(c, rows_in_file, b);
         if (st.ok()) st = b.Finish(&array);
         break;
       }
       case OfflineType::kStringList:
       case OfflineType::kValueCounts: {
         JsonListBuilder b(options.columns[k].type);
-        for (uint32_t r : rows_in_file) {
-          if (!st.ok()) break;
-          const uint64_t begin = r == 0 ? 0 : c.ends[r - 1];
-          st = c.valid[r] ? b.Append(std::string_view(c.chars.data() + begin, c.ends[r] - begin)) : b.AppendNull();
-        }
+        st = AppendTexts(c, rows_in_file, b);
         if (st.ok()) st = b.Finish(&array);
         break;
       }
