@@ -5,26 +5,27 @@ slashes, percent signs and integers, built so that naive joins of the parts coll
 ("a", "\\x1fb") must stay two entities (while 7 and "7" are one value: an integer id is its decimal text, as for
 a single key). Compared with the brute-force reference (tests/reference.py groups by the
 tuple): every row of the features table, lookups by path (GET /v1/features/{user_id}/{merchant_id}) and by POST
-objects, the Python SDK's `entity_rows`, and `freshet historical` with a column per key field. An event without a key
+objects, the Python SDK's `entity_rows`, and `freshet historical` with a column per key field (the offline
+events and features tables have one too). An event without a key
 field is a dead letter naming it. With Redis, every pair has keys of its own (checked on a real redis-server).
 """
 from __future__ import annotations
 
-import csv
 import json
 import random
 import subprocess
 import sys
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
+import deltalake
 import pyarrow as pa
 import pytest
 
 import reference
-from asof_exact_test import BIN, _features_table, _require_binary, _same, _same_as_text
+from asof_exact_test import BIN, _same, _same_as_text
+from feature_runs import Workload, historical_answers, make_workload, sample_rows, stream
 from redis_server import RedisClient, RedisServer
 from run_recovery_test import Server
 
@@ -82,36 +83,17 @@ def _generate(seed: int) -> tuple[bytes, list[int]]:
     return b"".join(lines), bad
 
 
-@dataclass
-class Workload:
-    events_path: Path
-    spec_path: Path
-    spec: reference.Spec
-    lines: list[bytes]
-    accepted: list[reference.Event]
-    bad_lines: list[int]
-
-
 @pytest.fixture(scope="module")
 def workload(tmp_path_factory: pytest.TempPathFactory) -> Workload:
-    _require_binary()
-    tmp = tmp_path_factory.mktemp("pairs")
-    events = tmp / "events.jsonl"
     data, bad = _generate(seed=3)
-    events.write_bytes(data)
-    spec_path = tmp / "spec.yaml"
-    spec_path.write_text(_spec_text(events))
-    spec = reference.load_spec(str(spec_path))
-    accepted, _ = reference.read_events(data, spec)
-    return Workload(events, spec_path, spec, reference.split_lines(data), accepted, bad)
+    work = make_workload(tmp_path_factory.mktemp("pairs"), data, _spec_text)
+    work.bad_lines = bad
+    return work
 
 
 @pytest.fixture(scope="module")
 def streamed(workload: Workload, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pa.Table]:
-    data_dir = tmp_path_factory.mktemp("pairs-run") / "data"
-    subprocess.run([BIN, "run", "--spec", str(workload.spec_path), "--data-dir", str(data_dir), "--exit-at-end"],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
-    return data_dir, _features_table(data_dir)
+    return stream(workload, tmp_path_factory.mktemp("pairs-run") / "data")
 
 
 def test_the_workload_has_pairs_that_naive_joins_would_merge(workload: Workload) -> None:
@@ -122,14 +104,18 @@ def test_the_workload_has_pairs_that_naive_joins_would_merge(workload: Workload)
     assert len({encode(p) for p in pairs}) == len(pairs)
 
 
-def test_features_rows_equal_the_reference(workload: Workload, streamed: tuple[Path, pa.Table]) -> None:
+@pytest.mark.parametrize("parallelism", [0, 2])
+def test_features_rows_equal_the_reference(workload: Workload, streamed: tuple[Path, pa.Table], parallelism: int,
+                                           tmp_path: Path) -> None:
+    """On one thread and on two shards (pairs are sharded by their encoded key)."""
     spec = workload.spec
-    table = streamed[1].to_pylist()
+    table = (stream(workload, tmp_path / "data", parallelism) if parallelism else streamed)[1].to_pylist()
     assert len(table) == len(workload.accepted)
     prefix: dict[tuple, list[reference.Event]] = {}
     mismatches = []
     for row, event in zip(table, workload.accepted):
         assert row["entity"] == encode(event.entity), (row["entity"], event.entity)
+        assert (row["user_id"], row["merchant_id"]) == tuple(str(p) for p in event.entity), (row, event.entity)
         entity_prefix = prefix.setdefault(event.entity, [])
         entity_prefix.append(event)
         for j, feature in enumerate(spec.features):
@@ -138,6 +124,16 @@ def test_features_rows_equal_the_reference(workload: Workload, streamed: tuple[P
                 mismatches.append(f"seq {row['seq']} {event.entity!r} {feature.name}: reference {expected!r}, "
                                   f"table {row[feature.name]!r}")
     assert not mismatches, f"{len(mismatches)} mismatches\n" + "\n".join(mismatches[:20])
+
+
+def test_the_events_table_has_a_column_per_key_field(workload: Workload, streamed: tuple[Path, pa.Table]) -> None:
+    """After the encoded `entity`, the parts as they are (the features table's are checked with its rows)."""
+    events = deltalake.DeltaTable(str(streamed[0] / "offline" / "events")).to_pyarrow_table().sort_by("seq")
+    assert events.column_names[:5] == ["seq", "event_time", "entity", "user_id", "merchant_id"], events.column_names
+    assert events.schema.field("user_id").type == pa.string()
+    got = list(zip(events.column("user_id").to_pylist(), events.column("merchant_id").to_pylist()))
+    assert got == [tuple(str(p) for p in e.entity) for e in workload.accepted]
+    assert streamed[1].column_names[:4] == ["seq", "entity", "user_id", "merchant_id"], streamed[1].column_names
 
 
 def test_an_event_without_a_key_field_is_a_dead_letter_naming_it(workload: Workload,
@@ -210,19 +206,9 @@ def _wait_read(server: Server, lines: int) -> None:
 def test_historical_takes_a_column_per_key_field(workload: Workload, tmp_path: Path) -> None:
     spec = workload.spec
     evaluator = reference.Evaluator(spec, workload.accepted)
-    rng = random.Random(5)
-    pairs = sorted({e.entity for e in workload.accepted}, key=repr)
-    times = [e.time_ms for e in workload.accepted]
-    rows = [(rng.choice(pairs), rng.randint(min(times), max(times) + 600_000)) for _ in range(400)]
-    entities_csv = tmp_path / "entities.csv"
-    with open(entities_csv, "w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows([["merchant_id", "user_id", "ts"]] + [[m, u, t] for (u, m), t in rows])
-    out = tmp_path / "out.csv"
-    subprocess.run([BIN, "historical", "--spec", str(workload.spec_path), "--events", str(workload.events_path),
-                    "--entities", str(entities_csv), "--output", str(out), "--no-progress"], check=True, timeout=300,
-                   stderr=subprocess.DEVNULL)
-    with open(out, newline="", encoding="utf-8") as f:
-        answers = list(csv.DictReader(f))
+    rows = sample_rows(workload, seed=5, count=400, after_ms=600_000)
+    # The key columns in another order than the spec's.
+    answers = historical_answers(workload, tmp_path, ["merchant_id", "user_id", "ts"], [[m, u, t] for (u, m), t in rows])
     mismatches = []
     for (pair, t), answer in zip(rows, answers, strict=True):
         assert (answer["user_id"], answer["merchant_id"]) == (str(pair[0]), str(pair[1]))

@@ -17,18 +17,14 @@ import math
 import os
 import subprocess
 import sys
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import reference as ref  # noqa: E402
-from run_process import start_run  # noqa: E402
+from run_process import get_json, start_run, wait_accepted, wait_for  # noqa: E402
 
 FRESHET_BIN = os.environ.get("FRESHET_BIN", os.path.join(HERE, "..", "build", "freshet"))
 
@@ -185,24 +181,6 @@ def test_explain_text_and_errors(workload):
     assert bad.returncode == 2 and "--at 'yesterday'" in bad.stderr and "RFC 3339" in bad.stderr
 
 
-def get_json(url: str):
-    try:
-        with urllib.request.urlopen(url, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
-def wait_for(condition, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_live_explain_agrees_with_served_value(workload, tmp_path):
     d, spec, events, dropped, lines = workload
     RAW_BY_LINE.update({k + 1: line.decode(errors="replace") for k, line in enumerate(lines)})
@@ -211,7 +189,7 @@ def test_live_explain_agrees_with_served_value(workload, tmp_path):
     base = f"http://127.0.0.1:{port}"
     try:
         # All events accepted, then a checkpoint that commits them to the offline store.
-        wait_for(lambda: get_json(base + "/v1/ui/pipeline")[1]["totals"]["accepted"] == len(events), 30, "all events")
+        wait_accepted(base, len(events), 30)
         written = get_json(base + "/v1/ui/pipeline")[1]["checkpoint"]["written"]
         wait_for(lambda: get_json(base + "/v1/ui/pipeline")[1]["checkpoint"]["written"] >= written + 2, 30,
                  "a checkpoint begun after the last event (one may have been under way)")
@@ -276,8 +254,7 @@ def test_live_explain_covers_events_since_the_last_checkpoint(workload, tmp_path
                     f.write(data[cut:])
             events, dead = ref.read_events(so_far, spec)
             dropped = dropped_entities(so_far, spec, dead)
-            wait_for(lambda: get_json(base + "/v1/ui/pipeline")[1]["totals"]["accepted"] == len(events), 60,
-                     f"the {len(events)} events of step {step} accepted")
+            wait_accepted(base, len(events), 60, f"the {len(events)} events of step {step} accepted")
             # Step 0: no checkpoint was written since the start; the events are in memory only.
             pipeline = get_json(base + "/v1/ui/pipeline")[1]
             if step == 0:

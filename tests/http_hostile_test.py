@@ -175,9 +175,11 @@ def test_run_with_256_descriptors_survives_300_slow_connections(tmp_path: Path) 
             time.sleep(0.2)
         assert _metric(metrics, "freshet_checkpoint_failures_total") == 0
         assert _metric(metrics, "freshet_http_connections_max") == 192
-        # A connection accepted at the cap is counted until the one it replaces is closed: up to 8 per event loop
-        # (one loop per core) over the cap, out of the reserve (seen once: 195).
-        assert _metric(metrics, "freshet_http_connections_open") <= 192 + 8 * (os.cpu_count() or 1)
+        # A connection accepted at the cap is counted until the one it replaces is closed: a few per event loop
+        # over the cap, out of the reserve (seen once: 195). The server says how many.
+        over_cap = _metric(metrics, "freshet_http_connections_over_cap_max")
+        assert over_cap > 0, over_cap
+        assert _metric(metrics, "freshet_http_connections_open") <= 192 + over_cap
         # More slow clients than places, reopened as they are shed: the oldest make room for the newest (and
         # for the ingests), so none lives to its header timeout here; that is the unit tests' business.
         assert _metric(metrics, "freshet_http_connections_shed_total") > 0

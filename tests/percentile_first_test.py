@@ -10,11 +10,8 @@ as one run; lookups at or after the horizon are within the bound of the referenc
 """
 from __future__ import annotations
 
-import csv
 import json
 import random
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +19,9 @@ import pyarrow as pa
 import pytest
 
 import reference
-from asof_exact_test import BIN, Server, _features_table, _require_binary, _stop, _wait_until_read
+from asof_exact_test import Server, _stop, _wait_until_read
+from feature_runs import (Workload, check_backfill_rewrites_bit_for_bit, check_resumed_run_writes_the_same_rows,
+                          generated_events, historical_answers, make_workload, sample_rows, stream)
 
 MAX_OUT_OF_ORDERNESS_MS = 10_000
 ALLOWED_LATENESS_MS = 30_000
@@ -48,37 +47,15 @@ features:
 """
 
 
-@dataclass
-class Workload:
-    events_path: Path
-    spec_path: Path
-    spec: reference.Spec
-    lines: list[bytes]
-    accepted: list[reference.Event]
-
-
 @pytest.fixture(scope="module")
 def workload(tmp_path_factory: pytest.TempPathFactory) -> Workload:
-    _require_binary()
     tmp = tmp_path_factory.mktemp("percentiles")
-    events = tmp / "events.jsonl"
-    subprocess.run([BIN, "generate", "--users", "8", "--events", "4000", "--seed", "15", "--duration", "30m",
-                    "--disorder", "20s", "--late-share", "0.01", "--no-progress", "--output", str(events)],
-                   check=True, timeout=60)
-    spec_path = tmp / "spec.yaml"
-    spec_path.write_text(SPEC.format(events=events))
-    spec = reference.load_spec(str(spec_path))
-    data = events.read_bytes()
-    accepted, _ = reference.read_events(data, spec)
-    return Workload(events, spec_path, spec, reference.split_lines(data), accepted)
+    return make_workload(tmp, generated_events(tmp / "events.jsonl"), lambda events: SPEC.format(events=events))
 
 
 @pytest.fixture(scope="module")
 def streamed(workload: Workload, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pa.Table]:
-    data_dir = tmp_path_factory.mktemp("percentiles-run") / "data"
-    subprocess.run([BIN, "run", "--spec", str(workload.spec_path), "--data-dir", str(data_dir), "--exit-at-end"],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
-    return data_dir, _features_table(data_dir)
+    return stream(workload, tmp_path_factory.mktemp("percentiles-run") / "data")
 
 
 def _ok(feature: reference.Feature, window: list[reference.Event], expected: Any, got: Any) -> bool:
@@ -153,29 +130,13 @@ def test_percentile_columns_are_doubles_and_first_strings(streamed: tuple[Path, 
 
 def test_backfill_rewrites_the_streamed_table_bit_for_bit(workload: Workload,
                                                            streamed: tuple[Path, pa.Table]) -> None:
-    data_dir, table = streamed
-    subprocess.run([BIN, "backfill", "--spec", str(workload.spec_path), "--data-dir", str(data_dir),
-                    "--no-progress"], check=True, timeout=300, stderr=subprocess.DEVNULL)
-    assert _features_table(data_dir).equals(table)
+    check_backfill_rewrites_bit_for_bit(workload.spec_path, *streamed)
 
 
 def test_a_run_resumed_from_its_checkpoint_writes_the_same_rows(workload: Workload, tmp_path: Path,
                                                                 streamed: tuple[Path, pa.Table]) -> None:
     """The sketches, first values and recent events with their marks go through a checkpoint half way."""
-    events = tmp_path / "events.jsonl"
-    half = len(workload.lines) // 2
-    events.write_bytes(b"".join(line + b"\n" for line in workload.lines[:half]))
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(workload.spec_path.read_text().replace(str(workload.events_path), str(events)))
-    data_dir = tmp_path / "data"
-    for _ in range(2):
-        subprocess.run([BIN, "run", "--spec", str(spec_path), "--data-dir", str(data_dir), "--exit-at-end"],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
-        with open(events, "ab") as f:
-            f.write(b"".join(line + b"\n" for line in workload.lines[half:]))
-        half = len(workload.lines)
-    resumed = _features_table(data_dir)
-    assert resumed.equals(streamed[1]), "the resumed run's features table differs from the single run's"
+    check_resumed_run_writes_the_same_rows(workload, tmp_path, streamed[1])
 
 
 def test_lookups_at_or_after_the_horizon_are_within_the_bounds(workload: Workload, tmp_path: Path) -> None:
@@ -207,20 +168,8 @@ def test_lookups_at_or_after_the_horizon_are_within_the_bounds(workload: Workloa
 def test_historical_rows_are_within_the_bounds(workload: Workload, tmp_path: Path) -> None:
     spec = workload.spec
     evaluator = reference.Evaluator(spec, workload.accepted)
-    times = [e.time_ms for e in workload.accepted]
-    rng = random.Random(4)
-    entities = sorted({e.entity for e in workload.accepted})
-    rows = [(rng.choice(entities), rng.randint(min(times) - 60_000, max(times) + 600_000)) for _ in range(300)]
-    rows += [(e.entity, e.time_ms) for e in rng.sample(workload.accepted, 100)]
-    entities_csv = tmp_path / "entities.csv"
-    with open(entities_csv, "w", newline="") as f:
-        csv.writer(f).writerows([["user_id", "ts"]] + [[e, t] for e, t in rows])
-    out = tmp_path / "out.csv"
-    subprocess.run([BIN, "historical", "--spec", str(workload.spec_path), "--events", str(workload.events_path),
-                    "--entities", str(entities_csv), "--output", str(out), "--no-progress"], check=True, timeout=300,
-                   stderr=subprocess.DEVNULL)
-    with open(out, newline="") as f:
-        answers = list(csv.DictReader(f))
+    rows = sample_rows(workload, seed=4, count=300, after_ms=600_000, at_events=100)
+    answers = historical_answers(workload, tmp_path, ["user_id", "ts"], [[e, t] for e, t in rows])
     mismatches = []
     for (entity, t), answer in zip(rows, answers, strict=True):
         for j, feature in enumerate(spec.features):

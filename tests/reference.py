@@ -65,7 +65,7 @@ NUMERIC_AGGREGATIONS = ("sum", "mean", "min", "max", "stddev", "approx_percentil
 # approx_percentile: the sketch keeps every value up to this many, then compacts (QUANTILE_LEVEL_CAPACITY in
 # the rank bound of approx_percentile_ok).
 QUANTILE_LEVEL_CAPACITY = 256
-# top_k and last_k: values that are lists (JSON text in CSV, Redis and Parquet); see the list aggregations section.
+# top_k and last_k: values that are lists (JSON text in CSV and Redis, Parquet lists offline); see the list aggregations section.
 LIST_AGGREGATIONS = ("top_k", "last_k")
 WINDOW_TYPES = ("lifetime", "sliding", "tumbling", "session")
 
@@ -1529,6 +1529,30 @@ def approx_count_distinct_ok(exact: int, estimate: float, precision: int) -> boo
     if exact <= 2**precision / 32:
         return estimate == exact
     return abs(estimate - exact) <= 4 * 1.04 / math.sqrt(2**precision) * exact
+
+
+def list_element_text(value: Any) -> str | None:
+    """A top_k/last_k value as the offline store's list columns keep it (README, "The offline store"): a string as
+    itself, a boolean as true/false, a number as its shortest decimal text (an integral one without ".0")."""
+    if value is None:
+        return None
+    text = format_value(value)
+    return text[:-2] if isinstance(value, float) and text.endswith(".0") else text
+
+
+def list_from_table(aggregation: str, cell: list | None, window_values: list) -> list | None:
+    """A list column's cell as the JSON list the engine answers over HTTP, its values' types restored from the
+    window's values they are the text of (a text no value of the window has stays text, tagged, so that it
+    compares unequal)."""
+    if cell is None:
+        return None
+    by_text = {list_element_text(v): v for v in window_values}
+
+    def restore(text: str | None) -> Any:
+        return None if text is None else by_text.get(text, ("not in the window", text))
+    if aggregation == "top_k":
+        return [{"value": restore(item["value"]), "count": item["count"]} for item in cell]
+    return [restore(text) for text in cell]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -17,10 +17,7 @@ import math
 import os
 import subprocess
 import sys
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 
 import pyarrow.parquet as pq
 import pytest
@@ -30,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "python"))
 import reference as ref  # noqa: E402
-from run_process import start_run  # noqa: E402
+from run_process import get_json, start_run, wait_accepted, wait_for  # noqa: E402
 
 FRESHET_BIN = os.environ.get("FRESHET_BIN", os.path.join(HERE, "..", "build", "freshet"))
 
@@ -99,26 +96,6 @@ def expected(spec, parsed, evaluator, entity: str, t: int, params: dict) -> tupl
     return features, ref.request_feature_values(parsed, spec.entity_field, entity, t, features, params)
 
 
-def get_json(url: str, body: dict | None = None):
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
-def wait_for(condition, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def cases(events, count: int):
     """(entity, t) pairs: for a few entities with purchases, at their newest event and 20 minutes later (a
     lookup is exact at or after the entity's newest event)."""
@@ -145,8 +122,7 @@ def test_lookups_agree_with_reference(workload, tmp_path):
                             "--port", "0"], tmp_path / "run.log")
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: get_json(base + "/v1/ui/pipeline")[1]["totals"]["accepted"] == len(events), 60,
-                 "all events accepted")
+        wait_accepted(base, len(events), 60)
         seen_null = seen_value = False
         for entity, t in cases(events, 6):
             params = {"amount": 12.5, "user": entity}
@@ -269,8 +245,7 @@ def test_freshet_serve_from_redis_computes_request_features(workload, tmp_path):
                                 str(tmp_path / "data"), "--port", "0"], tmp_path / "run.log")
         try:
             base = f"http://127.0.0.1:{port}"
-            wait_for(lambda: get_json(base + "/v1/ui/pipeline")[1]["totals"]["accepted"] == len(events), 60,
-                     "all events accepted")
+            wait_accepted(base, len(events), 60)
             wait_for(lambda: get_json(base + "/v1/ui/pipeline")[1]["online"]["pending_entities"] == 0 and
                      get_json(base + "/health")[1]["status"] == "ok", 60, "every entity written to Redis")
             serve = subprocess.Popen([FRESHET_BIN, "serve", "--spec", str(tmp_path / "spec.yaml"), "--port", "0"],

@@ -11,23 +11,23 @@ of an entity carry an expiry of the ttl, refreshed on write, checked on a real r
 """
 from __future__ import annotations
 
-import csv
 import json
 import random
 import signal
 import subprocess
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
 import reference
-from asof_exact_test import BIN, _features_table, _ms, _require_binary
+from asof_exact_test import BIN, _ms
 from asof_exact_test import _same as _same_number
 from asof_exact_test import _same_as_text as _same_number_text
+from feature_runs import (Workload, check_backfill_rewrites_bit_for_bit, check_resumed_run_writes_the_same_rows,
+                          historical_answers, make_workload, sample_rows, stream)
 from redis_server import RedisClient, RedisServer
 from run_recovery_test import Server
 
@@ -107,36 +107,17 @@ def _generate(seed: int, users: int = 30) -> bytes:
     return b"".join(json.dumps(e).encode() + b"\n" for _, e in arrival)
 
 
-@dataclass
-class Workload:
-    events_path: Path
-    spec_path: Path
-    spec: reference.Spec
-    lines: list[bytes]
-    accepted: list[reference.Event]  # with their lives assigned
-
-
 @pytest.fixture(scope="module")
 def workload(tmp_path_factory: pytest.TempPathFactory) -> Workload:
-    _require_binary()
-    tmp = tmp_path_factory.mktemp("expiry")
-    events = tmp / "events.jsonl"
-    data = _generate(seed=15)
-    events.write_bytes(data)
-    spec_path = tmp / "spec.yaml"
-    spec_path.write_text(_spec_text(events))
-    spec = reference.load_spec(str(spec_path))
-    accepted, _ = reference.read_events(data, spec)
-    reference.assign_lives(accepted, spec)
-    return Workload(events, spec_path, spec, reference.split_lines(data), accepted)
+    """The accepted events carry their lives (reference.assign_lives)."""
+    work = make_workload(tmp_path_factory.mktemp("expiry"), _generate(seed=15), _spec_text)
+    reference.assign_lives(work.accepted, work.spec)
+    return work
 
 
 @pytest.fixture(scope="module")
 def streamed(workload: Workload, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pa.Table]:
-    data_dir = tmp_path_factory.mktemp("expiry-run") / "data"
-    subprocess.run([BIN, "run", "--spec", str(workload.spec_path), "--data-dir", str(data_dir), "--exit-at-end"],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
-    return data_dir, _features_table(data_dir)
+    return stream(workload, tmp_path_factory.mktemp("expiry-run") / "data")
 
 
 def _expected_row(spec: reference.Spec, feature_index: int, entity_prefix: list[reference.Event], t: int):
@@ -160,9 +141,12 @@ def test_the_workload_expires_entities_and_bridges_gaps(workload: Workload) -> N
     assert inner_gaps > 5, inner_gaps
 
 
-def test_features_rows_equal_the_reference(workload: Workload, streamed: tuple[Path, pa.Table]) -> None:
+@pytest.mark.parametrize("parallelism", [0, 2])
+def test_features_rows_equal_the_reference(workload: Workload, streamed: tuple[Path, pa.Table], parallelism: int,
+                                           tmp_path: Path) -> None:
+    """On one thread and on two shards (each expiring its own entities)."""
     spec = workload.spec
-    table = streamed[1].to_pylist()
+    table = (stream(workload, tmp_path / "data", parallelism) if parallelism else streamed)[1].to_pylist()
     assert [r["seq"] for r in table] == list(range(len(workload.accepted)))
     prefix: dict[str, list[reference.Event]] = {}
     mismatches = []
@@ -181,28 +165,13 @@ def test_features_rows_equal_the_reference(workload: Workload, streamed: tuple[P
 
 def test_backfill_rewrites_the_streamed_table_bit_for_bit(workload: Workload,
                                                            streamed: tuple[Path, pa.Table]) -> None:
-    data_dir, table = streamed
-    subprocess.run([BIN, "backfill", "--spec", str(workload.spec_path), "--data-dir", str(data_dir),
-                    "--no-progress"], check=True, timeout=300, stderr=subprocess.DEVNULL)
-    assert _features_table(data_dir).equals(table)
+    check_backfill_rewrites_bit_for_bit(workload.spec_path, *streamed)
 
 
 def test_a_run_resumed_from_its_checkpoint_writes_the_same_rows(workload: Workload, tmp_path: Path,
                                                                 streamed: tuple[Path, pa.Table]) -> None:
     """The lives (each entity's newest event, the free indices of expired ones) go through a checkpoint."""
-    events = tmp_path / "events.jsonl"
-    cuts = [len(workload.lines) // 3, 2 * len(workload.lines) // 3, len(workload.lines)]
-    events.write_bytes(b"".join(line + b"\n" for line in workload.lines[:cuts[0]]))
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(_spec_text(events))
-    data_dir = tmp_path / "data"
-    for k in range(3):
-        subprocess.run([BIN, "run", "--spec", str(spec_path), "--data-dir", str(data_dir), "--exit-at-end"],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
-        if k + 1 < len(cuts):
-            with open(events, "ab") as f:
-                f.write(b"".join(line + b"\n" for line in workload.lines[cuts[k]:cuts[k + 1]]))
-    assert _features_table(data_dir).equals(streamed[1])
+    check_resumed_run_writes_the_same_rows(workload, tmp_path, streamed[1], parts=3)
 
 
 def _live_bounds(workload: Workload) -> tuple[int, int, int]:
@@ -288,22 +257,11 @@ def test_lookups_count_and_restart_keep_the_expiry(workload: Workload, tmp_path:
 def test_historical_rows_equal_the_reference(workload: Workload, tmp_path: Path) -> None:
     spec = workload.spec
     evaluator = reference.Evaluator(spec, workload.accepted)
-    rng = random.Random(4)
-    entities = sorted({e.entity for e in workload.accepted})
-    times = [e.time_ms for e in workload.accepted]
-    rows = [(rng.choice(entities), rng.randint(min(times) - 60_000, max(times) + 2 * TTL_MS)) for _ in range(400)]
+    rows = sample_rows(workload, seed=4, count=400, after_ms=2 * TTL_MS)
     # At the edges of expiry: ttl and ttl + 1 ms after events.
-    for e in rng.sample(workload.accepted, 150):
+    for e in random.Random(5).sample(workload.accepted, 150):
         rows += [(e.entity, e.time_ms), (e.entity, e.time_ms + TTL_MS), (e.entity, e.time_ms + TTL_MS + 1)]
-    entities_csv = tmp_path / "entities.csv"
-    with open(entities_csv, "w", newline="") as f:
-        csv.writer(f).writerows([["user_id", "ts"]] + [[e, t] for e, t in rows])
-    out = tmp_path / "out.csv"
-    subprocess.run([BIN, "historical", "--spec", str(workload.spec_path), "--events", str(workload.events_path),
-                    "--entities", str(entities_csv), "--output", str(out), "--no-progress"], check=True, timeout=300,
-                   stderr=subprocess.DEVNULL)
-    with open(out, newline="") as f:
-        answers = list(csv.DictReader(f))
+    answers = historical_answers(workload, tmp_path, ["user_id", "ts"], [[e, t] for e, t in rows])
     mismatches = []
     expired_rows = 0
     for (entity, t), answer in zip(rows, answers, strict=True):

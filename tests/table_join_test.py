@@ -23,6 +23,7 @@ import deltalake
 import pytest
 
 import reference
+from feature_runs import with_parallelism
 from run_process import start_run
 
 BIN = os.environ.get("FRESHET_BIN", str(Path(__file__).resolve().parent.parent / "build" / "freshet"))
@@ -172,11 +173,11 @@ def _reference(spec_path: Path, data: bytes, versions) -> tuple[reference.Spec, 
     return spec, events
 
 
-def _stream(tmp: Path, work: Workload) -> int:
-    """Runs the workload through `freshet run` with a kill -9 after batch 2; returns the port of the last run
-    (still running)."""
+def _stream(tmp: Path, work: Workload, parallelism: int) -> int:
+    """Runs the workload through `freshet run` (on `parallelism` threads) with a kill -9 after batch 2; returns the
+    port of the last run (still running)."""
     spec = tmp / "spec.yaml"
-    spec.write_text(SPEC)
+    spec.write_text(with_parallelism(SPEC, parallelism))
     (tmp / "profiles.jsonl").write_bytes(_lines(work.phases[0]))
     (tmp / "events.jsonl").write_bytes(b"")
     command = [BIN, "run", "--spec", str(spec), "--data-dir", str(tmp / "data")]
@@ -207,10 +208,12 @@ def _stream(tmp: Path, work: Workload) -> int:
     return port
 
 
-def test_joins_equal_the_reference_live_in_the_store_and_in_replays(tmp_path: Path) -> None:
+@pytest.mark.parametrize("parallelism", [0, 2])
+def test_joins_equal_the_reference_live_in_the_store_and_in_replays(tmp_path: Path, parallelism: int) -> None:
+    """On one thread and on two shards (whose parsers join the tables)."""
     _require_binary()
     work = Workload(seed=12)
-    port = _stream(tmp_path, work)
+    port = _stream(tmp_path, work, parallelism)
     proc = _stream.proc  # type: ignore[attr-defined]
     spec_path = tmp_path / "spec.yaml"
     ref_spec, events = _reference(spec_path, work.events_bytes(), work.versions())

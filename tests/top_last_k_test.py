@@ -6,25 +6,29 @@ item_id values are many and skewed, so top_k windows go beyond the summary's exa
 at k <= 16) in every window type, while category stays within it. Every row of the features table is checked
 against the brute-force reference (tests/reference.py) over the events accepted up to it: last_k and
 count_distinct equal, top_k equal while exact and within the Misra-Gries bound beyond, approx_count_distinct
-within its bound. Then: the columns are strings holding JSON lists; a backfill rewrites the table bit for bit; a
+within its bound (the table's lists hold their values as text, mapped back to the window's values). Then: the
+columns are Parquet lists (read back with pyarrow and DuckDB); a backfill rewrites the table bit for bit; a
 run resumed from its checkpoint writes the same table; lookups at or after the horizon answer JSON lists within
 the bounds; `freshet historical` answers rows at arbitrary times within them too.
 """
 from __future__ import annotations
 
-import csv
 import json
 import random
 import subprocess
-from dataclasses import dataclass
+import sys
 from pathlib import Path
 from typing import Any
 
+import deltalake
+import duckdb
 import pyarrow as pa
 import pytest
 
 import reference
-from asof_exact_test import BIN, Server, _features_table, _require_binary, _stop, _wait_until_read
+from asof_exact_test import BIN, Server, _stop, _wait_until_read
+from feature_runs import (Workload, check_backfill_rewrites_bit_for_bit, check_resumed_run_writes_the_same_rows,
+                          generated_events, historical_answers, make_workload, sample_rows, stream)
 
 MAX_OUT_OF_ORDERNESS_MS = 10_000
 ALLOWED_LATENESS_MS = 30_000
@@ -58,37 +62,15 @@ features:
 """
 
 
-@dataclass
-class Workload:
-    events_path: Path
-    spec_path: Path
-    spec: reference.Spec
-    lines: list[bytes]
-    accepted: list[reference.Event]
-
-
 @pytest.fixture(scope="module")
 def workload(tmp_path_factory: pytest.TempPathFactory) -> Workload:
-    _require_binary()
     tmp = tmp_path_factory.mktemp("lists")
-    events = tmp / "events.jsonl"
-    subprocess.run([BIN, "generate", "--users", "8", "--events", "4000", "--seed", "15", "--duration", "30m",
-                    "--disorder", "20s", "--late-share", "0.01", "--no-progress", "--output", str(events)],
-                   check=True, timeout=60)
-    spec_path = tmp / "spec.yaml"
-    spec_path.write_text(SPEC.format(events=events))
-    spec = reference.load_spec(str(spec_path))
-    data = events.read_bytes()
-    accepted, _ = reference.read_events(data, spec)
-    return Workload(events, spec_path, spec, reference.split_lines(data), accepted)
+    return make_workload(tmp, generated_events(tmp / "events.jsonl"), lambda events: SPEC.format(events=events))
 
 
 @pytest.fixture(scope="module")
 def streamed(workload: Workload, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pa.Table]:
-    data_dir = tmp_path_factory.mktemp("lists-run") / "data"
-    subprocess.run([BIN, "run", "--spec", str(workload.spec_path), "--data-dir", str(data_dir), "--exit-at-end"],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
-    return data_dir, _features_table(data_dir)
+    return stream(workload, tmp_path_factory.mktemp("lists-run") / "data")
 
 
 def _ok(feature: reference.Feature, window: list[reference.Event], expected: Any, got: Any) -> bool:
@@ -102,7 +84,7 @@ def _ok(feature: reference.Feature, window: list[reference.Event], expected: Any
 
 
 def _parsed(feature: reference.Feature, cell: Any) -> Any:
-    """A table or CSV cell as the value it holds: the lists' JSON text parsed, counts as integers."""
+    """A CSV cell as the value it holds: the lists' JSON text parsed, counts as integers."""
     if feature.aggregation in reference.LIST_AGGREGATIONS:
         return None if cell is None else json.loads(cell)
     return int(cell) if isinstance(cell, str) else cell
@@ -149,7 +131,10 @@ def test_features_rows_match_the_reference(workload: Workload, streamed: tuple[P
             if reference.qualifies(feature, event):
                 prefix.append(event)
             expected, window = reference.value_from_qualifying(feature, prefix, event.time_ms)
-            got = _parsed(feature, row[feature.name])
+            got = row[feature.name]
+            if feature.aggregation in reference.LIST_AGGREGATIONS:
+                got = reference.list_from_table(feature.aggregation, got,
+                                                [reference.input_value(feature, e.record) for e in window])
             if not _ok(feature, window, expected, got):
                 by_feature[feature.name] = by_feature.get(feature.name, 0) + 1
                 mismatches.append(f"seq {row['seq']} (line {event.line}, {event.entity}, t {event.time_ms}) "
@@ -157,41 +142,41 @@ def test_features_rows_match_the_reference(workload: Workload, streamed: tuple[P
     assert not mismatches, f"{len(mismatches)} mismatches, by feature {by_feature}\n" + "\n".join(mismatches[:20])
 
 
-def test_list_columns_are_json_text_and_pair_counts_longs(streamed: tuple[Path, pa.Table]) -> None:
-    table = streamed[1]
-    for name in ("top_item_life", "top_item_5m", "top_category_10m", "last_category_life", "last_ts_15m",
-                 "last_item_session"):
-        assert table.schema.field(name).type == pa.string(), (name, table.schema)
-        assert all(isinstance(json.loads(cell), list) for cell in table.column(name).to_pylist()), name
+def test_list_columns_are_parquet_lists_and_pair_counts_longs(streamed: tuple[Path, pa.Table]) -> None:
+    """top_k is list<struct<value: string, count: int64>>, last_k list<string>, in the Delta schema and in the
+    files, which DuckDB reads as lists too (the same values as pyarrow through Delta)."""
+    data_dir, table = streamed
+    top = pa.list_(pa.field("element", pa.struct([pa.field("value", pa.string(), False),
+                                                 pa.field("count", pa.int64(), False)]), False))
+    for name in ("top_item_life", "top_item_5m", "top_category_10m", "top_amount_life"):
+        assert table.schema.field(name).type == top, (name, table.schema.field(name).type)
+    for name in ("last_category_life", "last_amount_10m", "last_ts_15m", "last_item_session"):
+        assert table.schema.field(name).type == pa.list_(pa.field("element", pa.string())), (name, table.schema)
     for name in ("pairs_life", "pairs_session", "approx_pairs_life"):
         assert table.schema.field(name).type == pa.int64(), (name, table.schema)
+    files = deltalake.DeltaTable(str(data_dir / "offline" / "features")).file_uris()
+    query = ("SELECT seq, top_item_life[1].value, top_item_life[1].count, len(top_item_life), last_ts_15m[1], "
+             "len(last_ts_15m) FROM read_parquet(?) ORDER BY seq")
+    got = duckdb.connect().execute(query, [files]).fetchall()
+
+    def first(cell: list | None) -> Any:
+        return cell[0] if cell else None
+    expected = [(r["seq"], (first(r["top_item_life"]) or {}).get("value"), (first(r["top_item_life"]) or {}).get("count"),
+                 None if r["top_item_life"] is None else len(r["top_item_life"]), first(r["last_ts_15m"]),
+                 None if r["last_ts_15m"] is None else len(r["last_ts_15m"])) for r in table.to_pylist()]
+    assert any(e[3] for e in expected) and any(e[5] for e in expected)
+    assert got == expected, next((g, e) for g, e in zip(got, expected) if g != e)
 
 
 def test_backfill_rewrites_the_streamed_table_bit_for_bit(workload: Workload,
                                                            streamed: tuple[Path, pa.Table]) -> None:
-    data_dir, table = streamed
-    subprocess.run([BIN, "backfill", "--spec", str(workload.spec_path), "--data-dir", str(data_dir),
-                    "--no-progress"], check=True, timeout=300, stderr=subprocess.DEVNULL)
-    assert _features_table(data_dir).equals(table)
+    check_backfill_rewrites_bit_for_bit(workload.spec_path, *streamed)
 
 
 def test_a_run_resumed_from_its_checkpoint_writes_the_same_rows(workload: Workload, tmp_path: Path,
                                                                 streamed: tuple[Path, pa.Table]) -> None:
     """The summaries, lists, pair sets and recent events with their marks go through a checkpoint half way."""
-    events = tmp_path / "events.jsonl"
-    half = len(workload.lines) // 2
-    events.write_bytes(b"".join(line + b"\n" for line in workload.lines[:half]))
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(workload.spec_path.read_text().replace(str(workload.events_path), str(events)))
-    data_dir = tmp_path / "data"
-    for _ in range(2):
-        subprocess.run([BIN, "run", "--spec", str(spec_path), "--data-dir", str(data_dir), "--exit-at-end"],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
-        with open(events, "ab") as f:
-            f.write(b"".join(line + b"\n" for line in workload.lines[half:]))
-        half = len(workload.lines)
-    resumed = _features_table(data_dir)
-    assert resumed.equals(streamed[1]), "the resumed run's features table differs from the single run's"
+    check_resumed_run_writes_the_same_rows(workload, tmp_path, streamed[1])
 
 
 def test_lookups_at_or_after_the_horizon_answer_json_lists_within_the_bounds(workload: Workload,
@@ -227,20 +212,8 @@ def test_lookups_at_or_after_the_horizon_answer_json_lists_within_the_bounds(wor
 def test_historical_rows_are_within_the_bounds(workload: Workload, tmp_path: Path) -> None:
     spec = workload.spec
     evaluator = reference.Evaluator(spec, workload.accepted)
-    times = [e.time_ms for e in workload.accepted]
-    rng = random.Random(4)
-    entities = sorted({e.entity for e in workload.accepted})
-    rows = [(rng.choice(entities), rng.randint(min(times) - 60_000, max(times) + 600_000)) for _ in range(300)]
-    rows += [(e.entity, e.time_ms) for e in rng.sample(workload.accepted, 100)]
-    entities_csv = tmp_path / "entities.csv"
-    with open(entities_csv, "w", newline="") as f:
-        csv.writer(f).writerows([["user_id", "ts"]] + [[e, t] for e, t in rows])
-    out = tmp_path / "out.csv"
-    subprocess.run([BIN, "historical", "--spec", str(workload.spec_path), "--events", str(workload.events_path),
-                    "--entities", str(entities_csv), "--output", str(out), "--no-progress"], check=True, timeout=300,
-                   stderr=subprocess.DEVNULL)
-    with open(out, newline="") as f:
-        answers = list(csv.DictReader(f))
+    rows = sample_rows(workload, seed=4, count=300, after_ms=600_000, at_events=100)
+    answers = historical_answers(workload, tmp_path, ["user_id", "ts"], [[e, t] for e, t in rows])
     mismatches = []
     for (entity, t), answer in zip(rows, answers, strict=True):
         for j, feature in enumerate(spec.features):
@@ -250,3 +223,38 @@ def test_historical_rows_are_within_the_bounds(workload: Workload, tmp_path: Pat
                 mismatches.append(f"{entity} at {t} {feature.name}: reference {expected!r} over {len(window)} values, "
                                   f"historical {answer[feature.name]!r}")
     assert not mismatches, f"{len(mismatches)} mismatches\n" + "\n".join(mismatches[:20])
+
+
+def test_historical_parquet_and_sdk_frames_hold_lists(workload: Workload, tmp_path: Path) -> None:
+    """`freshet historical --output x.parquet` writes the lists as Parquet lists (the values as text), holding the
+    same lists as its CSV's JSON text; the SDK's frame from it holds them as Python lists."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))  # The SDK of this checkout.
+    import freshet
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    rows = sample_rows(workload, seed=6, count=40, after_ms=600_000)
+    answers = historical_answers(workload, tmp_path, ["user_id", "ts"], [[e, t] for e, t in rows])
+    out = tmp_path / "out.parquet"
+    subprocess.run([BIN, "historical", "--spec", str(workload.spec_path), "--events", str(workload.events_path),
+                    "--entities", str(tmp_path / "entities.csv"), "--output", str(out), "--no-progress"], check=True,
+                   timeout=300, stderr=subprocess.DEVNULL)
+    table = pq.read_table(out)
+    frame = freshet.get_historical_features(
+        str(workload.spec_path), pd.DataFrame({"user_id": [e for e, _ in rows], "ts": [t for _, t in rows]}),
+        events=str(workload.events_path), binary=BIN, output_format="parquet")
+    for feature in workload.spec.features:
+        if feature.aggregation not in reference.LIST_AGGREGATIONS:
+            continue
+        assert pa.types.is_list(table.schema.field(feature.name).type), (feature.name, table.schema)
+        expected = []
+        for answer in answers:
+            parsed = json.loads(answer[feature.name])
+            if feature.aggregation == "top_k":
+                expected.append([{"value": reference.list_element_text(i["value"]), "count": i["count"]}
+                                 for i in parsed])
+            else:
+                expected.append([reference.list_element_text(v) for v in parsed])
+        assert table.column(feature.name).to_pylist() == expected, feature.name
+        assert list(frame[feature.name]) == expected, feature.name
+    assert any(expected)

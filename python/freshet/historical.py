@@ -15,7 +15,7 @@ import pandas as pd
 from freshet import _cli, _convert
 from freshet._cli import PathLike
 from freshet.errors import CommandNotAvailableError, FreshetError
-from freshet.spec import FeatureInfo, SpecInfo, load_spec, spec_source
+from freshet.spec import LIST_AGGREGATIONS, FeatureInfo, SpecInfo, load_spec, spec_source
 
 #: Events as get_historical_features takes them: a JSON-lines file, a DataFrame of events, or an iterable of
 #: events (mappings, or JSON text lines).
@@ -298,6 +298,8 @@ def _read_parquet(path: Path, info: SpecInfo, row_id: str, count: int) -> pd.Dat
             columns[feature.name] = values.astype(np.int64)
         elif feature.dtype == "float64":
             columns[feature.name] = values.astype(np.float64)
+        elif feature.aggregation in LIST_AGGREGATIONS:  # Parquet lists: Python lists, their values as text.
+            columns[feature.name] = pd.Series(table.column(feature.name).to_pylist(), dtype=object)
         else:
             columns[feature.name] = values.astype(object).where(values.notna(), None)
     for name in info.request_features:

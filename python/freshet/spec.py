@@ -25,7 +25,8 @@ NUMBER_AGGREGATIONS = frozenset({"sum", "mean", "min", "max", "stddev", "approx_
 #: Aggregations whose value is the text of an event field (object columns of str, None for null).
 TEXT_AGGREGATIONS = frozenset({"last", "first"})
 #: Aggregations whose value is a list (object columns of Python lists): top_k gives [{"value": v, "count": n}, ...],
-#: last_k [v, ...]. Freshet writes them as JSON text in CSV, Redis and Parquet.
+#: last_k [v, ...]. Freshet writes them as JSON text in CSV and Redis (v typed as in JSON), and as Parquet lists in
+#: the offline store and historical's Parquet output (v as text, like a ``last`` value).
 LIST_AGGREGATIONS = frozenset({"top_k", "last_k"})
 
 

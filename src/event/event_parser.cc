@@ -152,10 +152,12 @@ std::string EventParser::KeyFieldList() const {
   return out;
 }
 
+std::string LineTooLongReason() { return "line is longer than " + std::to_string(kMaxLineBytes) + " bytes"; }
+
 bool EventParser::Parse(std::string_view line, size_t capacity, ParsedEvent* event, std::string* reason) {
   Impl& impl = *impl_;
   if (line.size() > kMaxLineBytes) {
-    *reason = "line is longer than " + std::to_string(kMaxLineBytes) + " bytes";
+    *reason = LineTooLongReason();
     return false;
   }
   if (line.find_first_not_of(" \t\r") == std::string_view::npos) {

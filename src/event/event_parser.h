@@ -33,6 +33,10 @@ inline constexpr size_t kParsePaddingBytes = 64;
 // Lines longer than this are rejected without being parsed.
 inline constexpr size_t kMaxLineBytes = 1 << 20;
 
+// The dead-letter reason of a line longer than kMaxLineBytes: one text wherever such a line is rejected (the
+// parser, the sharded and historical readers, HTTP ingest), so that dead letters can be grepped for it.
+std::string LineTooLongReason();
+
 struct ParsedEvent {
   int64_t time_ms = 0;
   // Integer entities are rendered as their decimal text; a composite key is encoded (common/entity_key.h). May

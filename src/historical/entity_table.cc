@@ -19,6 +19,7 @@
 #include "common/entity_key.h"
 #include "common/time.h"
 #include "historical/csv.h"
+#include "offline/list_column.h"
 #include "offline/tables.h"
 
 namespace freshet {
@@ -531,7 +532,7 @@ class ParquetWriter final : public HistoricalWriter {
       c.valid.assign(rows, 0);
       if (c.type == OfflineType::kInt64) c.ints.assign(rows, 0);
       if (c.type == OfflineType::kDouble) c.doubles.assign(rows, 0);
-      if (c.type == OfflineType::kString) c.strings.resize(rows);
+      if (c.type == OfflineType::kString || IsListColumn(c.type)) c.strings.resize(rows);
     }
     request_columns_.resize(spec.request_features.items.size());
     for (RequestColumn& c : request_columns_) c.cells.assign(rows, Value::Null());
@@ -610,6 +611,14 @@ class ParquetWriter final : public HistoricalWriter {
           st = b.AppendValues(c.doubles.data(), rows, c.valid.data());
           if (st.ok()) st = b.Finish(&array);
           fields.push_back(arrow::field(spec_.features[k].name, arrow::float64(), true));
+          break;
+        }
+        case OfflineType::kStringList:
+        case OfflineType::kValueCounts: {  // The lists' JSON text as native lists, like the features table's.
+          JsonListBuilder b(c.type);
+          for (size_t r = 0; r < c.strings.size() && st.ok(); ++r) st = c.valid[r] ? b.Append(c.strings[r]) : b.AppendNull();
+          if (st.ok()) st = b.Finish(&array);
+          fields.push_back(arrow::field(spec_.features[k].name, ListArrowType(c.type), true));
           break;
         }
         default: {

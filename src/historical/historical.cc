@@ -91,7 +91,7 @@ class PointInTimeJoin {
     ++stats_->events_read;
     if (too_long) {
       ++stats_->rejected;
-      dead_letters_->Write(number, "line is longer than " + std::to_string(kMaxLineBytes) + " bytes", "");
+      dead_letters_->Write(number, LineTooLongReason(), "");
       return;
     }
     if (!parser_.Parse(text, capacity, &event_, &reason_)) {

@@ -384,7 +384,10 @@ std::string DeltaLog::SchemaString() const {
   JsonWriter json(&text);
   json.BeginObject().Key("type").String("struct").Key("fields").BeginArray();
   for (const DeltaColumn& c : schema_) {
-    json.BeginObject().Key("name").String(c.name).Key("type").String(c.type).Key("nullable").Bool(c.nullable);
+    json.BeginObject().Key("name").String(c.name).Key("type");
+    // A nested type (a list column) is a JSON object of its own, a primitive one its name.
+    c.type.starts_with('{') ? json.Raw(c.type) : json.String(c.type);
+    json.Key("nullable").Bool(c.nullable);
     json.Key("metadata").BeginObject().EndObject().EndObject();
   }
   json.EndArray().EndObject();

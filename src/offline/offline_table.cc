@@ -24,6 +24,7 @@
 #include "common/bytes.h"
 #include "common/files.h"
 #include "common/time.h"
+#include "offline/list_column.h"
 #include "serve/json.h"
 
 namespace freshet {
@@ -42,6 +43,8 @@ std::shared_ptr<arrow::DataType> ArrowType(OfflineType type) {
     case OfflineType::kDouble: return arrow::float64();
     case OfflineType::kString: return arrow::utf8();
     case OfflineType::kTimestamp: return arrow::timestamp(arrow::TimeUnit::MICRO, "UTC");
+    case OfflineType::kStringList:
+    case OfflineType::kValueCounts: return ListArrowType(type);
   }
   return arrow::utf8();
 }
@@ -50,10 +53,23 @@ std::shared_ptr<arrow::DataType> ArrowType(OfflineType type) {
 struct ColumnBuffer {
   std::vector<int64_t> ints;     // kInt64, kTimestamp (epoch ms).
   std::vector<double> doubles;   // kDouble.
-  std::string chars;             // kString: the bytes of every value, back to back;
+  std::string chars;             // kString (and the lists' JSON text): the bytes of every value, back to back;
   std::vector<uint64_t> ends;    // and where each value ends.
   std::vector<uint8_t> valid;
 };
+
+// Appends the text cells `rows` of `c` (a kString column, or a list column's JSON text) to `builder`: an Arrow
+// StringBuilder or a JsonListBuilder.
+template <typename Builder>
+arrow::Status AppendTexts(const ColumnBuffer& c, const std::vector<uint32_t>& rows, Builder& builder) {
+  for (uint32_t r : rows) {
+    const uint64_t begin = r == 0 ? 0 : c.ends[r - 1];
+    arrow::Status st =
+        c.valid[r] ? builder.Append(std::string_view(c.chars.data() + begin, c.ends[r] - begin)) : builder.AppendNull();
+    if (!st.ok()) return st;
+  }
+  return arrow::Status::OK();
+}
 
 Status FsyncFile(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -108,8 +124,9 @@ std::string StatsJson(const arrow::Table& table) {
   for (int c = 0; c < table.num_columns(); ++c) {
     const std::string& name = table.schema()->field(c)->name();
     const arrow::ChunkedArray& column = *table.column(c);
-    null_json.Key(name).Int(column.null_count());
     const arrow::Type::type id = column.type()->id();
+    if (id == arrow::Type::LIST) continue;  // Delta writers keep no stats of nested columns.
+    null_json.Key(name).Int(column.null_count());
     bool any = false;
     if (id == arrow::Type::INT64 || id == arrow::Type::TIMESTAMP) {
       int64_t lo = 0, hi = 0;
@@ -255,6 +272,8 @@ DeltaColumn ToDeltaColumn(const OfflineColumn& column) {
     case OfflineType::kDouble: type = "double"; break;
     case OfflineType::kString: type = "string"; break;
     case OfflineType::kTimestamp: type = "timestamp"; break;
+    case OfflineType::kStringList:
+    case OfflineType::kValueCounts: return DeltaColumn{column.name, ListDeltaType(column.type), column.nullable};
   }
   return DeltaColumn{column.name, type, column.nullable};
 }
@@ -552,7 +571,9 @@ void OfflineTable::PutNull() {
     case OfflineType::kInt64:
     case OfflineType::kTimestamp: c.ints.push_back(0); break;
     case OfflineType::kDouble: c.doubles.push_back(0); break;
-    case OfflineType::kString: c.ends.push_back(c.chars.size()); break;
+    case OfflineType::kString:
+    case OfflineType::kStringList:
+    case OfflineType::kValueCounts: c.ends.push_back(c.chars.size()); break;
   }
   c.valid.push_back(0);
   impl_->buffer.bytes += 9;
@@ -595,11 +616,14 @@ Result<StagedCommit::File> OfflineTable::Impl::WriteFile(const Rows& rows, const
       case OfflineType::kString: {
         arrow::StringBuilder b;
         st = b.Reserve(rows_in_file.size());
-        for (uint32_t r : rows_in_file) {
-          if (!st.ok()) break;
-          const uint64_t begin = r == 0 ? 0 : c.ends[r - 1];
-          st = c.valid[r] ? b.Append(std::string_view(c.chars.data() + begin, c.ends[r] - begin)) : b.AppendNull();
-        }
+        if (st.ok()) st = AppendTexts(c, rows_in_file, b);
+        if (st.ok()) st = b.Finish(&array);
+        break;
+      }
+      case OfflineType::kStringList:
+      case OfflineType::kValueCounts: {
+        JsonListBuilder b(options.columns[k].type);
+        st = AppendTexts(c, rows_in_file, b);
         if (st.ok()) st = b.Finish(&array);
         break;
       }

@@ -34,6 +34,9 @@ enum class OfflineType : uint8_t {
   kDouble,
   kString,
   kTimestamp,  // Put as epoch milliseconds; stored as a UTC timestamp (microseconds, as Delta wants).
+  // Put as the list's JSON text (PutString); stored as a Parquet list (offline/list_column.h).
+  kStringList,   // last_k: list<string>.
+  kValueCounts,  // top_k: list<struct<value: string, count: int64>>.
 };
 
 struct OfflineColumn {

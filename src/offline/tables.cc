@@ -6,7 +6,9 @@
 #include <limits>
 #include <queue>
 
+#include "common/entity_key.h"
 #include "event/event_parser.h"
+#include "offline/list_column.h"
 #include "offline/parquet_scan.h"
 
 namespace freshet {
@@ -22,12 +24,27 @@ OfflinePaths OfflinePathsFor(const Spec& spec, const std::string& data_dir) {
   return p;
 }
 
-std::vector<OfflineColumn> EventsTableColumns(bool partitioned, bool lookups) {
+std::vector<OfflineColumn> KeyColumns(const std::vector<std::string>& key_fields) {
+  std::vector<OfflineColumn> columns;
+  if (key_fields.size() < 2) return columns;
+  for (const std::string& field : key_fields) columns.push_back({field, OfflineType::kString, true});
+  return columns;
+}
+
+void PutKeyParts(OfflineTable& table, const std::vector<std::string>& key_fields, std::string_view entity,
+                 std::vector<std::string>* parts) {
+  if (key_fields.size() < 2) return;
+  const bool decoded = DecodeEntityKey(entity, parts) && parts->size() == key_fields.size();
+  for (size_t k = 0; k < key_fields.size(); ++k) decoded ? table.PutString((*parts)[k]) : table.PutNull();
+}
+
+std::vector<OfflineColumn> EventsTableColumns(bool partitioned, const std::vector<std::string>& key_fields, bool lookups) {
   std::vector<OfflineColumn> columns = {{"seq", OfflineType::kInt64, false},
                                         {"event_time", OfflineType::kTimestamp, false},
-                                        {"entity", OfflineType::kString, false},
-                                        {"ingest_time", OfflineType::kTimestamp, false},
-                                        {"raw", OfflineType::kString, false}};
+                                        {"entity", OfflineType::kString, false}};
+  for (OfflineColumn& c : KeyColumns(key_fields)) columns.push_back(std::move(c));
+  columns.push_back({"ingest_time", OfflineType::kTimestamp, false});
+  columns.push_back({"raw", OfflineType::kString, false});
   if (partitioned) {
     columns.push_back({"partition", OfflineType::kInt64, false});
     columns.push_back({"offset", OfflineType::kInt64, false});
@@ -37,10 +54,10 @@ std::vector<OfflineColumn> EventsTableColumns(bool partitioned, bool lookups) {
 }
 
 std::vector<OfflineColumn> FeaturesTableColumns(const Spec& spec) {
-  std::vector<OfflineColumn> columns = {{"seq", OfflineType::kInt64, false},
-                                        {"entity", OfflineType::kString, false},
-                                        {"event_time", OfflineType::kTimestamp, false},
-                                        {"processing_time", OfflineType::kTimestamp, false}};
+  std::vector<OfflineColumn> columns = {{"seq", OfflineType::kInt64, false}, {"entity", OfflineType::kString, false}};
+  for (OfflineColumn& c : KeyColumns(spec.entity_fields)) columns.push_back(std::move(c));
+  columns.push_back({"event_time", OfflineType::kTimestamp, false});
+  columns.push_back({"processing_time", OfflineType::kTimestamp, false});
   for (const FeatureSpec& f : spec.features) columns.push_back({f.name, FeatureColumnType(f), true});
   return columns;
 }
@@ -51,7 +68,12 @@ std::vector<OfflineColumn> FeatureLogColumns(const Spec& spec) {
                                         {"as_of", OfflineType::kTimestamp, false},
                                         {"served_at", OfflineType::kTimestamp, false},
                                         {"served_features", OfflineType::kString, false}};
-  for (const FeatureSpec& f : spec.features) columns.push_back({f.name, FeatureColumnType(f), true});
+  // Lists stay JSON text here: `freshet skew` compares the served text, and the log's schema evolves by
+  // primitive types only.
+  for (const FeatureSpec& f : spec.features) {
+    const OfflineType type = FeatureColumnType(f);
+    columns.push_back({f.name, IsListColumn(type) ? OfflineType::kString : type, true});
+  }
   return columns;
 }
 
@@ -61,9 +83,9 @@ OfflineType FeatureColumnType(const FeatureSpec& feature) {
     case AggKind::kCountDistinct:
     case AggKind::kApproxCountDistinct: return OfflineType::kInt64;
     case AggKind::kLast:
-    case AggKind::kFirst:
-    case AggKind::kTopK:  // The list's JSON text.
-    case AggKind::kLastK: return OfflineType::kString;
+    case AggKind::kFirst: return OfflineType::kString;
+    case AggKind::kTopK: return OfflineType::kValueCounts;
+    case AggKind::kLastK: return OfflineType::kStringList;
     default: return OfflineType::kDouble;
   }
 }

@@ -1,11 +1,13 @@
 // The offline store's tables: where they live, their columns, and how a feature value becomes a cell.
 //
 // <offline>/events        every accepted event, partitioned by event_date:
-//                         seq (long: order of acceptance), event_time (timestamp), entity (string),
-//                         ingest_time (timestamp: when Freshet accepted it), raw (string: the JSON line as received),
-//                         with `lookups` in the spec also lookups (string: what each lookup answered, as JSON text)
+//                         seq (long: order of acceptance), event_time (timestamp), entity (string), [a composite
+//                         key's parts, one string column per key field], ingest_time (timestamp: when Freshet
+//                         accepted it), raw (string: the JSON line as received), with `lookups` in the spec also
+//                         lookups (string: what each lookup answered, as JSON text)
 // <offline>/features      after each accepted event, its entity's features as of the event's time, partitioned by
-//                         event_date: seq, entity, event_time, processing_time (timestamp), then one column per feature
+//                         event_date: seq, entity, [key parts], event_time, processing_time (timestamp), then one
+//                         column per feature
 // <offline>/feature_log   what the serving API answered, partitioned by served_date: request_id (string),
 //                         entity, as_of (timestamp), served_at (timestamp), served_features (string: the
 //                         comma-separated names of the features the answer held), then one column per feature
@@ -14,12 +16,14 @@
 //
 // Feature columns are typed by aggregation: count, count_distinct and approx_count_distinct are long; sum,
 // mean, min, max, stddev and approx_percentile are double (an integer sum is exact up to 2^53); last and first are
-// string (a number as its shortest decimal text, a boolean as true/false); top_k and last_k are string, the
-// list's JSON text. A feature with no value (mean of an empty window) is null.
+// string (a number as its shortest decimal text, a boolean as true/false); top_k is list<struct<value: string,
+// count: long>> and last_k list<string>, their values as text like last's (offline/list_column.h; the feature
+// log keeps the list's JSON text). A feature with no value (mean of an empty window) is null.
 #pragma once
 
 #include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/status.h"
@@ -50,11 +54,20 @@ struct OfflinePaths {
 OfflinePaths OfflinePathsFor(const Spec& spec, const std::string& data_dir);
 
 // With `partitioned` (a Kafka source) the events table also has `partition` and `offset`: each event's place
-// in its partition, which orders the per-partition replay of backfill and historical.
-// With `lookups` (the spec has lookups) it also has `lookups`: the answers the event was processed with
-// (lookup/lookup_row.h), which replays use instead of asking the store again.
-std::vector<OfflineColumn> EventsTableColumns(bool partitioned = false, bool lookups = false);
+// in its partition, which orders the per-partition replay of backfill and historical. With a composite key
+// (`key_fields` of two or more) both tables have, after `entity` (the encoded key), one string column per key
+// field, named as the field, holding its part (KeyColumns). With `lookups` (the spec has lookups) it also has
+// `lookups`: the answers the event was processed with (lookup/lookup_row.h), which replays use instead of asking
+// the store again.
+std::vector<OfflineColumn> EventsTableColumns(bool partitioned = false, const std::vector<std::string>& key_fields = {},
+                                              bool lookups = false);
 std::vector<OfflineColumn> FeaturesTableColumns(const Spec& spec);
+// The key-part columns of a composite key: none for a single key field.
+std::vector<OfflineColumn> KeyColumns(const std::vector<std::string>& key_fields);
+// Puts the parts of the encoded key `entity` into KeyColumns(key_fields) (nulls where it is not an encoding of
+// that many parts). `parts` is scratch.
+void PutKeyParts(OfflineTable& table, const std::vector<std::string>& key_fields, std::string_view entity,
+                 std::vector<std::string>* parts);
 std::vector<OfflineColumn> FeatureLogColumns(const Spec& spec);
 
 // The column type of a feature (see the file comment).

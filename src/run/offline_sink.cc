@@ -53,7 +53,8 @@ Result<std::unique_ptr<OfflineSink>> OfflineSink::Open(const Spec& spec, const O
   sink->partitioned_ = spec.source && spec.source->type == "kafka";
   sink->lookups_ = !spec.lookups.empty();
   if (options.events) {
-    FRESHET_ASSIGN_OR_RETURN(sink->events_, OfflineTable::Open(TableOptions(paths, "events", EventsTableColumns(sink->partitioned_, sink->lookups_))));
+    FRESHET_ASSIGN_OR_RETURN(sink->events_, OfflineTable::Open(TableOptions(
+                                                paths, "events", EventsTableColumns(sink->partitioned_, spec.entity_fields, sink->lookups_))));
   }
   if (options.features) {
     FRESHET_ASSIGN_OR_RETURN(sink->features_,
@@ -105,6 +106,7 @@ void OfflineSink::AddEvent(int64_t seq, int64_t event_time_ms, std::string_view 
   t.PutInt(seq);
   t.PutTimestampMs(event_time_ms);
   t.PutString(entity);
+  PutKeyParts(t, spec_.entity_fields, entity, &key_parts_);
   t.PutTimestampMs(ingest_ms);
   t.PutString(raw);
   if (partitioned_) {
@@ -130,6 +132,7 @@ void OfflineSink::AddFeatures(int64_t seq, std::string_view entity, int64_t even
   t.BeginRow(event_time_ms);
   t.PutInt(seq);
   t.PutString(entity);
+  PutKeyParts(t, spec_.entity_fields, entity, &key_parts_);
   t.PutTimestampMs(event_time_ms);
   t.PutTimestampMs(processing_ms);
   for (size_t f = 0; f < values.size(); ++f) PutFeatureValue(t, spec_.features[f], values[f]);

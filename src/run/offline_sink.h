@@ -104,6 +104,7 @@ class OfflineSink {
   std::optional<int64_t> from_ms_, to_ms_;
   bool partitioned_ = false;  // The events table has partition and offset columns.
   bool lookups_ = false;      // The events table has the lookups column.
+  std::vector<std::string> key_parts_;  // Scratch of AddEvent and AddFeatures (under add_mutex_).
   std::mutex add_mutex_;      // AddEvent and AddFeatures may come from several processing threads at once.
   uint64_t feature_rows_ = 0;
   std::unique_ptr<OfflineTable> events_;

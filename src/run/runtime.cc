@@ -337,9 +337,7 @@ struct Runtime::Impl final : public FeatureService, public RebalanceListener {
         }
         ++ack.rejected;
         if (ack.errors.size() < kMaxIngestErrors) {
-          ack.errors.emplace_back(k + 1, lines[k].size() > kMaxLineBytes
-                                             ? "line is longer than " + std::to_string(kMaxLineBytes) + " bytes"
-                                             : reason);
+          ack.errors.emplace_back(k + 1, lines[k].size() > kMaxLineBytes ? LineTooLongReason() : reason);
         }
       }
     }
@@ -1186,7 +1184,7 @@ void Runtime::Impl::ProcessShard(size_t shard, std::span<const SourceRecord> rec
       ++lane.counters.lines_read;
       ++lane.counters.rejected;
       ++out.rejected;
-      dead_letter("line is longer than " + std::to_string(kMaxLineBytes) + " bytes", "");
+      dead_letter(LineTooLongReason(), "");
       continue;
     }
     if (chunk_lookups_ != nullptr) lane.path.SetLookups(&chunk_lookups_[k]);

@@ -109,7 +109,7 @@ void ShardedInput::Parse(size_t shard, std::span<const SourceRecord> records) {
     Parsed& p = parsed_[k];
     const SourceRecord& record = records[k];
     p.ok = !record.too_long && s.parser.Parse(record.text, record.capacity, &s.event, &p.reason);
-    if (record.too_long) p.reason = "line is longer than " + std::to_string(kMaxLineBytes) + " bytes";
+    if (record.too_long) p.reason = LineTooLongReason();
     if (!p.ok) continue;
     CopyEvent(s.event, &p.event, &p.text);
     p.shard = lanes_.ShardOf(p.event.entity);

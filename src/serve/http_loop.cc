@@ -208,6 +208,7 @@ class ByteBuffer {
 // Counters and load shared by the loops of one HttpLoop (see HttpLoopStats).
 struct SharedState {
   int max_connections = 0;  // Effective, set by Start.
+  int over_cap_allowance = 0;  // kMaxOverCapPerWake per loop, set by Start.
   std::atomic<int> open_connections{0};
   std::atomic<int64_t> buffered_bytes{0};
   std::atomic<uint64_t> accept_pauses{0};
@@ -1326,6 +1327,7 @@ HttpLoopStats HttpLoop::stats() const {
   stats.budget_refusals = shared.budget_refusals.load(std::memory_order_relaxed);
   stats.open_connections = shared.open_connections.load(std::memory_order_relaxed);
   stats.max_connections = effective_max_connections();
+  stats.over_cap_allowance = impl_->started ? impl_->shared.over_cap_allowance : 0;
   stats.buffered_request_bytes =
       static_cast<size_t>(std::max<int64_t>(shared.buffered_bytes.load(std::memory_order_relaxed), 0));
   return stats;
@@ -1434,6 +1436,7 @@ Status HttpLoop::Start() {
   int loops = options.loop_threads;
   if (loops == 0) loops = static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 4u));
   impl.shared.max_connections = ConnectionCap(options.max_connections);
+  impl.shared.over_cap_allowance = static_cast<int>(kMaxOverCapPerWake) * loops;
   impl.pool = std::make_unique<BlockingPool>(options.blocking_threads);
   for (int k = 0; k < loops; ++k) {
     impl.loops.push_back(std::make_unique<Loop>(impl.handler, options, *impl.pool, impl.shared));

@@ -161,6 +161,9 @@ struct HttpLoopStats {
   uint64_t budget_refusals = 0;      // Requests refused with 503 for the buffered-bytes budget.
   int open_connections = 0;
   int max_connections = 0;           // The effective cap.
+  // How far open_connections may read over the cap: connections accepted at the cap are counted until the
+  // ones they replace are closed, up to a fixed number per loop per wake-up.
+  int over_cap_allowance = 0;
   size_t buffered_request_bytes = 0;
 };
 

@@ -369,6 +369,7 @@ struct HttpServer::Impl final : HttpHandler {
   std::mutex loop_stats_mutex;  // One copy at a time: counters grow by the difference since the last one.
   Gauge* connections_open = nullptr;
   Gauge* connections_max = nullptr;
+  Gauge* connections_over_cap = nullptr;
   Gauge* buffered_request_bytes = nullptr;
   Counter* accept_pauses = nullptr;
   Counter* connections_shed = nullptr;
@@ -420,6 +421,10 @@ HttpServer::Impl::Impl(FeatureService& service_in, MetricsRegistry& metrics_in, 
   connections_open = &metrics.GetGauge("freshet_http_connections_open", "HTTP connections open.");
   connections_max = &metrics.GetGauge("freshet_http_connections_max",
                                       "The HTTP connection cap in force (lowered by the open-file limit).");
+  connections_over_cap = &metrics.GetGauge(
+      "freshet_http_connections_over_cap_max",
+      "How far freshet_http_connections_open may read over the cap: connections accepted at the cap are counted "
+      "until the ones they replace close (a fixed number per event loop).");
   buffered_request_bytes = &metrics.GetGauge("freshet_http_buffered_request_bytes",
                                              "Bytes buffered for HTTP requests being received, all connections.");
   accept_pauses = &metrics.GetCounter("freshet_http_accept_pauses_total",
@@ -1128,6 +1133,7 @@ void HttpServer::Impl::PublishLoopStats() {
   catch_up(budget_refusals, stats.budget_refusals);
   connections_open->Set(stats.open_connections);
   connections_max->Set(stats.max_connections);
+  connections_over_cap->Set(stats.over_cap_allowance);
   buffered_request_bytes->Set(static_cast<double>(stats.buffered_request_bytes));
 }
 

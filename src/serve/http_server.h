@@ -54,7 +54,8 @@
 // freshet_http_unauthorized_total, freshet_http_lookup_entities_total. `route` is the endpoint pattern
 // (e.g. "/v1/features/{entity}"), or "unmatched" for unknown paths and requests too malformed to route.
 // The loop's defences (serve/http_loop.h), read when /metrics is asked for: freshet_http_connections_open,
-// freshet_http_connections_max (the cap in force), freshet_http_buffered_request_bytes,
+// freshet_http_connections_max (the cap in force), freshet_http_connections_over_cap_max (how far the open
+// count may exceed it), freshet_http_buffered_request_bytes,
 // freshet_http_accept_pauses_total, freshet_http_connections_shed_total,
 // freshet_http_connections_refused_total, freshet_http_slow_requests_closed_total{part="headers"|"body"},
 // freshet_http_buffer_budget_refusals_total. And the process_* metrics and freshet_build_info

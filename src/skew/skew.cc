@@ -33,7 +33,9 @@ Value ServedCell(const ScanColumn& column, size_t row, std::deque<std::string>* 
     case OfflineType::kInt64:
     case OfflineType::kTimestamp: return Value::Int(column.ints[row]);
     case OfflineType::kDouble: return Value::Double(column.doubles[row]);
-    case OfflineType::kString: return Value::String(strings->emplace_back(column.strings[row]));
+    case OfflineType::kString:
+    case OfflineType::kStringList:  // (The feature log keeps lists as their JSON text: FeatureLogColumns.)
+    case OfflineType::kValueCounts: return Value::String(strings->emplace_back(column.strings[row]));
   }
   return Value::Null();
 }

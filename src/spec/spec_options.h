@@ -543,7 +543,8 @@ inline constexpr SpecOption kSpecOptions[] = {
                "counts are lower bounds: true - n/(C+1) <= count <= true for the n values of the window, and "
                "every value with more than n/(C+1) of them is kept. last_k: a JSON list of the values of the k "
                "newest events, newest first (event time, then input order). Both are stored as that JSON text "
-               "in Redis, CSV and the offline store (a string column).")
+               "in Redis and CSV, and as Parquet lists in the offline features table and historical's Parquet "
+               "output (top_k list<struct<value: string, count: long>>, last_k list<string>).")
         .Range(1, 100).When("aggregation", "top_k, last_k").Required()
         .MisuseHint("only top_k and last_k take k; remove it")
         .Example("3"),

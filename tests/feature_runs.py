@@ -1,0 +1,129 @@
+"""The steps that the end-to-end tests of aggregations, keys and expiry share: a workload (an events file, its spec
+and what tests/reference.py accepts of it), a `freshet run` to the end of the file, and the two replay checks
+(a backfill rewrites the features table bit for bit; a run stopped part way and resumed from its checkpoint writes
+the same table), and `freshet historical` over entity rows. The checks against the reference stay in each test file, since each aggregation has its own
+notion of "right" (exact, within a rank bound, within a Misra-Gries bound)."""
+from __future__ import annotations
+
+import csv
+import random
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+
+import reference
+from asof_exact_test import BIN, _features_table, _require_binary
+
+SpecText = Callable[[Path], str]  # the spec's text over an events file
+
+
+@dataclass
+class Workload:
+    events_path: Path
+    spec_path: Path
+    spec: reference.Spec
+    lines: list[bytes]
+    accepted: list[reference.Event]
+    spec_text: SpecText
+    bad_lines: list[int] = field(default_factory=list)
+
+
+def generated_events(path: Path, seed: int = 15, users: int = 8, events: int = 4000) -> bytes:
+    """`freshet generate` of a few busy users over 30 minutes with 20 s of disorder and 1% late events."""
+    _require_binary()
+    subprocess.run([BIN, "generate", "--users", str(users), "--events", str(events), "--seed", str(seed),
+                    "--duration", "30m", "--disorder", "20s", "--late-share", "0.01", "--no-progress",
+                    "--output", str(path)], check=True, timeout=60)
+    return path.read_bytes()
+
+
+def make_workload(tmp: Path, data: bytes, spec_text: SpecText) -> Workload:
+    """Writes `data` (if not there yet) and its spec to `tmp`; the reference reads both."""
+    _require_binary()
+    events = tmp / "events.jsonl"
+    if not events.exists():
+        events.write_bytes(data)
+    spec_path = tmp / "spec.yaml"
+    spec_path.write_text(spec_text(events))
+    spec = reference.load_spec(str(spec_path))
+    accepted, _ = reference.read_events(data, spec)
+    return Workload(events, spec_path, spec, reference.split_lines(data), accepted, spec_text)
+
+
+def with_parallelism(text: str, parallelism: int) -> str:
+    """A spec's text with `parallelism` set (0 leaves it out: the default)."""
+    return text + (f"parallelism: {parallelism}\n" if parallelism else "")
+
+
+def run_to_end(spec_path: Path, data_dir: Path) -> None:
+    subprocess.run([BIN, "run", "--spec", str(spec_path), "--data-dir", str(data_dir), "--exit-at-end"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+
+
+def stream(workload: Workload, data_dir: Path, parallelism: int = 0) -> tuple[Path, pa.Table]:
+    """`freshet run --exit-at-end` over the workload (on `parallelism` threads); the data directory and its
+    features table."""
+    spec_path = workload.spec_path
+    if parallelism:
+        spec_path = data_dir.parent / f"spec-p{parallelism}.yaml"
+        spec_path.write_text(with_parallelism(workload.spec_text(workload.events_path), parallelism))
+    run_to_end(spec_path, data_dir)
+    return data_dir, _features_table(data_dir)
+
+
+def check_backfill_rewrites_bit_for_bit(spec_path: Path, data_dir: Path, table: pa.Table) -> None:
+    """`freshet backfill` over the data directory's events table writes the very same features table."""
+    subprocess.run([BIN, "backfill", "--spec", str(spec_path), "--data-dir", str(data_dir), "--no-progress"],
+                   check=True, timeout=300, stderr=subprocess.DEVNULL)
+    backfilled = _features_table(data_dir)
+    if not backfilled.equals(table):
+        differ = [f"seq {a['seq']}: streamed {a}, backfilled {b}"
+                  for a, b in zip(table.to_pylist(), backfilled.to_pylist()) if a != b]
+        raise AssertionError(f"{len(differ)} rows differ ({backfilled.num_rows} rows backfilled, {table.num_rows} "
+                             "streamed)\n" + "\n".join(differ[:5]))
+
+
+def check_resumed_run_writes_the_same_rows(workload: Workload, tmp: Path, table: pa.Table, parts: int = 2) -> None:
+    """The input arrives in `parts` pieces, each read by a `freshet run --exit-at-end` that resumes from the
+    previous one's checkpoint: the features table equals the single run's."""
+    events = tmp / "events.jsonl"
+    cuts = [len(workload.lines) * k // parts for k in range(parts + 1)]
+    spec_path = tmp / "spec.yaml"
+    spec_path.write_text(workload.spec_text(events))
+    data_dir = tmp / "data"
+    events.write_bytes(b"")
+    for k in range(parts):
+        with open(events, "ab") as f:
+            f.write(b"".join(line + b"\n" for line in workload.lines[cuts[k]:cuts[k + 1]]))
+        run_to_end(spec_path, data_dir)
+    resumed = _features_table(data_dir)
+    assert resumed.equals(table), "the resumed run's features table differs from the single run's"
+
+
+def historical_answers(workload: Workload, tmp: Path, header: list[str], rows: list[list[Any]]) -> list[dict]:
+    """`freshet historical` over the workload's events file for the entity rows (`header`: the key columns and the
+    time column): the output CSV's rows, one per entity row, in order."""
+    entities_csv = tmp / "entities.csv"
+    with open(entities_csv, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([header, *rows])
+    out = tmp / "out.csv"
+    subprocess.run([BIN, "historical", "--spec", str(workload.spec_path), "--events", str(workload.events_path),
+                    "--entities", str(entities_csv), "--output", str(out), "--no-progress"], check=True, timeout=300,
+                   stderr=subprocess.DEVNULL)
+    with open(out, newline="", encoding="utf-8") as f:
+        answers = list(csv.DictReader(f))
+    assert len(answers) == len(rows), (len(answers), len(rows))
+    return answers
+
+
+def sample_rows(workload: Workload, seed: int, count: int, after_ms: int, at_events: int = 0) -> list[tuple]:
+    """(entity, t) rows: `count` at random times from a minute before the first event to `after_ms` after the
+    last, then `at_events` at the times of random accepted events."""
+    rng = random.Random(seed)
+    times = [e.time_ms for e in workload.accepted]
+    entities = sorted({e.entity for e in workload.accepted}, key=repr)
+    rows = [(rng.choice(entities), rng.randint(min(times) - 60_000, max(times) + after_ms)) for _ in range(count)]
+    return rows + [(e.entity, e.time_ms) for e in rng.sample(workload.accepted, at_events)]
