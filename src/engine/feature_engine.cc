@@ -29,7 +29,9 @@ namespace {
 //
 // An in-order event (the common case) takes a mark, is appended and is applied to `full`: one Add and a
 // copy of one partial aggregate. An out-of-order event rewinds `full` to before the events it overtakes and
-// re-applies them after it, so its cost is the number of events it overtakes. A query as of t before the
+// re-applies them after it, so its cost is the number of events it overtakes; unless its Add commutes (see
+// MayCommute in aggregations.h) and it joins the partial aggregate they are in (Window::InsertEarlier): then it
+// is added as it comes and only their marks change. A query as of t before the
 // entity's newest event reads the mark of the first event after t. Windows that answer exactly for any t by
 // themselves (kAsOfExact: continuous sliding windows) keep no recent events.
 template <typename Agg, template <typename> class Window>
