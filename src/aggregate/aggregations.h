@@ -14,6 +14,8 @@
 //   Deserialize(State&, ByteReader&, ctx) -> bool      replace the state by a serialized one; false (and
 //                                                      the reader failed) on malformed input
 //   SerializeInput / DeserializeInput                 the same for an Input (continuous windows keep them)
+// and optionally
+//   Commutes(const Input&) -> bool         adding this input commutes with every other Add (see MayCommute)
 // Strings are written as their text, never as StringPool ids, and re-interned into ctx on load, so a
 // state saved by one process loads into another whose pool numbers strings differently.
 // A default-constructed State is the empty aggregate. The windows in window/ hold and combine them.
@@ -28,6 +30,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <concepts>
 #include <cstdint>
 #include <cstring>
 #include <span>
@@ -182,6 +185,7 @@ struct CountAgg {
   using State = int64_t;
   static bool MakeInput(const Value&, AggContext&, Input*) { return true; }
   static void Add(State& s, const Input&, int64_t, uint64_t, const AggContext&) { ++s; }
+  static bool Commutes(const Input&) { return true; }  // See MayCommute.
   static void Merge(State& s, const State& o, const AggContext&) { s += o; }
   static Value Finalize(const State& s, const AggContext&) { return Value::Int(s); }
   static size_t MemoryBytes(const State&) { return 0; }
@@ -199,6 +203,8 @@ struct SumAgg {
     bool has_double = false;
   };
   static bool MakeInput(const Value& v, AggContext&, Input* out) { return MakeNumeric(v, out); }
+  // An integer goes to the exact integer sum; a double's rounding depends on what the double sum held before it.
+  static bool Commutes(const Input& x) { return x.is_int; }
   static void Add(State& s, const Input& x, int64_t, uint64_t, const AggContext&) {
     if (x.is_int) {
       s.int_sum += x.i;
@@ -263,6 +269,7 @@ struct MeanAgg {
     SumAgg::State sum;
   };
   static bool MakeInput(const Value& v, AggContext&, Input* out) { return MakeNumeric(v, out); }
+  static bool Commutes(const Input& x) { return SumAgg::Commutes(x); }
   static void Add(State& s, const Input& x, int64_t t, uint64_t q, const AggContext& c) {
     ++s.count;
     SumAgg::Add(s.sum, x, t, q, c);
@@ -399,6 +406,8 @@ struct TimeExtremeAgg {
   static void Add(State& s, const Input& x, int64_t time_ms, uint64_t seq, const AggContext&) {
     if (Wins(s, time_ms, seq)) s = State{true, time_ms, seq, x};
   }
+  // (time, input order) orders all events strictly: the winner is the same in any order of Adds.
+  static bool Commutes(const Input&) { return true; }
   static void Merge(State& s, const State& o, const AggContext& c) {
     if (o.has) Add(s, o.value, o.time_ms, o.seq, c);
   }
@@ -497,6 +506,7 @@ struct CountDistinctAgg {
       default: return false;
     }
   }
+  static bool Commutes(const Input&) { return true; }  // A sorted set.
   static void Add(State& s, const Input& x, int64_t, uint64_t, const AggContext&) {
     Input* it = Place(s, x);
     if (it == s.end() || !(*it == x)) s.insert(it, x);
@@ -622,6 +632,8 @@ struct ApproxCountDistinctAgg {
     *out = HashBytes(&key.bits, sizeof(key.bits), 0x4E554D00u + key.kind);
     return true;
   }
+  // The sparse list is a sorted set and the dense registers are maxima: the same sketch in any order.
+  static bool Commutes(const Input&) { return true; }
   static void Add(State& s, const Input& x, int64_t, uint64_t, const AggContext& c) {
     if (s.sketch.precision() == 0) s.sketch = HyperLogLog(c.precision);
     s.sketch.AddHash(x);
@@ -670,6 +682,12 @@ struct ApproxCountDistinctAgg {
 //   Rewind(State&, span<const E*> events)     optional: the same in place (RewindMarks below calls it when
 //       there is one), for rewinding a window's own state without copying it (count_distinct's set is copied
 //       to the heap once it holds more than a few values, and a busy key's late events rewind it often).
+//   InsertFirst(State&, const Input& x, time, seq, span<E*> events, ctx) -> Mark
+//       only for an x that Agg::Commutes (MayCommute below): x comes, in (time, input order) order, just before `events`, which
+//       (as above) are every event added to the state from events[0] on. Adds x to the state, updates the
+//       events' marks to what they would have been had x been added first, and returns x's mark: the same
+//       state and marks as rewinding to before events[0] and adding x and then the events, without undoing
+//       and redoing every event.
 template <typename Agg>
 struct AggMarks {
   using Mark = typename Agg::State;
@@ -677,6 +695,15 @@ struct AggMarks {
   template <typename E>
   static typename Agg::State Rewound(const typename Agg::State&, std::span<const E* const> events) {
     return events.front()->before.agg;
+  }
+  // Each later event's state before it now holds x as well: since x commutes, adding it last gives that state.
+  template <typename E>
+  static Mark InsertFirst(typename Agg::State& s, const typename Agg::Input& x, int64_t time, uint64_t seq,
+                          std::span<E* const> events, const AggContext& c) {
+    Mark mark = events.front()->before.agg;
+    for (E* e : events) Agg::Add(e->before.agg, x, time, seq, c);
+    Agg::Add(s, x, time, seq, c);
+    return mark;
   }
   static size_t MemoryBytes(const Mark& m) { return Agg::MemoryBytes(m); }
   static void Serialize(const Mark& m, ByteWriter& w, const AggContext& c) { Agg::Serialize(m, w, c); }
@@ -706,6 +733,28 @@ struct AggMarks<CountDistinctAgg> {
       if (it != s.end() && *it == events[k]->input) s.erase(it);
     }
   }
+  // x's value is new before events[0] when no earlier event brought it: then the set before each event up to
+  // the first one that held the value (which no longer adds it), or before every event if none did, is one
+  // larger. Whether an earlier event brought it shows in the first event with that value (did it add it?), or,
+  // when no event has it, in the set itself.
+  template <typename E>
+  static Mark InsertFirst(State& s, const CountDistinctAgg::Input& x, int64_t, uint64_t, std::span<E* const> events,
+                          const AggContext&) {
+    const Mark mark = events.front()->before.agg;
+    size_t holder = 0;  // The first event with x's value.
+    while (holder < events.size() && !(events[holder]->input == x)) ++holder;
+    if (holder < events.size()) {
+      const uint32_t after = holder + 1 < events.size() ? events[holder + 1]->before.agg : s.size();
+      if (after == events[holder]->before.agg) return mark;  // The value was there before events[0].
+    } else {
+      CountDistinctAgg::Input* it = CountDistinctAgg::Place(s, x);
+      if (it != s.end() && *it == x) return mark;
+      s.insert(it, x);
+    }
+    const size_t grows = std::min(holder + 1, events.size());
+    for (size_t k = 0; k < grows; ++k) ++events[k]->before.agg;
+    return mark;
+  }
   static size_t MemoryBytes(const Mark&) { return 0; }
   static void Serialize(const Mark& m, ByteWriter& w, const AggContext&) { w.PutVarint(m); }
   static bool Deserialize(Mark& m, ByteReader& r, AggContext&) {
@@ -714,6 +763,19 @@ struct AggMarks<CountDistinctAgg> {
     m = static_cast<uint32_t>(size);
     return true;
   }
+};
+
+// Aggregations with a Commutes(input): whether adding that input commutes with every other Add, i.e. the state
+// after any set of events that includes it is the same, bit for bit, in whatever order they were added. Then an
+// event that arrives after later events of its key, but joins the same partial aggregate, is added as it comes
+// (AggMarks::InsertFirst) instead of rewinding and re-applying the events it overtakes. This is the one place
+// that decides it, per aggregation: count, count_distinct, approx_count_distinct, first and last always; sum and
+// mean for integers (a double's rounding depends on the sum before it). Not min and max (a tie between 0.0 and
+// -0.0 keeps the first), stddev (floating point), approx_percentile (its compaction depends on the order), top_k
+// (its summary depends on the order beyond the exact range) and last_k (list marks that assume time order).
+template <typename Agg>
+concept MayCommute = requires(const typename Agg::Input& x) {
+  { Agg::Commutes(x) } -> std::same_as<bool>;
 };
 
 // Rewinds `s` in place to before events[0] (see AggMarks): with the aggregation's Rewind when it has one,

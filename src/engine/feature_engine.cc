@@ -29,7 +29,9 @@ namespace {
 //
 // An in-order event (the common case) takes a mark, is appended and is applied to `full`: one Add and a
 // copy of one partial aggregate. An out-of-order event rewinds `full` to before the events it overtakes and
-// re-applies them after it, so its cost is the number of events it overtakes. A query as of t before the
+// re-applies them after it, so its cost is the number of events it overtakes; unless its Add commutes (see
+// MayCommute in aggregations.h) and it joins the partial aggregate they are in (Window::InsertEarlier): then it
+// is added as it comes and only their marks change. A query as of t before the
 // entity's newest event reads the mark of the first event after t. Windows that answer exactly for any t by
 // themselves (kAsOfExact: continuous sliding windows) keep no recent events.
 template <typename Agg, template <typename> class Window>
@@ -88,10 +90,17 @@ class WindowedOperator final : public FeatureOperator {
         window_.Add(s.full, input, time_ms, seq, low_ms, ctx_);
         return;
       }
-      log_.DropBefore(low_ms);
+      log_.DropEvery(low_ms);
       if (time_ms >= s.newest_time) {  // In order (a later seq breaks a tie).
         const uint64_t prev = log_.live(s.newest) ? s.newest : kNone;
-        s.newest = log_.Append(RecentEvent{time_ms, seq, prev, input, window_.MarkBefore(s.full, time_ms, input)});
+        const uint64_t added = log_.Emplace();
+        RecentEvent& r = log_.at(added);
+        r.time = time_ms;
+        r.seq = seq;
+        r.prev = prev;
+        r.input = input;
+        r.before = window_.MarkBefore(s.full, time_ms, input);
+        s.newest = added;
         s.newest_time = time_ms;
         window_.Add(s.full, input, time_ms, seq, low_ms, ctx_);
         return;
@@ -106,8 +115,20 @@ class WindowedOperator final : public FeatureOperator {
       std::reverse(overtaken_.begin(), overtaken_.end());
       pointers_.clear();
       for (uint64_t k : overtaken_) pointers_.push_back(&log_.at(k));
-      window_.Rewind(s.full, std::span<const RecentEvent* const>(pointers_));
-      const uint64_t added = log_.Append(RecentEvent{time_ms, seq, log_.live(at) ? at : kNone, input, Mark{}});
+      const uint64_t prev = log_.live(at) ? at : kNone;
+      // An input whose Add commutes, joining the partial aggregate of the events it overtakes: added as it comes,
+      // with their marks updated, instead of the rewind and re-apply below (the cost of a busy key's late event).
+      if constexpr (MayCommute<Agg>) {
+        Mark mark{};
+        if (Agg::Commutes(input) && window_.InsertEarlier(s.full, input, time_ms, seq,
+                                                          std::span<RecentEvent* const>(pointers_), &mark, ctx_)) {
+          const uint64_t added = log_.Append(RecentEvent{time_ms, seq, prev, input, mark});  // May move the ring.
+          log_.at(overtaken_.front()).prev = added;
+          return;
+        }
+      }
+      window_.Rewind(s.full, std::span<const RecentEvent* const>(pointers_.data(), pointers_.size()));
+      const uint64_t added = log_.Append(RecentEvent{time_ms, seq, prev, input, Mark{}});
       log_.at(overtaken_.front()).prev = added;
       overtaken_.insert(overtaken_.begin(), added);
       for (uint64_t k : overtaken_) {
@@ -230,9 +251,25 @@ class WindowedOperator final : public FeatureOperator {
     size_t capacity() const { return ring_.size(); }
 
     uint64_t Append(RecentEvent&& r) {
+      const uint64_t added = Emplace();
+      at(added) = std::move(r);
+      return added;
+    }
+    // A slot at the tail for the caller to fill in every field of (built in place: a whole event built apart and
+    // copied in stalls on reading back its just-written parts).
+    uint64_t Emplace() {
       if (end_ - begin_ == ring_.size()) Grow();
-      at(end_) = std::move(r);
+      // The tail moves by about a cache line every event, onto a line last written a whole ring ago (out of the
+      // nearer caches): fetch it ahead.
+      __builtin_prefetch(&at(end_ + kAhead), 1);
       return end_++;
+    }
+    // DropBefore once every kDropEvery appends: the front is a cold line, not worth a look per event. At most
+    // that many more events stay in the log than DropBefore would keep.
+    void DropEvery(int64_t low_ms) {
+      if (end_ - dropped_at_ < kDropEvery) return;
+      dropped_at_ = end_;
+      DropBefore(low_ms);
     }
     // Drops the front while it is before `low_ms`: nothing can need it (a few stay behind a later front).
     // Called per event: the common case (nothing to drop) is one comparison with the hot front.
@@ -259,8 +296,11 @@ class WindowedOperator final : public FeatureOperator {
       for (uint64_t k = begin_; k < end_; ++k) grown[k & (grown.size() - 1)] = std::move(at(k));
       ring_.swap(grown);
     }
+    static constexpr uint64_t kAhead = 8;  // Entries; the ring is at least 1024 long.
+    static constexpr uint64_t kDropEvery = 64;
     std::vector<RecentEvent> ring_;  // A power of two long.
     uint64_t begin_ = 0, end_ = 0;
+    uint64_t dropped_at_ = 0;  // end_ at the last DropEvery.
     uint64_t peak_ = 0;
   };
 
@@ -269,7 +309,7 @@ class WindowedOperator final : public FeatureOperator {
   bool buffered_;
   RecentLog log_;
   std::vector<uint64_t> overtaken_;            // Apply scratch.
-  std::vector<const RecentEvent*> pointers_;   // Apply scratch.
+  std::vector<RecentEvent*> pointers_;         // Apply scratch.
 };
 
 template <typename Agg>

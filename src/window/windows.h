@@ -22,6 +22,13 @@
 //                                          `.before`, in order
 //   QueryAsOf(const State&, t, span<const E*> after, ctx)  the value as of t, where `after` are the recent
 //                                          events later than t, in order (every other event is at or before t)
+//   InsertEarlier(State&, x, time, seq, span<E*> overtaken, Mark* mark, ctx) -> bool
+//                                          for an x that Agg::Commutes (MayCommute, aggregations.h): x comes just before the
+//                                          recent events `overtaken` (the newest ones, in order). When x joins
+//                                          the partial aggregate they are all in, without changing which tile
+//                                          or session any event is in, adds x, updates their marks as if x had
+//                                          come first, sets x's mark and returns true (AggMarks::InsertFirst);
+//                                          otherwise changes nothing and returns false (the caller rewinds)
 //   SerializeMark / DeserializeMark
 // Rewinding never needs what a window dropped: with a low watermark `low` (> INT64_MIN), tiles and sessions
 // are kept while a query as of any t >= min(newest, low) can read them, and no event before `low` is added.
@@ -69,6 +76,12 @@ class LifetimeWindow {
   }
   template <typename E>
   void Rewind(State& s, std::span<const E* const> from) const { RewindMarks<Agg>(s, from); }
+  template <typename E>
+  bool InsertEarlier(State& s, const typename Agg::Input& x, int64_t time, uint64_t seq, std::span<E* const> overtaken,
+                     Mark* mark, const AggContext& c) const {
+    mark->agg = AggMarks<Agg>::InsertFirst(s, x, time, seq, overtaken, c);
+    return true;
+  }
   template <typename E>
   Value QueryAsOf(const State& s, int64_t, std::span<const E* const> after, const AggContext& c) const {
     return Agg::Finalize(AggMarks<Agg>::Rewound(s, after), c);
@@ -143,6 +156,18 @@ class TiledWindow {
       }
       k = end;
     }
+  }
+  // Only within the newest tile, which the overtaken events must all be in, and which none of them opened.
+  template <typename E>
+  bool InsertEarlier(State& s, const typename Agg::Input& x, int64_t time, uint64_t seq, std::span<E* const> overtaken,
+                     Mark* mark, const AggContext& c) const {
+    const int64_t index = FloorDiv(time, tile_ms_);
+    if (s.empty() || s.back().index != index || FloorDiv(overtaken.back()->time, tile_ms_) != index ||
+        !overtaken.front()->before.existed) {
+      return false;
+    }
+    *mark = Mark{true, AggMarks<Agg>::InsertFirst(s.back().state, x, time, seq, overtaken, c)};
+    return true;
   }
   // The tiles before t's are complete as of t; t's own tile is as it was before the events after t in it.
   template <typename E>
@@ -513,16 +538,16 @@ class SessionWindow {
 
   // In time order an event either joins the newest session or opens one: if it joins, the session's end and
   // aggregate before it.
-  struct Mark {
-    bool joined;
+  struct Mark {  // The flag last, so that it shares the padding after a small aggregate mark (a recent event's size).
     int64_t end;
     typename AggMarks<Agg>::Mark agg;
+    bool joined;
   };
   Mark MarkBefore(const State& s, int64_t time, const typename Agg::Input& x) const {
     if (s.has_newest && time < s.newest.end + gap_ms_) {
-      return Mark{true, s.newest.end, AggMarks<Agg>::Before(s.newest.state, x)};
+      return Mark{s.newest.end, AggMarks<Agg>::Before(s.newest.state, x), true};
     }
-    return Mark{false, 0, typename AggMarks<Agg>::Mark{}};
+    return Mark{0, typename AggMarks<Agg>::Mark{}, false};
   }
   // Built in time order, sessions only ever grow at the newest one or open a new one: going back before
   // *from[0] drops the sessions it and later events opened and restores the one it joined.
@@ -549,6 +574,18 @@ class SessionWindow {
     } else {
       s.newest = Session{0, 0, typename Agg::State{}};
     }
+  }
+  // When x falls in the newest session (at or after its start; the overtaken events are later, so in it too, and
+  // each joined it in time order): no session moves. The session's end before x is the first overtaken event's
+  // mark; the end before that event is now x's time, since every event before x in time order is at or before it.
+  template <typename E>
+  bool InsertEarlier(State& s, const typename Agg::Input& x, int64_t time, uint64_t seq, std::span<E* const> overtaken,
+                     Mark* mark, const AggContext& c) const {
+    if (!s.has_newest || time < s.newest.start || !overtaken.front()->before.joined) return false;
+    Mark& first = overtaken.front()->before;
+    *mark = Mark{first.end, AggMarks<Agg>::InsertFirst(s.newest.state, x, time, seq, overtaken, c), true};
+    first.end = std::max(first.end, time);
+    return true;
   }
   // The latest event at or before t is the one just before after[0]. If after[0] joined a session, that
   // session before it (and the events after t in it); otherwise the latest session that starts at or before

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -683,6 +684,133 @@ TEST(WindowsTest, MinMaxTieBetweenIntAndDoublePrefersTheInteger) {
       EXPECT_EQ(got.type, ValueType::kInt) << model.Name() << " int_first=" << int_first;
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// InsertEarlier: an out-of-order event whose Add commutes, added in place, against a replay in time order.
+// ---------------------------------------------------------------------------------------------------
+
+// What the engine keeps per recent event (engine/feature_engine.cc): time, input order, input, mark.
+template <typename Agg, typename W>
+struct RecentEv {
+  int64_t time = 0;
+  uint64_t seq = 0;
+  typename Agg::Input input{};
+  typename W::Mark before{};
+};
+
+// The state and every event's mark, as bytes, after adding `events` to a fresh state in (time, seq) order,
+// each with its mark taken just before it: what rewinding and re-applying gives.
+template <typename Agg, typename W>
+std::vector<std::string> ReplayInTimeOrder(const W& window, std::vector<RecentEv<Agg, W>> events, const AggContext& c) {
+  std::sort(events.begin(), events.end(), [](const auto& a, const auto& b) {
+    return a.time != b.time ? a.time < b.time : a.seq < b.seq;
+  });
+  typename W::State state{};
+  std::vector<std::string> out;
+  for (auto& e : events) {
+    e.before = window.MarkBefore(state, e.time, e.input);
+    window.Add(state, e.input, e.time, e.seq, kNoLow, c);
+    out.emplace_back();
+    ByteWriter w(&out.back());
+    window.SerializeMark(e.before, w, c);
+  }
+  out.emplace_back();
+  ByteWriter w(&out.back());
+  window.Serialize(state, w, c);
+  return out;
+}
+
+// Events arrive with bounded disorder. An out-of-order one whose input commutes goes through InsertEarlier
+// when the window accepts it; after every event the state and all marks must equal the replay's, bit for bit.
+// Returns how many events InsertEarlier took.
+template <typename Agg, typename W>
+size_t CheckInsertEarlier(const W& window, bool numbers_only, std::mt19937_64& rng, const std::string& label) {
+  SCOPED_TRACE(label);
+  AggContext ctx;
+  Sequence seq = BoundedDisorder(1 + rng() % 120, static_cast<int64_t>(rng() % 12), 1 + static_cast<int64_t>(rng() % 40),
+                                 numbers_only, rng);
+  typename W::State state{};
+  std::vector<RecentEv<Agg, W>> recent;  // In (time, seq) order.
+  size_t inserted = 0;
+  for (const Ev& e : seq.events) {
+    RecentEv<Agg, W> r{e.time, e.seq, {}, {}};
+    EXPECT_TRUE(Agg::MakeInput(e.ToValue(), ctx, &r.input));
+    size_t at = recent.size();
+    while (at > 0 && (recent[at - 1].time > e.time)) --at;  // Equal times: the later seq goes after.
+    std::vector<RecentEv<Agg, W>*> overtaken;
+    for (size_t k = at; k < recent.size(); ++k) overtaken.push_back(&recent[k]);
+    bool took = false;
+    if (overtaken.empty()) {
+      r.before = window.MarkBefore(state, r.time, r.input);
+      window.Add(state, r.input, r.time, r.seq, kNoLow, ctx);
+    } else if (Agg::Commutes(r.input)) {
+      took = window.InsertEarlier(state, r.input, r.time, r.seq,
+                                  std::span<RecentEv<Agg, W>* const>(overtaken), &r.before, ctx);
+    }
+    recent.insert(recent.begin() + static_cast<ptrdiff_t>(at), r);
+    const std::vector<std::string> want = ReplayInTimeOrder(window, recent, ctx);
+    if (!overtaken.empty() && !took) {
+      // What the engine's rewind gives: the replay itself.
+      state = typename W::State{};
+      for (auto& x : recent) {
+        x.before = window.MarkBefore(state, x.time, x.input);
+        window.Add(state, x.input, x.time, x.seq, kNoLow, ctx);
+      }
+      continue;
+    }
+    inserted += took ? 1 : 0;
+    for (size_t k = 0; k < recent.size(); ++k) {
+      std::string mark;
+      ByteWriter w(&mark);
+      window.SerializeMark(recent[k].before, w, ctx);
+      if (mark != want[k]) {
+        ADD_FAILURE() << "after the event at " << e.time << " (seq " << e.seq << (took ? ", inserted" : "")
+                      << "): the mark of the recent event at " << recent[k].time << " differs from the replay's";
+        return inserted;
+      }
+    }
+    std::string bytes;
+    ByteWriter w(&bytes);
+    window.Serialize(state, w, ctx);
+    if (bytes != want.back()) {
+      ADD_FAILURE() << "after the event at " << e.time << ": the state differs from the replay's";
+      return inserted;
+    }
+  }
+  return inserted;
+}
+
+template <typename Agg>
+void InsertEarlierAgainstReplay(uint64_t seed, bool numbers_only) {
+  std::mt19937_64 rng(seed);
+  size_t inserted = 0;
+  for (int round = 0; round < 40; ++round) {
+    const std::string label = "seed " + std::to_string(seed) + " round " + std::to_string(round);
+    inserted += CheckInsertEarlier<Agg>(LifetimeWindow<Agg>(), numbers_only, rng, label + " lifetime");
+    inserted += CheckInsertEarlier<Agg>(TiledWindow<Agg>(10, 6), numbers_only, rng, label + " tiled S=60 H=10");
+    inserted += CheckInsertEarlier<Agg>(TiledWindow<Agg>(30, 1), numbers_only, rng, label + " tumbling S=30");
+    inserted += CheckInsertEarlier<Agg>(SessionWindow<Agg>(8), numbers_only, rng, label + " session G=8");
+    inserted += CheckInsertEarlier<Agg>(SessionWindow<Agg>(60), numbers_only, rng, label + " session G=60");
+    if (::testing::Test::HasFailure()) return;
+  }
+  EXPECT_GT(inserted, 1000u) << "the sequences should take the shortcut often";
+}
+
+TEST(WindowsTest, InsertEarlierEqualsReplayForCount) { InsertEarlierAgainstReplay<CountAgg>(501, false); }
+TEST(WindowsTest, InsertEarlierEqualsReplayForCountDistinct) {
+  InsertEarlierAgainstReplay<CountDistinctAgg>(502, false);
+}
+TEST(WindowsTest, InsertEarlierEqualsReplayForApproxCountDistinct) {
+  InsertEarlierAgainstReplay<ApproxCountDistinctAgg>(503, false);
+}
+TEST(WindowsTest, InsertEarlierEqualsReplayForIntegerSumAndMean) {
+  InsertEarlierAgainstReplay<SumAgg>(504, true);
+  InsertEarlierAgainstReplay<MeanAgg>(505, true);
+}
+TEST(WindowsTest, InsertEarlierEqualsReplayForFirstAndLast) {
+  InsertEarlierAgainstReplay<LastAgg>(506, false);
+  InsertEarlierAgainstReplay<FirstAgg>(507, false);
 }
 
 }  // namespace
