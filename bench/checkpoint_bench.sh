@@ -20,11 +20,8 @@ while [ $# -gt 0 ]; do
     *) echo "usage: bench/checkpoint_bench.sh [--events N] [--users N] [--repeat N] [--bin F]" >&2; exit 2 ;;
   esac
 done
-if [ -z "$bin" ]; then
-  source "$here/bench/release_build.sh"
-  release_build freshet
-  bin="$build/freshet"
-fi
+source "$here/bench/release_build.sh"
+release_freshet_unless_given
 data="$here/bench/data/checkpoint"
 rm -rf "$data"
 mkdir -p "$data"

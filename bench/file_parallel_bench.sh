@@ -21,11 +21,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-if [ -z "$bin" ]; then
-  source "$here/bench/release_build.sh"
-  release_build freshet
-  bin="$build/freshet"
-fi
+source "$here/bench/release_build.sh"
+release_freshet_unless_given
 data="$here/bench/data/file_parallel"
 rm -rf "$data"
 mkdir -p "$data"

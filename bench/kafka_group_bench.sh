@@ -25,11 +25,8 @@ while [ $# -gt 0 ]; do
        exit 2 ;;
   esac
 done
-if [ -z "$bin" ]; then
-  source "$here/bench/release_build.sh"
-  release_build freshet
-  bin="$build/freshet"
-fi
+source "$here/bench/release_build.sh"
+release_freshet_unless_given
 data="$here/bench/data/kafka-group"
 rm -rf "$data"
 mkdir -p "$data"

@@ -8,3 +8,11 @@ release_build() {
   cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFRESHET_BUILD_TESTS=OFF >/dev/null
   ninja -C "$build" "$@" >&2
 }
+
+# The freshet binary a benchmark runs: `bin` when the script's --bin set it, else a release build's (built now).
+release_freshet_unless_given() {
+  if [ -z "${bin:-}" ]; then
+    release_build freshet
+    bin="$build/freshet"
+  fi
+}
