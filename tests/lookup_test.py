@@ -32,6 +32,7 @@ import pytest
 import reference
 from redis_server import REDIS_SERVER, RedisServer, free_port, redis_server  # noqa: F401  (pytest fixture)
 from run_process import start_run
+from run_process import append_bytes as _append, get_bytes as _get, json_lines as _lines
 
 BIN = os.environ.get("FRESHET_BIN", str(Path(__file__).resolve().parent.parent / "build" / "freshet"))
 
@@ -68,20 +69,6 @@ features:
 def _require_binary() -> None:
     if not Path(BIN).exists():
         pytest.skip(f"freshet binary not found at {BIN}; build it or set FRESHET_BIN")
-
-
-def _lines(rows: list[dict]) -> bytes:
-    return b"".join(json.dumps(r).encode() + b"\n" for r in rows)
-
-
-def _append(path: Path, data: bytes) -> None:
-    with open(path, "ab") as f:
-        f.write(data)
-
-
-def _get(port: int, path: str) -> bytes:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-        return r.read()
 
 
 def _metric(port: int, name: str, labels: str = "") -> float:

@@ -54,3 +54,19 @@ def wait_for(condition: Callable[[], Any], seconds: float, what: str) -> Any:
 def wait_accepted(base: str, events: int, seconds: float, what: str = "all events accepted") -> None:
     """Until the console's pipeline view at `base` counts `events` accepted events."""
     wait_for(lambda: get_json(base + "/v1/ui/pipeline")[1]["totals"]["accepted"] == events, seconds, what)
+
+
+def json_lines(rows: list[dict]) -> bytes:
+    """Rows as JSON lines, each ended by a newline."""
+    return b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+
+
+def append_bytes(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def get_bytes(port: int, path: str) -> bytes:
+    """The body of GET http://127.0.0.1:PORT/PATH."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+        return r.read()

@@ -25,6 +25,7 @@ import pytest
 import reference
 from feature_runs import with_parallelism
 from run_process import start_run
+from run_process import append_bytes as _append, get_bytes as _get, json_lines as _lines
 
 BIN = os.environ.get("FRESHET_BIN", str(Path(__file__).resolve().parent.parent / "build" / "freshet"))
 
@@ -108,20 +109,6 @@ class Workload:
 
     def events_bytes(self) -> bytes:
         return b"".join(_lines(b) for b in self.batches)
-
-
-def _lines(rows: list[dict]) -> bytes:
-    return b"".join(json.dumps(r).encode() + b"\n" for r in rows)
-
-
-def _append(path: Path, data: bytes) -> None:
-    with open(path, "ab") as f:
-        f.write(data)
-
-
-def _get(port: int, path: str) -> bytes:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-        return r.read()
 
 
 def _metric(port: int, name: str) -> float:
