@@ -93,16 +93,23 @@ def test_answers_are_logged_as_served(tmp_path: Path) -> None:
         _wait_for(lambda: (table / "_delta_log").is_dir() and
                   len(deltalake.DeltaTable(str(table)).to_pyarrow_table()) == 3, "the first answers' commit")
         rid_b, served["b"] = _lookup(server, ["u1"], T0 + 90 * 60_000, features=["purchases_1h"])
+        # As of a time before u1's newest event (no watermark: the horizon is that event): "exact": false.
+        answer_c = server.post("/v1/features", json.dumps({"entities": ["u1"], "at": T0 + 90_000}).encode(),
+                               "application/json")
+        assert [x["exact"] for x in answer_c["results"]] == [False], answer_c
+        rid_c, served["c"] = answer_c["request_id"], {x["entity"]: x["features"] for x in answer_c["results"]}
         assert served["a"]["u1"] == {"purchases_1h": 1, "amount_sum_1h": 10, "last_type": "view"}
         assert served["b"]["u1"] == {"purchases_1h": 0}
     finally:
         assert server.terminate() == 0
     log = deltalake.DeltaTable(str(tmp_path / "data" / "offline" / "feature_log")).to_pyarrow_table().to_pylist()
     rows = {(r["request_id"], r["entity"]): r for r in log}
-    assert set(rows) == {("req-a", "u1"), ("req-a", "u2"), ("req-a", "nobody"), (rid_b, "u1")}
+    assert set(rows) == {("req-a", "u1"), ("req-a", "u2"), ("req-a", "nobody"), (rid_b, "u1"), (rid_c, "u1")}
+    as_of = {"a": T0 + 10 * 60_000, "b": T0 + 90 * 60_000, "c": T0 + 90_000}
     for (rid, entity), r in rows.items():
-        key = "a" if rid == "req-a" else "b"
-        assert int(r["as_of"].timestamp() * 1000) == (T0 + 10 * 60_000 if key == "a" else T0 + 90 * 60_000)
+        key = {"req-a": "a", rid_b: "b", rid_c: "c"}[rid]
+        assert int(r["as_of"].timestamp() * 1000) == as_of[key]
+        assert r["exact"] is (key != "c"), (rid, entity, r["exact"])
         values = served[key][entity]
         assert r["served_features"] == ",".join(values)
         for name in ("purchases_1h", "amount_sum_1h", "last_type"):

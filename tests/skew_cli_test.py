@@ -125,7 +125,8 @@ class Case:
         return str(data)
 
 
-def write_feature_log(data_dir: str, answers: list[dict]) -> None:
+def write_feature_log(data_dir: str, answers: list[dict], with_exact: bool = False) -> None:
+    """The log as `freshet run` writes it; without `with_exact` as logs written before the `exact` column."""
     rows = []
     for a in answers:
         v = a["values"]
@@ -137,7 +138,10 @@ def write_feature_log(data_dir: str, answers: list[dict]) -> None:
             "last_cat": None if v["last_cat"] is None else str(v["last_cat"]),
             "served_date": hot.utc(a["as_of"] + 3).date(),
         })
-    write_deltalake(os.path.join(data_dir, "offline", "feature_log"), pa.Table.from_pylist(rows, schema=LOG_SCHEMA),
+        if with_exact:
+            rows[-1]["exact"] = a.get("exact", True)
+    schema = LOG_SCHEMA.insert(5, pa.field("exact", pa.bool_())) if with_exact else LOG_SCHEMA
+    write_deltalake(os.path.join(data_dir, "offline", "feature_log"), pa.Table.from_pylist(rows, schema=schema),
                     partition_by=["served_date"], mode="append")
 
 
@@ -151,7 +155,8 @@ def skew(case: Case, data_dir: str, *extra: str, expect: int) -> subprocess.Comp
 
 def report_of(result: subprocess.CompletedProcess) -> dict:
     report = json.loads(result.stdout)  # exactly one JSON object on stdout
-    assert set(report) == {"since", "until", "answers", "max_mismatch_rate", "features", "breached"}
+    assert set(report) == {"since", "until", "answers", "not_exact_answers", "max_mismatch_rate", "features",
+                           "breached"}
     return report
 
 
@@ -239,6 +244,33 @@ def test_changed_logged_values_are_reported_per_feature(case):
     assert spent_line.split()[1:3] == [str(counts["spent_1h"]), str(counts["spent_1h"] - 7)], spent_line
     assert spent_line.rstrip().endswith("BREACHED") and " 5 " in spent_line, spent_line
     assert "breached (mismatch rate above 0.001): n, spent_1h, last_cat" in table
+
+
+def test_answers_served_as_not_exact_are_counted_and_not_compared(case):
+    # The server marks a lookup as of a time before the entity's horizon "exact": false (its state may hold later
+    # events): the feature log keeps that mark, and such an answer is reported apart, not as skew. Here every
+    # fifth answer carries wrong values: marked not exact they are left out; marked exact they breach.
+    answers = json.loads(json.dumps(case.answers))
+    wrong = [a for k, a in enumerate(answers[:150]) if k % 5 == 0]
+    for a in wrong:
+        a["values"] = {"n": 999, "spent_1h": 1e6, "avg_10m": -1.0, "last_cat": "wrong"}
+        a["exact"] = False
+    data = case.data_dir("not_exact")
+    write_feature_log(data, answers, with_exact=True)
+    report = report_of(skew(case, data, "--json", expect=0))
+    assert (report["answers"], report["not_exact_answers"], report["breached"]) == (150 - len(wrong), len(wrong), [])
+    for name, f in by_feature(report).items():
+        assert f["exact"] == f["compared"], (name, f)
+    table = skew(case, data, expect=0).stdout
+    assert f'not compared: {len(wrong)} answers served with "exact": false' in table, table
+
+    for a in wrong:
+        a["exact"] = True
+    data = case.data_dir("wrongly_exact")
+    write_feature_log(data, answers, with_exact=True)
+    report = report_of(skew(case, data, "--json", expect=1))
+    assert (report["answers"], report["not_exact_answers"]) == (150, 0)
+    assert report["breached"] == FEATURES
 
 
 def test_events_that_arrived_after_serving_make_their_answers_mismatch(case):

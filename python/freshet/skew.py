@@ -50,7 +50,8 @@ def skew_report(
         stability index of served against recomputed numbers; NaN for strings or without numbers) and
         ``breached`` (mismatch rate above the spec's ``skew.max_mismatch_rate``).
         ``report.attrs`` holds the report's ``since`` and ``until`` (epoch ms or None, as the report gives
-        them), ``answers``, ``max_mismatch_rate`` and ``breached`` (the names of the breached features).
+        them), ``answers`` (compared), ``not_exact_answers`` (answers the server marked ``"exact": false``,
+        not compared), ``max_mismatch_rate`` and ``breached`` (the names of the breached features).
         A breach is a finding, not an error: nothing is raised for it.
 
     Raises:
@@ -100,6 +101,6 @@ def skew_frame(report: Dict[str, Any]) -> pd.DataFrame:
     for column in _FLOAT_COLUMNS:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(np.float64)
     frame["breached"] = np.array([bool(value) for value in frame["breached"]], dtype=bool)
-    for key in ("since", "until", "answers", "max_mismatch_rate", "breached"):
+    for key in ("since", "until", "answers", "not_exact_answers", "max_mismatch_rate", "breached"):
         frame.attrs[key] = report.get(key)
     return frame

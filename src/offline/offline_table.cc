@@ -43,6 +43,7 @@ std::shared_ptr<arrow::DataType> ArrowType(OfflineType type) {
     case OfflineType::kDouble: return arrow::float64();
     case OfflineType::kString: return arrow::utf8();
     case OfflineType::kTimestamp: return arrow::timestamp(arrow::TimeUnit::MICRO, "UTC");
+    case OfflineType::kBool: return arrow::boolean();
     case OfflineType::kStringList:
     case OfflineType::kValueCounts: return ListArrowType(type);
   }
@@ -51,7 +52,7 @@ std::shared_ptr<arrow::DataType> ArrowType(OfflineType type) {
 
 // One column of buffered rows.
 struct ColumnBuffer {
-  std::vector<int64_t> ints;     // kInt64, kTimestamp (epoch ms).
+  std::vector<int64_t> ints;     // kInt64, kTimestamp (epoch ms), kBool (0 or 1).
   std::vector<double> doubles;   // kDouble.
   std::string chars;             // kString (and the lists' JSON text): the bytes of every value, back to back;
   std::vector<uint64_t> ends;    // and where each value ends.
@@ -272,6 +273,7 @@ DeltaColumn ToDeltaColumn(const OfflineColumn& column) {
     case OfflineType::kDouble: type = "double"; break;
     case OfflineType::kString: type = "string"; break;
     case OfflineType::kTimestamp: type = "timestamp"; break;
+    case OfflineType::kBool: type = "boolean"; break;
     case OfflineType::kStringList:
     case OfflineType::kValueCounts: return DeltaColumn{column.name, ListDeltaType(column.type), column.nullable};
   }
@@ -549,6 +551,8 @@ void OfflineTable::PutInt(int64_t value) {
 
 void OfflineTable::PutTimestampMs(int64_t epoch_ms) { PutInt(epoch_ms); }
 
+void OfflineTable::PutBool(bool value) { PutInt(value ? 1 : 0); }
+
 void OfflineTable::PutDouble(double value) {
   ColumnBuffer& c = impl_->Next();
   c.doubles.push_back(value);
@@ -569,7 +573,8 @@ void OfflineTable::PutNull() {
   ColumnBuffer& c = impl_->Next();
   switch (impl_->options.columns[k].type) {
     case OfflineType::kInt64:
-    case OfflineType::kTimestamp: c.ints.push_back(0); break;
+    case OfflineType::kTimestamp:
+    case OfflineType::kBool: c.ints.push_back(0); break;
     case OfflineType::kDouble: c.doubles.push_back(0); break;
     case OfflineType::kString:
     case OfflineType::kStringList:
@@ -603,6 +608,13 @@ Result<StagedCommit::File> OfflineTable::Impl::WriteFile(const Rows& rows, const
         arrow::TimestampBuilder b(ArrowType(OfflineType::kTimestamp), arrow::default_memory_pool());
         st = b.Reserve(rows_in_file.size());
         for (uint32_t r : rows_in_file) c.valid[r] ? b.UnsafeAppend(c.ints[r] * 1000) : b.UnsafeAppendNull();
+        if (st.ok()) st = b.Finish(&array);
+        break;
+      }
+      case OfflineType::kBool: {
+        arrow::BooleanBuilder b;
+        st = b.Reserve(rows_in_file.size());
+        for (uint32_t r : rows_in_file) c.valid[r] ? b.UnsafeAppend(c.ints[r] != 0) : b.UnsafeAppendNull();
         if (st.ok()) st = b.Finish(&array);
         break;
       }

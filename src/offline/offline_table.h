@@ -34,6 +34,7 @@ enum class OfflineType : uint8_t {
   kDouble,
   kString,
   kTimestamp,  // Put as epoch milliseconds; stored as a UTC timestamp (microseconds, as Delta wants).
+  kBool,       // Put with PutBool.
   // Put as the list's JSON text (PutString); stored as a Parquet list (offline/list_column.h).
   kStringList,   // last_k: list<string>.
   kValueCounts,  // top_k: list<struct<value: string, count: int64>>.
@@ -138,6 +139,7 @@ class OfflineTable {
   void PutDouble(double value);
   void PutString(std::string_view value);
   void PutTimestampMs(int64_t epoch_ms);
+  void PutBool(bool value);
   void PutNull();
 
   size_t buffered_rows() const;

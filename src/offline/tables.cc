@@ -67,7 +67,8 @@ std::vector<OfflineColumn> FeatureLogColumns(const Spec& spec) {
                                         {"entity", OfflineType::kString, false},
                                         {"as_of", OfflineType::kTimestamp, false},
                                         {"served_at", OfflineType::kTimestamp, false},
-                                        {"served_features", OfflineType::kString, false}};
+                                        {"served_features", OfflineType::kString, false},
+                                        {"exact", OfflineType::kBool, true}};
   // Lists stay JSON text here: `freshet skew` compares the served text, and the log's schema evolves by
   // primitive types only.
   for (const FeatureSpec& f : spec.features) {

@@ -10,7 +10,8 @@
 //                         column per feature
 // <offline>/feature_log   what the serving API answered, partitioned by served_date: request_id (string),
 //                         entity, as_of (timestamp), served_at (timestamp), served_features (string: the
-//                         comma-separated names of the features the answer held), then one column per feature
+//                         comma-separated names of the features the answer held), exact (boolean: the answer's
+//                         "exact"; null in logs written before the column existed), then one column per feature
 //                         (null where the answer had no value or did not hold the feature)
 // <offline>/_staging/     files waiting for the checkpoint that commits them (not part of any table)
 //

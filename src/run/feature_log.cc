@@ -92,6 +92,7 @@ void FeatureLogWriter::Log(std::string_view request_id, int64_t as_of_ms, std::s
   answer.features.assign(features.begin(), features.end());
   answer.text.clear();
   answer.entity_spans.clear();
+  answer.exact.clear();
   answer.cells.clear();
   answer.cells.reserve(entities.size() * features.size());
   for (size_t e = 0; e < entities.size() && e < lookups.size(); ++e) {
@@ -99,6 +100,7 @@ void FeatureLogWriter::Log(std::string_view request_id, int64_t as_of_ms, std::s
     const uint32_t name_begin = static_cast<uint32_t>(answer.text.size());
     answer.text.append(entities[e]);
     answer.entity_spans.emplace_back(name_begin, static_cast<uint32_t>(answer.text.size()));
+    answer.exact.push_back(lookups[e].exact ? 1 : 0);
     for (size_t k = 0; k < features.size(); ++k) {
       Answer::Cell cell;
       const Value v = k < lookups[e].values.size() ? lookups[e].values[k] : Value::Null();
@@ -188,6 +190,7 @@ Status FeatureLogWriter::WriteAndCommit(std::vector<Node*>& nodes, bool commit) 
       table_->PutTimestampMs(a.as_of_ms);
       table_->PutTimestampMs(a.served_ms);
       table_->PutString(served);
+      table_->PutBool(a.exact[e] != 0);
       for (size_t f = 0; f < spec_.features.size(); ++f) {
         Value v = Value::Null();
         if (position[f] >= 0) {

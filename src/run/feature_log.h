@@ -62,6 +62,7 @@ class FeatureLogWriter {
     std::vector<int> features;         // Spec indices, in the order served.
     std::string text;                  // Entity names and string values, back to back.
     std::vector<std::pair<uint32_t, uint32_t>> entity_spans;  // Per logged entity: its name in `text`.
+    std::vector<uint8_t> exact;        // Per logged entity: the lookup's `exact`.
     struct Cell {
       ValueType type = ValueType::kNull;
       int64_t i = 0;

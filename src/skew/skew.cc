@@ -24,6 +24,7 @@ constexpr int kPsiBins = 10;
 struct LoggedAnswers {
   std::vector<EntityTime> keys;
   std::vector<std::vector<Value>> served;
+  std::vector<uint8_t> exact;  // Per answer: 0 when the server marked it "exact": false.
   std::deque<std::string> strings;
 };
 
@@ -31,7 +32,8 @@ Value ServedCell(const ScanColumn& column, size_t row, std::deque<std::string>* 
   if (!column.valid[row]) return Value::Null();
   switch (column.type) {
     case OfflineType::kInt64:
-    case OfflineType::kTimestamp: return Value::Int(column.ints[row]);
+    case OfflineType::kTimestamp:
+    case OfflineType::kBool: return Value::Int(column.ints[row]);
     case OfflineType::kDouble: return Value::Double(column.doubles[row]);
     case OfflineType::kString:
     case OfflineType::kStringList:  // (The feature log keeps lists as their JSON text: FeatureLogColumns.)
@@ -41,6 +43,7 @@ Value ServedCell(const ScanColumn& column, size_t row, std::deque<std::string>* 
 }
 
 constexpr const char* kServedFeatures = "served_features";
+constexpr const char* kExact = "exact";
 
 // Marks in *held the spec features named in `list` (comma-separated names).
 void HeldFeatures(const Spec& spec, std::string_view list, std::vector<uint8_t>* held) {
@@ -71,6 +74,12 @@ Result<LoggedAnswers> ReadFeatureLog(const Spec& spec, const SkewOptions& option
     // with a column.
     const bool has_served_list = std::find(names.begin(), names.end(), kServedFeatures) != names.end();
     if (has_served_list) columns.push_back(kServedFeatures);
+    // Logs written before the column existed have no `exact`: their answers are compared as before.
+    int exact_index = -1;
+    if (std::find(names.begin(), names.end(), kExact) != names.end()) {
+      exact_index = static_cast<int>(columns.size());
+      columns.push_back(kExact);
+    }
     std::vector<int> scan_index(spec.features.size(), -1);  // Per feature: its column in the scan, if logged.
     for (size_t k = 0; k < spec.features.size(); ++k) {
       if (std::find(names.begin(), names.end(), spec.features[k].name) != names.end()) {
@@ -92,6 +101,8 @@ Result<LoggedAnswers> ReadFeatureLog(const Spec& spec, const SkewOptions& option
         if (options.until_ms && as_of >= *options.until_ms) continue;
         answers.keys.push_back(EntityTime{std::string(batch.columns[0].strings[r]), as_of});
         if (has_served_list) HeldFeatures(spec, batch.columns[2].valid[r] ? batch.columns[2].strings[r] : "", &held);
+        const ScanColumn* exact = exact_index >= 0 ? &batch.columns[static_cast<size_t>(exact_index)] : nullptr;
+        answers.exact.push_back(exact != nullptr && exact->valid[r] && exact->ints[r] == 0 ? 0 : 1);
         std::vector<Value>& served = answers.served.emplace_back(spec.features.size(), Value::Missing());
         for (size_t k = 0; k < spec.features.size(); ++k) {
           if (scan_index[k] >= 0 && held[k]) served[k] = ServedCell(batch.columns[scan_index[k]], r, &answers.strings);
@@ -229,6 +240,10 @@ Result<SkewReport> ComputeSkew(const Spec& spec, const SkewOptions& options) {
     // Without a given `until`, answers at or after the newest event (none at all when there are no events)
     // could not be recomputed fully: skip them.
     if (!report.until_ms || answers.keys[r].time_ms >= *report.until_ms) continue;
+    if (!answers.exact[r]) {
+      ++report.not_exact;
+      continue;
+    }
     ++report.answers;
     for (size_t k = 0; k < spec.features.size(); ++k) {
       const Value& served = answers.served[r][k];
@@ -249,6 +264,8 @@ std::string SkewReportJson(const SkewReport& report) {
   if (report.until_ms) AppendNumber(*report.until_ms, &out); else out.append("null");
   out.append(", \"answers\": ");
   AppendNumber(report.answers, &out);
+  out.append(", \"not_exact_answers\": ");
+  AppendNumber(report.not_exact, &out);
   out.append(", \"max_mismatch_rate\": ");
   AppendJsonNumber(report.max_mismatch_rate, &out);
   out.append(", \"features\": [");
@@ -295,7 +312,12 @@ std::string SkewReportTable(const SkewReport& report) {
   };
   std::string out = "skew: " + std::to_string(report.answers) + " answers as of [" + when(report.since_ms, "start") +
                     ", " + when(report.until_ms, "newest event") + "); max mismatch rate " +
-                    Printf("%g", report.max_mismatch_rate) + "\n\n";
+                    Printf("%g", report.max_mismatch_rate) + "\n";
+  if (report.not_exact > 0) {
+    out.append("not compared: " + std::to_string(report.not_exact) + " answers served with \"exact\": false (as of a " +
+               "time before the entity's horizon; `freshet historical` answers those)\n");
+  }
+  out.push_back('\n');
   std::vector<std::vector<std::string>> rows = {
       {"feature", "compared", "exact", "match", "mismatch", "missing", "extra", "mean|diff|", "max|diff|", "psi", ""}};
   const auto optional = [](const std::optional<double>& v, const char* format) {

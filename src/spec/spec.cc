@@ -843,13 +843,14 @@ void SpecParser::CheckColumnName(const YAML::Mark& mark, const std::string& what
   // The offline tables' own columns, and names the Redis feature hash uses for itself.
   static constexpr std::string_view kReserved[] = {"seq",        "entity",     "event_time",      "processing_time",
                                                    "request_id", "as_of",      "served_at",       "served_features",
-                                                   "event_date", "served_date", "ingest_time",    "raw"};
+                                                   "exact",      "event_date", "served_date",     "ingest_time",
+                                                   "raw"};
   if (name.starts_with("_")) {
     Error(mark, what + " '" + name + "' starts with '_', which is reserved for Freshet's own fields (the "
                 "Redis feature hash holds _event_time_ms and _updated_ms); drop the leading underscore");
   } else if (std::find(std::begin(kReserved), std::end(kReserved), name) != std::end(kReserved)) {
     Error(mark, what + " '" + name + "' is a column the offline tables already have (seq, entity, event_time, "
-                "processing_time, request_id, as_of, served_at, served_features, event_date, served_date, "
+                "processing_time, request_id, as_of, served_at, served_features, exact, event_date, served_date, "
                 "ingest_time, raw); pick another name");
   }
 }

@@ -494,7 +494,7 @@ inline constexpr SpecOption kSpecOptions[] = {
                "The feature's name and output column: [A-Za-z_][A-Za-z0-9_]*, unique within the spec, "
                "not the entity or timestamp field name, not starting with '_', and not a column of the offline "
                "tables (seq, entity, event_time, processing_time, request_id, as_of, served_at, "
-               "served_features, event_date, served_date, ingest_time, raw).")
+               "served_features, exact, event_date, served_date, ingest_time, raw).")
         .Required().Example("purchase_count_30m"),
     SpecOption("features[]", "aggregation", SpecValueType::kChoice,
                "What to compute over the events in the window: count (events), sum, mean, min, max, "
