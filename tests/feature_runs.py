@@ -1,11 +1,13 @@
 """The steps that the end-to-end tests of aggregations, keys and expiry share: a workload (an events file, its spec
 and what tests/reference.py accepts of it), a `freshet run` to the end of the file, and the two replay checks
 (a backfill rewrites the features table bit for bit; a run stopped part way and resumed from its checkpoint writes
-the same table), and `freshet historical` over entity rows. The checks against the reference stay in each test file, since each aggregation has its own
-notion of "right" (exact, within a rank bound, within a Misra-Gries bound)."""
+the same table), and `freshet historical` over entity rows. The checks against the reference of exact features
+(features-table rows, lookups) are here too; checks of sketches stay in each test file, since each has its own
+notion of "right" (within a rank bound, within a Misra-Gries bound)."""
 from __future__ import annotations
 
 import csv
+import math
 import random
 import subprocess
 from dataclasses import dataclass, field
@@ -127,3 +129,53 @@ def sample_rows(workload: Workload, seed: int, count: int, after_ms: int, at_eve
     entities = sorted({e.entity for e in workload.accepted}, key=repr)
     rows = [(rng.choice(entities), rng.randint(min(times) - 60_000, max(times) + after_ms)) for _ in range(count)]
     return rows + [(e.entity, e.time_ms) for e in rng.sample(workload.accepted, at_events)]
+
+
+def same_value(expected: Any, got: Any) -> bool:
+    """A served or stored value against the reference's: missing or None equal null (or NaN); strings exactly;
+    numbers to 1e-9 relative."""
+    if expected is None or expected is reference.MISSING:
+        return got is None or (isinstance(got, float) and math.isnan(got))
+    if got is None:
+        return False
+    if isinstance(expected, str):
+        return got == expected
+    return math.isclose(float(expected), float(got), rel_tol=1e-9, abs_tol=1e-9)
+
+
+def features_table_mismatches(spec: reference.Spec, rows: list[dict], events: list[reference.Event]) -> list[str]:
+    """Each features-table row (in seq order) against the reference: the row of event k is its entity's value as of
+    its time over the entity's events up to it (for workloads whose accepted events are in time order)."""
+    mismatches = []
+    prefix: dict[str, list[reference.Event]] = {}
+    for row, event in zip(rows, events):
+        prefix.setdefault(event.entity, []).append(event)
+        for feature in spec.features:
+            expected, _ = reference.feature_value(feature, prefix[event.entity], event.time_ms, spec)
+            got = row[feature.name]
+            if feature.aggregation == "last_k":  # A Parquet list of the values' texts (README, "The offline store").
+                got = None if got is None else list(got)
+                expected = None if expected is None else [reference.list_element_text(v) for v in expected]
+                same = expected == got
+            else:
+                same = same_value(expected, got)
+            if not same:
+                mismatches.append(f"seq {row['seq']} {feature.name}: reference {expected!r}, table {got!r}")
+    return mismatches
+
+
+def lookup_mismatches(get_answer: Callable[[str, int], dict], spec: reference.Spec, events: list[reference.Event],
+                      at_ms: int) -> list[str]:
+    """Every entity's served features as of `at_ms` (`get_answer(entity, at_ms)`: the GET /v1/features answer) against
+    the reference over all its events; an answer as of a time at or after the entity's newest event must say exact."""
+    mismatches = []
+    for entity, entity_events in sorted(reference.group_by_entity(events).items()):
+        answer = get_answer(entity, at_ms)
+        if answer.get("exact") is not True and at_ms >= max(e.time_ms for e in entity_events):
+            mismatches.append(f"lookup {entity}: not exact as of {at_ms}: {answer!r}")
+        for feature in spec.features:
+            expected, _ = reference.feature_value(feature, entity_events, at_ms, spec)
+            got = answer["features"][feature.name]
+            if not same_value(expected, got):
+                mismatches.append(f"lookup {entity} {feature.name}: reference {expected!r}, stream {got!r}")
+    return mismatches

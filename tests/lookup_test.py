@@ -31,6 +31,7 @@ import pytest
 
 import reference
 from redis_server import REDIS_SERVER, RedisServer, free_port, redis_server  # noqa: F401  (pytest fixture)
+from feature_runs import features_table_mismatches
 from run_process import start_run
 from run_process import append_bytes as _append, get_bytes as _get, json_lines as _lines
 
@@ -94,16 +95,6 @@ def _health_ok(port: int) -> bool:
         return False
 
 
-def _same(expected, got) -> bool:
-    if expected is None or expected is reference.MISSING:
-        return got is None or (isinstance(got, float) and math.isnan(got))
-    if got is None:
-        return False
-    if isinstance(expected, str):
-        return got == expected
-    return math.isclose(float(expected), float(got), rel_tol=1e-9, abs_tol=1e-9)
-
-
 def _events(batches: int, per_batch: int, seed: int) -> list[list[dict]]:
     import random
     rng = random.Random(seed)
@@ -116,24 +107,6 @@ def _events(batches: int, per_batch: int, seed: int) -> list[list[dict]]:
             n += 1
         out.append(batch)
     return out
-
-
-def _features_mismatches(spec: reference.Spec, rows: list[dict], events: list[reference.Event]) -> list[str]:
-    """Each features row against the reference: the row of event k is its entity's value as of its time over
-    the events up to it (the workloads are in time order)."""
-    mismatches = []
-    prefix: dict[str, list[reference.Event]] = {}
-    for row, event in zip(rows, events):
-        prefix.setdefault(event.entity, []).append(event)
-        for feature in spec.features:
-            expected, _ = reference.feature_value(feature, prefix[event.entity], event.time_ms, spec)
-            got = row[feature.name]
-            if feature.aggregation == "last_k":  # A Parquet list of the values' texts (README, "The offline store").
-                got = None if got is None else list(got)
-                expected = None if expected is None else [reference.list_element_text(v) for v in expected]
-            if not _same(expected, got) if feature.aggregation != "last_k" else expected != got:
-                mismatches.append(f"seq {row['seq']} {feature.name}: reference {expected!r}, table {got!r}")
-    return mismatches
 
 
 def test_redis_lookups_equal_the_reference_across_a_crash_and_in_replays(tmp_path: Path, redis_server) -> None:  # noqa: F811
@@ -197,7 +170,7 @@ def test_redis_lookups_equal_the_reference_across_a_crash_and_in_replays(tmp_pat
 
     rows = deltalake.DeltaTable(str(offline / "features")).to_pyarrow_table().sort_by("seq").to_pylist()
     assert [r["seq"] for r in rows] == list(range(lines))
-    mismatches = _features_mismatches(ref_spec, rows, events)
+    mismatches = features_table_mismatches(ref_spec, rows, events)
     assert not mismatches, "\n".join(mismatches[:20])
 
     # Replays use the recorded answers: with the store gone they still give the stream's values.
@@ -359,7 +332,7 @@ def test_http_lookups_keep_input_order_and_count_timeouts(tmp_path: Path, on_tim
     offline = tmp_path / "data" / "offline"
     rows = deltalake.DeltaTable(str(offline / "features")).to_pyarrow_table().sort_by("seq").to_pylist()
     assert len(rows) == len(events)
-    mismatches = _features_mismatches(ref_spec, rows, events)
+    mismatches = features_table_mismatches(ref_spec, rows, events)
     assert not mismatches, "\n".join(mismatches[:20])
     # Every event once (the crash lost none and repeated none). The slow first answers completed after faster ones
     # sent later, yet every entity's events were applied in input order (the last_k of the input position `n`

@@ -23,7 +23,7 @@ import deltalake
 import pytest
 
 import reference
-from feature_runs import with_parallelism
+from feature_runs import features_table_mismatches, lookup_mismatches, with_parallelism
 from run_process import start_run
 from run_process import append_bytes as _append, get_bytes as _get, json_lines as _lines
 
@@ -143,14 +143,8 @@ def _wait_metric_above(port: int, name: str, value: float, seconds: float) -> No
         time.sleep(0.05)
 
 
-def _same(expected, got) -> bool:
-    if expected is None or expected is reference.MISSING:
-        return got is None or (isinstance(got, float) and math.isnan(got))
-    if got is None:
-        return False
-    if isinstance(expected, str):
-        return got == expected
-    return math.isclose(float(expected), float(got), rel_tol=1e-9, abs_tol=1e-9)
+def _answer_of(port: int):
+    return lambda entity, at_ms: json.loads(_get(port, f"/v1/features/{entity}?at={at_ms}"))
 
 
 def _reference(spec_path: Path, data: bytes, versions) -> tuple[reference.Spec, list[reference.Event]]:
@@ -213,17 +207,7 @@ def test_joins_equal_the_reference_live_in_the_store_and_in_replays(tmp_path: Pa
     assert _metric(port, "freshet_table_rejected_rows_total") == 1
 
     # Stream lookups as of the last event (exact: at the newest event or later).
-    t_end = events[-1].time_ms
-    by_user = reference.group_by_entity(events)
-    mismatches = []
-    for user, user_events in sorted(by_user.items()):
-        answer = json.loads(_get(port, f"/v1/features/{user}?at={t_end}"))
-        assert answer["exact"] is True
-        for feature in ref_spec.features:
-            expected, _ = reference.feature_value(feature, user_events, t_end, ref_spec)
-            got = answer["features"][feature.name]
-            if not _same(expected, got):
-                mismatches.append(f"lookup {user} {feature.name}: reference {expected!r}, stream {got!r}")
+    mismatches = lookup_mismatches(_answer_of(port), ref_spec, events, events[-1].time_ms)
     assert not mismatches, "\n".join(mismatches[:20])
 
     proc.send_signal(signal.SIGTERM)
@@ -233,13 +217,7 @@ def test_joins_equal_the_reference_live_in_the_store_and_in_replays(tmp_path: Pa
     offline = tmp_path / "data" / "offline"
     rows = deltalake.DeltaTable(str(offline / "features")).to_pyarrow_table().sort_by("seq").to_pylist()
     assert [r["seq"] for r in rows] == list(range(len(events)))
-    prefix: dict[str, list[reference.Event]] = {}
-    for row, event in zip(rows, events):
-        prefix.setdefault(event.entity, []).append(event)
-        for feature in ref_spec.features:
-            expected, _ = reference.feature_value(feature, prefix[event.entity], event.time_ms, ref_spec)
-            if not _same(expected, row[feature.name]):
-                mismatches.append(f"seq {row['seq']} {feature.name}: reference {expected!r}, table {row[feature.name]!r}")
+    mismatches = features_table_mismatches(ref_spec, rows, events)
     assert not mismatches, "\n".join(mismatches[:20])
 
     # The table's history: every version once, at the seq of the first event after it.
@@ -382,15 +360,7 @@ def test_versions_the_watermark_passed_are_pruned_and_values_stay_exact(tmp_path
             _wait_metric_equal(port, "freshet_table_versions_held", held)
         assert held < len(rows) / 2
         _, events = _reference(spec, b"".join(_lines(b) for b in batches), versions)
-        t_end = events[-1].time_ms
-        mismatches = []
-        for user, user_events in sorted(reference.group_by_entity(events).items()):
-            answer = json.loads(_get(port, f"/v1/features/{user}?at={t_end}"))
-            for feature in ref_spec.features:
-                expected, _ = reference.feature_value(feature, user_events, t_end, ref_spec)
-                got = answer["features"][feature.name]
-                if not _same(expected, got):
-                    mismatches.append(f"lookup {user} {feature.name}: reference {expected!r}, stream {got!r}")
+        mismatches = lookup_mismatches(_answer_of(port), ref_spec, events, events[-1].time_ms)
         assert not mismatches, "\n".join(mismatches[:20])
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -399,14 +369,7 @@ def test_versions_the_watermark_passed_are_pruned_and_values_stay_exact(tmp_path
     offline = tmp_path / "data" / "offline"
     table = deltalake.DeltaTable(str(offline / "features")).to_pyarrow_table().sort_by("seq").to_pylist()
     assert len(table) == len(events)
-    prefix: dict[str, list[reference.Event]] = {}
-    for row, event in zip(table, events):
-        prefix.setdefault(event.entity, []).append(event)
-        for feature in ref_spec.features:
-            expected, _ = reference.feature_value(feature, prefix[event.entity], event.time_ms, ref_spec)
-            if not _same(expected, row[feature.name]):
-                mismatches.append(f"seq {row['seq']} {feature.name}: reference {expected!r}, "
-                                  f"table {row[feature.name]!r}")
+    mismatches = features_table_mismatches(ref_spec, table, events)
     assert not mismatches, "\n".join(mismatches[:20])
     history = deltalake.DeltaTable(str(offline / "table_profiles")).to_pyarrow_table()
     assert history.num_rows == len(rows)
@@ -490,15 +453,7 @@ def test_parquet_table_file_is_read_again_when_replaced(tmp_path: Path) -> None:
         late = reference.late_versions(ref_spec, b"".join(_lines(b) for b in batches), versions)["profiles"]
         assert late >= 1
         assert _metric(port, "freshet_table_late_versions_total") == late
-        t_end = events[-1].time_ms
-        mismatches = []
-        for user, user_events in sorted(reference.group_by_entity(events).items()):
-            answer = json.loads(_get(port, f"/v1/features/{user}?at={t_end}"))
-            for feature in ref_spec.features:
-                expected, _ = reference.feature_value(feature, user_events, t_end, ref_spec)
-                got = answer["features"][feature.name]
-                if not _same(expected, got):
-                    mismatches.append(f"lookup {user} {feature.name}: reference {expected!r}, stream {got!r}")
+        mismatches = lookup_mismatches(_answer_of(port), ref_spec, events, events[-1].time_ms)
         assert not mismatches, "\n".join(mismatches[:20])
         assert "u1" in {e.entity for e in events[len(batches[0]):]}, "the left-out key must be joined after"
     finally:
