@@ -45,29 +45,37 @@ fi
 # The Kafka broker for tests, the demo and benchmarks (scripts/kafka.sh): the jars that scripts/kafka/pom.xml lists,
 # resolved once from Maven Central into .cache/kafka/m2 (a local repository of the project's own, so that a fresh
 # machine and CI do the same), and their class path in .cache/kafka/classpath. Resolved again when the pom or the
-# checkout's path changes, or a jar is missing.
-kafka_cache="$here/.cache/kafka"
-kafka_pom="$here/scripts/kafka/pom.xml"
-kafka_stamp="$kafka_cache/.classpath.sha256"
-kafka_want="$( { cat "$kafka_pom"; echo "$here"; } | sha256sum | cut -d' ' -f1)"
-kafka_jars_present() {
+# checkout's path changes, or a jar is missing. scripts/kafka4/pom.xml is a Kafka 4.x broker, the same way into
+# .cache/kafka4, for tests/kafka4_test.py (Kafka 4.0 removed old protocol versions: the test shows this
+# librdkafka still works with it).
+jars_present() {  # CLASSPATH_FILE
   local jar
-  [ -s "$kafka_cache/classpath" ] || return 1
+  [ -s "$1" ] || return 1
   while IFS= read -r -d: jar || [ -n "$jar" ]; do
     [ -f "$jar" ] || return 1
-  done < "$kafka_cache/classpath"
+  done < "$1"
 }
-if [ "$demo_only" -eq 0 ] && { [ ! -f "$kafka_stamp" ] || [ "$(cat "$kafka_stamp")" != "$kafka_want" ] || ! kafka_jars_present; }; then
-  echo "setup: resolving the Kafka broker's jars (scripts/kafka/pom.xml) into $kafka_cache" >&2
-  mkdir -p "$kafka_cache"
-  if ! mvn -q -B -f "$kafka_pom" -Dmaven.repo.local="$kafka_cache/m2" dependency:build-classpath \
-       -Dmdep.outputFile="$kafka_cache/classpath.new" >"$kafka_cache/mvn.log" 2>&1; then
-    cat "$kafka_cache/mvn.log" >&2
-    echo "setup: resolving scripts/kafka/pom.xml failed" >&2
+resolve_kafka() {  # POM CACHE_DIR
+  local pom="$1" cache="$2" want
+  want="$( { cat "$pom"; echo "$here"; } | sha256sum | cut -d' ' -f1)"
+  if [ -f "$cache/.classpath.sha256" ] && [ "$(cat "$cache/.classpath.sha256")" = "$want" ] &&
+     jars_present "$cache/classpath"; then
+    return 0
+  fi
+  echo "setup: resolving the Kafka broker's jars (${pom#"$here"/}) into $cache" >&2
+  mkdir -p "$cache"
+  if ! mvn -q -B -f "$pom" -Dmaven.repo.local="$cache/m2" dependency:build-classpath \
+       -Dmdep.outputFile="$cache/classpath.new" >"$cache/mvn.log" 2>&1; then
+    cat "$cache/mvn.log" >&2
+    echo "setup: resolving ${pom#"$here"/} failed" >&2
     exit 1
   fi
-  mv "$kafka_cache/classpath.new" "$kafka_cache/classpath"
-  echo "$kafka_want" > "$kafka_stamp"
+  mv "$cache/classpath.new" "$cache/classpath"
+  echo "$want" > "$cache/.classpath.sha256"
+}
+if [ "$demo_only" -eq 0 ]; then
+  resolve_kafka "$here/scripts/kafka/pom.xml" "$here/.cache/kafka"
+  resolve_kafka "$here/scripts/kafka4/pom.xml" "$here/.cache/kafka4"
 fi
 
 # Project virtualenv for the Python-side tests (brute-force references, Parquet read-back).

@@ -42,6 +42,7 @@ from child_server import ChildServer, die_with_parent
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SH = ROOT / "scripts" / "kafka.sh"
 CLASSPATH_FILE = Path(os.environ.get("KAFKA_CLASSPATH_FILE", ROOT / ".cache" / "kafka" / "classpath"))
+KAFKA4_CLASSPATH_FILE = ROOT / ".cache" / "kafka4" / "classpath"  # scripts/kafka4/pom.xml: a Kafka 4.x broker
 
 
 
@@ -73,9 +74,10 @@ class KafkaBroker(ChildServer):
     The ports are chosen at the first start and kept across restarts.
     """
 
-    def __init__(self, dir: str | os.PathLike | None = None):
-        if not CLASSPATH_FILE.is_file():
-            raise FileNotFoundError(f"{CLASSPATH_FILE} not found; run scripts/setup.sh")
+    def __init__(self, dir: str | os.PathLike | None = None, classpath_file: Path = CLASSPATH_FILE):
+        if not classpath_file.is_file():
+            raise FileNotFoundError(f"{classpath_file} not found; run scripts/setup.sh")
+        self.classpath_file = classpath_file
         self._own_dir = dir is None
         self.dir = Path(tempfile.mkdtemp(prefix="freshet-kafka-") if dir is None else dir).resolve()
         self._proc: subprocess.Popen | None = None
@@ -120,8 +122,9 @@ class KafkaBroker(ChildServer):
         self.dir.mkdir(parents=True, exist_ok=True)
         self._log_from = self.log.stat().st_size if self.log.exists() else 0
         with open(self.dir / "run.log", "ab") as out:
+            env = dict(os.environ, KAFKA_CLASSPATH_FILE=str(self.classpath_file))
             self._proc = subprocess.Popen(["bash", str(KAFKA_SH), "run", str(self.dir)], stdin=subprocess.DEVNULL,
-                                          stdout=out, stderr=out, preexec_fn=_die_with_parent)
+                                          stdout=out, stderr=out, env=env, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
