@@ -304,3 +304,50 @@ features:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_run_of_several_feature_sets_offers_a_choice_of_set(browser, tmp_path):
+    """`freshet run --spec users.yaml --spec merchants.yaml`: the console's set selector lists both; choosing the
+    merchants set shows its features, and the entity explorer explains a merchant's feature with the set's value."""
+    import feature_sets_test as sets  # noqa: E402  (its workload generator and two specs)
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(sets._generate(seed=4, events=600))
+    paths = sets._write_specs(tmp_path, events)
+    proc, port = start_run([FRESHET_BIN, "run", *sets._spec_args(paths), "--data-dir", str(tmp_path / "data")],
+                           tmp_path / "run.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        explain_test.wait_for(lambda: get(base, "/v1/ui/pipeline")["totals"]["in"] == 600, 30, "every line read")
+        browser.get(base + "/ui#features")
+        wait_until(browser, lambda d: d.find_element(By.ID, "set-select").is_displayed(), "the set selector")
+        options = [o.text for o in browser.find_elements(By.CSS_SELECTOR, "#set-select option")]
+        assert options == ["users", "merchants"], options
+        users = [f["name"] for f in get(base, "/v1/ui/features?feature_set=users")["features"]]
+        merchants = [f["name"] for f in get(base, "/v1/ui/features?feature_set=merchants")["features"]]
+        assert set(users).isdisjoint(merchants)
+
+        def shown(d):
+            return [r.get_attribute("data-feature") for r in d.find_elements(By.CSS_SELECTOR, "#features-table tbody tr")]
+        wait_until(browser, lambda d: shown(d) == users, "the users set's features")
+        browser.find_element(By.CSS_SELECTOR, '#set-select option[value="merchants"]').click()
+        wait_until(browser, lambda d: shown(d) == merchants, "the merchants set's features")
+        assert text(browser, "#spec-name") == "merchants"
+
+        browser.get(f"{base}/ui#entity/m3/max_amount")
+        browser.find_element(By.CSS_SELECTOR, '#set-select option[value="merchants"]').click()
+        browser.find_element(By.ID, "entity-input").clear()
+        browser.find_element(By.ID, "entity-input").send_keys("m3")
+        wait_until(browser, lambda d: "max_amount" in [o.get_attribute("value") for o in
+                                                        d.find_elements(By.CSS_SELECTOR, "#feature-select option")],
+                   "the merchants set's features in the explorer")
+        browser.find_element(By.CSS_SELECTOR, '#feature-select option[value="max_amount"]').click()
+        browser.find_element(By.CSS_SELECTOR, "#entity-form button").click()
+        wait_until(browser, lambda d: d.find_element(By.ID, "explain").get_attribute("data-loaded") == "true",
+                   "the explanation", seconds=30)
+        api = get(base, "/v1/explain/m3?feature=max_amount&feature_set=merchants")
+        served = get(base, "/v1/features/merchants/m3")["features"]["max_amount"]
+        assert api["value"] == served and served is not None
+        assert text(browser, "#explained-value") == js_json(api["value"])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

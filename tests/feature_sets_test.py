@@ -239,6 +239,28 @@ def _lookup_mismatches(workload: Workload, port: int, name: str, rng: random.Ran
     return mismatches
 
 
+def _console_mismatches(workload: Workload, port: int) -> list[str]:
+    """The console's per-set views (`feature_set=` on /v1/ui/features and /v1/explain): each set's features, and
+    an explanation of each set's lifetime feature whose value is the reference's."""
+    assert _get(port, "/v1/ui/pipeline")["feature_sets"] == ["users", "merchants"]
+    mismatches = []
+    for name, feature_name in (("users", "last_category"), ("merchants", "max_amount")):
+        spec = workload.specs[name]
+        listed = [f["name"] for f in _get(port, f"/v1/ui/features?feature_set={name}")["features"]]
+        assert listed == [f.name for f in spec.features], (name, listed)
+        evaluator = reference.Evaluator(spec, workload.accepted[name])
+        j = [f.name for f in spec.features].index(feature_name)
+        at = max(e.time_ms for e in workload.accepted[name])
+        for entity in sorted(evaluator.by_entity)[:5]:
+            x = _get(port, f"/v1/explain/{entity}?feature={feature_name}&at={at}&feature_set={name}")
+            expected, _ = evaluator.value(j, entity, at)
+            if not _same(spec.features[j], expected, x["value"]):
+                mismatches.append(f"explain {name} {entity} {feature_name}: reference {expected!r}, {x['value']!r}")
+    status, body = _error(port, "/v1/explain/u1?feature=n_1h&feature_set=nope")
+    assert status == 404 and body["feature_sets"] == ["users", "merchants"], body
+    return mismatches
+
+
 def test_lookups_per_set_and_kill_restart(workload: Workload, tmp_path: Path) -> None:
     """Half the events, kill -9 once they are read, the rest appended, a restart: both sets' lookups and tables
     equal the reference over every event once."""
@@ -292,6 +314,7 @@ def test_lookups_per_set_and_kill_restart(workload: Workload, tmp_path: Path) ->
                 in metrics, metrics
             assert f'freshet_set_events_late_total{{feature_set="{name}"}} {late}\n' in metrics, metrics
         assert _post(port, "/v1/features/merchants", {"entities": ["m1"]})["results"][0]["entity"] == "m1"
+        mismatches += _console_mismatches(workload, port)
         status, body = _error(port, "/v1/features/u1")
         assert status == 404 and body["feature_sets"] == ["users", "merchants"], body
         status, body = _error(port, "/v1/features", {"entities": ["u1"]})

@@ -5,6 +5,14 @@
 const REFRESH_MS = 2000;
 let spec = null;
 let timer = null;
+// With several feature sets (`freshet run --spec a --spec b`), the set whose features and explanations are shown
+// (the lookup paths then need it); null with one set.
+let featureSet = null;
+
+// "?feature_set=S" (or "&..." after other parameters) when a set is chosen.
+function setParameter(separator) {
+  return featureSet ? separator + "feature_set=" + encodeURIComponent(featureSet) : "";
+}
 
 function $(selector, root) { return (root || document).querySelector(selector); }
 function el(tag, attrs, ...children) {
@@ -175,7 +183,7 @@ function skewCell(checks, intervalMs) {
 }
 
 async function showFeatures() {
-  const f = await fetchJson("/v1/ui/features");
+  const f = await fetchJson("/v1/ui/features" + setParameter("?"));
   $("#features-summary").textContent =
     `${f.entities} entities; values as of now over a sample of ${f.sampled}.`;
   const body = $("#features-table tbody");
@@ -225,14 +233,17 @@ async function explainEntity() {
   out.replaceChildren("explaining…");
   try {
     const atQuery = at ? "&at=" + encodeURIComponent(at) : "";
-    const current = await fetchJson("/v1/features/" + encodeURIComponent(entity) + (at ? "?at=" + encodeURIComponent(at) : ""));
+    const setPath = featureSet ? encodeURIComponent(featureSet) + "/" : "";
+    const current = await fetchJson("/v1/features/" + setPath + encodeURIComponent(entity) +
+                                    (at ? "?at=" + encodeURIComponent(at) : ""));
     const table = el("table", {class: "list", id: "current-values"},
                      el("tr", {}, el("th", {}, "feature"), el("th", {}, `value as of ${current.as_of}`)));
     for (const [name, value] of Object.entries(current.features)) {
       table.append(el("tr", {"data-feature": name}, el("td", {}, name), el("td", {class: "v"}, JSON.stringify(value))));
     }
     values.replaceChildren(el("h3", {}, `${entity}: ${current.known ? "known" : "unknown"} entity`), table);
-    const x = await fetchJson("/v1/explain/" + encodeURIComponent(entity) + "?feature=" + encodeURIComponent(feature) + atQuery);
+    const x = await fetchJson("/v1/explain/" + encodeURIComponent(entity) + "?feature=" + encodeURIComponent(feature) +
+                              atQuery + setParameter("&"));
     const rows = x.events.map(e => el("tr", {class: "verdict-" + e.verdict, "data-verdict": e.verdict},
       el("td", {}, e.number), el("td", {}, e.time), el("td", {class: "verdict"}, e.verdict.replace(/_/g, " ")),
       el("td", {}, e.field === null ? "–" : JSON.stringify(e.field)), el("td", {}, e.detail), el("td", {class: "raw"}, e.raw)));
@@ -303,10 +314,27 @@ function route() {
   if (page !== "entity") timer = setInterval(refresh, REFRESH_MS);
 }
 
-async function start() {
-  spec = await fetchJson("/v1/spec");
+// The chosen set's spec: its name in the header and its features in the explorer's list.
+async function loadSpec() {
+  spec = await fetchJson("/v1/spec" + setParameter("?"));
   $("#spec-name").textContent = spec.name;
-  for (const f of spec.features) $("#feature-select").append(el("option", {value: f.name}, f.name));
+  $("#feature-select").replaceChildren(...spec.features.map(f => el("option", {value: f.name}, f.name)));
+}
+
+async function start() {
+  const sets = (await fetchJson("/v1/ui/pipeline")).feature_sets || [];
+  if (sets.length > 1) {
+    const select = $("#set-select");
+    select.replaceChildren(...sets.map(name => el("option", {value: name}, name)));
+    select.hidden = false;
+    featureSet = sets[0];
+    select.addEventListener("change", async () => {
+      featureSet = select.value;
+      await loadSpec();
+      refresh();
+    });
+  }
+  await loadSpec();
   $("#entity-form").addEventListener("submit", e => { e.preventDefault(); explainEntity(); });
   window.addEventListener("hashchange", route);
   route();

@@ -211,6 +211,26 @@ bool ForEachQueryParameter(std::string_view query, HttpResponse& res,
   return true;
 }
 
+// Splits `query` ("?a=1&feature_set=S&b=2") into the feature_set parameter's value (*set, decoded) and the other
+// parameters as they were (*rest: "?a=1&b=2", or empty). False when there is no feature_set parameter or it is not
+// valid percent-encoding (the set's own handler then answers, for the first set).
+bool TakeFeatureSetParameter(std::string_view query, std::string* set, std::string* rest) {
+  bool found = false;
+  if (query.starts_with('?')) query.remove_prefix(1);
+  while (!query.empty()) {
+    const size_t ampersand = query.find('&');
+    const std::string_view pair = query.substr(0, ampersand);
+    query = ampersand == std::string_view::npos ? std::string_view() : query.substr(ampersand + 1);
+    if (pair.starts_with("feature_set=") && !found) {
+      found = PercentDecode(pair.substr(std::string_view("feature_set=").size()), set) && !set->empty();
+      if (!found) return false;
+    } else if (!pair.empty()) {
+      rest->append(rest->empty() ? "?" : "&").append(pair);
+    }
+  }
+  return found;
+}
+
 // The HTTP status for a service error (see feature_service.h).
 void SetServiceError(HttpResponse& res, const Status& status) {
   switch (status.code()) {
@@ -562,8 +582,9 @@ bool HttpServer::Impl::HandleFeatureSet(const HttpRequest& req, HttpResponse& re
   const std::string_view target = req.target;
   const size_t question = target.find('?');
   const std::string_view path = target.substr(0, question);
-  const std::string_view query = question == std::string_view::npos ? std::string_view() : target.substr(question);
+  std::string_view query = question == std::string_view::npos ? std::string_view() : target.substr(question);
   std::string_view set;
+  std::string set_owned;
   std::string rest;  // The path the set's handler sees.
   if (path == "/v1/features") {
     simdjson::dom::parser parser;
@@ -582,6 +603,13 @@ bool HttpServer::Impl::HandleFeatureSet(const HttpRequest& req, HttpResponse& re
   } else if (path == "/v1/spec" && query.starts_with("?feature_set=")) {
     set = query.substr(std::string_view("?feature_set=").size());  // Else the first set's spec.
     rest = "/v1/spec";
+  } else if (path.starts_with(kExplainPrefix) || path == "/v1/ui/features") {
+    // The console's per-set views: `feature_set=S` among the query's parameters (else the first set's).
+    std::string kept;
+    if (!TakeFeatureSetParameter(query, &set_owned, &kept)) return false;
+    set = set_owned;
+    rest = std::string(path) + kept;
+    query = std::string_view();
   } else if (path.starts_with(kEntityPrefix)) {
     const std::string_view tail = path.substr(kEntityPrefix.size());
     const size_t slash = tail.find('/');
@@ -1168,6 +1196,15 @@ void HttpServer::Impl::HandleConsoleData(std::string_view path, HttpResponse& re
   if (!body.ok()) {
     SetServiceError(res, body.status());
     return;
+  }
+  if (view == "pipeline" && set_names.size() > 1 && body->starts_with('{')) {
+    // The console offers a choice of set (its features and explanations take ?feature_set=).
+    std::string names;
+    JsonWriter json(&names);
+    json.BeginArray();
+    for (const std::string& name : set_names) json.String(name);
+    json.EndArray();
+    body->insert(1, "\"feature_sets\":" + names + (body->size() > 2 ? "," : ""));
   }
   SetBody(res, 200, std::move(*body), kJsonType);
 }
