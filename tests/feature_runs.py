@@ -6,6 +6,7 @@ notion of "right" (exact, within a rank bound, within a Misra-Gries bound)."""
 from __future__ import annotations
 
 import csv
+import json
 import random
 import subprocess
 from dataclasses import dataclass, field
@@ -15,7 +16,8 @@ from typing import Any, Callable
 import pyarrow as pa
 
 import reference
-from asof_exact_test import BIN, _features_table, _require_binary
+from asof_exact_test import BIN, _features_table, _require_binary, _same
+from run_process import get_bytes
 
 SpecText = Callable[[Path], str]  # the spec's text over an events file
 
@@ -127,3 +129,33 @@ def sample_rows(workload: Workload, seed: int, count: int, after_ms: int, at_eve
     entities = sorted({e.entity for e in workload.accepted}, key=repr)
     rows = [(rng.choice(entities), rng.randint(min(times) - 60_000, max(times) + after_ms)) for _ in range(count)]
     return rows + [(e.entity, e.time_ms) for e in rng.sample(workload.accepted, at_events)]
+
+
+def features_table_mismatches(table: pa.Table, spec: reference.Spec, events: list[reference.Event]) -> list[str]:
+    """Each row of a features table (ordered by seq, one per accepted event, events in time order) against the
+    reference's value of each feature as of its event's time over its entity's events up to it."""
+    rows = table.to_pylist()
+    mismatches = [] if [r["seq"] for r in rows] == list(range(len(events))) else [
+        f"seq column {[r['seq'] for r in rows][:10]}..., expected 0..{len(events) - 1}"]
+    prefix: dict[str, list[reference.Event]] = {}
+    for row, event in zip(rows, events):
+        prefix.setdefault(event.entity, []).append(event)
+        for feature in spec.features:
+            expected, _ = reference.feature_value(feature, prefix[event.entity], event.time_ms, spec)
+            if not _same(feature, expected, row[feature.name]):
+                mismatches.append(f"seq {row['seq']} {feature.name}: reference {expected!r}, "
+                                  f"table {row[feature.name]!r}")
+    return mismatches
+
+
+def lookup_mismatches(port: int, spec: reference.Spec, events: list[reference.Event], at_ms: int) -> list[str]:
+    """`GET /v1/features/{entity}?at=at_ms` of every entity against the reference over its events."""
+    mismatches = []
+    for entity, entity_events in sorted(reference.group_by_entity(events).items()):
+        answer = json.loads(get_bytes(port, f"/v1/features/{entity}?at={at_ms}"))
+        for feature in spec.features:
+            expected, _ = reference.feature_value(feature, entity_events, at_ms, spec)
+            if not _same(feature, expected, answer["features"][feature.name]):
+                mismatches.append(f"lookup {entity} {feature.name}: reference {expected!r}, "
+                                  f"stream {answer['features'][feature.name]!r}")
+    return mismatches

@@ -25,7 +25,9 @@ import pytest
 import reference
 from kafka_broker import kafka_broker  # noqa: F401  (the fixture)
 from run_process import append_bytes, get_bytes, json_lines, start_run, wait_for
-from table_join_test import SPEC, Workload, _metric, _reference, _same, _wait_checkpoint_after, _wait_metric
+from asof_exact_test import _features_table
+from feature_runs import check_backfill_rewrites_bit_for_bit, features_table_mismatches, lookup_mismatches
+from table_join_test import SPEC, Workload, _metric, _reference, _wait_checkpoint_after, _wait_metric
 
 BIN = os.environ.get("FRESHET_BIN", str(Path(__file__).resolve().parent.parent / "build" / "freshet"))
 TOPIC = "profiles"
@@ -131,14 +133,7 @@ def test_kafka_table_joins_equal_the_reference(kafka_broker, tmp_path: Path) -> 
         assert _metric(port, "freshet_table_keys") == _live_keys(spec, versions)
         # Lookups as of the last event.
         t_end = events[-1].time_ms
-        mismatches = []
-        for user, user_events in sorted(reference.group_by_entity(events).items()):
-            answer = json.loads(get_bytes(port, f"/v1/features/{user}?at={t_end}"))
-            for feature in spec.features:
-                expected, _ = reference.feature_value(feature, user_events, t_end, spec)
-                if not _same(expected, answer["features"][feature.name]):
-                    mismatches.append(f"lookup {user} {feature.name}: reference {expected!r}, "
-                                      f"stream {answer['features'][feature.name]!r}")
+        mismatches = lookup_mismatches(port, spec, events, t_end)
         assert not mismatches, "\n".join(mismatches[:20])
         # The deletion mattered: u3 ends without a profile.
         assert reference.joined_row(spec, "profiles", "u3", t_end, lines + 1, versions) is None
@@ -156,22 +151,14 @@ def test_kafka_table_joins_equal_the_reference(kafka_broker, tmp_path: Path) -> 
     assert any("message key" in d["reason"] for d in letters)
 
     # The features table: each event's row as of its time over the events up to it.
-    offline = tmp_path / "data" / "offline"
-    rows = deltalake.DeltaTable(str(offline / "features")).to_pyarrow_table().sort_by("seq").to_pylist()
-    assert [r["seq"] for r in rows] == list(range(len(events)))
-    prefix: dict[str, list[reference.Event]] = {}
-    for row, event in zip(rows, events):
-        prefix.setdefault(event.entity, []).append(event)
-        for feature in spec.features:
-            expected, _ = reference.feature_value(feature, prefix[event.entity], event.time_ms, spec)
-            if not _same(expected, row[feature.name]):
-                mismatches.append(f"seq {row['seq']} {feature.name}: reference {expected!r}, "
-                                  f"table {row[feature.name]!r}")
+    streamed = _features_table(tmp_path / "data")
+    mismatches = features_table_mismatches(streamed, spec, events)
     assert not mismatches, "\n".join(mismatches[:20])
 
     # The history: every version once (deletions as row "null"), at the seq of the first event after it. Across
     # partitions the arrival order is the broker's; per key (one partition) it is the produce order.
-    history = deltalake.DeltaTable(str(offline / "table_profiles")).to_pyarrow_table().sort_by("version").to_pylist()
+    history_dir = tmp_path / "data" / "offline" / "table_profiles"
+    history = deltalake.DeltaTable(str(history_dir)).to_pyarrow_table().sort_by("version").to_pylist()
     assert [h["version"] for h in history] == list(range(len(versions)))
 
     def per_key(items):
@@ -183,11 +170,7 @@ def test_kafka_table_joins_equal_the_reference(kafka_broker, tmp_path: Path) -> 
         per_key((reference.version_key(spec, v), v.before_line, v.row) for v in versions)
 
     # A backfill from the store replays the recorded arrival order, deletions included: the same features table.
-    streamed = deltalake.DeltaTable(str(offline / "features")).to_pyarrow_table().drop_columns(["processing_time"])
-    subprocess.run([BIN, "backfill", "--spec", str(spec_path), "--data-dir", str(tmp_path / "data"),
-                    "--no-progress", "--no-checkpoint"], check=True)
-    backfilled = deltalake.DeltaTable(str(offline / "features")).to_pyarrow_table().drop_columns(["processing_time"])
-    assert backfilled.sort_by("seq").equals(streamed.sort_by("seq"))
+    check_backfill_rewrites_bit_for_bit(spec_path, tmp_path / "data", streamed)
 
 
 def test_unreachable_brokers_make_health_degraded(tmp_path: Path) -> None:
