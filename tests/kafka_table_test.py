@@ -5,14 +5,16 @@ The topic (3 partitions, cleanup.policy=compact) gets the profile versions of ta
 `freshet run` starts, between the event batches (events come from a followed file) and with valid_from before,
 between and after the events (late ones too); some rows carry their key only as the message key; tombstones
 delete keys before and between the batches (one key comes back later); malformed messages (not JSON, a key field
-that names another key, an empty value) go to the table's dead letters with their partition and offset. The run is killed
-(kill -9) after a checkpoint and resumes from the checkpoint's offsets. The stream's lookups, its features table,
-the table history and a backfill all equal the reference fed the same interleaving. A table whose brokers cannot
-be reached makes /health degraded with the reason.
+that names another key, an empty value) go to the table's dead letters with their partition and offset. The run
+is killed (kill -9) after a checkpoint and resumes from the checkpoint's offsets. The stream's lookups, its
+features table, the table history, a backfill and `freshet historical` from the store all equal the reference
+fed the same interleaving. A table whose brokers cannot be reached makes /health degraded with the reason.
 """
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import signal
 import socket
@@ -171,6 +173,26 @@ def test_kafka_table_joins_equal_the_reference(kafka_broker, tmp_path: Path) -> 
 
     # A backfill from the store replays the recorded arrival order, deletions included: the same features table.
     check_backfill_rewrites_bit_for_bit(spec_path, tmp_path / "data", streamed)
+
+    # `freshet historical` from the store likewise, at times between and after the events (deleted keys included).
+    times = sorted({e.time_ms for e in events})
+    rows_csv = tmp_path / "rows.csv"
+    rows_csv.write_text("user,ts\n" + "".join(f"u{u},{times[k] + 500}\n" for u in (1, 3, 4, 19, 12)
+                                              for k in range(0, len(times), 29)))
+    out = tmp_path / "historical.csv"
+    subprocess.run([BIN, "historical", "--spec", str(spec_path), "--entities", str(rows_csv), "--output", str(out),
+                    "--no-progress", "--data-dir", str(tmp_path / "data")], check=True)
+    with open(out, newline="") as f:
+        got = list(csv.DictReader(f))
+    expected = reference.compute(spec, events, reference.read_entity_rows(str(rows_csv), spec))
+    assert len(got) == len(expected)
+    for row, values in zip(got, expected):
+        for feature, value in zip(spec.features, values):
+            want, cell = reference.format_value(value), row[feature.name]
+            same = cell == want if feature.aggregation == "last" or "" in (want, cell) else \
+                math.isclose(float(cell), float(want), rel_tol=1e-9, abs_tol=1e-9)
+            mismatches += [] if same else [f"historical {row['user']}@{row['ts']} {feature.name}: {want!r} != {cell!r}"]
+    assert not mismatches, "\n".join(mismatches[:20])
 
 
 def test_unreachable_brokers_make_health_degraded(tmp_path: Path) -> None:
