@@ -49,5 +49,37 @@ TEST(TableFeedTest, PutRowsAreLoggedDurablyAndAnUnfinishedLineIsCutAtStart) {
   std::filesystem::remove_all(dir);
 }
 
+// A checkpoint written before Kafka tables (format 1: no Kafka section before the tables' state) still restores.
+TEST(TableFeedTest, AFormatOneCheckpointRestores) {
+  Result<Spec> spec = ParseSpec(
+      "name: t\nentity: user\ntimestamp: ts\ntables:\n  - {name: profiles, key: user_id}\n"
+      "joins:\n  - {table: profiles, on: user}\n"
+      "features:\n  - {name: s, aggregation: last, field: profiles.segment, window: {type: lifetime}}\n",
+      "t.yaml");
+  ASSERT_TRUE(spec.ok()) << spec.status().message();
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / "freshet_table_feed_v1_test";
+  std::filesystem::remove_all(dir);
+  MetricsRegistry metrics;
+  TableFeed feed(*spec, metrics, dir.string());
+  Result<std::string> v2 = feed.Encode();
+  ASSERT_TRUE(v2.ok());
+  std::string set_state;
+  ByteWriter out(&set_state);
+  TableSet(*spec).Save(out);
+  // Format 2 is format 1 with its version number raised and a Kafka section (here: none, one byte 0) inserted
+  // right before the tables' state.
+  const size_t kafka_at = v2->size() - set_state.size() - 1;
+  ASSERT_EQ((*v2)[kafka_at], '\0');
+  std::string v1 = v2->substr(0, kafka_at) + set_state;
+  v1[0] = 1;
+  MetricsRegistry restored_metrics;
+  TableFeed restored(*spec, restored_metrics, dir.string());
+  EXPECT_TRUE(restored.Restore(v1).ok());
+  EXPECT_TRUE(restored.Restore(*v2).ok());
+  v1[0] = 3;  // A format from the future.
+  EXPECT_FALSE(restored.Restore(v1).ok());
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace freshet
