@@ -1,12 +1,13 @@
 """The steps that the end-to-end tests of aggregations, keys and expiry share: a workload (an events file, its spec
 and what tests/reference.py accepts of it), a `freshet run` to the end of the file, and the two replay checks
 (a backfill rewrites the features table bit for bit; a run stopped part way and resumed from its checkpoint writes
-the same table), and `freshet historical` over entity rows. The checks against the reference stay in each test file, since each aggregation has its own
-notion of "right" (exact, within a rank bound, within a Misra-Gries bound)."""
+the same table), and `freshet historical` over entity rows. The checks against the reference of exact features
+(features-table rows, lookups) are here too; checks of sketches stay in each test file, since each has its own
+notion of "right" (within a rank bound, within a Misra-Gries bound)."""
 from __future__ import annotations
 
 import csv
-import json
+import math
 import random
 import subprocess
 from dataclasses import dataclass, field
@@ -16,8 +17,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 import reference
-from asof_exact_test import BIN, _features_table, _require_binary, _same
-from run_process import get_bytes
+from asof_exact_test import BIN, _features_table, _require_binary
 
 SpecText = Callable[[Path], str]  # the spec's text over an events file
 
@@ -131,31 +131,51 @@ def sample_rows(workload: Workload, seed: int, count: int, after_ms: int, at_eve
     return rows + [(e.entity, e.time_ms) for e in rng.sample(workload.accepted, at_events)]
 
 
-def features_table_mismatches(table: pa.Table, spec: reference.Spec, events: list[reference.Event]) -> list[str]:
-    """Each row of a features table (ordered by seq, one per accepted event, events in time order) against the
-    reference's value of each feature as of its event's time over its entity's events up to it."""
-    rows = table.to_pylist()
-    mismatches = [] if [r["seq"] for r in rows] == list(range(len(events))) else [
-        f"seq column {[r['seq'] for r in rows][:10]}..., expected 0..{len(events) - 1}"]
+def same_value(expected: Any, got: Any) -> bool:
+    """A served or stored value against the reference's: missing or None equal null (or NaN); strings exactly;
+    numbers to 1e-9 relative."""
+    if expected is None or expected is reference.MISSING:
+        return got is None or (isinstance(got, float) and math.isnan(got))
+    if got is None:
+        return False
+    if isinstance(expected, str):
+        return got == expected
+    return math.isclose(float(expected), float(got), rel_tol=1e-9, abs_tol=1e-9)
+
+
+def features_table_mismatches(spec: reference.Spec, rows: list[dict], events: list[reference.Event]) -> list[str]:
+    """Each features-table row (in seq order) against the reference: the row of event k is its entity's value as of
+    its time over the entity's events up to it (for workloads whose accepted events are in time order)."""
+    mismatches = []
     prefix: dict[str, list[reference.Event]] = {}
     for row, event in zip(rows, events):
         prefix.setdefault(event.entity, []).append(event)
         for feature in spec.features:
             expected, _ = reference.feature_value(feature, prefix[event.entity], event.time_ms, spec)
-            if not _same(feature, expected, row[feature.name]):
-                mismatches.append(f"seq {row['seq']} {feature.name}: reference {expected!r}, "
-                                  f"table {row[feature.name]!r}")
+            got = row[feature.name]
+            if feature.aggregation == "last_k":  # A Parquet list of the values' texts (README, "The offline store").
+                got = None if got is None else list(got)
+                expected = None if expected is None else [reference.list_element_text(v) for v in expected]
+                same = expected == got
+            else:
+                same = same_value(expected, got)
+            if not same:
+                mismatches.append(f"seq {row['seq']} {feature.name}: reference {expected!r}, table {got!r}")
     return mismatches
 
 
-def lookup_mismatches(port: int, spec: reference.Spec, events: list[reference.Event], at_ms: int) -> list[str]:
-    """`GET /v1/features/{entity}?at=at_ms` of every entity against the reference over its events."""
+def lookup_mismatches(get_answer: Callable[[str, int], dict], spec: reference.Spec, events: list[reference.Event],
+                      at_ms: int) -> list[str]:
+    """Every entity's served features as of `at_ms` (`get_answer(entity, at_ms)`: the GET /v1/features answer) against
+    the reference over all its events; an answer as of a time at or after the entity's newest event must say exact."""
     mismatches = []
     for entity, entity_events in sorted(reference.group_by_entity(events).items()):
-        answer = json.loads(get_bytes(port, f"/v1/features/{entity}?at={at_ms}"))
+        answer = get_answer(entity, at_ms)
+        if answer.get("exact") is not True and at_ms >= max(e.time_ms for e in entity_events):
+            mismatches.append(f"lookup {entity}: not exact as of {at_ms}: {answer!r}")
         for feature in spec.features:
             expected, _ = reference.feature_value(feature, entity_events, at_ms, spec)
-            if not _same(feature, expected, answer["features"][feature.name]):
-                mismatches.append(f"lookup {entity} {feature.name}: reference {expected!r}, "
-                                  f"stream {answer['features'][feature.name]!r}")
+            got = answer["features"][feature.name]
+            if not same_value(expected, got):
+                mismatches.append(f"lookup {entity} {feature.name}: reference {expected!r}, stream {got!r}")
     return mismatches
