@@ -16,12 +16,17 @@ std::string ReadAll(const std::string& path) {
   return s.str();
 }
 
-TEST(TableFeedTest, PutRowsAreLoggedDurablyAndAnUnfinishedLineIsCutAtStart) {
-  Result<Spec> spec = ParseSpec(
+// A spec with one table (no source: PUT only) joined by a feature.
+Result<Spec> ProfilesSpec() {
+  return ParseSpec(
       "name: t\nentity: user\ntimestamp: ts\ntables:\n  - {name: profiles, key: user_id}\n"
       "joins:\n  - {table: profiles, on: user}\n"
       "features:\n  - {name: s, aggregation: last, field: profiles.segment, window: {type: lifetime}}\n",
       "t.yaml");
+}
+
+TEST(TableFeedTest, PutRowsAreLoggedDurablyAndAnUnfinishedLineIsCutAtStart) {
+  Result<Spec> spec = ProfilesSpec();
   ASSERT_TRUE(spec.ok()) << spec.status().message();
   const std::filesystem::path dir = std::filesystem::temp_directory_path() / "freshet_table_feed_test";
   std::filesystem::remove_all(dir);
@@ -51,11 +56,7 @@ TEST(TableFeedTest, PutRowsAreLoggedDurablyAndAnUnfinishedLineIsCutAtStart) {
 
 // A checkpoint written before Kafka tables (format 1: no Kafka section before the tables' state) still restores.
 TEST(TableFeedTest, AFormatOneCheckpointRestores) {
-  Result<Spec> spec = ParseSpec(
-      "name: t\nentity: user\ntimestamp: ts\ntables:\n  - {name: profiles, key: user_id}\n"
-      "joins:\n  - {table: profiles, on: user}\n"
-      "features:\n  - {name: s, aggregation: last, field: profiles.segment, window: {type: lifetime}}\n",
-      "t.yaml");
+  Result<Spec> spec = ProfilesSpec();
   ASSERT_TRUE(spec.ok()) << spec.status().message();
   const std::filesystem::path dir = std::filesystem::temp_directory_path() / "freshet_table_feed_v1_test";
   std::filesystem::remove_all(dir);
