@@ -971,10 +971,17 @@ def apply_lookups(record: dict, spec: Spec, answer_of) -> str | None:
 
 @dataclass
 class TableVersion:
-    """One row of a reference table as it arrived: before input line `before_line` + 1 (0: before every line)."""
+    """One row of a reference table as it arrived: before input line `before_line` + 1 (0: before every line).
+    `key`: the key given beside the row (a Kafka message key; None: the row's key field). `row` None: a deletion
+    of `key` (a Kafka tombstone)."""
     table: str
-    row: dict
+    row: dict | None
     before_line: int
+    key: str | None = None
+
+
+def version_key(spec: Spec, v: TableVersion) -> str | None:
+    return v.key if v.key is not None else entity_key(resolve(v.row, spec.tables[v.table][0]))
 
 
 def table_versions(table: str, rows: list[dict], before_line: int) -> list[TableVersion]:
@@ -990,8 +997,12 @@ def joined_row(spec: Spec, table: str, key: str | None, time_ms: int, line: int,
         return None
     key_field, valid_from_field = spec.tables[table]
     best = None
+    # A deletion hides every version of its key that arrived before it.
+    deleted_at = max((order for order, v in enumerate(versions) if v.row is None and v.table == table
+                      and v.key == key and v.before_line <= line - 1), default=-1)
     for order, v in enumerate(versions):
-        if v.table != table or v.before_line > line - 1 or entity_key(resolve(v.row, key_field)) != key:
+        if (v.table != table or v.before_line > line - 1 or order < deleted_at or v.row is None
+                or version_key(spec, v) != key):
             continue
         valid_from = event_time_ms(resolve(v.row, valid_from_field)) if valid_from_field else None
         if valid_from_field and (valid_from is None or valid_from > time_ms):
@@ -1020,12 +1031,40 @@ def late_versions(spec: Spec, data: bytes, versions: list[TableVersion]) -> dict
     late: dict[str, int] = {}
     for v in versions:
         valid_from_field = spec.tables[v.table][1]
-        if valid_from_field is None:
+        if valid_from_field is None or v.row is None:
             continue
         before = [e.time_ms for e in events if e.line <= v.before_line]
         if before and event_time_ms(resolve(v.row, valid_from_field)) <= max(before):
             late[v.table] = late.get(v.table, 0) + 1
     return late
+
+
+def kafka_table_version(spec: Spec, table: str, key: bytes | None, value: bytes | None,
+                        before_line: int) -> TableVersion | str:
+    """The version a message of a Kafka table topic brings (README: "Reference tables and joins", Kafka), or why it
+    is no row: the key is the message key (UTF-8 text), the value a JSON object whose key field, when present,
+    names the same key, and whose valid_from is readable; a null value deletes the key."""
+    try:
+        text_key = key.decode("utf-8") if key else None
+    except UnicodeDecodeError:
+        text_key = None
+    if not text_key:
+        return "no key"
+    if value is None:
+        return TableVersion(table, None, before_line, text_key)
+    try:
+        row = json.loads(value)
+    except ValueError:
+        return "not JSON"
+    if not isinstance(row, dict):
+        return "not an object"
+    key_field, valid_from_field = spec.tables[table]
+    own = resolve(row, key_field)
+    if own is not MISSING and entity_key(own) != text_key:
+        return "key field differs from the message key"
+    if valid_from_field and event_time_ms(resolve(row, valid_from_field)) is None:
+        return "bad valid_from"
+    return TableVersion(table, row, before_line, text_key)
 
 
 def visible_versions(spec: Spec, table: str, versions: list[TableVersion], horizon_ms: int) -> int:

@@ -951,7 +951,10 @@ Status Runtime::Impl::Checkpoint(bool wait) {
   checkpoint->sequence = Store().next_sequence();
   checkpoint->spec_fingerprint = lanes_.blank().spec_fingerprint();
   checkpoint->positions = {{"source", source_->position()}, {"dead_letters", std::to_string(dead_letter_bytes)}};
-  if (table_feed_ != nullptr) checkpoint->positions.emplace_back("tables", table_feed_->Encode());
+  if (table_feed_ != nullptr) {
+    FRESHET_ASSIGN_OR_RETURN(std::string tables, table_feed_->Encode());
+    checkpoint->positions.emplace_back("tables", std::move(tables));
+  }
   if (group_) checkpoint->positions.emplace_back("epochs", GroupCheckpoints::EncodeEpochs(CurrentClaims()));
   // Sharded, each shard's state is settled and encoded on its own thread.
   std::vector<size_t> recent(lanes_.size(), 0);
@@ -1942,11 +1945,7 @@ bool Runtime::Impl::OfflineHeld() {
 Status Runtime::Impl::AfterPoll(std::vector<SourceRecord>& batch) {
   if (table_feed_ != nullptr && WallClockMs() - last_table_poll_ms_ >= kTablePollMs) {
     Status tables = PollTables();
-    if (!tables.ok()) {
-      SetHealthReason("tables", tables.message());
-    } else {
-      SetHealthReason("tables", std::nullopt);
-    }
+    SetHealthReason("tables", !tables.ok() ? std::optional<std::string>(tables.message()) : table_feed_->problem());
   }
   if (!batch.empty()) FRESHET_RETURN_IF_ERROR(ProcessBatch(batch));
   // Also without events, so that the degraded state ends once the failures leave the window.

@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 
@@ -14,7 +15,10 @@
 namespace freshet {
 namespace {
 
-constexpr uint32_t kTableFeedVersion = 1;
+// 2 added the Kafka tables' offsets and dead-letter lengths; a checkpoint of version 1 has none.
+constexpr uint32_t kTableFeedVersion = 2;
+constexpr size_t kMaxKafkaBatch = 10000;  // Messages of one topic added per read.
+constexpr int kCatchUpWaitMs = 100;       // Each wait for messages while catching up.
 
 // Appends `text` to the file at `path` and fsyncs it: durable when this returns ok.
 Status AppendDurably(const std::string& path, std::string_view text) {
@@ -74,6 +78,14 @@ TableFeed::TableFeed(const Spec& spec, MetricsRegistry& metrics, const std::stri
     }
   }
   std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(data_dir) / "dead_letters", ec);
+  for (size_t t = 0; t < spec.tables.size(); ++t) {
+    if (spec.tables[t].source_type != "kafka") continue;
+    const std::string path =
+        (std::filesystem::path(data_dir) / "dead_letters" / ("table_" + spec.tables[t].name + ".jsonl")).string();
+    kafka_.push_back(KafkaTable{t, std::make_unique<KafkaTableReader>(spec.tables[t]), path,
+                                std::make_unique<DeadLetterWriter>()});
+  }
   std::filesystem::create_directories(std::filesystem::path(data_dir) / "tables", ec);
   for (size_t t = 0; t < spec.tables.size(); ++t) {
     auto log = std::make_unique<TableSpec>(spec.tables[t]);
@@ -86,17 +98,18 @@ TableFeed::TableFeed(const Spec& spec, MetricsRegistry& metrics, const std::stri
   }
   for (const TableSpec& table : spec.tables) {
     const MetricLabels labels = {{"table", table.name}};
-    versions_.push_back(&metrics.GetCounter("freshet_table_versions_total",
-                                            "Reference-table rows received (each a new version of its key).", labels));
+    versions_.push_back(&metrics.GetCounter(
+        "freshet_table_versions_total",
+        "Reference-table rows received (each a new version of its key; Kafka deletions included).", labels));
     late_.push_back(&metrics.GetCounter(
         "freshet_table_late_versions_total",
         "Reference-table versions that arrived late: their valid_from is at or before the newest accepted event "
         "time, so events processed before them did not see them (see the README's Semantics).",
         labels));
-    rejected_.push_back(&metrics.GetCounter("freshet_table_rejected_rows_total",
-                                            "Reference-table rows that could not be read (logged with file:line).",
-                                            labels));
-    keys_.push_back(&metrics.GetGauge("freshet_table_keys", "Keys held per reference table.", labels));
+    rejected_.push_back(&metrics.GetCounter(
+        "freshet_table_rejected_rows_total",
+        "Reference-table rows that could not be read (logged with file:line; Kafka messages dead-lettered).", labels));
+    keys_.push_back(&metrics.GetGauge("freshet_table_keys", "Keys with a version, per reference table.", labels));
     held_.push_back(&metrics.GetGauge(
         "freshet_table_versions_held",
         "Reference-table versions held in memory: each key's versions that events to come can still see (older ones "
@@ -123,8 +136,69 @@ void TableFeed::Add(size_t table, const TableRow& row, PipelineLanes& lanes, Off
   keys_[table]->Set(static_cast<double>(tables_.keys(table)));
 }
 
+Status TableFeed::Start(PipelineLanes& lanes, OfflineSink* offline, int64_t wall_ms,
+                        std::vector<std::string>* warnings) {
+  for (KafkaTable& k : kafka_) {
+    FRESHET_RETURN_IF_ERROR(
+        k.dead_letters->OpenAt(k.dead_letter_path, k.reader->topic(), k.restored_dead_letter_bytes));
+  }
+  // Each topic as it stands comes before the first event (what a table file's rows do): the reader looks its
+  // partitions up on a thread of its own, so an unreachable broker costs catch_up, not a hang.
+  for (KafkaTable& k : kafka_) {
+    const TableSpec& table = spec_.tables[k.table];
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(table.catch_up_ms);
+    while (!k.reader->caught_up() && std::chrono::steady_clock::now() < deadline) {
+      FRESHET_RETURN_IF_ERROR(ReadKafka(k, kCatchUpWaitMs, lanes, offline, wall_ms, warnings));
+    }
+    if (!k.reader->caught_up()) {
+      k.catch_up_missed = true;
+      warnings->push_back("table '" + table.name + "': Kafka topic '" + table.topic + "' was not read to its end "
+                          "within catch_up (" + std::to_string(table.catch_up_ms) + " ms)" +
+                          (k.reader->problem() ? ": " + *k.reader->problem() : "") +
+                          "; events are read on and see its rows as they arrive");
+    }
+  }
+  started_ = true;
+  return Status::Ok();
+}
+
+Status TableFeed::ReadKafka(KafkaTable& k, int timeout_ms, PipelineLanes& lanes, OfflineSink* offline,
+                            int64_t wall_ms, std::vector<std::string>* warnings) {
+  std::vector<TableRow> rows;
+  std::vector<RejectedMessage> rejected;
+  FRESHET_RETURN_IF_ERROR(k.reader->ReadNew(&rows, &rejected, kMaxKafkaBatch, timeout_ms));
+  for (const TableRow& row : rows) Add(k.table, row, lanes, offline, wall_ms);
+  rejected_[k.table]->Increment(rejected.size());
+  for (const RejectedMessage& m : rejected) {
+    k.dead_letters->WriteAt(m.partition, m.offset, m.reason, m.raw);
+    warnings->push_back("table '" + spec_.tables[k.table].name + "': Kafka topic '" + k.reader->topic() +
+                        "' partition " + std::to_string(m.partition) + " offset " + std::to_string(m.offset) + ": " +
+                        m.reason + " (written to " + k.dead_letter_path + ")");
+  }
+  if (!rejected.empty()) k.dead_letters->Flush();
+  if (k.catch_up_missed && k.reader->caught_up()) k.catch_up_missed = false;
+  return Status::Ok();
+}
+
+std::optional<std::string> TableFeed::problem() const {
+  std::string text;
+  for (const KafkaTable& k : kafka_) {
+    const TableSpec& table = spec_.tables[k.table];
+    std::optional<std::string> why = k.reader->problem();
+    if (!why && k.catch_up_missed) {
+      why = "not read to the end of its topic within catch_up; events meanwhile saw only the rows read so far";
+    }
+    if (!why) continue;
+    text += (text.empty() ? "" : "; ") + ("table '" + table.name + "' (Kafka topic '" + table.topic + "'): " + *why);
+  }
+  if (text.empty()) return std::nullopt;
+  return text;
+}
+
 Status TableFeed::Poll(PipelineLanes& lanes, OfflineSink* offline, int64_t wall_ms,
                        std::vector<std::string>* warnings) {
+  if (!started_) FRESHET_RETURN_IF_ERROR(Start(lanes, offline, wall_ms, warnings));
+  for (KafkaTable& k : kafka_) FRESHET_RETURN_IF_ERROR(ReadKafka(k, 0, lanes, offline, wall_ms, warnings));
   for (Reader& r : readers_) {
     std::vector<TableRow> rows;
     std::vector<std::string> errors;
@@ -184,7 +258,7 @@ Result<size_t> TableFeed::Put(std::string_view name, std::string_view body,
   return accepted;
 }
 
-std::string TableFeed::Encode() const {
+Result<std::string> TableFeed::Encode() {
   std::string bytes;
   ByteWriter out(&bytes);
   out.PutU32(kTableFeedVersion);
@@ -199,6 +273,20 @@ std::string TableFeed::Encode() const {
     out.PutU64(late_[t]->value());
     out.PutU64(rejected_[t]->value());
   }
+  out.PutVarint(kafka_.size());
+  for (KafkaTable& k : kafka_) {
+    uint64_t dead_letter_bytes = 0;
+    if (started_) {
+      FRESHET_ASSIGN_OR_RETURN(dead_letter_bytes, k.dead_letters->Sync());
+    }
+    out.PutString(k.reader->topic());
+    out.PutU64(dead_letter_bytes);
+    out.PutVarint(k.reader->next().size());
+    for (const auto& [partition, offset] : k.reader->next()) {
+      out.PutU32(static_cast<uint32_t>(partition));
+      out.PutI64(offset);
+    }
+  }
   tables_.Save(out);
   return bytes;
 }
@@ -209,7 +297,8 @@ Status TableFeed::Restore(std::string_view bytes) {
   ByteReader in(bytes);
   uint32_t version = 0;
   uint64_t count = 0;
-  if (!in.ReadU32(&version) || version != kTableFeedVersion || !in.ReadVarint(&count) || count != readers_.size()) {
+  if (!in.ReadU32(&version) || version < 1 || version > kTableFeedVersion || !in.ReadVarint(&count) ||
+      count != readers_.size()) {
     return damaged;
   }
   for (Reader& r : readers_) {
@@ -227,9 +316,34 @@ Status TableFeed::Restore(std::string_view bytes) {
     late_[t]->Increment(late);
     rejected_[t]->Increment(rejected);
   }
+  if (version >= 2) FRESHET_RETURN_IF_ERROR(RestoreKafka(in));
   FRESHET_RETURN_IF_ERROR(tables_.Load(in));
   for (size_t t = 0; t < keys_.size(); ++t) keys_[t]->Set(static_cast<double>(tables_.keys(t)));
   for (size_t t = 0; t < held_.size(); ++t) held_[t]->Set(static_cast<double>(tables_.versions(t)));
+  return Status::Ok();
+}
+
+Status TableFeed::RestoreKafka(ByteReader& in) {
+  const Status damaged = Status::Invalid(
+      "the checkpoint's Kafka table offsets are damaged or of other tables; start fresh with `freshet run --reset`");
+  uint64_t count = 0;
+  if (!in.ReadVarint(&count) || count != kafka_.size()) return damaged;
+  for (KafkaTable& k : kafka_) {
+    std::string_view topic;
+    uint64_t dead_letter_bytes = 0, partitions = 0;
+    if (!in.ReadString(&topic) || !in.ReadU64(&dead_letter_bytes) || !in.ReadVarint(&partitions)) return damaged;
+    std::map<int32_t, int64_t> next;
+    for (uint64_t p = 0; p < partitions; ++p) {
+      uint32_t partition = 0;
+      int64_t offset = 0;
+      if (!in.ReadU32(&partition) || !in.ReadI64(&offset)) return damaged;
+      next[static_cast<int32_t>(partition)] = offset;
+    }
+    // A table whose topic was renamed in the spec is read from its start.
+    if (topic != k.reader->topic()) continue;
+    k.reader->Seek(std::move(next));
+    k.restored_dead_letter_bytes = dead_letter_bytes;
+  }
   return Status::Ok();
 }
 

@@ -16,12 +16,17 @@ std::string ReadAll(const std::string& path) {
   return s.str();
 }
 
-TEST(TableFeedTest, PutRowsAreLoggedDurablyAndAnUnfinishedLineIsCutAtStart) {
-  Result<Spec> spec = ParseSpec(
+// A spec with one table (no source: PUT only) joined by a feature.
+Result<Spec> ProfilesSpec() {
+  return ParseSpec(
       "name: t\nentity: user\ntimestamp: ts\ntables:\n  - {name: profiles, key: user_id}\n"
       "joins:\n  - {table: profiles, on: user}\n"
       "features:\n  - {name: s, aggregation: last, field: profiles.segment, window: {type: lifetime}}\n",
       "t.yaml");
+}
+
+TEST(TableFeedTest, PutRowsAreLoggedDurablyAndAnUnfinishedLineIsCutAtStart) {
+  Result<Spec> spec = ProfilesSpec();
   ASSERT_TRUE(spec.ok()) << spec.status().message();
   const std::filesystem::path dir = std::filesystem::temp_directory_path() / "freshet_table_feed_test";
   std::filesystem::remove_all(dir);
@@ -46,6 +51,34 @@ TEST(TableFeedTest, PutRowsAreLoggedDurablyAndAnUnfinishedLineIsCutAtStart) {
   std::vector<std::pair<size_t, std::string>> errors;
   ASSERT_TRUE(feed.Put("profiles", "{\"user_id\":\"c\"}", &errors).ok());
   EXPECT_EQ(ReadAll(log), "{\"user_id\":\"a\",\"segment\":\"vip\"}\n{\"user_id\":\"c\"}\n");
+  std::filesystem::remove_all(dir);
+}
+
+// A checkpoint written before Kafka tables (format 1: no Kafka section before the tables' state) still restores.
+TEST(TableFeedTest, AFormatOneCheckpointRestores) {
+  Result<Spec> spec = ProfilesSpec();
+  ASSERT_TRUE(spec.ok()) << spec.status().message();
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / "freshet_table_feed_v1_test";
+  std::filesystem::remove_all(dir);
+  MetricsRegistry metrics;
+  TableFeed feed(*spec, metrics, dir.string());
+  Result<std::string> v2 = feed.Encode();
+  ASSERT_TRUE(v2.ok());
+  std::string set_state;
+  ByteWriter out(&set_state);
+  TableSet(*spec).Save(out);
+  // Format 2 is format 1 with its version number raised and a Kafka section (here: none, one byte 0) inserted
+  // right before the tables' state.
+  const size_t kafka_at = v2->size() - set_state.size() - 1;
+  ASSERT_EQ((*v2)[kafka_at], '\0');
+  std::string v1 = v2->substr(0, kafka_at) + set_state;
+  v1[0] = 1;
+  MetricsRegistry restored_metrics;
+  TableFeed restored(*spec, restored_metrics, dir.string());
+  EXPECT_TRUE(restored.Restore(v1).ok());
+  EXPECT_TRUE(restored.Restore(*v2).ok());
+  v1[0] = 3;  // A format from the future.
+  EXPECT_FALSE(restored.Restore(v1).ok());
   std::filesystem::remove_all(dir);
 }
 

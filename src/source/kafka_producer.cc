@@ -6,6 +6,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "source/kafka_config.h"
+
 namespace freshet {
 
 struct KafkaLineProducer::Impl {
@@ -52,8 +54,7 @@ Result<std::unique_ptr<KafkaLineProducer>> KafkaLineProducer::Open(KafkaProducer
   std::unique_ptr<KafkaLineProducer> producer(new KafkaLineProducer(std::move(options)));
   auto impl = std::make_unique<Impl>();
   char error[512];
-  rd_kafka_conf_t* conf = rd_kafka_conf_new();
-  std::vector<std::pair<std::string, std::string>> settings = {
+  const KafkaProperties settings = {
       {"bootstrap.servers", producer->options_.brokers},
       {"client.id", "freshet-generate"},
       {"enable.idempotence", "true"},  // acks=all, ordered, no duplicates on retry.
@@ -62,13 +63,8 @@ Result<std::unique_ptr<KafkaLineProducer>> KafkaLineProducer::Open(KafkaProducer
       {"compression.type", "lz4"},
       {"queue.buffering.max.messages", "1000000"},
   };
-  settings.insert(settings.end(), producer->options_.properties.begin(), producer->options_.properties.end());
-  for (const auto& [key, value] : settings) {
-    if (rd_kafka_conf_set(conf, key.c_str(), value.c_str(), error, sizeof(error)) != RD_KAFKA_CONF_OK) {
-      rd_kafka_conf_destroy(conf);
-      return Status::Invalid("Kafka producer: property " + key + "=" + value + " was refused: " + error);
-    }
-  }
+  FRESHET_ASSIGN_OR_RETURN(rd_kafka_conf_t * conf,
+                           MakeKafkaConf("Kafka producer", settings, producer->options_.properties));
   rd_kafka_conf_set_opaque(conf, impl.get());
   rd_kafka_conf_set_dr_msg_cb(conf, &Impl::OnDelivery);
   impl->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, error, sizeof(error));

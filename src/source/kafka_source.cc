@@ -11,6 +11,7 @@
 
 #include "common/time.h"
 #include "event/event_parser.h"
+#include "source/kafka_config.h"
 
 namespace freshet {
 
@@ -258,15 +259,7 @@ Status KafkaSource::Open() {
   if (impl_) return Status::Ok();
   auto impl = std::make_unique<Impl>(this);
   char error[512];
-  rd_kafka_conf_t* conf = rd_kafka_conf_new();
-  auto set = [&](const std::string& key, const std::string& value) -> Status {
-    if (rd_kafka_conf_set(conf, key.c_str(), value.c_str(), error, sizeof(error)) != RD_KAFKA_CONF_OK) {
-      return Status::Invalid("Kafka source: property " + key + "=" + value + " was refused by librdkafka: " + error);
-    }
-    return Status::Ok();
-  };
-  Status status = Status::Ok();
-  const std::pair<std::string, std::string> settings[] = {
+  const KafkaProperties settings = {
       {"bootstrap.servers", options_.brokers},
       {"group.id", options_.group},
       {"client.id", "freshet"},
@@ -284,16 +277,7 @@ Status KafkaSource::Open() {
       // queued.max.messages.kbytes (64 MB by default).
       {"queued.min.messages", "1000000"},
   };
-  for (const auto& [key, value] : settings) {
-    if (status.ok()) status = set(key, value);
-  }
-  for (const auto& [key, value] : options_.properties) {
-    if (status.ok()) status = set(key, value);
-  }
-  if (!status.ok()) {
-    rd_kafka_conf_destroy(conf);
-    return status;
-  }
+  FRESHET_ASSIGN_OR_RETURN(rd_kafka_conf_t * conf, MakeKafkaConf("Kafka source", settings, options_.properties));
   rd_kafka_conf_set_opaque(conf, impl.get());
   rd_kafka_conf_set_rebalance_cb(conf, &Impl::OnRebalance);
   rd_kafka_conf_set_error_cb(conf, &Impl::OnError);

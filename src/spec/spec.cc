@@ -344,6 +344,10 @@ class SpecParser {
   void ParseWatermark(const Entry& entry, Spec* spec);
   void ParseDedup(const Entry& entry, Spec* spec);
   void ParseSource(const Entry& entry, Spec* spec);
+  // Reads `properties` (librdkafka's, name: value) of a Kafka source map into *out; false after an error, which
+  // names it under `section` ("source", "tables[].source").
+  bool ReadKafkaProperties(const MapView& map, const std::string& section,
+                           std::vector<std::pair<std::string, std::string>>* out);
   void ParseOnline(const Entry& entry, Spec* spec);
   void ParseServe(const Entry& entry, Spec* spec);
   void ParseCheckpoint(const Entry& entry, Spec* spec);
@@ -1039,23 +1043,29 @@ void SpecParser::ParseSource(const Entry& entry, Spec* spec) {
     source.group = *group;
     source.start = *start;
     source.session_timeout_ms = *session_timeout;
-    if (const Entry* properties = map->Find("properties")) {
-      if (!properties->value.IsMap()) {
-        Error(properties->value.Mark(), "source.properties must be a map of librdkafka property names to values, "
-                                        "e.g. properties: {security.protocol: SASL_SSL}");
-        return;
-      }
-      for (const auto& item : properties->value) {
-        if (!item.second.IsScalar()) {
-          Error(item.second.Mark(), "source.properties." + item.first.as<std::string>() +
-                                        " must be a single value (text or a number), as librdkafka takes it");
-          return;
-        }
-        source.properties.emplace_back(item.first.as<std::string>(), item.second.as<std::string>());
-      }
-    }
+    if (!ReadKafkaProperties(*map, "source", &source.properties)) return;
   }
   spec->source = std::move(source);
+}
+
+bool SpecParser::ReadKafkaProperties(const MapView& map, const std::string& section,
+                                     std::vector<std::pair<std::string, std::string>>* out) {
+  const Entry* properties = map.Find("properties");
+  if (properties == nullptr) return true;
+  if (!properties->value.IsMap()) {
+    Error(properties->value.Mark(), section + ".properties must be a map of librdkafka property names to values, "
+                                              "e.g. properties: {security.protocol: SASL_SSL}");
+    return false;
+  }
+  for (const auto& item : properties->value) {
+    if (!item.second.IsScalar()) {
+      Error(item.second.Mark(), section + ".properties." + item.first.as<std::string>() +
+                                    " must be a single value (text or a number), as librdkafka takes it");
+      return false;
+    }
+    out->emplace_back(item.first.as<std::string>(), item.second.as<std::string>());
+  }
+  return true;
 }
 
 void SpecParser::ParseOnline(const Entry& entry, Spec* spec) {
@@ -1509,12 +1519,27 @@ void SpecParser::ParseTables(const Entry& entry, Spec* spec) {
                   "'tables[].source'");
       if (!source_map) continue;
       std::optional<std::string> type = ReadChoice(*source_map, "type");
-      std::optional<std::string> path = ReadString(*source_map, "path");
-      std::optional<std::string> format = ReadChoice(*source_map, "format");
-      if (!type || !path || !format) continue;
+      if (!type) continue;
+      CheckCondition(*source_map, "type", *type);
       table.source_type = *type;
-      table.path = CanonicalEventsPath(file_, *path);
-      table.format = *format;
+      if (*type == "file") {
+        std::optional<std::string> path = ReadString(*source_map, "path");
+        std::optional<std::string> format = ReadChoice(*source_map, "format");
+        if (!path || !format) continue;
+        table.path = CanonicalEventsPath(file_, *path);
+        table.format = *format;
+      } else {
+        std::optional<std::string> brokers = ReadString(*source_map, "brokers");
+        std::optional<std::string> topic = ReadString(*source_map, "topic");
+        std::optional<int64_t> catch_up = ReadDuration(*source_map, "catch_up");
+        if (!brokers || !topic || !catch_up ||
+            !ReadKafkaProperties(*source_map, "tables[].source", &table.properties)) {
+          continue;
+        }
+        table.brokers = *brokers;
+        table.topic = *topic;
+        table.catch_up_ms = *catch_up;
+      }
     }
     spec->tables.push_back(std::move(table));
   }

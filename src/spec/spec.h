@@ -179,9 +179,15 @@ struct TableSpec {
   std::string name;        // Also the prefix of its joined fields: profiles.segment.
   std::string key;         // The row field that holds the key (read like an entity: text, or an integer's digits).
   std::string valid_from;  // The row field from which a version applies (event time); empty: from its arrival.
-  std::string source_type = "http";  // "file": read (and followed) from `path`; "http": PUT /v1/tables/{name} only.
+  // "file": read (and followed) from `path`; "kafka": a (compacted) topic, message key = the table key, value =
+  // the row (null deletes); "http": PUT /v1/tables/{name} only.
+  std::string source_type = "http";
   std::string path;                  // file: resolved against the spec's folder.
   std::string format = "jsonl";      // file: "jsonl" or "csv" (a header row names the columns).
+  std::string brokers;               // kafka: bootstrap.servers.
+  std::string topic;                 // kafka
+  std::vector<std::pair<std::string, std::string>> properties;  // kafka: librdkafka properties, as given.
+  int64_t catch_up_ms = 30000;       // kafka: how long `freshet run` waits at start to read the topic to its end.
   int line = 0;
 };
 

@@ -132,8 +132,9 @@ inline constexpr SpecOption kSpecOptions[] = {
         .Example("[{name: amount_usd, expr: \"amount * coalesce(fx_rate, 1.0)\"}]"),
     SpecOption("", "tables", SpecValueType::kList,
                "Reference tables: rows keyed by a field (user profiles, merchants), each row a new version of its "
-               "key, read from a file and/or pushed with PUT /v1/tables/{name}. Every version is kept in the "
-               "offline store (table_<name>). See \"Reference tables and joins\" in the README.")
+               "key, read from a file or a compacted Kafka topic and/or pushed with PUT /v1/tables/{name}. Every "
+               "version is kept in the offline store (table_<name>). See \"Reference tables and joins\" in the "
+               "README.")
         .Example("[{name: profiles, key: user_id, valid_from: updated_at, source: {type: file, path: profiles.jsonl}}]"),
     SpecOption("", "joins", SpecValueType::kList,
                "Joins of events with reference tables: `{table: profiles, on: user_id}` makes each column of the "
@@ -411,19 +412,40 @@ inline constexpr SpecOption kSpecOptions[] = {
         .Example("updated_at"),
     SpecOption("tables[]", "source", SpecValueType::kMap,
                "Where rows are read from besides PUT /v1/tables/{name}: a file, read when `freshet run` starts and "
-               "followed for appended lines (each new row is a new version), or re-read when it changes (parquet).")
+               "followed for appended lines (each new row is a new version), or re-read when it changes (parquet); "
+               "or a Kafka topic, read from its start and followed (each message a new version; a null value "
+               "deletes its key).")
         .Example("{type: file, path: profiles.jsonl, format: jsonl}"),
-    SpecOption("tables[].source", "type", SpecValueType::kChoice, "The kind of source.")
-        .Required().Choices("file").Example("file"),
+    SpecOption("tables[].source", "type", SpecValueType::kChoice,
+               "The kind of source. file: a table file. kafka: a (compacted) Kafka topic, each message one row: "
+               "the message key is the table key, the value the row as a JSON object, and a null value (a "
+               "tombstone) deletes the key. Read from the start of every partition, without a consumer group.")
+        .Required().Choices("file, kafka").Example("file"),
     SpecOption("tables[].source", "path", SpecValueType::kString,
                "The table file; a relative path is resolved against the spec file's folder.")
-        .Required().Example("profiles.jsonl"),
+        .Required().When("type", "file").Example("profiles.jsonl"),
     SpecOption("tables[].source", "format", SpecValueType::kChoice,
                "jsonl: one JSON object per line; csv: a header row naming the columns, then one row per line "
                "(a cell in JSON number syntax is a number, an empty cell is missing, any other cell text); "
                "parquet: the whole file is the table, read again when it changes (each changed or new row becomes a "
                "version; a key left out keeps its versions).")
-        .Choices("jsonl, csv, parquet").Default("jsonl"),
+        .Choices("jsonl, csv, parquet").When("type", "file").Default("jsonl"),
+    SpecOption("tables[].source", "brokers", SpecValueType::kString,
+               "The Kafka bootstrap servers, host:port separated by commas.")
+        .Required().When("type", "kafka").Example("\"127.0.0.1:9092\""),
+    SpecOption("tables[].source", "topic", SpecValueType::kString,
+               "The topic holding the table, best compacted (cleanup.policy=compact), so that it keeps each key's "
+               "latest row.")
+        .Required().When("type", "kafka").Example("profiles"),
+    SpecOption("tables[].source", "catch_up", SpecValueType::kDuration,
+               "How long `freshet run` waits when it starts for the topic's rows up to its end before it reads "
+               "events; past it, events are read on (they see the rows that have arrived) and /health says the "
+               "table is behind.")
+        .When("type", "kafka").Default("30s"),
+    SpecOption("tables[].source", "properties", SpecValueType::kMap,
+               "Further librdkafka consumer properties, passed as given (security.protocol, sasl.mechanism, "
+               "ssl.ca.location, ...); values are strings. They override Freshet's own settings.")
+        .When("type", "kafka").Example("{security.protocol: SASL_SSL, sasl.mechanism: PLAIN}"),
 
     // joins[]
     SpecOption("joins[]", "table", SpecValueType::kName, "The name of a table in `tables`; one join per table.")

@@ -94,6 +94,14 @@ class VersionList {
     return nullptr;
   }
   size_t size() const { return older_.size() + (has_newest_ ? 1 : 0); }
+  // Drops every version (the key was deleted); returns how many.
+  size_t Clear() {
+    const size_t dropped = size();
+    newest_ = Version{};
+    has_newest_ = false;
+    older_.clear();
+    return dropped;
+  }
   bool has_older() const { return !older_.empty(); }
   // Drops the versions no event at `horizon` or later can see: those older than the greatest valid_from <=
   // horizon. Returns how many.
@@ -128,8 +136,9 @@ class VersionList {
 // Keys to their versions: open addressing with linear probing over a power-of-two array kept at most half full,
 // so that a key almost always sits in its home slot (hash & mask). Prefetch can then fetch that slot from memory
 // while the event is still being parsed, and the lookup in Fill finds it in the cache. Each slot holds the key's
-// hash, the key and its versions, the fields a lookup reads first. Keys are never removed (no source deletes a
-// key yet; pruning empties no key's list, since it keeps each key's version at the horizon).
+// hash, the key and its versions, the fields a lookup reads first. Keys are never removed: a deleted key (a Kafka
+// tombstone) keeps its slot with no versions, and pruning empties no key's list, since it keeps each key's
+// version at the horizon.
 class KeyMap {
  public:
   struct Slot {
@@ -215,12 +224,22 @@ struct Table {
   int join_slot = -1;  // The event field holding the key; -1 when no join reads the table.
   std::vector<Column> columns;
   std::string on;  // The join's event field when it is a top-level name (Prefetch finds it in the raw line).
-  KeyMap versions;
+  KeyMap versions;  // A deleted key stays with no versions.
   size_t version_count = 0;
+  size_t live_keys = 0;  // Keys with a version.
   // The keys with more than one version: only they can have versions to prune, so pruning does not visit every
   // key of a large table.
   absl::flat_hash_set<std::string> several;
 };
+
+// Drops every version of `key` (a deletion): events from here on see none.
+void Delete(Table& table, const std::string& key) {
+  VersionList* list = table.versions.Find(key, KeyMap::Hash(key));
+  if (list == nullptr || list->size() == 0) return;
+  table.version_count -= list->Clear();
+  --table.live_keys;
+  table.several.erase(key);
+}
 
 std::vector<std::string> SplitPath(std::string_view dotted) {
   std::vector<std::string> parts;
@@ -319,7 +338,8 @@ simdjson::dom::parser& ThreadParser() {
 
 }  // namespace
 
-Result<TableRow> ParseTableRow(const TableSpec& table, std::string_view json) {
+Result<TableRow> ParseTableRow(const TableSpec& table, std::string_view json,
+                               std::optional<std::string_view> key_given) {
   simdjson::dom::element root;
   if (auto error = ThreadParser().parse(json.data(), json.size()).get(root)) {
     return Status::Invalid(std::string("invalid JSON: ") + simdjson::error_message(error));
@@ -330,20 +350,32 @@ Result<TableRow> ParseTableRow(const TableSpec& table, std::string_view json) {
   }
   TableRow row;
   row.json = std::string(json);
+  if (key_given && key_given->empty()) {
+    return Status::Invalid("the message key is empty; the key of table '" + table.name + "' is the message key");
+  }
   simdjson::dom::element key;
   if (At(object, SplitPath(table.key)).get(key) != simdjson::SUCCESS) {
-    return Status::Invalid("field '" + table.key + "' (the key of table '" + table.name + "') is missing");
+    if (!key_given) {
+      return Status::Invalid("field '" + table.key + "' (the key of table '" + table.name + "') is missing");
+    }
+    row.key = std::string(*key_given);
+  } else {
+    char digits[24];
+    Value key_value = key.type() == simdjson::dom::element_type::INT64 ? Value::Int(int64_t(key))
+                      : key.is_string()                               ? Value::String(std::string_view(key))
+                                                                      : Value::Null();
+    std::optional<std::string_view> key_text = KeyText(key_value, digits);
+    if (!key_text) {
+      return Status::Invalid("field '" + table.key + "' (the key of table '" + table.name +
+                             "') must be a non-empty string or an integer");
+    }
+    if (key_given && *key_text != *key_given) {
+      return Status::Invalid("field '" + table.key + "' is '" + std::string(*key_text) +
+                             "' but the message key is '" + std::string(*key_given) +
+                             "'; the row's key field, when present, must be the message key");
+    }
+    row.key = std::string(*key_text);
   }
-  char digits[24];
-  Value key_value = key.type() == simdjson::dom::element_type::INT64 ? Value::Int(int64_t(key))
-                    : key.is_string()                               ? Value::String(std::string_view(key))
-                                                                    : Value::Null();
-  std::optional<std::string_view> key_text = KeyText(key_value, digits);
-  if (!key_text) {
-    return Status::Invalid("field '" + table.key + "' (the key of table '" + table.name +
-                           "') must be a non-empty string or an integer");
-  }
-  row.key = std::string(*key_text);
   if (table.valid_from.empty()) return row;
   simdjson::dom::element from;
   if (At(object, SplitPath(table.valid_from)).get(from) != simdjson::SUCCESS) {
@@ -393,6 +425,10 @@ bool TableSet::empty() const { return impl_->tables.empty(); }
 
 bool TableSet::Add(size_t table_index, const TableRow& row, int64_t newest_event_ms) {
   Table& table = impl_->tables[table_index];
+  if (row.deleted()) {
+    Delete(table, row.key);
+    return false;
+  }
   Version version;
   version.valid_from_ms = row.valid_from_ms;
   simdjson::dom::element root;
@@ -407,6 +443,7 @@ bool TableSet::Add(size_t table_index, const TableRow& row, int64_t newest_event
     }
   }
   VersionList& list = table.versions.FindOrInsert(row.key);
+  if (list.size() == 0) ++table.live_keys;
   if (list.Insert(std::move(version))) ++table.version_count;
   if (list.has_older()) table.several.insert(row.key);
   return row.valid_from_ms != kAlwaysValidMs && row.valid_from_ms <= newest_event_ms;
@@ -457,7 +494,7 @@ size_t TableSet::Prune(int64_t horizon_ms) {
 }
 
 size_t TableSet::versions(size_t table) const { return impl_->tables[table].version_count; }
-size_t TableSet::keys(size_t table) const { return impl_->tables[table].versions.size(); }
+size_t TableSet::keys(size_t table) const { return impl_->tables[table].live_keys; }
 
 size_t TableSet::MemoryBytes() const {
   size_t bytes = 0;
@@ -510,6 +547,7 @@ Status TableSet::Load(ByteReader& in) {
     table.versions.clear();
     table.several.clear();
     table.version_count = 0;
+    table.live_keys = 0;
     for (uint64_t k = 0; k < keys; ++k) {
       std::string_view key;
       uint64_t count = 0;
@@ -536,6 +574,7 @@ Status TableSet::Load(ByteReader& in) {
         if (list.Insert(std::move(v))) ++table.version_count;
       }
       if (list.has_older()) table.several.insert(std::string(key));
+      if (list.size() > 0) ++table.live_keys;
     }
   }
   return Status::Ok();

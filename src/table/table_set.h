@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -30,16 +31,24 @@ namespace freshet {
 // valid_from of a version of a table without `valid_from`: before every event.
 inline constexpr int64_t kAlwaysValidMs = std::numeric_limits<int64_t>::min();
 
-// One row of a reference table, as received: its key, valid_from, and the row as a JSON object text.
+// The `json` of a deletion of its key (a Kafka tombstone): JSON null, never a row (rows are JSON objects). The
+// table history stores it as such (row "null", valid_from null).
+inline constexpr std::string_view kDeletedRow = "null";
+
+// One row of a reference table, as received: its key, valid_from, and the row as a JSON object text (or
+// kDeletedRow).
 struct TableRow {
   std::string key;
   int64_t valid_from_ms = kAlwaysValidMs;
   std::string json;
+  bool deleted() const { return json == kDeletedRow; }
 };
 
 // Reads a row (one JSON object) of `table`: its key and valid_from. On failure says which field is wrong and
-// how to fix it (the caller adds file:line).
-Result<TableRow> ParseTableRow(const TableSpec& table, std::string_view json);
+// how to fix it (the caller adds file:line). `key`: the key given beside the row (a Kafka message key); the row's
+// key field may then be absent, and must name the same key when present.
+Result<TableRow> ParseTableRow(const TableSpec& table, std::string_view json,
+                               std::optional<std::string_view> key = std::nullopt);
 
 class TableSet {
  public:
@@ -53,7 +62,8 @@ class TableSet {
   // Adds a version of table `table` arriving now, before the next event the caller parses. A version with the
   // valid_from of one the key already has replaces it (the later arrival wins). Returns true when the version is
   // late: it has a valid_from and the stream already accepted an event at or after it (`newest_event_ms`), which
-  // saw an older version (or none).
+  // saw an older version (or none). A deletion (row.deleted()) drops every version of its key: events from here
+  // on see none until a new one arrives; it is never late.
   bool Add(size_t table, const TableRow& row, int64_t newest_event_ms);
 
   // Starts fetching into the cache what Fill will read for the event in raw JSON `line`: called before the line
@@ -69,7 +79,7 @@ class TableSet {
   // every version. Returns how many were dropped. min() drops nothing.
   size_t Prune(int64_t horizon_ms);
 
-  // Versions held in memory, and keys, of table `table`.
+  // Versions held in memory, and keys (with a version), of table `table`.
   size_t versions(size_t table) const;
   size_t keys(size_t table) const;
   size_t MemoryBytes() const;

@@ -224,5 +224,53 @@ TEST(TableSpecTest, JoinsAreCheckedAtLoad) {
   EXPECT_TRUE(schema.ok()) << schema.status().message();
 }
 
+// A deletion (Kafka tombstone) hides every version of its key from the events after it, whatever their time;
+// a new version brings the key back; Save/Load keep the deleted state.
+TEST(TableSetTest, ADeletionHidesTheKeyUntilANewVersionArrives) {
+  const Spec spec = LoadTestSpec();
+  TableSet tables(spec);
+  const int64_t none = std::numeric_limits<int64_t>::min();
+  tables.Add(0, Row(spec, 0, R"({"user_id":"a","updated_at":1000,"segment":"basic"})"), none);
+  tables.Add(0, Row(spec, 0, R"({"user_id":"a","updated_at":3000,"segment":"vip"})"), none);
+  tables.Add(0, Row(spec, 0, R"({"user_id":"b","updated_at":1000,"segment":"b"})"), none);
+  EXPECT_FALSE(tables.Add(0, TableRow{"a", kAlwaysValidMs, std::string(kDeletedRow)}, 5000));  // Never late.
+  tables.Add(0, TableRow{"nobody", kAlwaysValidMs, std::string(kDeletedRow)}, none);
+  std::string keep;
+  EXPECT_TRUE(Field(spec, tables, R"({"user":"a","ts":500})", "profiles.segment", &keep).is_missing());
+  EXPECT_TRUE(Field(spec, tables, R"({"user":"a","ts":4000})", "profiles.segment", &keep).is_missing());
+  EXPECT_EQ(Field(spec, tables, R"({"user":"b","ts":4000})", "profiles.segment", &keep).s, "b");
+  EXPECT_EQ(tables.versions(0), 1u);
+  EXPECT_EQ(tables.keys(0), 1u);
+
+  std::string bytes;
+  ByteWriter out(&bytes);
+  tables.Save(out);
+  TableSet loaded(spec);
+  ByteReader in(bytes);
+  ASSERT_TRUE(loaded.Load(in).ok());
+  EXPECT_EQ(loaded.keys(0), 1u);
+  EXPECT_TRUE(Field(spec, loaded, R"({"user":"a","ts":4000})", "profiles.segment", &keep).is_missing());
+  loaded.Add(0, Row(spec, 0, R"({"user_id":"a","updated_at":2000,"segment":"back"})"), none);
+  EXPECT_TRUE(Field(spec, loaded, R"({"user":"a","ts":1500})", "profiles.segment", &keep).is_missing());
+  EXPECT_EQ(Field(spec, loaded, R"({"user":"a","ts":4000})", "profiles.segment", &keep).s, "back");
+  EXPECT_EQ(loaded.keys(0), 2u);
+}
+
+// A row given with its key (a Kafka message key) may leave the key field out; when present it must agree.
+TEST(TableSetTest, ARowWithAGivenKeyNeedsNoKeyFieldButMustNotContradictIt) {
+  const Spec spec = LoadTestSpec();
+  Result<TableRow> row = ParseTableRow(spec.tables[0], R"({"updated_at":1000,"segment":"vip"})", "k1");
+  ASSERT_TRUE(row.ok()) << row.status().message();
+  EXPECT_EQ(row->key, "k1");
+  EXPECT_EQ(row->valid_from_ms, 1000);
+  row = ParseTableRow(spec.tables[0], R"({"user_id":"k1","updated_at":1000})", "k1");
+  EXPECT_TRUE(row.ok());
+  row = ParseTableRow(spec.tables[0], R"({"user_id":"k2","updated_at":1000})", "k1");
+  ASSERT_FALSE(row.ok());
+  EXPECT_NE(row.status().message().find("the message key is 'k1'"), std::string::npos) << row.status().message();
+  EXPECT_FALSE(ParseTableRow(spec.tables[0], R"({"updated_at":1000})", "").ok());
+  EXPECT_FALSE(ParseTableRow(spec.tables[0], R"({"user_id":"k1"})", "k1").ok());  // valid_from still needed.
+}
+
 }  // namespace
 }  // namespace freshet
