@@ -4,8 +4,9 @@
 # far fewer distinct users than --users), so that U entities hold state (examples/fraud/fraud.yaml, offline tables off, checkpoints every 2 s) with
 # `parallelism: 1` and `parallelism: 2`; once every event is read, it waits for two more checkpoints and prints
 # the last one's figures from /metrics: entities held, checkpoint size, each shard's state bytes, the time
-# processing stopped for it (freshet_checkpoint_pause_seconds: settle and encode, on the shards' threads) and the
-# mean duration of the checkpoints taken after the input was read (take and write, the write on a background thread).
+# processing stopped for it (freshet_checkpoint_pause_seconds: the settle on the shards' threads and the fork of the
+# process whose copy encodes the state) and the mean duration of the checkpoints taken after the input was read
+# (take, encode and write; the encoding in the forked child, the write on a background thread).
 #   bench/checkpoint_bench.sh [--events N] [--users N] [--repeat N] [--bin FRESHET]
 # See bench/README.md.
 set -euo pipefail

@@ -723,8 +723,8 @@ Status Runtime::Impl::Open() {
                                                kDurationBucketsSeconds);
   checkpoint_bytes_ = &metrics_.GetGauge("freshet_checkpoint_size_bytes", "Size of the last checkpoint.");
   checkpoint_pause_ = &metrics_.GetGauge("freshet_checkpoint_pause_seconds",
-                                         "How long the last checkpoint stopped processing (its state settled and "
-                                         "encoded; the rest is written meanwhile).");
+                                         "How long the last checkpoint stopped processing (recent events settled, "
+                                         "the process forked; the state is encoded and written meanwhile).");
   slo_breached_ = &metrics_.GetGauge("freshet_freshness_slo_breached", "1 while the freshness SLO is breached.");
   if (spec_.freshness_slo) {
     // The p99 the SLO compares with it is computed inside (SloWindow) for /health; dashboards take it from
