@@ -524,7 +524,7 @@ struct Runtime::Impl final : public FeatureService, public RebalanceListener {
   // A child encoding the lanes' state as it is now, with each shard's size; null (with a warning, once) if the
   // process cannot fork.
   std::shared_ptr<ForkedSnapshot> ForkEncoding();
-  // The child's state into checkpoint.engine_state and its shard sizes into the gauges.
+  // The child's state into checkpoint.engine_state, its shard sizes and memory into the gauges.
   Status TakeEncoding(ForkedSnapshot& snapshot, freshet::Checkpoint& checkpoint);
   void SetShardBytes(const std::vector<size_t>& part_bytes);  // freshet_checkpoint_shard_bytes (sharded only).
   bool fork_warned_ = false;
@@ -980,10 +980,10 @@ Status Runtime::Impl::Checkpoint(bool wait) {
     std::vector<size_t> part_bytes;
     checkpoint->engine_state = lanes_.Encode(sharded_input_ ? &run : nullptr, &part_bytes);
     SetShardBytes(part_bytes);
+    state_bytes_->Set(static_cast<double>(lanes_.MemoryBytes()));
   }
   auto rows = std::make_shared<OfflineSink::TakenRows>();
   if (offline_ != nullptr) *rows = offline_->TakeRows();
-  state_bytes_->Set(static_cast<double>(lanes_.MemoryBytes()));
   last_checkpoint_ms_ = WallClockMs();
   seq_at_checkpoint_ = lanes_.next_offline_seq();
   checkpoint_pause_->Set(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
@@ -1043,14 +1043,16 @@ Status Runtime::Impl::WriteCheckpoint(freshet::Checkpoint& checkpoint, OfflineSi
   return Status::Ok();
 }
 
-// The child's bytes: the lanes' state, then each shard's size and their count (u64 each), at the end so that the
-// parent cuts them off without copying the state.
+// The child's bytes: the lanes' state, then each shard's size, the state's memory and the count of shards (u64
+// each), at the end so that the parent cuts them off without copying the state. The memory is counted in the child
+// too: it visits every entity's every feature (0.1 s and more with 1M entities), which processing need not wait for.
 std::shared_ptr<ForkedSnapshot> Runtime::Impl::ForkEncoding() {
   Result<std::unique_ptr<ForkedSnapshot>> forked = ForkedSnapshot::Start([this] {
     std::vector<size_t> part_bytes;
     std::string out = lanes_.Encode(nullptr, &part_bytes);
     ByteWriter w(&out);
     for (size_t n : part_bytes) w.PutU64(n);
+    w.PutU64(lanes_.MemoryBytes());
     w.PutU64(part_bytes.size());
     return out;
   });
@@ -1070,11 +1072,13 @@ Status Runtime::Impl::TakeEncoding(ForkedSnapshot& snapshot, freshet::Checkpoint
     ByteReader(std::string_view(bytes).substr(bytes.size() - end, 8)).ReadU64(&v);
     return v;
   };
-  const uint64_t parts = bytes.size() >= 8 ? u64_at(8) : UINT64_MAX;
-  if (parts > (bytes.size() - 8) / 8) return Status::Internal("the encoded state has no shard sizes at its end");
+  const uint64_t parts = bytes.size() >= 16 ? u64_at(8) : UINT64_MAX;
+  if (parts > (bytes.size() - 16) / 8) return Status::Internal("the encoded state has no shard sizes at its end");
+  const size_t trailer = 8 * (parts + 2);
   std::vector<size_t> part_bytes;
-  for (uint64_t k = 0; k < parts; ++k) part_bytes.push_back(static_cast<size_t>(u64_at(8 * (parts + 1 - k))));
-  bytes.resize(bytes.size() - 8 * (parts + 1));
+  for (uint64_t k = 0; k < parts; ++k) part_bytes.push_back(static_cast<size_t>(u64_at(trailer - 8 * k)));
+  state_bytes_->Set(static_cast<double>(u64_at(16)));
+  bytes.resize(bytes.size() - trailer);
   checkpoint.engine_state = std::move(bytes);
   SetShardBytes(part_bytes);
   return Status::Ok();
