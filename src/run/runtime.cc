@@ -944,9 +944,10 @@ Status Runtime::Impl::RecoverOffline(std::optional<std::string_view> position, s
 }
 
 // A checkpoint in two halves. Here, on the processing thread (nothing moves meanwhile): the dead letters are
-// synced, the positions and the engine state copied, the offline rows taken. Then, on a background thread so
-// that processing goes on: the offline rows are written as staged Parquet files, the checkpoint (recording
-// them) is written, and the staged files are published. One checkpoint is in flight at a time; a checkpoint
+// synced, the positions copied, the engine state snapshotted (a forked child encodes it), the offline rows
+// taken. Then, on a background thread so that processing goes on: the offline rows are written as staged Parquet
+// files, the child's state is taken, the checkpoint (recording them) is written, and the staged files are
+// published. One checkpoint is in flight at a time; a checkpoint
 // due while the previous one is still being written waits for the next turn. With `wait` (shutdown) the
 // previous one is awaited and this one written before returning.
 Status Runtime::Impl::Checkpoint(bool wait) {
