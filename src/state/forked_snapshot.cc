@@ -34,6 +34,10 @@ bool WriteAll(int fd, const char* data, size_t size) {
 [[noreturn]] void RunChild(int fd, pid_t parent, const std::function<std::string()>& encode) {
   // Dies with the thread that forked it; if the parent died before this line, nobody waits for the bytes.
   if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() != parent) ::_exit(3);
+  // Every other descriptor closed: a socket the parent closes meanwhile (an HTTP client's, a broker's) must not
+  // stay open in the child, or its peer would wait for the child to end before seeing it closed.
+  if (fd > 0) ::close_range(0, static_cast<unsigned>(fd) - 1, 0);
+  ::close_range(static_cast<unsigned>(fd) + 1, ~0u, 0);
   int code = 0;
   try {
     const std::string bytes = encode();

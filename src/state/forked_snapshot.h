@@ -7,8 +7,9 @@
 // the child lives are copied then, so the process's memory can grow by up to the size of the state it changes
 // meanwhile (README, Checkpoints).
 //
-// The child runs only `encode` (no other thread of the parent exists in it, so `encode` must not wait for a lock
-// another thread may hold: it reads plain data structures and allocates), writes the bytes to a pipe and _exits.
+// The child closes every descriptor but its pipe's, runs only `encode` (no other thread of the parent exists in
+// it, so `encode` must not wait for a lock another thread may hold: it reads plain data structures and allocates),
+// writes the bytes to the pipe and _exits.
 // It dies with the thread that forked it (PR_SET_PDEATHSIG), so a kill -9 of the process leaves no child behind.
 //
 // Linux only (prctl). Not thread-safe; one instance per child.

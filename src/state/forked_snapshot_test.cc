@@ -1,10 +1,11 @@
 // Tests for ForkedSnapshot: the child encodes the memory as it was at the fork while the parent changes it, its
-// bytes come back whole (more than a pipe holds), a failing child is an error, and a dropped one is killed and
-// reaped.
+// bytes come back whole (more than a pipe holds), it holds none of the parent's descriptors, a failing child is
+// an error, and a dropped one is killed and reaped.
 #include "state/forked_snapshot.h"
 
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
@@ -27,6 +28,26 @@ TEST(ForkedSnapshot, ChildEncodesTheMemoryAsItWasWhenForked) {
   Result<std::string> bytes = (*started)->Wait();
   ASSERT_TRUE(bytes.ok()) << bytes.status().message();
   EXPECT_EQ(*bytes, std::string(5 << 20, 'a'));
+}
+
+// A descriptor the parent closes while the child lives is closed for its peer at once: the child holds none.
+TEST(ForkedSnapshot, ChildHoldsNoDescriptorOfTheParent) {
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  auto started = ForkedSnapshot::Start([] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    return std::string("done");
+  });
+  ASSERT_TRUE(started.ok());
+  ::close(fds[1]);
+  char c;
+  const auto before = std::chrono::steady_clock::now();
+  EXPECT_EQ(::read(fds[0], &c, 1), 0);  // End of file now, not when the child ends.
+  EXPECT_LT(std::chrono::steady_clock::now() - before, std::chrono::milliseconds(400));
+  ::close(fds[0]);
+  Result<std::string> bytes = (*started)->Wait();
+  ASSERT_TRUE(bytes.ok()) << bytes.status().message();
+  EXPECT_EQ(*bytes, "done");
 }
 
 TEST(ForkedSnapshot, EmptyStateRoundTrips) {
