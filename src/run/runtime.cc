@@ -1068,7 +1068,7 @@ std::shared_ptr<ForkedSnapshot> Runtime::Impl::ForkEncoding() {
 
 Status Runtime::Impl::TakeEncoding(ForkedSnapshot& snapshot, freshet::Checkpoint& checkpoint) {
   FRESHET_ASSIGN_OR_RETURN(std::string bytes, snapshot.Wait());
-  auto u64_at = [&](size_t end) {  // The u64 that ends `end` bytes before the end.
+  auto u64_at = [&](size_t end) {  // The u64 that starts `end` bytes before the end.
     uint64_t v = 0;
     ByteReader(std::string_view(bytes).substr(bytes.size() - end, 8)).ReadU64(&v);
     return v;
