@@ -246,7 +246,7 @@ def _children(pid: int) -> set[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             found |= {int(c) for c in (task / "children").read_text().split()}
-        except FileNotFoundError:  # The thread ended meanwhile.
+        except OSError:  # The thread ended meanwhile (no such file, or no such process while it is reaped).
             pass
     return found
 
@@ -255,7 +255,7 @@ def _alive(pid: int) -> bool:
     """Whether process `pid` exists and is not a zombie."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
+    except OSError:  # Gone (no such file, or no such process while it is reaped).
         return False
 
 
