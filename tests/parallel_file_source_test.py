@@ -281,24 +281,27 @@ def test_kill_while_a_checkpoint_is_encoded_and_the_shards_go_on(tmp_path: Path)
     done, step = 0, 1000
     encoder = None
     deadline = time.monotonic() + SECONDS
-    while encoder is None and done < len(lines) // 2:
-        assert time.monotonic() < deadline, "no checkpoint was seen being encoded while events went on"
-        with open(folder / "events.jsonl", "ab") as out:
-            out.write(b"".join(lines[done:done + step]))
-        done += step
-        _read_all(server, done)
-        for child in _children(server.proc.pid):
-            read = server.metric("freshet_events_in_total")
+    try:
+        while encoder is None and done < len(lines) // 2:
+            assert time.monotonic() < deadline, "no checkpoint was seen being encoded while events went on"
             with open(folder / "events.jsonl", "ab") as out:
                 out.write(b"".join(lines[done:done + step]))
             done += step
-            _wait(lambda: server.metric("freshet_events_in_total") > read or not _alive(child), "events or the child")
-            # After a checkpoint was written, so that the restart restores one (the one in flight never is).
-            if server.metric("freshet_events_in_total") > read and _alive(child) and \
-                    server.metric("freshet_checkpoints_total") > 0:
-                encoder = child
-                server.kill()
-                break
+            _read_all(server, done)
+            for child in _children(server.proc.pid):
+                read = server.metric("freshet_events_in_total")
+                with open(folder / "events.jsonl", "ab") as out:
+                    out.write(b"".join(lines[done:done + step]))
+                done += step
+                _wait(lambda: server.metric("freshet_events_in_total") > read or not _alive(child),
+                      "events or the child")
+                # After a checkpoint was written, so that the restart restores one (the one in flight never is).
+                if server.metric("freshet_events_in_total") > read and _alive(child) and \
+                        server.metric("freshet_checkpoints_total") > 0:
+                    encoder = child
+                    break
+    finally:
+        server.kill()
     assert encoder is not None, "no checkpoint was seen being encoded while events went on"
     _wait(lambda: not _alive(encoder), "the encoding child to die with its process", timeout=10)
     server = Server(_spec(folder, 2, source), folder / "data", log)
