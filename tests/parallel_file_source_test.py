@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -237,6 +238,84 @@ def test_kill_and_restart_with_parallelism_2(tmp_path: Path) -> None:
     assert stored.column("seq").to_pylist() == list(range(len(events))), "an event lost or doubled"
     assert [raw.encode() for raw in stored.column("raw").to_pylist()] == \
            [lines[e.line - 1].rstrip(b"\n").rstrip(b"\r") for e in events]
+
+
+def _children(pid: int) -> set[int]:
+    """The processes `pid`'s threads forked that are still there."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found |= {int(c) for c in (task / "children").read_text().split()}
+        except OSError:  # The thread ended meanwhile (no such file, or no such process while it is reaped).
+            pass
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:  # Gone (no such file, or no such process while it is reaped).
+        return False
+
+
+def test_kill_while_a_checkpoint_is_encoded_and_the_shards_go_on(tmp_path: Path) -> None:
+    """A checkpoint's state is encoded by a forked child (state/forked_snapshot.h) while both shards go on with
+    the next events: seen here as the events read rising while that child lives. kill -9 right then: the child
+    dies with the process, and the restart (from the checkpoint before) loses no event and counts none twice;
+    tables, dead letters and lookups are the reference's. 40,000 entities, so that encoding takes a while."""
+    _require_binary()
+    generated = _generate(tmp_path / "generated.jsonl", 120000, seed=25)
+    # One user per line in turn (the generator's 300 users give a small state that encodes at once).
+    data = b"".join(re.sub(rb'"user_id":"[^"]*"', b'"user_id":"u%d"' % (n % 40000), line, count=1)
+                    for n, line in enumerate(generated.splitlines(keepends=True)))
+    spec, events, dead = _reference(tmp_path, data)
+    users, times = _users(events)[::10], _times(events)  # A sample (a request holds at most 10,000 entities).
+    lines = _lines_with_ends(data)
+    folder = tmp_path / "run"
+    source = "{type: file, path: events.jsonl, follow: true}"
+    (folder / "events.jsonl").parent.mkdir(parents=True, exist_ok=True)
+    (folder / "events.jsonl").write_bytes(b"")
+    log = folder / "run.log"
+    server = Server(_spec(folder, 2, source), folder / "data", log)
+    done, step = 0, 1000
+    encoder = None
+    deadline = time.monotonic() + SECONDS
+    try:
+        while encoder is None and done < len(lines) // 2:
+            assert time.monotonic() < deadline, "no checkpoint was seen being encoded while events went on"
+            with open(folder / "events.jsonl", "ab") as out:
+                out.write(b"".join(lines[done:done + step]))
+            done += step
+            _read_all(server, done)
+            for child in _children(server.proc.pid):
+                read = server.metric("freshet_events_in_total")
+                with open(folder / "events.jsonl", "ab") as out:
+                    out.write(b"".join(lines[done:done + step]))
+                done += step
+                _wait(lambda: server.metric("freshet_events_in_total") > read or not _alive(child),
+                      "events or the child")
+                # After a checkpoint was written, so that the restart restores one (the one in flight never is).
+                if server.metric("freshet_events_in_total") > read and _alive(child) and \
+                        server.metric("freshet_checkpoints_total") > 0:
+                    encoder = child
+                    break
+    finally:
+        server.kill()
+    assert encoder is not None, "no checkpoint was seen being encoded while events went on"
+    _wait(lambda: not _alive(encoder), "the encoding child to die with its process", timeout=10)
+    server = Server(_spec(folder, 2, source), folder / "data", log)
+    try:
+        with open(folder / "events.jsonl", "ab") as out:
+            out.write(b"".join(lines[done:]))
+        _read_all(server, len(lines))
+        lookups = _lookups(server, users, times)
+    finally:
+        assert server.terminate() == 0, log.read_text(errors="replace")
+    assert log.read_text(errors="replace").count("restored checkpoint") == 1
+    dead_letters = b"".join(p.read_bytes() for p in sorted((folder / "data" / "dead_letters").glob("*.jsonl")))
+    outcome = {"lookups": lookups, "tables": _tables(folder / "data"), "dead_letters": dead_letters}
+    _check_against_reference(spec, events, dead, data, outcome, users, times)
 
 
 def test_restore_with_another_parallelism(tmp_path: Path) -> None:

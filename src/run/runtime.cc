@@ -37,6 +37,7 @@
 #include "source/kafka_source.h"
 #include "source/ingest_log.h"
 #include "state/checkpoint.h"
+#include "state/forked_snapshot.h"
 #include "state/group_checkpoints.h"
 #include "store/redis_store.h"
 #include "run/redis_serving.h"
@@ -518,7 +519,15 @@ struct Runtime::Impl final : public FeatureService, public RebalanceListener {
   Status Restore();
   Status RecoverOffline(std::optional<std::string_view> position, std::optional<uint64_t> sequence);
   Status Checkpoint(bool wait);
-  Status WriteCheckpoint(freshet::Checkpoint& checkpoint, OfflineSink::TakenRows rows);
+  // `snapshot`: the child encoding the checkpoint's state (ForkEncoding), whose bytes go into checkpoint.engine_state.
+  Status WriteCheckpoint(freshet::Checkpoint& checkpoint, OfflineSink::TakenRows rows, ForkedSnapshot* snapshot);
+  // A child encoding the lanes' state as it is now, with each shard's size; null (with a warning, once) if the
+  // process cannot fork.
+  std::shared_ptr<ForkedSnapshot> ForkEncoding();
+  // The child's state into checkpoint.engine_state, its shard sizes and memory into the gauges.
+  Status TakeEncoding(ForkedSnapshot& snapshot, freshet::Checkpoint& checkpoint);
+  void SetShardBytes(const std::vector<size_t>& part_bytes);  // freshet_checkpoint_shard_bytes (sharded only).
+  bool fork_warned_ = false;
   Status ProcessBatch(std::vector<SourceRecord>& batch);
   void UpsertChanged();
   // The gauges of the state (entities, watermark, remembered ids): after each batch and after a restore.
@@ -714,8 +723,8 @@ Status Runtime::Impl::Open() {
                                                kDurationBucketsSeconds);
   checkpoint_bytes_ = &metrics_.GetGauge("freshet_checkpoint_size_bytes", "Size of the last checkpoint.");
   checkpoint_pause_ = &metrics_.GetGauge("freshet_checkpoint_pause_seconds",
-                                         "How long the last checkpoint stopped processing (its state settled and "
-                                         "encoded; the rest is written meanwhile).");
+                                         "How long the last checkpoint stopped processing (recent events settled, "
+                                         "the process forked; the state is encoded and written meanwhile).");
   slo_breached_ = &metrics_.GetGauge("freshet_freshness_slo_breached", "1 while the freshness SLO is breached.");
   if (spec_.freshness_slo) {
     // The p99 the SLO compares with it is computed inside (SloWindow) for /health; dashboards take it from
@@ -935,9 +944,10 @@ Status Runtime::Impl::RecoverOffline(std::optional<std::string_view> position, s
 }
 
 // A checkpoint in two halves. Here, on the processing thread (nothing moves meanwhile): the dead letters are
-// synced, the positions and the engine state copied, the offline rows taken. Then, on a background thread so
-// that processing goes on: the offline rows are written as staged Parquet files, the checkpoint (recording
-// them) is written, and the staged files are published. One checkpoint is in flight at a time; a checkpoint
+// synced, the positions copied, the engine state snapshotted (a forked child encodes it), the offline rows
+// taken. Then, on a background thread so that processing goes on: the offline rows are written as staged Parquet
+// files, the child's state is taken, the checkpoint (recording them) is written, and the staged files are
+// published. One checkpoint is in flight at a time; a checkpoint
 // due while the previous one is still being written waits for the next turn. With `wait` (shutdown) the
 // previous one is awaited and this one written before returning.
 Status Runtime::Impl::Checkpoint(bool wait) {
@@ -956,7 +966,10 @@ Status Runtime::Impl::Checkpoint(bool wait) {
     checkpoint->positions.emplace_back("tables", std::move(tables));
   }
   if (group_) checkpoint->positions.emplace_back("epochs", GroupCheckpoints::EncodeEpochs(CurrentClaims()));
-  // Sharded, each shard's state is settled and encoded on its own thread.
+  // Settled on the shards' threads (little work: Apply settles as it goes), then encoded from a copy-on-write
+  // image of the process in a forked child (state/forked_snapshot.h), so that no shard stops while the state is
+  // encoded and written: processing pauses for the settle and the fork only. If the process cannot fork, each
+  // shard encodes its part on its own thread, as before, and processing waits for that.
   std::vector<size_t> recent(lanes_.size(), 0);
   const auto settle = [&](size_t l) { recent[l] = lanes_.at(l).engine.SettleRecent(); };
   if (sharded_input_) {
@@ -965,22 +978,22 @@ Status Runtime::Impl::Checkpoint(bool wait) {
     for (size_t l = 0; l < lanes_.size(); ++l) settle(l);
   }
   recent_events_->Set(static_cast<double>(std::accumulate(recent.begin(), recent.end(), size_t{0})));
-  const PipelineLanes::RunPerLane run = RunShardsFunction();
-  std::vector<size_t> part_bytes;
-  checkpoint->engine_state = lanes_.Encode(sharded_input_ ? &run : nullptr, &part_bytes);
-  for (size_t k = 0; k < part_bytes.size() && sharded_input_; ++k) {
-    metrics_.GetGauge("freshet_checkpoint_shard_bytes", "Size of each shard's state in the last checkpoint.",
-                      {{"shard", std::to_string(k)}}).Set(static_cast<double>(part_bytes[k]));
+  std::shared_ptr<ForkedSnapshot> snapshot = ForkEncoding();
+  if (snapshot == nullptr) {
+    const PipelineLanes::RunPerLane run = RunShardsFunction();
+    std::vector<size_t> part_bytes;
+    checkpoint->engine_state = lanes_.Encode(sharded_input_ ? &run : nullptr, &part_bytes);
+    SetShardBytes(part_bytes);
+    state_bytes_->Set(static_cast<double>(lanes_.MemoryBytes()));
   }
   auto rows = std::make_shared<OfflineSink::TakenRows>();
   if (offline_ != nullptr) *rows = offline_->TakeRows();
-  state_bytes_->Set(static_cast<double>(lanes_.MemoryBytes()));
   last_checkpoint_ms_ = WallClockMs();
   seq_at_checkpoint_ = lanes_.next_offline_seq();
   checkpoint_pause_->Set(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   checkpoint_running_ = true;
-  auto write = [this, checkpoint, rows, start, cuts = CutExplains()]() {
-    Status status = WriteCheckpoint(*checkpoint, std::move(*rows));
+  auto write = [this, checkpoint, rows, start, snapshot, cuts = CutExplains()]() {
+    Status status = WriteCheckpoint(*checkpoint, std::move(*rows), snapshot.get());
     if (status.ok()) {
       console_checkpoint_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       checkpoints_total_->Increment();
@@ -1003,7 +1016,8 @@ Status Runtime::Impl::Checkpoint(bool wait) {
   return Status::Ok();
 }
 
-Status Runtime::Impl::WriteCheckpoint(freshet::Checkpoint& checkpoint, OfflineSink::TakenRows rows) {
+Status Runtime::Impl::WriteCheckpoint(freshet::Checkpoint& checkpoint, OfflineSink::TakenRows rows,
+                                     ForkedSnapshot* snapshot) {
   if (offline_ != nullptr) {
     // The rows of the events this checkpoint covers, staged; published once the checkpoint is durable. Rows
     // that cannot be staged (a full disk) stay in the sink for the next checkpoint, and this one is not
@@ -1012,6 +1026,9 @@ Status Runtime::Impl::WriteCheckpoint(freshet::Checkpoint& checkpoint, OfflineSi
     if (!staged.ok()) return Status::IoError("cannot write the offline store: " + staged.status().message());
     checkpoint.positions.emplace_back("offline", std::move(*staged));
   }
+  // A state that cannot be had (the encoding child failed) fails this checkpoint like a full disk: its rows stay
+  // staged for the next one, which encodes the state anew.
+  if (snapshot != nullptr) FRESHET_RETURN_IF_ERROR(TakeEncoding(*snapshot, checkpoint));
   FRESHET_RETURN_IF_ERROR(Store().Write(checkpoint));
   if (group_) {
     for (const auto& [name, position] : checkpoint.positions) {
@@ -1028,6 +1045,54 @@ Status Runtime::Impl::WriteCheckpoint(freshet::Checkpoint& checkpoint, OfflineSi
   // a restart restores the previous ones.
   if (!member_.active) ReleaseIngestLog(checkpoint.positions[0].second);
   return Status::Ok();
+}
+
+// The child's bytes: the lanes' state, then each shard's size, the state's memory and the count of shards (u64
+// each), at the end so that the parent cuts them off without copying the state. The memory is counted in the child
+// too: it visits every entity's every feature (0.1 s and more with 1M entities), which processing need not wait for.
+std::shared_ptr<ForkedSnapshot> Runtime::Impl::ForkEncoding() {
+  Result<std::unique_ptr<ForkedSnapshot>> forked = ForkedSnapshot::Start([this] {
+    std::vector<size_t> part_bytes;
+    std::string out = lanes_.Encode(nullptr, &part_bytes);
+    ByteWriter w(&out);
+    for (size_t n : part_bytes) w.PutU64(n);
+    w.PutU64(lanes_.MemoryBytes());
+    w.PutU64(part_bytes.size());
+    return out;
+  });
+  if (forked.ok()) return std::shared_ptr<ForkedSnapshot>(std::move(*forked));
+  if (!fork_warned_) {
+    std::fprintf(stderr, "freshet run: warning: %s; checkpoints stop processing while the state is encoded\n",
+                 forked.status().message().c_str());
+    fork_warned_ = true;
+  }
+  return nullptr;
+}
+
+Status Runtime::Impl::TakeEncoding(ForkedSnapshot& snapshot, freshet::Checkpoint& checkpoint) {
+  FRESHET_ASSIGN_OR_RETURN(std::string bytes, snapshot.Wait());
+  auto u64_at = [&](size_t end) {  // The u64 that starts `end` bytes before the end.
+    uint64_t v = 0;
+    ByteReader(std::string_view(bytes).substr(bytes.size() - end, 8)).ReadU64(&v);
+    return v;
+  };
+  const uint64_t parts = bytes.size() >= 16 ? u64_at(8) : UINT64_MAX;
+  if (parts > (bytes.size() - 16) / 8) return Status::Internal("the encoded state has no shard sizes at its end");
+  const size_t trailer = 8 * (parts + 2);
+  std::vector<size_t> part_bytes;
+  for (uint64_t k = 0; k < parts; ++k) part_bytes.push_back(static_cast<size_t>(u64_at(trailer - 8 * k)));
+  state_bytes_->Set(static_cast<double>(u64_at(16)));
+  bytes.resize(bytes.size() - trailer);
+  checkpoint.engine_state = std::move(bytes);
+  SetShardBytes(part_bytes);
+  return Status::Ok();
+}
+
+void Runtime::Impl::SetShardBytes(const std::vector<size_t>& part_bytes) {
+  for (size_t k = 0; k < part_bytes.size() && sharded_input_; ++k) {
+    metrics_.GetGauge("freshet_checkpoint_shard_bytes", "Size of each shard's state in the last checkpoint.",
+                      {{"shard", std::to_string(k)}}).Set(static_cast<double>(part_bytes[k]));
+  }
 }
 
 void Runtime::Impl::ReleaseIngestLog(const std::string& source_position) {
