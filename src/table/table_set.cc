@@ -171,6 +171,9 @@ class KeyMap {
     const char* at = reinterpret_cast<const char*>(&slots_[hash & mask_]);
     // The hash, the key and the newest version's valid_from and first cells: the first 3 cache lines of the slot.
     for (size_t line = 0; line < std::min<size_t>(sizeof(Slot), 192); line += 64) __builtin_prefetch(at + line);
+    // GCC counts __builtin_prefetch as no side effect, so it found this function pure and deleted its calls (GCC
+    // 12, -O2: no prefetch was issued at all until this line); the volatile asm is a side effect it keeps.
+    asm volatile("");
   }
   size_t size() const { return size_; }
   size_t capacity() const { return slots_.size(); }
@@ -434,6 +437,22 @@ void TableSet::Prefetch(std::string_view line) const {
     const Table& table = impl_->tables[static_cast<size_t>(t)];
     if (table.on.empty()) continue;
     if (std::optional<std::string_view> key = RawKey(line, table.on)) table.versions.Prefetch(KeyMap::Hash(*key));
+  }
+}
+
+void TablePrefetchStream::Before(std::string_view unread, uint64_t unread_offset) {
+  if (ahead_ > 0) --ahead_;  // The line just read was one of them.
+  if (prefetched_end_ < unread_offset) {  // Its line was not prefetched (the start, or it was not in memory yet).
+    prefetched_end_ = unread_offset;
+    ahead_ = 0;
+  }
+  while (ahead_ < kTablePrefetchAhead) {
+    const std::string_view rest = unread.substr(prefetched_end_ - unread_offset);
+    const size_t newline = rest.find('\n');
+    if (newline == std::string_view::npos) return;
+    tables_.Prefetch(rest.substr(0, newline));
+    prefetched_end_ += newline + 1;
+    ++ahead_;
   }
 }
 
