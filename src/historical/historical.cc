@@ -214,11 +214,10 @@ Status FeedJsonLines(const std::string& path, PointInTimeJoin& join, ProgressLin
   FRESHET_RETURN_IF_ERROR(reader.Open(path));
   Line line;
   const TableSet* tables = join.TablesPrefetchedByCaller();
-  std::optional<TablePrefetchStream> prefetch;
-  if (tables != nullptr) prefetch.emplace(*tables);
+  PrefetchStreamAhead prefetch([tables](std::string_view coming) { tables->Prefetch(coming); });
   while (reader.Next(&line)) {
     join.AddTablesUpTo(0);
-    if (prefetch) prefetch->Before(reader.Unread(), reader.bytes_consumed());
+    if (tables != nullptr) prefetch.Before(reader.Unread(), reader.bytes_consumed());
     join.Feed(line.text, line.capacity, line.number, line.too_long);
     if ((stats.events_read & 0xFFFF) == 0) progress.Update(stats.events_read, reader.bytes_consumed(), reader.file_size());
   }

@@ -1171,8 +1171,8 @@ void Runtime::Impl::ProcessShard(size_t shard, std::span<const SourceRecord> rec
   const TableSet* tables = table_feed_ != nullptr && !spec_.joins.empty() ? &table_feed_->tables() : nullptr;
   for (size_t k = 0; k < records.size(); ++k) {
     if (tables != nullptr) {
-      PrefetchTablesAhead(*tables, 0, k, records.size(), [&](size_t j) {
-        return lane_of[j] % shards_.size() == shard ? records[j].text : std::string_view();
+      PrefetchAhead(0, k, records.size(), [&](size_t j) {
+        if (lane_of[j] % shards_.size() == shard) tables->Prefetch(records[j].text);
       });
     }
     if (lane_of[k] % shards_.size() != shard) continue;

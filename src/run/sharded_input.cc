@@ -108,7 +108,7 @@ void ShardedInput::Parse(size_t shard, std::span<const SourceRecord> records) {
   const size_t begin = records.size() * shard / shards_.size();
   const size_t end = records.size() * (shard + 1) / shards_.size();
   for (size_t k = begin; k < end; ++k) {
-    if (tables_ != nullptr) PrefetchTablesAhead(*tables_, begin, k, end, [&](size_t j) { return records[j].text; });
+    if (tables_ != nullptr) PrefetchAhead(begin, k, end, [&](size_t j) { tables_->Prefetch(records[j].text); });
     Parsed& p = parsed_[k];
     const SourceRecord& record = records[k];
     p.ok = !record.too_long && s.parser.Parse(record.text, record.capacity, &s.event, &p.reason);

@@ -440,22 +440,6 @@ void TableSet::Prefetch(std::string_view line) const {
   }
 }
 
-void TablePrefetchStream::Before(std::string_view unread, uint64_t unread_offset) {
-  if (ahead_ > 0) --ahead_;  // The line just read was one of them.
-  if (prefetched_end_ < unread_offset) {  // Its line was not prefetched (the start, or it was not in memory yet).
-    prefetched_end_ = unread_offset;
-    ahead_ = 0;
-  }
-  while (ahead_ < kTablePrefetchAhead) {
-    const std::string_view rest = unread.substr(prefetched_end_ - unread_offset);
-    const size_t newline = rest.find('\n');
-    if (newline == std::string_view::npos) return;
-    tables_.Prefetch(rest.substr(0, newline));
-    prefetched_end_ += newline + 1;
-    ++ahead_;
-  }
-}
-
 size_t TableSet::Prune(int64_t horizon_ms) {
   if (horizon_ms == std::numeric_limits<int64_t>::min()) return 0;
   size_t dropped = 0;

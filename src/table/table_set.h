@@ -18,6 +18,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/bytes.h"
@@ -57,7 +58,7 @@ class TableSet {
   bool Add(size_t table, const TableRow& row, int64_t newest_event_ms);
 
   // Starts fetching into the cache what Fill will read for the event in raw JSON `line` (a large table's lookup
-  // misses the cache). Called some events ahead of the line's parse (TablePrefetchAhead), so that the memory
+  // misses the cache). Called some events ahead of the line's parse (PrefetchAhead), so that the memory
   // access overlaps the work on the events before it: one parse is shorter than the miss.
   void Prefetch(std::string_view line) const;
 
@@ -90,27 +91,46 @@ class TableSet {
 // tracks (its line fill buffers).
 inline constexpr size_t kTablePrefetchAhead = 8;
 
-// Before line k of lines [begin, end) is processed, in order: prefetches the table slots of line k +
-// kTablePrefetchAhead (at k == begin, of every line up to it). `text_of(j)` is line j's raw JSON. A prefetch is
-// only a hint: a version added between the prefetch and the line's parse changes nothing the line sees.
-template <typename TextOf>
-void PrefetchTablesAhead(const TableSet& tables, size_t begin, size_t k, size_t end, TextOf text_of) {
+// Before line k of lines [begin, end) is processed, in order: calls prefetch_line(j) for the lines whose table
+// slots are due now, j = k + kTablePrefetchAhead (at k == begin, every line up to it), so that each line's are
+// asked for once, kTablePrefetchAhead lines before it. prefetch_line is TableSet::Prefetch of line j's raw JSON. A
+// prefetch is only a hint: a version added between it and the line's parse changes nothing the line sees.
+template <typename PrefetchLine>
+void PrefetchAhead(size_t begin, size_t k, size_t end, PrefetchLine prefetch_line) {
   for (size_t j = k == begin ? k : k + kTablePrefetchAhead; j <= k + kTablePrefetchAhead && j < end; ++j) {
-    tables.Prefetch(text_of(j));
+    prefetch_line(j);
   }
 }
 
-// The same for lines read one at a time from a stream (LineReader), whose coming lines are partly in memory.
-class TablePrefetchStream {
+// The same for lines read one at a time from a stream (LineReader), of which the coming ones are partly in memory.
+// prefetch(line) is TableSet::Prefetch.
+template <typename Prefetch>
+class PrefetchStreamAhead {
  public:
-  explicit TablePrefetchStream(const TableSet& tables) : tables_(tables) {}
+  explicit PrefetchStreamAhead(Prefetch prefetch) : prefetch_(std::move(prefetch)) {}
+
   // Before the line just read is processed: `unread` holds the bytes after it, which start at stream offset
-  // `unread_offset` (LineReader::Unread, bytes_consumed). Prefetches the coming lines not yet prefetched, up to
-  // kTablePrefetchAhead ahead, as far as `unread` holds whole lines.
-  void Before(std::string_view unread, uint64_t unread_offset);
+  // `unread_offset` (LineReader::Unread, bytes_consumed). Prefetches for the coming lines not yet prefetched, up
+  // to kTablePrefetchAhead ahead, as far as `unread` holds whole lines (after a refill, the first lines of the new
+  // bytes may go without).
+  void Before(std::string_view unread, uint64_t unread_offset) {
+    if (ahead_ > 0) --ahead_;  // The line just read was one of them.
+    if (prefetched_end_ < unread_offset) {  // It was not prefetched (the start, or not in memory yet then).
+      prefetched_end_ = unread_offset;
+      ahead_ = 0;
+    }
+    while (ahead_ < kTablePrefetchAhead) {
+      const std::string_view rest = unread.substr(prefetched_end_ - unread_offset);
+      const size_t newline = rest.find('\n');
+      if (newline == std::string_view::npos) return;
+      prefetch_(rest.substr(0, newline));
+      prefetched_end_ += newline + 1;
+      ++ahead_;
+    }
+  }
 
  private:
-  const TableSet& tables_;
+  Prefetch prefetch_;
   uint64_t prefetched_end_ = 0;  // Stream offset just past the last line prefetched.
   size_t ahead_ = 0;             // Lines prefetched and not yet read.
 };
