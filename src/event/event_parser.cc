@@ -81,6 +81,7 @@ struct EventParser::Impl {
   std::string padded;  // For ParseCopy.
   std::vector<FieldRegistry::Derived> derived;
   const TableSet* tables = nullptr;
+  bool prefetch_at_parse = false;  // Tables given, and the caller does not prefetch ahead.
   const FieldRegistry* fields = nullptr;
   const EventLookups* lookups = nullptr;
 };
@@ -164,7 +165,7 @@ bool EventParser::Parse(std::string_view line, size_t capacity, ParsedEvent* eve
     *reason = "empty line; each line must be one JSON object";
     return false;
   }
-  if (impl.tables != nullptr) impl.tables->Prefetch(line);  // Overlaps the table's cache misses with the parse.
+  if (impl.prefetch_at_parse) impl.tables->Prefetch(line);  // Overlaps the table's cache misses with the parse.
   simdjson::dom::element root;
   auto error = impl.parser.parse(reinterpret_cast<const uint8_t*>(line.data()), line.size(), false).get(root);
   (void)capacity;
@@ -233,7 +234,10 @@ bool EventParser::Parse(std::string_view line, size_t capacity, ParsedEvent* eve
   return true;
 }
 
-void EventParser::SetTables(const TableSet* tables) { impl_->tables = tables; }
+void EventParser::SetTables(const TableSet* tables, bool prefetched_by_caller) {
+  impl_->tables = tables;
+  impl_->prefetch_at_parse = tables != nullptr && !prefetched_by_caller;
+}
 void EventParser::SetLookups(const EventLookups* lookups) { impl_->lookups = lookups; }
 
 bool EventParser::ParseCopy(std::string_view line, ParsedEvent* event, std::string* reason) {

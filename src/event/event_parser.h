@@ -61,7 +61,9 @@ class EventParser {
 
   // The reference tables that fill the joined fields (FieldRegistry::joined) of each parsed event, before the
   // derived fields are computed; null (the default): joined fields stay missing. Not owned.
-  void SetTables(const TableSet* tables);
+  // `prefetched_by_caller`: the caller prefetches each line's table slots some lines ahead (PrefetchAhead in
+  // table/table_set.h), so Parse does not prefetch them again at its start (too late to help, and not free).
+  void SetTables(const TableSet* tables, bool prefetched_by_caller = false);
   // The answers of the spec's lookups for the next events parsed (FieldRegistry::looked_up() slots), set before
   // each Parse; null: looked-up fields stay missing. Not owned; must outlive the Parse.
   void SetLookups(const EventLookups* lookups);

@@ -43,6 +43,10 @@ class LineReader {
   uint64_t bytes_consumed() const { return consumed_offset_; }
   uint64_t file_size() const { return file_size_; }
 
+  // The bytes read from the file but not yet returned as lines (they start at file offset bytes_consumed()),
+  // valid until the next Next: lets a caller look at the coming lines, e.g. to prefetch what they will need.
+  std::string_view Unread() const { return std::string_view(buffer_.data() + begin_, end_ - begin_); }
+
  private:
   bool Fill();
 

@@ -139,6 +139,13 @@ class PointInTimeJoin {
   // Adds the reference-table versions that arrived before the event numbered `seq` (see TableReplay).
   void AddTablesUpTo(int64_t seq) { replay_.AddUpTo(tables_, seq); }
   void SetTableReplay(TableReplay replay) { replay_ = std::move(replay); }
+  // For a caller that prefetches the joined tables' slots of the coming lines (table/table_set.h): the tables, or
+  // null when the spec joins none. The parser then no longer prefetches at the start of each parse.
+  const TableSet* TablesPrefetchedByCaller() {
+    if (engine_.spec().joins.empty()) return nullptr;
+    parser_.SetTables(&tables_, /*prefetched_by_caller=*/true);
+    return &tables_;
+  }
   const Spec& spec() const { return engine_.spec(); }
 
   // End of input: every event is final.
@@ -206,8 +213,11 @@ Status FeedJsonLines(const std::string& path, PointInTimeJoin& join, ProgressLin
   LineReader reader;
   FRESHET_RETURN_IF_ERROR(reader.Open(path));
   Line line;
+  const TableSet* tables = join.TablesPrefetchedByCaller();
+  PrefetchStreamAhead prefetch([tables](std::string_view coming) { tables->Prefetch(coming); });
   while (reader.Next(&line)) {
     join.AddTablesUpTo(0);
+    if (tables != nullptr) prefetch.Before(reader.Unread(), reader.bytes_consumed());
     join.Feed(line.text, line.capacity, line.number, line.too_long);
     if ((stats.events_read & 0xFFFF) == 0) progress.Update(stats.events_read, reader.bytes_consumed(), reader.file_size());
   }

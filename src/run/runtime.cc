@@ -1235,7 +1235,14 @@ std::map<int32_t, uint64_t> Runtime::Impl::CurrentClaims() {
 void Runtime::Impl::ProcessShard(size_t shard, std::span<const SourceRecord> records, std::span<const uint32_t> lane_of,
                                  int64_t wall_ms, ShardOutput& out) {
   const bool partitioned = lanes_.partitioned();
+  // Joined tables: their slots for this shard's records are prefetched some records ahead (table/table_set.h).
+  const TableSet* tables = table_feed_ != nullptr && !spec_.joins.empty() ? &table_feed_->tables() : nullptr;
   for (size_t k = 0; k < records.size(); ++k) {
+    if (tables != nullptr) {
+      PrefetchAhead(0, k, records.size(), [&](size_t j) {
+        if (lane_of[j] % shards_.size() == shard) tables->Prefetch(records[j].text);
+      });
+    }
     if (lane_of[k] % shards_.size() != shard) continue;
     const SourceRecord& record = records[k];
     PipelineLanes::Lane& lane = lanes_.at(lane_of[k]);

@@ -5,6 +5,7 @@
 
 #include "common/status.h"
 #include "run/event_path.h"
+#include "table/table_set.h"
 
 namespace freshet {
 
@@ -74,7 +75,8 @@ ShardedInput::ShardedInput(const Spec& spec, PipelineLanes& lanes, PipelineLanes
 ShardedInput::~ShardedInput() = default;
 
 void ShardedInput::SetTables(const TableSet* tables) {
-  for (auto& shard : shards_) shard->parser.SetTables(tables);
+  tables_ = tables;
+  for (auto& shard : shards_) shard->parser.SetTables(tables, /*prefetched_by_caller=*/true);
 }
 
 void ShardedInput::Process(std::span<const SourceRecord> records, int64_t wall_ms, bool track_changed,
@@ -106,6 +108,7 @@ void ShardedInput::Parse(size_t shard, std::span<const SourceRecord> records) {
   const size_t begin = records.size() * shard / shards_.size();
   const size_t end = records.size() * (shard + 1) / shards_.size();
   for (size_t k = begin; k < end; ++k) {
+    if (tables_ != nullptr) PrefetchAhead(begin, k, end, [&](size_t j) { tables_->Prefetch(records[j].text); });
     Parsed& p = parsed_[k];
     const SourceRecord& record = records[k];
     p.ok = !record.too_long && s.parser.Parse(record.text, record.capacity, &s.event, &p.reason);

@@ -75,6 +75,7 @@ class ShardedInput {
   PipelineLanes& lanes_;
   PipelineLanes::RunPerLane run_;
   OfflineSink* offline_ = nullptr;
+  const TableSet* tables_ = nullptr;  // Joined; the parse step prefetches their slots some records ahead.
   std::vector<Parsed> parsed_;  // Per record of the chunk.
   std::vector<std::unique_ptr<Shard>> shards_;
   uint64_t first_seq_ = 0;  // The chunk's first accepted event's seq.

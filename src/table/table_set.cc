@@ -180,6 +180,9 @@ class KeyMap {
     const char* at = reinterpret_cast<const char*>(&slots_[hash & mask_]);
     // The hash, the key and the newest version's valid_from and first cells: the first 3 cache lines of the slot.
     for (size_t line = 0; line < std::min<size_t>(sizeof(Slot), 192); line += 64) __builtin_prefetch(at + line);
+    // GCC counts __builtin_prefetch as no side effect, so it found this function pure and deleted its calls (GCC
+    // 12, -O2: no prefetch was issued at all until this line); the volatile asm is a side effect it keeps.
+    asm volatile("");
   }
   size_t size() const { return size_; }
   size_t capacity() const { return slots_.size(); }

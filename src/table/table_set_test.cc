@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "event/event_parser.h"
+#include "event/line_reader.h"
 #include "table/table_file.h"
 
 namespace freshet {
@@ -114,6 +115,79 @@ TEST(TableSetTest, AnEventSeesTheGreatestValidFromAtOrBeforeItsTime) {
   EXPECT_EQ(Field(spec, tables, R"({"user":"a","ts":2000})", "profiles.segment", &keep).s, "new");
   EXPECT_EQ(tables.versions(0), 2u);
   EXPECT_EQ(tables.keys(0), 1u);
+}
+
+// A version that arrives after an event's line was prefetched but before it is parsed (between two events of one
+// batch) is what the event sees, also when the arrival grows the key map and moves every slot.
+TEST(TableSetTest, AVersionArrivingAfterTheLineWasPrefetchedIsSeen) {
+  const Spec spec = LoadTestSpec();
+  TableSet tables(spec);
+  const int64_t none = std::numeric_limits<int64_t>::min();
+  tables.Add(0, Row(spec, 0, R"({"user_id":"a","updated_at":1000,"segment":"basic"})"), none);
+  const std::string first = R"({"user":"a","ts":2000})", second = R"({"user":"a","ts":2001})";
+  tables.Prefetch(first);
+  tables.Prefetch(second);
+  std::string keep;
+  EXPECT_EQ(Field(spec, tables, first, "profiles.segment", &keep).s, "basic");
+  tables.Add(0, Row(spec, 0, R"({"user_id":"a","updated_at":2001,"segment":"vip"})"), 2000);
+  for (int k = 0; k < 100; ++k) {  // Grows the map: the prefetched slot is no longer where "a" lives.
+    tables.Add(0, Row(spec, 0, R"({"user_id":"k)" + std::to_string(k) + R"(","updated_at":1})"), 2000);
+  }
+  EXPECT_EQ(Field(spec, tables, second, "profiles.segment", &keep).s, "vip");
+  EXPECT_EQ(Field(spec, tables, first, "profiles.segment", &keep).s, "basic");
+}
+
+// Over a batch of lines each line is prefetched once, kTablePrefetchAhead lines before it is processed (the
+// first ones at the batch's start).
+TEST(TablePrefetchTest, EachLineOfABatchIsPrefetchedOnceAheadOfIt) {
+  for (size_t n : {0u, 1u, 5u, 9u, 40u}) {
+    const size_t begin = 2, end = begin + n;
+    std::vector<int> times(end, 0);
+    for (size_t k = begin; k < end; ++k) {
+      PrefetchAhead(begin, k, end, [&](size_t j) {
+        ASSERT_GE(j, k);
+        ASSERT_LE(j, k + kTablePrefetchAhead);
+        EXPECT_TRUE(k == begin || j == k + kTablePrefetchAhead) << "line " << j << " asked for late, at " << k;
+        ++times[j];
+      });
+    }
+    for (size_t j = begin; j < end; ++j) EXPECT_EQ(times[j], 1) << "line " << j << " of " << n;
+  }
+}
+
+// Lines read from a file of more than one read buffer: each coming line is prefetched at most once, in order,
+// before it is read and at most kTablePrefetchAhead lines ahead; only lines at a refill may go without.
+TEST(TablePrefetchTest, LinesOfAStreamArePrefetchedOnceAheadOfThem) {
+  const std::string path = (std::filesystem::temp_directory_path() / "freshet_prefetch_stream_test.jsonl").string();
+  const size_t lines = 120000;  // About 7 MB: the reader refills its 4 MB buffer.
+  {
+    std::ofstream out(path);
+    for (size_t k = 1; k <= lines; ++k) {
+      out << R"({"user":"u)" << k << R"(","ts":)" << k << R"(,"pad":")" << std::string(k % 40, 'x') << "\"}\n";
+    }
+  }
+  LineReader reader;
+  ASSERT_TRUE(reader.Open(path).ok());
+  std::vector<size_t> prefetched;  // Line numbers, in the order prefetched.
+  PrefetchStreamAhead prefetch([&](std::string_view line) {
+    const size_t at = line.find("\"ts\":") + 5;
+    prefetched.push_back(std::stoul(std::string(line.substr(at, line.find(',', at) - at))));
+  });
+  Line line;
+  size_t read = 0;
+  while (reader.Next(&line)) {
+    ++read;
+    const size_t before = prefetched.size();
+    prefetch.Before(reader.Unread(), reader.bytes_consumed());
+    for (size_t k = before; k < prefetched.size(); ++k) {
+      ASSERT_GT(prefetched[k], read) << "prefetched after it was read";
+      ASSERT_LE(prefetched[k], read + kTablePrefetchAhead);
+      ASSERT_TRUE(k == 0 || prefetched[k] > prefetched[k - 1]) << "twice or out of order: " << prefetched[k];
+    }
+  }
+  EXPECT_EQ(read, lines);
+  EXPECT_GE(prefetched.size(), lines - 3 * (kTablePrefetchAhead + 1));  // The first line and refills may miss.
+  std::filesystem::remove(path);
 }
 
 TEST(TableSetTest, WithoutValidFromTheLatestArrivalWinsAndIntegerKeysReadAsText) {
