@@ -176,8 +176,10 @@ struct EventParser::Impl {
   struct SharedSlot {
     int slot;
     int shared_slot;
+    FieldSchema schema;  // The slot's, for its from_string.
   };
   std::vector<SharedSlot> shared_slots;
+  int entity_shared_slot = -1;
 };
 
 EventParser::EventParser(const FieldRegistry& fields) : impl_(std::make_unique<Impl>()) {
@@ -326,8 +328,17 @@ void EventParser::MapSharedSlots(const SharedLines& lines) {
     if (impl.fields->is_computed(static_cast<int>(slot))) continue;
     const int shared_slot = lines.impl_->SlotOf(impl.paths[slot]);
     FRESHET_CHECK(shared_slot >= 0);  // `lines` was built without this parser's registry.
-    impl.shared_slots.push_back({static_cast<int>(slot), shared_slot});
+    impl.shared_slots.push_back({static_cast<int>(slot), shared_slot, impl.fields->schema(slot)});
+    if (slot == kEntitySlot) impl.entity_shared_slot = shared_slot;
   }
+}
+
+bool EventParser::SharedLineLacksEntity(const SharedLines& lines, size_t index) {
+  Impl& impl = *impl_;
+  if (impl.shared != &lines) MapSharedSlots(lines);
+  const SharedLines::Impl::Line& line = lines.impl_->lines[index];
+  return impl.key_slots.empty() && impl.entity_shared_slot >= 0 && line.read == SharedLines::Impl::Read::kObject &&
+         lines.impl_->values[line.first_value + static_cast<size_t>(impl.entity_shared_slot)].is_missing();
 }
 
 bool EventParser::ParseShared(const SharedLines& lines, size_t index, ParsedEvent* event, std::string* reason) {
@@ -345,7 +356,7 @@ bool EventParser::ParseShared(const SharedLines& lines, size_t index, ParsedEven
   event->slots.assign(impl.paths.size(), Value::Missing());
   const Value* values = lines.impl_->values.data() + line.first_value;
   for (const Impl::SharedSlot& s : impl.shared_slots) {
-    event->slots[static_cast<size_t>(s.slot)] = ReadAs(impl.fields->schema(static_cast<size_t>(s.slot)), values[s.shared_slot]);
+    event->slots[static_cast<size_t>(s.slot)] = ReadAs(s.schema, values[s.shared_slot]);
   }
   return Complete(event, reason);
 }

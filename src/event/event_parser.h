@@ -75,6 +75,9 @@ class EventParser {
   // parser's fields from there, so the event and the reason of a rejection are the ones Parse gives for the line.
   // `lines` must have been built with this parser's FieldRegistry among its registries.
   bool ParseShared(const SharedLines& lines, size_t index, ParsedEvent* event, std::string* reason);
+  // Whether line `index` of `lines` is a JSON object without this parser's entity field (a single-field key):
+  // answered from the shared reading, without filling an event (a feature set skips another set's events so).
+  bool SharedLineLacksEntity(const SharedLines& lines, size_t index);
 
  private:
   // After the fields are read: the entity and timestamp checked, then joined, looked-up and derived fields.

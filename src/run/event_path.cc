@@ -123,6 +123,8 @@ EventPath::Outcome EventPath::Process(std::string_view text, size_t capacity, in
 EventPath::Outcome EventPath::ProcessShared(const SharedLines& lines, size_t index, std::string_view text,
                                             int64_t wall_ms, const RecordPlace* place) {
   ++counters_.lines_read;
+  // Most lines of a set keyed by another field are other sets' events: skipped before any field is copied.
+  if (skip_without_entity_ && parser_.SharedLineLacksEntity(lines, index)) return Outcome::kNotForSet;
   if (skip_without_entity_) event_.slots.clear();  // As in Process.
   return AfterParse(parser_.ParseShared(lines, index, &event_, &reason_), text, wall_ms, place);
 }
