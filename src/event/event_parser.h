@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -26,6 +27,7 @@ namespace freshet {
 
 class TableSet;
 struct EventLookups;
+class SharedLines;
 
 // Bytes that must be readable past the end of a line given to EventParser::Parse (simdjson reads ahead).
 inline constexpr size_t kParsePaddingBytes = 64;
@@ -71,11 +73,47 @@ class EventParser {
   // Convenience for tests and small inputs: copies `line` into a padded buffer first.
   bool ParseCopy(std::string_view line, ParsedEvent* event, std::string* reason);
 
+  // Like Parse, for line `index` of `lines`, whose JSON was read once for every parser (SharedLines): takes this
+  // parser's fields from there, so the event and the reason of a rejection are the ones Parse gives for the line.
+  // `lines` must have been built with this parser's FieldRegistry among its registries.
+  bool ParseShared(const SharedLines& lines, size_t index, ParsedEvent* event, std::string* reason);
+  // Whether line `index` of `lines` is a JSON object without this parser's entity field (a single-field key):
+  // answered from the shared reading, without filling an event (a feature set skips another set's events so).
+  bool SharedLineLacksEntity(const SharedLines& lines, size_t index);
+
  private:
+  // After the fields are read: the entity and timestamp checked, then joined, looked-up and derived fields.
+  bool Complete(ParsedEvent* event, std::string* reason);
+  std::string NotAnObjectReason() const;
+  // This parser's slots as slots of `lines` (the first ParseShared of a SharedLines maps them).
+  void MapSharedSlots(const SharedLines& lines);
   // A composite key: its parts (strings or integers as text) encoded into event->entity, or false with the
   // reason naming the part that is missing or not a key.
   bool EncodeCompositeKey(ParsedEvent* event, std::string* reason);
   std::string KeyFieldList() const;  // "user_id, merchant_id"
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Lines whose JSON is read once for several parsers (several feature sets over one source, run/feature_sets.h):
+// each line is parsed once and the fields that any of the parsers' registries reads are kept, so that each
+// EventParser takes its own from there (ParseShared) instead of parsing the line again. A field's `from_string`
+// is each parser's own (applied by ParseShared). Strings are copied out of the JSON parser, so every line added
+// since the last Clear stays readable. Not thread-safe while adding; reading (ParseShared) may be concurrent.
+class SharedLines {
+ public:
+  explicit SharedLines(std::span<const FieldRegistry* const> registries);
+  ~SharedLines();
+  SharedLines(const SharedLines&) = delete;
+  SharedLines& operator=(const SharedLines&) = delete;
+
+  void Clear();
+  // Reads `line`, of which `capacity` >= line.size() + kParsePaddingBytes bytes are readable, as the next line.
+  void Add(std::string_view line, size_t capacity);
+  size_t size() const;
+
+ private:
+  friend class EventParser;
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

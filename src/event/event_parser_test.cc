@@ -230,5 +230,60 @@ TEST(DeadLetters, EscapesAndReplacesInvalidUtf8) {
   EXPECT_EQ(out, "a\\\"b\\\\c\\n\\u0001 \xc3\xa9 \xEF\xBF\xBD");
 }
 
+
+// Several feature sets read each line once (SharedLines); each parser must then give exactly what its own Parse
+// gives: the same fields in its own slots, its own from_string, the same rejections and reasons. Lines of every
+// kind, and enough of them (one with a string longer than an arena block) that the copied strings span blocks.
+TEST(SharedLines, EachParserGetsWhatItsOwnParseGives) {
+  FieldRegistry users, merchants;
+  for (const char* path : {"user_id", "ts", "amount", "device.os", "tags"}) users.Intern(path);
+  users.SetSchema(2, FieldSchema{FieldType::kNumber, /*from_string=*/true});
+  for (const char* path : {"merchant_id", "ts", "device", "amount", "note"}) merchants.Intern(path);
+  std::vector<std::string> lines = {
+      R"({"user_id":"u1","merchant_id":"m1","ts":5,"amount":"12.5","device":{"os":"ios"},"note":"a"})",
+      R"({"user_id":7,"ts":"2026-01-01T00:00:00Z","amount":3,"amount":"4","device":"flat"})",
+      R"({"merchant_id":"m2","ts":6,"amount":1e3,"device":{"os":null},"tags":[1,2]})",
+      R"({"user_id":"u1","ts":)", "[1,2]", "   ", R"({"user_id":"","merchant_id":2.5,"ts":true})",
+      R"({"user_id":"u\"q","merchant_id":"m\u00e9","ts":9,"note":")" + std::string(300 << 10, 'x') + R"("})"};
+  std::mt19937 rng(15);
+  for (int k = 0; k < 3000; ++k) {
+    lines.push_back(R"({"user_id":"u)" + std::to_string(rng() % 50) + R"(","merchant_id":"m)" +
+                    std::to_string(rng() % 9) + R"(","ts":)" + std::to_string(1000 + k) + R"(,"amount":")" +
+                    std::to_string(rng() % 900) + R"(","note":"n)" + std::to_string(k) + R"("})");
+  }
+  const FieldRegistry* registries[] = {&users, &merchants};
+  SharedLines shared(registries);
+  std::vector<std::string> padded;
+  for (const std::string& line : lines) padded.push_back(line + std::string(kParsePaddingBytes, '\0'));
+  for (const std::string& p : padded) shared.Add(std::string_view(p.data(), p.size() - kParsePaddingBytes), p.size());
+  ASSERT_EQ(shared.size(), lines.size());
+  for (const FieldRegistry* fields : registries) {
+    EventParser alone(*fields), sharing(*fields);
+    for (size_t k = 0; k < lines.size(); ++k) {
+      ParsedEvent a, b;
+      std::string why_a, why_b;
+      const bool parsed = alone.ParseCopy(lines[k], &a, &why_a);
+      ASSERT_EQ(sharing.ParseShared(shared, k, &b, &why_b), parsed) << k;
+      EXPECT_EQ(sharing.SharedLineLacksEntity(shared, k), !parsed && !a.slots.empty() && a.slots[kEntitySlot].is_missing()) << k;
+      if (!parsed) {
+        EXPECT_EQ(why_b, why_a) << k;
+        continue;
+      }
+      EXPECT_EQ(b.entity, a.entity) << k;
+      EXPECT_EQ(b.time_ms, a.time_ms) << k;
+      ASSERT_EQ(b.slots.size(), a.slots.size());
+      for (size_t slot = 0; slot < a.slots.size(); ++slot) {
+        const Value &x = a.slots[slot], &y = b.slots[slot];
+        EXPECT_EQ(y.type, x.type) << k << " " << fields->paths()[slot];
+        if (x.type == ValueType::kString) {
+          EXPECT_EQ(y.s, x.s) << k;
+        } else if (x.is_number()) {
+          EXPECT_EQ(y.as_double(), x.as_double()) << k;
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace freshet

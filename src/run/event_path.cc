@@ -117,7 +117,21 @@ EventPath::Outcome EventPath::Process(std::string_view text, size_t capacity, in
   ++counters_.lines_read;
   // Parse fills the slots only once the line is a JSON object: cleared, an unfilled entity slot is not stale.
   if (skip_without_entity_) event_.slots.clear();
-  if (!parser_.Parse(text, capacity, &event_, &reason_)) {
+  return AfterParse(parser_.Parse(text, capacity, &event_, &reason_), text, wall_ms, place);
+}
+
+EventPath::Outcome EventPath::ProcessShared(const SharedLines& lines, size_t index, std::string_view text,
+                                            int64_t wall_ms, const RecordPlace* place) {
+  ++counters_.lines_read;
+  // Most lines of a set keyed by another field are other sets' events: skipped before any field is copied.
+  if (skip_without_entity_ && parser_.SharedLineLacksEntity(lines, index)) return Outcome::kNotForSet;
+  if (skip_without_entity_) event_.slots.clear();  // As in Process.
+  return AfterParse(parser_.ParseShared(lines, index, &event_, &reason_), text, wall_ms, place);
+}
+
+EventPath::Outcome EventPath::AfterParse(bool parsed, std::string_view text, int64_t wall_ms,
+                                         const RecordPlace* place) {
+  if (!parsed) {
     if (skip_without_entity_ && event_.slots.size() > kEntitySlot && event_.slots[kEntitySlot].is_missing()) {
       return Outcome::kNotForSet;
     }

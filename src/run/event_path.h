@@ -66,6 +66,10 @@ class EventPath {
   // `wall_ms` stamps the offline rows (ingest and processing time).
   // `place`: the record's partition and offset (a Kafka source), for the events table.
   Outcome Process(std::string_view text, size_t capacity, int64_t wall_ms, const RecordPlace* place = nullptr);
+  // Like Process, for `text` read already as line `index` of `lines` (several feature sets share one reading of
+  // each line; EventParser::ParseShared).
+  Outcome ProcessShared(const SharedLines& lines, size_t index, std::string_view text, int64_t wall_ms,
+                        const RecordPlace* place = nullptr);
 
   void SetOfflineSink(OfflineSink* offline) { offline_ = offline; }
   // One feature set of several after the first (run/feature_sets.h): a line that parses but has no entity field
@@ -112,6 +116,8 @@ class EventPath {
 
  private:
   FeatureEngine& engine_;
+  // Process after parsing: `parsed` says whether the line is an event (else reason_ says why not).
+  Outcome AfterParse(bool parsed, std::string_view text, int64_t wall_ms, const RecordPlace* place);
   PipelineCounters& counters_;
   Deduplicator* dedup_;
   int dedup_slot_ = -1;  // The id field's slot in parsed events.

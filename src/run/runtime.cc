@@ -528,7 +528,8 @@ struct Runtime::Impl final : public FeatureService, public RebalanceListener {
   Status TakeEncoding(ForkedSnapshot& snapshot, freshet::Checkpoint& checkpoint);
   void SetShardBytes(const std::vector<size_t>& part_bytes);  // freshet_checkpoint_shard_bytes (sharded only).
   bool fork_warned_ = false;
-  Status ProcessBatch(std::vector<SourceRecord>& batch);
+  // `lines`: the batch read once for several feature sets (else each record is parsed here).
+  Status ProcessBatch(std::vector<SourceRecord>& batch, const SharedLines* lines);
   void UpsertChanged();
   // The gauges of the state (entities, watermark, remembered ids): after each batch and after a restore.
   void SetStateGauges();
@@ -541,8 +542,9 @@ struct Runtime::Impl final : public FeatureService, public RebalanceListener {
 
   // What one shard's processing of a chunk produced, merged by ProcessBatch.
   using ShardOutput = ShardedInput::Output;
+  // `lines`: as in ProcessBatch, records[0] being its line `first_line`.
   void ProcessShard(size_t shard, std::span<const SourceRecord> records, std::span<const uint32_t> lane_of,
-                    int64_t wall_ms, ShardOutput& out);
+                    int64_t wall_ms, const SharedLines* lines, size_t first_line, ShardOutput& out);
   void RunShards(const std::function<void(size_t)>& work) {
     if (pool_) {
       pool_->Run(work);
@@ -572,7 +574,8 @@ struct Runtime::Impl final : public FeatureService, public RebalanceListener {
   // The run loop's steps, for one runtime and for several feature sets over one source (Runtime::Run).
   bool OfflineHeld();                       // Reading waits while offline rows wait for a checkpoint.
   bool offline_held_ = false;
-  Status AfterPoll(std::vector<SourceRecord>& batch);  // Applies a polled batch and does the turn's chores.
+  // Applies a polled batch (read already as `lines` with several feature sets) and does the turn's chores.
+  Status AfterPoll(std::vector<SourceRecord>& batch, const SharedLines* lines = nullptr);
   bool CheckpointDue();
   void NoteCheckpointFailure(const Status& status);
   Status Finish(Status final_checkpoint);   // After the loop: flushes and stops the writers.
@@ -1233,7 +1236,7 @@ std::map<int32_t, uint64_t> Runtime::Impl::CurrentClaims() {
 // One shard's share of a chunk of records: the records of its lanes, in order. Runs on the shard's thread, so
 // it touches only its lanes, its ShardOutput and the thread-safe sinks (offline rows, dead letters).
 void Runtime::Impl::ProcessShard(size_t shard, std::span<const SourceRecord> records, std::span<const uint32_t> lane_of,
-                                 int64_t wall_ms, ShardOutput& out) {
+                                 int64_t wall_ms, const SharedLines* lines, size_t first_line, ShardOutput& out) {
   const bool partitioned = lanes_.partitioned();
   // Joined tables: their slots for this shard's records are prefetched some records ahead (table/table_set.h).
   const TableSet* tables = table_feed_ != nullptr && !spec_.joins.empty() ? &table_feed_->tables() : nullptr;
@@ -1263,7 +1266,11 @@ void Runtime::Impl::ProcessShard(size_t shard, std::span<const SourceRecord> rec
       continue;
     }
     if (chunk_lookups_ != nullptr) lane.path.SetLookups(&chunk_lookups_[k]);
-    switch (lane.path.Process(record.text, record.capacity, wall_ms, partitioned ? &place : nullptr)) {
+    const RecordPlace* at = partitioned ? &place : nullptr;
+    const EventPath::Outcome outcome = lines != nullptr
+                                           ? lane.path.ProcessShared(*lines, first_line + k, record.text, wall_ms, at)
+                                           : lane.path.Process(record.text, record.capacity, wall_ms, at);
+    switch (outcome) {
       case EventPath::Outcome::kRejected:
         ++out.rejected;
         dead_letter(lane.path.reason(), record.text);
@@ -1305,7 +1312,8 @@ void Runtime::Impl::ResolveLookups(const std::vector<SourceRecord>& batch) {
   lookup_stage_->Resolve(lines, &batch_lookups_);
 }
 
-Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch) {
+Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch, const SharedLines* lines) {
+  FRESHET_CHECK(lines == nullptr || (!sharded_input_ && lines->size() == batch.size()));
   // Lookups first, without the lock (lookups of features go on meanwhile); then the batch in input order.
   if (lookup_stage_) ResolveLookups(batch);
   size_t k = 0;
@@ -1330,7 +1338,7 @@ Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch) {
         lane_of.resize(end - k);
         for (size_t r = k; r < end; ++r) lane_of[r - k] = lanes_.IndexOf(static_cast<uint32_t>(batch[r].end.stream));
         if (lookup_stage_) chunk_lookups_ = batch_lookups_.data() + k;
-        RunShards([&](size_t shard) { ProcessShard(shard, records, lane_of, batch_wall_ms, shards_[shard]); });
+        RunShards([&](size_t shard) { ProcessShard(shard, records, lane_of, batch_wall_ms, lines, k, shards_[shard]); });
       }
       for (ShardOutput& out : shards_) {
         accepted += out.accepted;
@@ -2014,12 +2022,12 @@ bool Runtime::Impl::OfflineHeld() {
   return held;
 }
 
-Status Runtime::Impl::AfterPoll(std::vector<SourceRecord>& batch) {
+Status Runtime::Impl::AfterPoll(std::vector<SourceRecord>& batch, const SharedLines* lines) {
   if (table_feed_ != nullptr && WallClockMs() - last_table_poll_ms_ >= kTablePollMs) {
     Status tables = PollTables();
     SetHealthReason("tables", !tables.ok() ? std::optional<std::string>(tables.message()) : table_feed_->problem());
   }
-  if (!batch.empty()) FRESHET_RETURN_IF_ERROR(ProcessBatch(batch));
+  if (!batch.empty()) FRESHET_RETURN_IF_ERROR(ProcessBatch(batch, lines));
   // Also without events, so that the degraded state ends once the failures leave the window.
   if (lookup_stage_) SetHealthReason("lookups", lookup_stage_->Health());
   if (kafka_ != nullptr) UpdateKafkaStatus();
@@ -2204,10 +2212,14 @@ Status Runtime::CheckpointSets() {
   return Status::Ok();
 }
 
-// Like Run for one spec: the first set's source is polled, and each batch goes to every set in turn. The sets
-// checkpoint together (synchronously, so that each records the same source position).
+// Like Run for one spec: the first set's source is polled, each batch is read once (its JSON parsed, the fields
+// of every set extracted) and goes to every set in turn. The sets checkpoint together (synchronously, so that
+// each records the same source position).
 Status Runtime::RunSets(const std::atomic<bool>& stop) {
   Impl& first = *sets_.front();
+  std::vector<const FieldRegistry*> registries;
+  for (const std::unique_ptr<Impl>& set : sets_) registries.push_back(&set->spec_.fields);
+  SharedLines lines(registries);
   std::vector<SourceRecord> batch;
   Status failure;
   while (!stop.load()) {
@@ -2222,9 +2234,11 @@ Status Runtime::RunSets(const std::atomic<bool>& stop) {
       failure = polled;
       break;
     }
+    lines.Clear();
+    for (const SourceRecord& record : batch) lines.Add(record.text, record.capacity);
     bool due = false;
     for (const std::unique_ptr<Impl>& set : sets_) {
-      FRESHET_RETURN_IF_ERROR(set->AfterPoll(batch));
+      FRESHET_RETURN_IF_ERROR(set->AfterPoll(batch, &lines));
       due = set->CheckpointDue() || due;
     }
     if (due) (void)CheckpointSets();  // A failure is noted and retried.

@@ -45,7 +45,8 @@ class Runtime {
   // Opens the data directory, restores the newest valid checkpoint, and starts the HTTP server.
   static Result<std::unique_ptr<Runtime>> Start(const Spec& spec, RuntimeOptions options);
   // Several feature sets over one source (`freshet run --spec a.yaml --spec b.yaml`, run/feature_sets.h): the
-  // first spec's source is read once and every batch is applied to each set in turn, by one thread; each set has
+  // first spec's source is read once, each batch's JSON parsed once (SharedLines: each set takes its fields from
+  // there), and every batch is applied to each set in turn, by one thread; each set has
   // its own engine, lateness clock, deduplication ids, checkpoints and dead letters (under <data dir>/sets/<name>),
   // Redis keys (by its name) and features_<name> table; the first set writes the shared events table. The sets
   // checkpoint together, at one source position, and a manifest names each set's checkpoint of that moment. One
