@@ -41,10 +41,11 @@ inline uint64_t Seed() { return static_cast<uint64_t>(reinterpret_cast<uintptr_t
 }  // namespace text_hash_internal
 
 inline size_t HashText(std::string_view text) {
-  using namespace text_hash_internal;
+  using text_hash_internal::kOdd0, text_hash_internal::kOdd1, text_hash_internal::kOdd2, text_hash_internal::Load32,
+      text_hash_internal::Load64, text_hash_internal::Mix;
   const char* p = text.data();
   const size_t n = text.size();
-  uint64_t seed = Seed() ^ kOdd0;
+  uint64_t seed = text_hash_internal::Seed() ^ kOdd0;
   uint64_t a = 0, b = 0;
   // Two words that, with the length, determine the text: overlapping loads from both ends up to 16 bytes.
   if (n <= 16) {
@@ -71,7 +72,7 @@ inline size_t HashText(std::string_view text) {
 
 // Equality without a call to memcmp for texts up to 16 bytes (the common keys).
 inline bool SameText(std::string_view x, std::string_view y) {
-  using namespace text_hash_internal;
+  using text_hash_internal::Load32, text_hash_internal::Load64;
   const size_t n = x.size();
   if (n != y.size()) return false;
   const char* p = x.data();
