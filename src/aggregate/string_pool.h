@@ -11,8 +11,8 @@
 #include <string_view>
 
 #include <absl/container/flat_hash_map.h>
-#include <absl/hash/hash.h>
-#include <absl/strings/string_view.h>
+
+#include "common/text_hash.h"
 
 namespace freshet {
 
@@ -32,15 +32,8 @@ class StringPool {
   size_t memory_bytes() const { return bytes_; }
 
  private:
-  // absl's own string hash: absl::Hash<std::string_view> falls back to std::hash (slower) in Debian's build,
-  // where absl::string_view is not std::string_view.
-  struct TextHash {
-    size_t operator()(std::string_view text) const {
-      return absl::Hash<absl::string_view>{}(absl::string_view(text.data(), text.size()));
-    }
-  };
   std::deque<std::string> strings_;  // Stable addresses: ids_ keys view into them.
-  absl::flat_hash_map<std::string_view, uint32_t, TextHash> ids_;
+  absl::flat_hash_map<std::string_view, uint32_t, TextHash, TextEq> ids_;  // Inline hash: see text_hash.h.
   size_t bytes_ = 0;
 };
 

@@ -544,7 +544,7 @@ uint32_t FeatureEngine::AddFreeIndex() {
 
 uint32_t FeatureEngine::FindOrAddEntity(std::string_view entity) {
   const uint32_t next = free_indices_.empty() ? static_cast<uint32_t>(entity_names_.size()) : free_indices_.back();
-  auto [it, inserted] = entities_.try_emplace(absl::string_view(entity.data(), entity.size()), next);
+  auto [it, inserted] = entities_.try_emplace(entity, next);
   if (inserted) {
     const uint32_t index = it->second;
     if (index < entity_names_.size()) {  // A free index: its row holds fresh states already (ClearRow).
@@ -590,7 +590,7 @@ size_t FeatureEngine::ExpireIdle(std::vector<uint32_t>* dropped_indices) {
 }
 
 std::optional<uint32_t> FeatureEngine::FindEntity(std::string_view entity) const {
-  auto it = entities_.find(absl::string_view(entity.data(), entity.size()));
+  auto it = entities_.find(entity);
   if (it == entities_.end()) return std::nullopt;
   return it->second;
 }
@@ -685,10 +685,7 @@ size_t FeatureEngine::ProcessBatch(const ParsedEvent* events, size_t count, uint
   batch_low_ms_.resize(count);
   size_t admitted = 0, late = 0;
   for (size_t k = 0; k < count; ++k) {
-    if (k + kLookahead < count) {
-      const std::string_view next = events[k + kLookahead].entity;
-      entities_.prefetch(absl::string_view(next.data(), next.size()));
-    }
+    if (k + kLookahead < count) entities_.prefetch(events[k + kLookahead].entity);
     if (!Admit(events[k].time_ms)) {
       ++late;
       continue;

@@ -49,6 +49,7 @@
 
 #include "common/bytes.h"
 #include "common/status.h"
+#include "common/text_hash.h"
 #include "common/value.h"
 #include "event/event_parser.h"
 #include "spec/spec.h"
@@ -333,7 +334,7 @@ class FeatureEngine {
   size_t row_bytes_ = 0;
   // Rows in fixed chunks so that states never move once constructed.
   std::vector<std::unique_ptr<unsigned char[]>> row_chunks_;
-  absl::flat_hash_map<std::string, uint32_t> entities_;
+  absl::flat_hash_map<std::string, uint32_t, TextHash, TextEq> entities_;  // Inline hash: see text_hash.h.
   std::vector<std::string> entity_names_;
   // State expiry (empty without a ttl), per entity index: the newest event extracted and its life (input
   // order, for the expiry decision), and the newest event applied and the life its state belongs to.
