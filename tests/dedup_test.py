@@ -146,12 +146,12 @@ features:
 class Server:
     """One `freshet run` on a free port, its stderr in a log file; kill() is SIGKILL."""
 
-    def __init__(self, spec: Path, data_dir: Path, log: Path):
+    def __init__(self, spec: Path, data_dir: Path, log: Path, env: dict[str, str] | None = None):
         self.log_path = log
         start = log.stat().st_size if log.exists() else 0
         self.log = open(log, "ab")
         self.proc = subprocess.Popen([BIN, "run", "--spec", str(spec), "--data-dir", str(data_dir)],
-                                     stdout=self.log, stderr=self.log)
+                                     stdout=self.log, stderr=self.log, env=None if env is None else dict(os.environ, **env))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             text = log.read_bytes()[start:].decode(errors="replace")

@@ -277,7 +277,9 @@ def test_kill_while_a_checkpoint_is_encoded_and_the_shards_go_on(tmp_path: Path)
     (folder / "events.jsonl").parent.mkdir(parents=True, exist_ok=True)
     (folder / "events.jsonl").write_bytes(b"")
     log = folder / "run.log"
-    server = Server(_spec(folder, 2, source), folder / "data", log)
+    # Each checkpoint's encoding child waits 2 s before it encodes (a test hook), so that it is alive while the
+    # events go on however fast this machine encodes 40,000 entities.
+    server = Server(_spec(folder, 2, source), folder / "data", log, env={"FRESHET_TEST_SNAPSHOT_DELAY_MS": "2000"})
     done, step = 0, 1000
     encoder = None
     deadline = time.monotonic() + SECONDS

@@ -167,6 +167,8 @@ class WindowedOperator final : public FeatureOperator {
     }
   }
 
+  void ForgetRecent() override { log_ = RecentLog(); }
+
   Value EmptyValue() const override { return Agg::Finalize(typename Agg::State{}, ctx_); }
 
   size_t StateMemoryBytes(const void* state) const override {
@@ -743,6 +745,7 @@ void FeatureEngine::Reset() {
   for (uint32_t e = 0; e < entity_names_.size(); ++e) {
     for (size_t k = 0; k < operators_.size(); ++k) operators_[k]->Destroy(Row(e) + offsets_[k]);
   }
+  for (const auto& op : operators_) op->ForgetRecent();
   entity_names_.clear();
   entities_.clear();
   row_chunks_.clear();

@@ -94,6 +94,9 @@ class FeatureOperator {
   // Drops the recent events (of every entity) that no query at or after `low_ms` and no later event can
   // need; returns how many it still holds.
   virtual size_t Settle(int64_t low_ms) = 0;
+  // Forgets every entity's recent events (FeatureEngine::Reset, after its states are destroyed): a load that
+  // failed part way must not leave the events it read in the log.
+  virtual void ForgetRecent() = 0;
   // Heap bytes held by one state, and by the operator itself (interned strings).
   virtual size_t StateMemoryBytes(const void* state) const = 0;
   virtual size_t MemoryBytes() const = 0;

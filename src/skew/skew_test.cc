@@ -118,7 +118,8 @@ TEST(SkewReport, RendersJsonWithNullsForAbsentNumbers) {
   g.breached = true;
   report.features.push_back(g);
   EXPECT_EQ(SkewReportJson(report),
-            "{\"since\": 1000, \"until\": null, \"answers\": 4, \"max_mismatch_rate\": 0.5, \"features\": ["
+            "{\"since\": 1000, \"until\": null, \"answers\": 4, \"not_exact_answers\": 0, "
+            "\"max_mismatch_rate\": 0.5, \"features\": ["
             "{\"feature\": \"f\\\"1\", \"compared\": 4, \"exact\": 3, \"match_rate\": 0.75, \"mismatch_rate\": 0.25, "
             "\"missing\": 1, \"extra\": 0, \"mean_abs_diff\": 0.5, \"max_abs_diff\": 1, \"psi\": null, "
             "\"breached\": false}, "

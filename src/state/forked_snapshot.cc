@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 namespace freshet {
@@ -31,13 +32,14 @@ bool WriteAll(int fd, const char* data, size_t size) {
 
 // In the child: no destructors, no atexit handlers, no stdio (their locks may be held by a thread that did not
 // come along); only encode() and the pipe.
-[[noreturn]] void RunChild(int fd, pid_t parent, const std::function<std::string()>& encode) {
+[[noreturn]] void RunChild(int fd, pid_t parent, const std::function<std::string()>& encode, long delay_ms) {
   // Dies with the thread that forked it; if the parent died before this line, nobody waits for the bytes.
   if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() != parent) ::_exit(3);
   // Every other descriptor closed: a socket the parent closes meanwhile (an HTTP client's, a broker's) must not
   // stay open in the child, or its peer would wait for the child to end before seeing it closed.
   if (fd > 0) ::close_range(0, static_cast<unsigned>(fd) - 1, 0);
   ::close_range(static_cast<unsigned>(fd) + 1, ~0u, 0);
+  if (delay_ms > 0) ::usleep(static_cast<useconds_t>(delay_ms) * 1000);
   int code = 0;
   try {
     const std::string bytes = encode();
@@ -70,6 +72,12 @@ Result<std::unique_ptr<ForkedSnapshot>> ForkedSnapshot::Start(const std::functio
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0) return Status::IoError("cannot make a pipe: " + ErrnoText());
   const pid_t parent = ::getpid();
+  // For tests only: FRESHET_TEST_SNAPSHOT_DELAY_MS makes the child wait that long before encoding, so that a test
+  // can see the process go on while a checkpoint is encoded whatever the machine's speed.
+  static const long delay_ms = [] {
+    const char* text = std::getenv("FRESHET_TEST_SNAPSHOT_DELAY_MS");
+    return text == nullptr ? 0L : std::strtol(text, nullptr, 10);
+  }();
   const pid_t pid = ::fork();
   if (pid < 0) {
     const std::string reason = ErrnoText();
@@ -79,7 +87,7 @@ Result<std::unique_ptr<ForkedSnapshot>> ForkedSnapshot::Start(const std::functio
   }
   if (pid == 0) {
     ::close(fds[0]);
-    RunChild(fds[1], parent, encode);
+    RunChild(fds[1], parent, encode, delay_ms);
   }
   ::close(fds[1]);
   return std::unique_ptr<ForkedSnapshot>(new ForkedSnapshot(pid, fds[0]));
