@@ -57,12 +57,7 @@ for k in $(seq 1 "$repeat"); do
       started=$(date +%s.%N)
       "$bin" run --spec "$spec" --data-dir "$dir" 2> "$dir.log" &
       pid=$!
-      port=""
-      while [ -z "$port" ]; do
-        port=$(grep -o 'http://127.0.0.1:[0-9]*' "$dir.log" 2>/dev/null | head -1 | sed 's/.*://') || true
-        kill -0 "$pid" 2>/dev/null || { cat "$dir.log" >&2; exit 1; }
-        sleep 0.1
-      done
+      port=$(freshet_port "$dir.log" "$pid")
       while [ "$(metric "$port" freshet_events_in_total | cut -d. -f1)" != "$lines" ]; do sleep 0.2; done
       read_s=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
       c0=$(metric "$port" freshet_checkpoints_total | cut -d. -f1)

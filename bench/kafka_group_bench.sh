@@ -57,12 +57,7 @@ start() {
   "$bin" run --spec "$2" --data-dir "$data/$1" 2> "$log" &
   pid=$!
   pids+=("$pid")
-  port=""
-  while [ -z "$port" ]; do
-    port=$(grep -o 'http://127.0.0.1:[0-9]*' "$log" 2>/dev/null | head -1 | sed 's/.*://') || true
-    kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; exit 1; }
-    sleep 0.05
-  done
+  port=$(freshet_port "$log" "$pid")
 }
 
 results="$data/results.txt"

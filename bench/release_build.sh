@@ -16,3 +16,15 @@ release_freshet_unless_given() {
     bin="$build/freshet"
   fi
 }
+
+# Waits until the `freshet run` with pid PID has logged its HTTP address in LOG and prints the port; exits with
+# the log on stderr if the process ended first.
+freshet_port() {
+  local log="$1" pid="$2" port=""
+  while [ -z "$port" ]; do
+    port=$(grep -o 'http://127.0.0.1:[0-9]*' "$log" 2>/dev/null | head -1 | sed 's/.*://') || true
+    kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; exit 1; }
+    [ -n "$port" ] || sleep 0.05
+  done
+  echo "$port"
+}

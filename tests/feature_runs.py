@@ -179,3 +179,27 @@ def lookup_mismatches(get_answer: Callable[[str, int], dict], spec: reference.Sp
             if not same_value(expected, got):
                 mismatches.append(f"lookup {entity} {feature.name}: reference {expected!r}, stream {got!r}")
     return mismatches
+
+
+def historical_store_mismatches(spec_path: Path, data_dir: Path, rows_csv: Path, spec: reference.Spec,
+                                events: list[reference.Event]) -> list[str]:
+    """`freshet historical` from the offline store (`--data-dir`) for the entity rows in `rows_csv` (columns user,
+    ts), each answer against reference.compute over `events`: texts equal for `last` and empty cells, numbers to
+    1e-9."""
+    out = rows_csv.with_suffix(".out.csv")
+    subprocess.run([BIN, "historical", "--spec", str(spec_path), "--entities", str(rows_csv), "--output", str(out),
+                    "--no-progress", "--data-dir", str(data_dir)], check=True)
+    with open(out, newline="") as f:
+        got = list(csv.DictReader(f))
+    expected = reference.compute(spec, events, reference.read_entity_rows(str(rows_csv), spec))
+    assert len(got) == len(expected), (len(got), len(expected))
+    mismatches = []
+    for row, values in zip(got, expected):
+        for feature, value in zip(spec.features, values):
+            want, cell = reference.format_value(value), row[feature.name]
+            same = cell == want if feature.aggregation == "last" or "" in (want, cell) else \
+                math.isclose(float(cell), float(want), rel_tol=1e-9, abs_tol=1e-9)
+            if not same:
+                mismatches.append(f"historical {row['user']}@{row['ts']} {feature.name}: reference {want!r}, "
+                                  f"got {cell!r}")
+    return mismatches

@@ -12,9 +12,7 @@ fed the same interleaving. A table whose brokers cannot be reached makes /health
 """
 from __future__ import annotations
 
-import csv
 import json
-import math
 import os
 import signal
 import socket
@@ -28,7 +26,8 @@ import reference
 from kafka_broker import kafka_broker  # noqa: F401  (the fixture)
 from run_process import append_bytes, get_bytes, json_lines, start_run, wait_for
 from asof_exact_test import _features_table
-from feature_runs import check_backfill_rewrites_bit_for_bit, features_table_mismatches, lookup_mismatches
+from feature_runs import (check_backfill_rewrites_bit_for_bit, features_table_mismatches, historical_store_mismatches,
+                          lookup_mismatches)
 from table_join_test import SPEC, Workload, _metric, _reference, _wait_checkpoint_after, _wait_metric
 
 BIN = os.environ.get("FRESHET_BIN", str(Path(__file__).resolve().parent.parent / "build" / "freshet"))
@@ -181,19 +180,7 @@ def test_kafka_table_joins_equal_the_reference(kafka_broker, tmp_path: Path) -> 
     rows_csv = tmp_path / "rows.csv"
     rows_csv.write_text("user,ts\n" + "".join(f"u{u},{times[k] + 500}\n" for u in (1, 3, 4, 19, 12)
                                               for k in range(0, len(times), 29)))
-    out = tmp_path / "historical.csv"
-    subprocess.run([BIN, "historical", "--spec", str(spec_path), "--entities", str(rows_csv), "--output", str(out),
-                    "--no-progress", "--data-dir", str(tmp_path / "data")], check=True)
-    with open(out, newline="") as f:
-        got = list(csv.DictReader(f))
-    expected = reference.compute(spec, events, reference.read_entity_rows(str(rows_csv), spec))
-    assert len(got) == len(expected)
-    for row, values in zip(got, expected):
-        for feature, value in zip(spec.features, values):
-            want, cell = reference.format_value(value), row[feature.name]
-            same = cell == want if feature.aggregation == "last" or "" in (want, cell) else \
-                math.isclose(float(cell), float(want), rel_tol=1e-9, abs_tol=1e-9)
-            mismatches += [] if same else [f"historical {row['user']}@{row['ts']} {feature.name}: {want!r} != {cell!r}"]
+    mismatches += historical_store_mismatches(spec_path, tmp_path / "data", rows_csv, spec, events)
     assert not mismatches, "\n".join(mismatches[:20])
 
 

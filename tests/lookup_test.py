@@ -13,9 +13,7 @@ reason lookup_timeout, as the reference says.
 """
 from __future__ import annotations
 
-import csv
 import json
-import math
 import os
 import signal
 import subprocess
@@ -31,7 +29,7 @@ import pytest
 
 import reference
 from redis_server import REDIS_SERVER, RedisServer, free_port, redis_server  # noqa: F401  (pytest fixture)
-from feature_runs import features_table_mismatches
+from feature_runs import features_table_mismatches, historical_store_mismatches
 from run_process import start_run
 from run_process import append_bytes as _append, get_bytes as _get, json_lines as _lines
 
@@ -185,19 +183,7 @@ def test_redis_lookups_equal_the_reference_across_a_crash_and_in_replays(tmp_pat
     rows_csv = tmp_path / "rows.csv"
     keys = [(f"u{u}", times[k] + 500) for u in range(USERS) for k in range(0, len(times), 41)]
     rows_csv.write_text("user,ts\n" + "".join(f"{u},{t}\n" for u, t in keys))
-    out = tmp_path / "h.csv"
-    subprocess.run([BIN, "historical", "--spec", str(spec_path), "--entities", str(rows_csv), "--output", str(out),
-                    "--no-progress", "--data-dir", str(tmp_path / "data")], check=True)
-    with open(out, newline="") as f:
-        got = list(csv.DictReader(f))
-    expected = reference.compute(ref_spec, events, reference.read_entity_rows(str(rows_csv), ref_spec))
-    for row, values in zip(got, expected):
-        for feature, value in zip(ref_spec.features, values):
-            want, cell = reference.format_value(value), row[feature.name]
-            ok = cell == want if feature.aggregation == "last" or "" in (want, cell) else \
-                math.isclose(float(cell), float(want), rel_tol=1e-9, abs_tol=1e-9)
-            if not ok:
-                mismatches.append(f"historical {row['user']}@{row['ts']} {feature.name}: reference {want!r}, got {cell!r}")
+    mismatches += historical_store_mismatches(spec_path, tmp_path / "data", rows_csv, ref_spec, events)
     assert not mismatches, "\n".join(mismatches[:20])
 
     # From a file there are no recorded answers, and historical does not call the store: it says so.
