@@ -28,7 +28,7 @@ from run_process import append_bytes, get_bytes, json_lines, start_run, wait_for
 from asof_exact_test import _features_table
 from feature_runs import (check_backfill_rewrites_bit_for_bit, features_table_mismatches, historical_store_mismatches,
                           lookup_mismatches)
-from table_join_test import SPEC, Workload, _metric, _reference, _wait_checkpoint_after, _wait_metric
+from table_join_test import SPEC, Workload, _crash_once_checkpointed, _metric, _reference, _wait_metric
 
 BIN = os.environ.get("FRESHET_BIN", str(Path(__file__).resolve().parent.parent / "build" / "freshet"))
 TOPIC = "profiles"
@@ -118,10 +118,7 @@ def test_kafka_table_joins_equal_the_reference(kafka_broker, tmp_path: Path) -> 
         if k == 1:
             # A crash once everything so far is checkpointed: the restart reads the topic on from the checkpoint's
             # offsets, so no message becomes a version twice.
-            _wait_checkpoint_after(port)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-            proc, port = start_run(command, tmp_path / "run2.log", seconds=60)
+            proc, port = _crash_once_checkpointed(proc, port, command, tmp_path / "run2.log", seconds=60)
             so_far = [v for v in versions if v.before_line < lines]
             assert _metric(port, "freshet_table_keys") == _live_keys(ref_spec, so_far)
     _wait_metric(port, "freshet_table_rejected_rows_total", bad)

@@ -136,6 +136,15 @@ def _wait_checkpoint_after(port: int, seconds: float = 30) -> None:
     _wait_metric_above(port, "freshet_checkpoints_total", seen + 1, seconds)
 
 
+def _crash_once_checkpointed(proc, port: int, command: list[str], log: Path,
+                             seconds: float = 30) -> tuple[subprocess.Popen, int]:
+    """kill -9 once everything read so far is checkpointed, then the same command again: its process and port."""
+    _wait_checkpoint_after(port)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    return start_run(command, log, seconds=seconds)
+
+
 def _wait_metric_above(port: int, name: str, value: float, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while _metric(port, name) < value:
@@ -180,10 +189,7 @@ def _stream(tmp: Path, work: Workload, parallelism: int) -> int:
         if k == 1:
             # A crash once everything so far is checkpointed: the restart restores the tables from the checkpoint
             # and reads neither file again from its start.
-            _wait_checkpoint_after(port)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-            proc, port = start_run(command, tmp / "run2.log")
+            proc, port = _crash_once_checkpointed(proc, port, command, tmp / "run2.log")
             assert _metric(port, "freshet_table_keys") == len({r["user_id"] for p in work.phases[:2] for r in p})
     _stream.proc = proc  # type: ignore[attr-defined]
     return port
