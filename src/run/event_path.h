@@ -76,7 +76,11 @@ class EventPath {
   // is another set's event, neither applied nor rejected (kNotForSet). Single-field keys only.
   void SkipLinesWithoutEntity() { skip_without_entity_ = true; }
   // The reference tables that joined fields are read from (see EventParser::SetTables).
-  void SetTables(const TableSet* tables) { parser_.SetTables(tables); }
+  // `prefetched_by_caller`: the caller prefetches each line's table slots ahead (table/table_set.h PrefetchAhead),
+  // so the parse does not again.
+  void SetTables(const TableSet* tables, bool prefetched_by_caller = false) {
+    parser_.SetTables(tables, prefetched_by_caller);
+  }
   // The lookups' answers for the next Process (lookup/lookup_row.h), set before each call when the spec has
   // lookups: the looked-up fields are filled from them, an event that a lookup with on_timeout: dead_letter failed
   // is rejected (reason lookup_timeout or lookup_error), and the offline events row records them. Null: the

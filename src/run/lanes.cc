@@ -52,7 +52,7 @@ uint32_t PipelineLanes::IndexOf(uint32_t stream) {
   auto lane = std::make_unique<Lane>(spec_, stream);
   lane->path.SetOfflineSink(offline_);
   lane->path.SetOfflineSequence(&offline_seq_);
-  lane->path.SetTables(tables_);
+  lane->path.SetTables(tables_, tables_prefetched_by_caller_);
   if (skip_without_entity_) lane->path.SkipLinesWithoutEntity();
   lanes_.push_back(std::move(lane));
   const uint32_t index = static_cast<uint32_t>(lanes_.size() - 1);
@@ -71,9 +71,10 @@ void PipelineLanes::SetOfflineSink(OfflineSink* offline) {
   for (auto& lane : lanes_) lane->path.SetOfflineSink(offline);
 }
 
-void PipelineLanes::SetTables(const TableSet* tables) {
+void PipelineLanes::SetTables(const TableSet* tables, bool prefetched_by_caller) {
   tables_ = tables;
-  for (auto& lane : lanes_) lane->path.SetTables(tables);
+  tables_prefetched_by_caller_ = prefetched_by_caller;
+  for (auto& lane : lanes_) lane->path.SetTables(tables, prefetched_by_caller);
 }
 
 void PipelineLanes::SkipLinesWithoutEntity() {

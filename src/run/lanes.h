@@ -74,7 +74,8 @@ class PipelineLanes {
 
   // For the lanes there are and those made later.
   void SetOfflineSink(OfflineSink* offline);
-  void SetTables(const TableSet* tables);
+  // `prefetched_by_caller`: as EventPath::SetTables (Runtime::ProcessShard prefetches ahead; backfill does not).
+  void SetTables(const TableSet* tables, bool prefetched_by_caller = false);
   void SkipLinesWithoutEntity();  // EventPath::SkipLinesWithoutEntity.
 
   // The newest event time accepted by any lane (min() before any): a table version at or before it is late.
@@ -119,6 +120,7 @@ class PipelineLanes {
   std::map<uint32_t, uint32_t> index_of_stream_;
   OfflineSink* offline_ = nullptr;
   const TableSet* tables_ = nullptr;
+  bool tables_prefetched_by_caller_ = false;
   bool skip_without_entity_ = false;
   std::string EncodeShards(const RunPerLane* run, std::vector<size_t>* part_bytes) const;
   // `shards_format`: written by EncodeShards; otherwise the state of one lane, refused unless this has one shard.

@@ -828,7 +828,7 @@ Status Runtime::Impl::Open() {
   }
   if (!spec_.tables.empty()) {
     table_feed_ = std::make_unique<TableFeed>(spec_, metrics_, dir);
-    lanes_.SetTables(&table_feed_->tables());
+    lanes_.SetTables(&table_feed_->tables(), /*prefetched_by_caller=*/true);  // ProcessShard prefetches ahead.
     if (sharded_input_) sharded_input_->SetTables(&table_feed_->tables());
   }
   FRESHET_RETURN_IF_ERROR(Restore());
