@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The cost of a joined reference table (issue 12): the fraud spec against the same spec plus a 1M-key profile
 # table and two derived fields reading it, through `freshet historical --events E [--table profiles=P]` (parse,
-# join, derive, lateness, state). Runs alternate: plain, joined with the table loaded and 1 event (the load
-# alone), joined over all events; each prints user+system CPU seconds; then the medians and the per-event cost
-# of the join: (joined - load - plain) / plain. CPU seconds, because wall time on the shared machine lies.
+# join, derive, lateness, state). Runs alternate: plain, joined. Each prints the CPU seconds (user + system) the
+# events took, as historical reports them (from the first event on: the table is loaded before it), the table
+# load's CPU seconds, and the whole process's; then the medians and the per-event cost of the join and the derived
+# fields: events(joined) / events(plain) - 1. CPU seconds, because wall time on the shared machine lies; the
+# events' own figure, because the one-off load varies far more than the events do (on this VM a fresh page's
+# first touch is sometimes slow) and would drown them in a subtraction.
 #
 #   bench/join_bench.sh [--events N] [--keys N] [--repeat N] [--bin FRESHET]...
 # Several --bin: each round runs every binary in turn (an A/B on the same loaded machine); medians per binary.
@@ -56,26 +59,30 @@ derive:
   - {name: is_vip, expr: "profiles.segment == 'vip'"}
 Y
 } > "$joined"
-cpu() {  # prints user+sys seconds of one historical run of binary $bin
+run() {  # prints "EVENTS_CPU TABLES_CPU PROCESS_CPU" of one historical run of binary $bin
   /usr/bin/time -f '%U %S' -o "$data/time" "$bin" historical --no-progress --spec "$@" --entities "$data/entities.csv" \
-    --output "$data/out.parquet" > /dev/null || { echo "freshet historical failed: $bin $*" >&2; exit 1; }
-  awk '{printf "%.2f\n", $1 + $2}' "$data/time"
+    --output "$data/out.parquet" > /dev/null 2> "$data/err" || { cat "$data/err" >&2; echo "freshet historical failed: $bin $*" >&2; exit 1; }
+  local events tables
+  events=$(sed -n 's/.*the events took \([0-9.]*\) CPU s.*/\1/p' "$data/err")
+  tables=$(sed -n 's/.*the reference tables \([0-9.]*\) CPU s.*/\1/p' "$data/err")
+  [[ -n "$events" ]] || { cat "$data/err" >&2; echo "no event CPU figure in the output of $bin (older than this script?)" >&2; exit 1; }
+  awk -v e="$events" -v t="${tables:-0}" '{printf "%.2f %.2f %.2f\n", e, t, $1 + $2}' "$data/time"
 }
-declare -A P L J
-for ((b = 0; b < ${#bins[@]}; b++)); do P[$b]="" L[$b]="" J[$b]=""; done
+declare -A P J L PW JW
+for ((b = 0; b < ${#bins[@]}; b++)); do P[$b]="" J[$b]="" L[$b]="" PW[$b]="" JW[$b]=""; done
 for ((r = 0; r < repeat; r++)); do
   for ((b = 0; b < ${#bins[@]}; b++)); do
     bin="${bins[b]}"
-    p=$(cpu "$plain" --events "$ev") l=$(cpu "$joined" --events "$one" --table "profiles=$prof")
-    j=$(cpu "$joined" --events "$ev" --table "profiles=$prof")
-    P[$b]+="$p " L[$b]+="$l " J[$b]+="$j "
-    echo "round $((r + 1)) $bin: plain $p s, table load $l s, joined $j s (load average $(cut -d' ' -f1 /proc/loadavg))"
+    read -r p _ pw < <(run "$plain" --events "$ev")
+    read -r j l jw < <(run "$joined" --events "$ev" --table "profiles=$prof")
+    P[$b]+="$p " J[$b]+="$j " L[$b]+="$l " PW[$b]+="$pw " JW[$b]+="$jw "
+    echo "round $((r + 1)) $bin: events plain $p s, joined $j s; table load $l s; whole runs $pw s, $jw s (load average $(cut -d' ' -f1 /proc/loadavg))"
   done
 done
 median() { printf '%s\n' $@ | sort -g | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}'; }
 for ((b = 0; b < ${#bins[@]}; b++)); do
-  p=$(median ${P[$b]}) l=$(median ${L[$b]}) j=$(median ${J[$b]})
-  awk -v bin="${bins[b]}" -v p="$p" -v l="$l" -v j="$j" 'BEGIN {
-    printf "%s medians: plain %.2f, load %.2f, joined %.2f CPU s; join + derive per event: %.2f s, %+.0f%% of plain\n",
-           bin, p, l, j, j - l - p, 100 * (j - l - p) / p }'
+  p=$(median ${P[$b]}) j=$(median ${J[$b]}) l=$(median ${L[$b]}) pw=$(median ${PW[$b]}) jw=$(median ${JW[$b]})
+  awk -v bin="${bins[b]}" -v p="$p" -v j="$j" -v l="$l" -v pw="$pw" -v jw="$jw" 'BEGIN {
+    printf "%s medians: events plain %.2f, joined %.2f CPU s: join + derive per event %+.0f%% of plain; table load %.2f CPU s; whole runs %.2f, %.2f CPU s\n",
+           bin, p, j, 100 * (j - p) / p, l, pw, jw }'
 done

@@ -71,13 +71,18 @@ void RegisterHistorical(CLI::App& app, int* exit_code) {
     // Skipped fields (a feature's field missing, null or of the wrong type) only when there are any.
     std::string skipped = SkippedFieldsSummary(*spec, stats);
     if (!skipped.empty()) skipped = "; " + skipped;
+    char table_cost[64] = "";
+    if (!spec->tables.empty()) {
+      std::snprintf(table_cost, sizeof(table_cost), ", the reference tables %.2f CPU s before them", stats.tables_cpu_seconds);
+    }
     std::fprintf(stderr,
                  "historical: %llu events read, %llu accepted, %llu rejected, %llu late, %llu duplicates%s; %llu rows "
-                 "written in %.2f s\n",
+                 "written in %.2f s; the events took %.2f CPU s%s\n",
                  static_cast<unsigned long long>(stats.events_read), static_cast<unsigned long long>(stats.accepted),
                  static_cast<unsigned long long>(stats.rejected), static_cast<unsigned long long>(stats.late),
                  static_cast<unsigned long long>(stats.duplicates), skipped.c_str(),
-                 static_cast<unsigned long long>(stats.rows), stats.seconds);
+                 static_cast<unsigned long long>(stats.rows), stats.seconds, stats.events_cpu_seconds,
+                 table_cost);
     *exit_code = 0;
   });
 }

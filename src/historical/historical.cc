@@ -1,5 +1,7 @@
 #include "historical/historical.h"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <cctype>
 #include <charconv>
@@ -209,15 +211,31 @@ class PointInTimeJoin {
 };
 
 // Feeds a file of JSON lines, in file order.
-Status FeedJsonLines(const std::string& path, PointInTimeJoin& join, ProgressLine& progress, const HistoricalStats& stats) {
+// CPU seconds (user + system, every thread) the process has used.
+double ProcessCpuSeconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6; };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
+// `events_cpu_start`: set to ProcessCpuSeconds() once the tables are built, before the first event.
+Status FeedJsonLines(const std::string& path, PointInTimeJoin& join, ProgressLine& progress,
+                     const HistoricalStats& stats, double* events_cpu_start) {
   LineReader reader;
   FRESHET_RETURN_IF_ERROR(reader.Open(path));
   Line line;
   const TableSet* tables = join.TablesPrefetchedByCaller();
-  PrefetchStreamAhead prefetch([tables](std::string_view coming) { tables->Prefetch(coming); });
+  std::optional<TableSet::PrefetchBatch> batch;
+  if (tables != nullptr) batch.emplace(*tables);
+  PrefetchStreamAhead prefetch([&batch](std::string_view coming) { batch->Add(coming); });
+  join.AddTablesUpTo(0);  // Every version of a --table file is known up front: seq 0, before the first event.
+  *events_cpu_start = ProcessCpuSeconds();
   while (reader.Next(&line)) {
-    join.AddTablesUpTo(0);
-    if (tables != nullptr) prefetch.Before(reader.Unread(), reader.bytes_consumed());
+    if (tables != nullptr) {
+      prefetch.Before(reader.Unread(), reader.bytes_consumed());
+      batch->Issue();
+    }
     join.Feed(line.text, line.capacity, line.number, line.too_long);
     if ((stats.events_read & 0xFFFF) == 0) progress.Update(stats.events_read, reader.bytes_consumed(), reader.file_size());
   }
@@ -254,6 +272,7 @@ std::string EventInput::Describe() const {
 Status ComputePointInTime(const Spec& spec, const EventInput& input, const std::vector<EntityTime>& rows,
                           const PointInTimeOptions& options, const RowAnswerFn& answer, HistoricalStats* stats) {
   const auto started = std::chrono::steady_clock::now();
+  const double cpu_start = ProcessCpuSeconds();
   *stats = HistoricalStats();
   DeadLetterWriter dead_letters;
   FRESHET_RETURN_IF_ERROR(dead_letters.Open(options.dead_letters_path, input.path));
@@ -272,11 +291,15 @@ Status ComputePointInTime(const Spec& spec, const EventInput& input, const std::
     join.SetTableReplay(std::move(*replay));
   }
   ProgressLine progress("historical", options.progress);
-  Status fed = input.kind == EventInput::Kind::kJsonLines ? FeedJsonLines(input.path, join, progress, *stats)
-                                                          : FeedEventsTable(input, join, progress, *stats);
+  double events_cpu_start = ProcessCpuSeconds();
+  Status fed = input.kind == EventInput::Kind::kJsonLines
+                   ? FeedJsonLines(input.path, join, progress, *stats, &events_cpu_start)
+                   : FeedEventsTable(input, join, progress, *stats);
   progress.Done();
   FRESHET_RETURN_IF_ERROR(fed);
   join.Finish();
+  stats->events_cpu_seconds = ProcessCpuSeconds() - events_cpu_start;
+  if (!spec.tables.empty()) stats->tables_cpu_seconds = events_cpu_start - cpu_start;
   FRESHET_RETURN_IF_ERROR(dead_letters.Close());
   stats->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   return Status::Ok();

@@ -83,6 +83,11 @@ struct HistoricalStats {
   bool has_events = false;     // Whether any event was admitted;
   int64_t max_event_time_ms = 0;  // if so, the newest admitted event time.
   double seconds = 0;
+  // CPU seconds (user + system) of the events from the first on, and of reading and building the reference tables
+  // known before it (historical --events with --table: every version is added before the first event). With
+  // tables, they tell the per-event cost of the join apart from the one-off cost of the load.
+  double events_cpu_seconds = 0;
+  double tables_cpu_seconds = 0;
 };
 
 // What the lateness and deduplication rules made of one parsed event.
