@@ -1240,11 +1240,14 @@ void Runtime::Impl::ProcessShard(size_t shard, std::span<const SourceRecord> rec
   const bool partitioned = lanes_.partitioned();
   // Joined tables: their slots for this shard's records are prefetched some records ahead (table/table_set.h).
   const TableSet* tables = table_feed_ != nullptr && !spec_.joins.empty() ? &table_feed_->tables() : nullptr;
+  std::optional<TableSet::PrefetchBatch> prefetch;
+  if (tables != nullptr) prefetch.emplace(*tables);
   for (size_t k = 0; k < records.size(); ++k) {
     if (tables != nullptr) {
       PrefetchAhead(0, k, records.size(), [&](size_t j) {
-        if (lane_of[j] % shards_.size() == shard) tables->Prefetch(records[j].text);
+        if (lane_of[j] % shards_.size() == shard) prefetch->Add(records[j].text);
       });
+      prefetch->Issue();
     }
     if (lane_of[k] % shards_.size() != shard) continue;
     const SourceRecord& record = records[k];

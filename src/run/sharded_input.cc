@@ -47,6 +47,7 @@ void CopyEvent(const ParsedEvent& from, ParsedEvent* to, std::string* text) {
 struct ShardedInput::Shard {
   explicit Shard(const Spec& spec) : parser(spec.fields) {}
   EventParser parser;
+  std::optional<TableSet::PrefetchBatch> prefetch;  // With joined tables.
   ParsedEvent event;
   PendingEvent pending;
   std::vector<uint32_t> work;  // Indices of the chunk's accepted records of this shard, in input order.
@@ -76,7 +77,10 @@ ShardedInput::~ShardedInput() = default;
 
 void ShardedInput::SetTables(const TableSet* tables) {
   tables_ = tables;
-  for (auto& shard : shards_) shard->parser.SetTables(tables, /*prefetched_by_caller=*/true);
+  for (auto& shard : shards_) {
+    shard->parser.SetTables(tables, /*prefetched_by_caller=*/true);
+    if (tables != nullptr) shard->prefetch.emplace(*tables);
+  }
 }
 
 void ShardedInput::Process(std::span<const SourceRecord> records, int64_t wall_ms, bool track_changed,
@@ -108,7 +112,10 @@ void ShardedInput::Parse(size_t shard, std::span<const SourceRecord> records) {
   const size_t begin = records.size() * shard / shards_.size();
   const size_t end = records.size() * (shard + 1) / shards_.size();
   for (size_t k = begin; k < end; ++k) {
-    if (tables_ != nullptr) PrefetchAhead(begin, k, end, [&](size_t j) { tables_->Prefetch(records[j].text); });
+    if (tables_ != nullptr) {
+      PrefetchAhead(begin, k, end, [&](size_t j) { s.prefetch->Add(records[j].text); });
+      s.prefetch->Issue();
+    }
     Parsed& p = parsed_[k];
     const SourceRecord& record = records[k];
     p.ok = !record.too_long && s.parser.Parse(record.text, record.capacity, &s.event, &p.reason);

@@ -167,6 +167,7 @@ Status TableFeed::ReadKafka(KafkaTable& k, int timeout_ms, PipelineLanes& lanes,
   std::vector<TableRow> rows;
   std::vector<RejectedMessage> rejected;
   FRESHET_RETURN_IF_ERROR(k.reader->ReadNew(&rows, &rejected, kMaxKafkaBatch, timeout_ms));
+  tables_.Reserve(k.table, rows.size());
   for (const TableRow& row : rows) Add(k.table, row, lanes, offline, wall_ms);
   rejected_[k.table]->Increment(rejected.size());
   for (const RejectedMessage& m : rejected) {
@@ -203,6 +204,7 @@ Status TableFeed::Poll(PipelineLanes& lanes, OfflineSink* offline, int64_t wall_
     std::vector<TableRow> rows;
     std::vector<std::string> errors;
     FRESHET_RETURN_IF_ERROR(r.reader->ReadNew(&rows, &errors));
+    tables_.Reserve(r.table, rows.size());
     for (const TableRow& row : rows) Add(r.table, row, lanes, offline, wall_ms);
     rejected_[r.table]->Increment(errors.size());
     for (std::string& e : errors) warnings->push_back("table '" + spec_.tables[r.table].name + "': " + std::move(e));

@@ -115,6 +115,19 @@ Result<TableReplay> TableReplay::FromFiles(const Spec& spec,
 }
 
 void TableReplay::AddUpTo(TableSet& tables, int64_t seq) {
+  // Sizes each table once for the versions about to be added (a whole file, for historical --table).
+  size_t end = next_;
+  while (end < pending_.size() && pending_[end].version.seq <= seq) ++end;
+  if (end - next_ > 1) {
+    std::vector<size_t> rows;
+    for (size_t k = next_; k < end; ++k) {
+      if (pending_[k].table >= rows.size()) rows.resize(pending_[k].table + 1);
+      ++rows[pending_[k].table];
+    }
+    for (size_t t = 0; t < rows.size(); ++t) {
+      if (rows[t] > 0) tables.Reserve(t, rows[t]);
+    }
+  }
   while (next_ < pending_.size() && pending_[next_].version.seq <= seq) {
     Pending& p = pending_[next_++];
     tables.Add(p.table, p.version.row, std::numeric_limits<int64_t>::min());

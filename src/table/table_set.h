@@ -60,6 +60,10 @@ class TableSet {
 
   bool empty() const;
 
+  // Makes room for `rows` more keys of table `table` before they are added (the rows of a file, a batch of a
+  // topic): the table is then sized once, not at every doubling. Rows of keys already held waste some room.
+  void Reserve(size_t table, size_t rows);
+
   // Adds a version of table `table` arriving now, before the next event the caller parses. A version with the
   // valid_from of one the key already has replaces it (the later arrival wins). Returns true when the version is
   // late: it has a valid_from and the stream already accepted an event at or after it (`newest_event_ms`), which
@@ -71,6 +75,22 @@ class TableSet {
   // misses the cache). Called some events ahead of the line's parse (PrefetchAhead), so that the memory
   // access overlaps the work on the events before it: one parse is shorter than the miss.
   void Prefetch(std::string_view line) const;
+
+  // Prefetch for several lines at once: each line's keys are found and hashed as it is added, and Issue then
+  // prefetches all their slots back to back. Why: a prefetch whose page is not in the TLB holds up the core until
+  // the page walk ends (on this VM a walk through two levels of page tables, guest and host, outlasts the
+  // core's reorder window), so prefetches issued one per event made every event wait for one walk; issued
+  // together, their walks overlap. One per thread.
+  class PrefetchBatch {
+   public:
+    explicit PrefetchBatch(const TableSet& tables) : tables_(tables) {}
+    void Add(std::string_view line);
+    void Issue();
+
+   private:
+    const TableSet& tables_;
+    std::vector<std::pair<size_t, uint64_t>> pending_;  // (table, key hash)
+  };
 
   // Fills every joined slot of `slots` (parsed by EventParser, join fields set) for an event at `time_ms`.
   void Fill(std::vector<Value>& slots, int64_t time_ms) const;
@@ -95,41 +115,47 @@ class TableSet {
   std::unique_ptr<Impl> impl_;
 };
 
-// How many events ahead of the one being parsed their table slots are prefetched. At the start of the event's own
-// parse the prefetch arrived late (a DRAM miss plus a page walk outlast the parse of a ~90-byte line); a few
-// events ahead it has their parses to arrive, and a handful of misses in flight stays within what the core
-// tracks (its line fill buffers).
+// How many events ahead of the one being parsed their table slots are prefetched: between kTablePrefetchAhead and
+// twice that, in batches of about kTablePrefetchAhead lines (TableSet::PrefetchBatch). At the start of the event's
+// own parse the prefetch arrived late (a DRAM miss plus a page walk outlast the parse of a ~90-byte line); a few
+// events ahead it has their parses to arrive, and a batch's misses in flight stay near what the core tracks (its
+// line fill buffers).
 inline constexpr size_t kTablePrefetchAhead = 8;
 
 // Before line k of lines [begin, end) is processed, in order: calls prefetch_line(j) for the lines whose table
-// slots are due now, j = k + kTablePrefetchAhead (at k == begin, every line up to it), so that each line's are
-// asked for once, kTablePrefetchAhead lines before it. prefetch_line is TableSet::Prefetch of line j's raw JSON. A
-// prefetch is only a hint: a version added between it and the line's parse changes nothing the line sees.
+// slots are due now, a batch at every kTablePrefetchAhead-th line: at k == begin the lines up to begin + 2 *
+// kTablePrefetchAhead, then at k = begin + n * kTablePrefetchAhead the lines from k + kTablePrefetchAhead to k + 2 *
+// kTablePrefetchAhead. So each line is asked for once, kTablePrefetchAhead to 2 * kTablePrefetchAhead lines before
+// it (the first batch: up to that). prefetch_line adds line j's raw JSON to a TableSet::PrefetchBatch, which the
+// caller issues after this returns. A prefetch is only a hint: a version added between it and the line's parse
+// changes nothing the line sees.
 template <typename PrefetchLine>
 void PrefetchAhead(size_t begin, size_t k, size_t end, PrefetchLine prefetch_line) {
-  for (size_t j = k == begin ? k : k + kTablePrefetchAhead; j <= k + kTablePrefetchAhead && j < end; ++j) {
+  if (k != begin && (k - begin) % kTablePrefetchAhead != 0) return;
+  for (size_t j = k == begin ? k : k + kTablePrefetchAhead; j < k + 2 * kTablePrefetchAhead && j < end; ++j) {
     prefetch_line(j);
   }
 }
 
 // The same for lines read one at a time from a stream (LineReader), of which the coming ones are partly in memory.
-// prefetch(line) is TableSet::Prefetch.
+// prefetch(line) adds the line to a TableSet::PrefetchBatch, which the caller issues after Before returns.
 template <typename Prefetch>
 class PrefetchStreamAhead {
  public:
   explicit PrefetchStreamAhead(Prefetch prefetch) : prefetch_(std::move(prefetch)) {}
 
   // Before the line just read is processed: `unread` holds the bytes after it, which start at stream offset
-  // `unread_offset` (LineReader::Unread, bytes_consumed). Prefetches for the coming lines not yet prefetched, up
-  // to kTablePrefetchAhead ahead, as far as `unread` holds whole lines (after a refill, the first lines of the new
-  // bytes may go without).
+  // `unread_offset` (LineReader::Unread, bytes_consumed). Once fewer than kTablePrefetchAhead coming lines are
+  // prefetched, prefetches up to 2 * kTablePrefetchAhead ahead, as far as `unread` holds whole lines (after a
+  // refill, the first lines of the new bytes may go without).
   void Before(std::string_view unread, uint64_t unread_offset) {
     if (ahead_ > 0) --ahead_;  // The line just read was one of them.
     if (prefetched_end_ < unread_offset) {  // It was not prefetched (the start, or not in memory yet then).
       prefetched_end_ = unread_offset;
       ahead_ = 0;
     }
-    while (ahead_ < kTablePrefetchAhead) {
+    if (ahead_ >= kTablePrefetchAhead) return;
+    while (ahead_ < 2 * kTablePrefetchAhead) {
       const std::string_view rest = unread.substr(prefetched_end_ - unread_offset);
       const size_t newline = rest.find('\n');
       if (newline == std::string_view::npos) return;
