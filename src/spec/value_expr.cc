@@ -492,15 +492,34 @@ Value FromTruth(std::optional<bool> t) { return t ? Value::Bool(*t) : Value::Nul
 
 int64_t FloorDiv(int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0))); }
 
-Value Eval(const ValueNode& n, std::span<const Value> slots, int64_t time_ms, OwnedStrings* owned) {
-  auto arg = [&](size_t k) { return Eval(*n.args[k], slots, time_ms, owned); };
+Value Eval(const ValueNode& n, std::span<const Value> slots, int64_t time_ms, OwnedStrings* owned);
+
+// The value of a leaf (a literal, a field, the event's time): what Eval gives for it.
+inline Value Leaf(const ValueNode& n, std::span<const Value> slots, int64_t time_ms) {
   switch (n.op) {
     case Op::kLiteral: return n.literal;
     case Op::kField: {
       const Value& v = slots[static_cast<size_t>(n.slot)];
       return v.type == ValueType::kMissing || v.type == ValueType::kComposite ? Value::Null() : v;
     }
-    case Op::kTime: return Value::Int(time_ms);
+    default: return Value::Int(time_ms);  // Op::kTime.
+  }
+}
+
+bool IsLeaf(Op op) { return op == Op::kLiteral || op == Op::kField || op == Op::kTime; }
+
+Value Eval(const ValueNode& n, std::span<const Value> slots, int64_t time_ms, OwnedStrings* owned) {
+  // Leaves are read in place, not through a call of Eval each: most operands are fields and literals, and the
+  // call per node was most of an expression's cost (callgrind: ~45 instructions per node, two derived fields
+  // over a joined table 357 instructions per event).
+  auto arg = [&](size_t k) {
+    const ValueNode& a = *n.args[k];
+    return IsLeaf(a.op) ? Leaf(a, slots, time_ms) : Eval(a, slots, time_ms, owned);
+  };
+  switch (n.op) {
+    case Op::kLiteral:
+    case Op::kField:
+    case Op::kTime: return Leaf(n, slots, time_ms);
     case Op::kNeg: {
       const Value v = arg(0);
       if (v.type == ValueType::kInt) {

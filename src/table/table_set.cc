@@ -350,7 +350,7 @@ std::optional<std::string_view> KeyText(const Value& value, char (&digits)[24]) 
 std::optional<std::string_view> RawKey(std::string_view line, std::string_view quoted_name,
                                        std::atomic<size_t>& hint) {
   size_t at = hint.load(std::memory_order_relaxed);
-  if (line.substr(std::min(at, line.size()), quoted_name.size()) != quoted_name) {
+  if (!SameText(line.substr(std::min(at, line.size()), quoted_name.size()), quoted_name)) {
     at = line.find(quoted_name);
     if (at == std::string_view::npos) return std::nullopt;
     hint.store(at, std::memory_order_relaxed);
@@ -358,12 +358,13 @@ std::optional<std::string_view> RawKey(std::string_view line, std::string_view q
   size_t k = at + quoted_name.size();
   while (k < line.size() && (line[k] == ' ' || line[k] == ':')) ++k;
   if (k >= line.size()) return std::nullopt;
-  if (line[k] == '"') {
-    const size_t end = line.find('"', k + 1);
-    if (end == std::string_view::npos) return std::nullopt;
-    std::string_view key = line.substr(k + 1, end - k - 1);
-    if (key.find('\\') != std::string_view::npos) return std::nullopt;
-    return key;
+  if (line[k] == '"') {  // Keys are short: one pass for the closing quote and escapes, no library calls.
+    size_t end = k + 1;
+    for (; end < line.size() && line[end] != '"'; ++end) {
+      if (line[end] == '\\') return std::nullopt;
+    }
+    if (end >= line.size()) return std::nullopt;
+    return line.substr(k + 1, end - k - 1);
   }
   size_t end = k + (line[k] == '-' ? 1 : 0);
   while (end < line.size() && line[end] >= '0' && line[end] <= '9') ++end;
