@@ -6,6 +6,8 @@
 #include <limits>
 #include <optional>
 
+#include "common/text_hash.h"
+
 namespace freshet {
 
 // What a node is known to give before any event is seen: fields are kAny; literals and most operators are
@@ -467,7 +469,8 @@ Value Compare(Op op, const Value& a, const Value& b) {
   if (IsNull(a) || IsNull(b)) return Value::Null();
   if (op == Op::kEq || op == Op::kNe) {
     bool equal;
-    if (a.type == ValueType::kBool && b.type == ValueType::kBool) equal = a.b == b.b;
+    if (a.type == ValueType::kString && b.type == ValueType::kString) equal = SameText(a.s, b.s);  // No memcmp call.
+    else if (a.type == ValueType::kBool && b.type == ValueType::kBool) equal = a.b == b.b;
     else if (std::optional<int> o = Order(a, b)) equal = *o == 0;
     else equal = false;  // Different types, composites, NaN.
     return Value::Bool(op == Op::kEq ? equal : !equal);

@@ -157,7 +157,7 @@ class KeyMap {
     for (size_t i = hash & mask_;; i = (i + 1) & mask_) {
       const Slot& slot = slots_[i];
       if (slot.hash == 0) return nullptr;
-      if (slot.hash == hash && slot.key == key) return &slot.list;
+      if (slot.hash == hash && SameText(slot.key, key)) return &slot.list;
     }
   }
   VersionList* Find(std::string_view key, uint64_t hash) {
@@ -168,7 +168,7 @@ class KeyMap {
     const uint64_t hash = Hash(key);
     for (size_t i = hash & mask_;; i = (i + 1) & mask_) {
       Slot& slot = slots_[i];
-      if (slot.hash == hash && slot.key == key) return slot.list;
+      if (slot.hash == hash && SameText(slot.key, key)) return slot.list;
       if (slot.hash == 0) {
         slot.hash = hash;
         slot.key = std::string(key);
