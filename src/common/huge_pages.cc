@@ -11,8 +11,8 @@ size_t RoundUpToHugePage(size_t bytes) { return (bytes + kHugePageBytes - 1) & ~
 
 }  // namespace
 
-void* AllocateLarge(size_t bytes) {
-  if (bytes < kHugePageMinBytes) return ::operator new(bytes);
+void* AllocateLarge(size_t bytes, size_t alignment) {
+  if (bytes < kHugePageMinBytes) return ::operator new(bytes, std::align_val_t{alignment});
   const size_t length = RoundUpToHugePage(bytes);
   // Map one huge page more than needed and unmap the ends, so that the array starts on a 2 MiB boundary: a huge
   // page can only back an aligned 2 MiB range.
@@ -29,10 +29,10 @@ void* AllocateLarge(size_t bytes) {
   return reinterpret_cast<void*>(aligned);
 }
 
-void FreeLarge(void* p, size_t bytes) noexcept {
+void FreeLarge(void* p, size_t bytes, size_t alignment) noexcept {
   if (p == nullptr) return;
   if (bytes < kHugePageMinBytes) {
-    ::operator delete(p);
+    ::operator delete(p, std::align_val_t{alignment});
     return;
   }
   munmap(p, RoundUpToHugePage(bytes));

@@ -21,15 +21,15 @@ namespace freshet {
 inline constexpr size_t kHugePageBytes = size_t{2} << 20;
 inline constexpr size_t kHugePageMinBytes = kHugePageBytes;
 
-// `bytes` of memory aligned to at least alignof(std::max_align_t); throws std::bad_alloc. Free with FreeLarge
-// and the same `bytes`.
-void* AllocateLarge(size_t bytes);
-void FreeLarge(void* p, size_t bytes) noexcept;
+// `bytes` of memory aligned to `alignment` (a power of two up to kHugePageBytes); throws std::bad_alloc. Free
+// with FreeLarge and the same `bytes` and `alignment`.
+void* AllocateLarge(size_t bytes, size_t alignment);
+void FreeLarge(void* p, size_t bytes, size_t alignment) noexcept;
 
 template <typename T>
 struct HugePageAllocator {
   using value_type = T;
-  static_assert(alignof(T) <= alignof(std::max_align_t));
+  static_assert(alignof(T) <= kHugePageBytes);
 
   HugePageAllocator() = default;
   template <typename U>
@@ -37,9 +37,9 @@ struct HugePageAllocator {
 
   T* allocate(size_t n) {
     if (n > static_cast<size_t>(-1) / sizeof(T)) throw std::bad_alloc();
-    return static_cast<T*>(AllocateLarge(n * sizeof(T)));
+    return static_cast<T*>(AllocateLarge(n * sizeof(T), alignof(T)));
   }
-  void deallocate(T* p, size_t n) noexcept { FreeLarge(p, n * sizeof(T)); }
+  void deallocate(T* p, size_t n) noexcept { FreeLarge(p, n * sizeof(T), alignof(T)); }
 
   template <typename U>
   bool operator==(const HugePageAllocator<U>&) const noexcept {

@@ -22,13 +22,15 @@ namespace {
 // State format of Save/Load.
 constexpr uint32_t kTableSetVersion = 1;
 
-// A column value of a version; strings live in the version's `text`.
+// A column value of a version; strings live in the version's `text`. 16 bytes, so that a version's first cells fit
+// beside the key in the first two cache lines of its slot (see KeyMap::Slot).
 struct StoredCell {
+  int64_t i = 0;  // kInt, kBool (0 or 1); kDouble: the double's bits; kString: offset << 32 | length in the text.
   ValueType type = ValueType::kMissing;
-  uint32_t offset = 0;  // kString: its bytes in Version::text.
-  uint32_t length = 0;
-  int64_t i = 0;  // kInt, kBool (0 or 1); kDouble: the double's bits.
   double d() const { return std::bit_cast<double>(i); }
+  uint32_t offset() const { return static_cast<uint32_t>(static_cast<uint64_t>(i) >> 32); }
+  uint32_t length() const { return static_cast<uint32_t>(static_cast<uint64_t>(i)); }
+  void SetText(uint32_t offset, uint32_t length) { i = static_cast<int64_t>(uint64_t{offset} << 32 | length); }
 };
 
 // The cells of a version: the first few inline, so that a lookup reads them from the map's slot (one cache miss
@@ -39,24 +41,29 @@ class CellList {
     if (size_ < inline_.size()) {
       inline_[size_] = cell;
     } else {
-      more_.push_back(cell);
+      if (more_ == nullptr) more_ = std::make_unique<std::vector<StoredCell>>();
+      more_->push_back(cell);
     }
     ++size_;
   }
   size_t size() const { return size_; }
-  const StoredCell& operator[](size_t k) const { return k < inline_.size() ? inline_[k] : more_[k - inline_.size()]; }
-  size_t heap_bytes() const { return more_.capacity() * sizeof(StoredCell); }
+  const StoredCell& operator[](size_t k) const { return k < inline_.size() ? inline_[k] : (*more_)[k - inline_.size()]; }
+  size_t heap_bytes() const { return more_ == nullptr ? 0 : sizeof(*more_) + more_->capacity() * sizeof(StoredCell); }
 
  private:
   std::array<StoredCell, 2> inline_;
-  std::vector<StoredCell> more_;
   uint32_t size_ = 0;
+  std::unique_ptr<std::vector<StoredCell>> more_;  // Pointer-sized: the rest of the slot's hot part stays in place.
 };
 
+// valid_from of VersionList's newest when the key has no version: later than any valid_from (years 0001-9999).
+constexpr int64_t kNoVersionMs = std::numeric_limits<int64_t>::max();
+
+// Fields in the order a lookup reads them (KeyMap::Slot).
 struct Version {
   int64_t valid_from_ms = kAlwaysValidMs;
-  std::string text;  // The bytes of the string cells.
   CellList cells;    // One per joined column of the table (Table::columns order).
+  std::string text;  // The bytes of the string cells.
 };
 
 // A key's versions: the one with the greatest valid_from inline (what almost every event reads), the older ones,
@@ -65,9 +72,8 @@ class VersionList {
  public:
   // Adds `v`; one with the same valid_from is replaced (the later arrival wins). Returns whether it was new.
   bool Insert(Version v) {
-    if (!has_newest_) {
+    if (!has_newest()) {
       newest_ = std::move(v);
-      has_newest_ = true;
       return true;
     }
     if (v.valid_from_ms == newest_.valid_from_ms) {
@@ -90,18 +96,17 @@ class VersionList {
   }
   // The version with the greatest valid_from <= t, or null.
   const Version* Find(int64_t t) const {
-    if (has_newest_ && newest_.valid_from_ms <= t) return &newest_;
+    if (newest_.valid_from_ms <= t) return &newest_;  // Never with no version: kNoVersionMs > every t.
     for (auto it = older_.rbegin(); it != older_.rend(); ++it) {
       if (it->valid_from_ms <= t) return &*it;
     }
     return nullptr;
   }
-  size_t size() const { return older_.size() + (has_newest_ ? 1 : 0); }
+  size_t size() const { return older_.size() + (has_newest() ? 1 : 0); }
   // Drops every version (the key was deleted); returns how many.
   size_t Clear() {
     const size_t dropped = size();
-    newest_ = Version{};
-    has_newest_ = false;
+    newest_ = NoVersion();
     older_.clear();
     return dropped;
   }
@@ -109,7 +114,7 @@ class VersionList {
   // Drops the versions no event at `horizon` or later can see: those older than the greatest valid_from <=
   // horizon. Returns how many.
   size_t Prune(int64_t horizon) {
-    if (has_newest_ && newest_.valid_from_ms <= horizon) {
+    if (has_newest() && newest_.valid_from_ms <= horizon) {
       const size_t dropped = older_.size();
       older_.clear();
       return dropped;
@@ -126,13 +131,19 @@ class VersionList {
   template <typename Fn>
   void ForEach(Fn fn) const {
     for (const Version& v : older_) fn(v);
-    if (has_newest_) fn(newest_);
+    if (has_newest()) fn(newest_);
   }
   size_t heap_bytes() const { return older_.capacity() * sizeof(Version); }
 
  private:
-  Version newest_;
-  bool has_newest_ = false;
+  static Version NoVersion() {
+    Version none;
+    none.valid_from_ms = kNoVersionMs;
+    return none;
+  }
+  bool has_newest() const { return newest_.valid_from_ms != kNoVersionMs; }
+
+  Version newest_ = NoVersion();  // First: a lookup reads it beside the key (KeyMap::Slot).
   std::vector<Version> older_;
 };
 
@@ -144,11 +155,15 @@ class VersionList {
 // version at the horizon.
 class KeyMap {
  public:
-  struct Slot {
+  // What a lookup reads (the hash, the key, the newest version's valid_from, first two cells and text) is in the
+  // slot's first 128 bytes, two cache lines, which Prefetch fetches (static_assert below); the rest (more cells,
+  // older versions) is read rarely. Aligned so that those bytes are two lines, not three.
+  struct alignas(64) Slot {
     uint64_t hash = 0;  // 0: empty (Hash never returns 0).
     std::string key;
     VersionList list;
   };
+  static constexpr size_t kHotBytes = 128;
 
   static uint64_t Hash(std::string_view key) { return HashText(key) | 1; }
 
@@ -185,8 +200,7 @@ class KeyMap {
     if (slots_.empty()) return;
     for (size_t i : {hash & mask_, (hash + 1) & mask_}) {
       const char* at = reinterpret_cast<const char*>(&slots_[i]);
-      // The hash, the key and the newest version's valid_from and first cells: the slot's first 3 cache lines.
-      for (size_t line = 0; line < std::min<size_t>(sizeof(Slot), 192); line += 64) __builtin_prefetch(at + line);
+      for (size_t line = 0; line < kHotBytes; line += 64) __builtin_prefetch(at + line);  // The hot part (Slot).
     }
     // GCC counts __builtin_prefetch as no side effect, so it found this function pure and deleted its calls (GCC
     // 12, -O2: no prefetch was issued at all until this line); the volatile asm is a side effect it keeps.
@@ -233,6 +247,10 @@ class KeyMap {
   size_t mask_ = 0;
   size_t size_ = 0;
 };
+
+// The hot part of a slot: its hash, key and newest version (VersionList's first member), with no padding between
+// (every member is 8-aligned).
+static_assert(sizeof(uint64_t) + sizeof(std::string) + sizeof(Version) <= KeyMap::kHotBytes);
 
 // One joined column: the slot it fills and its path in the row.
 struct Column {
@@ -299,8 +317,7 @@ StoredCell CellOf(simdjson::dom::element element, std::string* text) {
     case element_type::STRING: {
       const std::string_view s(element);
       cell.type = ValueType::kString;
-      cell.offset = static_cast<uint32_t>(text->size());
-      cell.length = static_cast<uint32_t>(s.size());
+      cell.SetText(static_cast<uint32_t>(text->size()), static_cast<uint32_t>(s.size()));
       text->append(s);
       break;
     }
@@ -325,7 +342,7 @@ void SetValue(const StoredCell& cell, const std::string& text, Value& out) {
     case ValueType::kString:
       out.type = ValueType::kString;
       out.i = 0;
-      out.s = std::string_view(text).substr(cell.offset, cell.length);
+      out.s = std::string_view(text).substr(cell.offset(), cell.length());
       break;
     default: out.type = ValueType::kMissing; out.i = 0; break;
   }
@@ -583,9 +600,10 @@ void TableSet::Save(ByteWriter& out) const {
         for (size_t k = 0; k < v.cells.size(); ++k) {
           const StoredCell& c = v.cells[k];
           out.PutU8(static_cast<uint8_t>(c.type));
-          out.PutI64(c.i);
-          out.PutU32(c.offset);
-          out.PutU32(c.length);
+          const bool text = c.type == ValueType::kString;  // Format 1: i 0, then offset and length.
+          out.PutI64(text ? 0 : c.i);
+          out.PutU32(text ? c.offset() : 0);
+          out.PutU32(text ? c.length() : 0);
         }
       });
     });
@@ -623,11 +641,13 @@ Status TableSet::Load(ByteReader& in) {
         for (uint64_t c = 0; c < cells; ++c) {
           StoredCell cell;
           uint8_t type = 0;
-          if (!in.ReadU8(&type) || !in.ReadI64(&cell.i) || !in.ReadU32(&cell.offset) ||
-              !in.ReadU32(&cell.length) || uint64_t{cell.offset} + cell.length > v.text.size()) {
+          uint32_t offset = 0, length = 0;
+          if (!in.ReadU8(&type) || !in.ReadI64(&cell.i) || !in.ReadU32(&offset) || !in.ReadU32(&length) ||
+              uint64_t{offset} + length > v.text.size()) {
             return damaged;
           }
           cell.type = static_cast<ValueType>(type);
+          if (cell.type == ValueType::kString) cell.SetText(offset, length);
           v.cells.push_back(cell);
         }
         if (list.Insert(std::move(v))) ++table.version_count;
