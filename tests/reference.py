@@ -988,6 +988,31 @@ def table_versions(table: str, rows: list[dict], before_line: int) -> list[Table
     return [TableVersion(table, row, before_line) for row in rows]
 
 
+def deletion_mark(row: dict) -> bool | str:
+    """A row's `_deleted` field (README: "Reference tables and joins", Deletions): True when the row deletes its
+    key (JSON true, or the text "true" as a CSV cell reads), False when absent or false, else why it is no row."""
+    mark = row.get("_deleted", False)
+    if mark is True or mark == "true":
+        return True
+    if mark is False or mark == "false":
+        return False
+    return "bad _deleted"
+
+
+def file_table_versions(spec: Spec, table: str, rows: list[dict], before_line: int) -> list[TableVersion]:
+    """The versions of table-file (or PUT) rows that arrived before input line `before_line` + 1: a row with
+    `_deleted` true deletes the key its key field names; the others are versions (rows the engine rejects are not
+    given)."""
+    out = []
+    for row in rows:
+        mark = deletion_mark(row)
+        if isinstance(mark, str):
+            raise ReferenceError(f"{row!r}: {mark}")
+        key = entity_key(resolve(row, spec.tables[table][0]))
+        out.append(TableVersion(table, None, before_line, key) if mark else TableVersion(table, row, before_line))
+    return out
+
+
 def joined_row(spec: Spec, table: str, key: str | None, time_ms: int, line: int,
                versions: list[TableVersion]) -> dict | None:
     """The row an event on input line `line` (1-based) at `time_ms` joins: among the versions of `table` for `key`
@@ -1068,6 +1093,9 @@ def kafka_table_version(spec: Spec, table: str, key: bytes | None, value: bytes 
     own = resolve(row, key_field)
     if own is not MISSING and entity_key(own) != text_key:
         return "key field differs from the message key"
+    mark = deletion_mark(row)
+    if mark is not False:
+        return mark if isinstance(mark, str) else TableVersion(table, None, before_line, text_key)
     if valid_from_field and event_time_ms(resolve(row, valid_from_field)) is None:
         return "bad valid_from"
     return TableVersion(table, row, before_line, text_key)
