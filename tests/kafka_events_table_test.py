@@ -3,8 +3,9 @@
 
 Events (table_join_test's workload plus malformed lines) go to a 4-partition topic keyed by user; the profile
 table (kafka_table_test's messages: versions before, between and after the events, late ones, tombstones, three
-malformed messages) to a 3-partition compacted topic. Part of both is produced before `freshet run` starts, more
-while it runs; the last third of both is produced interleaved, with a kill -9 in the middle of it.
+malformed messages; plus a row marked "_deleted": true) to a 3-partition compacted topic. Part of both is
+produced before `freshet run` starts, more while it runs; the last third of both is produced interleaved, with a
+kill -9 in the middle of it.
 
 Where a version stands among the events is the runtime's choice when both topics grow at once (the table is polled
 every 200 ms, between event batches). It records that place, the seq of the first event after the version, in the
@@ -109,6 +110,7 @@ def test_kafka_events_join_a_kafka_table_exactly(kafka_broker, tmp_path: Path, p
         pytest.skip(f"freshet binary not found at {BIN}")
     work = Workload(seed=12)
     table_phases = _phases(work)
+    table_phases[2].insert(3, (b"u7", b'{"user_id": "u7", "_deleted": true}'))  # A deletion without a tombstone.
     batches = _event_batches(work)
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(with_parallelism(_events_spec(kafka_broker.bootstrap), parallelism))
