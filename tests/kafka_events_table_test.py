@@ -30,7 +30,7 @@ import pytest
 import reference
 from asof_exact_test import _features_table
 from feature_runs import (check_backfill_rewrites_bit_for_bit, features_table_mismatches, historical_store_mismatches,
-                          lookup_mismatches, with_parallelism)
+                          lookup_mismatches, same_value, with_parallelism)
 from kafka_broker import kafka_broker  # noqa: F401  (the fixture)
 from kafka_table_test import TOPIC as TABLE_TOPIC, _live_keys, _phases, _spec
 from run_process import get_bytes, start_run, wait_for
@@ -183,6 +183,15 @@ def test_kafka_events_join_a_kafka_table_exactly(kafka_broker, tmp_path: Path, p
         mismatches = lookup_mismatches(
             lambda user, at: json.loads(get_bytes(port, f"/v1/features/{user}?at={at}")), spec, events, t_end)
         assert not mismatches, "\n".join(mismatches[:20])
+        # Explanations replay the events table with the table history too: the joined features agree.
+        by_entity = reference.group_by_entity(events)
+        for user in ("u3", "u7", "u19", "u1"):
+            for feature in spec.features:
+                x = json.loads(get_bytes(port, f"/v1/explain/{user}?feature={feature.name}&at={t_end}"))
+                expected, _ = reference.feature_value(feature, by_entity[user], t_end, spec)
+                if not (x["agrees"] and same_value(expected, x["value"])):
+                    mismatches.append(f"explain {user} {feature.name}: reference {expected!r}, {x!r}")
+        assert not mismatches, "\n".join(mismatches[:5])
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
