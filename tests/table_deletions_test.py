@@ -17,6 +17,8 @@ import urllib.request
 from pathlib import Path
 
 import deltalake
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 import reference
 from asof_exact_test import _features_table
@@ -136,4 +138,19 @@ def test_deletions_from_a_file_and_put_equal_the_reference(tmp_path: Path) -> No
     mismatches = historical_store_mismatches(
         spec_path, None, rows_csv, spec, up_front_events,
         inputs=["--events", str(tmp_path / "events.jsonl"), "--table", f"profiles={csv_file}"])
+    assert not mismatches, "\n".join(mismatches[:20])
+    # And as Parquet: `_deleted` a boolean column (null where a row has none), updated_at a timestamp column.
+    parquet_file = tmp_path / "all_rows.parquet"
+    rows = [row for p in phases for row in p]
+    pq.write_table(pa.table({
+        "user_id": pa.array([r["user_id"] for r in rows], pa.string()),
+        "updated_at": pa.array([reference.event_time_ms(r["updated_at"]) if "updated_at" in r else None
+                                for r in rows], pa.timestamp("ms")),
+        "segment": pa.array([r.get("segment") for r in rows], pa.string()),
+        "created_ms": pa.array([r.get("created_ms") for r in rows], pa.int64()),
+        "_deleted": pa.array([r.get("_deleted") for r in rows], pa.bool_()),
+    }), parquet_file)
+    mismatches = historical_store_mismatches(
+        spec_path, None, rows_csv, spec, up_front_events,
+        inputs=["--events", str(tmp_path / "events.jsonl"), "--table", f"profiles={parquet_file}"])
     assert not mismatches, "\n".join(mismatches[:20])
