@@ -181,14 +181,15 @@ def lookup_mismatches(get_answer: Callable[[str, int], dict], spec: reference.Sp
     return mismatches
 
 
-def historical_store_mismatches(spec_path: Path, data_dir: Path, rows_csv: Path, spec: reference.Spec,
-                                events: list[reference.Event]) -> list[str]:
-    """`freshet historical` from the offline store (`--data-dir`) for the entity rows in `rows_csv` (columns user,
-    ts), each answer against reference.compute over `events`: texts equal for `last` and empty cells, numbers to
-    1e-9."""
+def historical_store_mismatches(spec_path: Path, data_dir: Path | None, rows_csv: Path, spec: reference.Spec,
+                                events: list[reference.Event], inputs: list[str] | None = None) -> list[str]:
+    """`freshet historical` from the offline store (`--data-dir`; or from `inputs`, e.g. --events F --table T=F,
+    when given) for the entity rows in `rows_csv` (columns user, ts), each answer against reference.compute over
+    `events`: texts equal for `last` and empty cells, numbers to 1e-9."""
     out = rows_csv.with_suffix(".out.csv")
+    inputs = inputs if inputs is not None else ["--data-dir", str(data_dir)]
     subprocess.run([BIN, "historical", "--spec", str(spec_path), "--entities", str(rows_csv), "--output", str(out),
-                    "--no-progress", "--data-dir", str(data_dir)], check=True)
+                    "--no-progress", *inputs], check=True)
     with open(out, newline="") as f:
         got = list(csv.DictReader(f))
     expected = reference.compute(spec, events, reference.read_entity_rows(str(rows_csv), spec))

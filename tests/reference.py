@@ -988,6 +988,31 @@ def table_versions(table: str, rows: list[dict], before_line: int) -> list[Table
     return [TableVersion(table, row, before_line) for row in rows]
 
 
+def deletion_mark(row: dict) -> bool | str:
+    """A row's `_deleted` field (README: "Reference tables and joins", Deletions): True when the row deletes its
+    key (JSON true, or the text "true" as a CSV cell reads), False when absent or false, else why it is no row."""
+    mark = row.get("_deleted", False)
+    if mark is True or mark == "true":
+        return True
+    if mark is False or mark == "false":
+        return False
+    return "bad _deleted"
+
+
+def file_table_versions(spec: Spec, table: str, rows: list[dict], before_line: int) -> list[TableVersion]:
+    """The versions of table-file (or PUT) rows that arrived before input line `before_line` + 1: a row with
+    `_deleted` true deletes the key its key field names; the others are versions (rows the engine rejects are not
+    given)."""
+    out = []
+    for row in rows:
+        mark = deletion_mark(row)
+        if isinstance(mark, str):
+            raise ReferenceError(f"{row!r}: {mark}")
+        key = entity_key(resolve(row, spec.tables[table][0]))
+        out.append(TableVersion(table, None, before_line, key) if mark else TableVersion(table, row, before_line))
+    return out
+
+
 def joined_row(spec: Spec, table: str, key: str | None, time_ms: int, line: int,
                versions: list[TableVersion]) -> dict | None:
     """The row an event on input line `line` (1-based) at `time_ms` joins: among the versions of `table` for `key`
@@ -1028,6 +1053,12 @@ def late_versions(spec: Spec, data: bytes, versions: list[TableVersion]) -> dict
     """Per table, the versions that arrived late: with a valid_from at or before the newest event time accepted
     before their arrival."""
     events, _ = read_events(data, spec, versions)
+    return late_versions_among(spec, events, versions)
+
+
+def late_versions_among(spec: Spec, events: list[Event], versions: list[TableVersion]) -> dict[str, int]:
+    """late_versions over accepted events already read, each numbered by its `line` in the order versions'
+    `before_line` counts (an event on line L came before a version with before_line >= L)."""
     late: dict[str, int] = {}
     for v in versions:
         valid_from_field = spec.tables[v.table][1]
@@ -1062,6 +1093,9 @@ def kafka_table_version(spec: Spec, table: str, key: bytes | None, value: bytes 
     own = resolve(row, key_field)
     if own is not MISSING and entity_key(own) != text_key:
         return "key field differs from the message key"
+    mark = deletion_mark(row)
+    if mark is not False:
+        return mark if isinstance(mark, str) else TableVersion(table, None, before_line, text_key)
     if valid_from_field and event_time_ms(resolve(row, valid_from_field)) is None:
         return "bad valid_from"
     return TableVersion(table, row, before_line, text_key)
@@ -1185,6 +1219,46 @@ def read_events(data: bytes, spec: Spec, versions: list[TableVersion] | None = N
         events.append(parsed)
         max_time = parsed.time_ms if max_time is None else max(max_time, parsed.time_ms)
     return events, dead
+
+
+def read_partitioned_events(spec: Spec, partitions: dict[int, list[tuple[int, bytes]]],
+                            versions: list[TableVersion], seq_of: dict[tuple[int, int], int]
+                            ) -> tuple[list[Event], dict[tuple[int, int], str]]:
+    """A Kafka source with reference tables. Each partition is an input of its own (README, Semantics): its
+    messages in offset order, its own lateness clock; so `read_events` runs over each partition's messages
+    (`partitions`: {partition: [(offset, value)]}). Table versions arrive between the events of all partitions:
+    `versions` in arrival order, each `before_line` the stream-wide seq of the first accepted event after it (the
+    table history's `seq`). `seq_of`: the seq recorded for each accepted event, by (partition, offset); within a
+    partition seqs must rise with the offsets (else ReferenceError). A version is seen by the partition's events
+    whose seq is at or after its own: its before_line in the partition is the count of the partition's messages up
+    to the last accepted one with a lower seq (a rejected message's joins are never read).
+
+    Returns the accepted events in seq order, each with `line` = its seq + 1 (so late_versions_among and
+    joined_row count them as versions do), and the reason of each rejected message by (partition, offset)."""
+    accepted: list[Event] = []
+    dead: dict[tuple[int, int], str] = {}
+    for partition, messages in sorted(partitions.items()):
+        messages = sorted(messages)
+        seqs = [seq_of.get((partition, offset)) for offset, _ in messages]
+        known = [s for s in seqs if s is not None]
+        if known != sorted(known):
+            raise ReferenceError(f"partition {partition}: seqs do not rise with the offsets")
+
+        def before_line(seq: int) -> int:
+            return max((k + 1 for k, s in enumerate(seqs) if s is not None and s < seq), default=0)
+        local = [TableVersion(v.table, v.row, before_line(v.before_line), v.key) for v in versions]
+        events, letters = read_events(b"".join(value + b"\n" for _, value in messages), spec, local)
+        for letter in letters:
+            dead[(partition, messages[letter.line - 1][0])] = letter.reason
+        for event in events:
+            seq = seqs[event.line - 1]
+            if seq is None:
+                raise ReferenceError(f"partition {partition} offset {messages[event.line - 1][0]}: accepted by the "
+                                     "reference but recorded with no seq")
+            event.line = seq + 1
+            accepted.append(event)
+    accepted.sort(key=lambda e: e.line)
+    return accepted, dead
 
 
 def assign_lives(events: list[Event], spec: Spec) -> None:

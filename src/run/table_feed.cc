@@ -100,7 +100,9 @@ TableFeed::TableFeed(const Spec& spec, MetricsRegistry& metrics, const std::stri
     const MetricLabels labels = {{"table", table.name}};
     versions_.push_back(&metrics.GetCounter(
         "freshet_table_versions_total",
-        "Reference-table rows received (each a new version of its key; Kafka deletions included).", labels));
+        "Reference-table rows received (each a new version of its key; deletions included: Kafka tombstones and "
+        "rows with _deleted true).",
+        labels));
     late_.push_back(&metrics.GetCounter(
         "freshet_table_late_versions_total",
         "Reference-table versions that arrived late: their valid_from is at or before the newest accepted event "

@@ -2,7 +2,8 @@
 // each table file was read up to, and the versions' numbering — fed between event batches, so that each version
 // has one place in the stream's order: before the event numbered PipelineLanes::next_offline_seq().
 //
-// Rows come from each table's file source and from PUT /v1/tables/{name}: Put appends the valid rows of a request
+// Rows come from each table's file source and from PUT /v1/tables/{name} (a row with "_deleted": true deletes its
+// key, ParseTableRow): Put appends the valid rows of a request
 // to the table's put log, <data_dir>/tables/<name>.jsonl, and fsyncs it before the request is acknowledged; the
 // log is then read like a table file. So an acknowledged row survives a crash (kill -9, power loss), and it takes
 // its place in the stream when Poll reads it.

@@ -54,6 +54,38 @@ TEST(TableFeedTest, PutRowsAreLoggedDurablyAndAnUnfinishedLineIsCutAtStart) {
   std::filesystem::remove_all(dir);
 }
 
+// A PUT row marked "_deleted": true deletes its key where it arrives; it needs no valid_from. Another mark is
+// refused with the reason.
+TEST(TableFeedTest, APutRowMarkedDeletedDeletesItsKey) {
+  Result<Spec> spec = ParseSpec(
+      "name: t\nentity: user\ntimestamp: ts\ntables:\n  - {name: profiles, key: user_id, valid_from: at}\n"
+      "joins:\n  - {table: profiles, on: user}\n"
+      "features:\n  - {name: s, aggregation: last, field: profiles.segment, window: {type: lifetime}}\n",
+      "t.yaml");
+  ASSERT_TRUE(spec.ok()) << spec.status().message();
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / "freshet_table_feed_delete_test";
+  std::filesystem::remove_all(dir);
+  MetricsRegistry metrics;
+  TableFeed feed(*spec, metrics, dir.string());
+  PipelineLanes lanes(*spec, /*partitioned=*/false);
+  std::vector<std::pair<size_t, std::string>> errors;
+  ASSERT_TRUE(feed.Put("profiles", "{\"user_id\":\"a\",\"at\":1,\"segment\":\"vip\"}\n"
+                                   "{\"user_id\":\"b\",\"at\":1,\"segment\":\"new\"}\n", &errors).ok());
+  std::vector<std::string> warnings;
+  ASSERT_TRUE(feed.Poll(lanes, nullptr, 0, &warnings).ok());
+  EXPECT_EQ(feed.tables().keys(0), 2u);
+  Result<size_t> put = feed.Put("profiles", "{\"user_id\":\"a\",\"_deleted\":true}\n"
+                                            "{\"user_id\":\"b\",\"_deleted\":\"yes\"}\n", &errors);
+  ASSERT_TRUE(put.ok());
+  EXPECT_EQ(*put, 1u);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].first, 2u);
+  EXPECT_NE(errors[0].second.find("'_deleted' must be true"), std::string::npos) << errors[0].second;
+  ASSERT_TRUE(feed.Poll(lanes, nullptr, 0, &warnings).ok());
+  EXPECT_EQ(feed.tables().keys(0), 1u);  // b only.
+  std::filesystem::remove_all(dir);
+}
+
 // A checkpoint written before Kafka tables (format 1: no Kafka section before the tables' state) still restores.
 TEST(TableFeedTest, AFormatOneCheckpointRestores) {
   Result<Spec> spec = ProfilesSpec();

@@ -414,7 +414,7 @@ inline constexpr SpecOption kSpecOptions[] = {
                "Where rows are read from besides PUT /v1/tables/{name}: a file, read when `freshet run` starts and "
                "followed for appended lines (each new row is a new version), or re-read when it changes (parquet); "
                "or a Kafka topic, read from its start and followed (each message a new version; a null value "
-               "deletes its key).")
+               "deletes its key). In every source a row with \"_deleted\": true deletes its key.")
         .Example("{type: file, path: profiles.jsonl, format: jsonl}"),
     SpecOption("tables[].source", "type", SpecValueType::kChoice,
                "The kind of source. file: a table file. kafka: a (compacted) Kafka topic, each message one row: "

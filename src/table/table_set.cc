@@ -433,6 +433,17 @@ Result<TableRow> ParseTableRow(const TableSpec& table, std::string_view json,
     }
     row.key = std::string(*key_text);
   }
+  // A file row or a PUT row has no null value to delete its key with, as a Kafka tombstone does: "_deleted": true
+  // says it. No valid_from is needed: a deletion applies where it arrives in the input order.
+  if (simdjson::dom::element deleted; object["_deleted"].get(deleted) == simdjson::SUCCESS) {
+    const std::string_view text = deleted.is_string() ? std::string_view(deleted) : std::string_view();
+    const bool yes = deleted.is_bool() ? bool(deleted) : text == "true";
+    if (!deleted.is_bool() && !yes && text != "false") {
+      return Status::Invalid("field '_deleted' must be true (the row deletes its key) or false (a CSV cell: true or "
+                             "false)");
+    }
+    if (yes) return TableRow{std::move(row.key), kAlwaysValidMs, std::string(kDeletedRow)};
+  }
   if (table.valid_from.empty()) return row;
   simdjson::dom::element from;
   if (At(object, SplitPath(table.valid_from)).get(from) != simdjson::SUCCESS) {

@@ -47,7 +47,8 @@ struct TableRow {
 
 // Reads a row (one JSON object) of `table`: its key and valid_from. On failure says which field is wrong and
 // how to fix it (the caller adds file:line). `key`: the key given beside the row (a Kafka message key); the row's
-// key field may then be absent, and must name the same key when present.
+// key field may then be absent, and must name the same key when present. A row with "_deleted": true (or the text
+// "true", a CSV cell) deletes its key: a TableRow with kDeletedRow, whatever its other fields.
 Result<TableRow> ParseTableRow(const TableSpec& table, std::string_view json,
                                std::optional<std::string_view> key = std::nullopt);
 
