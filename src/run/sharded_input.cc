@@ -82,7 +82,8 @@ void ShardedInput::SetTables(const TableSet* tables) {
 void ShardedInput::Parse(std::span<const SourceRecord> batch) {
   batch_ = batch;
   parsed_.resize(batch.size());
-  run_([&](size_t shard) { ParseSlice(shard); });
+  next_block_.store(0, std::memory_order_relaxed);  // The fork-join orders it before every thread's first take.
+  run_([&](size_t shard) { ParseBlocks(shard); });
 }
 
 void ShardedInput::Process(size_t begin, size_t end, int64_t wall_ms, bool track_changed,
@@ -108,11 +109,19 @@ void ShardedInput::Process(size_t begin, size_t end, int64_t wall_ms, bool track
   for (size_t k = 0; k < lanes_.size(); ++k) lanes_.at(k).engine.FollowClock(clock_ms);
 }
 
-void ShardedInput::ParseSlice(size_t shard) {
+void ShardedInput::ParseBlocks(size_t shard) {
+  // Each thread takes the next unparsed block until none is left: a thread that starts late or is slowed parses
+  // fewer blocks instead of making the others wait at the join.
+  for (;;) {
+    const size_t begin = next_block_.fetch_add(1, std::memory_order_relaxed) * kParseBlock;
+    if (begin >= batch_.size()) return;
+    ParseBlock(shard, begin, std::min(batch_.size(), begin + kParseBlock));
+  }
+}
+
+void ShardedInput::ParseBlock(size_t shard, size_t begin, size_t end) {
   Shard& s = *shards_[shard];
   const std::span<const SourceRecord> records = batch_;
-  const size_t begin = records.size() * shard / shards_.size();
-  const size_t end = records.size() * (shard + 1) / shards_.size();
   for (size_t k = begin; k < end; ++k) {
     if (tables_ != nullptr) PrefetchAhead(begin, k, end, [&](size_t j) { tables_->Prefetch(records[j].text); });
     Parsed& p = parsed_[k];

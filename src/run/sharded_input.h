@@ -4,7 +4,7 @@
 // numbering (README, Semantics). So the rules that depend on that order run in it, before events are handed to
 // shards, and a batch of records goes through three steps:
 //
-//   parse   in parallel, each thread a slice of the batch: the parser's verdict, and the parsed event with its
+//   parse   in parallel, each thread taking blocks of the batch: the parser's verdict, and the parsed event with its
 //           strings copied (the parser's own live until its next parse) and its entity's shard
 //           (PipelineLanes::ShardOf). One fork-join for the whole batch (a poll's 4096 records), before the runtime
 //           takes its exclusive lock: the parse touches no lane. Then, chunk by chunk, each chunk under that lock
@@ -26,6 +26,7 @@
 // Not thread-safe: the runtime calls Process under its exclusive lock; `run` runs the shard threads.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -75,7 +76,9 @@ class ShardedInput {
   struct Parsed;  // One record after the parse step.
   struct Shard;   // One shard thread's parser and scratch.
 
-  void ParseSlice(size_t shard);
+  static constexpr size_t kParseBlock = 256;  // Records a parse thread takes at a time.
+  void ParseBlocks(size_t shard);
+  void ParseBlock(size_t shard, size_t begin, size_t end);
   void Judge(size_t begin, size_t end, const DeadLetter& dead_letter, Output* out);
   void Apply(size_t shard, bool track_changed);
   void AddOfflineRows(int64_t wall_ms);
@@ -87,6 +90,7 @@ class ShardedInput {
   const TableSet* tables_ = nullptr;  // Joined; the parse step prefetches their slots some records ahead.
   std::span<const SourceRecord> batch_;  // The batch Parse was given.
   std::vector<Parsed> parsed_;           // Per record of the batch.
+  std::atomic<size_t> next_block_{0};    // The next block of the batch to parse.
   std::vector<std::unique_ptr<Shard>> shards_;
   uint64_t first_seq_ = 0;  // The chunk's first accepted event's seq.
 };
