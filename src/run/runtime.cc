@@ -41,6 +41,7 @@
 #include "state/group_checkpoints.h"
 #include "store/redis_store.h"
 #include "run/redis_serving.h"
+#include "run/shard_pool.h"
 #include "run/sharded_input.h"
 #include "lookup/lookup_stage.h"
 #include "historical/explain.h"
@@ -119,89 +120,6 @@ class SloWindow {
   int64_t seconds_;
   mutable std::mutex mutex_;
   std::vector<Slot> slots_;
-};
-
-// Fork-join over shards: Run(work) calls work(0) on the calling thread and work(1..n-1) on the pool's threads,
-// and returns once all are done. Each shard's thread is the same from call to call.
-//
-// A thread that waits (a pool thread for the next work, the caller for the others to finish) first spins for up
-// to kSpinNs, then sleeps on a condition variable. The file source hands work over a few times per batch, and a
-// sleep and wake-up cost about as much as the serial work in between (the judge, reading the next batch):
-// spinning keeps the other core's thread awake through it. The spin is bounded, so an idle pipeline sleeps.
-class ShardPool {
- public:
-  explicit ShardPool(size_t shards) {
-    for (size_t s = 1; s < shards; ++s) threads_.emplace_back([this, s] { Loop(s); });
-  }
-  ~ShardPool() {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      stop_ = true;
-    }
-    start_.notify_all();
-    for (std::thread& t : threads_) t.join();
-  }
-  void Run(const std::function<void(size_t)>& work) {
-    if (threads_.empty()) return work(0);
-    work_ = &work;
-    remaining_.store(threads_.size(), std::memory_order_relaxed);
-    {
-      // Under the lock, so that a thread about to sleep sees the new generation or gets the notification.
-      std::lock_guard<std::mutex> lock(mutex_);
-      generation_.fetch_add(1, std::memory_order_release);
-    }
-    start_.notify_all();
-    work(0);
-    const auto all_done = [&] { return remaining_.load(std::memory_order_acquire) == 0; };
-    if (!SpinUntil(all_done)) {
-      std::unique_lock<std::mutex> lock(mutex_);
-      done_.wait(lock, all_done);
-    }
-    work_ = nullptr;
-  }
-
- private:
-  static constexpr int64_t kSpinNs = 200'000;
-
-  // Spins until ready() or kSpinNs have passed; returns ready().
-  template <typename Ready>
-  static bool SpinUntil(Ready ready) {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::nanoseconds(kSpinNs);
-    for (;;) {
-      for (int k = 0; k < 64; ++k) {
-        if (ready()) return true;
-        __builtin_ia32_pause();
-      }
-      if (std::chrono::steady_clock::now() >= deadline) return ready();
-    }
-  }
-
-  void Loop(size_t shard) {
-    uint64_t seen = 0;
-    const auto started = [&] {
-      return stop_.load(std::memory_order_acquire) || generation_.load(std::memory_order_acquire) != seen;
-    };
-    while (true) {
-      if (!SpinUntil(started)) {
-        std::unique_lock<std::mutex> lock(mutex_);
-        start_.wait(lock, started);
-      }
-      if (stop_.load(std::memory_order_acquire)) return;
-      seen = generation_.load(std::memory_order_acquire);
-      (*work_)(shard);
-      if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-        std::lock_guard<std::mutex> lock(mutex_);  // The caller either sees 0 or is waiting: no lost wake-up.
-        done_.notify_one();
-      }
-    }
-  }
-  std::mutex mutex_;
-  std::condition_variable start_, done_;
-  const std::function<void(size_t)>* work_ = nullptr;  // Published by the release of generation_.
-  std::atomic<uint64_t> generation_{0};
-  std::atomic<size_t> remaining_{0};
-  std::atomic<bool> stop_{false};
-  std::vector<std::thread> threads_;
 };
 
 bool IsKafka(const Spec& spec) { return spec.source && spec.source->type == "kafka"; }
