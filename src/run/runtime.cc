@@ -697,7 +697,9 @@ Status Runtime::Impl::Open() {
   // A file or HTTP source: lane k is shard k (run/sharded_input.h).
   const size_t parallelism = IsKafka(spec_) ? Parallelism(spec_) : lanes_.size();
   shards_.resize(parallelism);
-  if (parallelism > 1) pool_ = std::make_unique<ShardPool>(parallelism);
+  // Kafka: librdkafka's fetch thread needs a core too, so a waiting shard sleeps rather than spins (not measured
+  // with spinning).
+  if (parallelism > 1) pool_ = std::make_unique<ShardPool>(parallelism, IsKafka(spec_) ? 0 : -1);
   if (lanes_.sharded()) sharded_input_ = std::make_unique<ShardedInput>(spec_, lanes_, RunShardsFunction());
   if (!spec_.lookups.empty()) {
     if (sharded_input_) {
