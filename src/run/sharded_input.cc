@@ -81,7 +81,8 @@ void ShardedInput::SetTables(const TableSet* tables) {
 
 void ShardedInput::Parse(std::span<const SourceRecord> batch) {
   batch_ = batch;
-  parsed_.resize(batch.size());
+  // Never shrunk: a poll may return fewer records, and each Parsed keeps its buffers for the next batch.
+  if (parsed_.size() < batch.size()) parsed_.resize(batch.size());
   next_block_.store(0, std::memory_order_relaxed);  // The fork-join orders it before every thread's first take.
   run_([&](size_t shard) { ParseBlocks(shard); });
 }
