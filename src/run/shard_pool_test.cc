@@ -38,7 +38,7 @@ void ExpectForkJoin(size_t shards, int64_t spin_ns, int runs, std::chrono::micro
   EXPECT_EQ(thread_of[0], std::this_thread::get_id());  // Shard 0 on the caller's thread.
 }
 
-TEST(ShardPoolTest, SpinningHandOff) { ExpectForkJoin(2, ShardPool::kSpinNs, 20000, {}); }
+TEST(ShardPoolTest, SpinningHandOff) { ExpectForkJoin(2, ShardPool::kSpinNs, 10000, {}); }
 
 TEST(ShardPoolTest, SleepingHandOff) { ExpectForkJoin(2, 0, 5000, {}); }
 
