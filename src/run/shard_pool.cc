@@ -1,13 +1,24 @@
 #include "run/shard_pool.h"
 
+#include <sched.h>
+
 #include <algorithm>
 #include <chrono>
 
 namespace freshet {
+namespace {
+
+// The cores this process may run on (taskset, a cpuset), which may be fewer than the machine's.
+size_t UsableCores() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+}  // namespace
 
 ShardPool::ShardPool(size_t shards, int64_t spin_ns) {
-  const size_t cores = std::max(1u, std::thread::hardware_concurrency());
-  spin_ns_ = spin_ns >= 0 ? spin_ns : shards <= cores ? kSpinNs : 0;
+  spin_ns_ = spin_ns >= 0 ? spin_ns : shards <= UsableCores() ? kSpinNs : 0;
   for (size_t s = 1; s < shards; ++s) threads_.emplace_back([this, s] { Loop(s); });
 }
 

@@ -8,8 +8,8 @@
 // while, then sleeps on a condition variable. The file source hands work over a few times per batch of records,
 // and a sleep and wake-up (a futex each way, and the wake-up latency of an idle core) cost about as much as the
 // serial work in between (the judge, reading the next batch): spinning keeps the other core's thread awake
-// through it. The spin is bounded (an idle pipeline sleeps) and off when there are more threads than cores (a
-// spinning thread would take the core of the thread it waits for).
+// through it. The spin is bounded (an idle pipeline sleeps) and off when there are more threads than cores the
+// process may use (a spinning thread would take the core of the thread it waits for).
 //
 // Run is called from one thread at a time.
 #pragma once
@@ -29,7 +29,7 @@ class ShardPool {
  public:
   static constexpr int64_t kSpinNs = 200'000;  // How long a waiting thread spins before it sleeps.
 
-  // `spin_ns`: as kSpinNs; the default spins only if `shards` <= the cores.
+  // `spin_ns`: as kSpinNs; the default spins only if `shards` <= the cores the process may use (its affinity).
   explicit ShardPool(size_t shards, int64_t spin_ns = -1);
   ~ShardPool();
   ShardPool(const ShardPool&) = delete;
