@@ -41,6 +41,7 @@
 #include "state/group_checkpoints.h"
 #include "store/redis_store.h"
 #include "run/redis_serving.h"
+#include "run/shard_pool.h"
 #include "run/sharded_input.h"
 #include "lookup/lookup_stage.h"
 #include "historical/explain.h"
@@ -52,8 +53,12 @@ namespace {
 constexpr size_t kPollRecords = 4096;
 constexpr uint64_t kOfflineBufferBytes = 256ull << 20;  // Checkpoint early beyond this many buffered offline bytes.
 constexpr int64_t kCheckpointRetryMs = 1000;             // After a failed checkpoint, the next try waits this long.
+// Records processed per shard per exclusive lock: bounds a lookup's wait. A file or HTTP source on several shards
+// takes more per lock: each chunk costs a fork-join of the shard threads (run/sharded_input.h), whose hand-off
+// outweighed the work of 256 records (bench/README.md, "The file source on two threads").
 constexpr size_t kRecordsPerLock = 256;
-constexpr int64_t kTablePollMs = 200;  // How often `freshet run` looks for rows appended to table files.  // Events applied per exclusive lock: bounds a lookup's wait.
+constexpr size_t kShardedRecordsPerLock = 1024;
+constexpr int64_t kTablePollMs = 200;  // How often `freshet run` looks for rows appended to table files.
 
 // Freshness buckets, in seconds: fine below a second, where the targets are.
 constexpr double kFreshnessBuckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -115,62 +120,6 @@ class SloWindow {
   int64_t seconds_;
   mutable std::mutex mutex_;
   std::vector<Slot> slots_;
-};
-
-// Fork-join over shards: Run(work) calls work(0) on the calling thread and work(1..n-1) on the pool's threads,
-// and returns once all are done. Each shard's thread is the same from call to call.
-class ShardPool {
- public:
-  explicit ShardPool(size_t shards) {
-    for (size_t s = 1; s < shards; ++s) threads_.emplace_back([this, s] { Loop(s); });
-  }
-  ~ShardPool() {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      stop_ = true;
-    }
-    start_.notify_all();
-    for (std::thread& t : threads_) t.join();
-  }
-  void Run(const std::function<void(size_t)>& work) {
-    if (threads_.empty()) return work(0);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      work_ = &work;
-      remaining_ = threads_.size();
-      ++generation_;
-    }
-    start_.notify_all();
-    work(0);
-    std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [&] { return remaining_ == 0; });
-    work_ = nullptr;
-  }
-
- private:
-  void Loop(size_t shard) {
-    uint64_t seen = 0;
-    while (true) {
-      const std::function<void(size_t)>* work;
-      {
-        std::unique_lock<std::mutex> lock(mutex_);
-        start_.wait(lock, [&] { return stop_ || generation_ != seen; });
-        if (stop_) return;
-        seen = generation_;
-        work = work_;
-      }
-      (*work)(shard);
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (--remaining_ == 0) done_.notify_one();
-    }
-  }
-  std::mutex mutex_;
-  std::condition_variable start_, done_;
-  const std::function<void(size_t)>* work_ = nullptr;
-  uint64_t generation_ = 0;
-  size_t remaining_ = 0;
-  bool stop_ = false;
-  std::vector<std::thread> threads_;
 };
 
 bool IsKafka(const Spec& spec) { return spec.source && spec.source->type == "kafka"; }
@@ -748,7 +697,9 @@ Status Runtime::Impl::Open() {
   // A file or HTTP source: lane k is shard k (run/sharded_input.h).
   const size_t parallelism = IsKafka(spec_) ? Parallelism(spec_) : lanes_.size();
   shards_.resize(parallelism);
-  if (parallelism > 1) pool_ = std::make_unique<ShardPool>(parallelism);
+  // Kafka: librdkafka's fetch thread needs a core too, so a waiting shard sleeps rather than spins (not measured
+  // with spinning).
+  if (parallelism > 1) pool_ = std::make_unique<ShardPool>(parallelism, IsKafka(spec_) ? 0 : -1);
   if (lanes_.sharded()) sharded_input_ = std::make_unique<ShardedInput>(spec_, lanes_, RunShardsFunction());
   if (!spec_.lookups.empty()) {
     if (sharded_input_) {
@@ -1325,15 +1276,16 @@ Status Runtime::Impl::ProcessBatch(std::vector<SourceRecord>& batch, const Share
   uint64_t accepted = 0, rejected = 0, late = 0, duplicates = 0;
   const int64_t batch_wall_ms = WallClockMs();
   std::vector<uint32_t> lane_of;
+  if (sharded_input_) sharded_input_->Parse(batch);  // All of it at once, without the lock.
+  const size_t per_lock = (sharded_input_ ? kShardedRecordsPerLock : kRecordsPerLock) * shards_.size();
   while (k < batch.size()) {
-    // Each shard applies up to kRecordsPerLock records per exclusive lock, which bounds a lookup's wait.
-    const size_t end = std::min(batch.size(), k + kRecordsPerLock * shards_.size());
+    const size_t end = std::min(batch.size(), k + per_lock);
     {
       std::unique_lock<std::shared_mutex> lock(mutex_);
       const std::span<const SourceRecord> records(batch.data() + k, end - k);
       for (ShardOutput& out : shards_) out = ShardOutput{};
       if (sharded_input_) {
-        sharded_input_->Process(records, batch_wall_ms, redis_ != nullptr,
+        sharded_input_->Process(k, end, batch_wall_ms, redis_ != nullptr,
                                 [&](const SourceRecord& record, std::string_view reason) {
                                   dead_letters_.Write(record.line_number, reason, record.text);
                                 }, &shards_[0]);

@@ -83,10 +83,17 @@ void ShardedInput::SetTables(const TableSet* tables) {
   }
 }
 
-void ShardedInput::Process(std::span<const SourceRecord> records, int64_t wall_ms, bool track_changed,
+void ShardedInput::Parse(std::span<const SourceRecord> batch) {
+  batch_ = batch;
+  // Never shrunk: a poll may return fewer records, and each Parsed keeps its buffers for the next batch.
+  if (parsed_.size() < batch.size()) parsed_.resize(batch.size());
+  next_block_.store(0, std::memory_order_relaxed);  // The fork-join orders it before every thread's first take.
+  run_([&](size_t shard) { ParseBlocks(shard); });
+}
+
+void ShardedInput::Process(size_t begin, size_t end, int64_t wall_ms, bool track_changed,
                            const DeadLetter& dead_letter, Output* out) {
-  parsed_.resize(records.size());
-  run_([&](size_t shard) { Parse(shard, records); });
+  FRESHET_CHECK(begin <= end && end <= batch_.size());
   for (auto& shard : shards_) {
     shard->work.clear();
     shard->rows.clear();
@@ -94,23 +101,32 @@ void ShardedInput::Process(std::span<const SourceRecord> records, int64_t wall_m
     shard->strings.clear();
     shard->out = Output{};
   }
-  Judge(records, dead_letter, out);
-  run_([&](size_t shard) { Apply(shard, records, track_changed); });
+  Judge(begin, end, dead_letter, out);
+  run_([&](size_t shard) { Apply(shard, track_changed); });
   for (auto& shard : shards_) {
     out->accepted += shard->out.accepted;
     out->arrivals.insert(out->arrivals.end(), shard->out.arrivals.begin(), shard->out.arrivals.end());
     out->changed.insert(out->changed.end(), shard->out.changed.begin(), shard->out.changed.end());
   }
-  if (offline_ != nullptr) AddOfflineRows(records, wall_ms);
+  if (offline_ != nullptr) AddOfflineRows(wall_ms);
   // Every shard at the input's M, also those that got no event: the low watermark is the input's.
   const int64_t clock_ms = lanes_.judge()->engine.max_time_ms();
   for (size_t k = 0; k < lanes_.size(); ++k) lanes_.at(k).engine.FollowClock(clock_ms);
 }
 
-void ShardedInput::Parse(size_t shard, std::span<const SourceRecord> records) {
+void ShardedInput::ParseBlocks(size_t shard) {
+  // Each thread takes the next unparsed block until none is left: a thread that starts late or is slowed parses
+  // fewer blocks instead of making the others wait at the join.
+  for (;;) {
+    const size_t begin = next_block_.fetch_add(1, std::memory_order_relaxed) * kParseBlock;
+    if (begin >= batch_.size()) return;
+    ParseBlock(shard, begin, std::min(batch_.size(), begin + kParseBlock));
+  }
+}
+
+void ShardedInput::ParseBlock(size_t shard, size_t begin, size_t end) {
   Shard& s = *shards_[shard];
-  const size_t begin = records.size() * shard / shards_.size();
-  const size_t end = records.size() * (shard + 1) / shards_.size();
+  const std::span<const SourceRecord> records = batch_;
   for (size_t k = begin; k < end; ++k) {
     if (tables_ != nullptr) {
       PrefetchAhead(begin, k, end, [&](size_t j) { s.prefetch->Add(records[j].text); });
@@ -126,18 +142,18 @@ void ShardedInput::Parse(size_t shard, std::span<const SourceRecord> records) {
   }
 }
 
-void ShardedInput::Judge(std::span<const SourceRecord> records, const DeadLetter& dead_letter, Output* out) {
+void ShardedInput::Judge(size_t begin, size_t end, const DeadLetter& dead_letter, Output* out) {
   PipelineLanes::Lane& judge = *lanes_.judge();
   Deduplicator* dedup = judge.dedup ? &*judge.dedup : nullptr;
   const int id_slot = spec_.dedup ? spec_.dedup->field_slot : -1;
   first_seq_ = judge.counters.seq;
-  for (size_t k = 0; k < records.size(); ++k) {
+  for (size_t k = begin; k < end; ++k) {
     Parsed& p = parsed_[k];
     ++judge.counters.lines_read;
     if (!p.ok) {
       ++judge.counters.rejected;
       ++out->rejected;
-      dead_letter(records[k], p.reason);
+      dead_letter(batch_[k], p.reason);
       continue;
     }
     const Value* id = id_slot >= 0 ? &p.event.slots[static_cast<size_t>(id_slot)] : nullptr;
@@ -146,11 +162,11 @@ void ShardedInput::Judge(std::span<const SourceRecord> records, const DeadLetter
       case EventPath::Outcome::kNotForSet: break;  // Not outcomes of the judge.
       case EventPath::Outcome::kLate:
         ++out->late;
-        dead_letter(records[k], "late");
+        dead_letter(batch_[k], "late");
         continue;
       case EventPath::Outcome::kDuplicate:
         ++out->duplicates;
-        dead_letter(records[k], "duplicate");
+        dead_letter(batch_[k], "duplicate");
         continue;
       case EventPath::Outcome::kAccepted:
         p.seq = judge.counters.seq++;
@@ -161,14 +177,14 @@ void ShardedInput::Judge(std::span<const SourceRecord> records, const DeadLetter
   }
 }
 
-void ShardedInput::Apply(size_t shard, std::span<const SourceRecord> records, bool track_changed) {
+void ShardedInput::Apply(size_t shard, bool track_changed) {
   Shard& s = *shards_[shard];
   PipelineLanes::Lane& lane = lanes_.at(shard);
   FeatureEngine& engine = lane.engine;
   const bool rows = offline_ != nullptr;
   const bool features = rows && offline_->writes_features();
   for (uint32_t k : s.work) {
-    const SourceRecord& record = records[k];
+    const SourceRecord& record = batch_[k];
     const Parsed& p = parsed_[k];
     const int64_t time_ms = p.event.time_ms;
     engine.FollowClock(p.clock_ms);
@@ -190,7 +206,7 @@ void ShardedInput::Apply(size_t shard, std::span<const SourceRecord> records, bo
   }
 }
 
-void ShardedInput::AddOfflineRows(std::span<const SourceRecord> records, int64_t wall_ms) {
+void ShardedInput::AddOfflineRows(int64_t wall_ms) {
   // The chunk's accepted events have the seq numbers first_seq_, first_seq_ + 1, ...: place each row by its seq.
   std::vector<std::pair<uint32_t, uint32_t>> by_seq;  // (shard, row)
   for (uint32_t k = 0; k < shards_.size(); ++k) {
@@ -207,7 +223,7 @@ void ShardedInput::AddOfflineRows(std::span<const SourceRecord> records, int64_t
     const Shard::Row& row = s.rows[r];
     const std::string& entity = lanes_.at(k).engine.entity_name(row.entity);
     const int64_t seq = static_cast<int64_t>(row.seq);
-    offline_->AddEvent(seq, row.time_ms, entity, wall_ms, records[row.record].text);
+    offline_->AddEvent(seq, row.time_ms, entity, wall_ms, batch_[row.record].text);
     if (!offline_->writes_features()) continue;
     values.assign(s.row_values.begin() + static_cast<ptrdiff_t>(row.values_begin),
                   s.row_values.begin() + static_cast<ptrdiff_t>(row.values_begin + row.values_count));

@@ -2,11 +2,13 @@
 //
 // The source is one input with one order: one lateness clock M, deduplication over the whole input, one `seq`
 // numbering (README, Semantics). So the rules that depend on that order run in it, before events are handed to
-// shards, and a chunk of records goes through three steps:
+// shards, and a batch of records goes through three steps:
 //
-//   parse   in parallel, each thread a slice of the chunk: the parser's verdict, and the parsed event with its
+//   parse   in parallel, each thread taking blocks of the batch: the parser's verdict, and the parsed event with its
 //           strings copied (the parser's own live until its next parse) and its entity's shard
-//           (PipelineLanes::ShardOf);
+//           (PipelineLanes::ShardOf). One fork-join for the whole batch (a poll's 4096 records), before the runtime
+//           takes its exclusive lock: the parse touches no lane. Then, chunk by chunk, each chunk under that lock
+//           (which bounds a lookup's wait):
 //   judge   on the calling thread, in input order: rejections, the lateness rule by the input's M, deduplication
 //           and admission (EventPath::Judge, on the lanes' judge), dead letters (so their file is as on one
 //           thread), and the seq of each accepted event;
@@ -18,9 +20,13 @@
 // follows the input's M at the chunk's end, so that lookups (IsExactAsOf) and settling use the same low
 // watermark as one engine.
 //
+// Each step is a fork-join of the shard threads (`run`), so the hand-offs per batch are 1 + its chunks: fewer,
+// larger chunks cost less (bench/README.md, "The file source on two threads").
+//
 // Not thread-safe: the runtime calls Process under its exclusive lock; `run` runs the shard threads.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -57,26 +63,34 @@ class ShardedInput {
   // The reference tables the parsers fill joined fields from; they change only between calls of Process.
   void SetTables(const TableSet* tables);
 
-  // Processes a chunk of records in input order. `wall_ms` stamps the offline rows; `track_changed` fills
-  // out->changed (for the online store). Dead letters go to `dead_letter`, in input order, on this thread.
-  void Process(std::span<const SourceRecord> records, int64_t wall_ms, bool track_changed,
-               const DeadLetter& dead_letter, Output* out);
+  // The parse step for a batch of records (they must stay valid until the next Parse). Needs no lock: it touches
+  // no lane, only the parsers and the tables (which change only between batches).
+  void Parse(std::span<const SourceRecord> batch);
+  // Judges and applies the parsed batch's records [begin, end), in input order; chunks in order, each once.
+  // `wall_ms` stamps the offline rows; `track_changed` fills out->changed (for the online store). Dead letters go
+  // to `dead_letter`, in input order, on this thread.
+  void Process(size_t begin, size_t end, int64_t wall_ms, bool track_changed, const DeadLetter& dead_letter,
+               Output* out);
 
  private:
   struct Parsed;  // One record after the parse step.
   struct Shard;   // One shard thread's parser and scratch.
 
-  void Parse(size_t shard, std::span<const SourceRecord> records);
-  void Judge(std::span<const SourceRecord> records, const DeadLetter& dead_letter, Output* out);
-  void Apply(size_t shard, std::span<const SourceRecord> records, bool track_changed);
-  void AddOfflineRows(std::span<const SourceRecord> records, int64_t wall_ms);
+  static constexpr size_t kParseBlock = 256;  // Records a parse thread takes at a time.
+  void ParseBlocks(size_t shard);
+  void ParseBlock(size_t shard, size_t begin, size_t end);
+  void Judge(size_t begin, size_t end, const DeadLetter& dead_letter, Output* out);
+  void Apply(size_t shard, bool track_changed);
+  void AddOfflineRows(int64_t wall_ms);
 
   const Spec& spec_;
   PipelineLanes& lanes_;
   PipelineLanes::RunPerLane run_;
   OfflineSink* offline_ = nullptr;
   const TableSet* tables_ = nullptr;  // Joined; the parse step prefetches their slots some records ahead.
-  std::vector<Parsed> parsed_;  // Per record of the chunk.
+  std::span<const SourceRecord> batch_;  // The batch Parse was given.
+  std::vector<Parsed> parsed_;           // Per record of the batch.
+  std::atomic<size_t> next_block_{0};    // The next block of the batch to parse.
   std::vector<std::unique_ptr<Shard>> shards_;
   uint64_t first_seq_ = 0;  // The chunk's first accepted event's seq.
 };

@@ -103,18 +103,22 @@ class ShardedInputTest : public ::testing::Test {
     return letters;
   }
 
-  // The same lines through ShardedInput, `from` to `to`, in chunks of 300.
+  // The same lines through ShardedInput, `from` to `to`, as the runtime hands them over: batches of 900 lines,
+  // each parsed at once, then judged and applied in chunks of 300.
   void RunSharded(ShardedInput& input, size_t from, size_t to, std::vector<Letter>* letters) {
     std::vector<SourceRecord> records;
     for (size_t k = from; k < to; ++k) records.push_back(Record(k));
-    for (size_t k = 0; k < records.size(); k += 300) {
-      ShardedInput::Output out;
-      const size_t end = std::min(records.size(), k + 300);
-      input.Process(std::span<const SourceRecord>(records.data() + k, end - k), 0, false,
-                    [&](const SourceRecord& r, std::string_view reason) {
-                      const bool kept = reason == "late" || reason == "duplicate";
-                      letters->push_back({r.line_number, kept ? std::string(reason) : "rejected"});
-                    }, &out);
+    const auto dead_letter = [&](const SourceRecord& r, std::string_view reason) {
+      const bool kept = reason == "late" || reason == "duplicate";
+      letters->push_back({r.line_number, kept ? std::string(reason) : "rejected"});
+    };
+    for (size_t b = 0; b < records.size(); b += 900) {
+      const size_t batch_end = std::min(records.size(), b + 900);
+      input.Parse(std::span<const SourceRecord>(records.data() + b, batch_end - b));
+      for (size_t k = 0; k < batch_end - b; k += 300) {
+        ShardedInput::Output out;
+        input.Process(k, std::min(batch_end - b, k + 300), 0, false, dead_letter, &out);
+      }
     }
   }
 
