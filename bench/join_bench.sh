@@ -68,21 +68,22 @@ run() {  # prints "EVENTS_CPU TABLES_CPU PROCESS_CPU" of one historical run of b
   [[ -n "$events" ]] || { cat "$data/err" >&2; echo "no event CPU figure in the output of $bin (older than this script?)" >&2; exit 1; }
   awk -v e="$events" -v t="${tables:-0}" '{printf "%.2f %.2f %.2f\n", e, t, $1 + $2}' "$data/time"
 }
-declare -A P J L PW JW
-for ((b = 0; b < ${#bins[@]}; b++)); do P[$b]="" J[$b]="" L[$b]="" PW[$b]="" JW[$b]=""; done
+declare -A P J L PW JW R
+for ((b = 0; b < ${#bins[@]}; b++)); do P[$b]="" J[$b]="" L[$b]="" PW[$b]="" JW[$b]="" R[$b]=""; done
 for ((r = 0; r < repeat; r++)); do
   for ((b = 0; b < ${#bins[@]}; b++)); do
     bin="${bins[b]}"
     read -r p _ pw < <(run "$plain" --events "$ev")
     read -r j l jw < <(run "$joined" --events "$ev" --table "profiles=$prof")
-    P[$b]+="$p " J[$b]+="$j " L[$b]+="$l " PW[$b]+="$pw " JW[$b]+="$jw "
+    P[$b]+="$p " J[$b]+="$j " L[$b]+="$l " PW[$b]+="$pw " JW[$b]+="$jw " R[$b]+="$(awk -v p="$p" -v j="$j" 'BEGIN {print j / p}') "
     echo "round $((r + 1)) $bin: events plain $p s, joined $j s; table load $l s; whole runs $pw s, $jw s (load average $(cut -d' ' -f1 /proc/loadavg))"
   done
 done
 median() { printf '%s\n' $@ | sort -g | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}'; }
 for ((b = 0; b < ${#bins[@]}; b++)); do
   p=$(median ${P[$b]}) j=$(median ${J[$b]}) l=$(median ${L[$b]}) pw=$(median ${PW[$b]}) jw=$(median ${JW[$b]})
-  awk -v bin="${bins[b]}" -v p="$p" -v j="$j" -v l="$l" -v pw="$pw" -v jw="$jw" 'BEGIN {
-    printf "%s medians: events plain %.2f, joined %.2f CPU s: join + derive per event %+.0f%% of plain; table load %.2f CPU s; whole runs %.2f, %.2f CPU s\n",
-           bin, p, j, 100 * (j - p) / p, l, pw, jw }'
+  r=$(median ${R[$b]})
+  awk -v bin="${bins[b]}" -v p="$p" -v j="$j" -v l="$l" -v pw="$pw" -v jw="$jw" -v r="$r" 'BEGIN {
+    printf "%s medians: events plain %.2f, joined %.2f CPU s: join + derive per event %+.0f%% of plain (median of the per-round ratios %+.0f%%); table load %.2f CPU s; whole runs %.2f, %.2f CPU s\n",
+           bin, p, j, 100 * (j - p) / p, 100 * (r - 1), l, pw, jw }'
 done
