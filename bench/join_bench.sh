@@ -8,16 +8,18 @@
 # events' own figure, because the one-off load varies far more than the events do (on this VM a fresh page's
 # first touch is sometimes slow) and would drown them in a subtraction.
 #
-#   bench/join_bench.sh [--events N] [--keys N] [--repeat N] [--bin FRESHET]...
+#   bench/join_bench.sh [--events N] [--keys N] [--repeat N] [--settle SECONDS] [--bin FRESHET]...
+# --settle: a pause before each run (a run right after a large one varied by up to 1.6x on this VM).
 # Several --bin: each round runs every binary in turn (an A/B on the same loaded machine); medians per binary.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
-events=2000000 keys=1000000 repeat=3 bins=()
+events=2000000 keys=1000000 repeat=3 settle=0 bins=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --events) events="$2"; shift 2 ;;
     --keys) keys="$2"; shift 2 ;;
     --repeat) repeat="$2"; shift 2 ;;
+    --settle) settle="$2"; shift 2 ;;
     --bin) bins+=("$2"); shift 2 ;;
     *) echo "unknown option $1; see the comment at the top of $0" >&2; exit 2 ;;
   esac
@@ -60,6 +62,7 @@ derive:
 Y
 } > "$joined"
 run() {  # prints "EVENTS_CPU TABLES_CPU PROCESS_CPU" of one historical run of binary $bin
+  sleep "$settle"
   /usr/bin/time -f '%U %S' -o "$data/time" "$bin" historical --no-progress --spec "$@" --entities "$data/entities.csv" \
     --output "$data/out.parquet" > /dev/null 2> "$data/err" || { cat "$data/err" >&2; echo "freshet historical failed: $bin $*" >&2; exit 1; }
   local events tables
