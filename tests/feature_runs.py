@@ -181,6 +181,31 @@ def lookup_mismatches(get_answer: Callable[[str, int], dict], spec: reference.Sp
     return mismatches
 
 
+def check_offline_paths(spec_path: Path, data_dir: Path, spec: reference.Spec, events: list[reference.Event],
+                        users: tuple[int, ...], every: int) -> pa.Table:
+    """The run's features table equals the reference row for row, a backfill rewrites it bit for bit, and `freshet
+    historical` from the store agrees at the times of historical_store_at_times_mismatches. Returns the table."""
+    streamed = _features_table(data_dir)
+    mismatches = features_table_mismatches(spec, streamed.to_pylist(), events)
+    assert not mismatches, "\n".join(mismatches[:20])
+    check_backfill_rewrites_bit_for_bit(spec_path, data_dir, streamed)
+    mismatches = historical_store_at_times_mismatches(spec_path, data_dir, spec, events, users, every)
+    assert not mismatches, "\n".join(mismatches[:20])
+    return streamed
+
+
+def historical_store_at_times_mismatches(spec_path: Path, data_dir: Path, spec: reference.Spec,
+                                         events: list[reference.Event], users: tuple[int, ...],
+                                         every: int) -> list[str]:
+    """historical_store_mismatches for users u<N> in `users`, each at every `every`-th distinct event time + 0.5 s
+    (between and after the events); the entity rows go to rows.csv beside `data_dir`."""
+    times = sorted({e.time_ms for e in events})
+    rows_csv = data_dir.parent / "rows.csv"
+    rows_csv.write_text("user,ts\n" + "".join(f"u{u},{times[k] + 500}\n" for u in users
+                                              for k in range(0, len(times), every)))
+    return historical_store_mismatches(spec_path, data_dir, rows_csv, spec, events)
+
+
 def historical_store_mismatches(spec_path: Path, data_dir: Path | None, rows_csv: Path, spec: reference.Spec,
                                 events: list[reference.Event], inputs: list[str] | None = None) -> list[str]:
     """`freshet historical` from the offline store (`--data-dir`; or from `inputs`, e.g. --events F --table T=F,

@@ -28,9 +28,7 @@ import deltalake
 import pytest
 
 import reference
-from asof_exact_test import _features_table
-from feature_runs import (check_backfill_rewrites_bit_for_bit, features_table_mismatches, historical_store_mismatches,
-                          lookup_mismatches, same_value, with_parallelism)
+from feature_runs import check_offline_paths, lookup_mismatches, same_value, with_parallelism
 from kafka_broker import kafka_broker  # noqa: F401  (the fixture)
 from kafka_table_test import TOPIC as TABLE_TOPIC, _live_keys, _phases, _spec
 from run_process import get_bytes, start_run, wait_for
@@ -211,17 +209,8 @@ def test_kafka_events_join_a_kafka_table_exactly(kafka_broker, tmp_path: Path, p
         if isinstance(reference.kafka_table_version(spec, "profiles", key, value, 0), str))
 
     # Every features row, a backfill bit for bit, and historical from the store.
-    streamed = _features_table(tmp_path / "data")
+    streamed = check_offline_paths(spec_path, tmp_path / "data", spec, events, users=(1, 3, 4, 7, 12, 19), every=23)
     assert streamed.column("seq").to_pylist() == [e.line - 1 for e in events]
-    mismatches = features_table_mismatches(spec, streamed.to_pylist(), events)
-    assert not mismatches, "\n".join(mismatches[:20])
-    check_backfill_rewrites_bit_for_bit(spec_path, tmp_path / "data", streamed)
-    times = sorted({e.time_ms for e in events})
-    rows_csv = tmp_path / "rows.csv"
-    rows_csv.write_text("user,ts\n" + "".join(f"u{u},{times[k] + 500}\n" for u in (1, 3, 4, 7, 12, 19)
-                                              for k in range(0, len(times), 23)))
-    mismatches = historical_store_mismatches(spec_path, tmp_path / "data", rows_csv, spec, events)
-    assert not mismatches, "\n".join(mismatches[:20])
 
 
 def _versions_since_deletion(spec: reference.Spec, versions: list[reference.TableVersion]) -> int:

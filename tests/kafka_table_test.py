@@ -26,7 +26,8 @@ import reference
 from kafka_broker import kafka_broker  # noqa: F401  (the fixture)
 from run_process import append_bytes, get_bytes, json_lines, start_run, wait_for
 from asof_exact_test import _features_table
-from feature_runs import (check_backfill_rewrites_bit_for_bit, features_table_mismatches, historical_store_mismatches,
+from feature_runs import (check_backfill_rewrites_bit_for_bit, features_table_mismatches,
+                          historical_store_at_times_mismatches,
                           lookup_mismatches)
 from table_join_test import SPEC, Workload, _crash_once_checkpointed, _metric, _reference, _wait_metric
 
@@ -173,11 +174,8 @@ def test_kafka_table_joins_equal_the_reference(kafka_broker, tmp_path: Path) -> 
     check_backfill_rewrites_bit_for_bit(spec_path, tmp_path / "data", streamed)
 
     # `freshet historical` from the store likewise, at times between and after the events (deleted keys included).
-    times = sorted({e.time_ms for e in events})
-    rows_csv = tmp_path / "rows.csv"
-    rows_csv.write_text("user,ts\n" + "".join(f"u{u},{times[k] + 500}\n" for u in (1, 3, 4, 19, 12)
-                                              for k in range(0, len(times), 29)))
-    mismatches += historical_store_mismatches(spec_path, tmp_path / "data", rows_csv, spec, events)
+    mismatches += historical_store_at_times_mismatches(spec_path, tmp_path / "data", spec, events,
+                                                       users=(1, 3, 4, 19, 12), every=29)
     assert not mismatches, "\n".join(mismatches[:20])
 
 

@@ -21,9 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import reference
-from asof_exact_test import _features_table
-from feature_runs import (check_backfill_rewrites_bit_for_bit, features_table_mismatches, historical_store_mismatches,
-                          lookup_mismatches)
+from feature_runs import check_offline_paths, historical_store_mismatches, lookup_mismatches
 from run_process import append_bytes, get_bytes, json_lines, start_run
 from table_join_test import (BIN, DAY, SPEC, T0, Workload, _crash_once_checkpointed, _metric, _reference,
                              _require_binary, _wait_metric)
@@ -108,18 +106,10 @@ def test_deletions_from_a_file_and_put_equal_the_reference(tmp_path: Path) -> No
         [(v.before_line, reference.version_key(spec, v), v.row) for v in versions]
     assert all(h["valid_from"] is None for h in history if h["row"] == "null")
 
-    streamed = _features_table(tmp_path / "data")
-    mismatches = features_table_mismatches(spec, streamed.to_pylist(), events)
-    assert not mismatches, "\n".join(mismatches[:20])
-    check_backfill_rewrites_bit_for_bit(spec_path, tmp_path / "data", streamed)
-    times = sorted({e.time_ms for e in events})
-    rows_csv = tmp_path / "rows.csv"
-    rows_csv.write_text("user,ts\n" + "".join(f"u{u},{times[k] + 500}\n" for u in (1, 3, 4, 5, 7, 19)
-                                              for k in range(0, len(times), 29)))
-    mismatches = historical_store_mismatches(spec_path, tmp_path / "data", rows_csv, spec, events)
-    assert not mismatches, "\n".join(mismatches[:20])
+    check_offline_paths(spec_path, tmp_path / "data", spec, events, users=(1, 3, 4, 5, 7, 19), every=29)
 
     # From files, every row known up front in file order: a deletion hides the rows of its key listed before it.
+    rows_csv = tmp_path / "rows.csv"  # The entity rows check_offline_paths wrote.
     table_file = tmp_path / "all_rows.jsonl"
     table_file.write_bytes(b"".join(json_lines(p) for p in phases))
     up_front = [v for p in phases for v in reference.file_table_versions(spec, "profiles", p, 0)]
