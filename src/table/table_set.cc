@@ -540,20 +540,31 @@ void TableSet::Fill(std::vector<Value>& slots, int64_t time_ms) const {
   }
 }
 
+namespace {
+
+// Calls fn(table index, key hash) for each joined table whose key `line` names (RawKey).
+template <typename Fn>
+void ForEachRawKeyHash(const std::vector<Table>& tables, const std::vector<int>& filled, std::string_view line, Fn fn) {
+  for (int t : filled) {
+    const Table& table = tables[static_cast<size_t>(t)];
+    if (table.on.empty()) continue;
+    if (std::optional<std::string_view> key = RawKey(line, table.on, table.on_at)) {
+      fn(static_cast<size_t>(t), KeyMap::Hash(*key));
+    }
+  }
+}
+
+}  // namespace
+
+// One line (the parse's own prefetch, once per event): straight to the prefetch, with no batch and no allocation.
 void TableSet::Prefetch(std::string_view line) const {
-  PrefetchBatch batch(*this);
-  batch.Add(line);
-  batch.Issue();
+  ForEachRawKeyHash(impl_->tables, impl_->filled_tables, line,
+                    [&](size_t t, uint64_t hash) { impl_->tables[t].versions.Prefetch(hash); });
 }
 
 void TableSet::PrefetchBatch::Add(std::string_view line) {
-  for (int t : tables_.impl_->filled_tables) {
-    const Table& table = tables_.impl_->tables[static_cast<size_t>(t)];
-    if (table.on.empty()) continue;
-    if (std::optional<std::string_view> key = RawKey(line, table.on, table.on_at)) {
-      pending_.emplace_back(static_cast<size_t>(t), KeyMap::Hash(*key));
-    }
-  }
+  ForEachRawKeyHash(tables_.impl_->tables, tables_.impl_->filled_tables, line,
+                    [&](size_t t, uint64_t hash) { pending_.emplace_back(t, hash); });
 }
 
 void TableSet::PrefetchBatch::Issue() {
