@@ -7,6 +7,7 @@
 #include <span>
 
 #include "common/entity_key.h"
+#include "common/text_hash.h"
 #include "common/time.h"
 #include "lookup/lookup_row.h"
 #include "table/table_set.h"
@@ -28,7 +29,7 @@ struct PathNode {
 
   Child* Find(std::string_view name) {
     for (auto& c : children) {
-      if (c.name == name) return &c;
+      if (SameText(c.name, name)) return &c;
     }
     return nullptr;
   }

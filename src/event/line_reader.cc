@@ -60,7 +60,14 @@ bool LineReader::Next(Line* line) {
   bool too_long = false;
   while (true) {
     const char* start = buffer_.data() + begin_;
-    const char* nl = static_cast<const char*>(std::memchr(start, '\n', end_ - begin_));
+    const char* nl;
+    if (ahead_count_ > 0) {  // LookAhead found it.
+      nl = start + (ahead_ends_[ahead_first_] - consumed_offset_);
+      ahead_first_ = (ahead_first_ + 1) % kMaxAhead;
+      --ahead_count_;
+    } else {
+      nl = static_cast<const char*>(std::memchr(start, '\n', end_ - begin_));
+    }
     if (nl != nullptr || (eof_ && end_ > begin_)) {
       size_t len = nl != nullptr ? static_cast<size_t>(nl - start) : end_ - begin_;
       size_t consumed = nl != nullptr ? len + 1 : len;

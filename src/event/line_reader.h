@@ -5,8 +5,11 @@
 // `too_long` set, and reading goes on at the next line. Not thread-safe.
 #pragma once
 
+#include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -47,6 +50,28 @@ class LineReader {
   // valid until the next Next: lets a caller look at the coming lines, e.g. to prefetch what they will need.
   std::string_view Unread() const { return std::string_view(buffer_.data() + begin_, end_ - begin_); }
 
+  // Looks at the coming lines before Next returns them: calls visit(text) for each line not visited yet, in order,
+  // until `lines` visited lines (at most kMaxAhead) wait to be returned, as far as the bytes read hold whole lines
+  // (after a refill, the first lines of the new bytes may go unvisited). Next takes the ends of visited lines from
+  // here rather than searching for them again (a second search per line was ~2% of a joined run's events).
+  static constexpr size_t kMaxAhead = 64;
+  template <typename Visit>
+  void LookAhead(size_t lines, Visit visit) {
+    lines = std::min(lines, kMaxAhead);
+    while (ahead_count_ < lines) {
+      const uint64_t from = ahead_count_ > 0 ? ahead_ends_[(ahead_first_ + ahead_count_ - 1) % kMaxAhead] + 1
+                                             : consumed_offset_;
+      const char* start = buffer_.data() + begin_ + (from - consumed_offset_);
+      const char* newline = static_cast<const char*>(std::memchr(start, '\n', buffer_.data() + end_ - start));
+      if (newline == nullptr) return;
+      ahead_ends_[(ahead_first_ + ahead_count_) % kMaxAhead] = from + static_cast<uint64_t>(newline - start);
+      ++ahead_count_;
+      visit(std::string_view(start, static_cast<size_t>(newline - start)));
+    }
+  }
+  // Visited lines that Next has not returned yet.
+  size_t lines_ahead() const { return ahead_count_; }
+
  private:
   bool Fill();
 
@@ -60,6 +85,10 @@ class LineReader {
   uint64_t consumed_offset_ = 0;
   uint64_t file_size_ = 0;
   Status status_;
+  // File offsets of the newlines that end the lines LookAhead visited and Next has not returned: a ring.
+  std::array<uint64_t, kMaxAhead> ahead_ends_{};
+  size_t ahead_first_ = 0;
+  size_t ahead_count_ = 0;
 };
 
 }  // namespace freshet

@@ -228,12 +228,12 @@ Status FeedJsonLines(const std::string& path, PointInTimeJoin& join, ProgressLin
   const TableSet* tables = join.TablesPrefetchedByCaller();
   std::optional<TableSet::PrefetchBatch> batch;
   if (tables != nullptr) batch.emplace(*tables);
-  PrefetchStreamAhead prefetch([&batch](std::string_view coming) { batch->Add(coming); });
   join.AddTablesUpTo(0);  // Every version of a --table file is known up front: seq 0, before the first event.
   *events_cpu_start = ProcessCpuSeconds();
   while (reader.Next(&line)) {
-    if (tables != nullptr) {
-      prefetch.Before(reader.Unread(), reader.bytes_consumed());
+    if (tables != nullptr && reader.lines_ahead() < kTablePrefetchAhead) {
+      // The coming lines' slots, kTablePrefetchAhead to twice that many lines ahead (table/table_set.h).
+      reader.LookAhead(2 * kTablePrefetchAhead, [&batch](std::string_view coming) { batch->Add(coming); });
       batch->Issue();
     }
     join.Feed(line.text, line.capacity, line.number, line.too_long);

@@ -138,38 +138,4 @@ void PrefetchAhead(size_t begin, size_t k, size_t end, PrefetchLine prefetch_lin
   }
 }
 
-// The same for lines read one at a time from a stream (LineReader), of which the coming ones are partly in memory.
-// prefetch(line) adds the line to a TableSet::PrefetchBatch, which the caller issues after Before returns.
-template <typename Prefetch>
-class PrefetchStreamAhead {
- public:
-  explicit PrefetchStreamAhead(Prefetch prefetch) : prefetch_(std::move(prefetch)) {}
-
-  // Before the line just read is processed: `unread` holds the bytes after it, which start at stream offset
-  // `unread_offset` (LineReader::Unread, bytes_consumed). Once fewer than kTablePrefetchAhead coming lines are
-  // prefetched, prefetches up to 2 * kTablePrefetchAhead ahead, as far as `unread` holds whole lines (after a
-  // refill, the first lines of the new bytes may go without).
-  void Before(std::string_view unread, uint64_t unread_offset) {
-    if (ahead_ > 0) --ahead_;  // The line just read was one of them.
-    if (prefetched_end_ < unread_offset) {  // It was not prefetched (the start, or not in memory yet then).
-      prefetched_end_ = unread_offset;
-      ahead_ = 0;
-    }
-    if (ahead_ >= kTablePrefetchAhead) return;
-    while (ahead_ < 2 * kTablePrefetchAhead) {
-      const std::string_view rest = unread.substr(prefetched_end_ - unread_offset);
-      const size_t newline = rest.find('\n');
-      if (newline == std::string_view::npos) return;
-      prefetch_(rest.substr(0, newline));
-      prefetched_end_ += newline + 1;
-      ++ahead_;
-    }
-  }
-
- private:
-  Prefetch prefetch_;
-  uint64_t prefetched_end_ = 0;  // Stream offset just past the last line prefetched.
-  size_t ahead_ = 0;             // Lines prefetched and not yet read.
-};
-
 }  // namespace freshet

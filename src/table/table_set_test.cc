@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <tuple>
 
 #include "event/event_parser.h"
 #include "event/line_reader.h"
@@ -158,41 +159,57 @@ TEST(TablePrefetchTest, EachLineOfABatchIsPrefetchedOnceAheadOfIt) {
   }
 }
 
-// Lines read from a file of more than one read buffer: each coming line is prefetched at most once, in order,
-// before it is read and at most 2 * kTablePrefetchAhead lines ahead; only lines at a refill may go without.
-TEST(TablePrefetchTest, LinesOfAStreamArePrefetchedOnceAheadOfThem) {
+// Lines read from a file of more than one read buffer, looked at ahead as historical does to prefetch their
+// slots: each coming line is visited at most once, in order, before it is read and at most 2 *
+// kTablePrefetchAhead lines ahead, in batches (only lines at a refill may go without); and Next, which takes the
+// visited lines' ends from LookAhead, returns exactly what a reader that never looks ahead returns (a CR before
+// the newline, an overlong line, a last line without a newline included).
+TEST(TablePrefetchTest, LinesOfAStreamAreVisitedOnceAheadOfThemAndReadUnchanged) {
   const std::string path = (std::filesystem::temp_directory_path() / "freshet_prefetch_stream_test.jsonl").string();
   const size_t lines = 120000;  // About 7 MB: the reader refills its 4 MB buffer.
   {
-    std::ofstream out(path);
+    std::ofstream out(path, std::ios::binary);
     for (size_t k = 1; k <= lines; ++k) {
-      out << R"({"user":"u)" << k << R"(","ts":)" << k << R"(,"pad":")" << std::string(k % 40, 'x') << "\"}\n";
+      out << R"({"user":"u)" << k << R"(","ts":)" << k << R"(,"pad":")" << std::string(k % 40, 'x') << "\"}";
+      if (k == 5000) out << std::string(kMaxLineBytes + 10, 'y');  // Too long: read truncated, flagged.
+      out << (k % 7 == 0 ? "\r\n" : "\n");
     }
+    out << "last line without a newline";
   }
-  LineReader reader;
-  ASSERT_TRUE(reader.Open(path).ok());
-  std::vector<size_t> prefetched;  // Line numbers, in the order prefetched.
-  PrefetchStreamAhead prefetch([&](std::string_view line) {
-    const size_t at = line.find("\"ts\":") + 5;
-    prefetched.push_back(std::stoul(std::string(line.substr(at, line.find(',', at) - at))));
-  });
-  Line line;
-  size_t read = 0, batches = 0;
-  while (reader.Next(&line)) {
-    ++read;
-    const size_t before = prefetched.size();
-    prefetch.Before(reader.Unread(), reader.bytes_consumed());
-    if (prefetched.size() > before) ++batches;
-    for (size_t k = before; k < prefetched.size(); ++k) {
-      ASSERT_GT(prefetched[k], read) << "prefetched after it was read";
-      ASSERT_LE(prefetched[k], read + 2 * kTablePrefetchAhead);
-      ASSERT_TRUE(k == 0 || prefetched[k] > prefetched[k - 1]) << "twice or out of order: " << prefetched[k];
+  auto read_all = [&](bool look_ahead, std::vector<size_t>* visited, size_t* batches) {
+    std::vector<std::tuple<std::string, uint64_t, uint64_t, bool>> got;
+    LineReader reader;
+    EXPECT_TRUE(reader.Open(path).ok());
+    Line line;
+    while (reader.Next(&line)) {
+      got.emplace_back(std::string(line.text), line.number, line.end_offset, line.too_long);
+      if (!look_ahead || reader.lines_ahead() >= kTablePrefetchAhead) continue;
+      const size_t before = visited->size();
+      reader.LookAhead(2 * kTablePrefetchAhead, [&](std::string_view coming) {
+        const size_t at = coming.find("\"ts\":") + 5;
+        visited->push_back(std::stoul(std::string(coming.substr(at, coming.find(',', at) - at))));
+      });
+      if (visited->size() > before) ++*batches;
+      for (size_t k = before; k < visited->size(); ++k) {
+        EXPECT_GT((*visited)[k], line.number) << "visited after it was read";
+        EXPECT_LE((*visited)[k], line.number + 2 * kTablePrefetchAhead);
+        EXPECT_TRUE(k == 0 || (*visited)[k] > (*visited)[k - 1]) << "twice or out of order: " << (*visited)[k];
+      }
     }
-  }
-  EXPECT_EQ(read, lines);
+    EXPECT_TRUE(reader.status().ok());
+    return got;
+  };
+  std::vector<size_t> visited, unused;
+  size_t batches = 0, unused_batches = 0;
+  const auto plain = read_all(false, &unused, &unused_batches);
+  const auto ahead = read_all(true, &visited, &batches);
+  ASSERT_EQ(plain.size(), lines + 1);
+  EXPECT_TRUE(std::get<3>(plain[4999]));
+  EXPECT_EQ(std::get<0>(plain[6]).back(), '}');  // The CR is stripped.
+  EXPECT_TRUE(ahead == plain);
   // In batches of about kTablePrefetchAhead lines (so that their page walks overlap), not one line per read.
   EXPECT_LE(batches, lines / kTablePrefetchAhead + 10);
-  EXPECT_GE(prefetched.size(), lines - 3 * (2 * kTablePrefetchAhead + 1));  // The first line and refills may miss.
+  EXPECT_GE(visited.size(), lines - 3 * (2 * kTablePrefetchAhead + 1));  // The first line and refills may miss.
   std::filesystem::remove(path);
 }
 
