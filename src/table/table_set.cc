@@ -3,6 +3,7 @@
 #include <absl/container/flat_hash_map.h>
 #include <absl/container/flat_hash_set.h>
 #include <absl/hash/hash.h>
+#include <emmintrin.h>
 #include <simdjson.h>
 
 #include <algorithm>
@@ -359,11 +360,15 @@ std::optional<std::string_view> KeyText(const Value& value, char (&digits)[24]) 
   return std::nullopt;
 }
 
-// The key text of field `quoted_name` ("name" with its quotes) in a raw JSON line, found by text search: a
-// string without escapes or an integer's digits, what KeyText gives for the parsed value. A guess (the name could
-// appear inside a string value); only Prefetch uses it, so a wrong guess costs a wasted prefetch, never a value.
-// `hint`: where the name was found in the line before (events of one producer keep their field order), tried
-// first: one comparison instead of a search through the line's quotes (the search was ~10% of a join's cost).
+simdjson::dom::parser& ThreadParser() {
+  thread_local simdjson::dom::parser parser;
+  return parser;
+}
+
+}  // namespace
+
+namespace table_internal {
+
 std::optional<std::string_view> RawKey(std::string_view line, std::string_view quoted_name,
                                        std::atomic<size_t>& hint) {
   size_t at = hint.load(std::memory_order_relaxed);
@@ -375,8 +380,20 @@ std::optional<std::string_view> RawKey(std::string_view line, std::string_view q
   size_t k = at + quoted_name.size();
   while (k < line.size() && (line[k] == ' ' || line[k] == ':')) ++k;
   if (k >= line.size()) return std::nullopt;
-  if (line[k] == '"') {  // Keys are short: one pass for the closing quote and escapes, no library calls.
+  if (line[k] == '"') {
     size_t end = k + 1;
+    if (end + 16 <= line.size()) {
+      // The next 16 bytes at once (SSE2, in every x86-64): the first quote or backslash among them. A byte loop was
+      // most of RawKey's ~140 instructions per event (callgrind).
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(line.data() + end));
+      const unsigned quote = static_cast<unsigned>(_mm_movemask_epi8(_mm_cmpeq_epi8(bytes, _mm_set1_epi8('"'))));
+      const unsigned escape = static_cast<unsigned>(_mm_movemask_epi8(_mm_cmpeq_epi8(bytes, _mm_set1_epi8('\\'))));
+      if (quote != 0 && (escape & ((quote & -quote) - 1)) == 0) {  // A quote, and no backslash before it.
+        return line.substr(end, static_cast<size_t>(std::countr_zero(quote)));
+      }
+      if (escape != 0) return std::nullopt;
+    }
+    // Near the line's end or a key of 16 bytes or more: one pass for the closing quote and escapes.
     for (; end < line.size() && line[end] != '"'; ++end) {
       if (line[end] == '\\') return std::nullopt;
     }
@@ -388,12 +405,7 @@ std::optional<std::string_view> RawKey(std::string_view line, std::string_view q
   return line.substr(k, end - k);
 }
 
-simdjson::dom::parser& ThreadParser() {
-  thread_local simdjson::dom::parser parser;
-  return parser;
-}
-
-}  // namespace
+}  // namespace table_internal
 
 Result<TableRow> ParseTableRow(const TableSpec& table, std::string_view json,
                                std::optional<std::string_view> key_given) {
@@ -548,7 +560,7 @@ void ForEachRawKeyHash(const std::vector<Table>& tables, const std::vector<int>&
   for (int t : filled) {
     const Table& table = tables[static_cast<size_t>(t)];
     if (table.on.empty()) continue;
-    if (std::optional<std::string_view> key = RawKey(line, table.on, table.on_at)) {
+    if (std::optional<std::string_view> key = table_internal::RawKey(line, table.on, table.on_at)) {
       fn(static_cast<size_t>(t), KeyMap::Hash(*key));
     }
   }

@@ -13,6 +13,7 @@
 // them. Strings that Fill puts into slots point into the set and are valid until the next Add or Load.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <limits>
 #include <memory>
@@ -115,6 +116,16 @@ class TableSet {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+namespace table_internal {
+// The key text of field `quoted_name` ("name" with its quotes) in a raw JSON line, found by text search: a
+// string without escapes or an integer's digits, what the parsed value's key text would be. A guess (the name could
+// appear inside a string value); only Prefetch uses it, so a wrong guess costs a wasted prefetch, never a value.
+// `hint`: where the name was found in the line before (events of one producer keep their field order), tried
+// first: one comparison instead of a search through the line's quotes (the search was ~10% of a join's cost).
+std::optional<std::string_view> RawKey(std::string_view line, std::string_view quoted_name,
+                                       std::atomic<size_t>& hint);
+}  // namespace table_internal
 
 // How many events ahead of the one being parsed their table slots are prefetched: between kTablePrefetchAhead and
 // twice that, in batches of about kTablePrefetchAhead lines (TableSet::PrefetchBatch). At the start of the event's

@@ -213,6 +213,35 @@ TEST(TablePrefetchTest, LinesOfAStreamAreVisitedOnceAheadOfThemAndReadUnchanged)
   std::filesystem::remove(path);
 }
 
+// RawKey (what the prefetch hashes) against the key a JSON parser reads, for string keys of every length from 1
+// to 40 (the 16-byte search and the byte loop after it), at the line's end, with escapes before and after the key's
+// closing quote, integers, and a hint that is wrong.
+TEST(TablePrefetchTest, RawKeyFindsTheKeyTheParserReads) {
+  using table_internal::RawKey;
+  std::atomic<size_t> hint{0};
+  for (size_t n = 1; n <= 40; ++n) {
+    const std::string key = std::string(n - 1, 'k') + std::to_string(n % 10);
+    for (const std::string& tail : {std::string(",\"ts\":1,\"pad\":\"xxxxxxxxxxxxxxxxxxxxxxxx\"}"), std::string("}"),
+                                    std::string(",\"t\":\"a\\\"b\"}")}) {
+      const std::string line = "{\"user_id\":\"" + key + "\"" + tail;
+      std::optional<std::string_view> got = RawKey(line, "\"user_id\"", hint);
+      ASSERT_TRUE(got.has_value()) << line;
+      EXPECT_EQ(*got, key) << line;
+      const std::string spaced = "{\"ts\": 5, \"user_id\" : \"" + key + "\"" + tail;  // The hint is wrong now.
+      got = RawKey(spaced, "\"user_id\"", hint);
+      ASSERT_TRUE(got.has_value()) << spaced;
+      EXPECT_EQ(*got, key) << spaced;
+    }
+  }
+  // An escape inside the key: no guess (the parser would unescape it), whether the key is short or long.
+  EXPECT_FALSE(RawKey(R"({"user_id":"a\"b","ts":1,"pad":"xxxxxxxxxxxxxxxxxxxx"})", "\"user_id\"", hint));
+  EXPECT_FALSE(RawKey(R"({"user_id":"aaaaaaaaaaaaaaaaaaaa\nb","ts":1})", "\"user_id\"", hint));
+  EXPECT_EQ(RawKey(R"({"user_id":-42,"ts":1,"pad":"xxxxxxxxxxxxxxxxxxxx"})", "\"user_id\"", hint), "-42");
+  EXPECT_EQ(RawKey(R"({"user_id":7})", "\"user_id\"", hint), "7");
+  EXPECT_FALSE(RawKey(R"({"user_id":"unterminated)", "\"user_id\"", hint));
+  EXPECT_FALSE(RawKey(R"({"ts":1})", "\"user_id\"", hint));
+}
+
 TEST(TableSetTest, WithoutValidFromTheLatestArrivalWinsAndIntegerKeysReadAsText) {
   const Spec spec = LoadTestSpec();
   TableSet tables(spec);
