@@ -27,9 +27,6 @@ struct ValueNode {
   size_t offset = 0;          // kField: where the text names it.
   StaticType type = StaticType::kAny;
   std::vector<std::unique_ptr<ValueNode>> args;
-  // Arithmetic or a comparison of two leaves (fields, literals, the time): evaluated in place where it is an
-  // argument or the root (FlatBinary), without a call of Eval. Set by Finish.
-  bool flat_binary = false;
 };
 
 namespace {
@@ -416,16 +413,10 @@ class Parser {
   size_t error_offset_ = 0;
 };
 
-bool IsLeaf(Op op) { return op == Op::kLiteral || op == Op::kField || op == Op::kTime; }
-bool IsArith(Op op) { return op >= Op::kAdd && op <= Op::kMod; }
-bool IsComparison(Op op) { return op >= Op::kEq && op <= Op::kGe; }
-
-// Points string literals at their own storage, now that the tree no longer moves; marks the flat binary nodes.
+// Points string literals at their own storage, now that the tree no longer moves.
 void Finish(ValueNode& node) {
   if (node.op == Op::kLiteral && node.type == StaticType::kString) node.literal = Value::String(node.text);
   for (auto& a : node.args) Finish(*a);
-  node.flat_binary = (IsArith(node.op) || IsComparison(node.op)) && node.args.size() == 2 &&
-                     IsLeaf(node.args[0]->op) && IsLeaf(node.args[1]->op);
 }
 
 bool IsNull(const Value& v) { return v.type == ValueType::kMissing || v.type == ValueType::kNull; }
@@ -518,21 +509,15 @@ inline Value Leaf(const ValueNode& n, std::span<const Value> slots, int64_t time
   }
 }
 
-// A flat binary node (ValueNode::flat_binary): what Eval gives for it, computed where it is used.
-[[gnu::always_inline]] inline Value FlatBinary(const ValueNode& n, std::span<const Value> slots, int64_t time_ms) {
-  const Value a = Leaf(*n.args[0], slots, time_ms);
-  const Value b = Leaf(*n.args[1], slots, time_ms);
-  return IsArith(n.op) ? Arith(n.op, a, b) : Compare(n.op, a, b);
-}
+bool IsLeaf(Op op) { return op == Op::kLiteral || op == Op::kField || op == Op::kTime; }
 
 Value Eval(const ValueNode& n, std::span<const Value> slots, int64_t time_ms, OwnedStrings* owned) {
-  // Leaves, and arithmetic or comparisons of two leaves, are evaluated in place, not through a call of Eval each:
-  // the call per node was most of an expression's cost (callgrind: ~45 instructions per leaf, ~90 per inner node;
-  // two derived fields over a joined table 357, then 277 instructions per event).
+  // Leaves are read in place, not through a call of Eval each: most operands are fields and literals, and the
+  // call per node was most of an expression's cost (callgrind: ~45 instructions per node, two derived fields
+  // over a joined table 357 instructions per event).
   auto arg = [&](size_t k) {
     const ValueNode& a = *n.args[k];
-    if (IsLeaf(a.op)) return Leaf(a, slots, time_ms);
-    return a.flat_binary ? FlatBinary(a, slots, time_ms) : Eval(a, slots, time_ms, owned);
+    return IsLeaf(a.op) ? Leaf(a, slots, time_ms) : Eval(a, slots, time_ms, owned);
   };
   switch (n.op) {
     case Op::kLiteral:
@@ -703,7 +688,6 @@ Result<ValueExpr> ValueExpr::Parse(std::string_view text, FieldRegistry& fields,
 }
 
 Value ValueExpr::Eval(std::span<const Value> slots, int64_t time_ms, OwnedStrings* owned) const {
-  if (root_->flat_binary) return FlatBinary(*root_, slots, time_ms);
   return freshet::Eval(*root_, slots, time_ms, owned);
 }
 
