@@ -14,6 +14,7 @@ import random
 import re
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -99,8 +100,12 @@ class Server:
     def terminate(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout=30)
-        self.log.write(self.proc.stderr.read())  # Everything it said after starting.
+        said = self.proc.stderr.read()  # Everything it said after starting.
+        self.log.write(said)
         self.log.close()
+        if code != 0:  # Into the test's captured output: the log file goes with pytest's old temp folders.
+            sys.stderr.write(f"freshet run exited with {code}; the end of its stderr:\n")
+            sys.stderr.write(said[-4000:].decode(errors="replace") + "\n")
         return code
 
 

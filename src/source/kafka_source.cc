@@ -253,6 +253,9 @@ KafkaSource::~KafkaSource() {
     last = impl_->last_commit;
   }
   if (!last.empty()) CommitOffsets(last, /*wait=*/true);
+  // Closes the consumer now, while the members declared after impl_ live: closing runs the group's last revoke
+  // through Impl::Rebalance, which reads listener_, next_ and batch_start_ (destroyed before impl_ otherwise).
+  impl_.reset();
 }
 
 Status KafkaSource::Open() {
