@@ -100,9 +100,11 @@ for k in $(seq 1 "$repeat"); do
   done
   timed_run "file run $k" "$data/file.yaml" | tee -a "$results"
 done
+# median KIND CUT: the median of KIND's rates, each the number just before CUT in its line of the results.
+median() {
+  grep "^$1" "$results" | sed "s/ M events\/s$2.*//" | awk '{print $NF}' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
+}
 for kind in kafka-p1 kafka-p2 file; do
-  grep "^$kind" "$results" | sed 's/ M events\/s, .*//' | awk '{print $NF}' | sort -n |
-    awk -v k="$kind" '{a[NR]=$1} END {printf "%s: median %.2f M events/s over %d runs", k, a[int((NR+1)/2)], NR}'
-  grep "^$kind" "$results" | sed 's/ M events\/s once reading.*//' | awk '{print $NF}' | sort -n |
-    awk '{a[NR]=$1} END {printf ", %.2f M events/s once reading\n", a[int((NR+1)/2)]}'
+  printf '%s: median %.2f M events/s over %d runs, %.2f M events/s once reading\n' "$kind" "$(median "$kind" ", ")" \
+    "$(grep -c "^$kind" "$results")" "$(median "$kind" " once reading")"
 done

@@ -392,6 +392,7 @@ std::optional<std::string_view> RawKey(std::string_view line, std::string_view q
         return line.substr(end, static_cast<size_t>(std::countr_zero(quote)));
       }
       if (escape != 0) return std::nullopt;
+      end += 16;  // Neither among them: the loop below goes on after them.
     }
     // Near the line's end or a key of 16 bytes or more: one pass for the closing quote and escapes.
     for (; end < line.size() && line[end] != '"'; ++end) {
