@@ -473,9 +473,11 @@ struct Runtime::Impl final : public FeatureService, public RebalanceListener {
   // A child encoding the lanes' state as it is now, with each shard's size; null (with a warning, once) if the
   // process cannot fork.
   std::shared_ptr<ForkedSnapshot> ForkEncoding();
-  // The child's state into checkpoint.engine_state, its shard sizes and memory into the gauges.
+  // The child's state into checkpoint.engine_state and its tables' versions after the "tables" position, its shard
+  // sizes and memory into the gauges.
   Status TakeEncoding(ForkedSnapshot& snapshot, freshet::Checkpoint& checkpoint);
   void SetShardBytes(const std::vector<size_t>& part_bytes);  // freshet_checkpoint_shard_bytes (sharded only).
+  std::string& TablesPosition(freshet::Checkpoint& checkpoint);  // The "tables" position of `checkpoint`.
   bool fork_warned_ = false;
   // `lines`: the batch read once for several feature sets (else each record is parsed here).
   Status ProcessBatch(std::vector<SourceRecord>& batch, const SharedLines* lines);
@@ -916,7 +918,9 @@ Status Runtime::Impl::Checkpoint(bool wait) {
   checkpoint->spec_fingerprint = lanes_.blank().spec_fingerprint();
   checkpoint->positions = {{"source", source_->position()}, {"dead_letters", std::to_string(dead_letter_bytes)}};
   if (table_feed_ != nullptr) {
-    FRESHET_ASSIGN_OR_RETURN(std::string tables, table_feed_->Encode());
+    // The positions now; the versions (a large table's are tens of MB) by the forked child below, which appends
+    // them (TakeEncoding), or in place after it when the process cannot fork.
+    FRESHET_ASSIGN_OR_RETURN(std::string tables, table_feed_->Encode(/*with_versions=*/false));
     checkpoint->positions.emplace_back("tables", std::move(tables));
   }
   if (group_) checkpoint->positions.emplace_back("epochs", GroupCheckpoints::EncodeEpochs(CurrentClaims()));
@@ -937,6 +941,10 @@ Status Runtime::Impl::Checkpoint(bool wait) {
     const PipelineLanes::RunPerLane run = RunShardsFunction();
     std::vector<size_t> part_bytes;
     checkpoint->engine_state = lanes_.Encode(sharded_input_ ? &run : nullptr, &part_bytes);
+    if (table_feed_ != nullptr) {
+      ByteWriter out(&TablesPosition(*checkpoint));
+      table_feed_->tables().Save(out);
+    }
     SetShardBytes(part_bytes);
     state_bytes_->Set(static_cast<double>(lanes_.MemoryBytes()));
   }
@@ -1001,16 +1009,22 @@ Status Runtime::Impl::WriteCheckpoint(freshet::Checkpoint& checkpoint, OfflineSi
   return Status::Ok();
 }
 
-// The child's bytes: the lanes' state, then each shard's size, the state's memory and the count of shards (u64
-// each), at the end so that the parent cuts them off without copying the state. The memory is counted in the child
-// too: it visits every entity's every feature (0.1 s and more with 1M entities), which processing need not wait for.
+// The child's bytes: the lanes' state, the reference tables' versions (TableSet::Save, with tables in the spec),
+// then each shard's size, the state's memory, the tables' bytes and the count of shards (u64 each), at the end so
+// that the parent cuts them off without copying the state. The memory is counted in the child too: it visits every
+// entity's every feature (0.1 s and more with 1M entities), which processing need not wait for; and so are the
+// tables' versions (a 1M-key table's took the processing thread 0.2-0.4 s per checkpoint when encoded in place).
 std::shared_ptr<ForkedSnapshot> Runtime::Impl::ForkEncoding() {
   Result<std::unique_ptr<ForkedSnapshot>> forked = ForkedSnapshot::Start([this] {
     std::vector<size_t> part_bytes;
     std::string out = lanes_.Encode(nullptr, &part_bytes);
     ByteWriter w(&out);
+    const size_t tables_start = out.size();
+    if (table_feed_ != nullptr) table_feed_->tables().Save(w);
+    const size_t tables_bytes = out.size() - tables_start;
     for (size_t n : part_bytes) w.PutU64(n);
     w.PutU64(lanes_.MemoryBytes());
+    w.PutU64(tables_bytes);
     w.PutU64(part_bytes.size());
     return out;
   });
@@ -1030,16 +1044,32 @@ Status Runtime::Impl::TakeEncoding(ForkedSnapshot& snapshot, freshet::Checkpoint
     ByteReader(std::string_view(bytes).substr(bytes.size() - end, 8)).ReadU64(&v);
     return v;
   };
-  const uint64_t parts = bytes.size() >= 16 ? u64_at(8) : UINT64_MAX;
-  if (parts > (bytes.size() - 16) / 8) return Status::Internal("the encoded state has no shard sizes at its end");
-  const size_t trailer = 8 * (parts + 2);
+  const uint64_t parts = bytes.size() >= 24 ? u64_at(8) : UINT64_MAX;
+  if (parts > (bytes.size() - 24) / 8) return Status::Internal("the encoded state has no shard sizes at its end");
+  const size_t trailer = 8 * (parts + 3);
+  const uint64_t tables_bytes = u64_at(16);
+  if (tables_bytes > bytes.size() - trailer || (tables_bytes > 0) != (table_feed_ != nullptr)) {
+    return Status::Internal("the encoded state's reference tables are not where its end says");
+  }
   std::vector<size_t> part_bytes;
   for (uint64_t k = 0; k < parts; ++k) part_bytes.push_back(static_cast<size_t>(u64_at(trailer - 8 * k)));
-  state_bytes_->Set(static_cast<double>(u64_at(16)));
+  state_bytes_->Set(static_cast<double>(u64_at(24)));
   bytes.resize(bytes.size() - trailer);
+  if (table_feed_ != nullptr) {
+    TablesPosition(checkpoint).append(bytes, bytes.size() - tables_bytes, tables_bytes);
+    bytes.resize(bytes.size() - tables_bytes);
+  }
   checkpoint.engine_state = std::move(bytes);
   SetShardBytes(part_bytes);
   return Status::Ok();
+}
+
+std::string& Runtime::Impl::TablesPosition(freshet::Checkpoint& checkpoint) {
+  for (auto& [name, position] : checkpoint.positions) {
+    if (name == "tables") return position;
+  }
+  checkpoint.positions.emplace_back("tables", "");  // Not reached: Checkpoint adds it with tables in the spec.
+  return checkpoint.positions.back().second;
 }
 
 void Runtime::Impl::SetShardBytes(const std::vector<size_t>& part_bytes) {

@@ -262,7 +262,7 @@ Result<size_t> TableFeed::Put(std::string_view name, std::string_view body,
   return accepted;
 }
 
-Result<std::string> TableFeed::Encode() {
+Result<std::string> TableFeed::Encode(bool with_versions) {
   std::string bytes;
   ByteWriter out(&bytes);
   out.PutU32(kTableFeedVersion);
@@ -291,7 +291,7 @@ Result<std::string> TableFeed::Encode() {
       out.PutI64(offset);
     }
   }
-  tables_.Save(out);
+  if (with_versions) tables_.Save(out);
   return bytes;
 }
 

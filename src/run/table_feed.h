@@ -67,8 +67,11 @@ class TableFeed {
   // The index of table `name`, or -1.
   int IndexOf(std::string_view name) const;
 
-  // The checkpoint's part; syncs the Kafka tables' dead letters (their length is part of it).
-  Result<std::string> Encode();
+  // The checkpoint's part; syncs the Kafka tables' dead letters (their length is part of it). It is the
+  // positions and counters (small) followed by the tables' versions (tables().Save: tens of MB for a large table).
+  // With `with_versions` false only the first half is returned, and the caller appends tables().Save's bytes of
+  // the same moment (the runtime has its forked child encode them, so that processing does not wait for them).
+  Result<std::string> Encode(bool with_versions = true);
   Status Restore(std::string_view bytes);
 
   // Why a Kafka table cannot be read now (brokers unreachable, no such topic, not read to its end within
