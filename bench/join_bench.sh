@@ -11,9 +11,16 @@
 #   bench/join_bench.sh [--events N] [--keys N] [--repeat N] [--settle SECONDS] [--bin FRESHET]...
 # --settle: a pause before each run (a run right after a large one varied by up to 1.6x on this VM).
 # Several --bin: each round runs every binary in turn (an A/B on the same loaded machine); medians per binary.
+# --path run: the same specs through the pipeline instead, `freshet run --exit-at-end` with the events file as its
+# source (and the profile file as the table's file source in the joined spec), parallelism 1, the defaults
+# otherwise (embedded online store, offline store in the data directory, checkpoints). The events' CPU seconds are
+# the whole run's (user + system, the forked checkpoint encoders included) minus those of the same run over the
+# first event only: the one-off work (the table's load, its history written to the offline store, the last
+# checkpoint) cancels, and what a checkpoint costs more for holding the table stays in, once per checkpoint the
+# events' offline rows trigger.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
-events=2000000 keys=1000000 repeat=3 settle=0 bins=()
+events=2000000 keys=1000000 repeat=3 settle=0 path=historical bins=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --events) events="$2"; shift 2 ;;
@@ -21,6 +28,7 @@ while [[ $# -gt 0 ]]; do
     --repeat) repeat="$2"; shift 2 ;;
     --settle) settle="$2"; shift 2 ;;
     --bin) bins+=("$2"); shift 2 ;;
+    --path) path="$2"; shift 2 ;;
     *) echo "unknown option $1; see the comment at the top of $0" >&2; exit 2 ;;
   esac
 done
@@ -71,13 +79,37 @@ run() {  # prints "EVENTS_CPU TABLES_CPU PROCESS_CPU" of one historical run of b
   [[ -n "$events" ]] || { cat "$data/err" >&2; echo "no event CPU figure in the output of $bin (older than this script?)" >&2; exit 1; }
   awk -v e="$events" -v t="${tables:-0}" '{printf "%.2f %.2f %.2f\n", e, t, $1 + $2}' "$data/time"
 }
+# Prints "CPU_SECONDS" of one `freshet run --exit-at-end` of binary $bin over spec $1 (plain or joined, its table's
+# source then the profile file) with events file $2 as its source.
+run_stream() {
+  sleep "$settle"
+  local spec="$data/stream.yaml" dir="$data/stream-data"
+  { sed -n '1,/^schema:/p' "$1" | grep -v '^schema:'
+    echo "source: {type: file, path: $2}"; echo "parallelism: 1"
+    sed -n '/^schema:/,/^tables:/p' "$1" | grep -v '^tables:'
+    if grep -q '^tables:' "$1"; then
+      echo "tables:"; echo "  - {name: profiles, key: user_id, valid_from: updated_at, source: {type: file, path: $prof}}"
+      sed -n '/^joins:/,$p' "$1"
+    fi; } > "$spec"
+  rm -rf "$dir"
+  /usr/bin/time -f '%U %S' -o "$data/time" "$bin" run --spec "$spec" --data-dir "$dir" --port 0 --exit-at-end \
+    > /dev/null 2> "$data/err" || { cat "$data/err" >&2; echo "freshet run failed: $bin $spec" >&2; exit 1; }
+  awk '{printf "%.2f\n", $1 + $2}' "$data/time"
+}
 declare -A P J L PW JW R
 for ((b = 0; b < ${#bins[@]}; b++)); do P[$b]="" J[$b]="" L[$b]="" PW[$b]="" JW[$b]="" R[$b]=""; done
 for ((r = 0; r < repeat; r++)); do
   for ((b = 0; b < ${#bins[@]}; b++)); do
     bin="${bins[b]}"
-    read -r p _ pw < <(run "$plain" --events "$ev")
-    read -r j l jw < <(run "$joined" --events "$ev" --table "profiles=$prof")
+    if [[ "$path" == run ]]; then
+      p1=$(run_stream "$plain" "$one") pw=$(run_stream "$plain" "$ev") j1=$(run_stream "$joined" "$one")
+      jw=$(run_stream "$joined" "$ev")
+      p=$(awk -v a="$pw" -v b="$p1" 'BEGIN {printf "%.2f", a - b}') j=$(awk -v a="$jw" -v b="$j1" 'BEGIN {printf "%.2f", a - b}')
+      l=$(awk -v a="$j1" -v b="$p1" 'BEGIN {printf "%.2f", a - b}')
+    else
+      read -r p _ pw < <(run "$plain" --events "$ev")
+      read -r j l jw < <(run "$joined" --events "$ev" --table "profiles=$prof")
+    fi
     P[$b]+="$p " J[$b]+="$j " L[$b]+="$l " PW[$b]+="$pw " JW[$b]+="$jw " R[$b]+="$(awk -v p="$p" -v j="$j" 'BEGIN {print j / p}') "
     echo "round $((r + 1)) $bin: events plain $p s, joined $j s; table load $l s; whole runs $pw s, $jw s (load average $(cut -d' ' -f1 /proc/loadavg))"
   done

@@ -320,6 +320,41 @@ def test_put_rows_are_durable_and_joined(tmp_path: Path) -> None:
         proc.wait(timeout=60)
 
 
+def test_rows_added_after_a_checkpoint_are_in_the_next_one_across_kill9(tmp_path: Path) -> None:
+    """A checkpoint of tables unchanged since the last one reuses that one's encoded versions: rows added in between
+    must make the next checkpoint encode them again. A checkpoint, new rows (a new key, a newer version of an old
+    one; no event, so nothing is pruned), a checkpoint, kill -9: the restart holds every version (the file is not
+    read again: its offset is restored) and events join them."""
+    _require_binary()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    row = lambda user, at, segment: {"user_id": user, "updated_at": at, "segment": segment,  # noqa: E731
+                                     "created_ms": T0 - 40 * DAY}
+    (tmp_path / "profiles.jsonl").write_bytes(_lines([row("a", T0, "vip")]))
+    (tmp_path / "events.jsonl").write_bytes(b"")
+    command = [BIN, "run", "--spec", str(spec), "--data-dir", str(tmp_path / "data")]
+    proc, port = start_run(command, tmp_path / "run1.log")
+    try:
+        _wait_metric(port, "freshet_table_versions_total", 1)
+        _wait_checkpoint_after(port)
+        _append(tmp_path / "profiles.jsonl", _lines([row("b", T0, "basic"), row("a", T0 + 10_000, "basic")]))
+        _wait_metric(port, "freshet_table_versions_total", 3)
+        proc, port = _crash_once_checkpointed(proc, port, command, tmp_path / "run2.log")
+        assert _metric(port, "freshet_table_keys") == 2
+        assert _metric(port, "freshet_table_versions_held") == 3
+        events = [{"user": "a", "ts": T0 + 1000, "amount": 5}, {"user": "b", "ts": T0 + 2000, "amount": 7},
+                  {"user": "a", "ts": T0 + 20_000, "amount": 11}]
+        _append(tmp_path / "events.jsonl", _lines(events))
+        _wait_metric(port, "freshet_events_in_total", 3)
+        a = json.loads(_get(port, f"/v1/features/a?at={T0 + 20_000}"))["features"]
+        b = json.loads(_get(port, f"/v1/features/b?at={T0 + 20_000}"))["features"]
+        assert (a["vip_spend"], a["last_segment"], a["n_events"]) == (5, "basic", 2)
+        assert (b["vip_spend"], b["last_segment"], b["n_old_accounts"]) == (0, "basic", 1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
 def _wait_metric_equal(port: int, name: str, value: float, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while (got := _metric(port, name)) != value:

@@ -469,13 +469,17 @@ struct Runtime::Impl final : public FeatureService, public RebalanceListener {
   Status RecoverOffline(std::optional<std::string_view> position, std::optional<uint64_t> sequence);
   Status Checkpoint(bool wait);
   // `snapshot`: the child encoding the checkpoint's state (ForkEncoding), whose bytes go into checkpoint.engine_state.
-  Status WriteCheckpoint(freshet::Checkpoint& checkpoint, OfflineSink::TakenRows rows, ForkedSnapshot* snapshot);
+  // `tables`: the tables' versions when they were not left to the child (reused, or encoded in place); then
+  // `tables_generation` is theirs.
+  Status WriteCheckpoint(freshet::Checkpoint& checkpoint, OfflineSink::TakenRows rows, ForkedSnapshot* snapshot,
+                         std::shared_ptr<const std::string> tables, uint64_t tables_generation);
   // A child encoding the lanes' state as it is now, with each shard's size; null (with a warning, once) if the
   // process cannot fork.
-  std::shared_ptr<ForkedSnapshot> ForkEncoding();
-  // The child's state into checkpoint.engine_state and its tables' versions after the "tables" position, its shard
-  // sizes and memory into the gauges.
-  Status TakeEncoding(ForkedSnapshot& snapshot, freshet::Checkpoint& checkpoint);
+  std::shared_ptr<ForkedSnapshot> ForkEncoding(bool encode_tables);
+  // The child's state into checkpoint.engine_state and its tables' versions (when it encoded them) into *tables,
+  // its shard sizes and memory into the gauges.
+  Status TakeEncoding(ForkedSnapshot& snapshot, freshet::Checkpoint& checkpoint,
+                      std::shared_ptr<const std::string>* tables);
   void SetShardBytes(const std::vector<size_t>& part_bytes);  // freshet_checkpoint_shard_bytes (sharded only).
   std::string& TablesPosition(freshet::Checkpoint& checkpoint);  // The "tables" position of `checkpoint`.
   bool fork_warned_ = false;
@@ -585,6 +589,12 @@ struct Runtime::Impl final : public FeatureService, public RebalanceListener {
 
   std::unique_ptr<OfflineSink> offline_;  // Null with `offline: {enabled: false}`.
   std::unique_ptr<TableFeed> table_feed_;  // With `tables` in the spec.
+  // The reference tables' versions as the last checkpoint encoded them, and the TableSet::generation they are of.
+  // A checkpoint of tables unchanged since (a profile table usually changes far less often than checkpoints are
+  // taken) writes these bytes again instead of encoding tens of MB anew. Set on the checkpoint thread, read at the
+  // next cut, which joins that thread first.
+  uint64_t encoded_tables_generation_ = 0;
+  std::shared_ptr<const std::string> encoded_tables_;
   int64_t last_table_poll_ms_ = 0;
   // Reads what the table files gained, under the exclusive lock (between event batches).
   Status PollTables();
@@ -918,8 +928,9 @@ Status Runtime::Impl::Checkpoint(bool wait) {
   checkpoint->spec_fingerprint = lanes_.blank().spec_fingerprint();
   checkpoint->positions = {{"source", source_->position()}, {"dead_letters", std::to_string(dead_letter_bytes)}};
   if (table_feed_ != nullptr) {
-    // The positions now; the versions (a large table's are tens of MB) by the forked child below, which appends
-    // them (TakeEncoding), or in place after it when the process cannot fork.
+    // The positions now; the versions (a large table's are tens of MB) after them on the checkpoint thread
+    // (WriteCheckpoint): those of the last checkpoint if the tables have not changed since, else as the forked
+    // child below encoded them (or this thread, when the process cannot fork).
     FRESHET_ASSIGN_OR_RETURN(std::string tables, table_feed_->Encode(/*with_versions=*/false));
     checkpoint->positions.emplace_back("tables", std::move(tables));
   }
@@ -936,14 +947,20 @@ Status Runtime::Impl::Checkpoint(bool wait) {
     for (size_t l = 0; l < lanes_.size(); ++l) settle(l);
   }
   recent_events_->Set(static_cast<double>(std::accumulate(recent.begin(), recent.end(), size_t{0})));
-  std::shared_ptr<ForkedSnapshot> snapshot = ForkEncoding();
+  // The tables' versions: those of the last checkpoint when the tables have not changed since, else encoded anew.
+  std::shared_ptr<const std::string> tables;
+  const uint64_t tables_generation = table_feed_ != nullptr ? table_feed_->tables().generation() : 0;
+  if (encoded_tables_ != nullptr && encoded_tables_generation_ == tables_generation) tables = encoded_tables_;
+  std::shared_ptr<ForkedSnapshot> snapshot = ForkEncoding(table_feed_ != nullptr && tables == nullptr);
   if (snapshot == nullptr) {
     const PipelineLanes::RunPerLane run = RunShardsFunction();
     std::vector<size_t> part_bytes;
     checkpoint->engine_state = lanes_.Encode(sharded_input_ ? &run : nullptr, &part_bytes);
-    if (table_feed_ != nullptr) {
-      ByteWriter out(&TablesPosition(*checkpoint));
+    if (table_feed_ != nullptr && tables == nullptr) {
+      std::string bytes;
+      ByteWriter out(&bytes);
       table_feed_->tables().Save(out);
+      tables = std::make_shared<const std::string>(std::move(bytes));
     }
     SetShardBytes(part_bytes);
     state_bytes_->Set(static_cast<double>(lanes_.MemoryBytes()));
@@ -954,8 +971,8 @@ Status Runtime::Impl::Checkpoint(bool wait) {
   seq_at_checkpoint_ = lanes_.next_offline_seq();
   checkpoint_pause_->Set(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   checkpoint_running_ = true;
-  auto write = [this, checkpoint, rows, start, snapshot, cuts = CutExplains()]() {
-    Status status = WriteCheckpoint(*checkpoint, std::move(*rows), snapshot.get());
+  auto write = [this, checkpoint, rows, start, snapshot, tables, tables_generation, cuts = CutExplains()]() {
+    Status status = WriteCheckpoint(*checkpoint, std::move(*rows), snapshot.get(), tables, tables_generation);
     if (status.ok()) {
       console_checkpoint_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       checkpoints_total_->Increment();
@@ -979,7 +996,8 @@ Status Runtime::Impl::Checkpoint(bool wait) {
 }
 
 Status Runtime::Impl::WriteCheckpoint(freshet::Checkpoint& checkpoint, OfflineSink::TakenRows rows,
-                                     ForkedSnapshot* snapshot) {
+                                     ForkedSnapshot* snapshot, std::shared_ptr<const std::string> tables,
+                                     uint64_t tables_generation) {
   if (offline_ != nullptr) {
     // The rows of the events this checkpoint covers, staged; published once the checkpoint is durable. Rows
     // that cannot be staged (a full disk) stay in the sink for the next checkpoint, and this one is not
@@ -990,7 +1008,16 @@ Status Runtime::Impl::WriteCheckpoint(freshet::Checkpoint& checkpoint, OfflineSi
   }
   // A state that cannot be had (the encoding child failed) fails this checkpoint like a full disk: its rows stay
   // staged for the next one, which encodes the state anew.
-  if (snapshot != nullptr) FRESHET_RETURN_IF_ERROR(TakeEncoding(*snapshot, checkpoint));
+  if (snapshot != nullptr) {
+    const bool child_encoded_tables = table_feed_ != nullptr && tables == nullptr;
+    FRESHET_RETURN_IF_ERROR(TakeEncoding(*snapshot, checkpoint, child_encoded_tables ? &tables : nullptr));
+  }
+  if (table_feed_ != nullptr) {
+    if (tables == nullptr) return Status::Internal("the checkpoint has no reference tables' versions");
+    TablesPosition(checkpoint).append(*tables);
+    encoded_tables_generation_ = tables_generation;
+    encoded_tables_ = std::move(tables);
+  }
   FRESHET_RETURN_IF_ERROR(Store().Write(checkpoint));
   if (group_) {
     for (const auto& [name, position] : checkpoint.positions) {
@@ -1009,18 +1036,18 @@ Status Runtime::Impl::WriteCheckpoint(freshet::Checkpoint& checkpoint, OfflineSi
   return Status::Ok();
 }
 
-// The child's bytes: the lanes' state, the reference tables' versions (TableSet::Save, with tables in the spec),
+// The child's bytes: the lanes' state, the reference tables' versions (TableSet::Save, with `encode_tables`),
 // then each shard's size, the state's memory, the tables' bytes and the count of shards (u64 each), at the end so
 // that the parent cuts them off without copying the state. The memory is counted in the child too: it visits every
 // entity's every feature (0.1 s and more with 1M entities), which processing need not wait for; and so are the
 // tables' versions (a 1M-key table's took the processing thread 0.2-0.4 s per checkpoint when encoded in place).
-std::shared_ptr<ForkedSnapshot> Runtime::Impl::ForkEncoding() {
-  Result<std::unique_ptr<ForkedSnapshot>> forked = ForkedSnapshot::Start([this] {
+std::shared_ptr<ForkedSnapshot> Runtime::Impl::ForkEncoding(bool encode_tables) {
+  Result<std::unique_ptr<ForkedSnapshot>> forked = ForkedSnapshot::Start([this, encode_tables] {
     std::vector<size_t> part_bytes;
     std::string out = lanes_.Encode(nullptr, &part_bytes);
     ByteWriter w(&out);
     const size_t tables_start = out.size();
-    if (table_feed_ != nullptr) table_feed_->tables().Save(w);
+    if (encode_tables) table_feed_->tables().Save(w);
     const size_t tables_bytes = out.size() - tables_start;
     for (size_t n : part_bytes) w.PutU64(n);
     w.PutU64(lanes_.MemoryBytes());
@@ -1037,7 +1064,8 @@ std::shared_ptr<ForkedSnapshot> Runtime::Impl::ForkEncoding() {
   return nullptr;
 }
 
-Status Runtime::Impl::TakeEncoding(ForkedSnapshot& snapshot, freshet::Checkpoint& checkpoint) {
+Status Runtime::Impl::TakeEncoding(ForkedSnapshot& snapshot, freshet::Checkpoint& checkpoint,
+                                   std::shared_ptr<const std::string>* tables) {
   FRESHET_ASSIGN_OR_RETURN(std::string bytes, snapshot.Wait());
   auto u64_at = [&](size_t end) {  // The u64 that starts `end` bytes before the end.
     uint64_t v = 0;
@@ -1048,15 +1076,15 @@ Status Runtime::Impl::TakeEncoding(ForkedSnapshot& snapshot, freshet::Checkpoint
   if (parts > (bytes.size() - 24) / 8) return Status::Internal("the encoded state has no shard sizes at its end");
   const size_t trailer = 8 * (parts + 3);
   const uint64_t tables_bytes = u64_at(16);
-  if (tables_bytes > bytes.size() - trailer || (tables_bytes > 0) != (table_feed_ != nullptr)) {
+  if (tables_bytes > bytes.size() - trailer || (tables_bytes > 0) != (tables != nullptr)) {
     return Status::Internal("the encoded state's reference tables are not where its end says");
   }
   std::vector<size_t> part_bytes;
   for (uint64_t k = 0; k < parts; ++k) part_bytes.push_back(static_cast<size_t>(u64_at(trailer - 8 * k)));
   state_bytes_->Set(static_cast<double>(u64_at(24)));
   bytes.resize(bytes.size() - trailer);
-  if (table_feed_ != nullptr) {
-    TablesPosition(checkpoint).append(bytes, bytes.size() - tables_bytes, tables_bytes);
+  if (tables != nullptr) {
+    *tables = std::make_shared<const std::string>(bytes, bytes.size() - tables_bytes, tables_bytes);
     bytes.resize(bytes.size() - tables_bytes);
   }
   checkpoint.engine_state = std::move(bytes);

@@ -209,10 +209,13 @@ class KeyMap {
   }
   // Makes room for `more` keys beyond those held, at once: a large table loaded row by row would otherwise be
   // rehashed into a new array at every doubling (each array's pages faulted in anew).
-  void Reserve(size_t more) {
+  // Returns whether the slots moved.
+  bool Reserve(size_t more) {
     size_t capacity = std::max<size_t>(16, slots_.size());
     while ((size_ + more) * 2 > capacity) capacity *= 2;
-    if (capacity > slots_.size()) Rehash(capacity);
+    if (capacity <= slots_.size()) return false;
+    Rehash(capacity);
+    return true;
   }
   size_t size() const { return size_; }
   size_t capacity() const { return slots_.size(); }
@@ -484,6 +487,7 @@ Result<TableRow> ParseTableRow(const TableSpec& table, std::string_view json,
 struct TableSet::Impl {
   std::vector<Table> tables;
   std::vector<int> filled_tables;  // The tables a join reads, in join order.
+  uint64_t generation = 0;
 };
 
 TableSet::TableSet(const Spec& spec) : impl_(std::make_unique<Impl>()) {
@@ -504,9 +508,14 @@ TableSet::~TableSet() = default;
 
 bool TableSet::empty() const { return impl_->tables.empty(); }
 
-void TableSet::Reserve(size_t table, size_t rows) { impl_->tables[table].versions.Reserve(rows); }
+void TableSet::Reserve(size_t table, size_t rows) {
+  if (impl_->tables[table].versions.Reserve(rows)) ++impl_->generation;  // Save writes the keys in slot order.
+}
+
+uint64_t TableSet::generation() const { return impl_->generation; }
 
 bool TableSet::Add(size_t table_index, const TableRow& row, int64_t newest_event_ms) {
+  ++impl_->generation;
   Table& table = impl_->tables[table_index];
   if (row.deleted()) {
     Delete(table, row.key);
@@ -601,6 +610,7 @@ size_t TableSet::Prune(int64_t horizon_ms) {
       }
     }
   }
+  if (dropped > 0) ++impl_->generation;
   return dropped;
 }
 
@@ -646,6 +656,7 @@ void TableSet::Save(ByteWriter& out) const {
 }
 
 Status TableSet::Load(ByteReader& in) {
+  ++impl_->generation;
   const Status damaged = Status::Invalid("the reference tables' state is damaged or of another spec");
   uint32_t version = 0;
   uint64_t tables = 0;

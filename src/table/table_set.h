@@ -108,6 +108,10 @@ class TableSet {
   size_t keys(size_t table) const;
   size_t MemoryBytes() const;
 
+  // Counts the changes to what Save writes (Add, Prune that dropped something, Load, Reserve): equal generations,
+  // equal bytes, so that a checkpoint can reuse the bytes of an earlier one while the tables did not change.
+  uint64_t generation() const;
+
   // The held versions (their joined columns), for a checkpoint; Load expects a fresh set of the same spec.
   void Save(ByteWriter& out) const;
   Status Load(ByteReader& in);

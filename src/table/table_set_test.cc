@@ -275,6 +275,54 @@ TEST(TableSetTest, SaveAndLoadKeepEveryVersion) {
   EXPECT_FALSE(damaged.Load(truncated).ok());
 }
 
+// A checkpoint reuses the bytes of an earlier Save while the generation stays: every change to what Save writes
+// must move it, and nothing else may (or the reuse would never happen).
+TEST(TableSetTest, TheGenerationMovesExactlyWhenWhatSaveWritesChanges) {
+  const Spec spec = LoadTestSpec();
+  TableSet tables(spec);
+  const int64_t none = std::numeric_limits<int64_t>::min();
+  auto saved = [&] {
+    std::string bytes;
+    ByteWriter out(&bytes);
+    tables.Save(out);
+    return bytes;
+  };
+  uint64_t generation = tables.generation();
+  std::string bytes = saved();
+  auto expect_change = [&](bool changed, const char* what) {
+    const std::string now = saved();
+    EXPECT_EQ(tables.generation() != generation, changed) << what;
+    EXPECT_EQ(now != bytes, changed) << what;
+    generation = tables.generation();
+    bytes = now;
+  };
+  tables.Add(0, Row(spec, 0, R"({"user_id":"a","updated_at":1000,"segment":"basic"})"), none);
+  expect_change(true, "a new key");
+  tables.Add(0, Row(spec, 0, R"({"user_id":"a","updated_at":1000,"segment":"vip"})"), none);
+  expect_change(true, "a version replaced (same valid_from)");
+  tables.Add(0, Row(spec, 0, R"({"user_id":"a","updated_at":3000,"segment":"new"})"), none);
+  expect_change(true, "a newer version");
+  EXPECT_EQ(tables.Prune(2000), 0u);
+  expect_change(false, "a prune that dropped nothing");
+  EXPECT_EQ(tables.Prune(3000), 1u);
+  expect_change(true, "a prune that dropped a version");
+  tables.Add(0, Row(spec, 0, R"({"user_id":"a","_deleted":true})"), none);
+  expect_change(true, "a deletion");
+  (void)tables.keys(0);
+  (void)tables.MemoryBytes();
+  tables.Reserve(0, 0);  // As every poll of a table file does.
+  expect_change(false, "reading, and reserving no room");
+  tables.Reserve(0, 1000);
+  EXPECT_NE(tables.generation(), generation) << "a rehash";
+  generation = tables.generation();
+  bytes = saved();
+  TableSet restored(spec);
+  const uint64_t before_load = restored.generation();
+  ByteReader in(bytes);
+  ASSERT_TRUE(restored.Load(in).ok());
+  EXPECT_NE(restored.generation(), before_load);
+}
+
 TEST(TableSetTest, BadRowsSayWhatIsWrong) {
   const Spec spec = LoadTestSpec();
   EXPECT_NE(ParseTableRow(spec.tables[0], R"({"updated_at":1})").status().message().find("'user_id'"),
