@@ -320,11 +320,13 @@ def test_put_rows_are_durable_and_joined(tmp_path: Path) -> None:
         proc.wait(timeout=60)
 
 
-def test_rows_added_after_a_checkpoint_are_in_the_next_one_across_kill9(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fork", [True, False])
+def test_rows_added_after_a_checkpoint_are_in_the_next_one_across_kill9(tmp_path: Path, fork: bool) -> None:
     """A checkpoint of tables unchanged since the last one reuses that one's encoded versions: rows added in between
     must make the next checkpoint encode them again. A checkpoint, new rows (a new key, a newer version of an old
     one; no event, so nothing is pruned), a checkpoint, kill -9: the restart holds every version (the file is not
-    read again: its offset is restored) and events join them."""
+    read again: its offset is restored) and events join them. The tables are encoded by the forked child, or (a
+    process that cannot fork) on the processing thread."""
     _require_binary()
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
@@ -333,6 +335,8 @@ def test_rows_added_after_a_checkpoint_are_in_the_next_one_across_kill9(tmp_path
     (tmp_path / "profiles.jsonl").write_bytes(_lines([row("a", T0, "vip")]))
     (tmp_path / "events.jsonl").write_bytes(b"")
     command = [BIN, "run", "--spec", str(spec), "--data-dir", str(tmp_path / "data")]
+    if not fork:
+        command = ["env", "FRESHET_TEST_FORK_FAILS=1"] + command
     proc, port = start_run(command, tmp_path / "run1.log")
     try:
         _wait_metric(port, "freshet_table_versions_total", 1)
@@ -350,6 +354,7 @@ def test_rows_added_after_a_checkpoint_are_in_the_next_one_across_kill9(tmp_path
         b = json.loads(_get(port, f"/v1/features/b?at={T0 + 20_000}"))["features"]
         assert (a["vip_spend"], a["last_segment"], a["n_events"]) == (5, "basic", 2)
         assert (b["vip_spend"], b["last_segment"], b["n_old_accounts"]) == (0, "basic", 1)
+        assert (b"cannot fork" in (tmp_path / "run1.log").read_bytes()) == (not fork)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)

@@ -78,9 +78,15 @@ Result<std::unique_ptr<ForkedSnapshot>> ForkedSnapshot::Start(const std::functio
     const char* text = std::getenv("FRESHET_TEST_SNAPSHOT_DELAY_MS");
     return text == nullptr ? 0L : std::strtol(text, nullptr, 10);
   }();
-  const pid_t pid = ::fork();
+  // For tests only: FRESHET_TEST_FORK_FAILS=1 makes every fork fail, so that a test can check the callers' path
+  // for a process that cannot fork (a memory or process limit, which root does not hit in a test).
+  static const bool fork_fails = [] {
+    const char* text = std::getenv("FRESHET_TEST_FORK_FAILS");
+    return text != nullptr && std::string_view(text) == "1";
+  }();
+  const pid_t pid = fork_fails ? -1 : ::fork();
   if (pid < 0) {
-    const std::string reason = ErrnoText();
+    const std::string reason = fork_fails ? std::string("FRESHET_TEST_FORK_FAILS is set") : ErrnoText();
     ::close(fds[0]);
     ::close(fds[1]);
     return Status::IoError("cannot fork a process to encode the state: " + reason);
