@@ -22,7 +22,13 @@ struct KafkaSource::Impl {
     if (queue != nullptr) rd_kafka_queue_destroy(queue);
     if (rk != nullptr) {
       rd_kafka_consumer_close(rk);
-      rd_kafka_destroy(rk);
+      // librdkafka 2.0.2 aborts in rd_kafka_destroy (an assert on the cooperative-sticky assignor's state) when the
+      // consumer got its JoinGroup response but not yet its first assignment (librdkafka #4312, fixed in 2.3.0):
+      // seen as SIGABRT when SIGTERM came during the first rebalance of a restarted process (its debug log: join
+      // state wait-sync at "Closing consumer"). Once an assignment came (Rebalance), that state exists for good; until
+      // then the handle is left undestroyed. consumer_close has left the group and stopped fetching, so what stays is
+      // memory and idle threads, which the process's exit (the one owner of a KafkaSource is the runtime) ends.
+      if (synced) rd_kafka_destroy(rk);
     }
   }
 
@@ -52,6 +58,7 @@ struct KafkaSource::Impl {
     const bool cooperative = std::strcmp(rd_kafka_rebalance_protocol(handle), "COOPERATIVE") == 0;
     source->rebalances_.fetch_add(1);
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+      synced = true;
       if (source->listener_ != nullptr && !TakeUpRestored(list)) return;
       for (int k = 0; k < list->cnt; ++k) {
         auto it = source->next_.find(list->elems[k].partition);
@@ -188,6 +195,8 @@ struct KafkaSource::Impl {
   std::condition_variable wake;
   bool woken = false;
   bool closing = false;
+  // An assignment came (librdkafka has run the group's SyncGroup through), so rd_kafka_destroy is safe: see ~Impl.
+  bool synced = false;
   std::string revoked_warning;
   std::string last_commit;  // The newest position handed to Commit.
   mutable std::mutex mutex;  // Guards what other threads read: problem, committed, assigned.
