@@ -469,10 +469,14 @@ struct Runtime::Impl final : public FeatureService, public RebalanceListener {
   Status RecoverOffline(std::optional<std::string_view> position, std::optional<uint64_t> sequence);
   Status Checkpoint(bool wait);
   // `snapshot`: the child encoding the checkpoint's state (ForkEncoding), whose bytes go into checkpoint.engine_state.
-  // `tables`: the tables' versions when they were not left to the child (reused, or encoded in place); then
-  // `tables_generation` is theirs.
+  // The reference tables' versions as TableSet::Save wrote them, and the TableSet::generation they are of.
+  struct TableVersions {
+    uint64_t generation = 0;
+    std::shared_ptr<const std::string> bytes;  // Null: not encoded (yet).
+  };
+  // `tables`: with bytes when they were not left to the child (reused, or encoded in place).
   Status WriteCheckpoint(freshet::Checkpoint& checkpoint, OfflineSink::TakenRows rows, ForkedSnapshot* snapshot,
-                         std::shared_ptr<const std::string> tables, uint64_t tables_generation);
+                         TableVersions tables);
   // A child encoding the lanes' state as it is now, with each shard's size; null (with a warning, once) if the
   // process cannot fork.
   std::shared_ptr<ForkedSnapshot> ForkEncoding(bool encode_tables);
@@ -589,12 +593,10 @@ struct Runtime::Impl final : public FeatureService, public RebalanceListener {
 
   std::unique_ptr<OfflineSink> offline_;  // Null with `offline: {enabled: false}`.
   std::unique_ptr<TableFeed> table_feed_;  // With `tables` in the spec.
-  // The reference tables' versions as the last checkpoint encoded them, and the TableSet::generation they are of.
-  // A checkpoint of tables unchanged since (a profile table usually changes far less often than checkpoints are
-  // taken) writes these bytes again instead of encoding tens of MB anew. Set on the checkpoint thread, read at the
-  // next cut, which joins that thread first.
-  uint64_t encoded_tables_generation_ = 0;
-  std::shared_ptr<const std::string> encoded_tables_;
+  // The reference tables' versions as the last checkpoint encoded them. A checkpoint of tables unchanged since (a
+  // profile table usually changes far less often than checkpoints are taken) writes these bytes again instead of
+  // encoding tens of MB anew. Set on the checkpoint thread, read at the next cut, which joins that thread first.
+  TableVersions encoded_tables_;
   int64_t last_table_poll_ms_ = 0;
   // Reads what the table files gained, under the exclusive lock (between event batches).
   Status PollTables();
@@ -948,19 +950,19 @@ Status Runtime::Impl::Checkpoint(bool wait) {
   }
   recent_events_->Set(static_cast<double>(std::accumulate(recent.begin(), recent.end(), size_t{0})));
   // The tables' versions: those of the last checkpoint when the tables have not changed since, else encoded anew.
-  std::shared_ptr<const std::string> tables;
-  const uint64_t tables_generation = table_feed_ != nullptr ? table_feed_->tables().generation() : 0;
-  if (encoded_tables_ != nullptr && encoded_tables_generation_ == tables_generation) tables = encoded_tables_;
-  std::shared_ptr<ForkedSnapshot> snapshot = ForkEncoding(table_feed_ != nullptr && tables == nullptr);
+  TableVersions tables;
+  if (table_feed_ != nullptr) tables.generation = table_feed_->tables().generation();
+  if (encoded_tables_.generation == tables.generation) tables.bytes = encoded_tables_.bytes;
+  std::shared_ptr<ForkedSnapshot> snapshot = ForkEncoding(table_feed_ != nullptr && tables.bytes == nullptr);
   if (snapshot == nullptr) {
     const PipelineLanes::RunPerLane run = RunShardsFunction();
     std::vector<size_t> part_bytes;
     checkpoint->engine_state = lanes_.Encode(sharded_input_ ? &run : nullptr, &part_bytes);
-    if (table_feed_ != nullptr && tables == nullptr) {
+    if (table_feed_ != nullptr && tables.bytes == nullptr) {
       std::string bytes;
       ByteWriter out(&bytes);
       table_feed_->tables().Save(out);
-      tables = std::make_shared<const std::string>(std::move(bytes));
+      tables.bytes = std::make_shared<const std::string>(std::move(bytes));
     }
     SetShardBytes(part_bytes);
     state_bytes_->Set(static_cast<double>(lanes_.MemoryBytes()));
@@ -971,8 +973,8 @@ Status Runtime::Impl::Checkpoint(bool wait) {
   seq_at_checkpoint_ = lanes_.next_offline_seq();
   checkpoint_pause_->Set(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   checkpoint_running_ = true;
-  auto write = [this, checkpoint, rows, start, snapshot, tables, tables_generation, cuts = CutExplains()]() {
-    Status status = WriteCheckpoint(*checkpoint, std::move(*rows), snapshot.get(), tables, tables_generation);
+  auto write = [this, checkpoint, rows, start, snapshot, tables, cuts = CutExplains()]() {
+    Status status = WriteCheckpoint(*checkpoint, std::move(*rows), snapshot.get(), tables);
     if (status.ok()) {
       console_checkpoint_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       checkpoints_total_->Increment();
@@ -996,8 +998,7 @@ Status Runtime::Impl::Checkpoint(bool wait) {
 }
 
 Status Runtime::Impl::WriteCheckpoint(freshet::Checkpoint& checkpoint, OfflineSink::TakenRows rows,
-                                     ForkedSnapshot* snapshot, std::shared_ptr<const std::string> tables,
-                                     uint64_t tables_generation) {
+                                     ForkedSnapshot* snapshot, TableVersions tables) {
   if (offline_ != nullptr) {
     // The rows of the events this checkpoint covers, staged; published once the checkpoint is durable. Rows
     // that cannot be staged (a full disk) stay in the sink for the next checkpoint, and this one is not
@@ -1009,13 +1010,12 @@ Status Runtime::Impl::WriteCheckpoint(freshet::Checkpoint& checkpoint, OfflineSi
   // A state that cannot be had (the encoding child failed) fails this checkpoint like a full disk: its rows stay
   // staged for the next one, which encodes the state anew.
   if (snapshot != nullptr) {
-    const bool child_encoded_tables = table_feed_ != nullptr && tables == nullptr;
-    FRESHET_RETURN_IF_ERROR(TakeEncoding(*snapshot, checkpoint, child_encoded_tables ? &tables : nullptr));
+    const bool child_encoded_tables = table_feed_ != nullptr && tables.bytes == nullptr;
+    FRESHET_RETURN_IF_ERROR(TakeEncoding(*snapshot, checkpoint, child_encoded_tables ? &tables.bytes : nullptr));
   }
   if (table_feed_ != nullptr) {
-    if (tables == nullptr) return Status::Internal("the checkpoint has no reference tables' versions");
-    TablesPosition(checkpoint).append(*tables);
-    encoded_tables_generation_ = tables_generation;
+    FRESHET_CHECK(tables.bytes != nullptr);  // Reused, encoded in place, or taken from the child just now.
+    TablesPosition(checkpoint).append(*tables.bytes);
     encoded_tables_ = std::move(tables);
   }
   FRESHET_RETURN_IF_ERROR(Store().Write(checkpoint));
@@ -1096,8 +1096,8 @@ std::string& Runtime::Impl::TablesPosition(freshet::Checkpoint& checkpoint) {
   for (auto& [name, position] : checkpoint.positions) {
     if (name == "tables") return position;
   }
-  checkpoint.positions.emplace_back("tables", "");  // Not reached: Checkpoint adds it with tables in the spec.
-  return checkpoint.positions.back().second;
+  FRESHET_CHECK(false);  // Checkpoint adds it whenever the spec has tables.
+  __builtin_unreachable();
 }
 
 void Runtime::Impl::SetShardBytes(const std::vector<size_t>& part_bytes) {
